@@ -1,0 +1,5 @@
+import sys
+
+from cascade_sd_ros.tools.cli import main
+
+sys.exit(main())
