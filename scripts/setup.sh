@@ -14,7 +14,8 @@ log() { echo "setup: $*"; }
 
 # --- what the machine must bring -----------------------------------------------------------------
 command -v "$PYTHON" >/dev/null 2>&1 || die "'$PYTHON' not found. Python 3.11 is required (set PYTHON=/path/to/python3.11)."
-pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+  || die "'$PYTHON' does not run. Python 3.11 is required (set PYTHON=/path/to/python3.11)."
 [ "$pyver" = "3.11" ] || die "'$PYTHON' is Python $pyver; this project pins wheels for Python 3.11 (set PYTHON=/path/to/python3.11)."
 command -v cmake >/dev/null 2>&1 || die "cmake not found; install it (Debian: apt-get install cmake). It builds msg/."
 command -v "${CC:-cc}" >/dev/null 2>&1 || die "no C compiler ('${CC:-cc}'); install one (Debian: apt-get install build-essential)."

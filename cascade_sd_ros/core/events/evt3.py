@@ -1,0 +1,392 @@
+"""Prophesee EVT 3.0: stateful decoder and encoder.
+
+EVT 3.0 is a stream of 16-bit little-endian words, the type in the top 4 bits:
+
+====  ============  =====================================================================
+code  name          payload (bits 11..0)
+====  ============  =====================================================================
+0x0   ADDR_Y        y (10..0), system type (11)
+0x2   ADDR_X        x (10..0), polarity (11): one CD event at (x, current y, current time)
+0x3   VECT_BASE_X   x base (10..0), polarity (11) for the vector words that follow
+0x4   VECT_12       12-bit mask: events at base .. base+11, then base += 12
+0x5   VECT_8        8-bit mask (7..0): events at base .. base+7, then base += 8
+0x6   TIME_LOW      low 12 bits of the µs time stamp
+0x7   CONTINUED_4   payload of a preceding OTHERS word (ignored)
+0x8   TIME_HIGH     high 12 bits of the 24-bit µs time stamp
+0xA   EXT_TRIGGER   edge (0: 0 rising, 1 falling), channel id (11..8)
+0xE   OTHERS        monitoring sub-types (ignored)
+0xF   CONTINUED_12  payload of a preceding OTHERS word (ignored)
+====  ============  =====================================================================
+
+The 24-bit time wraps every 2**24 µs (16.78 s). The decoder counts wraps across packets: a
+TIME_HIGH more than 10 steps below the previous one is a wrap (smaller steps back are sensor
+jitter, as event_camera_codecs treats them), so decoded times are one monotonic int64 axis.
+Words before the first TIME_HIGH followed by a TIME_LOW carry no valid time and are skipped, as
+are events outside the sensor geometry and reserved codes (counted in ``skipped_words``).
+``time_base`` plays no part in EVT 3.0 time (the drivers leave it undefined for this encoding).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .payload import Payload, as_words, check_time_base, check_until
+from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents
+
+ENCODING = "evt3"
+MAX_COORD = 2047  # 11-bit x and y
+ROLLOVER_US = 1 << 24
+_MIN_WRAP_DISTANCE = 10  # TIME_HIGH steps back that still count as jitter, not a wrap
+# Encoder: consecutive TIME_HIGH words never jump more than this many 4096-µs steps forward, so
+# every wrap is a clear step back and long silences still decode to the right time.
+_MAX_HIGH_JUMP = 1024
+
+# Decoder state slots (one int64 array so the kernel can update it in place).
+_S_HIGH, _S_LOW, _S_Y, _S_BASE_X, _S_POL, _S_VALID, _S_HIGH_SEEN = range(7)
+_STATE_SIZE = 7
+
+
+def _events_per_word_table() -> np.ndarray:
+    """Upper bound of CD events each 16-bit word can yield (output sizing)."""
+    words = np.arange(1 << 16, dtype=np.uint32)
+    code, payload = words >> 12, words & 0xFFF
+    bits12 = np.unpackbits(payload.astype(">u2").view(np.uint8).reshape(-1, 2), axis=1).sum(axis=1)
+    bits8 = np.unpackbits((payload & 0xFF).astype(np.uint8)[:, None], axis=1).sum(axis=1)
+    table = np.zeros(1 << 16, np.uint8)
+    table[code == 0x2] = 1
+    table[code == 0x4] = bits12[code == 0x4]
+    table[code == 0x5] = bits8[code == 0x5]
+    return table
+
+
+_CD_PER_WORD = _events_per_word_table()
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_upper_bound(words: np.ndarray, table: np.ndarray) -> tuple[int, int]:
+    n_cd = 0
+    n_trig = 0
+    for i in range(words.shape[0]):
+        w = words[i]
+        n_cd += table[w]
+        if (w >> 12) == 0xA:
+            n_trig += 1
+    return n_cd, n_trig
+
+
+@numba.njit(cache=True, inline="always")
+def _update_high(v: int, high: int) -> int:
+    last = (high >> 12) & 0xFFF
+    if v < last and last - v > _MIN_WRAP_DISTANCE:
+        high += ROLLOVER_US
+    return (high & ~np.int64(ROLLOVER_US - 1)) | (np.int64(v) << 12)
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, gt):  # noqa: ANN001, ANN202
+    high = state[_S_HIGH]
+    low = state[_S_LOW]
+    y = state[_S_Y]
+    base_x = state[_S_BASE_X]
+    pol = state[_S_POL]
+    valid = state[_S_VALID]
+    high_seen = state[_S_HIGH_SEEN]
+    n = 0
+    m = 0
+    skipped = 0
+    nw = words.shape[0]
+    stop = nw
+    i = 0
+    # No valid time yet: only time words count; everything else is dropped.
+    while valid == 0 and i < nw:
+        w = np.int64(words[i])
+        code = w >> 12
+        if code == 0x8:
+            high = _update_high(w & 0xFFF, high)
+            high_seen = 1
+        elif code == 0x6:
+            low = w & 0xFFF
+            if high_seen:
+                valid = 1
+        else:
+            skipped += 1
+        i += 1
+    while i < nw:
+        w = np.int64(words[i])
+        code = w >> 12
+        v = w & 0xFFF
+        if code == 0x2:
+            t = high | low
+            if t >= until:
+                stop = i
+                break
+            x = v & 0x7FF
+            if x < width and y < height:
+                ox[n] = x
+                oy[n] = y
+                op[n] = v >> 11
+                ot[n] = t
+                n += 1
+            else:
+                skipped += 1
+        elif code == 0x0:
+            y = v & 0x7FF
+        elif code == 0x6:
+            low = v
+        elif code == 0x8:
+            high = _update_high(v, high)
+        elif code == 0x3:
+            base_x = v & 0x7FF
+            pol = v >> 11
+        elif code == 0x4 or code == 0x5:
+            nbits = 12 if code == 0x4 else 8
+            mask = v if code == 0x4 else v & 0xFF
+            if mask != 0:
+                t = high | low
+                if t >= until:
+                    stop = i
+                    break
+                if y < height:
+                    for k in range(nbits):
+                        if (mask >> k) & 1:
+                            ex = base_x + k
+                            if ex < width:
+                                ox[n] = ex
+                                oy[n] = y
+                                op[n] = pol
+                                ot[n] = t
+                                n += 1
+                else:
+                    skipped += 1
+            base_x += nbits
+        elif code == 0xA:
+            t = high | low
+            if t >= until:
+                stop = i
+                break
+            gid[m] = (v >> 8) & 0xF
+            gp[m] = v & 1
+            gt[m] = t
+            m += 1
+        elif code == 0x7 or code == 0xE or code == 0xF:
+            pass  # monitoring words and their continuations carry no events
+        else:
+            skipped += 1
+        i += 1
+    state[_S_HIGH] = high
+    state[_S_LOW] = low
+    state[_S_Y] = y
+    state[_S_BASE_X] = base_x
+    state[_S_POL] = pol
+    state[_S_VALID] = valid
+    state[_S_HIGH_SEEN] = high_seen
+    return n, m, stop, skipped
+
+
+class Evt3Decoder:
+    """Stateful EVT 3.0 decoder: feed the packets of one stream in order.
+
+    Time state (TIME_HIGH with its wrap count, TIME_LOW), the current row and the vector base
+    carry from one packet to the next, as the camera's word stream does.
+    """
+
+    encoding = ENCODING
+    word_bytes = 2
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width = int(width)
+        self.height = int(height)
+        self._state = np.zeros(_STATE_SIZE, np.int64)
+
+    def reset(self) -> None:
+        """Forget all stream state (e.g. the recording looped or the camera restarted)."""
+        self._state[:] = 0
+
+    @property
+    def has_valid_time(self) -> bool:
+        return bool(self._state[_S_VALID])
+
+    def decode(self, payload: Payload, time_base: int = 0, until_t_us: int | None = None) -> DecodedEvents:
+        """Decode the events of one packet with ``t < until_t_us`` (all when None)."""
+        words = as_words(payload, "<u2", ENCODING)
+        check_time_base(time_base)
+        until = check_until(until_t_us)
+        n_cd, n_trig = _count_upper_bound(words, _CD_PER_WORD)
+        cd = np.empty(n_cd, CD_DTYPE)
+        trig = np.empty(n_trig, TRIGGER_DTYPE)
+        n, m, stop, skipped = _decode_kernel(
+            words, self._state, self.width, self.height, until,
+            cd["x"], cd["y"], cd["p"], cd["t"], trig["id"], trig["p"], trig["t"])
+        next_t = None
+        if stop < words.shape[0]:
+            next_t = int((self._state[_S_HIGH]) | self._state[_S_LOW])
+        return DecodedEvents(cd[:n], trig[:m], consumed=stop * 2, next_t_us=next_t, skipped_words=int(skipped))
+
+
+# --------------------------------------------------------------------------------- encoder
+
+_E_HIGH, _E_LOW, _E_Y, _E_STARTED, _E_LAST_T, _E_VEC_BASE, _E_VEC_KEY_T, _E_VEC_KEY_YP = range(8)
+_ENC_STATE_SIZE = 8
+
+
+@numba.njit(cache=True, inline="always")
+def _emit_time(out, k, t, st):  # noqa: ANN001, ANN202
+    """Words that bring the decoder's time to ``t``; returns the new write index."""
+    target_high = t >> 12
+    if st[_E_STARTED] == 0 or target_high != st[_E_HIGH]:
+        cur = st[_E_HIGH] if st[_E_STARTED] == 1 else (target_high if target_high < 4096 else 0)
+        if st[_E_STARTED] == 0:
+            out[k] = 0x8000 | (cur & 0xFFF)
+            k += 1
+        while cur < target_high:
+            cur = min(target_high, cur + _MAX_HIGH_JUMP)
+            out[k] = 0x8000 | (cur & 0xFFF)
+            k += 1
+        st[_E_HIGH] = target_high
+        st[_E_VEC_BASE] = -1
+    low = t & 0xFFF
+    if st[_E_STARTED] == 0 or low != st[_E_LOW]:
+        out[k] = 0x6000 | low
+        k += 1
+        st[_E_LOW] = low
+        st[_E_VEC_BASE] = -1
+    st[_E_STARTED] = 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_kernel(x, y, p, t, gid, gp, gt, st, out):  # noqa: ANN001, ANN202
+    n = x.shape[0]
+    m = gid.shape[0]
+    cap = out.shape[0]
+    i = 0
+    j = 0
+    k = 0
+    while i < n or j < m:
+        if cap - k < 2 * (_MAX_HIGH_JUMP + 8):
+            # Worst case of one step below is bounded except the TIME_HIGH path; check it exactly.
+            return -1
+        use_trigger = j < m and (i >= n or gt[j] < t[i])
+        tt = gt[j] if use_trigger else t[i]
+        if st[_E_STARTED] == 1:
+            steps = (tt >> 12) - st[_E_HIGH]
+        else:
+            steps = (tt >> 12)
+        if steps // _MAX_HIGH_JUMP + 4 > cap - k:
+            return -1
+        k = _emit_time(out, k, tt, st)
+        if use_trigger:
+            out[k] = 0xA000 | (np.int64(gid[j]) << 8) | np.int64(gp[j])
+            k += 1
+            j += 1
+            continue
+        yy = np.int64(y[i])
+        pp = np.int64(p[i])
+        # A run of same-time, same-row, same-polarity events with rising x inside 12 columns
+        # becomes one vector word, as the sensor writes them.
+        e = i + 1
+        while e < n and t[e] == tt and y[e] == y[i] and p[e] == p[i] and x[e] > x[e - 1] and x[e] < x[i] + 12:
+            e += 1
+        if yy != st[_E_Y]:
+            out[k] = yy
+            k += 1
+            st[_E_Y] = yy
+            st[_E_VEC_BASE] = -1
+        if e - i >= 3:
+            base = st[_E_VEC_BASE]
+            # Continue the previous vector (the decoder's base advanced by 12) when the run
+            # starts inside the next 12 columns with the same polarity.
+            if not (base >= 0 and st[_E_VEC_KEY_YP] == pp and x[i] >= base and x[e - 1] < base + 12):
+                base = np.int64(x[i])
+                out[k] = 0x3000 | (pp << 11) | base
+                k += 1
+            mask = np.int64(0)
+            for q in range(i, e):
+                mask |= np.int64(1) << (np.int64(x[q]) - base)
+            if mask < 256 and st[_E_VEC_BASE] != base:
+                out[k] = 0x5000 | mask
+                st[_E_VEC_BASE] = base + 8
+            else:
+                out[k] = 0x4000 | mask
+                st[_E_VEC_BASE] = base + 12
+            st[_E_VEC_KEY_YP] = pp
+            k += 1
+            i = e
+        else:
+            out[k] = 0x2000 | (pp << 11) | np.int64(x[i])
+            k += 1
+            i += 1
+    return k
+
+
+class Evt3Encoder:
+    """Stateful EVT 3.0 encoder: successive ``encode`` calls write one continuous word stream,
+    so packets cut anywhere decode (with one Evt3Decoder) to the events that went in."""
+
+    encoding = ENCODING
+
+    def __init__(self) -> None:
+        self._state = np.zeros(_ENC_STATE_SIZE, np.int64)
+        self._state[_E_Y] = -1
+        self._state[_E_LAST_T] = -1
+        self._state[_E_VEC_BASE] = -1
+
+    @property
+    def last_t_us(self) -> int | None:
+        """Time of the newest event encoded so far (None before the first)."""
+        last = int(self._state[_E_LAST_T])
+        return None if last < 0 else last
+
+    def encode(self, events: np.ndarray, triggers: np.ndarray | None = None) -> bytes:
+        """Encode CD events (CD_DTYPE, t non-decreasing) and optional triggers (TRIGGER_DTYPE).
+
+        Raises ValueError for events EVT 3.0 cannot carry (coordinates above 2047, polarity or
+        edge not 0/1, trigger id above 15, negative or decreasing time).
+        """
+        cd = _checked(events, CD_DTYPE, "events")
+        trig = _checked(np.zeros(0, TRIGGER_DTYPE) if triggers is None else triggers, TRIGGER_DTYPE, "triggers")
+        if cd.size and (cd["x"].max() > MAX_COORD or cd["y"].max() > MAX_COORD):
+            raise ValueError(f"EVT 3.0 addresses 11 bits: x and y must be <= {MAX_COORD}")
+        if cd.size and not np.isin(cd["p"], (0, 1)).all():
+            raise ValueError("CD polarity must be 0 or 1")
+        if trig.size and (not np.isin(trig["p"], (0, 1)).all() or trig["id"].max() > 15):
+            raise ValueError("trigger edge must be 0 or 1 and trigger id <= 15")
+        first = min(int(a["t"][0]) for a in (cd, trig) if a.size) if (cd.size or trig.size) else None
+        if first is None:
+            return b""
+        if first < max(0, int(self._state[_E_LAST_T])):
+            raise ValueError(
+                f"event time {first} µs is before the last encoded time {int(self._state[_E_LAST_T])} µs")
+        steps = sum(int(a["t"][-1]) >> 12 for a in (cd, trig) if a.size) // _MAX_HIGH_JUMP
+        cap = 4 * (cd.size + trig.size) + 2 * steps + 4 * (_MAX_HIGH_JUMP + 8)
+        while True:
+            saved = self._state.copy()
+            out = np.empty(cap, np.uint16)
+            k = _encode_kernel(cd["x"], cd["y"], cd["p"], cd["t"], trig["id"], trig["p"], trig["t"], self._state, out)
+            if k >= 0:
+                break
+            self._state[:] = saved
+            cap *= 2
+        self._state[_E_LAST_T] = max(int(a["t"][-1]) for a in (cd, trig) if a.size)
+        return out[:k].astype("<u2").tobytes()
+
+
+def _checked(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.names is None:
+        raise ValueError(f"{what} must be a 1-D structured array with dtype {dtype}")
+    missing = [name for name in dtype.names if name not in arr.dtype.names]
+    if missing:
+        raise ValueError(f"{what} lack fields {missing} (dtype must be {dtype})")
+    out = np.empty(arr.shape[0], dtype)
+    for name in dtype.names:
+        out[name] = arr[name]
+    if out.size and out["t"][0] < 0:
+        raise ValueError(f"{what}: time must be >= 0 µs")
+    if out.size > 1 and (np.diff(out["t"]) < 0).any():
+        raise ValueError(f"{what}: time must be non-decreasing")
+    return out
+
+
+def encode_evt3(events: np.ndarray, triggers: np.ndarray | None = None, state: Evt3Encoder | None = None) -> bytes:
+    """EVT 3.0 bytes for ``events`` (and ``triggers``); pass ``state`` to continue a stream."""
+    return (state if state is not None else Evt3Encoder()).encode(events, triggers)

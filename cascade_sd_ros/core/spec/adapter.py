@@ -1,0 +1,399 @@
+"""One model-adapter interface over transformers models for speculative decoding (contract 3).
+
+An adapter owns one model and one KV cache holding (context + caption tokens). Its state is keyed on
+token sequences, not on call order: every call names the caption prefix it continues, and the adapter
+first syncs its cache to it (crops to the longest common prefix with what it holds, then feeds what is
+missing). A stale, repeated or out-of-order caller therefore costs at most a recomputation, never a
+wrong answer.
+
+Names follow the papers: `p` is the target's distribution, `q` the proposer's, `k`/`gamma` the draft
+length. Shapes are written in comments as `# [n, V]` (V = vocabulary size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+    VideoLlavaForConditionalGeneration,
+)
+
+from cascade_sd_ros.core.spec import cache_ops
+from cascade_sd_ros.core.spec.prompt import media_token_count, media_token_id
+
+__all__ = [
+    "Modality",
+    "StageContext",
+    "Proposal",
+    "ModelAdapter",
+    "HFAdapter",
+    "check_same_vocab",
+    "load_adapter",
+]
+
+Modality = Literal["video", "image", "text"]
+_MODALITIES: tuple[str, ...] = ("video", "image", "text")
+
+
+@dataclass(frozen=True, eq=False)
+class StageContext:
+    """What one stage conditions on besides the caption: prompt ids and pixels.
+
+    Attributes:
+        input_ids: prompt token ids with the `<video>`/`<image>` placeholder already expanded to the
+            exact number of feature positions (see `prompt.py`).
+        pixel_values: video `[1, F, 3, H, W]`, image `[1, 3, H, W]`, or None for text.
+        modality: "video", "image" or "text"; must match the adapter's model.
+    """
+
+    input_ids: tuple[int, ...]
+    pixel_values: torch.Tensor | None
+    modality: Modality
+
+    def __post_init__(self) -> None:
+        if self.modality not in _MODALITIES:
+            raise ValueError(f"StageContext.modality must be one of {_MODALITIES}, got {self.modality!r}")
+        if len(self.input_ids) == 0:
+            raise ValueError("StageContext.input_ids is empty; a prompt needs at least one token")
+        if any((not isinstance(t, int)) or t < 0 for t in self.input_ids):
+            raise ValueError("StageContext.input_ids must be non-negative Python ints")
+        want_dim = {"video": 5, "image": 4}.get(self.modality)
+        if want_dim is None:
+            if self.pixel_values is not None:
+                raise ValueError("a text StageContext takes no pixel_values")
+        elif self.pixel_values is None or self.pixel_values.dim() != want_dim or self.pixel_values.shape[0] != 1:
+            shape = None if self.pixel_values is None else tuple(self.pixel_values.shape)
+            raise ValueError(
+                f"a {self.modality} StageContext needs pixel_values of rank {want_dim} with batch 1, got {shape}"
+            )
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """k tokens proposed by a stage.
+
+    Attributes:
+        token_ids: the proposed tokens (cut just after the first EOS, so possibly shorter than k).
+        probs: the proposer's probability of each proposed token (its confidence), same length.
+        q: `[len(token_ids), V]` float32 rows of the proposer's distribution softmax(logits / T), or
+            None when not requested. When `sampled` is True the tokens were drawn from these rows
+            (general speculative-sampling rule); otherwise they are argmax tokens (q is one-hot for
+            acceptance purposes, and these rows are only the model's belief, used by deferral rules).
+        sampled: whether tokens were sampled (True) or taken greedily (False).
+    """
+
+    token_ids: list[int]
+    probs: list[float]
+    q: torch.Tensor | None = None
+    sampled: bool = False
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """What the engine and the nodes need from a model (drafter, refiner or target)."""
+
+    name: str
+    modality: Modality
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def prefill(self, context: StageContext) -> None: ...
+
+    def propose(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_q: bool = False,
+    ) -> Proposal: ...
+
+    def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor: ...
+
+
+def _model_modalities(model: PreTrainedModel) -> tuple[Modality, ...]:
+    if isinstance(model, VideoLlavaForConditionalGeneration):
+        return ("video", "image")
+    if isinstance(model, LlavaForConditionalGeneration):
+        return ("image",)
+    return ("text",)
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class HFAdapter:
+    """ModelAdapter over a transformers model: VideoLlava (video/image), Llava (image) or a causal LM.
+
+    The cache holds the context then `self._tokens` (caption tokens). `self._logits[i]` (float32,
+    `[V]`) are the next-token logits after context + `_tokens[:i]`, so rolling back is a crop of the
+    cache and of this row buffer, and the next-token logits of any cached prefix cost no forward.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        name: str = "model",
+        modality: Modality | None = None,
+        eos_token_id: int | None = None,
+    ) -> None:
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"HFAdapter needs a transformers PreTrainedModel, got {type(model).__name__}")
+        if model.get_output_embeddings() is None:
+            raise ValueError(f"{type(model).__name__} has no LM head; it cannot score tokens")
+        cache_ops.check_rollback_supported(model.config)
+        supported = _model_modalities(model)
+        self.modality: Modality = modality if modality is not None else supported[0]
+        if self.modality not in supported:
+            raise ValueError(f"{type(model).__name__} supports modalities {supported}, not {self.modality!r}")
+        self.name = name
+        self.model = model.eval()
+        self._vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        if eos_token_id is None:
+            eos = model.generation_config.eos_token_id
+            if eos is None:
+                eos = model.config.get_text_config().eos_token_id
+            eos_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        if eos_token_id is not None and not 0 <= int(eos_token_id) < self._vocab_size:
+            raise ValueError(f"eos_token_id {eos_token_id} outside vocabulary of size {self._vocab_size}")
+        self._eos_token_id = None if eos_token_id is None else int(eos_token_id)
+        self._context: StageContext | None = None
+        self._cache = cache_ops.new_cache(model.config)
+        self._context_len = 0
+        self._tokens: list[int] = []
+        self._logits = torch.empty(0, self._vocab_size, dtype=torch.float32, device=self.device)  # [cap, V]
+        self.forwards = 0  # model forward calls since construction (statistics)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def context(self) -> StageContext | None:
+        return self._context
+
+    def expected_media_tokens(self, num_frames: int = 1) -> int:
+        """Placeholder positions a prompt needs for this adapter's modality (0 for text)."""
+        return media_token_count(self.model.config, self.modality, num_frames)
+
+    # ----------------------------------------------------------------- internals
+    def _require_context(self) -> None:
+        if self._context is None:
+            raise RuntimeError(f"adapter {self.name!r}: call prefill(context) before propose/score")
+
+    def _store_rows(self, start: int, rows: torch.Tensor) -> None:
+        """Write logits rows `[n, V]` at row index `start`, growing the buffer geometrically."""
+        end = start + rows.shape[0]
+        if end > self._logits.shape[0]:
+            grown = torch.empty(max(end, 2 * self._logits.shape[0], 64), self._vocab_size,
+                                dtype=torch.float32, device=self.device)
+            grown[:start] = self._logits[:start]
+            self._logits = grown
+        self._logits[start:end] = rows
+
+    def _forward(self, ids: torch.Tensor) -> None:
+        """Feed caption ids `[n]` (device tensor) after the cache; stores their n logits rows."""
+        out = self.model(
+            input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True, logits_to_keep=0
+        )
+        self.forwards += 1
+        n_cached = cache_ops.cached_length(self._cache) - self._context_len - ids.numel()
+        self._store_rows(n_cached + 1, out.logits[0].float())  # [n, V]
+
+    def _sync(self, tokens: Sequence[int]) -> None:
+        """Make the cache hold exactly context + `tokens` (crop to the common prefix, feed the rest)."""
+        lcp = _common_prefix_len(self._tokens, tokens)
+        if lcp < len(self._tokens):
+            cache_ops.crop_to(self._cache, self._context_len + lcp)
+            del self._tokens[lcp:]
+        missing = list(tokens[lcp:])
+        if missing:
+            self._forward(torch.tensor(missing, dtype=torch.long, device=self.device))
+            self._tokens.extend(missing)
+
+    def _check_ids(self, ids: Sequence[int], what: str) -> None:
+        for t in ids:
+            if not 0 <= int(t) < self._vocab_size:
+                raise ValueError(f"adapter {self.name!r}: {what} token id {t} outside vocabulary [0, {self._vocab_size})")
+
+    # ----------------------------------------------------------------- public API
+    @torch.inference_mode()
+    def prefill(self, context: StageContext) -> None:
+        """Reset the cache and run the context (prompt + pixels) through the model once."""
+        if context.modality != self.modality:
+            raise ValueError(f"adapter {self.name!r} takes {self.modality} contexts, got {context.modality}")
+        self._check_ids(context.input_ids, "prompt")
+        cfg = self.model.config
+        kwargs: dict[str, torch.Tensor] = {}
+        if context.modality != "text":
+            assert context.pixel_values is not None  # validated by StageContext
+            frames = context.pixel_values.shape[1] if context.modality == "video" else 1
+            want = self.expected_media_tokens(frames)
+            placeholder = media_token_id(cfg, context.modality)
+            have = sum(1 for t in context.input_ids if t == placeholder)
+            if have != want:
+                raise ValueError(
+                    f"adapter {self.name!r}: prompt has {have} <{context.modality}> tokens (id {placeholder}) "
+                    f"but the pixels need exactly {want}; build it with prompt.build_prompt_ids"
+                )
+            pixels = context.pixel_values.to(self.device, self.model.dtype)
+            key = {
+                ("video", True): "pixel_values_videos",
+                ("image", True): "pixel_values_images",
+                ("image", False): "pixel_values",
+            }[(context.modality, isinstance(self.model, VideoLlavaForConditionalGeneration))]
+            kwargs[key] = pixels
+        self._cache = cache_ops.new_cache(cfg)
+        self._tokens = []
+        ids = torch.tensor([context.input_ids], dtype=torch.long, device=self.device)  # [1, L]
+        out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1, **kwargs)
+        self.forwards += 1
+        self._context = context
+        self._context_len = len(context.input_ids)
+        self._store_rows(0, out.logits[0, -1:].float())  # [1, V]
+
+    @torch.inference_mode()
+    def next_logits(self, prefix: Sequence[int]) -> torch.Tensor:
+        """Logits `[V]` of the token after `prefix` (syncs the cache; at most one forward)."""
+        self._require_context()
+        self._check_ids(prefix, "prefix")
+        self._sync(prefix)
+        return self._logits[len(prefix)].clone()
+
+    @torch.inference_mode()
+    def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
+        """Logits `[len(draft)+1, V]` for each draft position plus the one after, in ONE forward.
+
+        Row i is the distribution of the token following prefix + draft[:i]; the last row gives the
+        bonus token when the whole draft is accepted.
+        """
+        self._require_context()
+        seq = [*prefix, *draft]
+        self._check_ids(seq, "prefix/draft")
+        self._sync(seq)
+        return self._logits[len(prefix) : len(seq) + 1].clone()
+
+    @torch.inference_mode()
+    def propose(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_q: bool = False,
+    ) -> Proposal:
+        """Propose k tokens continuing `prefix`: greedy (temperature 0) or sampled from q.
+
+        One forward per proposed token after the first (the first comes from cached logits), and one
+        host sync at the end. The proposal stops after the first EOS.
+        """
+        self._require_context()
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self._check_ids(prefix, "prefix")
+        self._sync(prefix)
+        if k == 0:
+            return Proposal([], [], None, temperature > 0)
+        base = len(prefix)
+        picks = torch.empty(k, dtype=torch.long, device=self.device)  # [k]
+        for i in range(k):
+            row = self._logits[base + i]  # [V]
+            if temperature > 0:
+                dist = torch.softmax(row / temperature, dim=-1)
+                picks[i] = torch.multinomial(dist, 1, generator=generator)[0]
+            else:
+                picks[i] = torch.argmax(row)
+            if i < k - 1:
+                self._forward(picks[i : i + 1])
+        rows = self._logits[base : base + k]  # [k, V]
+        dist_all = torch.softmax(rows / (temperature if temperature > 0 else 1.0), dim=-1)  # [k, V]
+        probs_t = dist_all.gather(1, picks.view(-1, 1)).view(-1)  # [k]
+        token_ids = picks.tolist()  # the one host sync of the proposal
+        self._tokens.extend(token_ids[: k - 1])
+        n = k
+        if self._eos_token_id is not None and self._eos_token_id in token_ids:
+            n = token_ids.index(self._eos_token_id) + 1
+        q = dist_all[:n].clone() if (return_q or temperature > 0) else None
+        return Proposal(token_ids[:n], probs_t[:n].tolist(), q, temperature > 0)
+
+
+def check_same_vocab(adapters: Sequence[ModelAdapter]) -> None:
+    """Raise a clear error when stages do not share one vocabulary (drafts would be meaningless)."""
+    if not adapters:
+        raise ValueError("no adapters given")
+    ref = adapters[0]
+    for a in adapters[1:]:
+        if a.vocab_size != ref.vocab_size:
+            raise ValueError(
+                f"vocabulary mismatch: stage {a.name!r} has {a.vocab_size} tokens but {ref.name!r} has "
+                f"{ref.vocab_size}; all stages must share one tokenizer"
+            )
+        if a.eos_token_id != ref.eos_token_id:
+            raise ValueError(
+                f"EOS mismatch: stage {a.name!r} ends with id {a.eos_token_id}, {ref.name!r} with {ref.eos_token_id}"
+            )
+
+
+def load_adapter(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> HFAdapter:
+    """Load a local HF model folder (never downloads) and wrap it; the class follows config.model_type.
+
+    Raises:
+        FileNotFoundError: if the folder or its config.json is missing.
+        ValueError: for a model that cannot serve as a stage.
+    """
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {folder} has no config.json")
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    cls: type[PreTrainedModel]
+    if config.model_type == "video_llava":
+        cls = VideoLlavaForConditionalGeneration
+    elif config.model_type == "llava":
+        cls = LlavaForConditionalGeneration
+    else:
+        cls = AutoModelForCausalLM  # type: ignore[assignment]
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = cls.from_pretrained(folder, **kwargs)
+    return HFAdapter(model.to(device), name=name or folder.name)

@@ -1,0 +1,404 @@
+"""Seeded synthetic scenes: one or two coloured shapes moving over a textured background.
+
+A scene is a frozen :class:`SceneSpec` (pure data, resolution independent) drawn by
+:func:`sample_scene` from a ``numpy.random.Generator``; the same generator state always gives the
+same scene. :func:`render_frame` / :func:`render_frames` draw it at any resolution and time, and
+:class:`SceneRenderer` also gives the float intensity (whole frame or a box) that the event
+simulator samples at >= 1 kHz.
+
+Geometry is normalised so one spec renders alike at 48x48 and at 346x260: a centre ``(x, y)`` is
+a fraction of the frame width / height, a radius is a fraction of ``min(height, width)``, and a
+speed is a fraction of the frame extent along the motion axis per second. Objects stay wholly
+inside the frame for the scene duration, and two objects keep their centres at least the sum of
+their radii apart, so neither ever hides the other.
+
+Caption grammar (fixed word order, tiny vocabulary :data:`VOCABULARY`)::
+
+    caption  := object [" and " object]
+    object   := "a " colour " " shape " " motion
+    motion   := "is still" | "moves " direction [" " speed]      # speed only if include_speed
+    colour   := red | green | blue | yellow | purple
+    shape    := circle | square | triangle
+    direction:= left | right | up | down
+    speed    := fast | slowly
+
+e.g. ``"a red circle moves left and a blue square is still"`` or, with speed,
+``"a yellow triangle moves up slowly"``. Objects are listed in spec order (first drawn first).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    # Saturated and all much brighter than the dark background, so every colour also has a strong
+    # luminance edge (the event camera sees luminance only).
+    "red": (0.95, 0.15, 0.15),
+    "green": (0.20, 0.85, 0.20),
+    "blue": (0.25, 0.40, 1.00),
+    "yellow": (0.95, 0.90, 0.15),
+    "purple": (0.70, 0.30, 0.95),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
+SPEED_WORDS: tuple[str, ...] = ("slowly", "fast")
+# Unit vectors in image coordinates (x right, y down).
+_DIRECTION: dict[str, tuple[float, float]] = {
+    "left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0),
+}
+
+VOCABULARY: tuple[str, ...] = (
+    ("a", "and", "moves", "is", "still")
+    + tuple(COLOURS) + SHAPES + ("left", "right", "up", "down") + SPEED_WORDS
+)
+
+# [fraction of min(H, W)] object radius range: >= 7 px at 48 px, >= 9.6 px at 64 px.
+RADIUS_RANGE: tuple[float, float] = (0.15, 0.18)
+# [fraction of axis extent / s] slow and fast speeds: 0.12 * 1.5 s * 64 px = 11.5 px of travel.
+DEFAULT_SPEEDS: tuple[float, float] = (0.12, 0.25)
+# Bounding radius of each shape relative to its radius (square corner, triangle vertex).
+_SQUARE_HALF = 0.9
+_TRIANGLE_CIRCUMRADIUS = 1.3
+_BOUND = {"circle": 1.0, "square": _SQUARE_HALF * math.sqrt(2.0), "triangle": _TRIANGLE_CIRCUMRADIUS}
+_MAX_BOUND = max(_BOUND.values())
+_BACKGROUND_LEVEL_RANGE = (0.12, 0.22)  # dark, so all colours stand out
+_BACKGROUND_CONTRAST = 0.04  # texture amplitude: visible, but far below the objects' contrast
+_TEXTURE_COMPONENTS = 6
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One shape. ``x0, y0``: centre at t = 0 (fractions of width / height)."""
+
+    shape: str
+    colour: str
+    motion: str  # one of MOTIONS
+    speed: str  # "slowly" | "fast" (ignored when motion == "still")
+    speed_value: float  # [fraction of axis extent / s]; 0 when still
+    x0: float
+    y0: float
+    radius: float  # [fraction of min(H, W)]
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"ObjectSpec.shape {self.shape!r} not in {SHAPES}")
+        if self.colour not in COLOURS:
+            raise ValueError(f"ObjectSpec.colour {self.colour!r} not in {tuple(COLOURS)}")
+        if self.motion not in MOTIONS:
+            raise ValueError(f"ObjectSpec.motion {self.motion!r} not in {MOTIONS}")
+        if self.speed not in SPEED_WORDS:
+            raise ValueError(f"ObjectSpec.speed {self.speed!r} not in {SPEED_WORDS}")
+        if not (0.0 < self.radius < 0.5):
+            raise ValueError(f"ObjectSpec.radius {self.radius} must be in (0, 0.5)")
+        if not (math.isfinite(self.speed_value) and self.speed_value >= 0.0):
+            raise ValueError(f"ObjectSpec.speed_value {self.speed_value} must be finite and >= 0")
+
+    def centre(self, t_s: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Centre (fractions of width, height) at time(s) ``t_s``."""
+        dx, dy = _DIRECTION[self.motion]
+        t = np.asarray(t_s, dtype=np.float64)
+        return self.x0 + dx * self.speed_value * t, self.y0 + dy * self.speed_value * t
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """A whole scene: objects (drawn in order, later on top) over a background texture."""
+
+    objects: tuple[ObjectSpec, ...]
+    texture_seed: int
+    background_level: float  # mean grey level in [0, 1]
+    background_tint: tuple[float, float, float]  # per-channel gain around 1
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.objects) <= 2:
+            raise ValueError(f"SceneSpec needs 1 or 2 objects, got {len(self.objects)}")
+        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ValueError(f"SceneSpec.duration_s {self.duration_s} must be > 0")
+        if not 0.0 <= self.background_level <= 1.0:
+            raise ValueError(f"SceneSpec.background_level {self.background_level} not in [0, 1]")
+
+
+def _max_speed_for(duration_s: float, radius: float) -> float:
+    """Largest speed that keeps an object of ``radius`` inside the frame for ``duration_s``."""
+    return (1.0 - 2.0 * _MAX_BOUND * radius) / duration_s
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    duration_s: float = 2.0,
+    n_objects: int | None = None,
+    speeds: tuple[float, float] = DEFAULT_SPEEDS,
+    motions: Sequence[str] = MOTIONS,
+) -> SceneSpec:
+    """Draw a scene from ``rng`` (deterministic given the generator state).
+
+    ``n_objects``: 1 or 2 (None: either, equally likely). ``speeds``: (slow, fast) in fractions of
+    the axis extent per second; both are scaled down together when ``duration_s`` is too long for
+    the fast one to stay in frame, so "fast" stays twice "slowly". ``motions``: allowed motions.
+    """
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration_s must be > 0, got {duration_s}")
+    if n_objects is not None and n_objects not in (1, 2):
+        raise ValueError(f"n_objects must be 1, 2 or None, got {n_objects}")
+    slow, fast = speeds
+    if not (0 < slow < fast):
+        raise ValueError(f"speeds must be (slow, fast) with 0 < slow < fast, got {speeds}")
+    bad = [m for m in motions if m not in MOTIONS]
+    if bad or not motions:
+        raise ValueError(f"motions must be a non-empty subset of {MOTIONS}, got {list(motions)}")
+    scale = min(1.0, _max_speed_for(duration_s, RADIUS_RANGE[1]) / fast)
+    speed_of = {"slowly": slow * scale, "fast": fast * scale}
+
+    count = int(rng.integers(1, 3)) if n_objects is None else n_objects
+    objects: list[ObjectSpec] = []
+    for _attempt in range(1000):
+        # Redraw the whole set when a second object finds no place apart from the first.
+        objects = []
+        for colour in rng.choice(list(COLOURS), size=count, replace=False):  # distinct colours
+            obj = _sample_object(rng, str(colour), motions, speed_of, duration_s)
+            if not all(_apart(obj, other, duration_s) for other in objects):
+                break
+            objects.append(obj)
+        if len(objects) == count:
+            break
+    else:
+        raise RuntimeError("could not place the objects apart from each other")
+
+    level = float(rng.uniform(*_BACKGROUND_LEVEL_RANGE))
+    tint = tuple(float(v) for v in 1.0 + rng.uniform(-0.15, 0.15, size=3))
+    return SceneSpec(
+        objects=tuple(objects),
+        texture_seed=int(rng.integers(0, 2**31 - 1)),
+        background_level=level,
+        background_tint=tint,  # type: ignore[arg-type]
+        duration_s=float(duration_s),
+    )
+
+
+def _sample_object(
+    rng: np.random.Generator, colour: str, motions: Sequence[str], speed_of: dict[str, float], duration_s: float
+) -> ObjectSpec:
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    motion = motions[int(rng.integers(len(motions)))]
+    speed = SPEED_WORDS[int(rng.integers(2))]
+    radius = float(rng.uniform(*RADIUS_RANGE))
+    speed_value = 0.0 if motion == "still" else speed_of[speed]
+    x0, y0 = _start_position(rng, motion, speed_value, duration_s, radius)
+    return ObjectSpec(shape, colour, motion, speed, speed_value, x0, y0, radius)
+
+
+def _start_position(
+    rng: np.random.Generator, motion: str, speed_value: float, duration_s: float, radius: float
+) -> tuple[float, float]:
+    """Start so that the whole shape stays inside [0, 1] on both axes over the duration."""
+    margin = _MAX_BOUND * radius  # conservative: a radius is <= this fraction of either axis
+    travel = speed_value * duration_s
+    dx, dy = _DIRECTION[motion]
+    lo_x, hi_x = margin + max(0.0, -dx) * travel, 1.0 - margin - max(0.0, dx) * travel
+    lo_y, hi_y = margin + max(0.0, -dy) * travel, 1.0 - margin - max(0.0, dy) * travel
+    if lo_x > hi_x or lo_y > hi_y:
+        raise ValueError(f"motion {motion} at speed {speed_value} cannot stay in frame for {duration_s} s")
+    return float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y))
+
+
+def _apart(a: ObjectSpec, b: ObjectSpec, duration_s: float) -> bool:
+    """Centres stay >= the sum of radii apart (measured on a square frame, the worst aspect)."""
+    t = np.linspace(0.0, duration_s, 41)
+    ax, ay = a.centre(t)
+    bx, by = b.centre(t)
+    return bool(np.min(np.hypot(ax - bx, ay - by)) >= a.radius + b.radius)
+
+
+def describe_object(obj: ObjectSpec, include_speed: bool = False) -> str:
+    """``"a red circle moves left"`` (``"... moves left fast"`` with ``include_speed``)."""
+    if obj.motion == "still":
+        motion = "is still"
+    else:
+        motion = f"moves {obj.motion}" + (f" {obj.speed}" if include_speed else "")
+    return f"a {obj.colour} {obj.shape} {motion}"
+
+
+def caption(spec: SceneSpec, include_speed: bool = False) -> str:
+    """The true caption of ``spec`` in the module's grammar."""
+    return " and ".join(describe_object(o, include_speed) for o in spec.objects)
+
+
+@dataclass(frozen=True)
+class ObjectDescription:
+    """One parsed caption clause; ``speed`` is None when the caption did not state it."""
+
+    colour: str
+    shape: str
+    motion: str
+    speed: str | None
+
+
+def parse_caption(text: str) -> list[ObjectDescription]:
+    """Parse a caption of the grammar; raises ValueError naming the first word that does not fit."""
+    words = text.strip().split()
+    out: list[ObjectDescription] = []
+    i = 0
+
+    def need(options: Iterable[str], what: str) -> str:
+        nonlocal i
+        options = tuple(options)
+        if i >= len(words) or words[i] not in options:
+            got = words[i] if i < len(words) else "<end>"
+            raise ValueError(f"caption {text!r}: expected {what} {options} at word {i}, got {got!r}")
+        i += 1
+        return words[i - 1]
+
+    while True:
+        need(("a",), "article")
+        colour = need(COLOURS, "colour")
+        shape = need(SHAPES, "shape")
+        verb = need(("moves", "is"), "verb")
+        speed: str | None = None
+        if verb == "is":
+            need(("still",), "'still'")
+            motion = "still"
+        else:
+            motion = need(("left", "right", "up", "down"), "direction")
+            if i < len(words) and words[i] in SPEED_WORDS:
+                speed = words[i]
+                i += 1
+        out.append(ObjectDescription(colour, shape, motion, speed))
+        if i == len(words):
+            break
+        need(("and",), "'and'")
+        if len(out) == 2:
+            raise ValueError(f"caption {text!r}: more than two objects")
+    return out
+
+
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open pixel ranges
+
+
+class SceneRenderer:
+    """Draws one spec at one resolution; the background is computed once and reused."""
+
+    def __init__(self, spec: SceneSpec, height: int, width: int) -> None:
+        if not (isinstance(height, (int, np.integer)) and isinstance(width, (int, np.integer))):
+            raise TypeError(f"height and width must be ints, got {height!r}, {width!r}")
+        if height < 8 or width < 8:
+            raise ValueError(f"frame must be at least 8x8, got {height}x{width}")
+        self.spec = spec
+        self.height = int(height)
+        self.width = int(width)
+        self._scale = float(min(height, width))  # px per unit radius
+        self.background = _background(spec, self.height, self.width)  # float32 [H, W, 3]
+        self.background_luma = _luma(self.background)  # float32 [H, W]
+        self._colours = [np.asarray(COLOURS[o.colour], np.float32) for o in spec.objects]
+        self._luma = [float(_luma(c[None, None, :])[0, 0]) for c in self._colours]
+
+    def object_box(self, index: int, t_s: float) -> Box:
+        """Pixel box (clipped to the frame) that holds object ``index`` at time ``t_s``."""
+        obj = self.spec.objects[index]
+        cx, cy = obj.centre(t_s)
+        px, py = float(cx) * self.width - 0.5, float(cy) * self.height - 0.5  # pixel-centre coords
+        r = _BOUND[obj.shape] * obj.radius * self._scale + 1.5  # +1.5 px: anti-aliasing fringe
+        y0, y1 = max(0, int(math.floor(py - r))), min(self.height, int(math.ceil(py + r)) + 1)
+        x0, x1 = max(0, int(math.floor(px - r))), min(self.width, int(math.ceil(px + r)) + 1)
+        return (y0, max(y0, y1), x0, max(x0, x1))
+
+    def _coverage(self, index: int, t_s: float, box: Box) -> np.ndarray:
+        """Anti-aliased coverage in [0, 1] of object ``index`` over ``box``: float32 [h, w]."""
+        obj = self.spec.objects[index]
+        y0, y1, x0, x1 = box
+        cx, cy = obj.centre(t_s)
+        r = obj.radius * self._scale
+        dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(float(cx) * self.width - 0.5))[None, :]
+        dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(float(cy) * self.height - 0.5))[:, None]
+        if obj.shape == "circle":
+            sd = np.sqrt(dx * dx + dy * dy) - np.float32(r)
+        elif obj.shape == "square":
+            h = np.float32(_SQUARE_HALF * r)
+            qx, qy = np.abs(dx) - h, np.abs(dy) - h
+            outside = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
+            sd = outside + np.minimum(np.maximum(qx, qy), 0)
+        else:  # triangle pointing up; max of the three edge half-plane distances
+            inradius = np.float32(_TRIANGLE_CIRCUMRADIUS * r / 2.0)
+            c30, s30 = np.float32(math.sqrt(3.0) / 2.0), np.float32(0.5)
+            sd = np.maximum(np.maximum(dy, c30 * dx - s30 * dy), -c30 * dx - s30 * dy) - inradius
+        return np.clip(np.float32(0.5) - sd, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def rgb(self, t_s: float, box: Box | None = None) -> np.ndarray:
+        """Float RGB in [0, 1]: float32 [h, w, 3] over ``box`` (whole frame when None)."""
+        box = box or (0, self.height, 0, self.width)
+        y0, y1, x0, x1 = box
+        img = self.background[y0:y1, x0:x1].copy()
+        for i, colour in enumerate(self._colours):
+            a = self._coverage(i, t_s, box)[..., None]
+            img += a * (colour - img)
+        return img
+
+    def intensity(self, t_s: float, box: Box | None = None) -> np.ndarray:
+        """Float luminance in [0, 1]: float32 [h, w] over ``box`` (whole frame when None)."""
+        box = box or (0, self.height, 0, self.width)
+        y0, y1, x0, x1 = box
+        img = self.background_luma[y0:y1, x0:x1].copy()
+        for i, lum in enumerate(self._luma):
+            a = self._coverage(i, t_s, box)
+            img += a * (np.float32(lum) - img)
+        return img
+
+    def frame(self, t_s: float) -> np.ndarray:
+        """uint8 RGB [H, W, 3] at ``t_s``."""
+        return _to_uint8(self.rgb(t_s))
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of float RGB [..., 3] -> float32 [...]."""
+    w = np.asarray([0.299, 0.587, 0.114], np.float32)
+    return (rgb.astype(np.float32, copy=False) @ w).astype(np.float32, copy=False)
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _background(spec: SceneSpec, height: int, width: int) -> np.ndarray:
+    """Low-contrast texture from ``spec.texture_seed``: a few random low-frequency waves, defined in
+    normalised coordinates so every resolution shows the same pattern."""
+    rng = np.random.default_rng(spec.texture_seed)
+    u = ((np.arange(width, dtype=np.float64) + 0.5) / width)[None, :]
+    v = ((np.arange(height, dtype=np.float64) + 0.5) / height)[:, None]
+    tex = np.zeros((height, width), np.float64)
+    for _ in range(_TEXTURE_COMPONENTS):
+        fx, fy = rng.uniform(-6.0, 6.0, size=2)
+        phase = rng.uniform(0.0, 2.0 * math.pi)
+        tex += rng.uniform(0.3, 1.0) * np.sin(2.0 * math.pi * (fx * u + fy * v) + phase)
+    tex /= max(float(np.max(np.abs(tex))), 1e-9)
+    grey = spec.background_level + _BACKGROUND_CONTRAST * tex
+    rgb = grey[..., None] * np.asarray(spec.background_tint, np.float64)[None, None, :]
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+def render_frame(spec: SceneSpec, t_s: float, height: int, width: int) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of ``spec`` at time ``t_s``."""
+    return SceneRenderer(spec, height, width).frame(t_s)
+
+
+def render_frames(spec: SceneSpec, times_s: Sequence[float] | np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 RGB [N, H, W, 3] of ``spec`` at each time in ``times_s``."""
+    renderer = SceneRenderer(spec, height, width)
+    times = np.asarray(times_s, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(times)):
+        raise ValueError("times_s must be finite")
+    out = np.empty((len(times), height, width, 3), np.uint8)
+    for i, t in enumerate(times):
+        out[i] = renderer.frame(float(t))
+    return out
+
+
+def render_intensities(spec: SceneSpec, times_s: Sequence[float] | np.ndarray, height: int, width: int) -> np.ndarray:
+    """Float luminance variant for the event simulator: float32 [N, H, W] in [0, 1]."""
+    renderer = SceneRenderer(spec, height, width)
+    times = np.asarray(times_s, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(times)):
+        raise ValueError("times_s must be finite")
+    return np.stack([renderer.intensity(float(t)) for t in times]) if len(times) else np.empty((0, height, width), np.float32)

@@ -1,0 +1,54 @@
+"""Every project message and an EventPacket (1 MB payload) cross a process boundary intact."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from helpers.msg_samples import ONE_MB, build_samples, field_differences
+
+pytestmark = pytest.mark.ros
+CHILD = Path(__file__).parent / "helpers" / "publish_samples.py"
+QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def test_every_message_survives_another_process(rclpy_context) -> None:
+    expected = build_samples()
+    assert len(expected["event_packet"].events) == ONE_MB
+    received: dict[str, object] = {}
+    node = rclpy.create_node("sample_receiver", context=rclpy_context)
+    for topic, msg in expected.items():
+        node.create_subscription(type(msg), f"/ipc_test/{topic}",
+                                 lambda m, t=topic: received.setdefault(t, m), QOS)
+    child = subprocess.Popen([sys.executable, str(CHILD), "60"], env=dict(os.environ),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    executor = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    try:
+        deadline = time.monotonic() + 45.0
+        while len(received) < len(expected) and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+            assert child.poll() is None, child.communicate()[0].decode(errors="replace")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        executor.shutdown()
+        node.destroy_node()
+    assert set(received) == set(expected), f"never received: {set(expected) - set(received)}"
+    for topic, msg in expected.items():
+        assert field_differences(msg, received[topic], topic) == []
+
+
+def test_field_comparison_notices_a_difference() -> None:
+    a, b = build_samples(), build_samples()
+    b["verified_caption"].accepted_per_stage = [6, 4]
+    b["event_packet"].events = bytes(b["event_packet"].events[:-1]) + b"\x00"
+    assert field_differences(a["verified_caption"], b["verified_caption"]) == [".accepted_per_stage: values differ"]
+    assert field_differences(a["event_packet"], b["event_packet"]) in ([".events: bytes differ"], [".events: values differ"])
