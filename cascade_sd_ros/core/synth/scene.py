@@ -58,7 +58,7 @@ VOCABULARY: tuple[str, ...] = (
 # [fraction of min(H, W)] object radius range: >= 7 px at 48 px, >= 9.6 px at 64 px.
 RADIUS_RANGE: tuple[float, float] = (0.15, 0.18)
 # [fraction of axis extent / s] slow and fast speeds: 0.12 * 1.5 s * 64 px = 11.5 px of travel.
-DEFAULT_SPEEDS: tuple[float, float] = (0.12, 0.25)
+DEFAULT_SPEEDS: tuple[float, float] = (0.12, 0.24)
 # Bounding radius of each shape relative to its radius (square corner, triangle vertex).
 _SQUARE_HALF = 0.9
 _TRIANGLE_CIRCUMRADIUS = 1.3
@@ -138,7 +138,7 @@ def sample_scene(
 
     ``n_objects``: 1 or 2 (None: either, equally likely). ``speeds``: (slow, fast) in fractions of
     the axis extent per second; both are scaled down together when ``duration_s`` is too long for
-    the fast one to stay in frame, so "fast" stays twice "slowly". ``motions``: allowed motions.
+    the fast one to stay in frame, so their ratio (2 by default) holds. ``motions``: allowed motions.
     """
     if not (math.isfinite(duration_s) and duration_s > 0):
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
