@@ -1,0 +1,180 @@
+"""Tiny random models for tests and benches: a VideoLlava target, Llava refiner and drafter sharing a vocab.
+
+Special ids: pad 0, bos 1, eos 2, `<image>` = V-2, `<video>` = V-1; ordinary text ids are [3, V-2).
+With `aligned=True` the refiner/drafter language models are truncated copies of the target's (same
+embeddings, first layers, final norm and LM head), so random models still agree often enough for
+acceptance rates to mean something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    VideoLlavaConfig,
+    VideoLlavaForConditionalGeneration,
+)
+
+from cascade_sd_ros.core.spec.adapter import HFAdapter, StageContext
+from cascade_sd_ros.core.spec.prompt import expand_placeholder, media_token_count
+
+__all__ = ["PAD_ID", "BOS_ID", "EOS_ID", "TinyModels", "StageContexts", "tiny_models", "tiny_causal_lm"]
+
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class StageContexts:
+    """One clip's contexts for each stage (same question, different pixels per stage)."""
+
+    target: StageContext
+    refiner: StageContext
+    drafter: StageContext
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    target: HFAdapter
+    refiner: HFAdapter
+    drafter: HFAdapter
+    vocab_size: int
+    num_frames: int
+    image_size: int
+    make_contexts: Callable[[int], StageContexts]  # seed -> contexts
+
+
+def _text_config(vocab_size: int, hidden: int, layers: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        tie_word_embeddings=False,
+    )
+
+
+def _vision_config(hidden: int, image_size: int, patch_size: int) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=hidden,
+    )
+
+
+def _copy_language_prefix(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """Copy src's embeddings, first len(dst.layers) decoder layers, norm and LM head into dst."""
+    src_lm, dst_lm = src.model.language_model, dst.model.language_model
+    dst_lm.embed_tokens.load_state_dict(src_lm.embed_tokens.state_dict())
+    for i, layer in enumerate(dst_lm.layers):
+        layer.load_state_dict(src_lm.layers[i].state_dict())
+    dst_lm.norm.load_state_dict(src_lm.norm.state_dict())
+    dst.lm_head.load_state_dict(src.lm_head.state_dict())
+
+
+def tiny_models(
+    seed: int,
+    vocab_size: int = 64,
+    *,
+    hidden_size: int = 32,
+    target_layers: int = 2,
+    refiner_layers: int = 1,
+    drafter_layers: int = 1,
+    num_frames: int = 8,
+    image_size: int = 16,
+    patch_size: int = 8,
+    question_len: int = 6,
+    aligned: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> TinyModels:
+    """Build a seeded tiny target (VideoLlava, video), refiner and drafter (Llava, one image)."""
+    if vocab_size < 8:
+        raise ValueError(f"vocab_size must be >= 8, got {vocab_size}")
+    if aligned and max(refiner_layers, drafter_layers) > target_layers:
+        raise ValueError("aligned stages cannot have more layers than the target")
+    image_id, video_id = vocab_size - 2, vocab_size - 1
+    torch.manual_seed(seed)
+    target_cfg = VideoLlavaConfig(
+        vision_config=_vision_config(hidden_size, image_size, patch_size).to_dict(),
+        text_config=_text_config(vocab_size, hidden_size, target_layers).to_dict(),
+        image_token_index=image_id,
+        video_token_index=video_id,
+        image_seq_length=(image_size // patch_size) ** 2,
+        video_seq_length=num_frames * ((image_size // patch_size) ** 2 + 1),
+    )
+    target_model = VideoLlavaForConditionalGeneration(target_cfg)
+
+    def llava(layers: int) -> LlavaForConditionalGeneration:
+        cfg = LlavaConfig(
+            vision_config=_vision_config(hidden_size, image_size, patch_size).to_dict(),
+            text_config=_text_config(vocab_size, hidden_size, layers).to_dict(),
+            image_token_index=image_id,
+            image_seq_length=(image_size // patch_size) ** 2,
+        )
+        m = LlavaForConditionalGeneration(cfg)
+        if aligned:
+            _copy_language_prefix(target_model, m)
+        return m
+
+    refiner_model, drafter_model = llava(refiner_layers), llava(drafter_layers)
+    for m in (target_model, refiner_model, drafter_model):
+        m.generation_config.eos_token_id = EOS_ID
+        m.generation_config.pad_token_id = PAD_ID
+        m.to(device=device, dtype=dtype)
+    target = HFAdapter(target_model, name="target", modality="video")
+    refiner = HFAdapter(refiner_model, name="refiner", modality="image")
+    drafter = HFAdapter(drafter_model, name="drafter", modality="image")
+    n_video = media_token_count(target_cfg, "video", num_frames)
+    n_image = media_token_count(refiner_model.config, "image")
+
+    def make_contexts(ctx_seed: int) -> StageContexts:
+        g = torch.Generator().manual_seed(ctx_seed)
+        question = torch.randint(3, vocab_size - 2, (question_len,), generator=g).tolist()
+
+        def ids(placeholder: int, count: int) -> tuple[int, ...]:
+            return expand_placeholder([BOS_ID, *question[:2], placeholder, *question[2:]], placeholder, count)
+
+        video = torch.randn(1, num_frames, 3, image_size, image_size, generator=g, dtype=dtype)
+        frame = torch.randn(1, 3, image_size, image_size, generator=g, dtype=dtype)
+        events = torch.randn(1, 3, image_size, image_size, generator=g, dtype=dtype)
+        return StageContexts(
+            target=StageContext(ids(video_id, n_video), video, "video"),
+            refiner=StageContext(ids(image_id, n_image), frame, "image"),
+            drafter=StageContext(ids(image_id, n_image), events, "image"),
+        )
+
+    return TinyModels(target, refiner, drafter, vocab_size, num_frames, image_size, make_contexts)
+
+
+def tiny_causal_lm(
+    seed: int,
+    vocab_size: int = 64,
+    *,
+    hidden_size: int = 32,
+    layers: int = 1,
+    dtype: torch.dtype = torch.float32,
+    name: str = "lm",
+) -> HFAdapter:
+    """A seeded tiny Llama causal LM (text modality) as an adapter."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_text_config(vocab_size, hidden_size, layers))
+    model.generation_config.eos_token_id = EOS_ID
+    model.generation_config.pad_token_id = PAD_ID
+    return HFAdapter(model.to(dtype=dtype), name=name, modality="text")
