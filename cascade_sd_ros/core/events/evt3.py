@@ -111,41 +111,39 @@ def _decode_kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, 
         else:
             skipped += 1
         i += 1
+    # The common words (ADDR_Y, ADDR_X, TIME_LOW, TIME_HIGH: nearly all of a real stream) are
+    # handled without branches: their order is data-dependent, so branches would mispredict on
+    # most words. Every word writes a candidate CD event; only an in-bounds ADDR_X keeps it.
     while i < nw:
         w = np.int64(words[i])
         code = w >> 12
         v = w & 0xFFF
-        if code == 0x2:
-            t = high | low
-            if t >= until:
-                stop = i
-                break
-            x = v & 0x7FF
-            if x < width and y < height:
-                ox[n] = x
-                oy[n] = y
-                op[n] = v >> 11
-                ot[n] = t
-                n += 1
-            else:
-                skipped += 1
-        elif code == 0x0:
-            y = v & 0x7FF
-        elif code == 0x6:
-            low = v
-        elif code == 0x8:
-            high = _update_high(v, high)
-        elif code == 0x3:
+        y = (v & 0x7FF) if code == 0x0 else y
+        low = v if code == 0x6 else low
+        high = _update_high(v, high) if code == 0x8 else high
+        t = high | low
+        x = v & 0x7FF
+        if t >= until and (code == 0x2 or code == 0xA or ((code == 0x4 or code == 0x5) and (v & 0xFF if code == 0x5 else v) != 0)):
+            stop = i
+            break
+        ox[n] = x
+        oy[n] = y
+        op[n] = v >> 11
+        ot[n] = t
+        is_x = code == 0x2
+        keep = is_x and x < width and y < height
+        n += keep
+        skipped += is_x and not keep
+        if code == 0x0 or code == 0x2 or code == 0x6 or code == 0x8:
+            i += 1
+            continue
+        if code == 0x3:
             base_x = v & 0x7FF
             pol = v >> 11
         elif code == 0x4 or code == 0x5:
             nbits = 12 if code == 0x4 else 8
             mask = v if code == 0x4 else v & 0xFF
             if mask != 0:
-                t = high | low
-                if t >= until:
-                    stop = i
-                    break
                 if y < height:
                     for k in range(nbits):
                         if (mask >> k) & 1:
@@ -160,10 +158,6 @@ def _decode_kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, 
                     skipped += 1
             base_x += nbits
         elif code == 0xA:
-            t = high | low
-            if t >= until:
-                stop = i
-                break
             gid[m] = (v >> 8) & 0xF
             gp[m] = v & 1
             gt[m] = t
@@ -212,7 +206,7 @@ class Evt3Decoder:
         check_time_base(time_base)
         until = check_until(until_t_us)
         n_cd, n_trig = _count_upper_bound(words, _CD_PER_WORD)
-        cd = np.empty(n_cd, CD_DTYPE)
+        cd = np.empty(n_cd + 1, CD_DTYPE)  # +1: the kernel writes a candidate event per word
         trig = np.empty(n_trig, TRIGGER_DTYPE)
         n, m, stop, skipped = _decode_kernel(
             words, self._state, self.width, self.height, until,
@@ -263,16 +257,13 @@ def _encode_kernel(x, y, p, t, gid, gp, gt, st, out):  # noqa: ANN001, ANN202
     j = 0
     k = 0
     while i < n or j < m:
-        if cap - k < 2 * (_MAX_HIGH_JUMP + 8):
-            # Worst case of one step below is bounded except the TIME_HIGH path; check it exactly.
-            return -1
         use_trigger = j < m and (i >= n or gt[j] < t[i])
         tt = gt[j] if use_trigger else t[i]
         if st[_E_STARTED] == 1:
             steps = (tt >> 12) - st[_E_HIGH]
         else:
             steps = (tt >> 12)
-        if steps // _MAX_HIGH_JUMP + 4 > cap - k:
+        if steps // _MAX_HIGH_JUMP + 6 > cap - k:  # time words + row + vector base + event word
             return -1
         k = _emit_time(out, k, tt, st)
         if use_trigger:
@@ -303,7 +294,7 @@ def _encode_kernel(x, y, p, t, gid, gp, gt, st, out):  # noqa: ANN001, ANN202
             mask = np.int64(0)
             for q in range(i, e):
                 mask |= np.int64(1) << (np.int64(x[q]) - base)
-            if mask < 256 and st[_E_VEC_BASE] != base:
+            if mask < 256:
                 out[k] = 0x5000 | mask
                 st[_E_VEC_BASE] = base + 8
             else:
@@ -358,7 +349,7 @@ class Evt3Encoder:
             raise ValueError(
                 f"event time {first} µs is before the last encoded time {int(self._state[_E_LAST_T])} µs")
         steps = sum(int(a["t"][-1]) >> 12 for a in (cd, trig) if a.size) // _MAX_HIGH_JUMP
-        cap = 4 * (cd.size + trig.size) + 2 * steps + 4 * (_MAX_HIGH_JUMP + 8)
+        cap = 4 * (cd.size + trig.size) + 2 * steps + 64
         while True:
             saved = self._state.copy()
             out = np.empty(cap, np.uint16)

@@ -1,0 +1,22 @@
+"""Event-camera codecs and representations (pure numpy/numba; no ROS).
+
+Decoders turn ``event_camera_msgs/EventPacket`` payloads into structured arrays of
+:data:`CD_DTYPE` and :data:`TRIGGER_DTYPE` (t in µs of sensor time); :func:`make_decoder` picks
+one by the packet's ``encoding``.
+"""
+from .evt3 import Evt3Decoder, Evt3Encoder, encode_evt3
+from .factory import EventDecoder, make_decoder, supported_encodings
+from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents, EventDecodeError
+
+__all__ = [
+    "CD_DTYPE",
+    "TRIGGER_DTYPE",
+    "DecodedEvents",
+    "EventDecodeError",
+    "EventDecoder",
+    "Evt3Decoder",
+    "Evt3Encoder",
+    "encode_evt3",
+    "make_decoder",
+    "supported_encodings",
+]

@@ -1,0 +1,45 @@
+"""Pick a stateful decoder by the ``encoding`` string of an EventPacket."""
+from __future__ import annotations
+
+from typing import Protocol
+
+from .evt3 import Evt3Decoder
+from .payload import Payload
+from .types import DecodedEvents, EventDecodeError
+
+MAX_GEOMETRY = 65535  # the widest coordinate any supported encoding carries (16 bits)
+
+
+class EventDecoder(Protocol):
+    """One stream's decoder: feed its packets in order."""
+
+    encoding: str
+    width: int
+    height: int
+
+    def decode(self, payload: Payload, time_base: int = 0, until_t_us: int | None = None) -> DecodedEvents: ...
+
+    def reset(self) -> None: ...
+
+
+_DECODERS: dict[str, type] = {
+    "evt3": Evt3Decoder,
+}
+
+
+def supported_encodings() -> tuple[str, ...]:
+    return tuple(_DECODERS)
+
+
+def make_decoder(encoding: str, width: int, height: int) -> EventDecoder:
+    """A fresh decoder for ``encoding`` and a sensor of ``width`` x ``height`` pixels.
+
+    Raises EventDecodeError for an unknown encoding or a geometry outside 1..65535.
+    """
+    if not isinstance(encoding, str) or encoding not in _DECODERS:
+        raise EventDecodeError(
+            f"unknown event encoding {encoding!r}; supported: {', '.join(supported_encodings())}")
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GEOMETRY:
+            raise EventDecodeError(f"sensor {name} must be an integer in 1..{MAX_GEOMETRY}, got {value!r}")
+    return _DECODERS[encoding](width, height)
