@@ -305,6 +305,22 @@ class SceneRenderer:
         x0, x1 = max(0, int(math.floor(px - r))), min(self.width, int(math.ceil(px + r)) + 1)
         return (y0, max(y0, y1), x0, max(x0, x1))
 
+    def changed_boxes(self, t0_s: float, t1_s: float) -> list[Box]:
+        """Disjoint pixel boxes outside which the image is the same at ``t0_s`` and ``t1_s``.
+
+        Only moving objects change pixels; each sweeps the union of its boxes at both ends
+        (linear motion). Overlapping boxes merge, so no pixel is listed twice.
+        """
+        boxes: list[Box] = []
+        for i, obj in enumerate(self.spec.objects):
+            if obj.motion == "still" or t0_s == t1_s:
+                continue
+            a, b = self.object_box(i, t0_s), self.object_box(i, t1_s)
+            box = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+            if box[0] < box[1] and box[2] < box[3]:
+                boxes.append(box)
+        return merge_boxes(boxes)
+
     def _coverage(self, index: int, t_s: float, box: Box) -> np.ndarray:
         """Anti-aliased coverage in [0, 1] of object ``index`` over ``box``: float32 [h, w]."""
         obj = self.spec.objects[index]
@@ -349,6 +365,25 @@ class SceneRenderer:
     def frame(self, t_s: float) -> np.ndarray:
         """uint8 RGB [H, W, 3] at ``t_s``."""
         return _to_uint8(self.rgb(t_s))
+
+
+def merge_boxes(boxes: list[Box]) -> list[Box]:
+    """Replace overlapping boxes by their bounding box until all are disjoint."""
+    out = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
+                    out[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return out
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
