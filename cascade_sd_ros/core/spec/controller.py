@@ -1,0 +1,87 @@
+"""Adaptive draft length (gamma) from the running acceptance rate.
+
+The per-token acceptance alpha is estimated from decayed counts of accepted tokens and rejections
+(each round that stops early is one rejection after `accepted` successes), with a Laplace prior.
+gamma is then the length maximising Leviathan et al.'s expected speed-up
+
+    E[tokens per round] / cost per round = (1 - alpha^(gamma+1)) / ((1 - alpha) * (gamma * c + 1)),
+
+where c is the cost of one proposed token relative to one verification forward (set from measured
+times with `observe_cost`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DraftLengthController"]
+
+
+class DraftLengthController:
+    """gamma in [gamma_min, gamma_max] from the running acceptance (fixed when adaptive=False)."""
+
+    def __init__(
+        self,
+        gamma: int = 4,
+        *,
+        gamma_min: int = 1,
+        gamma_max: int = 16,
+        cost_ratio: float = 0.1,
+        decay: float = 0.8,
+        adaptive: bool = True,
+    ) -> None:
+        if not 0 <= gamma_min <= gamma <= gamma_max:
+            raise ValueError(f"need 0 <= gamma_min <= gamma <= gamma_max, got {gamma_min}, {gamma}, {gamma_max}")
+        if cost_ratio < 0:
+            raise ValueError(f"cost_ratio must be >= 0, got {cost_ratio}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.gamma_min, self.gamma_max = gamma_min, gamma_max
+        self.cost_ratio = cost_ratio
+        self.decay = decay
+        self.adaptive = adaptive
+        self._gamma = gamma
+        self._accepted = 0.0  # decayed count of accepted draft tokens
+        self._rejected = 0.0  # decayed count of rejections
+        self.total_drafted = 0
+        self.total_accepted = 0
+
+    @property
+    def gamma(self) -> int:
+        return self._gamma
+
+    @property
+    def alpha(self) -> float:
+        """Estimated per-token acceptance probability (Laplace-smoothed)."""
+        return (self._accepted + 1.0) / (self._accepted + self._rejected + 2.0)
+
+    @property
+    def acceptance(self) -> float:
+        """Fraction of all drafted tokens accepted so far (0 before any draft)."""
+        return self.total_accepted / self.total_drafted if self.total_drafted else 0.0
+
+    def observe_cost(self, draft_s_per_token: float, verify_s: float) -> None:
+        """Update c from measured times (seconds per proposed token, seconds per verification)."""
+        if draft_s_per_token >= 0 and verify_s > 0:
+            self.cost_ratio = 0.5 * self.cost_ratio + 0.5 * (draft_s_per_token / verify_s)
+
+    def update(self, drafted: int, accepted: int) -> int:
+        """Record one round (draft of `drafted` tokens, `accepted` kept) and return the next gamma."""
+        if not 0 <= accepted <= drafted:
+            raise ValueError(f"need 0 <= accepted <= drafted, got accepted={accepted}, drafted={drafted}")
+        self.total_drafted += drafted
+        self.total_accepted += accepted
+        if drafted == 0:
+            return self._gamma
+        self._accepted = self.decay * self._accepted + accepted
+        self._rejected = self.decay * self._rejected + (1.0 if accepted < drafted else 0.0)
+        if self.adaptive:
+            self._gamma = self._best_gamma(self.alpha)
+        return self._gamma
+
+    def _best_gamma(self, alpha: float) -> int:
+        best, best_speed = self.gamma_min, -1.0
+        for g in range(self.gamma_min, self.gamma_max + 1):
+            tokens = (1.0 - alpha ** (g + 1)) / (1.0 - alpha) if alpha < 1.0 else float(g + 1)
+            speed = tokens / (g * self.cost_ratio + 1.0)
+            if speed > best_speed + 1e-12:
+                best, best_speed = g, speed
+        return best
