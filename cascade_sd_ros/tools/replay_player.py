@@ -1,0 +1,175 @@
+"""Publishes a bag's records on their (remapped) topics with a ``/clock``, as the scheduler says.
+
+The play loop runs in the calling thread; the pipeline's executor spins elsewhere. Records go out as
+the raw CDR bytes of the bag. Outputs reported back through :meth:`Player.observe` (the recorder's
+callback) tell the scheduler which rounds are in flight; an output wakes a waiting player at once.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+
+from cascade_sd_ros.core import bagio
+from cascade_sd_ros.tools.replay_progress import ProgressBar, ProgressState
+from cascade_sd_ros.tools.replay_schedule import Publish, Scheduler
+from cascade_sd_ros.tools.replay_source import Record
+from cascade_sd_ros.tools.replay_types import rclpy_type
+
+VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
+ROUND_TYPES = frozenset({"cascade_sd_ros/msg/DraftTokens", "cascade_sd_ros/msg/Commit", VERIFIED_CAPTION_TYPE})
+PUBLISH_DEPTH = 100  # [messages] reliable publishers keep this many for a slow subscriber
+
+
+@dataclass
+class PlayStats:
+    published: dict[str, int] = field(default_factory=dict)  # topic -> records published
+    wall_s: float = 0.0
+    held_s: float = 0.0  # [s] fast mode: time the pipeline held the player
+    drain_s: float = 0.0  # [s] after the last record, waiting for rounds to finish
+    stalled_rounds: list[int] = field(default_factory=list)
+    drain_timed_out: bool = False
+
+
+class PlayerNode(Node):
+    """Publishers for the bag's topics and ``/clock``; nothing else."""
+
+    def __init__(self, topics: dict[str, str], **node_kwargs: Any) -> None:
+        super().__init__("replay_player", **node_kwargs)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PUBLISH_DEPTH,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        # Reliable publishers reach reliable and best-effort subscribers alike.
+        self._pubs = {topic: self.create_publisher(rclpy_type(msgtype), topic, qos) for topic, msgtype in topics.items()}
+        self._clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self._last_clock: int | None = None
+
+    def publish_clock(self, t_ns: int) -> None:
+        if t_ns == self._last_clock:
+            return
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)
+        self._clock_pub.publish(msg)
+        self._last_clock = t_ns
+
+    def publish_raw(self, topic: str, raw: bytes) -> None:
+        self._pubs[topic].publish(raw)
+
+    def subscriber_counts(self) -> dict[str, int]:
+        return {topic: pub.get_subscription_count() for topic, pub in self._pubs.items()}
+
+
+class Player:
+    """Drives :class:`PlayerNode` through a bag's records under a :class:`Scheduler`.
+
+    Args:
+        node: the publishers.
+        scheduler: pacing/holding policy.
+        end_bag_ns: bag time of the last record (drain and progress).
+        fast_gap_s: fast mode: pause after each record so thin subscription callbacks take it
+            before the next (a burst into a KEEP_LAST sensor queue would overwrite unread ones).
+        settle_s: after the last round is final, how long to wait for another one to open.
+        drain_timeout_s: give up waiting for rounds after the last record after this long.
+        on_record: called for every record published (e.g. the recorder keeps /ground_truth).
+    """
+
+    def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, fast_gap_s: float = 0.002,
+                 settle_s: float = 1.0, drain_timeout_s: float = 120.0, progress: ProgressBar | None = None,
+                 on_record: Callable[[Record, int], None] | None = None) -> None:
+        self.node = node
+        self.scheduler = scheduler
+        self.end_bag_ns = end_bag_ns
+        self.fast_gap_s = fast_gap_s
+        self.settle_s = settle_s
+        self.drain_timeout_s = drain_timeout_s
+        self.progress = progress or ProgressBar(enabled=False)
+        self.on_record = on_record
+        self._store = bagio.typestore()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._t0 = time.monotonic()
+        self._last_output_wall = self._t0
+        self.stats = PlayStats()
+
+    def clock_ns(self) -> int:
+        """Bag time ``/clock`` stands at (the recorder stamps outputs with it)."""
+        return self.scheduler.clock_ns
+
+    def observe(self, topic: str, msgtype: str, raw: bytes) -> None:
+        """An output arrived (recorder thread): update rounds in flight and wake the player."""
+        if msgtype not in ROUND_TYPES:
+            return
+        msg = self._store.deserialize_cdr(raw, msgtype)
+        final = bool(msg.final) if msgtype == VERIFIED_CAPTION_TYPE else False
+        with self._lock:
+            self.scheduler.tracker.observe(int(msg.round_id), final, self.scheduler.clock_ns, time.monotonic())
+            self._last_output_wall = time.monotonic()
+        self._wake.set()
+
+    def _state(self, held: bool = False) -> ProgressState:
+        tr = self.scheduler.tracker
+        return ProgressState(
+            bag_s=max(0.0, (self.scheduler.clock_ns - self.scheduler.start_bag_ns) / 1e9),
+            total_s=max(0.0, (self.end_bag_ns - self.scheduler.start_bag_ns) / 1e9),
+            rounds_opened=tr.opened, rounds_final=len(tr.finished), wall_s=time.monotonic() - self._t0, held=held)
+
+    def _sleep(self, seconds: float) -> None:
+        self._wake.wait(max(0.0, seconds))
+        self._wake.clear()
+
+    def play(self, records: Iterable[Record]) -> PlayStats:
+        self._t0 = time.monotonic()
+        with self._lock:
+            self.scheduler.start(self._t0)
+        fast = self.scheduler.rate is None
+        for rec in records:
+            while True:
+                with self._lock:
+                    action = self.scheduler.plan(rec.t_ns, time.monotonic())
+                self.node.publish_clock(action.clock_ns)
+                if isinstance(action, Publish):
+                    break
+                t = time.monotonic()
+                self._sleep(action.seconds)
+                if action.gated:
+                    self.stats.held_s += time.monotonic() - t
+                self.progress.update(self._state(held=action.gated))
+            self.node.publish_raw(rec.topic, rec.raw)
+            self.stats.published[rec.topic] = self.stats.published.get(rec.topic, 0) + 1
+            if self.on_record is not None:
+                self.on_record(rec, action.clock_ns)
+            self.progress.update(self._state())
+            if fast and self.fast_gap_s > 0:
+                time.sleep(self.fast_gap_s)
+        self._drain()
+        self.stats.wall_s = time.monotonic() - self._t0
+        self.stats.stalled_rounds = sorted(self.scheduler.tracker.stalled)
+        self.progress.close(self._state())
+        return self.stats
+
+    def _drain(self) -> None:
+        """Keep /clock going until no round is in flight and none opened for ``settle_s``."""
+        t_start = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - t_start > self.drain_timeout_s:
+                self.stats.drain_timed_out = True
+                break
+            with self._lock:
+                action = self.scheduler.drain(self.end_bag_ns, now)
+                quiet = now - self._last_output_wall
+            if action is None:
+                # Nothing in flight: wait a little in case a round is about to open.
+                self.node.publish_clock(self.scheduler.clock_ns)
+                if quiet >= self.settle_s and now - t_start >= self.settle_s:
+                    break
+                self._sleep(min(0.05, self.settle_s))
+            else:
+                self.node.publish_clock(action.clock_ns)
+                self._sleep(action.seconds)
+            self.progress.update(self._state(held=action is not None and action.gated))
+        self.stats.drain_s = time.monotonic() - t_start

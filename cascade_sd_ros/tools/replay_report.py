@@ -1,0 +1,331 @@
+"""The replay report, computed from the recorded output bag only: report.json, report.md, PNG plots.
+
+Everything a report states about rounds comes from the output MCAP: the cascade's final
+``VerifiedCaption`` per round, the verifier-alone baseline the replay wrote next to it
+(:data:`BASELINE_TOPIC`) and the ``/ground_truth`` scenes the player forwarded. So anyone can
+recompute a report from its bag (:func:`load_output` + :func:`cascade_sd_ros.core.report.summarise`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cascade_sd_ros.core import bagio
+from cascade_sd_ros.core import report as rpt
+from cascade_sd_ros.core.report import Baseline, RoundRecord, SceneInterval
+
+VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
+DRAFT_TYPE = "cascade_sd_ros/msg/DraftTokens"
+COMMIT_TYPE = "cascade_sd_ros/msg/Commit"
+GROUND_TRUTH_TYPE = "cascade_sd_ros/msg/SceneGroundTruth"
+#: Where the replay writes the verifier-alone baseline, one final VerifiedCaption per round.
+BASELINE_TOPIC = "/replay/verifier_alone"
+BASELINE_MODE = "verifier-alone"
+SCHEMA = "cascade_sd_ros.replay_report/1"
+
+
+def _stamp_ns(t: Any) -> int:
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
+def record_from_caption(msg: Any, ground_truth: str | None = None, baseline: Baseline | None = None) -> RoundRecord:
+    """A final ``VerifiedCaption`` (rosbags or rclpy message) as a :class:`RoundRecord`."""
+    return RoundRecord(
+        round_id=int(msg.round_id),
+        stamp_ns=_stamp_ns(msg.header.stamp),
+        text=str(msg.text),
+        token_ids=tuple(int(t) for t in msg.token_ids),
+        mode_name=str(msg.mode_name),
+        lossless=bool(msg.lossless),
+        drafted_per_stage=tuple(int(v) for v in msg.drafted_per_stage),
+        accepted_per_stage=tuple(int(v) for v in msg.accepted_per_stage),
+        target_forwards=int(msg.target_forwards),
+        latency_ms={"total": float(msg.latency_total_ms), "wait": float(msg.latency_wait_ms),
+                    "prefill": float(msg.latency_prefill_ms), "verify": float(msg.latency_verify_ms),
+                    "draft": float(msg.latency_draft_ms)},
+        skew_ms={"skew_frame": float(msg.skew_frame_ms), "skew_clip": float(msg.skew_clip_ms),
+                 "clip_span": float(msg.clip_span_ms)},
+        degraded=bool(msg.degraded),
+        degraded_reason=str(msg.degraded_reason),
+        ground_truth=ground_truth,
+        baseline=baseline,
+    )
+
+
+def baseline_from_caption(msg: Any) -> Baseline:
+    """The baseline as :data:`BASELINE_TOPIC` carries it: prefill + decode time in the two latencies."""
+    return Baseline(token_ids=tuple(int(t) for t in msg.token_ids), text=str(msg.text),
+                    decode_ms=float(msg.latency_prefill_ms) + float(msg.latency_verify_ms),
+                    target_forwards=int(msg.target_forwards))
+
+
+@dataclass
+class OutputBag:
+    """What a replay's output bag holds, read back."""
+
+    path: Path
+    rounds: list[RoundRecord]
+    scenes: list[SceneInterval]
+    counts: dict[str, int]  # topic -> messages
+    drafts_per_stage: dict[int, int] = field(default_factory=dict)  # DraftTokens messages by stage
+    degraded_drafts: int = 0
+    commits: int = 0
+    duplicate_finals: int = 0  # final captions repeated for a round already final
+    non_final_captions: int = 0
+
+
+def load_output(path: Path) -> OutputBag:
+    """Read an output bag back into round records (ground truth and baseline attached)."""
+    finals: dict[int, Any] = {}
+    baselines: dict[int, Baseline] = {}
+    scenes: list[SceneInterval] = []
+    counts: dict[str, int] = {}
+    drafts: dict[int, int] = {}
+    degraded_drafts = commits = duplicates = partial = 0
+    for topic, msgtype, _t, msg in bagio.iter_messages(path):
+        counts[topic] = counts.get(topic, 0) + 1
+        if msgtype == VERIFIED_CAPTION_TYPE:
+            if not msg.final:
+                partial += topic != BASELINE_TOPIC
+                continue
+            if topic == BASELINE_TOPIC:
+                baselines[int(msg.round_id)] = baseline_from_caption(msg)
+            else:
+                duplicates += int(msg.round_id) in finals
+                finals[int(msg.round_id)] = msg
+        elif msgtype == DRAFT_TYPE:
+            drafts[int(msg.stage)] = drafts.get(int(msg.stage), 0) + 1
+            degraded_drafts += bool(msg.degraded)
+        elif msgtype == COMMIT_TYPE:
+            commits += 1
+        elif msgtype == GROUND_TRUTH_TYPE:
+            scenes.append(SceneInterval(int(msg.scene_index), _stamp_ns(msg.start), _stamp_ns(msg.end),
+                                        str(msg.caption), int(msg.event_offset_ns)))
+    scenes.sort(key=lambda s: (s.start_ns, s.index))
+    rounds = []
+    for rid in sorted(finals, key=lambda r: (_stamp_ns(finals[r].header.stamp), r)):
+        msg = finals[rid]
+        scene = rpt.match_ground_truth(_stamp_ns(msg.header.stamp), scenes)
+        rounds.append(record_from_caption(msg, scene.caption if scene else None, baselines.get(rid)))
+    return OutputBag(Path(path), rounds, scenes, counts, drafts, degraded_drafts, commits, duplicates, partial)
+
+
+def scene_captions(rounds: list[RoundRecord], scenes: list[SceneInterval]) -> list[dict[str, Any]]:
+    """Per ground-truth scene: its caption and the final captions of the rounds inside it."""
+    out = []
+    for scene in scenes:
+        inside = [r for r in rounds if scene.contains_event_time(r.stamp_ns)]
+        out.append({"index": scene.index, "ground_truth": scene.caption,
+                    "rounds": [{"round_id": r.round_id, "stamp_ns": r.stamp_ns, "caption": r.text} for r in inside],
+                    "last_caption": inside[-1].text if inside else None})
+    return out
+
+
+def build_report(output: OutputBag, run: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The report.json document."""
+    return {
+        "schema": SCHEMA,
+        "run": dict(run),
+        "input": dict(inputs),
+        "output": {
+            "bag": str(output.path),
+            "topics": output.counts,
+            "drafts_per_stage": {str(k): v for k, v in sorted(output.drafts_per_stage.items())},
+            "degraded_drafts": output.degraded_drafts,
+            "commits": output.commits,
+            "growing_captions": output.non_final_captions,
+            "duplicate_finals": output.duplicate_finals,
+        },
+        "summary": rpt.summarise(output.rounds),
+        "rounds": [rpt.round_to_dict(r) for r in output.rounds],
+        "scenes": scene_captions(output.rounds, output.scenes),
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None so report.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(report: Mapping[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------- plots
+
+def write_plots(rounds: list[RoundRecord], out_dir: Path) -> list[str]:
+    """PNG figures (Agg backend): latency breakdown, acceptance, skew, baseline comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    if not rounds:
+        return written
+    x = list(range(len(rounds)))
+    labels = [str(i) for i in x]
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bottom = [0.0] * len(rounds)
+    for comp in ("wait", "draft", "prefill", "verify"):
+        vals = [max(0.0, float(r.latency_ms[comp])) for r in rounds]
+        ax.bar(x, vals, bottom=bottom, label=comp)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.plot(x, [r.latency_ms["total"] for r in rounds], "k.", label="total")
+    ax.set(xlabel="round", ylabel="ms", title="Latency breakdown per round")
+    ax.set_xticks(x, labels)
+    ax.legend(fontsize=7)
+    save(fig, "latency.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3.0))
+    n_stages = max(len(r.drafted_per_stage) for r in rounds)
+    for s in range(n_stages):
+        vals = [rpt.round_acceptance(r)[s] if s < len(r.drafted_per_stage) else None for r in rounds]
+        ax.plot(x, [float("nan") if v is None else v for v in vals], "o-",
+                label=rpt.STAGE_NAMES[s] if s < len(rpt.STAGE_NAMES) else f"stage {s}")
+    ax.set(xlabel="round", ylabel="accepted / drafted", ylim=(-0.05, 1.05), title="Acceptance per stage")
+    ax.set_xticks(x, labels)
+    ax.legend(fontsize=7)
+    save(fig, "acceptance.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3.0))
+    for comp, label in (("skew_frame", "refiner frame − T"), ("skew_clip", "newest clip frame − T")):
+        ax.plot(x, [r.skew_ms[comp] for r in rounds], "o-", label=label)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set(xlabel="round", ylabel="ms", title="Alignment skew")
+    ax.set_xticks(x, labels)
+    ax.legend(fontsize=7)
+    save(fig, "skew.png")
+
+    if any(r.baseline is not None for r in rounds):
+        fig, ax = plt.subplots(figsize=(8, 3.0))
+        w = 0.4
+        ax.bar([i - w / 2 for i in x], [r.baseline.decode_ms if r.baseline else float("nan") for r in rounds], w,
+               label="verifier alone")
+        ax.bar([i + w / 2 for i in x], [r.verifier_ms for r in rounds], w, label="cascade (prefill + verify)")
+        ax.set(xlabel="round", ylabel="ms", title="Verifier compute: cascade vs verifier alone")
+        ax.set_xticks(x, labels)
+        ax.legend(fontsize=7)
+        save(fig, "speedup.png")
+    return written
+
+
+# -------------------------------------------------------------------------------------- markdown
+
+def _fmt(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "–" if not math.isfinite(v) else f"{v:.{nd}f}"
+    return str(v)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
+    run, inp, summ = report["run"], report["input"], report["summary"]
+    lines = [f"# Replay report: `{inp.get('bag', '?')}`", ""]
+    lines += ["## Run", "", "| | |", "|---|---|"]
+    for key in ("mode", "pacing", "remaps", "started_utc", "wall_s"):
+        if key in run:
+            lines.append(f"| {key} | {_md_escape(str(run[key]))} |")
+    for name, desc in (run.get("models") or {}).items():
+        lines.append(f"| model {name} | {_md_escape(str(desc))} |")
+    for name, ver in (run.get("versions") or {}).items():
+        lines.append(f"| {name} | {ver} |")
+    lines.append("")
+
+    lines += ["## Input", "", f"Duration {_fmt(inp.get('duration_s'), 2)} s.", "",
+              "| topic | type | published as | records | corrupt |", "|---|---|---|---|---|"]
+    for name, t in (inp.get("topics") or {}).items():
+        pub = t["published_as"] if t.get("publishable") else "(skipped: type unknown here)"
+        lines.append(f"| {name} | {t['type']} | {pub} | {t['count']} | {t['corrupt']} |")
+    missing = inp.get("missing_streams") or {}
+    if missing:
+        lines += ["", "**Missing streams:**", ""] + [f"* `{s}`: {why}" for s, why in missing.items()]
+    if inp.get("unknown_types"):
+        lines += ["", "**Unknown message types (skipped):** " +
+                  ", ".join(f"`{k}` [{v}]" for k, v in inp["unknown_types"].items())]
+    if inp.get("corrupt_records"):
+        lines += ["", "**Corrupt records (skipped):** " +
+                  ", ".join(f"`{k}`: {v}" for k, v in inp["corrupt_records"].items())]
+    if inp.get("storage_error"):
+        lines += ["", f"**Storage error (reading stopped early):** {inp['storage_error']}"]
+    for topic, ev in (inp.get("events") or {}).items():
+        lines += ["", f"Events on `{topic}` ({ev['encoding']}, {ev['width']}x{ev['height']}, {ev['packets']} packets): "
+                  f"OFF {ev['off']}, ON {ev['on']}, trigger rise {ev['trigger_rise']}, fall {ev['trigger_fall']}, "
+                  f"sum t {ev['sum_t_us']} µs."]
+    lines.append("")
+
+    lines += ["## Summary", "", f"{summ['rounds']} rounds, modes {', '.join(summ['modes']) or '–'}, "
+              f"{summ['tokens']} caption tokens, {summ['target_forwards']} verifier forwards.", ""]
+    lines += ["| stage | drafted | accepted | rate |", "|---|---|---|---|"]
+    for stage, a in summ["acceptance"].items():
+        lines.append(f"| {stage} | {a['drafted']} | {a['accepted']} | {_fmt(a['rate'], 3)} |")
+    lines += ["", "| latency (ms) | p50 | p95 | p99 | mean |", "|---|---|---|---|---|"]
+    for comp, d in summ["latency_ms"].items():
+        lines.append(f"| {comp} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | {_fmt(d['p99'])} | {_fmt(d['mean'])} |")
+    lines += ["", "| abs skew (ms) | p50 | p95 | p99 | max |", "|---|---|---|---|---|"]
+    for comp, d in summ["abs_skew_ms"].items():
+        lines.append(f"| {comp} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | {_fmt(d['p99'])} | {_fmt(d['max'])} |")
+    deg = summ["degraded"]
+    lines += ["", f"Degraded rounds: {deg['count']}" +
+              ("" if not deg["reasons"] else " (" + "; ".join(f"{k}: {v}" for k, v in deg["reasons"].items()) + ")")]
+    base = summ["baseline"]
+    if base["rounds"]:
+        lines += ["", f"Verifier alone on the same {base['rounds']} rounds: {_fmt(base['baseline_ms'])} ms vs cascade "
+                  f"{_fmt(base['cascade_ms'])} ms verifier compute, speed-up **{_fmt(base['speedup_verifier'], 2)}x**; "
+                  f"forwards {base['baseline_forwards']} vs {base['cascade_forwards']} "
+                  f"({_fmt(base['forward_reduction'], 2)}x, {_fmt(base['tokens_per_forward'], 2)} tokens/forward); "
+                  f"same tokens as the baseline in {_fmt(100 * base['lossless_match'], 0)} % of rounds."]
+    else:
+        lines += ["", "No verifier-alone baseline (no rounds, or the baseline was not run)."]
+    acc = summ["accuracy"]
+    if acc["rounds"]:
+        lines += ["", f"Caption accuracy on {acc['rounds']} rounds with ground truth: exact match "
+                  f"{_fmt(100 * acc['exact_match'], 0)} %, word accuracy {_fmt(100 * acc['word_accuracy'], 0)} %"
+                  + ("" if acc["baseline_exact_match"] is None else
+                     f" (verifier alone: exact {_fmt(100 * acc['baseline_exact_match'], 0)} %)") + "."]
+    else:
+        lines += ["", "No ground truth in the bag: caption accuracy not computed."]
+
+    lines += ["", "## Rounds", "",
+              "| # | T (s) | caption | ground truth | accepted/drafted per stage | total ms | skew frame/clip ms | degraded |",
+              "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(report["rounds"]):
+        acc_txt = ", ".join(f"{a}/{d}" for a, d in zip(r["accepted_per_stage"], r["drafted_per_stage"]))
+        skew = f"{_fmt(r['skew_ms']['skew_frame'])} / {_fmt(r['skew_ms']['skew_clip'])}"
+        deg_txt = _md_escape(r["degraded_reason"] or "yes") if r["degraded"] else ""
+        lines.append(f"| {i} | {r['stamp_ns'] / 1e9:.3f} | {_md_escape(r['caption'])} | "
+                     f"{_md_escape(r['ground_truth'] or '–')} | {acc_txt} | {_fmt(r['latency_ms']['total'])} | {skew} | {deg_txt} |")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(output: OutputBag, run: Mapping[str, Any], inputs: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Write report.json, report.md and the PNGs into ``out_dir``; returns the report dict."""
+    report = build_report(output, run, inputs)
+    figures = write_plots(output.rounds, out_dir)
+    report["figures"] = figures
+    write_json(report, out_dir / "report.json")
+    (out_dir / "report.md").write_text(render_markdown(_json_safe(report), figures))
+    return report

@@ -1,0 +1,269 @@
+"""The replay's input side: what a rosbag2 holds, and its records in order, checked and remapped.
+
+:func:`scan_bag` reads the bag once before playback: topics and types, which of the cascade's
+input streams are present, unknown message types and corrupt records (both skipped, both
+reported), the ground-truth scenes, and event statistics decoded with the package's own event
+decoders. :func:`iter_records` then yields the records to publish, as raw CDR bytes (published
+as-is, so the bytes on the wire are exactly the recorded ones), under their remapped topic names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from cascade_sd_ros.core import bagio
+from cascade_sd_ros.core.events import EventDecodeError, make_decoder
+from cascade_sd_ros.core.report import SceneInterval
+
+EVENTS_TYPE = "event_camera_msgs/msg/EventPacket"
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+GROUND_TRUTH_TYPE = "cascade_sd_ros/msg/SceneGroundTruth"
+CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
+
+#: The cascade's input streams, by message type (names may be remapped; types say what a topic is).
+STREAMS: dict[str, str] = {"events": EVENTS_TYPE, "rgb": IMAGE_TYPE}
+#: What each stream feeds, for the "what is missing" message.
+STREAM_ROLE: dict[str, str] = {
+    "events": "event_drafter has no events (rounds open without event drafts, if at all)",
+    "rgb": "frame_refiner and video_verifier have no frames (refiner passes drafts through, verifier degraded)",
+}
+
+
+class ReplayInputError(ValueError):
+    """The bag cannot be replayed at all (missing, unreadable, no messages)."""
+
+
+def parse_remaps(specs: list[str] | None) -> dict[str, str]:
+    """``["/a:=/b", ...]`` -> ``{"/a": "/b"}``; raises ReplayInputError naming a malformed entry."""
+    remaps: dict[str, str] = {}
+    for spec in specs or []:
+        src, sep, dst = spec.partition(":=")
+        if not sep or not src.strip() or not dst.strip():
+            raise ReplayInputError(f"--remap {spec!r}: expected FROM:=TO, e.g. /cam/events:=/event_camera/events")
+        src, dst = src.strip(), dst.strip()
+        for name in (src, dst):
+            if not name.startswith("/") or " " in name:
+                raise ReplayInputError(f"--remap {spec!r}: topic {name!r} must be an absolute name without spaces")
+        if src in remaps:
+            raise ReplayInputError(f"--remap {spec!r}: {src} is remapped twice")
+        remaps[src] = dst
+    return remaps
+
+
+@dataclass
+class EventStats:
+    """Decoded event counts of one event topic (the golden figures of a real recording)."""
+
+    encoding: str = ""
+    width: int = 0
+    height: int = 0
+    packets: int = 0
+    off: int = 0  # CD events with p = 0
+    on: int = 0  # CD events with p = 1
+    trigger_rise: int = 0  # trigger events with p = 0
+    trigger_fall: int = 0  # trigger events with p = 1
+    sum_t_us: int = 0  # sum of t over all CD and trigger events
+    t_min_us: int | None = None
+    t_max_us: int | None = None
+    skipped_words: int = 0
+    decode_errors: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _EventCounter:
+    """Feeds one topic's packets, in order, to one stateful decoder and accumulates counts."""
+
+    def __init__(self) -> None:
+        self.stats = EventStats()
+        self._decoder: Any = None
+
+    def feed(self, msg: Any) -> None:
+        s = self.stats
+        if self._decoder is None or (msg.encoding, msg.width, msg.height) != (s.encoding, s.width, s.height):
+            # First packet, or the stream changed geometry/encoding: start a fresh decoder.
+            s.encoding, s.width, s.height = str(msg.encoding), int(msg.width), int(msg.height)
+            self._decoder = make_decoder(s.encoding, s.width, s.height)
+        s.packets += 1
+        decoded = self._decoder.decode(np.asarray(msg.events, dtype=np.uint8), time_base=int(msg.time_base))
+        cd, tr = decoded.cd, decoded.triggers
+        s.off += int(np.count_nonzero(cd["p"] == 0))
+        s.on += int(np.count_nonzero(cd["p"] == 1))
+        s.trigger_rise += int(np.count_nonzero(tr["p"] == 0))
+        s.trigger_fall += int(np.count_nonzero(tr["p"] == 1))
+        s.sum_t_us += int(cd["t"].sum(dtype=np.int64)) + int(tr["t"].sum(dtype=np.int64))
+        s.skipped_words += int(decoded.skipped_words)
+        for arr in (cd["t"], tr["t"]):
+            if arr.size:
+                lo, hi = int(arr.min()), int(arr.max())
+                s.t_min_us = lo if s.t_min_us is None else min(s.t_min_us, lo)
+                s.t_max_us = hi if s.t_max_us is None else max(s.t_max_us, hi)
+
+
+@dataclass
+class TopicInfo:
+    name: str  # as recorded
+    published_as: str  # after --remap
+    msgtype: str
+    count: int = 0  # records in the bag
+    corrupt: int = 0  # records that failed to deserialise (skipped)
+    publishable: bool = True  # known type the middleware can publish
+
+
+@dataclass
+class BagScan:
+    """Everything the replay needs to know about its input before playing it."""
+
+    path: Path
+    start_ns: int
+    end_ns: int
+    topics: dict[str, TopicInfo]
+    scenes: list[SceneInterval] = field(default_factory=list)
+    events: dict[str, EventStats] = field(default_factory=dict)
+    storage_error: str | None = None  # reading stopped early on this error
+    corrupt_at: set[tuple[str, int]] = field(default_factory=set)  # (recorded topic, index in topic) skipped
+
+    @property
+    def duration_ns(self) -> int:
+        return max(0, self.end_ns - self.start_ns)
+
+    def streams_present(self) -> dict[str, list[str]]:
+        """Stream name -> published topic names carrying it."""
+        return {s: [t.published_as for t in self.topics.values() if t.msgtype == ty and t.publishable and t.count > t.corrupt]
+                for s, ty in STREAMS.items()}
+
+    def missing_streams(self) -> list[str]:
+        return [s for s, topics in self.streams_present().items() if not topics]
+
+    def unknown_types(self) -> dict[str, str]:
+        """Recorded topic -> type, for types this replay cannot publish (skipped)."""
+        return {t.name: t.msgtype for t in self.topics.values() if not t.publishable}
+
+    def corrupt_records(self) -> dict[str, int]:
+        return {t.name: t.corrupt for t in self.topics.values() if t.corrupt}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bag": str(self.path),
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "duration_s": self.duration_ns / 1e9,
+            "topics": {t.name: {"type": t.msgtype, "published_as": t.published_as, "count": t.count,
+                                "corrupt": t.corrupt, "publishable": t.publishable} for t in self.topics.values()},
+            "streams": self.streams_present(),
+            "missing_streams": {s: STREAM_ROLE[s] for s in self.missing_streams()},
+            "unknown_types": self.unknown_types(),
+            "corrupt_records": self.corrupt_records(),
+            "storage_error": self.storage_error,
+            "scenes": [{"index": s.index, "start_ns": s.start_ns, "end_ns": s.end_ns, "caption": s.caption,
+                        "event_offset_ns": s.event_offset_ns} for s in self.scenes],
+            "events": {topic: st.to_dict() for topic, st in self.events.items()},
+        }
+
+
+def _publishable(msgtype: str, store: Any) -> bool:
+    """Known to the typestore (so it can be checked and recorded) and importable for rclpy."""
+    if msgtype not in store.types:
+        return False
+    from cascade_sd_ros.tools.replay_types import rclpy_type  # rclpy-side import, kept lazy
+
+    try:
+        rclpy_type(msgtype)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return True
+
+
+def _stamp_ns(t: Any) -> int:
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
+def _open(path: Path) -> Any:
+    if not path.exists():
+        raise ReplayInputError(f"bag {path} does not exist")
+    try:
+        return bagio.open_reader(path)
+    except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
+        raise ReplayInputError(f"cannot open {path} as a rosbag2 (sqlite3 or MCAP): {exc}") from exc
+
+
+def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
+    """Read the whole bag once: topics, checks, ground truth and event statistics."""
+    remaps = dict(remaps or {})
+    store = bagio.typestore()
+    reader = _open(path)
+    topics: dict[str, TopicInfo] = {}
+    scenes: list[SceneInterval] = []
+    counters: dict[str, _EventCounter] = {}
+    storage_error: str | None = None
+    corrupt_at: set[tuple[str, int]] = set()
+    start = end = None
+    with reader:
+        for conn in reader.connections:
+            if conn.topic not in topics:
+                topics[conn.topic] = TopicInfo(conn.topic, remaps.get(conn.topic, conn.topic), conn.msgtype,
+                                               publishable=_publishable(conn.msgtype, store))
+        publishable = [c for c in reader.connections if topics[c.topic].publishable]
+        for c in reader.connections:
+            if not topics[c.topic].publishable:
+                topics[c.topic].count += int(getattr(c, "msgcount", 0) or 0)
+        try:
+            for conn, t_ns, raw in reader.messages(connections=publishable):
+                info = topics[conn.topic]
+                index = info.count
+                info.count += 1
+                start = t_ns if start is None else min(start, t_ns)
+                end = t_ns if end is None else max(end, t_ns)
+                try:
+                    msg = store.deserialize_cdr(raw, conn.msgtype)
+                except Exception:  # any deserialisation failure means a corrupt record
+                    info.corrupt += 1
+                    corrupt_at.add((conn.topic, index))
+                    continue
+                if conn.msgtype == GROUND_TRUTH_TYPE:
+                    scenes.append(SceneInterval(int(msg.scene_index), _stamp_ns(msg.start), _stamp_ns(msg.end),
+                                                str(msg.caption), int(msg.event_offset_ns)))
+                elif conn.msgtype == EVENTS_TYPE:
+                    counter = counters.setdefault(conn.topic, _EventCounter())
+                    try:
+                        counter.feed(msg)
+                    except EventDecodeError:
+                        counter.stats.decode_errors += 1
+        except Exception as exc:  # a truncated or damaged storage file: keep what was read
+            storage_error = f"{type(exc).__name__}: {exc}"
+    if start is None or end is None:
+        raise ReplayInputError(f"bag {path} has no messages of a type the replay can publish "
+                               f"(topics: {', '.join(f'{t.name} [{t.msgtype}]' for t in topics.values()) or 'none'})")
+    scenes.sort(key=lambda s: (s.start_ns, s.index))
+    return BagScan(Path(path), start, end, topics, scenes, {k: c.stats for k, c in counters.items()}, storage_error,
+                   corrupt_at)
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str  # published name (after remaps)
+    msgtype: str
+    t_ns: int  # [ns] recorded (bag) time
+    raw: bytes  # CDR as recorded
+
+
+def iter_records(scan: BagScan) -> Iterator[Record]:
+    """The bag's publishable, intact records in recorded order (those scan_bag found corrupt skipped)."""
+    reader = _open(scan.path)
+    seen: dict[str, int] = {}
+    with reader:
+        conns = [c for c in reader.connections if scan.topics[c.topic].publishable]
+        try:
+            for conn, t_ns, raw in reader.messages(connections=conns):
+                index = seen.get(conn.topic, 0)
+                seen[conn.topic] = index + 1
+                if (conn.topic, index) in scan.corrupt_at:
+                    continue
+                yield Record(scan.topics[conn.topic].published_as, conn.msgtype, int(t_ns), bytes(raw))
+        except Exception:  # scan_bag recorded the storage error; play what was readable
+            return
