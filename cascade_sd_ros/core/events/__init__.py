@@ -5,6 +5,8 @@ Decoders turn ``event_camera_msgs/EventPacket`` payloads into structured arrays 
 one by the packet's ``encoding``.
 """
 from .evt3 import Evt3Decoder, Evt3Encoder, encode_evt3
+from .legacy import MonoDecoder, TriggerDecoder, encode_mono, encode_trigger
+from .libcaer import LibcaerCmpDecoder, LibcaerDecoder, encode_libcaer, encode_libcaer_cmp
 from .factory import EventDecoder, make_decoder, supported_encodings
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents, EventDecodeError
 
@@ -16,7 +18,15 @@ __all__ = [
     "EventDecoder",
     "Evt3Decoder",
     "Evt3Encoder",
+    "LibcaerCmpDecoder",
+    "LibcaerDecoder",
+    "MonoDecoder",
+    "TriggerDecoder",
     "encode_evt3",
+    "encode_libcaer",
+    "encode_libcaer_cmp",
+    "encode_mono",
+    "encode_trigger",
     "make_decoder",
     "supported_encodings",
 ]

@@ -77,7 +77,7 @@ def _count_upper_bound(words: np.ndarray, table: np.ndarray) -> tuple[int, int]:
 @numba.njit(cache=True, inline="always")
 def _update_high(v: int, high: int) -> int:
     last = (high >> 12) & 0xFFF
-    if v < last and last - v > _MIN_WRAP_DISTANCE:
+    if (v < last) & (last - v > _MIN_WRAP_DISTANCE):
         high += ROLLOVER_US
     return (high & ~np.int64(ROLLOVER_US - 1)) | (np.int64(v) << 12)
 
@@ -131,9 +131,9 @@ def _decode_kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, 
         op[n] = v >> 11
         ot[n] = t
         is_x = code == 0x2
-        keep = is_x and x < width and y < height
+        keep = is_x & (x < width) & (y < height)  # bitwise: no short-circuit branches
         n += keep
-        skipped += is_x and not keep
+        skipped += np.int64(is_x) - np.int64(keep)  # out-of-geometry ADDR_X
         if code == 0x0 or code == 0x2 or code == 0x6 or code == 0x8:
             i += 1
             continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from .evt3 import Evt3Decoder
+from .legacy import MonoDecoder, TriggerDecoder
+from .libcaer import LibcaerCmpDecoder, LibcaerDecoder
 from .payload import Payload
 from .types import DecodedEvents, EventDecodeError
 
@@ -24,6 +26,10 @@ class EventDecoder(Protocol):
 
 _DECODERS: dict[str, type] = {
     "evt3": Evt3Decoder,
+    "libcaer_cmp": LibcaerCmpDecoder,
+    "libcaer": LibcaerDecoder,
+    "mono": MonoDecoder,
+    "trigger": TriggerDecoder,
 }
 
 
