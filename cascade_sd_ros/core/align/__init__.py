@@ -1,0 +1,24 @@
+"""Time alignment across the event and RGB streams (ROS-free).
+
+* :class:`TimeBuffer` — bounded, time-indexed buffer: out-of-order insert, window and nearest queries.
+* :class:`ClockJumpDetector` — notices a stream's time going backwards (bag loop, clock reset).
+* :class:`StreamOffsets` — configured per-stream offsets onto the reference (event) clock.
+* :class:`OffsetEstimator` — online estimate of the event-minus-frame clock offset from event rate
+  against frame-difference energy.
+* :func:`select_clip` / :func:`nearest_frame` — which frames a round uses.
+"""
+from cascade_sd_ros.core.align.buffer import TimeBuffer
+from cascade_sd_ros.core.align.clip import Clip, nearest_frame, select_clip
+from cascade_sd_ros.core.align.clock import ClockJumpDetector
+from cascade_sd_ros.core.align.offsets import OffsetEstimate, OffsetEstimator, StreamOffsets
+
+__all__ = [
+    "Clip",
+    "ClockJumpDetector",
+    "OffsetEstimate",
+    "OffsetEstimator",
+    "StreamOffsets",
+    "TimeBuffer",
+    "nearest_frame",
+    "select_clip",
+]

@@ -1,0 +1,135 @@
+"""Clock offsets between streams: configured, and estimated online.
+
+Convention (as ``SceneGroundTruth.event_offset_ns``): an offset is *reference clock minus stream
+clock*; the reference is the event camera's clock, on which rounds are stamped. A frame stamped
+``t`` on the RGB clock happened at ``t + offset`` on the event clock.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+
+class StreamOffsets:
+    """Fixed per-stream offsets onto the reference clock; unknown streams are rejected."""
+
+    def __init__(self, offsets_ns: Mapping[str, int]) -> None:
+        self._offsets = {str(k): int(v) for k, v in offsets_ns.items()}
+
+    def offset(self, stream: str) -> int:
+        try:
+            return self._offsets[stream]
+        except KeyError:
+            raise KeyError(f"no clock offset configured for stream {stream!r}; known: {sorted(self._offsets)}") from None
+
+    def to_reference(self, stream: str, t_ns: int) -> int:
+        return int(t_ns) + self.offset(stream)
+
+    def from_reference(self, stream: str, t_ns: int) -> int:
+        return int(t_ns) - self.offset(stream)
+
+
+@dataclass(frozen=True)
+class OffsetEstimate:
+    offset_ns: int  # event clock minus frame clock
+    correlation: float  # Pearson r between event rate and frame-difference energy at that offset
+    intervals: int  # frame intervals that took part
+
+
+class OffsetEstimator:
+    """Event rate against frame-difference energy, cross-correlated over candidate offsets.
+
+    Motion makes both events and frame differences; the lag maximising their correlation is the
+    clock offset. Events are counted into ``bin_ns`` bins; each pair of consecutive frames gives one
+    interval with its mean absolute difference. Memory is bounded by ``horizon_ns``.
+    """
+
+    def __init__(
+        self,
+        max_offset_ns: int = 200_000_000,
+        step_ns: int = 2_000_000,
+        bin_ns: int = 1_000_000,
+        horizon_ns: int = 10_000_000_000,
+        min_intervals: int = 8,
+    ) -> None:
+        if min(max_offset_ns, step_ns, bin_ns, horizon_ns) <= 0 or min_intervals < 3:
+            raise ValueError("OffsetEstimator: offsets, step, bin and horizon must be > 0, min_intervals >= 3")
+        self.max_offset_ns = max_offset_ns
+        self.step_ns = step_ns
+        self.bin_ns = bin_ns
+        self.horizon_ns = horizon_ns
+        self.min_intervals = min_intervals
+        self._lock = threading.Lock()
+        self._bins: dict[int, int] = {}
+        self._intervals: deque[tuple[int, int, float]] = deque()
+        self._prev: tuple[int, np.ndarray] | None = None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._bins.clear()
+            self._intervals.clear()
+            self._prev = None
+
+    def add_events(self, t_ns: np.ndarray) -> None:
+        """Event times on the event clock (any order)."""
+        if len(t_ns) == 0:
+            return
+        idx, counts = np.unique(np.asarray(t_ns, dtype=np.int64) // self.bin_ns, return_counts=True)
+        with self._lock:
+            for i, c in zip(idx.tolist(), counts.tolist()):
+                self._bins[i] = self._bins.get(i, 0) + c
+            newest = max(self._bins)
+            cutoff = newest - self.horizon_ns // self.bin_ns
+            if min(self._bins) < cutoff:
+                self._bins = {k: v for k, v in self._bins.items() if k >= cutoff}
+
+    def add_frame(self, t_ns: int, image: np.ndarray) -> None:
+        """A frame on its own clock, frames in stamp order (an older one restarts the difference)."""
+        # every 4th pixel is plenty for a global motion energy and keeps large frames cheap
+        small = np.asarray(image)[::4, ::4].astype(np.float32)
+        if small.ndim == 3:
+            small = small.mean(axis=2)
+        with self._lock:
+            if self._prev is not None and t_ns > self._prev[0] and self._prev[1].shape == small.shape:
+                energy = float(np.abs(small - self._prev[1]).mean())
+                self._intervals.append((self._prev[0], int(t_ns), energy))
+                while self._intervals and self._intervals[-1][1] - self._intervals[0][0] > self.horizon_ns:
+                    self._intervals.popleft()
+            self._prev = (int(t_ns), small)
+
+    def estimate(self) -> OffsetEstimate | None:
+        """The best offset so far, or None without enough motion or overlap to say."""
+        with self._lock:
+            if len(self._intervals) < self.min_intervals or not self._bins:
+                return None
+            iv = np.array([(a, b) for a, b, _ in self._intervals], dtype=np.int64)  # [I, 2]
+            energy = np.array([e for _, _, e in self._intervals], dtype=np.float64)  # [I]
+            lo_bin, hi_bin = min(self._bins), max(self._bins)
+            dense = np.zeros(hi_bin - lo_bin + 1, dtype=np.float64)
+            for k, v in self._bins.items():
+                dense[k - lo_bin] = v
+        if energy.std() == 0.0:
+            return None
+        cum = np.concatenate([[0.0], np.cumsum(dense)])  # cum[j] = events in bins < lo_bin + j
+        lags = np.arange(-self.max_offset_ns, self.max_offset_ns + 1, self.step_ns, dtype=np.int64)  # [L]
+        ends = iv[None, :, :] + lags[:, None, None]  # [L, I, 2] on the event clock
+        j = np.clip(ends // self.bin_ns - lo_bin, 0, len(dense))
+        counts = cum[j[..., 1]] - cum[j[..., 0]]  # [L, I]
+        covered = (ends[..., 0] // self.bin_ns >= lo_bin) & (ends[..., 1] // self.bin_ns <= hi_bin)
+        rate = counts / np.maximum(iv[None, :, 1] - iv[None, :, 0], 1)
+        best: OffsetEstimate | None = None
+        for li in range(len(lags)):
+            m = covered[li]
+            if m.sum() < self.min_intervals:
+                continue
+            r, e = rate[li, m], energy[m]
+            if r.std() == 0.0 or e.std() == 0.0:
+                continue
+            corr = float(np.corrcoef(r, e)[0, 1])
+            if best is None or corr > best.correlation:
+                best = OffsetEstimate(offset_ns=int(lags[li]), correlation=corr, intervals=int(m.sum()))
+        return best

@@ -1,0 +1,269 @@
+"""Round bookkeeping: what each round has committed, and which drafts still continue it.
+
+A round (DESIGN.md "Rounds") is one moment ``T`` on the event clock, identified by ``round_id``.
+Everything a stage knows about a round lives in one :class:`RoundRecord` held by a
+:class:`RoundBook` keyed by round id — no hidden cross-round state. Drafts are matched to the
+committed prefix by token content (``start_position`` + overlap), never by arrival order, so a late,
+duplicated or out-of-order draft can only be unusable, never wrong.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+NUM_UPSTREAM_STAGES = 2  # DraftTokens.STAGE_DRAFTER, STAGE_REFINER
+STAGE_NONE = 255  # Commit.accepted_stage when the verifier decoded alone
+
+
+def round_id_for(t_ns: int) -> int:
+    """Round ids are the round's time ``T`` in ns on the event clock.
+
+    Every stage can then name a periodic round without hearing from the others, which is what lets
+    the verifier open a round itself when the drafter is gone.
+    """
+    if t_ns < 0:
+        raise ValueError(f"round time must be >= 0 ns, got {t_ns}")
+    return int(t_ns)
+
+
+def round_times_between(after_ns: int | None, upto_ns: int, period_ns: int) -> list[int]:
+    """Period boundaries ``k * period`` in ``(after_ns, upto_ns]`` (all of them up to ``upto_ns``
+    from the first boundary at or before it when ``after_ns`` is None: only that newest one)."""
+    if period_ns <= 0:
+        raise ValueError(f"round period must be > 0 ns, got {period_ns}")
+    newest = (upto_ns // period_ns) * period_ns
+    if after_ns is None:
+        return [newest] if newest > 0 else []
+    first = (after_ns // period_ns + 1) * period_ns
+    return list(range(first, newest + 1, period_ns))
+
+
+def continuation(committed: Sequence[int], start_position: int, tokens: Sequence[int]) -> list[int]:
+    """The part of a draft beyond ``committed``; empty when the draft does not continue it.
+
+    A draft made at ``start_position`` continues the commit when its tokens agree with everything
+    committed since that position (the look-ahead case: it was drafted before the last commit).
+    """
+    n = len(committed)
+    if start_position < 0 or start_position > n:
+        return []
+    overlap = n - start_position
+    if overlap >= len(tokens):
+        return []
+    if list(tokens[:overlap]) != list(committed[start_position:n]):
+        return []
+    return list(tokens[overlap:])
+
+
+@dataclass
+class Draft:
+    """One upstream proposal as the verifier (or refiner) keeps it."""
+
+    stage: int
+    commit_seq: int
+    start_position: int
+    token_ids: tuple[int, ...]
+    confidence: tuple[float, ...] = ()
+    upstream_drafted: int = 0
+    upstream_accepted: int = 0
+    compute_ms: float = 0.0
+    degraded: bool = False
+    degraded_reason: str = ""
+    received_wall_s: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RoundRecord:
+    """What one round has committed and what it cost. Mutated only under its book's lock."""
+
+    round_id: int
+    t_ns: int
+    committed: list[int] = field(default_factory=list)
+    commit_seq: int = 0
+    final: bool = False
+    drafted: list[int] = field(default_factory=lambda: [0] * NUM_UPSTREAM_STAGES)
+    accepted: list[int] = field(default_factory=lambda: [0] * NUM_UPSTREAM_STAGES)
+    upstream_drafted: int = 0  # stage-0 tokens the refiner checked for drafts the verifier used
+    upstream_accepted: int = 0
+    target_forwards: int = 0
+    draft_ms: float = 0.0
+    opened_wall_s: float = field(default_factory=time.monotonic)
+    drafts: list[Draft] = field(default_factory=list)
+    question: str = ""  # the prompt this round answers
+    # an upstream stage's speculated caption: committed tokens + what it drafted beyond them
+    spec: list[int] = field(default_factory=list)
+    # verifier bookkeeping
+    stalled: set[int] = field(default_factory=set)  # stages that missed draft_wait this round
+    wait_ms: float = 0.0
+    prefill_ms: float = 0.0
+    verify_ms: float = 0.0
+    abandoned: bool = False  # skipped (overload, or the verifier moved past it)
+
+    def rebase_spec(self) -> list[int]:
+        """Keep the speculated caption while it still extends the commit, else roll back to it."""
+        n = len(self.committed)
+        if self.spec[:n] != self.committed:
+            self.spec = list(self.committed)
+        return self.spec
+
+    def extend_spec(self, prefix: Sequence[int], tokens: Sequence[int]) -> bool:
+        """Record ``prefix + tokens`` as the speculation if it is still consistent with it."""
+        cand = [*prefix, *tokens]
+        self.rebase_spec()
+        if len(cand) > len(self.spec) and cand[: len(self.spec)] == self.spec:
+            self.spec = cand
+            return True
+        return False
+
+    def usable(self, draft: Draft) -> list[int]:
+        return continuation(self.committed, draft.start_position, draft.token_ids)
+
+
+class RoundBook:
+    """Rounds by id, bounded (the oldest round is forgotten first), safe across threads."""
+
+    def __init__(self, capacity: int = 16, max_drafts_per_round: int = 32) -> None:
+        if capacity < 1 or max_drafts_per_round < 1:
+            raise ValueError("RoundBook capacity and max_drafts_per_round must be >= 1")
+        self.capacity = capacity
+        self.max_drafts_per_round = max_drafts_per_round
+        self._rounds: OrderedDict[int, RoundRecord] = OrderedDict()
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.evicted = 0
+        self.drafts_dropped = 0
+        self.resets = 0
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self._rounds)
+
+    def __contains__(self, round_id: int) -> bool:
+        with self.lock:
+            return round_id in self._rounds
+
+    def get(self, round_id: int) -> RoundRecord | None:
+        with self.lock:
+            return self._rounds.get(round_id)
+
+    def open(self, round_id: int, t_ns: int) -> RoundRecord:
+        """The round's record, made on first sight. A known id with another ``T`` is an error."""
+        with self.lock:
+            rec = self._rounds.get(round_id)
+            if rec is not None:
+                if rec.t_ns != t_ns:
+                    raise ValueError(f"round {round_id} already open at T={rec.t_ns} ns, not {t_ns} ns")
+                return rec
+            rec = RoundRecord(round_id=round_id, t_ns=int(t_ns))
+            self._rounds[round_id] = rec
+            while len(self._rounds) > self.capacity:
+                self._rounds.popitem(last=False)
+                self.evicted += 1
+            self.changed.notify_all()
+            return rec
+
+    def newest(self) -> RoundRecord | None:
+        with self.lock:
+            if not self._rounds:
+                return None
+            return max(self._rounds.values(), key=lambda r: r.t_ns)
+
+    def records(self) -> list[RoundRecord]:
+        with self.lock:
+            return sorted(self._rounds.values(), key=lambda r: r.t_ns)
+
+    def apply_commit(self, round_id: int, t_ns: int, commit_seq: int, token_ids: Sequence[int], final: bool) -> bool:
+        """An upstream stage hears a Commit; True when it is news (newer than what the book had)."""
+        with self.lock:
+            rec = self.open(round_id, t_ns)
+            if commit_seq < rec.commit_seq or (commit_seq == rec.commit_seq and (rec.final or not final)):
+                return False
+            rec.committed = list(token_ids)
+            rec.commit_seq = int(commit_seq)
+            rec.final = bool(final)
+            rec.rebase_spec()
+            self.changed.notify_all()
+            return True
+
+    def commit(
+        self, round_id: int, new_tokens: Sequence[int], stage: int, drafted: int, accepted: int, final: bool
+    ) -> RoundRecord:
+        """The verifier extends a round's caption by ``new_tokens`` (accepted draft + its own token)."""
+        with self.lock:
+            rec = self._rounds.get(round_id)
+            if rec is None:
+                raise KeyError(f"round {round_id} is not open (evicted or never opened)")
+            if rec.final:
+                raise ValueError(f"round {round_id} is already final")
+            rec.committed.extend(int(t) for t in new_tokens)
+            rec.commit_seq += 1
+            if stage != STAGE_NONE:
+                rec.drafted[stage] += drafted
+                rec.accepted[stage] += accepted
+            rec.target_forwards += 1
+            rec.final = bool(final)
+            self.changed.notify_all()
+            return rec
+
+    def add_draft(self, round_id: int, t_ns: int, draft: Draft) -> RoundRecord:
+        """Keep a draft for its round (opening the round on first sight); bounded per round."""
+        with self.lock:
+            rec = self.open(round_id, t_ns)
+            rec.drafts.append(draft)
+            rec.stalled.discard(draft.stage)
+            if len(rec.drafts) > self.max_drafts_per_round:
+                del rec.drafts[0]
+                self.drafts_dropped += 1
+            self.changed.notify_all()
+            return rec
+
+    def best_draft(
+        self, round_id: int, stages: Sequence[int], base: Sequence[int] | None = None
+    ) -> tuple[Draft, list[int]] | None:
+        """The draft to check next: among ``stages`` (in order of preference), the one continuing
+        ``base`` (default: the commit) furthest; ties go to the newest."""
+        with self.lock:
+            rec = self._rounds.get(round_id)
+            if rec is None:
+                return None
+            prefix = rec.committed if base is None else base
+            for stage in stages:
+                best: tuple[Draft, list[int]] | None = None
+                for d in rec.drafts:
+                    if d.stage != stage:
+                        continue
+                    tail = continuation(prefix, d.start_position, d.token_ids)
+                    if tail and (best is None or len(tail) >= len(best[1])):
+                        best = (d, tail)
+                if best is not None:
+                    return best
+            return None
+
+    def focus(self) -> RoundRecord | None:
+        """The round upstream stages should work on: the oldest one still open that the verifier has
+        not moved past (a round older than a final or committed-to round is abandoned)."""
+        with self.lock:
+            recs = sorted(self._rounds.values(), key=lambda r: r.t_ns)
+            floor = max((r.t_ns for r in recs if r.final or r.commit_seq > 0), default=None)
+            for r in recs:
+                if r.final or r.abandoned:
+                    continue
+                if floor is not None and r.t_ns < floor:
+                    r.abandoned = True
+                    continue
+                return r
+            return None
+
+    def forget(self, round_id: int) -> None:
+        with self.lock:
+            self._rounds.pop(round_id, None)
+
+    def reset(self) -> None:
+        """Time went backwards: every open round is void."""
+        with self.lock:
+            self._rounds.clear()
+            self.resets += 1
+            self.changed.notify_all()
