@@ -8,6 +8,7 @@ from .evt3 import Evt3Decoder, Evt3Encoder, encode_evt3
 from .legacy import MonoDecoder, TriggerDecoder, encode_mono, encode_trigger
 from .libcaer import LibcaerCmpDecoder, LibcaerDecoder, encode_libcaer, encode_libcaer_cmp
 from .factory import EventDecoder, make_decoder, supported_encodings
+from .represent import EventFrameRenderer, count_image, time_window, voxel_grid
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents, EventDecodeError
 
 __all__ = [
@@ -16,12 +17,14 @@ __all__ = [
     "DecodedEvents",
     "EventDecodeError",
     "EventDecoder",
+    "EventFrameRenderer",
     "Evt3Decoder",
     "Evt3Encoder",
     "LibcaerCmpDecoder",
     "LibcaerDecoder",
     "MonoDecoder",
     "TriggerDecoder",
+    "count_image",
     "encode_evt3",
     "encode_libcaer",
     "encode_libcaer_cmp",
@@ -29,4 +32,6 @@ __all__ = [
     "encode_trigger",
     "make_decoder",
     "supported_encodings",
+    "time_window",
+    "voxel_grid",
 ]
