@@ -8,7 +8,7 @@ acceptance rates to mean something.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +22,19 @@ from transformers import (
     VideoLlavaForConditionalGeneration,
 )
 
-from cascade_sd_ros.core.spec.adapter import HFAdapter, StageContext
+from cascade_sd_ros.core.spec.adapter import HFAdapter, Modality, Proposal, StageContext
 from cascade_sd_ros.core.spec.prompt import expand_placeholder, media_token_count
 
-__all__ = ["PAD_ID", "BOS_ID", "EOS_ID", "TinyModels", "StageContexts", "tiny_models", "tiny_causal_lm"]
+__all__ = [
+    "PAD_ID",
+    "BOS_ID",
+    "EOS_ID",
+    "TinyModels",
+    "StageContexts",
+    "ScriptedDrafter",
+    "tiny_models",
+    "tiny_causal_lm",
+]
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -178,3 +187,72 @@ def tiny_causal_lm(
     model.generation_config.eos_token_id = EOS_ID
     model.generation_config.pad_token_id = PAD_ID
     return HFAdapter(model.to(dtype=dtype), name=name, modality="text")
+
+
+class ScriptedDrafter:
+    """A ModelAdapter whose proposals come from a policy (prefix, k) -> token ids, for tests.
+
+    Its "model" is deterministic: `score` returns logits that put all mass on what the policy would
+    propose after each prefix, so it can also sit in the middle of a cascade.
+    """
+
+    def __init__(
+        self,
+        policy: Callable[[Sequence[int], int], Sequence[int]],
+        vocab_size: int,
+        *,
+        eos_token_id: int | None = EOS_ID,
+        name: str = "scripted",
+        modality: Modality = "text",
+    ) -> None:
+        self.policy = policy
+        self.name = name
+        self.modality: Modality = modality
+        self._vocab_size = vocab_size
+        self._eos_token_id = eos_token_id
+        self.forwards = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def prefill(self, context: StageContext) -> None:
+        self.forwards += 1
+
+    def _next(self, prefix: Sequence[int]) -> int:
+        out = list(self.policy(list(prefix), 1))
+        return int(out[0]) if out else EOS_ID
+
+    def propose(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_q: bool = False,
+    ) -> Proposal:
+        tokens = [int(t) for t in self.policy(list(prefix), k)][: max(k, 0)]
+        for t in tokens:
+            if not 0 <= t < self._vocab_size:
+                raise ValueError(f"scripted token {t} outside vocabulary [0, {self._vocab_size})")
+        q = None
+        if return_q and tokens:
+            q = torch.zeros(len(tokens), self._vocab_size).scatter_(1, torch.tensor(tokens).view(-1, 1), 1.0)
+        return Proposal(tokens, [1.0] * len(tokens), q, False)
+
+    def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
+        self.forwards += 1
+        seq = [*prefix, *draft]
+        logits = torch.full((len(draft) + 1, self._vocab_size), -30.0)  # [n+1, V]
+        for i in range(len(draft) + 1):
+            logits[i, self._next(seq[: len(prefix) + i])] = 30.0
+        return logits
