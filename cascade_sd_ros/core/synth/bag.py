@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
 
 from cascade_sd_ros.core import bagio
 
@@ -106,6 +107,31 @@ def scene_messages(scenes: Iterable[SceneData]) -> Iterator[tuple[str, str, int,
             yield topic, msgtype, t_ns, makers[topic](data)
 
 
-def write_scene_bag(path: str | Path, scenes: Iterable[SceneData], storage: str = "sqlite3") -> int:
-    """Write ``scenes`` to a new rosbag2 folder ``path``; returns the message count."""
-    return bagio.write_bag(path, scene_messages(scenes), storage=storage)
+TOPICS: dict[str, str] = {
+    EVENTS_TOPIC: bagio.EVENT_PACKET,
+    IMAGE_TOPIC: IMAGE_TYPE,
+    CAMERA_INFO_TOPIC: CAMERA_INFO_TYPE,
+    GROUND_TRUTH_TOPIC: GROUND_TRUTH_TYPE,
+}
+_STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+
+
+def write_scene_bag(path: str | Path, scenes: Iterable[SceneData], storage: str = "mcap") -> int:
+    """Write ``scenes`` to a new rosbag2 folder ``path``; returns the message count.
+
+    All four topics are declared up front, so the bag lists them even when one stays empty
+    (e.g. only still scenes: no events).
+    """
+    if storage not in _STORAGES:
+        raise ValueError(f"storage must be one of {sorted(_STORAGES)}, got {storage!r}")
+    target = Path(path)
+    if target.exists():
+        raise ValueError(f"{target} exists; rosbag2 writes a new folder")
+    store = bagio.typestore()
+    count = 0
+    with Writer(target, version=8, storage_plugin=_STORAGES[storage]) as writer:
+        connections = {topic: writer.add_connection(topic, msgtype, typestore=store) for topic, msgtype in TOPICS.items()}
+        for topic, msgtype, t_ns, msg in scene_messages(scenes):
+            writer.write(connections[topic], int(t_ns), store.serialize_cdr(msg, msgtype))
+            count += 1
+    return count
