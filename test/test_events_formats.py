@@ -12,6 +12,7 @@ from cascade_sd_ros.core.events import (
     CD_DTYPE,
     TRIGGER_DTYPE,
     EventDecodeError,
+    encode_evt2,
     encode_evt3,
     encode_libcaer,
     encode_libcaer_cmp,
@@ -59,6 +60,22 @@ def test_cd_round_trip_and_time_slicing(encoding: str, cd: np.ndarray, until: in
     assert np.array_equal(np.concatenate([first.cd, rest.cd]), cd)
 
 
+@FEW
+@given(cd=cd_packets(), until=st.integers(0, 1 << 41), n_trig=st.integers(0, 4))
+def test_evt2_round_trip_and_time_slicing(cd: np.ndarray, until: int, n_trig: int) -> None:
+    trig = np.zeros(n_trig, TRIGGER_DTYPE)
+    if cd.size:
+        trig["t"] = np.sort(np.random.default_rng(until).choice(cd["t"], n_trig))
+    trig["id"], trig["p"] = np.arange(n_trig) % 32, np.arange(n_trig) % 2
+    payload = encode_evt2(cd, trig)
+    decoder = make_decoder("evt2", 2048, 2048)
+    first = decoder.decode(payload, until_t_us=until)
+    rest = decoder.decode(payload[first.consumed:])
+    assert np.array_equal(np.concatenate([first.cd, rest.cd]), cd)
+    assert np.array_equal(np.concatenate([first.triggers, rest.triggers]), trig)
+    assert np.array_equal(first.cd, cd[cd["t"] < until])
+
+
 def test_vector_words_are_used_and_decoded() -> None:
     cd = np.zeros(8, CD_DTYPE)
     cd["x"], cd["y"], cd["p"], cd["t"] = 9, np.arange(8) + 100, 1, 5000
@@ -91,7 +108,7 @@ def test_trigger_round_trip(rows: list[tuple[int, int, int]]) -> None:
 
 
 @FEW
-@pytest.mark.parametrize("encoding", ["evt3", "libcaer", "libcaer_cmp", "mono", "trigger"])
+@pytest.mark.parametrize("encoding", ["evt2", "evt3", "libcaer", "libcaer_cmp", "mono", "trigger"])
 @given(junk=st.binary(max_size=300), time_base=st.integers(0, 1 << 62), until=st.none() | st.integers(-(1 << 40), 1 << 62))
 def test_arbitrary_bytes_decode_or_raise_only_event_decode_error(encoding: str, junk: bytes, time_base: int, until: int | None) -> None:
     decoder = make_decoder(encoding, 640, 480)
@@ -122,9 +139,9 @@ def test_rejected_packet_does_not_disturb_the_next(encoding: str) -> None:
 
 
 def test_unknown_encoding_and_geometry_are_event_decode_errors() -> None:
-    assert set(supported_encodings()) == {"evt3", "libcaer", "libcaer_cmp", "mono", "trigger"}
-    with pytest.raises(EventDecodeError, match="evt2"):
-        make_decoder("evt2", 640, 480)
+    assert set(supported_encodings()) == {"evt2", "evt3", "libcaer", "libcaer_cmp", "mono", "trigger"}
+    with pytest.raises(EventDecodeError, match="evt4"):
+        make_decoder("evt4", 640, 480)
     with pytest.raises(EventDecodeError, match="width"):
         make_decoder("mono", -1, 480)
 

@@ -4,6 +4,7 @@ Decoders turn ``event_camera_msgs/EventPacket`` payloads into structured arrays 
 :data:`CD_DTYPE` and :data:`TRIGGER_DTYPE` (t in µs of sensor time); :func:`make_decoder` picks
 one by the packet's ``encoding``.
 """
+from .evt2 import Evt2Decoder, encode_evt2
 from .evt3 import Evt3Decoder, Evt3Encoder, encode_evt3
 from .legacy import MonoDecoder, TriggerDecoder, encode_mono, encode_trigger
 from .libcaer import LibcaerCmpDecoder, LibcaerDecoder, encode_libcaer, encode_libcaer_cmp
@@ -18,6 +19,7 @@ __all__ = [
     "EventDecodeError",
     "EventDecoder",
     "EventFrameRenderer",
+    "Evt2Decoder",
     "Evt3Decoder",
     "Evt3Encoder",
     "LibcaerCmpDecoder",
@@ -25,6 +27,7 @@ __all__ = [
     "MonoDecoder",
     "TriggerDecoder",
     "count_image",
+    "encode_evt2",
     "encode_evt3",
     "encode_libcaer",
     "encode_libcaer_cmp",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from .evt2 import Evt2Decoder
 from .evt3 import Evt3Decoder
 from .legacy import MonoDecoder, TriggerDecoder
 from .libcaer import LibcaerCmpDecoder, LibcaerDecoder
@@ -26,6 +27,7 @@ class EventDecoder(Protocol):
 
 _DECODERS: dict[str, type] = {
     "evt3": Evt3Decoder,
+    "evt2": Evt2Decoder,
     "libcaer_cmp": LibcaerCmpDecoder,
     "libcaer": LibcaerDecoder,
     "mono": MonoDecoder,
