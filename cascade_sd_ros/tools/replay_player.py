@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -34,12 +35,18 @@ class PlayStats:
     drain_s: float = 0.0  # [s] after the last record, waiting for rounds to finish
     stalled_rounds: list[int] = field(default_factory=list)
     drain_timed_out: bool = False
+    echo_timeouts: int = 0  # fast mode: records whose echo did not come back in time
 
 
 class PlayerNode(Node):
-    """Publishers for the bag's topics and ``/clock``; nothing else."""
+    """Publishers for the bag's topics and ``/clock``, and an echo of each published topic.
 
-    def __init__(self, topics: dict[str, str], **node_kwargs: Any) -> None:
+    The echo is a raw subscription in the same executor as the cascade: once it has taken record
+    ``k``, the executor has come round to the cascade's subscriptions for it too, so fast mode
+    publishes the next record only then (back-pressure without touching the cascade's nodes).
+    """
+
+    def __init__(self, topics: dict[str, str], echo: bool = False, **node_kwargs: Any) -> None:
         super().__init__("replay_player", **node_kwargs)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PUBLISH_DEPTH,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -47,6 +54,25 @@ class PlayerNode(Node):
         self._pubs = {topic: self.create_publisher(rclpy_type(msgtype), topic, qos) for topic, msgtype in topics.items()}
         self._clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self._last_clock: int | None = None
+        self._echoed: dict[str, int] = {topic: 0 for topic in topics}
+        self._echo_cond = threading.Condition()
+        if echo:
+            group = ReentrantCallbackGroup()
+            for topic, msgtype in topics.items():
+                self.create_subscription(rclpy_type(msgtype), topic, self._echo_callback(topic), qos, raw=True,
+                                         callback_group=group)
+
+    def _echo_callback(self, topic: str) -> Callable[[bytes], None]:
+        def echo(_raw: bytes) -> None:
+            with self._echo_cond:
+                self._echoed[topic] += 1
+                self._echo_cond.notify_all()
+        return echo
+
+    def wait_echo(self, topic: str, count: int, timeout_s: float) -> bool:
+        """Wait until ``count`` records of ``topic`` came back through the executor."""
+        with self._echo_cond:
+            return self._echo_cond.wait_for(lambda: self._echoed[topic] >= count, timeout=timeout_s)
 
     def publish_clock(self, t_ns: int) -> None:
         if t_ns == self._last_clock:
@@ -70,20 +96,20 @@ class Player:
         node: the publishers.
         scheduler: pacing/holding policy.
         end_bag_ns: bag time of the last record (drain and progress).
-        fast_gap_s: fast mode: pause after each record so thin subscription callbacks take it
-            before the next (a burst into a KEEP_LAST sensor queue would overwrite unread ones).
+        echo_timeout_s: fast mode: longest wait for a record's echo (see :class:`PlayerNode`) before
+            the next one; a burst into a KEEP_LAST sensor queue would overwrite unread records.
         settle_s: after the last round is final, how long to wait for another one to open.
         drain_timeout_s: give up waiting for rounds after the last record after this long.
         on_record: called for every record published (e.g. the recorder keeps /ground_truth).
     """
 
-    def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, fast_gap_s: float = 0.002,
+    def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, echo_timeout_s: float = 1.0,
                  settle_s: float = 1.0, drain_timeout_s: float = 120.0, progress: ProgressBar | None = None,
                  on_record: Callable[[Record, int], None] | None = None) -> None:
         self.node = node
         self.scheduler = scheduler
         self.end_bag_ns = end_bag_ns
-        self.fast_gap_s = fast_gap_s
+        self.echo_timeout_s = echo_timeout_s
         self.settle_s = settle_s
         self.drain_timeout_s = drain_timeout_s
         self.progress = progress or ProgressBar(enabled=False)
@@ -143,8 +169,8 @@ class Player:
             if self.on_record is not None:
                 self.on_record(rec, action.clock_ns)
             self.progress.update(self._state())
-            if fast and self.fast_gap_s > 0:
-                time.sleep(self.fast_gap_s)
+            if fast and not self.node.wait_echo(rec.topic, self.stats.published[rec.topic], self.echo_timeout_s):
+                self.stats.echo_timeouts += 1
         self._drain()
         self.stats.wall_s = time.monotonic() - self._t0
         self.stats.stalled_rounds = sorted(self.scheduler.tracker.stalled)

@@ -8,6 +8,7 @@ as-is, so the bytes on the wire are exactly the recorded ones), under their rema
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -183,27 +184,33 @@ def _stamp_ns(t: Any) -> int:
     return int(t.sec) * 1_000_000_000 + int(t.nanosec)
 
 
-def _open(path: Path) -> Any:
+@contextmanager
+def _open(path: Path) -> Iterator[Any]:
+    """An opened bagio reader; any failure to open is a ReplayInputError naming the bag."""
     if not path.exists():
         raise ReplayInputError(f"bag {path} does not exist")
     try:
-        return bagio.open_reader(path)
+        reader = bagio.open_reader(path)
+        reader.open()
     except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
         raise ReplayInputError(f"cannot open {path} as a rosbag2 (sqlite3 or MCAP): {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
     """Read the whole bag once: topics, checks, ground truth and event statistics."""
     remaps = dict(remaps or {})
     store = bagio.typestore()
-    reader = _open(path)
     topics: dict[str, TopicInfo] = {}
     scenes: list[SceneInterval] = []
     counters: dict[str, _EventCounter] = {}
     storage_error: str | None = None
     corrupt_at: set[tuple[str, int]] = set()
     start = end = None
-    with reader:
+    with _open(path) as reader:
         for conn in reader.connections:
             if conn.topic not in topics:
                 topics[conn.topic] = TopicInfo(conn.topic, remaps.get(conn.topic, conn.topic), conn.msgtype,
@@ -254,9 +261,8 @@ class Record:
 
 def iter_records(scan: BagScan) -> Iterator[Record]:
     """The bag's publishable, intact records in recorded order (those scan_bag found corrupt skipped)."""
-    reader = _open(scan.path)
     seen: dict[str, int] = {}
-    with reader:
+    with _open(scan.path) as reader:
         conns = [c for c in reader.connections if scan.topics[c.topic].publishable]
         try:
             for conn, t_ns, raw in reader.messages(connections=conns):

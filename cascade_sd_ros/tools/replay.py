@@ -1,0 +1,296 @@
+"""``cascade-sd replay BAG``: replay a rosbag2 through the cascade, record its outputs, report.
+
+Reads a rosbag2 (sqlite3 or MCAP), publishes its records by their recorded time with a ``/clock``
+(the nodes run on ``use_sim_time``) or, with ``--fast``, as fast as the cascade accepts them, records
+every output of the pipeline's nodes into an MCAP bag in ``--out``, runs the verifier alone on the
+same rounds as the speed-up baseline, and writes report.json, report.md and PNG plots there.
+
+Pieces: replay_source (scan + records), replay_schedule (when), replay_player (publish + /clock),
+replay_recorder (MCAP), replay_baseline (verifier alone), replay_report (figures), and
+replay_pipeline (the adapter onto the shared node composition, tools/pipeline.py).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from cascade_sd_ros.tools.replay_source import ReplayInputError, parse_remaps
+
+OUTPUT_BAG = "output"  # folder name of the recorded MCAP bag inside --out
+MATCH_TIMEOUT_S = 10.0  # [s] for publishers and subscriptions to discover each other
+
+
+class PipelineHandle(Protocol):
+    """What the replay needs from a running cascade composition (see replay_pipeline)."""
+
+    nodes: list[Any]  # rclpy nodes whose publishers are the outputs to record
+    executor: Any  # rclpy executor the nodes are added to (the replay adds its own two)
+    lookahead_ns: int  # fast mode: bag time allowed past an open round (>= the stages' sim-time waits)
+    info: dict[str, Any]  # mode, models, versions, config: recorded in the report
+
+    def close(self) -> None: ...
+
+
+#: (rclpy context, settings) -> a pipeline whose nodes are on ``use_sim_time``.
+PipelineFactory = Callable[[Any, "ReplaySettings"], PipelineHandle]
+#: (input scan, final captions by round id, pipeline) -> baseline VerifiedCaption records to write.
+BaselineRunner = Callable[[Any, dict[int, Any], PipelineHandle], list[tuple[int, bytes]]]
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    bag: Path
+    out_dir: Path
+    rate: float | None  # None: fast mode
+    remaps: dict[str, str] = field(default_factory=dict)
+    mode: str = "lossless-greedy"
+    models: dict[str, str] = field(default_factory=dict)  # role -> model source (empty: the pipeline's default)
+    device: str = "cpu"
+    baseline: bool = True
+    progress: bool = True
+    stall_s: float = 60.0
+    drain_timeout_s: float = 120.0
+
+
+@dataclass
+class ReplayResult:
+    report: dict[str, Any]
+    out_dir: Path
+    output_bag: Path
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out: dict[str, str] = {"python": sys.version.split()[0]}
+    for dist in ("cascade_sd_ros", "torch", "transformers", "rosbags", "rclpy", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    if "cascade_sd_ros" not in out:
+        import cascade_sd_ros
+
+        out["cascade_sd_ros"] = cascade_sd_ros.__version__
+    return out
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ReplayInputError(f"--out {out_dir} exists and is not an empty directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _wait_matched(pairs: list[tuple[str, Callable[[], int]]], timeout_s: float) -> list[str]:
+    """Wait until every (topic, count fn) has a peer; returns the topics that never matched."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(pairs)
+    while pending and time.monotonic() < deadline:
+        pending = [(t, fn) for t, fn in pending if fn() < 1]
+        if pending:
+            time.sleep(0.02)
+    return [t for t, _ in pending]
+
+
+def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
+               run_baseline: BaselineRunner | None = None) -> ReplayResult:
+    """Replay ``settings.bag`` through a pipeline and write the report; see the module docstring."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from cascade_sd_ros.core import bagio
+    from cascade_sd_ros.tools import replay_report
+    from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
+    from cascade_sd_ros.tools.replay_progress import ProgressBar
+    from cascade_sd_ros.tools.replay_recorder import BagRecorder, RecorderNode, pipeline_outputs
+    from cascade_sd_ros.tools.replay_schedule import Scheduler
+    from cascade_sd_ros.tools.replay_source import GROUND_TRUTH_TYPE, Record, iter_records, scan_bag
+
+    scan = scan_bag(settings.bag, settings.remaps)
+    _prepare_out_dir(settings.out_dir)
+    out_bag = settings.out_dir / OUTPUT_BAG
+    started = dt.datetime.now(dt.timezone.utc)
+    store = bagio.typestore()
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    recorder = BagRecorder(out_bag)
+    pipeline: PipelineHandle | None = None
+    spin_thread: threading.Thread | None = None
+    finals: dict[int, Any] = {}
+    finals_lock = threading.Lock()
+    try:
+        pipeline = make_pipeline(context, settings)
+        topics = {t.published_as: t.msgtype for t in scan.topics.values() if t.publishable}
+        player_node = PlayerNode(topics, echo=settings.rate is None, context=context)
+        scheduler = Scheduler(start_bag_ns=scan.start_ns, rate=settings.rate, lookahead_ns=pipeline.lookahead_ns,
+                              stall_s=settings.stall_s)
+
+        def on_record(rec: Record, clock_ns: int) -> None:
+            # Ground truth is part of the evaluation: keep it in the output bag beside the captions.
+            if rec.msgtype == GROUND_TRUTH_TYPE:
+                recorder.write(rec.topic, rec.msgtype, rec.t_ns, rec.raw)
+
+        player = Player(player_node, scheduler, scan.end_ns,
+                        drain_timeout_s=settings.drain_timeout_s, progress=ProgressBar(enabled=settings.progress),
+                        on_record=on_record)
+
+        def on_output(topic: str, msgtype: str, raw: bytes) -> None:
+            player.observe(topic, msgtype, raw)
+            if msgtype == VERIFIED_CAPTION_TYPE:
+                msg = store.deserialize_cdr(raw, msgtype)
+                if msg.final:
+                    with finals_lock:
+                        finals[int(msg.round_id)] = msg
+
+        outputs = pipeline_outputs(pipeline.nodes)
+        recorder_node = RecorderNode(recorder, outputs, clock_ns=player.clock_ns, on_message=on_output, context=context)
+        pipeline.executor.add_node(player_node)
+        pipeline.executor.add_node(recorder_node)
+
+        def spin() -> None:
+            try:
+                pipeline.executor.spin()
+            except ExternalShutdownException:
+                pass
+
+        spin_thread = threading.Thread(target=spin, name="replay-executor", daemon=True)
+        spin_thread.start()
+
+        # Discovery before the first record: an output published before its recorder matched, or a
+        # record published before its subscriber matched, would be lost.
+        pipeline_subs = [sub for node in pipeline.nodes for sub in node.subscriptions]
+        wanted_inputs = {sub.topic_name for sub in pipeline_subs}
+        pubs_by_topic = {p.topic_name: p for node in pipeline.nodes for p in node.publishers}
+        pairs = [(f"output {o.name}", pubs_by_topic[o.name].get_subscription_count) for o in outputs]
+        pairs += [(f"input {s.topic_name}", s.get_publisher_count) for s in pipeline_subs if s.topic_name in topics]
+        unmatched = _wait_matched(pairs, MATCH_TIMEOUT_S)
+        unfed = sorted(t for t in wanted_inputs if t not in topics and t != "/clock" and not t.startswith("/parameter"))
+
+        stats = player.play(iter_records(scan))
+
+        if run_baseline is not None and settings.baseline:
+            with finals_lock:
+                rounds = dict(finals)
+            for round_t_ns, raw in run_baseline(scan, rounds, pipeline):
+                recorder.write(replay_report.BASELINE_TOPIC, VERIFIED_CAPTION_TYPE, round_t_ns, raw)
+        run_info = {
+            "mode": settings.mode,
+            "pacing": "fast" if settings.rate is None else f"rate {settings.rate:g}",
+            "remaps": settings.remaps,
+            "started_utc": started.isoformat(timespec="seconds"),
+            "wall_s": stats.wall_s,
+            "held_s": stats.held_s,
+            "drain_s": stats.drain_s,
+            "drain_timed_out": stats.drain_timed_out,
+            "echo_timeouts": stats.echo_timeouts,
+            "stalled_rounds": stats.stalled_rounds,
+            "published": stats.published,
+            "unmatched_topics": unmatched,
+            "pipeline_inputs_not_in_bag": unfed,
+            "recorded_topics": [o.name for o in outputs],
+            "baseline": bool(run_baseline is not None and settings.baseline),
+            "versions": _versions(),
+            **pipeline.info,
+        }
+    finally:
+        if pipeline is not None:
+            pipeline.executor.shutdown(timeout_sec=5.0)
+        if spin_thread is not None:
+            spin_thread.join(timeout=5.0)
+        if pipeline is not None:
+            pipeline.close()
+        recorder.close()
+        if context.ok():
+            rclpy.shutdown(context=context)
+
+    output = replay_report.load_output(out_bag)
+    report = replay_report.write_report(output, run_info, scan.to_dict(), settings.out_dir)
+    return ReplayResult(report, settings.out_dir, out_bag)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cascade_sd_ros.core.spec.engine import MODES
+
+    parser.add_argument("bag", type=Path, help="rosbag2 folder (or .db3 / .mcap file) to replay")
+    pacing = parser.add_mutually_exclusive_group()
+    pacing.add_argument("--rate", type=_positive_float, default=1.0,
+                        help="play at R times the recorded speed with a /clock (default 1.0)")
+    pacing.add_argument("--fast", action="store_true",
+                        help="play as fast as the cascade accepts without dropping (held by rounds in flight)")
+    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                        help="publish bag topic FROM as TO (repeatable)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder, new or empty (default: replay_<bag name>_<UTC time>)")
+    parser.add_argument("--mode", choices=MODES, default=MODES[0], help="decoding mode of the cascade")
+    parser.add_argument("--model", action="append", default=[], metavar="ROLE=SOURCE",
+                        help="model for a role (target, refiner, drafter): a local HF folder or tiny:SEED "
+                             "(default: the shipped zoo)")
+    parser.add_argument("--device", default="cpu", help="torch device of the verifier (cpu, cuda, cuda:N)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the verifier-alone baseline")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--stall-s", type=_positive_float, default=60.0,
+                        help="fast mode: stop waiting for a round after this many wall seconds")
+
+
+def _parse_models(specs: list[str]) -> dict[str, str]:
+    roles = ("target", "refiner", "drafter")
+    models: dict[str, str] = {}
+    for spec in specs:
+        role, sep, source = spec.partition("=")
+        if not sep or role not in roles or not source:
+            raise ReplayInputError(f"--model {spec!r}: expected ROLE=SOURCE with ROLE one of {', '.join(roles)}")
+        models[role] = source
+    return models
+
+
+def run(args: argparse.Namespace) -> int:
+    from cascade_sd_ros.tools.replay_baseline import run_baseline
+    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+
+    try:
+        remaps = parse_remaps(args.remap)
+        models = _parse_models(args.model)
+    except ReplayInputError as exc:
+        print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
+        return 2
+    out_dir = args.out
+    if out_dir is None:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out_dir = Path(f"replay_{args.bag.resolve().name}_{stamp}")
+    settings = ReplaySettings(
+        bag=args.bag, out_dir=out_dir, rate=None if args.fast else args.rate, remaps=remaps, mode=args.mode,
+        models=models, device=args.device, baseline=not args.no_baseline, progress=not args.no_progress,
+        stall_s=args.stall_s)
+    try:
+        result = run_replay(settings, make_pipeline, run_baseline)
+    except ReplayInputError as exc:
+        print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
+        return 2
+    summ, inp = result.report["summary"], result.report["input"]
+    for stream, why in inp["missing_streams"].items():
+        print(f"missing stream {stream}: {why}", file=sys.stderr)
+    for topic, msgtype in inp["unknown_types"].items():
+        print(f"skipped {topic}: unknown message type {msgtype}", file=sys.stderr)
+    for topic, n in inp["corrupt_records"].items():
+        print(f"skipped {n} corrupt record(s) on {topic}", file=sys.stderr)
+    print(f"{summ['rounds']} rounds; report in {result.out_dir / 'report.md'}; outputs in {result.output_bag}")
+    return 0

@@ -1,0 +1,224 @@
+"""Replay plumbing with a stand-in cascade: bag scan checks, player + /clock, recorder, report.
+
+The stand-in is one node on ``use_sim_time`` that counts the records it takes and publishes a final
+caption every 0.25 s of sim time; with it the replay's own parts are tested without models.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cascade_sd_ros.core import bagio
+from cascade_sd_ros.core.events import CD_DTYPE, Evt3Encoder
+from cascade_sd_ros.tools import replay_report
+from cascade_sd_ros.tools.replay_source import ReplayInputError, iter_records, parse_remaps, scan_bag
+
+S = 1_000_000_000
+T0 = 100 * S
+N_PACKETS = 120  # over 1.2 s
+N_FRAMES = 12
+STORE = bagio.typestore()
+
+
+def _time(t_ns: int) -> Any:
+    return STORE.types["builtin_interfaces/msg/Time"](sec=t_ns // S, nanosec=t_ns % S)
+
+
+def _header(t_ns: int, frame: str) -> Any:
+    return STORE.types["std_msgs/msg/Header"](stamp=_time(t_ns), frame_id=frame)
+
+
+def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frames: bool = True,
+                   storage: str = "sqlite3") -> dict[str, int]:
+    """Events (evt3, 10 CD events per packet), rgb8 frames, ground truth, optional bad records."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
+    enc = Evt3Encoder()
+    expected = {"off": 0, "on": 0}
+    with Writer(path, version=9, storage_plugin=plugin) as w:
+        ev = w.add_connection("/cam/events", "event_camera_msgs/msg/EventPacket", typestore=STORE)
+        im = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=STORE)
+        gt = w.add_connection("/ground_truth", "cascade_sd_ros/msg/SceneGroundTruth", typestore=STORE)
+        gt_msg = STORE.types["cascade_sd_ros/msg/SceneGroundTruth"](
+            header=_header(T0, "camera"), scene_index=0, start=_time(T0), end=_time(T0 + 2 * S),
+            caption="a red circle moves left", event_offset_ns=0, jitter_ms=0.0, frames_dropped=0, seed=1)
+        w.write(gt, T0, STORE.serialize_cdr(gt_msg, "cascade_sd_ros/msg/SceneGroundTruth"))
+        for i in range(N_PACKETS):
+            t_ns = T0 + i * 10_000_000
+            cd = np.zeros(10, CD_DTYPE)
+            cd["x"], cd["y"] = np.arange(10), 3
+            cd["p"] = np.arange(10) % 2
+            cd["t"] = t_ns // 1000 - T0 // 1000 + np.arange(10)
+            expected["off"] += int(np.count_nonzero(cd["p"] == 0))
+            expected["on"] += int(np.count_nonzero(cd["p"] == 1))
+            msg = STORE.types["event_camera_msgs/msg/EventPacket"](
+                header=_header(t_ns, "event_camera"), height=32, width=32, seq=i, time_base=0, encoding="evt3",
+                is_bigendian=False, events=np.frombuffer(enc.encode(cd), np.uint8))
+            w.write(ev, t_ns, STORE.serialize_cdr(msg, "event_camera_msgs/msg/EventPacket"))
+            if frames and i % 10 == 5:
+                img = STORE.types["sensor_msgs/msg/Image"](
+                    header=_header(t_ns, "camera"), height=8, width=8, encoding="rgb8", is_bigendian=0, step=24,
+                    data=np.full(8 * 8 * 3, i, np.uint8))
+                w.write(im, t_ns, STORE.serialize_cdr(img, "sensor_msgs/msg/Image"))
+        for k in range(corrupt):
+            w.write(im, T0 + 5 * S // 10 + k, b"\x00\x01\x00\x00\xff")
+        if unknown:
+            from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+            other = get_typestore(Stores.EMPTY)
+            other.register(get_types_from_msg("int32 value", "mystery_msgs/msg/Thing"))
+            conn = w.add_connection("/mystery", "mystery_msgs/msg/Thing", typestore=other)
+            w.write(conn, T0 + S // 2, b"\x00\x01\x00\x00\x07\x00\x00\x00")
+    return expected
+
+
+# ------------------------------------------------------------------------------ scan (no ROS)
+
+def test_scan_reports_streams_unknown_types_corrupt_records_and_events(tmp_path: Path) -> None:
+    bag = tmp_path / "in"
+    expected = write_test_bag(bag, corrupt=2, unknown=True)
+    scan = scan_bag(bag, parse_remaps(["/cam/events:=/event_camera/events"]))
+    d = scan.to_dict()
+    assert d["topics"]["/cam/events"]["published_as"] == "/event_camera/events"
+    assert d["unknown_types"] == {"/mystery": "mystery_msgs/msg/Thing"}
+    assert d["corrupt_records"] == {"/camera/image_raw": 2}
+    assert d["missing_streams"] == {}
+    ev = d["events"]["/cam/events"]
+    assert (ev["off"], ev["on"], ev["packets"]) == (expected["off"], expected["on"], N_PACKETS)
+    assert [s.caption for s in scan.scenes] == ["a red circle moves left"]
+    records = list(iter_records(scan))
+    assert len(records) == 1 + N_PACKETS + N_FRAMES  # corrupt and unknown ones skipped
+    assert {r.topic for r in records} == {"/event_camera/events", "/camera/image_raw", "/ground_truth"}
+    assert all(a.t_ns <= b.t_ns for a, b in zip(records, records[1:]))
+
+
+def test_scan_says_what_is_missing(tmp_path: Path) -> None:
+    bag = tmp_path / "in"
+    write_test_bag(bag, frames=False)
+    assert scan_bag(bag).missing_streams() == ["rgb"]
+
+
+@pytest.mark.parametrize("spec", ["/a", "a:=/b", "/a:=", "/a:=/b c"])
+def test_bad_remaps_are_named(spec: str) -> None:
+    with pytest.raises(ReplayInputError, match="--remap"):
+        parse_remaps([spec])
+
+
+def test_unreadable_bag_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ReplayInputError, match="does not exist|cannot open"):
+        scan_bag(tmp_path / "nope")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "metadata.yaml").write_text("not: a bag\n")
+    with pytest.raises(ReplayInputError, match="cannot open"):
+        scan_bag(tmp_path / "junk")
+
+
+# ------------------------------------------------------------------- stand-in pipeline (ROS)
+
+@dataclass
+class StandIn:
+    """A PipelineHandle with one node on use_sim_time."""
+
+    nodes: list[Any]
+    executor: Any
+    lookahead_ns: int = 100_000_000
+    info: dict[str, Any] = field(default_factory=lambda: {"models": {"target": "stand-in"}})
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.destroy_node()
+
+
+def make_stand_in(context: Any, settings: Any) -> StandIn:
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from event_camera_msgs.msg import EventPacket
+    from sensor_msgs.msg import Image
+
+    from cascade_sd_ros.msg import DraftTokens, VerifiedCaption
+
+    class Cascade(Node):
+        def __init__(self) -> None:
+            super().__init__("stand_in_cascade", context=context,
+                             parameter_overrides=[Parameter("use_sim_time", value=True)])
+            self.packets = 0
+            self.frames = 0
+            self.rounds = 0
+            self.create_subscription(EventPacket, "/event_camera/events", self._on_events, qos_profile_sensor_data)
+            self.create_subscription(Image, "/camera/image_raw", self._on_frame, qos_profile_sensor_data)
+            self.draft_pub = self.create_publisher(DraftTokens, "/cascade/drafts", QoSProfile(depth=10))
+            self.caption_pub = self.create_publisher(VerifiedCaption, "/cascade/caption", QoSProfile(depth=10))
+            self.create_timer(0.25, self._round)  # sim time
+
+        def _on_events(self, msg: EventPacket) -> None:
+            self.packets += 1
+
+        def _on_frame(self, msg: Image) -> None:
+            self.frames += 1
+
+        def _round(self) -> None:
+            now = self.get_clock().now().nanoseconds
+            self.rounds += 1
+            d = DraftTokens(round_id=now, stage=0, token_ids=[1, 2], confidence=[0.5, 0.5])
+            d.header.stamp = self.get_clock().now().to_msg()
+            self.draft_pub.publish(d)
+            c = VerifiedCaption(round_id=now, text=f"packets {self.packets}", token_ids=[1, 2], final=True,
+                                mode_name="lossless-greedy", lossless=True, drafted_per_stage=[2, 0],
+                                accepted_per_stage=[1, 0], target_forwards=2, latency_total_ms=float(self.rounds),
+                                skew_frame_ms=float("nan"), skew_clip_ms=0.0)
+            c.header.stamp = d.header.stamp
+            self.caption_pub.publish(c)
+
+    node = Cascade()
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(node)
+    return StandIn([node], executor)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("rate", [None, 4.0], ids=["fast", "rate4"])
+def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | None) -> None:
+    from cascade_sd_ros.tools.replay import ReplaySettings, run_replay
+
+    bag = tmp_path / "in"
+    write_test_bag(bag, corrupt=1, unknown=True, storage="mcap")
+    made: list[StandIn] = []
+
+    def factory(context: Any, settings: Any) -> StandIn:
+        made.append(make_stand_in(context, settings))
+        return made[-1]
+
+    settings = ReplaySettings(bag=bag, out_dir=tmp_path / "out", rate=rate,
+                              remaps={"/cam/events": "/event_camera/events"}, progress=False, drain_timeout_s=20.0)
+    result = run_replay(settings, factory)
+    node = made[0].nodes[0]
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    if rate is None:
+        # Fast mode waits for the cascade: every record reached it (sensor QoS, depth 5).
+        assert node.packets == N_PACKETS and node.frames == N_FRAMES
+        assert doc["run"]["echo_timeouts"] == 0
+    else:
+        # Paced: 1.19 s of bag at 4x, then the drain (settle 1 s); a loaded machine may add some.
+        assert 0.29 <= doc["run"]["wall_s"] - doc["run"]["drain_s"] < 3.0
+    assert doc["run"]["published"] == {"/event_camera/events": N_PACKETS, "/camera/image_raw": N_FRAMES,
+                                       "/ground_truth": 1}
+    assert doc["run"]["recorded_topics"] == ["/cascade/caption", "/cascade/drafts"]
+    assert doc["input"]["unknown_types"] == {"/mystery": "mystery_msgs/msg/Thing"}
+    # /clock drove the node's timer over the bag's 1.2 s: rounds at sim times T0 + k * 0.25 s.
+    stamps = [r["stamp_ns"] for r in doc["rounds"]]
+    assert len(stamps) == node.rounds >= 4
+    assert all(T0 <= s <= T0 + 2 * S for s in stamps)
+    # The report is what the output bag says.
+    out = replay_report.load_output(result.output_bag)
+    assert [r.round_id for r in out.rounds] == [r["round_id"] for r in doc["rounds"]]
+    assert out.counts["/ground_truth"] == 1 and out.counts["/cascade/drafts"] == node.rounds
+    assert doc["rounds"][0]["ground_truth"] == "a red circle moves left"
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "latency.png").is_file()
