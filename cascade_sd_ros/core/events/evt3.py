@@ -31,6 +31,7 @@ import numba
 import numpy as np
 
 from .payload import Payload, as_words, check_time_base, check_until
+from .records import empty_cd, empty_triggers, put_cd, put_trigger
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents
 
 ENCODING = "evt3"
@@ -83,7 +84,7 @@ def _update_high(v: int, high: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, gt):  # noqa: ANN001, ANN202
+def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noqa: ANN001, ANN202
     high = state[_S_HIGH]
     low = state[_S_LOW]
     y = state[_S_Y]
@@ -126,10 +127,7 @@ def _decode_kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, 
         if t >= until and (code == 0x2 or code == 0xA or ((code == 0x4 or code == 0x5) and (v & 0xFF if code == 0x5 else v) != 0)):
             stop = i
             break
-        ox[n] = x
-        oy[n] = y
-        op[n] = v >> 11
-        ot[n] = t
+        put_cd(out_cd, n, x, y, v >> 11, t)
         is_x = code == 0x2
         keep = is_x & (x < width) & (y < height)  # bitwise: no short-circuit branches
         n += keep
@@ -149,18 +147,13 @@ def _decode_kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, 
                         if (mask >> k) & 1:
                             ex = base_x + k
                             if ex < width:
-                                ox[n] = ex
-                                oy[n] = y
-                                op[n] = pol
-                                ot[n] = t
+                                put_cd(out_cd, n, ex, y, pol, t)
                                 n += 1
                 else:
                     skipped += 1
             base_x += nbits
         elif code == 0xA:
-            gid[m] = (v >> 8) & 0xF
-            gp[m] = v & 1
-            gt[m] = t
+            put_trigger(out_trig, m, (v >> 8) & 0xF, v & 1, t)
             m += 1
         elif code == 0x7 or code == 0xE or code == 0xF:
             pass  # monitoring words and their continuations carry no events
@@ -206,11 +199,9 @@ class Evt3Decoder:
         check_time_base(time_base)
         until = check_until(until_t_us)
         n_cd, n_trig = _count_upper_bound(words, _CD_PER_WORD)
-        cd = np.empty(n_cd + 1, CD_DTYPE)  # +1: the kernel writes a candidate event per word
-        trig = np.empty(n_trig, TRIGGER_DTYPE)
-        n, m, stop, skipped = _decode_kernel(
-            words, self._state, self.width, self.height, until,
-            cd["x"], cd["y"], cd["p"], cd["t"], trig["id"], trig["p"], trig["t"])
+        cd, cd_raw = empty_cd(n_cd + 1)  # +1: the kernel writes a candidate event per word
+        trig, trig_raw = empty_triggers(n_trig)
+        n, m, stop, skipped = _decode_kernel(words, self._state, self.width, self.height, until, cd_raw, trig_raw)
         next_t = None
         if stop < words.shape[0]:
             next_t = int((self._state[_S_HIGH]) | self._state[_S_LOW])

@@ -6,6 +6,7 @@ import numpy as np
 from .types import EventDecodeError
 
 Payload = bytes | bytearray | memoryview | np.ndarray
+NO_LIMIT = int(np.iinfo(np.int64).max)
 
 
 def as_words(payload: Payload, word_dtype: str, what: str) -> np.ndarray:
@@ -38,7 +39,7 @@ def check_time_base(time_base: int) -> int:
 def check_until(until_t_us: int | None) -> int:
     """The time limit as an int64 the kernels compare against (no limit: int64 max)."""
     if until_t_us is None:
-        return int(np.iinfo(np.int64).max)
+        return NO_LIMIT
     if isinstance(until_t_us, bool) or not isinstance(until_t_us, (int, np.integer)):
         raise EventDecodeError(f"until_t_us must be an integer (µs) or None, got {until_t_us!r}")
     return int(until_t_us)
