@@ -88,3 +88,12 @@ def test_bad_settings_are_named(kwargs: dict, match: str) -> None:
 def test_plan_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="start"):
         Scheduler(start_bag_ns=0, rate=1.0).plan(0, 0.0)
+
+
+def test_final_round_supersedes_older_open_ones() -> None:
+    t = RoundTracker()
+    t.observe(100, False, bag_ns=1, wall=0.0)
+    t.observe(200, False, bag_ns=2, wall=0.0)
+    t.observe(300, False, bag_ns=3, wall=0.0)
+    t.observe(200, True, bag_ns=4, wall=0.0)  # the verifier dropped round 100 (overload)
+    assert t.in_flight() == [300] and t.superseded == {100}

@@ -56,6 +56,7 @@ class ReplaySettings:
     progress: bool = True
     stall_s: float = 60.0
     drain_timeout_s: float = 120.0
+    drain_quiet_s: float = 15.0
 
 
 @dataclass
@@ -137,8 +138,8 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             if rec.msgtype == GROUND_TRUTH_TYPE:
                 recorder.write(rec.topic, rec.msgtype, rec.t_ns, rec.raw)
 
-        player = Player(player_node, scheduler, scan.end_ns,
-                        drain_timeout_s=settings.drain_timeout_s, progress=ProgressBar(enabled=settings.progress),
+        player = Player(player_node, scheduler, scan.end_ns, drain_timeout_s=settings.drain_timeout_s,
+                        drain_quiet_s=settings.drain_quiet_s, progress=ProgressBar(enabled=settings.progress),
                         on_record=on_record)
 
         def on_output(topic: str, msgtype: str, raw: bytes) -> None:
@@ -191,6 +192,9 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             "drain_timed_out": stats.drain_timed_out,
             "echo_timeouts": stats.echo_timeouts,
             "stalled_rounds": stats.stalled_rounds,
+            "unfinished_rounds": stats.unfinished_rounds,
+            "superseded_rounds": sorted(scheduler.tracker.superseded),
+            "rounds_opened": scheduler.tracker.opened,
             "published": stats.published,
             "unmatched_topics": unmatched,
             "pipeline_inputs_not_in_bag": unfed,

@@ -35,6 +35,7 @@ class PlayStats:
     drain_s: float = 0.0  # [s] after the last record, waiting for rounds to finish
     stalled_rounds: list[int] = field(default_factory=list)
     drain_timed_out: bool = False
+    unfinished_rounds: list[int] = field(default_factory=list)  # open when the drain stopped
     echo_timeouts: int = 0  # fast mode: records whose echo did not come back in time
 
 
@@ -99,18 +100,21 @@ class Player:
         echo_timeout_s: fast mode: longest wait for a record's echo (see :class:`PlayerNode`) before
             the next one; a burst into a KEEP_LAST sensor queue would overwrite unread records.
         settle_s: after the last round is final, how long to wait for another one to open.
+        drain_quiet_s: after the last record, stop waiting for open rounds once no output came
+            for this long (a verifier under overload drops its oldest rounds, which never end).
         drain_timeout_s: give up waiting for rounds after the last record after this long.
         on_record: called for every record published (e.g. the recorder keeps /ground_truth).
     """
 
     def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, echo_timeout_s: float = 1.0,
-                 settle_s: float = 1.0, drain_timeout_s: float = 120.0, progress: ProgressBar | None = None,
-                 on_record: Callable[[Record, int], None] | None = None) -> None:
+                 settle_s: float = 1.0, drain_quiet_s: float = 15.0, drain_timeout_s: float = 120.0,
+                 progress: ProgressBar | None = None, on_record: Callable[[Record, int], None] | None = None) -> None:
         self.node = node
         self.scheduler = scheduler
         self.end_bag_ns = end_bag_ns
         self.echo_timeout_s = echo_timeout_s
         self.settle_s = settle_s
+        self.drain_quiet_s = drain_quiet_s
         self.drain_timeout_s = drain_timeout_s
         self.progress = progress or ProgressBar(enabled=False)
         self.on_record = on_record
@@ -184,10 +188,16 @@ class Player:
             now = time.monotonic()
             if now - t_start > self.drain_timeout_s:
                 self.stats.drain_timed_out = True
+                self.stats.unfinished_rounds = list(self.scheduler.tracker.in_flight())
                 break
             with self._lock:
                 action = self.scheduler.drain(self.end_bag_ns, now)
                 quiet = now - self._last_output_wall
+            if action is not None and quiet >= self.drain_quiet_s:
+                # Rounds still open but the cascade has said nothing for long: a stage dropped them
+                # (overload) or is gone. Stop waiting; the report lists what never became final.
+                self.stats.unfinished_rounds = list(self.scheduler.tracker.in_flight())
+                break
             if action is None:
                 # Nothing in flight: wait a little in case a round is about to open.
                 self.node.publish_clock(self.scheduler.clock_ns)

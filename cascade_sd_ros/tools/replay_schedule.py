@@ -23,12 +23,17 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RoundTracker:
-    """Rounds the pipeline's outputs have shown: opened (any output naming the round) and final."""
+    """Rounds the pipeline's outputs have shown: opened (any output naming the round) and final.
+
+    Round ids are the rounds' times ``T`` (cascade_sd_ros.core.rounds.round_id_for), so id order is
+    time order.
+    """
 
     opened_at_bag_ns: dict[int, int] = field(default_factory=dict)  # round id -> bag time when first seen
     opened_at_wall: dict[int, float] = field(default_factory=dict)  # round id -> wall time when first seen
     finished: set[int] = field(default_factory=set)
     stalled: set[int] = field(default_factory=set)
+    superseded: set[int] = field(default_factory=set)  # open rounds older than a final one
 
     def observe(self, round_id: int, final: bool, bag_ns: int, wall: float) -> None:
         """Record one output message of ``round_id`` seen while bag time stood at ``bag_ns``."""
@@ -38,11 +43,15 @@ class RoundTracker:
         if final:
             self.finished.add(round_id)
             self.stalled.discard(round_id)
+            # The verifier finishes rounds in time order (round ids are times T): an older round
+            # still open was dropped or ignored by it and will never be final.
+            self.superseded.update(r for r in self.in_flight() if r < round_id)
 
     def in_flight(self) -> list[int]:
         """Rounds opened, not final and not given up on, oldest first."""
+        done = self.finished | self.stalled | self.superseded
         return sorted(
-            (r for r in self.opened_at_bag_ns if r not in self.finished and r not in self.stalled),
+            (r for r in self.opened_at_bag_ns if r not in done),
             key=lambda r: (self.opened_at_bag_ns[r], r),
         )
 
