@@ -96,6 +96,7 @@ class StaticVerifierAdapter:
         self.encoder = VideoEncoder(model)
         pinned = self._device.type == "cuda"
         self._host_ids = torch.zeros(max_step, dtype=torch.long, pin_memory=pinned)  # staging for H2D
+        self._dev_ids = torch.zeros(max_step, dtype=torch.long, device=self._device)
         self._host_free: torch.cuda.Event | None = None  # fires when the last copy out of _host_ids is done
         # Row i: next-token logits after context + tokens[:i] (float32, like HFAdapter's).
         self._rows = torch.zeros(max_caption_tokens + 1, self._vocab_size, dtype=torch.float32, device=self._device)
@@ -141,19 +142,22 @@ class StaticVerifierAdapter:
             )
 
     def _stage(self, ids: Sequence[int]) -> torch.Tensor:
-        """Host ids -> a tensor the step can copy from without a sync (pinned on CUDA)."""
-        if self._host_free is not None:
-            self._host_free.synchronize()  # the previous async copy out of the buffer must be done
+        """Host ids -> device ids `[n]` without a host sync (through a pinned buffer on CUDA)."""
         n = len(ids)
+        if self._device.type != "cuda":
+            return torch.as_tensor(list(ids), dtype=torch.long)
+        if self._host_free is not None:
+            self._host_free.synchronize()  # the previous copy out of the pinned buffer must be done
         self._host_ids[:n] = torch.as_tensor(list(ids), dtype=torch.long)
-        return self._host_ids[:n]
+        staged = self._dev_ids[:n]
+        staged.copy_(self._host_ids[:n], non_blocking=True)
+        self._host_free = torch.cuda.Event()
+        self._host_free.record()  # right after the copy, so waiting on it never waits for a step
+        return staged
 
     def _feed(self, ids: torch.Tensor, row: int) -> None:
         """Run ids `[n]` after the cache; store their logits at rows `row+1 .. row+n`."""
         logits = self.runner.run(ids, self.cache.length)  # [n, V]
-        if self._device.type == "cuda" and not ids.is_cuda:
-            self._host_free = torch.cuda.Event()
-            self._host_free.record()
         self._rows[row + 1 : row + 1 + ids.shape[0]].copy_(logits)
         self.forwards += 1
 
