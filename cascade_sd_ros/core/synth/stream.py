@@ -27,7 +27,7 @@ import numpy as np
 from .clocks import ClockModel
 from .esim import Box, EsimConfig, EventSimulator
 from .packets import EventPacketData, PacketConfig, Packetizer
-from .scene import SceneRenderer, SceneSpec, caption, sample_scene
+from .scene import MOTIONS, SceneRenderer, SceneSpec, caption, sample_scene
 
 DEFAULT_START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: fixed, so bags are reproducible
 
@@ -46,6 +46,7 @@ class StreamConfig:
     start_ns: int = DEFAULT_START_NS
     include_speed: bool = False  # captions say "fast" / "slowly"
     n_objects: int | None = None  # 1, 2 or None (either)
+    motions: tuple[str, ...] = MOTIONS  # motions scenes may use
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1:
@@ -131,7 +132,7 @@ def iter_scenes(config: StreamConfig) -> Iterator[SceneData]:
     frame_period_ns = 1e9 / config.fps
     frames_per_scene = max(1, math.ceil(d_ns / frame_period_ns))
     for i in range(config.n_scenes):
-        spec = sample_scene(scene_rng, config.scene_duration_s, n_objects=config.n_objects)
+        spec = sample_scene(scene_rng, config.scene_duration_s, n_objects=config.n_objects, motions=config.motions)
         renderer = SceneRenderer(spec, config.height, config.width)
         t0_ns = i * d_ns  # world time since start
         t0_us, t1_us = t0_ns // 1000, (t0_ns + d_ns) // 1000
