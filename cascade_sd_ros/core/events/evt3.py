@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from .payload import Payload, as_words, check_time_base, check_until
-from .records import empty_cd, empty_triggers, put_cd, put_trigger
+from .records import CD_SIZE, TRIGGER_SIZE, as_cd, as_triggers, put_cd, put_trigger
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents
 
 ENCODING = "evt3"
@@ -170,6 +170,16 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
     return n, m, stop, skipped
 
 
+@numba.njit(cache=True, nogil=True)
+def _decode(words, state, width, height, until, table):  # noqa: ANN001, ANN202
+    """Size the outputs, decode, and return them trimmed: one compiled call per packet."""
+    n_cd, n_trig = _count_upper_bound(words, table)
+    out_cd = np.empty((n_cd + 1, CD_SIZE), np.uint8)  # +1: a candidate event is written per word
+    out_trig = np.empty((n_trig, TRIGGER_SIZE), np.uint8)
+    n, m, stop, skipped = _decode_kernel(words, state, width, height, until, out_cd, out_trig)
+    return out_cd[:n], out_trig[:m], stop, skipped
+
+
 class Evt3Decoder:
     """Stateful EVT 3.0 decoder: feed the packets of one stream in order.
 
@@ -198,14 +208,11 @@ class Evt3Decoder:
         words = as_words(payload, "<u2", ENCODING)
         check_time_base(time_base)
         until = check_until(until_t_us)
-        n_cd, n_trig = _count_upper_bound(words, _CD_PER_WORD)
-        cd, cd_raw = empty_cd(n_cd + 1)  # +1: the kernel writes a candidate event per word
-        trig, trig_raw = empty_triggers(n_trig)
-        n, m, stop, skipped = _decode_kernel(words, self._state, self.width, self.height, until, cd_raw, trig_raw)
+        cd_raw, trig_raw, stop, skipped = _decode(words, self._state, self.width, self.height, until, _CD_PER_WORD)
         next_t = None
         if stop < words.shape[0]:
             next_t = int((self._state[_S_HIGH]) | self._state[_S_LOW])
-        return DecodedEvents(cd[:n], trig[:m], consumed=stop * 2, next_t_us=next_t, skipped_words=int(skipped))
+        return DecodedEvents(as_cd(cd_raw), as_triggers(trig_raw), stop * 2, next_t, skipped)
 
 
 # --------------------------------------------------------------------------------- encoder

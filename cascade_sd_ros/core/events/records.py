@@ -17,6 +17,15 @@ assert [CD_DTYPE.fields[f][1] for f in ("x", "y", "p", "t")] == [0, 2, 4, 5]
 assert [TRIGGER_DTYPE.fields[f][1] for f in ("id", "p", "t")] == [0, 1, 2]
 
 
+def as_cd(raw: np.ndarray) -> np.ndarray:
+    """The CD_DTYPE array over a kernel's uint8 [n, 13] output (no copy)."""
+    return raw.view(CD_DTYPE)[:, 0]
+
+
+def as_triggers(raw: np.ndarray) -> np.ndarray:
+    return raw.view(TRIGGER_DTYPE)[:, 0]
+
+
 def empty_cd(n: int) -> tuple[np.ndarray, np.ndarray]:
     """An uninitialised CD array of ``n`` events and its uint8 [n, 13] view for kernels."""
     raw = np.empty((n, CD_SIZE), np.uint8)
