@@ -270,9 +270,12 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
     if inp.get("storage_error"):
         lines += ["", f"**Storage error (reading stopped early):** {inp['storage_error']}"]
     for topic, ev in (inp.get("events") or {}).items():
-        lines += ["", f"Events on `{topic}` ({ev['encoding']}, {ev['width']}x{ev['height']}, {ev['packets']} packets): "
+        if "error" in ev:
+            lines += ["", f"Events on `{topic}`: not decodable ({_md_escape(ev['error'])})."]
+            continue
+        lines += ["", f"Events on `{topic}` ({ev['encoding']}, {ev['packets']} packets): "
                   f"OFF {ev['off']}, ON {ev['on']}, trigger rise {ev['trigger_rise']}, fall {ev['trigger_fall']}, "
-                  f"sum t {ev['sum_t_us']} µs."]
+                  f"sum t {ev['sum_t_us']} µs, {_fmt(ev['mean_rate_ev_s'] / 1e6, 2)} Mev/s mean rate."]
     lines.append("")
 
     lines += ["## Summary", "", f"{summ['rounds']} rounds, modes {', '.join(summ['modes']) or '–'}, "

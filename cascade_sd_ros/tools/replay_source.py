@@ -16,7 +16,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from cascade_sd_ros.core import bagio
-from cascade_sd_ros.core.events import EventDecodeError, make_decoder
+from cascade_sd_ros.core.events import EventDecodeError
+from cascade_sd_ros.core.events.sources import Packet
+from cascade_sd_ros.core.events.stats import compute_stats
 from cascade_sd_ros.core.report import SceneInterval
 
 EVENTS_TYPE = "event_camera_msgs/msg/EventPacket"
@@ -56,57 +58,6 @@ def parse_remaps(specs: list[str] | None) -> dict[str, str]:
 
 
 @dataclass
-class EventStats:
-    """Decoded event counts of one event topic (the golden figures of a real recording)."""
-
-    encoding: str = ""
-    width: int = 0
-    height: int = 0
-    packets: int = 0
-    off: int = 0  # CD events with p = 0
-    on: int = 0  # CD events with p = 1
-    trigger_rise: int = 0  # trigger events with p = 0
-    trigger_fall: int = 0  # trigger events with p = 1
-    sum_t_us: int = 0  # sum of t over all CD and trigger events
-    t_min_us: int | None = None
-    t_max_us: int | None = None
-    skipped_words: int = 0
-    decode_errors: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class _EventCounter:
-    """Feeds one topic's packets, in order, to one stateful decoder and accumulates counts."""
-
-    def __init__(self) -> None:
-        self.stats = EventStats()
-        self._decoder: Any = None
-
-    def feed(self, msg: Any) -> None:
-        s = self.stats
-        if self._decoder is None or (msg.encoding, msg.width, msg.height) != (s.encoding, s.width, s.height):
-            # First packet, or the stream changed geometry/encoding: start a fresh decoder.
-            s.encoding, s.width, s.height = str(msg.encoding), int(msg.width), int(msg.height)
-            self._decoder = make_decoder(s.encoding, s.width, s.height)
-        s.packets += 1
-        decoded = self._decoder.decode(np.asarray(msg.events, dtype=np.uint8), time_base=int(msg.time_base))
-        cd, tr = decoded.cd, decoded.triggers
-        s.off += int(np.count_nonzero(cd["p"] == 0))
-        s.on += int(np.count_nonzero(cd["p"] == 1))
-        s.trigger_rise += int(np.count_nonzero(tr["p"] == 0))
-        s.trigger_fall += int(np.count_nonzero(tr["p"] == 1))
-        s.sum_t_us += int(cd["t"].sum(dtype=np.int64)) + int(tr["t"].sum(dtype=np.int64))
-        s.skipped_words += int(decoded.skipped_words)
-        for arr in (cd["t"], tr["t"]):
-            if arr.size:
-                lo, hi = int(arr.min()), int(arr.max())
-                s.t_min_us = lo if s.t_min_us is None else min(s.t_min_us, lo)
-                s.t_max_us = hi if s.t_max_us is None else max(s.t_max_us, hi)
-
-
-@dataclass
 class TopicInfo:
     name: str  # as recorded
     published_as: str  # after --remap
@@ -125,7 +76,7 @@ class BagScan:
     end_ns: int
     topics: dict[str, TopicInfo]
     scenes: list[SceneInterval] = field(default_factory=list)
-    events: dict[str, EventStats] = field(default_factory=dict)
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # topic -> EventStats.as_dict() or {"error": ...}
     storage_error: str | None = None  # reading stopped early on this error
     corrupt_at: set[tuple[str, int]] = field(default_factory=set)  # (recorded topic, index in topic) skipped
 
@@ -163,7 +114,7 @@ class BagScan:
             "storage_error": self.storage_error,
             "scenes": [{"index": s.index, "start_ns": s.start_ns, "end_ns": s.end_ns, "caption": s.caption,
                         "event_offset_ns": s.event_offset_ns} for s in self.scenes],
-            "events": {topic: st.to_dict() for topic, st in self.events.items()},
+            "events": self.events,
         }
 
 
@@ -206,7 +157,6 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
     store = bagio.typestore()
     topics: dict[str, TopicInfo] = {}
     scenes: list[SceneInterval] = []
-    counters: dict[str, _EventCounter] = {}
     storage_error: str | None = None
     corrupt_at: set[tuple[str, int]] = set()
     start = end = None
@@ -235,20 +185,40 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
                 if conn.msgtype == GROUND_TRUTH_TYPE:
                     scenes.append(SceneInterval(int(msg.scene_index), _stamp_ns(msg.start), _stamp_ns(msg.end),
                                                 str(msg.caption), int(msg.event_offset_ns)))
-                elif conn.msgtype == EVENTS_TYPE:
-                    counter = counters.setdefault(conn.topic, _EventCounter())
-                    try:
-                        counter.feed(msg)
-                    except EventDecodeError:
-                        counter.stats.decode_errors += 1
         except Exception as exc:  # a truncated or damaged storage file: keep what was read
             storage_error = f"{type(exc).__name__}: {exc}"
     if start is None or end is None:
         raise ReplayInputError(f"bag {path} has no messages of a type the replay can publish "
                                f"(topics: {', '.join(f'{t.name} [{t.msgtype}]' for t in topics.values()) or 'none'})")
     scenes.sort(key=lambda s: (s.start_ns, s.index))
-    return BagScan(Path(path), start, end, topics, scenes, {k: c.stats for k, c in counters.items()}, storage_error,
-                   corrupt_at)
+    scan = BagScan(Path(path), start, end, topics, scenes, {}, storage_error, corrupt_at)
+    for topic in sorted(t.name for t in topics.values() if t.msgtype == EVENTS_TYPE and t.publishable):
+        scan.events[topic] = event_statistics(scan, topic)
+    return scan
+
+
+def _event_packets(scan: BagScan, topic: str) -> Iterator[Packet]:
+    """The intact EventPacket records of one topic as the events module's packets."""
+    store = bagio.typestore()
+    with _open(scan.path) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        try:
+            for index, (_conn, _t, raw) in enumerate(reader.messages(connections=conns)):
+                if (topic, index) in scan.corrupt_at:
+                    continue
+                msg = store.deserialize_cdr(raw, EVENTS_TYPE)
+                yield Packet(str(msg.encoding), int(msg.width), int(msg.height), int(msg.time_base),
+                             np.asarray(msg.events, np.uint8), _stamp_ns(msg.header.stamp))
+        except Exception:  # storage damage: scan_bag reported it; count what was readable
+            return
+
+
+def event_statistics(scan: BagScan, topic: str) -> dict[str, Any]:
+    """Whole-recording event figures of one topic (cascade_sd_ros.core.events.stats), or the error."""
+    try:
+        return compute_stats(_event_packets(scan, topic)).as_dict()
+    except EventDecodeError as exc:
+        return {"error": str(exc)}
 
 
 @dataclass(frozen=True)
