@@ -26,6 +26,10 @@ def test_scenes_frames_and_truth() -> None:
             assert f.image.shape == (40, 48, 3) and f.image.dtype == np.uint8
             assert s.truth.start_ns <= f.true_ns < s.truth.end_ns and f.stamp_ns == f.true_ns
     assert scenes[1].truth.start_ns == scenes[0].truth.end_ns
+    line = scenes[0].timeline()
+    assert line[0] == (scenes[0].truth.start_ns, "truth", scenes[0].truth)
+    assert [t for t, _, _ in line] == sorted(t for t, _, _ in line)
+    assert len(line) == 1 + len(scenes[0].packets) + len(scenes[0].frames)
 
 
 def test_packets_decode_to_the_simulated_events_and_follow_driver_conventions() -> None:

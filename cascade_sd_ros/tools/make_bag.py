@@ -16,9 +16,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:  # the heavy modules load only when the command runs
+    from cascade_sd_ros.core.synth.clocks import ClockModel
+    from cascade_sd_ros.core.synth.esim import EsimConfig
+    from cascade_sd_ros.core.synth.packets import PacketConfig
+    from cascade_sd_ros.core.synth.stream import SceneData
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 260, 346  # DAVIS346-like
 
@@ -33,7 +39,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False):  # noqa: ANN202
+def _finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [lo, hi) (or (lo, hi) with ``lo_open``)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -123,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scenes(args: argparse.Namespace, clocks, esim, packets):  # noqa: ANN001, ANN202
+def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, packets: PacketConfig) -> Iterator[SceneData]:
     if args.from_video is None:
         from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
 

@@ -92,19 +92,18 @@ class _Builder:
 
 
 def scene_messages(scenes: Iterable[SceneData]) -> Iterator[tuple[str, str, int, Any]]:
-    """(topic, msgtype, log time ns, message) for every message, scene by scene, in time order."""
+    """(topic, msgtype, log time ns, message) for every message, scene by scene, in time order;
+    each image is followed by its camera info."""
     build = _Builder()
     for scene in scenes:
-        # (log time, order within a time, topic, type, message-maker): sorted without building first.
-        items: list[tuple[int, int, str, str, Any]] = [(scene.truth.start_ns, 0, GROUND_TRUTH_TOPIC, GROUND_TRUTH_TYPE, scene.truth)]
-        items += [(p.stamp_ns, 1, EVENTS_TOPIC, bagio.EVENT_PACKET, p) for p in scene.packets]
-        items += [(f.stamp_ns, 2, IMAGE_TOPIC, IMAGE_TYPE, f) for f in scene.frames]
-        items += [(f.stamp_ns, 3, CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, f) for f in scene.frames]
-        items.sort(key=lambda it: (it[0], it[1]))
-        makers = {GROUND_TRUTH_TOPIC: build.truth, EVENTS_TOPIC: build.packet, IMAGE_TOPIC: build.image,
-                  CAMERA_INFO_TOPIC: build.camera_info}
-        for t_ns, _order, topic, msgtype, data in items:
-            yield topic, msgtype, t_ns, makers[topic](data)
+        for t_ns, kind, item in scene.timeline():
+            if kind == "truth":
+                yield GROUND_TRUTH_TOPIC, GROUND_TRUTH_TYPE, t_ns, build.truth(item)  # type: ignore[arg-type]
+            elif kind == "events":
+                yield EVENTS_TOPIC, bagio.EVENT_PACKET, t_ns, build.packet(item)  # type: ignore[arg-type]
+            else:
+                yield IMAGE_TOPIC, IMAGE_TYPE, t_ns, build.image(item)  # type: ignore[arg-type]
+                yield CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, t_ns, build.camera_info(item)  # type: ignore[arg-type]
 
 
 TOPICS: dict[str, str] = {

@@ -108,6 +108,16 @@ class SceneData:
         return np.concatenate([p.events for p in self.packets])
 
 
+    def timeline(self) -> list[tuple[int, str, SceneTruth | EventPacketData | RgbFrame]]:
+        """Everything in publication order: (stamp [ns], kind, item), kind "truth" | "events" |
+        "image"; the truth first at its start, packets before a frame of the same stamp."""
+        items: list[tuple[int, int, str, SceneTruth | EventPacketData | RgbFrame]] = [(self.truth.start_ns, 0, "truth", self.truth)]
+        items += [(p.stamp_ns, 1, "events", p) for p in self.packets]
+        items += [(f.stamp_ns, 2, "image", f) for f in self.frames]
+        items.sort(key=lambda it: (it[0], it[1]))
+        return [(t, kind, item) for t, _, kind, item in items]
+
+
 class _SceneClock:
     """A scene renderer moved to world time: scene time 0 is world time ``offset_s``."""
 
