@@ -32,6 +32,7 @@ __all__ = [
     "TinyModels",
     "StageContexts",
     "ScriptedDrafter",
+    "TableLM",
     "tiny_models",
     "tiny_causal_lm",
 ]
@@ -256,3 +257,92 @@ class ScriptedDrafter:
         for i in range(len(draft) + 1):
             logits[i, self._next(seq[: len(prefix) + i])] = 30.0
         return logits
+
+
+class TableLM:
+    """A ModelAdapter with no network: logits(prefix) are seeded Gaussians, so tests run in microseconds.
+
+    logits = (base.logits(prefix) if base else 0) + scale * N(0, 1)[V] seeded by (seed, context,
+    prefix). A `base` makes a related model (a drafter close to its target). Sampling goes through
+    the explicit generator like the real adapter.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        vocab_size: int,
+        *,
+        scale: float = 2.0,
+        base: TableLM | None = None,
+        eos_token_id: int | None = EOS_ID,
+        name: str = "table",
+        modality: Modality = "text",
+    ) -> None:
+        if base is not None and base.vocab_size != vocab_size:
+            raise ValueError("base model has another vocabulary size")
+        self.seed, self.scale, self.base = seed, scale, base
+        self.name = name
+        self.modality: Modality = modality
+        self._vocab_size = vocab_size
+        self._eos_token_id = eos_token_id
+        self._context: tuple[int, ...] = ()
+        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self.forwards = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def prefill(self, context: StageContext) -> None:
+        self._context = tuple(context.input_ids)
+        self._memo = {}
+        if self.base is not None and self.base._context != self._context:
+            self.base.prefill(context)
+        self.forwards += 1
+
+    def next_logits(self, prefix: Sequence[int]) -> torch.Tensor:
+        key = tuple(int(t) for t in prefix)
+        row = self._memo.get(key)
+        if row is None:
+            g = torch.Generator().manual_seed(hash((self.seed, self._context, key)) & 0x7FFFFFFF)
+            row = self.scale * torch.randn(self._vocab_size, generator=g, dtype=torch.float64)
+            if self.base is not None:
+                row = row + self.base.next_logits(key)
+            self._memo[key] = row
+        return row.clone()
+
+    def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
+        self.forwards += 1
+        seq = [*prefix, *draft]
+        return torch.stack([self.next_logits(seq[: len(prefix) + i]) for i in range(len(draft) + 1)])
+
+    def propose(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_q: bool = False,
+    ) -> Proposal:
+        seq, probs, rows = list(prefix), [], []
+        for _ in range(max(k, 0)):
+            dist = torch.softmax(self.next_logits(seq) / (temperature if temperature > 0 else 1.0), dim=-1)
+            tok = int(torch.multinomial(dist, 1, generator=generator)[0]) if temperature > 0 else int(dist.argmax())
+            seq.append(tok)
+            probs.append(float(dist[tok]))
+            rows.append(dist)
+            if tok == self._eos_token_id:
+                break
+        self.forwards += max(len(rows) - 1, 0)
+        toks = seq[len(prefix) :]
+        q = torch.stack(rows).float() if (rows and (return_q or temperature > 0)) else None
+        return Proposal(toks, probs, q, temperature > 0)
