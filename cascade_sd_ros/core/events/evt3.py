@@ -112,9 +112,8 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
         else:
             skipped += 1
         i += 1
-    # The common words (ADDR_Y, ADDR_X, TIME_LOW, TIME_HIGH: nearly all of a real stream) are
-    # handled without branches: their order is data-dependent, so branches would mispredict on
-    # most words. Every word writes a candidate CD event; only an in-bounds ADDR_X keeps it.
+    # Time and row updates are branch-free (selects): their order in the stream is irregular.
+    # Only event words branch, so nothing is stored for the two thirds of words that are not.
     while i < nw:
         w = np.int64(words[i])
         code = w >> 12
@@ -122,19 +121,26 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
         y = (v & 0x7FF) if code == 0x0 else y
         low = v if code == 0x6 else low
         high = _update_high(v, high) if code == 0x8 else high
-        t = high | low
-        x = v & 0x7FF
-        if t >= until and (code == 0x2 or code == 0xA or ((code == 0x4 or code == 0x5) and (v & 0xFF if code == 0x5 else v) != 0)):
-            stop = i
-            break
-        put_cd(out_cd, n, x, y, v >> 11, t)
-        is_x = code == 0x2
-        keep = is_x & (x < width) & (y < height)  # bitwise: no short-circuit branches
-        n += keep
-        skipped += np.int64(is_x) - np.int64(keep)  # out-of-geometry ADDR_X
-        if code == 0x0 or code == 0x2 or code == 0x6 or code == 0x8:
+        if code == 0x2:
+            t = high | low
+            if t >= until:
+                stop = i
+                break
+            x = v & 0x7FF
+            if (x < width) & (y < height):
+                put_cd(out_cd, n, x, y, v >> 11, t)
+                n += 1
+            else:
+                skipped += 1
             i += 1
             continue
+        if code == 0x0 or code == 0x6 or code == 0x8:
+            i += 1
+            continue
+        t = high | low
+        if t >= until and (code == 0xA or ((code == 0x4 or code == 0x5) and (v & 0xFF if code == 0x5 else v) != 0)):
+            stop = i
+            break
         if code == 0x3:
             base_x = v & 0x7FF
             pol = v >> 11
@@ -174,7 +180,7 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
 def _decode(words, state, width, height, until, table):  # noqa: ANN001, ANN202
     """Size the outputs, decode, and return them trimmed: one compiled call per packet."""
     n_cd, n_trig = _count_upper_bound(words, table)
-    out_cd = np.empty((n_cd + 1, CD_SIZE), np.uint8)  # +1: a candidate event is written per word
+    out_cd = np.empty((n_cd, CD_SIZE), np.uint8)
     out_trig = np.empty((n_trig, TRIGGER_SIZE), np.uint8)
     n, m, stop, skipped = _decode_kernel(words, state, width, height, until, out_cd, out_trig)
     return out_cd[:n], out_trig[:m], stop, skipped
