@@ -30,6 +30,7 @@ from cascade_sd_ros.core.spec.steps import draft_step, refine_step, verify_step
 from cascade_sd_ros.core.stage_model import StageModel
 
 STAGE_DRAFTER, STAGE_REFINER = 0, 1
+_STAGE_NAMES = {STAGE_DRAFTER: "drafter", STAGE_REFINER: "refiner"}
 _POLL_S = 0.05  # how often an idle worker re-checks its stop flag
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class _Worker:
                 except Exception as exc:  # a bad round must not kill the stage: count, log, go on
                     self.errors += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("%s: round step failed", self._thread.name)
+                    if self.errors == 1 or self.errors % 100 == 0:  # throttled: a stuck input repeats
+                        log.exception("%s: round step failed (%d so far)", self._thread.name, self.errors)
                     time.sleep(_POLL_S)
 
     def _step(self) -> None:
@@ -422,6 +424,7 @@ class VerifierWorker(_Worker):
         rec.prefill_ms = (time.perf_counter() - t0) * 1e3
         generator = torch.Generator(device=adapter.device).manual_seed((self.seed * 1_000_003 + rec.round_id) % (2**63))
         reasons = [inp.degraded_reason] if inp.degraded_reason else []
+        delivered: set[int] = set()  # upstream stages whose drafts this round used
         while self._alive(rec):
             t_wait = time.perf_counter()
             choice = self._next_draft(rec)
@@ -432,10 +435,9 @@ class VerifierWorker(_Worker):
             if choice is not None:
                 d, tail = choice
                 stage = d.stage
+                delivered.add(stage)
                 if self.rules.verifier.needs_q:
                     q = two_point_q(tail, d.confidence[len(d.token_ids) - len(tail):], adapter.vocab_size)
-                if d.degraded and d.degraded_reason and d.degraded_reason not in reasons:
-                    reasons.append(d.degraded_reason)
             t0 = time.perf_counter()
             res = verify_step(adapter, rec.committed, tail, max_new_tokens=self.max_new_tokens,
                               level=self.rules.verifier, q=q, generator=generator)
@@ -458,6 +460,10 @@ class VerifierWorker(_Worker):
             return
         if not self._alive(rec):
             return
+        # a stage that never delivered cost speed, not output: still say it was missing
+        silent = [_STAGE_NAMES[s] for s in self.use_stages if s in rec.stalled and s not in delivered]
+        if silent:
+            reasons.append("no drafts from " + " and ".join(silent))
         self.rounds_done += 1
         if reasons:
             self.rounds_degraded += 1

@@ -154,3 +154,10 @@ def _folder_stage(folder: Path, role: Role, device: torch.device, dtype: torch.d
         return str(tokenizer.decode(token_ids, skip_special_tokens=True))
 
     return StageModel(role, adapter, num_frames, image_size, build, decode)
+
+
+def default_stage_source(role: str) -> str:
+    """The shipped zoo's folder for ``role`` (what an empty ``model`` parameter means)."""
+    from cascade_sd_ros.core.zoo import default_zoo_path
+
+    return str(Path(default_zoo_path()) / _check_role(role))

@@ -1,0 +1,189 @@
+"""What the three nodes share: QoS per topic kind, declared parameters, input accounting, main()."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+# Sensor streams: best effort, newest first, deep enough for a burst of event packets.
+SENSOR_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=50,
+    reliability=qos_profile_sensor_data.reliability,
+    durability=qos_profile_sensor_data.durability,
+)
+# Drafts and commits: every message matters to the round, few are in flight.
+ROUND_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=20, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+# Captions and RViz outputs: reliable; the newest few.
+OUTPUT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+PROMPT_QOS = OUTPUT_QOS
+DIAGNOSTICS_QOS = OUTPUT_QOS
+
+# Topic names, relative so a namespace and remaps apply.
+TOPIC_EVENTS = "events"
+TOPIC_IMAGE = "image"
+TOPIC_PROMPT = "prompt"
+TOPIC_DRAFTS_DRAFTER = "drafter/drafts"
+TOPIC_DRAFTS_REFINER = "refiner/drafts"
+TOPIC_COMMIT = "commit"
+TOPIC_CAPTION = "caption"
+TOPIC_MARKER = "caption_marker"
+TOPIC_OVERLAY = "caption_image"
+TOPIC_DIAGNOSTICS = "/diagnostics"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: default, description, optional range, read-only flag."""
+
+    name: str
+    default: Any
+    description: str
+    lo: float | None = None
+    hi: float | None = None
+    read_only: bool = False
+
+
+def declare(node: Node, params: Sequence[Param]) -> dict[str, Any]:
+    """Declare every parameter with its descriptor; returns name -> value (validated by rclpy)."""
+    out: dict[str, Any] = {}
+    for p in params:
+        desc = ParameterDescriptor(description=p.description, read_only=p.read_only)
+        if p.lo is not None and p.hi is not None:
+            if isinstance(p.default, bool):
+                raise TypeError(f"parameter {p.name}: a range makes no sense for a bool")
+            if isinstance(p.default, int):
+                desc.integer_range = [IntegerRange(from_value=int(p.lo), to_value=int(p.hi), step=1)]
+                desc.type = ParameterType.PARAMETER_INTEGER
+            else:
+                desc.floating_point_range = [FloatingPointRange(from_value=float(p.lo), to_value=float(p.hi), step=0.0)]
+                desc.type = ParameterType.PARAMETER_DOUBLE
+        out[p.name] = node.declare_parameter(p.name, p.default, desc).value
+    return out
+
+
+def choice(value: str, allowed: Sequence[str], name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"parameter {name}={value!r}: must be one of {list(allowed)}")
+    return value
+
+
+# Parameters every stage has.
+COMMON_PARAMS: tuple[Param, ...] = (
+    Param("device", "cpu", "torch device for this stage's model: cpu, cuda, cuda:N", read_only=True),
+    Param("dtype", "float32", "model dtype: float32, float16, bfloat16", read_only=True),
+    Param("prompt", "describe the scene", "question every round answers until a prompt message changes it"),
+    Param("round_period", 2.0, "[s] a round opens at every multiple of this on the event clock (+ round_phase)", 0.01, 3600.0),
+    Param("round_phase", 0.0, "[s] where in the period the round times fall", 0.0, 3600.0),
+    Param("max_new_tokens", 32, "[tokens] caption length bound", 1, 1024),
+    Param("time_jump_tolerance", 1.0, "[s] a stamp this much older than the newest seen resets buffers and rounds", 0.0, 3600.0),
+    Param("frame_id", "camera", "frame_id of the published caption, marker and overlay"),
+    Param("sensor_qos_depth", 50, "[messages] queue depth of the event and image subscriptions", 1, 100_000),
+    Param("sensor_reliability", "best_effort", "event/image subscriptions: best_effort (camera drivers) or reliable (bag players, tests)"),
+)
+
+
+def sensor_qos(params: dict[str, Any]) -> QoSProfile:
+    """The sensor subscriptions' QoS from the common parameters."""
+    rel = choice(params["sensor_reliability"], ["best_effort", "reliable"], "sensor_reliability")
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=int(params["sensor_qos_depth"]),
+        reliability=ReliabilityPolicy.RELIABLE if rel == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+class InputStats:
+    """Counts and rates of one input, and malformed messages logged once per throttle period."""
+
+    def __init__(self, node: Node, name: str, throttle_s: float = 5.0) -> None:
+        self._node = node
+        self.name = name
+        self.received = 0
+        self.malformed = 0
+        self.dropped = 0
+        self._times: deque[float] = deque(maxlen=200)
+        self._throttle_s = throttle_s
+        self._last_log = -1e18
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            self.received += 1
+            self._times.append(time.monotonic())
+
+    def bad(self, reason: str) -> None:
+        with self._lock:
+            self.malformed += 1
+            now = time.monotonic()
+            log = now - self._last_log >= self._throttle_s
+            if log:
+                self._last_log = now
+            count = self.malformed
+        if log:
+            self._node.get_logger().warning(f"{self.name}: skipped malformed message ({reason}); {count} so far")
+
+    def rate_hz(self) -> float:
+        with self._lock:
+            if len(self._times) < 2:
+                return 0.0
+            now = time.monotonic()
+            recent = [t for t in self._times if now - t <= 5.0]
+            if len(recent) < 2:
+                return 0.0
+            return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def values(self) -> dict[str, object]:
+        return {
+            f"{self.name}.received": self.received,
+            f"{self.name}.rate_hz": self.rate_hz(),
+            f"{self.name}.malformed": self.malformed,
+            f"{self.name}.dropped": self.dropped,
+        }
+
+
+def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
+    """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C."""
+    rclpy.init(args=args)
+    node: Node | None = None
+    try:
+        node = make()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:  # invalid parameters or model folders: a clear message, not a trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

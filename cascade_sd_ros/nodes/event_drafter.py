@@ -1,0 +1,262 @@
+"""``event_drafter``: opens rounds on the event clock and drafts caption tokens from event images.
+
+Subscribes ``events`` (event_camera_msgs/EventPacket), ``commit`` (Commit), ``prompt``
+(std_msgs/String); publishes ``drafter/drafts`` (DraftTokens, stage 0) and ``/diagnostics``.
+Callbacks only decode and buffer; drafting runs on the stage's worker thread
+(:class:`~cascade_sd_ros.core.round_stages.DrafterWorker`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.context import Context
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from cascade_sd_ros.core.align import ClockJumpDetector, TimeBuffer
+from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
+from cascade_sd_ros.core.round_stages import DrafterWorker, StageInput
+from cascade_sd_ros.core.rounds import Draft, RoundBook, RoundRecord, round_id_for, round_times_between
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.nodes.common import (
+    COMMON_PARAMS,
+    DIAGNOSTICS_QOS,
+    PROMPT_QOS,
+    ROUND_QOS,
+    TOPIC_COMMIT,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_DRAFTS_DRAFTER,
+    TOPIC_EVENTS,
+    TOPIC_PROMPT,
+    InputStats,
+    Param,
+    declare,
+    sensor_qos,
+    spin_node,
+)
+from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
+from cascade_sd_ros.ros.outputs import diagnostics_msg, draft_msg
+from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
+
+PARAMS: tuple[Param, ...] = (
+    Param("model", "", "drafter model: a local HF folder, or tiny:SEED; empty = the shipped zoo's drafter", read_only=True),
+    *COMMON_PARAMS,
+    Param("gamma", 4, "[tokens] draft length per proposal", 1, 64),
+    Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
+    Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
+    Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
+)
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    model: str
+    device: str
+    dtype: str
+    prompt: str
+    period_ns: int
+    phase_ns: int
+    max_new_tokens: int
+    jump_tolerance_ns: int
+    frame_id: str
+    gamma: int
+    lookahead: int
+    window_ns: int
+    buffer_packets: int
+
+    @staticmethod
+    def from_params(p: dict[str, Any]) -> "DrafterConfig":
+        return DrafterConfig(
+            model=p["model"] or default_stage_source("drafter"), device=p["device"], dtype=p["dtype"],
+            prompt=p["prompt"], period_ns=seconds_to_ns(p["round_period"], "round_period"),
+            phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
+            jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
+            frame_id=p["frame_id"], gamma=p["gamma"], lookahead=p["lookahead"],
+            window_ns=seconds_to_ns(p["event_window"], "event_window"), buffer_packets=p["event_buffer_packets"],
+        )
+
+
+class EventDrafter(Node):
+    def __init__(
+        self,
+        *,
+        context: Context | None = None,
+        model: StageModel | None = None,
+        parameter_overrides: list[Parameter] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        super().__init__("event_drafter", context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
+        params = declare(self, PARAMS)
+        self.cfg = DrafterConfig.from_params(params)
+        self.sensor_qos = sensor_qos(params)
+        self.model = model if model is not None else load_stage_model(self.cfg.model, "drafter", device=self.cfg.device, dtype=self.cfg.dtype)
+        self.book = RoundBook()
+        self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
+        self._stream = EventStream()
+        self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
+        self._lock = threading.Lock()  # guards stream/round-opening state below
+        self._first_event_ns: int | None = None
+        self._last_round_ns: int | None = None
+        self._max_span_ns = 0
+        self._renderer: EventFrameRenderer | None = None
+        self._question = self.cfg.prompt
+        self.events_in = InputStats(self, "events")
+        self.commits_in = InputStats(self, "commits")
+        self.prompts_in = InputStats(self, "prompts")
+        self.rounds_opened = 0
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.pub_drafts = self.create_publisher(self._draft_type(), TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
+        self.pub_diag = self.create_publisher(self._diag_type(), TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
+        from cascade_sd_ros.msg import Commit
+        from event_camera_msgs.msg import EventPacket
+        from std_msgs.msg import String
+
+        self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos, callback_group=inputs)
+        self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
+        self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.worker = DrafterWorker(
+            self.book, self.model, self._resolve, self._publish, gamma=self.cfg.gamma,
+            max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
+        )
+        self.worker.start()
+
+    @staticmethod
+    def _draft_type() -> type:
+        from cascade_sd_ros.msg import DraftTokens
+
+        return DraftTokens
+
+    @staticmethod
+    def _diag_type() -> type:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        return DiagnosticArray
+
+    # ------------------------------------------------------------------ callbacks (convert + buffer)
+    def _on_events(self, msg: Any) -> None:
+        self.events_in.tick()
+        try:
+            pkt = packet_input(msg)
+        except (PacketError, StampError) as exc:
+            self.events_in.bad(str(exc))
+            return
+        with self._lock:
+            if self._jump.observe(pkt.stamp_ns):
+                self.get_logger().warning("event time jumped backwards: buffers and rounds reset")
+                self._reset_locked()
+            try:
+                decoded = self._stream.decode(pkt)
+            except EventDecodeError as exc:
+                self.events_in.bad(f"undecodable {pkt.encoding} payload: {exc}")
+                return
+            if len(decoded.t_ns) == 0:
+                return
+            if self._renderer is None or (self._renderer.width, self._renderer.height) != (pkt.width, pkt.height):
+                self._renderer = EventFrameRenderer(pkt.width, pkt.height, 1)
+            t0, t1 = int(decoded.t_ns[0]), int(decoded.t_ns[-1])
+            if not self._packets.insert(t0, (decoded.t_ns, decoded.cd)):
+                pass
+            self.events_in.dropped = self._packets.dropped
+            self._max_span_ns = max(self._max_span_ns, t1 - t0)
+            if self._first_event_ns is None:
+                self._first_event_ns = t0
+            self._open_rounds_locked(t1)
+
+    def _open_rounds_locked(self, newest_ns: int) -> None:
+        shifted = newest_ns - self.cfg.phase_ns
+        if shifted <= 0:
+            return
+        after = None if self._last_round_ns is None else self._last_round_ns - self.cfg.phase_ns
+        for t in round_times_between(after, shifted, self.cfg.period_ns):
+            T = t + self.cfg.phase_ns
+            self._last_round_ns = T
+            if self._first_event_ns is not None and T - self.cfg.window_ns < self._first_event_ns:
+                continue  # the window would start before this stream did
+            self._open(T)
+
+    def _open(self, t_ns: int) -> None:
+        rec = self.book.open(round_id_for(t_ns), t_ns)
+        rec.question = self._question
+        self.rounds_opened += 1
+
+    def _on_commit(self, msg: Any) -> None:
+        self.commits_in.tick()
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            self.book.apply_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
+            rec = self.book.get(int(msg.round_id))
+            if rec is not None and not rec.question:
+                rec.question = self._question
+        except (StampError, ValueError) as exc:
+            self.commits_in.bad(str(exc))
+
+    def _on_prompt(self, msg: Any) -> None:
+        self.prompts_in.tick()
+        text = str(msg.data).strip()
+        if not text:
+            self.prompts_in.bad("empty prompt")
+            return
+        self._question = text
+        with self._lock:
+            newest = self._packets.newest_stamp()
+        if newest is not None:
+            self._open(newest)  # a prompt asks about now: the newest event time
+
+    def _reset_locked(self) -> None:
+        self._packets.clear()
+        self._stream.reset()
+        self._first_event_ns = None
+        self._last_round_ns = None
+        self._max_span_ns = 0
+        self.book.reset()
+
+    # ------------------------------------------------------------------ worker side
+    def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
+        """The event image of [T - window, T] (all packets up to T arrived before the round opened)."""
+        t1 = rec.t_ns
+        t0 = t1 - self.cfg.window_ns
+        with self._lock:
+            chunks = self._packets.window(t0 - self._max_span_ns, t1)
+            renderer = self._renderer
+        if renderer is None:
+            return StageInput(None, "no events received")
+        parts = [cd[(t >= t0) & (t <= t1)] for _, (t, cd) in chunks]
+        events = np.concatenate(parts) if parts else np.zeros(0, CD_DTYPE)
+        # an empty window is an observation (nothing moved), not a missing input
+        return StageInput(renderer.render(events)[0].copy())
+
+    def _publish(self, rec: RoundRecord, draft: Draft) -> None:
+        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft))
+
+    def _publish_diagnostics(self) -> None:
+        values: dict[str, object] = {
+            **self.events_in.values(), **self.commits_in.values(), **self.prompts_in.values(),
+            "rounds_opened": self.rounds_opened, "rounds_open": len(self.book),
+            "rounds_evicted": self.book.evicted, "resets": self.book.resets, "time_jumps": self._jump.jumps,
+            "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
+        }
+        level, message = 0, "drafting"
+        if self.events_in.received == 0:
+            level, message = 1, "degraded: no event packets received"
+        if self.worker.errors:
+            level, message = 2, f"worker errors: {self.worker.last_error}"
+        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), "cascade_sd: event_drafter",
+                                              self.get_fully_qualified_name(), level, message, values))
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(lambda: EventDrafter(), args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""``frame_refiner``: checks the drafter's tokens against the RGB frame nearest ``T`` and extends them.
+
+Subscribes ``image`` (sensor_msgs/Image), ``drafter/drafts`` (DraftTokens stage 0), ``commit``,
+``prompt``; publishes ``refiner/drafts`` (DraftTokens stage 1) and ``/diagnostics``. Joins rounds by
+id and stamp as they are heard of (a stage-0 draft or a commit). No frame within ``slop`` of ``T``
+(after ``frame_offset``) by ``max_wait``: stage-0 drafts pass through flagged degraded.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.context import Context
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from cascade_sd_ros.core.align import ClockJumpDetector, StreamOffsets, TimeBuffer, nearest_frame
+from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
+from cascade_sd_ros.core.round_stages import RefinerWorker, StageInput
+from cascade_sd_ros.core.rounds import Draft, RoundBook, RoundRecord
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.nodes.common import (
+    COMMON_PARAMS,
+    DIAGNOSTICS_QOS,
+    PROMPT_QOS,
+    ROUND_QOS,
+    TOPIC_COMMIT,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_DRAFTS_DRAFTER,
+    TOPIC_DRAFTS_REFINER,
+    TOPIC_IMAGE,
+    TOPIC_PROMPT,
+    InputStats,
+    Param,
+    choice,
+    declare,
+    sensor_qos,
+    spin_node,
+)
+from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
+from cascade_sd_ros.ros.outputs import DraftMessageError, diagnostics_msg, draft_from_msg, draft_msg
+from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
+
+MODE_PARAMS: tuple[Param, ...] = (
+    Param("mode", "lossless-greedy", f"decoding mode: {', '.join(MODES)}"),
+    Param("temperature", 1.0, "lossless-sample: sampling temperature of the verifier", 0.01, 10.0),
+    Param("tau", 0.1, "pyramid: fuzzy acceptance threshold (JSD, bits)", 0.0, 1.0),
+    Param("alpha", 0.5, "cascade: deferral threshold", 0.0, 1.0),
+    Param("deferral", "chow", "cascade: deferral rule (chow, diff, opt)"),
+)
+
+PARAMS: tuple[Param, ...] = (
+    Param("model", "", "refiner model: a local HF folder, or tiny:SEED; empty = the shipped zoo's refiner", read_only=True),
+    *COMMON_PARAMS,
+    *MODE_PARAMS,
+    Param("gamma", 6, "[tokens] refiner draft length (kept drafter tokens + its own)", 1, 64),
+    Param("lookahead", 2, "[drafts] proposals the refiner may run ahead of the last commit", 1, 16),
+    Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
+    Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
+    Param("upstream_wait", 0.05, "[s] wait at most this long for a drafter draft before drafting alone", 0.0, 10.0),
+    Param("frame_offset", 0.0, "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
+    Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
+)
+
+
+def rules_from_params(p: dict[str, Any]) -> ModeRules:
+    choice(p["mode"], list(MODES), "mode")
+    choice(p["deferral"], ["chow", "diff", "opt"], "deferral")
+    return mode_rules(p["mode"], temperature=p["temperature"], tau=p["tau"], alpha=p["alpha"], deferral=p["deferral"])
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    model: str
+    device: str
+    dtype: str
+    prompt: str
+    max_new_tokens: int
+    jump_tolerance_ns: int
+    frame_id: str
+    rules: ModeRules
+    gamma: int
+    lookahead: int
+    slop_ns: int
+    max_wait_s: float
+    upstream_wait_s: float
+    frame_offset_ns: int
+    frame_buffer: int
+
+    @staticmethod
+    def from_params(p: dict[str, Any]) -> "RefinerConfig":
+        return RefinerConfig(
+            model=p["model"] or default_stage_source("refiner"), device=p["device"], dtype=p["dtype"],
+            prompt=p["prompt"], max_new_tokens=p["max_new_tokens"],
+            jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
+            frame_id=p["frame_id"], rules=rules_from_params(p), gamma=p["gamma"], lookahead=p["lookahead"],
+            slop_ns=seconds_to_ns(p["slop"], "slop"), max_wait_s=float(p["max_wait"]),
+            upstream_wait_s=float(p["upstream_wait"]),
+            frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
+        )
+
+
+class FrameRefiner(Node):
+    def __init__(
+        self,
+        *,
+        context: Context | None = None,
+        model: StageModel | None = None,
+        parameter_overrides: list[Parameter] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        super().__init__("frame_refiner", context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
+        params = declare(self, PARAMS)
+        self.cfg = RefinerConfig.from_params(params)
+        self.sensor_qos = sensor_qos(params)
+        self.model = model if model is not None else load_stage_model(self.cfg.model, "refiner", device=self.cfg.device, dtype=self.cfg.dtype)
+        self.book = RoundBook()
+        self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
+        self._frames: TimeBuffer[np.ndarray] = TimeBuffer(self.cfg.frame_buffer)
+        self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
+        self._lock = threading.Lock()
+        self._question = self.cfg.prompt
+        self.images_in = InputStats(self, "images")
+        self.drafts_in = InputStats(self, "drafts")
+        self.commits_in = InputStats(self, "commits")
+        self.prompts_in = InputStats(self, "prompts")
+        self.rounds_degraded = 0
+        self._last_skew_ms = float("nan")
+
+        from cascade_sd_ros.msg import Commit, DraftTokens
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_REFINER, ROUND_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
+        self.create_subscription(Image, TOPIC_IMAGE, self._on_image, self.sensor_qos, callback_group=inputs)
+        self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
+        self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
+        self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.worker = RefinerWorker(
+            self.book, self.model, self._resolve, self._publish, rules=self.cfg.rules, gamma=self.cfg.gamma,
+            max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
+            max_wait_s=self.cfg.max_wait_s, upstream_wait_s=self.cfg.upstream_wait_s,
+        )
+        self.worker.start()
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_image(self, msg: Any) -> None:
+        self.images_in.tick()
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            rgb = image_to_rgb8(msg)
+        except (StampError, ImageEncodingError) as exc:
+            self.images_in.bad(str(exc))
+            return
+        with self._lock:
+            if self._jump.observe(t_ns):
+                self.get_logger().warning("image time jumped backwards: frames and rounds reset")
+                self._frames.clear()
+                self.book.reset()
+            self._frames.insert(t_ns, rgb)
+            self.images_in.dropped = self._frames.dropped
+        with self.book.changed:
+            self.book.changed.notify_all()  # a round may be waiting for this frame
+
+    def _join(self, round_id: int, t_ns: int) -> RoundRecord:
+        rec = self.book.open(round_id, t_ns)
+        if not rec.question:
+            rec.question = self._question
+        return rec
+
+    def _on_draft(self, msg: Any) -> None:
+        self.drafts_in.tick()
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            draft = draft_from_msg(msg, expected_stage=0)
+            self._join(int(msg.round_id), t_ns)
+            self.book.add_draft(int(msg.round_id), t_ns, draft)
+        except (StampError, DraftMessageError, ValueError) as exc:
+            self.drafts_in.bad(str(exc))
+
+    def _on_commit(self, msg: Any) -> None:
+        self.commits_in.tick()
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            self._join(int(msg.round_id), t_ns)
+            self.book.apply_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
+        except (StampError, ValueError) as exc:
+            self.commits_in.bad(str(exc))
+
+    def _on_prompt(self, msg: Any) -> None:
+        self.prompts_in.tick()
+        text = str(msg.data).strip()
+        if not text:
+            self.prompts_in.bad("empty prompt")
+            return
+        self._question = text
+
+    # ------------------------------------------------------------------ worker side
+    def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
+        target = self.offsets.from_reference("image", rec.t_ns)
+        with self._lock:
+            found = nearest_frame(self._frames, target, self.cfg.slop_ns)
+            newest = self._frames.newest_stamp()
+        if found is not None:
+            t, rgb = found
+            self._last_skew_ms = (t - target) / 1e6
+            return StageInput(rgb, "", skew_ns=t - target)
+        # a frame past the window means the one we need will not come (dropped, or a gap)
+        if given_up or (newest is not None and newest > target + self.cfg.slop_ns):
+            self.rounds_degraded += 1
+            why = "no RGB frames received" if newest is None else "no RGB frame within slop of T"
+            return StageInput(None, why)
+        return None
+
+    def _publish(self, rec: RoundRecord, draft: Draft) -> None:
+        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft))
+
+    def _publish_diagnostics(self) -> None:
+        values: dict[str, object] = {
+            **self.images_in.values(), **self.drafts_in.values(), **self.commits_in.values(),
+            "rounds_open": len(self.book), "rounds_degraded": self.rounds_degraded,
+            "frame_skew_ms": self._last_skew_ms, "resets": self.book.resets, "time_jumps": self._jump.jumps,
+            "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
+            "mode": self.cfg.rules.name,
+        }
+        level, message = 0, "refining"
+        if self.images_in.received == 0:
+            level, message = 1, "degraded: no RGB frames received; passing drafter drafts through"
+        elif self.rounds_degraded:
+            level, message = 1, f"degraded: {self.rounds_degraded} round(s) without a frame within slop"
+        if self.worker.errors:
+            level, message = 2, f"worker errors: {self.worker.last_error}"
+        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), "cascade_sd: frame_refiner",
+                                              self.get_fully_qualified_name(), level, message, values))
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(lambda: FrameRefiner(), args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,407 @@
+"""``video_verifier``: the authority. Verifies drafts against Video-LLaVA on the clip before ``T`` and
+publishes what it commits.
+
+Subscribes ``image``, ``drafter/drafts``, ``refiner/drafts``, ``prompt`` and (for the online clock
+offset estimate) ``events``; publishes ``commit`` (Commit), ``caption`` (VerifiedCaption, growing and
+final), ``caption_marker`` (Marker TEXT_VIEW_FACING), ``caption_image`` (the frame at ``T`` with the
+caption drawn) and ``/diagnostics``.
+
+Rounds open at the period boundaries once frames pass them (so the verifier needs no drafter), or
+when a draft names a round. The verifier waits at most ``max_wait`` for the clip and ``draft_wait``
+for a draft; a dead upstream stage costs speed, never output.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.context import Context
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from cascade_sd_ros.core.align import (
+    ClockJumpDetector,
+    OffsetEstimator,
+    StreamOffsets,
+    TimeBuffer,
+    nearest_frame,
+    select_clip,
+)
+from cascade_sd_ros.core.events import EventDecodeError
+from cascade_sd_ros.core.modes import ModeRules
+from cascade_sd_ros.core.round_stages import STAGE_DRAFTER, STAGE_REFINER, CaptionUpdate, StageInput, VerifierWorker
+from cascade_sd_ros.core.rounds import RoundBook, RoundRecord, round_id_for, round_times_between
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.nodes.common import (
+    COMMON_PARAMS,
+    DIAGNOSTICS_QOS,
+    OUTPUT_QOS,
+    PROMPT_QOS,
+    ROUND_QOS,
+    TOPIC_CAPTION,
+    TOPIC_COMMIT,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_DRAFTS_DRAFTER,
+    TOPIC_DRAFTS_REFINER,
+    TOPIC_EVENTS,
+    TOPIC_IMAGE,
+    TOPIC_MARKER,
+    TOPIC_OVERLAY,
+    TOPIC_PROMPT,
+    InputStats,
+    Param,
+    choice,
+    declare,
+    sensor_qos,
+    spin_node,
+)
+from cascade_sd_ros.nodes.frame_refiner import MODE_PARAMS, rules_from_params
+from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
+from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
+from cascade_sd_ros.ros.outputs import (
+    DraftMessageError,
+    caption_msg,
+    commit_msg,
+    diagnostics_msg,
+    display_text,
+    draft_from_msg,
+    marker_msg,
+    overlay_msg,
+)
+from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
+
+USE_DRAFTS = {"both": (STAGE_REFINER, STAGE_DRAFTER), "refiner": (STAGE_REFINER,), "drafter": (STAGE_DRAFTER,), "none": ()}
+
+PARAMS: tuple[Param, ...] = (
+    Param("model", "", "target (Video-LLaVA) model: a local HF folder, or tiny:SEED; empty = the shipped zoo's target", read_only=True),
+    *COMMON_PARAMS,
+    *MODE_PARAMS,
+    Param("frames", 8, "[frames] clip length the target takes", 1, 64),
+    Param("clip_duration", 1.0, "[s] the clip spans [T - clip_duration, T]", 0.0, 60.0),
+    Param("slop", 0.02, "[s] frames this far outside the clip window still count", 0.0, 10.0),
+    Param("max_wait", 0.5, "[s] wait at most this long (wall) for the clip's frames", 0.0, 60.0),
+    Param("draft_wait", 0.1, "[s] wait at most this long for a draft before decoding alone", 0.0, 10.0),
+    Param("frame_offset", 0.0, "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
+    Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
+    Param("use_drafts", "both", "which drafts to verify: both (refiner preferred), refiner, drafter, none"),
+    Param("max_pending_rounds", 4, "[rounds] rounds queued beyond this are dropped (oldest first, counted)", 1, 1000),
+    Param("estimate_offset", True, "estimate the event/frame clock offset online (reported in diagnostics)"),
+    Param("publish_overlay", True, "publish the frame at T with the caption drawn"),
+    Param("seed", 0, "seed of the sampling generator (lossless-sample)", 0, 2**31 - 1),
+)
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    model: str
+    device: str
+    dtype: str
+    prompt: str
+    period_ns: int
+    phase_ns: int
+    max_new_tokens: int
+    jump_tolerance_ns: int
+    frame_id: str
+    rules: ModeRules
+    frames: int
+    clip_ns: int
+    slop_ns: int
+    max_wait_s: float
+    draft_wait_s: float
+    frame_offset_ns: int
+    frame_buffer: int
+    use_drafts: tuple[int, ...]
+    max_pending: int
+    estimate_offset: bool
+    publish_overlay: bool
+    seed: int
+
+    @staticmethod
+    def from_params(p: dict[str, Any]) -> "VerifierConfig":
+        choice(p["use_drafts"], list(USE_DRAFTS), "use_drafts")
+        return VerifierConfig(
+            model=p["model"] or default_stage_source("target"), device=p["device"], dtype=p["dtype"],
+            prompt=p["prompt"], period_ns=seconds_to_ns(p["round_period"], "round_period"),
+            phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
+            jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
+            frame_id=p["frame_id"], rules=rules_from_params(p), frames=p["frames"],
+            clip_ns=seconds_to_ns(p["clip_duration"], "clip_duration"), slop_ns=seconds_to_ns(p["slop"], "slop"),
+            max_wait_s=float(p["max_wait"]), draft_wait_s=float(p["draft_wait"]),
+            frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
+            use_drafts=USE_DRAFTS[p["use_drafts"]], max_pending=p["max_pending_rounds"],
+            estimate_offset=bool(p["estimate_offset"]), publish_overlay=bool(p["publish_overlay"]), seed=p["seed"],
+        )
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What the verifier conditioned a round on (kept for the last few rounds: tests and baselines)."""
+
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    stamps_ns: tuple[int, ...]  # RGB clock
+    question: str
+
+
+class VideoVerifier(Node):
+    def __init__(
+        self,
+        *,
+        context: Context | None = None,
+        model: StageModel | None = None,
+        parameter_overrides: list[Parameter] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        super().__init__("video_verifier", context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
+        params = declare(self, PARAMS)
+        self.cfg = VerifierConfig.from_params(params)
+        self.sensor_qos = sensor_qos(params)
+        self.model = model if model is not None else load_stage_model(self.cfg.model, "target", device=self.cfg.device, dtype=self.cfg.dtype)
+        if self.model.num_frames != self.cfg.frames:
+            raise ValueError(f"parameter frames={self.cfg.frames} but the target model takes {self.model.num_frames} frames")
+        self.book = RoundBook()
+        self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
+        self._frames: TimeBuffer[np.ndarray] = TimeBuffer(self.cfg.frame_buffer)
+        self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
+        self._estimator = OffsetEstimator()
+        self._event_stream = EventStream()
+        self._lock = threading.Lock()
+        self._question = self.cfg.prompt
+        self._first_frame_ref_ns: int | None = None
+        self._last_round_ns: int | None = None
+        self._pending_prompt: float | None = None
+        self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()
+        self.images_in = InputStats(self, "images")
+        self.events_in = InputStats(self, "events")
+        self.drafts_in = InputStats(self, "drafts")
+        self.prompts_in = InputStats(self, "prompts")
+        self._totals = {"drafted": [0, 0], "accepted": [0, 0], "latency_ms": [], "skew_clip_ms": float("nan")}
+        self._last_final: CaptionUpdate | None = None
+
+        from cascade_sd_ros.msg import Commit, DraftTokens, VerifiedCaption
+        from diagnostic_msgs.msg import DiagnosticArray
+        from event_camera_msgs.msg import EventPacket
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+        from visualization_msgs.msg import Marker
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.pub_commit = self.create_publisher(Commit, TOPIC_COMMIT, ROUND_QOS)
+        self.pub_caption = self.create_publisher(VerifiedCaption, TOPIC_CAPTION, OUTPUT_QOS)
+        self.pub_marker = self.create_publisher(Marker, TOPIC_MARKER, OUTPUT_QOS)
+        self.pub_overlay = self.create_publisher(Image, TOPIC_OVERLAY, OUTPUT_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
+        self.create_subscription(Image, TOPIC_IMAGE, self._on_image, self.sensor_qos, callback_group=inputs)
+        self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
+        self.create_subscription(DraftTokens, TOPIC_DRAFTS_REFINER, self._on_draft, ROUND_QOS, callback_group=inputs)
+        self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
+        if self.cfg.estimate_offset:
+            self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
+        timers = MutuallyExclusiveCallbackGroup()
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=timers)
+        self.create_timer(0.05, self._check_prompt, callback_group=timers)
+        self.worker = VerifierWorker(
+            self.book, self.model, self._resolve, self._emit, rules=self.cfg.rules,
+            max_new_tokens=self.cfg.max_new_tokens, draft_wait_s=self.cfg.draft_wait_s,
+            max_wait_s=self.cfg.max_wait_s, use_stages=self.cfg.use_drafts, seed=self.cfg.seed,
+            max_pending=self.cfg.max_pending,
+        )
+        self.worker.start()
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_image(self, msg: Any) -> None:
+        self.images_in.tick()
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            rgb = image_to_rgb8(msg)
+        except (StampError, ImageEncodingError) as exc:
+            self.images_in.bad(str(exc))
+            return
+        with self._lock:
+            if self._jump.observe(t_ns):
+                self.get_logger().warning("image time jumped backwards: frames, rounds and offset estimate reset")
+                self._reset_locked()
+            self._frames.insert(t_ns, rgb)
+            self.images_in.dropped = self._frames.dropped
+            if self.cfg.estimate_offset:
+                self._estimator.add_frame(t_ns, rgb)
+            ref = self.offsets.to_reference("image", t_ns)
+            if self._first_frame_ref_ns is None:
+                self._first_frame_ref_ns = ref
+            self._open_rounds_locked(ref)
+        with self.book.changed:
+            self.book.changed.notify_all()
+
+    def _open_rounds_locked(self, newest_ref_ns: int) -> None:
+        """Open every period boundary the frames have passed, once the clip has frames behind it."""
+        shifted = newest_ref_ns - self.cfg.slop_ns - self.cfg.phase_ns
+        if shifted <= 0:
+            return
+        after = None if self._last_round_ns is None else self._last_round_ns - self.cfg.phase_ns
+        for t in round_times_between(after, shifted, self.cfg.period_ns):
+            T = t + self.cfg.phase_ns
+            self._last_round_ns = T
+            assert self._first_frame_ref_ns is not None
+            if T - self.cfg.clip_ns < self._first_frame_ref_ns - self.cfg.slop_ns:
+                continue  # the clip would start before the frames did
+            self._join(round_id_for(T), T)
+
+    def _join(self, round_id: int, t_ns: int) -> RoundRecord:
+        rec = self.book.open(round_id, t_ns)
+        if not rec.question:
+            rec.question = self._question
+        return rec
+
+    def _on_events(self, msg: Any) -> None:
+        self.events_in.tick()
+        try:
+            pkt = packet_input(msg)
+            decoded = self._event_stream.decode(pkt)
+        except (PacketError, StampError, EventDecodeError) as exc:
+            self.events_in.bad(str(exc))
+            return
+        self._estimator.add_events(decoded.t_ns)
+
+    def _on_draft(self, msg: Any) -> None:
+        self.drafts_in.tick()
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            draft = draft_from_msg(msg)
+            with self._lock:
+                rec = self.book.get(int(msg.round_id))
+                if rec is None:
+                    if self._last_final is not None and t_ns <= self._last_final.t_ns:
+                        return  # a late draft for a round already done (or dropped)
+                    rec = self._join(int(msg.round_id), t_ns)
+            if not rec.final:
+                self.book.add_draft(int(msg.round_id), t_ns, draft)
+        except (StampError, DraftMessageError, ValueError) as exc:
+            self.drafts_in.bad(str(exc))
+
+    def _on_prompt(self, msg: Any) -> None:
+        self.prompts_in.tick()
+        text = str(msg.data).strip()
+        if not text:
+            self.prompts_in.bad("empty prompt")
+            return
+        self._question = text
+        self._pending_prompt = time.monotonic()
+
+    def _check_prompt(self) -> None:
+        """A prompt opens a round; the drafter's (at its newest event) wins, else the newest frame's."""
+        asked = self._pending_prompt
+        if asked is None:
+            return
+        if any(r.opened_wall_s >= asked for r in self.book.records()):
+            self._pending_prompt = None
+            return
+        if time.monotonic() - asked < self.cfg.max_wait_s:
+            return
+        self._pending_prompt = None
+        with self._lock:
+            newest = self._frames.newest_stamp()
+            if newest is None:
+                self.get_logger().warning("prompt received but no frames yet: no round opened")
+                return
+            T = self.offsets.to_reference("image", newest)
+            self._join(round_id_for(T), T)
+
+    def _reset_locked(self) -> None:
+        self._frames.clear()
+        self._estimator.reset()
+        self._event_stream.reset()
+        self._first_frame_ref_ns = None
+        self._last_round_ns = None
+        self._last_final = None
+        self.book.reset()
+
+    # ------------------------------------------------------------------ worker side
+    def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
+        end = self.offsets.from_reference("image", rec.t_ns)
+        with self._lock:
+            newest = self._frames.newest_stamp()
+            if not given_up and (newest is None or newest <= end + self.cfg.slop_ns):
+                return None  # frames up to the window's end may still come
+            clip = select_clip(self._frames, end, self.cfg.clip_ns, self.cfg.frames, self.cfg.slop_ns)
+            ref = nearest_frame(self._frames, end, self.cfg.slop_ns)
+        frame_skew = None if ref is None else ref[0] - end
+        if clip is None:
+            why = "no RGB frames received" if newest is None else "no RGB frames in the clip window"
+            return StageInput(None, why, frame_skew_ns=frame_skew)
+        frames = np.stack(clip.items)
+        self.inputs[rec.round_id] = RoundInputs(frames, clip.stamps_ns, rec.question)
+        while len(self.inputs) > 32:
+            self.inputs.popitem(last=False)
+        reason = "" if clip.distinct > 1 or self.cfg.frames == 1 else "one frame for the whole clip"
+        return StageInput(frames, reason, skew_ns=clip.newest_skew_ns, span_ns=clip.span_ns, frame_skew_ns=frame_skew)
+
+    def _emit(self, u: CaptionUpdate) -> None:
+        text = self.model.decode(list(u.token_ids))
+        if u.commit_seq > 0:
+            self.pub_commit.publish(commit_msg(u, self.cfg.frame_id))
+        self.pub_caption.publish(caption_msg(u, text, self.cfg.rules, self.cfg.frame_id))
+        shown = display_text(text, u, self.cfg.rules)
+        self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
+        if not u.final:
+            return
+        self._last_final = u
+        for s in (0, 1):
+            self._totals["drafted"][s] += u.drafted_per_stage[s]
+            self._totals["accepted"][s] += u.accepted_per_stage[s]
+        lat = self._totals["latency_ms"]
+        lat.append(u.latency_total_ms)
+        del lat[:-50]
+        self._totals["skew_clip_ms"] = u.skew_clip_ms
+        if self.cfg.publish_overlay:
+            end = self.offsets.from_reference("image", u.t_ns)
+            with self._lock:
+                near = self._frames.nearest(end)
+            if near is not None:
+                self.pub_overlay.publish(overlay_msg(near[1], shown, u.t_ns, self.cfg.frame_id))
+        if u.degraded:
+            self.get_logger().warning(f"round {u.round_id}: degraded caption ({u.degraded_reason})")
+
+    def _publish_diagnostics(self) -> None:
+        est = self._estimator.estimate() if self.cfg.estimate_offset else None
+        drafted, accepted = self._totals["drafted"], self._totals["accepted"]
+        lat = self._totals["latency_ms"]
+        values: dict[str, object] = {
+            **self.images_in.values(), **self.events_in.values(), **self.drafts_in.values(),
+            "rounds_done": self.worker.rounds_done, "rounds_degraded": self.worker.rounds_degraded,
+            "rounds_dropped": self.worker.rounds_dropped, "rounds_pending": sum(1 for r in self.book.records() if not r.final and not r.abandoned),
+            "acceptance_drafter": accepted[0] / drafted[0] if drafted[0] else math.nan,
+            "acceptance_refiner": accepted[1] / drafted[1] if drafted[1] else math.nan,
+            "latency_mean_ms": float(np.mean(lat)) if lat else math.nan,
+            "skew_clip_ms": self._totals["skew_clip_ms"],
+            "frame_offset_configured_ms": self.cfg.frame_offset_ns / 1e6,
+            "frame_offset_estimated_ms": math.nan if est is None else est.offset_ns / 1e6,
+            "frame_offset_estimate_r": math.nan if est is None else est.correlation,
+            "resets": self.book.resets, "time_jumps": self._jump.jumps, "worker_errors": self.worker.errors,
+            "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,
+        }
+        level, message = 0, "verifying"
+        if self.images_in.received == 0:
+            level, message = 1, "degraded: no RGB frames received; no caption can be verified"
+        elif self._last_final is not None and self._last_final.degraded:
+            level, message = 1, f"degraded: {self._last_final.degraded_reason}"
+        if self.worker.errors:
+            level, message = 2, f"worker errors: {self.worker.last_error}"
+        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), "cascade_sd: video_verifier",
+                                              self.get_fully_qualified_name(), level, message, values))
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(lambda: VideoVerifier(), args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

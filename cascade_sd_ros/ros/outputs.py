@@ -1,0 +1,202 @@
+"""Messages the stages publish, built from core results: drafts, commits, captions, RViz outputs,
+diagnostics. Pure functions of their inputs (no node, no publishing)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cascade_sd_ros.core.modes import ModeRules
+from cascade_sd_ros.core.round_stages import CaptionUpdate
+from cascade_sd_ros.core.rounds import Draft
+from cascade_sd_ros.ros.image import numpy_to_image
+from cascade_sd_ros.ros.stamps import ns_to_stamp
+
+
+def _f32(x: float) -> float:
+    return float(x) if x is not None else math.nan
+
+
+def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft) -> Any:
+    from cascade_sd_ros.msg import DraftTokens
+
+    msg = DraftTokens()
+    ns_to_stamp(t_ns, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.round_id = int(round_id)
+    msg.stage = int(draft.stage)
+    msg.commit_seq = int(draft.commit_seq)
+    msg.start_position = int(draft.start_position)
+    msg.token_ids = [int(t) for t in draft.token_ids]
+    msg.confidence = [float(c) for c in draft.confidence]
+    msg.upstream_drafted = int(draft.upstream_drafted)
+    msg.upstream_accepted = int(draft.upstream_accepted)
+    msg.compute_ms = float(draft.compute_ms)
+    msg.degraded = bool(draft.degraded)
+    msg.degraded_reason = draft.degraded_reason
+    return msg
+
+
+class DraftMessageError(ValueError):
+    """A DraftTokens that cannot be a draft (lengths disagree, ids negative, unknown stage)."""
+
+
+def draft_from_msg(msg: Any, expected_stage: int | None = None) -> Draft:
+    tokens = tuple(int(t) for t in msg.token_ids)
+    conf = tuple(float(c) for c in msg.confidence)
+    if not tokens:
+        raise DraftMessageError("DraftTokens has no tokens")
+    if len(conf) not in (0, len(tokens)):
+        raise DraftMessageError(f"DraftTokens has {len(tokens)} tokens but {len(conf)} confidences")
+    if any(t < 0 for t in tokens):
+        raise DraftMessageError("DraftTokens has negative token ids")
+    if any(not (0.0 <= c <= 1.0) for c in conf):  # also rejects NaN
+        raise DraftMessageError("DraftTokens confidences must lie in [0, 1]")
+    if msg.stage not in (0, 1) or (expected_stage is not None and msg.stage != expected_stage):
+        raise DraftMessageError(f"DraftTokens stage {msg.stage} not accepted here (want {expected_stage})")
+    return Draft(
+        stage=int(msg.stage), commit_seq=int(msg.commit_seq), start_position=int(msg.start_position),
+        token_ids=tokens, confidence=conf, upstream_drafted=int(msg.upstream_drafted),
+        upstream_accepted=int(msg.upstream_accepted), compute_ms=float(msg.compute_ms),
+        degraded=bool(msg.degraded), degraded_reason=str(msg.degraded_reason),
+    )
+
+
+def commit_msg(u: CaptionUpdate, frame_id: str) -> Any:
+    from cascade_sd_ros.msg import Commit
+
+    msg = Commit()
+    ns_to_stamp(u.t_ns, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.round_id = int(u.round_id)
+    msg.commit_seq = int(u.commit_seq)
+    msg.token_ids = [int(t) for t in u.token_ids]
+    msg.accepted = int(u.accepted)
+    msg.drafted = int(u.drafted)
+    msg.accepted_stage = int(u.accepted_stage)
+    msg.final = bool(u.final)
+    return msg
+
+
+def caption_msg(u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str) -> Any:
+    from cascade_sd_ros.msg import VerifiedCaption
+
+    msg = VerifiedCaption()
+    ns_to_stamp(u.t_ns, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.round_id = int(u.round_id)
+    msg.text = text
+    msg.token_ids = [int(t) for t in u.token_ids]
+    msg.final = bool(u.final)
+    msg.mode = int(rules.number)
+    msg.mode_name = rules.name
+    msg.lossless = bool(rules.lossless)
+    msg.drafted_per_stage = [int(x) for x in u.drafted_per_stage]
+    msg.accepted_per_stage = [int(x) for x in u.accepted_per_stage]
+    msg.target_forwards = int(u.target_forwards)
+    msg.latency_total_ms = _f32(u.latency_total_ms)
+    msg.latency_wait_ms = _f32(u.latency_wait_ms)
+    msg.latency_prefill_ms = _f32(u.latency_prefill_ms)
+    msg.latency_verify_ms = _f32(u.latency_verify_ms)
+    msg.latency_draft_ms = _f32(u.latency_draft_ms)
+    msg.skew_frame_ms = _f32(u.skew_frame_ms)
+    msg.skew_clip_ms = _f32(u.skew_clip_ms)
+    msg.clip_span_ms = _f32(u.clip_span_ms)
+    msg.degraded = bool(u.degraded)
+    msg.degraded_reason = u.degraded_reason
+    return msg
+
+
+def display_text(text: str, u: CaptionUpdate, rules: ModeRules) -> str:
+    """What RViz shows: the caption, a '…' while it grows, and any degradation or lossy mode."""
+    shown = text if text else "(no caption)"
+    if not u.final:
+        shown += " …"
+    tags = []
+    if not rules.lossless:
+        tags.append(f"lossy: {rules.name}")
+    if u.degraded:
+        tags.append(f"degraded: {u.degraded_reason}")
+    return shown + (f"  [{'; '.join(tags)}]" if tags else "")
+
+
+def marker_msg(text: str, t_ns: int, frame_id: str, height_m: float = 0.15) -> Any:
+    """A TEXT_VIEW_FACING marker a metre in front of the camera frame."""
+    from visualization_msgs.msg import Marker
+
+    m = Marker()
+    ns_to_stamp(t_ns, m.header.stamp)
+    m.header.frame_id = frame_id
+    m.ns = "cascade_sd_caption"
+    m.id = 0
+    m.type = Marker.TEXT_VIEW_FACING
+    m.action = Marker.ADD
+    m.pose.position.z = 1.0
+    m.pose.orientation.w = 1.0
+    m.scale.z = float(height_m)
+    m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 1.0, 1.0, 1.0
+    m.text = text
+    return m
+
+
+def overlay_image(rgb: np.ndarray, text: str) -> np.ndarray:
+    """The frame with the caption drawn on a dark band at the bottom (word-wrapped), uint8 RGB."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw, ImageFont
+
+    img = PILImage.fromarray(np.ascontiguousarray(rgb), "RGB")
+    # tiny frames get upscaled so the text stays legible
+    scale = max(1, 256 // max(1, min(img.size)))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), PILImage.NEAREST)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    chars = max(8, img.width // 7)
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if len(line) + len(w) + 1 > chars and line:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    if line:
+        lines.append(line)
+    band = 12 * len(lines) + 6
+    draw.rectangle([0, img.height - band, img.width, img.height], fill=(0, 0, 0))
+    for i, ln in enumerate(lines):
+        draw.text((4, img.height - band + 3 + 12 * i), ln, fill=(255, 255, 255), font=font)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def overlay_msg(rgb: np.ndarray, text: str, t_ns: int, frame_id: str) -> Any:
+    msg = numpy_to_image(overlay_image(rgb, text), "rgb8")
+    ns_to_stamp(t_ns, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def diagnostics_msg(
+    stamp: Any, name: str, hardware_id: str, level: int, message: str, values: Mapping[str, object]
+) -> Any:
+    """One DiagnosticStatus in a DiagnosticArray; ``level`` is 0 OK, 1 WARN, 2 ERROR."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    st = DiagnosticStatus()
+    st.level = bytes([int(level)])
+    st.name = name
+    st.hardware_id = hardware_id
+    st.message = message
+    st.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()]
+    arr = DiagnosticArray()
+    arr.header.stamp = stamp
+    arr.status = [st]
+    return arr
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    if isinstance(v, Sequence) and not isinstance(v, str):
+        return ",".join(_fmt(x) for x in v)
+    return str(v)

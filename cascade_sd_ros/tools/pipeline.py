@@ -1,0 +1,292 @@
+"""The three stage nodes composed in one process: the one way through the data that the demo, the
+replay and the node tests share.
+
+``build_pipeline(config, context)`` loads each stage's model once, makes the nodes (with parameters
+as overrides, exactly what a launch file would set) and a caption collector, and adds them to a
+:class:`MultiThreadedExecutor`. ``start()`` spins it on a background thread; a caller that spins
+itself (the replay) just uses ``executor``. A :class:`SensorPlayer` publishes synthetic scenes'
+EventPackets and Images with their own stamps, over the same DDS topics a camera driver would use.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from cascade_sd_ros.nodes.common import OUTPUT_QOS, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
+
+# The player publishes like a bag player: reliable and deep, so the stages (subscribed with
+# sensor_reliability=reliable, see SENSOR_PARAMS) get every message of a burst.
+PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2000, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+SENSOR_PARAMS: dict[str, Any] = {"sensor_reliability": "reliable", "sensor_qos_depth": 2000}
+
+STAGES: tuple[str, ...] = ("drafter", "refiner", "verifier")
+ROLE_OF_STAGE = {"drafter": "drafter", "refiner": "refiner", "verifier": "target"}
+NODE_OF_STAGE = {"drafter": "event_drafter", "refiner": "frame_refiner", "verifier": "video_verifier"}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What to run. ``params`` hold parameter overrides: key "common" for every stage node, or a
+    node name (event_drafter, frame_refiner, video_verifier) for one."""
+
+    models: Mapping[str, str] = field(default_factory=dict)  # role (target/refiner/drafter) -> source
+    stages: Sequence[str] = STAGES
+    device: str = "cpu"
+    dtype: str = "float32"
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    namespace: str = ""
+    use_sim_time: bool = False
+    torch_threads: int | None = 1  # the stages share this process's cores
+    executor_threads: int = 6
+    collect_captions: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown or not self.stages:
+            raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {list(self.stages)}")
+        bad = [k for k in self.params if k != "common" and k not in NODE_OF_STAGE.values()]
+        if bad:
+            raise ValueError(f"params keys must be 'common' or node names {list(NODE_OF_STAGE.values())}, got {bad}")
+        bad_roles = [r for r in self.models if r not in ROLE_OF_STAGE.values()]
+        if bad_roles:
+            raise ValueError(f"models keys must be roles {list(ROLE_OF_STAGE.values())}, got {bad_roles}")
+
+    def source(self, role: str) -> str:
+        return self.models.get(role) or default_stage_source(role)
+
+    def overrides(self, stage: str) -> list[Parameter]:
+        merged = {**self.params.get("common", {}), **self.params.get(NODE_OF_STAGE[stage], {})}
+        merged["model"] = self.source(ROLE_OF_STAGE[stage])
+        merged.setdefault("device", self.device)
+        merged.setdefault("dtype", self.dtype)
+        out = [Parameter(k, value=v) for k, v in merged.items()]
+        out.append(Parameter("use_sim_time", value=self.use_sim_time))
+        return out
+
+
+class CaptionCollector(Node):
+    """Keeps every VerifiedCaption heard, final ones by round id."""
+
+    def __init__(self, *, context: Context | None = None, namespace: str | None = None) -> None:
+        super().__init__("caption_collector", context=context, namespace=namespace)
+        from cascade_sd_ros.msg import VerifiedCaption
+
+        self._cond = threading.Condition()
+        self.finals: dict[int, Any] = {}
+        self.growing = 0
+        self.create_subscription(VerifiedCaption, TOPIC_CAPTION, self._on_caption, OUTPUT_QOS)
+
+    def _on_caption(self, msg: Any) -> None:
+        with self._cond:
+            if msg.final:
+                self.finals[int(msg.round_id)] = msg
+            else:
+                self.growing += 1
+            self._cond.notify_all()
+
+    def wait_final(self, round_id: int | None = None, count: int | None = None, timeout_s: float = 60.0) -> bool:
+        """Wait for one round's final caption, or for ``count`` finals in all."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                done = (round_id is not None and round_id in self.finals) or (count is not None and len(self.finals) >= count)
+                left = deadline - time.monotonic()
+                if done or left <= 0:
+                    return done
+                self._cond.wait(min(left, 0.1))
+
+
+class SensorPlayer(Node):
+    """Publishes a scene's EventPackets and Images in capture order, with their own stamps."""
+
+    def __init__(self, *, context: Context | None = None, namespace: str | None = None, qos: Any = PLAYER_QOS) -> None:
+        super().__init__("sensor_player", context=context, namespace=namespace)
+        from event_camera_msgs.msg import EventPacket
+        from sensor_msgs.msg import Image
+
+        self.pub_events = self.create_publisher(EventPacket, TOPIC_EVENTS, qos)
+        self.pub_image = self.create_publisher(Image, TOPIC_IMAGE, qos)
+        self.published = 0
+
+    def wait_matched(self, image_subscribers: int, event_subscribers: int, timeout_s: float = 10.0) -> bool:
+        """Wait until the stages' subscriptions have matched (discovery is asynchronous)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (self.pub_image.get_subscription_count() >= image_subscribers
+                    and self.pub_events.get_subscription_count() >= event_subscribers):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def play(self, scene: Any, *, event_offset_ns: int, skip_frames: bool = False, skip_events: bool = False,
+             pause_every: int = 50, pause_s: float = 0.002) -> None:
+        """Publish ``scene`` (a :class:`~cascade_sd_ros.core.synth.stream.SceneData`).
+
+        Messages go out in world-time order (event stamps minus the event clock offset); a short
+        pause every ``pause_every`` messages keeps bursts within the subscribers' queues.
+        """
+        from cascade_sd_ros.ros.image import numpy_to_image
+
+        items: list[tuple[int, int, Any]] = []
+        if not skip_events:
+            items += [(p.stamp_ns - event_offset_ns, 0, p) for p in scene.packets]
+        if not skip_frames:
+            items += [(f.stamp_ns, 1, f) for f in scene.frames]
+        items.sort(key=lambda x: (x[0], x[1]))
+        for i, (_, kind, item) in enumerate(items):
+            if kind == 0:
+                self.pub_events.publish(packet_msg(item))
+            else:
+                img = numpy_to_image(item.image, "rgb8")
+                ns_to_stamp_into(item.stamp_ns, img.header.stamp)
+                img.header.frame_id = "camera"
+                self.pub_image.publish(img)
+            self.published += 1
+            if pause_every and i % pause_every == pause_every - 1:
+                time.sleep(pause_s)
+
+
+def ns_to_stamp_into(t_ns: int, stamp: Any) -> None:
+    from cascade_sd_ros.ros.stamps import ns_to_stamp
+
+    ns_to_stamp(t_ns, stamp)
+
+
+def packet_msg(p: Any) -> Any:
+    """An EventPacket message from :class:`~cascade_sd_ros.core.synth.packets.EventPacketData`."""
+    from event_camera_msgs.msg import EventPacket
+
+    msg = EventPacket()
+    ns_to_stamp_into(p.stamp_ns, msg.header.stamp)
+    msg.header.frame_id = "camera"
+    msg.height, msg.width = int(p.height), int(p.width)
+    msg.seq = int(p.seq)
+    msg.time_base = int(p.time_base)
+    msg.encoding = p.encoding
+    msg.is_bigendian = False
+    msg.events = bytes(p.payload)
+    return msg
+
+
+class Pipeline:
+    """The running composition: stage nodes, caption collector, executor (see module docstring)."""
+
+    def __init__(self, config: PipelineConfig, context: Context, models: Mapping[str, StageModel],
+                 nodes: dict[str, Node], collector: CaptionCollector | None, executor: MultiThreadedExecutor) -> None:
+        self.config = config
+        self.context = context
+        self.models = dict(models)
+        self.stage_nodes = nodes
+        self.collector = collector
+        self.executor = executor
+        self.nodes: list[Node] = list(nodes.values())
+        self._spin: threading.Thread | None = None
+        verifier = nodes.get("verifier")
+        self.lookahead_ns = int(1e9 * max(
+            float(config.params.get("video_verifier", {}).get("max_wait", 0.5)),
+            float(config.params.get("video_verifier", {}).get("draft_wait", 0.1)),
+        )) if verifier is not None else 0
+        self.info: dict[str, Any] = {
+            "stages": list(config.stages),
+            "models": {ROLE_OF_STAGE[s]: config.source(ROLE_OF_STAGE[s]) for s in config.stages},
+            "device": config.device,
+            "dtype": config.dtype,
+            "mode": verifier.cfg.rules.name if verifier is not None else None,
+        }
+
+    @property
+    def verifier(self) -> Any:
+        return self.stage_nodes.get("verifier")
+
+    def start(self) -> None:
+        if self._spin is not None:
+            raise RuntimeError("pipeline already started")
+        self._spin = threading.Thread(target=self._run, name="pipeline-executor", daemon=True)
+        self._spin.start()
+
+    def _run(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 -- shutdown races end the spin; nothing to recover
+            if self.context.ok():
+                raise
+
+    def close(self) -> None:
+        """Stop the workers, the executor and destroy the nodes (idempotent)."""
+        for node in self.nodes:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+        self.executor.shutdown(timeout_sec=5.0)
+        if self._spin is not None:
+            self._spin.join(timeout=5.0)
+            self._spin = None
+        for node in [*self.nodes, *([self.collector] if self.collector is not None else [])]:
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001 -- already destroyed
+                pass
+        self.nodes = []
+
+    def stop(self) -> None:
+        self.close()
+
+
+def load_models(config: PipelineConfig) -> dict[str, StageModel]:
+    """One model per running stage (role -> StageModel); all stages must share one vocabulary."""
+    from cascade_sd_ros.core.spec.adapter import check_same_vocab
+
+    models = {ROLE_OF_STAGE[s]: load_stage_model(config.source(ROLE_OF_STAGE[s]), ROLE_OF_STAGE[s],
+                                                 device=config.device, dtype=config.dtype) for s in config.stages}
+    check_same_vocab([m.adapter for m in models.values()])
+    return models
+
+
+def build_pipeline(config: PipelineConfig, context: Context,
+                   models: Mapping[str, StageModel] | None = None) -> Pipeline:
+    """Nodes for ``config.stages`` in ``context`` on one MultiThreadedExecutor (not spinning yet)."""
+    from cascade_sd_ros.nodes.event_drafter import EventDrafter
+    from cascade_sd_ros.nodes.frame_refiner import FrameRefiner
+    from cascade_sd_ros.nodes.video_verifier import VideoVerifier
+
+    if config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    models = dict(models) if models is not None else load_models(config)
+    classes = {"drafter": EventDrafter, "refiner": FrameRefiner, "verifier": VideoVerifier}
+    ns = config.namespace or None
+    nodes: dict[str, Node] = {}
+    try:
+        for stage in config.stages:
+            nodes[stage] = classes[stage](context=context, model=models[ROLE_OF_STAGE[stage]],
+                                          parameter_overrides=config.overrides(stage), namespace=ns)
+    except Exception:
+        for node in nodes.values():
+            node.close()
+            node.destroy_node()
+        raise
+    collector = CaptionCollector(context=context, namespace=ns) if config.collect_captions else None
+    executor = MultiThreadedExecutor(num_threads=config.executor_threads, context=context)
+    for node in [*nodes.values(), *([collector] if collector is not None else [])]:
+        executor.add_node(node)
+    return Pipeline(config, context, models, nodes, collector, executor)
+
+
+def new_context(args: Iterable[str] | None = None) -> Context:
+    """A fresh initialised rclpy context (the caller shuts it down)."""
+    context = Context()
+    rclpy.init(args=list(args) if args is not None else None, context=context)
+    return context
