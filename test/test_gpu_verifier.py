@@ -110,6 +110,16 @@ def test_fusing_keeps_hf_forward_and_memory() -> None:
     assert second.layers[0].qkv_w.data_ptr() == first.layers[0].qkv_w.data_ptr()  # reused, not re-fused
 
 
+def test_weights_can_be_built_inside_inference_mode() -> None:
+    tm = tiny_models(6, 64)
+    model = tm.target.model
+    with torch.inference_mode():
+        weights = LlamaDecodeWeights(model.model.language_model, model.lm_head)
+        out = model(input_ids=torch.tensor([[3, 4, 5]])).logits
+    assert not weights.layers[0].qkv_w.is_inference()
+    assert torch.isfinite(out).all()
+
+
 def test_step_refuses_non_llama_and_mismatched_cache() -> None:
     tm = tiny_models(5, 64)
     lm = tm.target.model.model.language_model
