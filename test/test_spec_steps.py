@@ -1,0 +1,274 @@
+"""Step functions, adapters, rules and corner cases of the speculative decoding engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascade_sd_ros.core.spec import (
+    CascadeDecoder,
+    DraftLengthController,
+    LevelRule,
+    StageContext,
+    align_draft,
+    draft_step,
+    load_adapter,
+    refine_step,
+    rules,
+    target_only_greedy,
+    verify_greedy,
+    verify_sample,
+)
+from cascade_sd_ros.core.spec import cache_ops
+from cascade_sd_ros.core.spec.preprocess import make_image_processor, preprocess_image, preprocess_video
+from cascade_sd_ros.core.spec.prompt import build_prompt_ids, expand_placeholder, media_token_count
+from cascade_sd_ros.core.spec.testing import EOS_ID, TableLM, TinyModels, tiny_causal_lm, tiny_models
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def tm() -> TinyModels:
+    torch.set_num_threads(1)
+    return tiny_models(3, vocab_size=48, aligned=True, dtype=torch.float64)
+
+
+@pytest.fixture
+def ref(tm: TinyModels) -> list[int]:
+    ctx = tm.make_contexts(0)
+    tm.drafter.prefill(ctx.drafter)
+    tm.refiner.prefill(ctx.refiner)
+    return target_only_greedy(tm.target, ctx.target, MAX_NEW)
+
+
+# ------------------------------------------------------------------ contexts, prompts, loading
+def test_stage_context_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="modality"):
+        StageContext((1, 2), None, "audio")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        StageContext((), None, "text")
+    with pytest.raises(ValueError, match="rank 5"):
+        StageContext((1, 2), torch.zeros(1, 3, 16, 16), "video")
+    with pytest.raises(ValueError, match="no pixel_values"):
+        StageContext((1, 2), torch.zeros(1, 3, 16, 16), "text")
+
+
+def test_placeholder_expansion_matches_the_model(tm: TinyModels) -> None:
+    # 16 px / 8 px patches = 4 patches; video keeps CLS per frame, image drops it
+    assert media_token_count(tm.target.model.config, "video", 8) == 8 * (4 + 1)
+    assert media_token_count(tm.refiner.model.config, "image") == 4
+    assert tm.target.expected_media_tokens(8) == 40
+
+    class Tok:
+        def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+            table = {"USER:": 5, "<video>": 47, "<image>": 46, "ASSISTANT:": 6}
+            return [1] + [table.get(w, 7) for w in text.replace("\n", " ").split()]
+
+    ids = build_prompt_ids(Tok(), "what moves?", "video", tm.target.model.config, num_frames=8)
+    assert ids.count(47) == 40 and ids[:2] == (1, 5) and ids[-1] == 6
+    with pytest.raises(ValueError, match="exactly one placeholder"):
+        expand_placeholder([1, 2, 3], 47, 5)
+
+
+def test_prefill_rejects_wrong_placeholder_count_and_modality(tm: TinyModels) -> None:
+    ctx = tm.make_contexts(1).target
+    video_id = tm.target.model.config.video_token_index
+    cut = ctx.input_ids.index(video_id)
+    short = StageContext(ctx.input_ids[:cut] + ctx.input_ids[cut + 1 :], ctx.pixel_values, "video")
+    with pytest.raises(ValueError, match="<video> tokens"):
+        tm.target.prefill(short)
+    with pytest.raises(ValueError, match="takes image contexts"):
+        tm.refiner.prefill(ctx)
+
+
+def test_vocabulary_mismatch_is_a_clear_error() -> None:
+    a = tiny_causal_lm(0, vocab_size=40, name="target")
+    b = tiny_causal_lm(0, vocab_size=41, name="drafter")
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        CascadeDecoder([b, a])
+
+
+def test_load_adapter_round_trip_and_missing_folder(tmp_path: Path) -> None:
+    lm = tiny_causal_lm(2, vocab_size=40)
+    lm.model.save_pretrained(tmp_path / "lm")
+    loaded = load_adapter(tmp_path / "lm", name="lm")
+    ctx = StageContext((1, 4, 5), None, "text")
+    lm.prefill(ctx)
+    loaded.prefill(ctx)
+    assert torch.allclose(lm.next_logits([7]), loaded.next_logits([7]), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_adapter(tmp_path / "absent")
+
+
+def test_preprocessing_shapes_and_errors() -> None:
+    proc = make_image_processor(16)
+    assert preprocess_video(proc, np.zeros((8, 20, 30, 3), np.uint8)).shape == (1, 8, 3, 16, 16)
+    assert preprocess_image(proc, np.zeros((20, 30, 3), np.uint8)).shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_image(proc, np.zeros((20, 30, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        preprocess_video(proc, np.zeros((20, 30, 3), np.uint8))
+
+
+# ------------------------------------------------------------------ adapter state
+def test_adapter_state_is_keyed_on_tokens_not_call_order(tm: TinyModels, ref: list[int]) -> None:
+    a, b = ref[:3], [5, 6, 7, 8]
+    first = tm.target.score(a, [9, 10])
+    tm.target.score(b, [11])
+    tm.target.propose([4], 3)
+    again = tm.target.score(a, [9, 10])
+    assert torch.equal(first, again)
+    assert torch.allclose(tm.target.score([], ref[:4])[:, :].argmax(-1)[:4], torch.tensor(ref[:4]))
+
+
+def test_cache_crop_validates_length(tm: TinyModels, ref: list[int]) -> None:
+    held = cache_ops.cached_length(tm.target._cache)
+    with pytest.raises(ValueError, match="cannot crop"):
+        cache_ops.crop_to(tm.target._cache, held + 1)
+
+
+def test_propose_stops_after_eos_and_handles_zero_k(tm: TinyModels, ref: list[int]) -> None:
+    assert tm.target.propose([], 0).token_ids == []
+    prop = tm.target.propose([], MAX_NEW + 5)
+    if EOS_ID in ref:
+        assert prop.token_ids == ref
+    assert len(prop.probs) == len(prop.token_ids) and all(0 < p <= 1 for p in prop.probs)
+
+
+# ------------------------------------------------------------------ verifier step corner cases
+def test_empty_draft_commits_one_target_token(tm: TinyModels, ref: list[int]) -> None:
+    res = verify_greedy(tm.target, [], [], max_new_tokens=MAX_NEW)
+    assert res.accepted == 0 and res.token_ids == ref[:1] and res.drafted == 0
+
+
+def test_draft_past_budget_is_cut(tm: TinyModels, ref: list[int]) -> None:
+    prefix = ref[: len(ref) - 2] if len(ref) >= 3 else []
+    res = verify_greedy(tm.target, prefix, ref[len(prefix) :] + [3] * 10, max_new_tokens=len(prefix) + 2)
+    assert res.drafted <= 2 and len(res.token_ids) <= 2 and res.finished
+    assert prefix + res.token_ids == ref[: len(prefix) + 2]
+
+
+def test_eos_inside_draft_ends_the_caption() -> None:
+    """A draft equal to the target's own continuation through EOS commits up to EOS and finishes."""
+    target = TableLM(1, 16, name="target")
+    ctx = StageContext((1, 3), None, "text")
+    target.prefill(ctx)
+    # make EOS the target's choice after two tokens, then draft through it and beyond
+    own = target.propose([], 2).token_ids
+    eos_forced = TableLM(1, 16, name="target", eos_token_id=EOS_ID)
+    eos_forced.prefill(ctx)
+    eos_forced._memo[tuple(own)] = torch.full((16,), -5.0, dtype=torch.float64).index_fill_(0, torch.tensor([EOS_ID]), 5.0)
+    res = verify_greedy(eos_forced, [], [*own, EOS_ID, 7, 8], max_new_tokens=20)
+    assert res.token_ids == [*own, EOS_ID] and res.finished and res.drafted == 3
+    assert verify_greedy(eos_forced, res.token_ids, [4], max_new_tokens=20).token_ids == []
+
+
+def test_align_draft_rebases_or_drops_stale_drafts() -> None:
+    assert align_draft([1, 2], [1], [2, 3, 4]) == [3, 4]
+    assert align_draft([1], [1, 2], [3]) == [2, 3]  # draft made ahead of the commit
+    assert align_draft([1, 9], [1], [2, 3]) == []  # diverged: stale
+    assert align_draft([1, 2, 3, 4], [1], [2]) == []  # committed past the draft
+
+
+def test_verify_sample_needs_positive_temperature(tm: TinyModels, ref: list[int]) -> None:
+    with pytest.raises(ValueError, match="temperature > 0"):
+        verify_sample(tm.target, [], [3], max_new_tokens=4, generator=torch.Generator(), temperature=0.0)
+    with pytest.raises(ValueError, match="explicit torch.Generator"):
+        CascadeDecoder([tm.drafter, tm.target], "lossless-sample").generate(None, 4)
+
+
+# ------------------------------------------------------------------ refiner / drafter steps
+def test_refine_step_keeps_matching_prefix_and_extends_to_gamma(tm: TinyModels, ref: list[int]) -> None:
+    own = tm.refiner.propose([], 6).token_ids
+    draft = own[:2] + [(own[2] + 1) % tm.vocab_size] if len(own) >= 3 else own
+    res = refine_step(tm.refiner, [], draft, 5, max_new_tokens=MAX_NEW)
+    if len(own) >= 3 and EOS_ID not in own[:3]:
+        assert res.kept == 2 and res.token_ids[:3] == own[:3]
+        assert len(res.token_ids) == 5 or EOS_ID in res.token_ids
+    assert len(res.confidences) == len(res.token_ids)
+    assert all(0 < c <= 1 for c in res.confidences)
+    assert draft_step(tm.drafter, ref, 4, max_new_tokens=len(ref)).token_ids == []
+
+
+# ------------------------------------------------------------------ lossy modes report their trade
+def test_pyramid_and_cascade_are_exact_at_strict_settings_and_report_trades_when_loose() -> None:
+    target = TableLM(7, 16, scale=2.0, name="target")
+    qualifier = TableLM(8, 16, scale=0.7, base=target, name="qualifier")
+    drafter = TableLM(9, 16, scale=1.5, base=target, name="drafter")
+    ctx = StageContext((1, 3), None, "text")
+    stages = [drafter, qualifier, target]
+    ctxs = [ctx, ctx, ctx]
+    exact = CascadeDecoder([target]).generate([ctx], 16).token_ids
+    strict = {
+        "pyramid": dict(taus=(0.0, 0.0)),
+        "cascade": dict(deferral="chow", alpha=0.0),  # max q < 1 always: always defer
+    }
+    for mode, kw in strict.items():
+        res = CascadeDecoder(stages, mode, **kw).generate(ctxs, 16)
+        assert res.token_ids == exact and res.stats.lossy_tokens == 0 and res.mode == mode and not res.lossless
+    loose = {
+        "pyramid": dict(taus=(1.0, 1.0)),
+        "cascade": dict(deferral="diff", alpha=1.0),  # never defer: drafter output
+    }
+    for mode, kw in loose.items():
+        res = CascadeDecoder(stages, mode, **kw).generate(ctxs, 16)
+        assert res.stats.lossy_tokens > 0 and res.token_ids != exact
+    opt = CascadeDecoder([drafter, target], "cascade", deferral="opt", alpha=0.5).generate([ctx, ctx], 16)
+    assert opt.mode == "cascade" and len(opt.token_ids) > 0
+
+
+# ------------------------------------------------------------------ rules
+def test_rules_on_hand_made_distributions() -> None:
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    q_same = p[:2]
+    draft = torch.tensor([0, 1])
+    a, tok, lossy = rules.accept_greedy(draft, torch.log(p))
+    assert (int(a), int(tok), int(lossy.sum())) == (1, 2, 0)
+    assert torch.allclose(rules.js_divergence(q_same, q_same), torch.zeros(2), atol=1e-6)
+    assert float(rules.js_divergence(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))[0]) == pytest.approx(1.0)
+    q = torch.tensor([[0.2, 0.8, 0.0], [0.9, 0.05, 0.05]])
+    assert rules.deferral("chow", q, p[:2], 0.15).tolist() == [True, False]
+    assert rules.deferral("diff", q, p[:2], 0.05).tolist() == [False, False]
+    q2 = torch.tensor([[0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])
+    # OPT weighs the cost by D_TV(p, q) (0.3 on row 0): defers where Diff at the same alpha does not
+    assert rules.deferral("opt", q2, p[:2], 0.5).tolist() == [True, False]
+    assert rules.deferral("diff", q2, p[:2], 0.5).tolist() == [False, False]
+    res = rules.residual_distribution(p[:1], torch.tensor([[0.5, 0.5, 0.0]]))
+    assert torch.allclose(res, torch.tensor([[0.2 / 0.3, 0.0, 0.1 / 0.3]]))
+    with pytest.raises(ValueError, match="deferral rule"):
+        rules.deferral("max", q, p[:2], 0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="temperature"):
+        LevelRule("sample", temperature=0.0)
+
+
+# ------------------------------------------------------------------ adaptive gamma
+def test_draft_length_controller_follows_acceptance() -> None:
+    up = DraftLengthController(4, gamma_max=12, cost_ratio=0.05)
+    for _ in range(10):
+        up.update(up.gamma, up.gamma)
+    assert up.gamma == 12 and up.acceptance == 1.0
+    down = DraftLengthController(8, gamma_max=12, cost_ratio=0.3)
+    for _ in range(10):
+        down.update(down.gamma, 0)
+    assert down.gamma == 1
+    fixed = DraftLengthController(5, adaptive=False)
+    fixed.update(5, 0)
+    assert fixed.gamma == 5
+    with pytest.raises(ValueError):
+        DraftLengthController(20, gamma_max=10)
+    with pytest.raises(ValueError):
+        up.update(2, 3)
+
+
+def test_round_statistics_are_consistent(tm: TinyModels, ref: list[int]) -> None:
+    res = CascadeDecoder([tm.drafter, tm.refiner, tm.target], gamma=(3, 4)).generate(None, MAX_NEW)
+    st = res.stats
+    assert res.token_ids == ref
+    assert sum(r.committed for r in st.rounds) == len(ref)
+    assert st.target_forwards == len(st.rounds)  # one target forward per round (prefix already prefilled)
+    for i, s in enumerate(st.stages[:-1]):
+        assert s.drafted == sum(r.drafted[i] for r in st.rounds) and 0 <= s.accepted <= s.drafted
+    assert all(len(r.wall_s) == 3 for r in st.rounds) and st.wall_s > 0
