@@ -79,6 +79,7 @@ class CaptionUpdate:
     degraded: bool
     degraded_reason: str
     question: str
+    input_wait_ms: float = 0.0  # part of latency_wait_ms spent waiting for the clip (not for drafts)
 
 
 def _ms(ns: int | None) -> float:
@@ -402,12 +403,14 @@ class VerifierWorker(_Worker):
             skew_clip_ms=_ms(None if inp is None else inp.skew_ns),
             clip_span_ms=_ms(None if inp is None else inp.span_ns),
             degraded=bool(reason), degraded_reason=reason, question=rec.question,
+            input_wait_ms=rec.input_wait_ms,
         )
 
     def _run_round(self, rec: RoundRecord) -> None:
         t_wait = time.perf_counter()
         inp = self._wait_input(rec)
-        rec.wait_ms += (time.perf_counter() - t_wait) * 1e3
+        rec.input_wait_ms = (time.perf_counter() - t_wait) * 1e3
+        rec.wait_ms += rec.input_wait_ms
         if inp is None:
             return  # reset or stopping
         if inp.pixels is None:
@@ -424,7 +427,6 @@ class VerifierWorker(_Worker):
         rec.prefill_ms = (time.perf_counter() - t0) * 1e3
         generator = torch.Generator(device=adapter.device).manual_seed((self.seed * 1_000_003 + rec.round_id) % (2**63))
         reasons = [inp.degraded_reason] if inp.degraded_reason else []
-        delivered: set[int] = set()  # upstream stages whose drafts this round used
         while self._alive(rec):
             t_wait = time.perf_counter()
             choice = self._next_draft(rec)
@@ -435,7 +437,6 @@ class VerifierWorker(_Worker):
             if choice is not None:
                 d, tail = choice
                 stage = d.stage
-                delivered.add(stage)
                 if self.rules.verifier.needs_q:
                     q = two_point_q(tail, d.confidence[len(d.token_ids) - len(tail):], adapter.vocab_size)
             t0 = time.perf_counter()
@@ -461,7 +462,7 @@ class VerifierWorker(_Worker):
         if not self._alive(rec):
             return
         # a stage that never delivered cost speed, not output: still say it was missing
-        silent = [_STAGE_NAMES[s] for s in self.use_stages if s in rec.stalled and s not in delivered]
+        silent = [_STAGE_NAMES[s] for s in self.use_stages if s not in rec.stages_seen]
         if silent:
             reasons.append("no drafts from " + " and ".join(silent))
         self.rounds_done += 1

@@ -97,7 +97,9 @@ class RoundRecord:
     spec: list[int] = field(default_factory=list)
     # verifier bookkeeping
     stalled: set[int] = field(default_factory=set)  # stages that missed draft_wait this round
+    stages_seen: set[int] = field(default_factory=set)  # stages that sent any draft this round
     wait_ms: float = 0.0
+    input_wait_ms: float = 0.0
     prefill_ms: float = 0.0
     verify_ms: float = 0.0
     abandoned: bool = False  # skipped (overload, or the verifier moved past it)
@@ -214,6 +216,7 @@ class RoundBook:
             rec = self.open(round_id, t_ns)
             rec.drafts.append(draft)
             rec.stalled.discard(draft.stage)
+            rec.stages_seen.add(draft.stage)
             if len(rec.drafts) > self.max_drafts_per_round:
                 del rec.drafts[0]
                 self.drafts_dropped += 1

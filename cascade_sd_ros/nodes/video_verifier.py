@@ -175,7 +175,8 @@ class VideoVerifier(Node):
         self._first_frame_ref_ns: int | None = None
         self._last_round_ns: int | None = None
         self._pending_prompt: float | None = None
-        self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()
+        self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()  # the last rounds' clips
+        self.finals: OrderedDict[int, CaptionUpdate] = OrderedDict()  # the last rounds' final updates
         self.images_in = InputStats(self, "images")
         self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
@@ -351,6 +352,9 @@ class VideoVerifier(Node):
         if not u.final:
             return
         self._last_final = u
+        self.finals[u.round_id] = u
+        while len(self.finals) > 64:
+            self.finals.popitem(last=False)
         for s in (0, 1):
             self._totals["drafted"][s] += u.drafted_per_stage[s]
             self._totals["accepted"][s] += u.accepted_per_stage[s]

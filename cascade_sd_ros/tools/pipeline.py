@@ -225,6 +225,7 @@ class Pipeline:
 
     def close(self) -> None:
         """Stop the workers, the executor and destroy the nodes (idempotent)."""
+        everyone = [*self.nodes, *([self.collector] if self.collector is not None else [])]
         for node in self.nodes:
             close = getattr(node, "close", None)
             if close is not None:
@@ -233,12 +234,11 @@ class Pipeline:
         if self._spin is not None:
             self._spin.join(timeout=5.0)
             self._spin = None
-        for node in [*self.nodes, *([self.collector] if self.collector is not None else [])]:
-            try:
-                node.destroy_node()
-            except Exception:  # noqa: BLE001 -- already destroyed
-                pass
+        for node in everyone:
+            self.executor.remove_node(node)
+            node.destroy_node()
         self.nodes = []
+        self.collector = None
 
     def stop(self) -> None:
         self.close()
@@ -290,3 +290,64 @@ def new_context(args: Iterable[str] | None = None) -> Context:
     context = Context()
     rclpy.init(args=list(args) if args is not None else None, context=context)
     return context
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic scenes through a pipeline: shared by the demo and the node tests.
+
+ROUND_MARGIN_NS = 40_000_000  # a scene's round is this long before its end: the clip holds only its frames
+
+
+@dataclass(frozen=True)
+class SceneRounds:
+    """Round timing that puts one round at the end of every synthetic scene (see :func:`scene_rounds`)."""
+
+    period_s: float
+    phase_s: float
+    event_offset_ns: int
+    round_ids: tuple[int, ...]  # per scene, = T on the event clock
+
+    def params(self, frame_offset_ns: int | None = None) -> dict[str, dict[str, Any]]:
+        """Pipeline parameter overrides: periodic rounds, reliable deep sensor queues, clock offsets
+        (``frame_offset_ns``: what the stages are told; default the true offset)."""
+        off = (self.event_offset_ns if frame_offset_ns is None else frame_offset_ns) / 1e9
+        return {
+            "common": {"round_period": self.period_s, "round_phase": self.phase_s, **SENSOR_PARAMS},
+            "frame_refiner": {"frame_offset": off},
+            "video_verifier": {"frame_offset": off},
+        }
+
+
+def scene_rounds(stream: Any, margin_ns: int = ROUND_MARGIN_NS) -> SceneRounds:
+    """Scene ``i`` covers RGB time ``[start + i D, start + (i+1) D)``; its round is at
+    ``start + (i+1) D - margin`` on the RGB clock, i.e. that plus the event offset on the event clock."""
+    d_ns = int(stream.scene_duration_ns)
+    off = int(stream.clocks.event_offset_ns)
+    ids = tuple(int(stream.start_ns) + (i + 1) * d_ns - margin_ns + off for i in range(stream.n_scenes))
+    return SceneRounds(period_s=d_ns / 1e9, phase_s=(ids[0] % d_ns) / 1e9, event_offset_ns=off, round_ids=ids)
+
+
+def play_scenes(
+    pipeline: Pipeline,
+    player: SensorPlayer,
+    scenes: Sequence[Any],
+    rounds: SceneRounds,
+    *,
+    timeout_s: float = 60.0,
+    skip_frames: bool = False,
+    skip_events: bool = False,
+) -> dict[int, Any]:
+    """Play ``scenes`` (the last one is a lead-out that only completes the previous round's inputs)
+    scene by scene, keeping one round in flight; returns scene index -> final VerifiedCaption (None
+    when none came within ``timeout_s``)."""
+    if pipeline.collector is None:
+        raise ValueError("play_scenes needs the pipeline's caption collector")
+    out: dict[int, Any] = {}
+    for i, scene in enumerate(scenes):
+        player.play(scene, event_offset_ns=rounds.event_offset_ns, skip_frames=skip_frames, skip_events=skip_events)
+        if i == 0:
+            continue
+        rid = rounds.round_ids[i - 1]
+        pipeline.collector.wait_final(round_id=rid, timeout_s=timeout_s)
+        out[i - 1] = pipeline.collector.finals.get(rid)
+    return out
