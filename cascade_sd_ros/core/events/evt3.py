@@ -223,8 +223,10 @@ class Evt3Decoder:
 
 # --------------------------------------------------------------------------------- encoder
 
-_E_HIGH, _E_LOW, _E_Y, _E_STARTED, _E_LAST_T, _E_VEC_BASE, _E_VEC_KEY_T, _E_VEC_KEY_YP = range(8)
-_ENC_STATE_SIZE = 8
+# Encoder state: the decoder's view of the stream so far (time high/low, row, vector base and
+# polarity; -1 where nothing was written yet) and the newest time encoded.
+_E_HIGH, _E_LOW, _E_Y, _E_STARTED, _E_LAST_T, _E_VEC_BASE, _E_VEC_POL = range(7)
+_ENC_STATE_SIZE = 7
 
 
 @numba.njit(cache=True, inline="always")
@@ -291,7 +293,7 @@ def _encode_kernel(x, y, p, t, gid, gp, gt, st, out):  # noqa: ANN001, ANN202
             base = st[_E_VEC_BASE]
             # Continue the previous vector (the decoder's base advanced by 12) when the run
             # starts inside the next 12 columns with the same polarity.
-            if not (base >= 0 and st[_E_VEC_KEY_YP] == pp and x[i] >= base and x[e - 1] < base + 12):
+            if not (base >= 0 and st[_E_VEC_POL] == pp and x[i] >= base and x[e - 1] < base + 12):
                 base = np.int64(x[i])
                 out[k] = 0x3000 | (pp << 11) | base
                 k += 1
@@ -304,7 +306,7 @@ def _encode_kernel(x, y, p, t, gid, gp, gt, st, out):  # noqa: ANN001, ANN202
             else:
                 out[k] = 0x4000 | mask
                 st[_E_VEC_BASE] = base + 12
-            st[_E_VEC_KEY_YP] = pp
+            st[_E_VEC_POL] = pp
             k += 1
             i = e
         else:

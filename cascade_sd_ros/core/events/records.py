@@ -26,17 +26,6 @@ def as_triggers(raw: np.ndarray) -> np.ndarray:
     return raw.view(TRIGGER_DTYPE)[:, 0]
 
 
-def empty_cd(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """An uninitialised CD array of ``n`` events and its uint8 [n, 13] view for kernels."""
-    raw = np.empty((n, CD_SIZE), np.uint8)
-    return raw.view(CD_DTYPE).reshape(n), raw
-
-
-def empty_triggers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.empty((n, TRIGGER_SIZE), np.uint8)
-    return raw.view(TRIGGER_DTYPE).reshape(n), raw
-
-
 @numba.njit(cache=True, inline="always")
 def put_cd(out, n, x, y, p, t):  # noqa: ANN001, ANN201
     r = out[n]
