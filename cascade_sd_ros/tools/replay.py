@@ -24,6 +24,7 @@ from cascade_sd_ros.tools.replay_source import ReplayInputError, parse_remaps
 
 OUTPUT_BAG = "output"  # folder name of the recorded MCAP bag inside --out
 MATCH_TIMEOUT_S = 10.0  # [s] for publishers and subscriptions to discover each other
+MAX_ECHO_WINDOW = 64  # [records] fast mode never runs further ahead of the executor on one topic
 
 
 class PipelineHandle(Protocol):
@@ -39,8 +40,20 @@ class PipelineHandle(Protocol):
 
 #: (rclpy context, settings) -> a pipeline whose nodes are on ``use_sim_time``.
 PipelineFactory = Callable[[Any, "ReplaySettings"], PipelineHandle]
-#: (input scan, final captions by round id, pipeline) -> baseline VerifiedCaption records to write.
-BaselineRunner = Callable[[Any, dict[int, Any], PipelineHandle], list[tuple[int, bytes]]]
+
+
+class Baseline(Protocol):
+    """The verifier alone on the replay's rounds (see replay_baseline)."""
+
+    missing: list[int]  # final rounds it had no inputs for
+
+    def on_final(self, round_id: int, t_ns: int) -> None: ...  # called as each final caption arrives
+
+    def run(self) -> list[tuple[int, bytes]]: ...  # after playback: (T [ns], serialised VerifiedCaption)
+
+
+#: pipeline -> its verifier-alone baseline.
+BaselineFactory = Callable[[PipelineHandle], "Baseline | None"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class ReplaySettings:
     remaps: dict[str, str] = field(default_factory=dict)
     mode: str = "lossless-greedy"
     models: dict[str, str] = field(default_factory=dict)  # role -> model source (empty: the pipeline's default)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # node (or "common") -> parameter overrides
     device: str = "cpu"
     baseline: bool = True
     progress: bool = True
@@ -100,13 +114,15 @@ def _wait_matched(pairs: list[tuple[str, Callable[[], int]]], timeout_s: float) 
 
 
 def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
-               run_baseline: BaselineRunner | None = None) -> ReplayResult:
+               make_baseline: BaselineFactory | None = None) -> ReplayResult:
     """Replay ``settings.bag`` through a pipeline and write the report; see the module docstring."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
+    from rclpy.qos import HistoryPolicy
 
     from cascade_sd_ros.core import bagio
     from cascade_sd_ros.tools import replay_report
+    from cascade_sd_ros.tools.replay_pipeline import auto_remaps, node_inputs
     from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
     from cascade_sd_ros.tools.replay_progress import ProgressBar
     from cascade_sd_ros.tools.replay_recorder import BagRecorder, RecorderNode, pipeline_outputs
@@ -123,13 +139,21 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     rclpy.init(context=context)
     recorder = BagRecorder(out_bag)
     pipeline: PipelineHandle | None = None
+    own_nodes: list[Any] = []
     spin_thread: threading.Thread | None = None
-    finals: dict[int, Any] = {}
-    finals_lock = threading.Lock()
+    baseline: Baseline | None = None
     try:
         pipeline = make_pipeline(context, settings)
+        if make_baseline is not None and settings.baseline:
+            baseline = make_baseline(pipeline)
+        # Bag topics named otherwise than the nodes' inputs (a driver's /camera/image_raw vs the
+        # nodes' image) are mapped by type where that is unambiguous; --remap always wins.
+        guessed = auto_remaps(scan, node_inputs(pipeline.nodes), settings.remaps)
+        for name, target in guessed.items():
+            scan.topics[name].published_as = target
         topics = {t.published_as: t.msgtype for t in scan.topics.values() if t.publishable}
         player_node = PlayerNode(topics, echo=settings.rate is None, context=context)
+        own_nodes.append(player_node)
         scheduler = Scheduler(start_bag_ns=scan.start_ns, rate=settings.rate, lookahead_ns=pipeline.lookahead_ns,
                               stall_s=settings.stall_s)
 
@@ -138,22 +162,30 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             if rec.msgtype == GROUND_TRUTH_TYPE:
                 recorder.write(rec.topic, rec.msgtype, rec.t_ns, rec.raw)
 
-        player = Player(player_node, scheduler, scan.end_ns, drain_timeout_s=settings.drain_timeout_s,
-                        drain_quiet_s=settings.drain_quiet_s, progress=ProgressBar(enabled=settings.progress),
-                        on_record=on_record)
+        # Fast mode may run ahead of the executor by half the shallowest queue that takes a topic.
+        window: dict[str, int] = {topic: MAX_ECHO_WINDOW for topic in topics}  # no node reads it: no limit
+        for sub in (sub for node in pipeline.nodes for sub in node.subscriptions):
+            qos = sub.qos_profile
+            depth = qos.depth if qos.history == HistoryPolicy.KEEP_LAST else 2 * MAX_ECHO_WINDOW
+            if sub.topic_name in window:
+                window[sub.topic_name] = min(window[sub.topic_name], max(1, depth // 2))
+        player = Player(player_node, scheduler, scan.end_ns, echo_window=window,
+                        drain_timeout_s=settings.drain_timeout_s, drain_quiet_s=settings.drain_quiet_s,
+                        progress=ProgressBar(enabled=settings.progress), on_record=on_record)
 
         def on_output(topic: str, msgtype: str, raw: bytes) -> None:
-            player.observe(topic, msgtype, raw)
-            if msgtype == VERIFIED_CAPTION_TYPE:
+            if baseline is not None and msgtype == VERIFIED_CAPTION_TYPE:
                 msg = store.deserialize_cdr(raw, msgtype)
                 if msg.final:
-                    with finals_lock:
-                        finals[int(msg.round_id)] = msg
+                    stamp = msg.header.stamp
+                    baseline.on_final(int(msg.round_id), int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec))
+            player.observe(topic, msgtype, raw)
 
         outputs = pipeline_outputs(pipeline.nodes)
         recorder_node = RecorderNode(recorder, outputs, clock_ns=player.clock_ns, on_message=on_output, context=context)
-        pipeline.executor.add_node(player_node)
-        pipeline.executor.add_node(recorder_node)
+        own_nodes.append(recorder_node)
+        for node in own_nodes:
+            pipeline.executor.add_node(node)
 
         def spin() -> None:
             try:
@@ -167,42 +199,51 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
         # Discovery before the first record: an output published before its recorder matched, or a
         # record published before its subscriber matched, would be lost.
         pipeline_subs = [sub for node in pipeline.nodes for sub in node.subscriptions]
-        wanted_inputs = {sub.topic_name for sub in pipeline_subs}
         pubs_by_topic = {p.topic_name: p for node in pipeline.nodes for p in node.publishers}
         pairs = [(f"output {o.name}", pubs_by_topic[o.name].get_subscription_count) for o in outputs]
         pairs += [(f"input {s.topic_name}", s.get_publisher_count) for s in pipeline_subs if s.topic_name in topics]
         unmatched = _wait_matched(pairs, MATCH_TIMEOUT_S)
-        unfed = sorted(t for t in wanted_inputs if t not in topics and t != "/clock" and not t.startswith("/parameter"))
+        internal = set(pubs_by_topic) | {"/clock", "/parameter_events"}
+        unfed = sorted({s.topic_name for s in pipeline_subs} - set(topics) - internal)
 
         stats = player.play(iter_records(scan))
-
-        if run_baseline is not None and settings.baseline:
-            with finals_lock:
-                rounds = dict(finals)
-            for round_t_ns, raw in run_baseline(scan, rounds, pipeline):
-                recorder.write(replay_report.BASELINE_TOPIC, VERIFIED_CAPTION_TYPE, round_t_ns, raw)
         run_info = {
             "mode": settings.mode,
             "pacing": "fast" if settings.rate is None else f"rate {settings.rate:g}",
             "remaps": settings.remaps,
+            "auto_remaps": guessed,
+            "params": settings.params,
             "started_utc": started.isoformat(timespec="seconds"),
             "wall_s": stats.wall_s,
             "held_s": stats.held_s,
             "drain_s": stats.drain_s,
             "drain_timed_out": stats.drain_timed_out,
             "echo_timeouts": stats.echo_timeouts,
+            "echo_window": window,
             "stalled_rounds": stats.stalled_rounds,
             "unfinished_rounds": stats.unfinished_rounds,
             "superseded_rounds": sorted(scheduler.tracker.superseded),
             "rounds_opened": scheduler.tracker.opened,
             "published": stats.published,
             "unmatched_topics": unmatched,
-            "pipeline_inputs_not_in_bag": unfed,
+            "node_inputs_not_in_bag": unfed,
             "recorded_topics": [o.name for o in outputs],
-            "baseline": bool(run_baseline is not None and settings.baseline),
             "versions": _versions(),
             **pipeline.info,
         }
+        # Stop the cascade before the baseline: its model is the verifier's, now idle.
+        pipeline.executor.shutdown(timeout_sec=5.0)
+        spin_thread.join(timeout=5.0)
+        spin_thread = None
+        pipeline.close()
+        pipeline = None
+        if baseline is not None:
+            written = baseline.run()
+            for t_ns, raw in written:
+                recorder.write(replay_report.BASELINE_TOPIC, VERIFIED_CAPTION_TYPE, t_ns, raw)
+            run_info["baseline"] = {"rounds": len(written), "rounds_without_inputs": list(baseline.missing)}
+        else:
+            run_info["baseline"] = None
     finally:
         if pipeline is not None:
             pipeline.executor.shutdown(timeout_sec=5.0)
@@ -210,6 +251,8 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             spin_thread.join(timeout=5.0)
         if pipeline is not None:
             pipeline.close()
+        for node in own_nodes:
+            node.destroy_node()
         recorder.close()
         if context.ok():
             rclpy.shutdown(context=context)
@@ -248,7 +291,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="ROLE=SOURCE",
                         help="model for a role (target, refiner, drafter): a local HF folder or tiny:SEED "
                              "(default: the shipped zoo)")
-    parser.add_argument("--device", default="cpu", help="torch device of the verifier (cpu, cuda, cuda:N)")
+    parser.add_argument("--device", default="cpu", help="torch device of the stages' models (cpu, cuda, cuda:N)")
+    parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
+                        help="node parameter override, NODE one of common, event_drafter, frame_refiner, "
+                             "video_verifier (repeatable), e.g. common:round_period=0.5")
     parser.add_argument("--no-baseline", action="store_true", help="skip the verifier-alone baseline")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stall-s", type=_positive_float, default=60.0,
@@ -266,13 +312,21 @@ def _parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
+def _make_baseline(pipeline: Any) -> Baseline | None:
+    from cascade_sd_ros.tools.replay_baseline import VerifierAloneBaseline
+
+    verifier = getattr(pipeline, "verifier", None)
+    target = getattr(pipeline, "models", {}).get("target")
+    return None if verifier is None or target is None else VerifierAloneBaseline(verifier, target)
+
+
 def run(args: argparse.Namespace) -> int:
-    from cascade_sd_ros.tools.replay_baseline import run_baseline
-    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+    from cascade_sd_ros.tools.replay_pipeline import make_pipeline, parse_params
 
     try:
         remaps = parse_remaps(args.remap)
         models = _parse_models(args.model)
+        params = parse_params(args.param)
     except ReplayInputError as exc:
         print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
         return 2
@@ -282,13 +336,16 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path(f"replay_{args.bag.resolve().name}_{stamp}")
     settings = ReplaySettings(
         bag=args.bag, out_dir=out_dir, rate=None if args.fast else args.rate, remaps=remaps, mode=args.mode,
-        models=models, device=args.device, baseline=not args.no_baseline, progress=not args.no_progress,
-        stall_s=args.stall_s)
+        models=models, params=params, device=args.device, baseline=not args.no_baseline,
+        progress=not args.no_progress, stall_s=args.stall_s)
     try:
-        result = run_replay(settings, make_pipeline, run_baseline)
+        result = run_replay(settings, make_pipeline, _make_baseline)
     except ReplayInputError as exc:
         print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as exc:  # models, parameters: named by the loaders
+        print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
+        return 1
     summ, inp = result.report["summary"], result.report["input"]
     for stream, why in inp["missing_streams"].items():
         print(f"missing stream {stream}: {why}", file=sys.stderr)

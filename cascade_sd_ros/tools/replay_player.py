@@ -43,8 +43,9 @@ class PlayerNode(Node):
     """Publishers for the bag's topics and ``/clock``, and an echo of each published topic.
 
     The echo is a raw subscription in the same executor as the cascade: once it has taken record
-    ``k``, the executor has come round to the cascade's subscriptions for it too, so fast mode
-    publishes the next record only then (back-pressure without touching the cascade's nodes).
+    ``k``, the executor has come round to the cascade's subscriptions for it too. Fast mode keeps
+    at most a window of records per topic un-echoed, half the depth of the cascade's own queue for
+    that topic, so a KEEP_LAST queue never overflows (back-pressure without touching the nodes).
     """
 
     def __init__(self, topics: dict[str, str], echo: bool = False, **node_kwargs: Any) -> None:
@@ -97,8 +98,9 @@ class Player:
         node: the publishers.
         scheduler: pacing/holding policy.
         end_bag_ns: bag time of the last record (drain and progress).
-        echo_timeout_s: fast mode: longest wait for a record's echo (see :class:`PlayerNode`) before
-            the next one; a burst into a KEEP_LAST sensor queue would overwrite unread records.
+        echo_timeout_s: fast mode: longest wait for an echo (see :class:`PlayerNode`) before the
+            next record; a burst into a KEEP_LAST sensor queue would overwrite unread records.
+        echo_window: fast mode: topic -> records that may be in flight un-echoed (default 1).
         settle_s: after the last round is final, how long to wait for another one to open.
         drain_quiet_s: after the last record, stop waiting for open rounds once no output came
             for this long (a verifier under overload drops its oldest rounds, which never end).
@@ -107,12 +109,14 @@ class Player:
     """
 
     def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, echo_timeout_s: float = 1.0,
+                 echo_window: dict[str, int] | None = None,
                  settle_s: float = 1.0, drain_quiet_s: float = 15.0, drain_timeout_s: float = 120.0,
                  progress: ProgressBar | None = None, on_record: Callable[[Record, int], None] | None = None) -> None:
         self.node = node
         self.scheduler = scheduler
         self.end_bag_ns = end_bag_ns
         self.echo_timeout_s = echo_timeout_s
+        self.echo_window = dict(echo_window or {})
         self.settle_s = settle_s
         self.drain_quiet_s = drain_quiet_s
         self.drain_timeout_s = drain_timeout_s
@@ -173,8 +177,10 @@ class Player:
             if self.on_record is not None:
                 self.on_record(rec, action.clock_ns)
             self.progress.update(self._state())
-            if fast and not self.node.wait_echo(rec.topic, self.stats.published[rec.topic], self.echo_timeout_s):
-                self.stats.echo_timeouts += 1
+            if fast:
+                behind = self.stats.published[rec.topic] - max(1, self.echo_window.get(rec.topic, 1)) + 1
+                if not self.node.wait_echo(rec.topic, behind, self.echo_timeout_s):
+                    self.stats.echo_timeouts += 1
         self._drain()
         self.stats.wall_s = time.monotonic() - self._t0
         self.stats.stalled_rounds = sorted(self.scheduler.tracker.stalled)

@@ -32,7 +32,7 @@ class OutputTopic:
     transient_local: bool
 
 
-def _rosbag_type_name(cls: type) -> str:
+def rosbag_type_name(cls: type) -> str:
     """``sensor_msgs.msg._image.Image`` -> ``sensor_msgs/msg/Image``."""
     pkg = cls.__module__.split(".")[0]
     return f"{pkg}/msg/{cls.__name__}"
@@ -49,7 +49,7 @@ def pipeline_outputs(nodes: Iterable[Node]) -> list[OutputTopic]:
             qos = pub.qos_profile
             found[name] = OutputTopic(
                 name=name,
-                msgtype=_rosbag_type_name(pub.msg_type),
+                msgtype=rosbag_type_name(pub.msg_type),
                 reliable=qos.reliability == ReliabilityPolicy.RELIABLE,
                 transient_local=qos.durability == DurabilityPolicy.TRANSIENT_LOCAL,
             )

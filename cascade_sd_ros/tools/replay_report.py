@@ -275,7 +275,7 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
             continue
         lines += ["", f"Events on `{topic}` ({ev['encoding']}, {ev['packets']} packets): "
                   f"OFF {ev['off']}, ON {ev['on']}, trigger rise {ev['trigger_rise']}, fall {ev['trigger_fall']}, "
-                  f"sum t {ev['sum_t_us']} µs, {_fmt(ev['mean_rate_ev_s'] / 1e6, 2)} Mev/s mean rate."]
+                  f"sum t {ev['sum_t_us']} µs, mean rate {_fmt(ev['mean_rate_ev_s'], 0)} ev/s."]
     lines.append("")
 
     lines += ["## Summary", "", f"{summ['rounds']} rounds, modes {', '.join(summ['modes']) or '–'}, "
@@ -311,13 +311,14 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
         lines += ["", "No ground truth in the bag: caption accuracy not computed."]
 
     lines += ["", "## Rounds", "",
-              "| # | T (s) | caption | ground truth | accepted/drafted per stage | total ms | skew frame/clip ms | degraded |",
+              "| # | T − bag start (s) | caption | ground truth | accepted/drafted per stage | total ms | skew frame/clip ms | degraded |",
               "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(report["rounds"]):
         acc_txt = ", ".join(f"{a}/{d}" for a, d in zip(r["accepted_per_stage"], r["drafted_per_stage"]))
         skew = f"{_fmt(r['skew_ms']['skew_frame'])} / {_fmt(r['skew_ms']['skew_clip'])}"
         deg_txt = _md_escape(r["degraded_reason"] or "yes") if r["degraded"] else ""
-        lines.append(f"| {i} | {r['stamp_ns'] / 1e9:.3f} | {_md_escape(r['caption'])} | "
+        t_rel = (r["stamp_ns"] - int(inp.get("start_ns") or 0)) / 1e9
+        lines.append(f"| {i} | {t_rel:.3f} | {_md_escape(r['caption'])} | "
                      f"{_md_escape(r['ground_truth'] or '–')} | {acc_txt} | {_fmt(r['latency_ms']['total'])} | {skew} | {deg_txt} |")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]

@@ -1,0 +1,82 @@
+"""The verifier alone on the same rounds: the reference of the replay's speed-up and exactness.
+
+For every round the cascade finished, the verifier node keeps the exact clip and question it
+conditioned on (``VideoVerifier.inputs``); they are captured as each final caption arrives. After
+playback, with the cascade stopped, the same target model decodes each captured round greedily
+on its own (``target_only_greedy``: one forward per token) and the result is written into the
+output bag as a final ``VerifiedCaption`` on ``/replay/verifier_alone`` (mode_name
+"verifier-alone"; prefill and decode times in ``latency_prefill_ms`` / ``latency_verify_ms``).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from cascade_sd_ros.core import bagio
+from cascade_sd_ros.core.spec.engine import target_only_greedy
+from cascade_sd_ros.tools.replay_report import BASELINE_MODE
+
+VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
+
+
+class VerifierAloneBaseline:
+    """Captures the verifier's round inputs while the replay runs, decodes them alone afterwards."""
+
+    def __init__(self, verifier: Any, target: Any) -> None:
+        if verifier is None or target is None:
+            raise ValueError("the verifier-alone baseline needs the pipeline's video_verifier node and target model")
+        self._verifier = verifier
+        self._target = target  # StageModel (adapter, context builder, decode)
+        self._max_new_tokens = int(verifier.cfg.max_new_tokens)
+        self._captured: dict[int, tuple[int, Any]] = {}  # round id -> (T [ns], RoundInputs)
+        self._lock = threading.Lock()
+        self.missing: list[int] = []  # final rounds without kept inputs (no frames: nothing to verify)
+
+    def on_final(self, round_id: int, t_ns: int) -> None:
+        """A final caption arrived (recorder thread): keep that round's clip and question."""
+        inputs = self._verifier.inputs.get(round_id)
+        with self._lock:
+            if inputs is None:
+                self.missing.append(round_id)
+            else:
+                self._captured[round_id] = (t_ns, inputs)
+
+    @torch.inference_mode()
+    def run(self) -> list[tuple[int, bytes]]:
+        """Decode every captured round alone; (T [ns], serialised VerifiedCaption) in round order."""
+        store = bagio.typestore()
+        adapter = self._target.adapter
+        with self._lock:
+            rounds = sorted(self._captured.items())
+        out: list[tuple[int, bytes]] = []
+        for round_id, (t_ns, inputs) in rounds:
+            context = self._target.context(np.asarray(inputs.frames), inputs.question)
+            t0 = time.perf_counter()
+            adapter.prefill(context)
+            t1 = time.perf_counter()
+            tokens = target_only_greedy(adapter, None, self._max_new_tokens)
+            t2 = time.perf_counter()
+            # The first token comes from the prefill's logits; every later one costs one forward.
+            forwards = max(0, len(tokens) - 1)
+            msg = _caption(store, round_id, t_ns, tokens, self._target.decode(list(tokens)), forwards,
+                           (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+            out.append((t_ns, bytes(store.serialize_cdr(msg, VERIFIED_CAPTION_TYPE))))
+        return out
+
+
+def _caption(store: Any, round_id: int, t_ns: int, tokens: list[int], text: str, forwards: int,
+             prefill_ms: float, decode_ms: float) -> Any:
+    types = store.types
+    stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
+    return types[VERIFIED_CAPTION_TYPE](
+        header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=""), round_id=round_id, text=text,
+        token_ids=np.asarray(tokens, np.int32), final=True, mode=0, mode_name=BASELINE_MODE, lossless=True,
+        drafted_per_stage=np.zeros(0, np.uint32), accepted_per_stage=np.zeros(0, np.uint32),
+        target_forwards=forwards, latency_total_ms=prefill_ms + decode_ms, latency_wait_ms=0.0,
+        latency_prefill_ms=prefill_ms, latency_verify_ms=decode_ms, latency_draft_ms=0.0,
+        skew_frame_ms=math.nan, skew_clip_ms=math.nan, clip_span_ms=math.nan, degraded=False, degraded_reason="")
