@@ -268,12 +268,12 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
 # ------------------------------------------------------------------------------------------- (c) ours
 @torch.inference_mode()
 def bench_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace,
-               graphs: bool, compile_blocks: bool, ref: dict[str, Any] | None) -> dict[str, Any]:
-    res: dict[str, Any] = {"graphs": graphs, "compile_blocks": compile_blocks}
+               graphs: bool, compile_blocks: bool, attention: str, ref: dict[str, Any] | None) -> dict[str, Any]:
+    res: dict[str, Any] = {"graphs": graphs, "compile_blocks": compile_blocks, "attention": attention}
     t0 = time.perf_counter()
     adapter = StaticVerifierAdapter(
         model, max_context=len(ctx.input_ids), max_caption_tokens=args.tokens + max(args.ks) + 1,
-        max_step=max(args.ks) + 1, use_graphs=graphs, compile_blocks=compile_blocks, eos_token_id=None,
+        max_step=max(args.ks) + 1, use_graphs=graphs, compile_blocks=compile_blocks, attention=attention,
     )
     clock.sync()
     res["setup_s"] = time.perf_counter() - t0  # weights view + KV allocation + capture (+ compile)
@@ -476,20 +476,23 @@ def run_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock
     """Every variant of (c) that fits; falls back to the eager step if graph capture fails on CUDA."""
     ok = True
     if args.dry_run or model.device.type != "cuda":
-        variants = [("c_ours_eager", False, False)]
-    else:
-        variants = [("c_ours_graphs", True, False)]
+        variants = [("c_ours_eager", False, False, "sdpa"), ("c_ours_eager_matmul", False, False, "matmul")]
+    else:  # attention as SDPA and as two matmuls; then the faster one with compiled element-wise blocks
+        variants = [("c_ours_graphs", True, False, "sdpa"), ("c_ours_graphs_matmul", True, False, "matmul")]
         if not args.no_compile_variant:
-            variants.append(("c_ours_graphs_compiled", True, True))
+            variants.append(("c_ours_graphs_compiled", True, True, "best"))
     names = []
-    for name, graphs, comp in variants:
+    for name, graphs, comp, attention in variants:
         if left() < (90 if comp else 45) and not args.dry_run:
             rep.put("paths", name, {"status": f"skipped: {left():.0f} s left of the budget"})
             continue
-        print(f"[bench] (c) {name}", flush=True)
+        if attention == "best":
+            timed = {a: rep.data["paths"].get(n, {}).get("step_ms", {}).get(1) for n, _, _, a in variants[:2]}
+            attention = min((a for a in timed if timed[a] is not None), key=lambda a: timed[a], default="sdpa")
+        print(f"[bench] (c) {name} ({attention})", flush=True)
         names.append(name)
         try:
-            rep.put("paths", name, bench_ours(model, ctx, clock, args, graphs, comp, ref))
+            rep.put("paths", name, bench_ours(model, ctx, clock, args, graphs, comp, attention, ref))
         except Exception as exc:
             rep.put("paths", name, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
             ok = False
@@ -498,7 +501,7 @@ def run_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock
         names.append("c_ours_eager")
         eager_args = argparse.Namespace(**{**vars(args), "reps": 3, "step_reps": 3})  # an eager step is slow
         try:
-            rep.put("paths", "c_ours_eager", bench_ours(model, ctx, clock, eager_args, False, False, ref))
+            rep.put("paths", "c_ours_eager", bench_ours(model, ctx, clock, eager_args, False, False, "sdpa", ref))
         except Exception as exc:
             rep.put("paths", "c_ours_eager", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
     return names, ok

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from cascade_sd_ros.core.gpu.llama_step import LlamaDecodeWeights, LlamaStaticForward
 from cascade_sd_ros.core.gpu.static_kv import KVLayout, StaticKVCache, common_prefix_len
@@ -95,6 +96,24 @@ def test_static_step_equals_hf_forward_in_chunks_at_any_position() -> None:
         assert torch.allclose(again, ref[16:], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_static_step_gqa_and_attention_variants_equal_hf(attention: str, kv_heads: int) -> None:
+    torch.manual_seed(kv_heads)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (19,))
+    with torch.inference_mode():
+        ref = model(input_ids=ids[None]).logits[0]
+        weights = LlamaDecodeWeights(model.model, model.lm_head)
+        step = LlamaStaticForward(weights, StaticKVCache(weights.kv_layout(64), weights.dtype, weights.device),
+                                  attention=attention)
+        got = torch.cat([step(torch.tensor([0]), input_ids=ids[:11]), step(torch.tensor([11]), input_ids=ids[11:12]),
+                         step(torch.tensor([12]), input_ids=ids[12:])])
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_fusing_keeps_hf_forward_and_memory() -> None:
     tm = tiny_models(4, 64)
     model = tm.target.model
@@ -127,6 +146,8 @@ def test_step_refuses_non_llama_and_mismatched_cache() -> None:
     wrong = StaticKVCache(KVLayout(1, 2, 16, 32), torch.float32, "cpu")
     with pytest.raises(ValueError, match="does not match"):
         LlamaStaticForward(weights, wrong)
+    with pytest.raises(ValueError, match="attention must be"):
+        LlamaStaticForward(weights, StaticKVCache(weights.kv_layout(32), torch.float32, "cpu"), attention="flash")
     lm.config.model_type = "mistral"
     try:
         with pytest.raises(ValueError, match="Llama text models only"):
@@ -230,8 +251,9 @@ def test_bench_dry_run_checks_token_equality(bench, tmp_path: Path) -> None:
     out = tmp_path / "dry.json"
     assert bench.main(["--dry-run", "--tokens", "8", "--max-k", "3", "--reps", "1", "--step-reps", "1", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    check = data["checks"]["c_ours_eager"]
-    assert check["tokens_equal"] and check["teacher_forced_agree"]
+    for name in ("c_ours_eager", "c_ours_eager_matmul"):
+        check = data["checks"][name]
+        assert check["tokens_equal"] and check["teacher_forced_agree"], name
     assert data["checks"]["dry_run_logits_rel_err"] < 1e-4
     assert set(data["paths"]["c_ours_eager"]["verify_ms"]) == {"1", "2", "3"}
 
@@ -245,11 +267,12 @@ def test_projected_speedup_formula(bench) -> None:
 
 
 # ------------------------------------------------------------------------------------------- CUDA
-def _cuda_pair(compile_blocks: bool = False):
+def _cuda_pair(compile_blocks: bool = False, attention: str = "sdpa"):
     tm = tiny_models(7, 64, target_layers=2, dtype=torch.bfloat16, device="cuda")
     ctx = tm.make_contexts(8).target
     kw = {"max_context": len(ctx.input_ids), "max_caption_tokens": 40, "max_step": 5}
-    graphed = StaticVerifierAdapter(tm.target.model, use_graphs=True, compile_blocks=compile_blocks, **kw)
+    graphed = StaticVerifierAdapter(tm.target.model, use_graphs=True, compile_blocks=compile_blocks,
+                                    attention=attention, **kw)
     eager = StaticVerifierAdapter(tm.target.model, use_graphs=False, **kw)
     return graphed, eager, ctx
 
@@ -271,8 +294,9 @@ def _same_until_near_tie(a: list[int], b: list[int], rows: torch.Tensor, tie: fl
 
 @pytest.mark.cuda
 @needs_cuda
-def test_cuda_graphs_equal_eager_step() -> None:
-    graphed, eager, ctx = _cuda_pair()
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_cuda_graphs_equal_eager_step(attention: str) -> None:
+    graphed, eager, ctx = _cuda_pair(attention=attention)
     assert graphed.runner.graph_sizes == (1, 2, 3, 4, 5)
     graphed.prefill(ctx)
     eager.prefill(ctx)

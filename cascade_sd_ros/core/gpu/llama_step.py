@@ -218,6 +218,25 @@ def _attention_out_mlp(
     return h + F.linear(act(gate) * up, w.down_w, w.down_b)
 
 
+def _matmul_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, dims: LlamaDims
+) -> torch.Tensor:
+    """HF's eager attention (q k^T * scale + mask, float32 softmax, @ v) without copying K/V for GQA.
+
+    q `[1, Hq, T, D]`, keys/values `[1, Hkv, L, D]`, mask `[T, L]` -> `[1, Hq, T, D]`. Query heads
+    that share a K/V head are stacked as extra rows (HF's `repeat_kv` order: head h reads h // g).
+    Two batched matrix products that tile over all L keys, where a fused attention kernel at T = 1
+    may run one block per head.
+    """
+    t, g = q.shape[2], dims.num_heads // dims.num_kv_heads
+    qg = q[0].reshape(dims.num_kv_heads, g * t, dims.head_dim)  # [Hkv, g*T, D]
+    scores = torch.matmul(qg, keys[0].transpose(1, 2)) * dims.scaling  # [Hkv, g*T, L]
+    scores = scores.view(dims.num_kv_heads, g, t, -1) + mask  # [Hkv, g, T, L]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(probs.view(dims.num_kv_heads, g * t, -1), values[0])  # [Hkv, g*T, D]
+    return out.view(1, dims.num_heads, t, dims.head_dim)
+
+
 class LlamaStaticForward:
     """`forward(ids_or_embeds [T], start [1]) -> logits [rows, V]` writing K/V into a static cache.
 
@@ -228,9 +247,21 @@ class LlamaStaticForward:
             RoPE, gating and residual adds into a few kernels; the matrix products stay cuBLAS).
             The compiled blocks are pure functions: the cache write and attention stay eager ops, so
             nothing compiled mutates its inputs.
+        attention: "sdpa" (`scaled_dot_product_attention`, HF's default) or "matmul" (HF's eager
+            attention as two batched products; better spread over the GPU for a handful of queries).
     """
 
-    def __init__(self, weights: LlamaDecodeWeights, cache: StaticKVCache, *, compile_blocks: bool = False) -> None:
+    def __init__(
+        self,
+        weights: LlamaDecodeWeights,
+        cache: StaticKVCache,
+        *,
+        compile_blocks: bool = False,
+        attention: str = "sdpa",
+    ) -> None:
+        if attention not in ("sdpa", "matmul"):
+            raise ValueError(f"attention must be 'sdpa' or 'matmul', got {attention!r}")
+        self.attention = attention
         if cache.layout != weights.kv_layout(cache.max_len):
             raise ValueError(f"cache layout {cache.layout} does not match the model's {weights.kv_layout(cache.max_len)}")
         if cache.dtype != weights.dtype or cache.device != weights.device:
@@ -294,9 +325,12 @@ class LlamaStaticForward:
             keys, values = self.cache.keys[i], self.cache.values[i]
             keys.index_copy_(2, positions, k)
             values.index_copy_(2, positions, v)
-            attn = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=dims.scaling, enable_gqa=gqa
-            )  # [1, Hq, T, D]
+            if self.attention == "sdpa":
+                attn = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=mask, scale=dims.scaling, enable_gqa=gqa
+                )  # [1, Hq, T, D]
+            else:
+                attn = _matmul_attention(q, keys, values, mask, dims)
             h = self._attention_out_mlp(h, attn, lw, w.act, dims)
         rows = t if logits_rows is None else logits_rows
         h = _rms_norm(h[t - rows :], w.norm, dims.rms_eps)

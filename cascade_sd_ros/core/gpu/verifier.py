@@ -47,6 +47,7 @@ class StaticVerifierAdapter:
             catch-ups are fed in chunks.
         use_graphs: capture CUDA graphs for step sizes 1..max_step (default: when on CUDA).
         compile_blocks: fuse the per-layer element-wise work through `torch.compile`.
+        attention: "sdpa" or "matmul" (see `LlamaStaticForward`).
         name, eos_token_id: as for `HFAdapter`.
     """
 
@@ -61,6 +62,7 @@ class StaticVerifierAdapter:
         max_step: int = 17,
         use_graphs: bool | None = None,
         compile_blocks: bool = False,
+        attention: str = "sdpa",
         name: str = "target",
         eos_token_id: int | None = None,
     ) -> None:
@@ -90,7 +92,7 @@ class StaticVerifierAdapter:
         self.max_step = max_step
         max_len = -(-(max_context + max_caption_tokens + max_step) // _ALIGN) * _ALIGN
         self.cache = StaticKVCache(self.weights.kv_layout(max_len), self.weights.dtype, self._device)
-        self.forward = LlamaStaticForward(self.weights, self.cache, compile_blocks=compile_blocks)
+        self.forward = LlamaStaticForward(self.weights, self.cache, compile_blocks=compile_blocks, attention=attention)
         with torch.inference_mode():
             self.runner = StepRunner(self.forward, range(1, max_step + 1) if graphs else ())
         self.encoder = VideoEncoder(model)
