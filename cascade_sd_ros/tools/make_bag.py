@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage (default mcap)")
     parser.add_argument("--from-video", metavar="FILE", default=None,
                         help="video file (mp4, ...) or rosbag2 whose RGB topic becomes the event stream")
+    parser.add_argument("--interpolation", choices=("flow", "crossfade"), default="flow",
+                        help="between video frames: motion-compensated (default) or cross-fade (faster)")
     parser.add_argument("--image-topic", default="/camera/image_raw", help="RGB topic when --from-video is a bag")
     parser.add_argument("--width", type=_positive_int, default=None, help=f"frame width (default {DEFAULT_WIDTH}; video: its own)")
     parser.add_argument("--height", type=_positive_int, default=None, help=f"frame height (default {DEFAULT_HEIGHT}; video: its own)")
@@ -147,5 +149,5 @@ def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, pack
         raise ValueError(f"--from-video: no such file or bag: {source}")
     frames = _bag_frames(source, args.image_topic) if _is_bag(source) else read_video(source)
     config = VideoStreamConfig(seed=args.seed, chunk_s=args.duration, height=args.height, width=args.width,
-                               esim=esim, clocks=clocks, packets=packets)
+                               esim=esim, clocks=clocks, packets=packets, interpolation=args.interpolation)
     return frames_to_stream(frames, config)
