@@ -1,0 +1,172 @@
+"""Train whole stages end to end: dataset -> model -> training -> held-out check -> saved folder."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from cascade_sd_ros.core.spec.preprocess import make_image_processor
+from cascade_sd_ros.core.zoo.batches import StageBatcher
+from cascade_sd_ros.core.zoo.configs import DATA, SCHEDULES, STAGES, DataGeometry, Stage, TrainSchedule, build_model
+from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, ZooData, load_or_build
+from cascade_sd_ros.core.zoo.load import default_zoo_path
+from cascade_sd_ros.core.zoo.metrics import score_captions
+from cascade_sd_ros.core.zoo.save import save_stage
+from cascade_sd_ros.core.zoo.tokenizer import DEFAULT_QUESTION, build_tokenizer
+from cascade_sd_ros.core.zoo.training import TrainResult, greedy_captions, train_stage
+
+__all__ = ["TrainSettings", "scaled_schedule", "load_datasets", "train_zoo", "plot_losses"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``samples`` RGB clips train target and refiner; the first ``event_samples`` of the same scenes
+    also get event images and train the drafter (events are the costly part to simulate)."""
+
+    seed: int = 0
+    samples: int = 8000
+    event_samples: int = 3000
+    eval_samples: int = 200
+    steps_scale: float = 1.0
+    batch_scale: int = 1
+    max_minutes: dict[str, float] | None = None  # per-stage wall-time budget
+    device: str = "cpu"
+    workers: int = 1
+    data_dir: Path | None = Path("build/zoo-data")
+    progress: bool = True
+    geometry: DataGeometry = DATA
+
+
+def scaled_schedule(schedule: TrainSchedule, steps_scale: float, batch_scale: int) -> TrainSchedule:
+    steps = max(1, int(round(schedule.steps * steps_scale)))
+    warmup = int(round(schedule.warmup_steps * max(1.0, steps_scale)))
+    return dataclasses.replace(schedule, steps=steps, batch_size=schedule.batch_size * batch_scale,
+                               warmup_steps=max(1, min(warmup, steps // 10)))
+
+
+def _load(settings: TrainSettings, count: int, stream: int, with_events: bool, desc: str) -> ZooData:
+    bar = _bar(count, desc, settings.progress)
+    data = load_or_build(settings.data_dir, count, settings.seed, stream, settings.geometry, with_events=with_events,
+                         progress=bar.update_to if bar else None, workers=settings.workers)
+    if bar:
+        bar.close()
+    return data
+
+
+def load_datasets(settings: TrainSettings, stages: Iterable[Stage] = STAGES) -> dict[str, ZooData]:
+    """Datasets the stages need: "rgb" (clips), "events" (clips + event images), "held_out" (both,
+    from a disjoint scene stream)."""
+    stages = tuple(stages)
+    out: dict[str, ZooData] = {}
+    if "target" in stages or "refiner" in stages:
+        out["rgb"] = _load(settings, settings.samples, TRAIN_STREAM, False, "render clips")
+    if "drafter" in stages:
+        out["events"] = _load(settings, settings.event_samples, TRAIN_STREAM, True, "simulate events")
+    out["held_out"] = _load(settings, settings.eval_samples, EVAL_STREAM, True, "held-out scenes")
+    return out
+
+
+class _Bar:
+    """tqdm with an absolute update (dataset progress reports counts done)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
+
+    def update_to(self, done: int) -> None:
+        self._bar.update(done - self._bar.n)
+
+    def set_postfix(self, **kw: Any) -> None:
+        self._bar.set_postfix(**kw, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _bar(total: int, desc: str, enabled: bool) -> _Bar | None:
+    return _Bar(total, desc) if enabled else None
+
+
+def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None = None,
+              plot: Path | None = None) -> dict[str, Any]:
+    """Train ``stages`` and save each to ``out/<stage>``; returns a JSON-able summary."""
+    stages = tuple(stages)
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; expected some of {STAGES}")
+    root = Path(out) if out is not None else default_zoo_path()
+    tokenizer = build_tokenizer()
+    processor = make_image_processor(settings.geometry.image_size)
+    datasets = load_datasets(settings, stages)
+    held_out = datasets["held_out"]
+    summary: dict[str, Any] = {"seed": settings.seed, "device": settings.device, "stages": {}}
+    curves: dict[str, list[float]] = {}
+    for stage in stages:
+        train = datasets["events" if stage == "drafter" else "rgb"]
+        torch.manual_seed(settings.seed * 1000 + STAGES.index(stage))
+        model = build_model(stage, tokenizer, settings.geometry).to(settings.device)
+        schedule = scaled_schedule(SCHEDULES[stage], settings.steps_scale, settings.batch_scale)
+        batcher = StageBatcher(stage, model, tokenizer, processor, train, device=settings.device)
+        budget = None if settings.max_minutes is None else settings.max_minutes.get(stage)
+        bar = _bar(schedule.steps, f"train {stage}", settings.progress)
+
+        def on_step(step: int, loss: float, bar: _Bar | None = bar) -> None:
+            if bar is not None:
+                bar.update_to(step)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss:.3f}")
+
+        result: TrainResult = train_stage(
+            model, batcher, schedule, settings.seed,
+            max_seconds=None if budget is None else budget * 60.0, on_step=on_step,
+        )
+        if bar is not None:
+            bar.close()
+        curves[stage] = result.losses
+        rows = np.arange(len(held_out))
+        eval_batcher = StageBatcher(stage, model, tokenizer, processor, held_out, device=settings.device)
+        texts = [tokenizer.decode(ids) for ids in greedy_captions(model, eval_batcher, rows, batch_size=64 * settings.batch_scale)]
+        score = score_captions(texts, held_out.captions)
+        info = {
+            "steps": result.steps, "planned_steps": schedule.steps, "stopped_early": result.stopped_early,
+            "train_s": round(result.seconds, 1), "samples": len(train), "final_loss": round(float(np.mean(result.losses[-50:])), 4),
+            "params": int(sum(p.numel() for p in model.parameters())), "held_out": score.as_dict(),
+        }
+        save_stage(root / stage, stage, model.cpu(), tokenizer, processor, settings.geometry, DEFAULT_QUESTION,
+                   extra={"train": {**info, "seed": settings.seed, "device": settings.device,
+                                    "batch_size": schedule.batch_size, "lr": schedule.lr}})
+        summary["stages"][stage] = info
+    if plot is not None and curves:
+        plot_losses(curves, plot)
+        summary["plot"] = str(plot)
+    return summary
+
+
+def plot_losses(curves: dict[str, list[float]], path: Path, title: str = "zoo training loss") -> None:
+    """Loss per step (and a 50-step running mean) of each stage, log scale, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, losses in curves.items():
+        y = np.asarray(losses, dtype=np.float64)
+        line = ax.plot(y, alpha=0.25, linewidth=0.8)[0]
+        k = min(50, len(y))
+        smooth = np.convolve(y, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(k - 1, len(y)), smooth, color=line.get_color(), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("caption cross-entropy")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
