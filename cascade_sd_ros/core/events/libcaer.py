@@ -35,6 +35,25 @@ _WRAP_US = 1 << 31
 _LIBCAER_RECORD = np.dtype([("data", "<u4"), ("ts", "<i4")])
 
 
+class _Remainder:
+    """Recognises the call that continues a packet a time-sliced decode stopped in.
+
+    Time in these encodings restarts with every packet, so the decoder must know whether a
+    payload is a new packet or ``payload[consumed:]`` of the stopped one: it is the latter when
+    it has the stopped packet's ``time_base`` and exactly the bytes left over. ``reset()`` drops
+    a remainder nobody will decode.
+    """
+
+    def __init__(self) -> None:
+        self.pending: tuple[int, int] | None = None  # (time_base [ns], bytes left)
+
+    def continues(self, time_base: int, nbytes: int) -> bool:
+        return self.pending == (time_base, nbytes)
+
+    def stopped(self, time_base: int, nbytes_left: int) -> None:
+        self.pending = (time_base, nbytes_left) if nbytes_left else None
+
+
 class LibcaerDecoder:
     """``libcaer`` packets; state carries only within a packet (across time-sliced calls)."""
 
@@ -47,7 +66,7 @@ class LibcaerDecoder:
         self.reset()
 
     def reset(self) -> None:
-        self._continuing = False
+        self._remainder = _Remainder()
         self._wraps = 0
         self._ts_last = 0
 
@@ -56,7 +75,7 @@ class LibcaerDecoder:
         time_base = check_time_base(time_base)
         until = check_until(until_t_us)
         rec = raw.view(_LIBCAER_RECORD)
-        if not self._continuing:
+        if not self._remainder.continues(time_base, raw.nbytes):
             self._wraps, self._ts_last = 0, 0
         ts = rec["ts"].astype(np.int64)
         valid = ts >= 0  # a negative 31-bit stamp cannot come from the camera
@@ -76,9 +95,9 @@ class LibcaerDecoder:
         cd = np.empty(int(inside.sum()), CD_DTYPE)
         cd["x"], cd["y"], cd["t"] = x[inside], y[inside], t[:stop][inside]
         cd["p"] = (data[inside] >> 1) & 1
-        self._continuing = stop < t.size
+        self._remainder.stopped(time_base, (raw.size - consumed) * 8 if stop < t.size else 0)
         skipped = int(consumed - cd.size)
-        next_t = int(t[stop]) if self._continuing else None
+        next_t = int(t[stop]) if stop < t.size else None
         return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), consumed * 8, next_t, skipped)
 
 
@@ -199,24 +218,25 @@ class LibcaerCmpDecoder:
         self.width = int(width)
         self.height = int(height)
         self._state = np.zeros(5, np.int64)
-        self._continuing = False
+        self._remainder = _Remainder()
 
     def reset(self) -> None:
         self._state[:] = 0
-        self._continuing = False
+        self._remainder = _Remainder()
 
     def decode(self, payload: Payload, time_base: int = 0, until_t_us: int | None = None) -> DecodedEvents:
         words = as_words(payload, "<u2", self.encoding)
-        base_us = check_time_base(time_base) // 1000
+        time_base = check_time_base(time_base)
+        base_us = time_base // 1000
         until = check_until(until_t_us)
-        if not self._continuing:
+        if not self._remainder.continues(time_base, words.nbytes):
             self._state[_C_HIGH] = self._state[_C_LOW] = 0
         capacity = int(_CMP_PER_WORD[words].sum(dtype=np.int64))
         cd = np.empty(capacity, CD_DTYPE)
         n, stop, skipped = _cmp_kernel(words, self._state, self.width, self.height, base_us, until,
                                        cd["x"], cd["y"], cd["p"], cd["t"])
-        self._continuing = stop < words.size
-        next_t = int(base_us + (self._state[_C_HIGH] | self._state[_C_LOW])) if self._continuing else None
+        self._remainder.stopped(time_base, (words.size - stop) * 2)
+        next_t = int(base_us + (self._state[_C_HIGH] | self._state[_C_LOW])) if stop < words.size else None
         return DecodedEvents(cd[:n], EMPTY_TRIGGERS.copy(), stop * 2, next_t, int(skipped))
 
 
