@@ -339,6 +339,10 @@ def bench_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clo
         logits = adapter.score([], ref_tokens[:-1])  # [n, V]
         res["teacher_forced_argmax"] = logits.argmax(-1).tolist()
         res["teacher_forced_agree"] = res["teacher_forced_argmax"] == list(ref_tokens)
+        wrong = [i for i, (x, y) in enumerate(zip(res["teacher_forced_argmax"], ref_tokens)) if x != y]
+        res["teacher_forced_disagree_at"] = wrong  # positions; (a)'s margins there tell ties from bugs
+        if ref.get("margins"):
+            res["teacher_forced_ref_margins_there"] = [ref["margins"][i] for i in wrong]
     del adapter
     return res
 
