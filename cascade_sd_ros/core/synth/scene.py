@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -360,21 +360,27 @@ class SceneRenderer:
     def rgb(self, t_s: float, box: Box | None = None) -> np.ndarray:
         """Float RGB in [0, 1]: float32 [h, w, 3] over ``box`` (whole frame when None)."""
         box = box or (0, self.height, 0, self.width)
-        y0, y1, x0, x1 = box
-        img = self.background[y0:y1, x0:x1].copy()
-        for i, colour in enumerate(self._colours):
-            a = self._coverage(i, t_s, box)[..., None]
-            img += a * (colour - img)
-        return img
+        img = self.background[box[0]:box[1], box[2]:box[3]].copy()
+        return self._composite(img, t_s, box, self._colours, lambda a: a[..., None])
 
     def intensity(self, t_s: float, box: Box | None = None) -> np.ndarray:
         """Float luminance in [0, 1]: float32 [h, w] over ``box`` (whole frame when None)."""
         box = box or (0, self.height, 0, self.width)
+        img = self.background_luma[box[0]:box[1], box[2]:box[3]].copy()
+        return self._composite(img, t_s, box, [np.float32(v) for v in self._luma], lambda a: a)
+
+    def _composite(self, img: np.ndarray, t_s: float, box: Box, values: Sequence[np.ndarray | np.float32],
+                   shape_alpha: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Draw each object over ``img`` (covering ``box``), only where its own box meets ``box``
+        (coverage is exactly 0 outside an object's box)."""
         y0, y1, x0, x1 = box
-        img = self.background_luma[y0:y1, x0:x1].copy()
-        for i, lum in enumerate(self._luma):
-            a = self._coverage(i, t_s, box)
-            img += a * (np.float32(lum) - img)
+        for i, value in enumerate(values):
+            oy0, oy1, ox0, ox1 = self.object_box(i, t_s)
+            iy0, iy1, ix0, ix1 = max(y0, oy0), min(y1, oy1), max(x0, ox0), min(x1, ox1)
+            if iy0 >= iy1 or ix0 >= ix1:
+                continue
+            sub = img[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+            sub += shape_alpha(self._coverage(i, t_s, (iy0, iy1, ix0, ix1))) * (value - sub)
         return img
 
     def frame(self, t_s: float) -> np.ndarray:
