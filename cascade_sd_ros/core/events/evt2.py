@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from .payload import Payload, as_words, check_time_base, check_until
+from .records import CD_SIZE, TRIGGER_SIZE, as_cd, as_triggers, put_cd, put_trigger
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents
 
 ENCODING = "evt2"
@@ -28,7 +29,7 @@ _S_HIGH, _S_VALID = 0, 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, gt):  # noqa: ANN001, ANN202
+def _kernel(words, state, width, height, until, out_cd, out_trig):  # noqa: ANN001, ANN202
     high = state[_S_HIGH]
     valid = state[_S_VALID]
     n = 0
@@ -56,24 +57,33 @@ def _kernel(words, state, width, height, until, ox, oy, op, ot, gid, gp, gt):  #
             stop = i
             break
         if kind == 0xA:
-            gid[m] = (w >> 8) & 0x1F
-            gp[m] = w & 1
-            gt[m] = t
+            put_trigger(out_trig, m, (w >> 8) & 0x1F, w & 1, t)
             m += 1
         else:
             x = (w >> 11) & 0x7FF
             y = w & 0x7FF
             if x < width and y < height:
-                ox[n] = x
-                oy[n] = y
-                op[n] = kind
-                ot[n] = t
+                put_cd(out_cd, n, x, y, kind, t)
                 n += 1
             else:
                 skipped += 1
     state[_S_HIGH] = high
     state[_S_VALID] = valid
     return n, m, stop, skipped
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode(words, state, width, height, until):  # noqa: ANN001, ANN202
+    n_cd = 0
+    n_trig = 0
+    for i in range(words.shape[0]):
+        kind = words[i] >> 28
+        n_cd += kind <= 1
+        n_trig += kind == 0xA
+    out_cd = np.empty((n_cd, CD_SIZE), np.uint8)
+    out_trig = np.empty((n_trig, TRIGGER_SIZE), np.uint8)
+    n, m, stop, skipped = _kernel(words, state, width, height, until, out_cd, out_trig)
+    return out_cd[:n], out_trig[:m], stop, skipped
 
 
 class Evt2Decoder:
@@ -94,15 +104,11 @@ class Evt2Decoder:
         words = as_words(payload, "<u4", ENCODING)
         check_time_base(time_base)
         until = check_until(until_t_us)
-        kinds = words >> 28
-        cd = np.empty(int(np.count_nonzero(kinds <= 1)), CD_DTYPE)
-        trig = np.empty(int(np.count_nonzero(kinds == 0xA)), TRIGGER_DTYPE)
-        n, m, stop, skipped = _kernel(words, self._state, self.width, self.height, until,
-                                      cd["x"], cd["y"], cd["p"], cd["t"], trig["id"], trig["p"], trig["t"])
+        cd_raw, trig_raw, stop, skipped = _decode(words, self._state, self.width, self.height, until)
         next_t = None
         if stop < words.size:
             next_t = int(self._state[_S_HIGH] | ((int(words[stop]) >> 22) & 0x3F))
-        return DecodedEvents(cd[:n], trig[:m], stop * 4, next_t, int(skipped))
+        return DecodedEvents(as_cd(cd_raw), as_triggers(trig_raw), stop * 4, next_t, int(skipped))
 
 
 def encode_evt2(events: np.ndarray, triggers: np.ndarray | None = None) -> bytes:

@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from .payload import Payload, as_words, check_time_base, check_until
+from .records import CD_SIZE, as_cd, put_cd
 from .types import CD_DTYPE, EMPTY_TRIGGERS, DecodedEvents
 
 _WRAP_US = 1 << 31
@@ -128,7 +129,7 @@ _C_X, _C_BASE_Y, _C_POL, _C_HIGH, _C_LOW = range(5)
 
 
 @numba.njit(cache=True, nogil=True)
-def _cmp_kernel(words, state, width, height, base_us, until, ox, oy, op, ot):  # noqa: ANN001, ANN202
+def _cmp_kernel(words, state, width, height, base_us, until, out):  # noqa: ANN001, ANN202
     ex = state[_C_X]
     base_y = state[_C_BASE_Y]
     pol = state[_C_POL]
@@ -149,10 +150,7 @@ def _cmp_kernel(words, state, width, height, base_us, until, ox, oy, op, ot):  #
                 break
             ey = v & 0x7FF
             if ex < width and ey < height:
-                ox[n] = ex
-                oy[n] = ey
-                op[n] = v >> 11
-                ot[n] = t
+                put_cd(out, n, ex, ey, v >> 11, t)
                 n += 1
             else:
                 skipped += 1
@@ -175,10 +173,7 @@ def _cmp_kernel(words, state, width, height, base_us, until, ox, oy, op, ot):  #
                 if (mask >> k) & 1:
                     ey = base_y + k
                     if ex < width and ey < height:
-                        ox[n] = ex
-                        oy[n] = ey
-                        op[n] = pol
-                        ot[n] = t
+                        put_cd(out, n, ex, ey, pol, t)
                         n += 1
                     else:
                         skipped += 1
@@ -207,6 +202,16 @@ def _cmp_events_per_word() -> np.ndarray:
 _CMP_PER_WORD = _cmp_events_per_word()
 
 
+@numba.njit(cache=True, nogil=True)
+def _cmp_decode(words, state, width, height, base_us, until, table):  # noqa: ANN001, ANN202
+    capacity = 0
+    for i in range(words.shape[0]):
+        capacity += table[words[i]]
+    out = np.empty((capacity, CD_SIZE), np.uint8)
+    n, stop, skipped = _cmp_kernel(words, state, width, height, base_us, until, out)
+    return out[:n], stop, skipped
+
+
 class LibcaerCmpDecoder:
     """``libcaer_cmp`` packets. Time restarts with every packet (a time-sliced call's remainder
     continues it); the current x, vector base and polarity carry across packets as upstream."""
@@ -231,13 +236,10 @@ class LibcaerCmpDecoder:
         until = check_until(until_t_us)
         if not self._remainder.continues(time_base, words.nbytes):
             self._state[_C_HIGH] = self._state[_C_LOW] = 0
-        capacity = int(_CMP_PER_WORD[words].sum(dtype=np.int64))
-        cd = np.empty(capacity, CD_DTYPE)
-        n, stop, skipped = _cmp_kernel(words, self._state, self.width, self.height, base_us, until,
-                                       cd["x"], cd["y"], cd["p"], cd["t"])
+        cd_raw, stop, skipped = _cmp_decode(words, self._state, self.width, self.height, base_us, until, _CMP_PER_WORD)
         self._remainder.stopped(time_base, (words.size - stop) * 2)
         next_t = int(base_us + (self._state[_C_HIGH] | self._state[_C_LOW])) if stop < words.size else None
-        return DecodedEvents(cd[:n], EMPTY_TRIGGERS.copy(), stop * 2, next_t, int(skipped))
+        return DecodedEvents(as_cd(cd_raw), EMPTY_TRIGGERS.copy(), stop * 2, next_t, int(skipped))
 
 
 @numba.njit(cache=True, nogil=True)
