@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cascade_sd_ros.core.gpu.llama_step import LlamaDecodeWeights, LlamaStaticForward
 from cascade_sd_ros.core.gpu.static_kv import KVLayout, StaticKVCache, common_prefix_len
-from cascade_sd_ros.core.gpu.verifier import StaticVerifierAdapter
+from cascade_sd_ros.core.gpu.verifier import StaticVerifierAdapter, load_static_verifier
 from cascade_sd_ros.core.spec.adapter import ModelAdapter, StageContext
 from cascade_sd_ros.core.spec.testing import tiny_causal_lm, tiny_models
 
@@ -233,6 +233,21 @@ def test_adapter_validates_inputs() -> None:
         StaticVerifierAdapter(ref.model, max_context=8, max_step=0)
     with pytest.raises(TypeError, match="VideoLlava"):
         StaticVerifierAdapter(tiny_causal_lm(0).model, max_context=8)  # type: ignore[arg-type]
+
+
+def test_load_static_verifier_from_folder(tmp_path: Path) -> None:
+    tm = tiny_models(9, 64)
+    tm.target.model.save_pretrained(tmp_path / "target")
+    adapter = load_static_verifier(tmp_path / "target", max_context=128, device="cpu", max_step=3)
+    ctx = tm.make_contexts(10).target
+    adapter.prefill(ctx)
+    tm.target.prefill(ctx)
+    assert adapter.propose([], 5).token_ids == tm.target.propose([], 5).token_ids
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_static_verifier(tmp_path / "missing", max_context=8, device="cpu")
+    tiny_causal_lm(0).model.save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match="'llama'"):
+        load_static_verifier(tmp_path / "lm", max_context=8, device="cpu")
 
 
 # --------------------------------------------------------------------------------------- the bench

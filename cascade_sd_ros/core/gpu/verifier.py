@@ -17,7 +17,9 @@ against transformers' own forward.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformers import VideoLlavaForConditionalGeneration
@@ -29,7 +31,7 @@ from cascade_sd_ros.core.gpu.video import EncodedVideo, VideoEncoder
 from cascade_sd_ros.core.spec.adapter import Proposal, StageContext
 from cascade_sd_ros.core.spec.prompt import media_token_count, media_token_id
 
-__all__ = ["StaticVerifierAdapter"]
+__all__ = ["StaticVerifierAdapter", "load_static_verifier"]
 
 _ALIGN = 64  # KV length multiple: keeps the attention mask's rows aligned for the fused SDPA kernels
 
@@ -292,3 +294,32 @@ class StaticVerifierAdapter:
             n = token_ids.index(self._eos_token_id) + 1
         q = dist_all[:n].clone() if (return_q or temperature > 0) else None
         return Proposal(token_ids[:n], probs[:n], q, temperature > 0)
+
+
+def load_static_verifier(
+    path: str | Path,
+    *,
+    max_context: int,
+    device: str | torch.device = "cuda",
+    dtype: torch.dtype | None = None,
+    **kwargs: object,
+) -> StaticVerifierAdapter:
+    """Load a local Video-LLaVA folder (never downloads) onto `device` and wrap it.
+
+    `dtype` defaults to bf16 on CUDA and float32 elsewhere; other keywords go to the adapter.
+
+    Raises:
+        FileNotFoundError: if the folder or its config.json is missing.
+        ValueError: if the folder holds another model type.
+    """
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {folder} has no config.json")
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type != "video_llava":
+        raise ValueError(f"model folder {folder} holds a {model_type!r} model; the verifier must be 'video_llava'")
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = VideoLlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    return StaticVerifierAdapter(model.to(device), max_context=max_context, **kwargs)  # type: ignore[arg-type]
