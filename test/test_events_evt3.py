@@ -257,3 +257,4 @@ def test_make_decoder_validates() -> None:
     for args in (("nope", 640, 480), ("evt3", 0, 480), ("evt3", 640, 70000), (None, 1, 1)):
         with pytest.raises(EventDecodeError):
             make_decoder(*args)  # type: ignore[arg-type]
+    assert make_decoder("evt3", np.uint32(640), np.int64(480)).width == 640  # message fields may be numpy ints

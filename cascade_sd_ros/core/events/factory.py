@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from .evt2 import Evt2Decoder
 from .evt3 import Evt3Decoder
 from .legacy import MonoDecoder, TriggerDecoder
@@ -19,6 +21,7 @@ class EventDecoder(Protocol):
     encoding: str
     width: int
     height: int
+    word_bytes: int  # payload lengths must be a multiple of this
 
     def decode(self, payload: Payload, time_base: int = 0, until_t_us: int | None = None) -> DecodedEvents: ...
 
@@ -48,6 +51,6 @@ def make_decoder(encoding: str, width: int, height: int) -> EventDecoder:
         raise EventDecodeError(
             f"unknown event encoding {encoding!r}; supported: {', '.join(supported_encodings())}")
     for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GEOMETRY:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_GEOMETRY:
             raise EventDecodeError(f"sensor {name} must be an integer in 1..{MAX_GEOMETRY}, got {value!r}")
-    return _DECODERS[encoding](width, height)
+    return _DECODERS[encoding](int(width), int(height))
