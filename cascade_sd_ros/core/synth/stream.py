@@ -24,6 +24,8 @@ from typing import Iterator
 
 import numpy as np
 
+from cascade_sd_ros.core.events import CD_DTYPE
+
 from .clocks import ClockModel
 from .esim import Box, EsimConfig, EventSimulator
 from .packets import EventPacketData, PacketConfig, Packetizer
@@ -102,8 +104,6 @@ class SceneData:
     def events(self) -> np.ndarray:
         """All of the scene's events (CD_DTYPE, sensor µs)."""
         if not self.packets:
-            from cascade_sd_ros.core.events import CD_DTYPE
-
             return np.zeros(0, CD_DTYPE)
         return np.concatenate([p.events for p in self.packets])
 
