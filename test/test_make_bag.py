@@ -67,10 +67,11 @@ def test_bag_topics_hashes_truth_and_exact_events(tmp_path: Path) -> None:
     assert len(images) == sum(len(s.frames) for s in expected)
 
 
-def test_same_seed_byte_identical_different_seed_different(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_same_seed_byte_identical_different_seed_different(tmp_path: Path, storage: str) -> None:
     for sub, seed in (("a", "7"), ("b", "7"), ("c", "8")):
         (tmp_path / sub).mkdir()
-        _make(tmp_path / sub / "bag", "--seed", seed, "--jitter-ms", "0.5", "--drop-rate", "0.1", "--storage", "sqlite3")
+        _make(tmp_path / sub / "bag", "--seed", seed, "--jitter-ms", "0.5", "--drop-rate", "0.1", "--storage", storage)
 
     def files(sub: str) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted((tmp_path / sub / "bag").iterdir())}
