@@ -105,7 +105,6 @@ class StaticVerifierAdapter:
         # Row i: next-token logits after context + tokens[:i] (float32, like HFAdapter's).
         self._rows = torch.zeros(max_caption_tokens + 1, self._vocab_size, dtype=torch.float32, device=self._device)
         self._context: StageContext | None = None
-        self._context_last_id = 0
         self._prepared: tuple[StageContext, EncodedVideo] | None = None
         self.forwards = 0  # model forward calls since construction (statistics)
 
@@ -210,6 +209,8 @@ class StaticVerifierAdapter:
             assert context.pixel_values is not None
             encoded = self.encoder.submit(context.pixel_values)
         self._prepared = None
+        self._context = None  # until this prefill completes, no earlier context is valid either
+        self.cache.reset(0)
         features = encoded.wait()  # [n_video, H]
         ids = torch.tensor(context.input_ids, dtype=torch.long).to(self._device, non_blocking=True)  # [L]
         embeds = torch.nn.functional.embedding(ids, self.weights.embed)  # [L, H]
