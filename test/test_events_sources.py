@@ -36,6 +36,7 @@ def test_raw_files_decode_whatever_the_chunking(tmp_path: Path, header: bytes, e
     path.write_bytes(header + encode(cd, trig))
     raw = read_raw_header(path)
     assert (raw.width, raw.height, raw.size) == (320, 240, len(header))
+    assert raw.encoding == ("evt2" if encode is encode_evt2 else "evt3")
     got_cd, got_trig = decode_all(iter_packets(path))
     assert np.array_equal(got_cd, cd) and np.array_equal(got_trig, trig)
     from cascade_sd_ros.core.events import sources
@@ -55,6 +56,8 @@ def test_raw_file_without_format_needs_an_encoding(tmp_path: Path) -> None:
     bad.write_bytes(b"% evt 4.0\n% end\n")
     with pytest.raises(EventDecodeError, match="evt 4.0"):
         list(iter_packets(bad))
+    bad.write_bytes(b"% evt 4.0\n% end\n" + encode_evt3(_events(10)))
+    assert decode_all(iter_packets(bad, encoding="evt3"))[0].size == 10  # header still skipped
     with pytest.raises(EventDecodeError, match="raw file"):
         list(iter_packets(path, topic="/x", encoding="evt3"))
     with pytest.raises(EventDecodeError, match="unknown event encoding"):

@@ -33,10 +33,11 @@ class Packet:
 
 @dataclass(frozen=True)
 class RawHeader:
-    encoding: str
+    encoding: str | None  # None: the header names no format this package decodes
     width: int
     height: int
     size: int  # [bytes] header length; the event words start here
+    format_text: str  # the header's own words for the format, for messages
 
 
 _RAW_ENCODINGS = {"3.0": "evt3", "2.0": "evt2", "evt3": "evt3", "evt2": "evt2"}
@@ -45,6 +46,7 @@ _RAW_ENCODINGS = {"3.0": "evt3", "2.0": "evt2", "evt3": "evt3", "evt2": "evt2"}
 def read_raw_header(path: Path) -> RawHeader:
     """Parse the ``%`` lines at the start of a Metavision ``.raw`` file."""
     encoding: str | None = None
+    format_text = "none"
     width, height = DEFAULT_RAW_GEOMETRY
     size = 0
     with path.open("rb") as f:
@@ -57,12 +59,10 @@ def read_raw_header(path: Path) -> RawHeader:
             key, _, value = text.partition(" ")
             value = value.strip()
             if key == "evt":
-                encoding = _RAW_ENCODINGS.get(value)
-                if encoding is None:
-                    raise EventDecodeError(f"{path}: unsupported raw format 'evt {value}' (EVT 2.0 and 3.0 are)")
+                encoding, format_text = _RAW_ENCODINGS.get(value), f"evt {value}"
             elif key == "format":
                 fields = value.split(";")
-                encoding = _RAW_ENCODINGS.get(fields[0].lower(), encoding)
+                encoding, format_text = _RAW_ENCODINGS.get(fields[0].lower()), f"format {fields[0]}"
                 for field in fields[1:]:
                     name, _, number = field.partition("=")
                     if name in ("width", "height") and number.isdigit():
@@ -71,22 +71,19 @@ def read_raw_header(path: Path) -> RawHeader:
                 match = re.fullmatch(r"(\d+)x(\d+)", value)
                 if match:
                     width, height = int(match[1]), int(match[2])
-    if encoding is None:
-        raise EventDecodeError(f"{path}: the header names no event format ('% evt 3.0' or '% format EVT3;...'); pass --encoding")
-    return RawHeader(encoding, width, height, size)
+    return RawHeader(encoding, width, height, size, format_text)
 
 
 def iter_raw_packets(path: str | Path, encoding: str | None = None, chunk_bytes: int = RAW_CHUNK_BYTES) -> Iterator[Packet]:
     """The body of a ``.raw`` file in chunks of whole words (the stream is continuous, so the
     cut points do not matter to a stateful decoder)."""
     path = Path(path)
-    try:
-        header = read_raw_header(path)
-    except EventDecodeError:
-        if encoding is None:
-            raise
-        header = RawHeader(encoding, *DEFAULT_RAW_GEOMETRY, size=0)
+    header = read_raw_header(path)
     enc = encoding or header.encoding
+    if enc is None:
+        raise EventDecodeError(
+            f"{path}: header format '{header.format_text}' is not EVT 2.0 or 3.0 "
+            "('% evt 3.0' or '% format EVT3;...'); pass --encoding to decode it anyway")
     word = 4 if enc == "evt2" else 2
     with path.open("rb") as f:
         f.seek(header.size)
