@@ -19,6 +19,7 @@ from cascade_sd_ros.core.gpu.llama_step import LlamaDecodeWeights, LlamaStaticFo
 from cascade_sd_ros.core.gpu.static_kv import KVLayout, StaticKVCache, common_prefix_len
 from cascade_sd_ros.core.gpu.verifier import StaticVerifierAdapter, load_static_verifier
 from cascade_sd_ros.core.spec.adapter import ModelAdapter, StageContext
+from cascade_sd_ros.core.spec.engine import CascadeDecoder, target_only_greedy
 from cascade_sd_ros.core.spec.testing import tiny_causal_lm, tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +208,20 @@ def test_adapter_prepare_then_prefill_equals_plain_prefill() -> None:
     ours.prepare(ctx)
     ours.prefill(ctx)
     assert torch.equal(ours.next_logits([]), plain)
+
+
+def test_cascade_with_static_verifier_equals_verifier_alone() -> None:
+    """Drop-in for the engine: lossless-greedy cascade over our target = HF target decoding alone."""
+    tm = tiny_models(11, 64, aligned=True, target_layers=2)
+    contexts = tm.make_contexts(12)
+    ours = StaticVerifierAdapter(tm.target.model, max_context=len(contexts.target.input_ids),
+                                 max_caption_tokens=40, max_step=17)
+    alone = target_only_greedy(tm.target, contexts.target, 24)
+    result = CascadeDecoder([tm.drafter, tm.refiner, ours], mode="lossless-greedy", gamma=4).generate(
+        [contexts.drafter, contexts.refiner, contexts.target], 24
+    )
+    assert result.token_ids == alone
+    assert target_only_greedy(ours, contexts.target, 24) == alone
 
 
 def test_adapter_validates_inputs() -> None:
