@@ -84,8 +84,9 @@ class SceneInterval:
     event_offset_ns: int = 0  # [ns] event clock minus RGB clock
 
     def contains_event_time(self, t_event_ns: int) -> bool:
+        """Whether event-clock time ``t_event_ns`` falls in ``[start, end)`` on the RGB clock."""
         t_rgb = t_event_ns - self.event_offset_ns
-        return self.start_ns <= t_rgb <= self.end_ns
+        return self.start_ns <= t_rgb < self.end_ns
 
 
 @dataclass(frozen=True)

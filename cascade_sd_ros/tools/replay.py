@@ -16,7 +16,7 @@ import datetime as dt
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -65,6 +65,7 @@ class ReplaySettings:
     mode: str = "lossless-greedy"
     models: dict[str, str] = field(default_factory=dict)  # role -> model source (empty: the pipeline's default)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # node (or "common") -> parameter overrides
+    rounds: str = "auto"  # replay_pipeline.ROUND_POLICIES
     device: str = "cpu"
     baseline: bool = True
     progress: bool = True
@@ -122,7 +123,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
 
     from cascade_sd_ros.core import bagio
     from cascade_sd_ros.tools import replay_report
-    from cascade_sd_ros.tools.replay_pipeline import auto_remaps, node_inputs
+    from cascade_sd_ros.tools.replay_pipeline import auto_remaps, merge_params, node_inputs, round_params
     from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
     from cascade_sd_ros.tools.replay_progress import ProgressBar
     from cascade_sd_ros.tools.replay_recorder import BagRecorder, RecorderNode, pipeline_outputs
@@ -130,6 +131,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     from cascade_sd_ros.tools.replay_source import GROUND_TRUTH_TYPE, Record, iter_records, scan_bag
 
     scan = scan_bag(settings.bag, settings.remaps)
+    settings = replace(settings, params=merge_params(round_params(scan, settings.rounds), settings.params))
     _prepare_out_dir(settings.out_dir)
     out_bag = settings.out_dir / OUTPUT_BAG
     started = dt.datetime.now(dt.timezone.utc)
@@ -212,6 +214,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             "pacing": "fast" if settings.rate is None else f"rate {settings.rate:g}",
             "remaps": settings.remaps,
             "auto_remaps": guessed,
+            "rounds": settings.rounds,
             "params": settings.params,
             "started_utc": started.isoformat(timespec="seconds"),
             "wall_s": stats.wall_s,
@@ -232,6 +235,8 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             **pipeline.info,
         }
         # Stop the cascade before the baseline: its model is the verifier's, now idle.
+        for node in own_nodes:
+            pipeline.executor.remove_node(node)
         pipeline.executor.shutdown(timeout_sec=5.0)
         spin_thread.join(timeout=5.0)
         spin_thread = None
@@ -276,6 +281,7 @@ def _positive_float(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cascade_sd_ros.core.spec.engine import MODES
+    from cascade_sd_ros.tools.replay_pipeline import ROUND_POLICIES
 
     parser.add_argument("bag", type=Path, help="rosbag2 folder (or .db3 / .mcap file) to replay")
     pacing = parser.add_mutually_exclusive_group()
@@ -295,6 +301,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
                         help="node parameter override, NODE one of common, event_drafter, frame_refiner, "
                              "video_verifier (repeatable), e.g. common:round_period=0.5")
+    parser.add_argument("--rounds", choices=ROUND_POLICIES, default="auto",
+                        help="round timing: one round at the end of each ground-truth scene as the demo does "
+                             "(scenes), the nodes' round_period (period), or scenes when the bag has ground truth (auto)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the verifier-alone baseline")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stall-s", type=_positive_float, default=60.0,
@@ -336,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path(f"replay_{args.bag.resolve().name}_{stamp}")
     settings = ReplaySettings(
         bag=args.bag, out_dir=out_dir, rate=None if args.fast else args.rate, remaps=remaps, mode=args.mode,
-        models=models, params=params, device=args.device, baseline=not args.no_baseline,
+        models=models, params=params, rounds=args.rounds, device=args.device, baseline=not args.no_baseline,
         progress=not args.no_progress, stall_s=args.stall_s)
     try:
         result = run_replay(settings, make_pipeline, _make_baseline)

@@ -47,6 +47,55 @@ def replay_params(mode: str, params: Mapping[str, Mapping[str, Any]]) -> dict[st
     return merged
 
 
+#: How rounds are timed: at every ground-truth scene's end (as the demo does), by the nodes' own
+#: round_period, or "auto" (scenes when the bag has ground truth).
+ROUND_POLICIES = ("auto", "scenes", "period")
+
+
+def scene_round_params(scan: BagScan) -> dict[str, dict[str, Any]]:
+    """Overrides that time one round at the end of every ground-truth scene, with the true clock
+    offset, exactly as the demo runs the same scenes (tools/pipeline.scene_rounds)."""
+    from types import SimpleNamespace
+
+    from cascade_sd_ros.tools.pipeline import scene_rounds
+
+    if not scan.scenes:
+        raise ReplayInputError(f"{scan.path} has no ground truth: rounds cannot follow its scenes (use --rounds period)")
+    first = scan.scenes[0]
+    # A video cut into chunks ends with a shorter one; every other scene must have one length.
+    durations = {s.end_ns - s.start_ns for s in scan.scenes[:-1]} or {first.end_ns - first.start_ns}
+    offsets = {s.event_offset_ns for s in scan.scenes}
+    if len(durations) != 1 or len(offsets) != 1 or scan.scenes[-1].end_ns - scan.scenes[-1].start_ns > min(durations):
+        raise ReplayInputError(f"{scan.path}: scenes of unequal length or clock offset; use --rounds period")
+    # scene_rounds reads these four attributes of a synthetic StreamConfig.
+    stream = SimpleNamespace(scene_duration_ns=first.end_ns - first.start_ns, start_ns=first.start_ns,
+                             n_scenes=len(scan.scenes), clocks=SimpleNamespace(event_offset_ns=first.event_offset_ns))
+    return scene_rounds(stream).params()
+
+
+def round_params(scan: BagScan, policy: str) -> dict[str, dict[str, Any]]:
+    """The round-timing overrides of ``policy`` for this bag (empty: the nodes' own parameters)."""
+    if policy not in ROUND_POLICIES:
+        raise ReplayInputError(f"--rounds {policy!r}: must be one of {', '.join(ROUND_POLICIES)}")
+    if policy == "scenes":
+        return scene_round_params(scan)
+    if policy == "auto" and scan.scenes:
+        try:
+            return scene_round_params(scan)
+        except ReplayInputError:
+            return {}  # irregular scenes: the nodes' own period
+    return {}
+
+
+def merge_params(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Later layers win, parameter by parameter."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for node, values in layer.items():
+            out.setdefault(node, {}).update(values)
+    return out
+
+
 def make_pipeline(context: Any, settings: Any) -> Any:
     """The three stage nodes on ``use_sim_time`` in ``context`` (models loaded once, not spinning)."""
     from cascade_sd_ros.tools.pipeline import PipelineConfig, build_pipeline

@@ -25,6 +25,7 @@ from cascade_sd_ros.tools.replay_types import rclpy_type
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
 ROUND_TYPES = frozenset({"cascade_sd_ros/msg/DraftTokens", "cascade_sd_ros/msg/Commit", VERIFIED_CAPTION_TYPE})
 PUBLISH_DEPTH = 100  # [messages] reliable publishers keep this many for a slow subscriber
+CLOCK_STEP_NS = 10_000_000  # [ns] /clock resolution (100 Hz of bag time, as ros2 bag play's default)
 
 
 @dataclass
@@ -77,7 +78,9 @@ class PlayerNode(Node):
             return self._echo_cond.wait_for(lambda: self._echoed[topic] >= count, timeout=timeout_s)
 
     def publish_clock(self, t_ns: int) -> None:
-        if t_ns == self._last_clock:
+        """``/clock`` at ``t_ns``, at most once per ``CLOCK_STEP_NS`` of bag time: every node on sim
+        time handles each tick, and per-record ticks of a 1 ms event stream would swamp them."""
+        if self._last_clock is not None and t_ns - self._last_clock < CLOCK_STEP_NS:
             return
         msg = Clock()
         msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)

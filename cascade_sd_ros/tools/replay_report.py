@@ -109,7 +109,9 @@ def load_output(path: Path) -> OutputBag:
     for rid in sorted(finals, key=lambda r: (_stamp_ns(finals[r].header.stamp), r)):
         msg = finals[rid]
         scene = rpt.match_ground_truth(_stamp_ns(msg.header.stamp), scenes)
-        rounds.append(record_from_caption(msg, scene.caption if scene else None, baselines.get(rid)))
+        # A video-derived bag has scenes without captions: no ground truth to score against.
+        truth = scene.caption if scene is not None and scene.caption else None
+        rounds.append(record_from_caption(msg, truth, baselines.get(rid)))
     return OutputBag(Path(path), rounds, scenes, counts, drafts, degraded_drafts, commits, duplicates, partial)
 
 
