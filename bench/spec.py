@@ -140,8 +140,8 @@ def setup_zoo(n_prompts: int, device: str) -> Setup:
 
 def setup_random(n_prompts: int, quick: bool, device: str) -> Setup:
     sizes = dict(vocab_size=256, hidden_size=128, target_layers=4) if quick else \
-        dict(vocab_size=1024, hidden_size=384, target_layers=8)
-    tm = tiny_models(0, **sizes, refiner_layers=2, drafter_layers=1, num_frames=8, image_size=32, patch_size=8,
+        dict(vocab_size=2048, hidden_size=768, target_layers=6)
+    tm = tiny_models(0, **sizes, refiner_layers=2, drafter_layers=1, num_frames=8, image_size=16, patch_size=8,
                      question_len=12, aligned=True, device=device)
     # Random logits are nearly flat, so every extra layer flips argmaxes; damp what the layers after
     # the first add to the residual stream (target and refiner alike, so copies stay exact prefixes).
@@ -157,10 +157,10 @@ def setup_random(n_prompts: int, quick: bool, device: str) -> Setup:
     shell = video_shell(tm.target.model, tm.target.model, layers=1)
     assistant = HFAdapter(shell, name="assistant", modality="video")
     note = (f"random models: target VideoLlava hidden {sizes['hidden_size']}, {sizes['target_layers']} layers, "
-            f"vocab {sizes['vocab_size']}, 8 frames of 32 px (136 video tokens); refiner/drafter Llava with 2/1 "
-            "layers whose language models are truncated copies of the target's; assistant = the target truncated "
-            f"to 1 layer (vision tower included); residual outputs of layers after the first scaled by {DAMPING} "
-            "so that truncated copies agree often enough")
+            f"vocab {sizes['vocab_size']}, 8 frames of 16 px (40 video tokens); refiner/drafter Llava with 2/1 "
+            "layers, truncated copies of the target (its vision tower, projector, embeddings, first layers, norm "
+            "and LM head) seeing the clip's last/first frame; assistant = the target truncated to 1 layer; residual "
+            f"outputs of decoder layers after the first scaled by {DAMPING} so that truncated copies agree often")
     return Setup("random", tm.target, tm.refiner, tm.drafter, assistant, prompts, note)
 
 
@@ -209,6 +209,9 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
         "engine 3-stage": (lambda: CascadeDecoder([d, r, t], gamma=(gamma, gamma + 1)),
                            lambda p: [p.drafter, p.refiner, p.target]),
     }
+    # transformers' own adaptive schedule from the same initial draft length (its default drafts 20)
+    a.model.generation_config.num_assistant_tokens = gamma
+    a.model.generation_config.num_assistant_tokens_schedule = "heuristic"
     names = [TARGET_ONLY, ASSISTED, *engines]
     runs = {n: MethodRun() for n in names}
     # warm-up (first calls allocate and pick kernels)

@@ -1,9 +1,10 @@
 """Tiny random models for tests and benches: a VideoLlava target, Llava refiner and drafter sharing a vocab.
 
 Special ids: pad 0, bos 1, eos 2, `<image>` = V-2, `<video>` = V-1; ordinary text ids are [3, V-2).
-With `aligned=True` the refiner/drafter language models are truncated copies of the target's (same
-embeddings, first layers, final norm and LM head), so random models still agree often enough for
-acceptance rates to mean something.
+With `aligned=True` the refiner/drafter are truncated copies of the target (same vision tower and
+projector; same embeddings, first decoder layers, final norm and LM head) and see frames of the
+target's clip (refiner: the last frame, drafter: the first), so random models still agree often
+enough for acceptance rates to mean something.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def _vision_config(hidden: int, image_size: int, patch_size: int) -> CLIPVisionC
 
 
 def _copy_language_prefix(src: torch.nn.Module, dst: torch.nn.Module) -> None:
-    """Copy src's embeddings, first len(dst.layers) decoder layers, norm and LM head into dst."""
+    """Copy src's vision tower, projector, embeddings, first len(dst.layers) decoder layers, norm and
+    LM head into dst (a VideoLlava's video tower becomes the Llava's vision tower)."""
+    dst.model.vision_tower.load_state_dict(src.model.video_tower.state_dict())
+    dst.model.multi_modal_projector.load_state_dict(src.model.multi_modal_projector.state_dict())
     src_lm, dst_lm = src.model.language_model, dst.model.language_model
     dst_lm.embed_tokens.load_state_dict(src_lm.embed_tokens.state_dict())
     for i, layer in enumerate(dst_lm.layers):
@@ -164,6 +168,8 @@ def tiny_models(
         video = torch.randn(1, num_frames, 3, image_size, image_size, generator=g, dtype=dtype)
         frame = torch.randn(1, 3, image_size, image_size, generator=g, dtype=dtype)
         events = torch.randn(1, 3, image_size, image_size, generator=g, dtype=dtype)
+        if aligned:
+            frame, events = video[:, -1].clone(), video[:, 0].clone()
         return StageContexts(
             target=StageContext(ids(video_id, n_video), video, "video"),
             refiner=StageContext(ids(image_id, n_image), frame, "image"),
