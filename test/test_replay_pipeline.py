@@ -1,0 +1,107 @@
+"""Replay of a generated bag through the real nodes (tiny models): the demo's captions, lossless
+against the verifier alone, and a report that the output bag alone reproduces."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+
+from cascade_sd_ros.core import bagio
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+MODELS = {"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"}
+N_SCENES = 2
+SEED = 5
+# The demo's stream (tools/demo.run_demo): 64x64, 5 ms event packets, N + 1 scenes (a lead-out),
+# 30 ms event clock offset, 2 ms RGB jitter, 5 % dropped frames, 2 s scenes.
+DEMO_OFFSET_MS, DEMO_JITTER_MS, DEMO_DROP = 30.0, 2.0, 0.05
+MAKE_BAG_ARGS = ["--scenes", str(N_SCENES + 1), "--seed", str(SEED), "--width", "64", "--height", "64",
+                 "--event-offset-ms", str(DEMO_OFFSET_MS), "--jitter-ms", str(DEMO_JITTER_MS),
+                 "--drop-rate", str(DEMO_DROP), "--packet-ms", "5", "--duration", "2.0"]
+
+
+@pytest.fixture(scope="module")
+def demo_results() -> list[Any]:
+    from cascade_sd_ros.tools.demo import run_demo
+
+    results, _speedup, _info = run_demo(
+        n_scenes=N_SCENES, seed=SEED, sources=dict(MODELS), mode="lossless-greedy",
+        stages=("drafter", "refiner", "verifier"), offset_ns=int(DEMO_OFFSET_MS * 1e6), jitter_ms=DEMO_JITTER_MS,
+        drop_rate=DEMO_DROP, device="cpu", timeout_s=60.0)
+    return results
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cascade_sd_ros.tools.cli import main
+    from cascade_sd_ros.tools.replay import ReplaySettings, _make_baseline, run_replay
+    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+
+    root = tmp_path_factory.mktemp("replay_generated")
+    assert main(["make-bag", str(root / "in"), *MAKE_BAG_ARGS]) == 0
+    settings = ReplaySettings(bag=root / "in", out_dir=root / "out", rate=None, models=dict(MODELS), progress=False)
+    run_replay(settings, make_pipeline, _make_baseline)
+    return root / "out"
+
+
+def test_replay_gives_the_demos_final_captions(demo_results: list[Any], replayed: Path) -> None:
+    doc = json.loads((replayed / "report.json").read_text())
+    assert len(doc["scenes"]) == N_SCENES + 1
+    for i in range(N_SCENES):
+        scene = doc["scenes"][i]
+        assert demo_results[i].caption is not None, f"demo scene {i} produced no caption"
+        assert scene["ground_truth"] == demo_results[i].ground_truth
+        assert scene["last_caption"] == demo_results[i].caption, f"scene {i}"
+
+
+def test_replay_is_lossless_against_the_verifier_alone(replayed: Path) -> None:
+    doc = json.loads((replayed / "report.json").read_text())
+    base = doc["summary"]["baseline"]
+    assert doc["summary"]["rounds"] >= N_SCENES
+    assert base["rounds"] == doc["summary"]["rounds"]
+    assert base["lossless_match"] == 1.0
+    assert all(r["baseline"]["same_tokens"] for r in doc["rounds"])
+    assert doc["run"]["mode"] == "lossless-greedy" and doc["run"]["models"] == MODELS
+    assert {"torch", "transformers", "rclpy", "cascade_sd_ros"} <= set(doc["run"]["versions"])
+
+
+def _finals(bag: Path, topic: str) -> list[Any]:
+    """Final VerifiedCaptions of ``topic``, read with rosbags alone (not the replay's reader)."""
+    out = []
+    with AnyReader([bag], default_typestore=bagio.typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        for conn, _t, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            if msg.final:
+                out.append(msg)
+    return out
+
+
+def test_report_figures_are_the_output_bags(replayed: Path) -> None:
+    doc = json.loads((replayed / "report.json").read_text())
+    finals = _finals(replayed / "output", "/caption")
+    alone = {m.round_id: m for m in _finals(replayed / "output", "/replay/verifier_alone")}
+    summ = doc["summary"]
+    assert [int(m.round_id) for m in sorted(finals, key=lambda m: m.round_id)] == [r["round_id"] for r in doc["rounds"]]
+    for stage, name in enumerate(("drafter", "refiner")):
+        drafted = sum(int(m.drafted_per_stage[stage]) for m in finals)
+        accepted = sum(int(m.accepted_per_stage[stage]) for m in finals)
+        assert summ["acceptance"][name]["drafted"] == drafted
+        assert summ["acceptance"][name]["accepted"] == accepted
+    total = np.array([m.latency_total_ms for m in finals], dtype=np.float64)
+    for p in (50, 95, 99):
+        assert summ["latency_ms"]["total"][f"p{p}"] == pytest.approx(np.percentile(total, p), rel=1e-6)
+    assert summ["target_forwards"] == sum(int(m.target_forwards) for m in finals)
+    assert summ["degraded"]["count"] == sum(bool(m.degraded) for m in finals)
+    base_ms = sum(a.latency_prefill_ms + a.latency_verify_ms for a in alone.values())
+    casc_ms = sum(m.latency_prefill_ms + m.latency_verify_ms for m in finals if m.round_id in alone)
+    assert summ["baseline"]["speedup_verifier"] == pytest.approx(base_ms / casc_ms, rel=1e-5)
+    md = (replayed / "report.md").read_text()
+    assert f"{summ['rounds']} rounds" in md
+    for fig in ("latency.png", "acceptance.png", "skew.png", "speedup.png"):
+        assert (replayed / fig).stat().st_size > 0
