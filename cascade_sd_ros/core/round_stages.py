@@ -240,12 +240,17 @@ class RefinerWorker(_UpstreamWorker):
         self.upstream_wait_s = upstream_wait_s
 
     def _upstream(self, rec: RoundRecord, prefix: list[int], wait: bool) -> tuple[Draft, list[int]] | None:
+        """A stage-0 draft continuing ``prefix``, waiting up to ``upstream_wait`` unless the drafter
+        already missed a wait this round (then it is not waited for until it delivers again)."""
+        wait = wait and STAGE_DRAFTER not in rec.stalled
         deadline = time.monotonic() + (self.upstream_wait_s if wait else 0.0)
         with self.book.changed:
             while True:
                 found = self.book.best_draft(rec.round_id, [STAGE_DRAFTER], base=prefix)
                 left = deadline - time.monotonic()
                 if found is not None or left <= 0 or self.stopping or rec.spec != prefix:
+                    if found is None and wait and left <= 0:
+                        rec.stalled.add(STAGE_DRAFTER)
                     return found
                 self.book.changed.wait(min(left, _POLL_S))
 
@@ -414,9 +419,11 @@ class VerifierWorker(_Worker):
         if inp is None:
             return  # reset or stopping
         if inp.pixels is None:
-            # no frames: the verifier cannot stand behind any text; say so and move on
+            # no frames: the verifier cannot stand behind any text; say so and move on. The empty
+            # final commit tells upstream stages the round is over.
             with self.book.lock:
                 rec.final = True
+                rec.commit_seq += 1
             self.rounds_degraded += 1
             self.rounds_done += 1
             self.emit(self._update(rec, inp, True, 0, 0, STAGE_NONE, inp.degraded_reason or "no frames"))

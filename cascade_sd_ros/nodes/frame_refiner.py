@@ -20,7 +20,7 @@ from rclpy.parameter import Parameter
 from cascade_sd_ros.core.align import ClockJumpDetector, StreamOffsets, TimeBuffer, nearest_frame
 from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
 from cascade_sd_ros.core.round_stages import RefinerWorker, StageInput
-from cascade_sd_ros.core.rounds import Draft, RoundBook, RoundRecord
+from cascade_sd_ros.core.rounds import Draft, RoundBook, RoundRecord, round_id_for, round_times_between
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
@@ -78,6 +78,8 @@ class RefinerConfig:
     device: str
     dtype: str
     prompt: str
+    period_ns: int
+    phase_ns: int
     max_new_tokens: int
     jump_tolerance_ns: int
     frame_id: str
@@ -94,7 +96,8 @@ class RefinerConfig:
     def from_params(p: dict[str, Any]) -> "RefinerConfig":
         return RefinerConfig(
             model=p["model"] or default_stage_source("refiner"), device=p["device"], dtype=p["dtype"],
-            prompt=p["prompt"], max_new_tokens=p["max_new_tokens"],
+            prompt=p["prompt"], period_ns=seconds_to_ns(p["round_period"], "round_period"),
+            phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
             jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
             frame_id=p["frame_id"], rules=rules_from_params(p), gamma=p["gamma"], lookahead=p["lookahead"],
             slop_ns=seconds_to_ns(p["slop"], "slop"), max_wait_s=float(p["max_wait"]),
@@ -123,6 +126,8 @@ class FrameRefiner(Node):
         self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
         self._lock = threading.Lock()
         self._question = self.cfg.prompt
+        self._first_frame_ref_ns: int | None = None
+        self._last_round_ns: int | None = None
         self.images_in = InputStats(self, "images")
         self.drafts_in = InputStats(self, "drafts")
         self.commits_in = InputStats(self, "commits")
@@ -163,11 +168,32 @@ class FrameRefiner(Node):
             if self._jump.observe(t_ns):
                 self.get_logger().warning("image time jumped backwards: frames and rounds reset")
                 self._frames.clear()
+                self._first_frame_ref_ns = None
+                self._last_round_ns = None
                 self.book.reset()
             self._frames.insert(t_ns, rgb)
             self.images_in.dropped = self._frames.dropped
+            ref = self.offsets.to_reference("image", t_ns)
+            if self._first_frame_ref_ns is None:
+                self._first_frame_ref_ns = ref
+            self._open_rounds_locked(ref)
         with self.book.changed:
             self.book.changed.notify_all()  # a round may be waiting for this frame
+
+    def _open_rounds_locked(self, newest_ref_ns: int) -> None:
+        """Join each period round as soon as its frame is in: no need to hear of it from the drafter
+        (the same rule as the verifier's, so both name the round alike)."""
+        shifted = newest_ref_ns - self.cfg.slop_ns - self.cfg.phase_ns
+        if shifted <= 0:
+            return
+        after = None if self._last_round_ns is None else self._last_round_ns - self.cfg.phase_ns
+        for t in round_times_between(after, shifted, self.cfg.period_ns):
+            T = t + self.cfg.phase_ns
+            self._last_round_ns = T
+            assert self._first_frame_ref_ns is not None
+            if T < self._first_frame_ref_ns - self.cfg.slop_ns:
+                continue
+            self._join(round_id_for(T), T)
 
     def _join(self, round_id: int, t_ns: int) -> RoundRecord:
         rec = self.book.open(round_id, t_ns)

@@ -243,6 +243,16 @@ class Pipeline:
     def stop(self) -> None:
         self.close()
 
+    def stop_stage(self, stage: str) -> None:
+        """Kill one stage mid-run (its worker, subscriptions and publishers): a failure drill."""
+        node = self.stage_nodes.pop(stage, None)
+        if node is None:
+            raise ValueError(f"stage {stage!r} is not running; running: {sorted(self.stage_nodes)}")
+        node.close()
+        self.executor.remove_node(node)
+        node.destroy_node()
+        self.nodes = [n for n in self.nodes if n is not node]
+
 
 def load_models(config: PipelineConfig) -> dict[str, StageModel]:
     """One model per running stage (role -> StageModel); all stages must share one vocabulary."""
@@ -336,14 +346,15 @@ def play_scenes(
     timeout_s: float = 60.0,
     skip_frames: bool = False,
     skip_events: bool = False,
+    first: int = 0,
 ) -> dict[int, Any]:
-    """Play ``scenes`` (the last one is a lead-out that only completes the previous round's inputs)
-    scene by scene, keeping one round in flight; returns scene index -> final VerifiedCaption (None
-    when none came within ``timeout_s``)."""
+    """Play ``scenes`` (scene indices ``first``, ``first + 1``, ...) scene by scene, keeping one round
+    in flight: playing scene ``i`` completes round ``i - 1``'s inputs, so the last scene played is a
+    lead-out. Returns scene index -> final VerifiedCaption (None when none came within ``timeout_s``)."""
     if pipeline.collector is None:
         raise ValueError("play_scenes needs the pipeline's caption collector")
     out: dict[int, Any] = {}
-    for i, scene in enumerate(scenes):
+    for i, scene in enumerate(scenes, start=first):
         player.play(scene, event_offset_ns=rounds.event_offset_ns, skip_frames=skip_frames, skip_events=skip_events)
         if i == 0:
             continue

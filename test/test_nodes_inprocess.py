@@ -1,0 +1,291 @@
+"""The three nodes in one process over DDS topics: lossless captions, dead stages, degraded inputs,
+malformed messages, time jumps. Tiny random models (seeded), short synthetic scenes.
+
+Scenes carry an event/RGB clock offset, RGB stamp jitter and dropped frames. Every final caption
+in lossless-greedy must equal the verifier-alone greedy caption on the clip the verifier used, and
+that clip must lie inside the scene (so the offset was applied).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from cascade_sd_ros.core.spec.engine import target_only_greedy  # noqa: E402
+from cascade_sd_ros.core.synth.clocks import ClockModel  # noqa: E402
+from cascade_sd_ros.core.synth.packets import PacketConfig  # noqa: E402
+from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes  # noqa: E402
+from cascade_sd_ros.tools.pipeline import (  # noqa: E402
+    PipelineConfig,
+    SensorPlayer,
+    build_pipeline,
+    load_models,
+    play_scenes,
+    scene_rounds,
+)
+
+pytestmark = pytest.mark.ros
+
+TINY = {"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"}
+OFFSET_NS = 150_000_000  # large enough that ignoring it would put next-scene frames into a clip
+MAX_NEW = 8
+N_SCENES = 10
+
+
+def _stream(n_scenes: int, seed: int = 3) -> StreamConfig:
+    return StreamConfig(
+        n_scenes=n_scenes + 1, height=64, width=64, seed=seed,  # + a lead-out scene
+        clocks=ClockModel(event_offset_ns=OFFSET_NS, jitter_ms=3.0, drop_rate=0.1),
+        packets=PacketConfig(time_threshold_us=5000),
+    )
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Any]:
+    return list(iter_scenes(_stream(N_SCENES)))
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, Any]:
+    return load_models(PipelineConfig(models=TINY))
+
+
+@pytest.fixture(scope="module")
+def alone() -> Any:
+    """A second copy of the target for the verifier-alone reference (the pipeline's is busy)."""
+    from cascade_sd_ros.core.stage_model import load_stage_model
+
+    return load_stage_model(TINY["target"], "target")
+
+
+def _config(stages: tuple[str, ...] = ("drafter", "refiner", "verifier"), **verifier: Any) -> tuple[PipelineConfig, Any]:
+    rounds = scene_rounds(_stream(N_SCENES))
+    params = rounds.params()
+    params["common"] = {**params["common"], "max_new_tokens": MAX_NEW}
+    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 0.1, "max_wait": 0.5, **verifier}
+    return PipelineConfig(models=TINY, stages=stages, params=params), rounds
+
+
+class Run:
+    """A pipeline and a player in the test's context, destroyed afterwards."""
+
+    def __init__(self, context: Any, models: dict[str, Any], config: PipelineConfig) -> None:
+        self.pipeline = build_pipeline(config, context, models={r: models[r] for r in models})
+        self.player = SensorPlayer(context=context)
+        self.pipeline.start()
+        stages = config.stages
+        assert self.player.wait_matched(sum(s in stages for s in ("refiner", "verifier")),
+                                        sum(s in stages for s in ("drafter", "verifier")))
+
+    def close(self) -> None:
+        self.pipeline.close()
+        self.player.destroy_node()
+
+
+@pytest.fixture
+def make_run(rclpy_context: Any, models: dict[str, Any]):  # noqa: ANN201
+    runs: list[Run] = []
+
+    def make(config: PipelineConfig) -> Run:
+        run = Run(rclpy_context, models, config)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.close()
+
+
+def _check_lossless(run: Run, scenes: list[Any], rounds: Any, finals: dict[int, Any], target: Any) -> None:
+    verifier = run.pipeline.verifier
+    for i, msg in sorted(finals.items()):
+        assert msg is not None, f"scene {i}: no final caption"
+        assert msg.lossless and msg.mode_name == "lossless-greedy"
+        inp = verifier.inputs[rounds.round_ids[i]]
+        truth = scenes[i].truth
+        assert len(inp.stamps_ns) == 8
+        assert all(truth.start_ns <= s < truth.end_ns for s in inp.stamps_ns), f"scene {i}: clip leaves the scene"
+        alone = target_only_greedy(target.adapter, target.context(inp.frames, inp.question), MAX_NEW)
+        assert list(msg.token_ids) == alone, f"scene {i}: cascade caption differs from the verifier alone"
+        assert abs(msg.skew_clip_ms) < 40.0
+
+
+def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone) -> None:  # noqa: ANN001
+    config, rounds = _config()
+    run = make_run(config)
+    finals = play_scenes(run.pipeline, run.player, scenes, rounds, timeout_s=30)
+    assert len(finals) == N_SCENES
+    _check_lossless(run, scenes, rounds, finals, alone)
+    drafted = np.sum([list(m.drafted_per_stage) for m in finals.values()], axis=0)
+    assert drafted.sum() > 0  # the drafts were really checked, not skipped
+    assert all(n.worker.errors == 0 for n in run.pipeline.nodes)
+
+
+@pytest.mark.parametrize("dead", ["refiner", "drafter"])
+def test_a_stage_dying_mid_run_costs_speed_not_output(make_run, scenes, alone, dead: str) -> None:  # noqa: ANN001
+    config, rounds = _config()
+    run = make_run(config)
+    first = play_scenes(run.pipeline, run.player, scenes[:4], rounds, timeout_s=30)
+    run.pipeline.stop_stage(dead)
+    later = play_scenes(run.pipeline, run.player, scenes[4:], rounds, timeout_s=30, first=4)
+    finals = {**first, **later}
+    assert sorted(finals) == list(range(N_SCENES))
+    _check_lossless(run, scenes, rounds, finals, alone)
+    after = [finals[i] for i in range(4, N_SCENES)]
+    stage = 1 if dead == "refiner" else 0
+    assert all(m.drafted_per_stage[stage] == 0 for m in after)  # nothing from the dead stage
+    assert all(f"no drafts from {dead}" in m.degraded_reason for m in after)
+
+
+def _diagnostics(context: Any, seconds: float) -> dict[str, Any]:
+    """The last DiagnosticStatus per name heard within ``seconds``."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    from cascade_sd_ros.nodes.common import DIAGNOSTICS_QOS
+
+    node = Node("diag_listener", context=context)
+    seen: dict[str, Any] = {}
+    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: seen.update({s.name: s for s in m.status}), DIAGNOSTICS_QOS)
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(node)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            ex.spin_once(timeout_sec=0.1)
+    finally:
+        ex.remove_node(node)
+        node.destroy_node()
+    return seen
+
+
+def test_events_only_gives_degraded_captions_and_diagnostics(make_run, scenes, rclpy_context) -> None:  # noqa: ANN001
+    config, rounds = _config()
+    run = make_run(config)
+    moving = [s for s in scenes if s.packets][:3]  # scenes with events, so the drafter opens rounds
+    idx = [scenes.index(s) for s in moving]
+    for s in moving:
+        run.player.play(s, event_offset_ns=OFFSET_NS, skip_frames=True)
+    for i in idx:
+        assert run.pipeline.collector.wait_final(round_id=rounds.round_ids[i], timeout_s=10), f"scene {i}: stalled"
+        msg = run.pipeline.collector.finals[rounds.round_ids[i]]
+        assert msg.degraded and msg.text == "" and list(msg.token_ids) == []
+        assert "no RGB frames" in msg.degraded_reason
+    diags = _diagnostics(rclpy_context, 2.5)
+    status = diags["cascade_sd: video_verifier"]
+    assert status.level == b"\x01" and "no RGB frames" in status.message
+    assert diags["cascade_sd: frame_refiner"].level == b"\x01"
+    assert all(n.worker.errors == 0 for n in run.pipeline.nodes)
+
+
+def test_no_input_at_all_reports_degraded_without_stalling(make_run, rclpy_context) -> None:  # noqa: ANN001
+    config, _ = _config()
+    run = make_run(config)
+    diags = _diagnostics(rclpy_context, 2.5)
+    assert diags["cascade_sd: video_verifier"].level == b"\x01"
+    assert diags["cascade_sd: event_drafter"].level == b"\x01"
+    assert "no event packets" in diags["cascade_sd: event_drafter"].message
+    assert run.pipeline.collector.finals == {}
+
+
+def test_malformed_messages_are_counted_skipped_and_service_continues(make_run, scenes, alone, rclpy_context) -> None:  # noqa: ANN001
+    from cascade_sd_ros.msg import DraftTokens
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from cascade_sd_ros.nodes.common import ROUND_QOS
+    from cascade_sd_ros.ros.image import numpy_to_image
+    from cascade_sd_ros.tools.pipeline import PLAYER_QOS, packet_msg
+
+    config, rounds = _config()
+    run = make_run(config)
+    bad = Node("bad_sender", context=rclpy_context)
+    pub_img = bad.create_publisher(Image, "image", PLAYER_QOS)
+    pub_draft = bad.create_publisher(DraftTokens, "drafter/drafts", ROUND_QOS)
+    try:
+        deadline = time.monotonic() + 5
+        while pub_draft.get_subscription_count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        good = numpy_to_image(np.zeros((64, 64, 3), np.uint8), "rgb8")
+        good.header.stamp.sec = 5
+        images = []
+        for mutate in (
+            lambda m: setattr(m, "encoding", "yuv422"),  # unsupported encoding
+            lambda m: setattr(m, "data", bytes(100)),  # too few bytes for the size
+            lambda m: setattr(m, "step", 10),  # step shorter than a row
+            lambda m: (setattr(m.header.stamp, "sec", 0), setattr(m.header.stamp, "nanosec", 0)),  # unset stamp
+        ):
+            m = numpy_to_image(np.zeros((64, 64, 3), np.uint8), "rgb8")
+            m.header.stamp.sec = 5
+            mutate(m)
+            images.append(m)
+        for m in images:
+            pub_img.publish(m)
+        empty = packet_msg(scenes[0].packets[0] if scenes[0].packets else next(s for s in scenes if s.packets).packets[0])
+        empty.events = b""
+        run.player.pub_events.publish(empty)
+        d = DraftTokens()
+        d.header.stamp.sec = 5
+        d.round_id, d.stage, d.token_ids, d.confidence = 5, 0, [1, 2], [0.5]  # lengths disagree
+        pub_draft.publish(d)
+        verifier, drafter = run.pipeline.stage_nodes["verifier"], run.pipeline.stage_nodes["drafter"]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (verifier.images_in.malformed < 4 or drafter.events_in.malformed < 1
+                                               or verifier.drafts_in.malformed < 1):
+            time.sleep(0.05)
+        assert verifier.images_in.malformed == 4
+        assert run.pipeline.stage_nodes["refiner"].images_in.malformed == 4
+        assert drafter.events_in.malformed == 1 and verifier.drafts_in.malformed == 1
+        # still serving, and still exact
+        finals = play_scenes(run.pipeline, run.player, scenes[:3], rounds, timeout_s=30)
+        _check_lossless(run, scenes, rounds, finals, alone)
+    finally:
+        bad.destroy_node()
+
+
+def test_malformed_inputs_are_logged_once_per_throttle_period() -> None:
+    from cascade_sd_ros.nodes.common import InputStats
+
+    class Logger:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def warning(self, text: str) -> None:
+            self.lines.append(text)
+
+    class FakeNode:
+        def __init__(self) -> None:
+            self.logger = Logger()
+
+        def get_logger(self) -> Logger:
+            return self.logger
+
+    node = FakeNode()
+    stats = InputStats(node, "images", throttle_s=60.0)  # type: ignore[arg-type]
+    for _ in range(5):
+        stats.bad("unsupported image encoding 'yuv422'")
+    assert stats.malformed == 5 and len(node.logger.lines) == 1 and "yuv422" in node.logger.lines[0]
+
+
+def test_time_jumping_backwards_resets_and_keeps_captioning(make_run, scenes, alone) -> None:  # noqa: ANN001
+    config, rounds = _config()
+    run = make_run(config)
+    play_scenes(run.pipeline, run.player, scenes[:3], rounds, timeout_s=30)
+    collector = run.pipeline.collector
+    before = {rid: list(m.token_ids) for rid, m in collector.finals.items()}
+    collector.finals.clear()
+    # the bag loops: the same scenes again, stamps back at the start
+    again = play_scenes(run.pipeline, run.player, scenes[:3], rounds, timeout_s=30)
+    assert all(m is not None for m in again.values())
+    assert {rounds.round_ids[i]: list(m.token_ids) for i, m in again.items()} == before
+    books = [run.pipeline.stage_nodes[s].book for s in ("verifier", "refiner", "drafter")]
+    deadline = time.monotonic() + 10  # the drafter may still be working through the looped packets
+    while time.monotonic() < deadline and not all(b.resets >= 1 for b in books):
+        time.sleep(0.05)
+    assert all(b.resets >= 1 for b in books)
+    _check_lossless(run, scenes, rounds, again, alone)
