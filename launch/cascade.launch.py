@@ -1,0 +1,68 @@
+"""Start the cascade on a robot: event_drafter -> frame_refiner -> video_verifier.
+
+    ros2 launch cascade_sd_ros cascade.launch.py device:=cuda target_model:=/models/Video-LLaVA-7B-hf \
+        events_topic:=/event_camera/events image_topic:=/camera/image_raw
+
+Parameters come from config/cascade.yaml (``params_file``); the arguments below override it.
+Topic remaps: ``events_topic`` and ``image_topic`` name the camera drivers' topics; everything the
+stages exchange (drafts, commits, captions) stays under ``namespace``.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = "cascade_sd_ros"
+
+ARGUMENTS = (
+    ("namespace", "cascade_sd", "namespace of the three stages and their topics"),
+    ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "cascade.yaml"]),
+     "parameter file for the three stages"),
+    ("device", "cpu", "torch device of every stage (cpu, cuda, cuda:N)"),
+    ("dtype", "float32", "model dtype: float32, float16, bfloat16"),
+    ("target_model", "", "Video-LLaVA folder (empty: the shipped zoo)"),
+    ("refiner_model", "", "refiner LLaVA folder (empty: the shipped zoo)"),
+    ("drafter_model", "", "drafter LLaVA folder (empty: the shipped zoo)"),
+    ("mode", "lossless-greedy", "lossless-greedy, lossless-sample, pyramid or cascade"),
+    ("use_sim_time", "false", "follow /clock (bag replay)"),
+    ("run_drafter", "true", "start event_drafter"),
+    ("run_refiner", "true", "start frame_refiner"),
+    ("run_verifier", "true", "start video_verifier"),
+    ("events_topic", "/event_camera/events", "event_camera_msgs/EventPacket input"),
+    ("image_topic", "/camera/image_raw", "sensor_msgs/Image input"),
+)
+
+
+def _stage(executable: str, model_arg: str, run_arg: str, remaps: list[tuple[str, LaunchConfiguration]],
+           extra: dict | None = None) -> Node:
+    overrides = {
+        "model": LaunchConfiguration(model_arg),
+        "device": LaunchConfiguration("device"),
+        "dtype": LaunchConfiguration("dtype"),
+        "use_sim_time": LaunchConfiguration("use_sim_time"),
+        **(extra or {}),
+    }
+    return Node(
+        package=PACKAGE,
+        executable=executable,
+        name=executable,
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("params_file"), overrides],
+        remappings=remaps,
+        condition=IfCondition(LaunchConfiguration(run_arg)),
+        output="screen",
+    )
+
+
+def generate_launch_description() -> LaunchDescription:
+    events = ("events", LaunchConfiguration("events_topic"))
+    image = ("image", LaunchConfiguration("image_topic"))
+    mode = {"mode": LaunchConfiguration("mode")}
+    return LaunchDescription([
+        *(DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS),
+        _stage("event_drafter", "drafter_model", "run_drafter", [events]),
+        _stage("frame_refiner", "refiner_model", "run_refiner", [image], mode),
+        _stage("video_verifier", "target_model", "run_verifier", [image, events], mode),
+    ])
