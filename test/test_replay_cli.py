@@ -1,0 +1,106 @@
+"""``cascade-sd replay`` arguments and the replay's ROS-free helpers (params, remaps, round timing, progress)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from cascade_sd_ros.core.report import SceneInterval
+from cascade_sd_ros.tools.cli import main
+from cascade_sd_ros.tools.replay_pipeline import (
+    auto_remaps,
+    merge_params,
+    parse_params,
+    parse_value,
+    replay_params,
+    round_params,
+)
+from cascade_sd_ros.tools.replay_progress import ProgressBar, ProgressState, render
+from cascade_sd_ros.tools.replay_source import BagScan, ReplayInputError, TopicInfo
+
+S = 1_000_000_000
+
+
+def _scan(topics: dict[str, str], scenes: list[SceneInterval] | None = None) -> BagScan:
+    infos = {name: TopicInfo(name, name, msgtype) for name, msgtype in topics.items()}
+    return BagScan(Path("bag"), 0, 4 * S, infos, scenes or [])
+
+
+@pytest.mark.parametrize("argv", [
+    ["replay", "/no/such/bag"],
+    ["replay", "/no/such/bag", "--remap", "/a"],
+    ["replay", "/no/such/bag", "--param", "bogus:x=1"],
+    ["replay", "/no/such/bag", "--model", "oracle=tiny:0"],
+])
+def test_bad_replay_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "cascade-sd replay: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["replay"], ["replay", "x", "--rate", "0"], ["replay", "x", "--rate", "2", "--fast"],
+                                  ["replay", "x", "--mode", "greedy"], ["replay", "x", "--rounds", "never"]])
+def test_argparse_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+def test_non_empty_out_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_replay_player import write_test_bag
+
+    write_test_bag(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert main(["replay", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "not an empty directory" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_params_parse_and_merge() -> None:
+    assert parse_value("true") is True and parse_value("3") == 3 and parse_value("0.5") == 0.5
+    assert parse_value("tiny:0") == "tiny:0"
+    params = parse_params(["common:round_period=0.5", "video_verifier:max_wait=1", "video_verifier:mode=pyramid"])
+    assert params == {"common": {"round_period": 0.5}, "video_verifier": {"max_wait": 1, "mode": "pyramid"}}
+    merged = replay_params("cascade", params)
+    assert merged["frame_refiner"]["mode"] == "cascade" and merged["video_verifier"]["mode"] == "pyramid"
+    assert merge_params({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": {"z": 4}}) == {"a": {"x": 1, "y": 3}, "b": {"z": 4}}
+
+
+def test_auto_remaps_only_when_unambiguous() -> None:
+    scan = _scan({"/cam/events": "event_camera_msgs/msg/EventPacket", "/cam/image": "sensor_msgs/msg/Image",
+                  "/cam/image_small": "sensor_msgs/msg/Image"})
+    inputs = {"event_camera_msgs/msg/EventPacket": {"/events"}, "sensor_msgs/msg/Image": {"/image"}}
+    assert auto_remaps(scan, inputs, {}) == {"/cam/events": "/events"}  # two image topics: no guess
+    assert auto_remaps(scan, inputs, {"/cam/events": "/elsewhere"}) == {}  # --remap wins
+
+
+def test_round_params_follow_ground_truth_scenes() -> None:
+    scenes = [SceneInterval(i, 10 * S + 2 * i * S, 10 * S + 2 * (i + 1) * S, f"scene {i}", 30_000_000) for i in range(3)]
+    params = round_params(_scan({}, scenes), "auto")
+    assert params["common"]["round_period"] == pytest.approx(2.0)
+    # round at each scene's end minus the pipeline's margin, on the event clock (offset added)
+    phase = params["common"]["round_phase"]
+    assert (10 * S + 2 * S - 40_000_000 + 30_000_000) % (2 * S) == pytest.approx(phase * 1e9)
+    assert params["video_verifier"]["frame_offset"] == pytest.approx(0.03)
+    assert round_params(_scan({}, scenes), "period") == {}
+    assert round_params(_scan({}), "auto") == {}
+    with pytest.raises(ReplayInputError, match="no ground truth"):
+        round_params(_scan({}), "scenes")
+    uneven = [SceneInterval(0, 0, 2 * S, "a"), SceneInterval(1, 2 * S, 3 * S, "b"), SceneInterval(2, 3 * S, 5 * S, "c")]
+    assert round_params(_scan({}, uneven), "auto") == {}
+    with pytest.raises(ReplayInputError, match="unequal"):
+        round_params(_scan({}, uneven), "scenes")
+
+
+def test_progress_bar_text_and_throttle() -> None:
+    line = render(ProgressState(bag_s=1.0, total_s=2.0, rounds_opened=3, rounds_final=2, wall_s=2.0, held=True), width=10)
+    assert line.startswith("[#####-----]") and "1.00/2.00 s bag" in line and "3 opened, 2 final" in line
+    assert "0.5x" in line and "waiting on the cascade" in line
+    stream = io.StringIO()
+    bar = ProgressBar(stream, log_interval_s=3600.0)
+    state = ProgressState(0.5, 2.0, 0, 0, 1.0)
+    bar.update(state)
+    bar.update(state)  # throttled
+    bar.close(state)  # always written
+    assert stream.getvalue().count("\n") == 2
