@@ -191,6 +191,26 @@ def first_mismatch(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None
 
 
+def tie_analysis(ours: torch.Tensor, ref: torch.Tensor, ref_tokens: Sequence[int]) -> dict[str, Any]:
+    """Our logits vs (a)'s on the same positions `[n, V]`: the same function up to bf16 rounding?
+
+    bf16 logits of size 4..8 are spaced 1/32 apart, so random-weight models often have exact ties
+    at the top (HF's own step loop and `generate` then disagree too). A disagreement counts as a
+    tie when our pick is, in (a)'s own logits, within `tol` of (a)'s top: 4 bf16 spacings there.
+    """
+    n = min(ours.shape[0], ref.shape[0], len(ref_tokens))
+    ours, ref = ours[:n].float(), ref[:n].float()
+    pick = ours.argmax(-1)  # [n]
+    top = ref.max(-1).values  # [n]
+    tol = 4 * torch.exp2(torch.floor(torch.log2(top.abs().clamp_min(1e-3))) - 7)  # 4 bf16 spacings
+    gap = top - ref.gather(1, pick[:, None])[:, 0]  # how far below (a)'s best our pick is, in (a)'s logits
+    differs = pick.cpu() != torch.tensor(list(ref_tokens[:n]))
+    beyond = (differs & (gap.cpu() > tol.cpu())).nonzero().flatten().tolist()
+    return {"teacher_forced_logits_rel_err": ((ours - ref).norm() / ref.norm()).item(),
+            "teacher_forced_max_abs_diff": (ours - ref).abs().max().item(),
+            "teacher_forced_disagree_beyond_tie": beyond}
+
+
 def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
     out = list(tokens)
     return out[: out.index(eos) + 1] if eos in out else out
@@ -199,7 +219,8 @@ def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
 # ------------------------------------------------------------------------------------ (a) transformers
 @torch.inference_mode()
 def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace,
-                   rep: Report) -> dict[str, Any]:
+                   rep: Report) -> tuple[dict[str, Any], torch.Tensor]:
+    """(a)'s figures, and the logits `[n, V]` its `generate` picked its greedy tokens from."""
     dev = model.device
     ids = torch.tensor([ctx.input_ids], device=dev)  # [1, L]
     assert ctx.pixel_values is not None
@@ -220,17 +241,22 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
     rep.put("paths", "a_hf_eager", res)
 
     # Step by step with the DynamicCache (the forward `generate` runs), greedy, no host sync per step.
-    cache, last = prefill()
-    tokens = torch.empty(args.tokens, dtype=torch.long, device=dev)
-    clock.sync()
-    t0 = time.perf_counter()
-    for i in range(args.tokens):
-        tokens[i] = last.argmax()
-        if i < args.tokens - 1:
-            last = model(input_ids=tokens[i : i + 1].view(1, 1), past_key_values=cache, use_cache=True).logits[0, -1]
-    clock.sync()
-    res["decode_ms_per_token"] = (time.perf_counter() - t0) * 1e3 / max(1, args.tokens - 1)
+    def decode(n: int) -> tuple[torch.Tensor, float]:
+        cache, last = prefill()
+        tokens = torch.empty(n, dtype=torch.long, device=dev)
+        clock.sync()
+        t0 = time.perf_counter()
+        for i in range(n):
+            tokens[i] = last.argmax()
+            if i < n - 1:
+                last = model(input_ids=tokens[i : i + 1].view(1, 1), past_key_values=cache, use_cache=True).logits[0, -1]
+        clock.sync()
+        return tokens, (time.perf_counter() - t0) * 1e3 / max(1, n - 1)
+
+    decode(4)  # first one-token steps pick their kernels: keep that out of the figure
+    tokens, res["decode_ms_per_token"] = decode(args.tokens)
     res["step_tokens"] = tokens.tolist()
+    cache, _ = prefill()
 
     # verify-k: one forward of k tokens on the cache, then crop back.
     base = cache.get_seq_length()
@@ -260,15 +286,17 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
     res["generate_s"] = wall
     res["generate_tok_s"] = len(new) / wall
     res["tokens"] = new
-    res["margins"] = margins(torch.stack([lg[0] for lg in out.logits]))
+    ref_logits = torch.stack([lg[0] for lg in out.logits]).float()  # [n, V] what generate chose from
+    res["margins"] = margins(ref_logits)
     rep.put("paths", "a_hf_eager", res)
-    return res
+    return res, ref_logits
 
 
 # ------------------------------------------------------------------------------------------- (c) ours
 @torch.inference_mode()
 def bench_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace,
-               graphs: bool, compile_blocks: bool, attention: str, ref: dict[str, Any] | None) -> dict[str, Any]:
+               graphs: bool, compile_blocks: bool, attention: str, ref: dict[str, Any] | None,
+               ref_logits: torch.Tensor | None) -> dict[str, Any]:
     res: dict[str, Any] = {"graphs": graphs, "compile_blocks": compile_blocks, "attention": attention}
     t0 = time.perf_counter()
     adapter = StaticVerifierAdapter(
@@ -343,6 +371,8 @@ def bench_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clo
         res["teacher_forced_disagree_at"] = wrong  # positions; (a)'s margins there tell ties from bugs
         if ref.get("margins"):
             res["teacher_forced_ref_margins_there"] = [ref["margins"][i] for i in wrong]
+        if ref_logits is not None:
+            res.update(tie_analysis(logits, ref_logits.to(logits.device), ref_tokens))
     del adapter
     return res
 
@@ -443,6 +473,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--b-timeout-s", type=float, default=240.0, help="time limit of the (b) subprocess")
     p.add_argument("--skip-b", action="store_true", help="do not run (b)")
     p.add_argument("--no-compile-variant", action="store_true", help="skip ours with compiled blocks")
+    p.add_argument("--attentions", default="auto,sdpa,matmul",
+                   help="attention kinds of ours to measure (comma list of auto, sdpa, matmul)")
     p.add_argument("--phase", choices=["all", "b"], default="all", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.tokens < 2 or args.max_k < 1 or args.reps < 1 or args.step_reps < 1:
@@ -454,6 +486,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         base = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(__file__).resolve().parents[1] / "out"
         args.out = base / ("gpu_verifier_dry.json" if args.dry_run else "gpu_verifier.json")
     args.ks = list(range(1, args.max_k + 1))
+    args.attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
+    if not args.attentions or any(a not in ("auto", "sdpa", "matmul") for a in args.attentions):
+        p.error(f"--attentions takes auto, sdpa, matmul; got {args.attentions}")
     return args
 
 
@@ -476,27 +511,28 @@ def measure_floor(model: VideoLlavaForConditionalGeneration, shape: Shape, clock
 
 
 def run_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace,
-             rep: Report, ref: dict[str, Any] | None, left: Callable[[], float]) -> tuple[list[str], bool]:
+             rep: Report, ref: dict[str, Any] | None, ref_logits: torch.Tensor | None,
+             left: Callable[[], float]) -> tuple[list[str], bool]:
     """Every variant of (c) that fits; falls back to the eager step if graph capture fails on CUDA."""
     ok = True
-    if args.dry_run or model.device.type != "cuda":
-        variants = [("c_ours_eager", False, False, "sdpa"), ("c_ours_eager_matmul", False, False, "matmul")]
-    else:  # attention as SDPA and as two matmuls; then the faster one with compiled element-wise blocks
-        variants = [("c_ours_graphs", True, False, "sdpa"), ("c_ours_graphs_matmul", True, False, "matmul")]
-        if not args.no_compile_variant:
-            variants.append(("c_ours_graphs_compiled", True, True, "best"))
+    graphs = not args.dry_run and model.device.type == "cuda"
+    base = "c_ours_graphs" if graphs else "c_ours_eager"
+    variants = [(base if a == "auto" else f"{base}_{a}", graphs, False, a) for a in args.attentions]
+    if graphs and not args.no_compile_variant:  # the fastest attention again, element-wise work compiled
+        variants.append((f"{base}_compiled", True, True, "best"))
     names = []
     for name, graphs, comp, attention in variants:
         if left() < (90 if comp else 45) and not args.dry_run:
             rep.put("paths", name, {"status": f"skipped: {left():.0f} s left of the budget"})
             continue
         if attention == "best":
-            timed = {a: rep.data["paths"].get(n, {}).get("step_ms", {}).get(1) for n, _, _, a in variants[:2]}
-            attention = min((a for a in timed if timed[a] is not None), key=lambda a: timed[a], default="sdpa")
+            timed = {a: rep.data["paths"].get(n, {}).get("step_ms", {}) for n, _, comp_, a in variants if not comp_}
+            cost = {a: t[1] + t.get(8, t[1]) for a, t in timed.items() if 1 in t}  # decode and verify-8 alike
+            attention = min(cost, key=lambda a: cost[a], default="auto")
         print(f"[bench] (c) {name} ({attention})", flush=True)
         names.append(name)
         try:
-            rep.put("paths", name, bench_ours(model, ctx, clock, args, graphs, comp, attention, ref))
+            rep.put("paths", name, bench_ours(model, ctx, clock, args, graphs, comp, attention, ref, ref_logits))
         except Exception as exc:
             rep.put("paths", name, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
             ok = False
@@ -505,7 +541,8 @@ def run_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock
         names.append("c_ours_eager")
         eager_args = argparse.Namespace(**{**vars(args), "reps": 3, "step_reps": 3})  # an eager step is slow
         try:
-            rep.put("paths", "c_ours_eager", bench_ours(model, ctx, clock, eager_args, False, False, "sdpa", ref))
+            rep.put("paths", "c_ours_eager",
+                    bench_ours(model, ctx, clock, eager_args, False, False, "auto", ref, ref_logits))
         except Exception as exc:
             rep.put("paths", "c_ours_eager", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
     return names, ok
@@ -527,6 +564,11 @@ def check_ours(names: Sequence[str], ref: dict[str, Any], eos: int, rep: Report)
                                  "step_tokens_equal_generate": ref["step_tokens"][: len(a)] == a}
         if i is not None and ref.get("margins"):
             check["ref_margin_at_mismatch"] = ref["margins"][i]
+        # HF's own step loop vs our tokens (both one token per forward), and the logits-level verdict.
+        check["first_mismatch_vs_hf_step_loop"] = first_mismatch(ref["step_tokens"], r["tokens"])
+        for key in ("teacher_forced_logits_rel_err", "teacher_forced_disagree_beyond_tie"):
+            if key in r:
+                check[key] = r[key]
         rep.put("checks", name, check)
         all_equal &= bool(check["tokens_equal"] and check["teacher_forced_agree"])
         steps = r["step_ms"]
@@ -604,11 +646,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     print("[bench] (a) transformers eager", flush=True)
     try:
-        ref = bench_hf_eager(model, ctx, clock, args, rep)
+        ref, ref_logits = bench_hf_eager(model, ctx, clock, args, rep)
     except Exception as exc:  # keep going: (c) must still report
         rep.put("paths", "a_hf_eager", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
-        ref, status = None, 1
-    names, ok = run_ours(model, ctx, clock, args, rep, ref, left)
+        ref, ref_logits, status = None, None, 1
+    names, ok = run_ours(model, ctx, clock, args, rep, ref, ref_logits, left)
     status |= 0 if ok else 1
     if ref is not None:
         equal = check_ours(names, ref, model.generation_config.eos_token_id, rep)

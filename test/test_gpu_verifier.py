@@ -97,7 +97,7 @@ def test_static_step_equals_hf_forward_in_chunks_at_any_position() -> None:
         assert torch.allclose(again, ref[16:], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+@pytest.mark.parametrize("attention", ["sdpa", "matmul", "auto"])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_static_step_gqa_and_attention_variants_equal_hf(attention: str, kv_heads: int) -> None:
     torch.manual_seed(kv_heads)
@@ -147,6 +147,8 @@ def test_step_refuses_non_llama_and_mismatched_cache() -> None:
     wrong = StaticKVCache(KVLayout(1, 2, 16, 32), torch.float32, "cpu")
     with pytest.raises(ValueError, match="does not match"):
         LlamaStaticForward(weights, wrong)
+    step = LlamaStaticForward(weights, StaticKVCache(weights.kv_layout(128), torch.float32, "cpu"))
+    assert (step.uses_sdpa(1), step.uses_sdpa(2), step.uses_sdpa(64), step.uses_sdpa(65)) == (True, False, False, True)
     with pytest.raises(ValueError, match="attention must be"):
         LlamaStaticForward(weights, StaticKVCache(weights.kv_layout(32), torch.float32, "cpu"), attention="flash")
     lm.config.model_type = "mistral"
@@ -297,7 +299,7 @@ def test_projected_speedup_formula(bench) -> None:
 
 
 # ------------------------------------------------------------------------------------------- CUDA
-def _cuda_pair(compile_blocks: bool = False, attention: str = "sdpa"):
+def _cuda_pair(compile_blocks: bool = False, attention: str = "auto"):
     tm = tiny_models(7, 64, target_layers=2, dtype=torch.bfloat16, device="cuda")
     ctx = tm.make_contexts(8).target
     kw = {"max_context": len(ctx.input_ids), "max_caption_tokens": 40, "max_step": 5}
@@ -324,7 +326,7 @@ def _same_until_near_tie(a: list[int], b: list[int], rows: torch.Tensor, tie: fl
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+@pytest.mark.parametrize("attention", ["sdpa", "matmul", "auto"])
 def test_cuda_graphs_equal_eager_step(attention: str) -> None:
     graphed, eager, ctx = _cuda_pair(attention=attention)
     assert graphed.runner.graph_sizes == (1, 2, 3, 4, 5)

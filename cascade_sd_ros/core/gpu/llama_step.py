@@ -26,7 +26,10 @@ from transformers.activations import ACT2FN
 
 from cascade_sd_ros.core.gpu.static_kv import KVLayout, StaticKVCache
 
-__all__ = ["LlamaDims", "LayerWeights", "LlamaDecodeWeights", "LlamaStaticForward"]
+__all__ = ["ATTENTION_KINDS", "MATMUL_MAX_QUERIES", "LlamaDims", "LayerWeights", "LlamaDecodeWeights", "LlamaStaticForward"]
+
+ATTENTION_KINDS = ("auto", "sdpa", "matmul")
+MATMUL_MAX_QUERIES = 64  # "auto" attention: two matmuls for 2..64 queries, SDPA otherwise
 
 # RoPE variants whose frequencies do not depend on the sequence length (a "dynamic" rope rescales
 # with the length, which a position-agnostic captured step cannot follow).
@@ -225,8 +228,9 @@ def _matmul_attention(
 
     q `[1, Hq, T, D]`, keys/values `[1, Hkv, L, D]`, mask `[T, L]` -> `[1, Hq, T, D]`. Query heads
     that share a K/V head are stacked as extra rows (HF's `repeat_kv` order: head h reads h // g).
-    Two batched matrix products that tile over all L keys, where a fused attention kernel at T = 1
-    may run one block per head.
+    Two batched matrix products that tile over all L keys. Measured on an H200 (Llama-7B, 2.2k
+    positions, CUDA graphs): for 2..17 queries this step is ~0.5 ms faster than SDPA's fused kernel,
+    for 1 query ~0.5 ms slower, and for a 2k-token prefill twice as slow (it materialises the scores).
     """
     t, g = q.shape[2], dims.num_heads // dims.num_kv_heads
     qg = q[0].reshape(dims.num_kv_heads, g * t, dims.head_dim)  # [Hkv, g*T, D]
@@ -247,8 +251,9 @@ class LlamaStaticForward:
             RoPE, gating and residual adds into a few kernels; the matrix products stay cuBLAS).
             The compiled blocks are pure functions: the cache write and attention stay eager ops, so
             nothing compiled mutates its inputs.
-        attention: "sdpa" (`scaled_dot_product_attention`, HF's default) or "matmul" (HF's eager
-            attention as two batched products; better spread over the GPU for a handful of queries).
+        attention: "sdpa" (`scaled_dot_product_attention`, HF's default), "matmul" (HF's eager
+            attention as two batched products), or "auto": SDPA for one query or more than
+            `MATMUL_MAX_QUERIES`, matmul in between (verification steps), per the H200 timings above.
     """
 
     def __init__(
@@ -257,10 +262,10 @@ class LlamaStaticForward:
         cache: StaticKVCache,
         *,
         compile_blocks: bool = False,
-        attention: str = "sdpa",
+        attention: str = "auto",
     ) -> None:
-        if attention not in ("sdpa", "matmul"):
-            raise ValueError(f"attention must be 'sdpa' or 'matmul', got {attention!r}")
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         self.attention = attention
         if cache.layout != weights.kv_layout(cache.max_len):
             raise ValueError(f"cache layout {cache.layout} does not match the model's {weights.kv_layout(cache.max_len)}")
@@ -278,6 +283,12 @@ class LlamaStaticForward:
         if compile_blocks:
             self._attention_in = torch.compile(_attention_in, fullgraph=True)
             self._attention_out_mlp = torch.compile(_attention_out_mlp, fullgraph=True)
+
+    def uses_sdpa(self, num_queries: int) -> bool:
+        """Whether a step of `num_queries` tokens runs SDPA (else the two-matmul attention)."""
+        if self.attention == "auto":
+            return num_queries == 1 or num_queries > MATMUL_MAX_QUERIES
+        return self.attention == "sdpa"
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin `[T, D]` exactly as HF's rotary module computes them (float32, then rounded)."""
@@ -320,12 +331,13 @@ class LlamaStaticForward:
         allowed = self.key_pos[None, :] <= positions[:, None]  # [T, L]
         mask = torch.where(allowed, self._zero, self._neg_inf).to(h.dtype)  # [T, L]
         gqa = dims.num_heads != dims.num_kv_heads
+        use_sdpa = self.uses_sdpa(t)
         for i, lw in enumerate(w.layers):
             q, k, v = self._attention_in(h, lw, cos, sin, dims)
             keys, values = self.cache.keys[i], self.cache.values[i]
             keys.index_copy_(2, positions, k)
             values.index_copy_(2, positions, v)
-            if self.attention == "sdpa":
+            if use_sdpa:
                 attn = F.scaled_dot_product_attention(
                     q, keys, values, attn_mask=mask, scale=dims.scaling, enable_gqa=gqa
                 )  # [1, Hq, T, D]

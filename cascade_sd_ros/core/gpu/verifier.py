@@ -49,7 +49,7 @@ class StaticVerifierAdapter:
             catch-ups are fed in chunks.
         use_graphs: capture CUDA graphs for step sizes 1..max_step (default: when on CUDA).
         compile_blocks: fuse the per-layer element-wise work through `torch.compile`.
-        attention: "sdpa" or "matmul" (see `LlamaStaticForward`).
+        attention: "auto", "sdpa" or "matmul" (see `LlamaStaticForward`).
         name, eos_token_id: as for `HFAdapter`.
     """
 
@@ -64,7 +64,7 @@ class StaticVerifierAdapter:
         max_step: int = 17,
         use_graphs: bool | None = None,
         compile_blocks: bool = False,
-        attention: str = "sdpa",
+        attention: str = "auto",
         name: str = "target",
         eos_token_id: int | None = None,
     ) -> None:
