@@ -77,10 +77,12 @@ class PlayerNode(Node):
         with self._echo_cond:
             return self._echo_cond.wait_for(lambda: self._echoed[topic] >= count, timeout=timeout_s)
 
-    def publish_clock(self, t_ns: int) -> None:
-        """``/clock`` at ``t_ns``, at most once per ``CLOCK_STEP_NS`` of bag time: every node on sim
-        time handles each tick, and per-record ticks of a 1 ms event stream would swamp them."""
-        if self._last_clock is not None and t_ns - self._last_clock < CLOCK_STEP_NS:
+    def publish_clock(self, t_ns: int, force: bool = False) -> None:
+        """``/clock`` at ``t_ns``, at most once per ``CLOCK_STEP_NS`` of bag time unless ``force``:
+        every node on sim time handles each tick, and per-record ticks of a 1 ms event stream
+        would swamp them."""
+        if self._last_clock is not None and (t_ns <= self._last_clock or
+                                             (not force and t_ns - self._last_clock < CLOCK_STEP_NS)):
             return
         msg = Clock()
         msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)
@@ -89,9 +91,6 @@ class PlayerNode(Node):
 
     def publish_raw(self, topic: str, raw: bytes) -> None:
         self._pubs[topic].publish(raw)
-
-    def subscriber_counts(self) -> dict[str, int]:
-        return {topic: pub.get_subscription_count() for topic, pub in self._pubs.items()}
 
 
 class Player:
@@ -149,9 +148,11 @@ class Player:
 
     def _state(self, held: bool = False) -> ProgressState:
         tr = self.scheduler.tracker
+        total_s = max(0.0, (self.end_bag_ns - self.scheduler.start_bag_ns) / 1e9)
         return ProgressState(
-            bag_s=max(0.0, (self.scheduler.clock_ns - self.scheduler.start_bag_ns) / 1e9),
-            total_s=max(0.0, (self.end_bag_ns - self.scheduler.start_bag_ns) / 1e9),
+            # the drain runs /clock past the last record: the bar shows the bag, not the drain
+            bag_s=min(total_s, max(0.0, (self.scheduler.clock_ns - self.scheduler.start_bag_ns) / 1e9)),
+            total_s=total_s,
             rounds_opened=tr.opened, rounds_final=len(tr.finished), wall_s=time.monotonic() - self._t0, held=held)
 
     def _sleep(self, seconds: float) -> None:
@@ -209,7 +210,7 @@ class Player:
                 break
             if action is None:
                 # Nothing in flight: wait a little in case a round is about to open.
-                self.node.publish_clock(self.scheduler.clock_ns)
+                self.node.publish_clock(self.scheduler.clock_ns, force=True)
                 if quiet >= self.settle_s and now - t_start >= self.settle_s:
                     break
                 self._sleep(min(0.05, self.settle_s))
