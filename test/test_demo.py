@@ -1,0 +1,50 @@
+"""``cascade-sd demo``: argument errors exit 2; a short run prints captions equal to the verifier alone."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("rclpy")
+
+from cascade_sd_ros.tools.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--scenes", "0"], "positive integer"),
+        (["--model", "bogus=tiny:0"], "ROLE=SOURCE"),
+        (["--stages", "drafter,refiner", "--models", "tiny:0"], "must include verifier"),
+        (["--drop-rate", "1.5", "--models", "tiny:0"], "drop-rate"),
+        (["--models", "/nonexistent/zoo"], "does not exist"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        code = main(["demo", *argv])
+        raise SystemExit(code)
+    assert exc_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_json_on_tiny_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--scenes", "2", "--models", "tiny:0", "--json", "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["scenes"]) == 2
+    for scene in out["scenes"]:
+        assert set(scene) >= {"caption", "ground_truth", "verifier_alone", "equal", "acceptance", "latency_ms"}
+        assert scene["equal"] is True and scene["caption"] == scene["verifier_alone"]
+        assert scene["ground_truth"].startswith("a ")
+        assert set(scene["acceptance"]) == {"drafter", "refiner"}
+        assert scene["latency_ms"] > 0
+    assert out["speedup"] is not None and out["speedup"] > 0
+
+
+def test_demo_text_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--scenes", "1", "--models", "tiny:0", "--stages", "refiner,verifier"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("scene 0", "verified", "ground truth", "verifier alone", "[equal]", "acceptance", "speed-up"):
+        assert needle in text
