@@ -73,6 +73,13 @@ class ReplaySettings:
     drain_timeout_s: float = 120.0
     drain_quiet_s: float = 15.0
 
+    def __post_init__(self) -> None:
+        if self.rate is not None and not self.rate > 0:
+            raise ReplayInputError(f"rate must be > 0, got {self.rate}")
+        for name in ("stall_s", "drain_timeout_s", "drain_quiet_s"):
+            if not getattr(self, name) > 0:
+                raise ReplayInputError(f"{name} must be > 0, got {getattr(self, name)}")
+
 
 @dataclass
 class ReplayResult:
@@ -114,12 +121,47 @@ def _wait_matched(pairs: list[tuple[str, Callable[[], int]]], timeout_s: float) 
     return [t for t, _ in pending]
 
 
+def _echo_windows(nodes: list[Any], topics: dict[str, str]) -> dict[str, int]:
+    """Fast mode may run ahead of the executor by half the shallowest queue that takes a topic."""
+    from rclpy.qos import HistoryPolicy
+
+    window = {topic: MAX_ECHO_WINDOW for topic in topics}  # no node reads it: no limit of its own
+    for sub in (sub for node in nodes for sub in node.subscriptions):
+        qos = sub.qos_profile
+        depth = qos.depth if qos.history == HistoryPolicy.KEEP_LAST else 2 * MAX_ECHO_WINDOW
+        if sub.topic_name in window:
+            window[sub.topic_name] = min(window[sub.topic_name], max(1, depth // 2))
+    return window
+
+
+def _discover(nodes: list[Any], outputs: list[str], inputs: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Wait for discovery before the first record (an output published before its recorder
+    matched, or a record before its subscriber did, would be lost). Returns the topics that never
+    matched and the nodes' inputs the bag does not feed."""
+    subs = [sub for node in nodes for sub in node.subscriptions]
+    pubs = {p.topic_name: p for node in nodes for p in node.publishers}
+    pairs = [(f"output {name}", pubs[name].get_subscription_count) for name in outputs]
+    pairs += [(f"input {sub.topic_name}", sub.get_publisher_count) for sub in subs if sub.topic_name in inputs]
+    unmatched = _wait_matched(pairs, MATCH_TIMEOUT_S)
+    internal = set(pubs) | {"/clock", "/parameter_events"}
+    return unmatched, sorted({sub.topic_name for sub in subs} - set(inputs) - internal)
+
+
+def _stop(pipeline: PipelineHandle, own_nodes: list[Any], spin_thread: threading.Thread | None) -> None:
+    """Take the replay's nodes off the executor, stop it and the pipeline (workers, nodes)."""
+    for node in own_nodes:
+        pipeline.executor.remove_node(node)
+    pipeline.executor.shutdown(timeout_sec=5.0)
+    if spin_thread is not None:
+        spin_thread.join(timeout=5.0)
+    pipeline.close()
+
+
 def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
                make_baseline: BaselineFactory | None = None) -> ReplayResult:
     """Replay ``settings.bag`` through a pipeline and write the report; see the module docstring."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
-    from rclpy.qos import HistoryPolicy
 
     from cascade_sd_ros.core import bagio
     from cascade_sd_ros.tools import replay_report
@@ -139,12 +181,13 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
 
     context = rclpy.context.Context()
     rclpy.init(context=context)
-    recorder = BagRecorder(out_bag)
+    recorder: BagRecorder | None = None
     pipeline: PipelineHandle | None = None
     own_nodes: list[Any] = []
     spin_thread: threading.Thread | None = None
     baseline: Baseline | None = None
     try:
+        recorder = BagRecorder(out_bag)
         pipeline = make_pipeline(context, settings)
         if make_baseline is not None and settings.baseline:
             baseline = make_baseline(pipeline)
@@ -164,13 +207,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             if rec.msgtype == GROUND_TRUTH_TYPE:
                 recorder.write(rec.topic, rec.msgtype, rec.t_ns, rec.raw)
 
-        # Fast mode may run ahead of the executor by half the shallowest queue that takes a topic.
-        window: dict[str, int] = {topic: MAX_ECHO_WINDOW for topic in topics}  # no node reads it: no limit
-        for sub in (sub for node in pipeline.nodes for sub in node.subscriptions):
-            qos = sub.qos_profile
-            depth = qos.depth if qos.history == HistoryPolicy.KEEP_LAST else 2 * MAX_ECHO_WINDOW
-            if sub.topic_name in window:
-                window[sub.topic_name] = min(window[sub.topic_name], max(1, depth // 2))
+        window = _echo_windows(pipeline.nodes, topics)
         player = Player(player_node, scheduler, scan.end_ns, echo_window=window,
                         drain_timeout_s=settings.drain_timeout_s, drain_quiet_s=settings.drain_quiet_s,
                         progress=ProgressBar(enabled=settings.progress), on_record=on_record)
@@ -198,15 +235,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
         spin_thread = threading.Thread(target=spin, name="replay-executor", daemon=True)
         spin_thread.start()
 
-        # Discovery before the first record: an output published before its recorder matched, or a
-        # record published before its subscriber matched, would be lost.
-        pipeline_subs = [sub for node in pipeline.nodes for sub in node.subscriptions]
-        pubs_by_topic = {p.topic_name: p for node in pipeline.nodes for p in node.publishers}
-        pairs = [(f"output {o.name}", pubs_by_topic[o.name].get_subscription_count) for o in outputs]
-        pairs += [(f"input {s.topic_name}", s.get_publisher_count) for s in pipeline_subs if s.topic_name in topics]
-        unmatched = _wait_matched(pairs, MATCH_TIMEOUT_S)
-        internal = set(pubs_by_topic) | {"/clock", "/parameter_events"}
-        unfed = sorted({s.topic_name for s in pipeline_subs} - set(topics) - internal)
+        unmatched, unfed = _discover(pipeline.nodes, [o.name for o in outputs], topics)
 
         stats = player.play(iter_records(scan))
         run_info = {
@@ -235,13 +264,8 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             **pipeline.info,
         }
         # Stop the cascade before the baseline: its model is the verifier's, now idle.
-        for node in own_nodes:
-            pipeline.executor.remove_node(node)
-        pipeline.executor.shutdown(timeout_sec=5.0)
-        spin_thread.join(timeout=5.0)
-        spin_thread = None
-        pipeline.close()
-        pipeline = None
+        _stop(pipeline, own_nodes, spin_thread)
+        spin_thread, pipeline = None, None
         if baseline is not None:
             written = baseline.run()
             for t_ns, raw in written:
@@ -251,14 +275,11 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             run_info["baseline"] = None
     finally:
         if pipeline is not None:
-            pipeline.executor.shutdown(timeout_sec=5.0)
-        if spin_thread is not None:
-            spin_thread.join(timeout=5.0)
-        if pipeline is not None:
-            pipeline.close()
+            _stop(pipeline, own_nodes, spin_thread)
         for node in own_nodes:
             node.destroy_node()
-        recorder.close()
+        if recorder is not None:
+            recorder.close()
         if context.ok():
             rclpy.shutdown(context=context)
 
