@@ -184,6 +184,10 @@ class HFAdapter:
         self._context_len = 0
         self._tokens: list[int] = []
         self._logits = torch.empty(0, self._vocab_size, dtype=torch.float32, device=self.device)  # [cap, V]
+        # Caption tokens carry no pixels: for the VLMs, run their language model and LM head directly
+        # (the same computation as the full forward, without its multimodal bookkeeping per step).
+        self._decoder = model.get_decoder() if supported != ("text",) else None
+        self._head = model.get_output_embeddings()
         self.forwards = 0  # model forward calls since construction (statistics)
 
     # ----------------------------------------------------------------- properties
@@ -224,12 +228,16 @@ class HFAdapter:
 
     def _forward(self, ids: torch.Tensor) -> None:
         """Feed caption ids `[n]` (device tensor) after the cache; stores their n logits rows."""
-        out = self.model(
-            input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True, logits_to_keep=0
-        )
+        if self._decoder is not None:
+            hidden = self._decoder(input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True)
+            logits = self._head(hidden.last_hidden_state)  # [1, n, V]
+        else:
+            logits = self.model(
+                input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True, logits_to_keep=0
+            ).logits
         self.forwards += 1
         n_cached = cache_ops.cached_length(self._cache) - self._context_len - ids.numel()
-        self._store_rows(n_cached + 1, out.logits[0].float())  # [n, V]
+        self._store_rows(n_cached + 1, logits[0].float())  # [n, V]
 
     def _sync(self, tokens: Sequence[int]) -> None:
         """Make the cache hold exactly context + `tokens` (crop to the common prefix, feed the rest)."""
