@@ -104,3 +104,20 @@ def test_progress_bar_text_and_throttle() -> None:
     bar.update(state)  # throttled
     bar.close(state)  # always written
     assert stream.getvalue().count("\n") == 2
+
+
+def test_describe_models_records_folder_metadata(tmp_path: Path) -> None:
+    import json
+
+    from cascade_sd_ros.core.zoo.load import META_FILE
+    from cascade_sd_ros.tools.replay_pipeline import describe_models
+
+    folder = tmp_path / "target"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "video_llava"}))
+    (folder / META_FILE).write_text(json.dumps({"stage": "target", "steps": 10}))
+    (folder / "model.safetensors").write_bytes(b"\0" * 10)
+    d = describe_models({"target": str(folder), "drafter": "tiny:3"})
+    assert d["target"] == {"source": str(folder), "model_type": "video_llava", "zoo": {"stage": "target", "steps": 10},
+                           "weights_bytes": 10}
+    assert d["drafter"]["kind"].startswith("tiny")

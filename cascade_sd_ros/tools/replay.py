@@ -165,7 +165,13 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
 
     from cascade_sd_ros.core import bagio
     from cascade_sd_ros.tools import replay_report
-    from cascade_sd_ros.tools.replay_pipeline import auto_remaps, merge_params, node_inputs, round_params
+    from cascade_sd_ros.tools.replay_pipeline import (
+        auto_remaps,
+        describe_models,
+        merge_params,
+        node_inputs,
+        round_params,
+    )
     from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
     from cascade_sd_ros.tools.replay_progress import ProgressBar
     from cascade_sd_ros.tools.replay_recorder import BagRecorder, RecorderNode, pipeline_outputs
@@ -263,6 +269,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             "versions": _versions(),
             **pipeline.info,
         }
+        run_info["model_details"] = describe_models(run_info.get("models") or {})
         # Stop the cascade before the baseline: its model is the verifier's, now idle.
         _stop(pipeline, own_nodes, spin_thread)
         spin_thread, pipeline = None, None

@@ -133,3 +133,33 @@ def auto_remaps(scan: BagScan, inputs: Mapping[str, set[str]], explicit: Mapping
             continue
         remaps[topic.name] = targets[0]
     return remaps
+
+
+def describe_models(sources: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Per role, what the source is: model type and zoo metadata of a folder (its zoo.json, which
+    says how and when it was trained), the seed of a tiny test model, weight file sizes."""
+    import json
+    from pathlib import Path
+
+    from cascade_sd_ros.core.zoo.load import read_zoo_meta
+
+    out: dict[str, dict[str, Any]] = {}
+    for role, source in sources.items():
+        entry: dict[str, Any] = {"source": source}
+        folder = Path(source)
+        if source.startswith("tiny:"):
+            entry["kind"] = "tiny random model (tests)"
+        elif folder.is_dir():
+            config = folder / "config.json"
+            if config.is_file():
+                try:
+                    entry["model_type"] = json.loads(config.read_text()).get("model_type")
+                except json.JSONDecodeError:
+                    entry["model_type"] = None
+            try:
+                entry["zoo"] = read_zoo_meta(folder)
+            except ValueError as exc:
+                entry["zoo"] = {"error": str(exc)}
+            entry["weights_bytes"] = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        out[role] = entry
+    return out
