@@ -384,7 +384,10 @@ class VideoVerifier(Node):
             "latency_mean_ms": float(np.mean(lat)) if lat else math.nan,
             "skew_clip_ms": self._totals["skew_clip_ms"],
             "frame_offset_configured_ms": self.cfg.frame_offset_ns / 1e6,
-            "frame_offset_estimated_ms": math.nan if est is None else est.offset_ns / 1e6,
+            "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None and est.identifiable() else math.nan,
+            "frame_offset_estimate": ("off" if not self.cfg.estimate_offset else "no data yet" if est is None
+                                      else "identifiable" if est.identifiable()
+                                      else "not identifiable (steady motion)"),
             "frame_offset_estimate_r": math.nan if est is None else est.correlation,
             "resets": self.book.resets, "time_jumps": self._jump.jumps, "worker_errors": self.worker.errors,
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,

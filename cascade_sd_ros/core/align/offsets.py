@@ -38,6 +38,12 @@ class OffsetEstimate:
     offset_ns: int  # event clock minus frame clock
     correlation: float  # Pearson r between event rate and frame-difference energy at that offset
     intervals: int  # frame intervals that took part
+    margin: float  # correlation above the best offset further than the exclusion away (peak sharpness)
+
+    def identifiable(self, min_correlation: float = 0.3, min_margin: float = 0.05) -> bool:
+        """Whether the data pin the offset down: a clear, isolated correlation peak. Steady motion
+        (constant event rate and frame difference) leaves the offset unidentifiable."""
+        return self.correlation >= min_correlation and self.margin >= min_margin
 
 
 class OffsetEstimator:
@@ -55,6 +61,7 @@ class OffsetEstimator:
         bin_ns: int = 1_000_000,
         horizon_ns: int = 10_000_000_000,
         min_intervals: int = 8,
+        exclusion_ns: int = 50_000_000,
     ) -> None:
         if min(max_offset_ns, step_ns, bin_ns, horizon_ns) <= 0 or min_intervals < 3:
             raise ValueError("OffsetEstimator: offsets, step, bin and horizon must be > 0, min_intervals >= 3")
@@ -63,6 +70,7 @@ class OffsetEstimator:
         self.bin_ns = bin_ns
         self.horizon_ns = horizon_ns
         self.min_intervals = min_intervals
+        self.exclusion_ns = exclusion_ns
         self._lock = threading.Lock()
         self._bins: dict[int, int] = {}
         self._intervals: deque[tuple[int, int, float]] = deque()
@@ -120,8 +128,11 @@ class OffsetEstimator:
         j = np.clip(ends // self.bin_ns - lo_bin, 0, len(dense))
         counts = cum[j[..., 1]] - cum[j[..., 0]]  # [L, I]
         covered = (ends[..., 0] // self.bin_ns >= lo_bin) & (ends[..., 1] // self.bin_ns <= hi_bin)
-        rate = counts / np.maximum(iv[None, :, 1] - iv[None, :, 0], 1)
-        best: OffsetEstimate | None = None
+        span = np.maximum(iv[:, 1] - iv[:, 0], 1).astype(np.float64)  # [I] dropped frames widen an interval
+        rate = counts / span[None, :]
+        energy = energy / span
+        corrs = np.full(len(lags), np.nan)
+        used = np.zeros(len(lags), dtype=np.int64)
         for li in range(len(lags)):
             m = covered[li]
             if m.sum() < self.min_intervals:
@@ -129,7 +140,24 @@ class OffsetEstimator:
             r, e = rate[li, m], energy[m]
             if r.std() == 0.0 or e.std() == 0.0:
                 continue
-            corr = float(np.corrcoef(r, e)[0, 1])
-            if best is None or corr > best.correlation:
-                best = OffsetEstimate(offset_ns=int(lags[li]), correlation=corr, intervals=int(m.sum()))
-        return best
+            # ranks, not values: a scene cut is a huge frame difference without events, and must not
+            # outweigh everything else
+            corrs[li] = np.corrcoef(_ranks(r), _ranks(e))[0, 1]
+            used[li] = int(m.sum())
+        if np.all(np.isnan(corrs)):
+            return None
+        best = int(np.nanargmax(corrs))
+        far = (np.abs(lags - lags[best]) > self.exclusion_ns) & ~np.isnan(corrs)
+        margin = float(corrs[best] - corrs[far].max()) if far.any() else 0.0
+        return OffsetEstimate(offset_ns=int(lags[best]), correlation=float(corrs[best]), intervals=int(used[best]),
+                              margin=margin)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), for a Spearman correlation."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
