@@ -277,6 +277,7 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
     gen = lambda n: model.generate(**gen_in, max_new_tokens=n, do_sample=False,  # noqa: E731
                                    return_dict_in_generate=True, output_logits=True)
     gen(2)
+    t_one = clock.ms(lambda: gen(1), 1)
     clock.sync()
     t0 = time.perf_counter()
     out = gen(args.tokens)
@@ -285,9 +286,15 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
     new = out.sequences[0, ids.shape[1]:].tolist()
     res["generate_s"] = wall
     res["generate_tok_s"] = len(new) / wall
+    res["generate_ms_per_token"] = (wall * 1e3 - t_one) / max(1, len(new) - 1)  # prefill and encode taken out
     res["tokens"] = new
     ref_logits = torch.stack([lg[0] for lg in out.logits]).float()  # [n, V] what generate chose from
     res["margins"] = margins(ref_logits)
+    # HF against itself: one full forward over prompt + caption (prefill-style kernels) vs generate's
+    # incremental logits. This is the size of bf16 disagreement that is not a bug.
+    full = model(input_ids=out.sequences[:, :-1], pixel_values_videos=pixels,
+                 logits_to_keep=len(new)).logits[0]  # [n, V]
+    res["hf_self_check"] = tie_analysis(full, ref_logits, new)
     rep.put("paths", "a_hf_eager", res)
     return res, ref_logits
 
