@@ -1,0 +1,145 @@
+"""The stage workers without ROS: what the verifier commits is the verifier's own greedy caption
+whatever the drafts (good, garbage, stale, late or absent), and it never waits past its bounds."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cascade_sd_ros.core.modes import mode_rules
+from cascade_sd_ros.core.round_stages import CaptionUpdate, DrafterWorker, RefinerWorker, StageInput, VerifierWorker
+from cascade_sd_ros.core.rounds import Draft, RoundBook
+from cascade_sd_ros.core.spec.engine import target_only_greedy
+from cascade_sd_ros.core.stage_model import load_stage_model
+
+MAX_NEW = 12
+RNG = np.random.default_rng(5)
+FRAMES = RNG.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+EVENTS = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Any]:
+    return {r: load_stage_model("tiny:1", r) for r in ("target", "refiner", "drafter")}
+
+
+@pytest.fixture(scope="module")
+def alone(stages: dict[str, Any]) -> list[int]:
+    t = load_stage_model("tiny:1", "target")
+    return target_only_greedy(t.adapter, t.context(FRAMES, "q"), MAX_NEW)
+
+
+class Harness:
+    """A verifier worker (and optionally real upstream workers) wired by plain callbacks."""
+
+    def __init__(self, stages: dict[str, Any], upstream: bool, mode: str = "lossless-greedy", **kw: Any) -> None:
+        self.rules = mode_rules(mode)
+        self.vbook, self.dbook, self.rbook = RoundBook(), RoundBook(), RoundBook()
+        self.updates: list[CaptionUpdate] = []
+        self.done = threading.Event()
+        self.workers: list[Any] = []
+        self.verifier = VerifierWorker(self.vbook, stages["target"], lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1),
+                                       self._emit, rules=self.rules, max_new_tokens=MAX_NEW,
+                                       draft_wait_s=kw.get("draft_wait_s", 0.2), max_wait_s=0.5,
+                                       use_stages=kw.get("use_stages", (1, 0)))
+        self.workers.append(self.verifier)
+        if upstream:
+            self.workers.append(DrafterWorker(self.dbook, stages["drafter"], lambda r, g: StageInput(EVENTS),
+                                              self._from_drafter, gamma=3, max_ahead=6, max_new_tokens=MAX_NEW))
+            self.workers.append(RefinerWorker(self.rbook, stages["refiner"], lambda r, g: StageInput(FRAMES[-1]),
+                                              self._from_refiner, rules=self.rules, gamma=5, max_ahead=10,
+                                              max_new_tokens=MAX_NEW, max_wait_s=0.2, upstream_wait_s=0.05))
+
+    def _emit(self, u: CaptionUpdate) -> None:
+        self.updates.append(u)
+        for b in (self.dbook, self.rbook):
+            b.apply_commit(u.round_id, u.t_ns, u.commit_seq, u.token_ids, u.final)
+        if u.final:
+            self.done.set()
+
+    def _from_drafter(self, rec: Any, d: Draft) -> None:
+        self.rbook.add_draft(rec.round_id, rec.t_ns, d)
+        self.vbook.add_draft(rec.round_id, rec.t_ns, d)
+
+    def _from_refiner(self, rec: Any, d: Draft) -> None:
+        self.vbook.add_draft(rec.round_id, rec.t_ns, d)
+
+    def run(self, feed: Any = None, timeout: float = 30.0) -> CaptionUpdate:
+        for w in self.workers:
+            w.start()
+        try:
+            for b in (self.vbook, self.dbook, self.rbook):
+                b.open(10, 10).question = "q"
+            if feed is not None:
+                feed(self)
+            assert self.done.wait(timeout), "no final caption"
+        finally:
+            for w in self.workers:
+                w.stop()
+        assert all(w.errors == 0 for w in self.workers), [w.last_error for w in self.workers]
+        return [u for u in self.updates if u.final][-1]
+
+
+def test_verifier_alone(stages: dict[str, Any], alone: list[int]) -> None:
+    final = Harness(stages, upstream=False, use_stages=()).run()
+    assert list(final.token_ids) == alone and final.target_forwards == len(alone)
+    assert final.degraded_reason == ""
+
+
+def test_real_upstream_workers(stages: dict[str, Any], alone: list[int]) -> None:
+    final = Harness(stages, upstream=True).run()
+    assert list(final.token_ids) == alone
+    assert sum(final.drafted_per_stage) > 0
+    assert final.target_forwards <= len(alone)  # drafts never cost extra verifier passes
+
+
+def test_garbage_and_stale_drafts_change_nothing(stages: dict[str, Any], alone: list[int]) -> None:
+    def feed(h: Harness) -> None:
+        v = h.vbook
+        v.add_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=(5, 6, 7, 8)))  # garbage
+        v.add_draft(10, 10, Draft(stage=0, commit_seq=0, start_position=3, token_ids=(9, 9)))  # beyond the commit
+        v.add_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=tuple(alone[:3])))  # perfect
+        v.add_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=(alone[0], 3, 3)))  # half right
+
+    final = Harness(stages, upstream=False, draft_wait_s=0.05).run(feed)
+    assert list(final.token_ids) == alone
+    assert final.accepted_per_stage[1] >= 1  # the perfect draft was taken when it fit
+
+
+def test_dead_upstream_costs_one_wait_per_round_not_per_token(stages: dict[str, Any], alone: list[int]) -> None:
+    t0 = time.monotonic()
+    final = Harness(stages, upstream=False, draft_wait_s=0.3).run()
+    elapsed = time.monotonic() - t0
+    assert list(final.token_ids) == alone
+    assert elapsed < 0.3 * 3  # one wait, then it stops waiting for silent stages
+    assert "no drafts from refiner and drafter" in final.degraded_reason
+
+
+@pytest.mark.parametrize("mode", ["lossless-sample", "pyramid", "cascade"])
+def test_other_modes_run_and_say_what_they_are(stages: dict[str, Any], mode: str) -> None:
+    h = Harness(stages, upstream=True, mode=mode)
+    final = h.run()
+    assert 1 <= len(final.token_ids) <= MAX_NEW
+    assert h.rules.lossless == (mode == "lossless-sample")
+
+
+def test_no_frames_gives_an_empty_degraded_final(stages: dict[str, Any]) -> None:
+    book = RoundBook()
+    out: list[CaptionUpdate] = []
+    w = VerifierWorker(book, stages["target"], lambda r, g: None if not g else StageInput(None, "no RGB frames received"),
+                       out.append, rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW,
+                       draft_wait_s=0.1, max_wait_s=0.2)
+    w.start()
+    try:
+        book.open(1, 1)
+        deadline = time.monotonic() + 5
+        while not out and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        w.stop()
+    assert out and out[0].final and out[0].token_ids == () and out[0].degraded
+    assert out[0].commit_seq == 1  # an (empty) final commit, so upstream stages move on
+    assert w.rounds_degraded == 1
