@@ -57,3 +57,17 @@ def test_events_follow_the_moving_edge_between_frames() -> None:
     flow = _edge_error(FlowInterpolatedSource(frames, times))
     fade = _edge_error(FrameSequenceSource(frames, times))
     assert flow < 1.0 and flow < 0.5 * fade
+
+
+def test_static_parts_equal_the_cross_fade_exactly() -> None:
+    rng = np.random.default_rng(3)
+    a = (0.2 + 0.05 * rng.random((48, 64))).astype(np.float32)
+    b = a.copy() * np.float32(1.01)  # a global flicker: no motion anywhere but the square
+    a[5:15, 5:15] = 0.9
+    b[5:15, 9:19] = 0.9  # the square moves 4 px right
+    flow = FlowInterpolatedSource(np.stack([a, b]), [0.0, 0.1])
+    fade = FrameSequenceSource(np.stack([a, b]), [0.0, 0.1])
+    got, ref = flow.intensity(0.05), fade.intensity(0.05)
+    assert np.array_equal(got[30:, :], ref[30:, :]) and np.array_equal(got[:, 40:], ref[:, 40:])
+    assert not np.array_equal(got[5:15, 5:19], ref[5:15, 5:19])  # the square itself is warped
+    assert np.allclose(got[8, 7:17], 0.9, atol=0.02)  # half way: the square covers columns 7..16

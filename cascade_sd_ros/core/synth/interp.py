@@ -65,19 +65,25 @@ def _shrink(img: np.ndarray, f: int) -> np.ndarray:
 
 
 def _sample(img: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``img`` at float coordinates (clamped to the frame)."""
+    """Bilinear samples of ``img`` at float32 coordinates (clamped to the frame)."""
     h, w = img.shape
-    y = np.clip(y, 0.0, h - 1.0)
-    x = np.clip(x, 0.0, w - 1.0)
-    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2) if h > 1 else np.zeros(y.shape, np.int64)
-    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2) if w > 1 else np.zeros(x.shape, np.int64)
-    wy = (y - y0).astype(np.float32) if h > 1 else np.zeros(y.shape, np.float32)
-    wx = (x - x0).astype(np.float32) if w > 1 else np.zeros(x.shape, np.float32)
+    y = np.clip(y, 0.0, np.float32(h - 1))
+    x = np.clip(x, 0.0, np.float32(w - 1))
+    y0 = np.minimum(y.astype(np.int64), max(h - 2, 0))  # coordinates are >= 0: truncation is floor
+    x0 = np.minimum(x.astype(np.int64), max(w - 2, 0))
+    wy = y - y0
+    wx = x - x0
     y1 = np.minimum(y0 + 1, h - 1)
     x1 = np.minimum(x0 + 1, w - 1)
-    top = img[y0, x0] * (1 - wx) + img[y0, x1] * wx
-    bottom = img[y1, x0] * (1 - wx) + img[y1, x1] * wx
-    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+    top = img[y0, x0] + wx * (img[y0, x1] - img[y0, x0])
+    bottom = img[y1, x0] + wx * (img[y1, x1] - img[y1, x0])
+    return (top + wy * (bottom - top)).astype(np.float32, copy=False)
+
+
+def _nearest(img: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Nearest samples (the block flow is piecewise constant: bilinear buys nothing there)."""
+    h, w = img.shape
+    return img[np.clip(np.rint(y), 0, h - 1).astype(np.int64), np.clip(np.rint(x), 0, w - 1).astype(np.int64)]
 
 
 class FlowInterpolatedSource(FrameSequenceSource):
@@ -87,16 +93,21 @@ class FlowInterpolatedSource(FrameSequenceSource):
         super().__init__(frames, times_s)
         self._block, self._radius = block, radius
         self._flow_index = -1
-        self._flow: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.float32), np.zeros(0, np.float32))
+        self._flow: tuple[np.ndarray, ...] = ()
         # Warping can move a changed region a little beyond the pixels that differ: widen by a block.
         margin = 2 * block * max(1, int(np.ceil(max(self.height, self.width) / 160)))
         self._boxes = [None if b is None else (max(0, b[0] - margin), min(self.height, b[1] + margin),
                                                max(0, b[2] - margin), min(self.width, b[3] + margin))
                        for b in self._boxes]
 
-    def _flow_for(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def _flow_for(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(flow y, flow x, rows, cols) of segment ``i``; rows/cols list every pixel whose warp can
+        differ from a cross-fade (moving blocks, widened by the largest motion)."""
         if i != self._flow_index:  # sub-steps walk segments in order: keep only the current one
-            self._flow = block_flow(self.frames[i], self.frames[i + 1], self._block, self._radius)
+            fy, fx = block_flow(self.frames[i], self.frames[i + 1], self._block, self._radius)
+            reach = int(np.ceil(max(float(np.abs(fy).max()), float(np.abs(fx).max())))) + 1
+            rows, cols = np.nonzero(_dilate((fy != 0) | (fx != 0), reach))
+            self._flow = (fy, fx, rows, cols)
             self._flow_index = i
         return self._flow
 
@@ -107,14 +118,33 @@ class FlowInterpolatedSource(FrameSequenceSource):
             return self.frames[i, y0:y1, x0:x1].copy()
         if w == 1.0:
             return self.frames[i + 1, y0:y1, x0:x1].copy()
-        fy, fx = self._flow_for(i)
-        py = np.arange(y0, y1, dtype=np.float32)[:, None] + np.zeros((1, x1 - x0), np.float32)
-        px = np.arange(x0, x1, dtype=np.float32)[None, :] + np.zeros((y1 - y0, 1), np.float32)
         wf = np.float32(w)
-        # Flow at the intermediate time: the flow of where this pixel came from in A.
-        gy, gx = fy[y0:y1, x0:x1].copy(), fx[y0:y1, x0:x1].copy()
-        for _ in range(3):
-            gy, gx = _sample(fy, py - wf * gy, px - wf * gx), _sample(fx, py - wf * gy, px - wf * gx)
-        a = _sample(self.frames[i], py - wf * gy, px - wf * gx)
-        b = _sample(self.frames[i + 1], py + (1 - wf) * gy, px + (1 - wf) * gx)
-        return (1 - wf) * a + wf * b
+        a, b = self.frames[i, y0:y1, x0:x1], self.frames[i + 1, y0:y1, x0:x1]
+        out = a + wf * (b - a)  # where nothing moves, the warp is exactly this cross-fade
+        fy, fx, rows, cols = self._flow_for(i)
+        if (y0, y1, x0, x1) != (0, self.height, 0, self.width):
+            inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+            rows, cols = rows[inside], cols[inside]
+        if rows.size:
+            py, px = rows.astype(np.float32), cols.astype(np.float32)
+            # Flow at the intermediate time: the flow of where this pixel came from in A.
+            gy, gx = fy[rows, cols], fx[rows, cols]
+            for _ in range(2):
+                qy, qx = py - wf * gy, px - wf * gx
+                gy, gx = _nearest(fy, qy, qx), _nearest(fx, qy, qx)
+            wa = _sample(self.frames[i], py - wf * gy, px - wf * gx)
+            wb = _sample(self.frames[i + 1], py + (1 - wf) * gy, px + (1 - wf) * gx)
+            out[rows - y0, cols - x0] = (1 - wf) * wa + wf * wb
+        return out
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Boolean dilation by a (2r+1)^2 square (separable running sums)."""
+    out = mask
+    for axis in (0, 1):
+        c = np.cumsum(np.pad(out.astype(np.int32), [(r + 1, r) if a == axis else (0, 0) for a in (0, 1)]), axis=axis)
+        n = out.shape[axis]
+        hi = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis)
+        lo = np.take(c, np.arange(0, n), axis=axis)
+        out = (hi - lo) > 0
+    return out
