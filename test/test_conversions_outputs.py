@@ -94,7 +94,7 @@ def test_overlay_draws_the_caption_on_the_frame() -> None:
     out = overlay_image(frame, "a red circle moves left and a blue square is still")
     assert out.dtype == np.uint8 and out.shape[2] == 3 and out.shape[0] >= 64
     lower = out[out.shape[0] // 2 :]
-    assert (lower == 0).all(axis=2).any() and (lower == 255).all(axis=2).any()  # dark band, white text
+    assert (lower == 0).all(axis=2).any() and (lower > 230).all(axis=2).any()  # dark band, light text
     assert (out[: out.shape[0] // 2] == 200).all()  # the frame itself is untouched above the band
     msg = overlay_msg(frame, "hi", 3_000_000_000, "cam")
     assert msg.encoding == "rgb8" and np.array_equal(image_to_rgb8(msg), overlay_image(frame, "hi"))
