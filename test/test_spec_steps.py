@@ -252,6 +252,20 @@ def test_draft_length_controller_follows_acceptance() -> None:
     for _ in range(10):
         down.update(down.gamma, 0)
     assert down.gamma == 1
+    off = DraftLengthController(4, gamma_min=0, cost_ratio=0.5, probe_every=3)
+    for _ in range(6):
+        off.update(off.gamma, 0)
+    assert off._gamma == 0  # drafting does not pay: off
+    for _ in range(4):  # run up to a probe round, whose draft is rejected again
+        if off.gamma == 1:
+            break
+        off.update(0, 0)
+    off.update(off.gamma, 0)
+    seen = []
+    for _ in range(4):
+        seen.append(off.gamma)
+        off.update(off.gamma, 0)
+    assert seen == [0, 0, 0, 1]  # then one probe token after probe_every idle rounds  # one probe token after probe_every idle rounds
     fixed = DraftLengthController(5, adaptive=False)
     fixed.update(5, 0)
     assert fixed.gamma == 5

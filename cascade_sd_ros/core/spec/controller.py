@@ -7,7 +7,9 @@ gamma is then the length maximising Leviathan et al.'s expected speed-up
     E[tokens per round] / cost per round = (1 - alpha^(gamma+1)) / ((1 - alpha) * (gamma * c + 1)),
 
 where c is the cost of one proposed token relative to one verification forward (set from measured
-times with `observe_cost`).
+times with `observe_cost`). With gamma_min = 0 the controller stops drafting when drafting does not
+pay (gamma 0 has speed 1), and probes with one token every `probe_every` rounds to notice when the
+drafts get better again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class DraftLengthController:
         cost_ratio: float = 0.1,
         decay: float = 0.8,
         adaptive: bool = True,
+        probe_every: int = 8,
     ) -> None:
         if not 0 <= gamma_min <= gamma <= gamma_max:
             raise ValueError(f"need 0 <= gamma_min <= gamma <= gamma_max, got {gamma_min}, {gamma}, {gamma_max}")
@@ -34,11 +37,15 @@ class DraftLengthController:
             raise ValueError(f"cost_ratio must be >= 0, got {cost_ratio}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
+        if probe_every < 1:
+            raise ValueError(f"probe_every must be >= 1, got {probe_every}")
         self.gamma_min, self.gamma_max = gamma_min, gamma_max
         self.cost_ratio = cost_ratio
         self.decay = decay
         self.adaptive = adaptive
+        self.probe_every = probe_every
         self._gamma = gamma
+        self._idle_rounds = 0  # rounds since the last draft while gamma is 0
         self._accepted = 0.0  # decayed count of accepted draft tokens
         self._rejected = 0.0  # decayed count of rejections
         self.total_drafted = 0
@@ -46,6 +53,9 @@ class DraftLengthController:
 
     @property
     def gamma(self) -> int:
+        """Draft length for the next round (1 on a probe round while drafting is off)."""
+        if self._gamma == 0 and self._idle_rounds >= self.probe_every:
+            return 1
         return self._gamma
 
     @property
@@ -70,12 +80,14 @@ class DraftLengthController:
         self.total_drafted += drafted
         self.total_accepted += accepted
         if drafted == 0:
-            return self._gamma
+            self._idle_rounds += 1
+            return self.gamma
+        self._idle_rounds = 0
         self._accepted = self.decay * self._accepted + accepted
         self._rejected = self.decay * self._rejected + (1.0 if accepted < drafted else 0.0)
         if self.adaptive:
             self._gamma = self._best_gamma(self.alpha)
-        return self._gamma
+        return self.gamma
 
     def _best_gamma(self, alpha: float) -> int:
         best, best_speed = self.gamma_min, -1.0

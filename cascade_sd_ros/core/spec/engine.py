@@ -159,8 +159,9 @@ class CascadeDecoder:
         gammas = [int(gamma)] * n_prop if isinstance(gamma, int) else [int(g) for g in gamma]
         if len(gammas) != n_prop:
             raise ValueError(f"need {n_prop} gamma values (one per proposing stage), got {len(gammas)}")
+        # gamma_min 0: a stage whose drafts do not pay stops drafting (and probes now and then)
         self.controllers = [
-            DraftLengthController(g, gamma_min=1, gamma_max=max(gamma_max, g), adaptive=adaptive) for g in gammas
+            DraftLengthController(g, gamma_min=0, gamma_max=max(gamma_max, g), adaptive=adaptive) for g in gammas
         ]
         self.levels = _level_rules(mode, n_prop, self.temperature, taus, deferral, alpha)
 
@@ -226,6 +227,8 @@ class CascadeDecoder:
                 walls[0] = time.perf_counter() - t0
                 draft, q = prop.token_ids, prop.q
             for i in range(1, last):
+                if not draft and self.controllers[i].gamma == 0:
+                    continue  # nothing to check and nothing to add: skip this stage's forward
                 t0 = time.perf_counter()
                 ref = refine_step(
                     self.stages[i],
