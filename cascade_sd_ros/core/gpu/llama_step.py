@@ -10,7 +10,7 @@ graph and replayed at any position (`start` is a device scalar the graph reads).
 
 Kernel count matters more than FLOPs at batch 1 (every weight is read once per step; launches and
 tiny element-wise kernels are the overhead), so q/k/v and gate/up are fused into one matrix product
-each. Fusing does not copy the weights: the HF module parameters are re-pointed at row slices of the
+each, the RoPE tables and the additive mask are built once per step, and RMSNorm is one fused op. Fusing does not copy the weights: the HF module parameters are re-pointed at row slices of the
 fused matrix, so memory stays the same and HF's own forward keeps computing the same function.
 """
 

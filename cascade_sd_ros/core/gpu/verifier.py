@@ -12,7 +12,9 @@ Same semantics as `spec.adapter.HFAdapter` (state keyed on token sequences; `sco
 * the next round's video is encoded on a side stream (`prepare`) while the current round finishes.
 
 On a CPU (or with `use_graphs=False`) the same step runs eagerly, which is what the CPU tests check
-against transformers' own forward.
+against transformers' own forward. Measured on one H200 (bench/RESULTS.md, "CUDA verifier"): with the
+defaults on CUDA (graphs, compiled element-wise blocks, "auto" attention) a Video-LLaVA-7B decode step
+takes 4.9 ms against a 3.4 ms memory-bandwidth floor, and verifying 8 drafts 1.13x that.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class StaticVerifierAdapter:
         max_step: the most tokens one forward may feed (draft length + 1 for verification); larger
             catch-ups are fed in chunks.
         use_graphs: capture CUDA graphs for step sizes 1..max_step (default: when on CUDA).
-        compile_blocks: fuse the per-layer element-wise work through `torch.compile`.
+        compile_blocks: fuse the per-layer element-wise work through `torch.compile` (default: when
+            on CUDA; ~0.5 ms/token on an H200 for ~10 s of compiling at construction).
         attention: "auto", "sdpa" or "matmul" (see `LlamaStaticForward`).
         name, eos_token_id: as for `HFAdapter`.
     """
@@ -63,7 +66,7 @@ class StaticVerifierAdapter:
         max_caption_tokens: int = 128,
         max_step: int = 17,
         use_graphs: bool | None = None,
-        compile_blocks: bool = False,
+        compile_blocks: bool | None = None,
         attention: str = "auto",
         name: str = "target",
         eos_token_id: int | None = None,
@@ -94,7 +97,8 @@ class StaticVerifierAdapter:
         self.max_step = max_step
         max_len = -(-(max_context + max_caption_tokens + max_step) // _ALIGN) * _ALIGN
         self.cache = StaticKVCache(self.weights.kv_layout(max_len), self.weights.dtype, self._device)
-        self.forward = LlamaStaticForward(self.weights, self.cache, compile_blocks=compile_blocks, attention=attention)
+        compiled = self._device.type == "cuda" if compile_blocks is None else compile_blocks
+        self.forward = LlamaStaticForward(self.weights, self.cache, compile_blocks=compiled, attention=attention)
         with torch.inference_mode():
             self.runner = StepRunner(self.forward, range(1, max_step + 1) if graphs else ())
         self.encoder = VideoEncoder(model)
