@@ -305,7 +305,7 @@ def _cuda_pair(compile_blocks: bool = False, attention: str = "auto"):
     kw = {"max_context": len(ctx.input_ids), "max_caption_tokens": 40, "max_step": 5}
     graphed = StaticVerifierAdapter(tm.target.model, use_graphs=True, compile_blocks=compile_blocks,
                                     attention=attention, **kw)
-    eager = StaticVerifierAdapter(tm.target.model, use_graphs=False, **kw)
+    eager = StaticVerifierAdapter(tm.target.model, use_graphs=False, compile_blocks=False, **kw)
     return graphed, eager, ctx
 
 
