@@ -99,3 +99,15 @@ def test_validation() -> None:
         StreamConfig(height=4000)
     with pytest.raises(ValueError):
         Packetizer(48, 40).packets(np.zeros(3, np.int64), 0)  # type: ignore[arg-type]
+
+
+def test_packets_across_the_evt3_time_wrap_decode_exactly() -> None:
+    # EVT 3.0 carries 24-bit µs time (wraps every 16.8 s); a long stream must still decode exactly.
+    rng = np.random.default_rng(0)
+    ev = np.zeros(4000, CD_DTYPE)
+    ev["t"] = np.sort(rng.integers(0, 40_000_000, ev.size))
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, 48, ev.size), rng.integers(0, 40, ev.size), rng.integers(0, 2, ev.size)
+    packetizer = Packetizer(48, 40)
+    packets = packetizer.packets(ev[:2000], 0) + packetizer.packets(ev[2000:], 0)
+    decoder = make_decoder("evt3", 48, 40)
+    assert np.array_equal(np.concatenate([decoder.decode(p.payload).cd for p in packets]), ev)
