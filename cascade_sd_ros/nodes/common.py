@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
@@ -175,8 +176,9 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threa
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:  # invalid parameters or model folders: a clear message, not a trace
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ParameterException) as exc:
+        # invalid parameters or model folders: a clear message, not a trace
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:
         if node is not None:
