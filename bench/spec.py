@@ -115,20 +115,21 @@ def video_shell(source: LlavaForConditionalGeneration | VideoLlavaForConditional
     return shell.to(target.device, target.dtype).eval()
 
 
-def zoo_available() -> bool:
+def zoo_available(root: Path | None = None) -> bool:
+    """Whether `load_zoo` is importable and the zoo at `root` (default: the shipped one) has weights."""
     try:
-        from cascade_sd_ros.core.zoo import default_zoo_path  # noqa: PLC0415
+        from cascade_sd_ros.core.zoo import default_zoo_path, load_zoo  # noqa: F401, PLC0415
     except ImportError:
         return False
-    root = default_zoo_path()
+    root = root or default_zoo_path()
     return all((root / s / "model.safetensors").is_file() for s in ("target", "refiner", "drafter"))
 
 
-def setup_zoo(n_prompts: int, device: str) -> Setup:
+def setup_zoo(n_prompts: int, device: str, root: Path | None) -> Setup:
     from cascade_sd_ros.core.zoo import load_zoo  # noqa: PLC0415
     from cascade_sd_ros.core.zoo.data import EVAL_STREAM, build_sample  # noqa: PLC0415
 
-    zoo = load_zoo(device=device)
+    zoo = load_zoo(root, device=device)
     prompts = []
     for i in range(n_prompts):
         clip, events, _ = build_sample(0, EVAL_STREAM, i, zoo.geometry, with_events=True)
@@ -136,7 +137,7 @@ def setup_zoo(n_prompts: int, device: str) -> Setup:
                               zoo.context("drafter", events)))
     shell = video_shell(zoo.drafter.model, zoo.target.model)
     assistant = HFAdapter(shell, name="assistant", modality="video")
-    note = ("trained tiny zoo (cascade_sd_ros/zoo); scenes from the zoo's held-out stream; assistant = "
+    note = (f"trained tiny zoo ({root or 'cascade_sd_ros/zoo'}); scenes from the zoo's held-out stream; assistant = "
             "the zoo drafter's weights in a VideoLlava shell fed the target's 8-frame clip")
     return Setup("zoo", zoo.target, zoo.refiner, zoo.drafter, assistant, prompts, note)
 
@@ -289,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", choices=("zoo", "random"), default=None,
                         help="zoo (default when the trained zoo's weights exist) or random")
+    parser.add_argument("--zoo-root", type=Path, default=None,
+                        help="zoo folder with target/ refiner/ drafter/ (default: the shipped cascade_sd_ros/zoo)")
     parser.add_argument("--prompts", type=int, default=None, help="number of prompts (default 12, quick 3)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="caption budget (default 32, quick 16)")
     parser.add_argument("--gamma", type=int, default=4, help="initial draft length (adaptive)")
@@ -305,11 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     n_prompts = args.prompts or (3 if args.quick else 12)
     max_new = args.max_new_tokens or (16 if args.quick else 32)
-    kind = args.models or ("zoo" if zoo_available() else "random")
-    if kind == "zoo" and not zoo_available():
-        parser.error("--models zoo: no trained zoo weights under cascade_sd_ros/zoo/ (train them, or use --models random)")
+    kind = args.models or ("zoo" if zoo_available(args.zoo_root) else "random")
+    if kind == "zoo" and not zoo_available(args.zoo_root):
+        parser.error(f"--models zoo: no trained zoo weights under {args.zoo_root or 'cascade_sd_ros/zoo'} "
+                     "(train them, or use --models random)")
     t_start = time.perf_counter()
-    setup = setup_zoo(n_prompts, args.device) if kind == "zoo" else setup_random(n_prompts, args.quick, args.device)
+    setup = setup_zoo(n_prompts, args.device, args.zoo_root) if kind == "zoo" else setup_random(n_prompts, args.quick, args.device)
     methods = run(setup, max_new, args.gamma, args.reps)
     ks = (1, 2, 4, 8) if args.quick else (1, 2, 4, 8, 16)
     c_k = verify_cost_ratio(setup.target, setup.prompts[0].target, ks, reps=5 if args.quick else 20)
