@@ -289,3 +289,37 @@ def test_time_jumping_backwards_resets_and_keeps_captioning(make_run, scenes, al
         time.sleep(0.05)
     assert all(b.resets >= 1 for b in books)
     _check_lossless(run, scenes, rounds, again, alone)
+
+
+def test_a_prompt_message_opens_a_round_answering_it(rclpy_context, models, scenes, alone) -> None:  # noqa: ANN001
+    from rclpy.node import Node
+    from std_msgs.msg import String
+
+    from cascade_sd_ros.nodes.common import PROMPT_QOS
+
+    rounds = scene_rounds(_stream(N_SCENES))
+    params = rounds.params()
+    # no periodic rounds: only the prompt opens one
+    params["common"] = {**params["common"], "round_period": 0.0, "round_phase": 0.0, "max_new_tokens": MAX_NEW}
+    run = Run(rclpy_context, models, PipelineConfig(models=TINY, params=params))
+    asker = Node("asker", context=rclpy_context)
+    try:
+        pub = asker.create_publisher(String, "prompt", PROMPT_QOS)
+        moving = next(s for s in scenes if s.packets)
+        run.player.play(moving, event_offset_ns=OFFSET_NS)
+        deadline = time.monotonic() + 5
+        while pub.get_subscription_count() < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # the stages take in the scene's messages
+        assert run.pipeline.collector.finals == {}
+        pub.publish(String(data="what do you see"))
+        assert run.pipeline.collector.wait_final(count=1, timeout_s=15)
+        (rid, msg), = run.pipeline.collector.finals.items()
+        inp = run.pipeline.verifier.inputs[rid]
+        assert inp.question == "what do you see"
+        assert moving.truth.start_ns <= rid - OFFSET_NS <= moving.truth.end_ns  # T: the newest events
+        ref = target_only_greedy(alone.adapter, alone.context(inp.frames, inp.question), MAX_NEW)
+        assert list(msg.token_ids) == ref
+    finally:
+        asker.destroy_node()
+        run.close()

@@ -95,7 +95,7 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("device", "cpu", "torch device for this stage's model: cpu, cuda, cuda:N", read_only=True),
     Param("dtype", "float32", "model dtype: float32, float16, bfloat16", read_only=True),
     Param("prompt", "describe the scene", "question every round answers until a prompt message changes it"),
-    Param("round_period", 2.0, "[s] a round opens at every multiple of this on the event clock (+ round_phase)", 0.01, 3600.0),
+    Param("round_period", 2.0, "[s] a round opens at every multiple of this on the event clock (+ round_phase); 0: only prompt messages open rounds", 0.0, 3600.0),
     Param("round_phase", 0.0, "[s] where in the period the round times fall", 0.0, 3600.0),
     Param("max_new_tokens", 32, "[tokens] caption length bound", 1, 1024),
     Param("time_jump_tolerance", 1.0, "[s] a stamp this much older than the newest seen resets buffers and rounds", 0.0, 3600.0),
@@ -103,6 +103,16 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("sensor_qos_depth", 50, "[messages] queue depth of the event and image subscriptions", 1, 100_000),
     Param("sensor_reliability", "best_effort", "event/image subscriptions: best_effort (camera drivers) or reliable (bag players, tests)"),
 )
+
+
+def round_period_ns(params: dict[str, Any]) -> int:
+    """``round_period`` in ns: 0 (prompt-only rounds) or at least 10 ms."""
+    from cascade_sd_ros.ros.stamps import seconds_to_ns
+
+    period = float(params["round_period"])
+    if 0.0 < period < 0.01:
+        raise ValueError(f"parameter round_period={period}: must be 0 (prompt-only rounds) or >= 0.01 s")
+    return seconds_to_ns(period, "round_period")
 
 
 def sensor_qos(params: dict[str, Any]) -> QoSProfile:

@@ -36,6 +36,7 @@ from cascade_sd_ros.nodes.common import (
     InputStats,
     Param,
     declare,
+    round_period_ns,
     sensor_qos,
     spin_node,
 )
@@ -73,7 +74,7 @@ class DrafterConfig:
     def from_params(p: dict[str, Any]) -> "DrafterConfig":
         return DrafterConfig(
             model=p["model"] or default_stage_source("drafter"), device=p["device"], dtype=p["dtype"],
-            prompt=p["prompt"], period_ns=seconds_to_ns(p["round_period"], "round_period"),
+            prompt=p["prompt"], period_ns=round_period_ns(p),
             phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
             jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
             frame_id=p["frame_id"], gamma=p["gamma"], lookahead=p["lookahead"],
@@ -170,6 +171,8 @@ class EventDrafter(Node):
             self._open_rounds_locked(t1)
 
     def _open_rounds_locked(self, newest_ns: int) -> None:
+        if self.cfg.period_ns == 0:
+            return  # rounds on prompt messages only
         shifted = newest_ns - self.cfg.phase_ns
         if shifted <= 0:
             return

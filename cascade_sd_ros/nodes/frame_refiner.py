@@ -37,6 +37,7 @@ from cascade_sd_ros.nodes.common import (
     Param,
     choice,
     declare,
+    round_period_ns,
     sensor_qos,
     spin_node,
 )
@@ -96,7 +97,7 @@ class RefinerConfig:
     def from_params(p: dict[str, Any]) -> "RefinerConfig":
         return RefinerConfig(
             model=p["model"] or default_stage_source("refiner"), device=p["device"], dtype=p["dtype"],
-            prompt=p["prompt"], period_ns=seconds_to_ns(p["round_period"], "round_period"),
+            prompt=p["prompt"], period_ns=round_period_ns(p),
             phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
             jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
             frame_id=p["frame_id"], rules=rules_from_params(p), gamma=p["gamma"], lookahead=p["lookahead"],
@@ -183,6 +184,8 @@ class FrameRefiner(Node):
     def _open_rounds_locked(self, newest_ref_ns: int) -> None:
         """Join each period round as soon as its frame is in: no need to hear of it from the drafter
         (the same rule as the verifier's, so both name the round alike)."""
+        if self.cfg.period_ns == 0:
+            return  # rounds on prompt messages only
         shifted = newest_ref_ns - self.cfg.slop_ns - self.cfg.phase_ns
         if shifted <= 0:
             return

@@ -58,6 +58,7 @@ from cascade_sd_ros.nodes.common import (
     Param,
     choice,
     declare,
+    round_period_ns,
     sensor_qos,
     spin_node,
 )
@@ -127,7 +128,7 @@ class VerifierConfig:
         choice(p["use_drafts"], list(USE_DRAFTS), "use_drafts")
         return VerifierConfig(
             model=p["model"] or default_stage_source("target"), device=p["device"], dtype=p["dtype"],
-            prompt=p["prompt"], period_ns=seconds_to_ns(p["round_period"], "round_period"),
+            prompt=p["prompt"], period_ns=round_period_ns(p),
             phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
             jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
             frame_id=p["frame_id"], rules=rules_from_params(p), frames=p["frames"],
@@ -241,6 +242,8 @@ class VideoVerifier(Node):
 
     def _open_rounds_locked(self, newest_ref_ns: int) -> None:
         """Open every period boundary the frames have passed, once the clip has frames behind it."""
+        if self.cfg.period_ns == 0:
+            return  # rounds on prompt messages only
         shifted = newest_ref_ns - self.cfg.slop_ns - self.cfg.phase_ns
         if shifted <= 0:
             return
