@@ -51,6 +51,11 @@ def test_buffer_full_drops_oldest_and_rejects_older_than_all() -> None:
         buf.insert(t, t)
     assert [s for s, _ in buf.window(0, 9)] == [2, 3, 4] and buf.dropped == 1
     assert buf.insert(0, 0) is False and buf.dropped == 2
+    buf.mark_consumed(3)  # rounds are done with everything before 3
+    buf.insert(5, 5)
+    assert buf.expired == 1 and buf.dropped == 2  # evicting 2 was expiry, not loss
+    buf.insert(6, 6)
+    assert buf.dropped == 3  # 3 was still needed
     with pytest.raises(ValueError):
         TimeBuffer(0)
 

@@ -134,11 +134,15 @@ class InputStats:
         self.name = name
         self.received = 0
         self.malformed = 0
-        self.dropped = 0
+        self.dropped = 0  # buffer evictions of items no round had used yet
+        self.expired = 0  # buffer evictions of history every round was done with
         self._times: deque[float] = deque(maxlen=200)
         self._throttle_s = throttle_s
         self._last_log = -1e18
         self._lock = threading.Lock()
+
+    def buffer(self, dropped: int, expired: int) -> None:
+        self.dropped, self.expired = dropped, expired
 
     def tick(self) -> None:
         with self._lock:
@@ -172,6 +176,7 @@ class InputStats:
             f"{self.name}.rate_hz": self.rate_hz(),
             f"{self.name}.malformed": self.malformed,
             f"{self.name}.dropped": self.dropped,
+            f"{self.name}.expired": self.expired,
         }
 
 

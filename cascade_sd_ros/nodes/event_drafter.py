@@ -164,7 +164,7 @@ class EventDrafter(Node):
             t0, t1 = int(decoded.t_ns[0]), int(decoded.t_ns[-1])
             if not self._packets.insert(t0, (decoded.t_ns, decoded.cd)):
                 pass
-            self.events_in.dropped = self._packets.dropped
+            self.events_in.buffer(self._packets.dropped, self._packets.expired)
             self._max_span_ns = max(self._max_span_ns, t1 - t0)
             if self._first_event_ns is None:
                 self._first_event_ns = t0
@@ -227,6 +227,7 @@ class EventDrafter(Node):
         t0 = t1 - self.cfg.window_ns
         with self._lock:
             chunks = self._packets.window(t0 - self._max_span_ns, t1)
+            self._packets.mark_consumed(t0 - self._max_span_ns)  # later rounds start later
             renderer = self._renderer
         if renderer is None:
             return StageInput(None, "no events received")

@@ -173,7 +173,7 @@ class FrameRefiner(Node):
                 self._last_round_ns = None
                 self.book.reset()
             self._frames.insert(t_ns, rgb)
-            self.images_in.dropped = self._frames.dropped
+            self.images_in.buffer(self._frames.dropped, self._frames.expired)
             ref = self.offsets.to_reference("image", t_ns)
             if self._first_frame_ref_ns is None:
                 self._first_frame_ref_ns = ref
@@ -237,6 +237,8 @@ class FrameRefiner(Node):
         with self._lock:
             found = nearest_frame(self._frames, target, self.cfg.slop_ns)
             newest = self._frames.newest_stamp()
+            if found is not None:
+                self._frames.mark_consumed(target - self.cfg.slop_ns)
         if found is not None:
             t, rgb = found
             self._last_skew_ms = (t - target) / 1e6

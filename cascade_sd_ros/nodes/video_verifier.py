@@ -230,7 +230,7 @@ class VideoVerifier(Node):
                 self.get_logger().warning("image time jumped backwards: frames, rounds and offset estimate reset")
                 self._reset_locked()
             self._frames.insert(t_ns, rgb)
-            self.images_in.dropped = self._frames.dropped
+            self.images_in.buffer(self._frames.dropped, self._frames.expired)
             if self.cfg.estimate_offset:
                 self._estimator.add_frame(t_ns, rgb)
             ref = self.offsets.to_reference("image", t_ns)
@@ -334,6 +334,7 @@ class VideoVerifier(Node):
                 return None  # frames up to the window's end may still come
             clip = select_clip(self._frames, end, self.cfg.clip_ns, self.cfg.frames, self.cfg.slop_ns)
             ref = nearest_frame(self._frames, end, self.cfg.slop_ns)
+            self._frames.mark_consumed(end - self.cfg.clip_ns - self.cfg.slop_ns)
         frame_skew = None if ref is None else ref[0] - end
         if clip is None:
             why = "no RGB frames received" if newest is None else "no RGB frames in the clip window"

@@ -13,8 +13,10 @@ class TimeBuffer(Generic[T]):
 
     Thread-safe: subscription callbacks insert while a worker queries. Each item has its own stamp;
     a second item with a stamp already present replaces the first (a re-sent message).
-    ``dropped`` counts items lost to the bound (including a new item older than everything in a
-    full buffer); it is never reset by :meth:`clear`, so diagnostics see every loss.
+    Items pushed out by the bound are ``expired`` when older than the consumer's horizon (see
+    :meth:`mark_consumed`: history no round needs any more) and ``dropped`` otherwise (lost before
+    any round could use them, including a new item older than everything in a full buffer). Neither
+    counter is reset by :meth:`clear`, so diagnostics see every loss.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -25,7 +27,9 @@ class TimeBuffer(Generic[T]):
         self._items: list[T] = []
         self._lock = threading.Lock()
         self.dropped = 0
+        self.expired = 0
         self.inserted = 0
+        self._horizon: int | None = None
 
     def __len__(self) -> int:
         with self._lock:
@@ -42,16 +46,28 @@ class TimeBuffer(Generic[T]):
                 return True
             if len(self._stamps) >= self.capacity:
                 if i == 0:
-                    self.dropped += 1
+                    self._count_loss(t_ns)
                     return False
+                self._count_loss(self._stamps[0])
                 del self._stamps[0]
                 del self._items[0]
-                self.dropped += 1
                 i -= 1
             self._stamps.insert(i, t_ns)
             self._items.insert(i, item)
             self.inserted += 1
             return True
+
+    def _count_loss(self, t_ns: int) -> None:
+        if self._horizon is not None and t_ns < self._horizon:
+            self.expired += 1
+        else:
+            self.dropped += 1
+
+    def mark_consumed(self, t_ns: int) -> None:
+        """Items before ``t_ns`` are no longer needed: evicting them later is expiry, not loss."""
+        with self._lock:
+            if self._horizon is None or t_ns > self._horizon:
+                self._horizon = int(t_ns)
 
     def window(self, t0_ns: int, t1_ns: int) -> list[tuple[int, T]]:
         """Items with ``t0_ns <= stamp <= t1_ns``, oldest first."""
@@ -96,3 +112,4 @@ class TimeBuffer(Generic[T]):
         with self._lock:
             self._stamps.clear()
             self._items.clear()
+            self._horizon = None
