@@ -332,6 +332,9 @@ class HFAdapter:
             raise ValueError(f"k must be >= 0, got {k}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if temperature > 0 and generator is not None and generator.device.type != self.device.type:
+            raise ValueError(f"adapter {self.name!r}: the generator lives on {generator.device}, the model on "
+                             f"{self.device}; sample with a generator on the model's device")
         self._check_ids(prefix, "prefix")
         self._sync(prefix)
         if k == 0:

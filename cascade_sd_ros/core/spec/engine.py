@@ -213,7 +213,9 @@ class CascadeDecoder:
             gammas = tuple(c.gamma for c in self.controllers)
             draft: list[int] = []
             q: torch.Tensor | None = None
-            if last > 0:
+            src = -1  # stage whose draft is current (-1: none)
+            checker = [0] * last  # which stage checked stage i's draft this round
+            if last > 0:  # (gamma 0 drafts nothing, at no cost)
                 t0 = time.perf_counter()
                 prop = draft_step(
                     self.stages[0],
@@ -225,10 +227,12 @@ class CascadeDecoder:
                     return_q=self.levels[0].needs_q or self.draft_sampling,
                 )
                 walls[0] = time.perf_counter() - t0
-                draft, q = prop.token_ids, prop.q
+                draft, q, src = prop.token_ids, prop.q, 0
             for i in range(1, last):
-                if not draft and self.controllers[i].gamma == 0:
-                    continue  # nothing to check and nothing to add: skip this stage's forward
+                # A refiner whose own drafts do not pay (gamma 0) is bypassed: the draft below goes up
+                # unchanged, and the stage is probed again now and then by its controller.
+                if self.controllers[i].gamma == 0:
+                    continue
                 t0 = time.perf_counter()
                 ref = refine_step(
                     self.stages[i],
@@ -243,9 +247,10 @@ class CascadeDecoder:
                     return_q=self.levels[i].needs_q or self.draft_sampling,
                 )
                 walls[i] = time.perf_counter() - t0
-                drafted[i - 1], accepted[i - 1] = ref.drafted, ref.kept
-                stats.stages[i - 1].lossy += ref.lossy
-                draft, q = ref.token_ids, ref.q
+                if src >= 0:
+                    drafted[src], accepted[src], checker[src] = ref.drafted, ref.kept, i
+                    stats.stages[src].lossy += ref.lossy
+                draft, q, src = ref.token_ids, ref.q, i
             t0 = time.perf_counter()
             res = verify_step(
                 self.stages[last],
@@ -258,9 +263,9 @@ class CascadeDecoder:
                 generator=generator,
             )
             walls[last] = time.perf_counter() - t0
-            if last > 0:
-                drafted[last - 1], accepted[last - 1] = res.drafted, res.accepted
-                stats.stages[last - 1].lossy += res.lossy
+            if src >= 0:
+                drafted[src], accepted[src], checker[src] = res.drafted, res.accepted, last
+                stats.stages[src].lossy += res.lossy
             stats.lossy_tokens += res.lossy
             prefix.extend(res.token_ids)
             finished = res.finished or not res.token_ids
@@ -269,8 +274,7 @@ class CascadeDecoder:
                 stats.stages[i].accepted += accepted[i]
                 self.controllers[i].update(drafted[i], accepted[i])
                 if drafted[i]:
-                    above = walls[i + 1]
-                    self.controllers[i].observe_cost(walls[i] / max(drafted[i], 1), above)
+                    self.controllers[i].observe_cost(walls[i] / drafted[i], walls[checker[i]])
             for i, w in enumerate(walls):
                 stats.stages[i].wall_s += w
             stats.rounds.append(RoundStats(tuple(drafted), tuple(accepted), len(res.token_ids), gammas, tuple(walls)))

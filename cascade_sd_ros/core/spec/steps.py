@@ -157,6 +157,8 @@ def _decide(
     """Apply `level` -> (accepted, token, lossy count) device tensors; no host sync."""
     n = len(draft)
     device = logits.device
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the generator lives on {generator.device}, the scores on {device}; use one on {device}")
     x = torch.tensor(draft, dtype=torch.long, device=device)  # [n]
     if q is not None:
         if q.shape[0] < n:
@@ -229,12 +231,17 @@ def refine_step(
     logits = refiner.score(prefix, cut)  # [n+1, V]
     a_t, tok_t, lossy_t = _decide(level, cut, logits, q, q_sampled, generator)
     rows = level.probs(logits)  # [n+1, V]
-    kept, token, lossy = torch.stack([a_t, tok_t, lossy_t]).tolist()  # the step's one host sync
+    n = len(cut)
+    x = torch.tensor(cut, dtype=torch.long, device=rows.device)  # [n]
+    p_x = rows[:n].gather(1, x.view(-1, 1)).view(-1)  # [n] confidence in each draft token
+    p_tok = rows.index_select(0, a_t.view(1))[0].gather(0, tok_t.view(1))  # [1] in its own token
+    # one host sync for the whole decision; ids < 2**53 are exact in float64
+    packed = torch.cat([torch.stack([a_t, tok_t, lossy_t]).double(), p_x.double(), p_tok.double()]).tolist()
+    kept, token, lossy = int(packed[0]), int(packed[1]), int(packed[2])
     out = _commit_cut([*cut[:kept], token], budget, eos)
+    confidences = [*packed[3 : 3 + kept], packed[3 + n]][: len(out)]
     out_rows = rows[: len(out)]  # [len(out), V]: row i is the stage's distribution at out[i]
-    conf = out_rows.gather(1, torch.tensor(out, device=rows.device).view(-1, 1)).view(-1)
     want = min(gamma, budget)
-    confidences = conf.tolist()
     q_out = out_rows if (return_q or level.needs_q) else None
     if len(out) < want and not (eos is not None and out[-1] == eos):
         ext = refiner.propose(
