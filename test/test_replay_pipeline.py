@@ -67,6 +67,9 @@ def test_replay_is_lossless_against_the_verifier_alone(replayed: Path) -> None:
     assert base["lossless_match"] == 1.0
     assert all(r["baseline"]["same_tokens"] for r in doc["rounds"])
     assert doc["run"]["mode"] == "lossless-greedy" and doc["run"]["models"] == MODELS
+    losses = doc["run"]["input_losses"]
+    assert set(losses) == {"event_drafter", "frame_refiner", "video_verifier"}
+    assert all(n == 0 for per_node in losses.values() for n in per_node.values())
     assert {"torch", "transformers", "rclpy", "cascade_sd_ros"} <= set(doc["run"]["versions"])
 
 

@@ -40,6 +40,7 @@ def test_video_bag_replays_end_to_end(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     assert doc["input"]["missing_streams"] == {}
     assert doc["run"]["published"]["/image"] == 20
+    assert all(n == 0 for per_node in doc["run"]["input_losses"].values() for n in per_node.values()), doc["run"]["input_losses"]
     assert doc["summary"]["rounds"] >= 1
     first = doc["rounds"][0]
     assert first["caption"] and not first["degraded"]

@@ -147,6 +147,53 @@ def _discover(nodes: list[Any], outputs: list[str], inputs: dict[str, str]) -> t
     return unmatched, sorted({sub.topic_name for sub in subs} - set(inputs) - internal)
 
 
+def _input_counts(nodes: list[Any]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per node, what each of its inputs counted (received / malformed / dropped from its buffer):
+    set against the records published, it shows whether anything was lost on the way."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for node in nodes:
+        for value in vars(node).values():
+            if all(hasattr(value, a) for a in ("name", "received", "malformed", "dropped")):
+                out.setdefault(node.get_name(), {})[str(value.name)] = {
+                    "received": int(value.received), "malformed": int(value.malformed), "dropped": int(value.dropped)}
+    return out
+
+
+#: Node input counters (their InputStats names) that take every record of one bag stream type.
+STREAM_INPUTS = {"events": "event_camera_msgs/msg/EventPacket", "images": "sensor_msgs/msg/Image"}
+
+
+def _input_losses(received: dict[str, dict[str, dict[str, int]]], published: dict[str, int],
+                  topics: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Per node and stream input: records published minus records the node received (0: none lost)."""
+    by_type: dict[str, int] = {}
+    for topic, count in published.items():
+        by_type[topics[topic]] = by_type.get(topics[topic], 0) + count
+    return {node: {name: by_type.get(STREAM_INPUTS[name], 0) - counts["received"]
+                   for name, counts in inputs.items() if name in STREAM_INPUTS}
+            for node, inputs in received.items()}
+
+
+def _settled_input_counts(nodes: list[Any], published: dict[str, int], topics: dict[str, str],
+                          quiet_s: float = 2.0, timeout_s: float = 30.0) -> dict[str, dict[str, dict[str, int]]]:
+    """Input counts once every record arrived or the counts stopped moving for ``quiet_s``: a node
+    still working through a deep queue is late, not lossy."""
+    deadline = time.monotonic() + timeout_s
+    counts = _input_counts(nodes)
+    last_change = time.monotonic()
+    while time.monotonic() < deadline:
+        losses = _input_losses(counts, published, topics)
+        if all(n <= 0 for per_node in losses.values() for n in per_node.values()):
+            break
+        if time.monotonic() - last_change >= quiet_s:
+            break
+        time.sleep(0.05)
+        now = _input_counts(nodes)
+        if now != counts:
+            counts, last_change = now, time.monotonic()
+    return counts
+
+
 def _stop(pipeline: PipelineHandle, own_nodes: list[Any], spin_thread: threading.Thread | None) -> None:
     """Take the replay's nodes off the executor, stop it and the pipeline (workers, nodes)."""
     for node in own_nodes:
@@ -168,6 +215,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     from cascade_sd_ros.tools.replay_pipeline import (
         auto_remaps,
         describe_models,
+        fast_params,
         merge_params,
         node_inputs,
         round_params,
@@ -179,7 +227,9 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     from cascade_sd_ros.tools.replay_source import GROUND_TRUTH_TYPE, Record, iter_records, scan_bag
 
     scan = scan_bag(settings.bag, settings.remaps)
-    settings = replace(settings, params=merge_params(round_params(scan, settings.rounds), settings.params))
+    # Later layers win: round timing from the bag, fast mode's queues, then --param.
+    layers = (round_params(scan, settings.rounds), fast_params(settings.rate is None), settings.params)
+    settings = replace(settings, params=merge_params(*layers))
     _prepare_out_dir(settings.out_dir)
     out_bag = settings.out_dir / OUTPUT_BAG
     started = dt.datetime.now(dt.timezone.utc)
@@ -244,6 +294,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
         unmatched, unfed = _discover(pipeline.nodes, [o.name for o in outputs], topics)
 
         stats = player.play(iter_records(scan))
+        received = _settled_input_counts(pipeline.nodes, stats.published, topics)
         run_info = {
             "mode": settings.mode,
             "pacing": "fast" if settings.rate is None else f"rate {settings.rate:g}",
@@ -263,6 +314,8 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             "superseded_rounds": sorted(scheduler.tracker.superseded),
             "rounds_opened": scheduler.tracker.opened,
             "published": stats.published,
+            "node_inputs_received": received,
+            "input_losses": _input_losses(received, stats.published, topics),
             "unmatched_topics": unmatched,
             "node_inputs_not_in_bag": unfed,
             "recorded_topics": [o.name for o in outputs],

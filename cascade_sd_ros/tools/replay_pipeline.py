@@ -47,6 +47,14 @@ def replay_params(mode: str, params: Mapping[str, Mapping[str, Any]]) -> dict[st
     return merged
 
 
+def fast_params(fast: bool) -> dict[str, dict[str, Any]]:
+    """Fast mode: reliable, deep sensor subscriptions (as the demo and bag players use), so a node
+    whose callbacks lag behind the executor queues records instead of losing them."""
+    from cascade_sd_ros.tools.pipeline import SENSOR_PARAMS
+
+    return {"common": dict(SENSOR_PARAMS)} if fast else {}
+
+
 #: How rounds are timed: at every ground-truth scene's end (as the demo does), by the nodes' own
 #: round_period, or "auto" (scenes when the bag has ground truth).
 ROUND_POLICIES = ("auto", "scenes", "period")
