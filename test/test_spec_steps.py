@@ -284,3 +284,19 @@ def test_round_statistics_are_consistent(tm: TinyModels, ref: list[int]) -> None
     for i, s in enumerate(st.stages[:-1]):
         assert s.drafted == sum(r.drafted[i] for r in st.rounds) and 0 <= s.accepted <= s.drafted
     assert all(len(r.wall_s) == 3 for r in st.rounds) and st.wall_s > 0
+
+
+def test_a_refiner_that_does_not_pay_is_bypassed(tm: TinyModels, ref: list[int]) -> None:
+    """Perfect drafter, always-wrong refiner: the refiner is switched off and probed now and then."""
+    perfect = ScriptedDrafter(lambda prefix, k: ref[len(prefix) : len(prefix) + k], tm.vocab_size, name="drafter")
+
+    def wrong(prefix, k):
+        return [(t + 1) % tm.vocab_size for t in ref[len(prefix) : len(prefix) + k]] or [3] * k
+
+    refiner = ScriptedDrafter(wrong, tm.vocab_size, name="refiner")
+    res = CascadeDecoder([perfect, refiner, tm.target], gamma=(2, 2), gamma_max=4).generate(None, 40)
+    full = target_only_greedy(tm.target, None, 40)
+    assert res.token_ids == full
+    rounds = len(res.stats.rounds)
+    assert res.stats.stages[1].forwards < rounds  # not run every round
+    assert res.stats.stages[1].acceptance == 0.0
