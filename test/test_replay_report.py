@@ -85,7 +85,8 @@ def test_report_figures_match_the_bag(output_bag: Path, tmp_path: Path) -> None:
     out = replay_report.load_output(output_bag)
     report_dir = tmp_path / "report"
     report_dir.mkdir()
-    written = replay_report.write_report(out, {"mode": "lossless-greedy"}, {"bag": "in"}, report_dir)
+    run = {"mode": "lossless-greedy", "input_losses": {"event_drafter": {"events": 3}, "video_verifier": {"images": 0}}}
+    written = replay_report.write_report(out, run, {"bag": "in"}, report_dir)
     doc = json.loads((report_dir / "report.json").read_text())
     summ = doc["summary"]
     assert summ["rounds"] == 2
@@ -103,5 +104,6 @@ def test_report_figures_match_the_bag(output_bag: Path, tmp_path: Path) -> None:
         assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report_dir / "report.md").read_text()
     assert "a blue circle is still" in md and "no frame within slop" in md and "![skew.png](skew.png)" in md
+    assert "Records lost on the way to the nodes: event_drafter/events 3." in md
     # The written summary is exactly what the core computes from the records read back.
     assert summ == json.loads(json.dumps(replay_report._json_safe(rpt.summarise(out.rounds))))

@@ -253,6 +253,12 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
         lines.append(f"| model {name} | {_md_escape(str(desc))} |")
     for name, ver in (run.get("versions") or {}).items():
         lines.append(f"| {name} | {ver} |")
+    losses = run.get("input_losses")
+    if losses is not None:
+        lost = {f"{node}/{name}": n for node, per in losses.items() for name, n in per.items() if n}
+        lines += ["", "Records lost on the way to the nodes: " +
+                  ("none (every node received every event packet and image published)." if not lost else
+                   ", ".join(f"{k} {v}" for k, v in lost.items()) + ".")]
     lines.append("")
 
     lines += ["## Input", "", f"Duration {_fmt(inp.get('duration_s'), 2)} s.", "",
