@@ -57,6 +57,7 @@ def test_speedup_and_lossless_match() -> None:
     assert s["baseline_ms"] == pytest.approx(240.0)
     assert s["cascade_ms"] == pytest.approx(100.0)  # 2 x (20 + 30)
     assert s["speedup_verifier"] == pytest.approx(2.4)
+    assert s["speedup_with_waits"] == pytest.approx(240.0 / (100.0 + 2 * 10.0))
     assert s["forward_reduction"] == pytest.approx(5 / 4)
     assert s["tokens_per_forward"] == pytest.approx(6 / 4)
     assert s["lossless_match"] == pytest.approx(0.5)

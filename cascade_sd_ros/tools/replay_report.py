@@ -303,7 +303,8 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
     base = summ["baseline"]
     if base["rounds"]:
         lines += ["", f"Verifier alone on the same {base['rounds']} rounds: {_fmt(base['baseline_ms'])} ms vs cascade "
-                  f"{_fmt(base['cascade_ms'])} ms verifier compute, speed-up **{_fmt(base['speedup_verifier'], 2)}x**; "
+                  f"{_fmt(base['cascade_ms'])} ms verifier compute, speed-up **{_fmt(base['speedup_verifier'], 2)}x** "
+                  f"({_fmt(base['speedup_with_waits'], 2)}x charging the cascade its waits); "
                   f"forwards {base['baseline_forwards']} vs {base['cascade_forwards']} "
                   f"({_fmt(base['forward_reduction'], 2)}x, {_fmt(base['tokens_per_forward'], 2)} tokens/forward); "
                   f"same tokens as the baseline in {_fmt(100 * base['lossless_match'], 0)} % of rounds."]
