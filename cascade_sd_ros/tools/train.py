@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--workers", type=_positive_int, default=1, help="processes rendering the dataset")
     parser.add_argument("--plot", type=Path, default=Path("build/zoo-train/loss.png"), help="loss-curve PNG")
+    parser.add_argument("--no-grow", action="store_true",
+                        help="train the target from scratch instead of growing it from the trained refiner")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         seed=args.seed, samples=args.samples, event_samples=args.event_samples, eval_samples=args.eval_samples, steps_scale=args.steps_scale,
         batch_scale=args.batch_scale, max_minutes=budgets, device=args.device, workers=args.workers,
-        data_dir=args.data_dir, progress=not args.quiet,
+        data_dir=args.data_dir, progress=not args.quiet, grow_target=not args.no_grow,
     )
     start = time.monotonic()
     summary = train_zoo(stages, settings, out=args.out, plot=args.plot)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -101,7 +102,7 @@ class ZooData:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = {} if self.events is None else {"events": self.events}
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: concurrent builders never collide
         np.savez(tmp, video=self.video, captions=np.asarray(self.captions),
                  geometry=np.asarray(json.dumps(self.geometry.to_dict())), **extra)
         tmp.replace(path)

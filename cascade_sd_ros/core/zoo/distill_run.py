@@ -58,10 +58,13 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
     """Distil ``students`` toward ``folders["target"]``; write target + students as a zoo at ``out``."""
     from cascade_sd_ros.core.zoo.pipeline import _bar, plot_losses, scaled_schedule
 
+    for stage in ("target", *students):
+        check_stage_folder(folders[stage], stage)  # fail before any work, naming the folder and file
     target_dir = folders["target"]
     teacher = _load_model(target_dir, "target").to(settings.device)
     tokenizer = load_tokenizer(target_dir)
     processor = VideoLlavaImageProcessor.from_pretrained(target_dir, local_files_only=True)
+    processors = {s: VideoLlavaImageProcessor.from_pretrained(folders[s], local_files_only=True) for s in students}
     meta = read_zoo_meta(target_dir)
     geometry = DataGeometry(**meta["geometry"]) if "geometry" in meta else DataGeometry()
     question = str(meta.get("question", DEFAULT_QUESTION))
@@ -90,8 +93,8 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
     for stage in students:
         student = _load_model(folders[stage], stage).to(settings.device)
         _check_size(train, student, folders[stage])
-        sb = StageBatcher(stage, student, tokenizer, processor, train, question, settings.device)
-        sb_held = StageBatcher(stage, student, tokenizer, processor, held, question, settings.device)
+        sb = StageBatcher(stage, student, tokenizer, processors[stage], train, question, settings.device)
+        sb_held = StageBatcher(stage, student, tokenizer, processors[stage], held, question, settings.device)
         held_distiller = Distiller(teacher, tb_held, student, sb_held, caps_held, pad, settings.weights)
         rows = np.arange(len(held))
         before = argmax_agreement(held_distiller, student, rows)
@@ -114,7 +117,7 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
                 "agreement_before": round(before, 4), "agreement_after": round(after, 4),
                 "final_loss": round(float(np.mean(result.losses[-50:])), 4)}
         old_meta = read_zoo_meta(folders[stage])
-        save_stage(out / stage, stage, student.cpu(), tokenizer, processor, geometry, question,
+        save_stage(out / stage, stage, student.cpu(), tokenizer, processors[stage], geometry, question,
                    extra={"train": old_meta.get("train", {}), "distill": {**info, "seed": settings.seed,
                                                                           "samples": len(train)}})
         summary["stages"][stage] = info

@@ -82,7 +82,7 @@ class Zoo:
     tokenizer: PreTrainedTokenizerBase
     prompt: str
     geometry: DataGeometry
-    processor: VideoLlavaImageProcessor
+    processors: dict[str, VideoLlavaImageProcessor]  # per stage: each folder's own pixel statistics
 
     def adapter(self, stage: Stage) -> HFAdapter:
         if stage not in STAGES:
@@ -100,10 +100,10 @@ class Zoo:
         """StageContext from uint8 pixels: the target takes [F, H, W, 3], refiner/drafter [H, W, 3]."""
         adapter = self.adapter(stage)
         if adapter.modality == "video":
-            values = preprocess_video(self.processor, pixels)  # [1, F, 3, S, S]
+            values = preprocess_video(self.processors[stage], pixels)  # [1, F, 3, S, S]
             ids = self.prompt_ids(stage, int(values.shape[1]), question)
         else:
-            values = preprocess_image(self.processor, pixels)  # [1, 3, S, S]
+            values = preprocess_image(self.processors[stage], pixels)  # [1, 3, S, S]
             ids = self.prompt_ids(stage, 1, question)
         return StageContext(ids, values, adapter.modality)
 
@@ -132,6 +132,6 @@ def load_zoo(root: str | Path | None = None, device: str | torch.device = "cpu",
     tokenizer = load_tokenizer(folders["target"])
     meta = read_zoo_meta(folders["target"])
     geometry = DataGeometry(**meta["geometry"]) if "geometry" in meta else DataGeometry()
-    processor = VideoLlavaImageProcessor.from_pretrained(folders["target"], local_files_only=True)
+    processors = {s: VideoLlavaImageProcessor.from_pretrained(folders[s], local_files_only=True) for s in STAGES}
     return Zoo(adapters["target"], adapters["refiner"], adapters["drafter"], tokenizer,
-               str(meta.get("question", DEFAULT_QUESTION)), geometry, processor)
+               str(meta.get("question", DEFAULT_QUESTION)), geometry, processors)

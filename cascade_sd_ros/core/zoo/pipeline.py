@@ -8,16 +8,21 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
-from cascade_sd_ros.core.spec.preprocess import make_image_processor
 from cascade_sd_ros.core.zoo.batches import StageBatcher
-from cascade_sd_ros.core.zoo.configs import DATA, SCHEDULES, STAGES, DataGeometry, Stage, TrainSchedule, build_model
+from cascade_sd_ros.core.zoo.configs import (
+    DATA, SCHEDULES, STAGES, DataGeometry, Stage, TrainSchedule, build_image_processor, build_model,
+)
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, ZooData, load_or_build
-from cascade_sd_ros.core.zoo.load import default_zoo_path
+from cascade_sd_ros.core.zoo.grow import grow_from
+from cascade_sd_ros.core.zoo.load import check_stage_folder, default_zoo_path
 from cascade_sd_ros.core.zoo.metrics import score_captions
 from cascade_sd_ros.core.zoo.save import save_stage
 from cascade_sd_ros.core.zoo.tokenizer import DEFAULT_QUESTION, build_tokenizer
 from cascade_sd_ros.core.zoo.training import TrainResult, greedy_captions, train_stage
+
+_ORDER: tuple[Stage, ...] = ("refiner", "drafter", "target")  # the target grows from the refiner
 
 __all__ = ["TrainSettings", "scaled_schedule", "load_datasets", "train_zoo", "plot_losses"]
 
@@ -39,6 +44,7 @@ class TrainSettings:
     data_dir: Path | None = Path("build/zoo-data")
     progress: bool = True
     geometry: DataGeometry = DATA
+    grow_target: bool = True  # start the target from the trained refiner (grow.py)
 
 
 def scaled_schedule(schedule: TrainSchedule, steps_scale: float, batch_scale: int) -> TrainSchedule:
@@ -101,16 +107,26 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
         raise ValueError(f"unknown stage(s) {bad}; expected some of {STAGES}")
     root = Path(out) if out is not None else default_zoo_path()
     tokenizer = build_tokenizer()
-    processor = make_image_processor(settings.geometry.image_size)
     datasets = load_datasets(settings, stages)
     held_out = datasets["held_out"]
     summary: dict[str, Any] = {"seed": settings.seed, "device": settings.device, "stages": {}}
     curves: dict[str, list[float]] = {}
-    for stage in stages:
+    trained: dict[str, PreTrainedModel] = {}
+    for stage in sorted(stages, key=_ORDER.index):
         train = datasets["events" if stage == "drafter" else "rgb"]
         torch.manual_seed(settings.seed * 1000 + STAGES.index(stage))
-        model = build_model(stage, tokenizer, settings.geometry).to(settings.device)
+        model = build_model(stage, tokenizer, settings.geometry)
+        grown_from = None
+        if stage == "target" and settings.grow_target:
+            source = trained.get("refiner") or _load_refiner(root / "refiner")
+            if source is None:
+                raise ValueError(f"growing the target needs a trained refiner (train it first, or it must be in "
+                                 f"{root / 'refiner'}); or pass --no-grow")
+            grow_from(source, model)
+            grown_from = "refiner"
+        model = model.to(settings.device)
         schedule = scaled_schedule(SCHEDULES[stage], settings.steps_scale, settings.batch_scale)
+        processor = build_image_processor(stage, settings.geometry)
         batcher = StageBatcher(stage, model, tokenizer, processor, train, device=settings.device)
         budget = None if settings.max_minutes is None else settings.max_minutes.get(stage)
         bar = _bar(schedule.steps, f"train {stage}", settings.progress)
@@ -136,15 +152,24 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
             "steps": result.steps, "planned_steps": schedule.steps, "stopped_early": result.stopped_early,
             "train_s": round(result.seconds, 1), "samples": len(train), "final_loss": round(float(np.mean(result.losses[-50:])), 4),
             "params": int(sum(p.numel() for p in model.parameters())), "held_out": score.as_dict(),
+            "grown_from": grown_from,
         }
         save_stage(root / stage, stage, model.cpu(), tokenizer, processor, settings.geometry, DEFAULT_QUESTION,
                    extra={"train": {**info, "seed": settings.seed, "device": settings.device,
                                     "batch_size": schedule.batch_size, "lr": schedule.lr}})
         summary["stages"][stage] = info
+        trained[stage] = model
     if plot is not None and curves:
         plot_losses(curves, plot)
         summary["plot"] = str(plot)
     return summary
+
+
+def _load_refiner(folder: Path) -> PreTrainedModel | None:
+    if not (folder / "config.json").is_file():
+        return None
+    check_stage_folder(folder, "refiner")
+    return LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
 
 
 def plot_losses(curves: dict[str, list[float]], path: Path, title: str = "zoo training loss") -> None:
