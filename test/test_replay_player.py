@@ -34,8 +34,9 @@ def _header(t_ns: int, frame: str) -> Any:
 
 
 def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frames: bool = True,
-                   storage: str = "sqlite3") -> dict[str, int]:
-    """Events (evt3, 10 CD events per packet), rgb8 frames, ground truth, optional bad records."""
+                   storage: str = "sqlite3", recorded_outputs: bool = False) -> dict[str, int]:
+    """Events (evt3, 10 CD events per packet), rgb8 frames, ground truth, optional bad records,
+    optionally a recorded /clock and a recorded cascade caption (as a robot's bag would hold)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
@@ -68,6 +69,15 @@ def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frame
                 w.write(im, t_ns, STORE.serialize_cdr(img, "sensor_msgs/msg/Image"))
         for k in range(corrupt):
             w.write(im, T0 + 5 * S // 10 + k, b"\x00\x01\x00\x00\xff")
+        if recorded_outputs:
+            clk = w.add_connection("/clock", "rosgraph_msgs/msg/Clock", typestore=STORE)
+            w.write(clk, T0 + 1, STORE.serialize_cdr(STORE.types["rosgraph_msgs/msg/Clock"](clock=_time(T0 + 1)),
+                                                     "rosgraph_msgs/msg/Clock"))
+            cap = w.add_connection("/cascade/caption", "cascade_sd_ros/msg/VerifiedCaption", typestore=STORE)
+            from test_replay_report import caption as make_caption
+
+            w.write(cap, T0 + 2, STORE.serialize_cdr(make_caption(1, T0, "recorded", [1]),
+                                                     "cascade_sd_ros/msg/VerifiedCaption"))
         if unknown:
             from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -82,9 +92,10 @@ def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frame
 
 def test_scan_reports_streams_unknown_types_corrupt_records_and_events(tmp_path: Path) -> None:
     bag = tmp_path / "in"
-    expected = write_test_bag(bag, corrupt=2, unknown=True)
+    expected = write_test_bag(bag, corrupt=2, unknown=True, recorded_outputs=True)
     scan = scan_bag(bag, parse_remaps(["/cam/events:=/event_camera/events"]))
     d = scan.to_dict()
+    assert list(d["skipped_topics"]) == ["/clock"]  # the player makes its own
     assert d["topics"]["/cam/events"]["published_as"] == "/event_camera/events"
     assert d["unknown_types"] == {"/mystery": "mystery_msgs/msg/Thing"}
     assert d["corrupt_records"] == {"/camera/image_raw": 2}
@@ -93,8 +104,9 @@ def test_scan_reports_streams_unknown_types_corrupt_records_and_events(tmp_path:
     assert (ev["off"], ev["on"], ev["packets"]) == (expected["off"], expected["on"], N_PACKETS)
     assert [s.caption for s in scan.scenes] == ["a red circle moves left"]
     records = list(iter_records(scan))
-    assert len(records) == 1 + N_PACKETS + N_FRAMES  # corrupt and unknown ones skipped
-    assert {r.topic for r in records} == {"/event_camera/events", "/camera/image_raw", "/ground_truth"}
+    assert len(records) == 1 + N_PACKETS + N_FRAMES + 1  # corrupt, unknown and /clock ones skipped
+    assert {r.topic for r in records} == {"/event_camera/events", "/camera/image_raw", "/ground_truth",
+                                          "/cascade/caption"}
     assert all(a.t_ns <= b.t_ns for a, b in zip(records, records[1:]))
 
 
@@ -189,7 +201,7 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
     from cascade_sd_ros.tools.replay import ReplaySettings, run_replay
 
     bag = tmp_path / "in"
-    write_test_bag(bag, corrupt=1, unknown=True, storage="mcap")
+    write_test_bag(bag, corrupt=1, unknown=True, storage="mcap", recorded_outputs=True)
     made: list[StandIn] = []
 
     def factory(context: Any, settings: Any) -> StandIn:
@@ -212,6 +224,9 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
                                        "/ground_truth": 1}
     assert doc["run"]["recorded_topics"] == ["/cascade/caption", "/cascade/drafts"]
     assert doc["input"]["unknown_types"] == {"/mystery": "mystery_msgs/msg/Thing"}
+    # The recorded caption is the cascade's output topic: not played over the live node.
+    assert set(doc["input"]["skipped_topics"]) == {"/clock", "/cascade/caption"}
+    assert "recorded" not in [r["caption"] for r in doc["rounds"]]
     # /clock drove the node's timer over the bag's 1.2 s: rounds at sim times T0 + k * 0.25 s.
     stamps = [r["stamp_ns"] for r in doc["rounds"]]
     assert len(stamps) == node.rounds >= 4

@@ -247,12 +247,18 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
         pipeline = make_pipeline(context, settings)
         if make_baseline is not None and settings.baseline:
             baseline = make_baseline(pipeline)
+        # A bag recorded on a robot may hold the cascade's own outputs: playing them would talk
+        # over the live nodes; the replay records fresh ones instead.
+        produced = {p.topic_name for node in pipeline.nodes for p in node.publishers}
+        for info in scan.topics.values():
+            if info.played and info.published_as in produced:
+                info.skip_reason = "an output of the cascade: the replay records its own"
         # Bag topics named otherwise than the nodes' inputs (a driver's /camera/image_raw vs the
         # nodes' image) are mapped by type where that is unambiguous; --remap always wins.
         guessed = auto_remaps(scan, node_inputs(pipeline.nodes), settings.remaps)
         for name, target in guessed.items():
             scan.topics[name].published_as = target
-        topics = {t.published_as: t.msgtype for t in scan.topics.values() if t.publishable}
+        topics = {t.published_as: t.msgtype for t in scan.topics.values() if t.played}
         player_node = PlayerNode(topics, echo=settings.rate is None, context=context)
         own_nodes.append(player_node)
         scheduler = Scheduler(start_bag_ns=scan.start_ns, rate=settings.rate, lookahead_ns=pipeline.lookahead_ns,

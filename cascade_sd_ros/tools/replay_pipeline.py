@@ -132,7 +132,7 @@ def auto_remaps(scan: BagScan, inputs: Mapping[str, set[str]], explicit: Mapping
     """
     remaps: dict[str, str] = {}
     for msgtype in AUTO_REMAP_TYPES:
-        bag_topics = [t for t in scan.topics.values() if t.msgtype == msgtype and t.publishable]
+        bag_topics = [t for t in scan.topics.values() if t.msgtype == msgtype and t.played]
         targets = sorted(inputs.get(msgtype, set()))
         if len(bag_topics) != 1 or len(targets) != 1:
             continue

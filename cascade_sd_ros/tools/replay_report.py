@@ -263,8 +263,10 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
 
     lines += ["## Input", "", f"Duration {_fmt(inp.get('duration_s'), 2)} s.", "",
               "| topic | type | published as | records | corrupt |", "|---|---|---|---|---|"]
+    skipped = inp.get("skipped_topics") or {}
     for name, t in (inp.get("topics") or {}).items():
-        pub = t["published_as"] if t.get("publishable") else "(skipped: type unknown here)"
+        pub = (t["published_as"] if t.get("played", t.get("publishable")) else
+               f"(skipped: {skipped[name]})" if name in skipped else "(skipped: type unknown here)")
         lines.append(f"| {name} | {t['type']} | {pub} | {t['count']} | {t['corrupt']} |")
     missing = inp.get("missing_streams") or {}
     if missing:

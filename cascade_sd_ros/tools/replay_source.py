@@ -65,6 +65,11 @@ class TopicInfo:
     count: int = 0  # records in the bag
     corrupt: int = 0  # records that failed to deserialise (skipped)
     publishable: bool = True  # known type the middleware can publish
+    skip_reason: str = ""  # why a publishable topic is not played (empty: it is)
+
+    @property
+    def played(self) -> bool:
+        return self.publishable and not self.skip_reason
 
 
 @dataclass
@@ -86,7 +91,7 @@ class BagScan:
 
     def streams_present(self) -> dict[str, list[str]]:
         """Stream name -> published topic names carrying it."""
-        return {s: [t.published_as for t in self.topics.values() if t.msgtype == ty and t.publishable and t.count > t.corrupt]
+        return {s: [t.published_as for t in self.topics.values() if t.msgtype == ty and t.played and t.count > t.corrupt]
                 for s, ty in STREAMS.items()}
 
     def missing_streams(self) -> list[str]:
@@ -95,6 +100,10 @@ class BagScan:
     def unknown_types(self) -> dict[str, str]:
         """Recorded topic -> type, for types this replay cannot publish (skipped)."""
         return {t.name: t.msgtype for t in self.topics.values() if not t.publishable}
+
+    def skipped_topics(self) -> dict[str, str]:
+        """Recorded topic -> why it is not played although its type is known."""
+        return {t.name: t.skip_reason for t in self.topics.values() if t.publishable and t.skip_reason}
 
     def corrupt_records(self) -> dict[str, int]:
         return {t.name: t.corrupt for t in self.topics.values() if t.corrupt}
@@ -106,10 +115,12 @@ class BagScan:
             "end_ns": self.end_ns,
             "duration_s": self.duration_ns / 1e9,
             "topics": {t.name: {"type": t.msgtype, "published_as": t.published_as, "count": t.count,
-                                "corrupt": t.corrupt, "publishable": t.publishable} for t in self.topics.values()},
+                                "corrupt": t.corrupt, "publishable": t.publishable, "played": t.played}
+                       for t in self.topics.values()},
             "streams": self.streams_present(),
             "missing_streams": {s: STREAM_ROLE[s] for s in self.missing_streams()},
             "unknown_types": self.unknown_types(),
+            "skipped_topics": self.skipped_topics(),
             "corrupt_records": self.corrupt_records(),
             "storage_error": self.storage_error,
             "scenes": [{"index": s.index, "start_ns": s.start_ns, "end_ns": s.end_ns, "caption": s.caption,
@@ -165,6 +176,8 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
             if conn.topic not in topics:
                 topics[conn.topic] = TopicInfo(conn.topic, remaps.get(conn.topic, conn.topic), conn.msgtype,
                                                publishable=_publishable(conn.msgtype, store))
+                if conn.msgtype == CLOCK_TYPE:
+                    topics[conn.topic].skip_reason = "a recorded clock: the player publishes /clock itself"
         publishable = [c for c in reader.connections if topics[c.topic].publishable]
         for c in reader.connections:
             if not topics[c.topic].publishable:
@@ -230,10 +243,10 @@ class Record:
 
 
 def iter_records(scan: BagScan) -> Iterator[Record]:
-    """The bag's publishable, intact records in recorded order (those scan_bag found corrupt skipped)."""
+    """The bag's played, intact records in recorded order (those scan_bag found corrupt skipped)."""
     seen: dict[str, int] = {}
     with _open(scan.path) as reader:
-        conns = [c for c in reader.connections if scan.topics[c.topic].publishable]
+        conns = [c for c in reader.connections if scan.topics[c.topic].played]
         try:
             for conn, t_ns, raw in reader.messages(connections=conns):
                 index = seen.get(conn.topic, 0)
