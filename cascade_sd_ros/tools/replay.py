@@ -447,6 +447,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"missing stream {stream}: {why}", file=sys.stderr)
     for topic, msgtype in inp["unknown_types"].items():
         print(f"skipped {topic}: unknown message type {msgtype}", file=sys.stderr)
+    for topic, why in inp["skipped_topics"].items():
+        print(f"not played {topic}: {why}", file=sys.stderr)
     for topic, n in inp["corrupt_records"].items():
         print(f"skipped {n} corrupt record(s) on {topic}", file=sys.stderr)
     print(f"{summ['rounds']} rounds; report in {result.out_dir / 'report.md'}; outputs in {result.output_bag}")
