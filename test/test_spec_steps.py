@@ -281,6 +281,7 @@ def test_round_statistics_are_consistent(tm: TinyModels, ref: list[int]) -> None
     assert res.token_ids == ref
     assert sum(r.committed for r in st.rounds) == len(ref)
     assert st.target_forwards == len(st.rounds)  # one target forward per round (prefix already prefilled)
+    assert all(r.target_forwards == 1 for r in st.rounds)
     for i, s in enumerate(st.stages[:-1]):
         assert s.drafted == sum(r.drafted[i] for r in st.rounds) and 0 <= s.accepted <= s.drafted
     assert all(len(r.wall_s) == 3 for r in st.rounds) and st.wall_s > 0

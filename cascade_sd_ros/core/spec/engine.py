@@ -74,6 +74,7 @@ class RoundStats:
     committed: int
     gamma: tuple[int, ...]
     wall_s: tuple[float, ...]  # per stage
+    target_forwards: int
 
 
 @dataclass
@@ -211,6 +212,7 @@ class CascadeDecoder:
             drafted = [0] * last
             accepted = [0] * last
             gammas = tuple(c.gamma for c in self.controllers)
+            target_forwards0 = int(getattr(self.stages[last], "forwards", 0))
             draft: list[int] = []
             q: torch.Tensor | None = None
             src = -1  # stage whose draft is current (-1: none)
@@ -277,7 +279,10 @@ class CascadeDecoder:
                     self.controllers[i].observe_cost(walls[i] / drafted[i], walls[checker[i]])
             for i, w in enumerate(walls):
                 stats.stages[i].wall_s += w
-            stats.rounds.append(RoundStats(tuple(drafted), tuple(accepted), len(res.token_ids), gammas, tuple(walls)))
+            stats.rounds.append(RoundStats(
+                tuple(drafted), tuple(accepted), len(res.token_ids), gammas, tuple(walls),
+                int(getattr(self.stages[last], "forwards", 0)) - target_forwards0,
+            ))
         stats.wall_s = time.perf_counter() - t_start
         for i, s in enumerate(self.stages):
             stats.stages[i].forwards = int(getattr(s, "forwards", 0)) - forwards0[i]
