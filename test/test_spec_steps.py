@@ -73,6 +73,15 @@ def test_placeholder_expansion_matches_the_model(tm: TinyModels) -> None:
         expand_placeholder([1, 2, 3], 47, 5)
 
 
+def test_placeholder_counts_of_the_real_video_llava_7b_config() -> None:
+    """Video-LLaVA-7B-hf: CLIP ViT-L/14 at 224 px -> 256 patches; its config says 2056 video positions."""
+    from transformers import VideoLlavaConfig  # noqa: PLC0415
+
+    cfg = VideoLlavaConfig()  # defaults are the 7B checkpoint's
+    assert media_token_count(cfg, "video", 8) == cfg.video_seq_length == 2056
+    assert media_token_count(cfg, "image") == cfg.image_seq_length == 256
+
+
 def test_prefill_rejects_wrong_placeholder_count_and_modality(tm: TinyModels) -> None:
     ctx = tm.make_contexts(1).target
     video_id = tm.target.model.config.video_token_index
