@@ -229,8 +229,11 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
     warm = setup.prompts[0]
     hf_generate(t, warm.target, 4)
     hf_generate(t, warm.target, 4, a)
-    for make, ctxs in engines.values():
-        make().generate(ctxs(warm), 4)
+    # one decoder per method for the whole run: its draft-length controllers keep what they learned
+    # across captions, as transformers' "heuristic" schedule does for the assistant
+    decoders = {name: make() for name, (make, _) in engines.items()}
+    for name, (_, ctxs) in engines.items():
+        decoders[name].generate(ctxs(warm), 4)
     for _ in range(reps):
         for p in setup.prompts:  # methods interleaved per prompt: load swings hit all alike
             _sync(t.device)
@@ -245,8 +248,8 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
             runs[ASSISTED].seconds += time.perf_counter() - t0
             runs[ASSISTED].tokens += len(out)
             runs[ASSISTED].equal &= out == ref
-            for name, (make, ctxs) in engines.items():
-                decoder = make()
+            for name, (_, ctxs) in engines.items():
+                decoder = decoders[name]
                 t0 = time.perf_counter()
                 res = decoder.generate(ctxs(p), max_new)
                 _sync(t.device)
