@@ -325,6 +325,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
             "unmatched_topics": unmatched,
             "node_inputs_not_in_bag": unfed,
             "recorded_topics": [o.name for o in outputs],
+            "recording_errors": recorder_node.errors,
             "versions": _versions(),
             **pipeline.info,
         }

@@ -103,6 +103,7 @@ class RecorderNode(Node):
         self._clock_ns = clock_ns
         self._on_message = on_message
         self.outputs = outputs
+        self.errors = 0  # outputs that could not be recorded or tracked
         self._subs = []
         for out in outputs:
             if out.msgtype not in bag._store.types:
@@ -119,7 +120,13 @@ class RecorderNode(Node):
 
     def _callback(self, topic: str, msgtype: str) -> Callable[[bytes], None]:
         def record(raw: bytes) -> None:
-            self._bag.write(topic, msgtype, self._clock_ns(), raw)
-            if self._on_message is not None:
-                self._on_message(topic, msgtype, raw)
+            # An exception escaping a callback would end the executor's spin and stall the replay:
+            # count it, log it (throttled), and keep recording.
+            try:
+                self._bag.write(topic, msgtype, self._clock_ns(), raw)
+                if self._on_message is not None:
+                    self._on_message(topic, msgtype, raw)
+            except Exception as exc:  # noqa: BLE001 -- see above
+                self.errors += 1
+                self.get_logger().error(f"recording {topic} failed: {exc}", throttle_duration_sec=5.0)
         return record
