@@ -31,7 +31,7 @@ def test_bad_arguments_exit_2_with_a_message(argv: list[str], message: str, caps
 
 
 def test_demo_json_on_tiny_models(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--scenes", "2", "--models", "tiny:0", "--json", "--seed", "3"]) == 0
+    assert main(["demo", "--scenes", "2", "--models", "tiny:0", "--json", "--seed", "3", "--fast"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["scenes"]) == 2
     for scene in out["scenes"]:
@@ -41,6 +41,9 @@ def test_demo_json_on_tiny_models(capsys: pytest.CaptureFixture[str]) -> None:
         assert set(scene["acceptance"]) == {"drafter", "refiner"}
         assert scene["latency_ms"] > 0
     assert out["speedup"] is not None and out["speedup"] > 0
+    assert out["tokens_per_verifier_step"] >= 1.0
+    for scene in out["scenes"]:
+        assert set(scene["verifier_ms"]) == {"prefill", "verify", "draft_wait", "alone"}
 
 
 def test_demo_text_output(capsys: pytest.CaptureFixture[str]) -> None:

@@ -158,6 +158,7 @@ class _UpstreamWorker(_Worker):
         self._loaded: tuple[int, int] | None = None  # (round_id, t_ns) whose context the adapter holds
         self._input: StageInput | None = None
         self.drafts_published = 0
+        self.rounds_seen = 0
 
     def _work_item(self) -> tuple[RoundRecord, list[int], int] | None:
         """(round, speculated prefix, commit_seq) to extend now, or None (nothing to do)."""
@@ -184,6 +185,7 @@ class _UpstreamWorker(_Worker):
         if inp.pixels is not None:
             self.model.adapter.prefill(self.model.context(inp.pixels, rec.question))
         self._loaded, self._input = key, inp
+        self.rounds_seen += 1
         return inp
 
     def _record(self, rec: RoundRecord, prefix: list[int], draft: Draft) -> None:
@@ -232,16 +234,20 @@ class DrafterWorker(_UpstreamWorker):
 class RefinerWorker(_UpstreamWorker):
     def __init__(self, book: RoundBook, model: StageModel, resolve: Resolver,
                  publish: Callable[[RoundRecord, Draft], None], *, rules: ModeRules, gamma: int,
-                 max_ahead: int, max_new_tokens: int, max_wait_s: float, upstream_wait_s: float) -> None:
+                 max_ahead: int, max_new_tokens: int, max_wait_s: float, upstream_wait_s: float,
+                 liveness_s: float = 5.0) -> None:
         super().__init__("frame_refiner", book, model, resolve, publish, gamma, max_ahead, max_new_tokens, max_wait_s)
         if upstream_wait_s < 0:
             raise ValueError(f"upstream_wait_s must be >= 0, got {upstream_wait_s}")
         self.rules = rules
         self.upstream_wait_s = upstream_wait_s
+        self.liveness_s = liveness_s
 
     def _upstream(self, rec: RoundRecord, prefix: list[int], wait: bool) -> tuple[Draft, list[int]] | None:
         """A stage-0 draft continuing ``prefix``, waiting up to ``upstream_wait`` unless the drafter
         already missed a wait this round (then it is not waited for until it delivers again)."""
+        if self.rounds_seen > 1 and self.book.silent_stages([STAGE_DRAFTER], self.liveness_s):
+            rec.stalled.add(STAGE_DRAFTER)  # silent for a while: do not hold every round for it
         wait = wait and STAGE_DRAFTER not in rec.stalled
         deadline = time.monotonic() + (self.upstream_wait_s if wait else 0.0)
         with self.book.changed:
@@ -321,6 +327,7 @@ class VerifierWorker(_Worker):
         use_stages: tuple[int, ...] = (STAGE_REFINER, STAGE_DRAFTER),
         seed: int = 0,
         max_pending: int = 4,
+        liveness_s: float = 5.0,
     ) -> None:
         super().__init__("video_verifier", book)
         if max_new_tokens < 1 or draft_wait_s < 0 or max_wait_s < 0 or max_pending < 1:
@@ -335,6 +342,7 @@ class VerifierWorker(_Worker):
         self.use_stages = use_stages
         self.seed = seed
         self.max_pending = max_pending
+        self.liveness_s = liveness_s
         self.rounds_done = 0
         self.rounds_dropped = 0
         self.rounds_degraded = 0
@@ -432,6 +440,10 @@ class VerifierWorker(_Worker):
         t0 = time.perf_counter()
         adapter.prefill(self.model.context(inp.pixels, rec.question))
         rec.prefill_ms = (time.perf_counter() - t0) * 1e3
+        if self.rounds_done:
+            # stages silent for a while cost no wait at all; a draft from them revives them
+            with self.book.lock:
+                rec.stalled |= self.book.silent_stages(self.use_stages, self.liveness_s) - rec.stages_seen
         generator = torch.Generator(device=adapter.device).manual_seed((self.seed * 1_000_003 + rec.round_id) % (2**63))
         reasons = [inp.degraded_reason] if inp.degraded_reason else []
         while self._alive(rec):

@@ -138,6 +138,7 @@ class RoundBook:
         self.evicted = 0
         self.drafts_dropped = 0
         self.resets = 0
+        self.last_draft_wall_s: dict[int, float] = {}  # stage -> when its last draft came (any round)
 
     def __len__(self) -> int:
         with self.lock:
@@ -217,6 +218,7 @@ class RoundBook:
             rec.drafts.append(draft)
             rec.stalled.discard(draft.stage)
             rec.stages_seen.add(draft.stage)
+            self.last_draft_wall_s[draft.stage] = draft.received_wall_s
             if len(rec.drafts) > self.max_drafts_per_round:
                 del rec.drafts[0]
                 self.drafts_dropped += 1
@@ -259,6 +261,13 @@ class RoundBook:
                     continue
                 return r
             return None
+
+    def silent_stages(self, stages: Sequence[int], within_s: float, now_s: float | None = None) -> set[int]:
+        """Stages that sent no draft in the last ``within_s`` seconds: not worth waiting for at the
+        start of a round (a stage never heard from counts as silent)."""
+        now = time.monotonic() if now_s is None else now_s
+        with self.lock:
+            return {s for s in stages if now - self.last_draft_wall_s.get(s, -float("inf")) > within_s}
 
     def forget(self, round_id: int) -> None:
         with self.lock:

@@ -62,6 +62,7 @@ PARAMS: tuple[Param, ...] = (
     Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
     Param("upstream_wait", 0.05, "[s] wait at most this long for a drafter draft before drafting alone", 0.0, 10.0),
+    Param("stage_liveness", 5.0, "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
     Param("frame_offset", 0.0, "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
 )
@@ -90,6 +91,7 @@ class RefinerConfig:
     slop_ns: int
     max_wait_s: float
     upstream_wait_s: float
+    liveness_s: float
     frame_offset_ns: int
     frame_buffer: int
 
@@ -102,7 +104,7 @@ class RefinerConfig:
             jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
             frame_id=p["frame_id"], rules=rules_from_params(p), gamma=p["gamma"], lookahead=p["lookahead"],
             slop_ns=seconds_to_ns(p["slop"], "slop"), max_wait_s=float(p["max_wait"]),
-            upstream_wait_s=float(p["upstream_wait"]),
+            upstream_wait_s=float(p["upstream_wait"]), liveness_s=float(p["stage_liveness"]),
             frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
         )
 
@@ -152,7 +154,7 @@ class FrameRefiner(Node):
         self.worker = RefinerWorker(
             self.book, self.model, self._resolve, self._publish, rules=self.cfg.rules, gamma=self.cfg.gamma,
             max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
-            max_wait_s=self.cfg.max_wait_s, upstream_wait_s=self.cfg.upstream_wait_s,
+            max_wait_s=self.cfg.max_wait_s, upstream_wait_s=self.cfg.upstream_wait_s, liveness_s=self.cfg.liveness_s,
         )
         self.worker.start()
 

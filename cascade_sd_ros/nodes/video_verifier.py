@@ -88,6 +88,7 @@ PARAMS: tuple[Param, ...] = (
     Param("slop", 0.02, "[s] frames this far outside the clip window still count", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the clip's frames", 0.0, 60.0),
     Param("draft_wait", 0.1, "[s] wait at most this long for a draft before decoding alone", 0.0, 10.0),
+    Param("stage_liveness", 5.0, "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
     Param("frame_offset", 0.0, "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
     Param("use_drafts", "both", "which drafts to verify: both (refiner preferred), refiner, drafter, none"),
@@ -115,6 +116,7 @@ class VerifierConfig:
     slop_ns: int
     max_wait_s: float
     draft_wait_s: float
+    liveness_s: float
     frame_offset_ns: int
     frame_buffer: int
     use_drafts: tuple[int, ...]
@@ -134,6 +136,7 @@ class VerifierConfig:
             frame_id=p["frame_id"], rules=rules_from_params(p), frames=p["frames"],
             clip_ns=seconds_to_ns(p["clip_duration"], "clip_duration"), slop_ns=seconds_to_ns(p["slop"], "slop"),
             max_wait_s=float(p["max_wait"]), draft_wait_s=float(p["draft_wait"]),
+            liveness_s=float(p["stage_liveness"]),
             frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
             use_drafts=USE_DRAFTS[p["use_drafts"]], max_pending=p["max_pending_rounds"],
             estimate_offset=bool(p["estimate_offset"]), publish_overlay=bool(p["publish_overlay"]), seed=p["seed"],
@@ -212,7 +215,7 @@ class VideoVerifier(Node):
             self.book, self.model, self._resolve, self._emit, rules=self.cfg.rules,
             max_new_tokens=self.cfg.max_new_tokens, draft_wait_s=self.cfg.draft_wait_s,
             max_wait_s=self.cfg.max_wait_s, use_stages=self.cfg.use_drafts, seed=self.cfg.seed,
-            max_pending=self.cfg.max_pending,
+            max_pending=self.cfg.max_pending, liveness_s=self.cfg.liveness_s,
         )
         self.worker.start()
 

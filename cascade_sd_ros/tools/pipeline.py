@@ -131,12 +131,15 @@ class SensorPlayer(Node):
         return False
 
     def play(self, scene: Any, *, event_offset_ns: int, skip_frames: bool = False, skip_events: bool = False,
-             pause_every: int = 50, pause_s: float = 0.002) -> None:
+             rate: float | None = None, pause_every: int = 50, pause_s: float = 0.002) -> None:
         """Publish ``scene`` (a :class:`~cascade_sd_ros.core.synth.stream.SceneData`).
 
-        Messages go out in world-time order (event stamps minus the event clock offset); a short
-        pause every ``pause_every`` messages keeps bursts within the subscribers' queues.
+        Messages go out in world-time order (event stamps minus the event clock offset). ``rate``
+        paces them like the sensors would (1.0: real time, from the scene's first message); None
+        sends them as fast as the subscribers' queues allow (a short pause every ``pause_every``).
         """
+        if rate is not None and not rate > 0:
+            raise ValueError(f"rate must be > 0 (or None for as fast as possible), got {rate}")
         from cascade_sd_ros.ros.image import numpy_to_image
 
         items: list[tuple[int, int, Any]] = []
@@ -145,7 +148,13 @@ class SensorPlayer(Node):
         if not skip_frames:
             items += [(f.stamp_ns, 1, f) for f in scene.frames]
         items.sort(key=lambda x: (x[0], x[1]))
-        for i, (_, kind, item) in enumerate(items):
+        start_wall = time.monotonic()
+        for i, (t_world, kind, item) in enumerate(items):
+            if rate is not None:
+                due = start_wall + (t_world - items[0][0]) / 1e9 / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             if kind == 0:
                 self.pub_events.publish(packet_msg(item))
             else:
@@ -154,7 +163,7 @@ class SensorPlayer(Node):
                 img.header.frame_id = "camera"
                 self.pub_image.publish(img)
             self.published += 1
-            if pause_every and i % pause_every == pause_every - 1:
+            if rate is None and pause_every and i % pause_every == pause_every - 1:
                 time.sleep(pause_s)
 
 
@@ -347,6 +356,7 @@ def play_scenes(
     skip_frames: bool = False,
     skip_events: bool = False,
     first: int = 0,
+    rate: float | None = None,
 ) -> dict[int, Any]:
     """Play ``scenes`` (scene indices ``first``, ``first + 1``, ...) scene by scene, keeping one round
     in flight: playing scene ``i`` completes round ``i - 1``'s inputs, so the last scene played is a
@@ -355,7 +365,8 @@ def play_scenes(
         raise ValueError("play_scenes needs the pipeline's caption collector")
     out: dict[int, Any] = {}
     for i, scene in enumerate(scenes, start=first):
-        player.play(scene, event_offset_ns=rounds.event_offset_ns, skip_frames=skip_frames, skip_events=skip_events)
+        player.play(scene, event_offset_ns=rounds.event_offset_ns, skip_frames=skip_frames, skip_events=skip_events,
+                    rate=rate)
         if i == 0:
             continue
         rid = rounds.round_ids[i - 1]

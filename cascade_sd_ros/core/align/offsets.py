@@ -72,13 +72,15 @@ class OffsetEstimator:
         self.min_intervals = min_intervals
         self.exclusion_ns = exclusion_ns
         self._lock = threading.Lock()
-        self._bins: dict[int, int] = {}
+        self._chunks: deque[tuple[np.ndarray, np.ndarray]] = deque()  # (bin index, count) per add_events
+        self._newest_bin: int | None = None
         self._intervals: deque[tuple[int, int, float]] = deque()
         self._prev: tuple[int, np.ndarray] | None = None
 
     def reset(self) -> None:
         with self._lock:
-            self._bins.clear()
+            self._chunks.clear()
+            self._newest_bin = None
             self._intervals.clear()
             self._prev = None
 
@@ -87,13 +89,14 @@ class OffsetEstimator:
         if len(t_ns) == 0:
             return
         idx, counts = np.unique(np.asarray(t_ns, dtype=np.int64) // self.bin_ns, return_counts=True)
+        # O(packet): one small array pair per call, old ones dropped whole once past the horizon
         with self._lock:
-            for i, c in zip(idx.tolist(), counts.tolist()):
-                self._bins[i] = self._bins.get(i, 0) + c
-            newest = max(self._bins)
+            self._chunks.append((idx, counts))
+            newest = int(idx[-1]) if self._newest_bin is None else max(self._newest_bin, int(idx[-1]))
+            self._newest_bin = newest
             cutoff = newest - self.horizon_ns // self.bin_ns
-            if min(self._bins) < cutoff:
-                self._bins = {k: v for k, v in self._bins.items() if k >= cutoff}
+            while self._chunks and int(self._chunks[0][0][-1]) < cutoff:
+                self._chunks.popleft()
 
     def add_frame(self, t_ns: int, image: np.ndarray) -> None:
         """A frame on its own clock, frames in stamp order (an older one restarts the difference)."""
@@ -112,14 +115,14 @@ class OffsetEstimator:
     def estimate(self) -> OffsetEstimate | None:
         """The best offset so far, or None without enough motion or overlap to say."""
         with self._lock:
-            if len(self._intervals) < self.min_intervals or not self._bins:
+            if len(self._intervals) < self.min_intervals or not self._chunks:
                 return None
             iv = np.array([(a, b) for a, b, _ in self._intervals], dtype=np.int64)  # [I, 2]
             energy = np.array([e for _, _, e in self._intervals], dtype=np.float64)  # [I]
-            lo_bin, hi_bin = min(self._bins), max(self._bins)
-            dense = np.zeros(hi_bin - lo_bin + 1, dtype=np.float64)
-            for k, v in self._bins.items():
-                dense[k - lo_bin] = v
+            idx = np.concatenate([c[0] for c in self._chunks])
+            cnt = np.concatenate([c[1] for c in self._chunks])
+        lo_bin, hi_bin = int(idx.min()), int(idx.max())
+        dense = np.bincount(idx - lo_bin, weights=cnt, minlength=hi_bin - lo_bin + 1).astype(np.float64)
         if energy.std() == 0.0:
             return None
         cum = np.concatenate([[0.0], np.cumsum(dense)])  # cum[j] = events in bins < lo_bin + j
