@@ -85,7 +85,8 @@ class MethodRun:
 
 # ------------------------------------------------------------------ models
 def video_shell(source: LlavaForConditionalGeneration | VideoLlavaForConditionalGeneration,
-                target: VideoLlavaForConditionalGeneration, layers: int | None = None) -> VideoLlavaForConditionalGeneration:
+                target: VideoLlavaForConditionalGeneration,
+                layers: int | None = None) -> VideoLlavaForConditionalGeneration:
     """A VideoLlava with `source`'s weights (vision tower copied to image and video towers).
 
     `layers`: keep only the first decoder layers (a truncated copy when `source` is the target).
@@ -208,8 +209,10 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
     t, r, d, a = setup.target, setup.refiner, setup.drafter, setup.assistant
     engines: dict[str, tuple[Callable[[], CascadeDecoder], Callable[[Prompt], list[StageContext]]]] = {
         "engine target-only": (lambda: CascadeDecoder([t]), lambda p: [p.target]),
-        "engine 2-stage (same assistant)": (lambda: CascadeDecoder([a, t], gamma=gamma), lambda p: [p.target, p.target]),
-        "engine 2-stage (event drafter)": (lambda: CascadeDecoder([d, t], gamma=gamma), lambda p: [p.drafter, p.target]),
+        "engine 2-stage (same assistant)": (lambda: CascadeDecoder([a, t], gamma=gamma),
+                                            lambda p: [p.target, p.target]),
+        "engine 2-stage (event drafter)": (lambda: CascadeDecoder([d, t], gamma=gamma),
+                                           lambda p: [p.drafter, p.target]),
         "engine 3-stage": (lambda: CascadeDecoder([d, r, t], gamma=(gamma, gamma + 1)),
                            lambda p: [p.drafter, p.refiner, p.target]),
         # lossy modes: they report what they traded (tokens accepted that the exact rule would reject)
@@ -316,7 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--models zoo: no trained zoo weights under {args.zoo_root or 'cascade_sd_ros/zoo'} "
                      "(train them, or use --models random)")
     t_start = time.perf_counter()
-    setup = setup_zoo(n_prompts, args.device, args.zoo_root) if kind == "zoo" else setup_random(n_prompts, args.quick, args.device)
+    if kind == "zoo":
+        setup = setup_zoo(n_prompts, args.device, args.zoo_root)
+    else:
+        setup = setup_random(n_prompts, args.quick, args.device)
     methods = run(setup, max_new, args.gamma, args.reps)
     ks = (1, 2, 4, 8) if args.quick else (1, 2, 4, 8, 16)
     c_k = verify_cost_ratio(setup.target, setup.prompts[0].target, ks, reps=5 if args.quick else 20)

@@ -274,7 +274,7 @@ def test_draft_length_controller_follows_acceptance() -> None:
     for _ in range(4):
         seen.append(off.gamma)
         off.update(off.gamma, 0)
-    assert seen == [0, 0, 0, 1]  # then one probe token after probe_every idle rounds  # one probe token after probe_every idle rounds
+    assert seen == [0, 0, 0, 1]  # then one probe token after probe_every idle rounds
     fixed = DraftLengthController(5, adaptive=False)
     fixed.update(5, 0)
     assert fixed.gamma == 5

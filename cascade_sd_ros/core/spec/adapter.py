@@ -253,7 +253,9 @@ class HFAdapter:
     def _check_ids(self, ids: Sequence[int], what: str) -> None:
         for t in ids:
             if not 0 <= int(t) < self._vocab_size:
-                raise ValueError(f"adapter {self.name!r}: {what} token id {t} outside vocabulary [0, {self._vocab_size})")
+                raise ValueError(
+                    f"adapter {self.name!r}: {what} token id {t} outside vocabulary [0, {self._vocab_size})"
+                )
 
     # ----------------------------------------------------------------- public API
     @torch.inference_mode()

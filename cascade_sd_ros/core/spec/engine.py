@@ -112,7 +112,8 @@ def _level_rules(
         # taus[0]: draft -> qualifier levels; taus[-1]: the last level (-> target)
         return [LevelRule("fuzzy", tau=float(taus[0] if i < n_levels - 1 else taus[-1])) for i in range(n_levels)]
     if mode == "cascade":
-        return [LevelRule("cascade", temperature=temperature, deferral=deferral, alpha=alpha)] * n_levels  # type: ignore[arg-type]
+        rule = LevelRule("cascade", temperature=temperature, deferral=deferral, alpha=alpha)  # type: ignore[arg-type]
+        return [rule] * n_levels
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
