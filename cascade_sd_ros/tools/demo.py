@@ -90,6 +90,9 @@ class SceneResult:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would bury the captions
     try:
         sources = _model_sources(args)
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())

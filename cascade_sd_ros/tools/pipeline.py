@@ -239,12 +239,13 @@ class Pipeline:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
+        for node in everyone:  # first: no new callbacks get scheduled for nodes about to go
+            self.executor.remove_node(node)
         self.executor.shutdown(timeout_sec=5.0)
         if self._spin is not None:
             self._spin.join(timeout=5.0)
             self._spin = None
         for node in everyone:
-            self.executor.remove_node(node)
             node.destroy_node()
         self.nodes = []
         self.collector = None
