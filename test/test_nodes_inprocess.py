@@ -62,7 +62,8 @@ def alone() -> Any:
     return load_stage_model(TINY["target"], "target")
 
 
-def _config(stages: tuple[str, ...] = ("drafter", "refiner", "verifier"), **verifier: Any) -> tuple[PipelineConfig, Any]:
+def _config(stages: tuple[str, ...] = ("drafter", "refiner", "verifier"),
+            **verifier: Any) -> tuple[PipelineConfig, Any]:
     rounds = scene_rounds(_stream(N_SCENES))
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": MAX_NEW}
@@ -151,7 +152,8 @@ def _diagnostics(context: Any, seconds: float) -> dict[str, Any]:
 
     node = Node("diag_listener", context=context)
     seen: dict[str, Any] = {}
-    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: seen.update({s.name: s for s in m.status}), DIAGNOSTICS_QOS)
+    node.create_subscription(DiagnosticArray, "/diagnostics",
+                             lambda m: seen.update({s.name: s for s in m.status}), DIAGNOSTICS_QOS)
     ex = SingleThreadedExecutor(context=context)
     ex.add_node(node)
     deadline = time.monotonic() + seconds
@@ -193,7 +195,8 @@ def test_no_input_at_all_reports_degraded_without_stalling(make_run, rclpy_conte
     assert run.pipeline.collector.finals == {}
 
 
-def test_malformed_messages_are_counted_skipped_and_service_continues(make_run, scenes, alone, rclpy_context) -> None:  # noqa: ANN001
+def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: ANN001
+        make_run, scenes, alone, rclpy_context) -> None:
     from cascade_sd_ros.msg import DraftTokens
     from rclpy.node import Node
     from sensor_msgs.msg import Image
@@ -226,7 +229,7 @@ def test_malformed_messages_are_counted_skipped_and_service_continues(make_run, 
             images.append(m)
         for m in images:
             pub_img.publish(m)
-        empty = packet_msg(scenes[0].packets[0] if scenes[0].packets else next(s for s in scenes if s.packets).packets[0])
+        empty = packet_msg(next(s for s in scenes if s.packets).packets[0])
         empty.events = b""
         run.player.pub_events.publish(empty)
         d = DraftTokens()

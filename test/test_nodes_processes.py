@@ -96,7 +96,8 @@ def test_three_processes_give_the_verifier_alone_captions(rclpy_context: Any, pr
             for f in scene.frames:
                 frames.insert(f.stamp_ns, f.image)
             if i:
-                assert collector.wait_final(round_id=rounds.round_ids[i - 1], timeout_s=60), f"scene {i - 1}: no caption"
+                got = collector.wait_final(round_id=rounds.round_ids[i - 1], timeout_s=60)
+                assert got, f"scene {i - 1}: no caption"
                 finals[i - 1] = collector.finals[rounds.round_ids[i - 1]]
         for i, msg in finals.items():
             end = rounds.round_ids[i] - OFFSET_NS  # the round's T on the RGB clock

@@ -41,7 +41,8 @@ class Harness:
         self.updates: list[CaptionUpdate] = []
         self.done = threading.Event()
         self.workers: list[Any] = []
-        self.verifier = VerifierWorker(self.vbook, stages["target"], lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1),
+        clip = StageInput(FRAMES, skew_ns=0, span_ns=1)
+        self.verifier = VerifierWorker(self.vbook, stages["target"], lambda r, g: clip,
                                        self._emit, rules=self.rules, max_new_tokens=MAX_NEW,
                                        draft_wait_s=kw.get("draft_wait_s", 0.2), max_wait_s=0.5,
                                        use_stages=kw.get("use_stages", (1, 0)))
@@ -129,7 +130,8 @@ def test_other_modes_run_and_say_what_they_are(stages: dict[str, Any], mode: str
 def test_no_frames_gives_an_empty_degraded_final(stages: dict[str, Any]) -> None:
     book = RoundBook()
     out: list[CaptionUpdate] = []
-    w = VerifierWorker(book, stages["target"], lambda r, g: None if not g else StageInput(None, "no RGB frames received"),
+    none = StageInput(None, "no RGB frames received")
+    w = VerifierWorker(book, stages["target"], lambda r, g: none if g else None,
                        out.append, rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW,
                        draft_wait_s=0.1, max_wait_s=0.2)
     w.start()

@@ -43,7 +43,8 @@ def mode_rules(
     if name == "pyramid":
         fuzzy = LevelRule("fuzzy", tau=tau)
         return ModeRules(name, MODES[name], False, fuzzy, fuzzy)
-    return ModeRules(name, MODES[name], False, greedy, LevelRule("cascade", deferral=deferral, alpha=alpha))  # type: ignore[arg-type]
+    deferring = LevelRule("cascade", deferral=deferral, alpha=alpha)  # type: ignore[arg-type]
+    return ModeRules(name, MODES[name], False, greedy, deferring)
 
 
 def two_point_q(token_ids: Sequence[int], confidence: Sequence[float], vocab_size: int) -> torch.Tensor:

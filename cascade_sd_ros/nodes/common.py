@@ -95,13 +95,17 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("device", "cpu", "torch device for this stage's model: cpu, cuda, cuda:N", read_only=True),
     Param("dtype", "float32", "model dtype: float32, float16, bfloat16", read_only=True),
     Param("prompt", "describe the scene", "question every round answers until a prompt message changes it"),
-    Param("round_period", 2.0, "[s] a round opens at every multiple of this on the event clock (+ round_phase); 0: only prompt messages open rounds", 0.0, 3600.0),
+    Param("round_period", 2.0,
+          "[s] a round opens at every multiple of this on the event clock (+ round_phase); "
+          "0: only prompt messages open rounds", 0.0, 3600.0),
     Param("round_phase", 0.0, "[s] where in the period the round times fall", 0.0, 3600.0),
     Param("max_new_tokens", 32, "[tokens] caption length bound", 1, 1024),
-    Param("time_jump_tolerance", 1.0, "[s] a stamp this much older than the newest seen resets buffers and rounds", 0.0, 3600.0),
+    Param("time_jump_tolerance", 1.0,
+          "[s] a stamp this much older than the newest seen resets buffers and rounds", 0.0, 3600.0),
     Param("frame_id", "camera", "frame_id of the published caption, marker and overlay"),
     Param("sensor_qos_depth", 50, "[messages] queue depth of the event and image subscriptions", 1, 100_000),
-    Param("sensor_reliability", "best_effort", "event/image subscriptions: best_effort (camera drivers) or reliable (bag players, tests)"),
+    Param("sensor_reliability", "best_effort",
+          "event/image subscriptions: best_effort (camera drivers) or reliable (bag players, tests)"),
 )
 
 

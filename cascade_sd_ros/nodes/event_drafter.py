@@ -8,7 +8,6 @@ Callbacks only decode and buffer; drafting runs on the stage's worker thread
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +44,8 @@ from cascade_sd_ros.ros.outputs import diagnostics_msg, draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 
 PARAMS: tuple[Param, ...] = (
-    Param("model", "", "drafter model: a local HF folder, or tiny:SEED; empty = the shipped zoo's drafter", read_only=True),
+    Param("model", "",
+          "drafter model: a local HF folder, or tiny:SEED; empty = the shipped zoo's drafter", read_only=True),
     *COMMON_PARAMS,
     Param("gamma", 4, "[tokens] draft length per proposal", 1, 64),
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
@@ -91,11 +91,13 @@ class EventDrafter(Node):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("event_drafter", context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
+        super().__init__("event_drafter", context=context, namespace=namespace,
+                         parameter_overrides=parameter_overrides or [])
         params = declare(self, PARAMS)
         self.cfg = DrafterConfig.from_params(params)
         self.sensor_qos = sensor_qos(params)
-        self.model = model if model is not None else load_stage_model(self.cfg.model, "drafter", device=self.cfg.device, dtype=self.cfg.dtype)
+        self.model = model if model is not None else load_stage_model(
+            self.cfg.model, "drafter", device=self.cfg.device, dtype=self.cfg.dtype)
         self.book = RoundBook()
         self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
         self._stream = EventStream()
@@ -111,12 +113,14 @@ class EventDrafter(Node):
         self.prompts_in = InputStats(self, "prompts")
         self.rounds_opened = 0
 
-        inputs = MutuallyExclusiveCallbackGroup()
-        self.pub_drafts = self.create_publisher(self._draft_type(), TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
-        self.pub_diag = self.create_publisher(self._diag_type(), TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
-        from cascade_sd_ros.msg import Commit
+        from cascade_sd_ros.msg import Commit, DraftTokens
+        from diagnostic_msgs.msg import DiagnosticArray
         from event_camera_msgs.msg import EventPacket
         from std_msgs.msg import String
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
 
         self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
@@ -127,18 +131,6 @@ class EventDrafter(Node):
             max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
         )
         self.worker.start()
-
-    @staticmethod
-    def _draft_type() -> type:
-        from cascade_sd_ros.msg import DraftTokens
-
-        return DraftTokens
-
-    @staticmethod
-    def _diag_type() -> type:
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        return DiagnosticArray
 
     # ------------------------------------------------------------------ callbacks (convert + buffer)
     def _on_events(self, msg: Any) -> None:
@@ -162,8 +154,7 @@ class EventDrafter(Node):
             if self._renderer is None or (self._renderer.width, self._renderer.height) != (pkt.width, pkt.height):
                 self._renderer = EventFrameRenderer(pkt.width, pkt.height, 1)
             t0, t1 = int(decoded.t_ns[0]), int(decoded.t_ns[-1])
-            if not self._packets.insert(t0, (decoded.t_ns, decoded.cd)):
-                pass
+            self._packets.insert(t0, (decoded.t_ns, decoded.cd))
             self.events_in.buffer(self._packets.dropped, self._packets.expired)
             self._max_span_ns = max(self._max_span_ns, t1 - t0)
             if self._first_event_ns is None:

@@ -54,7 +54,8 @@ MODE_PARAMS: tuple[Param, ...] = (
 )
 
 PARAMS: tuple[Param, ...] = (
-    Param("model", "", "refiner model: a local HF folder, or tiny:SEED; empty = the shipped zoo's refiner", read_only=True),
+    Param("model", "",
+          "refiner model: a local HF folder, or tiny:SEED; empty = the shipped zoo's refiner", read_only=True),
     *COMMON_PARAMS,
     *MODE_PARAMS,
     Param("gamma", 6, "[tokens] refiner draft length (kept drafter tokens + its own)", 1, 64),
@@ -62,8 +63,10 @@ PARAMS: tuple[Param, ...] = (
     Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
     Param("upstream_wait", 0.05, "[s] wait at most this long for a drafter draft before drafting alone", 0.0, 10.0),
-    Param("stage_liveness", 5.0, "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
-    Param("frame_offset", 0.0, "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
+    Param("stage_liveness", 5.0,
+          "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
+    Param("frame_offset", 0.0,
+          "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
 )
 
@@ -118,11 +121,13 @@ class FrameRefiner(Node):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("frame_refiner", context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
+        super().__init__("frame_refiner", context=context, namespace=namespace,
+                         parameter_overrides=parameter_overrides or [])
         params = declare(self, PARAMS)
         self.cfg = RefinerConfig.from_params(params)
         self.sensor_qos = sensor_qos(params)
-        self.model = model if model is not None else load_stage_model(self.cfg.model, "refiner", device=self.cfg.device, dtype=self.cfg.dtype)
+        self.model = model if model is not None else load_stage_model(
+            self.cfg.model, "refiner", device=self.cfg.device, dtype=self.cfg.dtype)
         self.book = RoundBook()
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self._frames: TimeBuffer[np.ndarray] = TimeBuffer(self.cfg.frame_buffer)

@@ -77,10 +77,14 @@ from cascade_sd_ros.ros.outputs import (
 )
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 
-USE_DRAFTS = {"both": (STAGE_REFINER, STAGE_DRAFTER), "refiner": (STAGE_REFINER,), "drafter": (STAGE_DRAFTER,), "none": ()}
+USE_DRAFTS = {
+    "both": (STAGE_REFINER, STAGE_DRAFTER), "refiner": (STAGE_REFINER,), "drafter": (STAGE_DRAFTER,), "none": (),
+}
 
 PARAMS: tuple[Param, ...] = (
-    Param("model", "", "target (Video-LLaVA) model: a local HF folder, or tiny:SEED; empty = the shipped zoo's target", read_only=True),
+    Param("model", "",
+          "target (Video-LLaVA) model: a local HF folder, or tiny:SEED; empty = the shipped zoo's target",
+          read_only=True),
     *COMMON_PARAMS,
     *MODE_PARAMS,
     Param("frames", 8, "[frames] clip length the target takes", 1, 64),
@@ -88,8 +92,10 @@ PARAMS: tuple[Param, ...] = (
     Param("slop", 0.02, "[s] frames this far outside the clip window still count", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the clip's frames", 0.0, 60.0),
     Param("draft_wait", 0.1, "[s] wait at most this long for a draft before decoding alone", 0.0, 10.0),
-    Param("stage_liveness", 5.0, "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
-    Param("frame_offset", 0.0, "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
+    Param("stage_liveness", 5.0,
+          "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
+    Param("frame_offset", 0.0,
+          "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
     Param("use_drafts", "both", "which drafts to verify: both (refiner preferred), refiner, drafter, none"),
     Param("max_pending_rounds", 4, "[rounds] rounds queued beyond this are dropped (oldest first, counted)", 1, 1000),
@@ -161,13 +167,16 @@ class VideoVerifier(Node):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("video_verifier", context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
+        super().__init__("video_verifier", context=context, namespace=namespace,
+                         parameter_overrides=parameter_overrides or [])
         params = declare(self, PARAMS)
         self.cfg = VerifierConfig.from_params(params)
         self.sensor_qos = sensor_qos(params)
-        self.model = model if model is not None else load_stage_model(self.cfg.model, "target", device=self.cfg.device, dtype=self.cfg.dtype)
+        self.model = model if model is not None else load_stage_model(
+            self.cfg.model, "target", device=self.cfg.device, dtype=self.cfg.dtype)
         if self.model.num_frames != self.cfg.frames:
-            raise ValueError(f"parameter frames={self.cfg.frames} but the target model takes {self.model.num_frames} frames")
+            raise ValueError(
+                f"parameter frames={self.cfg.frames} but the target model takes {self.model.num_frames} frames")
         self.book = RoundBook()
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self._frames: TimeBuffer[np.ndarray] = TimeBuffer(self.cfg.frame_buffer)
@@ -385,7 +394,8 @@ class VideoVerifier(Node):
         values: dict[str, object] = {
             **self.images_in.values(), **self.events_in.values(), **self.drafts_in.values(),
             "rounds_done": self.worker.rounds_done, "rounds_degraded": self.worker.rounds_degraded,
-            "rounds_dropped": self.worker.rounds_dropped, "rounds_pending": sum(1 for r in self.book.records() if not r.final and not r.abandoned),
+            "rounds_dropped": self.worker.rounds_dropped,
+            "rounds_pending": sum(1 for r in self.book.records() if not r.final and not r.abandoned),
             "acceptance_drafter": accepted[0] / drafted[0] if drafted[0] else math.nan,
             "acceptance_refiner": accepted[1] / drafted[1] if drafted[1] else math.nan,
             "latency_mean_ms": float(np.mean(lat)) if lat else math.nan,

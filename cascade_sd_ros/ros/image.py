@@ -59,13 +59,15 @@ def image_to_numpy(msg: Any) -> np.ndarray:
         raise ImageEncodingError(f"image is empty ({w}x{h})")
     row_bytes = w * channels * dtype.itemsize
     if step < row_bytes:
-        raise ImageEncodingError(f"image step {step} is shorter than a row of {w} px {msg.encoding} ({row_bytes} bytes)")
+        raise ImageEncodingError(
+            f"image step {step} is shorter than a row of {w} px {msg.encoding} ({row_bytes} bytes)")
     if step % dtype.itemsize:
         raise ImageEncodingError(f"image step {step} is not a multiple of the {dtype.itemsize}-byte sample size")
     raw = msg.data
     data = np.asarray(raw, dtype=np.uint8) if isinstance(raw, list) else np.frombuffer(raw, dtype=np.uint8)
     if data.size < step * h:
-        raise ImageEncodingError(f"image data has {data.size} bytes, {msg.encoding} {w}x{h} with step {step} needs {step * h}")
+        raise ImageEncodingError(
+            f"image data has {data.size} bytes, {msg.encoding} {w}x{h} with step {step} needs {step * h}")
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
     rows = data[: step * h].reshape(h, step)[:, :row_bytes]
     pixels = np.ascontiguousarray(rows).view(wire).reshape((h, w) if channels == 1 else (h, w, channels))

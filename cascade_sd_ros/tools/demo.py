@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated stages to run (the verifier is required)")
     parser.add_argument("--offset-ms", type=float, default=30.0, help="event clock minus RGB clock [ms] (default 30)")
     parser.add_argument("--jitter-ms", type=float, default=2.0, help="RGB stamp jitter std [ms] (default 2)")
-    parser.add_argument("--drop-rate", type=float, default=0.05, help="probability of dropping an RGB frame (default 0.05)")
+    parser.add_argument("--drop-rate", type=float, default=0.05,
+                        help="probability of dropping an RGB frame (default 0.05)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--timeout", type=float, default=60.0, help="[s] per-scene wait for its caption (default 60)")
     parser.add_argument("--fast", action="store_true",
@@ -137,7 +137,8 @@ def _print_text(results: list[SceneResult], speedup: float | None, info: dict[st
         print(f"\nscene {r.index}")
         print(f"  verified      : {r.caption if r.caption is not None else '(no caption in time)'}")
         print(f"  ground truth  : {r.ground_truth}")
-        print(f"  verifier alone: {r.verifier_alone}  [{'equal' if r.equal else 'DIFFERENT' if r.equal is False else 'n/a'}]")
+        verdict = "equal" if r.equal else "DIFFERENT" if r.equal is False else "n/a"
+        print(f"  verifier alone: {r.verifier_alone}  [{verdict}]")
         lat = "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms"
         print(f"  acceptance    : {acc}; latency {lat}" + (f"; degraded: {r.degraded}" if r.degraded else ""))
     sp = "n/a" if speedup is None else f"{speedup:.2f}x"

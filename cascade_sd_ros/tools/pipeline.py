@@ -101,7 +101,8 @@ class CaptionCollector(Node):
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                done = (round_id is not None and round_id in self.finals) or (count is not None and len(self.finals) >= count)
+                done = ((round_id is not None and round_id in self.finals)
+                        or (count is not None and len(self.finals) >= count))
                 left = deadline - time.monotonic()
                 if done or left <= 0:
                     return done

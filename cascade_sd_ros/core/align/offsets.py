@@ -24,7 +24,8 @@ class StreamOffsets:
         try:
             return self._offsets[stream]
         except KeyError:
-            raise KeyError(f"no clock offset configured for stream {stream!r}; known: {sorted(self._offsets)}") from None
+            known = sorted(self._offsets)
+            raise KeyError(f"no clock offset configured for stream {stream!r}; known: {known}") from None
 
     def to_reference(self, stream: str, t_ns: int) -> int:
         return int(t_ns) + self.offset(stream)
