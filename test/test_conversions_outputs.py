@@ -56,6 +56,8 @@ def test_draft_round_trip_and_validation() -> None:
             draft_from_msg(bad)
     with pytest.raises(DraftMessageError, match="want 0"):
         draft_from_msg(msg, expected_stage=0)
+    with pytest.raises(DraftMessageError, match="outside the vocabulary of 8"):
+        draft_from_msg(msg, vocab_size=8)
 
 
 def test_caption_and_commit_carry_the_update() -> None:

@@ -145,3 +145,26 @@ def test_no_frames_gives_an_empty_degraded_final(stages: dict[str, Any]) -> None
     assert out and out[0].final and out[0].token_ids == () and out[0].degraded
     assert out[0].commit_seq == 1  # an (empty) final commit, so upstream stages move on
     assert w.rounds_degraded == 1
+
+
+def test_a_round_that_keeps_failing_is_given_up_and_the_next_one_served(stages: dict[str, Any], alone: list[int]) -> None:
+    book = RoundBook()
+    out: list[CaptionUpdate] = []
+    good = StageInput(FRAMES)
+    broken = StageInput(np.zeros((3, 64, 64, 3), np.uint8))  # 3 frames: the target takes 8
+
+    w = VerifierWorker(book, stages["target"], lambda r, g: broken if r.round_id == 1 else good, out.append,
+                       rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW, draft_wait_s=0.05,
+                       max_wait_s=0.2, use_stages=())
+    w.start()
+    try:
+        book.open(1, 1).question = "q"
+        book.open(2, 2).question = "q"
+        deadline = time.monotonic() + 10
+        while not any(u.final for u in out) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        w.stop()
+    finals = [u for u in out if u.final]
+    assert [u.round_id for u in finals] == [2] and list(finals[0].token_ids) == alone
+    assert book.get(1).abandoned and w.errors == 3 and w.rounds_dropped == 1

@@ -32,6 +32,7 @@ from cascade_sd_ros.core.stage_model import StageModel
 STAGE_DRAFTER, STAGE_REFINER = 0, 1
 _STAGE_NAMES = {STAGE_DRAFTER: "drafter", STAGE_REFINER: "refiner"}
 _POLL_S = 0.05  # how often an idle worker re-checks its stop flag
+_MAX_ROUND_FAILURES = 3  # a round failing this often is given up
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +366,14 @@ class VerifierWorker(_Worker):
         self.busy_round = rec.round_id
         try:
             self._run_round(rec)
+        except Exception:
+            # a round that fails again and again (a broken input) must not hold up the ones after it
+            rec.failures += 1
+            if rec.failures >= _MAX_ROUND_FAILURES:
+                with self.book.lock:
+                    rec.abandoned = True
+                self.rounds_dropped += 1
+            raise
         finally:
             self.busy_round = None
 

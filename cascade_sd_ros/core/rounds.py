@@ -102,7 +102,8 @@ class RoundRecord:
     input_wait_ms: float = 0.0
     prefill_ms: float = 0.0
     verify_ms: float = 0.0
-    abandoned: bool = False  # skipped (overload, or the verifier moved past it)
+    abandoned: bool = False  # skipped (overload, the verifier moved past it, or it kept failing)
+    failures: int = 0  # verifier attempts that raised
 
     def rebase_spec(self) -> list[int]:
         """Keep the speculated caption while it still extends the commit, else roll back to it."""

@@ -215,7 +215,7 @@ class FrameRefiner(Node):
         self.drafts_in.tick()
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
-            draft = draft_from_msg(msg, expected_stage=0)
+            draft = draft_from_msg(msg, expected_stage=0, vocab_size=self.model.adapter.vocab_size)
             self._join(int(msg.round_id), t_ns)
             self.book.add_draft(int(msg.round_id), t_ns, draft)
         except (StampError, DraftMessageError, ValueError) as exc:

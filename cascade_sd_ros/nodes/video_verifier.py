@@ -288,7 +288,7 @@ class VideoVerifier(Node):
         self.drafts_in.tick()
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
-            draft = draft_from_msg(msg)
+            draft = draft_from_msg(msg, vocab_size=self.model.adapter.vocab_size)
             with self._lock:
                 rec = self.book.get(int(msg.round_id))
                 if rec is None:

@@ -42,7 +42,7 @@ class DraftMessageError(ValueError):
     """A DraftTokens that cannot be a draft (lengths disagree, ids negative, unknown stage)."""
 
 
-def draft_from_msg(msg: Any, expected_stage: int | None = None) -> Draft:
+def draft_from_msg(msg: Any, expected_stage: int | None = None, vocab_size: int | None = None) -> Draft:
     tokens = tuple(int(t) for t in msg.token_ids)
     conf = tuple(float(c) for c in msg.confidence)
     if not tokens:
@@ -51,6 +51,8 @@ def draft_from_msg(msg: Any, expected_stage: int | None = None) -> Draft:
         raise DraftMessageError(f"DraftTokens has {len(tokens)} tokens but {len(conf)} confidences")
     if any(t < 0 for t in tokens):
         raise DraftMessageError("DraftTokens has negative token ids")
+    if vocab_size is not None and max(tokens) >= vocab_size:
+        raise DraftMessageError(f"DraftTokens has token id {max(tokens)} outside the vocabulary of {vocab_size}")
     if any(not (0.0 <= c <= 1.0) for c in conf):  # also rejects NaN
         raise DraftMessageError("DraftTokens confidences must lie in [0, 1]")
     if msg.stage not in (0, 1) or (expected_stage is not None and msg.stage != expected_stage):
