@@ -168,3 +168,20 @@ def test_a_round_that_keeps_failing_is_given_up_and_the_next_one_served(stages: 
     finals = [u for u in out if u.final]
     assert [u.round_id for u in finals] == [2] and list(finals[0].token_ids) == alone
     assert book.get(1).abandoned and w.errors == 3 and w.rounds_dropped == 1
+
+
+def test_an_upstream_stage_gives_up_a_round_it_cannot_serve(stages: dict[str, Any]) -> None:
+    book = RoundBook()
+    sent: list[Draft] = []
+    broken = StageInput(np.zeros((64, 64), np.uint8))  # not an RGB image
+    w = DrafterWorker(book, stages["drafter"], lambda r, g: broken, lambda r, d: sent.append(d),
+                      gamma=3, max_ahead=6, max_new_tokens=MAX_NEW)
+    w.start()
+    try:
+        book.open(1, 1).question = "q"
+        deadline = time.monotonic() + 5
+        while not book.get(1).abandoned and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        w.stop()
+    assert book.get(1).abandoned and w.errors == 3 and sent == []

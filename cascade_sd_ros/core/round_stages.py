@@ -121,10 +121,14 @@ class _Worker:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     if self.errors == 1 or self.errors % 100 == 0:  # throttled: a stuck input repeats
                         log.exception("%s: round step failed (%d so far)", self._thread.name, self.errors)
+                    self._failed()
                     time.sleep(_POLL_S)
 
     def _step(self) -> None:
         raise NotImplementedError
+
+    def _failed(self) -> None:
+        """Called after ``_step`` raised (the stage's own bookkeeping of failures)."""
 
     def _idle(self, timeout: float = _POLL_S) -> None:
         with self.book.changed:
@@ -158,6 +162,7 @@ class _UpstreamWorker(_Worker):
         self.max_wait_s = max_wait_s
         self._loaded: tuple[int, int] | None = None  # (round_id, t_ns) whose context the adapter holds
         self._input: StageInput | None = None
+        self._current: RoundRecord | None = None  # the round of the step in progress
         self.drafts_published = 0
         self.rounds_seen = 0
 
@@ -172,7 +177,17 @@ class _UpstreamWorker(_Worker):
             ended = bool(spec) and eos is not None and spec[-1] == eos
             if ended or len(spec) >= self.max_new_tokens or len(spec) - len(rec.committed) >= self.max_ahead:
                 return None
+            self._current = rec
             return rec, list(spec), rec.commit_seq
+
+    def _failed(self) -> None:
+        rec, self._current = self._current, None
+        if rec is None:
+            return
+        rec.failures += 1
+        if rec.failures >= _MAX_ROUND_FAILURES:  # stop drafting for a round this stage cannot serve
+            with self.book.lock:
+                rec.abandoned = True
 
     def _ensure_context(self, rec: RoundRecord) -> StageInput | None:
         """Load the round's context into the adapter (once per round); None while input is pending."""
