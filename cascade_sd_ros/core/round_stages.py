@@ -504,8 +504,10 @@ class VerifierWorker(_Worker):
             return
         if not self._alive(rec):
             return
-        # a stage that never delivered cost speed, not output: still say it was missing
-        silent = [_STAGE_NAMES[s] for s in self.use_stages if s not in rec.stages_seen]
+        # a stage that has gone quiet (nothing for liveness_s, this round included) cost speed, not
+        # output: still say it was missing. One merely slower than this round is not flagged.
+        quiet = self.book.silent_stages(self.use_stages, self.liveness_s) - rec.stages_seen
+        silent = [_STAGE_NAMES[s] for s in self.use_stages if s in quiet]
         if silent:
             reasons.append("no drafts from " + " and ".join(silent))
         self.rounds_done += 1
