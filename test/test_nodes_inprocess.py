@@ -207,6 +207,7 @@ def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: 
 
     from cascade_sd_ros.nodes.common import ROUND_QOS
     from cascade_sd_ros.ros.image import numpy_to_image
+    from cascade_sd_ros.ros.stamps import ns_to_stamp
     from cascade_sd_ros.tools.pipeline import PLAYER_QOS, packet_msg
 
     config, rounds = _config()
@@ -251,6 +252,14 @@ def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: 
         # still serving, and still exact
         finals = play_scenes(run.pipeline, run.player, scenes[:3], rounds, timeout_s=30)
         _check_lossless(run, scenes, rounds, finals, alone)
+        # a frame of another size than the stream's is malformed too (it could not join a clip)
+        odd = numpy_to_image(np.zeros((32, 48, 3), np.uint8), "rgb8")
+        ns_to_stamp(scenes[3].frames[0].stamp_ns, odd.header.stamp)  # the stream's next frame time
+        pub_img.publish(odd)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and verifier.images_in.malformed < 5:
+            time.sleep(0.05)
+        assert verifier.images_in.malformed == 5
     finally:
         bad.destroy_node()
 

@@ -184,6 +184,32 @@ class InputStats:
         }
 
 
+class FrameShape:
+    """The stream's image size: a frame of another size is malformed, unless the camera really
+    changed (``adopt_after`` such frames in a row), which restarts the stream at the new size."""
+
+    def __init__(self, adopt_after: int = 10) -> None:
+        self.shape: tuple[int, ...] | None = None
+        self._other: tuple[int, ...] | None = None
+        self._count = 0
+        self.adopt_after = adopt_after
+
+    def check(self, shape: tuple[int, ...]) -> str:
+        """'ok', 'changed' (a new size adopted: drop older frames) or 'bad' (skip this frame)."""
+        if self.shape is None or shape == self.shape:
+            self.shape, self._other, self._count = shape, None, 0
+            return "ok"
+        self._count = self._count + 1 if shape == self._other else 1
+        self._other = shape
+        if self._count >= self.adopt_after:
+            self.shape, self._other, self._count = shape, None, 0
+            return "changed"
+        return "bad"
+
+    def reset(self) -> None:
+        self.shape, self._other, self._count = None, None, 0
+
+
 def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
     """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C."""
     rclpy.init(args=args)

@@ -33,6 +33,7 @@ from cascade_sd_ros.nodes.common import (
     TOPIC_DRAFTS_REFINER,
     TOPIC_IMAGE,
     TOPIC_PROMPT,
+    FrameShape,
     InputStats,
     Param,
     choice,
@@ -137,6 +138,7 @@ class FrameRefiner(Node):
         self._first_frame_ref_ns: int | None = None
         self._last_round_ns: int | None = None
         self.images_in = InputStats(self, "images")
+        self._shape = FrameShape()
         self.drafts_in = InputStats(self, "drafts")
         self.commits_in = InputStats(self, "commits")
         self.prompts_in = InputStats(self, "prompts")
@@ -173,6 +175,14 @@ class FrameRefiner(Node):
             self.images_in.bad(str(exc))
             return
         with self._lock:
+            verdict = self._shape.check(rgb.shape)
+            if verdict == "bad":
+                self.images_in.bad(f"image size {rgb.shape[1]}x{rgb.shape[0]} differs from the stream's "
+                                   f"{self._shape.shape[1]}x{self._shape.shape[0]}")
+                return
+            if verdict == "changed":
+                self.get_logger().warning(f"image size changed to {rgb.shape[1]}x{rgb.shape[0]}: older frames dropped")
+                self._frames.clear()
             if self._jump.observe(t_ns):
                 self.get_logger().warning("image time jumped backwards: frames and rounds reset")
                 self._frames.clear()

@@ -54,6 +54,7 @@ from cascade_sd_ros.nodes.common import (
     TOPIC_MARKER,
     TOPIC_OVERLAY,
     TOPIC_PROMPT,
+    FrameShape,
     InputStats,
     Param,
     choice,
@@ -191,6 +192,7 @@ class VideoVerifier(Node):
         self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()  # the last rounds' clips
         self.finals: OrderedDict[int, CaptionUpdate] = OrderedDict()  # the last rounds' final updates
         self.images_in = InputStats(self, "images")
+        self._shape = FrameShape()
         self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
         self.prompts_in = InputStats(self, "prompts")
@@ -238,6 +240,14 @@ class VideoVerifier(Node):
             self.images_in.bad(str(exc))
             return
         with self._lock:
+            verdict = self._shape.check(rgb.shape)
+            if verdict == "bad":
+                self.images_in.bad(f"image size {rgb.shape[1]}x{rgb.shape[0]} differs from the stream's "
+                                   f"{self._shape.shape[1]}x{self._shape.shape[0]}")
+                return
+            if verdict == "changed":
+                self.get_logger().warning(f"image size changed to {rgb.shape[1]}x{rgb.shape[0]}: older frames dropped")
+                self._frames.clear()
             if self._jump.observe(t_ns):
                 self.get_logger().warning("image time jumped backwards: frames, rounds and offset estimate reset")
                 self._reset_locked()
@@ -330,6 +340,7 @@ class VideoVerifier(Node):
 
     def _reset_locked(self) -> None:
         self._frames.clear()
+        self._shape.reset()
         self._estimator.reset()
         self._event_stream.reset()
         self._first_frame_ref_ns = None
