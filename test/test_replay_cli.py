@@ -121,3 +121,22 @@ def test_describe_models_records_folder_metadata(tmp_path: Path) -> None:
     assert d["target"] == {"source": str(folder), "model_type": "video_llava", "zoo": {"stage": "target", "steps": 10},
                            "weights_bytes": 10}
     assert d["drafter"]["kind"].startswith("tiny")
+
+
+def test_zoo_params_follow_the_targets_zoo_json(tmp_path: Path) -> None:
+    import json
+
+    from cascade_sd_ros.core.zoo.load import META_FILE
+    from cascade_sd_ros.tools.replay_pipeline import zoo_params
+
+    folder = tmp_path / "target"
+    folder.mkdir()
+    (folder / META_FILE).write_text(json.dumps({"question": "what moves?", "geometry": {
+        "image_size": 48, "clip_duration_s": 1.0, "num_frames": 8, "event_window_s": 0.25}}))
+    assert zoo_params({"target": str(folder)}) == {
+        "video_verifier": {"clip_duration": 1.0, "frames": 8}, "event_drafter": {"event_window": 0.25},
+        "common": {"prompt": "what moves?"}}
+    assert zoo_params({"target": "tiny:0"}) == {}
+    (folder / META_FILE).write_text("[1, 2]")
+    with pytest.raises(ReplayInputError, match="target model"):
+        zoo_params({"target": str(folder)})

@@ -219,6 +219,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
         merge_params,
         node_inputs,
         round_params,
+        zoo_params,
     )
     from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
     from cascade_sd_ros.tools.replay_progress import ProgressBar
@@ -227,8 +228,10 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     from cascade_sd_ros.tools.replay_source import GROUND_TRUTH_TYPE, Record, iter_records, scan_bag
 
     scan = scan_bag(settings.bag, settings.remaps)
-    # Later layers win: round timing from the bag, fast mode's queues, then --param.
-    layers = (round_params(scan, settings.rounds), fast_params(settings.rate is None), settings.params)
+    # Later layers win: what the zoo was trained on, round timing from the bag, fast mode's
+    # queues, then --param.
+    layers = (zoo_params(settings.models), round_params(scan, settings.rounds), fast_params(settings.rate is None),
+              settings.params)
     settings = replace(settings, params=merge_params(*layers))
     _prepare_out_dir(settings.out_dir)
     out_bag = settings.out_dir / OUTPUT_BAG
