@@ -109,6 +109,7 @@ def test_three_processes_give_the_verifier_alone_captions(rclpy_context: Any, pr
             assert list(msg.token_ids) == target_only_greedy(target.adapter, ctx, MAX_NEW), f"scene {i}"
             assert msg.lossless and not msg.text == ""
     finally:
+        executor.remove_node(collector)  # before shutdown: no callback may run on a destroyed node
         executor.shutdown(timeout_sec=5)
         spin.join(timeout=5)
         player.destroy_node()
