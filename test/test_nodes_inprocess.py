@@ -116,7 +116,7 @@ def _check_lossless(run: Run, scenes: list[Any], rounds: Any, finals: dict[int, 
         assert abs(msg.skew_clip_ms) < 40.0
 
 
-def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone) -> None:  # noqa: ANN001
+def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone, rclpy_context) -> None:  # noqa: ANN001
     config, rounds = _config()
     run = make_run(config)
     finals = play_scenes(run.pipeline, run.player, scenes, rounds, timeout_s=30)
@@ -125,6 +125,16 @@ def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone) 
     drafted = np.sum([list(m.drafted_per_stage) for m in finals.values()], axis=0)
     assert drafted.sum() > 0  # the drafts were really checked, not skipped
     assert all(n.worker.errors == 0 for n in run.pipeline.nodes)
+    # diagnostics: rates, drops, acceptance per stage, latency, skew, the offset estimate's state
+    status = _diagnostics(rclpy_context, 2.5)["cascade_sd: video_verifier"]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level in (b"\x00", b"\x01") and "error" not in status.message, status.message
+    assert int(values["rounds_done"]) >= N_SCENES and int(values["images.malformed"]) == 0
+    assert float(values["latency_mean_ms"]) > 0 and abs(float(values["skew_clip_ms"])) < 40
+    assert values["acceptance_refiner"] != "nan" and values["frame_offset_estimate"] != "off"
+    assert values["mode"] == "lossless-greedy" and values["lossless"] == "True"
+    for key in ("images.rate_hz", "images.dropped", "events.rate_hz", "rounds_dropped", "frame_offset_configured_ms"):
+        assert key in values
 
 
 @pytest.mark.parametrize("dead", ["refiner", "drafter"])
