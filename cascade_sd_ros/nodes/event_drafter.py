@@ -221,7 +221,10 @@ class EventDrafter(Node):
             self._packets.mark_consumed(t0 - self._max_span_ns)  # later rounds start later
             renderer = self._renderer
         if renderer is None:
-            return StageInput(None, "no events received")
+            # no packet yet, so no sensor geometry: an event image without events is a white canvas
+            # of any size, and the model's own size is as good as any (nothing moved, as far as known)
+            size = self.model.image_size
+            return StageInput(np.full((size, size, 3), 255, np.uint8))
         parts = [cd[(t >= t0) & (t <= t1)] for _, (t, cd) in chunks]
         events = np.concatenate(parts) if parts else np.zeros(0, CD_DTYPE)
         # an empty window is an observation (nothing moved), not a missing input
