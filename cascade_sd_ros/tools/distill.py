@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="zoo folder to write (default: the --zoo folder)")
     parser.add_argument("--data", type=Path, default=None, help="own data (.npz); default: synthetic scenes")
     parser.add_argument("--data-dir", type=Path, default=Path("build/zoo-data"), help="synthetic data cache folder")
-    parser.add_argument("--samples", type=_positive_int, default=3000, help="synthetic scenes to distil on")
+    parser.add_argument("--samples", type=_positive_int, default=8000, help="synthetic scenes to distil on")
     parser.add_argument("--eval-samples", type=_positive_int, default=200, help="held-out scenes for agreement")
     parser.add_argument("--seed", type=_non_negative_int, default=0)
     parser.add_argument("--steps-scale", type=_positive_float, default=1.0, help="multiply the step count")

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of data, init and batches")
     parser.add_argument("--out", type=Path, default=None, help="zoo folder to write (default: the packaged zoo)")
     parser.add_argument("--data-dir", type=Path, default=Path("build/zoo-data"), help="dataset cache folder")
-    parser.add_argument("--samples", type=_positive_int, default=8000, help="training clips (target, refiner)")
-    parser.add_argument("--event-samples", type=_positive_int, default=3000,
+    parser.add_argument("--samples", type=_positive_int, default=30000, help="training clips (target, refiner)")
+    parser.add_argument("--event-samples", type=_positive_int, default=8000,
                         help="training scenes with simulated events (drafter)")
     parser.add_argument("--eval-samples", type=_positive_int, default=200, help="held-out samples checked after training")
     parser.add_argument("--steps-scale", type=_positive_float, default=1.0,
@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=Path("build/zoo-train/loss.png"), help="loss-curve PNG")
     parser.add_argument("--no-grow", action="store_true",
                         help="train the target from scratch instead of growing it from the trained refiner")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue training from the stage weights already in --out (a fresh schedule)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         seed=args.seed, samples=args.samples, event_samples=args.event_samples, eval_samples=args.eval_samples, steps_scale=args.steps_scale,
         batch_scale=args.batch_scale, max_minutes=budgets, device=args.device, workers=args.workers,
-        data_dir=args.data_dir, progress=not args.quiet, grow_target=not args.no_grow,
+        data_dir=args.data_dir, progress=not args.quiet, grow_target=not args.no_grow, resume=args.resume,
     )
     start = time.monotonic()
     summary = train_zoo(stages, settings, out=args.out, plot=args.plot)

@@ -26,7 +26,7 @@ DISTILL_SCHEDULE = TrainSchedule(steps=600, batch_size=32, lr=5e-4, warmup_steps
 @dataclass(frozen=True)
 class DistillSettings:
     seed: int = 0
-    samples: int = 3000  # synthetic scenes (clips + events) when no data file is given
+    samples: int = 8000  # synthetic scenes (clips + events) when no data file: the train event set, cached
     eval_samples: int = 200
     data: Path | None = None  # a ZooData .npz of the user's own clips + event images
     data_dir: Path | None = Path("build/zoo-data")

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from transformers import LlavaForConditionalGeneration, PreTrainedModel
+from transformers import LlavaForConditionalGeneration, PreTrainedModel, VideoLlavaForConditionalGeneration
 
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.configs import (
@@ -33,8 +33,8 @@ class TrainSettings:
     also get event images and train the drafter (events are the costly part to simulate)."""
 
     seed: int = 0
-    samples: int = 8000
-    event_samples: int = 3000
+    samples: int = 30000
+    event_samples: int = 8000
     eval_samples: int = 200
     steps_scale: float = 1.0
     batch_scale: int = 1
@@ -45,6 +45,7 @@ class TrainSettings:
     progress: bool = True
     geometry: DataGeometry = DATA
     grow_target: bool = True  # start the target from the trained refiner (grow.py)
+    resume: bool = False  # continue from the stage's weights already in the output zoo
 
 
 def scaled_schedule(schedule: TrainSchedule, steps_scale: float, batch_scale: int) -> TrainSchedule:
@@ -117,7 +118,11 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
         torch.manual_seed(settings.seed * 1000 + STAGES.index(stage))
         model = build_model(stage, tokenizer, settings.geometry)
         grown_from = None
-        if stage == "target" and settings.grow_target:
+        if settings.resume:
+            check_stage_folder(root / stage, stage)
+            model.load_state_dict(_load_stage(root / stage, stage).state_dict())
+            grown_from = f"resumed {root / stage}"
+        elif stage == "target" and settings.grow_target:
             source = trained.get("refiner") or _load_refiner(root / "refiner")
             if source is None:
                 raise ValueError(f"growing the target needs a trained refiner (train it first, or it must be in "
@@ -165,11 +170,16 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
     return summary
 
 
+def _load_stage(folder: Path, stage: Stage) -> PreTrainedModel:
+    cls = VideoLlavaForConditionalGeneration if stage == "target" else LlavaForConditionalGeneration
+    return cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+
+
 def _load_refiner(folder: Path) -> PreTrainedModel | None:
     if not (folder / "config.json").is_file():
         return None
     check_stage_folder(folder, "refiner")
-    return LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    return _load_stage(folder, "refiner")
 
 
 def plot_losses(curves: dict[str, list[float]], path: Path, title: str = "zoo training loss") -> None:
