@@ -63,7 +63,7 @@ PARAMS: tuple[Param, ...] = (
     Param("lookahead", 2, "[drafts] proposals the refiner may run ahead of the last commit", 1, 16),
     Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
-    Param("upstream_wait", 0.05, "[s] wait at most this long for a drafter draft before drafting alone", 0.0, 10.0),
+    Param("upstream_wait", 0.02, "[s] wait at most this long for a drafter draft before drafting alone", 0.0, 10.0),
     Param("stage_liveness", 5.0,
           "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
     Param("frame_offset", 0.0,

@@ -92,7 +92,7 @@ PARAMS: tuple[Param, ...] = (
     Param("clip_duration", 1.0, "[s] the clip spans [T - clip_duration, T]", 0.0, 60.0),
     Param("slop", 0.02, "[s] frames this far outside the clip window still count", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the clip's frames", 0.0, 60.0),
-    Param("draft_wait", 0.1, "[s] wait at most this long for a draft before decoding alone", 0.0, 10.0),
+    Param("draft_wait", 0.03, "[s] wait at most this long for a draft before decoding alone", 0.0, 10.0),
     Param("stage_liveness", 5.0,
           "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
     Param("frame_offset", 0.0,
