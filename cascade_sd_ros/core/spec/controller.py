@@ -46,6 +46,9 @@ class DraftLengthController:
         self.probe_every = probe_every
         self._gamma = gamma
         self._idle_rounds = 0  # rounds since the last draft while gamma is 0
+        self.cost_smoothing = 0.2
+        self._draft_s: float | None = None  # running mean seconds per proposed token
+        self._verify_s: float | None = None  # running mean seconds per verification
         self._accepted = 0.0  # decayed count of accepted draft tokens
         self._rejected = 0.0  # decayed count of rejections
         self.total_drafted = 0
@@ -69,9 +72,20 @@ class DraftLengthController:
         return self.total_accepted / self.total_drafted if self.total_drafted else 0.0
 
     def observe_cost(self, draft_s_per_token: float, verify_s: float) -> None:
-        """Update c from measured times (seconds per proposed token, seconds per verification)."""
-        if draft_s_per_token >= 0 and verify_s > 0:
-            self.cost_ratio = 0.5 * self.cost_ratio + 0.5 * (draft_s_per_token / verify_s)
+        """Update c from measured times (seconds per proposed token, seconds per verification).
+
+        c is the ratio of two running means (not a mean of ratios), and a single time above 3x its
+        running mean counts as 3x: one preempted round on a shared CPU must not switch drafting off.
+        """
+        if draft_s_per_token < 0 or verify_s <= 0:
+            return
+        if self._draft_s is None or self._verify_s is None:
+            self._draft_s, self._verify_s = draft_s_per_token, verify_s
+        else:
+            w = self.cost_smoothing
+            self._draft_s = (1 - w) * self._draft_s + w * min(draft_s_per_token, 3.0 * self._draft_s)
+            self._verify_s = (1 - w) * self._verify_s + w * min(verify_s, 3.0 * self._verify_s)
+        self.cost_ratio = self._draft_s / self._verify_s
 
     def update(self, drafted: int, accepted: int) -> int:
         """Record one round (draft of `drafted` tokens, `accepted` kept) and return the next gamma."""
