@@ -51,3 +51,14 @@ def test_demo_text_output(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for needle in ("scene 0", "verified", "ground truth", "verifier alone", "[equal]", "acceptance", "speed-up"):
         assert needle in text
+
+
+def test_demo_defaults_to_the_shipped_zoo(capsys: pytest.CaptureFixture[str]) -> None:
+    from cascade_sd_ros.core.zoo import default_zoo_path
+
+    assert (default_zoo_path() / "target" / "model.safetensors").is_file(), "the zoo ships with the package"
+    assert main(["demo", "--scenes", "1", "--json", "--fast"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["models"] == "shipped zoo"
+    (scene,) = out["scenes"]
+    assert scene["equal"] is True and scene["caption"] and scene["caption"] == scene["verifier_alone"]
