@@ -304,7 +304,8 @@ def test_a_refiner_that_does_not_pay_is_bypassed(tm: TinyModels, ref: list[int])
         return [(t + 1) % tm.vocab_size for t in ref[len(prefix) : len(prefix) + k]] or [3] * k
 
     refiner = ScriptedDrafter(wrong, tm.vocab_size, name="refiner")
-    res = CascadeDecoder([perfect, refiner, tm.target], gamma=(2, 2), gamma_max=4).generate(None, 40)
+    decoder = CascadeDecoder([perfect, refiner, tm.target], gamma=(2, 2), gamma_max=4, cost_ratios=(0.1, 0.3))
+    res = decoder.generate(None, 40)
     full = target_only_greedy(tm.target, None, 40)
     assert res.token_ids == full
     rounds = len(res.stats.rounds)

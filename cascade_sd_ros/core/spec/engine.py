@@ -137,6 +137,7 @@ class CascadeDecoder:
         taus: Sequence[float] = (0.3, 0.3),
         deferral: str = "chow",
         alpha: float = 0.3,
+        cost_ratios: Sequence[float] | None = None,
     ) -> None:
         if not stages:
             raise ValueError("need at least the target stage")
@@ -161,9 +162,15 @@ class CascadeDecoder:
         gammas = [int(gamma)] * n_prop if isinstance(gamma, int) else [int(g) for g in gamma]
         if len(gammas) != n_prop:
             raise ValueError(f"need {n_prop} gamma values (one per proposing stage), got {len(gammas)}")
+        # cost_ratios: fixed c per proposing stage (reproducible gamma); None: measured from wall times
+        if cost_ratios is not None and len(cost_ratios) != n_prop:
+            raise ValueError(f"need {n_prop} cost ratios (one per proposing stage), got {len(cost_ratios)}")
+        self.measure_costs = cost_ratios is None
+        costs = [0.1] * n_prop if cost_ratios is None else [float(c) for c in cost_ratios]
         # gamma_min 0: a stage whose drafts do not pay stops drafting (and probes now and then)
         self.controllers = [
-            DraftLengthController(g, gamma_min=0, gamma_max=max(gamma_max, g), adaptive=adaptive) for g in gammas
+            DraftLengthController(g, gamma_min=0, gamma_max=max(gamma_max, g), cost_ratio=c, adaptive=adaptive)
+            for g, c in zip(gammas, costs)
         ]
         self.levels = _level_rules(mode, n_prop, self.temperature, taus, deferral, alpha)
 
@@ -276,7 +283,7 @@ class CascadeDecoder:
                 stats.stages[i].drafted += drafted[i]
                 stats.stages[i].accepted += accepted[i]
                 self.controllers[i].update(drafted[i], accepted[i])
-                if drafted[i]:
+                if drafted[i] and self.measure_costs:
                     self.controllers[i].observe_cost(walls[i] / drafted[i], walls[checker[i]])
             for i, w in enumerate(walls):
                 stats.stages[i].wall_s += w
