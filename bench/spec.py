@@ -136,10 +136,12 @@ def setup_zoo(n_prompts: int, device: str, root: Path | None) -> Setup:
         clip, events, _ = build_sample(0, EVAL_STREAM, i, zoo.geometry, with_events=True)
         prompts.append(Prompt(zoo.context("target", clip), zoo.context("refiner", clip[-1]),
                               zoo.context("drafter", events)))
-    shell = video_shell(zoo.drafter.model, zoo.target.model)
+    # The assistant must take the target's inputs; the refiner (RGB-trained, the target was grown
+    # from it) agrees with the target more in a VideoLlava shell than the event-trained drafter.
+    shell = video_shell(zoo.refiner.model, zoo.target.model)
     assistant = HFAdapter(shell, name="assistant", modality="video")
     note = (f"trained tiny zoo ({root or 'cascade_sd_ros/zoo'}); scenes from the zoo's held-out stream; assistant = "
-            "the zoo drafter's weights in a VideoLlava shell fed the target's 8-frame clip")
+            "the zoo refiner's weights in a VideoLlava shell fed the target's 8-frame clip")
     return Setup("zoo", zoo.target, zoo.refiner, zoo.drafter, assistant, prompts, note)
 
 
