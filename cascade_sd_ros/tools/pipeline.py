@@ -242,6 +242,9 @@ class Pipeline:
                 close()
         for node in everyone:  # first: no new callbacks get scheduled for nodes about to go
             self.executor.remove_node(node)
+        # rclpy's MultiThreadedExecutor.shutdown destroys its guard condition before its pool drains,
+        # and a callback still in flight then fails on it; let those finish first
+        time.sleep(0.2)
         self.executor.shutdown(timeout_sec=5.0)
         if self._spin is not None:
             self._spin.join(timeout=5.0)
