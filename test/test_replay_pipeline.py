@@ -74,9 +74,13 @@ def test_replay_is_lossless_against_the_verifier_alone(replayed: Path) -> None:
     doc = json.loads((replayed / "report.json").read_text())
     base = doc["summary"]["baseline"]
     assert doc["summary"]["rounds"] >= N_SCENES
-    assert base["rounds"] == doc["summary"]["rounds"]
+    # The verifier alone opens a round once a frame passes it; the lead-out scene's round has none
+    # after it, so only the scenes' rounds are sure to have a baseline.
+    assert base["rounds"] >= N_SCENES
     assert base["lossless_match"] == 1.0
-    assert all(r["baseline"]["same_tokens"] for r in doc["rounds"])
+    assert all(r["baseline"]["same_tokens"] for r in doc["rounds"] if r["baseline"] is not None)
+    assert doc["run"]["baseline"]["kind"] == "pass"
+    assert set(doc["run"]["baseline"]["rounds_missing"]) <= {doc["rounds"][-1]["round_id"]}
     assert doc["run"]["mode"] == "lossless-greedy" and doc["run"]["models"] == MODELS
     losses = doc["run"]["input_losses"]
     assert set(losses) == {"event_drafter", "frame_refiner", "video_verifier"}

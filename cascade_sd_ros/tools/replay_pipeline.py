@@ -138,7 +138,8 @@ def make_pipeline(context: Any, settings: Any) -> Any:
     """The three stage nodes on ``use_sim_time`` in ``context`` (models loaded once, not spinning)."""
     from cascade_sd_ros.tools.pipeline import PipelineConfig, build_pipeline
 
-    config = PipelineConfig(models=dict(settings.models), device=settings.device, use_sim_time=True,
+    config = PipelineConfig(models=dict(settings.models), stages=tuple(settings.stages), device=settings.device,
+                            use_sim_time=True,
                             params=replay_params(settings.mode, settings.params), collect_captions=False)
     return build_pipeline(config, context)
 
