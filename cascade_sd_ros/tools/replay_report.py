@@ -315,9 +315,15 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
                   f"forwards {base['baseline_forwards']} vs {base['cascade_forwards']} "
                   f"({_fmt(base['forward_reduction'], 2)}x, {_fmt(base['tokens_per_forward'], 2)} tokens/forward); "
                   f"same tokens as the baseline in {_fmt(100 * base['lossless_match'], 0)} % of rounds."]
-        lines += ["", "The baseline decodes after the cascade has stopped, alone on the machine; the cascade's "
-                  "verifier shared it with the drafter and refiner. On one CPU the comparison favours the "
-                  "baseline; forwards and tokens per forward do not depend on it."]
+        kind = (run.get("baseline") or {}).get("kind") if isinstance(run.get("baseline"), dict) else None
+        if kind == "offline":
+            lines += ["", "The baseline decoded each round's clip after the cascade had stopped, alone on the "
+                      "machine, while the cascade's verifier shared it with the drafter and refiner: on a shared "
+                      "CPU this favours the baseline. Forwards and tokens per forward do not depend on it."]
+        else:
+            lines += ["", "The baseline is a second pass of the same bag through the verifier node alone (drafts "
+                      "off), under the same player; its captions are in `verifier_alone/`. Forwards and tokens "
+                      "per forward do not depend on how the machine's cores were shared."]
     else:
         lines += ["", "No verifier-alone baseline (no rounds, or the baseline was not run)."]
     acc = summ["accuracy"]
