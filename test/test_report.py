@@ -71,7 +71,7 @@ def test_accuracy_against_ground_truth() -> None:
     ]
     acc = report.accuracy(rounds)
     assert acc["rounds"] == 2
-    assert acc["exact_match"] == pytest.approx(0.5)
+    assert acc["exact_match"] == pytest.approx(0.5) and acc["any_order_match"] == pytest.approx(0.5)
     assert acc["word_accuracy"] == pytest.approx((1.0 + 0.8) / 2)
 
 
@@ -101,3 +101,11 @@ def test_summary_degraded_and_json_round() -> None:
 def test_record_validation_names_the_problem() -> None:
     with pytest.raises(ValueError, match="accepted_per_stage"):
         make_round(1, drafted=(1, 2), accepted=(1,))
+
+
+def test_clause_order_does_not_matter_for_any_order_match() -> None:
+    rounds = [make_round(1, text="a yellow triangle moves left and a purple circle is still",
+                         truth="a purple circle is still and a yellow triangle moves left")]
+    acc = report.accuracy(rounds)
+    assert acc["exact_match"] == 0.0 and acc["any_order_match"] == 1.0
+    assert report.clauses("A red circle moves left.") == frozenset({"a red circle moves left"})

@@ -142,6 +142,12 @@ def word_accuracy(predicted: str, truth: str) -> float:
     return max(0.0, 1.0 - prev[-1] / len(ref))
 
 
+def clauses(text: str) -> frozenset[str]:
+    """A caption's object clauses ("a red circle moves left and a blue square is still" -> two),
+    so that captions listing the same objects in another order compare equal."""
+    return frozenset(c.strip() for c in normalise_caption(text).split(" and ") if c.strip())
+
+
 def acceptance(rounds: Sequence[RoundRecord]) -> dict[str, dict[str, float | int | None]]:
     """Draft tokens checked and accepted per stage over all rounds, and their ratio."""
     n_stages = max((len(r.drafted_per_stage) for r in rounds), default=0)
@@ -197,19 +203,22 @@ def speedup(rounds: Sequence[RoundRecord]) -> dict[str, float | int | None]:
 
 
 def accuracy(rounds: Sequence[RoundRecord]) -> dict[str, float | int | None]:
-    """Caption accuracy on rounds with ground truth: exact match and mean word accuracy."""
+    """Caption accuracy on rounds with ground truth: exact match, match of the object clauses in
+    any order, and mean word accuracy."""
     scored = [r for r in rounds if r.ground_truth is not None]
     if not scored:
-        return {"rounds": 0, "exact_match": None, "word_accuracy": None, "baseline_exact_match": None}
+        return {"rounds": 0, "exact_match": None, "any_order_match": None, "word_accuracy": None,
+                "baseline_exact_match": None}
     exact = sum(normalise_caption(r.text) == normalise_caption(r.ground_truth or "") for r in scored)
+    any_order = sum(clauses(r.text) == clauses(r.ground_truth or "") for r in scored)
     words = [word_accuracy(r.text, r.ground_truth or "") for r in scored]
     based = [r for r in scored if r.baseline is not None]
     base_exact = (
         sum(normalise_caption(r.baseline.text) == normalise_caption(r.ground_truth or "") for r in based if r.baseline)
         / len(based) if based else None
     )
-    return {"rounds": len(scored), "exact_match": exact / len(scored), "word_accuracy": float(np.mean(words)),
-            "baseline_exact_match": base_exact}
+    return {"rounds": len(scored), "exact_match": exact / len(scored), "any_order_match": any_order / len(scored),
+            "word_accuracy": float(np.mean(words)), "baseline_exact_match": base_exact}
 
 
 def degraded_summary(rounds: Sequence[RoundRecord]) -> dict[str, object]:

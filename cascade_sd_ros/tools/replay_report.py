@@ -329,7 +329,8 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
     acc = summ["accuracy"]
     if acc["rounds"]:
         lines += ["", f"Caption accuracy on {acc['rounds']} rounds with ground truth: exact match "
-                  f"{_fmt(100 * acc['exact_match'], 0)} %, word accuracy {_fmt(100 * acc['word_accuracy'], 0)} %"
+                  f"{_fmt(100 * acc['exact_match'], 0)} % (objects in any order "
+                  f"{_fmt(100 * acc['any_order_match'], 0)} %), word accuracy {_fmt(100 * acc['word_accuracy'], 0)} %"
                   + ("" if acc["baseline_exact_match"] is None else
                      f" (verifier alone: exact {_fmt(100 * acc['baseline_exact_match'], 0)} %)") + "."]
     else:
