@@ -38,7 +38,7 @@ def test_demo_json_on_tiny_models(capsys: pytest.CaptureFixture[str]) -> None:
         assert set(scene) >= {"caption", "ground_truth", "verifier_alone", "equal", "acceptance", "latency_ms"}
         assert scene["equal"] is True and scene["caption"] == scene["verifier_alone"]
         assert scene["ground_truth"].startswith("a ")
-        assert set(scene["acceptance"]) == {"drafter", "refiner"}
+        assert set(scene["acceptance"]) == {"drafter", "refiner", "drafter_by_refiner"}
         assert scene["latency_ms"] > 0
     assert out["speedup"] is not None and out["speedup"] > 0
     assert out["tokens_per_verifier_step"] >= 1.0

@@ -133,7 +133,7 @@ def _print_text(results: list[SceneResult], speedup: float | None, info: dict[st
     print(f"cascade-sd demo: {len(results)} scenes, mode {info['mode']}, stages {', '.join(info['stages'])}, "
           f"models {info['models']}")
     for r in results:
-        acc = ", ".join(f"{k} {'-' if v is None else f'{v:.0%}'}" for k, v in r.acceptance.items())
+        acc = ", ".join(f"{k.replace('_', ' ')} {'-' if v is None else f'{v:.0%}'}" for k, v in r.acceptance.items())
         print(f"\nscene {r.index}")
         print(f"  verified      : {r.caption if r.caption is not None else '(no caption in time)'}")
         print(f"  ground truth  : {r.ground_truth}")
@@ -282,11 +282,17 @@ def _scene_result(index: int, truth: str, cascade: PassOutput, alone: PassOutput
 
     msg = cascade.finals.get(index)
     if msg is None:
-        return SceneResult(index, None, truth, None, None, {"drafter": None, "refiner": None}, None, "", 0.0, 0.0,
+        return SceneResult(index, None, truth, None, None,
+                           {"drafter": None, "refiner": None, "drafter_by_refiner": None}, None, "", 0.0, 0.0,
                            {}, 0, 0)
-    acc = {name: (msg.accepted_per_stage[s] / msg.drafted_per_stage[s] if msg.drafted_per_stage[s] else None)
-           for s, name in enumerate(("drafter", "refiner"))}
+    # by the verifier: drafts it checked itself, per stage (the drafter's only when the refiner was
+    # not there first); by the refiner: the drafter tokens it kept in the refiner drafts used
+    acc: dict[str, float | None] = {
+        name: (msg.accepted_per_stage[s] / msg.drafted_per_stage[s] if msg.drafted_per_stage[s] else None)
+        for s, name in enumerate(("drafter", "refiner"))}
     u = cascade.updates.get(round_id)
+    acc["drafter_by_refiner"] = (u.upstream_accepted / u.upstream_drafted
+                                 if u is not None and u.upstream_drafted else None)
     inp = cascade.inputs.get(round_id)
     alone_text, equal, casc_ms, parts = None, None, 0.0, {}
     if inp is not None and u is not None:
