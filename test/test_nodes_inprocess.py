@@ -126,7 +126,7 @@ def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone, 
     assert drafted.sum() > 0  # the drafts were really checked, not skipped
     assert all(n.worker.errors == 0 for n in run.pipeline.nodes)
     # diagnostics: rates, drops, acceptance per stage, latency, skew, the offset estimate's state
-    status = _diagnostics(rclpy_context, 2.5)["cascade_sd: video_verifier"]
+    status = _diagnostics(rclpy_context, 10.0)["cascade_sd: video_verifier"]
     values = {kv.key: kv.value for kv in status.values}
     assert status.level in (b"\x00", b"\x01") and "error" not in status.message, status.message
     assert int(values["rounds_done"]) >= N_SCENES and int(values["images.malformed"]) == 0
@@ -156,8 +156,12 @@ def test_a_stage_dying_mid_run_costs_speed_not_output(make_run, scenes, alone, d
         assert silent is not None and dead in silent.group(1).split(" and "), m.degraded_reason
 
 
+STAGE_DIAGNOSTICS = ("cascade_sd: event_drafter", "cascade_sd: frame_refiner", "cascade_sd: video_verifier")
+
+
 def _diagnostics(context: Any, seconds: float) -> dict[str, Any]:
-    """The last DiagnosticStatus per name heard within ``seconds``."""
+    """The last DiagnosticStatus per name, once every stage has been heard twice (or ``seconds`` passed;
+    the second message is surely from after the listener joined, whatever discovery took)."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -166,13 +170,19 @@ def _diagnostics(context: Any, seconds: float) -> dict[str, Any]:
 
     node = Node("diag_listener", context=context)
     seen: dict[str, Any] = {}
-    node.create_subscription(DiagnosticArray, "/diagnostics",
-                             lambda m: seen.update({s.name: s for s in m.status}), DIAGNOSTICS_QOS)
+    heard: dict[str, int] = {}
+
+    def take(msg: Any) -> None:
+        for s in msg.status:
+            seen[s.name] = s
+            heard[s.name] = heard.get(s.name, 0) + 1
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", take, DIAGNOSTICS_QOS)
     ex = SingleThreadedExecutor(context=context)
     ex.add_node(node)
     deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not all(heard.get(n, 0) >= 2 for n in STAGE_DIAGNOSTICS):
             ex.spin_once(timeout_sec=0.1)
     finally:
         ex.remove_node(node)
@@ -192,7 +202,7 @@ def test_events_only_gives_degraded_captions_and_diagnostics(make_run, scenes, r
         msg = run.pipeline.collector.finals[rounds.round_ids[i]]
         assert msg.degraded and msg.text == "" and list(msg.token_ids) == []
         assert "no RGB frames" in msg.degraded_reason
-    diags = _diagnostics(rclpy_context, 2.5)
+    diags = _diagnostics(rclpy_context, 10.0)
     status = diags["cascade_sd: video_verifier"]
     assert status.level == b"\x01" and "no RGB frames" in status.message
     assert diags["cascade_sd: frame_refiner"].level == b"\x01"
@@ -202,7 +212,7 @@ def test_events_only_gives_degraded_captions_and_diagnostics(make_run, scenes, r
 def test_no_input_at_all_reports_degraded_without_stalling(make_run, rclpy_context) -> None:  # noqa: ANN001
     config, _ = _config()
     run = make_run(config)
-    diags = _diagnostics(rclpy_context, 2.5)
+    diags = _diagnostics(rclpy_context, 10.0)
     assert diags["cascade_sd: video_verifier"].level == b"\x01"
     assert diags["cascade_sd: event_drafter"].level == b"\x01"
     assert "no event packets" in diags["cascade_sd: event_drafter"].message
