@@ -111,11 +111,10 @@ def test_garbage_and_stale_drafts_change_nothing(stages: dict[str, Any], alone: 
 
 
 def test_dead_upstream_costs_one_wait_per_round_not_per_token(stages: dict[str, Any], alone: list[int]) -> None:
-    t0 = time.monotonic()
     final = Harness(stages, upstream=False, draft_wait_s=0.3).run()
-    elapsed = time.monotonic() - t0
     assert list(final.token_ids) == alone
-    assert elapsed < 0.3 * 3  # one wait, then it stops waiting for silent stages
+    # the time spent waiting for drafts (not computing): one draft_wait, not one per token
+    assert 300.0 <= final.latency_wait_ms < 300.0 * 2
     assert "no drafts from refiner and drafter" in final.degraded_reason
 
 
