@@ -211,7 +211,8 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
     settings = ReplaySettings(bag=bag, out_dir=tmp_path / "out", rate=rate,
                               remaps={"/cam/events": "/event_camera/events"}, progress=False, drain_timeout_s=20.0)
     result = run_replay(settings, factory)
-    node = made[0].nodes[0]
+    assert len(made) == 2  # the verifier-alone pass, then the cascade pass
+    node = made[-1].nodes[0]
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     if rate is None:
         # Fast mode waits for the cascade: every record reached it (sensor QoS, depth 5).
@@ -229,11 +230,13 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
     assert "recorded" not in [r["caption"] for r in doc["rounds"]]
     # /clock drove the node's timer over the bag's 1.2 s: rounds at sim times T0 + k * 0.25 s.
     stamps = [r["stamp_ns"] for r in doc["rounds"]]
-    assert len(stamps) == node.rounds >= 4
+    # (a timer may still fire between the end of the drain and the executor's shutdown; in fast
+    # mode sim time may jump past several periods between two executor cycles: one firing)
+    assert (1 if rate is None else 3) <= len(stamps) <= node.rounds
     assert all(T0 <= s <= T0 + 2 * S for s in stamps)
     # The report is what the output bag says.
     out = replay_report.load_output(result.output_bag)
     assert [r.round_id for r in out.rounds] == [r["round_id"] for r in doc["rounds"]]
-    assert out.counts["/ground_truth"] == 1 and out.counts["/cascade/drafts"] == node.rounds
+    assert out.counts["/ground_truth"] == 1 and len(stamps) <= out.counts["/cascade/drafts"] <= node.rounds
     assert doc["rounds"][0]["ground_truth"] == "a red circle moves left"
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "latency.png").is_file()
