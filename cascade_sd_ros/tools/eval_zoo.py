@@ -41,9 +41,10 @@ def plot_report(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(stages)
     for k, stage in enumerate(stages):
-        values = [report["stages"][stage][m] or 0.0 for m in metrics]
+        raw = [report["stages"][stage][m] for m in metrics]  # the target has no acceptance (None)
+        values = [float("nan") if v is None else v for v in raw]
         bars = ax.bar([i + k * width for i in range(len(metrics))], values, width, label=stage)
-        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+        ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in raw], fontsize=6)
     ax.set_xticks([i + width * (len(stages) - 1) / 2 for i in range(len(metrics))], metrics)
     ax.set_ylim(0, 1.1)
     ax.set_title(f"zoo on {report['scenes']} held-out scenes (acceptance: {report['mode']}, gamma {report['gamma']})",

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-samples", type=_positive_int, default=200, help="held-out samples checked after training")
     parser.add_argument("--steps-scale", type=_positive_float, default=1.0,
                         help="multiply every stage's step count (e.g. 0.01 for a smoke run, 3 on a GPU)")
+    parser.add_argument("--lr-scale", type=_positive_float, default=1.0,
+                        help="multiply every learning rate (e.g. 0.3 to fine-tune with --resume)")
     parser.add_argument("--batch-scale", type=_positive_int, default=1, help="multiply every batch size (GPU)")
     parser.add_argument("--max-minutes", type=_positive_float, nargs="+", default=None, metavar="MIN",
                         help="wall-time budget per stage (one value for each, or three: target refiner "
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         budgets = dict(zip(("target", "refiner", "drafter"), values))
     settings = TrainSettings(
         seed=args.seed, samples=args.samples, event_samples=args.event_samples, eval_samples=args.eval_samples, steps_scale=args.steps_scale,
-        batch_scale=args.batch_scale, max_minutes=budgets, device=args.device, workers=args.workers,
+        batch_scale=args.batch_scale, lr_scale=args.lr_scale, max_minutes=budgets, device=args.device, workers=args.workers,
         data_dir=args.data_dir, progress=not args.quiet, grow_target=not args.no_grow, resume=args.resume,
     )
     start = time.monotonic()

@@ -30,10 +30,11 @@ from cascade_sd_ros.core.zoo.configs import DATA, DataGeometry
 
 __all__ = [
     "ZooData", "build_sample", "canonical_spec", "sample_moment", "clip_times", "render_clip", "render_event_image",
-    "build_data", "load_or_build", "split_rng", "cache_path", "TRAIN_STREAM", "EVAL_STREAM",
+    "build_data", "load_or_build", "split_rng", "cache_path", "TRAIN_STREAM", "EVAL_STREAM", "DISTILL_STREAM",
 ]
 
-TRAIN_STREAM, EVAL_STREAM = 0x7A1, 0xE7A  # seed domains: train and eval never share a scene stream
+# Seed domains: training, held-out evaluation and distillation scenes never share a stream.
+TRAIN_STREAM, EVAL_STREAM, DISTILL_STREAM = 0x7A1, 0xE7A, 0xD15
 
 
 def split_rng(seed: int, stream: int) -> np.random.Generator:

@@ -12,7 +12,7 @@ from transformers import LlavaForConditionalGeneration, PreTrainedModel, VideoLl
 
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.configs import DataGeometry, Stage, TrainSchedule
-from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, ZooData, load_or_build
+from cascade_sd_ros.core.zoo.data import DISTILL_STREAM, EVAL_STREAM, ZooData, load_or_build
 from cascade_sd_ros.core.zoo.distill import Distiller, DistillWeights, argmax_agreement, teacher_captions
 from cascade_sd_ros.core.zoo.load import check_stage_folder, read_zoo_meta
 from cascade_sd_ros.core.zoo.save import save_stage
@@ -26,7 +26,7 @@ DISTILL_SCHEDULE = TrainSchedule(steps=600, batch_size=32, lr=5e-4, warmup_steps
 @dataclass(frozen=True)
 class DistillSettings:
     seed: int = 0
-    samples: int = 8000  # synthetic scenes (clips + events) when no data file: the train event set, cached
+    samples: int = 8000  # fresh synthetic scenes (clips + events) when no data file is given
     eval_samples: int = 200
     data: Path | None = None  # a ZooData .npz of the user's own clips + event images
     data_dir: Path | None = Path("build/zoo-data")
@@ -74,7 +74,8 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
         train = ZooData.load(settings.data)
         held = train.subset(np.arange(min(settings.eval_samples, len(train))))
     else:
-        train = load_or_build(settings.data_dir, settings.samples, settings.seed, TRAIN_STREAM, geometry,
+        # Fresh scenes (not the training ones): the teacher labels data the students have never seen.
+        train = load_or_build(settings.data_dir, settings.samples, settings.seed, DISTILL_STREAM, geometry,
                               with_events=True, workers=settings.workers)
         held = load_or_build(settings.data_dir, settings.eval_samples, settings.seed, EVAL_STREAM, geometry,
                              with_events=True, workers=settings.workers)

@@ -38,6 +38,7 @@ class TrainSettings:
     eval_samples: int = 200
     steps_scale: float = 1.0
     batch_scale: int = 1
+    lr_scale: float = 1.0
     max_minutes: dict[str, float] | None = None  # per-stage wall-time budget
     device: str = "cpu"
     workers: int = 1
@@ -131,6 +132,7 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
             grown_from = "refiner"
         model = model.to(settings.device)
         schedule = scaled_schedule(SCHEDULES[stage], settings.steps_scale, settings.batch_scale)
+        schedule = dataclasses.replace(schedule, lr=schedule.lr * settings.lr_scale)
         processor = build_image_processor(stage, settings.geometry)
         batcher = StageBatcher(stage, model, tokenizer, processor, train, device=settings.device)
         budget = None if settings.max_minutes is None else settings.max_minutes.get(stage)
