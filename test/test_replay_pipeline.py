@@ -45,11 +45,11 @@ def generated_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bag
 
 
-def _replay(bag: Path, out: Path) -> dict[str, Any]:
+def _replay(bag: Path, out: Path, baseline: str = "pass") -> dict[str, Any]:
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_baseline, run_replay
     from cascade_sd_ros.tools.replay_pipeline import make_pipeline
 
-    settings = ReplaySettings(bag=bag, out_dir=out, rate=None, models=dict(MODELS), progress=False)
+    settings = ReplaySettings(bag=bag, out_dir=out, rate=None, models=dict(MODELS), progress=False, baseline=baseline)
     return run_replay(settings, make_pipeline, _make_baseline).report
 
 
@@ -130,8 +130,11 @@ def test_frames_only_bag_runs_what_can_run(generated_bag: Path, tmp_path: Path) 
     frames_only = tmp_path / "frames_only"
     keep = ("/camera/image_raw", "/camera/camera_info", "/ground_truth")
     bagio.write_bag(frames_only, (m for m in bagio.iter_messages(generated_bag) if m[0] in keep), storage="mcap")
-    report = _replay(frames_only, tmp_path / "out")
+    # The offline baseline: the target decodes each round's own clip after the cascade stopped.
+    report = _replay(frames_only, tmp_path / "out", baseline="offline")
     assert list(report["input"]["missing_streams"]) == ["events"]
     assert report["summary"]["rounds"] >= N_SCENES
     assert all(r["caption"] for r in report["rounds"])
+    assert report["run"]["baseline"]["kind"] == "offline"
+    assert report["summary"]["baseline"]["rounds"] == report["summary"]["rounds"]
     assert report["summary"]["baseline"]["lossless_match"] == 1.0
