@@ -1,4 +1,5 @@
-"""What the three nodes share: QoS per topic kind, declared parameters, input accounting, main()."""
+"""What the three nodes share: QoS per topic kind, declared parameters, input accounting, the stage
+node skeleton (parameters, model, prompt, diagnostics, worker), the image callback, main()."""
 from __future__ import annotations
 
 import sys
@@ -6,13 +7,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
+
+import numpy as np
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -20,6 +25,13 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+
+from cascade_sd_ros.core.align import FrameIngest
+from cascade_sd_ros.core.rounds import RoundBook, RoundRecord, round_id_for
+from cascade_sd_ros.core.stage_model import StageModel, load_stage_model
+from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
+from cascade_sd_ros.ros.outputs import diagnostics_msg
+from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 
 # Sensor streams: best effort, newest first, deep enough for a burst of event packets.
 SENSOR_QOS = QoSProfile(
@@ -111,8 +123,6 @@ COMMON_PARAMS: tuple[Param, ...] = (
 
 def round_period_ns(params: dict[str, Any]) -> int:
     """``round_period`` in ns: 0 (prompt-only rounds) or at least 10 ms."""
-    from cascade_sd_ros.ros.stamps import seconds_to_ns
-
     period = float(params["round_period"])
     if 0.0 < period < 0.01:
         raise ValueError(f"parameter round_period={period}: must be 0 (prompt-only rounds) or >= 0.01 s")
@@ -184,31 +194,146 @@ class InputStats:
         }
 
 
-class FrameShape:
-    """The stream's image size: a frame of another size is malformed, unless the camera really
-    changed (``adopt_after`` such frames in a row), which restarts the stream at the new size."""
+class StageConfig(Protocol):
+    """What the stage skeleton needs from a node's config."""
 
-    def __init__(self, adopt_after: int = 10) -> None:
-        self.shape: tuple[int, ...] | None = None
-        self._other: tuple[int, ...] | None = None
-        self._count = 0
-        self.adopt_after = adopt_after
+    @property
+    def model(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
 
-    def check(self, shape: tuple[int, ...]) -> str:
-        """'ok', 'changed' (a new size adopted: drop older frames) or 'bad' (skip this frame)."""
-        if self.shape is None or shape == self.shape:
-            self.shape, self._other, self._count = shape, None, 0
-            return "ok"
-        self._count = self._count + 1 if shape == self._other else 1
-        self._other = shape
-        if self._count >= self.adopt_after:
-            self.shape, self._other, self._count = shape, None, 0
-            return "changed"
-        return "bad"
 
-    def reset(self) -> None:
-        self.shape, self._other, self._count = None, None, 0
+class StageWorker(Protocol):
+    def start(self) -> None: ...
+    def stop(self, timeout: float = ...) -> None: ...
 
+
+C = TypeVar("C", bound=StageConfig)
+
+
+class StageNode(Node, Generic[C]):
+    """The skeleton every stage node shares: declared parameters -> config, sensor QoS, its model
+    (given, or loaded for ``role``), round book, prompt input, diagnostics output, worker stop.
+
+    A subclass builds its own inputs and outputs after ``super().__init__`` and sets ``self.worker``.
+    """
+
+    worker: StageWorker
+
+    def __init__(
+        self,
+        name: str,
+        params: Sequence[Param],
+        make_config: Callable[[dict[str, Any]], C],
+        role: str,
+        *,
+        context: Context | None,
+        model: StageModel | None,
+        parameter_overrides: list[Parameter] | None,
+        namespace: str | None,
+    ) -> None:
+        super().__init__(name, context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
+        values = declare(self, params)
+        self.cfg: C = make_config(values)
+        self.sensor_qos = sensor_qos(values)
+        self.model = model if model is not None else load_stage_model(
+            self.cfg.model, role, device=self.cfg.device, dtype=self.cfg.dtype)
+        self.check_model(self.model)
+        self.book = RoundBook()
+        self._lock = threading.Lock()  # guards the node's stream and round-opening state
+        self._question = self.cfg.prompt
+        self.prompts_in = InputStats(self, "prompts")
+
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
+
+    def check_model(self, model: StageModel) -> None:
+        """Hook: reject a model that does not fit this node's parameters (ValueError)."""
+
+    def _join(self, round_id: int, t_ns: int) -> RoundRecord:
+        """Open (or find) a round; a new one asks the current question."""
+        rec = self.book.open(round_id, t_ns)
+        if not rec.question:
+            rec.question = self._question
+        return rec
+
+    def _on_prompt(self, msg: Any) -> None:
+        self.prompts_in.tick()
+        text = str(msg.data).strip()
+        if not text:
+            self.prompts_in.bad("empty prompt")
+            return
+        self._question = text
+        self.prompted()
+
+    def prompted(self) -> None:
+        """Hook: a new question has been asked (``self._question``)."""
+
+    def publish_status(self, level: int, message: str, values: dict[str, object]) -> None:
+        """One DiagnosticStatus named after the node, stamped now."""
+        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), f"cascade_sd: {self.get_name()}",
+                                              self.get_fully_qualified_name(), level, message, values))
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
+class ImageInput:
+    """The ``image`` callback of the frame stages: decode, ingest under the node's lock, report, join
+    the rounds the frame lets open, wake the worker.
+
+    ``on_jump`` resets what the node keeps beyond the frames (``reset_what`` names it all in the log);
+    ``on_frame`` sees every buffered frame (under the lock).
+    """
+
+    def __init__(
+        self,
+        node: StageNode[Any],
+        ingest: FrameIngest,
+        *,
+        reset_what: str,
+        on_jump: Callable[[], None],
+        on_frame: Callable[[int, np.ndarray], None] | None = None,
+    ) -> None:
+        self._node = node
+        self.ingest = ingest
+        self.stats = InputStats(node, "images")
+        self._reset_what = reset_what
+        self._on_jump = on_jump
+        self._on_frame = on_frame
+
+    def __call__(self, msg: Any) -> None:
+        node = self._node
+        self.stats.tick()
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            rgb = image_to_rgb8(msg)
+        except (StampError, ImageEncodingError) as exc:
+            self.stats.bad(str(exc))
+            return
+        with node._lock:
+            got = self.ingest.add(t_ns, rgb)
+            if got.malformed:
+                self.stats.bad(got.malformed)
+                return
+            if got.size_changed:
+                node.get_logger().warning(f"image size changed to {rgb.shape[1]}x{rgb.shape[0]}: older frames dropped")
+            if got.time_jumped:
+                node.get_logger().warning(f"image time jumped backwards: {self._reset_what} reset")
+                self._on_jump()
+            frames = self.ingest.frames
+            self.stats.buffer(frames.dropped, frames.expired)
+            if self._on_frame is not None:
+                self._on_frame(t_ns, rgb)
+            for T in got.rounds_ns:
+                node._join(round_id_for(T), T)
+        with node.book.changed:
+            node.book.changed.notify_all()  # a round may be waiting for this frame
 
 def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
     """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C."""

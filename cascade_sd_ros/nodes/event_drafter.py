@@ -7,40 +7,35 @@ Callbacks only decode and buffer; drafting runs on the stage's worker thread
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import ClockJumpDetector, TimeBuffer
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
 from cascade_sd_ros.core.round_stages import DrafterWorker, StageInput
-from cascade_sd_ros.core.rounds import Draft, RoundBook, RoundRecord, round_id_for, round_times_between
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.core.rounds import Draft, RoundRecord, round_id_for, round_times_between
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
-    DIAGNOSTICS_QOS,
     PROMPT_QOS,
     ROUND_QOS,
     TOPIC_COMMIT,
-    TOPIC_DIAGNOSTICS,
     TOPIC_DRAFTS_DRAFTER,
     TOPIC_EVENTS,
     TOPIC_PROMPT,
     InputStats,
     Param,
-    declare,
+    StageNode,
     round_period_ns,
-    sensor_qos,
     spin_node,
 )
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
-from cascade_sd_ros.ros.outputs import diagnostics_msg, draft_msg
+from cascade_sd_ros.ros.outputs import draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 
 PARAMS: tuple[Param, ...] = (
@@ -82,7 +77,9 @@ class DrafterConfig:
         )
 
 
-class EventDrafter(Node):
+class EventDrafter(StageNode[DrafterConfig]):
+    worker: DrafterWorker
+
     def __init__(
         self,
         *,
@@ -91,37 +88,25 @@ class EventDrafter(Node):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("event_drafter", context=context, namespace=namespace,
-                         parameter_overrides=parameter_overrides or [])
-        params = declare(self, PARAMS)
-        self.cfg = DrafterConfig.from_params(params)
-        self.sensor_qos = sensor_qos(params)
-        self.model = model if model is not None else load_stage_model(
-            self.cfg.model, "drafter", device=self.cfg.device, dtype=self.cfg.dtype)
-        self.book = RoundBook()
+        super().__init__("event_drafter", PARAMS, DrafterConfig.from_params, "drafter", context=context, model=model,
+                         parameter_overrides=parameter_overrides, namespace=namespace)
         self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
         self._stream = EventStream()
         self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
-        self._lock = threading.Lock()  # guards stream/round-opening state below
         self._first_event_ns: int | None = None
         self._last_round_ns: int | None = None
         self._max_span_ns = 0
         self._renderer: EventFrameRenderer | None = None
-        self._question = self.cfg.prompt
         self.events_in = InputStats(self, "events")
         self.commits_in = InputStats(self, "commits")
-        self.prompts_in = InputStats(self, "prompts")
         self.rounds_opened = 0
 
         from cascade_sd_ros.msg import Commit, DraftTokens
-        from diagnostic_msgs.msg import DiagnosticArray
         from event_camera_msgs.msg import EventPacket
         from std_msgs.msg import String
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
-
         self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
@@ -191,13 +176,7 @@ class EventDrafter(Node):
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 
-    def _on_prompt(self, msg: Any) -> None:
-        self.prompts_in.tick()
-        text = str(msg.data).strip()
-        if not text:
-            self.prompts_in.bad("empty prompt")
-            return
-        self._question = text
+    def prompted(self) -> None:
         with self._lock:
             newest = self._packets.newest_stamp()
         if newest is not None:
@@ -245,11 +224,7 @@ class EventDrafter(Node):
             level, message = 1, "degraded: no event packets received"
         if self.worker.errors:
             level, message = 2, f"worker errors: {self.worker.last_error}"
-        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), "cascade_sd: event_drafter",
-                                              self.get_fully_qualified_name(), level, message, values))
-
-    def close(self) -> None:
-        self.worker.stop()
+        self.publish_status(level, message, values)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -7,43 +7,36 @@ id and stamp as they are heard of (a stage-0 draft or a commit). No frame within
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from cascade_sd_ros.core.align import ClockJumpDetector, StreamOffsets, TimeBuffer, nearest_frame
+from cascade_sd_ros.core.align import FrameIngest, StreamOffsets, nearest_frame
 from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
 from cascade_sd_ros.core.round_stages import RefinerWorker, StageInput
-from cascade_sd_ros.core.rounds import Draft, RoundBook, RoundRecord, round_id_for, round_times_between
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.core.rounds import Draft, RoundRecord
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
-    DIAGNOSTICS_QOS,
     PROMPT_QOS,
     ROUND_QOS,
     TOPIC_COMMIT,
-    TOPIC_DIAGNOSTICS,
     TOPIC_DRAFTS_DRAFTER,
     TOPIC_DRAFTS_REFINER,
     TOPIC_IMAGE,
     TOPIC_PROMPT,
-    FrameShape,
+    ImageInput,
     InputStats,
     Param,
+    StageNode,
     choice,
-    declare,
     round_period_ns,
-    sensor_qos,
     spin_node,
 )
-from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
-from cascade_sd_ros.ros.outputs import DraftMessageError, diagnostics_msg, draft_from_msg, draft_msg
+from cascade_sd_ros.ros.outputs import DraftMessageError, draft_from_msg, draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 
 MODE_PARAMS: tuple[Param, ...] = (
@@ -113,7 +106,9 @@ class RefinerConfig:
         )
 
 
-class FrameRefiner(Node):
+class FrameRefiner(StageNode[RefinerConfig]):
+    worker: RefinerWorker
+
     def __init__(
         self,
         *,
@@ -122,38 +117,29 @@ class FrameRefiner(Node):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("frame_refiner", context=context, namespace=namespace,
-                         parameter_overrides=parameter_overrides or [])
-        params = declare(self, PARAMS)
-        self.cfg = RefinerConfig.from_params(params)
-        self.sensor_qos = sensor_qos(params)
-        self.model = model if model is not None else load_stage_model(
-            self.cfg.model, "refiner", device=self.cfg.device, dtype=self.cfg.dtype)
-        self.book = RoundBook()
+        super().__init__("frame_refiner", PARAMS, RefinerConfig.from_params, "refiner", context=context, model=model,
+                         parameter_overrides=parameter_overrides, namespace=namespace)
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
-        self._frames: TimeBuffer[np.ndarray] = TimeBuffer(self.cfg.frame_buffer)
-        self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
-        self._lock = threading.Lock()
-        self._question = self.cfg.prompt
-        self._first_frame_ref_ns: int | None = None
-        self._last_round_ns: int | None = None
-        self.images_in = InputStats(self, "images")
-        self._shape = FrameShape()
+        # join each period round as soon as its frame is in: no need to hear of it from the drafter
+        # (the same rule as the verifier's, so both name the round alike)
+        self._image = ImageInput(self, FrameIngest(
+            offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
+            period_ns=self.cfg.period_ns, phase_ns=self.cfg.phase_ns, slop_ns=self.cfg.slop_ns,
+        ), reset_what="frames and rounds", on_jump=self.book.reset)
+        self.images_in = self._image.stats
+        self._frames = self._image.ingest.frames
         self.drafts_in = InputStats(self, "drafts")
         self.commits_in = InputStats(self, "commits")
-        self.prompts_in = InputStats(self, "prompts")
         self.rounds_degraded = 0
         self._last_skew_ms = float("nan")
 
         from cascade_sd_ros.msg import Commit, DraftTokens
-        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_REFINER, ROUND_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
-        self.create_subscription(Image, TOPIC_IMAGE, self._on_image, self.sensor_qos, callback_group=inputs)
+        self.create_subscription(Image, TOPIC_IMAGE, self._image, self.sensor_qos, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
@@ -166,61 +152,6 @@ class FrameRefiner(Node):
         self.worker.start()
 
     # ------------------------------------------------------------------ callbacks
-    def _on_image(self, msg: Any) -> None:
-        self.images_in.tick()
-        try:
-            t_ns = stamp_to_ns(msg.header.stamp)
-            rgb = image_to_rgb8(msg)
-        except (StampError, ImageEncodingError) as exc:
-            self.images_in.bad(str(exc))
-            return
-        with self._lock:
-            verdict = self._shape.check(rgb.shape)
-            if verdict == "bad":
-                self.images_in.bad(f"image size {rgb.shape[1]}x{rgb.shape[0]} differs from the stream's "
-                                   f"{self._shape.shape[1]}x{self._shape.shape[0]}")
-                return
-            if verdict == "changed":
-                self.get_logger().warning(f"image size changed to {rgb.shape[1]}x{rgb.shape[0]}: older frames dropped")
-                self._frames.clear()
-            if self._jump.observe(t_ns):
-                self.get_logger().warning("image time jumped backwards: frames and rounds reset")
-                self._frames.clear()
-                self._first_frame_ref_ns = None
-                self._last_round_ns = None
-                self.book.reset()
-            self._frames.insert(t_ns, rgb)
-            self.images_in.buffer(self._frames.dropped, self._frames.expired)
-            ref = self.offsets.to_reference("image", t_ns)
-            if self._first_frame_ref_ns is None:
-                self._first_frame_ref_ns = ref
-            self._open_rounds_locked(ref)
-        with self.book.changed:
-            self.book.changed.notify_all()  # a round may be waiting for this frame
-
-    def _open_rounds_locked(self, newest_ref_ns: int) -> None:
-        """Join each period round as soon as its frame is in: no need to hear of it from the drafter
-        (the same rule as the verifier's, so both name the round alike)."""
-        if self.cfg.period_ns == 0:
-            return  # rounds on prompt messages only
-        shifted = newest_ref_ns - self.cfg.slop_ns - self.cfg.phase_ns
-        if shifted <= 0:
-            return
-        after = None if self._last_round_ns is None else self._last_round_ns - self.cfg.phase_ns
-        for t in round_times_between(after, shifted, self.cfg.period_ns):
-            T = t + self.cfg.phase_ns
-            self._last_round_ns = T
-            assert self._first_frame_ref_ns is not None
-            if T < self._first_frame_ref_ns - self.cfg.slop_ns:
-                continue
-            self._join(round_id_for(T), T)
-
-    def _join(self, round_id: int, t_ns: int) -> RoundRecord:
-        rec = self.book.open(round_id, t_ns)
-        if not rec.question:
-            rec.question = self._question
-        return rec
-
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
         try:
@@ -239,14 +170,6 @@ class FrameRefiner(Node):
             self.book.apply_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
-
-    def _on_prompt(self, msg: Any) -> None:
-        self.prompts_in.tick()
-        text = str(msg.data).strip()
-        if not text:
-            self.prompts_in.bad("empty prompt")
-            return
-        self._question = text
 
     # ------------------------------------------------------------------ worker side
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
@@ -274,7 +197,8 @@ class FrameRefiner(Node):
         values: dict[str, object] = {
             **self.images_in.values(), **self.drafts_in.values(), **self.commits_in.values(),
             "rounds_open": len(self.book), "rounds_degraded": self.rounds_degraded,
-            "frame_skew_ms": self._last_skew_ms, "resets": self.book.resets, "time_jumps": self._jump.jumps,
+            "frame_skew_ms": self._last_skew_ms, "resets": self.book.resets,
+            "time_jumps": self._image.ingest.jump.jumps,
             "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
             "mode": self.cfg.rules.name,
         }
@@ -285,11 +209,7 @@ class FrameRefiner(Node):
             level, message = 1, f"degraded: {self.rounds_degraded} round(s) without a frame within slop"
         if self.worker.errors:
             level, message = 2, f"worker errors: {self.worker.last_error}"
-        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), "cascade_sd: frame_refiner",
-                                              self.get_fully_qualified_name(), level, message, values))
-
-    def close(self) -> None:
-        self.worker.stop()
+        self.publish_status(level, message, values)
 
 
 def main(args: list[str] | None = None) -> int:

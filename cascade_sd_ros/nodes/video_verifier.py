@@ -13,7 +13,6 @@ for a draft; a dead upstream stage costs speed, never output.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,31 +21,21 @@ from typing import Any
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from cascade_sd_ros.core.align import (
-    ClockJumpDetector,
-    OffsetEstimator,
-    StreamOffsets,
-    TimeBuffer,
-    nearest_frame,
-    select_clip,
-)
+from cascade_sd_ros.core.align import FrameIngest, OffsetEstimator, StreamOffsets, nearest_frame, select_clip
 from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.round_stages import STAGE_DRAFTER, STAGE_REFINER, CaptionUpdate, StageInput, VerifierWorker
-from cascade_sd_ros.core.rounds import RoundBook, RoundRecord, round_id_for, round_times_between
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.core.rounds import RoundRecord, round_id_for
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
-    DIAGNOSTICS_QOS,
     OUTPUT_QOS,
     PROMPT_QOS,
     ROUND_QOS,
     TOPIC_CAPTION,
     TOPIC_COMMIT,
-    TOPIC_DIAGNOSTICS,
     TOPIC_DRAFTS_DRAFTER,
     TOPIC_DRAFTS_REFINER,
     TOPIC_EVENTS,
@@ -54,23 +43,20 @@ from cascade_sd_ros.nodes.common import (
     TOPIC_MARKER,
     TOPIC_OVERLAY,
     TOPIC_PROMPT,
-    FrameShape,
+    ImageInput,
     InputStats,
     Param,
+    StageNode,
     choice,
-    declare,
     round_period_ns,
-    sensor_qos,
     spin_node,
 )
 from cascade_sd_ros.nodes.frame_refiner import MODE_PARAMS, rules_from_params
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
-from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
 from cascade_sd_ros.ros.outputs import (
     DraftMessageError,
     caption_msg,
     commit_msg,
-    diagnostics_msg,
     display_text,
     draft_from_msg,
     marker_msg,
@@ -159,7 +145,9 @@ class RoundInputs:
     question: str
 
 
-class VideoVerifier(Node):
+class VideoVerifier(StageNode[VerifierConfig]):
+    worker: VerifierWorker
+
     def __init__(
         self,
         *,
@@ -168,39 +156,29 @@ class VideoVerifier(Node):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("video_verifier", context=context, namespace=namespace,
-                         parameter_overrides=parameter_overrides or [])
-        params = declare(self, PARAMS)
-        self.cfg = VerifierConfig.from_params(params)
-        self.sensor_qos = sensor_qos(params)
-        self.model = model if model is not None else load_stage_model(
-            self.cfg.model, "target", device=self.cfg.device, dtype=self.cfg.dtype)
-        if self.model.num_frames != self.cfg.frames:
-            raise ValueError(
-                f"parameter frames={self.cfg.frames} but the target model takes {self.model.num_frames} frames")
-        self.book = RoundBook()
+        super().__init__("video_verifier", PARAMS, VerifierConfig.from_params, "target", context=context, model=model,
+                         parameter_overrides=parameter_overrides, namespace=namespace)
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
-        self._frames: TimeBuffer[np.ndarray] = TimeBuffer(self.cfg.frame_buffer)
-        self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
         self._estimator = OffsetEstimator()
         self._event_stream = EventStream()
-        self._lock = threading.Lock()
-        self._question = self.cfg.prompt
-        self._first_frame_ref_ns: int | None = None
-        self._last_round_ns: int | None = None
+        # open every period boundary the frames have passed, once the clip has frames behind it
+        self._image = ImageInput(self, FrameIngest(
+            offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
+            period_ns=self.cfg.period_ns, phase_ns=self.cfg.phase_ns, slop_ns=self.cfg.slop_ns,
+            lead_ns=self.cfg.clip_ns,
+        ), reset_what="frames, rounds and offset estimate", on_jump=self._reset_locked,
+            on_frame=self._estimator.add_frame if self.cfg.estimate_offset else None)
+        self.images_in = self._image.stats
+        self._frames = self._image.ingest.frames
         self._pending_prompt: float | None = None
         self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()  # the last rounds' clips
         self.finals: OrderedDict[int, CaptionUpdate] = OrderedDict()  # the last rounds' final updates
-        self.images_in = InputStats(self, "images")
-        self._shape = FrameShape()
         self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
-        self.prompts_in = InputStats(self, "prompts")
         self._totals = {"drafted": [0, 0], "accepted": [0, 0], "latency_ms": [], "skew_clip_ms": float("nan")}
         self._last_final: CaptionUpdate | None = None
 
         from cascade_sd_ros.msg import Commit, DraftTokens, VerifiedCaption
-        from diagnostic_msgs.msg import DiagnosticArray
         from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
@@ -211,8 +189,7 @@ class VideoVerifier(Node):
         self.pub_caption = self.create_publisher(VerifiedCaption, TOPIC_CAPTION, OUTPUT_QOS)
         self.pub_marker = self.create_publisher(Marker, TOPIC_MARKER, OUTPUT_QOS)
         self.pub_overlay = self.create_publisher(Image, TOPIC_OVERLAY, OUTPUT_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
-        self.create_subscription(Image, TOPIC_IMAGE, self._on_image, self.sensor_qos, callback_group=inputs)
+        self.create_subscription(Image, TOPIC_IMAGE, self._image, self.sensor_qos, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_REFINER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
@@ -230,60 +207,12 @@ class VideoVerifier(Node):
         )
         self.worker.start()
 
+    def check_model(self, model: StageModel) -> None:
+        if model.num_frames != self.cfg.frames:
+            raise ValueError(
+                f"parameter frames={self.cfg.frames} but the target model takes {model.num_frames} frames")
+
     # ------------------------------------------------------------------ callbacks
-    def _on_image(self, msg: Any) -> None:
-        self.images_in.tick()
-        try:
-            t_ns = stamp_to_ns(msg.header.stamp)
-            rgb = image_to_rgb8(msg)
-        except (StampError, ImageEncodingError) as exc:
-            self.images_in.bad(str(exc))
-            return
-        with self._lock:
-            verdict = self._shape.check(rgb.shape)
-            if verdict == "bad":
-                self.images_in.bad(f"image size {rgb.shape[1]}x{rgb.shape[0]} differs from the stream's "
-                                   f"{self._shape.shape[1]}x{self._shape.shape[0]}")
-                return
-            if verdict == "changed":
-                self.get_logger().warning(f"image size changed to {rgb.shape[1]}x{rgb.shape[0]}: older frames dropped")
-                self._frames.clear()
-            if self._jump.observe(t_ns):
-                self.get_logger().warning("image time jumped backwards: frames, rounds and offset estimate reset")
-                self._reset_locked()
-            self._frames.insert(t_ns, rgb)
-            self.images_in.buffer(self._frames.dropped, self._frames.expired)
-            if self.cfg.estimate_offset:
-                self._estimator.add_frame(t_ns, rgb)
-            ref = self.offsets.to_reference("image", t_ns)
-            if self._first_frame_ref_ns is None:
-                self._first_frame_ref_ns = ref
-            self._open_rounds_locked(ref)
-        with self.book.changed:
-            self.book.changed.notify_all()
-
-    def _open_rounds_locked(self, newest_ref_ns: int) -> None:
-        """Open every period boundary the frames have passed, once the clip has frames behind it."""
-        if self.cfg.period_ns == 0:
-            return  # rounds on prompt messages only
-        shifted = newest_ref_ns - self.cfg.slop_ns - self.cfg.phase_ns
-        if shifted <= 0:
-            return
-        after = None if self._last_round_ns is None else self._last_round_ns - self.cfg.phase_ns
-        for t in round_times_between(after, shifted, self.cfg.period_ns):
-            T = t + self.cfg.phase_ns
-            self._last_round_ns = T
-            assert self._first_frame_ref_ns is not None
-            if T - self.cfg.clip_ns < self._first_frame_ref_ns - self.cfg.slop_ns:
-                continue  # the clip would start before the frames did
-            self._join(round_id_for(T), T)
-
-    def _join(self, round_id: int, t_ns: int) -> RoundRecord:
-        rec = self.book.open(round_id, t_ns)
-        if not rec.question:
-            rec.question = self._question
-        return rec
-
     def _on_events(self, msg: Any) -> None:
         self.events_in.tick()
         try:
@@ -310,13 +239,7 @@ class VideoVerifier(Node):
         except (StampError, DraftMessageError, ValueError) as exc:
             self.drafts_in.bad(str(exc))
 
-    def _on_prompt(self, msg: Any) -> None:
-        self.prompts_in.tick()
-        text = str(msg.data).strip()
-        if not text:
-            self.prompts_in.bad("empty prompt")
-            return
-        self._question = text
+    def prompted(self) -> None:
         self._pending_prompt = time.monotonic()
 
     def _check_prompt(self) -> None:
@@ -339,12 +262,11 @@ class VideoVerifier(Node):
             self._join(round_id_for(T), T)
 
     def _reset_locked(self) -> None:
-        self._frames.clear()
-        self._shape.reset()
+        """After a backward time jump (the frames and round times are already reset): unlike the
+        refiner, the verifier also adopts the next frame's size and restarts the offset estimate."""
+        self._image.ingest.shape.reset()
         self._estimator.reset()
         self._event_stream.reset()
-        self._first_frame_ref_ns = None
-        self._last_round_ns = None
         self._last_final = None
         self.book.reset()
 
@@ -417,7 +339,7 @@ class VideoVerifier(Node):
                                       else "identifiable" if est.identifiable()
                                       else "not identifiable (steady motion)"),
             "frame_offset_estimate_r": math.nan if est is None else est.correlation,
-            "resets": self.book.resets, "time_jumps": self._jump.jumps, "worker_errors": self.worker.errors,
+            "resets": self.book.resets, "time_jumps": self._image.ingest.jump.jumps, "worker_errors": self.worker.errors,
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,
         }
         level, message = 0, "verifying"
@@ -427,11 +349,7 @@ class VideoVerifier(Node):
             level, message = 1, f"degraded: {self._last_final.degraded_reason}"
         if self.worker.errors:
             level, message = 2, f"worker errors: {self.worker.last_error}"
-        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), "cascade_sd: video_verifier",
-                                              self.get_fully_qualified_name(), level, message, values))
-
-    def close(self) -> None:
-        self.worker.stop()
+        self.publish_status(level, message, values)
 
 
 def main(args: list[str] | None = None) -> int:

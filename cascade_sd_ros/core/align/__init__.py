@@ -5,16 +5,21 @@
 * :class:`StreamOffsets` — configured per-stream offsets onto the reference (event) clock.
 * :class:`OffsetEstimator` — online estimate of the event-minus-frame clock offset from event rate
   against frame-difference energy.
+* :class:`FrameIngest` — the RGB stream's ingest: size check, jump reset, buffering, due rounds.
 * :func:`select_clip` / :func:`nearest_frame` — which frames a round uses.
 """
 from cascade_sd_ros.core.align.buffer import TimeBuffer
 from cascade_sd_ros.core.align.clip import Clip, nearest_frame, select_clip
 from cascade_sd_ros.core.align.clock import ClockJumpDetector
+from cascade_sd_ros.core.align.ingest import FrameIngest, FrameShape, Ingested
 from cascade_sd_ros.core.align.offsets import OffsetEstimate, OffsetEstimator, StreamOffsets
 
 __all__ = [
     "Clip",
     "ClockJumpDetector",
+    "FrameIngest",
+    "FrameShape",
+    "Ingested",
     "OffsetEstimate",
     "OffsetEstimator",
     "StreamOffsets",
