@@ -28,7 +28,7 @@ from rclpy.qos import (
 
 from cascade_sd_ros.core.align import FrameIngest
 from cascade_sd_ros.core.rounds import RoundBook, RoundRecord, round_id_for
-from cascade_sd_ros.core.stage_model import StageModel, load_stage_model
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
@@ -129,6 +129,31 @@ def round_period_ns(params: dict[str, Any]) -> int:
     return seconds_to_ns(period, "round_period")
 
 
+@dataclass(frozen=True)
+class StageConfig:
+    """What every stage's config holds (from ``model`` and :data:`COMMON_PARAMS`); each node's extends it."""
+
+    model: str
+    device: str
+    dtype: str
+    prompt: str
+    period_ns: int
+    phase_ns: int
+    max_new_tokens: int
+    jump_tolerance_ns: int
+    frame_id: str
+
+
+def stage_config_fields(p: dict[str, Any], role: str) -> dict[str, Any]:
+    """:class:`StageConfig`'s fields from the declared parameters; an empty ``model`` is the zoo's ``role``."""
+    return dict(
+        model=p["model"] or default_stage_source(role), device=p["device"], dtype=p["dtype"], prompt=p["prompt"],
+        period_ns=round_period_ns(p), phase_ns=seconds_to_ns(p["round_phase"], "round_phase"),
+        max_new_tokens=p["max_new_tokens"],
+        jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"), frame_id=p["frame_id"],
+    )
+
+
 def sensor_qos(params: dict[str, Any]) -> QoSProfile:
     """The sensor subscriptions' QoS from the common parameters."""
     rel = choice(params["sensor_reliability"], ["best_effort", "reliable"], "sensor_reliability")
@@ -192,19 +217,6 @@ class InputStats:
             f"{self.name}.dropped": self.dropped,
             f"{self.name}.expired": self.expired,
         }
-
-
-class StageConfig(Protocol):
-    """What the stage skeleton needs from a node's config."""
-
-    @property
-    def model(self) -> str: ...
-    @property
-    def device(self) -> str: ...
-    @property
-    def dtype(self) -> str: ...
-    @property
-    def prompt(self) -> str: ...
 
 
 class StageWorker(Protocol):

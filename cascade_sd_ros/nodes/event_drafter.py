@@ -19,7 +19,7 @@ from cascade_sd_ros.core.align import ClockJumpDetector, TimeBuffer
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
 from cascade_sd_ros.core.round_stages import DrafterWorker, StageInput
 from cascade_sd_ros.core.rounds import Draft, RoundRecord, round_id_for, round_times_between
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
+from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     PROMPT_QOS,
@@ -30,9 +30,10 @@ from cascade_sd_ros.nodes.common import (
     TOPIC_PROMPT,
     InputStats,
     Param,
+    StageConfig,
     StageNode,
-    round_period_ns,
     spin_node,
+    stage_config_fields,
 )
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 from cascade_sd_ros.ros.outputs import draft_msg
@@ -50,16 +51,7 @@ PARAMS: tuple[Param, ...] = (
 
 
 @dataclass(frozen=True)
-class DrafterConfig:
-    model: str
-    device: str
-    dtype: str
-    prompt: str
-    period_ns: int
-    phase_ns: int
-    max_new_tokens: int
-    jump_tolerance_ns: int
-    frame_id: str
+class DrafterConfig(StageConfig):
     gamma: int
     lookahead: int
     window_ns: int
@@ -68,11 +60,7 @@ class DrafterConfig:
     @staticmethod
     def from_params(p: dict[str, Any]) -> "DrafterConfig":
         return DrafterConfig(
-            model=p["model"] or default_stage_source("drafter"), device=p["device"], dtype=p["dtype"],
-            prompt=p["prompt"], period_ns=round_period_ns(p),
-            phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
-            jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
-            frame_id=p["frame_id"], gamma=p["gamma"], lookahead=p["lookahead"],
+            **stage_config_fields(p, "drafter"), gamma=p["gamma"], lookahead=p["lookahead"],
             window_ns=seconds_to_ns(p["event_window"], "event_window"), buffer_packets=p["event_buffer_packets"],
         )
 

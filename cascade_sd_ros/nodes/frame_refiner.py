@@ -18,7 +18,7 @@ from cascade_sd_ros.core.align import FrameIngest, StreamOffsets, nearest_frame
 from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
 from cascade_sd_ros.core.round_stages import RefinerWorker, StageInput
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
+from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     PROMPT_QOS,
@@ -31,10 +31,11 @@ from cascade_sd_ros.nodes.common import (
     ImageInput,
     InputStats,
     Param,
+    StageConfig,
     StageNode,
     choice,
-    round_period_ns,
     spin_node,
+    stage_config_fields,
 )
 from cascade_sd_ros.ros.outputs import DraftMessageError, draft_from_msg, draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
@@ -72,16 +73,7 @@ def rules_from_params(p: dict[str, Any]) -> ModeRules:
 
 
 @dataclass(frozen=True)
-class RefinerConfig:
-    model: str
-    device: str
-    dtype: str
-    prompt: str
-    period_ns: int
-    phase_ns: int
-    max_new_tokens: int
-    jump_tolerance_ns: int
-    frame_id: str
+class RefinerConfig(StageConfig):
     rules: ModeRules
     gamma: int
     lookahead: int
@@ -95,11 +87,7 @@ class RefinerConfig:
     @staticmethod
     def from_params(p: dict[str, Any]) -> "RefinerConfig":
         return RefinerConfig(
-            model=p["model"] or default_stage_source("refiner"), device=p["device"], dtype=p["dtype"],
-            prompt=p["prompt"], period_ns=round_period_ns(p),
-            phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
-            jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
-            frame_id=p["frame_id"], rules=rules_from_params(p), gamma=p["gamma"], lookahead=p["lookahead"],
+            **stage_config_fields(p, "refiner"), rules=rules_from_params(p), gamma=p["gamma"], lookahead=p["lookahead"],
             slop_ns=seconds_to_ns(p["slop"], "slop"), max_wait_s=float(p["max_wait"]),
             upstream_wait_s=float(p["upstream_wait"]), liveness_s=float(p["stage_liveness"]),
             frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],

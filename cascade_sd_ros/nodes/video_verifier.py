@@ -28,7 +28,7 @@ from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.round_stages import STAGE_DRAFTER, STAGE_REFINER, CaptionUpdate, StageInput, VerifierWorker
 from cascade_sd_ros.core.rounds import RoundRecord, round_id_for
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
+from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     OUTPUT_QOS,
@@ -46,10 +46,11 @@ from cascade_sd_ros.nodes.common import (
     ImageInput,
     InputStats,
     Param,
+    StageConfig,
     StageNode,
     choice,
-    round_period_ns,
     spin_node,
+    stage_config_fields,
 )
 from cascade_sd_ros.nodes.frame_refiner import MODE_PARAMS, rules_from_params
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
@@ -93,16 +94,7 @@ PARAMS: tuple[Param, ...] = (
 
 
 @dataclass(frozen=True)
-class VerifierConfig:
-    model: str
-    device: str
-    dtype: str
-    prompt: str
-    period_ns: int
-    phase_ns: int
-    max_new_tokens: int
-    jump_tolerance_ns: int
-    frame_id: str
+class VerifierConfig(StageConfig):
     rules: ModeRules
     frames: int
     clip_ns: int
@@ -122,11 +114,7 @@ class VerifierConfig:
     def from_params(p: dict[str, Any]) -> "VerifierConfig":
         choice(p["use_drafts"], list(USE_DRAFTS), "use_drafts")
         return VerifierConfig(
-            model=p["model"] or default_stage_source("target"), device=p["device"], dtype=p["dtype"],
-            prompt=p["prompt"], period_ns=round_period_ns(p),
-            phase_ns=seconds_to_ns(p["round_phase"], "round_phase"), max_new_tokens=p["max_new_tokens"],
-            jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
-            frame_id=p["frame_id"], rules=rules_from_params(p), frames=p["frames"],
+            **stage_config_fields(p, "target"), rules=rules_from_params(p), frames=p["frames"],
             clip_ns=seconds_to_ns(p["clip_duration"], "clip_duration"), slop_ns=seconds_to_ns(p["slop"], "slop"),
             max_wait_s=float(p["max_wait"]), draft_wait_s=float(p["draft_wait"]),
             liveness_s=float(p["stage_liveness"]),
