@@ -167,9 +167,9 @@ def run_demo(
     from cascade_sd_ros.core.synth.clocks import ClockModel
     from cascade_sd_ros.core.synth.packets import PacketConfig
     from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
-    from cascade_sd_ros.tools.pipeline import PipelineConfig, load_models, scene_rounds
+    from cascade_sd_ros.tools.pipeline import PipelineConfig, load_models, scene_rounds, trained_params, zoo_meta
 
-    meta = _zoo_meta(PipelineConfig(models=sources, stages=stages, device=device).source("target"))
+    meta = zoo_meta(PipelineConfig(models=sources, stages=stages, device=device).source("target"))
     geometry = dict(meta.get("geometry", {}))
     size = int(geometry.get("image_size", 64))
     stream = StreamConfig(
@@ -180,15 +180,11 @@ def run_demo(
     )
     rounds = scene_rounds(stream)
     params = rounds.params()
+    for node in ("video_verifier", "frame_refiner"):
+        params[node] = {**params[node], "mode": mode}
     # what the zoo was trained on (its zoo.json), so its models see what they learnt from
-    trained = {"clip_duration": geometry.get("clip_duration_s"), "frames": geometry.get("num_frames")}
-    params["video_verifier"] = {**params["video_verifier"], "mode": mode,
-                                **{k: v for k, v in trained.items() if v is not None}}
-    params["frame_refiner"] = {**params["frame_refiner"], "mode": mode}
-    if "event_window_s" in geometry:
-        params["event_drafter"] = {"event_window": float(geometry["event_window_s"])}
-    if meta.get("question"):
-        params["common"] = {**params["common"], "prompt": str(meta["question"])}
+    for node, values in trained_params(meta).items():
+        params[node] = {**params.get(node, {}), **values}
     config = PipelineConfig(models=sources, stages=stages, device=device, params=params)
     # the same verifier node with no upstream stages: the speed-up's reference, same scenes, same run
     alone_params = {**params, "video_verifier": {**params["video_verifier"], "use_drafts": "none"}}
@@ -253,19 +249,6 @@ def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: An
             player.destroy_node()
         if context.ok():
             rclpy.shutdown(context=context)
-
-
-def _zoo_meta(target_source: str) -> dict[str, Any]:
-    """A zoo target folder's zoo.json: data geometry and question ({} for tiny models or foreign
-    checkpoints)."""
-    from pathlib import Path
-
-    if target_source.startswith("tiny:"):
-        return {}
-    from cascade_sd_ros.core.zoo.load import read_zoo_meta
-
-    folder = Path(target_source)
-    return read_zoo_meta(folder) if folder.is_dir() else {}
 
 
 def _verifier_ms(u: Any) -> dict[str, float]:

@@ -268,6 +268,35 @@ class Pipeline:
         self.nodes = [n for n in self.nodes if n is not node]
 
 
+def zoo_meta(target_source: str) -> dict[str, Any]:
+    """A zoo target folder's zoo.json: data geometry and question ({} for tiny models, sources that
+    are no folder, and checkpoints without one). ValueError names a zoo.json that is not valid."""
+    if target_source.startswith("tiny:"):
+        return {}
+    from pathlib import Path
+
+    from cascade_sd_ros.core.zoo.load import read_zoo_meta
+
+    folder = Path(target_source)
+    return read_zoo_meta(folder) if folder.is_dir() else {}
+
+
+def trained_params(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Node parameters from a zoo.json, so the models see what they learnt from: the verifier's clip
+    length and frames, the drafter's event window and the question ({} when it names none)."""
+    geometry = dict(meta.get("geometry") or {})
+    out: dict[str, dict[str, Any]] = {}
+    verifier = {name: geometry[key] for name, key in (("clip_duration", "clip_duration_s"), ("frames", "num_frames"))
+                if geometry.get(key) is not None}
+    if verifier:
+        out["video_verifier"] = verifier
+    if geometry.get("event_window_s") is not None:
+        out["event_drafter"] = {"event_window": float(geometry["event_window_s"])}
+    if meta.get("question"):
+        out["common"] = {"prompt": str(meta["question"])}
+    return out
+
+
 def load_models(config: PipelineConfig) -> dict[str, StageModel]:
     """One model per running stage (role -> StageModel); all stages must share one vocabulary."""
     from cascade_sd_ros.core.spec.adapter import check_same_vocab

@@ -48,33 +48,20 @@ def replay_params(mode: str, params: Mapping[str, Mapping[str, Any]]) -> dict[st
 
 
 def zoo_params(models: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """What the target was trained on (its folder's zoo.json): clip length and frames, the
-    drafter's event window and the question, so its models see what they learnt from, as the
-    demo sets them. Empty for tiny models and checkpoints without a zoo.json."""
+    """What the target was trained on (its folder's zoo.json), as the demo sets it
+    (:func:`~cascade_sd_ros.tools.pipeline.trained_params`). Empty for tiny models and checkpoints
+    without a zoo.json."""
     from pathlib import Path
 
     from cascade_sd_ros.core.stage_model import default_stage_source
-    from cascade_sd_ros.core.zoo.load import read_zoo_meta
+    from cascade_sd_ros.tools.pipeline import trained_params, zoo_meta
 
     source = models.get("target") or default_stage_source("target")
-    folder = Path(source)
-    if source.startswith("tiny:") or not folder.is_dir():
-        return {}
     try:
-        meta = read_zoo_meta(folder)
+        meta = zoo_meta(source)
     except ValueError as exc:
-        raise ReplayInputError(f"target model {folder}: {exc}") from exc
-    geometry = dict(meta.get("geometry") or {})
-    out: dict[str, dict[str, Any]] = {}
-    verifier = {name: geometry[key] for name, key in (("clip_duration", "clip_duration_s"), ("frames", "num_frames"))
-                if geometry.get(key) is not None}
-    if verifier:
-        out["video_verifier"] = verifier
-    if geometry.get("event_window_s") is not None:
-        out["event_drafter"] = {"event_window": float(geometry["event_window_s"])}
-    if meta.get("question"):
-        out["common"] = {"prompt": str(meta["question"])}
-    return out
+        raise ReplayInputError(f"target model {Path(source)}: {exc}") from exc
+    return trained_params(meta)
 
 
 def fast_params(fast: bool) -> dict[str, dict[str, Any]]:
