@@ -30,7 +30,7 @@ from cascade_sd_ros.core.gpu.llama_step import LlamaDecodeWeights, LlamaStaticFo
 from cascade_sd_ros.core.gpu.runner import StepRunner
 from cascade_sd_ros.core.gpu.static_kv import StaticKVCache
 from cascade_sd_ros.core.gpu.video import EncodedVideo, VideoEncoder
-from cascade_sd_ros.core.spec.adapter import Proposal, StageContext
+from cascade_sd_ros.core.spec.adapter import Proposal, StageContext, check_token_ids, require_context
 from cascade_sd_ros.core.spec.prompt import media_token_count, media_token_id
 
 __all__ = ["StaticVerifierAdapter", "load_static_verifier"]
@@ -134,13 +134,10 @@ class StaticVerifierAdapter:
 
     # ----------------------------------------------------------------- internals
     def _require_context(self) -> None:
-        if self._context is None:
-            raise RuntimeError(f"adapter {self.name!r}: call prefill(context) before propose/score")
+        require_context(self.name, self._context)
 
     def _check_ids(self, ids: Sequence[int], what: str) -> None:
-        for t in ids:
-            if not 0 <= int(t) < self._vocab_size:
-                raise ValueError(f"adapter {self.name!r}: {what} token id {t} outside vocabulary [0, {self._vocab_size})")
+        check_token_ids(self.name, ids, self._vocab_size, what)
 
     def _check_caption(self, n: int) -> None:
         if n > self.max_caption_tokens:

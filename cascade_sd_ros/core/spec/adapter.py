@@ -127,6 +127,19 @@ class ModelAdapter(Protocol):
     def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor: ...
 
 
+def require_context(adapter_name: str, context: StageContext | None) -> None:
+    """RuntimeError unless the adapter has a prefilled context (propose/score need one)."""
+    if context is None:
+        raise RuntimeError(f"adapter {adapter_name!r}: call prefill(context) before propose/score")
+
+
+def check_token_ids(adapter_name: str, ids: Sequence[int], vocab_size: int, what: str) -> None:
+    """ValueError naming the first id outside ``[0, vocab_size)``; ``what`` says which input held it."""
+    for t in ids:
+        if not 0 <= int(t) < vocab_size:
+            raise ValueError(f"adapter {adapter_name!r}: {what} token id {t} outside vocabulary [0, {vocab_size})")
+
+
 def _model_modalities(model: PreTrainedModel) -> tuple[Modality, ...]:
     if isinstance(model, VideoLlavaForConditionalGeneration):
         return ("video", "image")
@@ -213,8 +226,7 @@ class HFAdapter:
 
     # ----------------------------------------------------------------- internals
     def _require_context(self) -> None:
-        if self._context is None:
-            raise RuntimeError(f"adapter {self.name!r}: call prefill(context) before propose/score")
+        require_context(self.name, self._context)
 
     def _store_rows(self, start: int, rows: torch.Tensor) -> None:
         """Write logits rows `[n, V]` at row index `start`, growing the buffer geometrically."""
@@ -251,11 +263,7 @@ class HFAdapter:
             self._tokens.extend(missing)
 
     def _check_ids(self, ids: Sequence[int], what: str) -> None:
-        for t in ids:
-            if not 0 <= int(t) < self._vocab_size:
-                raise ValueError(
-                    f"adapter {self.name!r}: {what} token id {t} outside vocabulary [0, {self._vocab_size})"
-                )
+        check_token_ids(self.name, ids, self._vocab_size, what)
 
     # ----------------------------------------------------------------- public API
     @torch.inference_mode()
