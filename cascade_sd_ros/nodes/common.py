@@ -220,6 +220,8 @@ class InputStats:
 
 
 class StageWorker(Protocol):
+    """What :class:`StageNode` needs of its stage's worker thread."""
+
     def start(self) -> None: ...
     def stop(self, timeout: float = ...) -> None: ...
 
