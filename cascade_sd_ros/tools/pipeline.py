@@ -203,6 +203,7 @@ class Pipeline:
         self.executor = executor
         self.nodes: list[Node] = list(nodes.values())
         self._spin: threading.Thread | None = None
+        self._closing = threading.Event()
         verifier = nodes.get("verifier")
         self.lookahead_ns = int(1e9 * max(
             float(config.params.get("video_verifier", {}).get("max_wait", 0.5)),
@@ -227,11 +228,19 @@ class Pipeline:
         self._spin.start()
 
     def _run(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 -- shutdown races end the spin; nothing to recover
-            if self.context.ok():
-                raise
+        # One cycle at a time: a node destroyed mid-run (stop_stage) can still sit in the wait set
+        # being built, and rclpy then raises InvalidHandle once; the executor must outlive that.
+        from rclpy.exceptions import InvalidHandle
+
+        while self.context.ok() and not self._closing.is_set():
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except InvalidHandle:
+                continue
+            except Exception:  # noqa: BLE001 -- shutdown races end the spin; nothing to recover
+                if self.context.ok() and not self._closing.is_set():
+                    raise
+                return
 
     def close(self) -> None:
         """Stop the workers, the executor and destroy the nodes (idempotent)."""
@@ -240,6 +249,7 @@ class Pipeline:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
+        self._closing.set()
         for node in everyone:  # first: no new callbacks get scheduled for nodes about to go
             self.executor.remove_node(node)
         # rclpy's MultiThreadedExecutor.shutdown destroys its guard condition before its pool drains,
@@ -264,6 +274,8 @@ class Pipeline:
             raise ValueError(f"stage {stage!r} is not running; running: {sorted(self.stage_nodes)}")
         node.close()
         self.executor.remove_node(node)
+        # let the spin thread build one wait set without the node before its handles go
+        time.sleep(0.2)
         node.destroy_node()
         self.nodes = [n for n in self.nodes if n is not node]
 
