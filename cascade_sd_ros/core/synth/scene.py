@@ -238,8 +238,13 @@ def describe_object(obj: ObjectSpec, include_speed: bool = False) -> str:
 
 
 def caption(spec: SceneSpec, include_speed: bool = False) -> str:
-    """The true caption of ``spec`` in the module's grammar."""
-    return " and ".join(describe_object(o, include_speed) for o in spec.objects)
+    """The true caption of ``spec`` in the module's grammar.
+
+    Objects are listed in palette order (``COLOURS``), not in the order they were sampled: that
+    order shows in no pixel, so a caption that followed it could not be learnt or checked."""
+    palette = list(COLOURS)
+    ordered = sorted(spec.objects, key=lambda o: palette.index(o.colour))
+    return " and ".join(describe_object(o, include_speed) for o in ordered)
 
 
 @dataclass(frozen=True)
