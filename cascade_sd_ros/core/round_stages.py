@@ -204,6 +204,14 @@ class _UpstreamWorker(_Worker):
         self.rounds_seen += 1
         return inp
 
+    def _next_work(self) -> tuple[RoundRecord, list[int], int, StageInput] | None:
+        """The round to extend now with its loaded input, or None (nothing to do, or input pending)."""
+        item = self._work_item()
+        if item is None:
+            return None
+        inp = self._ensure_context(item[0])
+        return None if inp is None else (*item, inp)
+
     def _record(self, rec: RoundRecord, prefix: list[int], draft: Draft) -> None:
         with self.book.lock:
             if self.book.get(rec.round_id) is not rec:
@@ -220,15 +228,11 @@ class DrafterWorker(_UpstreamWorker):
         super().__init__("event_drafter", book, model, resolve, publish, gamma, max_ahead, max_new_tokens, max_wait_s)
 
     def _step(self) -> None:
-        item = self._work_item()
-        if item is None:
+        work = self._next_work()
+        if work is None:
             self._idle()
             return
-        rec, prefix, seq = item
-        inp = self._ensure_context(rec)
-        if inp is None:
-            self._idle()
-            return
+        rec, prefix, seq, inp = work
         if inp.pixels is None:  # no events for this round: nothing to draft from
             with self.book.lock:
                 rec.abandoned = True
@@ -277,15 +281,11 @@ class RefinerWorker(_UpstreamWorker):
                 self.book.changed.wait(min(left, _POLL_S))
 
     def _step(self) -> None:
-        item = self._work_item()
-        if item is None:
+        work = self._next_work()
+        if work is None:
             self._idle()
             return
-        rec, prefix, seq = item
-        inp = self._ensure_context(rec)
-        if inp is None:
-            self._idle()
-            return
+        rec, prefix, seq, inp = work
         if inp.pixels is None:
             # no frame: pass stage-0 drafts through, flagged, so the verifier still gets them early
             found = self._upstream(rec, prefix, wait=True)
