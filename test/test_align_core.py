@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from cascade_sd_ros.core.align import (
     ClockJumpDetector,
+    StaleRoundFilter,
     OffsetEstimator,
     StreamOffsets,
     TimeBuffer,
@@ -65,6 +66,23 @@ def test_clock_jump_detector_tolerates_jitter_and_flags_loops() -> None:
     assert not any(d.observe(t) for t in (1000, 1050, 990, 1100))  # 60 back: reordering, not a jump
     assert d.observe(900) is True and d.jumps == 1  # bag loop
     assert d.observe(950) is False  # restarted at 900
+
+
+def test_stale_round_filter_drops_old_timeline_until_each_source_realigns() -> None:
+    f = StaleRoundFilter(tolerance_ns=100)
+    assert f.admit("drafter", 10_000, newest_input_ns=None)  # no jump yet: everything counts
+    f.reset()  # the bag looped: this stage's newest input is now at 500
+    assert not f.admit("drafter", 9_000, newest_input_ns=500)  # in flight from before the loop
+    assert not f.admit("verifier", 9_100, newest_input_ns=500)
+    assert f.admit("drafter", 590, newest_input_ns=500)  # within tolerance: the new timeline
+    assert f.admit("drafter", 9_000, newest_input_ns=500)  # from now on this source is trusted
+    assert not f.admit("verifier", 9_200, newest_input_ns=500)  # the other source still is not
+    assert not f.admit("verifier", 700, newest_input_ns=None)  # nothing to judge by: not admitted
+    assert f.stale == 4
+    f.reset()
+    assert not f.admit("drafter", 9_000, newest_input_ns=500)  # a second jump makes it suspect again
+    with pytest.raises(ValueError):
+        StaleRoundFilter(-1)
 
 
 def test_select_clip_spans_window_uniformly_and_reuses_neighbours_for_drops() -> None:

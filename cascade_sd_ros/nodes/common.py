@@ -349,6 +349,11 @@ class ImageInput:
         with node.book.changed:
             node.book.changed.notify_all()  # a round may be waiting for this frame
 
+    def newest_ref_ns(self) -> int | None:
+        """The newest frame stamp seen (kept or not), on the reference clock."""
+        newest = self.ingest.jump.newest
+        return None if newest is None else self.ingest.offsets.to_reference(self.ingest.stream, newest)
+
 def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
     """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C."""
     rclpy.init(args=args)

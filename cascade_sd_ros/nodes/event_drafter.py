@@ -15,7 +15,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 
-from cascade_sd_ros.core.align import ClockJumpDetector, TimeBuffer
+from cascade_sd_ros.core.align import ClockJumpDetector, StaleRoundFilter, TimeBuffer
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
 from cascade_sd_ros.core.round_stages import DrafterWorker, StageInput
 from cascade_sd_ros.core.rounds import Draft, RoundRecord, round_id_for, round_times_between
@@ -81,6 +81,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
         self._stream = EventStream()
         self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
+        self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         self._first_event_ns: int | None = None
         self._last_round_ns: int | None = None
         self._max_span_ns = 0
@@ -157,6 +158,8 @@ class EventDrafter(StageNode[DrafterConfig]):
         self.commits_in.tick()
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
+            if not self._stale.admit("verifier", t_ns, self._jump.newest):
+                return  # a round of the timeline before a jump
             self.book.apply_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
             rec = self.book.get(int(msg.round_id))
             if rec is not None and not rec.question:
@@ -176,6 +179,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         self._first_event_ns = None
         self._last_round_ns = None
         self._max_span_ns = 0
+        self._stale.reset()
         self.book.reset()
 
     # ------------------------------------------------------------------ worker side
@@ -205,6 +209,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             **self.events_in.values(), **self.commits_in.values(), **self.prompts_in.values(),
             "rounds_opened": self.rounds_opened, "rounds_open": len(self.book),
             "rounds_evicted": self.book.evicted, "resets": self.book.resets, "time_jumps": self._jump.jumps,
+            "commits_stale": self._stale.stale,
             "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
         }
         level, message = 0, "drafting"

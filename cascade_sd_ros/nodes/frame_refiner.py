@@ -14,7 +14,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 
-from cascade_sd_ros.core.align import FrameIngest, StreamOffsets, nearest_frame
+from cascade_sd_ros.core.align import FrameIngest, StaleRoundFilter, StreamOffsets, nearest_frame
 from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
 from cascade_sd_ros.core.round_stages import RefinerWorker, StageInput
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
@@ -113,7 +113,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self._image = ImageInput(self, FrameIngest(
             offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
             period_ns=self.cfg.period_ns, phase_ns=self.cfg.phase_ns, slop_ns=self.cfg.slop_ns,
-        ), reset_what="frames and rounds", on_jump=self.book.reset)
+        ), reset_what="frames and rounds", on_jump=self._reset_locked)
+        self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         self.images_in = self._image.stats
         self._frames = self._image.ingest.frames
         self.drafts_in = InputStats(self, "drafts")
@@ -145,6 +146,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
             draft = draft_from_msg(msg, expected_stage=0, vocab_size=self.model.adapter.vocab_size)
+            if not self._stale.admit("drafter", t_ns, self._image.newest_ref_ns()):
+                return  # a round of the timeline before a jump
             self._join(int(msg.round_id), t_ns)
             self.book.add_draft(int(msg.round_id), t_ns, draft)
         except (StampError, DraftMessageError, ValueError) as exc:
@@ -154,10 +157,16 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.commits_in.tick()
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
+            if not self._stale.admit("verifier", t_ns, self._image.newest_ref_ns()):
+                return
             self._join(int(msg.round_id), t_ns)
             self.book.apply_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
+
+    def _reset_locked(self) -> None:
+        self._stale.reset()
+        self.book.reset()
 
     # ------------------------------------------------------------------ worker side
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
@@ -186,7 +195,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
             **self.images_in.values(), **self.drafts_in.values(), **self.commits_in.values(),
             "rounds_open": len(self.book), "rounds_degraded": self.rounds_degraded,
             "frame_skew_ms": self._last_skew_ms, "resets": self.book.resets,
-            "time_jumps": self._image.ingest.jump.jumps,
+            "time_jumps": self._image.ingest.jump.jumps, "messages_stale": self._stale.stale,
             "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
             "mode": self.cfg.rules.name,
         }

@@ -23,7 +23,9 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 
-from cascade_sd_ros.core.align import FrameIngest, OffsetEstimator, StreamOffsets, nearest_frame, select_clip
+from cascade_sd_ros.core.align import (
+    FrameIngest, OffsetEstimator, StaleRoundFilter, StreamOffsets, nearest_frame, select_clip,
+)
 from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.round_stages import STAGE_DRAFTER, STAGE_REFINER, CaptionUpdate, StageInput, VerifierWorker
@@ -149,6 +151,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self._estimator = OffsetEstimator()
         self._event_stream = EventStream()
+        self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         # open every period boundary the frames have passed, once the clip has frames behind it
         self._image = ImageInput(self, FrameIngest(
             offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
@@ -217,6 +220,8 @@ class VideoVerifier(StageNode[VerifierConfig]):
             t_ns = stamp_to_ns(msg.header.stamp)
             draft = draft_from_msg(msg, vocab_size=self.model.adapter.vocab_size)
             with self._lock:
+                if not self._stale.admit(f"stage {draft.stage}", t_ns, self._image.newest_ref_ns()):
+                    return  # a round of the timeline before a jump
                 rec = self.book.get(int(msg.round_id))
                 if rec is None:
                     if self._last_final is not None and t_ns <= self._last_final.t_ns:
@@ -256,6 +261,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self._estimator.reset()
         self._event_stream.reset()
         self._last_final = None
+        self._stale.reset()
         self.book.reset()
 
     # ------------------------------------------------------------------ worker side
@@ -328,6 +334,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
                                       else "not identifiable (steady motion)"),
             "frame_offset_estimate_r": math.nan if est is None else est.correlation,
             "resets": self.book.resets, "time_jumps": self._image.ingest.jump.jumps, "worker_errors": self.worker.errors,
+            "drafts_stale": self._stale.stale,
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,
         }
         level, message = 0, "verifying"

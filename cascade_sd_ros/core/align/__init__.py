@@ -2,6 +2,7 @@
 
 * :class:`TimeBuffer` — bounded, time-indexed buffer: out-of-order insert, window and nearest queries.
 * :class:`ClockJumpDetector` — notices a stream's time going backwards (bag loop, clock reset).
+* :class:`StaleRoundFilter` — drops other stages' round messages still in flight from before a jump.
 * :class:`StreamOffsets` — configured per-stream offsets onto the reference (event) clock.
 * :class:`OffsetEstimator` — online estimate of the event-minus-frame clock offset from event rate
   against frame-difference energy.
@@ -10,7 +11,7 @@
 """
 from cascade_sd_ros.core.align.buffer import TimeBuffer
 from cascade_sd_ros.core.align.clip import Clip, nearest_frame, select_clip
-from cascade_sd_ros.core.align.clock import ClockJumpDetector
+from cascade_sd_ros.core.align.clock import ClockJumpDetector, StaleRoundFilter
 from cascade_sd_ros.core.align.ingest import FrameIngest, FrameShape, Ingested
 from cascade_sd_ros.core.align.offsets import OffsetEstimate, OffsetEstimator, StreamOffsets
 
@@ -22,6 +23,7 @@ __all__ = [
     "Ingested",
     "OffsetEstimate",
     "OffsetEstimator",
+    "StaleRoundFilter",
     "StreamOffsets",
     "TimeBuffer",
     "nearest_frame",

@@ -38,3 +38,42 @@ class ClockJumpDetector:
     def reset(self) -> None:
         with self._lock:
             self._newest = None
+
+
+class StaleRoundFilter:
+    """After a backward time jump, drops round messages (drafts, commits) still in flight from before it.
+
+    A bag loop resets a stage's rounds, but other stages' messages about the old timeline's rounds
+    are still on the wire; one of them would reopen an old round in the fresh book, which then waits
+    for frames that come seconds later (or never). Per source (one publisher, whose messages arrive
+    in order), a message naming a round more than ``tolerance_ns`` ahead of this stage's newest input
+    is stale until the source names one within that bound: from then on it speaks the new timeline.
+    Before the first jump every message is admitted.
+    """
+
+    def __init__(self, tolerance_ns: int) -> None:
+        if tolerance_ns < 0:
+            raise ValueError(f"tolerance_ns must be >= 0, got {tolerance_ns}")
+        self.tolerance_ns = tolerance_ns
+        self._armed = False
+        self._realigned: set[str] = set()
+        self._lock = threading.Lock()
+        self.stale = 0  # messages dropped as from before a jump
+
+    def reset(self) -> None:
+        """Time jumped backwards: every source is suspect until it names a round of the new timeline."""
+        with self._lock:
+            self._armed = True
+            self._realigned.clear()
+
+    def admit(self, source: str, round_t_ns: int, newest_input_ns: int | None) -> bool:
+        """Whether a message from ``source`` about the round at ``round_t_ns`` belongs to the present;
+        ``newest_input_ns`` is this stage's newest input stamp on the same (reference) clock."""
+        with self._lock:
+            if not self._armed or source in self._realigned:
+                return True
+            if newest_input_ns is not None and round_t_ns <= newest_input_ns + self.tolerance_ns:
+                self._realigned.add(source)
+                return True
+            self.stale += 1
+            return False
