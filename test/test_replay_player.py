@@ -151,7 +151,7 @@ def make_stand_in(context: Any, settings: Any) -> StandIn:
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from event_camera_msgs.msg import EventPacket
     from sensor_msgs.msg import Image
 
@@ -164,8 +164,11 @@ def make_stand_in(context: Any, settings: Any) -> StandIn:
             self.packets = 0
             self.frames = 0
             self.rounds = 0
-            self.create_subscription(EventPacket, "/event_camera/events", self._on_events, qos_profile_sensor_data)
-            self.create_subscription(Image, "/camera/image_raw", self._on_frame, qos_profile_sensor_data)
+            # Reliable like the replay pipeline's nodes (best-effort loopback may drop under load, which
+            # is not the player's to prevent); depth 5 so only the player's pacing keeps the queue whole.
+            sensor = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(EventPacket, "/event_camera/events", self._on_events, sensor)
+            self.create_subscription(Image, "/camera/image_raw", self._on_frame, sensor)
             self.draft_pub = self.create_publisher(DraftTokens, "/cascade/drafts", QoSProfile(depth=10))
             self.caption_pub = self.create_publisher(VerifiedCaption, "/cascade/caption", QoSProfile(depth=10))
             self.create_timer(0.25, self._round)  # sim time
@@ -215,7 +218,7 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
     node = made[-1].nodes[0]
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     if rate is None:
-        # Fast mode waits for the cascade: every record reached it (sensor QoS, depth 5).
+        # Fast mode waits for the cascade: every record reached it (depth 5: paced, not overflowed).
         assert node.packets == N_PACKETS and node.frames == N_FRAMES
         assert doc["run"]["echo_timeouts"] == 0
     else:
