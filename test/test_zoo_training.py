@@ -12,7 +12,7 @@ from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.configs import DataGeometry, StageArch, TrainSchedule, build_model
 from cascade_sd_ros.core.zoo.data import ZooData
 from cascade_sd_ros.core.zoo.distill import Distiller, DistillWeights, argmax_agreement
-from cascade_sd_ros.core.zoo.grow import grow_from
+from cascade_sd_ros.core.zoo.grow import deepen, expansion_plan, grow_from
 from cascade_sd_ros.core.zoo.training import greedy_captions, lr_at, train_stage
 from cascade_sd_ros.core.zoo.tokenizer import build_tokenizer
 
@@ -65,7 +65,7 @@ def test_greedy_captions_are_token_lists(setup) -> None:
 def test_growth_preserves_the_refiner_function(setup) -> None:
     tok, proc, data = setup
     refiner, target = _model("refiner", tok, 1), _model("target", tok, 2)
-    assert grow_from(refiner, target) == 1
+    assert grow_from(refiner, target) == [(0, True), (0, False), (0, False)]
     b = StageBatcher("refiner", refiner, tok, proc, data).batch(np.arange(2))
     with torch.no_grad():
         want = refiner(input_ids=b.input_ids, **b.pixels).logits
@@ -73,6 +73,39 @@ def test_growth_preserves_the_refiner_function(setup) -> None:
     torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="cannot grow"):
         grow_from(_model("drafter", tok), target)
+
+
+def test_expansion_plan_spreads_identity_copies_after_their_originals() -> None:
+    assert expansion_plan(3, 8) == [(0, True), (0, False), (0, False), (1, True), (1, False), (1, False),
+                                    (2, True), (2, False)]
+    assert expansion_plan(8, 32)[:4] == [(0, True), (0, False), (0, False), (0, False)]
+    assert expansion_plan(2, 2) == [(0, True), (1, True)]
+    for bad in ((3, 2), (0, 4)):
+        with pytest.raises(ValueError, match="cannot expand"):
+            expansion_plan(*bad)
+
+
+@pytest.mark.parametrize("stage", ["refiner", "target"])
+def test_deepening_preserves_the_function_and_then_trains(setup, stage: str) -> None:
+    tok, proc, data = setup
+    shallow = _model(stage, tok, 5)
+    deep = build_model(stage, tok, GEO, dataclasses.replace(MICRO[stage], text_layers=MICRO[stage].text_layers + 3))
+    plan = deepen(shallow, deep)
+    assert sum(original for _, original in plan) == MICRO[stage].text_layers and len(plan) == len(
+        deep.model.language_model.layers)
+    b = StageBatcher(stage, shallow, tok, proc, data).batch(np.arange(2))
+    with torch.no_grad():
+        want = shallow(input_ids=b.input_ids, **b.pixels).logits
+        got = deep(input_ids=b.input_ids, **b.pixels).logits
+    torch.testing.assert_close(got, want)
+    # the identity copies are not dead: one step of training moves their residual outputs off zero
+    copy = deep.model.language_model.layers[next(j for j, (_, orig) in enumerate(plan) if not orig)]
+    assert torch.count_nonzero(copy.mlp.down_proj.weight) == 0
+    train_stage(deep, StageBatcher(stage, deep, tok, proc, data), TrainSchedule(steps=2, batch_size=4, lr=1e-2,
+                                                                               warmup_steps=1), seed=0)
+    assert torch.count_nonzero(copy.self_attn.o_proj.weight) > 0
+    with pytest.raises(ValueError, match="cannot deepen"):
+        deepen(shallow, _model("drafter" if stage == "refiner" else "refiner", tok))
 
 
 def test_distillation_uses_features_only_when_widths_match(setup) -> None:

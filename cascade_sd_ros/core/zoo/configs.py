@@ -80,9 +80,9 @@ class StageArch:
 # the trained refiner (see `grow.py`) and distillation can align their features.
 ARCHS: dict[Stage, StageArch] = {
     "target": StageArch(video=True, patch_size=16, vision_hidden=128, vision_layers=2,
-                        text_hidden=64, text_layers=8, text_heads=2),
+                        text_hidden=64, text_layers=32, text_heads=2),
     "refiner": StageArch(video=False, patch_size=16, vision_hidden=128, vision_layers=2,
-                         text_hidden=64, text_layers=3, text_heads=2),
+                         text_hidden=64, text_layers=8, text_heads=2),
     "drafter": StageArch(video=False, patch_size=16, vision_hidden=128, vision_layers=1,
                          text_hidden=64, text_layers=1, text_heads=2),
 }

@@ -1,28 +1,63 @@
-"""Start the deep target as a grown copy of the trained refiner (function-preserving depth growth).
+"""Function-preserving depth growth: a deeper model that starts computing what a trained one does.
+
+* :func:`grow_from` starts the deep target as a grown copy of the trained refiner.
+* :func:`deepen` expands a trained model of one class into a deeper one of the same class
+  (block expansion, as in LLaMA Pro): each original layer is followed by copies of itself whose
+  residual outputs are zeroed, so the deeper model starts as the same function and fine-tuning only
+  has to put the new layers to use. This is how the shipped zoo got its cost hierarchy (depth sets
+  a decode step's cost at this size) without retraining from scratch on a 2-core CPU.
 
 The refiner already reads colour and shape from a frame and writes the caption grammar. The target
 (Video-LLaVA, same vision tower and width, more layers) copies its vision tower, projector,
-embeddings, final norm and LM head, and its layers as the target's bottom layers; every extra layer
-keeps its fresh weights but has its residual outputs (attention o_proj, MLP down_proj) zeroed, so it
-starts as the identity and the grown model computes the refiner's function. Training on clips then
-only has to add what one frame cannot show (motion), which a 2-core CPU can afford; a deep target
-trained from scratch could not be, in the same time.
+embeddings, final norm and LM head, and its layers expanded by the same plan as :func:`deepen`, so
+the grown model computes the refiner's function. Training on clips then only has to add what one
+frame cannot show (motion), which a 2-core CPU can afford; a deep target trained from scratch could
+not be, in the same time.
 """
 from __future__ import annotations
 
 import torch
 from transformers import PreTrainedModel
 
-__all__ = ["grow_from"]
+__all__ = ["grow_from", "deepen", "expansion_plan"]
 
 
 def _text(model: PreTrainedModel) -> torch.nn.Module:
     return model.model.language_model
 
 
+_RESIDUAL_OUTPUTS = ("self_attn.o_proj", "mlp.down_proj")
+
+
+def expansion_plan(source_layers: int, target_layers: int) -> list[tuple[int, bool]]:
+    """For each target layer: the source layer it copies, and whether it is that layer itself (else
+    an identity-initialised copy). The copies are spread evenly, the earlier layers getting any extra.
+    """
+    if source_layers < 1 or target_layers < source_layers:
+        raise ValueError(f"cannot expand {source_layers} layers into {target_layers}")
+    extra, rest = divmod(target_layers - source_layers, source_layers)
+    plan: list[tuple[int, bool]] = []
+    for i in range(source_layers):
+        plan.append((i, True))
+        plan.extend((i, False) for _ in range(extra + (1 if i < rest else 0)))
+    return plan
+
+
+def _expand_layers(source: torch.nn.ModuleList, target: torch.nn.ModuleList) -> list[tuple[int, bool]]:
+    """Fill ``target``'s decoder layers from ``source``'s by :func:`expansion_plan`: a copy starts as
+    the identity because its residual outputs (attention o_proj, MLP down_proj) are zeroed."""
+    plan = expansion_plan(len(source), len(target))
+    for layer, (i, original) in zip(target, plan):
+        layer.load_state_dict(source[i].state_dict())
+        if not original:
+            for name in _RESIDUAL_OUTPUTS:
+                layer.get_submodule(name).weight.zero_()
+    return plan
+
+
 @torch.no_grad()
-def grow_from(source: PreTrainedModel, target: PreTrainedModel) -> int:
-    """Copy ``source`` (Llava) into ``target`` (VideoLlava) in place; returns the layers copied.
+def grow_from(source: PreTrainedModel, target: PreTrainedModel) -> list[tuple[int, bool]]:
+    """Copy ``source`` (Llava) into ``target`` (VideoLlava) in place; returns the layer plan used.
 
     Raises:
         ValueError: when the vision towers or language-model widths differ.
@@ -44,11 +79,24 @@ def grow_from(source: PreTrainedModel, target: PreTrainedModel) -> int:
     dst.embed_tokens.load_state_dict(src.embed_tokens.state_dict())
     dst.norm.load_state_dict(src.norm.state_dict())
     target.lm_head.load_state_dict(source.lm_head.state_dict())
-    n = len(src.layers)
-    for i, layer in enumerate(dst.layers):
-        if i < n:
-            layer.load_state_dict(src.layers[i].state_dict())
-        else:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    return n
+    return _expand_layers(src.layers, dst.layers)
+
+
+@torch.no_grad()
+def deepen(source: PreTrainedModel, target: PreTrainedModel) -> list[tuple[int, bool]]:
+    """Load ``source`` into the deeper ``target`` (same class and sizes but the language model's
+    layer count) by block expansion; returns the layer plan used.
+
+    Raises:
+        ValueError: when the classes differ or any weight but the layer count does not fit.
+    """
+    if type(source) is not type(target):
+        raise ValueError(f"cannot deepen a {type(source).__name__} into a {type(target).__name__}")
+    prefix = "model.language_model.layers."
+    outer = {k: v for k, v in source.state_dict().items() if not k.startswith(prefix)}
+    expected = {k: v for k, v in target.state_dict().items() if not k.startswith(prefix)}
+    wrong = sorted(k for k in expected if k not in outer or outer[k].shape != expected[k].shape)
+    if wrong or len(outer) != len(expected):
+        raise ValueError(f"cannot deepen: weights outside the layers do not fit ({', '.join(wrong[:3]) or 'extra keys'})")
+    target.load_state_dict({**target.state_dict(), **outer})
+    return _expand_layers(_text(source).layers, _text(target).layers)

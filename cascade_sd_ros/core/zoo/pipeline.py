@@ -15,7 +15,7 @@ from cascade_sd_ros.core.zoo.configs import (
     DATA, SCHEDULES, STAGES, DataGeometry, Stage, TrainSchedule, build_image_processor, build_model,
 )
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, ZooData, load_or_build
-from cascade_sd_ros.core.zoo.grow import grow_from
+from cascade_sd_ros.core.zoo.grow import deepen, grow_from
 from cascade_sd_ros.core.zoo.load import check_stage_folder, default_zoo_path
 from cascade_sd_ros.core.zoo.metrics import score_captions
 from cascade_sd_ros.core.zoo.save import save_stage
@@ -120,9 +120,7 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
         model = build_model(stage, tokenizer, settings.geometry)
         grown_from = None
         if settings.resume:
-            check_stage_folder(root / stage, stage)
-            model.load_state_dict(_load_stage(root / stage, stage).state_dict())
-            grown_from = f"resumed {root / stage}"
+            grown_from = _resume(root / stage, stage, model)
         elif stage == "target" and settings.grow_target:
             source = trained.get("refiner") or _load_refiner(root / "refiner")
             if source is None:
@@ -175,6 +173,25 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
 def _load_stage(folder: Path, stage: Stage) -> PreTrainedModel:
     cls = VideoLlavaForConditionalGeneration if stage == "target" else LlavaForConditionalGeneration
     return cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+
+
+def _layers(model: PreTrainedModel) -> int:
+    return int(model.config.get_text_config().num_hidden_layers)
+
+
+def _resume(folder: Path, stage: Stage, model: PreTrainedModel) -> str:
+    """Load the saved stage into ``model``; a shallower saved stage is deepened into it (grow.py).
+    Returns what the model started from (recorded in zoo.json)."""
+    check_stage_folder(folder, stage)
+    saved = _load_stage(folder, stage)
+    if _layers(saved) > _layers(model):
+        raise ValueError(f"{folder} has {_layers(saved)} language-model layers, more than the {stage}'s "
+                         f"{_layers(model)}: resume it with the architecture it was trained with")
+    if _layers(saved) < _layers(model):
+        deepen(saved, model)
+        return f"resumed {folder}, deepened {_layers(saved)} -> {_layers(model)} layers"
+    model.load_state_dict(saved.state_dict())
+    return f"resumed {folder}"
 
 
 def _load_refiner(folder: Path) -> PreTrainedModel | None:
