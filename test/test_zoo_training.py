@@ -98,7 +98,7 @@ def test_deepening_preserves_the_function_and_then_trains(setup, stage: str) -> 
         want = shallow(input_ids=b.input_ids, **b.pixels).logits
         got = deep(input_ids=b.input_ids, **b.pixels).logits
     torch.testing.assert_close(got, want)
-    # the identity copies are not dead: one step of training moves their residual outputs off zero
+    # the new layers are not dead: training moves their residual outputs off zero
     copy = deep.model.language_model.layers[next(j for j, (_, orig) in enumerate(plan) if not orig)]
     assert torch.count_nonzero(copy.mlp.down_proj.weight) == 0
     train_stage(deep, StageBatcher(stage, deep, tok, proc, data), TrainSchedule(steps=2, batch_size=4, lr=1e-2,

@@ -2,10 +2,13 @@
 
 * :func:`grow_from` starts the deep target as a grown copy of the trained refiner.
 * :func:`deepen` expands a trained model of one class into a deeper one of the same class
-  (block expansion, as in LLaMA Pro): each original layer is followed by copies of itself whose
-  residual outputs are zeroed, so the deeper model starts as the same function and fine-tuning only
-  has to put the new layers to use. This is how the shipped zoo got its cost hierarchy (depth sets
-  a decode step's cost at this size) without retraining from scratch on a 2-core CPU.
+  (block expansion, as in LLaMA Pro): new layers are interleaved after the trained ones with their
+  residual outputs (attention o_proj, MLP down_proj) zeroed, so the deeper model starts as the same
+  function and fine-tuning only has to put the new layers to use. This is how the shipped zoo got
+  its cost hierarchy (depth sets a decode step's cost at this size) without retraining from scratch
+  on a 2-core CPU. Unlike LLaMA Pro, a new layer keeps its own random init instead of copying its
+  neighbour: with several new layers after one trained layer, copies see the same input and get
+  the same gradients, and stayed within 5 % of each other after 590 fine-tuning steps.
 
 The refiner already reads colour and shape from a frame and writes the caption grammar. The target
 (Video-LLaVA, same vision tower and width, more layers) copies its vision tower, projector,
@@ -30,8 +33,8 @@ _RESIDUAL_OUTPUTS = ("self_attn.o_proj", "mlp.down_proj")
 
 
 def expansion_plan(source_layers: int, target_layers: int) -> list[tuple[int, bool]]:
-    """For each target layer: the source layer it copies, and whether it is that layer itself (else
-    an identity-initialised copy). The copies are spread evenly, the earlier layers getting any extra.
+    """For each target layer: the source layer it is or follows, and whether it is that layer (else
+    a new identity-initialised layer after it). New layers are spread evenly, earlier ones first.
     """
     if source_layers < 1 or target_layers < source_layers:
         raise ValueError(f"cannot expand {source_layers} layers into {target_layers}")
@@ -44,12 +47,13 @@ def expansion_plan(source_layers: int, target_layers: int) -> list[tuple[int, bo
 
 
 def _expand_layers(source: torch.nn.ModuleList, target: torch.nn.ModuleList) -> list[tuple[int, bool]]:
-    """Fill ``target``'s decoder layers from ``source``'s by :func:`expansion_plan`: a copy starts as
-    the identity because its residual outputs (attention o_proj, MLP down_proj) are zeroed."""
+    """Fill ``target``'s decoder layers by :func:`expansion_plan`: trained layers from ``source``; a
+    new layer keeps its init and starts as the identity (its residual outputs zeroed)."""
     plan = expansion_plan(len(source), len(target))
     for layer, (i, original) in zip(target, plan):
-        layer.load_state_dict(source[i].state_dict())
-        if not original:
+        if original:
+            layer.load_state_dict(source[i].state_dict())
+        else:
             for name in _RESIDUAL_OUTPUTS:
                 layer.get_submodule(name).weight.zero_()
     return plan
