@@ -9,6 +9,7 @@ EventPackets and Images with their own stamps, over the same DDS topics a camera
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ class PipelineConfig:
     use_sim_time: bool = False
     torch_threads: int | None = 1  # the stages share this process's cores
     executor_threads: int = 6
+    # torch releases the GIL inside every op and must win it back after; with the executor's Python
+    # busy on sensor traffic each win-back can wait a whole switch interval (5 ms by default), which
+    # turned the 32-layer target's 21 ms prefill into 2.4 s in the one-process demo (0.4 s at 0.5 ms)
+    gil_switch_s: float | None = 0.0005
     collect_captions: bool = True
 
     def __post_init__(self) -> None:
@@ -203,6 +208,7 @@ class Pipeline:
         self.executor = executor
         self.nodes: list[Node] = list(nodes.values())
         self._spin: threading.Thread | None = None
+        self._switch_before: float | None = None
         self._closing = threading.Event()
         verifier = nodes.get("verifier")
         self.lookahead_ns = int(1e9 * max(
@@ -224,6 +230,9 @@ class Pipeline:
     def start(self) -> None:
         if self._spin is not None:
             raise RuntimeError("pipeline already started")
+        if self.config.gil_switch_s is not None:
+            self._switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_before, self.config.gil_switch_s))
         self._spin = threading.Thread(target=self._run, name="pipeline-executor", daemon=True)
         self._spin.start()
 
@@ -259,6 +268,9 @@ class Pipeline:
         if self._spin is not None:
             self._spin.join(timeout=5.0)
             self._spin = None
+        if self._switch_before is not None:
+            sys.setswitchinterval(self._switch_before)
+            self._switch_before = None
         for node in everyone:
             node.destroy_node()
         self.nodes = []
