@@ -46,7 +46,9 @@ def test_loads_offline_with_the_real_architectures(zoo: Zoo, monkeypatch: pytest
 
 def test_depth_gives_the_cost_hierarchy(zoo: Zoo) -> None:
     layers = [zoo.adapter(s).model.config.get_text_config().num_hidden_layers for s in ("target", "refiner", "drafter")]
-    assert layers[0] > layers[1] > layers[2] == 1
+    # a step costs ~ a fixed part + a per-layer part at this size: several times the depth per rung
+    # gives the several-times cost ladder the cascade needs (measured in bench/RESULTS.md)
+    assert layers[2] == 1 and layers[1] >= 3 * layers[2] * 2 and layers[0] >= 3 * layers[1]
 
 
 @pytest.mark.parametrize("index", KNOWN_SCENES)
