@@ -46,9 +46,10 @@ def test_loads_offline_with_the_real_architectures(zoo: Zoo, monkeypatch: pytest
 
 def test_depth_gives_the_cost_hierarchy(zoo: Zoo) -> None:
     layers = [zoo.adapter(s).model.config.get_text_config().num_hidden_layers for s in ("target", "refiner", "drafter")]
-    # a step costs ~ a fixed part + a per-layer part at this size: several times the depth per rung
-    # gives the several-times cost ladder the cascade needs (measured in bench/RESULTS.md)
-    assert layers[2] == 1 and layers[1] >= 3 * layers[2] * 2 and layers[0] >= 3 * layers[1]
+    # a step costs about a fixed part (~1 layer's worth) plus a part per layer at this size, so each
+    # rung needs several times the depth of the one below for a several-times cost ladder
+    # (measured in bench/RESULTS.md: 3 layers over 1 gave only 1.8x, 8 over 1 gives 3.9x)
+    assert layers[2] == 1 and layers[1] >= 6 and layers[0] >= 3 * layers[1]
 
 
 @pytest.mark.parametrize("index", KNOWN_SCENES)
