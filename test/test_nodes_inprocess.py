@@ -117,7 +117,9 @@ def _check_lossless(run: Run, scenes: list[Any], rounds: Any, finals: dict[int, 
 
 
 def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone, rclpy_context) -> None:  # noqa: ANN001
-    config, rounds = _config()
+    # drafts must be checked here, not just allowed: a loaded 2-core machine can hold them past the
+    # default 0.1 s, after which the verifier rightly decodes alone (a stalled stage costs one wait per round)
+    config, rounds = _config(draft_wait=1.0)
     run = make_run(config)
     finals = play_scenes(run.pipeline, run.player, scenes, rounds, timeout_s=30)
     assert len(finals) == N_SCENES
