@@ -286,6 +286,11 @@ class VideoVerifier(StageNode[VerifierConfig]):
         return StageInput(frames, reason, skew_ns=clip.newest_skew_ns, span_ns=clip.span_ns, frame_skew_ns=frame_skew)
 
     def _emit(self, u: CaptionUpdate) -> None:
+        if u.final:  # kept before it is announced: a listener may look it up as soon as it hears it
+            self._last_final = u
+            self.finals[u.round_id] = u
+            while len(self.finals) > 64:
+                self.finals.popitem(last=False)
         text = self.model.decode(list(u.token_ids))
         if u.commit_seq > 0:
             self.pub_commit.publish(commit_msg(u, self.cfg.frame_id))
@@ -294,10 +299,6 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
         if not u.final:
             return
-        self._last_final = u
-        self.finals[u.round_id] = u
-        while len(self.finals) > 64:
-            self.finals.popitem(last=False)
         for s in (0, 1):
             self._totals["drafted"][s] += u.drafted_per_stage[s]
             self._totals["accepted"][s] += u.accepted_per_stage[s]

@@ -2,13 +2,14 @@
 replay and the node tests share.
 
 ``build_pipeline(config, context)`` loads each stage's model once, makes the nodes (with parameters
-as overrides, exactly what a launch file would set) and a caption collector, and adds them to a
-:class:`MultiThreadedExecutor`. ``start()`` spins it on a background thread; a caller that spins
-itself (the replay) just uses ``executor``. A :class:`SensorPlayer` publishes synthetic scenes'
+as overrides, exactly what a launch file would set) and a caption collector, and adds them to one
+executor (a MultiThreadedExecutor, or rclpy's EventsExecutor: :attr:`PipelineConfig.executor`). ``start()``
+spins it on a background thread; a caller that spins itself (the replay) just uses ``executor``. A :class:`SensorPlayer` publishes synthetic scenes'
 EventPackets and Images with their own stamps, over the same DDS topics a camera driver would use.
 """
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import Executor, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -35,6 +36,7 @@ SENSOR_PARAMS: dict[str, Any] = {"sensor_reliability": "reliable", "sensor_qos_d
 STAGES: tuple[str, ...] = ("drafter", "refiner", "verifier")
 ROLE_OF_STAGE = {"drafter": "drafter", "refiner": "refiner", "verifier": "target"}
 NODE_OF_STAGE = {"drafter": "event_drafter", "refiner": "frame_refiner", "verifier": "video_verifier"}
+EXECUTORS: tuple[str, ...] = ("multi-threaded", "events")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class PipelineConfig:
     namespace: str = ""
     use_sim_time: bool = False
     torch_threads: int | None = 1  # the stages share this process's cores
+    # "events": rclpy's experimental EventsExecutor, which waits and dispatches in C++. The Python
+    # MultiThreadedExecutor rebuilds its wait set on every spin; at ~250 sensor messages/s that Python
+    # holds the GIL the stages' forward passes need (demo round latency 1.8-2.6 s vs 0.4 s with events).
+    # Not the default: under pytest's output capture the test process segfaulted 2 runs in 4 with it.
+    executor: str = "multi-threaded"
     executor_threads: int = 6
     # torch releases the GIL inside every op and must win it back after; with the executor's Python
     # busy on sensor traffic each win-back can wait a whole switch interval (5 ms by default), which
@@ -64,6 +71,11 @@ class PipelineConfig:
         bad = [k for k in self.params if k != "common" and k not in NODE_OF_STAGE.values()]
         if bad:
             raise ValueError(f"params keys must be 'common' or node names {list(NODE_OF_STAGE.values())}, got {bad}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.executor == "events" and self.use_sim_time:
+            # its timers run on their own clock, not /clock: a replay's round timers never fired
+            raise ValueError("use_sim_time needs executor='multi-threaded' (the EventsExecutor's timers ignore /clock)")
         bad_roles = [r for r in self.models if r not in ROLE_OF_STAGE.values()]
         if bad_roles:
             raise ValueError(f"models keys must be roles {list(ROLE_OF_STAGE.values())}, got {bad_roles}")
@@ -199,7 +211,7 @@ class Pipeline:
     """The running composition: stage nodes, caption collector, executor (see module docstring)."""
 
     def __init__(self, config: PipelineConfig, context: Context, models: Mapping[str, StageModel],
-                 nodes: dict[str, Node], collector: CaptionCollector | None, executor: MultiThreadedExecutor) -> None:
+                 nodes: dict[str, Node], collector: CaptionCollector | None, executor: Executor) -> None:
         self.config = config
         self.context = context
         self.models = dict(models)
@@ -333,7 +345,7 @@ def load_models(config: PipelineConfig) -> dict[str, StageModel]:
 
 def build_pipeline(config: PipelineConfig, context: Context,
                    models: Mapping[str, StageModel] | None = None) -> Pipeline:
-    """Nodes for ``config.stages`` in ``context`` on one MultiThreadedExecutor (not spinning yet)."""
+    """Nodes for ``config.stages`` in ``context`` on one executor (not spinning yet)."""
     from cascade_sd_ros.nodes.event_drafter import EventDrafter
     from cascade_sd_ros.nodes.frame_refiner import FrameRefiner
     from cascade_sd_ros.nodes.video_verifier import VideoVerifier
@@ -356,10 +368,33 @@ def build_pipeline(config: PipelineConfig, context: Context,
             node.destroy_node()
         raise
     collector = CaptionCollector(context=context, namespace=ns) if config.collect_captions else None
-    executor = MultiThreadedExecutor(num_threads=config.executor_threads, context=context)
+    executor = make_executor(config, context)
     for node in [*nodes.values(), *([collector] if collector is not None else [])]:
         executor.add_node(node)
     return Pipeline(config, context, models, nodes, collector, executor)
+
+
+def make_executor(config: PipelineConfig, context: Context) -> Executor:
+    """The executor ``config`` names. The stages' callbacks only convert and queue (model work runs on
+    their workers), so one C++-driven thread serves them as well as a pool of Python ones."""
+    if config.executor == "events":
+        return _events_executor(context)
+    return MultiThreadedExecutor(num_threads=config.executor_threads, context=context)
+
+
+def _events_executor(context: Context) -> Executor:
+    from rclpy.experimental import EventsExecutor
+
+    try:
+        return EventsExecutor(context=context)
+    except io.UnsupportedOperation:
+        # it enables faulthandler on sys.stderr, which needs a file descriptor that a captured stderr
+        # (pytest, an embedding application) lacks: point the crash dump at the process's own stderr
+        captured, sys.stderr = sys.stderr, sys.__stderr__
+        try:
+            return EventsExecutor(context=context)
+        finally:
+            sys.stderr = captured
 
 
 def new_context(args: Iterable[str] | None = None) -> Context:

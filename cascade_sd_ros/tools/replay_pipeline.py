@@ -126,7 +126,7 @@ def make_pipeline(context: Any, settings: Any) -> Any:
     from cascade_sd_ros.tools.pipeline import PipelineConfig, build_pipeline
 
     config = PipelineConfig(models=dict(settings.models), stages=tuple(settings.stages), device=settings.device,
-                            use_sim_time=True,
+                            use_sim_time=True, executor="multi-threaded",
                             params=replay_params(settings.mode, settings.params), collect_captions=False)
     return build_pipeline(config, context)
 
