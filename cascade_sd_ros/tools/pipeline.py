@@ -3,9 +3,10 @@ replay and the node tests share.
 
 ``build_pipeline(config, context)`` loads each stage's model once, makes the nodes (with parameters
 as overrides, exactly what a launch file would set) and a caption collector, and adds them to one
-executor (a MultiThreadedExecutor, or rclpy's EventsExecutor: :attr:`PipelineConfig.executor`). ``start()``
-spins it on a background thread; a caller that spins itself (the replay) just uses ``executor``. A :class:`SensorPlayer` publishes synthetic scenes'
-EventPackets and Images with their own stamps, over the same DDS topics a camera driver would use.
+executor (a MultiThreadedExecutor, or rclpy's EventsExecutor: :attr:`PipelineConfig.executor`).
+``start()`` spins it on a background thread; a caller that spins itself (the replay) just uses
+``executor``. A :class:`SensorPlayer` publishes synthetic scenes' EventPackets and Images with their
+own stamps, over the same DDS topics a camera driver would use.
 """
 from __future__ import annotations
 
