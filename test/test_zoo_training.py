@@ -124,3 +124,29 @@ def test_distillation_uses_features_only_when_widths_match(setup) -> None:
         assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
         assert all(p.grad is None for p in teacher.parameters())  # the teacher stays frozen
         assert 0.0 <= argmax_agreement(d, student, np.arange(4)) <= 1.0
+
+
+def test_a_progressive_stage_trains_shallow_then_deepens_to_its_depth(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from cascade_sd_ros.core.zoo.configs import ARCHS, SCHEDULES
+    from cascade_sd_ros.core.zoo.load import read_zoo_meta
+    from cascade_sd_ros.core.zoo.pipeline import TrainSettings, train_zoo
+
+    for stage in ("target", "refiner"):
+        monkeypatch.setitem(ARCHS, stage, MICRO[stage])
+    monkeypatch.setitem(SCHEDULES, "refiner", TrainSchedule(steps=2, batch_size=4, lr=1e-3, warmup_steps=1))
+    monkeypatch.setitem(SCHEDULES, "target", TrainSchedule(steps=3, batch_size=4, lr=1e-3, warmup_steps=1,
+                                                           shallow_layers=1, deepen_steps=2))
+    settings = TrainSettings(samples=12, event_samples=4, eval_samples=4, data_dir=tmp_path / "data", progress=False)
+    summary = train_zoo(("refiner", "target"), settings, out=tmp_path / "zoo")
+    info = summary["stages"]["target"]
+    # grown from the 1-layer refiner, trained at 1 layer, then deepened to the stage's 3 and fine-tuned
+    assert info["phases"] == [{"layers": 1, "steps": 3, "train_s": info["phases"][0]["train_s"]},
+                              {"layers": 3, "steps": 2, "train_s": info["phases"][1]["train_s"]}]
+    assert info["steps"] == info["planned_steps"] == 5
+    assert info["grown_from"] == "refiner, trained at 1 layers, deepened 1 -> 3"
+    saved = read_zoo_meta(tmp_path / "zoo" / "target")
+    assert saved["train"]["phases"][1]["layers"] == 3
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "zoo" / "target").text_config.num_hidden_layers == 3
+    assert "phases" not in summary["stages"]["refiner"]  # a one-phase schedule stays one phase

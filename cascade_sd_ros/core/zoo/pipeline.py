@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -12,7 +13,7 @@ from transformers import LlavaForConditionalGeneration, PreTrainedModel, VideoLl
 
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.configs import (
-    DATA, SCHEDULES, STAGES, DataGeometry, Stage, TrainSchedule, build_image_processor, build_model,
+    ARCHS, DATA, SCHEDULES, STAGES, DataGeometry, Stage, TrainSchedule, build_image_processor, build_model,
 )
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, ZooData, load_or_build
 from cascade_sd_ros.core.zoo.grow import deepen, grow_from
@@ -24,7 +25,7 @@ from cascade_sd_ros.core.zoo.training import TrainResult, greedy_captions, train
 
 _ORDER: tuple[Stage, ...] = ("refiner", "drafter", "target")  # the target grows from the refiner
 
-__all__ = ["TrainSettings", "scaled_schedule", "load_datasets", "train_zoo", "plot_losses"]
+__all__ = ["TrainSettings", "scaled_schedule", "deepen_schedule", "load_datasets", "train_zoo", "plot_losses"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class TrainSettings:
 def scaled_schedule(schedule: TrainSchedule, steps_scale: float, batch_scale: int) -> TrainSchedule:
     steps = max(1, int(round(schedule.steps * steps_scale)))
     warmup = int(round(schedule.warmup_steps * max(1.0, steps_scale)))
+    deepen_steps = max(1, int(round(schedule.deepen_steps * steps_scale))) if schedule.deepen_steps else 0
     return dataclasses.replace(schedule, steps=steps, batch_size=schedule.batch_size * batch_scale,
-                               warmup_steps=max(1, min(warmup, steps // 10)))
+                               warmup_steps=max(1, min(warmup, steps // 10)), deepen_steps=deepen_steps)
 
 
 def _load(settings: TrainSettings, count: int, stream: int, with_events: bool, desc: str) -> ZooData:
@@ -117,7 +119,14 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
     for stage in sorted(stages, key=_ORDER.index):
         train = datasets["events" if stage == "drafter" else "rgb"]
         torch.manual_seed(settings.seed * 1000 + STAGES.index(stage))
-        model = build_model(stage, tokenizer, settings.geometry)
+        schedule = scaled_schedule(SCHEDULES[stage], settings.steps_scale, settings.batch_scale)
+        schedule = dataclasses.replace(schedule, lr=schedule.lr * settings.lr_scale)
+        depth = ARCHS[stage].text_layers
+        # a resumed stage continues at its saved depth (deepened by _resume when shallower)
+        shallow = (schedule.shallow_layers if schedule.shallow_layers and schedule.deepen_steps
+                   and schedule.shallow_layers < depth and not settings.resume else None)
+        arch = dataclasses.replace(ARCHS[stage], text_layers=shallow) if shallow else None
+        model = build_model(stage, tokenizer, settings.geometry, arch=arch)
         grown_from = None
         if settings.resume:
             grown_from = _resume(root / stage, stage, model)
@@ -128,37 +137,39 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
                                  f"{root / 'refiner'}); or pass --no-grow")
             grow_from(source, model)
             grown_from = "refiner"
-        model = model.to(settings.device)
-        schedule = scaled_schedule(SCHEDULES[stage], settings.steps_scale, settings.batch_scale)
-        schedule = dataclasses.replace(schedule, lr=schedule.lr * settings.lr_scale)
         processor = build_image_processor(stage, settings.geometry)
-        batcher = StageBatcher(stage, model, tokenizer, processor, train, device=settings.device)
         budget = None if settings.max_minutes is None else settings.max_minutes.get(stage)
-        bar = _bar(schedule.steps, f"train {stage}", settings.progress)
-
-        def on_step(step: int, loss: float, bar: _Bar | None = bar) -> None:
-            if bar is not None:
-                bar.update_to(step)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}")
-
-        result: TrainResult = train_stage(
-            model, batcher, schedule, settings.seed,
-            max_seconds=None if budget is None else budget * 60.0, on_step=on_step,
-        )
-        if bar is not None:
-            bar.close()
+        budget_s = None if budget is None else budget * 60.0
+        started = time.monotonic()
+        phases = [_fit(stage, model, schedule, settings, tokenizer, processor, train,
+                       max_seconds=None if budget_s is None else budget_s / (2 if shallow else 1))]
+        if shallow:
+            deep = build_model(stage, tokenizer, settings.geometry)  # the new layers' init, from the seeded RNG
+            deepen(model.cpu(), deep)
+            model = deep
+            left = None if budget_s is None else max(1.0, budget_s - (time.monotonic() - started))
+            # other batches than the first phase's: a distinct seed for the batch order
+            phases.append(_fit(stage, model, deepen_schedule(schedule), settings, tokenizer, processor, train,
+                               max_seconds=left, seed=settings.seed + 7919))
+            grown_from = f"{grown_from or 'scratch'}, trained at {shallow} layers, deepened {shallow} -> {depth}"
+        result = TrainResult(losses=[x for r in phases for x in r.losses], steps=sum(r.steps for r in phases),
+                             seconds=sum(r.seconds for r in phases),
+                             stopped_early=any(r.stopped_early for r in phases))
         curves[stage] = result.losses
         rows = np.arange(len(held_out))
         eval_batcher = StageBatcher(stage, model, tokenizer, processor, held_out, device=settings.device)
         texts = [tokenizer.decode(ids) for ids in greedy_captions(model, eval_batcher, rows, batch_size=64 * settings.batch_scale)]
         score = score_captions(texts, held_out.captions)
         info = {
-            "steps": result.steps, "planned_steps": schedule.steps, "stopped_early": result.stopped_early,
+            "steps": result.steps, "planned_steps": schedule.steps + (schedule.deepen_steps if shallow else 0),
+            "stopped_early": result.stopped_early,
             "train_s": round(result.seconds, 1), "samples": len(train), "final_loss": round(float(np.mean(result.losses[-50:])), 4),
             "params": int(sum(p.numel() for p in model.parameters())), "held_out": score.as_dict(),
             "grown_from": grown_from,
         }
+        if shallow:
+            info["phases"] = [{"layers": n, "steps": r.steps, "train_s": round(r.seconds, 1)}
+                              for n, r in zip((shallow, depth), phases)]
         save_stage(root / stage, stage, model.cpu(), tokenizer, processor, settings.geometry, DEFAULT_QUESTION,
                    extra={"train": {**info, "seed": settings.seed, "device": settings.device,
                                     "batch_size": schedule.batch_size, "lr": schedule.lr}})
@@ -168,6 +179,36 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
         plot_losses(curves, plot)
         summary["plot"] = str(plot)
     return summary
+
+
+def deepen_schedule(schedule: TrainSchedule) -> TrainSchedule:
+    """The fine-tuning phase after a progressive stage is deepened (see TrainSchedule)."""
+    steps = schedule.deepen_steps
+    return dataclasses.replace(schedule, steps=steps, lr=schedule.lr * schedule.deepen_lr_scale,
+                               warmup_steps=max(1, min(schedule.warmup_steps, steps // 10)),
+                               shallow_layers=None, deepen_steps=0)
+
+
+def _fit(stage: Stage, model: PreTrainedModel, schedule: TrainSchedule, settings: TrainSettings,
+         tokenizer: Any, processor: Any, train: ZooData, max_seconds: float | None,
+         seed: int | None = None) -> TrainResult:
+    """Train ``model`` (moved to the settings' device) by ``schedule``, with a progress bar."""
+    model.to(settings.device)
+    batcher = StageBatcher(stage, model, tokenizer, processor, train, device=settings.device)
+    layers = _layers(model)
+    bar = _bar(schedule.steps, f"train {stage} ({layers} layers)", settings.progress)
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.update_to(step)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+    result = train_stage(model, batcher, schedule, settings.seed if seed is None else seed,
+                         max_seconds=max_seconds, on_step=on_step)
+    if bar is not None:
+        bar.close()
+    return result
 
 
 def _load_stage(folder: Path, stage: Stage) -> PreTrainedModel:
