@@ -2,9 +2,11 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# DDS stays on this machine, in a domain of this run's own (see ../shared/ROS2-WHEELS.md).
+# DDS stays on this machine, in a domain of this run's own (see ../shared/ROS2-WHEELS.md): the
+# tests claim one per pytest process themselves (test/conftest.py); demo and bench run under the
+# same lock-file claim, held while they run, so parallel runs never share a domain.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
-export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 10 )))
+IN_OWN_DOMAIN := $(PY) test/helpers/dds_domain.py run --
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test demo bench clean
@@ -15,11 +17,11 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m cascade_sd_ros.tools.cli demo $(DEMO_ARGS)
+	$(IN_OWN_DOMAIN) $(PY) -m cascade_sd_ros.tools.cli demo $(DEMO_ARGS)
 
 bench: setup
-	$(PY) bench/events.py
-	$(PY) bench/spec.py --quick
+	$(IN_OWN_DOMAIN) $(PY) bench/events.py
+	$(IN_OWN_DOMAIN) $(PY) bench/spec.py --quick
 
 clean:
 	rm -rf build $(VENV)

@@ -12,6 +12,7 @@ import rclpy
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+from helpers import processes
 from helpers.msg_samples import ONE_MB, build_samples, field_differences
 
 pytestmark = pytest.mark.ros
@@ -31,8 +32,8 @@ def test_every_message_survives_another_process(rclpy_context) -> None:
     for topic, msg in expected.items():
         node.create_subscription(type(msg), f"/ipc_test/{topic}",
                                  lambda m, t=topic: received.setdefault(t, m), QOS)
-    child = subprocess.Popen([sys.executable, str(CHILD), "60"], env=dict(os.environ),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = processes.start([sys.executable, str(CHILD), "60"], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     executor = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     try:
@@ -41,8 +42,8 @@ def test_every_message_survives_another_process(rclpy_context) -> None:
             executor.spin_once(timeout_sec=0.1)
             assert child.poll() is None, child.communicate()[0].decode(errors="replace")
     finally:
-        child.kill()
-        child.wait(timeout=10)
+        processes.kill(child)  # its whole process group
+        child.stdout.close()
         # The node leaves the executor before either is torn down: destroying a node an
         # executor still waits on can crash inside rcl.
         executor.remove_node(node)

@@ -21,6 +21,7 @@ from cascade_sd_ros.core.synth.clocks import ClockModel  # noqa: E402
 from cascade_sd_ros.core.synth.packets import PacketConfig  # noqa: E402
 from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes  # noqa: E402
 from cascade_sd_ros.tools.pipeline import CaptionCollector, SensorPlayer, scene_rounds  # noqa: E402
+from helpers import processes as child_processes  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -50,19 +51,18 @@ def processes(tmp_path: Path):  # noqa: ANN201
     def start(node: str, rounds: Any) -> None:
         log = tmp_path / f"{node}.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        procs.append((subprocess.Popen(_args(node, rounds), cwd=ROOT, env=env, stdout=log.open("w"),
-                                       stderr=subprocess.STDOUT), log))
+        with log.open("w") as out:  # the child has its own copy of the descriptor
+            procs.append((child_processes.start(_args(node, rounds), cwd=ROOT, env=env, stdout=out,
+                                                stderr=subprocess.STDOUT), log))
 
     yield start
+    # SIGINT to every node first (they shut down together), then wait; a node that does not stop
+    # in time is killed with its process group.
     for p, _ in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p, log in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            child_processes.signal_group(p.pid, signal.SIGINT)
+    for p, _ in procs:
+        child_processes.stop(p)
 
 
 def test_three_processes_give_the_verifier_alone_captions(rclpy_context: Any, processes: Any) -> None:
