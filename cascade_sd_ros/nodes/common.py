@@ -2,9 +2,12 @@
 node skeleton (parameters, model, prompt, diagnostics, worker), the image callback, main()."""
 from __future__ import annotations
 
+import functools
+import signal
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
@@ -219,6 +222,54 @@ class InputStats:
         }
 
 
+class CallbackGuard:
+    """Catches whatever one message (or one timer tick) raises, so it costs that message, never the
+    node: counted per callback, logged with its traceback once per exception type, then throttled."""
+
+    def __init__(self, node: Node, throttle_s: float = 5.0) -> None:
+        self._node = node
+        self._throttle_s = throttle_s
+        self._lock = threading.Lock()
+        self.errors: dict[str, int] = {}
+        self._seen: set[tuple[str, str]] = set()
+        self._last_log = -1e18
+        self.last_error = ""
+
+    def wrap(self, where: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        # wraps: rclpy reads the callback's signature (message info, timer info) through __wrapped__
+        @functools.wraps(fn)
+        def guarded(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001 - the node's edge: nothing one message does may kill it
+                self._failed(where, exc)
+                return None
+
+        return guarded
+
+    def _failed(self, where: str, exc: Exception) -> None:
+        key = (where, type(exc).__name__)
+        with self._lock:
+            self.errors[where] = self.errors.get(where, 0) + 1
+            self.last_error = f"{where}: {type(exc).__name__}: {exc}"
+            first = key not in self._seen
+            self._seen.add(key)
+            now = time.monotonic()
+            log = first or now - self._last_log >= self._throttle_s
+            if log:
+                self._last_log = now
+            count = self.errors[where]
+        if log:
+            detail = "".join(traceback.format_exception(exc)) if first else f"{type(exc).__name__}: {exc}"
+            self._node.get_logger().error(f"{where}: message skipped after an unexpected error "
+                                          f"({count} so far): {detail}")
+
+    def values(self) -> dict[str, object]:
+        with self._lock:
+            return {"callback_errors": sum(self.errors.values()),
+                    **{f"callback_errors.{k}": v for k, v in sorted(self.errors.items())}}
+
+
 class StageWorker(Protocol):
     """What :class:`StageNode` needs of its stage's worker thread."""
 
@@ -250,6 +301,7 @@ class StageNode(Node, Generic[C]):
         parameter_overrides: list[Parameter] | None,
         namespace: str | None,
     ) -> None:
+        self.guard = CallbackGuard(self)  # before Node.__init__: its time source subscribes to /clock
         super().__init__(name, context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
         values = declare(self, params)
         self.cfg: C = make_config(values)
@@ -265,6 +317,17 @@ class StageNode(Node, Generic[C]):
         from diagnostic_msgs.msg import DiagnosticArray
 
         self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
+
+    def create_subscription(self, msg_type: Any, topic: str, callback: Callable[[Any], None], *args: Any,
+                            **kwargs: Any) -> Any:
+        """Every subscription of a stage goes through :class:`CallbackGuard`: one bad message is
+        counted and skipped, whatever it raises."""
+        return super().create_subscription(msg_type, topic, self.guard.wrap(topic, callback), *args, **kwargs)
+
+    def create_timer(self, timer_period_sec: float, callback: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
+        """Timers too: a diagnostics tick that fails is counted, and the next one runs."""
+        name = getattr(callback, "__name__", "timer").lstrip("_")
+        return super().create_timer(timer_period_sec, self.guard.wrap(f"timer {name}", callback), *args, **kwargs)
 
     def check_model(self, model: StageModel) -> None:
         """Hook: reject a model that does not fit this node's parameters (ValueError)."""
@@ -289,7 +352,10 @@ class StageNode(Node, Generic[C]):
         """Hook: a new question has been asked (``self._question``)."""
 
     def publish_status(self, level: int, message: str, values: dict[str, object]) -> None:
-        """One DiagnosticStatus named after the node, stamped now."""
+        """One DiagnosticStatus named after the node, stamped now; callback errors raise it to WARN."""
+        values = {**values, **self.guard.values()}
+        if level == 0 and self.guard.errors:
+            level, message = 1, f"{message}; skipped messages after unexpected errors: {self.guard.last_error}"
         self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), f"cascade_sd: {self.get_name()}",
                                               self.get_fully_qualified_name(), level, message, values))
 
@@ -355,7 +421,12 @@ class ImageInput:
         return None if newest is None else self.ingest.offsets.to_reference(self.ingest.stream, newest)
 
 def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
-    """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C."""
+    """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C.
+
+    Clean-up ignores further SIGINTs: ``ros2 launch`` forwards one on top of the terminal's, and a
+    second Ctrl-C must not turn a clean exit into a traceback and a non-zero status. The worker's
+    stop is bounded, so clean-up cannot hang on it.
+    """
     rclpy.init(args=args)
     node: Node | None = None
     try:
@@ -365,11 +436,12 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threa
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, FileNotFoundError, ParameterException) as exc:
+    except (ValueError, FileNotFoundError, ParameterException, OSError) as exc:
         # invalid parameters or model folders: a clear message, not a trace
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:
+        _ignore_sigint()
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
@@ -378,3 +450,10 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threa
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def _ignore_sigint() -> None:
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        pass  # not the main thread (a test calling main() from a thread): nothing to protect

@@ -120,14 +120,14 @@ class EventDrafter(StageNode[DrafterConfig]):
                 self._reset_locked()
             try:
                 decoded = self._stream.decode(pkt)
-            except EventDecodeError as exc:
+            except (EventDecodeError, PacketError) as exc:
                 self.events_in.bad(f"undecodable {pkt.encoding} payload: {exc}")
                 return
             if len(decoded.t_ns) == 0:
                 return
             if self._renderer is None or (self._renderer.width, self._renderer.height) != (pkt.width, pkt.height):
                 self._renderer = EventFrameRenderer(pkt.width, pkt.height, 1)
-            t0, t1 = int(decoded.t_ns[0]), int(decoded.t_ns[-1])
+            t0, t1 = int(decoded.t_ns.min()), int(decoded.t_ns.max())
             self._packets.insert(t0, (decoded.t_ns, decoded.cd))
             self.events_in.buffer(self._packets.dropped, self._packets.expired)
             self._max_span_ns = max(self._max_span_ns, t1 - t0)
@@ -209,7 +209,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             **self.events_in.values(), **self.commits_in.values(), **self.prompts_in.values(),
             "rounds_opened": self.rounds_opened, "rounds_open": len(self.book),
             "rounds_evicted": self.book.evicted, "resets": self.book.resets, "time_jumps": self._jump.jumps,
-            "commits_stale": self._stale.stale,
+            "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
             "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
         }
         level, message = 0, "drafting"

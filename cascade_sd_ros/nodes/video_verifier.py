@@ -334,6 +334,8 @@ class VideoVerifier(StageNode[VerifierConfig]):
                                       else "identifiable" if est.identifiable()
                                       else "not identifiable (steady motion)"),
             "frame_offset_estimate_r": math.nan if est is None else est.correlation,
+            "frame_offset_inputs_rejected": self._estimator.rejected,
+            "event_clock_reanchors": self._event_stream.reanchors,
             "resets": self.book.resets, "time_jumps": self._image.ingest.jump.jumps, "worker_errors": self.worker.errors,
             "drafts_stale": self._stale.stale,
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,

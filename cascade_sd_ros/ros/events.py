@@ -4,7 +4,10 @@ A packet's ``header.stamp`` is the ROS time of its first event (event_camera_msg
 EVT 3.0 ``time_base`` is undefined and sensor time comes from decoding). The first decoded packet
 anchors sensor time to that stamp; later events keep the sensor clock's own spacing, so host
 jitter on packet stamps does not leak into event times. A backward jump re-anchors (see
-:meth:`EventStream.reset`).
+:meth:`EventStream.reset`), and so does a packet whose first event lands further than
+``reanchor_tolerance_ns`` from its own stamp (a corrupted time word, a sensor clock reset): the bad
+packet does not carry its shift into every later one. Times that would leave int64 or go negative
+on the event clock are refused (:class:`PacketError`) before they can anchor anything.
 """
 from __future__ import annotations
 
@@ -63,6 +66,9 @@ class StreamEvents:
     t_ns: np.ndarray  # [N] int64, event clock
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 class EventStream:
     """One camera's packets, decoded in arrival order with one stateful decoder.
 
@@ -70,10 +76,13 @@ class EventStream:
     bits), so a stream must be decoded in order and reset when time jumps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reanchor_tolerance_ns: int = 10_000_000_000, max_span_ns: int = 1_000_000_000) -> None:
         self._decoder: Any = None
         self._key: tuple[str, int, int] | None = None
         self._anchor_ns: int | None = None  # event clock minus sensor time (ns)
+        self.reanchor_tolerance_ns = int(reanchor_tolerance_ns)
+        self.max_span_ns = int(max_span_ns)  # a driver packet holds ~1 ms; one claiming more is garbage
+        self.reanchors = 0  # packets whose events disagreed with their stamp by more than the tolerance
 
     @property
     def geometry(self) -> tuple[int, int] | None:
@@ -92,14 +101,32 @@ class EventStream:
         if key != self._key:
             self._decoder = make_decoder(pkt.encoding, pkt.width, pkt.height)
             self._key = key
-        decoded = self._decoder.decode(pkt.payload, time_base=pkt.time_base)
+        try:
+            decoded = self._decoder.decode(pkt.payload, time_base=pkt.time_base)
+        except OverflowError as exc:  # times beyond int64: the decoders check, this is the backstop
+            raise PacketError(f"{pkt.encoding} packet's times overflow int64 (time_base {pkt.time_base}): {exc}") from exc
         cd = decoded.cd
         if len(cd) == 0:
             return StreamEvents(cd=cd, t_ns=np.zeros(0, dtype=np.int64))
-        t_sensor_ns = cd["t"].astype(np.int64) * 1000
-        if self._anchor_ns is None:
-            self._anchor_ns = pkt.stamp_ns - int(t_sensor_ns[0])
-        return StreamEvents(cd=cd, t_ns=t_sensor_ns + self._anchor_ns)
+        t_us = cd["t"]
+        lo_us, hi_us = int(t_us.min()), int(t_us.max())  # Python ints: these checks cannot overflow
+        if lo_us < 0 or hi_us > _INT64_MAX // 1000:
+            raise PacketError(f"{pkt.encoding} packet decodes to sensor times [{lo_us}, {hi_us}] µs, "
+                              "outside int64 nanoseconds")
+        if (hi_us - lo_us) * 1000 > self.max_span_ns:
+            raise PacketError(f"{pkt.encoding} packet's events span {(hi_us - lo_us) / 1e6:.3f} s "
+                              f"(more than {self.max_span_ns / 1e9:g} s): corrupt time words")
+        anchor = self._anchor_ns
+        first_ns = int(t_us[0]) * 1000
+        if anchor is None or abs(first_ns + anchor - pkt.stamp_ns) > self.reanchor_tolerance_ns:
+            if anchor is not None:
+                self.reanchors += 1
+            anchor = pkt.stamp_ns - first_ns
+        if lo_us * 1000 + anchor < 0 or hi_us * 1000 + anchor > _INT64_MAX:
+            raise PacketError(f"{pkt.encoding} packet's events [{lo_us}, {hi_us}] µs do not fit the event clock "
+                              f"anchored at {anchor} ns")
+        self._anchor_ns = anchor
+        return StreamEvents(cd=cd, t_ns=t_us.astype(np.int64) * 1000 + anchor)
 
     def map_sensor_us(self, t_us: int) -> int | None:
         """A sensor time on the event clock, once anchored."""

@@ -52,7 +52,12 @@ class OffsetEstimator:
 
     Motion makes both events and frame differences; the lag maximising their correlation is the
     clock offset. Events are counted into ``bin_ns`` bins; each pair of consecutive frames gives one
-    interval with its mean absolute difference. Memory is bounded by ``horizon_ns``.
+    interval with its mean absolute difference.
+
+    Memory is bounded by count, never by a time span a message claims: at most ``max_chunks``
+    calls' bins (each as large as its input) and ``max_intervals`` frame intervals are kept, a frame
+    gap over ``max_interval_ns`` is set aside (counted in ``rejected``), and the estimate only bins
+    event times the frame intervals can reach at some lag.
     """
 
     def __init__(
@@ -63,6 +68,9 @@ class OffsetEstimator:
         horizon_ns: int = 10_000_000_000,
         min_intervals: int = 8,
         exclusion_ns: int = 50_000_000,
+        max_chunks: int = 20_000,
+        max_intervals: int = 2_000,
+        max_interval_ns: int = 1_000_000_000,
     ) -> None:
         if min(max_offset_ns, step_ns, bin_ns, horizon_ns) <= 0 or min_intervals < 3:
             raise ValueError("OffsetEstimator: offsets, step, bin and horizon must be > 0, min_intervals >= 3")
@@ -72,10 +80,13 @@ class OffsetEstimator:
         self.horizon_ns = horizon_ns
         self.min_intervals = min_intervals
         self.exclusion_ns = exclusion_ns
+        self.max_interval_ns = max_interval_ns
+        self.rejected = 0  # frame gaps set aside as implausible
         self._lock = threading.Lock()
-        self._chunks: deque[tuple[np.ndarray, np.ndarray]] = deque()  # (bin index, count) per add_events
+        # (bin index, count) per add_events
+        self._chunks: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=max_chunks)
         self._newest_bin: int | None = None
-        self._intervals: deque[tuple[int, int, float]] = deque()
+        self._intervals: deque[tuple[int, int, float]] = deque(maxlen=max_intervals)
         self._prev: tuple[int, np.ndarray] | None = None
 
     def reset(self) -> None:
@@ -93,7 +104,9 @@ class OffsetEstimator:
         # O(packet): one small array pair per call, old ones dropped whole once past the horizon
         with self._lock:
             self._chunks.append((idx, counts))
-            newest = int(idx[-1]) if self._newest_bin is None else max(self._newest_bin, int(idx[-1]))
+            # the newest packet's time, not the newest ever: one packet from the far future must not
+            # make every later one look too old to keep
+            newest = int(idx[-1])
             self._newest_bin = newest
             cutoff = newest - self.horizon_ns // self.bin_ns
             while self._chunks and int(self._chunks[0][0][-1]) < cutoff:
@@ -106,7 +119,10 @@ class OffsetEstimator:
         if small.ndim == 3:
             small = small.mean(axis=2)
         with self._lock:
-            if self._prev is not None and t_ns > self._prev[0] and self._prev[1].shape == small.shape:
+            gap = None if self._prev is None else int(t_ns) - self._prev[0]
+            if gap is not None and gap > self.max_interval_ns:
+                self.rejected += 1  # a stream gap, or a stamp from nowhere: restart the difference
+            elif gap is not None and gap > 0 and self._prev[1].shape == small.shape:
                 energy = float(np.abs(small - self._prev[1]).mean())
                 self._intervals.append((self._prev[0], int(t_ns), energy))
                 while self._intervals and self._intervals[-1][1] - self._intervals[0][0] > self.horizon_ns:
@@ -122,6 +138,15 @@ class OffsetEstimator:
             energy = np.array([e for _, _, e in self._intervals], dtype=np.float64)  # [I]
             idx = np.concatenate([c[0] for c in self._chunks])
             cnt = np.concatenate([c[1] for c in self._chunks])
+        # only events the intervals can reach at some lag matter: bins outside are dropped, so the
+        # array below is sized by the frames' span (bounded by count and max_interval_ns), never by
+        # how far apart event packets claim to be
+        reach_lo = (int(iv[:, 0].min()) - self.max_offset_ns) // self.bin_ns - 1
+        reach_hi = (int(iv[:, 1].max()) + self.max_offset_ns) // self.bin_ns + 1
+        keep = (idx >= reach_lo) & (idx <= reach_hi)
+        idx, cnt = idx[keep], cnt[keep]
+        if idx.size == 0:
+            return None
         lo_bin, hi_bin = int(idx.min()), int(idx.max())
         dense = np.bincount(idx - lo_bin, weights=cnt, minlength=hi_bin - lo_bin + 1).astype(np.float64)
         if energy.std() == 0.0:
