@@ -26,14 +26,14 @@ from transformers.activations import ACT2FN
 
 from cascade_sd_ros.core.gpu.static_kv import KVLayout, StaticKVCache
 
-__all__ = ["ATTENTION_KINDS", "MATMUL_MAX_QUERIES", "LlamaDims", "LayerWeights", "LlamaDecodeWeights", "LlamaStaticForward"]
+__all__ = ["ATTENTION_KINDS", "MATMUL_MAX_QUERIES", "STATIC_ROPE_TYPES", "LlamaDims", "LayerWeights", "LlamaDecodeWeights", "LlamaStaticForward"]
 
 ATTENTION_KINDS = ("auto", "sdpa", "matmul")
 MATMUL_MAX_QUERIES = 64  # "auto" attention: two matmuls for 2..64 queries, SDPA otherwise
 
 # RoPE variants whose frequencies do not depend on the sequence length (a "dynamic" rope rescales
 # with the length, which a position-agnostic captured step cannot follow).
-_STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ class LlamaDecodeWeights:
             raise ValueError(f"the static-cache step implements Llama text models only, got {kind!r}")
         rotary = language_model.rotary_emb
         rope_type = getattr(rotary, "rope_type", "default")
-        if rope_type not in _STATIC_ROPE_TYPES:
-            raise ValueError(f"RoPE type {rope_type!r} depends on the sequence length; supported: {_STATIC_ROPE_TYPES}")
+        if rope_type not in STATIC_ROPE_TYPES:
+            raise ValueError(f"RoPE type {rope_type!r} depends on the sequence length; supported: {STATIC_ROPE_TYPES}")
         if getattr(config, "hidden_act", None) not in ACT2FN:
             raise ValueError(f"unknown hidden_act {getattr(config, 'hidden_act', None)!r}")
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)

@@ -12,7 +12,7 @@ length. Shapes are written in comments as `# [n, V]` (V = vocabulary size).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -34,9 +34,13 @@ __all__ = [
     "StageContext",
     "Proposal",
     "ModelAdapter",
+    "CachedRowsAdapter",
+    "check_media_placeholders",
     "HFAdapter",
     "check_same_vocab",
     "load_adapter",
+    "load_hf_model",
+    "resolve_eos_token_id",
 ]
 
 Modality = Literal["video", "image", "text"]
@@ -140,6 +144,25 @@ def check_token_ids(adapter_name: str, ids: Sequence[int], vocab_size: int, what
             raise ValueError(f"adapter {adapter_name!r}: {what} token id {t} outside vocabulary [0, {vocab_size})")
 
 
+def check_media_placeholders(
+    adapter_name: str, context: StageContext, config: object, expected: Callable[[int], int]
+) -> None:
+    """ValueError unless the prompt holds exactly as many placeholders as the pixels have features.
+
+    ``expected(num_frames)`` is the adapter's placeholder count for its modality.
+    """
+    assert context.pixel_values is not None  # a media context, validated by StageContext
+    frames = context.pixel_values.shape[1] if context.modality == "video" else 1
+    want = expected(frames)
+    placeholder = media_token_id(config, context.modality)  # type: ignore[arg-type]
+    have = sum(1 for t in context.input_ids if t == placeholder)
+    if have != want:
+        raise ValueError(
+            f"adapter {adapter_name!r}: prompt has {have} <{context.modality}> tokens (id {placeholder}) "
+            f"but the pixels need exactly {want}; build it with prompt.build_prompt_ids"
+        )
+
+
 def _model_modalities(model: PreTrainedModel) -> tuple[Modality, ...]:
     if isinstance(model, VideoLlavaForConditionalGeneration):
         return ("video", "image")
@@ -156,12 +179,175 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-class HFAdapter:
+def resolve_eos_token_id(model: PreTrainedModel, eos_token_id: int | None, vocab_size: int) -> int | None:
+    """The EOS id an adapter stops at: the given one, else the generation config's, else the text
+    config's (the first of a list); ValueError when it lies outside the vocabulary."""
+    if eos_token_id is None:
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = model.config.get_text_config().eos_token_id
+        eos_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+    if eos_token_id is not None and not 0 <= int(eos_token_id) < vocab_size:
+        raise ValueError(f"eos_token_id {eos_token_id} outside vocabulary of size {vocab_size}")
+    return None if eos_token_id is None else int(eos_token_id)
+
+
+class CachedRowsAdapter:
+    """What every adapter over a token-keyed KV cache shares: `next_logits`, `score` and `propose`.
+
+    A subclass owns the model and its cache and keeps `self._rows` (float32 `[cap, V]`): row i holds
+    the next-token logits after context + caption[:i]. It implements
+
+    * `prefill(context)`: reset the cache, run the context, set `self._context` and row 0;
+    * `_sync(tokens)`: make the cache hold context + `tokens` (keep the common prefix, feed the rest),
+      so rows `0 .. len(tokens)` are valid;
+    * `_feed(ids, row)`: run device ids `[n]` at caption positions `row .. row+n-1` after the cache and
+      store their logits at rows `row+1 .. row+n` (the caller records the tokens afterwards);
+    * `_record(tokens)`: note caption tokens whose K/V `_feed` has just written;
+    * optionally `_reserve(base, k)`: refuse a k-token proposal after `base` tokens that cannot fit.
+
+    Attributes set by the subclass: `name`, `modality`, `model`, `_vocab_size`, `_eos_token_id`,
+    `_context`, `_rows`, `forwards`.
+    """
+
+    name: str
+    modality: Modality
+    model: PreTrainedModel
+    _vocab_size: int
+    _eos_token_id: int | None
+    _context: StageContext | None
+    _rows: torch.Tensor  # [cap, V] float32
+    forwards: int
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    @property
+    def context(self) -> StageContext | None:
+        return self._context
+
+    def expected_media_tokens(self, num_frames: int = 1) -> int:
+        """Placeholder positions a prompt needs for this adapter's modality (0 for text)."""
+        return media_token_count(self.model.config, self.modality, num_frames)
+
+    # ----------------------------------------------------------------- subclass hooks
+    def prefill(self, context: StageContext) -> None:
+        raise NotImplementedError
+
+    def _sync(self, tokens: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def _feed(self, ids: torch.Tensor, row: int) -> None:
+        raise NotImplementedError
+
+    def _record(self, tokens: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def _reserve(self, base: int, k: int) -> None:
+        """Refuse a proposal of k tokens after `base` caption tokens that would not fit (default: all fit)."""
+
+    # ----------------------------------------------------------------- internals
+    def _require_context(self) -> None:
+        require_context(self.name, self._context)
+
+    def _check_ids(self, ids: Sequence[int], what: str) -> None:
+        check_token_ids(self.name, ids, self._vocab_size, what)
+
+    # ----------------------------------------------------------------- public API
+    @torch.inference_mode()
+    def next_logits(self, prefix: Sequence[int]) -> torch.Tensor:
+        """Logits `[V]` of the token after `prefix` (syncs the cache; at most one forward)."""
+        self._require_context()
+        self._check_ids(prefix, "prefix")
+        self._sync(prefix)
+        return self._rows[len(prefix)].clone()
+
+    @torch.inference_mode()
+    def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
+        """Logits `[len(draft)+1, V]` for each draft position plus the one after, in ONE forward.
+
+        Row i is the distribution of the token following prefix + draft[:i]; the last row gives the
+        bonus token when the whole draft is accepted. Only the tokens the cache lacks are fed
+        (normally just the draft); no host sync.
+        """
+        self._require_context()
+        seq = [*prefix, *draft]
+        self._check_ids(seq, "prefix/draft")
+        self._sync(seq)
+        return self._rows[len(prefix) : len(seq) + 1].clone()
+
+    @torch.inference_mode()
+    def propose(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_q: bool = False,
+    ) -> Proposal:
+        """Propose k tokens continuing `prefix`: greedy (temperature 0) or sampled from q.
+
+        The first token comes from the cached row; each next one is a one-token forward whose input is
+        the previous pick, chained on the device. One host sync at the end: ids and probabilities come
+        back in one transfer. The proposal stops after the first EOS.
+        """
+        self._require_context()
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if temperature > 0 and generator is not None and generator.device.type != self.device.type:
+            raise ValueError(f"adapter {self.name!r}: the generator lives on {generator.device}, the model on "
+                             f"{self.device}; sample with a generator on the model's device")
+        self._check_ids(prefix, "prefix")
+        self._sync(prefix)
+        if k == 0:
+            return Proposal([], [], None, temperature > 0)
+        base = len(prefix)
+        self._reserve(base, k)
+        picks = torch.empty(k, dtype=torch.long, device=self.device)  # [k]
+        for i in range(k):
+            row = self._rows[base + i]  # [V] (read each time: a subclass may grow the buffer)
+            if temperature > 0:
+                dist = torch.softmax(row / temperature, dim=-1)
+                picks[i] = torch.multinomial(dist, 1, generator=generator)[0]
+            else:
+                picks[i] = torch.argmax(row)
+            if i < k - 1:
+                self._feed(picks[i : i + 1], base + i)
+        rows = self._rows[base : base + k]  # [k, V]
+        dist_all = torch.softmax(rows / (temperature if temperature > 0 else 1.0), dim=-1)  # [k, V]
+        probs_t = dist_all.gather(1, picks.view(-1, 1)).view(-1)  # [k]
+        # Ids and probabilities in ONE transfer (ids are exact in float64): the proposal's one host sync.
+        packed = torch.cat((picks.to(torch.float64), probs_t.to(torch.float64))).tolist()
+        token_ids = [int(t) for t in packed[:k]]
+        probs = packed[k:]
+        self._record(token_ids[: k - 1])
+        n = k
+        if self._eos_token_id is not None and self._eos_token_id in token_ids:
+            n = token_ids.index(self._eos_token_id) + 1
+        q = dist_all[:n].clone() if (return_q or temperature > 0) else None
+        return Proposal(token_ids[:n], probs[:n], q, temperature > 0)
+
+
+class HFAdapter(CachedRowsAdapter):
     """ModelAdapter over a transformers model: VideoLlava (video/image), Llava (image) or a causal LM.
 
-    The cache holds the context then `self._tokens` (caption tokens). `self._logits[i]` (float32,
+    The cache holds the context then `self._tokens` (caption tokens). `self._rows[i]` (float32,
     `[V]`) are the next-token logits after context + `_tokens[:i]`, so rolling back is a crop of the
     cache and of this row buffer, and the next-token logits of any cached prefix cost no forward.
+    `next_logits`, `score` and `propose` come from :class:`CachedRowsAdapter`.
     """
 
     def __init__(
@@ -184,62 +370,38 @@ class HFAdapter:
         self.name = name
         self.model = model.eval()
         self._vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        if eos_token_id is None:
-            eos = model.generation_config.eos_token_id
-            if eos is None:
-                eos = model.config.get_text_config().eos_token_id
-            eos_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
-        if eos_token_id is not None and not 0 <= int(eos_token_id) < self._vocab_size:
-            raise ValueError(f"eos_token_id {eos_token_id} outside vocabulary of size {self._vocab_size}")
-        self._eos_token_id = None if eos_token_id is None else int(eos_token_id)
+        self._eos_token_id = resolve_eos_token_id(model, eos_token_id, self._vocab_size)
         self._context: StageContext | None = None
         self._cache = cache_ops.new_cache(model.config)
         self._context_len = 0
         self._tokens: list[int] = []
-        self._logits = torch.empty(0, self._vocab_size, dtype=torch.float32, device=self.device)  # [cap, V]
+        self._rows = torch.empty(0, self._vocab_size, dtype=torch.float32, device=self.device)  # [cap, V]
         # Caption tokens carry no pixels: for the VLMs, run their language model and LM head directly
         # (the same computation as the full forward, without its multimodal bookkeeping per step).
         self._decoder = model.get_decoder() if supported != ("text",) else None
         self._head = model.get_output_embeddings()
         self.forwards = 0  # model forward calls since construction (statistics)
 
-    # ----------------------------------------------------------------- properties
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._eos_token_id
-
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    @property
-    def context(self) -> StageContext | None:
-        return self._context
-
-    def expected_media_tokens(self, num_frames: int = 1) -> int:
-        """Placeholder positions a prompt needs for this adapter's modality (0 for text)."""
-        return media_token_count(self.model.config, self.modality, num_frames)
-
     # ----------------------------------------------------------------- internals
-    def _require_context(self) -> None:
-        require_context(self.name, self._context)
-
     def _store_rows(self, start: int, rows: torch.Tensor) -> None:
         """Write logits rows `[n, V]` at row index `start`, growing the buffer geometrically."""
         end = start + rows.shape[0]
-        if end > self._logits.shape[0]:
-            grown = torch.empty(max(end, 2 * self._logits.shape[0], 64), self._vocab_size,
+        if end > self._rows.shape[0]:
+            grown = torch.empty(max(end, 2 * self._rows.shape[0], 64), self._vocab_size,
                                 dtype=torch.float32, device=self.device)
-            grown[:start] = self._logits[:start]
-            self._logits = grown
-        self._logits[start:end] = rows
+            grown[:start] = self._rows[:start]
+            self._rows = grown
+        self._rows[start:end] = rows
 
-    def _forward(self, ids: torch.Tensor) -> None:
-        """Feed caption ids `[n]` (device tensor) after the cache; stores their n logits rows."""
+    def _feed(self, ids: torch.Tensor, row: int) -> None:
+        """Feed caption ids `[n]` (device tensor) after the cache; stores their n logits rows.
+
+        The cache knows its own length, so `row` (where the ids start) is implied by it.
+        """
         if self._decoder is not None:
             hidden = self._decoder(input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True)
             logits = self._head(hidden.last_hidden_state)  # [1, n, V]
@@ -251,6 +413,9 @@ class HFAdapter:
         n_cached = cache_ops.cached_length(self._cache) - self._context_len - ids.numel()
         self._store_rows(n_cached + 1, logits[0].float())  # [n, V]
 
+    def _record(self, tokens: Sequence[int]) -> None:
+        self._tokens.extend(tokens)
+
     def _sync(self, tokens: Sequence[int]) -> None:
         """Make the cache hold exactly context + `tokens` (crop to the common prefix, feed the rest)."""
         lcp = _common_prefix_len(self._tokens, tokens)
@@ -259,11 +424,8 @@ class HFAdapter:
             del self._tokens[lcp:]
         missing = list(tokens[lcp:])
         if missing:
-            self._forward(torch.tensor(missing, dtype=torch.long, device=self.device))
+            self._feed(torch.tensor(missing, dtype=torch.long, device=self.device), lcp)
             self._tokens.extend(missing)
-
-    def _check_ids(self, ids: Sequence[int], what: str) -> None:
-        check_token_ids(self.name, ids, self._vocab_size, what)
 
     # ----------------------------------------------------------------- public API
     @torch.inference_mode()
@@ -276,15 +438,7 @@ class HFAdapter:
         kwargs: dict[str, torch.Tensor] = {}
         if context.modality != "text":
             assert context.pixel_values is not None  # validated by StageContext
-            frames = context.pixel_values.shape[1] if context.modality == "video" else 1
-            want = self.expected_media_tokens(frames)
-            placeholder = media_token_id(cfg, context.modality)
-            have = sum(1 for t in context.input_ids if t == placeholder)
-            if have != want:
-                raise ValueError(
-                    f"adapter {self.name!r}: prompt has {have} <{context.modality}> tokens (id {placeholder}) "
-                    f"but the pixels need exactly {want}; build it with prompt.build_prompt_ids"
-                )
+            check_media_placeholders(self.name, context, cfg, self.expected_media_tokens)
             pixels = context.pixel_values.to(self.device, self.model.dtype)
             key = {
                 ("video", True): "pixel_values_videos",
@@ -300,76 +454,6 @@ class HFAdapter:
         self._context = context
         self._context_len = len(context.input_ids)
         self._store_rows(0, out.logits[0, -1:].float())  # [1, V]
-
-    @torch.inference_mode()
-    def next_logits(self, prefix: Sequence[int]) -> torch.Tensor:
-        """Logits `[V]` of the token after `prefix` (syncs the cache; at most one forward)."""
-        self._require_context()
-        self._check_ids(prefix, "prefix")
-        self._sync(prefix)
-        return self._logits[len(prefix)].clone()
-
-    @torch.inference_mode()
-    def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
-        """Logits `[len(draft)+1, V]` for each draft position plus the one after, in ONE forward.
-
-        Row i is the distribution of the token following prefix + draft[:i]; the last row gives the
-        bonus token when the whole draft is accepted.
-        """
-        self._require_context()
-        seq = [*prefix, *draft]
-        self._check_ids(seq, "prefix/draft")
-        self._sync(seq)
-        return self._logits[len(prefix) : len(seq) + 1].clone()
-
-    @torch.inference_mode()
-    def propose(
-        self,
-        prefix: Sequence[int],
-        k: int,
-        *,
-        temperature: float = 0.0,
-        generator: torch.Generator | None = None,
-        return_q: bool = False,
-    ) -> Proposal:
-        """Propose k tokens continuing `prefix`: greedy (temperature 0) or sampled from q.
-
-        One forward per proposed token after the first (the first comes from cached logits), and one
-        host sync at the end. The proposal stops after the first EOS.
-        """
-        self._require_context()
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if temperature > 0 and generator is not None and generator.device.type != self.device.type:
-            raise ValueError(f"adapter {self.name!r}: the generator lives on {generator.device}, the model on "
-                             f"{self.device}; sample with a generator on the model's device")
-        self._check_ids(prefix, "prefix")
-        self._sync(prefix)
-        if k == 0:
-            return Proposal([], [], None, temperature > 0)
-        base = len(prefix)
-        picks = torch.empty(k, dtype=torch.long, device=self.device)  # [k]
-        for i in range(k):
-            row = self._logits[base + i]  # [V]
-            if temperature > 0:
-                dist = torch.softmax(row / temperature, dim=-1)
-                picks[i] = torch.multinomial(dist, 1, generator=generator)[0]
-            else:
-                picks[i] = torch.argmax(row)
-            if i < k - 1:
-                self._forward(picks[i : i + 1])
-        rows = self._logits[base : base + k]  # [k, V]
-        dist_all = torch.softmax(rows / (temperature if temperature > 0 else 1.0), dim=-1)  # [k, V]
-        probs_t = dist_all.gather(1, picks.view(-1, 1)).view(-1)  # [k]
-        token_ids = picks.tolist()  # the one host sync of the proposal
-        self._tokens.extend(token_ids[: k - 1])
-        n = k
-        if self._eos_token_id is not None and self._eos_token_id in token_ids:
-            n = token_ids.index(self._eos_token_id) + 1
-        q = dist_all[:n].clone() if (return_q or temperature > 0) else None
-        return Proposal(token_ids[:n], probs_t[:n].tolist(), q, temperature > 0)
 
 
 def check_same_vocab(adapters: Sequence[ModelAdapter]) -> None:
@@ -389,18 +473,17 @@ def check_same_vocab(adapters: Sequence[ModelAdapter]) -> None:
             )
 
 
-def load_adapter(
+def load_hf_model(
     path: str | Path,
     *,
-    name: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
-) -> HFAdapter:
-    """Load a local HF model folder (never downloads) and wrap it; the class follows config.model_type.
+) -> PreTrainedModel:
+    """Load a local HF model folder (never downloads) onto `device`; the class follows config.model_type
+    (video_llava, llava, else a causal LM).
 
     Raises:
         FileNotFoundError: if the folder or its config.json is missing.
-        ValueError: for a model that cannot serve as a stage.
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
@@ -417,4 +500,20 @@ def load_adapter(
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = cls.from_pretrained(folder, **kwargs)
-    return HFAdapter(model.to(device), name=name or folder.name)
+    return model.to(device)
+
+
+def load_adapter(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> HFAdapter:
+    """Load a local HF model folder (never downloads) and wrap it; the class follows config.model_type.
+
+    Raises:
+        FileNotFoundError: if the folder or its config.json is missing.
+        ValueError: for a model that cannot serve as a stage.
+    """
+    return HFAdapter(load_hf_model(path, device=device, dtype=dtype), name=name or Path(path).name)
