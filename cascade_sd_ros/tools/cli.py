@@ -3,13 +3,19 @@
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 Only the chosen command's module is imported, so ``--help`` and light commands start fast and
 never load torch or rclpy for nothing.
+
+Exit status (every command): 0 done; 1 an error in the input or the run (a missing or unreadable
+file, a bad model folder, ...); 2 bad arguments; 3 partial: the input was damaged (a bag cut short
+or with a corrupt chunk or record) and the output covers what could be read before the damage;
+130 interrupted. Errors are one line on stderr (``cascade-sd COMMAND: error: ...``); the global
+``--debug`` flag (before or after the command) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 # name -> (module, one-line help). Keep sorted by workflow, not alphabet.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,34 +27,66 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("cascade_sd_ros.tools.distill", "distil drafter and refiner toward the target's outputs"),
     "eval-zoo": ("cascade_sd_ros.tools.eval_zoo", "evaluate the model zoo: accuracy and acceptance per stage"),
 }
+EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+DEBUG_FLAG = "--debug"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(
         prog="cascade-sd",
         description="Verified captions from event + RGB cameras by cascaded speculative decoding.",
+        epilog="exit status: 0 done, 1 error, 2 bad arguments, 3 partial (damaged input, output covers "
+               "what was read), 130 interrupted",
     )
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser, sub
 
 
+def _one_line(exc: BaseException) -> str:
+    """The exception as one line: its own words, else its type."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (KeyError, LookupError, AttributeError, TypeError, AssertionError)) or not text:
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        return f"{text}: {exc.filename}"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    debug = DEBUG_FLAG in argv[:split]
+    argv = [a for i, a in enumerate(argv) if a != DEBUG_FLAG or i >= split]
     parser, _ = build_parser()
     if not argv or argv[0].startswith("-") or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help, or the error for an unknown command, and exits 2
-        return 2
+        return EXIT_USAGE
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"cascade-sd {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(rest)
     try:
+        module = importlib.import_module(COMMANDS[name][0])
+        cmd_parser = OneLineParser(prog=f"cascade-sd {name}", description=COMMANDS[name][1])
+        module.add_arguments(cmd_parser)
+        args = cmd_parser.parse_args(rest)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except Exception as exc:  # the command line's edge: one line, the traceback only with --debug
+        if debug:
+            raise
+        print(f"cascade-sd {name}: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

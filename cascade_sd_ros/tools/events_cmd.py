@@ -2,21 +2,28 @@
 
 ``stats PATH`` prints one JSON object (counts, time span, sum of t, the recording's event rate
 and this run's decode speed); ``decode PATH -o out.npy`` writes the CD events (CD_DTYPE) and,
-with ``--triggers``, the trigger events. PATH is a rosbag2 folder, a ``.db3``/``.mcap`` file,
-or a Metavision ``.raw`` file (EVT 2.0 / 3.0).
+with ``--triggers``, the trigger events. PATH is a rosbag2 folder, a storage file (sqlite3 or
+MCAP, whatever its name), or a Metavision ``.raw`` file (EVT 2.0 / 3.0).
+
+A damaged bag (cut short, a corrupt chunk or record) gives the figures of what could be read, a
+``"partial"`` entry in the JSON saying where and why reading stopped, one line on stderr, and exit
+status 3.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from cascade_sd_ros.core.events import EventDecodeError, supported_encodings
-from cascade_sd_ros.core.events.sources import iter_packets
+from cascade_sd_ros.core.events.sources import RAW_SUFFIX, Packet, event_topic, iter_packets
 from cascade_sd_ros.core.events.stats import compute_stats, decode_all
+
+EXIT_ERROR, EXIT_PARTIAL = 1, 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,19 +39,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     decode.add_argument("--triggers", type=Path, help="also write trigger events (TRIGGER_DTYPE) here")
 
 
+def bag_packets(bag: object, topic: str | None, encoding: str | None, report: object) -> Iterator[Packet]:
+    """The EventPacket records of one topic of an opened :class:`bagio.Bag`; corrupt records are
+    skipped and counted in ``report`` (a :class:`bagio.ReadReport`), damage is left in ``bag.damage``."""
+    from cascade_sd_ros.core import bagio
+
+    assert isinstance(bag, bagio.Bag) and isinstance(report, bagio.ReadReport)
+    chosen = event_topic({c.topic: c.msgtype for c in bag.connections}, topic)
+    conns = [c for c in bag.connections if c.topic == chosen]
+    for conn in conns:
+        if conn.store is None:
+            raise bagio.BagError(conn.error)
+    for conn, _t_ns, raw in bag.messages(conns):
+        try:
+            msg = bag.deserialize(raw, conn)
+        except bagio.CorruptRecord:
+            report.corrupt[conn.topic] = report.corrupt.get(conn.topic, 0) + 1
+            continue
+        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        yield Packet(encoding or str(msg.encoding), int(msg.width), int(msg.height), int(msg.time_base),
+                     np.asarray(msg.events, np.uint8), stamp)
+
+
+def _check_output(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name for the .npy")
+    if not path.parent.is_dir():
+        raise ValueError(f"the folder of {path} does not exist")
+
+
 def run(args: argparse.Namespace) -> int:
+    from cascade_sd_ros.core import bagio
+
+    report = bagio.ReadReport()
     try:
-        packets = iter_packets(args.path, args.topic, args.encoding)
-        if args.action == "stats":
-            print(json.dumps(compute_stats(packets).as_dict(), indent=2))
-            return 0
-        cd, triggers = decode_all(packets)
-    except (EventDecodeError, FileNotFoundError, ValueError) as err:  # BagError is a ValueError
-        print(f"cascade-sd events: {err}", file=sys.stderr)
-        return 1
+        if args.action == "decode":
+            _check_output(args.output)
+            if args.triggers is not None:
+                _check_output(args.triggers)
+        if args.path.suffix == RAW_SUFFIX or not args.path.exists():
+            result = _compute(args, iter_packets(args.path, args.topic, args.encoding))
+        else:
+            if args.encoding is not None and args.encoding not in supported_encodings():
+                raise EventDecodeError(f"unknown event encoding {args.encoding!r}")
+            with bagio.open_bag(args.path) as bag:
+                result = _compute(args, bag_packets(bag, args.topic, args.encoding, report))
+                report.damage.extend(bag.damage)
+    except (EventDecodeError, OSError, ValueError) as err:  # BagError is a ValueError
+        print(f"cascade-sd events: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    if report.partial:
+        result["partial"] = {"damage": [str(d) for d in report.damage], "corrupt_records": report.corrupt}
+    print(json.dumps(result, indent=2 if args.action == "stats" else None))
+    if report.partial:
+        print(f"cascade-sd events: partial: {report.summary()}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _compute(args: argparse.Namespace, packets: Iterator[Packet]) -> dict[str, object]:
+    if args.action == "stats":
+        return compute_stats(packets).as_dict()
+    cd, triggers = decode_all(packets)
     np.save(args.output, cd)
     if args.triggers is not None:
         np.save(args.triggers, triggers)
-    print(json.dumps({"cd_events": int(cd.size), "trigger_events": int(triggers.size),
-                      "output": str(args.output), "triggers": str(args.triggers) if args.triggers else None}))
-    return 0
+    return {"cd_events": int(cd.size), "trigger_events": int(triggers.size),
+            "output": str(args.output), "triggers": str(args.triggers) if args.triggers else None}

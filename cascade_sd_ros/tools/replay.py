@@ -254,5 +254,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"not played {topic}: {why}", file=sys.stderr)
     for topic, n in inp["corrupt_records"].items():
         print(f"skipped {n} corrupt record(s) on {topic}", file=sys.stderr)
+    if inp.get("storage_error"):
+        print(f"partial: {inp['storage_error']}", file=sys.stderr)
     print(f"{summ['rounds']} rounds; report in {result.out_dir / 'report.md'}; outputs in {result.output_bag}")
-    return 0
+    return 3 if inp.get("storage_error") or inp["corrupt_records"] else 0  # 3: partial (damaged input)

@@ -129,9 +129,10 @@ class BagScan:
         }
 
 
-def _publishable(msgtype: str, store: Any) -> bool:
-    """Known to the typestore (so it can be checked and recorded) and importable for rclpy."""
-    if msgtype not in store.types:
+def _publishable(conn: bagio.Connection) -> bool:
+    """Its bytes can be checked (a usable definition) and the type is importable for rclpy."""
+    msgtype = conn.msgtype
+    if conn.store is None:
         return False
     from cascade_sd_ros.tools.replay_types import rclpy_type  # rclpy-side import, kept lazy
 
@@ -147,14 +148,14 @@ def _stamp_ns(t: Any) -> int:
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[Any]:
+def _open(path: Path) -> Iterator[bagio.Bag]:
     """An opened bagio reader; any failure to open is a ReplayInputError naming the bag."""
     if not path.exists():
         raise ReplayInputError(f"bag {path} does not exist")
     try:
-        reader = bagio.open_reader(path)
+        reader = bagio.open_bag(path)
         reader.open()
-    except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
+    except (bagio.BagError, OSError) as exc:
         raise ReplayInputError(f"cannot open {path} as a rosbag2 (sqlite3 or MCAP): {exc}") from exc
     try:
         yield reader
@@ -165,7 +166,6 @@ def _open(path: Path) -> Iterator[Any]:
 def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
     """Read the whole bag once: topics, checks, ground truth and event statistics."""
     remaps = dict(remaps or {})
-    store = bagio.typestore()
     topics: dict[str, TopicInfo] = {}
     scenes: list[SceneInterval] = []
     storage_error: str | None = None
@@ -175,31 +175,31 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
         for conn in reader.connections:
             if conn.topic not in topics:
                 topics[conn.topic] = TopicInfo(conn.topic, remaps.get(conn.topic, conn.topic), conn.msgtype,
-                                               publishable=_publishable(conn.msgtype, store))
+                                               publishable=_publishable(conn))
                 if conn.msgtype == CLOCK_TYPE:
                     topics[conn.topic].skip_reason = "a recorded clock: the player publishes /clock itself"
         publishable = [c for c in reader.connections if topics[c.topic].publishable]
         for c in reader.connections:
             if not topics[c.topic].publishable:
                 topics[c.topic].count += int(getattr(c, "msgcount", 0) or 0)
-        try:
-            for conn, t_ns, raw in reader.messages(connections=publishable):
-                info = topics[conn.topic]
-                index = info.count
-                info.count += 1
-                start = t_ns if start is None else min(start, t_ns)
-                end = t_ns if end is None else max(end, t_ns)
-                try:
-                    msg = store.deserialize_cdr(raw, conn.msgtype)
-                except Exception:  # any deserialisation failure means a corrupt record
-                    info.corrupt += 1
-                    corrupt_at.add((conn.topic, index))
-                    continue
-                if conn.msgtype == GROUND_TRUTH_TYPE:
-                    scenes.append(SceneInterval(int(msg.scene_index), _stamp_ns(msg.start), _stamp_ns(msg.end),
-                                                str(msg.caption), int(msg.event_offset_ns)))
-        except Exception as exc:  # a truncated or damaged storage file: keep what was read
-            storage_error = f"{type(exc).__name__}: {exc}"
+        # a damaged storage file: bagio stops at the damage, keeps what was read and says where
+        for conn, t_ns, raw in reader.messages(publishable):
+            info = topics[conn.topic]
+            index = info.count
+            info.count += 1
+            start = t_ns if start is None else min(start, t_ns)
+            end = t_ns if end is None else max(end, t_ns)
+            try:
+                msg = reader.deserialize(raw, conn)
+            except bagio.CorruptRecord:
+                info.corrupt += 1
+                corrupt_at.add((conn.topic, index))
+                continue
+            if conn.msgtype == GROUND_TRUTH_TYPE:
+                scenes.append(SceneInterval(int(msg.scene_index), _stamp_ns(msg.start), _stamp_ns(msg.end),
+                                            str(msg.caption), int(msg.event_offset_ns)))
+        if reader.damage:
+            storage_error = "; ".join(str(d) for d in reader.damage)
     if start is None or end is None:
         raise ReplayInputError(f"bag {path} has no messages of a type the replay can publish "
                                f"(topics: {', '.join(f'{t.name} [{t.msgtype}]' for t in topics.values()) or 'none'})")
@@ -212,18 +212,14 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
 
 def _event_packets(scan: BagScan, topic: str) -> Iterator[Packet]:
     """The intact EventPacket records of one topic as the events module's packets."""
-    store = bagio.typestore()
     with _open(scan.path) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
-        try:
-            for index, (_conn, _t, raw) in enumerate(reader.messages(connections=conns)):
-                if (topic, index) in scan.corrupt_at:
-                    continue
-                msg = store.deserialize_cdr(raw, EVENTS_TYPE)
-                yield Packet(str(msg.encoding), int(msg.width), int(msg.height), int(msg.time_base),
-                             np.asarray(msg.events, np.uint8), _stamp_ns(msg.header.stamp))
-        except Exception:  # storage damage: scan_bag reported it; count what was readable
-            return
+        for index, (conn, _t, raw) in enumerate(reader.messages(conns)):
+            if (topic, index) in scan.corrupt_at:
+                continue
+            msg = reader.deserialize(raw, conn)
+            yield Packet(str(msg.encoding), int(msg.width), int(msg.height), int(msg.time_base),
+                         np.asarray(msg.events, np.uint8), _stamp_ns(msg.header.stamp))
 
 
 def event_statistics(scan: BagScan, topic: str) -> dict[str, Any]:
@@ -247,12 +243,9 @@ def iter_records(scan: BagScan) -> Iterator[Record]:
     seen: dict[str, int] = {}
     with _open(scan.path) as reader:
         conns = [c for c in reader.connections if scan.topics[c.topic].played]
-        try:
-            for conn, t_ns, raw in reader.messages(connections=conns):
-                index = seen.get(conn.topic, 0)
-                seen[conn.topic] = index + 1
-                if (conn.topic, index) in scan.corrupt_at:
-                    continue
-                yield Record(scan.topics[conn.topic].published_as, conn.msgtype, int(t_ns), bytes(raw))
-        except Exception:  # scan_bag recorded the storage error; play what was readable
-            return
+        for conn, t_ns, raw in reader.messages(conns):  # stops at damage (scan_bag reported it)
+            index = seen.get(conn.topic, 0)
+            seen[conn.topic] = index + 1
+            if (conn.topic, index) in scan.corrupt_at:
+                continue
+            yield Record(scan.topics[conn.topic].published_as, conn.msgtype, int(t_ns), bytes(raw))
