@@ -3,6 +3,9 @@
     ros2 launch cascade_sd_ros cascade.launch.py device:=cuda target_model:=/models/Video-LLaVA-7B-hf \
         events_topic:=/event_camera/events image_topic:=/camera/image_raw
 
+On CUDA every stage whose model fits runs the static-KV/CUDA-graphs path in bfloat16 by default
+(``backend:=auto dtype:=auto``); ``backend:=transformers`` forces the transformers fallback.
+
 Parameters come from config/cascade.yaml (``params_file``); the arguments below override it.
 Topic remaps: ``events_topic`` and ``image_topic`` name the camera drivers' topics; everything the
 stages exchange (drafts, commits, captions) stays under ``namespace``.
@@ -21,7 +24,9 @@ ARGUMENTS = (
     ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "cascade.yaml"]),
      "parameter file for the three stages"),
     ("device", "cpu", "torch device of every stage (cpu, cuda, cuda:N)"),
-    ("dtype", "float32", "model dtype: float32, float16, bfloat16"),
+    ("dtype", "auto", "model dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
+    ("backend", "auto", "what runs each stage's model: auto (cuda-graphs where it can, else transformers), "
+                        "cuda-graphs or transformers; each node logs its choice and why"),
     ("target_model", "", "Video-LLaVA folder (empty: the shipped zoo)"),
     ("refiner_model", "", "refiner LLaVA folder (empty: the shipped zoo)"),
     ("drafter_model", "", "drafter LLaVA folder (empty: the shipped zoo)"),
@@ -41,6 +46,7 @@ def _stage(executable: str, model_arg: str, run_arg: str, remaps: list[tuple[str
         "model": LaunchConfiguration(model_arg),
         "device": LaunchConfiguration("device"),
         "dtype": LaunchConfiguration("dtype"),
+        "backend": LaunchConfiguration("backend"),
         "use_sim_time": LaunchConfiguration("use_sim_time"),
         **(extra or {}),
     }

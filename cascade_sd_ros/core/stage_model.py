@@ -6,22 +6,58 @@ Video-LLaVA / LLaVA checkpoint: config.json, weights, tokenizer files, preproces
 ``tiny:SEED`` — the seeded tiny random models of :func:`cascade_sd_ros.core.spec.testing.tiny_models`,
 which have no tokenizer, so their question ids are derived from the question's bytes. Tiny models
 exist for tests and for trying the pipeline before the zoo is trained.
+
+``backend`` picks what runs the model (:data:`BACKENDS`):
+
+* ``cuda-graphs``: :class:`~cascade_sd_ros.core.gpu.verifier.StaticAdapter`, our own Llama step over a
+  static KV cache with one CUDA graph per step size (4.9 ms/token for Video-LLaVA-7B on an H200). It
+  needs a CUDA device and a LLaVA-family model (VideoLlava or Llava) with a Llama language model;
+  asking for it otherwise is a ValueError that says why.
+* ``transformers``: :class:`~cascade_sd_ros.core.spec.adapter.HFAdapter` (any device, any model).
+* ``auto``: ``cuda-graphs`` where it can run, else ``transformers``.
+
+The choice and its reason travel with the model (:attr:`StageModel.backend`), so a node can log and
+report them. ``dtype="auto"`` is bfloat16 on CUDA and float32 elsewhere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import torch
 
-from cascade_sd_ros.core.spec.adapter import ModelAdapter, StageContext
+from cascade_sd_ros.core.spec.adapter import HFAdapter, ModelAdapter, StageContext
 
 Role = Literal["target", "refiner", "drafter"]
 ROLES: tuple[Role, ...] = ("target", "refiner", "drafter")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_AUTO = "auto"  # bfloat16 on CUDA, float32 elsewhere
 TINY_PREFIX = "tiny:"
+Backend = Literal["auto", "cuda-graphs", "transformers"]
+BACKENDS: tuple[Backend, ...] = ("auto", "cuda-graphs", "transformers")
+# Static-path sizing: text positions a prompt may bring beyond its media placeholders (template +
+# question), and caption positions beyond max_new_tokens (drafts never pass max_new_tokens; a margin).
+PROMPT_TEXT_TOKENS = 256
+CAPTION_MARGIN = 16
+STATIC_MAX_STEP = 17  # tokens one graphed forward feeds: drafts of up to 16 plus the bonus position
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What runs a stage's model and why: ``name`` is ``cuda-graphs`` or ``transformers``."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class _WarmState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    seconds: float | None = None  # set once the model has been warmed up
 
 
 @dataclass(frozen=True)
@@ -34,6 +70,8 @@ class StageModel:
     image_size: int
     build_context: Callable[[np.ndarray, str], StageContext]  # (uint8 [F,H,W,3] or [H,W,3], question)
     decode: Callable[[list[int]], str]  # caption token ids -> text
+    backend: BackendChoice = BackendChoice("transformers", "built by the caller")
+    _warm: _WarmState = field(default_factory=_WarmState, repr=False, compare=False)
 
     def context(self, pixels: np.ndarray, question: str) -> StageContext:
         if self.role == "target":
@@ -43,12 +81,78 @@ class StageModel:
             raise ValueError(f"the {self.role} takes one image [H, W, 3], got {pixels.shape}")
         return self.build_context(pixels, question)
 
+    @property
+    def warm_up_s(self) -> float | None:
+        """Seconds the warm-up took, None before it ran."""
+        return self._warm.seconds
 
-def parse_dtype(name: str) -> torch.dtype:
+    def warm_up(self, question: str) -> float | None:
+        """One prefill of black pixels with ``question``, one decoding step and one verification-sized
+        step, so that a node's first round pays none of the first-call costs (kernel selection,
+        compiled shapes, allocator growth; the CUDA graphs are captured when the model is loaded).
+
+        Runs once per model, whichever node asks first; returns the seconds it took, or None when
+        the model was already warm. A question the model cannot take is an error here, at start-up.
+        """
+        with self._warm.lock:
+            if self._warm.seconds is not None:
+                return None
+            t0 = time.perf_counter()
+            size = self.image_size
+            shape = (self.num_frames, size, size, 3) if self.role == "target" else (size, size, 3)
+            adapter = self.adapter
+            with torch.inference_mode():
+                adapter.prefill(self.context(np.zeros(shape, np.uint8), question))
+                first = adapter.propose([], 2)  # the first pick comes from the prefill, the second is a step
+                token = first.token_ids[0]
+                adapter.score([], [token] * 4)  # a verification-sized step
+                adapter.propose([token], 1)  # roll back: the caches' crop path
+            if adapter.device.type == "cuda":
+                torch.cuda.synchronize(adapter.device)
+            self._warm.seconds = time.perf_counter() - t0
+            return self._warm.seconds
+
+
+def parse_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """``float32``, ``float16``, ``bfloat16``, or ``auto``: bfloat16 on CUDA, float32 elsewhere."""
+    if name == DTYPE_AUTO:
+        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
+        raise ValueError(f"dtype must be one of {[DTYPE_AUTO, *sorted(DTYPES)]}, got {name!r}") from None
+
+
+def parse_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+def choose_backend(requested: str, device: torch.device, role: str, model: object) -> BackendChoice:
+    """Which backend runs ``model`` on ``device``, and why.
+
+    ``auto`` takes the static path when it can run and says why not otherwise; an explicit
+    ``cuda-graphs`` that cannot be honoured is a ValueError naming the reason.
+    """
+    from cascade_sd_ros.core.gpu.verifier import static_support
+
+    requested = parse_backend(requested)
+    if requested == "transformers":
+        return BackendChoice("transformers", "requested (backend=transformers)")
+    if device.type != "cuda":
+        why = f"device {device}: the static path needs CUDA"
+        if requested == "cuda-graphs":
+            raise ValueError(f"backend cuda-graphs for the {role}: {why}")
+        return BackendChoice("transformers", why)
+    unfit = static_support(model)
+    if unfit is not None:
+        why = f"{role} model is {type(model).__name__}: {unfit}"
+        if requested == "cuda-graphs":
+            raise ValueError(f"backend cuda-graphs: {why}")
+        return BackendChoice("transformers", why)
+    how = "requested" if requested == "cuda-graphs" else "auto"
+    return BackendChoice("cuda-graphs", f"{how}: device {device}, {type(model).__name__} with a Llama language model")
 
 
 def parse_device(name: str) -> torch.device:
@@ -68,33 +172,89 @@ def _check_role(role: str) -> Role:
     return role  # type: ignore[return-value]
 
 
-def load_stage_model(source: str, role: str, *, device: str = "cpu", dtype: str = "float32") -> StageModel:
-    """Load one stage from a folder or ``tiny:SEED``; every problem is a ValueError/FileNotFoundError
-    naming the source."""
+def load_stage_model(
+    source: str,
+    role: str,
+    *,
+    device: str = "cpu",
+    dtype: str = DTYPE_AUTO,
+    backend: str = "auto",
+    max_new_tokens: int = 256,
+) -> StageModel:
+    """Load one stage from a folder or ``tiny:SEED`` on the backend :func:`choose_backend` picks (the
+    returned model's ``backend`` says which and why); every problem is a ValueError/FileNotFoundError
+    naming the source. ``max_new_tokens`` sizes the static path's caption cache."""
     role = _check_role(role)
-    torch_device, torch_dtype = parse_device(device), parse_dtype(dtype)
+    parse_backend(backend)  # a bad value fails before anything loads
+    torch_device = parse_device(device)
+    torch_dtype = parse_dtype(dtype, torch_device)
+    if backend == "cuda-graphs" and torch_device.type != "cuda":
+        choose_backend(backend, torch_device, role, None)  # raises the one-line reason, before loading
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    static = _StaticSizing(max_new_tokens)
     if source.startswith(TINY_PREFIX):
         try:
             seed = int(source[len(TINY_PREFIX) :])
         except ValueError:
             raise ValueError(f"model source {source!r}: expected tiny:SEED with an integer seed") from None
-        return _tiny_stage(seed, role, torch_device, torch_dtype)
-    return _folder_stage(Path(source), role, torch_device, torch_dtype)
+        return _tiny_stage(seed, role, torch_device, torch_dtype, backend, static)
+    return _folder_stage(Path(source), role, torch_device, torch_dtype, backend, static)
 
 
-def _tiny_stage(seed: int, role: Role, device: torch.device, dtype: torch.dtype) -> StageModel:
+@dataclass(frozen=True)
+class _StaticSizing:
+    """How the static path's caches are sized for one stage."""
+
+    max_new_tokens: int
+
+    def adapter(
+        self, backend: str, device: torch.device, role: Role, hf: HFAdapter, modality: str, num_frames: int
+    ) -> tuple[ModelAdapter, BackendChoice]:
+        """The adapter ``backend`` asks for over ``hf``'s model: ``hf`` itself, or the static adapter
+        with its caches sized for the prompt and caption bounds. Under ``auto`` a model the static
+        step refuses at construction falls back to ``hf`` with that reason."""
+        from cascade_sd_ros.core.gpu.verifier import StaticAdapter
+        from cascade_sd_ros.core.spec.prompt import media_token_count
+
+        choice = choose_backend(backend, device, role, hf.model)
+        if choice.name != "cuda-graphs":
+            return hf, choice
+        media = media_token_count(hf.model.config, modality, num_frames)
+        try:
+            static = StaticAdapter(
+                hf.model,  # type: ignore[arg-type]  (choose_backend checked it is LLaVA-family)
+                max_context=media + PROMPT_TEXT_TOKENS,
+                max_caption_tokens=self.max_new_tokens + CAPTION_MARGIN,
+                max_step=STATIC_MAX_STEP,
+                modality=modality,  # type: ignore[arg-type]
+                name=role,
+                eos_token_id=hf.eos_token_id,
+            )
+        except ValueError as exc:
+            if backend == "cuda-graphs":
+                raise ValueError(f"backend cuda-graphs: the static path refused the {role} model: {exc}") from None
+            return hf, BackendChoice("transformers", f"the static path refused the {role} model: {exc}")
+        return static, choice
+
+
+def _tiny_stage(
+    seed: int, role: Role, device: torch.device, dtype: torch.dtype, backend: str, static: _StaticSizing
+) -> StageModel:
     from cascade_sd_ros.core.spec.preprocess import make_image_processor, preprocess_image, preprocess_video
     from cascade_sd_ros.core.spec.prompt import expand_placeholder
     from cascade_sd_ros.core.spec.testing import BOS_ID, tiny_models
 
     tm = tiny_models(seed, aligned=True, dtype=dtype, device=device)
     adapter = {"target": tm.target, "refiner": tm.refiner, "drafter": tm.drafter}[role]
+    modality = "video" if role == "target" else "image"
+    num_frames = tm.num_frames if role == "target" else 1
+    adapter, choice = static.adapter(backend, device, role, adapter, modality, num_frames)
     processor = make_image_processor(tm.image_size)
     vocab = tm.vocab_size
     image_id, video_id = vocab - 2, vocab - 1
-    modality = "video" if role == "target" else "image"
     placeholder = video_id if role == "target" else image_id
-    count = adapter.expected_media_tokens(tm.num_frames if role == "target" else 1)
+    count = adapter.expected_media_tokens(num_frames)
 
     def build(pixels: np.ndarray, question: str) -> StageContext:
         # no tokenizer: the question's bytes pick ordinary text ids [3, V-2), deterministically
@@ -109,13 +269,15 @@ def _tiny_stage(seed: int, role: Role, device: torch.device, dtype: torch.dtype)
     def decode(token_ids: list[int]) -> str:
         return " ".join(f"<{t}>" for t in token_ids)
 
-    return StageModel(role, adapter, tm.num_frames if role == "target" else 1, tm.image_size, build, decode)
+    return StageModel(role, adapter, num_frames, tm.image_size, build, decode, choice)
 
 
-def _folder_stage(folder: Path, role: Role, device: torch.device, dtype: torch.dtype) -> StageModel:
+def _folder_stage(
+    folder: Path, role: Role, device: torch.device, dtype: torch.dtype, backend: str, static: _StaticSizing
+) -> StageModel:
     from transformers import AutoTokenizer, VideoLlavaImageProcessor
 
-    from cascade_sd_ros.core.spec.adapter import load_adapter
+    from cascade_sd_ros.core.spec.adapter import HFAdapter, load_hf_model
     from cascade_sd_ros.core.spec.preprocess import preprocess_image, preprocess_video
     from cascade_sd_ros.core.spec.prompt import build_prompt_ids
 
@@ -123,13 +285,21 @@ def _folder_stage(folder: Path, role: Role, device: torch.device, dtype: torch.d
         raise FileNotFoundError(f"{role} model folder {folder} does not exist")
     if not (folder / "preprocessor_config.json").is_file():
         raise FileNotFoundError(f"{role} model folder {folder} has no preprocessor_config.json")
-    adapter = load_adapter(folder, name=role, device=device, dtype=dtype)
+    hf = HFAdapter(load_hf_model(folder, device=device, dtype=dtype), name=role)
     want = "video" if role == "target" else "image"
-    if want == "video" and adapter.modality != "video":
-        raise ValueError(f"target model in {folder} is a {adapter.modality} model; the target needs a video model")
-    if adapter.modality == "text":
+    if want == "video" and hf.modality != "video":
+        raise ValueError(f"target model in {folder} is a {hf.modality} model; the target needs a video model")
+    if hf.modality == "text":
         raise ValueError(f"{role} model in {folder} is text-only; the {role} needs an image model")
-    adapter.modality = want  # a video model also serves single images
+    hf.modality = want  # a video model also serves single images
+    config = hf.model.config
+    num_frames = 1
+    if want == "video":
+        vision = config.vision_config
+        per_frame = (int(vision.image_size) // int(vision.patch_size)) ** 2 + 1
+        seq = getattr(config, "video_seq_length", None)
+        num_frames = int(seq) // per_frame if seq else 8
+    adapter, choice = static.adapter(backend, device, role, hf, want, num_frames)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -137,13 +307,6 @@ def _folder_stage(folder: Path, role: Role, device: torch.device, dtype: torch.d
     processor = VideoLlavaImageProcessor.from_pretrained(folder, local_files_only=True)
     crop = processor.crop_size
     image_size = int(crop["height"]) if isinstance(crop, dict) else int(getattr(crop, "height"))
-    config = adapter.model.config
-    num_frames = 1
-    if want == "video":
-        vision = config.vision_config
-        per_frame = (int(vision.image_size) // int(vision.patch_size)) ** 2 + 1
-        seq = getattr(config, "video_seq_length", None)
-        num_frames = int(seq) // per_frame if seq else 8
 
     def build(pixels: np.ndarray, question: str) -> StageContext:
         ids = build_prompt_ids(tokenizer, question, want, config, num_frames)
@@ -153,7 +316,7 @@ def _folder_stage(folder: Path, role: Role, device: torch.device, dtype: torch.d
     def decode(token_ids: list[int]) -> str:
         return str(tokenizer.decode(token_ids, skip_special_tokens=True))
 
-    return StageModel(role, adapter, num_frames, image_size, build, decode)
+    return StageModel(role, adapter, num_frames, image_size, build, decode, choice)
 
 
 def default_stage_source(role: str) -> str:
