@@ -11,30 +11,52 @@ type  name            payload
 0xE   OTHERS          ignored (as are 0xF CONTINUED words)
 ====  ==============  ===========================================================
 
-The 34-bit time wraps every 2**34 µs (4.8 h); a smaller TIME_HIGH than the last one is counted
-as a wrap and carried across calls. Events before the first TIME_HIGH are skipped.
+The 34-bit time wraps every 2**34 µs (4.8 h); the wrap count carries across calls. A TIME_HIGH is
+followed (see :mod:`.clock`) when a step forward of at most 4.19 s from the current time explains
+it (a wrap when it lands below the current value: only from the top of the range to its bottom).
+Any other TIME_HIGH (a step back, a jump forward) is unexplained: counted in ``time_resyncs``,
+placed in the 4.8 h period nearest the last explained time, and the next TIME_HIGH a step from
+that time explains resynchronises the stream. EVT 2.0 has no jitter allowance; within one
+TIME_HIGH the 6 low bits of successive events may go back by up to 63 µs. Events before the first
+TIME_HIGH are skipped. The events of one call span at most ``max_span_us``.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from .payload import Payload, as_words, check_time_base, check_until
+from .clock import follow_time_high
+from .payload import (
+    DEFAULT_MAX_SPAN_US,
+    MAX_T_US,
+    MAX_TIME_JUMP_US,
+    Payload,
+    as_words,
+    check_max_span,
+    check_time_base,
+    check_until,
+    clip_span,
+)
 from .records import CD_SIZE, TRIGGER_SIZE, as_cd, as_triggers, put_cd, put_trigger
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents
 
 ENCODING = "evt2"
 _WRAP_US = np.int64(1) << 34
-_S_HIGH, _S_VALID = 0, 1
+_HIGH_HORIZON = MAX_T_US - (1 << 34)  # the largest TIME_HIGH time followed (t stays <= MAX_T_US)
+_S_HIGH, _S_VALID, _S_TRUSTED = 0, 1, 2
 
 
 @numba.njit(cache=True, nogil=True)
 def _kernel(words, state, width, height, until, out_cd, out_trig):  # noqa: ANN001, ANN202
     high = state[_S_HIGH]
     valid = state[_S_VALID]
+    trusted = state[_S_TRUSTED]
     n = 0
     m = 0
     skipped = 0
+    resyncs = 0
+    t_min = np.int64(MAX_T_US)
+    t_max = np.int64(-1)
     nw = words.shape[0]
     stop = nw
     for i in range(nw):
@@ -42,9 +64,12 @@ def _kernel(words, state, width, height, until, out_cd, out_trig):  # noqa: ANN0
         kind = w >> 28
         if kind == 0x8:
             new_high = (w & 0xFFFFFFF) << 6
-            if valid == 1 and new_high < (high & (_WRAP_US - 1)):
-                high += _WRAP_US
-            high = (high & ~(_WRAP_US - 1)) | new_high
+            if valid == 1:
+                high, trusted, r = follow_time_high(new_high, high, trusted, _WRAP_US, 0, MAX_TIME_JUMP_US, _HIGH_HORIZON)
+                resyncs += r
+            else:
+                high = new_high
+                trusted = high
             valid = 1
             continue
         if kind == 0xE or kind == 0xF:
@@ -67,9 +92,13 @@ def _kernel(words, state, width, height, until, out_cd, out_trig):  # noqa: ANN0
                 n += 1
             else:
                 skipped += 1
+                continue
+        t_min = min(t_min, t)
+        t_max = max(t_max, t)
     state[_S_HIGH] = high
     state[_S_VALID] = valid
-    return n, m, stop, skipped
+    state[_S_TRUSTED] = trusted
+    return n, m, stop, skipped, resyncs, t_min, t_max
 
 
 @numba.njit(cache=True, nogil=True)
@@ -82,20 +111,25 @@ def _decode(words, state, width, height, until):  # noqa: ANN001, ANN202
         n_trig += kind == 0xA
     out_cd = np.empty((n_cd, CD_SIZE), np.uint8)
     out_trig = np.empty((n_trig, TRIGGER_SIZE), np.uint8)
-    n, m, stop, skipped = _kernel(words, state, width, height, until, out_cd, out_trig)
-    return out_cd[:n], out_trig[:m], stop, skipped
+    n, m, stop, skipped, resyncs, t_min, t_max = _kernel(words, state, width, height, until, out_cd, out_trig)
+    return out_cd[:n], out_trig[:m], stop, skipped, resyncs, t_min, t_max
 
 
 class Evt2Decoder:
-    """Stateful EVT 2.0 decoder (time high and its wrap count carry across calls)."""
+    """Stateful EVT 2.0 decoder (time high and its wrap count carry across calls).
+
+    After garbage, later packets decode to their exact x, y, p and time within the 4.8 h period;
+    the period (wrap count) is stream state garbage can change (counted in ``time_resyncs``);
+    ``reset()`` returns to a fresh stream."""
 
     encoding = ENCODING
     word_bytes = 4
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, max_span_us: int | None = DEFAULT_MAX_SPAN_US) -> None:
         self.width = int(width)
         self.height = int(height)
-        self._state = np.zeros(2, np.int64)
+        self.max_span_us = check_max_span(max_span_us)
+        self._state = np.zeros(3, np.int64)
 
     def reset(self) -> None:
         self._state[:] = 0
@@ -104,16 +138,19 @@ class Evt2Decoder:
         words = as_words(payload, "<u4", ENCODING)
         check_time_base(time_base)
         until = check_until(until_t_us)
-        cd_raw, trig_raw, stop, skipped = _decode(words, self._state, self.width, self.height, until)
+        cd_raw, trig_raw, stop, skipped, resyncs, t_min, t_max = _decode(
+            words, self._state, self.width, self.height, until)
         next_t = None
         if stop < words.size:
             next_t = int(self._state[_S_HIGH] | ((int(words[stop]) >> 22) & 0x3F))
-        return DecodedEvents(as_cd(cd_raw), as_triggers(trig_raw), stop * 4, next_t, int(skipped))
+        cd, trig, dropped = clip_span(as_cd(cd_raw), as_triggers(trig_raw), t_min, t_max, self.max_span_us)
+        return DecodedEvents(cd, trig, stop * 4, next_t, int(skipped), int(resyncs), dropped)
 
 
 def encode_evt2(events: np.ndarray, triggers: np.ndarray | None = None) -> bytes:
     """(For tests and fixtures.) EVT 2.0 words for CD events (and triggers), t non-decreasing µs; one TIME_HIGH per
-    change of t >> 6 (the decoder counts a wrap when TIME_HIGH goes back)."""
+    change of t >> 6, and intermediate ones so that no two are more than 4.19 s apart (the decoder
+    follows only such steps, wraps included: a stream from time 0 to t holds about t / 4.19 s of them)."""
     trig = np.zeros(0, TRIGGER_DTYPE) if triggers is None else triggers
     if events.dtype != CD_DTYPE or trig.dtype != TRIGGER_DTYPE:
         raise ValueError("events must be CD_DTYPE and triggers TRIGGER_DTYPE")
@@ -135,20 +172,21 @@ def encode_evt2(events: np.ndarray, triggers: np.ndarray | None = None) -> bytes
     body[~is_cd] = (np.uint32(0xA) << 28) | (trig["id"][tr_idx].astype(np.uint32) << 8) | trig["p"][tr_idx].astype(np.uint32)
     body |= ((t & 0x3F).astype(np.uint32) << 22)
     high = t >> 6
-    # a TIME_HIGH word before the first event and wherever t >> 6 changes; gaps of a whole
-    # wrap or more get an intermediate TIME_HIGH so the wrap count stays right.
+    # a TIME_HIGH word before the first event and wherever t >> 6 changes; longer gaps (and the
+    # climb from time 0 to a first event past the first wrap) get intermediate TIME_HIGH words.
+    step = MAX_TIME_JUMP_US >> 6  # [TIME_HIGH units]
     new_high = np.ones(t.size, bool)
     new_high[1:] = high[1:] != high[:-1]
     out = []
     prev = None
     for start, stop_ in zip(np.flatnonzero(new_high), [*np.flatnonzero(new_high)[1:], t.size]):
         h = int(high[start])
-        if prev is None and h >= 1 << 27:
-            out.append(np.array([0x8 << 28], np.uint32))  # start the wrap count from time 0
-            prev = 0
-        if prev is not None:
-            for mid in range(prev + (1 << 27), h, 1 << 27):
-                out.append(np.array([(0x8 << 28) | (mid & 0xFFFFFFF)], np.uint32))
+        if prev is None and h >= 1 << 28:
+            prev = 0  # start the wrap count from time 0
+            out.append(np.array([0x8 << 28], np.uint32))
+        if prev is not None and h - prev > step:
+            mids = np.arange(prev + step, h, step, dtype=np.int64)
+            out.append(((np.int64(0x8) << 28) | (mids & 0xFFFFFFF)).astype(np.uint32))
         out.append(np.array([(0x8 << 28) | (h & 0xFFFFFFF)], np.uint32))
         out.append(body[start:stop_])
         prev = h

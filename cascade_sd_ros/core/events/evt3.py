@@ -18,33 +18,53 @@ code  name          payload (bits 11..0)
 0xF   CONTINUED_12  payload of a preceding OTHERS word (ignored)
 ====  ============  =====================================================================
 
-The 24-bit time wraps every 2**24 µs (16.78 s). The decoder counts wraps across packets: a
-TIME_HIGH more than 10 steps below the previous one is a wrap (smaller steps back are sensor
-jitter, as event_camera_codecs treats them), so decoded times are one monotonic int64 axis.
+The 24-bit time wraps every 2**24 µs (16.78 s). The decoder counts wraps across packets, so
+decoded times are one monotonic int64 axis. A TIME_HIGH is followed (see :mod:`.clock`) when a
+step from the current time explains it: forward by at most 1024 steps of 4096 µs (4.19 s; a wrap
+when it lands below the current value, i.e. only from the top of the range to its bottom), or
+back by at most 10 steps (sensor jitter, as event_camera_codecs treats it: time then goes back by
+up to 41 ms, unflagged). Any other TIME_HIGH is an unexplained jump (one flipped bit): counted in
+``time_resyncs``, placed in the 16.8 s period nearest the last explained time, and the next
+TIME_HIGH a step from that time explains resynchronises the stream (no shift is carried).
 Words before the first TIME_HIGH followed by a TIME_LOW carry no valid time and are skipped, as
 are events outside the sensor geometry and reserved codes (counted in ``skipped_words``).
-``time_base`` plays no part in EVT 3.0 time (the drivers leave it undefined for this encoding).
+``time_base`` plays no part in EVT 3.0 time (the drivers leave it undefined for this encoding),
+but it is validated like every decoder's. The events of one call span at most ``max_span_us``
+(see :func:`.payload.clip_span`).
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from .payload import Payload, as_words, check_time_base, check_until
+from .clock import follow_time_high
+from .payload import (
+    DEFAULT_MAX_SPAN_US,
+    MAX_T_US,
+    MAX_TIME_JUMP_US,
+    Payload,
+    as_words,
+    check_max_span,
+    check_time_base,
+    check_until,
+    clip_span,
+)
 from .records import CD_SIZE, TRIGGER_SIZE, as_cd, as_triggers, put_cd, put_trigger
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents
 
 ENCODING = "evt3"
 MAX_COORD = 2047  # 11-bit x and y
 ROLLOVER_US = 1 << 24
-_MIN_WRAP_DISTANCE = 10  # TIME_HIGH steps back that still count as jitter, not a wrap
+_JITTER_US = 10 << 12  # TIME_HIGH steps back (10) that count as jitter [µs]
+_HIGH_HORIZON = MAX_T_US - ROLLOVER_US  # the largest TIME_HIGH time followed (t stays <= MAX_T_US)
 # Encoder: consecutive TIME_HIGH words never jump more than this many 4096-µs steps forward, so
 # every wrap is a clear step back and long silences still decode to the right time.
 _MAX_HIGH_JUMP = 1024
 
-# Decoder state slots (one int64 array so the kernel can update it in place).
-_S_HIGH, _S_LOW, _S_Y, _S_BASE_X, _S_POL, _S_VALID, _S_HIGH_SEEN = range(7)
-_STATE_SIZE = 7
+# Decoder state slots (one int64 array so the kernel can update it in place). _S_TRUSTED: the
+# last TIME_HIGH time a step explained (see .clock).
+_S_HIGH, _S_LOW, _S_Y, _S_BASE_X, _S_POL, _S_VALID, _S_HIGH_SEEN, _S_TRUSTED = range(8)
+_STATE_SIZE = 8
 
 
 def _events_per_word_table() -> np.ndarray:
@@ -75,17 +95,10 @@ def _count_upper_bound(words: np.ndarray, table: np.ndarray) -> tuple[int, int]:
     return n_cd, n_trig
 
 
-@numba.njit(cache=True, inline="always")
-def _update_high(v: int, high: int) -> int:
-    last = (high >> 12) & 0xFFF
-    if (v < last) & (last - v > _MIN_WRAP_DISTANCE):
-        high += ROLLOVER_US
-    return (high & ~np.int64(ROLLOVER_US - 1)) | (np.int64(v) << 12)
-
-
 @numba.njit(cache=True, nogil=True)
 def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noqa: ANN001, ANN202
     high = state[_S_HIGH]
+    trusted = state[_S_TRUSTED]
     low = state[_S_LOW]
     y = state[_S_Y]
     base_x = state[_S_BASE_X]
@@ -95,6 +108,9 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
     n = 0
     m = 0
     skipped = 0
+    resyncs = 0
+    t_min = np.int64(MAX_T_US)
+    t_max = np.int64(-1)
     nw = words.shape[0]
     stop = nw
     i = 0
@@ -103,7 +119,13 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
         w = np.int64(words[i])
         code = w >> 12
         if code == 0x8:
-            high = _update_high(w & 0xFFF, high)
+            if high_seen:
+                high, trusted, r = follow_time_high((w & 0xFFF) << 12, high, trusted, ROLLOVER_US, _JITTER_US,
+                                                   MAX_TIME_JUMP_US, _HIGH_HORIZON)
+                resyncs += r
+            else:
+                high = ((w & 0xFFF) << 12)
+                trusted = high
             high_seen = 1
         elif code == 0x6:
             low = w & 0xFFF
@@ -120,7 +142,12 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
         v = w & 0xFFF
         y = (v & 0x7FF) if code == 0x0 else y
         low = v if code == 0x6 else low
-        high = _update_high(v, high) if code == 0x8 else high
+        if code == 0x8:
+            high, trusted, r = follow_time_high(v << 12, high, trusted, ROLLOVER_US, _JITTER_US,
+                                               MAX_TIME_JUMP_US, _HIGH_HORIZON)
+            resyncs += r
+            i += 1
+            continue
         if code == 0x2:
             t = high | low
             if t >= until:
@@ -130,11 +157,13 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
             if (x < width) & (y < height):
                 put_cd(out_cd, n, x, y, v >> 11, t)
                 n += 1
+                t_min = min(t_min, t)
+                t_max = max(t_max, t)
             else:
                 skipped += 1
             i += 1
             continue
-        if code == 0x0 or code == 0x6 or code == 0x8:
+        if code == 0x0 or code == 0x6:
             i += 1
             continue
         t = high | low
@@ -149,18 +178,24 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
             mask = v if code == 0x4 else v & 0xFF
             if mask != 0:
                 if y < height:
+                    n0 = n
                     for k in range(nbits):
                         if (mask >> k) & 1:
                             ex = base_x + k
                             if ex < width:
                                 put_cd(out_cd, n, ex, y, pol, t)
                                 n += 1
+                    if n > n0:
+                        t_min = min(t_min, t)
+                        t_max = max(t_max, t)
                 else:
                     skipped += 1
             base_x += nbits
         elif code == 0xA:
             put_trigger(out_trig, m, (v >> 8) & 0xF, v & 1, t)
             m += 1
+            t_min = min(t_min, t)
+            t_max = max(t_max, t)
         elif code == 0x7 or code == 0xE or code == 0xF:
             pass  # monitoring words and their continuations carry no events
         else:
@@ -173,32 +208,40 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
     state[_S_POL] = pol
     state[_S_VALID] = valid
     state[_S_HIGH_SEEN] = high_seen
-    return n, m, stop, skipped
+    state[_S_TRUSTED] = trusted
+    return n, m, stop, skipped, resyncs, t_min, t_max
 
 
 @numba.njit(cache=True, nogil=True)
 def _decode(words, state, width, height, until, table):  # noqa: ANN001, ANN202
-    """Size the outputs, decode, and return them trimmed: one compiled call per packet."""
+    """Size the outputs (by word count), decode, and return them trimmed: one compiled call per packet."""
     n_cd, n_trig = _count_upper_bound(words, table)
     out_cd = np.empty((n_cd, CD_SIZE), np.uint8)
     out_trig = np.empty((n_trig, TRIGGER_SIZE), np.uint8)
-    n, m, stop, skipped = _decode_kernel(words, state, width, height, until, out_cd, out_trig)
-    return out_cd[:n], out_trig[:m], stop, skipped
+    n, m, stop, skipped, resyncs, t_min, t_max = _decode_kernel(words, state, width, height, until, out_cd, out_trig)
+    return out_cd[:n], out_trig[:m], stop, skipped, resyncs, t_min, t_max
 
 
 class Evt3Decoder:
     """Stateful EVT 3.0 decoder: feed the packets of one stream in order.
 
     Time state (TIME_HIGH with its wrap count, TIME_LOW), the current row and the vector base
-    carry from one packet to the next, as the camera's word stream does.
+    carry from one packet to the next, as the camera's word stream does. ``max_span_us`` bounds
+    the sensor time one call's events span (None: unbounded, e.g. for arbitrary file chunks).
+
+    After garbage the stream's next packets decode to their exact x, y, p and time within the
+    16.8 s period; which period (the wrap count) is the stream's own state, which garbage time
+    words change like any others (a jump no wrap explains is counted in ``time_resyncs``).
+    ``reset()`` returns to period 0, where a fresh stream starts.
     """
 
     encoding = ENCODING
     word_bytes = 2
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, max_span_us: int | None = DEFAULT_MAX_SPAN_US) -> None:
         self.width = int(width)
         self.height = int(height)
+        self.max_span_us = check_max_span(max_span_us)
         self._state = np.zeros(_STATE_SIZE, np.int64)
 
     def reset(self) -> None:
@@ -214,11 +257,13 @@ class Evt3Decoder:
         words = as_words(payload, "<u2", ENCODING)
         check_time_base(time_base)
         until = check_until(until_t_us)
-        cd_raw, trig_raw, stop, skipped = _decode(words, self._state, self.width, self.height, until, _CD_PER_WORD)
+        cd_raw, trig_raw, stop, skipped, resyncs, t_min, t_max = _decode(
+            words, self._state, self.width, self.height, until, _CD_PER_WORD)
         next_t = None
         if stop < words.shape[0]:
             next_t = int((self._state[_S_HIGH]) | self._state[_S_LOW])
-        return DecodedEvents(as_cd(cd_raw), as_triggers(trig_raw), stop * 2, next_t, skipped)
+        cd, trig, dropped = clip_span(as_cd(cd_raw), as_triggers(trig_raw), t_min, t_max, self.max_span_us)
+        return DecodedEvents(cd, trig, stop * 2, next_t, skipped, resyncs, dropped)
 
 
 # --------------------------------------------------------------------------------- encoder

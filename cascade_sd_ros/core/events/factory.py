@@ -9,7 +9,7 @@ from .evt2 import Evt2Decoder
 from .evt3 import Evt3Decoder
 from .legacy import MonoDecoder, TriggerDecoder
 from .libcaer import LibcaerCmpDecoder, LibcaerDecoder
-from .payload import Payload
+from .payload import DEFAULT_MAX_SPAN_US, Payload
 from .types import DecodedEvents, EventDecodeError
 
 MAX_GEOMETRY = 65535  # the widest coordinate any supported encoding carries (16 bits)
@@ -22,6 +22,7 @@ class EventDecoder(Protocol):
     width: int
     height: int
     word_bytes: int  # payload lengths must be a multiple of this
+    max_span_us: int  # [µs] the most sensor time one call's events span (int64 max: unbounded)
 
     def decode(self, payload: Payload, time_base: int = 0, until_t_us: int | None = None) -> DecodedEvents: ...
 
@@ -42,10 +43,14 @@ def supported_encodings() -> tuple[str, ...]:
     return tuple(_DECODERS)
 
 
-def make_decoder(encoding: str, width: int, height: int) -> EventDecoder:
+def make_decoder(encoding: str, width: int, height: int, max_span_us: int | None = DEFAULT_MAX_SPAN_US) -> EventDecoder:
     """A fresh decoder for ``encoding`` and a sensor of ``width`` x ``height`` pixels.
 
-    Raises EventDecodeError for an unknown encoding or a geometry outside 1..65535.
+    ``max_span_us`` bounds the sensor time the events of one decode call span (default 1 s, for
+    driver packets of ~1 ms; None: unbounded, for arbitrary chunks of a recorded stream). Events
+    outside the densest such window are dropped and counted in
+    ``DecodedEvents.events_dropped_span``. Raises EventDecodeError for an unknown encoding, a
+    geometry outside 1..65535 or a bad ``max_span_us``.
     """
     if not isinstance(encoding, str) or encoding not in _DECODERS:
         raise EventDecodeError(
@@ -53,4 +58,4 @@ def make_decoder(encoding: str, width: int, height: int) -> EventDecoder:
     for name, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_GEOMETRY:
             raise EventDecodeError(f"sensor {name} must be an integer in 1..{MAX_GEOMETRY}, got {value!r}")
-    return _DECODERS[encoding](int(width), int(height))
+    return _DECODERS[encoding](int(width), int(height), max_span_us)

@@ -7,13 +7,16 @@ still in recorded bags). One little-endian uint64 per event:
   bits 31..0 dt [ns] after ``time_base``.
 
 Sensor time is ``time_base + dt`` in ns; decoded ``t`` is that in whole µs (floor). These
-encodings carry no state between packets.
+encodings carry no state between packets, so nothing garbage does can reach the next packet.
+``time_base`` is at most 2**62 ns (see :mod:`.payload`), so ``time_base + dt`` fits int64 ns.
+An event earlier than the one before it is counted in ``time_resyncs`` (every event's time is its
+own, so nothing is carried); the events of one call span at most ``max_span_us``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .payload import Payload, as_words, check_time_base, check_until
+from .payload import DEFAULT_MAX_SPAN_US, Payload, as_words, check_max_span, check_time_base, check_until, clip_span
 from .types import CD_DTYPE, EMPTY_CD, EMPTY_TRIGGERS, TRIGGER_DTYPE, DecodedEvents
 
 _DT_MASK = np.uint64(0xFFFFFFFF)
@@ -21,7 +24,16 @@ _MAX_DT_NS = (1 << 32) - 1
 
 
 def _times_us(words: np.ndarray, time_base: int) -> np.ndarray:
+    # time_base <= 2**62 and dt < 2**32 (checked): the sum cannot overflow int64
     return (np.int64(time_base) + (words & _DT_MASK).astype(np.int64)) // 1000
+
+
+def _bounded(cd: np.ndarray, trig: np.ndarray, t: np.ndarray, max_span_us: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(cd, triggers, backward steps, dropped) for one call's events with times ``t`` in stream order."""
+    back = int(np.count_nonzero(t[1:] < t[:-1])) if t.size > 1 else 0
+    t_min, t_max = (int(t.min()), int(t.max())) if t.size else (0, 0)
+    cd, trig, dropped = clip_span(cd, trig, t_min, t_max, max_span_us)
+    return cd, trig, back, dropped
 
 
 def _split(t: np.ndarray, until: int) -> int:
@@ -33,9 +45,10 @@ def _split(t: np.ndarray, until: int) -> int:
 class _Legacy64Decoder:
     word_bytes = 8
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, max_span_us: int | None = DEFAULT_MAX_SPAN_US) -> None:
         self.width = int(width)
         self.height = int(height)
+        self.max_span_us = check_max_span(max_span_us)
 
     def reset(self) -> None:
         """Nothing to forget: every packet stands alone."""
@@ -56,7 +69,9 @@ class MonoDecoder(_Legacy64Decoder):
         cd["x"], cd["y"], cd["t"] = x[inside], y[inside], t_kept[inside]
         cd["p"] = (words[inside] >> np.uint64(63)).astype(np.int8)
         next_t = int(t[stop]) if stop < t.size else None
-        return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), stop * 8, next_t, int(stop - cd.size))
+        skipped = int(stop - cd.size)
+        cd, _, back, dropped = _bounded(cd, EMPTY_TRIGGERS, cd["t"], self.max_span_us)
+        return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), stop * 8, next_t, skipped, back, dropped)
 
 
 class TriggerDecoder(_Legacy64Decoder):
@@ -71,7 +86,8 @@ class TriggerDecoder(_Legacy64Decoder):
         trig["p"] = (words[:stop] >> np.uint64(63)).astype(np.int8)
         trig["id"] = ((words[:stop] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.uint8)
         next_t = int(t[stop]) if stop < t.size else None
-        return DecodedEvents(EMPTY_CD.copy(), trig, stop * 8, next_t, 0)
+        _, trig, back, dropped = _bounded(EMPTY_CD, trig, t[:stop], self.max_span_us)
+        return DecodedEvents(EMPTY_CD.copy(), trig, stop * 8, next_t, 0, back, dropped)
 
 
 def _time_fields(t_us: np.ndarray, what: str) -> tuple[int, np.ndarray]:

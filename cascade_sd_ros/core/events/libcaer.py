@@ -4,8 +4,12 @@
 ``data`` (bit 0 valid mark, bit 1 polarity, bits 16..2 y, bits 31..17 x, 15 bits each) and an
 int32 ``timestamp`` [µs] holding the low 31 bits of sensor time. ``time_base`` [ns] carries the
 rest: sensor time = time_base + (timestamp + 2**31 * wraps) * 1000, where a timestamp smaller
-than its predecessor in the same packet is one wrap (only wraps inside a packet are counted;
-the driver folds earlier ones into time_base).
+than its predecessor in the same packet is one wrap when it is a step forward of at most 4.19 s
+across the wrap (only wraps inside a packet are counted; the driver folds earlier ones into
+time_base). Any other step back, and any step forward of more than 4.19 s, is an unexplained
+jump: counted in ``time_resyncs``, no wrap added (so the stamps after it keep their own value).
+Records with a negative stamp are skipped, as are events a packet would put past the time
+horizon (counted in ``events_dropped_span``).
 
 ``libcaer_cmp``: 16-bit words, code in bits 15..12, time restarting at 0 in every packet:
 
@@ -21,14 +25,27 @@ code  name         payload (bits 11..0)
 6     VECT_12      12-bit mask: events at (x, base .. base+11), then base += 12
 ====  ===========  ============================================================
 
-Decoded ``t`` = floor(sensor time in ns / 1000), i.e. µs.
+Decoded ``t`` = floor(sensor time in ns / 1000), i.e. µs. A TIME_HIGH below the packet's previous
+one (there are no wraps inside a packet) or more than 4.19 s above it is an unexplained jump,
+counted in ``time_resyncs`` and taken as written (time restarts with the next packet anyway).
+Both decoders bound the sensor time one call's events span by ``max_span_us``.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from .payload import Payload, as_words, check_time_base, check_until
+from .payload import (
+    DEFAULT_MAX_SPAN_US,
+    MAX_T_US,
+    MAX_TIME_JUMP_US,
+    Payload,
+    as_words,
+    check_max_span,
+    check_time_base,
+    check_until,
+    clip_span,
+)
 from .records import CD_SIZE, as_cd, put_cd
 from .types import CD_DTYPE, EMPTY_TRIGGERS, DecodedEvents
 
@@ -61,9 +78,10 @@ class LibcaerDecoder:
     encoding = "libcaer"
     word_bytes = 8
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, max_span_us: int | None = DEFAULT_MAX_SPAN_US) -> None:
         self.width = int(width)
         self.height = int(height)
+        self.max_span_us = check_max_span(max_span_us)
         self.reset()
 
     def reset(self) -> None:
@@ -76,15 +94,27 @@ class LibcaerDecoder:
         time_base = check_time_base(time_base)
         until = check_until(until_t_us)
         rec = raw.view(_LIBCAER_RECORD)
-        if not self._remainder.continues(time_base, raw.nbytes):
+        fresh = not self._remainder.continues(time_base, raw.nbytes)
+        if fresh:
             self._wraps, self._ts_last = 0, 0
         ts = rec["ts"].astype(np.int64)
         valid = ts >= 0  # a negative 31-bit stamp cannot come from the camera
         index = np.flatnonzero(valid)
         tsv = ts[index]
         prev = np.concatenate(([self._ts_last], tsv[:-1]))
-        wraps = self._wraps + np.cumsum(tsv < prev)
+        back = tsv < prev
+        wrap = back & (tsv + _WRAP_US - prev <= MAX_TIME_JUMP_US)  # from the top of the range to its bottom
+        jump = (back & ~wrap) | (tsv - prev > MAX_TIME_JUMP_US)
+        if fresh and jump.size:
+            jump[0] = False  # a packet's first stamp has no predecessor
+        wraps = self._wraps + np.cumsum(wrap)  # at most one per record: t stays far inside int64
         t = time_base // 1000 + tsv + wraps * _WRAP_US
+        beyond = t > MAX_T_US  # only from wraps garbage piled up: dropped, counted
+        n_beyond = int(np.count_nonzero(beyond))
+        beyond_at = index[beyond]  # [records] raw positions of the dropped ones
+        if n_beyond:
+            keep = ~beyond
+            index, tsv, wraps, t, jump = index[keep], tsv[keep], wraps[keep], t[keep], jump[keep]
         late = np.flatnonzero(t >= until)
         stop = int(late[0]) if late.size else t.size
         consumed = int(index[stop]) if stop < t.size else raw.size
@@ -97,9 +127,15 @@ class LibcaerDecoder:
         cd["x"], cd["y"], cd["t"] = x[inside], y[inside], t[:stop][inside]
         cd["p"] = (data[inside] >> 1) & 1
         self._remainder.stopped(time_base, (raw.size - consumed) * 8 if stop < t.size else 0)
-        skipped = int(consumed - cd.size)
+        n_beyond_kept = int(np.count_nonzero(beyond_at < consumed)) if n_beyond else 0
+        skipped = int(consumed - cd.size - n_beyond_kept)
         next_t = int(t[stop]) if stop < t.size else None
-        return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), consumed * 8, next_t, skipped)
+        resyncs = int(np.count_nonzero(jump[:stop]))
+        t_in = cd["t"]
+        t_min, t_max = (int(t_in.min()), int(t_in.max())) if t_in.size else (0, 0)
+        cd, _, dropped = clip_span(cd, EMPTY_TRIGGERS, t_min, t_max, self.max_span_us)
+        return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), consumed * 8, next_t, skipped, resyncs,
+                             dropped + n_beyond_kept)
 
 
 def encode_libcaer(events: np.ndarray) -> tuple[bytes, int]:
@@ -111,8 +147,8 @@ def encode_libcaer(events: np.ndarray) -> tuple[bytes, int]:
         return b"", 0
     if t[0] < 0 or np.any(np.diff(t) < 0):
         raise ValueError("libcaer: time must be >= 0 and non-decreasing")
-    if np.any(np.diff(t) >= _WRAP_US) or events["x"].max() > 0x7FFF or events["y"].max() > 0x7FFF:
-        raise ValueError("libcaer: gaps must stay below 2**31 µs and x, y below 32768")
+    if np.any(np.diff(t) > MAX_TIME_JUMP_US) or events["x"].max() > 0x7FFF or events["y"].max() > 0x7FFF:
+        raise ValueError("libcaer: gaps must stay within 2**22 µs (the decoder's jump bound) and x, y below 32768")
     if not np.isin(events["p"], (0, 1)).all():
         raise ValueError("libcaer: polarity must be 0 or 1")
     high = (int(t[0]) // _WRAP_US) * _WRAP_US
@@ -137,6 +173,9 @@ def _cmp_kernel(words, state, width, height, base_us, until, out):  # noqa: ANN0
     low = state[_C_LOW]
     n = 0
     skipped = 0
+    resyncs = 0
+    t_min = np.int64(MAX_T_US)
+    t_max = np.int64(-1)
     nw = words.shape[0]
     stop = nw
     for i in range(nw):
@@ -152,6 +191,8 @@ def _cmp_kernel(words, state, width, height, base_us, until, out):  # noqa: ANN0
             if ex < width and ey < height:
                 put_cd(out, n, ex, ey, v >> 11, t)
                 n += 1
+                t_min = min(t_min, t)
+                t_max = max(t_max, t)
             else:
                 skipped += 1
         elif code == 2:
@@ -159,6 +200,8 @@ def _cmp_kernel(words, state, width, height, base_us, until, out):  # noqa: ANN0
         elif code == 1:
             low = v
         elif code == 0:
+            # no wraps inside a packet: a step back, or a jump past MAX_TIME_JUMP_US, is unexplained
+            resyncs += (v << 12) < high or (v << 12) - high > MAX_TIME_JUMP_US
             high = v << 12
         elif code == 4:
             base_y = v & 0x7FF
@@ -169,6 +212,7 @@ def _cmp_kernel(words, state, width, height, base_us, until, out):  # noqa: ANN0
             if mask != 0 and t >= until:
                 stop = i
                 break
+            n0 = n
             for k in range(nbits):
                 if (mask >> k) & 1:
                     ey = base_y + k
@@ -177,6 +221,9 @@ def _cmp_kernel(words, state, width, height, base_us, until, out):  # noqa: ANN0
                         n += 1
                     else:
                         skipped += 1
+            if n > n0:
+                t_min = min(t_min, t)
+                t_max = max(t_max, t)
             base_y += nbits
         else:
             skipped += 1
@@ -185,7 +232,7 @@ def _cmp_kernel(words, state, width, height, base_us, until, out):  # noqa: ANN0
     state[_C_POL] = pol
     state[_C_HIGH] = high
     state[_C_LOW] = low
-    return n, stop, skipped
+    return n, stop, skipped, resyncs, t_min, t_max
 
 
 def _cmp_events_per_word() -> np.ndarray:
@@ -208,8 +255,8 @@ def _cmp_decode(words, state, width, height, base_us, until, table):  # noqa: AN
     for i in range(words.shape[0]):
         capacity += table[words[i]]
     out = np.empty((capacity, CD_SIZE), np.uint8)
-    n, stop, skipped = _cmp_kernel(words, state, width, height, base_us, until, out)
-    return out[:n], stop, skipped
+    n, stop, skipped, resyncs, t_min, t_max = _cmp_kernel(words, state, width, height, base_us, until, out)
+    return out[:n], stop, skipped, resyncs, t_min, t_max
 
 
 class LibcaerCmpDecoder:
@@ -219,9 +266,10 @@ class LibcaerCmpDecoder:
     encoding = "libcaer_cmp"
     word_bytes = 2
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, max_span_us: int | None = DEFAULT_MAX_SPAN_US) -> None:
         self.width = int(width)
         self.height = int(height)
+        self.max_span_us = check_max_span(max_span_us)
         self._state = np.zeros(5, np.int64)
         self._remainder = _Remainder()
 
@@ -236,10 +284,12 @@ class LibcaerCmpDecoder:
         until = check_until(until_t_us)
         if not self._remainder.continues(time_base, words.nbytes):
             self._state[_C_HIGH] = self._state[_C_LOW] = 0
-        cd_raw, stop, skipped = _cmp_decode(words, self._state, self.width, self.height, base_us, until, _CMP_PER_WORD)
+        cd_raw, stop, skipped, resyncs, t_min, t_max = _cmp_decode(
+            words, self._state, self.width, self.height, base_us, until, _CMP_PER_WORD)
         self._remainder.stopped(time_base, (words.size - stop) * 2)
         next_t = int(base_us + (self._state[_C_HIGH] | self._state[_C_LOW])) if stop < words.size else None
-        return DecodedEvents(as_cd(cd_raw), EMPTY_TRIGGERS.copy(), stop * 2, next_t, int(skipped))
+        cd, _, dropped = clip_span(as_cd(cd_raw), EMPTY_TRIGGERS, t_min, t_max, self.max_span_us)
+        return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), stop * 2, next_t, int(skipped), int(resyncs), dropped)
 
 
 @numba.njit(cache=True, nogil=True)

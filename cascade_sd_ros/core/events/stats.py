@@ -26,6 +26,8 @@ class EventStats:
     packets: int  # [count]
     skipped_words: int  # [count] words the decoders ignored
     encoding: str
+    time_resyncs: int = 0  # [count] sensor-time jumps no wrap explains (DecodedEvents.time_resyncs)
+    events_dropped_span: int = 0  # [count] events outside a packet's max_span_us window
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -41,7 +43,10 @@ class StreamDecoder:
         key = (packet.encoding, packet.width, packet.height)
         decoder = self._decoders.get(key)
         if decoder is None:
-            decoder = self._decoders[key] = make_decoder(*key)
+            # Raw-file chunks (no stamp) are arbitrary cuts of one continuous stream, not driver
+            # packets: no span bound. Bag packets keep the decoders' default (1 s).
+            span = {} if packet.stamp_ns is not None else {"max_span_us": None}
+            decoder = self._decoders[key] = make_decoder(*key, **span)
             # Load the compiled kernels now (an empty payload of the same array kind leaves the
             # state alone), so a timed decode measures decoding, not numba's cache.
             decoder.decode(packet.payload[:0], packet.time_base)
@@ -53,7 +58,7 @@ class StreamDecoder:
 
 def compute_stats(packets: Iterable[Packet]) -> EventStats:
     stream = StreamDecoder()
-    on = off = rise = fall = sum_t = n_packets = skipped = 0
+    on = off = rise = fall = sum_t = n_packets = skipped = resyncs = dropped = 0
     first: int | None = None
     last: int | None = None
     decode_s = 0.0
@@ -65,6 +70,8 @@ def compute_stats(packets: Iterable[Packet]) -> EventStats:
         decode_s += time.perf_counter() - start
         n_packets += 1
         skipped += res.skipped_words
+        resyncs += res.time_resyncs
+        dropped += res.events_dropped_span
         encodings.add(packet.encoding)
         on_now = int(np.count_nonzero(res.cd["p"] == 1))
         on, off = on + on_now, off + res.cd.size - on_now
@@ -85,6 +92,7 @@ def compute_stats(packets: Iterable[Packet]) -> EventStats:
         mean_rate_ev_s=(on + off) / span_s if span_s else 0.0,
         decode_mev_s=total / decode_s / 1e6 if decode_s > 0 else 0.0,
         packets=n_packets, skipped_words=skipped, encoding=",".join(sorted(encodings)),
+        time_resyncs=resyncs, events_dropped_span=dropped,
     )
 
 

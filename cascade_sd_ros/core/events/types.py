@@ -34,6 +34,19 @@ class DecodedEvents:
     event not yet returned (None when the payload was consumed). ``skipped_words`` counts words
     the decoder ignored (reserved codes, events outside the sensor geometry, events before the
     first complete time stamp).
+
+    ``time_resyncs`` counts sensor-time discontinuities in this call that no counter wrap
+    explains: an evt3/evt2 TIME_HIGH (libcaer_cmp TIME_HIGH, libcaer time stamp) that jumps
+    forward more than ``payload.MAX_TIME_JUMP_US`` (4.19 s) or steps back where no wrap is due
+    (a wrap is only a step back from the top of the counter's range to its bottom), and, for the
+    stateless mono/trigger encodings, an event earlier than the one before it. The decoder
+    resynchronises at each (see the format's module doc): times next to one may be wrong, but
+    the stream's later packets are not shifted by it. Nodes count it in their diagnostics.
+
+    ``events_dropped_span`` counts events dropped because the call's events spanned more than
+    the decoder's ``max_span_us`` (default 1 s): the densest window of that length is kept (see
+    ``payload.clip_span``); also events a libcaer packet would put past the time horizon.
+    Neither kind is in ``skipped_words``.
     """
 
     cd: np.ndarray  # [N] CD_DTYPE
@@ -41,6 +54,8 @@ class DecodedEvents:
     consumed: int  # [bytes]
     next_t_us: int | None  # [µs] sensor time where a time-sliced decode stopped
     skipped_words: int = 0  # [count]
+    time_resyncs: int = 0  # [count] unexplained sensor-time jumps seen in this call
+    events_dropped_span: int = 0  # [count] events outside the call's max_span_us window
 
     @property
     def finished(self) -> bool:
