@@ -279,11 +279,16 @@ def _parse_channel(body: bytes | memoryview) -> tuple[int, int, str, dict[str, s
 def _chunk_payload(body: bytes | memoryview, complete: bool) -> tuple[bytes, str | None]:
     """A chunk's records, decompressed; with ``complete=False`` (a chunk cut short) as much as
     decompresses. Returns (records, why they are incomplete or None)."""
-    _start, _end, usize, crc = struct.unpack_from("<QQQI", body, 0)
-    compression, off = _str(body, 28)
-    (n,) = struct.unpack_from("<Q", body, off)
+    try:
+        _start, _end, usize, crc = struct.unpack_from("<QQQI", body, 0)
+        compression, off = _str(body, 28)
+        (n,) = struct.unpack_from("<Q", body, off)
+    except struct.error:
+        if complete:
+            raise
+        return b"", "the file ends inside a chunk header (cut short)"
     data = body[off + 8:off + 8 + n]
-    cut = None if complete and len(data) == n else "the chunk is cut short"
+    cut = None if complete and len(data) == n else "the file ends inside this chunk (cut short)"
     if compression == "":
         raw = bytes(data)
     elif compression == "zstd":
@@ -503,17 +508,46 @@ class _Head:
 
 # ------------------------------------------------------------------------------ sqlite3
 
+def _sqlite_cut(path: Path) -> tuple[int, int, int] | None:
+    """(file size, size its header declares, page size) of a sqlite3 file cut short, else None."""
+    with path.open("rb") as f:
+        head = f.read(100)
+    if len(head) < 100:
+        return None
+    (page,) = struct.unpack(">H", head[16:18])
+    page = 65536 if page == 1 else page
+    (pages,) = struct.unpack(">I", head[28:32])
+    size = path.stat().st_size
+    if head[92:96] != head[24:28] or not pages or page < 512:  # the header's page count is not kept
+        return (size, size - size % page, page) if page >= 512 and size % page else None
+    return (size, pages * page, page) if size < pages * page else None
+
+
 class _SqliteFile:
     """One rosbag2 sqlite3 storage file, read-only (a WAL beside it is replayed in a copy)."""
 
     def __init__(self, path: Path, label: Path, workdir: Path) -> None:
         self.path, self.label = path, label
+        self.cut = _sqlite_cut(path)
         wal = Path(f"{path}-wal")
+        copy = workdir / f"{len(list(workdir.iterdir()))}_{path.name}"
         if wal.is_file() and wal.stat().st_size > 0:  # the recorder died in WAL mode: recover its commits
-            copy = workdir / f"{len(list(workdir.iterdir()))}_{path.name}"
             shutil.copyfile(path, copy)
             shutil.copyfile(wal, Path(f"{copy}-wal"))
             self.db = sqlite3.connect(copy)
+        elif self.cut is not None:  # cut short: a copy of its whole pages, the header told their number
+            page, pages = self.cut[2], self.cut[0] // self.cut[2]
+            with path.open("rb") as fin, copy.open("wb") as fout:
+                left = pages * page
+                while left > 0:
+                    block = fin.read(min(_COPY_BYTES, left))
+                    if not block:
+                        break
+                    fout.write(block)
+                    left -= len(block)
+                fout.seek(28)
+                fout.write(struct.pack(">I", pages))
+            self.db = sqlite3.connect(f"file:{quote(str(copy.resolve()))}?mode=ro&immutable=1", uri=True)
         else:
             self.db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro&immutable=1", uri=True)
         self.db.row_factory = sqlite3.Row
@@ -553,9 +587,17 @@ class _SqliteFile:
                     yield int(t), int(tid), data
                 return
             except sqlite3.DatabaseError as err:
-                self.last_cut = _Cut(None, f"sqlite3: {err} (file damaged or cut short)")
+                self.last_cut = _Cut(None, f"sqlite3: {err} ({self._cut_text() or 'file damaged'})")
                 if yielded:
                     return
+            finally:
+                if self.last_cut is None and self.cut is not None:
+                    self.last_cut = _Cut(None, self._cut_text())
+
+    def _cut_text(self) -> str:
+        if self.cut is None:
+            return ""
+        return f"the file is cut short: {self.cut[0]} of the {self.cut[1]} bytes its header declares"
 
     def close(self) -> None:
         self.db.close()
