@@ -31,7 +31,7 @@ from rclpy.qos import (
 
 from cascade_sd_ros.core.align import FrameIngest
 from cascade_sd_ros.core.rounds import RoundBook, RoundRecord, round_id_for
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
@@ -108,7 +108,12 @@ def choice(value: str, allowed: Sequence[str], name: str) -> str:
 # Parameters every stage has.
 COMMON_PARAMS: tuple[Param, ...] = (
     Param("device", "cpu", "torch device for this stage's model: cpu, cuda, cuda:N", read_only=True),
-    Param("dtype", "float32", "model dtype: float32, float16, bfloat16", read_only=True),
+    Param("dtype", "auto", "model dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16",
+          read_only=True),
+    Param("backend", "auto",
+          "what runs the model: auto (cuda-graphs where device and model allow it, else transformers; the log "
+          "and diagnostics say which and why), cuda-graphs (static KV cache + CUDA graphs: CUDA and a "
+          "LLaVA-family model with a Llama language model only), transformers", read_only=True),
     Param("prompt", "describe the scene", "question every round answers until a prompt message changes it"),
     Param("round_period", 2.0,
           "[s] a round opens at every multiple of this on the event clock (+ round_phase); "
@@ -139,6 +144,7 @@ class StageConfig:
     model: str
     device: str
     dtype: str
+    backend: str
     prompt: str
     period_ns: int
     phase_ns: int
@@ -150,7 +156,8 @@ class StageConfig:
 def stage_config_fields(p: dict[str, Any], role: str) -> dict[str, Any]:
     """:class:`StageConfig`'s fields from the declared parameters; an empty ``model`` is the zoo's ``role``."""
     return dict(
-        model=p["model"] or default_stage_source(role), device=p["device"], dtype=p["dtype"], prompt=p["prompt"],
+        model=p["model"] or default_stage_source(role), device=p["device"], dtype=p["dtype"],
+        backend=choice(p["backend"], BACKENDS, "backend"), prompt=p["prompt"],
         period_ns=round_period_ns(p), phase_ns=seconds_to_ns(p["round_phase"], "round_phase"),
         max_new_tokens=p["max_new_tokens"],
         jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"), frame_id=p["frame_id"],
@@ -307,8 +314,14 @@ class StageNode(Node, Generic[C]):
         self.cfg: C = make_config(values)
         self.sensor_qos = sensor_qos(values)
         self.model = model if model is not None else load_stage_model(
-            self.cfg.model, role, device=self.cfg.device, dtype=self.cfg.dtype)
+            self.cfg.model, role, device=self.cfg.device, dtype=self.cfg.dtype, backend=self.cfg.backend,
+            max_new_tokens=self.cfg.max_new_tokens)
         self.check_model(self.model)
+        backend = self.model.backend
+        self.get_logger().info(f"{role} model runs on backend {backend.name}: {backend.reason}")
+        warm_s = self.model.warm_up(self.cfg.prompt)  # before any subscription: no round pays first-call costs
+        if warm_s is not None:
+            self.get_logger().info(f"{role} model warmed up in {warm_s * 1e3:.0f} ms (prefill, decode and verify steps)")
         self.book = RoundBook()
         self._lock = threading.Lock()  # guards the node's stream and round-opening state
         self._question = self.cfg.prompt

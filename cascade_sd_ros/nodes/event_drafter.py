@@ -206,6 +206,7 @@ class EventDrafter(StageNode[DrafterConfig]):
 
     def _publish_diagnostics(self) -> None:
         values: dict[str, object] = {
+            "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.events_in.values(), **self.commits_in.values(), **self.prompts_in.values(),
             "rounds_opened": self.rounds_opened, "rounds_open": len(self.book),
             "rounds_evicted": self.book.evicted, "resets": self.book.resets, "time_jumps": self._jump.jumps,

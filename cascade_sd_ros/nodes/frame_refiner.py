@@ -192,6 +192,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
 
     def _publish_diagnostics(self) -> None:
         values: dict[str, object] = {
+            "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.images_in.values(), **self.drafts_in.values(), **self.commits_in.values(),
             "rounds_open": len(self.book), "rounds_degraded": self.rounds_degraded,
             "frame_skew_ms": self._last_skew_ms, "resets": self.book.resets,

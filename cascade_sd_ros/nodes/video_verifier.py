@@ -320,6 +320,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         drafted, accepted = self._totals["drafted"], self._totals["accepted"]
         lat = self._totals["latency_ms"]
         values: dict[str, object] = {
+            "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.images_in.values(), **self.events_in.values(), **self.drafts_in.values(),
             "rounds_done": self.worker.rounds_done, "rounds_degraded": self.worker.rounds_degraded,
             "rounds_dropped": self.worker.rounds_dropped,
