@@ -25,12 +25,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 import torch
 
 from cascade_sd_ros.core.spec.adapter import HFAdapter, ModelAdapter, StageContext
+from cascade_sd_ros.core.spec.prompt import TokenizerLike
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, VideoLlavaImageProcessor
 
 Role = Literal["target", "refiner", "drafter"]
 ROLES: tuple[Role, ...] = ("target", "refiner", "drafter")
@@ -214,28 +218,40 @@ class _StaticSizing:
         """The adapter ``backend`` asks for over ``hf``'s model: ``hf`` itself, or the static adapter
         with its caches sized for the prompt and caption bounds. Under ``auto`` a model the static
         step refuses at construction falls back to ``hf`` with that reason."""
-        from cascade_sd_ros.core.gpu.verifier import StaticAdapter
-        from cascade_sd_ros.core.spec.prompt import media_token_count
-
         choice = choose_backend(backend, device, role, hf.model)
         if choice.name != "cuda-graphs":
             return hf, choice
-        media = media_token_count(hf.model.config, modality, num_frames)
         try:
-            static = StaticAdapter(
-                hf.model,  # type: ignore[arg-type]  (choose_backend checked it is LLaVA-family)
-                max_context=media + PROMPT_TEXT_TOKENS,
-                max_caption_tokens=self.max_new_tokens + CAPTION_MARGIN,
-                max_step=STATIC_MAX_STEP,
-                modality=modality,  # type: ignore[arg-type]
-                name=role,
-                eos_token_id=hf.eos_token_id,
-            )
+            static = sized_static_adapter(hf.model, role, modality, num_frames, self.max_new_tokens,
+                                          eos_token_id=hf.eos_token_id)
         except ValueError as exc:
             if backend == "cuda-graphs":
                 raise ValueError(f"backend cuda-graphs: the static path refused the {role} model: {exc}") from None
             return hf, BackendChoice("transformers", f"the static path refused the {role} model: {exc}")
         return static, choice
+
+
+def sized_static_adapter(
+    model: object, role: str, modality: str, num_frames: int, max_new_tokens: int, **kwargs: object
+) -> ModelAdapter:
+    """The static adapter over a LLaVA-family ``model`` with caches sized as the stages size them:
+    the media placeholders plus :data:`PROMPT_TEXT_TOKENS` of prompt, ``max_new_tokens`` plus
+    :data:`CAPTION_MARGIN` of caption, steps of up to :data:`STATIC_MAX_STEP` tokens. Other keywords
+    go to :class:`~cascade_sd_ros.core.gpu.verifier.StaticAdapter` (``use_graphs``, ``compile_blocks``...;
+    on a CPU the step runs eagerly)."""
+    from cascade_sd_ros.core.gpu.verifier import StaticAdapter
+    from cascade_sd_ros.core.spec.prompt import media_token_count
+
+    media = media_token_count(model.config, modality, num_frames)  # type: ignore[attr-defined]
+    return StaticAdapter(
+        model,  # type: ignore[arg-type]
+        max_context=media + PROMPT_TEXT_TOKENS,
+        max_caption_tokens=max_new_tokens + CAPTION_MARGIN,
+        max_step=STATIC_MAX_STEP,
+        modality=modality,  # type: ignore[arg-type]
+        name=role,
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def _tiny_stage(
@@ -277,34 +293,60 @@ def _folder_stage(
 ) -> StageModel:
     from transformers import AutoTokenizer, VideoLlavaImageProcessor
 
-    from cascade_sd_ros.core.spec.adapter import HFAdapter, load_hf_model
-    from cascade_sd_ros.core.spec.preprocess import preprocess_image, preprocess_video
-    from cascade_sd_ros.core.spec.prompt import build_prompt_ids
+    from cascade_sd_ros.core.spec.adapter import load_hf_model
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{role} model folder {folder} does not exist")
     if not (folder / "preprocessor_config.json").is_file():
         raise FileNotFoundError(f"{role} model folder {folder} has no preprocessor_config.json")
-    hf = HFAdapter(load_hf_model(folder, device=device, dtype=dtype), name=role)
+    model = load_hf_model(folder, device=device, dtype=dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{role} model folder {folder}: no usable tokenizer ({exc})") from None
+    processor = VideoLlavaImageProcessor.from_pretrained(folder, local_files_only=True)
+    return stage_model_from_hf(model, role, tokenizer, processor, backend=backend,
+                               max_new_tokens=static.max_new_tokens, source=str(folder))
+
+
+def stage_model_from_hf(
+    model: PreTrainedModel,
+    role: str,
+    tokenizer: TokenizerLike,
+    processor: VideoLlavaImageProcessor,
+    *,
+    backend: str = "auto",
+    max_new_tokens: int = 256,
+    source: str = "memory",
+) -> StageModel:
+    """A stage over a transformers model already on its device and in its dtype (what
+    :func:`load_stage_model` does after loading a folder; benches hand it models built in memory).
+
+    ``tokenizer`` needs ``encode`` (mapping "<video>"/"<image>" to the config's placeholder ids as one
+    token each) and ``decode``; ``processor`` sets the pixel statistics and the image size.
+    """
+    from cascade_sd_ros.core.spec.adapter import HFAdapter
+    from cascade_sd_ros.core.spec.preprocess import preprocess_image, preprocess_video
+    from cascade_sd_ros.core.spec.prompt import build_prompt_ids
+
+    role = _check_role(role)
+    parse_backend(backend)
+    hf = HFAdapter(model, name=role)
     want = "video" if role == "target" else "image"
     if want == "video" and hf.modality != "video":
-        raise ValueError(f"target model in {folder} is a {hf.modality} model; the target needs a video model")
+        raise ValueError(f"target model in {source} is a {hf.modality} model; the target needs a video model")
     if hf.modality == "text":
-        raise ValueError(f"{role} model in {folder} is text-only; the {role} needs an image model")
+        raise ValueError(f"{role} model in {source} is text-only; the {role} needs an image model")
     hf.modality = want  # a video model also serves single images
     config = hf.model.config
+    dtype = hf.model.dtype
     num_frames = 1
     if want == "video":
         vision = config.vision_config
         per_frame = (int(vision.image_size) // int(vision.patch_size)) ** 2 + 1
         seq = getattr(config, "video_seq_length", None)
         num_frames = int(seq) // per_frame if seq else 8
-    adapter, choice = static.adapter(backend, device, role, hf, want, num_frames)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"{role} model folder {folder}: no usable tokenizer ({exc})") from None
-    processor = VideoLlavaImageProcessor.from_pretrained(folder, local_files_only=True)
+    adapter, choice = _StaticSizing(max_new_tokens).adapter(backend, hf.device, role, hf, want, num_frames)
     crop = processor.crop_size
     image_size = int(crop["height"]) if isinstance(crop, dict) else int(getattr(crop, "height"))
 
