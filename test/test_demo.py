@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -33,34 +35,102 @@ def test_bad_arguments_exit_2_with_a_message(argv: list[str], message: str, caps
     assert message in capsys.readouterr().err
 
 
-def test_demo_json_on_tiny_models(capsys: pytest.CaptureFixture[str]) -> None:
+def _check_scenes(out: dict, n: int) -> None:
+    assert len(out["scenes"]) == n
+    for scene in out["scenes"]:
+        assert set(scene) >= {"caption", "ground_truth", "verifier_alone", "equal", "acceptance", "latency_ms",
+                              "alone_latency_ms", "bare_ms", "parts_ms"}
+        # the verifier alone ran as its own node on the same scene: lossless means the same caption
+        assert scene["caption"] is not None and scene["verifier_alone"] is not None
+        assert scene["caption"] == scene["verifier_alone"] and scene["equal"] is True
+        assert scene["ground_truth"].startswith("a ")
+        assert set(scene["acceptance"]) == {"drafter", "refiner"}
+        assert scene["latency_ms"] > 0 and scene["alone_latency_ms"] > 0 and scene["bare_ms"] > 0
+        parts = scene["parts_ms"]
+        assert set(parts) == {"prefill", "verify", "draft_wait", "other"}
+        # every measured part lies inside the caption latency: what is left ("other") is not negative
+        assert all(v >= 0 for k, v in parts.items() if k != "other") and parts["other"] >= -1.0, parts
+    cascade, alone = out["caption_latency_cascade"], out["caption_latency_alone"]
+    assert cascade["n"] == alone["n"] == n
+    assert out["speedup_p50"] == pytest.approx(alone["p50_ms"] / cascade["p50_ms"], rel=0.01)
+    assert out["target_bare"]["n"] == n and out["alone_over_bare"] > 0
+    assert out["tokens_per_verifier_step"] >= 1.0
+
+
+def test_demo_json_on_tiny_models_in_separate_processes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--scenes", "2", "--models", "tiny:0", "--json", "--seed", "3", "--fast"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["scenes"]) == 2
-    for scene in out["scenes"]:
-        assert set(scene) >= {"caption", "ground_truth", "verifier_alone", "equal", "acceptance", "latency_ms"}
-        assert scene["equal"] is True and scene["caption"] == scene["verifier_alone"]
-        assert scene["ground_truth"].startswith("a ")
-        assert set(scene["acceptance"]) == {"drafter", "refiner", "drafter_by_refiner"}
-        assert scene["latency_ms"] > 0
-    assert out["speedup"] is not None and out["speedup"] > 0
-    assert out["tokens_per_verifier_step"] >= 1.0
-    assert out["executor"] == "multi-threaded"
-    for scene in out["scenes"]:
-        assert set(scene["verifier_ms"]) == {"prefill", "verify", "draft_wait", "alone"}
+    _check_scenes(out, 2)
+    assert out["processes"] == "separate stage processes"
+
+
+def test_demo_json_in_one_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--scenes", "2", "--models", "tiny:0", "--json", "--seed", "3", "--fast",
+                 "--one-process"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    _check_scenes(out, 2)
+    assert out["processes"] == "one process" and out["executor"] == "multi-threaded"
 
 
 def test_demo_on_the_events_executor() -> None:
-    # its own process, as `cascade-sd demo --executor events` runs: rclpy's experimental EventsExecutor
-    # segfaulted pytest's process (output capture) now and then, never a plain one
+    # its own process, as `cascade-sd demo --one-process --executor events` runs: rclpy's experimental
+    # EventsExecutor segfaulted pytest's process (output capture) now and then, never a plain one
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     proc = subprocess.run(
         [sys.executable, "-m", "cascade_sd_ros.tools.cli", "demo", "--scenes", "1", "--models", "tiny:0", "--json",
-         "--fast", "--executor", "events"], capture_output=True, text=True, timeout=300, env=env, check=False)
+         "--fast", "--one-process", "--executor", "events"], capture_output=True, text=True, timeout=300, env=env,
+        check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     assert out["executor"] == "events"
     assert out["scenes"][0]["equal"] is True
+
+
+def _stage_processes_of(marker: str) -> list[int]:
+    """Pids of live processes whose command line names ``marker`` (the demo's namespace)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and "cascade_sd_ros.nodes." in cmd and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_demo_stopped_midway_leaves_no_stage_process(sig: int) -> None:
+    """Ctrl-C stops the stage processes in order; a killed demo takes them with it (no orphans)."""
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cascade_sd_ros.tools.cli", "demo", "--scenes", "3", "--models", "tiny:0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    marker = f"cascade_sd_demo_{proc.pid}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_stage_processes_of(marker)) < 4 and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(_stage_processes_of(marker)) == 4, "the demo did not start its four stage processes"
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+        if sig == signal.SIGINT:
+            assert code == 130 and "Traceback" not in proc.stderr.read()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _stage_processes_of(marker):
+            time.sleep(0.1)
+        assert _stage_processes_of(marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _stage_processes_of(marker):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_pipeline_config_names_a_bad_executor() -> None:
@@ -74,9 +144,10 @@ def test_pipeline_config_names_a_bad_executor() -> None:
 
 
 def test_demo_text_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--scenes", "1", "--models", "tiny:0", "--stages", "refiner,verifier"]) == 0
+    assert main(["demo", "--scenes", "1", "--models", "tiny:0", "--stages", "refiner,verifier", "--fast"]) == 0
     text = capsys.readouterr().out
-    for needle in ("scene 0", "verified", "ground truth", "verifier alone", "[equal]", "acceptance", "speed-up"):
+    for needle in ("scene 0", "verified", "ground truth", "verifier alone", "[equal]", "acceptance", "speed-up",
+                   "caption latency", "bare"):
         assert needle in text
 
 

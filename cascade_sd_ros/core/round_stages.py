@@ -81,6 +81,8 @@ class CaptionUpdate:
     degraded_reason: str
     question: str
     input_wait_ms: float = 0.0  # part of latency_wait_ms spent waiting for the clip (not for drafts)
+    # caption latency (the one speed figure): round inputs complete -> this update; NaN if they never were
+    latency_caption_ms: float = math.nan
 
 
 def _ms(ns: int | None) -> float:
@@ -441,6 +443,8 @@ class VerifierWorker(_Worker):
             clip_span_ms=_ms(None if inp is None else inp.span_ns),
             degraded=bool(reason), degraded_reason=reason, question=rec.question,
             input_wait_ms=rec.input_wait_ms,
+            latency_caption_ms=(math.nan if rec.inputs_ready_wall_s is None
+                                else (time.monotonic() - rec.inputs_ready_wall_s) * 1e3),
         )
 
     def _run_round(self, rec: RoundRecord) -> None:
@@ -450,6 +454,8 @@ class VerifierWorker(_Worker):
         rec.wait_ms += rec.input_wait_ms
         if inp is None:
             return  # reset or stopping
+        # a round resolved without its frames passing T + slop (given up, prompt): complete now
+        self.book.mark_inputs_ready(rec.round_id)
         if inp.pixels is None:
             # no frames: the verifier cannot stand behind any text; say so and move on. The empty
             # final commit tells upstream stages the round is over.

@@ -91,6 +91,8 @@ class RoundRecord:
     target_forwards: int = 0
     draft_ms: float = 0.0
     opened_wall_s: float = field(default_factory=time.monotonic)
+    # when the round's inputs were all there (a frame past T + slop): caption latency counts from here
+    inputs_ready_wall_s: float | None = None
     drafts: list[Draft] = field(default_factory=list)
     question: str = ""  # the prompt this round answers
     # an upstream stage's speculated caption: committed tokens + what it drafted beyond them
@@ -148,6 +150,13 @@ class RoundBook:
     def __contains__(self, round_id: int) -> bool:
         with self.lock:
             return round_id in self._rounds
+
+    def mark_inputs_ready(self, round_id: int, wall_s: float | None = None) -> None:
+        """The round's inputs are complete now (the first such moment counts)."""
+        with self.lock:
+            rec = self._rounds.get(round_id)
+            if rec is not None and rec.inputs_ready_wall_s is None:
+                rec.inputs_ready_wall_s = time.monotonic() if wall_s is None else wall_s
 
     def get(self, round_id: int) -> RoundRecord | None:
         with self.lock:

@@ -425,6 +425,7 @@ class ImageInput:
                 self._on_frame(t_ns, rgb)
             for T in got.rounds_ns:
                 node._join(round_id_for(T), T)
+                node.book.mark_inputs_ready(round_id_for(T))  # a frame past T + slop: the inputs are all here
         with node.book.changed:
             node.book.changed.notify_all()  # a round may be waiting for this frame
 

@@ -98,7 +98,9 @@ def caption_msg(u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str) ->
     msg.accepted_per_stage = [int(x) for x in u.accepted_per_stage]
     msg.target_forwards = int(u.target_forwards)
     msg.latency_total_ms = _f32(u.latency_total_ms)
+    msg.latency_caption_ms = _f32(u.latency_caption_ms)
     msg.latency_wait_ms = _f32(u.latency_wait_ms)
+    msg.latency_draft_wait_ms = _f32(u.latency_wait_ms - u.input_wait_ms)
     msg.latency_prefill_ms = _f32(u.latency_prefill_ms)
     msg.latency_verify_ms = _f32(u.latency_verify_ms)
     msg.latency_draft_ms = _f32(u.latency_draft_ms)

@@ -1,16 +1,14 @@
-"""``cascade-sd demo``: synthetic scenes through the three real nodes, over DDS, in one process.
+"""``cascade-sd demo``: synthetic scenes through the three real nodes, over DDS, as a robot runs them.
 
-A sensor-player node publishes each scene's EventPackets and Images with their own stamps (event
-clock offset, RGB jitter and dropped frames included) at sensor rate; the drafter, refiner and
-verifier nodes run unchanged on one executor (``--executor``: rclpy's MultiThreadedExecutor, or its
-experimental EventsExecutor, much lighter on this GIL-bound composition).
-Per scene it prints the verified caption, the ground truth, the verifier's own greedy caption on the
-same clip (lossless modes: equal) and acceptance per stage and latency. The scenes then run a second
-time through the verifier node alone (same process, same run): the speed-up is the ratio of the
-verifier's time per caption (prefill, verification passes, waiting for drafts) alone and in the
-cascade. Tokens per verifier step say what the drafts save in target passes whatever the machine;
-on a small CPU all three stages share the cores and one interpreter, which the wall-clock ratio
-includes.
+Each stage node runs in a process of its own (``python -m cascade_sd_ros.nodes.<node>``), and the
+verifier node alone (no drafts) in another: the reference. A sensor player in this process publishes
+each scene's EventPackets and Images with their own stamps (event clock offset, RGB jitter and
+dropped frames included) at sensor rate, to the cascade and to the verifier alone in turn, scene by
+scene, so machine noise hits both. Per scene it prints the verified caption, the ground truth, the
+verifier alone's caption (lossless modes: equal, token for token), acceptance per stage and caption
+latency (inputs complete -> final caption, :mod:`cascade_sd_ros.core.speed`) for both runs and for
+the target's bare greedy decode without ROS. ``--one-process`` composes everything in this process
+instead (debugging; the stages then share one interpreter).
 """
 from __future__ import annotations
 
@@ -47,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", default="multi-threaded", choices=["multi-threaded", "events"],
                         help="rclpy executor the nodes spin on (default multi-threaded; events: rclpy's "
                              "experimental EventsExecutor, C++ wait handling: ~4x lower latency here)")
+    parser.add_argument("--one-process", action="store_true",
+                        help="compose all stages in this process (debugging); default: each stage node in a process "
+                             "of its own, as on a robot, and the verifier alone in another")
     parser.add_argument("--fast", action="store_true",
                         help="publish each scene as fast as the queues allow instead of at sensor rate")
 
@@ -81,14 +82,15 @@ class SceneResult:
     index: int
     caption: str | None
     ground_truth: str
-    verifier_alone: str | None
-    equal: bool | None
+    verifier_alone: str | None  # the verifier node alone on the same scene (its own run)
+    equal: bool | None  # the cascade's caption token for token the verifier alone's
     acceptance: dict[str, float | None]
-    latency_ms: float | None
+    latency_ms: float | None  # caption latency in the cascade: inputs complete -> final caption
+    alone_latency_ms: float | None  # the same for the verifier alone
+    parts_ms: dict[str, float]  # the cascade's caption latency by part (see _parts)
+    alone_parts_ms: dict[str, float]
+    bare_ms: float | None  # the target's own greedy caption on the scene, no ROS, same machine
     degraded: str
-    cascade_ms: float  # verifier time: prefill + verify passes + waiting for drafts
-    alone_ms: float  # the verifier node without upstream stages on the same scene, same run
-    breakdown_ms: dict[str, float]  # the cascade's verifier time by part
     target_forwards: int  # cascade verifier passes after prefill (the alone decode needs one per token)
     tokens: int  # caption tokens committed
 
@@ -107,36 +109,50 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--offset-ms and --jitter-ms must be finite (jitter >= 0)")
         if not 0.0 <= args.drop_rate < 1.0:
             raise ValueError(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
-        results, speedup, info = run_demo(
+        if args.executor != "multi-threaded" and not args.one_process:
+            raise ValueError("--executor applies to --one-process (separate stage processes spin their own)")
+        results, speed, info = run_demo(
             n_scenes=args.scenes, seed=args.seed, sources=sources, mode=args.mode, stages=stages,
             offset_ns=int(round(args.offset_ms * 1e6)), jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,
             device=args.device, timeout_s=args.timeout, rate=None if args.fast else 1.0, executor=args.executor,
+            one_process=args.one_process,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"cascade-sd demo: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the stage processes were stopped on the way out
+        print("cascade-sd demo: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps({
             "scenes": [
                 {"index": r.index, "caption": r.caption, "ground_truth": r.ground_truth,
                  "verifier_alone": r.verifier_alone, "equal": r.equal, "acceptance": r.acceptance,
-                 "latency_ms": r.latency_ms, "degraded": r.degraded,
-                 "verifier_ms": {**{k: round(v, 2) for k, v in r.breakdown_ms.items()}, "alone": round(r.alone_ms, 2)},
-                 "target_forwards": r.target_forwards}
+                 "latency_ms": _r(r.latency_ms), "alone_latency_ms": _r(r.alone_latency_ms), "bare_ms": _r(r.bare_ms),
+                 "parts_ms": r.parts_ms, "alone_parts_ms": r.alone_parts_ms,
+                 "degraded": r.degraded, "target_forwards": r.target_forwards, "tokens": r.tokens}
                 for r in results
             ],
-            "speedup": speedup,
+            **speed.to_dict(),
             **info,
         }))
     else:
-        _print_text(results, speedup, info)
+        _print_text(results, speed, info)
     missing = [r.index for r in results if r.caption is None]
     return 1 if missing else 0
 
 
-def _print_text(results: list[SceneResult], speedup: float | None, info: dict[str, Any]) -> None:
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 2)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} ms"
+
+
+def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) -> None:
     print(f"cascade-sd demo: {len(results)} scenes, mode {info['mode']}, stages {', '.join(info['stages'])}, "
-          f"models {info['models']}")
+          f"models {info['models']}, {info['processes']}")
     for r in results:
         acc = ", ".join(f"{k.replace('_', ' ')} {'-' if v is None else f'{v:.0%}'}" for k, v in r.acceptance.items())
         print(f"\nscene {r.index}")
@@ -144,14 +160,19 @@ def _print_text(results: list[SceneResult], speedup: float | None, info: dict[st
         print(f"  ground truth  : {r.ground_truth}")
         verdict = "equal" if r.equal else "DIFFERENT" if r.equal is False else "n/a"
         print(f"  verifier alone: {r.verifier_alone}  [{verdict}]")
-        lat = "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms"
-        print(f"  acceptance    : {acc}; latency {lat}" + (f"; degraded: {r.degraded}" if r.degraded else ""))
-    sp = "n/a" if speedup is None else f"{speedup:.2f}x"
+        print(f"  acceptance    : {acc}" + (f"; degraded: {r.degraded}" if r.degraded else ""))
+        print(f"  caption latency: cascade {_ms(r.latency_ms)}, verifier alone {_ms(r.alone_latency_ms)} "
+              f"(target bare {_ms(r.bare_ms)})")
+    c, a, b = speed.cascade, speed.alone, speed.bare
+    sp = "n/a" if speed.speedup_p50 is None else f"{speed.speedup_p50:.2f}x"
+    print(f"\ncaption latency (inputs complete -> final caption), {c.n} rounds:")
+    print(f"  cascade       p50 {_ms(c.p50_ms)}, p95 {_ms(c.p95_ms)}")
+    print(f"  verifier alone p50 {_ms(a.p50_ms)}, p95 {_ms(a.p95_ms)}  "
+          f"(the target's bare cost, no ROS: p50 {_ms(b.p50_ms)})")
+    print(f"speed-up over the verifier alone (p50 caption latency): {sp}")
     tps = info.get("tokens_per_verifier_step")
-    print(f"\nspeed-up over the verifier alone (verifier time, same clips, same run): {sp}")
     if tps is not None:
-        print(f"tokens per verifier step: {tps:.2f} (the verifier alone: 1.00); all three stages share this "
-              f"process's cores and GIL, which the wall-clock figure includes")
+        print(f"tokens per verifier step: {tps:.2f} (the verifier alone: 1.00)")
 
 
 def run_demo(
@@ -168,12 +189,15 @@ def run_demo(
     timeout_s: float,
     rate: float | None = 1.0,
     executor: str = "multi-threaded",
-) -> tuple[list[SceneResult], float | None, dict[str, Any]]:
-    """Run the scenes; returns per-scene results, the speed-up and run info."""
+    one_process: bool = False,
+) -> tuple[list[SceneResult], Any, dict[str, Any]]:
+    """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
+    the caption-latency comparison and run info."""
+    from cascade_sd_ros.core.speed import compare
     from cascade_sd_ros.core.synth.clocks import ClockModel
     from cascade_sd_ros.core.synth.packets import PacketConfig
     from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
-    from cascade_sd_ros.tools.pipeline import PipelineConfig, load_models, scene_rounds, trained_params, zoo_meta
+    from cascade_sd_ros.tools.pipeline import PipelineConfig, scene_rounds, trained_params, zoo_meta
 
     meta = zoo_meta(PipelineConfig(models=sources, stages=stages, device=device).source("target"))
     geometry = dict(meta.get("geometry", {}))
@@ -197,41 +221,87 @@ def run_demo(
     alone_config = PipelineConfig(models=sources, stages=("verifier",), device=device, params=alone_params,
                                   executor=executor)
     scenes = list(iter_scenes(stream))
-    models = load_models(config)
-    cascade = _run_pass(config, models, scenes, rounds, rate, timeout_s)
-    alone = _run_pass(alone_config, {"target": models["target"]}, scenes, rounds, rate, timeout_s)
-    target = models["target"]
     budget = int(params["common"].get("max_new_tokens", 32))
-    results = [
-        _scene_result(i, scenes[i].truth.caption, cascade, alone, rounds.round_ids[i], target, budget)
-        for i in range(n_scenes)
-    ]
-    done = [r for r in results if r.caption is not None and r.alone_ms > 0]
-    alone_ms = sum(r.alone_ms for r in done)
-    casc_ms = sum(r.cascade_ms for r in done)
-    speedup = alone_ms / casc_ms if casc_ms > 0 and alone_ms > 0 else None
+    question = str(params["common"].get("prompt", "describe the scene"))
+    bare = _bare_costs(config, scenes[:n_scenes], rounds, question, budget)
+    if one_process:
+        cascade, alone = _one_process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
+    else:
+        cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
+    results = [_scene_result(i, scenes[i].truth.caption, cascade.get(i), alone.get(i), bare.get(i))
+               for i in range(n_scenes)]
+    speed = compare({r.index: r.latency_ms for r in results if r.latency_ms is not None},
+                    {r.index: r.alone_latency_ms for r in results if r.alone_latency_ms is not None},
+                    {r.index: r.bare_ms for r in results if r.bare_ms is not None})
     steps = sum(r.target_forwards for r in results)
     tokens = sum(r.tokens for r in results)
     info = {"mode": mode, "stages": list(stages), "models": dict(config.models) or "shipped zoo",
             "offset_ms": offset_ns / 1e6, "jitter_ms": jitter_ms, "drop_rate": drop_rate,
-            "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate", "executor": executor,
+            "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
+            "processes": "one process" if one_process else "separate stage processes",
+            "executor": executor,
             # tokens committed per verifier step (the verifier alone commits exactly 1): what the
             # drafts save in target passes, independent of how this machine shares its cores
             "tokens_per_verifier_step": tokens / steps if steps else None}
-    return results, speedup, info
+    return results, speed, info
 
 
-@dataclass(frozen=True)
-class PassOutput:
-    """One run of the scenes through a pipeline: final captions, the verifier's updates and clips."""
+def _bare_costs(config: Any, scenes: list[Any], rounds: Any, question: str, budget: int) -> dict[int, float]:
+    """The target's own greedy caption per scene, timed without ROS in this process (one warm-up
+    first): what the verifier alone should cost. Measured before any stage runs, on a quiet machine."""
+    import time
 
-    finals: dict[int, Any]  # scene index -> final VerifiedCaption (None: none in time)
-    updates: dict[int, Any]  # round id -> final CaptionUpdate
-    inputs: dict[int, Any]  # round id -> RoundInputs (the clip)
+    import numpy as np
+    import torch
+
+    from cascade_sd_ros.core.spec.engine import target_only_greedy
+    from cascade_sd_ros.core.stage_model import load_stage_model
+
+    target = load_stage_model(config.source("target"), "target", device=config.device, dtype=config.dtype)
+    torch.set_num_threads(config.torch_threads or 1)
+    out: dict[int, float] = {}
+    with torch.inference_mode():
+        for i, scene in enumerate([scenes[0], *scenes]):
+            frames = [f.image for f in scene.frames] or [np.zeros((target.image_size,) * 2 + (3,), np.uint8)]
+            pick = np.linspace(0, len(frames) - 1, target.num_frames).round().astype(int)
+            context = target.context(np.stack([frames[k] for k in pick]), question)
+            t0 = time.perf_counter()
+            target_only_greedy(target.adapter, context, budget)
+            if i > 0:  # the first is the warm-up
+                out[i - 1] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def _final_fields(msg: Any) -> dict[str, Any]:
+    return {"text": msg.text, "token_ids": list(msg.token_ids), "latency_caption_ms": float(msg.latency_caption_ms),
+            "drafted": list(msg.drafted_per_stage), "accepted": list(msg.accepted_per_stage),
+            "target_forwards": int(msg.target_forwards), "degraded_reason": msg.degraded_reason,
+            "parts_ms": _parts(msg)}
+
+
+def _parts(msg: Any) -> dict[str, float]:
+    """Where a round's caption latency went, in the verifier: prefill, verification passes, waiting
+    for drafts; "other" is the rest (the worker coming to the round, publishing, Python)."""
+    total = float(msg.latency_caption_ms)
+    parts = {"prefill": float(msg.latency_prefill_ms), "verify": float(msg.latency_verify_ms),
+             "draft_wait": float(msg.latency_draft_wait_ms)}
+    parts["other"] = total - sum(parts.values()) if math.isfinite(total) else math.nan
+    return {k: round(v, 2) for k, v in parts.items()}
+
+
+def _one_process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None,
+                        timeout_s: float) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Both runs composed in this process, one after the other (for debugging)."""
+    from cascade_sd_ros.tools.pipeline import load_models
+
+    models = load_models(config)
+    cascade = _run_pass(config, models, scenes, rounds, rate, timeout_s)
+    alone = _run_pass(alone_config, {"target": models["target"]}, scenes, rounds, rate, timeout_s)
+    return cascade, alone
 
 
 def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: Any, rate: float | None,
-              timeout_s: float) -> PassOutput:
+              timeout_s: float) -> dict[int, Any]:
     import rclpy
 
     from cascade_sd_ros.tools.pipeline import SensorPlayer, build_pipeline, new_context, play_scenes
@@ -247,8 +317,7 @@ def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: An
         events = sum(1 for s in config.stages if s in ("drafter", "verifier"))
         player.wait_matched(images, events)
         finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=timeout_s, rate=rate)
-        verifier = pipeline.verifier
-        return PassOutput(finals, dict(verifier.finals), dict(verifier.inputs))
+        return {i: _final_fields(m) for i, m in finals.items() if m is not None}
     finally:
         if pipeline is not None:
             pipeline.close()
@@ -258,42 +327,50 @@ def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: An
             rclpy.shutdown(context=context)
 
 
-def _verifier_ms(u: Any) -> dict[str, float]:
-    """The verifier's own time on a round: prefill, verification passes, waiting for drafts."""
-    return {"prefill": u.latency_prefill_ms, "verify": u.latency_verify_ms,
-            "draft_wait": u.latency_wait_ms - u.input_wait_ms}
+def _process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None,
+                    timeout_s: float) -> tuple[dict[int, Any], dict[int, Any]]:
+    """The cascade's stages and the verifier alone as separate processes (as on a robot), fed scene
+    by scene in turn, so whatever else this machine does hits both runs alike."""
+    from cascade_sd_ros.tools.stage_processes import StageProcesses
+    from cascade_sd_ros.tools.stage_taps import StageTaps
+
+    base = f"/cascade_sd_demo_{os.getpid()}"
+    runs = {"cascade": (config, f"{base}/cascade"), "alone": (alone_config, f"{base}/alone")}
+    finals: dict[str, dict[int, Any]] = {"cascade": {}, "alone": {}}
+    with StageProcesses() as procs, StageTaps() as taps:
+        for name, (cfg, ns) in runs.items():
+            procs.start(cfg, ns, tag=name)
+            taps.add(name, ns, cfg.stages)
+        taps.wait_ready(procs, timeout_s=max(timeout_s, 120.0))
+        order = list(runs)
+        for i, scene in enumerate(scenes):
+            for name in order if i % 2 == 0 else order[::-1]:  # neither run always goes first
+                taps.play(name, scene, rounds, rate)
+                if i == 0:
+                    continue
+                msg = taps.wait_final(name, rounds.round_ids[i - 1], timeout_s, procs)
+                if msg is not None:
+                    finals[name][i - 1] = _final_fields(msg)
+    return finals["cascade"], finals["alone"]
 
 
-def _scene_result(index: int, truth: str, cascade: PassOutput, alone: PassOutput, round_id: int, target: Any,
-                  max_new_tokens: int) -> SceneResult:
-    import torch
-
-    from cascade_sd_ros.core.spec.engine import target_only_greedy
-
-    msg = cascade.finals.get(index)
-    if msg is None:
-        return SceneResult(index, None, truth, None, None,
-                           {"drafter": None, "refiner": None, "drafter_by_refiner": None}, None, "", 0.0, 0.0,
-                           {}, 0, 0)
-    # by the verifier: drafts it checked itself, per stage (the drafter's only when the refiner was
-    # not there first); by the refiner: the drafter tokens it kept in the refiner drafts used
+def _scene_result(index: int, truth: str, casc: dict[str, Any] | None, alone: dict[str, Any] | None,
+                  bare_ms: float | None) -> SceneResult:
+    if casc is None:
+        return SceneResult(index, None, truth, None if alone is None else alone["text"], None,
+                           {"drafter": None, "refiner": None}, None,
+                           None if alone is None else _finite(alone["latency_caption_ms"]), {},
+                           {} if alone is None else alone["parts_ms"], bare_ms, "", 0, 0)
     acc: dict[str, float | None] = {
-        name: (msg.accepted_per_stage[s] / msg.drafted_per_stage[s] if msg.drafted_per_stage[s] else None)
+        name: (casc["accepted"][s] / casc["drafted"][s] if casc["drafted"][s] else None)
         for s, name in enumerate(("drafter", "refiner"))}
-    u = cascade.updates.get(round_id)
-    acc["drafter_by_refiner"] = (u.upstream_accepted / u.upstream_drafted
-                                 if u is not None and u.upstream_drafted else None)
-    inp = cascade.inputs.get(round_id)
-    alone_text, equal, casc_ms, parts = None, None, 0.0, {}
-    if inp is not None and u is not None:
-        # lossless means: exactly the verifier's own greedy caption on the clip the cascade used
-        with torch.inference_mode():
-            ids = target_only_greedy(target.adapter, target.context(inp.frames, inp.question), max_new_tokens)
-        alone_text = target.decode(ids)
-        equal = list(ids) == list(msg.token_ids)
-        parts = _verifier_ms(u)
-        casc_ms = sum(parts.values())
-    a = alone.updates.get(round_id)
-    alone_ms = sum(_verifier_ms(a).values()) if a is not None else 0.0
-    return SceneResult(index, msg.text, truth, alone_text, equal, acc, float(msg.latency_total_ms),
-                       msg.degraded_reason, casc_ms, alone_ms, parts, int(msg.target_forwards), len(msg.token_ids))
+    equal = None if alone is None else casc["token_ids"] == alone["token_ids"]
+    return SceneResult(index, casc["text"], truth, None if alone is None else alone["text"], equal, acc,
+                       _finite(casc["latency_caption_ms"]),
+                       None if alone is None else _finite(alone["latency_caption_ms"]), casc["parts_ms"],
+                       {} if alone is None else alone["parts_ms"], bare_ms,
+                       casc["degraded_reason"], casc["target_forwards"], len(casc["token_ids"]))
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

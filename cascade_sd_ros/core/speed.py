@@ -1,0 +1,84 @@
+"""The one speed figure: caption latency, the cascade against the verifier alone on the same rounds.
+
+Caption latency is what a robot waits: from the moment a round's inputs are all there (a frame past
+``T + slop`` on the verifier's clock, see ``RoundBook.mark_inputs_ready``) to its final
+``VerifiedCaption`` (``latency_caption_ms``). ``demo``, ``replay`` and the benches all compare the
+two runs with :func:`compare`, on the rounds both finished, and print the verifier-alone run beside
+the target's bare cost (no ROS, same machine) so a stalled reference cannot flatter the ratio.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Percentiles of caption latency over some rounds [ms]."""
+
+    n: int
+    p50_ms: float | None
+    p95_ms: float | None
+    mean_ms: float | None
+
+    @staticmethod
+    def of(values_ms: Iterable[float]) -> "Latency":
+        xs = sorted(float(v) for v in values_ms if v is not None and math.isfinite(float(v)))
+        if not xs:
+            return Latency(0, None, None, None)
+        return Latency(len(xs), _percentile(xs, 50), _percentile(xs, 95), sum(xs) / len(xs))
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"n": self.n, "p50_ms": _round(self.p50_ms), "p95_ms": _round(self.p95_ms),
+                "mean_ms": _round(self.mean_ms)}
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    """Cascade against the verifier alone, on the rounds both finished."""
+
+    cascade: Latency
+    alone: Latency
+    bare: Latency  # the target's own cost for the same captions, without ROS (None-filled if unmeasured)
+    speedup_p50: float | None  # alone p50 / cascade p50: > 1 means the cascade answers sooner
+    speedup_p95: float | None
+    alone_over_bare: float | None  # alone p50 / bare p50: near 1 means an honest reference
+
+    def to_dict(self) -> dict[str, object]:
+        return {"caption_latency_cascade": self.cascade.to_dict(), "caption_latency_alone": self.alone.to_dict(),
+                "target_bare": self.bare.to_dict(), "speedup_p50": _round(self.speedup_p50, 3),
+                "speedup_p95": _round(self.speedup_p95, 3), "alone_over_bare": _round(self.alone_over_bare, 3)}
+
+
+def compare(cascade_ms: Mapping[int, float], alone_ms: Mapping[int, float],
+            bare_ms: Mapping[int, float] | None = None) -> SpeedComparison:
+    """Caption latency per round id for both runs (and optionally the bare target's cost per round);
+    only rounds present and finite in both runs count."""
+    both = [r for r in cascade_ms if r in alone_ms and _finite(cascade_ms[r]) and _finite(alone_ms[r])]
+    c = Latency.of(cascade_ms[r] for r in both)
+    a = Latency.of(alone_ms[r] for r in both)
+    b = Latency.of((bare_ms or {}).get(r, math.nan) for r in both)
+    return SpeedComparison(c, a, b, _ratio(a.p50_ms, c.p50_ms), _ratio(a.p95_ms, c.p95_ms), _ratio(a.p50_ms, b.p50_ms))
+
+
+def _percentile(sorted_xs: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if len(sorted_xs) == 1:
+        return sorted_xs[0]
+    pos = (len(sorted_xs) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den is not None and den > 0 else None
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def _round(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None else round(float(x), digits)

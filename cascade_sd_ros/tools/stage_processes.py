@@ -1,0 +1,137 @@
+"""Stage nodes as separate processes, the way a robot runs them: each its own interpreter, talking
+over DDS only, started with ``python -m cascade_sd_ros.nodes.<node>`` and a parameters file.
+
+Used by ``demo`` (and by benches). Processes start in their own session (a terminal's Ctrl-C
+reaches only the parent, which stops them in order), die with their parent (``PR_SET_PDEATHSIG``,
+so a killed demo leaves no orphans), and stop with SIGINT, then SIGTERM, then SIGKILL.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from cascade_sd_ros.tools.pipeline import NODE_OF_STAGE, PipelineConfig
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the parent's stop() still ends the child
+
+
+@dataclass
+class StageProcess:
+    """One running stage node."""
+
+    stage: str
+    namespace: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class StageProcesses:
+    """A group of stage processes; a context manager that always stops what it started."""
+
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cascade_sd_stages_")))
+    procs: list[StageProcess] = field(default_factory=list)
+    torch_threads: int = 1
+
+    def start(self, config: PipelineConfig, namespace: str, *, tag: str = "") -> list[StageProcess]:
+        """Start ``config.stages`` under ``namespace`` (an absolute ROS namespace)."""
+        started = []
+        for stage in config.stages:
+            node = NODE_OF_STAGE[stage]
+            params = {p.name: p.value for p in config.overrides(stage)}
+            name = f"{tag or namespace.strip('/').replace('/', '_')}_{node}"
+            params_file = self.workdir / f"{name}.yaml"
+            params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": _plain(params)}}))
+            log_path = self.workdir / f"{name}.log"
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.torch_threads), "PYTHONUNBUFFERED": "1"}
+            cmd = [sys.executable, "-m", f"cascade_sd_ros.nodes.{node}", "--ros-args",
+                   "-r", f"__ns:={namespace}", "--params-file", str(params_file)]
+            with log_path.open("wb") as log:
+                popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+            proc = StageProcess(stage, namespace, popen, log_path)
+            self.procs.append(proc)
+            started.append(proc)
+        return started
+
+    def check_alive(self) -> None:
+        """RuntimeError naming a stage process that has exited, with the end of its log."""
+        for p in self.procs:
+            if not p.alive():
+                raise RuntimeError(f"stage {p.stage} ({p.namespace}) exited with status {p.popen.returncode}:\n"
+                                   f"{p.log_tail()}")
+
+    def stop(self, timeout_s: float = 5.0) -> dict[str, int | None]:
+        """SIGINT all, wait; then SIGTERM, then SIGKILL whatever is left. Returns exit codes."""
+        for p in self.procs:
+            if p.alive():
+                _signal_group(p.popen, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for p in self.procs:
+                try:
+                    p.popen.wait(timeout=max(deadline - time.monotonic(), 0.0))
+                except subprocess.TimeoutExpired:
+                    _signal_group(p.popen, sig)
+            deadline = time.monotonic() + 2.0
+        for p in self.procs:
+            try:
+                p.popen.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+        codes = {f"{p.namespace}/{p.stage}": p.popen.returncode for p in self.procs}
+        self.procs = []
+        return codes
+
+    def __enter__(self) -> "StageProcesses":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(popen.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter values as YAML scalars rcl parses back to the same types."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, (bool, int, float, str)):
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = list(v)
+        else:
+            raise ValueError(f"parameter {k}={v!r}: not a value a parameters file can carry")
+    return out
