@@ -238,3 +238,29 @@ def test_cuda_drafter_and_refiner_take_the_static_path_too() -> None:
         model = load_stage_model("tiny:0", role, device="cuda")
         assert model.backend.name == "cuda-graphs", role
         assert model.warm_up("q") is not None
+
+
+# ---------------------------------------------------------------------------------------- the bench
+@pytest.mark.ros
+def test_gpu_nodes_bench_dry_run(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/gpu_nodes.py's CPU-safe parts: the node's choice (fallback with its reason), and the
+    target through the transformers and static stage paths with equal float32 tokens."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_nodes.py"
+    spec = importlib.util.spec_from_file_location("gpu_nodes_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu_nodes.json"
+    assert module.main(["--dry-run", "--zoo-scenes", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["checks"]["all_ok"] and data["checks"]["target_tokens_equal"]
+    assert data["choice"]["target"]["backend"] == "transformers"
+    assert "needs CUDA" in data["choice"]["target"]["backend_reason"]
+    assert data["target"]["static"]["adapter"] == "StaticAdapter"
+    assert data["target"]["transformers"]["adapter"] == "HFAdapter"

@@ -19,6 +19,8 @@ FRAMES = np.zeros((8, 64, 64, 3), np.uint8)
         ("tiny:0", "critic", {}, ValueError, "role must be one of"),
         ("tiny:0", "target", {"dtype": "float8"}, ValueError, "dtype must be one of"),
         ("tiny:0", "target", {"device": "not-a-device"}, ValueError, "not a torch device"),
+        ("tiny:0", "target", {"backend": "onnx"}, ValueError, "backend must be one of"),
+        ("tiny:0", "target", {"max_new_tokens": 0}, ValueError, "max_new_tokens must be"),
         ("/nonexistent/zoo/target", "target", {}, FileNotFoundError, "target model folder /nonexistent/zoo/target"),
     ],
 )
@@ -31,6 +33,20 @@ def test_bad_sources_name_the_problem(source: str, role: str, kw: dict, error: t
 def test_cuda_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
         load_stage_model("tiny:0", "target", device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_static_backend_without_cuda_is_refused_before_loading() -> None:
+    with pytest.raises(ValueError, match="backend cuda-graphs for the refiner: device cpu: the static path needs CUDA"):
+        load_stage_model("/nonexistent/zoo/refiner", "refiner", backend="cuda-graphs")  # no folder read
+
+
+def test_zoo_stages_load_with_auto_dtype_and_backend() -> None:
+    for role in ("target", "refiner", "drafter"):
+        model = load_stage_model(default_stage_source(role), role)
+        assert model.adapter.model.dtype == torch.float32  # auto on a CPU
+        assert model.backend.name == "transformers"  # device cpu (the default)
+        assert model.warm_up_s is None
 
 
 def test_folder_without_preprocessor_is_rejected(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ class StageModel:
     build_context: Callable[[np.ndarray, str], StageContext]  # (uint8 [F,H,W,3] or [H,W,3], question)
     decode: Callable[[list[int]], str]  # caption token ids -> text
     backend: BackendChoice = BackendChoice("transformers", "built by the caller")
-    _warm: _WarmState = field(default_factory=_WarmState, repr=False, compare=False)
+    _warm: _WarmState = field(default_factory=_WarmState, init=False, repr=False, compare=False)
 
     def context(self, pixels: np.ndarray, question: str) -> StageContext:
         if self.role == "target":
