@@ -222,8 +222,9 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
         assert node.packets == N_PACKETS and node.frames == N_FRAMES
         assert doc["run"]["echo_timeouts"] == 0
     else:
-        # Paced: 1.19 s of bag at 4x, then the drain (settle 1 s); a loaded machine may add some.
-        assert 0.29 <= doc["run"]["wall_s"] - doc["run"]["drain_s"] < 3.0
+        # Paced: 1.19 s of bag at 4x cannot take less than 0.2975 s of wall time before the drain.
+        # A lower bound only: how much longer a loaded machine takes is a bench's figure, not a test's.
+        assert doc["run"]["wall_s"] - doc["run"]["drain_s"] >= 0.29
     assert doc["run"]["published"] == {"/event_camera/events": N_PACKETS, "/camera/image_raw": N_FRAMES,
                                        "/ground_truth": 1}
     assert doc["run"]["recorded_topics"] == ["/cascade/caption", "/cascade/drafts"]

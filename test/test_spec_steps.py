@@ -10,6 +10,7 @@ import torch
 
 from cascade_sd_ros.core.spec import (
     CascadeDecoder,
+    HFAdapter,
     DraftLengthController,
     LevelRule,
     StageContext,
@@ -142,10 +143,22 @@ def test_cache_crop_validates_length(tm: TinyModels, ref: list[int]) -> None:
 
 def test_propose_stops_after_eos_and_handles_zero_k(tm: TinyModels, ref: list[int]) -> None:
     assert tm.target.propose([], 0).token_ids == []
-    prop = tm.target.propose([], MAX_NEW + 5)
-    if EOS_ID in ref:
-        assert prop.token_ids == ref
+    # the tiny target never says EOS on this context: a proposal runs the whole k, greedy
+    assert EOS_ID not in ref
+    prop = tm.target.propose([], MAX_NEW)
+    assert prop.token_ids == ref
     assert len(prop.probs) == len(prop.token_ids) and all(0 < p <= 1 for p in prop.probs)
+    # the same model with one of its own greedy tokens as EOS: the proposal ends right after it
+    eos = ref[3]
+    stop = ref.index(eos) + 1
+    assert stop < MAX_NEW  # the EOS check is reached before k runs out
+    same = HFAdapter(tm.target.model, name="target-eos", modality="video", eos_token_id=eos)
+    same.prefill(tm.make_contexts(0).target)
+    prop = same.propose([], MAX_NEW + 5)
+    assert prop.token_ids == ref[:stop] and prop.token_ids[-1] == eos
+    assert len(prop.probs) == stop and all(0 < p <= 1 for p in prop.probs)
+    # and after a prefix, from the middle of the caption
+    assert same.propose(ref[:1], MAX_NEW).token_ids == ref[1:stop]
 
 
 # ------------------------------------------------------------------ verifier step corner cases
