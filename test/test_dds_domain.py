@@ -134,3 +134,19 @@ def test_stop_takes_the_whole_group() -> None:
     while processes.leftovers(before, session) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes.leftovers(before, session) == {}
+
+
+def test_a_fixture_owned_process_may_outlive_the_test() -> None:
+    session = os.environ[processes.SESSION_MARKER]
+    before = processes.session_pids(session)
+    owned = processes.start(["/bin/sh", "-c", "sleep 300 & wait"], outlives_test=True)
+    plain = processes.start(["sleep", "300"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(processes.session_pids(session) - before) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = processes.leftovers(before, session)
+        assert set(left) == {plain.pid}  # the owned group (shell and its sleep) is not reported
+    finally:
+        processes.kill(owned)
+        processes.kill(plain)

@@ -22,9 +22,17 @@ SESSION_MARKER = "CASCADE_SD_TEST_SESSION"
 LONG_LIVED = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "compile_worker")
 
 
-def start(args: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+# Started with outlives_test=True (by a module- or session-scoped fixture that stops them itself,
+# or a test that restarts a process such a fixture owns): the guard leaves their groups alone.
+_FIXTURE_GROUPS: set[int] = set()
+
+
+def start(args: Sequence[str], *, outlives_test: bool = False, **kwargs: Any) -> subprocess.Popen:
     """``subprocess.Popen`` in a new session (process group id == the child's pid)."""
-    return subprocess.Popen(list(args), start_new_session=True, **kwargs)
+    proc = subprocess.Popen(list(args), start_new_session=True, **kwargs)
+    if outlives_test:
+        _FIXTURE_GROUPS.add(proc.pid)
+    return proc
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -75,7 +83,16 @@ def _marked_processes(marker_value: str) -> Iterator[tuple[int, str]]:
 def leftovers(before: set[int], marker_value: str) -> dict[int, str]:
     """pid -> command line of this session's running processes not in ``before`` (library helpers aside)."""
     return {pid: cmd for pid, cmd in _marked_processes(marker_value)
-            if pid not in before and not any(name in cmd for name in LONG_LIVED)}
+            if pid not in before and not any(name in cmd for name in LONG_LIVED) and not _in_fixture_group(pid)}
+
+
+def _in_fixture_group(pid: int) -> bool:
+    if not _FIXTURE_GROUPS:
+        return False
+    try:
+        return os.getpgid(pid) in _FIXTURE_GROUPS
+    except ProcessLookupError:
+        return False
 
 
 def session_pids(marker_value: str) -> set[int]:
