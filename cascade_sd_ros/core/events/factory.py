@@ -39,6 +39,22 @@ _DECODERS: dict[str, type] = {
 }
 
 
+#: How far decoded time may step back [µs] without a ``time_resyncs`` count, per encoding: EVT 3.0
+#: TIME_HIGH jitter (10 steps of 4096 µs) plus a TIME_LOW step back (< 4096 µs); EVT 2.0 the 6
+#: time bits of an event word; libcaer_cmp a TIME_LOW step back; none for libcaer, mono, trigger.
+#: Anything further back is counted: in the call that returns the earlier event, or in a call
+#: since the last event was returned (a corrupt time word can end a call, e.g. at ``until_t_us``);
+#: the fuzz tests and ``bench/fuzz_decoders.py`` check exactly this.
+UNFLAGGED_BACKWARD_US: dict[str, int] = {
+    "evt3": 10 * 4096 + 4095,
+    "evt2": 63,
+    "libcaer_cmp": 4095,
+    "libcaer": 0,
+    "mono": 0,
+    "trigger": 0,
+}
+
+
 def supported_encodings() -> tuple[str, ...]:
     return tuple(_DECODERS)
 
