@@ -25,8 +25,10 @@ EXECUTABLES = ["lib/cascade_sd_ros/event_drafter", "lib/cascade_sd_ros/frame_ref
 
 
 def _run(args: list[str], env: dict[str, str], log: Path) -> None:
+    # cwd: ament's symlink install writes symlink_install_manifest.txt into the working directory
     with log.open("a") as out:
-        done = subprocess.run(args, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False)
+        done = subprocess.run(args, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                              check=False)
     assert done.returncode == 0, f"{' '.join(args[:3])}... failed:\n" + log.read_text()[-3000:]
 
 
@@ -71,6 +73,7 @@ def test_installed_executables_have_the_run_bit(installs: dict[str, Path], mode:
         assert mode_bits & stat.S_IXUSR and mode_bits & stat.S_IXOTH, f"{mode}: {rel} is {stat.filemode(mode_bits)}"
         assert os.access(path, os.X_OK)
         assert path.read_text().startswith("#!/usr/bin/env python3\n")
+    assert not (ROOT / "symlink_install_manifest.txt").exists()  # nothing written into the clone
 
 
 @pytest.mark.parametrize("mode", ["plain", "symlink"])
