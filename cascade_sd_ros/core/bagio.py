@@ -187,6 +187,12 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def storage_kind(path: str | Path) -> str:
+    """What a file is, by its first bytes: ``mcap``, ``sqlite3``, ``zstd`` (file-compressed),
+    ``empty`` or ``unknown``."""
+    return _sniff(Path(path))
+
+
 def _decompress_file(src: Path, dst: Path) -> str | None:
     """zstd-decompress ``src`` into ``dst``; returns why it stopped early (None: complete)."""
     dec = zstd.ZstdDecompressor()

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         zoo = load_zoo(root)
     except (ZooFolderError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"cascade-sd eval-zoo: error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()
     report = evaluate_zoo(zoo, args.scenes, args.seed, gamma=args.gamma, max_new_tokens=args.max_new_tokens)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 if TYPE_CHECKING:  # the heavy modules load only when the command runs
+    from cascade_sd_ros.core.bagio import ReadReport
     from cascade_sd_ros.core.synth.clocks import ClockModel
     from cascade_sd_ros.core.synth.esim import EsimConfig
     from cascade_sd_ros.core.synth.packets import PacketConfig
@@ -82,12 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-speed", action="store_true", help="captions say 'fast' / 'slowly'")
 
 
-def _bag_frames(path: Path, topic: str) -> Iterator[tuple[int, np.ndarray]]:
+def _bag_frames(path: Path, topic: str, report: ReadReport) -> Iterator[tuple[int, np.ndarray]]:
+    """The frames of a bag's RGB topic; a damaged bag gives those before the damage (in ``report``)."""
     from cascade_sd_ros.core import bagio
     from cascade_sd_ros.ros.image import image_to_rgb8
 
     first: int | None = None
-    for _topic, msgtype, t_ns, msg in bagio.iter_messages(path, [topic]):
+    for _topic, msgtype, t_ns, msg in bagio.iter_messages(path, [topic], report=report):
         if msgtype != "sensor_msgs/msg/Image":
             raise bagio.BagError(f"{path}: topic {topic} is {msgtype}, not sensor_msgs/msg/Image")
         stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
@@ -97,7 +99,10 @@ def _bag_frames(path: Path, topic: str) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def _is_bag(path: Path) -> bool:
-    return (path.is_dir() and (path / "metadata.yaml").is_file()) or path.suffix in (".mcap", ".db3")
+    """A rosbag2 folder or storage file (by its first bytes: a renamed .mcap is still a bag)."""
+    from cascade_sd_ros.core import bagio
+
+    return path.is_dir() or path.suffix in (".mcap", ".db3") or (path.is_file() and bagio.storage_kind(path) != "unknown")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,31 +113,38 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists():
-        print(f"make-bag: {out} exists; choose a new folder", file=sys.stderr)
+        print(f"cascade-sd make-bag: error: {out} exists; choose a new folder", file=sys.stderr)
         return 2
     if (args.width is None) != (args.height is None):
-        print("make-bag: give both --width and --height, or neither", file=sys.stderr)
+        print("cascade-sd make-bag: error: give both --width and --height, or neither", file=sys.stderr)
         return 2
     if not 0 <= args.seed < 2**63:
-        print(f"make-bag: --seed must be in [0, 2**63), got {args.seed}", file=sys.stderr)
+        print(f"cascade-sd make-bag: error: --seed must be in [0, 2**63), got {args.seed}", file=sys.stderr)
         return 2
+    from cascade_sd_ros.core.bagio import ReadReport
+
+    report = ReadReport()
     try:
         clocks = ClockModel(int(round(args.event_offset_ms * 1e6)), args.jitter_ms, args.drop_rate)
         esim = EsimConfig(threshold_on=args.threshold, threshold_off=args.threshold, noise_rate_hz=args.noise_hz)
         packets = PacketConfig(time_threshold_us=max(1, int(round(args.packet_ms * 1000))))
-        scenes = _scenes(args, clocks, esim, packets)
+        scenes = _scenes(args, clocks, esim, packets, report)
         started = time.perf_counter()
         count = write_scene_bag(out, scenes, storage=args.storage)
     except (ValueError, OSError) as err:  # bad input file or parameter combination: named in the message
         if out.exists():  # a half-written bag of ours (OUT did not exist before): leave nothing behind
             shutil.rmtree(out)
-        print(f"make-bag: {err}", file=sys.stderr)
+        print(f"cascade-sd make-bag: error: {err}", file=sys.stderr)
         return 2
     print(f"make-bag: wrote {count} messages to {out} ({args.storage}) in {time.perf_counter() - started:.1f} s")
+    if report.partial:  # a damaged --from-video bag: the frames before the damage were used
+        print(f"cascade-sd make-bag: partial: {report.summary()}", file=sys.stderr)
+        return 3
     return 0
 
 
-def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, packets: PacketConfig) -> Iterator[SceneData]:
+def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, packets: PacketConfig,
+            report: ReadReport) -> Iterator[SceneData]:
     if args.from_video is None:
         from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
 
@@ -147,7 +159,7 @@ def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, pack
     source = Path(args.from_video)
     if not source.exists():
         raise ValueError(f"--from-video: no such file or bag: {source}")
-    frames = _bag_frames(source, args.image_topic) if _is_bag(source) else read_video(source)
+    frames = _bag_frames(source, args.image_topic, report) if _is_bag(source) else read_video(source)
     config = VideoStreamConfig(seed=args.seed, chunk_s=args.duration, height=args.height, width=args.width,
                                esim=esim, clocks=clocks, packets=packets, interpolation=args.interpolation)
     return frames_to_stream(frames, config)

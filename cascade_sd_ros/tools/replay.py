@@ -207,6 +207,8 @@ def _parse_models(specs: list[str]) -> dict[str, str]:
         role, sep, source = spec.partition("=")
         if not sep or role not in roles or not source:
             raise ReplayInputError(f"--model {spec!r}: expected ROLE=SOURCE with ROLE one of {', '.join(roles)}")
+        if not source.startswith("tiny:") and not Path(source).is_dir():  # refused before any node starts
+            raise ReplayInputError(f"--model {spec!r}: the {role} model folder {source} does not exist")
         models[role] = source
     return models
 

@@ -1,9 +1,13 @@
 """`cascade-sd train`: train the tiny model zoo (target, refiner, drafter) on synthetic scenes.
 
 Renders the dataset once (cached as .npz under --data-dir), trains each stage with teacher-forced
-cross-entropy on caption tokens, saves it as a Hugging Face folder under --out (default: the zoo
-shipped in the package), checks it on held-out scenes, and plots the loss curves to --plot.
-Reproducible from --seed on a given machine; --max-minutes caps each stage's wall time.
+cross-entropy on caption tokens, saves it as a Hugging Face folder under --out, checks it on
+held-out scenes, and plots the loss curves to --plot. Reproducible from --seed on a given machine;
+--max-minutes caps each stage's wall time.
+
+Nothing it did not make is replaced without being asked: --out is required, a folder inside the
+installed package (the shipped zoo) takes --force, and stage folders already in --out are replaced
+only with --resume (which continues from them) or --force.
 """
 from __future__ import annotations
 
@@ -13,28 +17,38 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "check_out"]
 
 _STAGE_CHOICES = ("target", "refiner", "drafter", "all")
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
@@ -42,7 +56,10 @@ def _positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=_STAGE_CHOICES, default="all", help="which stage(s) to train")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of data, init and batches")
-    parser.add_argument("--out", type=Path, default=None, help="zoo folder to write (default: the packaged zoo)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="zoo folder to write (a folder inside the package, e.g. the shipped zoo, needs --force)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace stage folders already in --out, or write into the package's own zoo")
     parser.add_argument("--data-dir", type=Path, default=Path("build/zoo-data"), help="dataset cache folder")
     parser.add_argument("--samples", type=_positive_int, default=30000, help="training clips (target, refiner)")
     parser.add_argument("--event-samples", type=_positive_int, default=8000,
@@ -67,21 +84,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def check_out(out: Path, stages: tuple[str, ...], *, force: bool, keep_ok: bool = False, what: str = "training") -> str | None:
+    """Why writing ``stages`` into ``out`` would destroy what this run did not make (None: it would not).
+
+    A folder inside the installed package (the shipped zoo) and stage folders already in ``out``
+    are replaced only with ``force`` (existing stage folders also with ``keep_ok``: --resume)."""
+    resolved = out.resolve()
+    if out.exists() and not out.is_dir():
+        return f"--out {out} exists and is not a folder"
+    package = _package_dir()
+    if not force and (resolved == package or package in resolved.parents):
+        return (f"--out {out} is inside the installed package ({package}); {what} there replaces the shipped "
+                "zoo: choose another folder, or add --force")
+    existing = [s for s in stages if (out / s).exists()]
+    if existing and not (force or keep_ok):
+        return (f"--out {out} already holds {', '.join(existing)}; {what} would replace "
+                f"{'it' if len(existing) == 1 else 'them'}: choose a new folder, or add --force")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    stages = ("target", "refiner", "drafter") if args.stage == "all" else (args.stage,)
+    if args.max_minutes is not None and len(args.max_minutes) not in (1, 3):
+        print("cascade-sd train: error: --max-minutes takes one value or three (target refiner drafter)", file=sys.stderr)
+        return 2
+    why = check_out(args.out, stages, force=args.force, keep_ok=args.resume)
+    if why is not None:
+        print(f"cascade-sd train: error: {why}", file=sys.stderr)
+        return 2
     import torch
 
     from cascade_sd_ros.core.zoo.pipeline import TrainSettings, train_zoo
 
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {args.device} but CUDA is not available", file=sys.stderr)
+        print(f"cascade-sd train: error: --device {args.device} but CUDA is not available", file=sys.stderr)
         return 2
-    stages = ("target", "refiner", "drafter") if args.stage == "all" else (args.stage,)
     budgets = None
     if args.max_minutes is not None:
-        if len(args.max_minutes) not in (1, 3):
-            print("error: --max-minutes takes one value or three (target refiner drafter)", file=sys.stderr)
-            return 2
         values = args.max_minutes * 3 if len(args.max_minutes) == 1 else args.max_minutes
         budgets = dict(zip(("target", "refiner", "drafter"), values))
     settings = TrainSettings(
