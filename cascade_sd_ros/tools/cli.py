@@ -52,10 +52,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     return parser, sub
 
 
+def _is_input_error(exc: BaseException) -> bool:
+    """Bad input rather than a bug: what parsers of paths, values and files raise."""
+    return isinstance(exc, (ValueError, OSError)) or type(exc).__module__.split(".")[0] == "safetensors"
+
+
 def _one_line(exc: BaseException) -> str:
-    """The exception as one line: its own words, else its type."""
+    """The exception as one line: its own words (with its type where they are not enough)."""
     text = " ".join(str(exc).split())
-    if isinstance(exc, (KeyError, LookupError, AttributeError, TypeError, AssertionError)) or not text:
+    if not isinstance(exc, (ValueError, OSError)) or not text:
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
         return f"{text}: {exc.filename}"
@@ -85,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the command line's edge: one line, the traceback only with --debug
         if debug:
             raise
-        print(f"cascade-sd {name}: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        if _is_input_error(exc):  # bad input, named by whoever raised it
+            print(f"cascade-sd {name}: error: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"cascade-sd {name}: internal error: {_one_line(exc)} (--debug shows the traceback)",
+                  file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -23,7 +23,7 @@ from cascade_sd_ros.core.events import EventDecodeError, supported_encodings
 from cascade_sd_ros.core.events.sources import RAW_SUFFIX, Packet, event_topic, iter_packets
 from cascade_sd_ros.core.events.stats import compute_stats, decode_all
 
-EXIT_ERROR, EXIT_PARTIAL = 1, 3
+EXIT_PARTIAL = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,25 +69,22 @@ def _check_output(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors (EventDecodeError, BagError, OSError) reach the command line's edge: one line."""
     from cascade_sd_ros.core import bagio
 
     report = bagio.ReadReport()
-    try:
-        if args.action == "decode":
-            _check_output(args.output)
-            if args.triggers is not None:
-                _check_output(args.triggers)
-        if args.path.suffix == RAW_SUFFIX or not args.path.exists():
-            result = _compute(args, iter_packets(args.path, args.topic, args.encoding))
-        else:
-            if args.encoding is not None and args.encoding not in supported_encodings():
-                raise EventDecodeError(f"unknown event encoding {args.encoding!r}")
-            with bagio.open_bag(args.path) as bag:
-                result = _compute(args, bag_packets(bag, args.topic, args.encoding, report))
-                report.damage.extend(bag.damage)
-    except (EventDecodeError, OSError, ValueError) as err:  # BagError is a ValueError
-        print(f"cascade-sd events: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return EXIT_ERROR
+    if args.action == "decode":
+        _check_output(args.output)
+        if args.triggers is not None:
+            _check_output(args.triggers)
+    if args.path.suffix == RAW_SUFFIX or not args.path.exists():
+        result = _compute(args, iter_packets(args.path, args.topic, args.encoding))
+    else:
+        if args.encoding is not None and args.encoding not in supported_encodings():
+            raise EventDecodeError(f"unknown event encoding {args.encoding!r}")
+        with bagio.open_bag(args.path) as bag:
+            result = _compute(args, bag_packets(bag, args.topic, args.encoding, report))
+            report.damage.extend(bag.damage)
     if report.partial:
         result["partial"] = {"damage": [str(d) for d in report.damage], "corrupt_records": report.corrupt}
     print(json.dumps(result, indent=2 if args.action == "stats" else None))
