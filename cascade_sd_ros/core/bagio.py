@@ -532,7 +532,7 @@ def _sqlite_cut(path: Path) -> tuple[int, int, int] | None:
 class _SqliteFile:
     """One rosbag2 sqlite3 storage file, read-only (a WAL beside it is replayed in a copy)."""
 
-    def __init__(self, path: Path, label: Path, workdir: Path) -> None:
+    def __init__(self, path: Path, label: Path, workdir: Path, count: bool = True) -> None:
         self.path, self.label = path, label
         self.cut = _sqlite_cut(path)
         wal = Path(f"{path}-wal")
@@ -573,9 +573,10 @@ class _SqliteFile:
         except sqlite3.DatabaseError:  # older bags (schema < 4) have no definitions: the package's are used
             pass
         self.counts: dict[int, int] = {}
-        try:
-            self.counts = {int(r[0]): int(r[1]) for r in
-                           self.db.execute("SELECT topic_id, COUNT(*) FROM messages GROUP BY topic_id")}
+        try:  # a table scan: only where no metadata.yaml gives the counts
+            if count:
+                self.counts = {int(r[0]): int(r[1]) for r in
+                               self.db.execute("SELECT topic_id, COUNT(*) FROM messages GROUP BY topic_id")}
         except sqlite3.DatabaseError:
             pass
         self.last_cut: _Cut | None = None
@@ -619,8 +620,9 @@ class Bag:
     (grows while :meth:`messages` runs into damage).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, quiet: bool = False) -> None:
         self.path = Path(path)
+        self.quiet = quiet  # notes are kept in .notes but not logged (a bag opened again by the same run)
         if not self.path.exists():
             raise BagError(f"no such bag: {self.path}")
         if not (self.path.is_dir() or self.path.is_file()):
@@ -660,7 +662,8 @@ class Bag:
     def _note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
-            _LOG.warning("%s", text)
+            if not self.quiet:
+                _LOG.warning("%s", text)
 
     def _hurt(self, file: Path, cut: _Cut, before: int = 0) -> None:
         self._damage.setdefault((str(file), cut.offset), Damage(file, cut.reason, cut.offset, before))
@@ -740,7 +743,7 @@ class Bag:
                 continue
             try:
                 handle: _McapFile | _SqliteFile = (_McapFile(actual, path) if kind == "mcap"
-                                                   else _SqliteFile(actual, path, self._workdir()))
+                                                   else _SqliteFile(actual, path, self._workdir(), count=not meta_topics))
             except _Cut as cut:
                 self._hurt(path, cut)
                 continue
@@ -855,9 +858,10 @@ class Bag:
                                 f"{connection.msgtype} ({type(err).__name__})") from err
 
 
-def open_bag(path: str | Path) -> Bag:
-    """An unopened :class:`Bag` for a rosbag2 folder or a single storage file."""
-    return Bag(path)
+def open_bag(path: str | Path, quiet: bool = False) -> Bag:
+    """An unopened :class:`Bag` for a rosbag2 folder or a single storage file (``quiet``: its notes
+    are not logged, for a bag this run has opened before)."""
+    return Bag(path, quiet)
 
 
 open_reader = open_bag  # the name replay code used before

@@ -148,12 +148,13 @@ def _stamp_ns(t: Any) -> int:
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[bagio.Bag]:
-    """An opened bagio reader; any failure to open is a ReplayInputError naming the bag."""
+def _open(path: Path, quiet: bool = True) -> Iterator[bagio.Bag]:
+    """An opened bagio reader; any failure to open is a ReplayInputError naming the bag. Its notes
+    (definitions assumed, files found by content) are said by the scan, not again by each read."""
     if not path.exists():
         raise ReplayInputError(f"bag {path} does not exist")
     try:
-        reader = bagio.open_bag(path)
+        reader = bagio.open_bag(path, quiet=quiet)
         reader.open()
     except (bagio.BagError, OSError) as exc:
         raise ReplayInputError(f"cannot open {path} as a rosbag2 (sqlite3 or MCAP): {exc}") from exc
@@ -171,7 +172,7 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
     storage_error: str | None = None
     corrupt_at: set[tuple[str, int]] = set()
     start = end = None
-    with _open(path) as reader:
+    with _open(path, quiet=False) as reader:
         for conn in reader.connections:
             if conn.topic not in topics:
                 topics[conn.topic] = TopicInfo(conn.topic, remaps.get(conn.topic, conn.topic), conn.msgtype,
