@@ -379,7 +379,8 @@ def test_cut_anywhere_gives_an_exact_prefix(compression: str, fraction: float, t
 
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
-def test_a_corrupt_chunk_stops_reading_there_and_says_so(compression: str, tmp_path: Path,
+@pytest.mark.parametrize("indexed", [True, False], ids=["indexed", "cut-too"])
+def test_a_corrupt_chunk_stops_reading_there_and_says_so(compression: str, indexed: bool, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     records = recording()
     bag = write_robot_bag(tmp_path / "bag", records, compression=compression, renamed=False)
@@ -389,6 +390,8 @@ def test_a_corrupt_chunk_stops_reading_there_and_says_so(compression: str, tmp_p
     data = bytearray(mcap.read_bytes())
     middle = index[k].chunk_start_offset + index[k].chunk_length // 2
     data[middle:middle + 8] = bytes(b ^ 0x5A for b in data[middle:middle + 8])
+    if not indexed:  # no summary either: the file is read record by record
+        data = data[:index[-1].chunk_start_offset + 30]
     mcap.write_bytes(bytes(data))
     got, err = stats(capsys, bag, code=3)
     assert {k_: got[k_] for k_ in ("packets", "on", "off")} == expect(events_before(records, index[k].message_start_time))
@@ -466,3 +469,29 @@ def test_split_bag_files_are_read_in_order(tmp_path: Path) -> None:
     got = [(t, ts) for t, _ty, ts, _m in bagio.iter_messages(bag)]
     assert got == [(t, ts) for t, _ty, ts, _r in records]
     shutil.rmtree(bag)
+
+
+def test_a_recorder_killed_in_wal_mode_loses_no_committed_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """rosbag2's resilient sqlite3 preset writes through a WAL; a killed recorder leaves it beside the .db3."""
+    import sqlite3
+
+    records = recording()
+    bag = write_sqlite_bag(tmp_path / "bag", records[:60])
+    (db3,) = bag.glob("*.db3")
+    live = sqlite3.connect(db3)
+    live.execute("PRAGMA journal_mode=WAL")
+    live.execute("PRAGMA wal_autocheckpoint=0")
+    topic_ids = dict(live.execute("SELECT name, id FROM topics"))
+    live.executemany("INSERT INTO messages (topic_id, timestamp, data) VALUES (?, ?, ?)",
+                     [(topic_ids[t], ts, raw) for t, _ty, ts, raw in records[60:]])
+    live.commit()
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for f in bag.iterdir():  # what is on disk while the recorder still runs: db3, -wal, -shm
+        shutil.copy(f, killed / f.name)
+    live.close()
+    assert (killed / f"{db3.name}-wal").stat().st_size > 0
+    found = {p.name: p.read_bytes() for p in killed.iterdir()}
+    got, _ = stats(capsys, killed)
+    assert {k: got[k] for k in ("packets", "on", "off")} == expect(N_PACKETS)  # not only the first 60 records
+    assert {p.name: p.read_bytes() for p in killed.iterdir()} == found  # the WAL replays in a copy

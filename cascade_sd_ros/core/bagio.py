@@ -340,6 +340,7 @@ class _McapFile:
         self.channels: dict[int, tuple[str, int, dict[str, str]]] = {}  # id -> (topic, schema id, metadata)
         self.counts: dict[int, int] = {}  # channel id -> messages (statistics)
         self.chunk_index: list[tuple[int, int, int]] = []  # (message_start_time, offset, length)
+        self.last_cut: _Cut | None = None  # where the last read of its messages stopped early
         self.indexed = self._read_summary()
 
     def _read_summary(self) -> bool:
@@ -376,8 +377,11 @@ class _McapFile:
                         cid, count = struct.unpack_from("<HQ", body, off)
                         self.counts[cid] = count
                         off += 10
-        except struct.error:
-            self.schemas.clear(), self.channels.clear(), self.counts.clear(), self.chunk_index.clear()
+        except struct.error:  # a damaged summary: read the data section instead
+            self.schemas.clear()
+            self.channels.clear()
+            self.counts.clear()
+            self.chunk_index.clear()
             return False
         return bool(self.channels)
 
@@ -408,15 +412,15 @@ class _McapFile:
                 return
             pos += 9 + length
 
-    def _scan_definitions(self) -> _Cut | None:
-        """Schemas and channels of a file without a usable summary (one pass)."""
+    def scan_definitions(self) -> _Cut | None:
+        """Schemas and channels of a file without a usable summary (one pass over its data)."""
         for _ in self._sequential(define_only=True):
             pass
-        return self._last_cut
+        return self.last_cut
 
     def _sequential(self, define_only: bool = False) -> Iterator[tuple[int, int, memoryview]]:
-        """(log_time, channel id, data) in file order (each chunk by log time); sets _last_cut."""
-        self._last_cut: _Cut | None = None
+        """(log_time, channel id, data) in file order (each chunk by log time); sets last_cut."""
+        self.last_cut = None
         with self.path.open("rb") as f:
             try:
                 for pos, opcode, body, complete in self._top_records(f):
@@ -440,7 +444,7 @@ class _McapFile:
                     except _Cut as cut:
                         raise _Cut(pos if cut.offset is None else cut.offset, cut.reason) from None
             except _Cut as cut:
-                self._last_cut = cut
+                self.last_cut = cut
 
     def _chunk_messages(self, raw: bytes, define_only: bool) -> Iterator[tuple[int, int, memoryview]]:
         messages = []
@@ -459,13 +463,13 @@ class _McapFile:
 
     def _indexed(self) -> Iterator[tuple[int, int, memoryview]]:
         """Messages in log-time order through the chunk index (overlapping chunks merged)."""
-        self._last_cut = None
+        self.last_cut = None
         chunks = sorted(self.chunk_index)
-        heap: list[tuple[int, int, int, Iterator[tuple[int, int, memoryview]]]] = []
+        heap: list[tuple[int, int, int, _Head]] = []  # (log_time, chunk offset, channel id, rest of the chunk)
         i = 0
         with self.path.open("rb") as f:
             while i < len(chunks) or heap:
-                while i < len(chunks) and self._last_cut is None and (not heap or chunks[i][0] <= heap[0][0]):
+                while i < len(chunks) and self.last_cut is None and (not heap or chunks[i][0] <= heap[0][0]):
                     _start, offset, length = chunks[i]
                     i += 1
                     try:
@@ -477,16 +481,16 @@ class _McapFile:
                         raw, _ = _chunk_payload(memoryview(f.read(rec_len)), True)
                         messages = iter(list(self._chunk_messages(raw, False)))
                     except _Cut as cut:
-                        self._last_cut = _Cut(offset, cut.reason)
+                        self.last_cut = _Cut(offset, cut.reason)
                         break
                     except (struct.error, zstd.ZstdError, RuntimeError, ValueError) as err:
-                        self._last_cut = _Cut(offset, f"chunk is corrupt ({type(err).__name__}: {err})")
+                        self.last_cut = _Cut(offset, f"chunk is corrupt ({type(err).__name__}: {err})")
                         break
                     first = next(messages, None)
                     if first is not None:
                         heapq.heappush(heap, (first[0], offset, first[1], _Head(first, messages)))
                 if not heap:
-                    if self._last_cut is not None:
+                    if self.last_cut is not None:
                         return
                     continue
                 log_time, offset, cid, head = heapq.heappop(heap)
@@ -501,6 +505,8 @@ class _McapFile:
 
 @dataclass(eq=False)
 class _Head:
+    """The next message of one chunk in the merge heap, and the chunk's messages after it."""
+
     first: tuple[int, int, memoryview]
     rest: Iterator[tuple[int, int, memoryview]]
 
@@ -508,7 +514,7 @@ class _Head:
     def data(self) -> memoryview:
         return self.first[2]
 
-    def __lt__(self, other: _Head) -> bool:  # ties in (time, offset, channel): keep order stable
+    def __lt__(self, other: _Head) -> bool:  # never decides: heap keys hold each chunk's own offset
         return False
 
 
@@ -753,7 +759,7 @@ class Bag:
             self._files.append(handle)
             if isinstance(handle, _McapFile):
                 if not handle.indexed:
-                    cut = handle._scan_definitions()
+                    cut = handle.scan_definitions()
                     if cut is not None and not handle.channels:
                         self._hurt(path, cut)
                 local = {}
@@ -842,7 +848,7 @@ class Bag:
                     except zstd.ZstdError:
                         raw = b""  # deserialize() reports it as a corrupt record
                 yield conn, t_ns, raw
-            cut = handle._last_cut if isinstance(handle, _McapFile) else handle.last_cut
+            cut = handle.last_cut
             if cut is not None:
                 self._hurt(handle.label, cut, count)
 
