@@ -495,3 +495,25 @@ def test_a_recorder_killed_in_wal_mode_loses_no_committed_message(tmp_path: Path
     got, _ = stats(capsys, killed)
     assert {k: got[k] for k in ("packets", "on", "off")} == expect(N_PACKETS)  # not only the first 60 records
     assert {p.name: p.read_bytes() for p in killed.iterdir()} == found  # the WAL replays in a copy
+
+
+def test_replay_exits_3_on_a_damaged_bag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's exit status from the scan's figures (the playback itself is test_replay_player's)."""
+    from types import SimpleNamespace
+
+    from cascade_sd_ros.tools import replay
+    from cascade_sd_ros.tools.replay_source import scan_bag
+
+    bag = write_robot_bag(tmp_path / "bag", renamed=False)
+    (mcap,) = bag.glob("*.mcap")
+    mcap.write_bytes(mcap.read_bytes()[:chunks(mcap)[4].chunk_start_offset + 5])
+
+    def fake_run(settings: Any, *_: Any) -> Any:
+        report = {"summary": {"rounds": 0}, "input": scan_bag(settings.bag).to_dict()}
+        return SimpleNamespace(report=report, out_dir=settings.out_dir, output_bag=settings.out_dir / "output")
+
+    monkeypatch.setattr(replay, "run_replay", fake_run)
+    assert main(["replay", str(bag), "--out", str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err
+    assert "partial: " in err and "cut short" in err and "Traceback" not in err

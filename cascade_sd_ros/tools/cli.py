@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd_parser = OneLineParser(prog=f"cascade-sd {name}", description=COMMANDS[name][1])
         module.add_arguments(cmd_parser)
         args = cmd_parser.parse_args(rest)
+        args.debug = debug  # a command that reports its own errors re-raises them under --debug
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

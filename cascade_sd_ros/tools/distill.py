@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = distill_zoo(folders, students, out, settings, plot=args.plot)
     except (ZooFolderError, FileNotFoundError, ValueError) as exc:
+        if getattr(args, "debug", False):
+            raise
         return _error(str(exc))
     print(json.dumps(summary, indent=2))
     return 0

@@ -245,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:  # models, parameters: named by the loaders
+        if getattr(args, "debug", False):
+            raise
         print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
         return 1
     summ, inp = result.report["summary"], result.report["input"]
