@@ -142,7 +142,14 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
         v = w & 0xFFF
         y = (v & 0x7FF) if code == 0x0 else y
         low = v if code == 0x6 else low
-        if code == 0x8:
+        # A TIME_HIGH repeating the current one or one step on (wrap included), on the trusted
+        # timeline, is all a sensor writes: a select, like the row and TIME_LOW. Any other goes
+        # through follow_time_high (a branch the real stream never takes).
+        step = (v - ((high >> 12) & 0xFFF)) & 0xFFF
+        fast = (code == 0x8) & (step <= 1) & (high == trusted) & (high < _HIGH_HORIZON)
+        high = high + (step << 12) if fast else high
+        trusted = high if fast else trusted
+        if (code == 0x8) & (not fast):
             high, trusted, r = follow_time_high(v << 12, high, trusted, ROLLOVER_US, _JITTER_US,
                                                MAX_TIME_JUMP_US, _HIGH_HORIZON)
             resyncs += r
@@ -163,7 +170,7 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
                 skipped += 1
             i += 1
             continue
-        if code == 0x0 or code == 0x6:
+        if code == 0x0 or code == 0x6 or code == 0x8:
             i += 1
             continue
         t = high | low
@@ -262,7 +269,9 @@ class Evt3Decoder:
         next_t = None
         if stop < words.shape[0]:
             next_t = int((self._state[_S_HIGH]) | self._state[_S_LOW])
-        cd, trig, dropped = clip_span(as_cd(cd_raw), as_triggers(trig_raw), t_min, t_max, self.max_span_us)
+        cd, trig, dropped = as_cd(cd_raw), as_triggers(trig_raw), 0
+        if t_max - t_min > self.max_span_us:
+            cd, trig, dropped = clip_span(cd, trig, t_min, t_max, self.max_span_us)
         return DecodedEvents(cd, trig, stop * 2, next_t, skipped, resyncs, dropped)
 
 
