@@ -167,6 +167,29 @@ def test_static_cascade_over_the_zoo_equals_the_transformers_verifier_alone(zoo:
         assert result.token_ids == alone, f"scene {index}"
 
 
+def _static_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the loader take the static path on a CPU (its step then runs eagerly): the wiring a CUDA
+    machine runs, checked here."""
+    import cascade_sd_ros.core.stage_model as stage_model
+
+    monkeypatch.setattr(stage_model, "choose_backend",
+                        lambda requested, device, role, model: BackendChoice("cuda-graphs", "test: forced on cpu"))
+
+
+def test_loader_static_path_wiring_gives_transformers_captions(zoo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cascade_sd_ros.core.stage_model import default_stage_source
+
+    _static_on_cpu(monkeypatch)
+    for role in ("target", "refiner"):
+        static = load_stage_model(default_stage_source(role), role, max_new_tokens=24)
+        assert type(static.adapter).__name__ == "StaticAdapter" and static.backend.name == "cuda-graphs"
+        assert static.adapter.max_caption_tokens == 24 + 16
+        assert static.warm_up("describe the scene") is not None and static.warm_up("again") is None
+        for index in (0, 6):
+            ctx = _zoo_inputs(zoo, index)[role]
+            assert target_only_greedy(static.adapter, ctx, 24) == target_only_greedy(zoo.adapter(role), ctx, 24)
+
+
 # ---------------------------------------------------------------------------------------- nodes
 @pytest.fixture
 def node_factory(rclpy_context: Any):  # noqa: ANN201
@@ -202,6 +225,18 @@ def test_verifier_node_on_cpu_reports_the_fallback_and_warms_up(node_factory: An
     node._publish_diagnostics()
     assert seen[0]["backend"] == "transformers"
     assert seen[0]["backend_reason"] == "device cpu: the static path needs CUDA"
+
+
+@pytest.mark.ros
+def test_verifier_node_reports_the_static_backend_it_was_given(node_factory: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _static_on_cpu(monkeypatch)
+    node = node_factory()
+    assert type(node.model.adapter).__name__ == "StaticAdapter" and node.model.warm_up_s is not None
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(node, "publish_status", lambda level, message, values: seen.append(values))
+    node._publish_diagnostics()
+    assert (seen[0]["backend"], seen[0]["backend_reason"]) == ("cuda-graphs", "test: forced on cpu")
 
 
 @pytest.mark.ros
