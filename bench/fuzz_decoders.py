@@ -205,6 +205,7 @@ def worker(encoding: str, start: int, stop: int, seed: int, counts, progress) ->
     decoder = make_decoder(encoding, W, H)
     check = StreamCheck(encoding, decoder.max_span_us)
     shown = 0
+    progress.value = start  # set up: the watchdog starts timing inputs now
     for i in range(start, stop):
         progress.value = i
         rng = np.random.default_rng([seed, supported_encodings().index(encoding), i])
@@ -256,14 +257,14 @@ def run_encoding(encoding: str, n: int, seed: int, hang_s: float) -> dict[str, i
     start = 0
     while start < n:
         proc = ctx.Process(target=worker, args=(encoding, start, n, seed, counts, progress), daemon=True)
-        progress.value = start
+        progress.value = -1  # the worker is loading its payloads (not an input: no guard)
         proc.start()
         last, since, killed = progress.value, time.monotonic(), False
         while proc.is_alive():
             proc.join(0.2)
             if progress.value != last:
                 last, since = progress.value, time.monotonic()
-            elif time.monotonic() - since > hang_s:  # one input ran past the guard
+            elif last >= 0 and time.monotonic() - since > hang_s:  # one input ran past the guard
                 proc.kill()
                 proc.join()
                 hangs, killed = hangs + 1, True
@@ -271,6 +272,8 @@ def run_encoding(encoding: str, n: int, seed: int, hang_s: float) -> dict[str, i
         if not killed and proc.exitcode != 0 and progress.value < n:
             print(f"[{encoding}] worker died (exit {proc.exitcode}) at input {progress.value}", file=sys.stderr)
             counts[COUNTERS.index("crashes")] += 1
+            if progress.value < 0:
+                raise RuntimeError(f"{encoding}: the fuzz worker failed while loading its payloads")
         start = max(progress.value + 1, start + 1) if progress.value < n else n
     out = dict(zip(COUNTERS, (int(c) for c in counts)))
     out["hangs"] = hangs
