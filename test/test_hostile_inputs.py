@@ -122,14 +122,19 @@ def test_a_packet_far_from_its_stamp_reanchors_instead_of_shifting_the_stream() 
     assert after.t_ns[0] == base + 3_000_000 and stream.reanchors == 1
 
 
-def test_a_packet_spanning_more_than_a_second_is_refused() -> None:
+def test_a_packet_spanning_more_than_a_second_never_reaches_the_event_clock_whole() -> None:
+    """The decoder clips it to its densest second (counted), or the stream refuses it."""
     pytest.importorskip("rclpy")
     from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 
     stream = EventStream()
     payload, tb = encode_libcaer(_events(0, 50, span_us=5_000_000))
-    with pytest.raises(PacketError, match="span"):
-        stream.decode(packet_input(_packet(payload, 10**9, "libcaer", tb)))
+    try:
+        got = stream.decode(packet_input(_packet(payload, 10**9, "libcaer", tb)))
+    except PacketError as exc:
+        assert "span" in str(exc)
+    else:
+        assert 0 < len(got.t_ns) < 50 and int(got.t_ns.max() - got.t_ns.min()) <= 1_000_000_000
 
 
 # ---------------------------------------------------------------------- the node's edge
@@ -202,7 +207,9 @@ def test_hostile_packets_to_the_running_nodes_cost_nothing_but_themselves(rclpy_
     rounds = scene_rounds(stream)
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": 6}
-    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 0.5, "max_wait": 1.0}
+    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 0.5, "max_wait": 1.0,
+                                # the offset estimator listens to the raw events: the 23.8 GB case
+                                "estimate_offset": True}
     config = PipelineConfig(models=tiny, params=params)
     pipeline = build_pipeline(config, rclpy_context, models=load_models(config))
     player = SensorPlayer(context=rclpy_context)
@@ -233,9 +240,12 @@ def test_hostile_packets_to_the_running_nodes_cost_nothing_but_themselves(rclpy_
         assert handled(drafter) == len(hostile) and handled(verifier) == len(hostile)
         time.sleep(0.2)  # let the last callbacks return
         assert _rss_mb() - rss0 < 100, "the hostile packets grew the process by more than 100 MB"
-        for node in (drafter, verifier):
-            counted = node.events_in.malformed + sum(node.guard.errors.values())
-            assert counted >= 4, f"{node.get_name()}: only {counted} of the bad packets were counted"
+        for node, stream in ((drafter, drafter._stream), (verifier, verifier._event_stream)):
+            # the three hostile time_base packets are refused; the garbage payloads show as time-word
+            # resyncs and events clipped to the span bound (decoding them is not an error)
+            assert node.events_in.malformed >= 3, f"{node.get_name()}: the time_base packets were not counted"
+            assert stream.time_resyncs + stream.events_dropped_span + node.events_in.malformed > 3
+            assert not node.guard.errors, f"{node.get_name()}: a callback raised: {node.guard.last_error}"
         # the nodes keep serving, exactly: the packets' state did not poison the next scene's stream
         finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=60)
         target = load_stage_model(tiny["target"], "target")

@@ -31,7 +31,7 @@ def caption(round_id: int, t_ns: int, text: str, tokens: list[int], *, final: bo
         header=_header(t_ns), round_id=round_id, text=text, token_ids=np.array(tokens, np.int32), final=final,
         mode=0, mode_name=mode, lossless=True, drafted_per_stage=np.array(drafted, np.uint32),
         accepted_per_stage=np.array(accepted, np.uint32), target_forwards=forwards, latency_total_ms=total,
-        latency_wait_ms=5.0, latency_prefill_ms=prefill, latency_verify_ms=verify, latency_draft_ms=7.0,
+        latency_caption_ms=total - 4.0, latency_wait_ms=5.0, latency_draft_wait_ms=3.0, latency_prefill_ms=prefill, latency_verify_ms=verify, latency_draft_ms=7.0,
         skew_frame_ms=skew_frame, skew_clip_ms=-2.0, clip_span_ms=350.0, degraded=degraded,
         degraded_reason="no frame within slop" if degraded else "")
 

@@ -328,6 +328,38 @@ class RefinerWorker(_UpstreamWorker):
         self._record(rec, prefix, draft)
 
 
+class DraftWait:
+    """How long the verifier waits for a draft when none is in hand: adapted to measured arrival.
+
+    Drafts that come after a wait are timed (EMA of the delay); the budget is a few times that,
+    never more than ``max_s`` (the ``draft_wait`` parameter) nor less than ``floor_s``. Waits that
+    run out widen it again, so a stage that got slower is not cut off for good.
+    """
+
+    def __init__(self, max_s: float, floor_s: float = 0.002, factor: float = 3.0, alpha: float = 0.2) -> None:
+        self.max_s = max_s
+        self.floor_s = floor_s
+        self.factor = factor
+        self.alpha = alpha
+        self.ema_s: float | None = None
+        self.waits = 0
+        self.misses = 0
+
+    def budget_s(self) -> float:
+        if self.ema_s is None:
+            return self.max_s
+        return min(self.max_s, max(self.floor_s, self.factor * self.ema_s))
+
+    def arrived(self, delay_s: float) -> None:
+        self.waits += 1
+        self.ema_s = delay_s if self.ema_s is None else (1 - self.alpha) * self.ema_s + self.alpha * delay_s
+
+    def missed(self) -> None:
+        self.misses += 1
+        if self.ema_s is not None:
+            self.ema_s = min(self.max_s, 2 * max(self.ema_s, self.floor_s))
+
+
 class VerifierWorker(_Worker):
     """Rounds in time order, one at a time; the verifier never waits longer than its bounds."""
 
@@ -365,6 +397,7 @@ class VerifierWorker(_Worker):
         self.rounds_dropped = 0
         self.rounds_degraded = 0
         self.busy_round: int | None = None
+        self.draft_wait = DraftWait(draft_wait_s)
 
     def _pending(self) -> RoundRecord | None:
         with self.book.lock:
@@ -407,24 +440,29 @@ class VerifierWorker(_Worker):
         return None
 
     def _next_draft(self, rec: RoundRecord) -> tuple[Draft, list[int]] | None:
-        """The best draft continuing the commit, waiting at most ``draft_wait`` for one.
+        """The best draft continuing the commit: what is in hand now (by stage preference), else the
+        first to arrive within the draft wait (:class:`DraftWait`).
 
-        A stage that misses the wait is marked stalled for the round and not waited for again until
-        it delivers, so a dead stage costs one ``draft_wait`` per round, not one per token.
+        A draft in hand is never held back for a better stage's: an idle verifier costs more than a
+        draft accepted a little less. A stage that misses the wait is marked stalled for the round
+        and not waited for again until it delivers, so a dead stage costs one wait per round.
         """
-        deadline = time.monotonic() + self.draft_wait_s
+        asked = time.monotonic()
+        deadline = asked + self.draft_wait.budget_s()
         with self.book.changed:
             while True:
-                live = [s for s in self.use_stages if s not in rec.stalled]
                 best = self.book.best_draft(rec.round_id, self.use_stages)
-                preferred = live[0] if live else None
-                if best is not None and (preferred is None or best[0].stage == preferred):
+                if best is not None:
+                    if time.monotonic() > asked:
+                        self.draft_wait.arrived(time.monotonic() - asked)
                     return best
+                live = [s for s in self.use_stages if s not in rec.stalled]
                 left = deadline - time.monotonic()
                 if not live or left <= 0 or not self._alive(rec):
-                    waited_for = live if best is None else [s for s in live if s != best[0].stage][:1]
-                    rec.stalled.update(waited_for)
-                    return best
+                    if live and left <= 0:
+                        self.draft_wait.missed()
+                    rec.stalled.update(live)
+                    return None
                 self.book.changed.wait(min(left, _POLL_S))
 
     def _update(self, rec: RoundRecord, inp: StageInput | None, final: bool, accepted: int, drafted: int,

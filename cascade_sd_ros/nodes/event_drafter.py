@@ -211,11 +211,16 @@ class EventDrafter(StageNode[DrafterConfig]):
             "rounds_opened": self.rounds_opened, "rounds_open": len(self.book),
             "rounds_evicted": self.book.evicted, "resets": self.book.resets, "time_jumps": self._jump.jumps,
             "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
+            "event_time_resyncs": self._stream.time_resyncs, "events_dropped_span": self._stream.events_dropped_span,
             "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
         }
         level, message = 0, "drafting"
         if self.events_in.received == 0:
             level, message = 1, "degraded: no event packets received"
+        elif self._stream.time_resyncs or self._stream.events_dropped_span:
+            level, message = 1, (f"event time words jumped {self._stream.time_resyncs} times with no wrap to explain "
+                                 f"it, {self._stream.events_dropped_span} events outside the span bound dropped "
+                                 "(corrupt packets)")
         if self.worker.errors:
             level, message = 2, f"worker errors: {self.worker.last_error}"
         self.publish_status(level, message, values)

@@ -89,7 +89,10 @@ PARAMS: tuple[Param, ...] = (
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
     Param("use_drafts", "both", "which drafts to verify: both (refiner preferred), refiner, drafter, none"),
     Param("max_pending_rounds", 4, "[rounds] rounds queued beyond this are dropped (oldest first, counted)", 1, 1000),
-    Param("estimate_offset", True, "estimate the event/frame clock offset online (reported in diagnostics)"),
+    Param("estimate_offset", False,
+          "estimate the event/frame clock offset online (reported in diagnostics); subscribes this node to the "
+          "raw event stream, whose per-packet decoding costs the verifier's process time on every round",
+          read_only=True),
     Param("publish_overlay", True, "publish the frame at T with the caption drawn"),
     Param("seed", 0, "seed of the sampling generator (lossless-sample)", 0, 2**31 - 1),
 )
@@ -337,6 +340,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             "frame_offset_estimate_r": math.nan if est is None else est.correlation,
             "frame_offset_inputs_rejected": self._estimator.rejected,
             "event_clock_reanchors": self._event_stream.reanchors,
+            "event_time_resyncs": self._event_stream.time_resyncs, "events_dropped_span": self._event_stream.events_dropped_span,
             "resets": self.book.resets, "time_jumps": self._image.ingest.jump.jumps, "worker_errors": self.worker.errors,
             "drafts_stale": self._stale.stale,
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,

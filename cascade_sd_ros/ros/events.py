@@ -83,6 +83,8 @@ class EventStream:
         self.reanchor_tolerance_ns = int(reanchor_tolerance_ns)
         self.max_span_ns = int(max_span_ns)  # a driver packet holds ~1 ms; one claiming more is garbage
         self.reanchors = 0  # packets whose events disagreed with their stamp by more than the tolerance
+        self.time_resyncs = 0  # time-word jumps no counter wrap explains (the decoder resynchronised)
+        self.events_dropped_span = 0  # events beyond the decoder's span bound (a corrupt packet's)
 
     @property
     def geometry(self) -> tuple[int, int] | None:
@@ -105,6 +107,8 @@ class EventStream:
             decoded = self._decoder.decode(pkt.payload, time_base=pkt.time_base)
         except OverflowError as exc:  # times beyond int64: the decoders check, this is the backstop
             raise PacketError(f"{pkt.encoding} packet's times overflow int64 (time_base {pkt.time_base}): {exc}") from exc
+        self.time_resyncs += int(decoded.time_resyncs)
+        self.events_dropped_span += int(decoded.events_dropped_span)
         cd = decoded.cd
         if len(cd) == 0:
             return StreamEvents(cd=cd, t_ns=np.zeros(0, dtype=np.int64))

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 ROLES = ("target", "refiner", "drafter")
@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jitter-ms", type=float, default=2.0, help="RGB stamp jitter std [ms] (default 2)")
     parser.add_argument("--drop-rate", type=float, default=0.05,
                         help="probability of dropping an RGB frame (default 0.05)")
+    parser.add_argument("--noise-hz", type=float, default=0.1,
+                        help="event camera background activity [events per pixel per second] (default 0.1, the "
+                             "quiet end of real DVS sensors: a still scene still sends events, so the drafter hears "
+                             "time pass)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--timeout", type=float, default=60.0, help="[s] per-scene wait for its caption (default 60)")
     parser.add_argument("--executor", default="multi-threaded", choices=["multi-threaded", "events"],
@@ -109,13 +113,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--offset-ms and --jitter-ms must be finite (jitter >= 0)")
         if not 0.0 <= args.drop_rate < 1.0:
             raise ValueError(f"--drop-rate must lie in [0, 1), got {args.drop_rate}")
+        if not (math.isfinite(args.noise_hz) and 0.0 <= args.noise_hz <= 100.0):
+            raise ValueError(f"--noise-hz must lie in [0, 100] events per pixel per second, got {args.noise_hz}")
         if args.executor != "multi-threaded" and not args.one_process:
             raise ValueError("--executor applies to --one-process (separate stage processes spin their own)")
         results, speed, info = run_demo(
             n_scenes=args.scenes, seed=args.seed, sources=sources, mode=args.mode, stages=stages,
             offset_ns=int(round(args.offset_ms * 1e6)), jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,
             device=args.device, timeout_s=args.timeout, rate=None if args.fast else 1.0, executor=args.executor,
-            one_process=args.one_process,
+            one_process=args.one_process, noise_hz=args.noise_hz,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"cascade-sd demo: error: {exc}", file=sys.stderr)
@@ -190,11 +196,13 @@ def run_demo(
     rate: float | None = 1.0,
     executor: str = "multi-threaded",
     one_process: bool = False,
+    noise_hz: float = 0.1,
 ) -> tuple[list[SceneResult], Any, dict[str, Any]]:
     """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
     the caption-latency comparison and run info."""
     from cascade_sd_ros.core.speed import compare
     from cascade_sd_ros.core.synth.clocks import ClockModel
+    from cascade_sd_ros.core.synth.esim import EsimConfig
     from cascade_sd_ros.core.synth.packets import PacketConfig
     from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
     from cascade_sd_ros.tools.pipeline import PipelineConfig, scene_rounds, trained_params, zoo_meta
@@ -207,6 +215,7 @@ def run_demo(
         scene_duration_s=float(geometry.get("scene_duration_s", 2.0)),
         clocks=ClockModel(event_offset_ns=offset_ns, jitter_ms=jitter_ms, drop_rate=drop_rate),
         packets=PacketConfig(time_threshold_us=5000),
+        esim=replace(EsimConfig(), noise_rate_hz=noise_hz),
     )
     rounds = scene_rounds(stream)
     params = rounds.params()
@@ -236,7 +245,7 @@ def run_demo(
     steps = sum(r.target_forwards for r in results)
     tokens = sum(r.tokens for r in results)
     info = {"mode": mode, "stages": list(stages), "models": dict(config.models) or "shipped zoo",
-            "offset_ms": offset_ns / 1e6, "jitter_ms": jitter_ms, "drop_rate": drop_rate,
+            "offset_ms": offset_ns / 1e6, "jitter_ms": jitter_ms, "drop_rate": drop_rate, "noise_hz": noise_hz,
             "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
             "processes": "one process" if one_process else "separate stage processes",
             "executor": executor,
@@ -313,9 +322,7 @@ def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: An
         pipeline = build_pipeline(config, context, models=models)
         player = SensorPlayer(context=context)
         pipeline.start()
-        images = sum(1 for s in config.stages if s in ("refiner", "verifier"))
-        events = sum(1 for s in config.stages if s in ("drafter", "verifier"))
-        player.wait_matched(images, events)
+        player.wait_matched(config.image_subscribers(), config.event_subscribers())
         finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=timeout_s, rate=rate)
         return {i: _final_fields(m) for i, m in finals.items() if m is not None}
     finally:
@@ -340,7 +347,7 @@ def _process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: A
     with StageProcesses() as procs, StageTaps() as taps:
         for name, (cfg, ns) in runs.items():
             procs.start(cfg, ns, tag=name)
-            taps.add(name, ns, cfg.stages)
+            taps.add(name, ns, cfg)
         taps.wait_ready(procs, timeout_s=max(timeout_s, 120.0))
         order = list(runs)
         for i, scene in enumerate(scenes):

@@ -48,7 +48,7 @@ class PipelineConfig:
     models: Mapping[str, str] = field(default_factory=dict)  # role (target/refiner/drafter) -> source
     stages: Sequence[str] = STAGES
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # bfloat16 on CUDA, float32 elsewhere
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     namespace: str = ""
     use_sim_time: bool = False
@@ -83,6 +83,16 @@ class PipelineConfig:
 
     def source(self, role: str) -> str:
         return self.models.get(role) or default_stage_source(role)
+
+    def image_subscribers(self) -> int:
+        """How many of the stages subscribe to the image topic (refiner, verifier)."""
+        return sum(s in self.stages for s in ("refiner", "verifier"))
+
+    def event_subscribers(self) -> int:
+        """How many subscribe to the raw events: the drafter, and the verifier only when it estimates
+        the clock offset online (``estimate_offset``, off by default)."""
+        estimates = bool(self.params.get("video_verifier", {}).get("estimate_offset", False))
+        return int("drafter" in self.stages) + int("verifier" in self.stages and estimates)
 
     def overrides(self, stage: str) -> list[Parameter]:
         merged = {**self.params.get("common", {}), **self.params.get(NODE_OF_STAGE[stage], {})}

@@ -77,6 +77,7 @@ def _caption(store: Any, round_id: int, t_ns: int, tokens: list[int], text: str,
         header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=""), round_id=round_id, text=text,
         token_ids=np.asarray(tokens, np.int32), final=True, mode=0, mode_name=BASELINE_MODE, lossless=True,
         drafted_per_stage=np.zeros(0, np.uint32), accepted_per_stage=np.zeros(0, np.uint32),
-        target_forwards=forwards, latency_total_ms=prefill_ms + decode_ms, latency_wait_ms=0.0,
+        target_forwards=forwards, latency_total_ms=prefill_ms + decode_ms,
+        latency_caption_ms=prefill_ms + decode_ms, latency_wait_ms=0.0, latency_draft_wait_ms=0.0,
         latency_prefill_ms=prefill_ms, latency_verify_ms=decode_ms, latency_draft_ms=0.0,
         skew_frame_ms=math.nan, skew_clip_ms=math.nan, clip_span_ms=math.nan, degraded=False, degraded_reason="")

@@ -6,20 +6,20 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from cascade_sd_ros.nodes.common import TOPIC_CAPTION, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_DRAFTS_REFINER
-from cascade_sd_ros.tools.pipeline import CaptionCollector, SensorPlayer, new_context
+from cascade_sd_ros.tools.pipeline import CaptionCollector, PipelineConfig, SensorPlayer, new_context
 from cascade_sd_ros.tools.stage_processes import StageProcesses
 
 
 @dataclass
 class Tap:
     namespace: str
-    stages: tuple[str, ...]
+    config: PipelineConfig
     player: SensorPlayer
     collector: CaptionCollector
 
@@ -44,21 +44,19 @@ class StageTaps:
                     return
                 raise
 
-    def add(self, name: str, namespace: str, stages: Sequence[str]) -> Tap:
-        tap = Tap(namespace, tuple(stages), SensorPlayer(context=self.context, namespace=namespace),
+    def add(self, name: str, namespace: str, config: PipelineConfig) -> Tap:
+        tap = Tap(namespace, config, SensorPlayer(context=self.context, namespace=namespace),
                   CaptionCollector(context=self.context, namespace=namespace))
         self.executor.add_node(tap.collector)
         self.taps[name] = tap
         return tap
 
     def _ready(self, tap: Tap) -> bool:
-        s = tap.stages
+        s = tap.config.stages
         node = tap.player
         ns = tap.namespace
-        images = sum(x in s for x in ("refiner", "verifier"))
-        events = sum(x in s for x in ("drafter", "verifier"))
-        ok = (tap.player.pub_image.get_subscription_count() >= images
-              and tap.player.pub_events.get_subscription_count() >= events
+        ok = (tap.player.pub_image.get_subscription_count() >= tap.config.image_subscribers()
+              and tap.player.pub_events.get_subscription_count() >= tap.config.event_subscribers()
               and node.count_publishers(f"{ns}/{TOPIC_CAPTION}") >= 1)
         # the stages must hear each other before a round depends on it
         if "drafter" in s:

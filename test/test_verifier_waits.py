@@ -1,0 +1,72 @@
+"""How long the verifier waits for drafts: never while one is in hand, and adapted to how fast
+drafts actually arrive (never past ``draft_wait``)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cascade_sd_ros.core.modes import mode_rules
+from cascade_sd_ros.core.round_stages import DraftWait, StageInput, VerifierWorker
+from cascade_sd_ros.core.rounds import Draft, RoundBook
+from cascade_sd_ros.core.spec.engine import target_only_greedy
+from cascade_sd_ros.core.stage_model import load_stage_model
+
+STAGE_DRAFTER, STAGE_REFINER = 0, 1
+FRAMES = np.random.default_rng(9).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+
+
+def test_draft_wait_budget_follows_measured_arrival_within_its_bounds() -> None:
+    w = DraftWait(0.03, floor_s=0.002, factor=3.0, alpha=0.5)
+    assert w.budget_s() == 0.03  # nothing measured: the parameter
+    w.arrived(0.002)
+    assert w.budget_s() == pytest.approx(0.006)
+    for _ in range(10):
+        w.arrived(0.0001)
+    assert w.budget_s() == 0.002  # never below the floor
+    w.missed()
+    w.missed()
+    assert w.budget_s() > 0.002 and w.misses == 2  # a miss widens it again
+    for _ in range(10):
+        w.arrived(1.0)
+    assert w.budget_s() == 0.03  # never above draft_wait
+
+
+@pytest.fixture(scope="module")
+def target() -> Any:
+    return load_stage_model("tiny:2", "target")
+
+
+def test_a_drafter_draft_in_hand_is_used_at_once_not_held_for_the_refiner(target: Any) -> None:
+    """The refiner never delivers; the drafter's draft (the verifier's own caption) is in the book
+    before the round starts. With a 2 s draft wait, holding it for the refiner would cost seconds."""
+    alone = target_only_greedy(target.adapter, target.context(FRAMES, "q"), 8)
+    book = RoundBook()
+    rec = book.open(10, 10)
+    rec.question = "q"
+    book.add_draft(10, 10, Draft(stage=STAGE_DRAFTER, commit_seq=0, start_position=0, token_ids=tuple(alone),
+                                 confidence=tuple([0.9] * len(alone))))
+    finals: list[Any] = []
+    done = threading.Event()
+
+    def emit(u: Any) -> None:
+        if u.final:
+            finals.append(u)
+            done.set()
+
+    worker = VerifierWorker(book, target, lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1), emit,
+                            rules=mode_rules("lossless-greedy"), max_new_tokens=8, draft_wait_s=2.0, max_wait_s=0.5,
+                            use_stages=(STAGE_REFINER, STAGE_DRAFTER))
+    worker.start()
+    try:
+        assert done.wait(60), "no final caption"
+    finally:
+        worker.stop()
+    u = finals[0]
+    assert list(u.token_ids) == alone
+    assert u.accepted_per_stage[STAGE_DRAFTER] >= len(alone) - 1  # the drafter's draft carried the caption
+    # it waited for no draft: the one in hand was checked at once, and no wait ran out
+    assert worker.draft_wait.misses == 0 and STAGE_REFINER not in rec.stalled
