@@ -434,6 +434,9 @@ class ImageInput:
         newest = self.ingest.jump.newest
         return None if newest is None else self.ingest.offsets.to_reference(self.ingest.stream, newest)
 
+GIL_SWITCH_S = 0.0005
+
+
 def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
     """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C.
 
@@ -442,6 +445,9 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threa
     stop is bounded, so clean-up cannot hang on it.
     """
     rclpy.init(args=args)
+    # the worker's torch ops release the GIL and must win it back from executor threads handling
+    # sensor messages; at Python's 5 ms default each win-back can cost a whole interval
+    sys.setswitchinterval(GIL_SWITCH_S)
     node: Node | None = None
     try:
         node = make()

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", default="multi-threaded", choices=["multi-threaded", "events"],
                         help="rclpy executor the nodes spin on (default multi-threaded; events: rclpy's "
                              "experimental EventsExecutor, C++ wait handling: ~4x lower latency here)")
+    parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
+                        help="a node parameter for both runs, e.g. video_verifier:draft_wait=0.01 (NODE: common, "
+                             "event_drafter, frame_refiner, video_verifier); repeatable")
     parser.add_argument("--one-process", action="store_true",
                         help="compose all stages in this process (debugging); default: each stage node in a process "
                              "of its own, as on a robot, and the verifier alone in another")
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             n_scenes=args.scenes, seed=args.seed, sources=sources, mode=args.mode, stages=stages,
             offset_ns=int(round(args.offset_ms * 1e6)), jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,
             device=args.device, timeout_s=args.timeout, rate=None if args.fast else 1.0, executor=args.executor,
-            one_process=args.one_process, noise_hz=args.noise_hz,
+            one_process=args.one_process, noise_hz=args.noise_hz, overrides=_overrides(args.param),
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"cascade-sd demo: error: {exc}", file=sys.stderr)
@@ -146,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
         _print_text(results, speed, info)
     missing = [r.index for r in results if r.caption is None]
     return 1 if missing else 0
+
+
+def _overrides(specs: list[str]) -> dict[str, dict[str, Any]]:
+    from cascade_sd_ros.tools.replay_pipeline import parse_params
+
+    return parse_params(specs)
 
 
 def _r(x: float | None) -> float | None:
@@ -197,6 +206,7 @@ def run_demo(
     executor: str = "multi-threaded",
     one_process: bool = False,
     noise_hz: float = 0.1,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[SceneResult], Any, dict[str, Any]]:
     """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
     the caption-latency comparison and run info."""
@@ -223,6 +233,8 @@ def run_demo(
         params[node] = {**params[node], "mode": mode}
     # what the zoo was trained on (its zoo.json), so its models see what they learnt from
     for node, values in trained_params(meta).items():
+        params[node] = {**params.get(node, {}), **values}
+    for node, values in (overrides or {}).items():
         params[node] = {**params.get(node, {}), **values}
     config = PipelineConfig(models=sources, stages=stages, device=device, params=params, executor=executor)
     # the same verifier node with no upstream stages: the speed-up's reference, same scenes, same run
@@ -273,9 +285,8 @@ def _bare_costs(config: Any, scenes: list[Any], rounds: Any, question: str, budg
         for i, scene in enumerate([scenes[0], *scenes]):
             frames = [f.image for f in scene.frames] or [np.zeros((target.image_size,) * 2 + (3,), np.uint8)]
             pick = np.linspace(0, len(frames) - 1, target.num_frames).round().astype(int)
-            context = target.context(np.stack([frames[k] for k in pick]), question)
-            t0 = time.perf_counter()
-            target_only_greedy(target.adapter, context, budget)
+            t0 = time.perf_counter()  # from pixels, as the node: preprocessing is part of the cost
+            target_only_greedy(target.adapter, target.context(np.stack([frames[k] for k in pick]), question), budget)
             if i > 0:  # the first is the warm-up
                 out[i - 1] = (time.perf_counter() - t0) * 1e3
     return out
@@ -337,27 +348,35 @@ def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: An
 def _process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None,
                     timeout_s: float) -> tuple[dict[int, Any], dict[int, Any]]:
     """The cascade's stages and the verifier alone as separate processes (as on a robot), fed scene
-    by scene in turn, so whatever else this machine does hits both runs alike."""
-    from cascade_sd_ros.tools.stage_processes import StageProcesses
+    by scene in turn, so whatever else this machine does hits both runs alike. The verifiers get a
+    CPU of their own; this process (the sensor player) shares the others with the upstream stages."""
+    from cascade_sd_ros.tools.stage_processes import StageProcesses, cpu_plan
     from cascade_sd_ros.tools.stage_taps import StageTaps
 
+    mine = os.sched_getaffinity(0)
     base = f"/cascade_sd_demo_{os.getpid()}"
     runs = {"cascade": (config, f"{base}/cascade"), "alone": (alone_config, f"{base}/alone")}
     finals: dict[str, dict[int, Any]] = {"cascade": {}, "alone": {}}
-    with StageProcesses() as procs, StageTaps() as taps:
-        for name, (cfg, ns) in runs.items():
-            procs.start(cfg, ns, tag=name)
-            taps.add(name, ns, cfg)
-        taps.wait_ready(procs, timeout_s=max(timeout_s, 120.0))
-        order = list(runs)
-        for i, scene in enumerate(scenes):
-            for name in order if i % 2 == 0 else order[::-1]:  # neither run always goes first
-                taps.play(name, scene, rounds, rate)
-                if i == 0:
-                    continue
-                msg = taps.wait_final(name, rounds.round_ids[i - 1], timeout_s, procs)
-                if msg is not None:
-                    finals[name][i - 1] = _final_fields(msg)
+    player_cpus = cpu_plan("player", mine)
+    try:
+        if player_cpus:
+            os.sched_setaffinity(0, player_cpus)
+        with StageProcesses(available_cpus=mine) as procs, StageTaps() as taps:
+            for name, (cfg, ns) in runs.items():
+                procs.start(cfg, ns, tag=name)
+                taps.add(name, ns, cfg)
+            taps.wait_ready(procs, timeout_s=max(timeout_s, 120.0))
+            order = list(runs)
+            for i, scene in enumerate(scenes):
+                for name in order if i % 2 == 0 else order[::-1]:  # neither run always goes first
+                    taps.play(name, scene, rounds, rate)
+                    if i == 0:
+                        continue
+                    msg = taps.wait_final(name, rounds.round_ids[i - 1], timeout_s, procs)
+                    if msg is not None:
+                        finals[name][i - 1] = _final_fields(msg)
+    finally:
+        os.sched_setaffinity(0, mine)
     return finals["cascade"], finals["alone"]
 
 

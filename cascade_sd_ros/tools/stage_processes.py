@@ -2,8 +2,13 @@
 over DDS only, started with ``python -m cascade_sd_ros.nodes.<node>`` and a parameters file.
 
 Used by ``demo`` (and by benches). Processes start in their own session (a terminal's Ctrl-C
-reaches only the parent, which stops them in order), die with their parent (``PR_SET_PDEATHSIG``,
-so a killed demo leaves no orphans), and stop with SIGINT, then SIGTERM, then SIGKILL.
+reaches only the parent, which stops them in order), die with their parent (``PR_SET_PDEATHSIG``
+with SIGKILL: a parent killed outright cannot stop them in order, and a stage that hangs in its
+own clean-up must not outlive it), and stop with SIGINT, then SIGTERM, then SIGKILL.
+
+With ``pin_cpus`` (and two or more CPUs) the verifier gets the first CPU to itself and the upstream
+stages share the others, as a robot would pin them: the verifier's passes are the critical path,
+and a drafter's burst at the start of a round must not take its core.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -25,11 +30,25 @@ from cascade_sd_ros.tools.pipeline import NODE_OF_STAGE, PipelineConfig
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: the parent's stop() still ends the child
+def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    def setup() -> None:  # runs in the child between fork and exec
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass  # not Linux: the parent's stop() still ends the child
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
+def cpu_plan(stage: str, available: set[int] | None = None) -> set[int] | None:
+    """The CPUs a stage process runs on: the verifier the first, the others the rest (None: any,
+    on a machine with fewer than two)."""
+    cpus = sorted(available if available is not None else os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]} if stage == "verifier" else set(cpus[1:])
 
 
 @dataclass
@@ -59,6 +78,8 @@ class StageProcesses:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cascade_sd_stages_")))
     procs: list[StageProcess] = field(default_factory=list)
     torch_threads: int = 1
+    pin_cpus: bool = True
+    available_cpus: set[int] = field(default_factory=lambda: set(os.sched_getaffinity(0)))
 
     def start(self, config: PipelineConfig, namespace: str, *, tag: str = "") -> list[StageProcess]:
         """Start ``config.stages`` under ``namespace`` (an absolute ROS namespace)."""
@@ -75,7 +96,8 @@ class StageProcesses:
                    "-r", f"__ns:={namespace}", "--params-file", str(params_file)]
             with log_path.open("wb") as log:
                 popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+                                         start_new_session=True,
+                                         preexec_fn=_child_setup(cpu_plan(stage, self.available_cpus) if self.pin_cpus else None))
             proc = StageProcess(stage, namespace, popen, log_path)
             self.procs.append(proc)
             started.append(proc)
