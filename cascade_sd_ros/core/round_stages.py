@@ -168,6 +168,12 @@ class _UpstreamWorker(_Worker):
         self.drafts_published = 0
         self.rounds_seen = 0
 
+    def set_gamma(self, gamma: int, lookahead: int) -> None:
+        """A new draft length, from the next proposal on (a live parameter change)."""
+        if gamma < 1 or lookahead < 1:
+            raise ValueError(f"need gamma >= 1 and lookahead >= 1, got {gamma}, {lookahead}")
+        self.gamma, self.max_ahead = gamma, gamma * lookahead
+
     def _work_item(self) -> tuple[RoundRecord, list[int], int] | None:
         """(round, speculated prefix, commit_seq) to extend now, or None (nothing to do)."""
         with self.book.lock:
@@ -398,6 +404,13 @@ class VerifierWorker(_Worker):
         self.rounds_degraded = 0
         self.busy_round: int | None = None
         self.draft_wait = DraftWait(draft_wait_s)
+
+    def set_draft_wait(self, draft_wait_s: float) -> None:
+        """A new bound on the wait for a draft, from the next wait on (a live parameter change)."""
+        if draft_wait_s < 0:
+            raise ValueError(f"draft_wait_s must be >= 0, got {draft_wait_s}")
+        self.draft_wait_s = draft_wait_s
+        self.draft_wait.max_s = draft_wait_s
 
     def _pending(self) -> RoundRecord | None:
         with self.book.lock:

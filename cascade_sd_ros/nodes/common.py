@@ -79,13 +79,16 @@ class Param:
     lo: float | None = None
     hi: float | None = None
     read_only: bool = False
+    # applied while the node runs (StageNode.apply_live); every other parameter is read-only, so a
+    # change that could not take effect is refused with a reason instead of silently ignored
+    live: bool = False
 
 
 def declare(node: Node, params: Sequence[Param]) -> dict[str, Any]:
     """Declare every parameter with its descriptor; returns name -> value (validated by rclpy)."""
     out: dict[str, Any] = {}
     for p in params:
-        desc = ParameterDescriptor(description=p.description, read_only=p.read_only)
+        desc = ParameterDescriptor(description=p.description, read_only=p.read_only or not p.live)
         if p.lo is not None and p.hi is not None:
             if isinstance(p.default, bool):
                 raise TypeError(f"parameter {p.name}: a range makes no sense for a bool")
@@ -114,7 +117,8 @@ COMMON_PARAMS: tuple[Param, ...] = (
           "what runs the model: auto (cuda-graphs where device and model allow it, else transformers; the log "
           "and diagnostics say which and why), cuda-graphs (static KV cache + CUDA graphs: CUDA and a "
           "LLaVA-family model with a Llama language model only), transformers", read_only=True),
-    Param("prompt", "describe the scene", "question every round answers until a prompt message changes it"),
+    Param("prompt", "describe the scene",
+          "question every round answers until a prompt message changes it (live: the next round asks it)", live=True),
     Param("round_period", 2.0,
           "[s] a round opens at every multiple of this on the event clock (+ round_phase); "
           "0: only prompt messages open rounds", 0.0, 3600.0),
@@ -326,6 +330,8 @@ class StageNode(Node, Generic[C]):
         self._lock = threading.Lock()  # guards the node's stream and round-opening state
         self._question = self.cfg.prompt
         self.prompts_in = InputStats(self, "prompts")
+        self.live_params = {p.name for p in params if p.live}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         from diagnostic_msgs.msg import DiagnosticArray
 
@@ -363,6 +369,31 @@ class StageNode(Node, Generic[C]):
 
     def prompted(self) -> None:
         """Hook: a new question has been asked (``self._question``)."""
+
+    def _on_set_parameters(self, params: list[Parameter]) -> Any:
+        """Apply the live parameters (ranges were checked by rclpy, read-only ones refused by it);
+        the change takes effect from the next round or proposal."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        for param in params:
+            if param.name not in self.live_params:
+                continue  # rclpy's own (use_sim_time) or refused already as read-only
+            reason = self.apply_live(param.name, param.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=f"{param.name}: {reason}")
+            self.get_logger().info(f"parameter {param.name} set to {param.value!r} (from the next round)")
+        return SetParametersResult(successful=True)
+
+    def apply_live(self, name: str, value: Any) -> str | None:
+        """Hook: apply one live parameter; returns why not, or None. Subclasses handle their own and
+        defer the rest here."""
+        if name == "prompt":
+            text = str(value).strip()
+            if not text:
+                return "an empty question cannot be asked"
+            self._question = text
+            return None
+        return f"no live handler for {name}"
 
     def publish_status(self, level: int, message: str, values: dict[str, object]) -> None:
         """One DiagnosticStatus named after the node, stamped now; callback errors raise it to WARN."""

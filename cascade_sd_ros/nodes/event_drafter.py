@@ -43,7 +43,7 @@ PARAMS: tuple[Param, ...] = (
     Param("model", "",
           "drafter model: a local HF folder, or tiny:SEED; empty = the shipped zoo's drafter", read_only=True),
     *COMMON_PARAMS,
-    Param("gamma", 4, "[tokens] draft length per proposal", 1, 64),
+    Param("gamma", 4, "[tokens] draft length per proposal (live)", 1, 64, live=True),
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
     Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
     Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
@@ -105,6 +105,12 @@ class EventDrafter(StageNode[DrafterConfig]):
             max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
         )
         self.worker.start()
+
+    def apply_live(self, name: str, value: Any) -> str | None:
+        if name == "gamma":
+            self.worker.set_gamma(int(value), self.cfg.lookahead)
+            return None
+        return super().apply_live(name, value)
 
     # ------------------------------------------------------------------ callbacks (convert + buffer)
     def _on_events(self, msg: Any) -> None:

@@ -53,7 +53,7 @@ PARAMS: tuple[Param, ...] = (
           "refiner model: a local HF folder, or tiny:SEED; empty = the shipped zoo's refiner", read_only=True),
     *COMMON_PARAMS,
     *MODE_PARAMS,
-    Param("gamma", 6, "[tokens] refiner draft length (kept drafter tokens + its own)", 1, 64),
+    Param("gamma", 6, "[tokens] refiner draft length (kept drafter tokens + its own) (live)", 1, 64, live=True),
     Param("lookahead", 2, "[drafts] proposals the refiner may run ahead of the last commit", 1, 16),
     Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
@@ -139,6 +139,12 @@ class FrameRefiner(StageNode[RefinerConfig]):
             max_wait_s=self.cfg.max_wait_s, upstream_wait_s=self.cfg.upstream_wait_s, liveness_s=self.cfg.liveness_s,
         )
         self.worker.start()
+
+    def apply_live(self, name: str, value: Any) -> str | None:
+        if name == "gamma":
+            self.worker.set_gamma(int(value), self.cfg.lookahead)
+            return None
+        return super().apply_live(name, value)
 
     # ------------------------------------------------------------------ callbacks
     def _on_draft(self, msg: Any) -> None:

@@ -81,7 +81,8 @@ PARAMS: tuple[Param, ...] = (
     Param("clip_duration", 1.0, "[s] the clip spans [T - clip_duration, T]", 0.0, 60.0),
     Param("slop", 0.02, "[s] frames this far outside the clip window still count", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the clip's frames", 0.0, 60.0),
-    Param("draft_wait", 0.03, "[s] wait at most this long for a draft before decoding alone", 0.0, 10.0),
+    Param("draft_wait", 0.03, "[s] wait at most this long for a draft before decoding alone (live)", 0.0, 10.0,
+          live=True),
     Param("stage_liveness", 5.0,
           "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
     Param("frame_offset", 0.0,
@@ -200,6 +201,12 @@ class VideoVerifier(StageNode[VerifierConfig]):
             max_pending=self.cfg.max_pending, liveness_s=self.cfg.liveness_s,
         )
         self.worker.start()
+
+    def apply_live(self, name: str, value: Any) -> str | None:
+        if name == "draft_wait":
+            self.worker.set_draft_wait(float(value))
+            return None
+        return super().apply_live(name, value)
 
     def check_model(self, model: StageModel) -> None:
         if model.num_frames != self.cfg.frames:
