@@ -3,6 +3,7 @@ node skeleton (parameters, model, prompt, diagnostics, worker), the image callba
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import sys
 import threading
@@ -108,6 +109,11 @@ def choice(value: str, allowed: Sequence[str], name: str) -> str:
     return value
 
 
+# A question may not carry C0/C1 control characters or bidirectional overrides (they rewrite what a
+# log or an overlay shows); the prompt template takes at most this many tokens around the question.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+PROMPT_TEMPLATE_TOKENS = 16
+
 # Parameters every stage has.
 COMMON_PARAMS: tuple[Param, ...] = (
     Param("device", "cpu", "torch device for this stage's model: cpu, cuda, cuda:N", read_only=True),
@@ -119,6 +125,11 @@ COMMON_PARAMS: tuple[Param, ...] = (
           "LLaVA-family model with a Llama language model only), transformers", read_only=True),
     Param("prompt", "describe the scene",
           "question every round answers until a prompt message changes it (live: the next round asks it)", live=True),
+    Param("max_prompt_chars", 240,
+          "[characters] longest question a prompt message or the prompt parameter may ask; a longer one "
+          "(or one longer in UTF-8 bytes than the model's context leaves for text) is refused. 240 fits "
+          "the static path's 256 prompt tokens with the template, a token per byte at worst", 1, 100_000,
+          read_only=True),
     Param("round_period", 2.0,
           "[s] a round opens at every multiple of this on the event clock (+ round_phase); "
           "0: only prompt messages open rounds", 0.0, 3600.0),
@@ -359,13 +370,43 @@ class StageNode(Node, Generic[C]):
         return rec
 
     def _on_prompt(self, msg: Any) -> None:
+        """A question from the ``prompt`` topic. One the node cannot ask (empty, too long, control
+        characters) is refused with its reason and counted in ``prompts.malformed``; the current
+        question stays."""
         self.prompts_in.tick()
         text = str(msg.data).strip()
-        if not text:
-            self.prompts_in.bad("empty prompt")
+        reason = self.prompt_refusal(text)
+        if reason:
+            self.prompts_in.bad(reason)
             return
         self._question = text
         self.prompted()
+
+    def prompt_refusal(self, text: str) -> str | None:
+        """Why ``text`` cannot be asked, or None. The bound is ``max_prompt_chars``, and never more
+        UTF-8 bytes than the model's context leaves for text once media and caption are placed (a
+        tokenizer spends at most a token per byte)."""
+        if not text:
+            return "empty prompt"
+        limit = int(self.get_parameter("max_prompt_chars").value)
+        if len(text) > limit:
+            return f"prompt of {len(text)} characters exceeds max_prompt_chars={limit}"
+        adapter = self.model.adapter
+        context = getattr(adapter, "max_context", None)  # the static path: what its caches hold
+        if context is None:
+            config = getattr(getattr(adapter, "model", None), "config", None)
+            positions = getattr(config.get_text_config(), "max_position_embeddings", None) if config else None
+            context = None if positions is None else positions - self.cfg.max_new_tokens
+        media = getattr(adapter, "expected_media_tokens", None)
+        if context is not None and media is not None:
+            budget = context - media(self.model.num_frames) - PROMPT_TEMPLATE_TOKENS
+            size = len(text.encode("utf-8"))
+            if size > budget:
+                return f"prompt of {size} UTF-8 bytes may not fit the model's context ({budget} tokens left for text)"
+        bad = _CONTROL_CHARS.search(text)
+        if bad:
+            return f"prompt holds control character U+{ord(bad.group()):04X} at {bad.start()}"
+        return None
 
     def prompted(self) -> None:
         """Hook: a new question has been asked (``self._question``)."""
@@ -389,8 +430,9 @@ class StageNode(Node, Generic[C]):
         defer the rest here."""
         if name == "prompt":
             text = str(value).strip()
-            if not text:
-                return "an empty question cannot be asked"
+            reason = self.prompt_refusal(text)
+            if reason:
+                return reason
             self._question = text
             return None
         return f"no live handler for {name}"
