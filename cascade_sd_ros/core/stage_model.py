@@ -18,14 +18,22 @@ exist for tests and for trying the pipeline before the zoo is trained.
 
 The choice and its reason travel with the model (:attr:`StageModel.backend`), so a node can log and
 report them. ``dtype="auto"`` is bfloat16 on CUDA and float32 elsewhere.
+
+What a stage's token ids mean travels with it too (:attr:`StageModel.vocab`, a :class:`Vocabulary`): a
+short fingerprint of its tokenizer's token -> id map and special ids, computed once at load, which
+every draft and commit carries so that no stage ever uses ids of another vocabulary
+(:func:`check_vocabularies` refuses such a mix at start-up, :func:`source_vocabulary` reads it from a
+source's tokenizer alone, without loading weights).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
@@ -48,6 +56,96 @@ BACKENDS: tuple[Backend, ...] = ("auto", "cuda-graphs", "transformers")
 PROMPT_TEXT_TOKENS = 256
 CAPTION_MARGIN = 16
 STATIC_MAX_STEP = 17  # tokens one graphed forward feeds: drafts of up to 16 plus the bonus position
+TINY_VOCAB = 64  # [ids] vocabulary of the tiny:SEED models (every seed: ids mean the same, bytes of the question)
+FINGERPRINT_HEX = 16  # [hex digits] of SHA-256 kept as a vocabulary's fingerprint (64 bits)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a stage's token ids mean: ``fingerprint`` (:data:`FINGERPRINT_HEX` hex digits of SHA-256
+    over the token -> id map and the bos/eos/pad/unk ids) is what stages compare; ``summary`` is for
+    people ("LlamaTokenizerFast, 32002 ids, eos 2", "zoo tokenizer, 40 ids, eos 3")."""
+
+    fingerprint: str
+    summary: str
+
+    def __str__(self) -> str:
+        return f"{self.summary} [{self.fingerprint}]"
+
+
+def _fingerprint(payload: object) -> str:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:FINGERPRINT_HEX]
+
+
+def tokenizer_vocabulary(tokenizer: Any, name: str | None = None) -> Vocabulary:
+    """The :class:`Vocabulary` of a transformers-style tokenizer (``get_vocab()`` and the
+    ``*_token_id`` attributes). A stand-in without ``get_vocab`` (benches' byte tokenizers) is named
+    by its class, size and special ids alone. ``name`` replaces the class name in the summary."""
+    specials = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "unk")}
+    specials = {k: (int(v) if isinstance(v, int) else None) for k, v in specials.items()}
+    kind = name or type(tokenizer).__name__
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if callable(get_vocab):
+        pairs = sorted((int(i), str(t)) for t, i in get_vocab().items())  # [(id, token)], by id
+        size = len(pairs)
+        digest = _fingerprint({"vocab": pairs, "special": specials})
+    else:
+        size = int(getattr(tokenizer, "vocab_size", 0) or len(tokenizer))
+        digest = _fingerprint({"stand-in": type(tokenizer).__qualname__, "size": size, "special": specials})
+    eos = f", eos {specials['eos']}" if specials["eos"] is not None else ""
+    return Vocabulary(digest, f"{kind}, {size} ids{eos}")
+
+
+def tiny_vocabulary(vocab_size: int = TINY_VOCAB) -> Vocabulary:
+    """The vocabulary of the ``tiny:SEED`` models: no tokenizer, so its size and special ids."""
+    from cascade_sd_ros.core.spec.testing import BOS_ID, EOS_ID, PAD_ID
+
+    specials = {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID, "unk": None}
+    return Vocabulary(_fingerprint({"tiny": int(vocab_size), "special": specials}),
+                      f"tiny test vocabulary, {vocab_size} ids, eos {EOS_ID}")
+
+
+def _folder_tokenizer_name(folder: Path) -> str | None:
+    return "zoo tokenizer" if (folder / "zoo.json").is_file() else None
+
+
+def source_vocabulary(source: str) -> Vocabulary | None:
+    """The vocabulary of a model source without loading its weights (``tiny:SEED``, or a folder's
+    tokenizer); None where the source cannot say (no folder, no tokenizer: the loader will name why)."""
+    if source.startswith(TINY_PREFIX):
+        return tiny_vocabulary()
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    return tokenizer_vocabulary(tokenizer, _folder_tokenizer_name(folder))
+
+
+class VocabularyMismatch(ValueError):
+    """Stages whose token ids mean different things were put in one cascade."""
+
+
+def check_vocabularies(vocabs: Mapping[str, Vocabulary | None], reference: str = "target") -> None:
+    """Raise :class:`VocabularyMismatch` (one line naming the stages and their vocabularies) unless
+    every known vocabulary in ``vocabs`` (stage or role -> Vocabulary; None: unknown, skipped) has
+    the fingerprint of ``reference``'s (or, without it, the first known one's)."""
+    known = {k: v for k, v in vocabs.items() if v is not None}
+    if not known:
+        return
+    ref_name = reference if reference in known else next(iter(known))
+    ref = known[ref_name]
+    foreign = [(k, v) for k, v in known.items() if v.fingerprint != ref.fingerprint]
+    if foreign:
+        others = "; ".join(f"{k} uses {v}" for k, v in foreign)
+        raise VocabularyMismatch(
+            f"the stages cannot cooperate: {ref_name} uses {ref} but {others}; their token ids mean different "
+            f"things, so every stage needs a model with the {ref_name}'s tokenizer")
 
 
 @dataclass(frozen=True)
@@ -74,6 +172,7 @@ class StageModel:
     image_size: int
     build_context: Callable[[np.ndarray, str], StageContext]  # (uint8 [F,H,W,3] or [H,W,3], question)
     decode: Callable[[list[int]], str]  # caption token ids -> text
+    vocab: Vocabulary  # what its token ids mean (computed once, at load)
     backend: BackendChoice = BackendChoice("transformers", "built by the caller")
     _warm: _WarmState = field(default_factory=_WarmState, init=False, repr=False, compare=False)
 
@@ -261,7 +360,7 @@ def _tiny_stage(
     from cascade_sd_ros.core.spec.prompt import expand_placeholder
     from cascade_sd_ros.core.spec.testing import BOS_ID, tiny_models
 
-    tm = tiny_models(seed, aligned=True, dtype=dtype, device=device)
+    tm = tiny_models(seed, TINY_VOCAB, aligned=True, dtype=dtype, device=device)
     adapter = {"target": tm.target, "refiner": tm.refiner, "drafter": tm.drafter}[role]
     modality = "video" if role == "target" else "image"
     num_frames = tm.num_frames if role == "target" else 1
@@ -285,7 +384,7 @@ def _tiny_stage(
     def decode(token_ids: list[int]) -> str:
         return " ".join(f"<{t}>" for t in token_ids)
 
-    return StageModel(role, adapter, num_frames, tm.image_size, build, decode, choice)
+    return StageModel(role, adapter, num_frames, tm.image_size, build, decode, tiny_vocabulary(tm.vocab_size), choice)
 
 
 def _folder_stage(
@@ -306,7 +405,8 @@ def _folder_stage(
         raise FileNotFoundError(f"{role} model folder {folder}: no usable tokenizer ({exc})") from None
     processor = VideoLlavaImageProcessor.from_pretrained(folder, local_files_only=True)
     return stage_model_from_hf(model, role, tokenizer, processor, backend=backend,
-                               max_new_tokens=static.max_new_tokens, source=str(folder))
+                               max_new_tokens=static.max_new_tokens, source=str(folder),
+                               vocab=tokenizer_vocabulary(tokenizer, _folder_tokenizer_name(folder)))
 
 
 def stage_model_from_hf(
@@ -318,12 +418,14 @@ def stage_model_from_hf(
     backend: str = "auto",
     max_new_tokens: int = 256,
     source: str = "memory",
+    vocab: Vocabulary | None = None,
 ) -> StageModel:
     """A stage over a transformers model already on its device and in its dtype (what
     :func:`load_stage_model` does after loading a folder; benches hand it models built in memory).
 
     ``tokenizer`` needs ``encode`` (mapping "<video>"/"<image>" to the config's placeholder ids as one
-    token each) and ``decode``; ``processor`` sets the pixel statistics and the image size.
+    token each) and ``decode``; ``processor`` sets the pixel statistics and the image size. ``vocab``
+    defaults to :func:`tokenizer_vocabulary` of ``tokenizer``.
     """
     from cascade_sd_ros.core.spec.adapter import HFAdapter
     from cascade_sd_ros.core.spec.preprocess import preprocess_image, preprocess_video
@@ -358,7 +460,8 @@ def stage_model_from_hf(
     def decode(token_ids: list[int]) -> str:
         return str(tokenizer.decode(token_ids, skip_special_tokens=True))
 
-    return StageModel(role, adapter, num_frames, image_size, build, decode, choice)
+    vocab = vocab if vocab is not None else tokenizer_vocabulary(tokenizer)
+    return StageModel(role, adapter, num_frames, image_size, build, decode, vocab, choice)
 
 
 def default_stage_source(role: str) -> str:
