@@ -480,15 +480,18 @@ def load_hf_model(
     dtype: torch.dtype | None = None,
 ) -> PreTrainedModel:
     """Load a local HF model folder (never downloads) onto `device`; the class follows config.model_type
-    (video_llava, llava, else a causal LM).
+    (video_llava, llava, else a causal LM). Weights come from safetensors only; a folder's pickles
+    (``pytorch_model.bin``) are never opened and its ``auto_map`` code never imported.
 
     Raises:
-        FileNotFoundError: if the folder or its config.json is missing.
+        FileNotFoundError: if the folder, its config.json or its model.safetensors is missing.
+        ValueError: an architecture transformers has no code of its own for.
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"model folder {folder} has no config.json")
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    # a model folder is data, never code: no auto_map module is imported, no pickle is unpickled
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     cls: type[PreTrainedModel]
     if config.model_type == "video_llava":
         cls = VideoLlavaForConditionalGeneration
@@ -496,7 +499,11 @@ def load_hf_model(
         cls = LlavaForConditionalGeneration
     else:
         cls = AutoModelForCausalLM  # type: ignore[assignment]
-    kwargs = {"local_files_only": True}
+    if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        refused = f" ({', '.join(pickles)} refused: pickled weights can run code)" if pickles else ""
+        raise FileNotFoundError(f"model folder {folder} has no model.safetensors{refused}")
+    kwargs: dict[str, object] = {"local_files_only": True, "use_safetensors": True, "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = cls.from_pretrained(folder, **kwargs)
