@@ -46,11 +46,11 @@ def generated_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _replay(bag: Path, out: Path, baseline: str = "pass") -> dict[str, Any]:
-    from cascade_sd_ros.tools.replay import ReplaySettings, _make_baseline, run_replay
+    from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
     from cascade_sd_ros.tools.replay_pipeline import make_pipeline
 
     settings = ReplaySettings(bag=bag, out_dir=out, rate=None, models=dict(MODELS), progress=False, baseline=baseline)
-    return run_replay(settings, make_pipeline, _make_baseline).report
+    return run_replay(settings, make_pipeline, _make_bare).report
 
 
 @pytest.fixture(scope="module")

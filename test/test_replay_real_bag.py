@@ -28,13 +28,13 @@ def test_scan_of_real_bag_matches_golden_figures_and_misses_rgb(evt3_bag: Path) 
 @pytest.mark.ros
 @pytest.mark.slow
 def test_events_only_replay_completes_and_reports_missing_rgb(evt3_bag: Path, tmp_path: Path) -> None:
-    from cascade_sd_ros.tools.replay import ReplaySettings, _make_baseline, run_replay
+    from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
     from cascade_sd_ros.tools.replay_pipeline import make_pipeline
 
     settings = ReplaySettings(bag=evt3_bag, out_dir=tmp_path / "out", rate=None, progress=False,
                               models={"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"},
                               params={"common": {"round_period": 0.5}})
-    result = run_replay(settings, make_pipeline, _make_baseline)
+    result = run_replay(settings, make_pipeline, _make_bare)
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     assert doc is not None and result.report["summary"] == doc["summary"]
     assert list(doc["input"]["missing_streams"]) == ["rgb"]
@@ -48,5 +48,5 @@ def test_events_only_replay_completes_and_reports_missing_rgb(evt3_bag: Path, tm
     # Rounds the drafter opened end degraded: without frames the verifier cannot stand behind text.
     assert doc["summary"]["rounds"] >= 1
     assert all(r["degraded"] and "no RGB frames" in r["degraded_reason"] for r in doc["rounds"])
-    assert doc["summary"]["baseline"]["rounds"] == 0  # nothing to decode alone without a clip
+    assert doc["summary"]["speed"]["rounds_with_reference"] == 0  # nothing to decode alone without a clip
     assert "Missing streams" in (tmp_path / "out" / "report.md").read_text()

@@ -28,7 +28,7 @@ def write_tiny_mp4(path: Path, frames: int = 30, fps: int = 10, width: int = 64,
 
 def test_video_bag_replays_end_to_end(tmp_path: Path) -> None:
     from cascade_sd_ros.tools.cli import main
-    from cascade_sd_ros.tools.replay import ReplaySettings, _make_baseline, run_replay
+    from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
     from cascade_sd_ros.tools.replay_pipeline import make_pipeline
 
     video = tmp_path / "clip.mp4"
@@ -36,7 +36,7 @@ def test_video_bag_replays_end_to_end(tmp_path: Path) -> None:
     assert main(["make-bag", str(tmp_path / "bag"), "--from-video", str(video), "--duration", "1.0"]) == 0
     settings = ReplaySettings(bag=tmp_path / "bag", out_dir=tmp_path / "out", rate=None, progress=False,
                               models={"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"})
-    run_replay(settings, make_pipeline, _make_baseline)
+    run_replay(settings, make_pipeline, _make_bare)
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     assert doc["input"]["missing_streams"] == {}
     assert doc["run"]["published"]["/image"] == 30
@@ -47,6 +47,6 @@ def test_video_bag_replays_end_to_end(tmp_path: Path) -> None:
     assert first["ground_truth"] is None  # video chunks carry no caption: nothing to score
     # 3 s of video, rounds at each 1 s chunk's end: the verifier alone opens only those whose clip
     # lies within the frames and that a frame follows (the middle one), and agrees there.
-    assert doc["summary"]["baseline"]["rounds"] >= 1
-    assert doc["summary"]["baseline"]["lossless_match"] == 1.0
+    assert doc["summary"]["speed"]["rounds"] >= 1
+    assert doc["summary"]["speed"]["lossless_match"] == 1.0
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "output" / "metadata.yaml").is_file()

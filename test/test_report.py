@@ -6,22 +6,23 @@ import math
 import numpy as np
 import pytest
 
-from cascade_sd_ros.core import report
-from cascade_sd_ros.core.report import Baseline, RoundRecord, SceneInterval
+from cascade_sd_ros.core import report, speed
+from cascade_sd_ros.core.report import Reference, RoundRecord, SceneInterval
 
 
 def make_round(round_id: int, *, text: str = "a red circle moves left", tokens: tuple[int, ...] = (5, 6, 7),
                drafted: tuple[int, ...] = (4, 3), accepted: tuple[int, ...] = (2, 3), forwards: int = 2,
-               total: float = 100.0, prefill: float = 20.0, verify: float = 30.0, skew_frame: float = -4.0,
-               degraded: bool = False, reason: str = "", truth: str | None = None,
-               baseline: Baseline | None = None) -> RoundRecord:
+               total: float = 100.0, caption: float = 80.0, prefill: float = 20.0, verify: float = 30.0,
+               draft_wait: float = 6.0, skew_frame: float = -4.0, degraded: bool = False, reason: str = "",
+               truth: str | None = None, alone: Reference | None = None, bare: Reference | None = None) -> RoundRecord:
     return RoundRecord(
         round_id=round_id, stamp_ns=round_id * 500_000_000, text=text, token_ids=tokens,
         mode_name="lossless-greedy", lossless=True, drafted_per_stage=drafted, accepted_per_stage=accepted,
         target_forwards=forwards,
-        latency_ms={"total": total, "wait": 10.0, "prefill": prefill, "verify": verify, "draft": 5.0},
+        latency_ms={"caption": caption, "prefill": prefill, "verify": verify, "draft_wait": draft_wait,
+                    "total": total, "wait": 10.0, "draft": 5.0},
         skew_ms={"skew_frame": skew_frame, "skew_clip": 1.0, "clip_span": 400.0},
-        degraded=degraded, degraded_reason=reason, ground_truth=truth, baseline=baseline,
+        degraded=degraded, degraded_reason=reason, ground_truth=truth, alone=alone, bare=bare,
     )
 
 
@@ -48,19 +49,55 @@ def test_acceptance_sums_per_stage() -> None:
     assert report.round_acceptance(rounds[1]) == [1 / 6, None]
 
 
-def test_speedup_and_lossless_match() -> None:
-    same = Baseline(token_ids=(5, 6, 7), text="a red circle moves left", decode_ms=150.0, target_forwards=3)
-    other = Baseline(token_ids=(5, 9), text="a red square", decode_ms=90.0, target_forwards=2)
-    rounds = [make_round(1, baseline=same), make_round(2, baseline=other), make_round(3)]
-    s = report.speedup(rounds)
-    assert s["rounds"] == 2
-    assert s["baseline_ms"] == pytest.approx(240.0)
-    assert s["cascade_ms"] == pytest.approx(100.0)  # 2 x (20 + 30)
-    assert s["speedup_verifier"] == pytest.approx(2.4)
-    assert s["speedup_with_waits"] == pytest.approx(240.0 / (100.0 + 2 * 10.0))
-    assert s["forward_reduction"] == pytest.approx(5 / 4)
-    assert s["tokens_per_forward"] == pytest.approx(6 / 4)
-    assert s["lossless_match"] == pytest.approx(0.5)
+def _ref(tokens: tuple[int, ...], caption_ms: float, forwards: int = 3) -> Reference:
+    return Reference(token_ids=tokens, text="t", caption_ms=caption_ms, target_forwards=forwards)
+
+
+def test_speed_is_caption_latency_against_the_verifier_alone() -> None:
+    same, other = (5, 6, 7), (5, 9)
+    rounds = [make_round(1, caption=80.0, alone=_ref(same, 200.0), bare=_ref(same, 100.0)),
+              make_round(2, caption=60.0, forwards=3, alone=_ref(other, 120.0, 2), bare=_ref(other, 110.0, 2)),
+              make_round(3, caption=50.0, alone=_ref(same, 150.0), bare=_ref(same, 140.0)),
+              make_round(4, caption=70.0)]  # no reference: left out
+    s = report.speed(rounds)
+    assert s["reference"] == "verifier-alone" and s["rounds"] == 3 and s["rounds_with_reference"] == 3
+    assert s["caption_latency_cascade"]["p50_ms"] == pytest.approx(60.0)
+    assert s["caption_latency_alone"]["p50_ms"] == pytest.approx(150.0)
+    assert s["target_bare"]["p50_ms"] == pytest.approx(110.0)
+    assert s["speedup_p50"] == pytest.approx(150.0 / 60.0, abs=1e-3)
+    assert s["speedup_p95"] == pytest.approx(np.percentile([200, 120, 150], 95) / np.percentile([80, 60, 50], 95), abs=1e-3)
+    assert s["alone_over_bare"] == pytest.approx(150.0 / 110.0, abs=1e-3)
+    # The one definition: the report's figures are core.speed.compare's, key for key.
+    expected = speed.compare({1: 80.0, 2: 60.0, 3: 50.0}, {1: 200.0, 2: 120.0, 3: 150.0}, {1: 100.0, 2: 110.0, 3: 140.0})
+    assert {k: s[k] for k in expected.to_dict()} == expected.to_dict()
+    assert s["reference_honest"] is False and s["honest_margin"] == 0.15  # 1.36x bare: not honest
+    assert s["cascade_forwards"] == 2 + 3 + 2 and s["reference_forwards"] == 3 + 2 + 3
+    assert s["tokens_per_forward"] == pytest.approx(9 / 7)
+    assert s["lossless_match"] == pytest.approx(2 / 3)  # rounds 1 and 3 equal the alone tokens; 2 differs
+
+
+def test_speed_reference_within_margin_is_honest_and_offline_uses_bare() -> None:
+    tokens = (5, 6, 7)
+    honest = [make_round(i, alone=_ref(tokens, 114.0), bare=_ref(tokens, 100.0)) for i in range(3)]
+    assert report.speed(honest)["reference_honest"] is True
+    unmeasured = [make_round(1, alone=_ref(tokens, 114.0))]
+    assert report.speed(unmeasured)["reference_honest"] is None and report.speed(unmeasured)["alone_over_bare"] is None
+    offline = [make_round(1, caption=50.0, bare=_ref(tokens, 100.0))]
+    s = report.speed(offline)
+    assert s["reference"] == "target-bare" and s["speedup_p50"] == pytest.approx(2.0) and s["alone_over_bare"] == 1.0
+    none = report.speed([make_round(1)])
+    assert none["reference"] is None and none["rounds"] == 0 and none["speedup_p50"] is None
+
+
+def test_caption_parts_add_up_to_caption_latency() -> None:
+    r = make_round(1, caption=80.0, prefill=20.0, verify=30.0, draft_wait=6.0)
+    assert r.caption_parts_ms == {"prefill": 20.0, "verify": 30.0, "draft_wait": 6.0, "other": 24.0}
+    assert sum(r.caption_parts_ms.values()) == pytest.approx(80.0)
+    nan = make_round(2, caption=float("nan"))
+    assert math.isnan(nan.caption_parts_ms["other"])
+    b = report.caption_breakdown([r, make_round(3, caption=100.0, verify=40.0), nan])
+    assert b["caption"]["count"] == 2 and b["other"]["mean"] == pytest.approx((24.0 + 34.0) / 2)
+    assert sum(b[k]["mean"] for k in speed.CAPTION_PARTS) == pytest.approx(b["caption"]["mean"])
 
 
 def test_accuracy_against_ground_truth() -> None:
@@ -94,6 +131,8 @@ def test_summary_degraded_and_json_round() -> None:
     assert summary["degraded"] == {"count": 1, "round_ids": [2], "reasons": {"no frame within slop": 1}}
     assert summary["abs_skew_ms"]["skew_frame"]["count"] == 1
     assert summary["latency_ms"]["total"]["p50"] == pytest.approx(100.0)
+    assert summary["caption_parts_ms"]["caption"]["p50"] == pytest.approx(80.0)
+    assert "baseline" not in summary and "verifier_ms" not in summary  # one speed figure: summary["speed"]
     d = report.round_to_dict(rounds[1])
     assert d["skew_ms"]["skew_frame"] is None and not math.isnan(d["skew_ms"]["clip_span"])
 

@@ -2,8 +2,9 @@
 
 A replay (or the demo) turns every final ``VerifiedCaption`` into a :class:`RoundRecord`; this
 module derives what a report states about them: acceptance per stage, latency percentiles, the
-alignment skew, degraded rounds, the speed-up over the verifier alone on the same rounds, and
-caption accuracy against ground truth. Everything is a pure function of the records, so a test can
+alignment skew, degraded rounds, caption latency against the verifier alone on the same rounds
+(:func:`cascade_sd_ros.core.speed.compare`, the one definition of speed-up, with the target's bare
+cost beside it), and caption accuracy against ground truth. Everything is a pure function of the records, so a test can
 recompute a written report from the recorded output bag and get the same numbers.
 """
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-#: Latency components of ``VerifiedCaption`` (``latency_<name>_ms``), in breakdown order.
-LATENCY_COMPONENTS: tuple[str, ...] = ("total", "wait", "prefill", "verify", "draft")
+from cascade_sd_ros.core import speed as spd
+
+#: Latency components of ``VerifiedCaption`` (``latency_<name>_ms``): caption latency (what a robot
+#: waits: inputs complete -> final caption) first, then the verifier's parts of it and the rest.
+LATENCY_COMPONENTS: tuple[str, ...] = ("caption", "prefill", "verify", "draft_wait", "total", "wait", "draft")
 #: Alignment skews of ``VerifiedCaption`` (``<name>_ms``).
 SKEW_COMPONENTS: tuple[str, ...] = ("skew_frame", "skew_clip", "clip_span")
 #: Percentiles every distribution is summarised by.
@@ -25,13 +29,16 @@ STAGE_NAMES: tuple[str, ...] = ("drafter", "refiner")
 
 
 @dataclass(frozen=True)
-class Baseline:
-    """The verifier alone on one round's clip and prompt (greedy), as the speed-up reference."""
+class Reference:
+    """One round's caption from a reference run: the verifier node alone (drafts off, same rounds),
+    or the target's bare greedy decode of the round's clip without ROS."""
 
     token_ids: tuple[int, ...]  # [token id] caption tokens, prompt excluded
     text: str  # [text] decoded caption
-    decode_ms: float  # [ms] prefill + token-by-token decoding wall time
+    caption_ms: float  # [ms] caption latency (bare: preprocessing + prefill + decode)
     target_forwards: int  # [count] forward passes after prefill
+    prefill_ms: float = math.nan  # [ms] of caption_ms: preprocessing, encode and prompt prefill
+    verify_ms: float = math.nan  # [ms] of caption_ms: forward passes after prefill
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ class RoundRecord:
     degraded: bool
     degraded_reason: str
     ground_truth: str | None = None  # [text] caption of the scene the round falls in, if known
-    baseline: Baseline | None = None
+    alone: Reference | None = None  # the verifier node alone on this round
+    bare: Reference | None = None  # the target's bare cost on this round's clip (no ROS)
 
     def __post_init__(self) -> None:
         if len(self.drafted_per_stage) != len(self.accepted_per_stage):
@@ -68,9 +76,15 @@ class RoundRecord:
                 raise ValueError(f"round {self.round_id}: skew component {name!r} missing")
 
     @property
-    def verifier_ms(self) -> float:
-        """[ms] the verifier's own compute on this round: prefill plus verification passes."""
-        return float(self.latency_ms["prefill"]) + float(self.latency_ms["verify"])
+    def caption_parts_ms(self) -> dict[str, float]:
+        """[ms] caption latency split into prefill, verify, draft_wait and other (the rest): they add up."""
+        lat = self.latency_ms
+        return spd.caption_parts(lat["caption"], lat["prefill"], lat["verify"], lat["draft_wait"])
+
+    @property
+    def reference(self) -> Reference | None:
+        """What this round's speed is measured against: the verifier alone, else the bare target."""
+        return self.alone if self.alone is not None else self.bare
 
 
 @dataclass(frozen=True)
@@ -165,41 +179,59 @@ def round_acceptance(record: RoundRecord) -> list[float | None]:
     return [a / d if d else None for d, a in zip(record.drafted_per_stage, record.accepted_per_stage)]
 
 
-def speedup(rounds: Sequence[RoundRecord]) -> dict[str, float | int | None]:
-    """The cascade against the verifier alone on the rounds that have a baseline.
+def speed(rounds: Sequence[RoundRecord]) -> dict[str, object]:
+    """Caption latency of the cascade against its reference on the same rounds, through
+    :func:`cascade_sd_ros.core.speed.compare` (the one definition the demo and the benches use).
 
-    ``speedup_verifier`` compares verifier compute (prefill + passes) summed over those rounds;
-    ``speedup_with_waits`` also charges the cascade its waiting (for drafts, and for frames, which
-    a live verifier alone would wait for too: a lower bound); ``forward_reduction`` compares
-    verifier forward passes; ``lossless_match`` is the share of rounds whose caption tokens equal
-    the baseline's (1.0 is the lossless-greedy contract).
+    The reference is the verifier node alone where that pass ran, else the target's bare decode
+    (``--baseline offline``: then the ratio is against the bare cost itself). ``alone_over_bare``
+    says how far the reference sat above the target's bare cost on the same clips;
+    ``reference_honest`` is False when that is more than ``honest_margin`` over: a stalled or
+    starved reference, which flatters the cascade (None: the bare cost was not measured; with the
+    bare target as the reference it is 1 by construction). ``tokens_per_forward`` is caption tokens per
+    cascade verifier pass (the verifier alone: 1 after the prefill's token); ``lossless_match`` is the
+    share of rounds whose tokens equal the reference's (1.0 is the lossless-greedy contract),
+    ``bare_match`` the same against the bare target.
     """
-    with_base = [r for r in rounds if r.baseline is not None]
-    if not with_base:
-        return {"rounds": 0, "baseline_ms": None, "cascade_ms": None, "speedup_verifier": None,
-                "cascade_ms_with_waits": None, "speedup_with_waits": None,
-                "baseline_forwards": None, "cascade_forwards": None, "forward_reduction": None,
-                "tokens_per_forward": None, "lossless_match": None}
-    base_ms = sum(r.baseline.decode_ms for r in with_base if r.baseline)
-    casc_ms = sum(r.verifier_ms for r in with_base)
-    waits_ms = casc_ms + sum(float(r.latency_ms["wait"]) for r in with_base)
-    base_fw = sum(r.baseline.target_forwards for r in with_base if r.baseline)
-    casc_fw = sum(r.target_forwards for r in with_base)
-    tokens = sum(len(r.token_ids) for r in with_base)
-    matches = sum(1 for r in with_base if r.baseline and tuple(r.baseline.token_ids) == tuple(r.token_ids))
+    alone = {r.round_id: r.alone for r in rounds if r.alone is not None}
+    bare = {r.round_id: r.bare for r in rounds if r.bare is not None}
+    kind = "verifier-alone" if alone else "target-bare" if bare else None
+    ref = alone or bare
+    cmp = spd.compare({r.round_id: float(r.latency_ms["caption"]) for r in rounds},
+                      {rid: x.caption_ms for rid, x in ref.items()},
+                      {rid: x.caption_ms for rid, x in bare.items()})
+    both = [r for r in rounds if r.round_id in ref]
+    casc_fw = sum(r.target_forwards for r in both)
+    tokens = sum(len(r.token_ids) for r in both)
     return {
-        "rounds": len(with_base),
-        "baseline_ms": base_ms,
-        "cascade_ms": casc_ms,
-        "speedup_verifier": base_ms / casc_ms if casc_ms > 0 else None,
-        "cascade_ms_with_waits": waits_ms,
-        "speedup_with_waits": base_ms / waits_ms if waits_ms > 0 else None,
-        "baseline_forwards": base_fw,
+        "reference": kind,
+        "rounds": cmp.cascade.n,
+        "rounds_with_reference": len(both),
+        **cmp.to_dict(),
+        "honest_margin": spd.HONEST_MARGIN,
+        "reference_honest": spd.honest_reference(cmp.alone_over_bare),
         "cascade_forwards": casc_fw,
-        "forward_reduction": base_fw / casc_fw if casc_fw > 0 else None,
+        "reference_forwards": sum(ref[r.round_id].target_forwards for r in both),
         "tokens_per_forward": tokens / casc_fw if casc_fw > 0 else None,
-        "lossless_match": matches / len(with_base),
+        "lossless_match": _same_tokens(rounds, ref),
+        "bare_match": _same_tokens(rounds, bare),
     }
+
+
+def _same_tokens(rounds: Sequence[RoundRecord], refs: Mapping[int, Reference]) -> float | None:
+    """Share of the rounds with a reference whose caption tokens equal it (None: no such round)."""
+    pairs = [(r, refs[r.round_id]) for r in rounds if r.round_id in refs]
+    return sum(tuple(x.token_ids) == tuple(r.token_ids) for r, x in pairs) / len(pairs) if pairs else None
+
+
+def caption_breakdown(rounds: Sequence[RoundRecord]) -> dict[str, dict[str, float | int | None]]:
+    """Distribution of each part of caption latency (prefill, verify, draft_wait, other) and of the
+    whole, over the rounds with a caption latency. Means add up; percentiles need not."""
+    timed = [r for r in rounds if math.isfinite(float(r.latency_ms["caption"]))]
+    parts = [r.caption_parts_ms for r in timed]
+    out = {k: distribution(p[k] for p in parts).to_dict() for k in spd.CAPTION_PARTS}
+    out["caption"] = distribution(float(r.latency_ms["caption"]) for r in timed).to_dict()
+    return out
 
 
 def accuracy(rounds: Sequence[RoundRecord]) -> dict[str, float | int | None]:
@@ -208,17 +240,17 @@ def accuracy(rounds: Sequence[RoundRecord]) -> dict[str, float | int | None]:
     scored = [r for r in rounds if r.ground_truth is not None]
     if not scored:
         return {"rounds": 0, "exact_match": None, "any_order_match": None, "word_accuracy": None,
-                "baseline_exact_match": None}
+                "reference_exact_match": None}
     exact = sum(normalise_caption(r.text) == normalise_caption(r.ground_truth or "") for r in scored)
     any_order = sum(clauses(r.text) == clauses(r.ground_truth or "") for r in scored)
     words = [word_accuracy(r.text, r.ground_truth or "") for r in scored]
-    based = [r for r in scored if r.baseline is not None]
-    base_exact = (
-        sum(normalise_caption(r.baseline.text) == normalise_caption(r.ground_truth or "") for r in based if r.baseline)
-        / len(based) if based else None
+    refs = [(r, r.reference) for r in scored if r.reference is not None]
+    ref_exact = (
+        sum(normalise_caption(ref.text) == normalise_caption(r.ground_truth or "") for r, ref in refs) / len(refs)
+        if refs else None
     )
     return {"rounds": len(scored), "exact_match": exact / len(scored), "any_order_match": any_order / len(scored),
-            "word_accuracy": float(np.mean(words)), "baseline_exact_match": base_exact}
+            "word_accuracy": float(np.mean(words)), "reference_exact_match": ref_exact}
 
 
 def degraded_summary(rounds: Sequence[RoundRecord]) -> dict[str, object]:
@@ -241,11 +273,11 @@ def summarise(rounds: Sequence[RoundRecord]) -> dict[str, object]:
         "target_forwards": sum(r.target_forwards for r in rounds),
         "acceptance": acceptance(rounds),
         "latency_ms": {c: distribution(r.latency_ms[c] for r in rounds).to_dict() for c in LATENCY_COMPONENTS},
-        "verifier_ms": distribution(r.verifier_ms for r in rounds).to_dict(),
+        "caption_parts_ms": caption_breakdown(rounds),
         # Skew is signed; its size is what alignment quality means, so summarise |skew|.
         "abs_skew_ms": {c: distribution(abs(r.skew_ms[c]) for r in rounds).to_dict() for c in SKEW_COMPONENTS},
         "degraded": degraded_summary(rounds),
-        "baseline": speedup(rounds),
+        "speed": speed(rounds),
         "accuracy": accuracy(rounds),
     }
 
@@ -256,7 +288,12 @@ def round_to_dict(record: RoundRecord) -> dict[str, object]:
     def clean(v: float) -> float | None:
         return None if not math.isfinite(float(v)) else float(v)
 
-    base = record.baseline
+    def reference(ref: Reference | None) -> dict[str, object] | None:
+        return None if ref is None else {
+            "caption": ref.text, "token_ids": list(ref.token_ids), "caption_ms": clean(ref.caption_ms),
+            "prefill_ms": clean(ref.prefill_ms), "verify_ms": clean(ref.verify_ms),
+            "target_forwards": ref.target_forwards, "same_tokens": tuple(ref.token_ids) == tuple(record.token_ids)}
+
     return {
         "round_id": record.round_id,
         "stamp_ns": record.stamp_ns,
@@ -270,11 +307,10 @@ def round_to_dict(record: RoundRecord) -> dict[str, object]:
         "acceptance_per_stage": round_acceptance(record),
         "target_forwards": record.target_forwards,
         "latency_ms": {k: clean(record.latency_ms[k]) for k in LATENCY_COMPONENTS},
+        "caption_parts_ms": {k: clean(v) for k, v in record.caption_parts_ms.items()},
         "skew_ms": {k: clean(record.skew_ms[k]) for k in SKEW_COMPONENTS},
         "degraded": record.degraded,
         "degraded_reason": record.degraded_reason,
-        "baseline": None if base is None else {
-            "caption": base.text, "token_ids": list(base.token_ids), "decode_ms": base.decode_ms,
-            "target_forwards": base.target_forwards, "same_tokens": tuple(base.token_ids) == tuple(record.token_ids),
-        },
+        "verifier_alone": reference(record.alone),
+        "target_bare": reference(record.bare),
     }

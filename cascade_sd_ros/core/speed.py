@@ -82,3 +82,28 @@ def _finite(x: float | None) -> bool:
 
 def _round(x: float | None, digits: int = 2) -> float | None:
     return None if x is None else round(float(x), digits)
+
+
+#: A verifier-alone reference more than this fraction over the target's bare cost is not honest:
+#: it was slowed by something other than the target (a stalled executor, a shared core), which
+#: flatters the cascade's ratio.
+HONEST_MARGIN = 0.15
+
+#: Parts of caption latency, in the order they are stacked; "other" is the rest.
+CAPTION_PARTS: tuple[str, ...] = ("prefill", "verify", "draft_wait", "other")
+
+
+def honest_reference(alone_over_bare: float | None, margin: float = HONEST_MARGIN) -> bool | None:
+    """Whether the verifier alone came within ``margin`` of the target's bare cost (None: unmeasured)."""
+    return None if alone_over_bare is None else alone_over_bare <= 1.0 + margin
+
+
+def caption_parts(caption_ms: float, prefill_ms: float, verify_ms: float, draft_wait_ms: float) -> dict[str, float]:
+    """Where one round's caption latency went, in the verifier (``VerifiedCaption`` fields): prefill
+    (clip preprocessing, encode and prompt), verification passes, waiting for drafts once the clip
+    was in, and "other", the rest (the worker coming to the round, publishing, Python), so the parts
+    add up to ``caption_ms`` exactly. "other" is NaN where caption latency is unknown."""
+    parts = {"prefill": float(prefill_ms), "verify": float(verify_ms), "draft_wait": float(draft_wait_ms)}
+    total = float(caption_ms)
+    parts["other"] = total - sum(parts.values()) if math.isfinite(total) else math.nan
+    return parts

@@ -3,11 +3,12 @@
 Reads a rosbag2 (sqlite3 or MCAP), publishes its records by their recorded time with a ``/clock``
 (the nodes run on ``use_sim_time``) or, with ``--fast``, as fast as the cascade accepts them, records
 every output of the pipeline's nodes into an MCAP bag in ``--out``, runs the verifier alone on the
-same rounds as the speed-up baseline, and writes report.json, report.md and PNG plots there.
+same rounds as the speed reference and times the target bare (no ROS) on the rounds' clips beside
+it, and writes report.json, report.md and PNG plots there.
 
 Pieces: replay_source (scan + records), replay_pass (one pass: pipeline, player, recorder),
 replay_schedule (when), replay_player (publish + /clock), replay_recorder (MCAP), replay_baseline
-(offline verifier alone), replay_report (figures), and replay_pipeline (the adapter onto the shared
+(the bare target), replay_report (figures), and replay_pipeline (the adapter onto the shared
 node composition, tools/pipeline.py).
 """
 from __future__ import annotations
@@ -19,10 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cascade_sd_ros.tools.replay_pass import Baseline, BaselineFactory, PipelineFactory, PipelineHandle
+from cascade_sd_ros.tools.replay_pass import PipelineFactory, PipelineHandle, ReferenceFactory, ReferenceRun
 from cascade_sd_ros.tools.replay_source import ReplayInputError, parse_remaps
 
-__all__ = ["Baseline", "BaselineFactory", "PipelineFactory", "PipelineHandle", "ReplayResult", "ReplaySettings",
+__all__ = ["PipelineFactory", "PipelineHandle", "ReferenceFactory", "ReferenceRun", "ReplayResult", "ReplaySettings",
            "run_replay"]
 
 OUTPUT_BAG = "output"  # folder name of the recorded MCAP bag inside --out
@@ -88,13 +89,14 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
-               make_baseline: BaselineFactory | None = None) -> ReplayResult:
+               make_bare: ReferenceFactory | None = None) -> ReplayResult:
     """Replay ``settings.bag`` through a pipeline and write the report; see the module docstring.
 
     With ``settings.baseline == "pass"`` the bag is first played through the verifier alone (the
     same node, drafts off, its own recording in ``verifier_alone/``), and its final captions go into
-    the cascade's output bag as the baseline; ``"offline"`` decodes each round's clip with the
-    target model after the cascade pass (``make_baseline``); ``"none"`` skips it.
+    the cascade's output bag as the speed reference; ``make_bare`` (given the cascade's pipeline)
+    times the target bare on each round's clip after the cascade pass, the reference's own honest
+    cost; ``"offline"`` runs only the bare target, which is then the reference; ``"none"`` neither.
     """
     from cascade_sd_ros.tools import replay_report
     from cascade_sd_ros.tools.replay_pass import play_pass
@@ -112,33 +114,34 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     started = dt.datetime.now(dt.timezone.utc)
 
     alone_info: dict[str, Any] | None = None
-    factory: BaselineFactory | None = None
+    references: dict[str, ReferenceFactory] = {}
     if settings.baseline == "pass":
         if settings.progress:
-            print("pass 1/2: the verifier alone (speed-up reference)", file=sys.stderr)
+            print("pass 1/2: the verifier alone (speed reference)", file=sys.stderr)
         alone_settings = replace(settings, stages=("verifier",),
                                  params=merge_params(settings.params, {"video_verifier": {"use_drafts": "none"}}))
         alone = play_pass(scan, alone_settings, make_pipeline, settings.out_dir / ALONE_BAG)
         alone_info = {k: alone.run_info.get(k) for k in ("wall_s", "rounds_opened", "input_losses", "unfinished_rounds")}
-        factory = lambda _pipeline: RecordedBaseline(alone.finals)  # noqa: E731 -- one-line factory
-    elif settings.baseline == "offline":
-        factory = make_baseline
+        references[replay_report.ALONE_TOPIC] = lambda _pipeline: RecordedAlone(alone.finals)
+    if settings.baseline != "none" and make_bare is not None:
+        references[replay_report.BARE_TOPIC] = make_bare
     if settings.progress and settings.baseline == "pass":
         print("pass 2/2: the cascade", file=sys.stderr)
-    main = play_pass(scan, settings, make_pipeline, out_bag, factory)
+    main = play_pass(scan, settings, make_pipeline, out_bag, references)
+    refs = main.run_info.pop("references", {})
+    alone_ref, bare_ref = refs.get(replay_report.ALONE_TOPIC, {}), refs.get(replay_report.BARE_TOPIC, {})
     run_info = {"started_utc": started.isoformat(timespec="seconds"), "versions": _versions(), **main.run_info,
-                "baseline": {"kind": settings.baseline, "rounds": main.run_info.get("baseline_rounds", 0),
-                             "rounds_missing": main.run_info.get("baseline_rounds_missing", []),
-                             "verifier_alone_pass": alone_info}}
-    run_info.pop("baseline_rounds", None)
-    run_info.pop("baseline_rounds_missing", None)
+                "baseline": {"kind": settings.baseline, "rounds": alone_ref.get("rounds", bare_ref.get("rounds", 0)),
+                             "rounds_missing": alone_ref.get("rounds_missing", bare_ref.get("rounds_missing", [])),
+                             "verifier_alone_pass": alone_info,
+                             "target_bare": bare_ref or None}}
     output = replay_report.load_output(out_bag)
     report = replay_report.write_report(output, run_info, main.scan.to_dict(), settings.out_dir)
     return ReplayResult(report, settings.out_dir, out_bag)
 
 
-class RecordedBaseline:
-    """The verifier-alone pass's final captions, handed to the cascade pass as its baseline."""
+class RecordedAlone:
+    """The verifier-alone pass's final captions, handed to the cascade pass as its reference."""
 
     def __init__(self, finals: dict[int, tuple[int, bytes]]) -> None:
         self._finals = dict(finals)
@@ -192,9 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="round timing: one round at the end of each ground-truth scene as the demo does "
                              "(scenes), the nodes' round_period (period), or scenes when the bag has ground truth (auto)")
     parser.add_argument("--baseline", choices=BASELINES, default="pass",
-                        help="verifier-alone reference: a second pass of the bag through the verifier node alone "
-                             "(pass, default), the target model decoding each round's clip after the cascade "
-                             "(offline), or none")
+                        help="speed reference: a second pass of the bag through the verifier node alone, with the "
+                             "target's bare cost on the same clips beside it (pass, default); the target decoding "
+                             "each round's clip bare after the cascade, no ROS (offline); or none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stall-s", type=_positive_float, default=60.0,
                         help="fast mode: stop waiting for a round after this many wall seconds")
@@ -213,12 +216,44 @@ def _parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
-def _make_baseline(pipeline: Any) -> Baseline | None:
-    from cascade_sd_ros.tools.replay_baseline import VerifierAloneBaseline
+def speed_lines(sp: dict[str, Any]) -> list[str]:
+    """The report's speed figure in a few lines: caption latency p50 of the cascade, its reference
+    and the bare target, the ratio, and a plain warning when the reference was not honest."""
+    if not sp["reference"]:
+        return []
+
+    def ms(d: dict[str, Any]) -> str:
+        return "-" if d["p50_ms"] is None else f"{d['p50_ms']:.0f} ms"
+
+    ref = "verifier alone" if sp["reference"] == "verifier-alone" else "target bare"
+    ratio = "n/a" if sp["speedup_p50"] is None else f"{sp['speedup_p50']:.2f}x"
+    lines = [f"caption latency p50 over {sp['rounds']} rounds: cascade {ms(sp['caption_latency_cascade'])}, "
+             f"{ref} {ms(sp['caption_latency_alone'])} (target bare, no ROS: {ms(sp['target_bare'])}); "
+             f"speed-up over the {ref}: {ratio}"]
+    if sp["reference_honest"] is False:
+        lines.append(f"NOT AN HONEST REFERENCE: the verifier alone took {sp['alone_over_bare']:.2f}x the target's bare "
+                     f"cost (over {100 * sp['honest_margin']:.0f} %); the speed-up flatters the cascade")
+    return lines
+
+
+def _make_bare(pipeline: Any) -> ReferenceRun | None:
+    """The target's bare decode of each round's clip, on the cascade pipeline's own target model."""
+    from cascade_sd_ros.tools.replay_baseline import BareTarget
 
     verifier = getattr(pipeline, "verifier", None)
     target = getattr(pipeline, "models", {}).get("target")
-    return None if verifier is None or target is None else VerifierAloneBaseline(verifier, target)
+    return None if verifier is None or target is None else BareTarget(verifier, target)
+
+
+def _check_vocabularies(settings: ReplaySettings) -> None:
+    """Stages whose models give token ids different meanings: refused in one line (exit 2)."""
+    from cascade_sd_ros.core.stage_model import VocabularyMismatch
+    from cascade_sd_ros.tools.pipeline import PipelineConfig, check_source_vocabularies
+
+    try:
+        check_source_vocabularies(PipelineConfig(models=dict(settings.models), stages=tuple(settings.stages)))
+    except VocabularyMismatch as exc:
+        raise ReplayInputError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
         models=models, params=params, rounds=args.rounds, device=args.device, baseline=args.baseline,
         progress=not args.no_progress, stall_s=args.stall_s)
     try:
-        result = run_replay(settings, make_pipeline, _make_baseline)
+        _check_vocabularies(settings)  # a mix of vocabularies: one line, before the bag is read
+        result = run_replay(settings, make_pipeline, _make_bare)
     except ReplayInputError as exc:
         print(f"cascade-sd replay: error: {exc}", file=sys.stderr)
         return 2
@@ -261,4 +297,6 @@ def run(args: argparse.Namespace) -> int:
     if inp.get("storage_error"):
         print(f"partial: {inp['storage_error']}", file=sys.stderr)
     print(f"{summ['rounds']} rounds; report in {result.out_dir / 'report.md'}; outputs in {result.output_bag}")
+    for line in speed_lines(summ["speed"]):
+        print(line)
     return 3 if inp.get("storage_error") or inp["corrupt_records"] else 0  # 3: partial (damaged input)

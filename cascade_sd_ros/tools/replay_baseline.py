@@ -1,11 +1,14 @@
-"""The verifier alone on the same rounds: the reference of the replay's speed-up and exactness.
+"""The target's bare cost on the replay's rounds: what an honest verifier-alone reference costs.
 
 For every round the cascade finished, the verifier node keeps the exact clip and question it
 conditioned on (``VideoVerifier.inputs``); they are captured as each final caption arrives. After
 playback, with the cascade stopped, the same target model decodes each captured round greedily
-on its own (``target_only_greedy``: one forward per token) and the result is written into the
-output bag as a final ``VerifiedCaption`` on ``/replay/verifier_alone`` (mode_name
-"verifier-alone"; prefill and decode times in ``latency_prefill_ms`` / ``latency_verify_ms``).
+on its own, in this process, without ROS (``target_only_greedy``: one forward per token), from
+pixels as the node does (preprocessing counts). Each result goes into the output bag as a final
+``VerifiedCaption`` on ``/replay/target_bare`` (mode_name "target-bare"; ``latency_caption_ms`` =
+``latency_prefill_ms`` (preprocessing + prefill) + ``latency_verify_ms`` (decode)). The report sets
+the verifier-alone pass beside it (``alone_over_bare``), and with ``--baseline offline`` (no
+verifier-alone pass) it is the reference itself.
 """
 from __future__ import annotations
 
@@ -19,17 +22,17 @@ import torch
 
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core.spec.engine import target_only_greedy
-from cascade_sd_ros.tools.replay_report import BASELINE_MODE
+from cascade_sd_ros.tools.replay_report import BARE_MODE
 
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
 
 
-class VerifierAloneBaseline:
-    """Captures the verifier's round inputs while the replay runs, decodes them alone afterwards."""
+class BareTarget:
+    """Captures the verifier's round inputs while the replay runs, decodes them bare afterwards."""
 
     def __init__(self, verifier: Any, target: Any) -> None:
         if verifier is None or target is None:
-            raise ValueError("the verifier-alone baseline needs the pipeline's video_verifier node and target model")
+            raise ValueError("the bare target needs the pipeline's video_verifier node and target model")
         self._verifier = verifier
         self._target = target  # StageModel (adapter, context builder, decode)
         self._max_new_tokens = int(verifier.cfg.max_new_tokens)
@@ -48,16 +51,15 @@ class VerifierAloneBaseline:
 
     @torch.inference_mode()
     def run(self) -> list[tuple[int, bytes]]:
-        """Decode every captured round alone; (T [ns], serialised VerifiedCaption) in round order."""
+        """Decode every captured round bare; (T [ns], serialised VerifiedCaption) in round order."""
         store = bagio.typestore()
         adapter = self._target.adapter
         with self._lock:
             rounds = sorted(self._captured.items())
         out: list[tuple[int, bytes]] = []
         for round_id, (t_ns, inputs) in rounds:
-            context = self._target.context(np.asarray(inputs.frames), inputs.question)
-            t0 = time.perf_counter()
-            adapter.prefill(context)
+            t0 = time.perf_counter()  # from pixels, as the node's prefill figure
+            adapter.prefill(self._target.context(np.asarray(inputs.frames), inputs.question))
             t1 = time.perf_counter()
             tokens = target_only_greedy(adapter, None, self._max_new_tokens)
             t2 = time.perf_counter()
@@ -75,7 +77,7 @@ def _caption(store: Any, round_id: int, t_ns: int, tokens: list[int], text: str,
     stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
     return types[VERIFIED_CAPTION_TYPE](
         header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=""), round_id=round_id, text=text,
-        token_ids=np.asarray(tokens, np.int32), final=True, mode=0, mode_name=BASELINE_MODE, lossless=True,
+        token_ids=np.asarray(tokens, np.int32), final=True, mode=0, mode_name=BARE_MODE, lossless=True,
         drafted_per_stage=np.zeros(0, np.uint32), accepted_per_stage=np.zeros(0, np.uint32),
         target_forwards=forwards, latency_total_ms=prefill_ms + decode_ms,
         latency_caption_ms=prefill_ms + decode_ms, latency_wait_ms=0.0, latency_draft_wait_ms=0.0,

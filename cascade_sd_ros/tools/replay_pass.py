@@ -3,8 +3,8 @@
 :func:`play_pass` is the ROS half of the replay: it builds the pipeline, maps the bag's topics onto
 the nodes' inputs, waits for discovery, plays the records (replay_player) while the recorder writes
 every output into an MCAP bag (replay_recorder), checks what the nodes received, stops everything
-and, given a baseline, writes its captions into the same bag. ``replay.run_replay`` runs one pass
-for the cascade and, for the speed-up reference, one for the verifier alone.
+and, given reference runs, writes their captions into the same bag. ``replay.run_replay`` runs one
+pass for the cascade and, for the speed reference, one for the verifier alone.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 MATCH_TIMEOUT_S = 10.0  # [s] for publishers and subscriptions to discover each other
 MAX_ECHO_WINDOW = 64  # [records] fast mode never runs further ahead of the executor on one topic
@@ -34,8 +34,9 @@ class PipelineHandle(Protocol):
 PipelineFactory = Callable[[Any, "ReplaySettings"], PipelineHandle]
 
 
-class Baseline(Protocol):
-    """The verifier alone on the replay's rounds (see replay_baseline)."""
+class ReferenceRun(Protocol):
+    """A reference on the replay's rounds: the verifier-alone pass's captions (replay.RecordedAlone)
+    or the target's bare decode of each round's clip (replay_baseline.BareTarget)."""
 
     missing: list[int]  # final rounds it had no inputs for
 
@@ -44,8 +45,8 @@ class Baseline(Protocol):
     def run(self) -> list[tuple[int, bytes]]: ...  # after playback: (T [ns], serialised VerifiedCaption)
 
 
-#: pipeline -> its verifier-alone baseline.
-BaselineFactory = Callable[[PipelineHandle], "Baseline | None"]
+#: pipeline -> a reference run on its rounds (None: not available with this pipeline).
+ReferenceFactory = Callable[[PipelineHandle], "ReferenceRun | None"]
 
 
 
@@ -157,17 +158,18 @@ def _stop(pipeline: PipelineHandle, own_nodes: list[Any], spin_thread: threading
 
 
 def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag: Path,
-              make_baseline: BaselineFactory | None = None) -> PassOutput:
+              references: Mapping[str, ReferenceFactory] | None = None) -> PassOutput:
     """Play ``scan``'s bag through ``make_pipeline(context, settings)``, recording into ``out_bag``.
 
     ``scan`` is not changed (each pass maps topics afresh on a copy, returned in the output);
-    ``settings`` is a ReplaySettings.
+    ``settings`` is a ReplaySettings. ``references`` maps an output topic to a reference run on
+    this pass's rounds; after the pipeline stops, each one's captions are written on its topic and
+    ``run_info["references"][topic]`` says how many rounds it covered and which it missed.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     from cascade_sd_ros.core import bagio
-    from cascade_sd_ros.tools import replay_report
     from cascade_sd_ros.tools.replay_pipeline import auto_remaps, describe_models, node_inputs
     from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
     from cascade_sd_ros.tools.replay_progress import ProgressBar
@@ -183,13 +185,15 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
     pipeline: PipelineHandle | None = None
     own_nodes: list[Any] = []
     spin_thread: threading.Thread | None = None
-    baseline: Baseline | None = None
+    refs: dict[str, ReferenceRun] = {}
     finals: dict[int, tuple[int, bytes]] = {}
     try:
         recorder = BagRecorder(out_bag)
         pipeline = make_pipeline(context, settings)
-        if make_baseline is not None:
-            baseline = make_baseline(pipeline)
+        for topic, make_ref in (references or {}).items():
+            ref = make_ref(pipeline)
+            if ref is not None:
+                refs[topic] = ref
         # A bag recorded on a robot may hold the cascade's own outputs: playing them would talk
         # over the live nodes; the replay records fresh ones instead.
         produced = {p.topic_name for node in pipeline.nodes for p in node.publishers}
@@ -224,8 +228,8 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
                     stamp = msg.header.stamp
                     t_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
                     finals[int(msg.round_id)] = (t_ns, bytes(raw))
-                    if baseline is not None:
-                        baseline.on_final(int(msg.round_id), t_ns)
+                    for ref in refs.values():
+                        ref.on_final(int(msg.round_id), t_ns)
             player.observe(topic, msgtype, raw)
 
         outputs = pipeline_outputs(pipeline.nodes)
@@ -274,15 +278,15 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
             **pipeline.info,
         }
         run_info["model_details"] = describe_models(run_info.get("models") or {})
-        # Stop the cascade before the baseline: its model is the verifier's, now idle.
+        # Stop the cascade before the references: the bare target's model is the verifier's, now idle.
         _stop(pipeline, own_nodes, spin_thread)
         spin_thread, pipeline = None, None
-        if baseline is not None:
-            written = baseline.run()
+        run_info["references"] = {}
+        for topic, ref in refs.items():
+            written = ref.run()
             for t_ns, raw in written:
-                recorder.write(replay_report.BASELINE_TOPIC, VERIFIED_CAPTION_TYPE, t_ns, raw)
-            run_info["baseline_rounds"] = len(written)
-            run_info["baseline_rounds_missing"] = list(baseline.missing)
+                recorder.write(topic, VERIFIED_CAPTION_TYPE, t_ns, raw)
+            run_info["references"][topic] = {"rounds": len(written), "rounds_missing": list(ref.missing)}
     finally:
         if pipeline is not None:
             _stop(pipeline, own_nodes, spin_thread)

@@ -1,9 +1,11 @@
 """The replay report, computed from the recorded output bag only: report.json, report.md, PNG plots.
 
 Everything a report states about rounds comes from the output MCAP: the cascade's final
-``VerifiedCaption`` per round, the verifier-alone baseline the replay wrote next to it
-(:data:`BASELINE_TOPIC`) and the ``/ground_truth`` scenes the player forwarded. So anyone can
-recompute a report from its bag (:func:`load_output` + :func:`cascade_sd_ros.core.report.summarise`).
+``VerifiedCaption`` per round, the references the replay wrote next to it (the verifier node alone
+on :data:`ALONE_TOPIC`, the target's bare decode of each round's clip on :data:`BARE_TOPIC`) and the
+``/ground_truth`` scenes the player forwarded. So anyone can recompute a report from its bag
+(:func:`load_output` + :func:`cascade_sd_ros.core.report.summarise`); the speed figure is caption
+latency through :func:`cascade_sd_ros.core.speed.compare`, as in ``demo``.
 """
 from __future__ import annotations
 
@@ -15,23 +17,28 @@ from typing import Any, Mapping
 
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core import report as rpt
-from cascade_sd_ros.core.report import Baseline, RoundRecord, SceneInterval
+from cascade_sd_ros.core import speed as spd
+from cascade_sd_ros.core.report import Reference, RoundRecord, SceneInterval
 
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
 DRAFT_TYPE = "cascade_sd_ros/msg/DraftTokens"
 COMMIT_TYPE = "cascade_sd_ros/msg/Commit"
 GROUND_TRUTH_TYPE = "cascade_sd_ros/msg/SceneGroundTruth"
-#: Where the replay writes the verifier-alone baseline, one final VerifiedCaption per round.
-BASELINE_TOPIC = "/replay/verifier_alone"
-BASELINE_MODE = "verifier-alone"
-SCHEMA = "cascade_sd_ros.replay_report/1"
+#: Where the replay writes the verifier node alone's final captions (the second pass), one per round.
+ALONE_TOPIC = "/replay/verifier_alone"
+#: Where it writes the target's bare greedy decode of each round's clip, timed without ROS.
+BARE_TOPIC = "/replay/target_bare"
+BARE_MODE = "target-bare"
+REFERENCE_TOPICS = (ALONE_TOPIC, BARE_TOPIC)
+SCHEMA = "cascade_sd_ros.replay_report/2"
 
 
 def _stamp_ns(t: Any) -> int:
     return int(t.sec) * 1_000_000_000 + int(t.nanosec)
 
 
-def record_from_caption(msg: Any, ground_truth: str | None = None, baseline: Baseline | None = None) -> RoundRecord:
+def record_from_caption(msg: Any, ground_truth: str | None = None, alone: Reference | None = None,
+                        bare: Reference | None = None) -> RoundRecord:
     """A final ``VerifiedCaption`` (rosbags or rclpy message) as a :class:`RoundRecord`."""
     return RoundRecord(
         round_id=int(msg.round_id),
@@ -43,23 +50,26 @@ def record_from_caption(msg: Any, ground_truth: str | None = None, baseline: Bas
         drafted_per_stage=tuple(int(v) for v in msg.drafted_per_stage),
         accepted_per_stage=tuple(int(v) for v in msg.accepted_per_stage),
         target_forwards=int(msg.target_forwards),
-        latency_ms={"total": float(msg.latency_total_ms), "wait": float(msg.latency_wait_ms),
-                    "prefill": float(msg.latency_prefill_ms), "verify": float(msg.latency_verify_ms),
+        latency_ms={"caption": float(msg.latency_caption_ms), "prefill": float(msg.latency_prefill_ms),
+                    "verify": float(msg.latency_verify_ms), "draft_wait": float(msg.latency_draft_wait_ms),
+                    "total": float(msg.latency_total_ms), "wait": float(msg.latency_wait_ms),
                     "draft": float(msg.latency_draft_ms)},
         skew_ms={"skew_frame": float(msg.skew_frame_ms), "skew_clip": float(msg.skew_clip_ms),
                  "clip_span": float(msg.clip_span_ms)},
         degraded=bool(msg.degraded),
         degraded_reason=str(msg.degraded_reason),
         ground_truth=ground_truth,
-        baseline=baseline,
+        alone=alone,
+        bare=bare,
     )
 
 
-def baseline_from_caption(msg: Any) -> Baseline:
-    """The baseline as :data:`BASELINE_TOPIC` carries it: prefill + decode time in the two latencies."""
-    return Baseline(token_ids=tuple(int(t) for t in msg.token_ids), text=str(msg.text),
-                    decode_ms=float(msg.latency_prefill_ms) + float(msg.latency_verify_ms),
-                    target_forwards=int(msg.target_forwards))
+def reference_from_caption(msg: Any) -> Reference:
+    """A reference run's final caption: its caption latency (the bare target's: preprocessing +
+    prefill + decode) and those two parts."""
+    return Reference(token_ids=tuple(int(t) for t in msg.token_ids), text=str(msg.text),
+                     caption_ms=float(msg.latency_caption_ms), target_forwards=int(msg.target_forwards),
+                     prefill_ms=float(msg.latency_prefill_ms), verify_ms=float(msg.latency_verify_ms))
 
 
 @dataclass
@@ -78,9 +88,9 @@ class OutputBag:
 
 
 def load_output(path: Path) -> OutputBag:
-    """Read an output bag back into round records (ground truth and baseline attached)."""
+    """Read an output bag back into round records (ground truth and references attached)."""
     finals: dict[int, Any] = {}
-    baselines: dict[int, Baseline] = {}
+    refs: dict[str, dict[int, Reference]] = {topic: {} for topic in REFERENCE_TOPICS}
     scenes: list[SceneInterval] = []
     counts: dict[str, int] = {}
     drafts: dict[int, int] = {}
@@ -89,10 +99,10 @@ def load_output(path: Path) -> OutputBag:
         counts[topic] = counts.get(topic, 0) + 1
         if msgtype == VERIFIED_CAPTION_TYPE:
             if not msg.final:
-                partial += topic != BASELINE_TOPIC
+                partial += topic not in refs
                 continue
-            if topic == BASELINE_TOPIC:
-                baselines[int(msg.round_id)] = baseline_from_caption(msg)
+            if topic in refs:
+                refs[topic][int(msg.round_id)] = reference_from_caption(msg)
             else:
                 duplicates += int(msg.round_id) in finals
                 finals[int(msg.round_id)] = msg
@@ -111,7 +121,7 @@ def load_output(path: Path) -> OutputBag:
         scene = rpt.match_ground_truth(_stamp_ns(msg.header.stamp), scenes)
         # A video-derived bag has scenes without captions: no ground truth to score against.
         truth = scene.caption if scene is not None and scene.caption else None
-        rounds.append(record_from_caption(msg, truth, baselines.get(rid)))
+        rounds.append(record_from_caption(msg, truth, refs[ALONE_TOPIC].get(rid), refs[BARE_TOPIC].get(rid)))
     return OutputBag(Path(path), rounds, scenes, counts, drafts, degraded_drafts, commits, duplicates, partial)
 
 
@@ -165,7 +175,7 @@ def write_json(report: Mapping[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------------------- plots
 
 def write_plots(rounds: list[RoundRecord], out_dir: Path) -> list[str]:
-    """PNG figures (Agg backend): latency breakdown, acceptance, skew, baseline comparison."""
+    """PNG figures (Agg backend): caption latency and its parts, acceptance, skew, speed against the references."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,19 +193,17 @@ def write_plots(rounds: list[RoundRecord], out_dir: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
 
+    # Caption latency and its parts (prefill, verify, draft wait, other = the rest): they add up to
+    # the total, so a stack taller or shorter than the dot is a bug, not a gap.
     fig, ax = plt.subplots(figsize=(8, 3.5))
+    parts = [r.caption_parts_ms for r in rounds]
     bottom = [0.0] * len(rounds)
-    w = 0.6
-    # The verifier's own timeline adds up (wait + prefill + verify ~ total); the upstream stages'
-    # draft time runs in parallel with its wait, so it stands beside the stack, not on it.
-    for comp in ("wait", "prefill", "verify"):
-        vals = [max(0.0, float(r.latency_ms[comp])) for r in rounds]
-        ax.bar([i - 0.1 for i in x], vals, w, bottom=bottom, label=comp)
+    for comp in spd.CAPTION_PARTS:
+        vals = [_finite_or_zero(p[comp]) for p in parts]
+        ax.bar(x, vals, 0.6, bottom=bottom, label=comp.replace("_", " "))
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.bar([i + w / 2 for i in x], [max(0.0, float(r.latency_ms["draft"])) for r in rounds], 0.2,
-           label="draft (upstream, overlaps wait)", color="grey")
-    ax.plot([i - 0.1 for i in x], [r.latency_ms["total"] for r in rounds], "k.", label="total")
-    ax.set(xlabel="round", ylabel="ms", title="Latency breakdown per round")
+    ax.plot(x, [r.latency_ms["caption"] for r in rounds], "k.", label="caption latency")
+    ax.set(xlabel="round", ylabel="ms", title="Caption latency per round (inputs complete -> final caption)")
     ax.set_xticks(x, labels)
     ax.legend(fontsize=7)
     save(fig, "latency.png")
@@ -220,17 +228,29 @@ def write_plots(rounds: list[RoundRecord], out_dir: Path) -> list[str]:
     ax.legend(fontsize=7)
     save(fig, "skew.png")
 
-    if any(r.baseline is not None for r in rounds):
+    if any(r.reference is not None for r in rounds):
         fig, ax = plt.subplots(figsize=(8, 3.0))
-        w = 0.4
-        ax.bar([i - w / 2 for i in x], [r.baseline.decode_ms if r.baseline else float("nan") for r in rounds], w,
-               label="verifier alone")
-        ax.bar([i + w / 2 for i in x], [r.verifier_ms for r in rounds], w, label="cascade (prefill + verify)")
-        ax.set(xlabel="round", ylabel="ms", title="Verifier compute: cascade vs verifier alone")
+        w = 0.27
+        nan = float("nan")
+        alone_label = "verifier alone" if any(r.alone is not None for r in rounds) else "reference"
+        ax.bar([i - w for i in x], [r.latency_ms["caption"] for r in rounds], w, label="cascade")
+        if any(r.alone is not None for r in rounds):
+            ax.bar(x, [r.alone.caption_ms if r.alone else nan for r in rounds], w, label=alone_label)
+        ax.bar([i + w for i in x], [r.bare.caption_ms if r.bare else nan for r in rounds], w,
+               label="target bare (no ROS)", color="grey")
+        sp = rpt.speed(rounds)
+        ratio = "–" if sp["speedup_p50"] is None else f"{sp['speedup_p50']:.2f}x"
+        ax.set(xlabel="round", ylabel="ms", title=f"Caption latency: cascade vs {sp['reference'] or 'reference'} "
+                                                  f"(p50 speed-up {ratio})")
         ax.set_xticks(x, labels)
         ax.legend(fontsize=7)
         save(fig, "speedup.png")
     return written
+
+
+def _finite_or_zero(v: float) -> float:
+    """A bar's height: NaN (no caption latency) draws nothing; a negative rest draws nothing either."""
+    return float(v) if math.isfinite(float(v)) and v > 0 else 0.0
 
 
 # -------------------------------------------------------------------------------------- markdown
@@ -245,6 +265,49 @@ def _fmt(v: Any, nd: int = 1) -> str:
 
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _speed_lines(sp: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
+    """The speed paragraph: caption latency, cascade vs the reference vs the bare target, the one
+    ratio, and whether the reference was honest."""
+    if not sp["reference"]:
+        return ["", "No reference run (no rounds, or `--baseline none`): no speed-up figure."]
+    alone = sp["reference"] == "verifier-alone"
+    ref_name = "verifier alone" if alone else "target bare (the reference)"
+    lines = ["", f"**Caption latency** (the round's inputs complete -> its final caption; `core/speed.py`, as "
+             f"`demo`) on the {sp['rounds']} rounds both runs finished:", "",
+             "| | p50 ms | p95 ms | mean ms | rounds |", "|---|---|---|---|---|"]
+    rows = [("cascade", sp["caption_latency_cascade"]), (ref_name, sp["caption_latency_alone"])]
+    if alone:
+        rows.append(("target bare (no ROS, same clips)", sp["target_bare"]))
+    for name, d in rows:
+        lines.append(f"| {name} | {_fmt(d['p50_ms'])} | {_fmt(d['p95_ms'])} | {_fmt(d['mean_ms'])} | {d['n']} |")
+    lines += ["", f"Speed-up over the {'verifier alone' if alone else 'target bare'} (p50 caption latency): "
+              f"**{_fmt(sp['speedup_p50'], 2)}x** (p95: {_fmt(sp['speedup_p95'], 2)}x)."]
+    margin = _fmt(100 * sp["honest_margin"], 0)
+    if not alone:
+        lines += ["", "The reference is the target's bare greedy decode of each round's clip, timed without ROS "
+                  "after the cascade had stopped (`--baseline offline`): no verifier node ran alone, and the "
+                  "cascade's verifier shared the machine with the drafter and refiner, which the bare decode did not."]
+    elif sp["reference_honest"] is None:
+        lines += ["", "The target's bare cost was not measured: whether the verifier alone was an honest reference "
+                  "is unknown."]
+    elif sp["reference_honest"]:
+        lines += ["", f"The verifier alone ran at {_fmt(sp['alone_over_bare'], 2)}x the target's bare cost on the same "
+                  f"clips (within {margin} %): an honest reference."]
+    else:
+        lines += ["", f"**Not an honest reference:** the verifier alone took {_fmt(sp['alone_over_bare'], 2)}x the "
+                  f"target's bare cost on the same clips, more than {margin} % over. Something other than the "
+                  "target model slowed it (the player, the executor, a shared core), so the speed-up above "
+                  "flatters the cascade; do not quote it."]
+    lines += ["", f"Verifier forwards: cascade {sp['cascade_forwards']}, reference {sp['reference_forwards']} "
+              f"({_fmt(sp['tokens_per_forward'], 2)} caption tokens per cascade forward); same tokens as the "
+              f"reference in {_fmt(None if sp['lossless_match'] is None else 100 * sp['lossless_match'], 0)} % of "
+              f"rounds."]
+    if alone and (run.get("baseline") or {}).get("kind") == "pass":
+        lines += ["", "The verifier alone is a second pass of the same bag through the verifier node alone (drafts "
+                  "off), under the same player, before the cascade's; its captions are in `verifier_alone/`."]
+    return lines
 
 
 def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
@@ -298,54 +361,51 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
     lines += ["| stage | drafted | accepted | rate |", "|---|---|---|---|"]
     for stage, a in summ["acceptance"].items():
         lines.append(f"| {stage} | {a['drafted']} | {a['accepted']} | {_fmt(a['rate'], 3)} |")
-    lines += ["", "| latency (ms) | p50 | p95 | p99 | mean |", "|---|---|---|---|---|"]
-    for comp, d in summ["latency_ms"].items():
-        lines.append(f"| {comp} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | {_fmt(d['p99'])} | {_fmt(d['mean'])} |")
+    lines += _speed_lines(summ["speed"], run)
+    parts = summ["caption_parts_ms"]
+    lines += ["", "Where caption latency went, per round: prefill (clip preprocessing, encode, prompt) + verify "
+              "(verifier passes) + draft wait (for drafts, once the clip was in) + other (the rest) = caption "
+              "latency; the means add up, percentiles need not.", "",
+              "| caption latency (ms) | p50 | p95 | p99 | mean |", "|---|---|---|---|---|"]
+    for comp in (*spd.CAPTION_PARTS, "caption"):
+        d = parts[comp]
+        name = "caption latency (total)" if comp == "caption" else comp.replace("_", " ")
+        lines.append(f"| {name} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | {_fmt(d['p99'])} | {_fmt(d['mean'])} |")
+    lines += ["", "| other latencies (ms) | p50 | p95 | p99 | mean |", "|---|---|---|---|---|"]
+    for comp, desc in (("total", "round open -> final caption"), ("wait", "waiting for frames and drafts"),
+                       ("draft", "upstream model time of the drafts used")):
+        d = summ["latency_ms"][comp]
+        lines.append(f"| {comp} ({desc}) | {_fmt(d['p50'])} | {_fmt(d['p95'])} | {_fmt(d['p99'])} | {_fmt(d['mean'])} |")
     lines += ["", "| abs skew (ms) | p50 | p95 | p99 | max |", "|---|---|---|---|---|"]
     for comp, d in summ["abs_skew_ms"].items():
         lines.append(f"| {comp} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | {_fmt(d['p99'])} | {_fmt(d['max'])} |")
     deg = summ["degraded"]
     lines += ["", f"Degraded rounds: {deg['count']}" +
               ("" if not deg["reasons"] else " (" + "; ".join(f"{k}: {v}" for k, v in deg["reasons"].items()) + ")")]
-    base = summ["baseline"]
-    if base["rounds"]:
-        lines += ["", f"Verifier alone on the same {base['rounds']} rounds: {_fmt(base['baseline_ms'])} ms vs cascade "
-                  f"{_fmt(base['cascade_ms'])} ms verifier compute, speed-up **{_fmt(base['speedup_verifier'], 2)}x** "
-                  f"({_fmt(base['speedup_with_waits'], 2)}x charging the cascade its waits); "
-                  f"forwards {base['baseline_forwards']} vs {base['cascade_forwards']} "
-                  f"({_fmt(base['forward_reduction'], 2)}x, {_fmt(base['tokens_per_forward'], 2)} tokens/forward); "
-                  f"same tokens as the baseline in {_fmt(100 * base['lossless_match'], 0)} % of rounds."]
-        kind = (run.get("baseline") or {}).get("kind") if isinstance(run.get("baseline"), dict) else None
-        if kind == "offline":
-            lines += ["", "The baseline decoded each round's clip after the cascade had stopped, alone on the "
-                      "machine, while the cascade's verifier shared it with the drafter and refiner: on a shared "
-                      "CPU this favours the baseline. Forwards and tokens per forward do not depend on it."]
-        else:
-            lines += ["", "The baseline is a second pass of the same bag through the verifier node alone (drafts "
-                      "off), under the same player; its captions are in `verifier_alone/`. Forwards and tokens "
-                      "per forward do not depend on how the machine's cores were shared."]
-    else:
-        lines += ["", "No verifier-alone baseline (no rounds, or the baseline was not run)."]
     acc = summ["accuracy"]
     if acc["rounds"]:
         lines += ["", f"Caption accuracy on {acc['rounds']} rounds with ground truth: exact match "
                   f"{_fmt(100 * acc['exact_match'], 0)} % (objects in any order "
                   f"{_fmt(100 * acc['any_order_match'], 0)} %), word accuracy {_fmt(100 * acc['word_accuracy'], 0)} %"
-                  + ("" if acc["baseline_exact_match"] is None else
-                     f" (verifier alone: exact {_fmt(100 * acc['baseline_exact_match'], 0)} %)") + "."]
+                  + ("" if acc["reference_exact_match"] is None else
+                     f" (the reference: exact {_fmt(100 * acc['reference_exact_match'], 0)} %)") + "."]
     else:
         lines += ["", "No ground truth in the bag: caption accuracy not computed."]
 
     lines += ["", "## Rounds", "",
-              "| # | T − bag start (s) | caption | ground truth | accepted/drafted per stage | total ms | skew frame/clip ms | degraded |",
+              "| # | T − bag start (s) | caption | ground truth | accepted/drafted per stage | caption latency ms "
+              "(cascade / alone / bare) | skew frame/clip ms | degraded |",
               "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(report["rounds"]):
         acc_txt = ", ".join(f"{a}/{d}" for a, d in zip(r["accepted_per_stage"], r["drafted_per_stage"]))
         skew = f"{_fmt(r['skew_ms']['skew_frame'])} / {_fmt(r['skew_ms']['skew_clip'])}"
         deg_txt = _md_escape(r["degraded_reason"] or "yes") if r["degraded"] else ""
         t_rel = (r["stamp_ns"] - int(inp.get("start_ns") or 0)) / 1e9
+        alone, bare = r["verifier_alone"], r["target_bare"]
+        lat = (f"{_fmt(r['latency_ms']['caption'])} / {_fmt(alone and alone['caption_ms'])} / "
+               f"{_fmt(bare and bare['caption_ms'])}")
         lines.append(f"| {i} | {t_rel:.3f} | {_md_escape(r['caption'])} | "
-                     f"{_md_escape(r['ground_truth'] or '–')} | {acc_txt} | {_fmt(r['latency_ms']['total'])} | {skew} | {deg_txt} |")
+                     f"{_md_escape(r['ground_truth'] or '–')} | {acc_txt} | {lat} | {skew} | {deg_txt} |")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
