@@ -11,6 +11,7 @@ pytest.importorskip("visualization_msgs.msg")
 from cascade_sd_ros.core.modes import mode_rules  # noqa: E402
 from cascade_sd_ros.core.round_stages import CaptionUpdate  # noqa: E402
 from cascade_sd_ros.core.rounds import Draft  # noqa: E402
+from cascade_sd_ros.core.stage_model import Vocabulary  # noqa: E402
 from cascade_sd_ros.ros.image import image_to_rgb8  # noqa: E402
 from cascade_sd_ros.ros.outputs import (  # noqa: E402
     DraftMessageError,
@@ -25,6 +26,8 @@ from cascade_sd_ros.ros.outputs import (  # noqa: E402
     overlay_msg,
 )
 from cascade_sd_ros.ros.stamps import stamp_to_ns  # noqa: E402
+
+VOCAB = Vocabulary("0123456789abcdef", "test tokenizer, 12 ids, eos 2")
 
 
 def _update(**kw: object) -> CaptionUpdate:
@@ -42,15 +45,16 @@ def _update(**kw: object) -> CaptionUpdate:
 def test_draft_round_trip_and_validation() -> None:
     d = Draft(stage=1, commit_seq=2, start_position=3, token_ids=(7, 8), confidence=(0.5, 0.25),
               upstream_drafted=4, upstream_accepted=1, compute_ms=2.5, degraded=True, degraded_reason="no frame")
-    msg = draft_msg(99, 5_000_000_001, "cam", d)
+    msg = draft_msg(99, 5_000_000_001, "cam", d, VOCAB)
     assert msg.round_id == 99 and stamp_to_ns(msg.header.stamp) == 5_000_000_001 and msg.header.frame_id == "cam"
     back = draft_from_msg(msg)
     assert back.token_ids == d.token_ids and back.start_position == 3 and back.degraded_reason == "no frame"
     assert back.confidence == d.confidence and back.upstream_accepted == 1
+    assert (msg.vocab_fingerprint, msg.vocab_summary) == (VOCAB.fingerprint, VOCAB.summary)
     for field, value, match in (("confidence", [0.5], "confidences"), ("token_ids", [], "no tokens"),
                                 ("token_ids", [-1, 2], "negative"), ("confidence", [0.5, float("nan")], r"\[0, 1\]"),
                                 ("stage", 3, "stage")):
-        bad = draft_msg(99, 5_000_000_001, "cam", d)
+        bad = draft_msg(99, 5_000_000_001, "cam", d, VOCAB)
         setattr(bad, field, value)
         with pytest.raises(DraftMessageError, match=match):
             draft_from_msg(bad)
@@ -68,9 +72,10 @@ def test_caption_and_commit_carry_the_update() -> None:
         "a red circle", [4, 5], True, 0, "lossless-greedy", True)
     assert list(c.drafted_per_stage) == [0, 3] and list(c.accepted_per_stage) == [0, 1]
     assert c.latency_prefill_ms == 4.0 and math.isnan(c.skew_frame_ms) and c.clip_span_ms == 980.0
-    m = commit_msg(u, "cam")
+    m = commit_msg(u, "cam", VOCAB)
     assert (m.round_id, m.commit_seq, list(m.token_ids), m.accepted, m.drafted, m.accepted_stage, m.final) == (
         7, 2, [4, 5], 1, 3, 1, True)
+    assert (m.vocab_fingerprint, m.vocab_summary) == (VOCAB.fingerprint, VOCAB.summary)
     lossy = caption_msg(u, "x", mode_rules("pyramid"), "cam")
     assert lossy.mode == 2 and not lossy.lossless
 

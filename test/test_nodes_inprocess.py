@@ -278,6 +278,7 @@ def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: 
         d = DraftTokens()
         d.header.stamp.sec = 5
         d.round_id, d.stage, d.token_ids, d.confidence = 5, 0, [1, 2], [0.5]  # lengths disagree
+        d.vocab_fingerprint = run.pipeline.verifier.model.vocab.fingerprint  # its own vocabulary: parsed, refused
         pub_draft.publish(d)
         verifier, drafter = run.pipeline.stage_nodes["verifier"], run.pipeline.stage_nodes["drafter"]
         deadline = time.monotonic() + 5

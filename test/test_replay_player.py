@@ -182,7 +182,8 @@ def make_stand_in(context: Any, settings: Any) -> StandIn:
         def _round(self) -> None:
             now = self.get_clock().now().nanoseconds
             self.rounds += 1
-            d = DraftTokens(round_id=now, stage=0, token_ids=[1, 2], confidence=[0.5, 0.5])
+            d = DraftTokens(round_id=now, stage=0, token_ids=[1, 2], confidence=[0.5, 0.5],
+                            vocab_fingerprint="eca2c744e009ea7c", vocab_summary="tiny test vocabulary, 64 ids, eos 2")
             d.header.stamp = self.get_clock().now().to_msg()
             self.draft_pub.publish(d)
             c = VerifiedCaption(round_id=now, text=f"packets {self.packets}", token_ids=[1, 2], final=True,

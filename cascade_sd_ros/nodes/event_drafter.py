@@ -38,6 +38,7 @@ from cascade_sd_ros.nodes.common import (
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 from cascade_sd_ros.ros.outputs import draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
+from cascade_sd_ros.ros.vocab import ForeignVocab
 
 PARAMS: tuple[Param, ...] = (
     Param("model", "",
@@ -88,6 +89,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         self._renderer: EventFrameRenderer | None = None
         self.events_in = InputStats(self, "events")
         self.commits_in = InputStats(self, "commits")
+        self.commits_foreign = ForeignVocab(self.model.vocab, "commits", "drafter", self.get_logger().error)
         self.rounds_opened = 0
 
         from cascade_sd_ros.msg import Commit, DraftTokens
@@ -162,6 +164,8 @@ class EventDrafter(StageNode[DrafterConfig]):
 
     def _on_commit(self, msg: Any) -> None:
         self.commits_in.tick()
+        if not self.commits_foreign.admit(msg, "verifier"):
+            return  # a prefix in another vocabulary: never drafted on
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._jump.newest):
@@ -208,7 +212,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         return StageInput(renderer.render(events)[0].copy())
 
     def _publish(self, rec: RoundRecord, draft: Draft) -> None:
-        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft))
+        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft, self.model.vocab))
 
     def _publish_diagnostics(self) -> None:
         values: dict[str, object] = {
@@ -219,6 +223,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
             "event_time_resyncs": self._stream.time_resyncs, "events_dropped_span": self._stream.events_dropped_span,
             "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
+            **self.commits_foreign.values(),
         }
         level, message = 0, "drafting"
         if self.events_in.received == 0:
@@ -229,6 +234,9 @@ class EventDrafter(StageNode[DrafterConfig]):
                                  "(corrupt packets)")
         if self.worker.errors:
             level, message = 2, f"worker errors: {self.worker.last_error}"
+        foreign = self.commits_foreign.status()
+        if foreign is not None:
+            level, message = 2, foreign
         self.publish_status(level, message, values)
 
 

@@ -39,6 +39,7 @@ from cascade_sd_ros.nodes.common import (
 )
 from cascade_sd_ros.ros.outputs import DraftMessageError, draft_from_msg, draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
+from cascade_sd_ros.ros.vocab import ForeignVocab
 
 MODE_PARAMS: tuple[Param, ...] = (
     Param("mode", "lossless-greedy", f"decoding mode: {', '.join(MODES)}"),
@@ -119,6 +120,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self._frames = self._image.ingest.frames
         self.drafts_in = InputStats(self, "drafts")
         self.commits_in = InputStats(self, "commits")
+        self.drafts_foreign = ForeignVocab(self.model.vocab, "drafts", "refiner", self.get_logger().error)
+        self.commits_foreign = ForeignVocab(self.model.vocab, "commits", "refiner", self.get_logger().error)
         self.rounds_degraded = 0
         self._last_skew_ms = float("nan")
 
@@ -149,6 +152,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
     # ------------------------------------------------------------------ callbacks
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
+        if not self.drafts_foreign.admit(msg, "drafter"):
+            return  # ids of another vocabulary: never checked
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
             draft = draft_from_msg(msg, expected_stage=0, vocab_size=self.model.adapter.vocab_size)
@@ -161,6 +166,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
 
     def _on_commit(self, msg: Any) -> None:
         self.commits_in.tick()
+        if not self.commits_foreign.admit(msg, "verifier"):
+            return  # a prefix in another vocabulary: never drafted on
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._image.newest_ref_ns()):
@@ -194,7 +201,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         return None
 
     def _publish(self, rec: RoundRecord, draft: Draft) -> None:
-        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft))
+        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft, self.model.vocab))
 
     def _publish_diagnostics(self) -> None:
         values: dict[str, object] = {
@@ -204,6 +211,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
             "frame_skew_ms": self._last_skew_ms, "resets": self.book.resets,
             "time_jumps": self._image.ingest.jump.jumps, "messages_stale": self._stale.stale,
             "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
+            **self.drafts_foreign.values(), **self.commits_foreign.values(),
             "mode": self.cfg.rules.name,
         }
         level, message = 0, "refining"
@@ -213,6 +221,9 @@ class FrameRefiner(StageNode[RefinerConfig]):
             level, message = 1, f"degraded: {self.rounds_degraded} round(s) without a frame within slop"
         if self.worker.errors:
             level, message = 2, f"worker errors: {self.worker.last_error}"
+        foreign = self.commits_foreign.status() or self.drafts_foreign.status()
+        if foreign is not None:
+            level, message = 2, foreign
         self.publish_status(level, message, values)
 
 

@@ -66,6 +66,7 @@ from cascade_sd_ros.ros.outputs import (
     overlay_msg,
 )
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
+from cascade_sd_ros.ros.vocab import ForeignVocab
 
 USE_DRAFTS = {
     "both": (STAGE_REFINER, STAGE_DRAFTER), "refiner": (STAGE_REFINER,), "drafter": (STAGE_DRAFTER,), "none": (),
@@ -170,6 +171,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.finals: OrderedDict[int, CaptionUpdate] = OrderedDict()  # the last rounds' final updates
         self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
+        self.drafts_foreign = ForeignVocab(self.model.vocab, "drafts", "target", self.get_logger().error)
         self._totals = {"drafted": [0, 0], "accepted": [0, 0], "latency_ms": [], "skew_clip_ms": float("nan")}
         self._last_final: CaptionUpdate | None = None
 
@@ -226,6 +228,8 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
+        if not self.drafts_foreign.admit(msg, {0: "drafter", 1: "refiner"}.get(msg.stage, f"stage {msg.stage}")):
+            return  # ids of another vocabulary: never verified
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
             draft = draft_from_msg(msg, vocab_size=self.model.adapter.vocab_size)
@@ -303,7 +307,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
                 self.finals.popitem(last=False)
         text = self.model.decode(list(u.token_ids))
         if u.commit_seq > 0:
-            self.pub_commit.publish(commit_msg(u, self.cfg.frame_id))
+            self.pub_commit.publish(commit_msg(u, self.cfg.frame_id, self.model.vocab))
         self.pub_caption.publish(caption_msg(u, text, self.cfg.rules, self.cfg.frame_id))
         shown = display_text(text, u, self.cfg.rules)
         self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
@@ -349,7 +353,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             "event_clock_reanchors": self._event_stream.reanchors,
             "event_time_resyncs": self._event_stream.time_resyncs, "events_dropped_span": self._event_stream.events_dropped_span,
             "resets": self.book.resets, "time_jumps": self._image.ingest.jump.jumps, "worker_errors": self.worker.errors,
-            "drafts_stale": self._stale.stale,
+            "drafts_stale": self._stale.stale, **self.drafts_foreign.values(),
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,
         }
         level, message = 0, "verifying"
@@ -359,6 +363,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
             level, message = 1, f"degraded: {self._last_final.degraded_reason}"
         if self.worker.errors:
             level, message = 2, f"worker errors: {self.worker.last_error}"
+        foreign = self.drafts_foreign.status()
+        if foreign is not None:
+            level, message = 2, foreign
         self.publish_status(level, message, values)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.round_stages import CaptionUpdate
 from cascade_sd_ros.core.rounds import Draft
+from cascade_sd_ros.core.stage_model import Vocabulary
 from cascade_sd_ros.ros.image import numpy_to_image
 from cascade_sd_ros.ros.stamps import ns_to_stamp
 
@@ -18,7 +19,8 @@ def _f32(x: float) -> float:
     return float(x) if x is not None else math.nan
 
 
-def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft) -> Any:
+def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft, vocab: Vocabulary) -> Any:
+    """``vocab``: the publishing stage's vocabulary, which says what ``token_ids`` mean."""
     from cascade_sd_ros.msg import DraftTokens
 
     msg = DraftTokens()
@@ -35,6 +37,8 @@ def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft) -> Any:
     msg.compute_ms = float(draft.compute_ms)
     msg.degraded = bool(draft.degraded)
     msg.degraded_reason = draft.degraded_reason
+    msg.vocab_fingerprint = vocab.fingerprint
+    msg.vocab_summary = vocab.summary
     return msg
 
 
@@ -65,7 +69,8 @@ def draft_from_msg(msg: Any, expected_stage: int | None = None, vocab_size: int 
     )
 
 
-def commit_msg(u: CaptionUpdate, frame_id: str) -> Any:
+def commit_msg(u: CaptionUpdate, frame_id: str, vocab: Vocabulary) -> Any:
+    """``vocab``: the verifier's vocabulary, which says what ``token_ids`` mean."""
     from cascade_sd_ros.msg import Commit
 
     msg = Commit()
@@ -78,7 +83,15 @@ def commit_msg(u: CaptionUpdate, frame_id: str) -> Any:
     msg.drafted = int(u.drafted)
     msg.accepted_stage = int(u.accepted_stage)
     msg.final = bool(u.final)
+    msg.vocab_fingerprint = vocab.fingerprint
+    msg.vocab_summary = vocab.summary
     return msg
+
+
+def message_vocabulary(msg: Any) -> Vocabulary:
+    """The vocabulary a DraftTokens or Commit announces (fingerprint "" where it announces none)."""
+    fingerprint = str(msg.vocab_fingerprint)
+    return Vocabulary(fingerprint, str(msg.vocab_summary) or ("unnamed" if fingerprint else "no vocabulary announced"))
 
 
 def caption_msg(u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str) -> Any:

@@ -84,6 +84,12 @@ def _model_sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
+def _check_vocabularies(sources: dict[str, str], stages: tuple[str, ...], device: str) -> None:
+    from cascade_sd_ros.tools.pipeline import PipelineConfig, check_source_vocabularies
+
+    check_source_vocabularies(PipelineConfig(models=sources, stages=stages, device=device))
+
+
 @dataclass(frozen=True)
 class SceneResult:
     index: int
@@ -120,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--noise-hz must lie in [0, 100] events per pixel per second, got {args.noise_hz}")
         if args.executor != "multi-threaded" and not args.one_process:
             raise ValueError("--executor applies to --one-process (separate stage processes spin their own)")
+        _check_vocabularies(sources, stages, args.device)  # a mix of vocabularies: one line, before anything runs
         results, speed, info = run_demo(
             n_scenes=args.scenes, seed=args.seed, sources=sources, mode=args.mode, stages=stages,
             offset_ns=int(round(args.offset_ms * 1e6)), jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,

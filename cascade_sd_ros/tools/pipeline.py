@@ -344,12 +344,26 @@ def trained_params(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_models(config: PipelineConfig) -> dict[str, StageModel]:
-    """One model per running stage (role -> StageModel); all stages must share one vocabulary."""
-    from cascade_sd_ros.core.spec.adapter import check_same_vocab
+def check_source_vocabularies(config: PipelineConfig) -> None:
+    """Refuse, before any weights load, stages whose tokenizers give ids different meanings: a
+    :class:`~cascade_sd_ros.core.stage_model.VocabularyMismatch` in one line naming the stages and
+    their vocabularies. Sources whose tokenizer cannot be read are left to the loaders to name."""
+    from cascade_sd_ros.core.stage_model import check_vocabularies, source_vocabulary
 
+    check_vocabularies({s: source_vocabulary(config.source(ROLE_OF_STAGE[s])) for s in config.stages},
+                       reference="verifier")
+
+
+def load_models(config: PipelineConfig) -> dict[str, StageModel]:
+    """One model per running stage (role -> StageModel); all stages must share one vocabulary (same
+    fingerprint: :class:`~cascade_sd_ros.core.stage_model.VocabularyMismatch` otherwise, naming them)."""
+    from cascade_sd_ros.core.spec.adapter import check_same_vocab
+    from cascade_sd_ros.core.stage_model import check_vocabularies
+
+    check_source_vocabularies(config)  # a mix fails here, before loading weights
     models = {ROLE_OF_STAGE[s]: load_stage_model(config.source(ROLE_OF_STAGE[s]), ROLE_OF_STAGE[s],
                                                  device=config.device, dtype=config.dtype) for s in config.stages}
+    check_vocabularies({s: models[ROLE_OF_STAGE[s]].vocab for s in config.stages}, reference="verifier")
     check_same_vocab([m.adapter for m in models.values()])
     return models
 

@@ -32,10 +32,12 @@ def build_samples() -> dict[str, Any]:
             stage=DraftTokens.STAGE_REFINER, commit_seq=3, start_position=5,
             token_ids=[1, -2, 2**31 - 1, 17], confidence=[0.5, 0.25, 1.0, 0.125],
             upstream_drafted=6, upstream_accepted=4, compute_ms=1.5, degraded=True,
-            degraded_reason="no frame within slop"),
+            degraded_reason="no frame within slop", vocab_fingerprint="5394793936cfcc0b",
+            vocab_summary="zoo tokenizer, 40 ids, eos 3"),
         "commit": Commit(
             header=_header(12, 34, "event_camera"), round_id=99, commit_seq=4,
-            token_ids=list(range(40)), accepted=3, drafted=5, accepted_stage=1, final=True),
+            token_ids=list(range(40)), accepted=3, drafted=5, accepted_stage=1, final=True,
+            vocab_fingerprint="eca2c744e009ea7c", vocab_summary="tiny test vocabulary, 64 ids, eos 2"),
         "verified_caption": VerifiedCaption(
             header=_header(56, 78, "camera"), round_id=12345, text="a red circle moves left",
             token_ids=[9, 8, 7, 6, 5], final=True, mode=VerifiedCaption.MODE_PYRAMID,

@@ -1,0 +1,209 @@
+"""The vocabulary handshake (issue 16): every stage names what its token ids mean (a fingerprint of
+its tokenizer's vocabulary and special ids), drafts and commits carry it, and no stage ever uses ids
+of another vocabulary -- at run time (set aside, counted, one ERROR naming both) and at start-up of
+``demo`` and ``replay`` (one line, exit 2, before any node starts)."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cascade_sd_ros.core.stage_model import (
+    Vocabulary,
+    VocabularyMismatch,
+    check_vocabularies,
+    default_stage_source,
+    load_stage_model,
+    source_vocabulary,
+    tiny_vocabulary,
+    tokenizer_vocabulary,
+)
+
+ZOO_TARGET = default_stage_source("target")
+FOREIGN = Vocabulary("0123456789abcdef", "other tokenizer, 99 ids, eos 7")
+
+
+# ---------------------------------------------------------------------------------------------- core
+def test_fingerprint_is_stable_across_loads_and_read_without_weights() -> None:
+    a = load_stage_model(ZOO_TARGET, "target").vocab
+    b = load_stage_model(ZOO_TARGET, "target").vocab
+    assert a == b and len(a.fingerprint) == 16 and int(a.fingerprint, 16) >= 0
+    assert a.summary == "zoo tokenizer, 40 ids, eos 3"
+    assert source_vocabulary(ZOO_TARGET) == a  # from the tokenizer alone, as start-up checks read it
+    assert source_vocabulary(default_stage_source("drafter")) == a  # the zoo's stages share one tokenizer
+    tiny = load_stage_model("tiny:0", "drafter").vocab
+    assert tiny == load_stage_model("tiny:1", "target").vocab == source_vocabulary("tiny:5") == tiny_vocabulary()
+    assert source_vocabulary("/no/such/folder") is None  # the loader names that problem
+
+
+def test_fingerprint_differs_between_tiny_and_the_zoo_and_with_special_ids() -> None:
+    from transformers import AutoTokenizer
+
+    zoo = source_vocabulary(ZOO_TARGET)
+    assert zoo is not None and zoo.fingerprint != tiny_vocabulary().fingerprint
+    assert tiny_vocabulary(64).fingerprint != tiny_vocabulary(65).fingerprint
+    tok = AutoTokenizer.from_pretrained(ZOO_TARGET, local_files_only=True)
+    same = tokenizer_vocabulary(tok, "zoo tokenizer")
+    assert same == zoo
+    tok.eos_token = "<unk>"  # same token -> id map, another end-of-sequence id
+    moved = tokenizer_vocabulary(tok)
+    assert moved.fingerprint != zoo.fingerprint and "eos 1" in moved.summary
+
+
+def test_a_folder_whose_tokenizer_maps_one_token_elsewhere_differs(tmp_path: Path) -> None:
+    import json
+
+    folder = tmp_path / "target"
+    shutil.copytree(ZOO_TARGET, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(k for k in vocab if not k.startswith("<"))[:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two words trade ids: same size, same specials
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    other = source_vocabulary(str(folder))
+    assert other is not None and other.summary == source_vocabulary(ZOO_TARGET).summary  # type: ignore[union-attr]
+    assert other.fingerprint != source_vocabulary(ZOO_TARGET).fingerprint  # type: ignore[union-attr]
+
+
+def test_check_vocabularies_names_the_stages_in_one_line() -> None:
+    zoo = source_vocabulary(ZOO_TARGET)
+    check_vocabularies({"verifier": zoo, "drafter": zoo, "refiner": None}, reference="verifier")
+    with pytest.raises(VocabularyMismatch) as err:
+        check_vocabularies({"verifier": zoo, "drafter": tiny_vocabulary(), "refiner": zoo}, reference="verifier")
+    text = str(err.value)
+    assert "\n" not in text and str(zoo) in text and str(tiny_vocabulary()) in text
+    assert "verifier" in text and "drafter" in text and "refiner uses" not in text
+
+
+def test_foreign_vocab_sets_aside_counts_logs_once_and_stays_error_while_it_happens() -> None:
+    from types import SimpleNamespace
+
+    from cascade_sd_ros.ros.vocab import FOREIGN_ERROR_S, ForeignVocab
+
+    own = tiny_vocabulary()
+    now = [100.0]
+    lines: list[str] = []
+    guard = ForeignVocab(own, "drafts", "target", lines.append, clock=lambda: now[0])
+    ours = SimpleNamespace(vocab_fingerprint=own.fingerprint, vocab_summary=own.summary)
+    theirs = SimpleNamespace(vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary)
+    silent = SimpleNamespace(vocab_fingerprint="", vocab_summary="")  # a publisher that announces nothing
+    assert guard.admit(ours, "drafter") and guard.status() is None
+    assert not guard.admit(theirs, "drafter") and not guard.admit(theirs, "drafter")
+    assert not guard.admit(theirs, "refiner") and not guard.admit(silent, "drafter")
+    assert guard.count == 4 and guard.values()["drafts_foreign_vocab"] == 4
+    assert len(lines) == 3  # once per (source, vocabulary)
+    assert str(FOREIGN) in lines[0] and str(own) in lines[0] and "drafter" in lines[0]
+    assert "no vocabulary announced" in lines[2]
+    status = guard.status()
+    assert status is not None and status.startswith("4 drafts set aside")
+    now[0] += FOREIGN_ERROR_S + 1
+    assert guard.status() is None  # it stopped happening
+    assert guard.admit(ours, "drafter") and guard.count == 4
+
+
+# ------------------------------------------------------------------------------ messages both ways
+def test_drafts_and_commits_carry_the_vocabulary() -> None:
+    pytest.importorskip("rclpy")
+    from cascade_sd_ros.core.rounds import Draft
+    from cascade_sd_ros.ros.outputs import draft_msg, message_vocabulary
+
+    d = Draft(stage=0, commit_seq=0, start_position=0, token_ids=(5,), confidence=(0.5,), upstream_drafted=0,
+              upstream_accepted=0, compute_ms=1.0, degraded=False, degraded_reason="")
+    msg = draft_msg(1, 2, "cam", d, FOREIGN)
+    assert (msg.vocab_fingerprint, msg.vocab_summary) == (FOREIGN.fingerprint, FOREIGN.summary)
+    assert message_vocabulary(msg) == FOREIGN
+
+
+# ------------------------------------------------------------------------------------- nodes, one process
+MAX_NEW = 8
+
+
+@pytest.mark.ros
+def test_stages_of_another_vocabulary_are_set_aside_and_the_caption_is_the_verifiers(rclpy_context: Any) -> None:
+    """Drafter and refiner on tiny models, the verifier on the zoo (what a target_model:=... launch
+    with the shipped upstream stages amounts to): neither side uses the other's ids, each counts them,
+    diagnostics go ERROR naming both vocabularies, and the captions are the verifier alone's."""
+    from cascade_sd_ros.core.spec.engine import target_only_greedy
+    from cascade_sd_ros.core.synth.clocks import ClockModel
+    from cascade_sd_ros.core.synth.packets import PacketConfig
+    from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
+    from cascade_sd_ros.tools.pipeline import PipelineConfig, SensorPlayer, build_pipeline, play_scenes, scene_rounds
+
+    stream = StreamConfig(n_scenes=4, height=48, width=48, seed=5, clocks=ClockModel(jitter_ms=0.0, drop_rate=0.0),
+                          packets=PacketConfig(time_threshold_us=5000))
+    scenes = list(iter_scenes(stream))
+    rounds = scene_rounds(stream)
+    params = rounds.params()
+    params["common"] = {**params["common"], "max_new_tokens": MAX_NEW}
+    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 0.2, "max_wait": 0.5}
+    config = PipelineConfig(models={"target": ZOO_TARGET, "refiner": "tiny:0", "drafter": "tiny:0"}, params=params)
+    models = {"target": load_stage_model(ZOO_TARGET, "target"), "refiner": load_stage_model("tiny:0", "refiner"),
+              "drafter": load_stage_model("tiny:0", "drafter")}
+    alone = load_stage_model(ZOO_TARGET, "target")
+    pipeline = build_pipeline(config, rclpy_context, models=models)  # given models: no start-up check
+    verifier = pipeline.verifier
+    drafter, refiner = pipeline.stage_nodes["drafter"], pipeline.stage_nodes["refiner"]
+    logged: list[str] = []
+    for guard in (verifier.drafts_foreign, refiner.commits_foreign, drafter.commits_foreign):
+        guard.log_error = logged.append
+    player = SensorPlayer(context=rclpy_context)
+    try:
+        pipeline.start()
+        assert player.wait_matched(config.image_subscribers(), config.event_subscribers())
+        finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=60)  # the last one leads out
+        assert len(finals) >= 3
+        for i, msg in sorted(finals.items()):
+            assert msg is not None and list(msg.drafted_per_stage) == [0, 0]  # no foreign id was verified
+            inp = verifier.inputs[rounds.round_ids[i]]
+            want = target_only_greedy(alone.adapter, alone.context(inp.frames, inp.question), MAX_NEW)
+            assert list(msg.token_ids) == want, f"scene {i}: caption differs from the verifier alone"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (verifier.drafts_foreign.count and refiner.commits_foreign.count
+                                                   and drafter.commits_foreign.count):
+            time.sleep(0.05)
+        assert verifier.drafts_foreign.count > 0 and verifier.drafts_in.malformed == 0
+        assert refiner.commits_foreign.count > 0 and drafter.commits_foreign.count > 0
+        assert refiner.drafts_foreign.count == 0  # the drafter and refiner share tiny's vocabulary
+        zoo, tiny = models["target"].vocab, tiny_vocabulary()
+        assert all(str(zoo) in line and str(tiny) in line for line in logged)
+        assert 2 <= len(logged) <= 4  # one per (stage, source, vocabulary): never one per message
+        seen: list[tuple[int, str, dict[str, object]]] = []
+        verifier.publish_status = lambda level, message, values: seen.append((level, message, values))
+        verifier._publish_diagnostics()
+        level, message, values = seen[0]
+        assert level == 2 and str(zoo) in message and str(tiny) in message, message
+        assert values["drafts_foreign_vocab"] == verifier.drafts_foreign.count and values["vocab"] == str(zoo)
+        assert all(n.worker.errors == 0 for n in pipeline.nodes)
+    finally:
+        pipeline.close()
+        player.destroy_node()
+
+
+# ------------------------------------------------------------------------------ demo / replay start-up
+@pytest.mark.parametrize("command", ["demo", "replay"])
+def test_demo_and_replay_refuse_a_mix_of_vocabularies_at_once(command: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from cascade_sd_ros.tools import cli, pipeline
+
+    def no_nodes(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a node was built before the vocabularies were checked")
+
+    monkeypatch.setattr(pipeline, "build_pipeline", no_nodes)
+    monkeypatch.setattr(pipeline, "load_stage_model", no_nodes)
+    args = (["demo", "--scenes", "1", "--fast"] if command == "demo" else
+            ["replay", str(tmp_path / "no_such_bag"), "--out", str(tmp_path / "out")])
+    t0 = time.monotonic()
+    rc = cli.main([*args, "--model", f"target={ZOO_TARGET}", "--model", "drafter=tiny:0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert time.monotonic() - t0 < 20
+    line = [ln for ln in err if "cannot cooperate" in ln]
+    assert len(line) == 1, err
+    zoo = source_vocabulary(ZOO_TARGET)
+    assert str(zoo) in line[0] and str(tiny_vocabulary()) in line[0] and "drafter" in line[0]
+    assert "verifier" in line[0]
