@@ -140,3 +140,19 @@ def test_zoo_params_follow_the_targets_zoo_json(tmp_path: Path) -> None:
     (folder / META_FILE).write_text("[1, 2]")
     with pytest.raises(ReplayInputError, match="target model"):
         zoo_params({"target": str(folder)})
+
+
+def test_speed_lines_print_the_ratio_and_an_unfair_reference() -> None:
+    from cascade_sd_ros.core import report, speed
+    from cascade_sd_ros.tools.replay import speed_lines
+    from test_report import _ref, make_round
+
+    tokens = (5, 6, 7)
+    rounds = [make_round(1, caption=100.0, alone=_ref(tokens, 300.0), bare=_ref(tokens, 120.0))]
+    lines = speed_lines(report.speed(rounds))
+    assert lines[0].endswith("cascade 100 ms, verifier alone 300 ms (target bare, no ROS: 120 ms); "
+                             "speed-up over the verifier alone: 3.00x")
+    assert lines[1].startswith("NOT AN HONEST REFERENCE: the verifier alone took 2.50x the target's bare cost")
+    honest = [make_round(1, caption=100.0, alone=_ref(tokens, 130.0), bare=_ref(tokens, 120.0))]
+    assert len(speed_lines(report.speed(honest))) == 1 and speed.honest_reference(130.0 / 120.0)
+    assert speed_lines(report.speed([make_round(1)])) == []

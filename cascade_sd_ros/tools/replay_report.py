@@ -240,8 +240,8 @@ def write_plots(rounds: list[RoundRecord], out_dir: Path) -> list[str]:
                label="target bare (no ROS)", color="grey")
         sp = rpt.speed(rounds)
         ratio = "–" if sp["speedup_p50"] is None else f"{sp['speedup_p50']:.2f}x"
-        ax.set(xlabel="round", ylabel="ms", title=f"Caption latency: cascade vs {sp['reference'] or 'reference'} "
-                                                  f"(p50 speed-up {ratio})")
+        ref = "the verifier alone" if sp["reference"] == "verifier-alone" else "the target bare"
+        ax.set(xlabel="round", ylabel="ms", title=f"Caption latency: cascade vs {ref} (p50 speed-up {ratio})")
         ax.set_xticks(x, labels)
         ax.legend(fontsize=7)
         save(fig, "speedup.png")
