@@ -158,16 +158,20 @@ def test_encoders_reject_unsorted_or_unrepresentable(encode: Callable[[np.ndarra
 
 
 def test_evt3_bytes_are_not_silently_other_formats() -> None:
-    """Same bytes, other decoders: whatever comes out stays inside the geometry and dtype."""
+    """Same bytes, other decoders: a word size that does not divide them is refused by name; a
+    decoder that takes them keeps whatever comes out inside the geometry and the dtype."""
     cd = np.zeros(3, CD_DTYPE)
     cd["x"], cd["y"], cd["t"] = [1, 2, 3], [4, 5, 6], [7, 8, 9]
     payload = encode_evt3(cd)
-    for encoding in ("libcaer_cmp", "mono"):
-        try:
-            res = make_decoder(encoding, 64, 64).decode(payload)
-        except EventDecodeError:
-            continue
+    assert len(payload) % 8 != 0  # 10 two-byte words: no whole 8-byte word count
+    for encoding in ("mono", "libcaer"):
+        with pytest.raises(EventDecodeError, match="not a whole number of 8-byte words"):
+            make_decoder(encoding, 64, 64).decode(payload)
+    for encoding in ("libcaer_cmp", "evt2"):
+        res = make_decoder(encoding, 64, 64).decode(payload)
+        assert res.cd.dtype == CD_DTYPE
         assert res.cd.size == 0 or (res.cd["x"].max() < 64 and res.cd["y"].max() < 64)
+        assert res.consumed == len(payload)  # every byte was read as that format, none left over
 
 
 def _good_packet(encoding: str, cd: np.ndarray) -> tuple[bytes, int, np.ndarray, np.ndarray]:

@@ -346,6 +346,30 @@ def test_time_jumping_backwards_resets_and_keeps_captioning(make_run, scenes, al
     _check_lossless(run, scenes, rounds, again, alone)
 
 
+def test_time_jumping_forwards_skips_the_gap_and_keeps_captioning(make_run, scenes, alone) -> None:  # noqa: ANN001
+    """A bag skipped forward (a minute): the rounds of the gap have no inputs and must not pile up
+    or stall the verifier; the scenes after the jump are captioned exactly."""
+    from dataclasses import replace as dc_replace
+
+    config, rounds = _config()
+    run = make_run(config)
+    play_scenes(run.pipeline, run.player, scenes[:3], rounds, timeout_s=30)
+    later_stream = dc_replace(_stream(N_SCENES), start_ns=_stream(N_SCENES).start_ns + 60 * 10**9)
+    later = list(iter_scenes(later_stream))[:4]
+    later_rounds = scene_rounds(later_stream)
+    assert later_rounds.period_s == rounds.period_s and later_rounds.phase_s == rounds.phase_s  # same schedule
+    finals = play_scenes(run.pipeline, run.player, later, later_rounds, timeout_s=30)
+    assert sorted(finals) == [0, 1, 2] and all(m is not None and m.final for m in finals.values())
+    verifier = run.pipeline.verifier
+    assert verifier.worker.errors == 0
+    assert len(verifier.book) <= 64  # the gap's rounds did not pile up
+    for i, msg in finals.items():
+        inp = verifier.inputs[later_rounds.round_ids[i]]
+        assert all(later[i].truth.start_ns <= t < later[i].truth.end_ns for t in inp.stamps_ns)
+        ids = target_only_greedy(alone.adapter, alone.context(inp.frames, inp.question), MAX_NEW)
+        assert list(msg.token_ids) == ids, f"scene {i} after the jump differs from the verifier alone"
+
+
 def test_a_prompt_message_opens_a_round_answering_it(rclpy_context, models, scenes, alone) -> None:  # noqa: ANN001
     from rclpy.node import Node
     from std_msgs.msg import String
