@@ -78,10 +78,11 @@ def _fingerprint(payload: object) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:FINGERPRINT_HEX]
 
 
-def tokenizer_vocabulary(tokenizer: Any, name: str | None = None) -> Vocabulary:
+def tokenizer_vocabulary(tokenizer: Any, name: str | None = None, size: int | None = None) -> Vocabulary:
     """The :class:`Vocabulary` of a transformers-style tokenizer (``get_vocab()`` and the
     ``*_token_id`` attributes). A stand-in without ``get_vocab`` (benches' byte tokenizers) is named
-    by its class, size and special ids alone. ``name`` replaces the class name in the summary."""
+    by its class, size (its ``vocab_size``, else ``size``: the model's) and special ids alone.
+    ``name`` replaces the class name in the summary."""
     specials = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "unk")}
     specials = {k: (int(v) if isinstance(v, int) else None) for k, v in specials.items()}
     kind = name or type(tokenizer).__name__
@@ -91,7 +92,7 @@ def tokenizer_vocabulary(tokenizer: Any, name: str | None = None) -> Vocabulary:
         size = len(pairs)
         digest = _fingerprint({"vocab": pairs, "special": specials})
     else:
-        size = int(getattr(tokenizer, "vocab_size", 0) or len(tokenizer))
+        size = int(getattr(tokenizer, "vocab_size", None) or size or 0)
         digest = _fingerprint({"stand-in": type(tokenizer).__qualname__, "size": size, "special": specials})
     eos = f", eos {specials['eos']}" if specials["eos"] is not None else ""
     return Vocabulary(digest, f"{kind}, {size} ids{eos}")
@@ -460,7 +461,7 @@ def stage_model_from_hf(
     def decode(token_ids: list[int]) -> str:
         return str(tokenizer.decode(token_ids, skip_special_tokens=True))
 
-    vocab = vocab if vocab is not None else tokenizer_vocabulary(tokenizer)
+    vocab = vocab if vocab is not None else tokenizer_vocabulary(tokenizer, size=hf.vocab_size)
     return StageModel(role, adapter, num_frames, image_size, build, decode, vocab, choice)
 
 
