@@ -219,7 +219,7 @@ def _parse_models(specs: list[str]) -> dict[str, str]:
 def speed_lines(sp: dict[str, Any]) -> list[str]:
     """The report's speed figure in a few lines: caption latency p50 of the cascade, its reference
     and the bare target, the ratio, and a plain warning when the reference was not honest."""
-    if not sp["reference"]:
+    if not sp.get("reference"):
         return []
 
     def ms(d: dict[str, Any]) -> str:
@@ -297,6 +297,6 @@ def run(args: argparse.Namespace) -> int:
     if inp.get("storage_error"):
         print(f"partial: {inp['storage_error']}", file=sys.stderr)
     print(f"{summ['rounds']} rounds; report in {result.out_dir / 'report.md'}; outputs in {result.output_bag}")
-    for line in speed_lines(summ["speed"]):
+    for line in speed_lines(summ.get("speed") or {}):
         print(line)
     return 3 if inp.get("storage_error") or inp["corrupt_records"] else 0  # 3: partial (damaged input)
