@@ -162,14 +162,20 @@ def test_a_stage_dying_mid_run_costs_speed_not_output(make_run, scenes, alone, d
     run = make_run(config)
     first = play_scenes(run.pipeline, run.player, scenes[:4], rounds, timeout_s=30)
     run.pipeline.stop_stage(dead)
+    stage = 1 if dead == "refiner" else 0
+    # wait on the condition, not a clock: the verifier's book must count the stage as silent
+    book = run.pipeline.verifier.book
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and stage not in book.silent_stages([stage], 0.3):
+        time.sleep(0.02)
+    assert stage in book.silent_stages([stage], 0.3)
     later = play_scenes(run.pipeline, run.player, scenes[4:], rounds, timeout_s=30, first=4)
     finals = {**first, **later}
     assert sorted(finals) == list(range(N_SCENES))
     _check_lossless(run, scenes, rounds, finals, alone)
     after = [finals[i] for i in range(4, N_SCENES)]
-    stage = 1 if dead == "refiner" else 0
     assert all(m.drafted_per_stage[stage] == 0 for m in after)  # nothing from the dead stage
-    for m in after[1:]:  # once silent for stage_liveness, the caption names the missing stage
+    for m in after[1:]:  # silent for stage_liveness: the caption names the missing stage
         silent = re.search(r"no drafts from ([a-z ]+)", m.degraded_reason)
         assert silent is not None and dead in silent.group(1).split(" and "), m.degraded_reason
 
@@ -389,7 +395,13 @@ def test_a_prompt_message_opens_a_round_answering_it(rclpy_context, models, scen
         deadline = time.monotonic() + 5
         while pub.get_subscription_count() < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.5)  # the stages take in the scene's messages
+        # the stages have taken in the scene's messages: wait on their input counters, not a clock
+        stages = run.pipeline.stage_nodes
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (stages["verifier"].images_in.received < len(moving.frames)
+                                               or stages["drafter"].events_in.received < len(moving.packets)):
+            time.sleep(0.02)
+        assert stages["verifier"].images_in.received == len(moving.frames)
         assert run.pipeline.collector.finals == {}
         pub.publish(String(data="what do you see"))
         assert run.pipeline.collector.wait_final(count=1, timeout_s=15)
