@@ -192,6 +192,11 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
     print(f"  verifier alone p50 {_ms(a.p50_ms)}, p95 {_ms(a.p95_ms)}  "
           f"(the target's bare cost, no ROS: p50 {_ms(b.p50_ms)})")
     print(f"speed-up over the verifier alone (p50 caption latency): {sp}")
+    from cascade_sd_ros.core.speed import HONEST_MARGIN, honest_reference
+
+    if honest_reference(speed.alone_over_bare) is False:
+        print(f"note: the verifier alone ran at {speed.alone_over_bare:.2f}x the target's bare cost (more than "
+              f"{1 + HONEST_MARGIN:.2f}x): its node process, not the model, sets part of the reference")
     tps = info.get("tokens_per_verifier_step")
     if tps is not None:
         print(f"tokens per verifier step: {tps:.2f} (the verifier alone: 1.00)")
@@ -307,12 +312,11 @@ def _final_fields(msg: Any) -> dict[str, Any]:
 
 
 def _parts(msg: Any) -> dict[str, float]:
-    """Where a round's caption latency went, in the verifier: prefill, verification passes, waiting
-    for drafts; "other" is the rest (the worker coming to the round, publishing, Python)."""
-    total = float(msg.latency_caption_ms)
-    parts = {"prefill": float(msg.latency_prefill_ms), "verify": float(msg.latency_verify_ms),
-             "draft_wait": float(msg.latency_draft_wait_ms)}
-    parts["other"] = total - sum(parts.values()) if math.isfinite(total) else math.nan
+    """Where a round's caption latency went, in the verifier (:func:`core.speed.caption_parts`)."""
+    from cascade_sd_ros.core.speed import caption_parts
+
+    parts = caption_parts(msg.latency_caption_ms, msg.latency_prefill_ms, msg.latency_verify_ms,
+                          msg.latency_draft_wait_ms)
     return {k: round(v, 2) for k, v in parts.items()}
 
 
