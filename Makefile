@@ -9,12 +9,16 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 IN_OWN_DOMAIN := $(PY) test/helpers/dds_domain.py run --
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test lint demo bench clean
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# lint settings in pyproject.toml; part of `make test`, so of CI
+lint: setup
+	$(VENV)/bin/ruff check .
 
 demo: setup
 	$(IN_OWN_DOMAIN) $(PY) -m cascade_sd_ros.tools.cli demo $(DEMO_ARGS)

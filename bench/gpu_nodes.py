@@ -227,10 +227,9 @@ def loader_choice(role: str, device: str) -> tuple[dict[str, Any], StageModel]:
 def zoo_agreement(models: dict[str, StageModel], device: str, scenes: int) -> dict[str, Any]:
     """Greedy captions of the node's backend vs transformers on held-out zoo scenes, per stage."""
     from cascade_sd_ros.core.spec.engine import target_only_greedy
+    from cascade_sd_ros.core.zoo.configs import DataGeometry
     from cascade_sd_ros.core.zoo.data import EVAL_STREAM, build_sample
     from cascade_sd_ros.core.zoo.load import read_zoo_meta
-
-    from cascade_sd_ros.core.zoo.configs import DataGeometry
 
     meta = read_zoo_meta(Path(default_stage_source("target")))
     geometry = DataGeometry(**meta["geometry"]) if "geometry" in meta else DataGeometry()  # as load_zoo reads it

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -39,7 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import CLIPVisionConfig, DynamicCache, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    DynamicCache,
+    LlamaConfig,
+    VideoLlavaConfig,
+    VideoLlavaForConditionalGeneration,
+)
 
 from cascade_sd_ros.core.gpu.verifier import StaticVerifierAdapter
 from cascade_sd_ros.core.spec import cache_ops

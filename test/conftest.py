@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import processes
 from helpers.dds_domain import NoFreeDomain, claim_domain
 

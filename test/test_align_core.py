@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from cascade_sd_ros.core.align import (
     ClockJumpDetector,
-    StaleRoundFilter,
     OffsetEstimator,
+    StaleRoundFilter,
     StreamOffsets,
     TimeBuffer,
     nearest_frame,

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import processes
 from helpers.dds_domain import LOCK_DIR, NoFreeDomain, claim_domain
 

@@ -197,8 +197,14 @@ def test_hostile_packets_to_the_running_nodes_cost_nothing_but_themselves(rclpy_
     from cascade_sd_ros.core.synth.clocks import ClockModel
     from cascade_sd_ros.core.synth.packets import PacketConfig
     from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
-    from cascade_sd_ros.tools.pipeline import PipelineConfig, SensorPlayer, build_pipeline, load_models
-    from cascade_sd_ros.tools.pipeline import play_scenes, scene_rounds
+    from cascade_sd_ros.tools.pipeline import (
+        PipelineConfig,
+        SensorPlayer,
+        build_pipeline,
+        load_models,
+        play_scenes,
+        scene_rounds,
+    )
 
     tiny = {"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"}
     stream = StreamConfig(n_scenes=3, height=64, width=64, seed=5,

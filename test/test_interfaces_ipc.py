@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import rclpy
-from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
 from helpers import processes
 from helpers.msg_samples import ONE_MB, build_samples, field_differences
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 pytestmark = pytest.mark.ros
 CHILD = Path(__file__).parent / "helpers" / "publish_samples.py"

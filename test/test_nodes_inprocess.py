@@ -245,10 +245,10 @@ def test_no_input_at_all_reports_degraded_without_stalling(make_run, rclpy_conte
 
 def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: ANN001
         make_run, scenes, alone, rclpy_context) -> None:
-    from cascade_sd_ros.msg import DraftTokens
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
+    from cascade_sd_ros.msg import DraftTokens
     from cascade_sd_ros.nodes.common import ROUND_QOS
     from cascade_sd_ros.ros.image import numpy_to_image
     from cascade_sd_ros.ros.stamps import ns_to_stamp

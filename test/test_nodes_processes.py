@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("rclpy")
 
+from helpers import processes as child_processes  # noqa: E402
+
 from cascade_sd_ros.core.align import TimeBuffer, select_clip  # noqa: E402
 from cascade_sd_ros.core.spec.engine import target_only_greedy  # noqa: E402
 from cascade_sd_ros.core.stage_model import load_stage_model  # noqa: E402
@@ -21,7 +23,6 @@ from cascade_sd_ros.core.synth.clocks import ClockModel  # noqa: E402
 from cascade_sd_ros.core.synth.packets import PacketConfig  # noqa: E402
 from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes  # noqa: E402
 from cascade_sd_ros.tools.pipeline import CaptionCollector, SensorPlayer, scene_rounds  # noqa: E402
-from helpers import processes as child_processes  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

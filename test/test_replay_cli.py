@@ -143,9 +143,10 @@ def test_zoo_params_follow_the_targets_zoo_json(tmp_path: Path) -> None:
 
 
 def test_speed_lines_print_the_ratio_and_an_unfair_reference() -> None:
+    from test_report import _ref, make_round
+
     from cascade_sd_ros.core import report, speed
     from cascade_sd_ros.tools.replay import speed_lines
-    from test_report import _ref, make_round
 
     tokens = (5, 6, 7)
     rounds = [make_round(1, caption=100.0, alone=_ref(tokens, 300.0), bare=_ref(tokens, 120.0))]

@@ -148,11 +148,11 @@ class StandIn:
 
 
 def make_stand_in(context: Any, settings: Any) -> StandIn:
+    from event_camera_msgs.msg import EventPacket
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from event_camera_msgs.msg import EventPacket
     from sensor_msgs.msg import Image
 
     from cascade_sd_ros.msg import DraftTokens, VerifiedCaption

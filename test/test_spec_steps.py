@@ -10,11 +10,12 @@ import torch
 
 from cascade_sd_ros.core.spec import (
     CascadeDecoder,
-    HFAdapter,
     DraftLengthController,
+    HFAdapter,
     LevelRule,
     StageContext,
     align_draft,
+    cache_ops,
     draft_step,
     load_adapter,
     refine_step,
@@ -23,7 +24,6 @@ from cascade_sd_ros.core.spec import (
     verify_greedy,
     verify_sample,
 )
-from cascade_sd_ros.core.spec import cache_ops
 from cascade_sd_ros.core.spec.preprocess import make_image_processor, preprocess_image, preprocess_video
 from cascade_sd_ros.core.spec.prompt import build_prompt_ids, expand_placeholder, media_token_count
 from cascade_sd_ros.core.spec.testing import EOS_ID, ScriptedDrafter, TableLM, TinyModels, tiny_causal_lm, tiny_models

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_spec_sampling import VOCAB, _chi2_rejects, _first_token_probs
 
 from cascade_sd_ros.core.modes import mode_rules
 from cascade_sd_ros.core.round_stages import StageInput, VerifierWorker
@@ -19,8 +20,6 @@ from cascade_sd_ros.core.rounds import Draft, RoundBook
 from cascade_sd_ros.core.spec import StageContext
 from cascade_sd_ros.core.spec.testing import TableLM
 from cascade_sd_ros.core.stage_model import StageModel, tiny_vocabulary
-
-from test_spec_sampling import VOCAB, _chi2_rejects, _first_token_probs
 
 CTX = StageContext((1, 5, 6, 3), None, "text")
 PIXELS = np.zeros((1, 1, 1, 3), np.uint8)

@@ -3,7 +3,6 @@ drafts actually arrive (never past ``draft_wait``)."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import numpy as np

@@ -12,7 +12,13 @@ from cascade_sd_ros.core.synth.scene import COLOURS, SceneRenderer, caption, ren
 from cascade_sd_ros.core.zoo.batches import IGNORE, StageBatcher, normalise
 from cascade_sd_ros.core.zoo.configs import DATA, build_model
 from cascade_sd_ros.core.zoo.data import (
-    EVAL_STREAM, TRAIN_STREAM, ZooData, build_data, build_sample, canonical_spec, sample_moment,
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    ZooData,
+    build_data,
+    build_sample,
+    canonical_spec,
+    sample_moment,
 )
 from cascade_sd_ros.core.zoo.metrics import score_captions
 from cascade_sd_ros.core.zoo.tokenizer import build_tokenizer

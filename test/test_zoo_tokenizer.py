@@ -9,7 +9,16 @@ import pytest
 from cascade_sd_ros.core.spec.prompt import build_prompt_ids, format_prompt
 from cascade_sd_ros.core.synth.scene import VOCABULARY, caption, sample_scene
 from cascade_sd_ros.core.zoo.tokenizer import (
-    BOS, DEFAULT_QUESTION, EOS, IMAGE, PAD, UNK, VIDEO, build_tokenizer, load_tokenizer, vocabulary,
+    BOS,
+    DEFAULT_QUESTION,
+    EOS,
+    IMAGE,
+    PAD,
+    UNK,
+    VIDEO,
+    build_tokenizer,
+    load_tokenizer,
+    vocabulary,
 )
 
 

@@ -13,8 +13,8 @@ from cascade_sd_ros.core.zoo.configs import DataGeometry, StageArch, TrainSchedu
 from cascade_sd_ros.core.zoo.data import ZooData
 from cascade_sd_ros.core.zoo.distill import Distiller, DistillWeights, argmax_agreement
 from cascade_sd_ros.core.zoo.grow import deepen, expansion_plan, grow_from
-from cascade_sd_ros.core.zoo.training import greedy_captions, lr_at, train_stage
 from cascade_sd_ros.core.zoo.tokenizer import build_tokenizer
+from cascade_sd_ros.core.zoo.training import greedy_captions, lr_at, train_stage
 
 GEO = DataGeometry(image_size=16, num_frames=2)
 MICRO = {

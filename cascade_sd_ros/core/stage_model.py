@@ -451,7 +451,7 @@ def stage_model_from_hf(
         num_frames = int(seq) // per_frame if seq else 8
     adapter, choice = _StaticSizing(max_new_tokens).adapter(backend, hf.device, role, hf, want, num_frames)
     crop = processor.crop_size
-    image_size = int(crop["height"]) if isinstance(crop, dict) else int(getattr(crop, "height"))
+    image_size = int(crop["height"]) if isinstance(crop, dict) else int(crop.height)
 
     def build(pixels: np.ndarray, question: str) -> StageContext:
         ids = build_prompt_ids(tokenizer, question, want, config, num_frames)

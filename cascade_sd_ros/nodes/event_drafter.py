@@ -92,9 +92,10 @@ class EventDrafter(StageNode[DrafterConfig]):
         self.commits_foreign = ForeignVocab(self.model.vocab, "commits", "drafter", self.get_logger().error)
         self.rounds_opened = 0
 
-        from cascade_sd_ros.msg import Commit, DraftTokens
         from event_camera_msgs.msg import EventPacket
         from std_msgs.msg import String
+
+        from cascade_sd_ros.msg import Commit, DraftTokens
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)

@@ -125,9 +125,10 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.rounds_degraded = 0
         self._last_skew_ms = float("nan")
 
-        from cascade_sd_ros.msg import Commit, DraftTokens
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
+
+        from cascade_sd_ros.msg import Commit, DraftTokens
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_REFINER, ROUND_QOS)

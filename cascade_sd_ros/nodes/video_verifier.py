@@ -24,7 +24,12 @@ from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import (
-    FrameIngest, OffsetEstimator, StaleRoundFilter, StreamOffsets, nearest_frame, select_clip,
+    FrameIngest,
+    OffsetEstimator,
+    StaleRoundFilter,
+    StreamOffsets,
+    nearest_frame,
+    select_clip,
 )
 from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.modes import ModeRules
@@ -175,11 +180,12 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self._totals = {"drafted": [0, 0], "accepted": [0, 0], "latency_ms": [], "skew_clip_ms": float("nan")}
         self._last_final: CaptionUpdate | None = None
 
-        from cascade_sd_ros.msg import Commit, DraftTokens, VerifiedCaption
         from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
         from visualization_msgs.msg import Marker
+
+        from cascade_sd_ros.msg import Commit, DraftTokens, VerifiedCaption
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_commit = self.create_publisher(Commit, TOPIC_COMMIT, ROUND_QOS)

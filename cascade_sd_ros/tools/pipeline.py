@@ -22,10 +22,9 @@ from rclpy.context import Context
 from rclpy.executors import Executor, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-
-from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.nodes.common import OUTPUT_QOS, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
 
 # The player publishes like a bag player: reliable and deep, so the stages (subscribed with

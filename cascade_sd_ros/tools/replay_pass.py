@@ -31,7 +31,7 @@ class PipelineHandle(Protocol):
 
 
 #: (rclpy context, settings) -> a pipeline whose nodes are on ``use_sim_time``.
-PipelineFactory = Callable[[Any, "ReplaySettings"], PipelineHandle]
+PipelineFactory = Callable[[Any, "ReplaySettings"], PipelineHandle]  # noqa: F821 - defined in tools.replay, which imports this module
 
 
 class ReferenceRun(Protocol):

@@ -5,9 +5,8 @@ import sys
 import time
 
 import rclpy
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
 from msg_samples import build_samples
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                  durability=DurabilityPolicy.TRANSIENT_LOCAL)

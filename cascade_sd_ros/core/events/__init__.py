@@ -10,9 +10,9 @@ counter wrap explains are counted in ``time_resyncs`` instead of shifting the st
 """
 from .evt2 import Evt2Decoder, encode_evt2
 from .evt3 import Evt3Decoder, Evt3Encoder, encode_evt3
+from .factory import UNFLAGGED_BACKWARD_US, EventDecoder, make_decoder, supported_encodings
 from .legacy import MonoDecoder, TriggerDecoder, encode_mono, encode_trigger
 from .libcaer import LibcaerCmpDecoder, LibcaerDecoder, encode_libcaer, encode_libcaer_cmp
-from .factory import UNFLAGGED_BACKWARD_US, EventDecoder, make_decoder, supported_encodings
 from .payload import DEFAULT_MAX_SPAN_US, MAX_T_US, MAX_TIME_BASE_NS
 from .represent import EventFrameRenderer, count_image, time_window, voxel_grid
 from .types import CD_DTYPE, TRIGGER_DTYPE, DecodedEvents, EventDecodeError

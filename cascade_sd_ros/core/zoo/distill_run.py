@@ -8,7 +8,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import LlavaForConditionalGeneration, PreTrainedModel, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+from transformers import (
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+    VideoLlavaForConditionalGeneration,
+    VideoLlavaImageProcessor,
+)
 
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.configs import DataGeometry, Stage, TrainSchedule

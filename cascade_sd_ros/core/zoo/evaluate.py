@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import numpy as np
-
 from cascade_sd_ros.core.spec.adapter import HFAdapter, StageContext
 from cascade_sd_ros.core.spec.engine import CascadeDecoder, target_only_greedy
 from cascade_sd_ros.core.zoo.configs import STAGES

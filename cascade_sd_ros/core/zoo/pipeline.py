@@ -13,7 +13,15 @@ from transformers import LlavaForConditionalGeneration, PreTrainedModel, VideoLl
 
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.configs import (
-    ARCHS, DATA, SCHEDULES, STAGES, DataGeometry, Stage, TrainSchedule, build_image_processor, build_model,
+    ARCHS,
+    DATA,
+    SCHEDULES,
+    STAGES,
+    DataGeometry,
+    Stage,
+    TrainSchedule,
+    build_image_processor,
+    build_model,
 )
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, ZooData, load_or_build
 from cascade_sd_ros.core.zoo.grow import deepen, grow_from
