@@ -13,6 +13,17 @@ from cascade_sd_ros.core.rounds import (
 )
 
 
+def test_a_stamp_from_the_far_future_opens_a_few_rounds_not_millions() -> None:
+    now, period = 1_767_225_600 * 10**9, 2 * 10**9
+    far = (2**31 - 1) * 10**9  # a stamp at the end of int32 seconds: 185 million periods ahead
+    got = round_times_between(now, far, period)
+    assert len(got) == 8 and got[-1] == (far // period) * period
+    assert got == list(range(got[0], got[-1] + 1, period))
+    assert round_times_between(20, 200, 10, limit=3) == [180, 190, 200]
+    with pytest.raises(ValueError, match="limit"):
+        round_times_between(20, 200, 10, limit=0)
+
+
 def test_round_times_between_period_boundaries() -> None:
     assert round_times_between(None, 25, 10) == [20]
     assert round_times_between(20, 55, 10) == [30, 40, 50]

@@ -29,15 +29,24 @@ def round_id_for(t_ns: int) -> int:
     return int(t_ns)
 
 
-def round_times_between(after_ns: int | None, upto_ns: int, period_ns: int) -> list[int]:
+#: A forward jump opens at most this many rounds (the newest): the gap's rounds could not be
+#: captioned in time anyway, and one stamp from the far future must not open millions.
+MAX_ROUNDS_PER_STEP = 8
+
+
+def round_times_between(after_ns: int | None, upto_ns: int, period_ns: int,
+                        limit: int = MAX_ROUNDS_PER_STEP) -> list[int]:
     """Period boundaries ``k * period`` in ``(after_ns, upto_ns]`` (all of them up to ``upto_ns``
-    from the first boundary at or before it when ``after_ns`` is None: only that newest one)."""
+    from the first boundary at or before it when ``after_ns`` is None: only that newest one), at
+    most the newest ``limit`` of them."""
     if period_ns <= 0:
         raise ValueError(f"round period must be > 0 ns, got {period_ns}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     newest = (upto_ns // period_ns) * period_ns
     if after_ns is None:
         return [newest] if newest > 0 else []
-    first = (after_ns // period_ns + 1) * period_ns
+    first = max((after_ns // period_ns + 1) * period_ns, newest - (limit - 1) * period_ns)
     return list(range(first, newest + 1, period_ns))
 
 

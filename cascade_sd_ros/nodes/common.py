@@ -358,6 +358,24 @@ class StageNode(Node, Generic[C]):
         name = getattr(callback, "__name__", "timer").lstrip("_")
         return super().create_timer(timer_period_sec, self.guard.wrap(f"timer {name}", callback), *args, **kwargs)
 
+    def worker_output(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """What the worker thread calls to publish. Once the context is shut down (Ctrl-C reaches
+        rclpy's handler before main() stops the worker) a publish has nowhere to go: it is dropped
+        quietly instead of failing the round with a traceback on the way out."""
+
+        @functools.wraps(fn)
+        def send(*args: Any) -> Any:
+            if not self.context.ok():
+                return None
+            try:
+                return fn(*args)
+            except Exception:
+                if not self.context.ok():
+                    return None
+                raise
+
+        return send
+
     def check_model(self, model: StageModel) -> None:
         """Hook: reject a model that does not fit this node's parameters (ValueError)."""
 

@@ -104,7 +104,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
         self.worker = DrafterWorker(
-            self.book, self.model, self._resolve, self._publish, gamma=self.cfg.gamma,
+            self.book, self.model, self._resolve, self.worker_output(self._publish), gamma=self.cfg.gamma,
             max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
         )
         self.worker.start()

@@ -138,7 +138,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
         self.worker = RefinerWorker(
-            self.book, self.model, self._resolve, self._publish, rules=self.cfg.rules, gamma=self.cfg.gamma,
+            self.book, self.model, self._resolve, self.worker_output(self._publish), rules=self.cfg.rules, gamma=self.cfg.gamma,
             max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
             max_wait_s=self.cfg.max_wait_s, upstream_wait_s=self.cfg.upstream_wait_s, liveness_s=self.cfg.liveness_s,
         )

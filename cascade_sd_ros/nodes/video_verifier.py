@@ -203,7 +203,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.create_timer(1.0, self._publish_diagnostics, callback_group=timers)
         self.create_timer(0.05, self._check_prompt, callback_group=timers)
         self.worker = VerifierWorker(
-            self.book, self.model, self._resolve, self._emit, rules=self.cfg.rules,
+            self.book, self.model, self._resolve, self.worker_output(self._emit), rules=self.cfg.rules,
             max_new_tokens=self.cfg.max_new_tokens, draft_wait_s=self.cfg.draft_wait_s,
             max_wait_s=self.cfg.max_wait_s, use_stages=self.cfg.use_drafts, seed=self.cfg.seed,
             max_pending=self.cfg.max_pending, liveness_s=self.cfg.liveness_s,
