@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.fake_node import RecordingNode
 
 from cascade_sd_ros.core.align.offsets import OffsetEstimator
 from cascade_sd_ros.core.events import CD_DTYPE, encode_evt3, encode_libcaer, encode_mono
@@ -139,29 +140,13 @@ def test_a_packet_spanning_more_than_a_second_never_reaches_the_event_clock_whol
 
 # ---------------------------------------------------------------------- the node's edge
 
-class _Logger:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def error(self, text: str) -> None:
-        self.lines.append(text)
-
-
-class _Node:
-    def __init__(self) -> None:
-        self.logger = _Logger()
-
-    def get_logger(self) -> _Logger:
-        return self.logger
-
-
 def test_callback_guard_counts_logs_once_with_traceback_and_keeps_the_signature() -> None:
     pytest.importorskip("rclpy")
     import inspect
 
     from cascade_sd_ros.nodes.common import CallbackGuard
 
-    node = _Node()
+    node = RecordingNode()
     guard = CallbackGuard(node, throttle_s=3600)  # type: ignore[arg-type]
     seen: list[int] = []
 

@@ -310,23 +310,11 @@ def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: 
 
 
 def test_malformed_inputs_are_logged_once_per_throttle_period() -> None:
+    from helpers.fake_node import RecordingNode
+
     from cascade_sd_ros.nodes.common import InputStats
 
-    class Logger:
-        def __init__(self) -> None:
-            self.lines: list[str] = []
-
-        def warning(self, text: str) -> None:
-            self.lines.append(text)
-
-    class FakeNode:
-        def __init__(self) -> None:
-            self.logger = Logger()
-
-        def get_logger(self) -> Logger:
-            return self.logger
-
-    node = FakeNode()
+    node = RecordingNode()
     stats = InputStats(node, "images", throttle_s=60.0)  # type: ignore[arg-type]
     for _ in range(5):
         stats.bad("unsupported image encoding 'yuv422'")

@@ -430,15 +430,10 @@ class _McapFile:
                             yield from self._chunk_messages(raw, define_only)
                             if cut is not None:
                                 raise _Cut(pos, cut)
-                        elif opcode == _OP_SCHEMA:
-                            sid, name, enc, text = _parse_schema(body)
-                            self.schemas.setdefault(sid, (name, enc, text))
-                        elif opcode == _OP_CHANNEL:
-                            cid, sid, topic, meta = _parse_channel(body)
-                            self.channels.setdefault(cid, (topic, sid, meta))
-                        elif opcode == _OP_MESSAGE and not define_only:
-                            cid, _seq, log_time = struct.unpack_from("<HIQ", body, 0)
-                            yield log_time, cid, body[22:]
+                        else:
+                            message = self._take_record(opcode, body, define_only)
+                            if message is not None:
+                                yield message
                     except (struct.error, zstd.ZstdError, RuntimeError, ValueError) as err:
                         raise _Cut(pos, f"record 0x{opcode:02x} is corrupt ({type(err).__name__}: {err})") from err
                     except _Cut as cut:
@@ -447,19 +442,24 @@ class _McapFile:
                 self.last_cut = cut
 
     def _chunk_messages(self, raw: bytes, define_only: bool) -> Iterator[tuple[int, int, memoryview]]:
-        messages = []
-        for opcode, body in _records(raw):
-            if opcode == _OP_SCHEMA:
-                sid, name, enc, text = _parse_schema(body)
-                self.schemas.setdefault(sid, (name, enc, text))
-            elif opcode == _OP_CHANNEL:
-                cid, sid, topic, meta = _parse_channel(body)
-                self.channels.setdefault(cid, (topic, sid, meta))
-            elif opcode == _OP_MESSAGE and not define_only:
-                cid, _seq, log_time = struct.unpack_from("<HIQ", body, 0)
-                messages.append((log_time, cid, body[22:]))
+        messages = [m for opcode, body in _records(raw)
+                    if (m := self._take_record(opcode, body, define_only)) is not None]
         messages.sort(key=lambda m: m[0])
         yield from messages
+
+    def _take_record(self, opcode: int, body: memoryview, define_only: bool) -> tuple[int, int, memoryview] | None:
+        """One schema, channel or message record, at top level or inside a chunk: definitions are
+        kept (the first of an id wins), a message is returned as (log time, channel id, data)."""
+        if opcode == _OP_SCHEMA:
+            sid, name, enc, text = _parse_schema(body)
+            self.schemas.setdefault(sid, (name, enc, text))
+        elif opcode == _OP_CHANNEL:
+            cid, sid, topic, meta = _parse_channel(body)
+            self.channels.setdefault(cid, (topic, sid, meta))
+        elif opcode == _OP_MESSAGE and not define_only:
+            cid, _seq, log_time = struct.unpack_from("<HIQ", body, 0)
+            return log_time, cid, body[22:]
+        return None
 
     def _indexed(self) -> Iterator[tuple[int, int, memoryview]]:
         """Messages in log-time order through the chunk index (overlapping chunks merged)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,31 @@ def caption_parts(caption_ms: float, prefill_ms: float, verify_ms: float, draft_
     total = float(caption_ms)
     parts["other"] = total - sum(parts.values()) if math.isfinite(total) else math.nan
     return parts
+
+
+@dataclass(frozen=True)
+class BareCaption:
+    """The target's own greedy caption of one clip, timed without ROS: the reference's floor."""
+
+    tokens: list[int]
+    prefill_ms: float  # from pixels: preprocessing, encode and prompt, as the node's prefill figure
+    decode_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.prefill_ms + self.decode_ms
+
+
+def bare_caption(target: Any, frames: Any, question: str, max_new_tokens: int) -> BareCaption:
+    """Decode ``frames`` ([F, H, W, 3] uint8) with the target ``StageModel`` alone, greedy, timed.
+    The caller holds ``torch.inference_mode`` and sets the thread count it wants measured."""
+    import time
+
+    from cascade_sd_ros.core.spec.engine import target_only_greedy
+
+    t0 = time.perf_counter()
+    target.adapter.prefill(target.context(frames, question))
+    t1 = time.perf_counter()
+    tokens = target_only_greedy(target.adapter, None, max_new_tokens)
+    t2 = time.perf_counter()
+    return BareCaption(list(tokens), (t1 - t0) * 1e3, (t2 - t1) * 1e3)

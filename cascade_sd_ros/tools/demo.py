@@ -282,12 +282,10 @@ def run_demo(
 def _bare_costs(config: Any, scenes: list[Any], rounds: Any, question: str, budget: int) -> dict[int, float]:
     """The target's own greedy caption per scene, timed without ROS in this process (one warm-up
     first): what the verifier alone should cost. Measured before any stage runs, on a quiet machine."""
-    import time
-
     import numpy as np
     import torch
 
-    from cascade_sd_ros.core.spec.engine import target_only_greedy
+    from cascade_sd_ros.core.speed import bare_caption
     from cascade_sd_ros.core.stage_model import load_stage_model
 
     target = load_stage_model(config.source("target"), "target", device=config.device, dtype=config.dtype)
@@ -297,10 +295,9 @@ def _bare_costs(config: Any, scenes: list[Any], rounds: Any, question: str, budg
         for i, scene in enumerate([scenes[0], *scenes]):
             frames = [f.image for f in scene.frames] or [np.zeros((target.image_size,) * 2 + (3,), np.uint8)]
             pick = np.linspace(0, len(frames) - 1, target.num_frames).round().astype(int)
-            t0 = time.perf_counter()  # from pixels, as the node: preprocessing is part of the cost
-            target_only_greedy(target.adapter, target.context(np.stack([frames[k] for k in pick]), question), budget)
+            bare = bare_caption(target, np.stack([frames[k] for k in pick]), question, budget)
             if i > 0:  # the first is the warm-up
-                out[i - 1] = (time.perf_counter() - t0) * 1e3
+                out[i - 1] = bare.total_ms
     return out
 
 

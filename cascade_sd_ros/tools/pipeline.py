@@ -25,7 +25,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
-from cascade_sd_ros.nodes.common import OUTPUT_QOS, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
+from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
 
 # The player publishes like a bag player: reliable and deep, so the stages (subscribed with
 # sensor_reliability=reliable, see SENSOR_PARAMS) get every message of a burst.
@@ -61,7 +61,7 @@ class PipelineConfig:
     # torch releases the GIL inside every op and must win it back after; with the executor's Python
     # busy on sensor traffic each win-back can wait a whole switch interval (5 ms by default), which
     # turned the 32-layer target's 21 ms prefill into 2.4 s in the one-process demo (0.4 s at 0.5 ms)
-    gil_switch_s: float | None = 0.0005
+    gil_switch_s: float | None = GIL_SWITCH_S
     collect_captions: bool = True
 
     def __post_init__(self) -> None:
@@ -152,11 +152,15 @@ class SensorPlayer(Node):
         """Wait until the stages' subscriptions have matched (discovery is asynchronous)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if (self.pub_image.get_subscription_count() >= image_subscribers
-                    and self.pub_events.get_subscription_count() >= event_subscribers):
+            if self.matched(image_subscribers, event_subscribers):
                 return True
             time.sleep(0.02)
         return False
+
+    def matched(self, image_subscribers: int, event_subscribers: int) -> bool:
+        """Whether that many subscriptions have matched the image and event publishers now."""
+        return (self.pub_image.get_subscription_count() >= image_subscribers
+                and self.pub_events.get_subscription_count() >= event_subscribers)
 
     def play(self, scene: Any, *, event_offset_ns: int, skip_frames: bool = False, skip_events: bool = False,
              rate: float | None = None, pause_every: int = 50, pause_s: float = 0.002) -> None:

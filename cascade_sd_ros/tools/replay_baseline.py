@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
 from cascade_sd_ros.core import bagio
-from cascade_sd_ros.core.spec.engine import target_only_greedy
+from cascade_sd_ros.core.speed import bare_caption
 from cascade_sd_ros.tools.replay_report import BARE_MODE
 
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
@@ -53,20 +52,16 @@ class BareTarget:
     def run(self) -> list[tuple[int, bytes]]:
         """Decode every captured round bare; (T [ns], serialised VerifiedCaption) in round order."""
         store = bagio.typestore()
-        adapter = self._target.adapter
         with self._lock:
             rounds = sorted(self._captured.items())
         out: list[tuple[int, bytes]] = []
         for round_id, (t_ns, inputs) in rounds:
-            t0 = time.perf_counter()  # from pixels, as the node's prefill figure
-            adapter.prefill(self._target.context(np.asarray(inputs.frames), inputs.question))
-            t1 = time.perf_counter()
-            tokens = target_only_greedy(adapter, None, self._max_new_tokens)
-            t2 = time.perf_counter()
+            bare = bare_caption(self._target, np.asarray(inputs.frames), inputs.question, self._max_new_tokens)
+            tokens = bare.tokens
             # The first token comes from the prefill's logits; every later one costs one forward.
             forwards = max(0, len(tokens) - 1)
             msg = _caption(store, round_id, t_ns, tokens, self._target.decode(list(tokens)), forwards,
-                           (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+                           bare.prefill_ms, bare.decode_ms)
             out.append((t_ns, bytes(store.serialize_cdr(msg, VERIFIED_CAPTION_TYPE))))
         return out
 

@@ -55,8 +55,7 @@ class StageTaps:
         s = tap.config.stages
         node = tap.player
         ns = tap.namespace
-        ok = (tap.player.pub_image.get_subscription_count() >= tap.config.image_subscribers()
-              and tap.player.pub_events.get_subscription_count() >= tap.config.event_subscribers()
+        ok = (node.matched(tap.config.image_subscribers(), tap.config.event_subscribers())
               and node.count_publishers(f"{ns}/{TOPIC_CAPTION}") >= 1)
         # the stages must hear each other before a round depends on it
         if "drafter" in s:

@@ -85,14 +85,12 @@ class OffsetEstimator:
         self._lock = threading.Lock()
         # (bin index, count) per add_events
         self._chunks: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=max_chunks)
-        self._newest_bin: int | None = None
         self._intervals: deque[tuple[int, int, float]] = deque(maxlen=max_intervals)
         self._prev: tuple[int, np.ndarray] | None = None
 
     def reset(self) -> None:
         with self._lock:
             self._chunks.clear()
-            self._newest_bin = None
             self._intervals.clear()
             self._prev = None
 
@@ -106,9 +104,7 @@ class OffsetEstimator:
             self._chunks.append((idx, counts))
             # the newest packet's time, not the newest ever: one packet from the far future must not
             # make every later one look too old to keep
-            newest = int(idx[-1])
-            self._newest_bin = newest
-            cutoff = newest - self.horizon_ns // self.bin_ns
+            cutoff = int(idx[-1]) - self.horizon_ns // self.bin_ns
             while self._chunks and int(self._chunks[0][0][-1]) < cutoff:
                 self._chunks.popleft()
 

@@ -12,6 +12,7 @@ length. Shapes are written in comments as `# [n, V]` (V = vocabulary size).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,7 @@ def resolve_eos_token_id(model: PreTrainedModel, eos_token_id: int | None, vocab
     return None if eos_token_id is None else int(eos_token_id)
 
 
-class CachedRowsAdapter:
+class CachedRowsAdapter(abc.ABC):
     """What every adapter over a token-keyed KV cache shares: `next_logits`, `score` and `propose`.
 
     A subclass owns the model and its cache and keeps `self._rows` (float32 `[cap, V]`): row i holds
@@ -229,8 +230,9 @@ class CachedRowsAdapter:
         return self._eos_token_id
 
     @property
+    @abc.abstractmethod
     def device(self) -> torch.device:
-        raise NotImplementedError
+        """Where the model and its cache live."""
 
     @property
     def context(self) -> StageContext | None:
@@ -241,19 +243,23 @@ class CachedRowsAdapter:
         return media_token_count(self.model.config, self.modality, num_frames)
 
     # ----------------------------------------------------------------- subclass hooks
+    @abc.abstractmethod
     def prefill(self, context: StageContext) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def _sync(self, tokens: Sequence[int]) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def _feed(self, ids: torch.Tensor, row: int) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def _record(self, tokens: Sequence[int]) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
-    def _reserve(self, base: int, k: int) -> None:
+    def _reserve(self, base: int, k: int) -> None:  # noqa: B027 - optional hook, not abstract
         """Refuse a proposal of k tokens after `base` caption tokens that would not fit (default: all fit)."""
 
     # ----------------------------------------------------------------- internals
