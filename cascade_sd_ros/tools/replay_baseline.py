@@ -77,4 +77,5 @@ def _caption(store: Any, round_id: int, t_ns: int, tokens: list[int], text: str,
         target_forwards=forwards, latency_total_ms=prefill_ms + decode_ms,
         latency_caption_ms=prefill_ms + decode_ms, latency_wait_ms=0.0, latency_draft_wait_ms=0.0,
         latency_prefill_ms=prefill_ms, latency_verify_ms=decode_ms, latency_draft_ms=0.0,
-        skew_frame_ms=math.nan, skew_clip_ms=math.nan, clip_span_ms=math.nan, degraded=False, degraded_reason="")
+        skew_frame_ms=math.nan, skew_clip_ms=math.nan, clip_span_ms=math.nan, degraded=False, degraded_reason="",
+        frame_offset_ms=math.nan, frame_offset_source="")
