@@ -35,7 +35,7 @@ def caption(round_id: int, t_ns: int, text: str, tokens: list[int], *, final: bo
         latency_caption_ms=total - 4.0 if caption_ms is None else caption_ms, latency_wait_ms=5.0,
         latency_draft_wait_ms=draft_wait, latency_prefill_ms=prefill, latency_verify_ms=verify, latency_draft_ms=7.0,
         skew_frame_ms=skew_frame, skew_clip_ms=-2.0, clip_span_ms=350.0, degraded=degraded,
-        degraded_reason="no frame within slop" if degraded else "")
+        degraded_reason="no frame within slop" if degraded else "", frame_offset_ms=30.0, frame_offset_source="pinned")
 
 
 def ground_truth(index: int, start_ns: int, end_ns: int, text: str, offset_ns: int = 0) -> Any:
@@ -49,7 +49,7 @@ def draft(round_id: int, t_ns: int, stage: int) -> Any:
         header=_header(t_ns), round_id=round_id, stage=stage, commit_seq=0, start_position=0,
         token_ids=np.array([1, 2], np.int32), confidence=np.array([0.9, 0.8], np.float32), upstream_drafted=0,
         upstream_accepted=0, compute_ms=1.0, degraded=False, degraded_reason="", vocab_fingerprint="0123456789abcdef",
-        vocab_summary="tiny")
+        vocab_summary="tiny", draft_text="")
 
 
 @pytest.fixture
