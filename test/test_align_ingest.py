@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cascade_sd_ros.core.align import FrameIngest, StreamOffsets
+from cascade_sd_ros.core.stages.schedule import RoundSchedule
 
 MS = 1_000_000
 
@@ -17,7 +18,8 @@ def _ingest(**kw: int) -> FrameIngest:
     args = dict(buffer_size=50, jump_tolerance_ns=500 * MS, period_ns=1000 * MS, phase_ns=0, slop_ns=20 * MS)
     args.update(kw)
     offset = args.pop("offset_ns", 0)
-    return FrameIngest(offsets=StreamOffsets({"image": offset}), **args)
+    schedule = RoundSchedule(args.pop("period_ns"), args.pop("phase_ns"))
+    return FrameIngest(offsets=StreamOffsets({"image": offset}), schedule=schedule, **args)
 
 
 def test_rounds_open_once_a_frame_passes_them_by_slop() -> None:
@@ -81,5 +83,5 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="lead_ns"):
         _ingest(lead_ns=-1)
     with pytest.raises(KeyError, match="events"):
-        FrameIngest(offsets=StreamOffsets({"image": 0}), buffer_size=4, jump_tolerance_ns=0, period_ns=0,
-                    phase_ns=0, slop_ns=0, stream="events")
+        FrameIngest(offsets=StreamOffsets({"image": 0}), buffer_size=4, jump_tolerance_ns=0,
+                    schedule=RoundSchedule(0), slop_ns=0, stream="events")

@@ -222,7 +222,7 @@ def test_verifier_node_on_cpu_reports_the_fallback_and_warms_up(node_factory: An
     assert node.model.warm_up_s is not None  # warmed at construction, before any subscription
     seen: list[dict[str, object]] = []
     monkeypatch.setattr(node, "publish_status", lambda level, message, values: seen.append(values))
-    node._publish_diagnostics()
+    node.publish_diagnostics()
     assert seen[0]["backend"] == "transformers"
     assert seen[0]["backend_reason"] == "device cpu: the static path needs CUDA"
 
@@ -235,7 +235,7 @@ def test_verifier_node_reports_the_static_backend_it_was_given(node_factory: Any
     assert type(node.model.adapter).__name__ == "StaticAdapter" and node.model.warm_up_s is not None
     seen: list[dict[str, object]] = []
     monkeypatch.setattr(node, "publish_status", lambda level, message, values: seen.append(values))
-    node._publish_diagnostics()
+    node.publish_diagnostics()
     assert (seen[0]["backend"], seen[0]["backend_reason"]) == ("cuda-graphs", "test: forced on cpu")
 
 

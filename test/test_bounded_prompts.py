@@ -52,21 +52,22 @@ def test_a_bad_prompt_message_is_refused_counted_and_the_old_question_stays(veri
     assert reason is not None and why in reason
     verifier._on_prompt(String(data=text))
     assert verifier.prompts_in.malformed == before + 1
-    assert verifier._question == "what is here?"
-    assert verifier._join(7, 7).question == "what is here?"
+    assert verifier.stage.question == "what is here?"
+    verifier.stage.open_round(7)
+    assert verifier.stage.record(7).question == "what is here?"
 
 
 @pytest.mark.parametrize(("text", "why"), BAD, ids=[b[1].split()[-1] for b in BAD])
 def test_a_bad_prompt_parameter_is_refused_with_the_reason(verifier: Any, text: str, why: str) -> None:
     (res,) = verifier.set_parameters([Parameter("prompt", value=text)])
     assert not res.successful and why in res.reason
-    assert verifier._question == "what is here?"
+    assert verifier.stage.question == "what is here?"
 
 
 def test_good_prompts_pass_up_to_the_limit(verifier: Any) -> None:
     for text in ("what moves?", "  padded question \n", "qué se mueve, 何が動く?", "b" * 240):
         verifier._on_prompt(String(data=text))
-        assert verifier._question == text.strip()
+        assert verifier.stage.question == text.strip()
     assert verifier.prompts_in.malformed == 0
 
 
@@ -96,10 +97,10 @@ def test_every_stage_refuses_alike(rclpy_context: Any, node_cls: str) -> None:
     node = getattr(importlib.import_module(f"cascade_sd_ros.nodes.{module}"), cls)(
         context=rclpy_context, model=load_stage_model("tiny:0", role))
     try:
-        question = node._question
+        question = node.stage.question
         node._on_prompt(String(data="z" * 1_000_000))
         node._on_prompt(String(data="bell\x07"))
-        assert node.prompts_in.malformed == 2 and node._question == question
+        assert node.prompts_in.malformed == 2 and node.stage.question == question
     finally:
         node.close()
         node.destroy_node()

@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("visualization_msgs.msg")
 
 from cascade_sd_ros.core.modes import mode_rules  # noqa: E402
-from cascade_sd_ros.core.round_stages import CaptionUpdate  # noqa: E402
 from cascade_sd_ros.core.rounds import Draft  # noqa: E402
 from cascade_sd_ros.core.stage_model import Vocabulary  # noqa: E402
+from cascade_sd_ros.core.stages.verifier import CaptionUpdate  # noqa: E402
 from cascade_sd_ros.ros.image import image_to_rgb8  # noqa: E402
 from cascade_sd_ros.ros.outputs import (  # noqa: E402
     DraftMessageError,

@@ -36,19 +36,21 @@ def test_live_parameters_take_effect(nodes: dict[str, Any]) -> None:
     verifier, drafter, refiner = nodes["verifier"], nodes["drafter"], nodes["refiner"]
     (ok,) = verifier.set_parameters([Parameter("draft_wait", value=0.2)])
     assert ok.successful, ok.reason
-    assert verifier.worker.draft_wait.max_s == 0.2 and verifier.worker.draft_wait.budget_s() == 0.2
+    assert verifier.stage.draft_wait_s == 0.2 and verifier.stage.draft_wait_budget_s() == 0.2
     for node, gamma in ((drafter, 7), (refiner, 9)):
         (ok,) = node.set_parameters([Parameter("gamma", value=gamma)])
         assert ok.successful, ok.reason
-        assert node.worker.gamma == gamma and node.worker.max_ahead == gamma * node.cfg.lookahead
+        assert node.stage.gamma == gamma and node.stage.max_ahead == gamma * node.cfg.lookahead
     (ok,) = verifier.set_parameters([Parameter("prompt", value="what moves?")])
-    assert ok.successful and verifier._join(123, 123).question == "what moves?"  # the next round asks it
+    assert ok.successful
+    verifier.stage.open_round(123)
+    assert verifier.stage.record(123).question == "what moves?"  # the next round asks it
 
 
 def test_out_of_range_and_empty_values_are_refused(nodes: dict[str, Any]) -> None:
     drafter, verifier = nodes["drafter"], nodes["verifier"]
     (bad,) = drafter.set_parameters([Parameter("gamma", value=0)])
-    assert not bad.successful and drafter.worker.gamma == drafter.cfg.gamma
+    assert not bad.successful and drafter.stage.gamma == drafter.cfg.gamma
     (bad,) = verifier.set_parameters([Parameter("prompt", value="   ")])
     assert not bad.successful and "empty" in bad.reason
 

@@ -142,7 +142,7 @@ def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone, 
     _check_lossless(run, scenes, rounds, finals, alone)
     drafted = np.sum([list(m.drafted_per_stage) for m in finals.values()], axis=0)
     assert drafted.sum() > 0  # the drafts were really checked, not skipped
-    assert all(n.worker.errors == 0 for n in run.pipeline.nodes)
+    assert all(n.stage.snapshot()["worker_errors"] == 0 for n in run.pipeline.nodes)
     # diagnostics: rates, drops, acceptance per stage, latency, skew, the offset estimate's state
     status = _diagnostics(rclpy_context, 10.0)["cascade_sd: video_verifier"]
     values = {kv.key: kv.value for kv in status.values}
@@ -164,11 +164,11 @@ def test_a_stage_dying_mid_run_costs_speed_not_output(make_run, scenes, alone, d
     run.pipeline.stop_stage(dead)
     stage = 1 if dead == "refiner" else 0
     # wait on the condition, not a clock: the verifier's book must count the stage as silent
-    book = run.pipeline.verifier.book
+    verifier = run.pipeline.verifier.stage
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and stage not in book.silent_stages([stage], 0.3):
+    while time.monotonic() < deadline and stage not in verifier.silent_stages([stage], 0.3):
         time.sleep(0.02)
-    assert stage in book.silent_stages([stage], 0.3)
+    assert stage in verifier.silent_stages([stage], 0.3)
     later = play_scenes(run.pipeline, run.player, scenes[4:], rounds, timeout_s=30, first=4)
     finals = {**first, **later}
     assert sorted(finals) == list(range(N_SCENES))
@@ -230,7 +230,7 @@ def test_events_only_gives_degraded_captions_and_diagnostics(make_run, scenes, r
     status = diags["cascade_sd: video_verifier"]
     assert status.level == b"\x01" and "no RGB frames" in status.message
     assert diags["cascade_sd: frame_refiner"].level == b"\x01"
-    assert all(n.worker.errors == 0 for n in run.pipeline.nodes)
+    assert all(n.stage.snapshot()["worker_errors"] == 0 for n in run.pipeline.nodes)
 
 
 def test_no_input_at_all_reports_degraded_without_stalling(make_run, rclpy_context) -> None:  # noqa: ANN001
@@ -332,11 +332,11 @@ def test_time_jumping_backwards_resets_and_keeps_captioning(make_run, scenes, al
     again = play_scenes(run.pipeline, run.player, scenes[:3], rounds, timeout_s=30)
     assert all(m is not None for m in again.values())
     assert {rounds.round_ids[i]: list(m.token_ids) for i, m in again.items()} == before
-    books = [run.pipeline.stage_nodes[s].book for s in ("verifier", "refiner", "drafter")]
+    stages = [run.pipeline.stage_nodes[s].stage for s in ("verifier", "refiner", "drafter")]
     deadline = time.monotonic() + 10  # the drafter may still be working through the looped packets
-    while time.monotonic() < deadline and not all(b.resets >= 1 for b in books):
+    while time.monotonic() < deadline and not all(s.snapshot()["resets"] >= 1 for s in stages):
         time.sleep(0.05)
-    assert all(b.resets >= 1 for b in books)
+    assert all(s.snapshot()["resets"] >= 1 for s in stages)
     _check_lossless(run, scenes, rounds, again, alone)
 
 
@@ -355,8 +355,9 @@ def test_time_jumping_forwards_skips_the_gap_and_keeps_captioning(make_run, scen
     finals = play_scenes(run.pipeline, run.player, later, later_rounds, timeout_s=30)
     assert sorted(finals) == [0, 1, 2] and all(m is not None and m.final for m in finals.values())
     verifier = run.pipeline.verifier
-    assert verifier.worker.errors == 0
-    assert len(verifier.book) <= 64  # the gap's rounds did not pile up
+    counts = verifier.stage.snapshot()
+    assert counts["worker_errors"] == 0
+    assert counts["rounds_open"] <= 64  # the gap's rounds did not pile up
     for i, msg in finals.items():
         inp = verifier.inputs[later_rounds.round_ids[i]]
         assert all(later[i].truth.start_ns <= t < later[i].truth.end_ns for t in inp.stamps_ns)

@@ -1,4 +1,4 @@
-"""The stage workers without ROS: what the verifier commits is the verifier's own greedy caption
+"""The core stages without ROS: what the verifier commits is the verifier's own greedy caption
 whatever the drafts (good, garbage, stale, late or absent), and it never waits past its bounds."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cascade_sd_ros.core.modes import mode_rules
-from cascade_sd_ros.core.round_stages import CaptionUpdate, DrafterWorker, RefinerWorker, StageInput, VerifierWorker
-from cascade_sd_ros.core.rounds import Draft, RoundBook
+from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec.engine import target_only_greedy
 from cascade_sd_ros.core.stage_model import load_stage_model
+from cascade_sd_ros.core.stages import CaptionUpdate, DrafterStage, RefinerStage, StageInput, VerifierStage
 
 MAX_NEW = 12
 RNG = np.random.default_rng(5)
@@ -33,54 +33,55 @@ def alone(stages: dict[str, Any]) -> list[int]:
 
 
 class Harness:
-    """A verifier worker (and optionally real upstream workers) wired by plain callbacks."""
+    """A verifier stage (and optionally real upstream stages) wired by plain callbacks."""
 
     def __init__(self, stages: dict[str, Any], upstream: bool, mode: str = "lossless-greedy", **kw: Any) -> None:
         self.rules = mode_rules(mode)
-        self.vbook, self.dbook, self.rbook = RoundBook(), RoundBook(), RoundBook()
         self.updates: list[CaptionUpdate] = []
         self.done = threading.Event()
-        self.workers: list[Any] = []
+        self.upstream: list[Any] = []
         clip = StageInput(FRAMES, skew_ns=0, span_ns=1)
-        self.verifier = VerifierWorker(self.vbook, stages["target"], lambda r, g: clip,
-                                       self._emit, rules=self.rules, max_new_tokens=MAX_NEW,
-                                       draft_wait_s=kw.get("draft_wait_s", 0.2), max_wait_s=0.5,
-                                       use_stages=kw.get("use_stages", (1, 0)))
-        self.workers.append(self.verifier)
+        self.verifier = VerifierStage(stages["target"], lambda r, g: clip,
+                                      self._emit, rules=self.rules, max_new_tokens=MAX_NEW,
+                                      draft_wait_s=kw.get("draft_wait_s", 0.2), max_wait_s=0.5,
+                                      use_stages=kw.get("use_stages", (1, 0)), question="q")
         if upstream:
-            self.workers.append(DrafterWorker(self.dbook, stages["drafter"], lambda r, g: StageInput(EVENTS),
-                                              self._from_drafter, gamma=3, max_ahead=6, max_new_tokens=MAX_NEW))
-            self.workers.append(RefinerWorker(self.rbook, stages["refiner"], lambda r, g: StageInput(FRAMES[-1]),
-                                              self._from_refiner, rules=self.rules, gamma=5, max_ahead=10,
-                                              max_new_tokens=MAX_NEW, max_wait_s=0.2, upstream_wait_s=0.05))
+            self.upstream.append(DrafterStage(stages["drafter"], lambda r, g: StageInput(EVENTS),
+                                              self._from_drafter, gamma=3, lookahead=2, max_new_tokens=MAX_NEW,
+                                              question="q"))
+            self.upstream.append(RefinerStage(stages["refiner"], lambda r, g: StageInput(FRAMES[-1]),
+                                              self._from_refiner, rules=self.rules, gamma=5, lookahead=2,
+                                              max_new_tokens=MAX_NEW, max_wait_s=0.2, upstream_wait_s=0.05,
+                                              question="q"))
+        self.stages = [self.verifier, *self.upstream]
 
     def _emit(self, u: CaptionUpdate) -> None:
         self.updates.append(u)
-        for b in (self.dbook, self.rbook):
-            b.apply_commit(u.round_id, u.t_ns, u.commit_seq, u.token_ids, u.final)
+        for s in self.upstream:
+            s.hear_commit(u.round_id, u.t_ns, u.commit_seq, u.token_ids, u.final)
         if u.final:
             self.done.set()
 
-    def _from_drafter(self, rec: Any, d: Draft) -> None:
-        self.rbook.add_draft(rec.round_id, rec.t_ns, d)
-        self.vbook.add_draft(rec.round_id, rec.t_ns, d)
+    def _from_drafter(self, round_id: int, t_ns: int, d: Draft) -> None:
+        self.upstream[1].hear_draft(round_id, t_ns, d)
+        self.verifier.hear_draft(round_id, t_ns, d)
 
-    def _from_refiner(self, rec: Any, d: Draft) -> None:
-        self.vbook.add_draft(rec.round_id, rec.t_ns, d)
+    def _from_refiner(self, round_id: int, t_ns: int, d: Draft) -> None:
+        self.verifier.hear_draft(round_id, t_ns, d)
 
     def run(self, feed: Any = None, timeout: float = 30.0) -> CaptionUpdate:
-        for w in self.workers:
-            w.start()
+        for s in self.stages:
+            s.start()
         try:
-            for b in (self.vbook, self.dbook, self.rbook):
-                b.open(10, 10).question = "q"
+            for s in self.stages:
+                s.open_round(10)
             if feed is not None:
                 feed(self)
             assert self.done.wait(timeout), "no final caption"
         finally:
-            for w in self.workers:
-                w.stop()
-        assert all(w.errors == 0 for w in self.workers), [w.last_error for w in self.workers]
+            for s in self.stages:
+                s.stop()
+        assert all(s.snapshot()["worker_errors"] == 0 for s in self.stages), [s.last_error for s in self.stages]
         return [u for u in self.updates if u.final][-1]
 
 
@@ -99,11 +100,11 @@ def test_real_upstream_workers(stages: dict[str, Any], alone: list[int]) -> None
 
 def test_garbage_and_stale_drafts_change_nothing(stages: dict[str, Any], alone: list[int]) -> None:
     def feed(h: Harness) -> None:
-        v = h.vbook
-        v.add_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=(5, 6, 7, 8)))  # garbage
-        v.add_draft(10, 10, Draft(stage=0, commit_seq=0, start_position=3, token_ids=(9, 9)))  # beyond the commit
-        v.add_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=tuple(alone[:3])))  # perfect
-        v.add_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=(alone[0], 3, 3)))  # half right
+        v = h.verifier
+        v.hear_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=(5, 6, 7, 8)))  # garbage
+        v.hear_draft(10, 10, Draft(stage=0, commit_seq=0, start_position=3, token_ids=(9, 9)))  # beyond the commit
+        v.hear_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=tuple(alone[:3])))  # perfect
+        v.hear_draft(10, 10, Draft(stage=1, commit_seq=0, start_position=0, token_ids=(alone[0], 3, 3)))  # half right
 
     final = Harness(stages, upstream=False, draft_wait_s=0.05).run(feed)
     assert list(final.token_ids) == alone
@@ -161,15 +162,14 @@ def test_other_modes_run_and_say_what_they_are(stages: dict[str, Any], alone: li
 
 
 def test_no_frames_gives_an_empty_degraded_final(stages: dict[str, Any]) -> None:
-    book = RoundBook()
     out: list[CaptionUpdate] = []
     none = StageInput(None, "no RGB frames received")
-    w = VerifierWorker(book, stages["target"], lambda r, g: none if g else None,
-                       out.append, rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW,
-                       draft_wait_s=0.1, max_wait_s=0.2)
+    w = VerifierStage(stages["target"], lambda r, g: none if g else None,
+                      out.append, rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW,
+                      draft_wait_s=0.1, max_wait_s=0.2)
     w.start()
     try:
-        book.open(1, 1)
+        w.open_round(1)
         deadline = time.monotonic() + 5
         while not out and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -177,22 +177,21 @@ def test_no_frames_gives_an_empty_degraded_final(stages: dict[str, Any]) -> None
         w.stop()
     assert out and out[0].final and out[0].token_ids == () and out[0].degraded
     assert out[0].commit_seq == 1  # an (empty) final commit, so upstream stages move on
-    assert w.rounds_degraded == 1
+    assert w.snapshot()["rounds_degraded"] == 1
 
 
 def test_a_round_that_keeps_failing_is_given_up_and_the_next_one_served(stages: dict[str, Any], alone: list[int]) -> None:
-    book = RoundBook()
     out: list[CaptionUpdate] = []
     good = StageInput(FRAMES)
     broken = StageInput(np.zeros((3, 64, 64, 3), np.uint8))  # 3 frames: the target takes 8
 
-    w = VerifierWorker(book, stages["target"], lambda r, g: broken if r.round_id == 1 else good, out.append,
-                       rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW, draft_wait_s=0.05,
-                       max_wait_s=0.2, use_stages=())
+    w = VerifierStage(stages["target"], lambda r, g: broken if r.round_id == 1 else good, out.append,
+                      rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW, draft_wait_s=0.05,
+                      max_wait_s=0.2, use_stages=(), question="q")
     w.start()
     try:
-        book.open(1, 1).question = "q"
-        book.open(2, 2).question = "q"
+        w.open_round(1)
+        w.open_round(2)
         deadline = time.monotonic() + 10
         while not any(u.final for u in out) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -200,21 +199,21 @@ def test_a_round_that_keeps_failing_is_given_up_and_the_next_one_served(stages: 
         w.stop()
     finals = [u for u in out if u.final]
     assert [u.round_id for u in finals] == [2] and list(finals[0].token_ids) == alone
-    assert book.get(1).abandoned and w.errors == 3 and w.rounds_dropped == 1
+    counts = w.snapshot()
+    assert w.record(1).abandoned and counts["worker_errors"] == 3 and counts["rounds_dropped"] == 1
 
 
 def test_an_upstream_stage_gives_up_a_round_it_cannot_serve(stages: dict[str, Any]) -> None:
-    book = RoundBook()
     sent: list[Draft] = []
     broken = StageInput(np.zeros((64, 64), np.uint8))  # not an RGB image
-    w = DrafterWorker(book, stages["drafter"], lambda r, g: broken, lambda r, d: sent.append(d),
-                      gamma=3, max_ahead=6, max_new_tokens=MAX_NEW)
+    w = DrafterStage(stages["drafter"], lambda r, g: broken, lambda rid, t, d: sent.append(d),
+                     gamma=3, lookahead=2, max_new_tokens=MAX_NEW, question="q")
     w.start()
     try:
-        book.open(1, 1).question = "q"
+        w.open_round(1)
         deadline = time.monotonic() + 5
-        while not book.get(1).abandoned and time.monotonic() < deadline:
+        while not w.record(1).abandoned and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         w.stop()
-    assert book.get(1).abandoned and w.errors == 3 and sent == []
+    assert w.record(1).abandoned and w.snapshot()["worker_errors"] == 3 and sent == []

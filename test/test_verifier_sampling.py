@@ -1,5 +1,5 @@
-"""lossless-sample through the verifier's round machinery (VerifierWorker: the node's worker, drafts
-taken from its round book as the node's callbacks put them there, per-round seeded generators): the
+"""lossless-sample through the verifier's round machinery (VerifierStage: the node's core stage, drafts
+taken from its round book as the node's callbacks hand them over, per-round seeded generators): the
 first caption token keeps the target's distribution whatever the drafts say. Seeded chi-square at
 p = 1e-6, as test_spec_sampling does for the engine; a draft that the verifier wrongly trusted
 (accepted without the p/q test) is rejected by the same statistic, so the test can fail."""
@@ -15,11 +15,11 @@ import torch
 from test_spec_sampling import VOCAB, _chi2_rejects, _first_token_probs
 
 from cascade_sd_ros.core.modes import mode_rules
-from cascade_sd_ros.core.round_stages import StageInput, VerifierWorker
-from cascade_sd_ros.core.rounds import Draft, RoundBook
+from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec import StageContext
 from cascade_sd_ros.core.spec.testing import TableLM
 from cascade_sd_ros.core.stage_model import StageModel, tiny_vocabulary
+from cascade_sd_ros.core.stages import StageInput, VerifierStage
 
 CTX = StageContext((1, 5, 6, 3), None, "text")
 PIXELS = np.zeros((1, 1, 1, 3), np.uint8)
@@ -30,7 +30,6 @@ STAGE_DRAFTER = 0
 def _run_rounds(target: TableLM, draft_token: int, confidence: float, n: int) -> Counter:
     model = StageModel("target", target, 1, 1, lambda px, q: CTX, lambda ids: " ".join(map(str, ids)),
                        tiny_vocabulary(VOCAB))
-    book = RoundBook()
     firsts: Counter = Counter()
     finished = threading.Semaphore(0)
 
@@ -39,19 +38,15 @@ def _run_rounds(target: TableLM, draft_token: int, confidence: float, n: int) ->
             firsts[(u.token_ids[0],)] += 1
             finished.release()
 
-    worker = VerifierWorker(book, model, lambda r, g: StageInput(PIXELS, skew_ns=0, span_ns=1), emit,
-                            rules=mode_rules("lossless-sample"), max_new_tokens=1, draft_wait_s=0.0,
-                            max_wait_s=0.0, use_stages=(STAGE_DRAFTER,), seed=7, max_pending=n + 1)
+    worker = VerifierStage(model, lambda r, g: StageInput(PIXELS, skew_ns=0, span_ns=1), emit,
+                           rules=mode_rules("lossless-sample"), max_new_tokens=1, draft_wait_s=0.0,
+                           max_wait_s=0.0, use_stages=(STAGE_DRAFTER,), seed=7, max_pending=n + 1, question="q")
     worker.start()
     try:
-        for r in range(1, n + 1):  # one round at a time: the book is bounded
-            rec = book.open(r, r)
-            rec.question = "q"
-            book.add_draft(r, r, Draft(stage=STAGE_DRAFTER, commit_seq=0, start_position=0,
-                                       token_ids=(draft_token,), confidence=(confidence,)))
-            book.mark_inputs_ready(r)
-            with book.changed:
-                book.changed.notify_all()
+        for r in range(1, n + 1):  # one round at a time: the book is bounded; the draft opens it
+            worker.hear_draft(r, r, Draft(stage=STAGE_DRAFTER, commit_seq=0, start_position=0,
+                                          token_ids=(draft_token,), confidence=(confidence,)))
+            worker.inputs_ready(r)
             assert finished.acquire(timeout=30), f"round {r} never finished"
     finally:
         worker.stop()
@@ -78,7 +73,7 @@ def test_first_token_keeps_the_target_distribution_through_the_worker(target: Ta
 
 def test_the_same_statistic_rejects_a_verifier_that_trusts_drafts(target: TableLM, monkeypatch) -> None:  # noqa: ANN001
     """Sanity of the test itself: always accepting the draft is caught."""
-    import cascade_sd_ros.core.round_stages as stages
+    import cascade_sd_ros.core.stages.verifier as stages
 
     real = stages.verify_step
 

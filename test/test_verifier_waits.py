@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from cascade_sd_ros.core.modes import mode_rules
-from cascade_sd_ros.core.round_stages import DraftWait, StageInput, VerifierWorker
-from cascade_sd_ros.core.rounds import Draft, RoundBook
+from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec.engine import target_only_greedy
 from cascade_sd_ros.core.stage_model import load_stage_model
+from cascade_sd_ros.core.stages import DraftWait, StageInput, VerifierStage
 
 STAGE_DRAFTER, STAGE_REFINER = 0, 1
 FRAMES = np.random.default_rng(9).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
@@ -43,11 +43,6 @@ def test_a_drafter_draft_in_hand_is_used_at_once_not_held_for_the_refiner(target
     """The refiner never delivers; the drafter's draft (the verifier's own caption) is in the book
     before the round starts. With a 2 s draft wait, holding it for the refiner would cost seconds."""
     alone = target_only_greedy(target.adapter, target.context(FRAMES, "q"), 8)
-    book = RoundBook()
-    rec = book.open(10, 10)
-    rec.question = "q"
-    book.add_draft(10, 10, Draft(stage=STAGE_DRAFTER, commit_seq=0, start_position=0, token_ids=tuple(alone),
-                                 confidence=tuple([0.9] * len(alone))))
     finals: list[Any] = []
     done = threading.Event()
 
@@ -56,9 +51,12 @@ def test_a_drafter_draft_in_hand_is_used_at_once_not_held_for_the_refiner(target
             finals.append(u)
             done.set()
 
-    worker = VerifierWorker(book, target, lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1), emit,
-                            rules=mode_rules("lossless-greedy"), max_new_tokens=8, draft_wait_s=2.0, max_wait_s=0.5,
-                            use_stages=(STAGE_REFINER, STAGE_DRAFTER))
+    worker = VerifierStage(target, lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1), emit,
+                           rules=mode_rules("lossless-greedy"), max_new_tokens=8, draft_wait_s=2.0, max_wait_s=0.5,
+                           use_stages=(STAGE_REFINER, STAGE_DRAFTER), question="q")
+    worker.open_round(10)
+    worker.hear_draft(10, 10, Draft(stage=STAGE_DRAFTER, commit_seq=0, start_position=0, token_ids=tuple(alone),
+                                    confidence=tuple([0.9] * len(alone))))
     worker.start()
     try:
         assert done.wait(60), "no final caption"
@@ -68,4 +66,4 @@ def test_a_drafter_draft_in_hand_is_used_at_once_not_held_for_the_refiner(target
     assert list(u.token_ids) == alone
     assert u.accepted_per_stage[STAGE_DRAFTER] >= len(alone) - 1  # the drafter's draft carried the caption
     # it waited for no draft: the one in hand was checked at once, and no wait ran out
-    assert worker.draft_wait.misses == 0 and STAGE_REFINER not in rec.stalled
+    assert worker.snapshot()["draft_wait_misses"] == 0 and STAGE_REFINER not in worker.record(10).stalled

@@ -172,11 +172,11 @@ def test_stages_of_another_vocabulary_are_set_aside_and_the_caption_is_the_verif
         assert 2 <= len(logged) <= 4  # one per (stage, source, vocabulary): never one per message
         seen: list[tuple[int, str, dict[str, object]]] = []
         verifier.publish_status = lambda level, message, values: seen.append((level, message, values))
-        verifier._publish_diagnostics()
+        verifier.publish_diagnostics()
         level, message, values = seen[0]
         assert level == 2 and str(zoo) in message and str(tiny) in message, message
         assert values["drafts_foreign_vocab"] == verifier.drafts_foreign.count and values["vocab"] == str(zoo)
-        assert all(n.worker.errors == 0 for n in pipeline.nodes)
+        assert all(n.stage.snapshot()["worker_errors"] == 0 for n in pipeline.nodes)
     finally:
         pipeline.close()
         player.destroy_node()

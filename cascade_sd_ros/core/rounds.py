@@ -5,17 +5,24 @@ Everything a stage knows about a round lives in one :class:`RoundRecord` held by
 :class:`RoundBook` keyed by round id — no hidden cross-round state. Drafts are matched to the
 committed prefix by token content (``start_position`` + overlap), never by arrival order, so a late,
 duplicated or out-of-order draft can only be unusable, never wrong.
+
+The lock invariant: a :class:`RoundRecord` is written only by this module — by :class:`RoundBook`'s
+methods, under the book's one lock (which the owning stage, ``core/stages``, shares for its own
+counters). Others read a record under that lock or take a copy (:meth:`RoundBook.snapshot`).
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
-NUM_UPSTREAM_STAGES = 2  # DraftTokens.STAGE_DRAFTER, STAGE_REFINER
+STAGE_DRAFTER, STAGE_REFINER = 0, 1  # DraftTokens.stage
+NUM_UPSTREAM_STAGES = 2
 STAGE_NONE = 255  # Commit.accepted_stage when the verifier decoded alone
+STAGE_NAMES = {STAGE_DRAFTER: "drafter", STAGE_REFINER: "refiner"}
 
 
 def round_id_for(t_ns: int) -> int:
@@ -171,15 +178,18 @@ class RoundBook:
         with self.lock:
             return self._rounds.get(round_id)
 
-    def open(self, round_id: int, t_ns: int) -> RoundRecord:
-        """The round's record, made on first sight. A known id with another ``T`` is an error."""
+    def open(self, round_id: int, t_ns: int, question: str = "") -> RoundRecord:
+        """The round's record, made on first sight; one without a question yet asks ``question``. A
+        known id with another ``T`` is an error."""
         with self.lock:
             rec = self._rounds.get(round_id)
             if rec is not None:
                 if rec.t_ns != t_ns:
                     raise ValueError(f"round {round_id} already open at T={rec.t_ns} ns, not {t_ns} ns")
+                if not rec.question:
+                    rec.question = question
                 return rec
-            rec = RoundRecord(round_id=round_id, t_ns=int(t_ns))
+            rec = RoundRecord(round_id=round_id, t_ns=int(t_ns), question=question)
             self._rounds[round_id] = rec
             while len(self._rounds) > self.capacity:
                 self._rounds.popitem(last=False)
@@ -211,15 +221,22 @@ class RoundBook:
             return True
 
     def commit(
-        self, round_id: int, new_tokens: Sequence[int], stage: int, drafted: int, accepted: int, final: bool
+        self, round_id: int, new_tokens: Sequence[int], stage: int, drafted: int, accepted: int, final: bool,
+        draft: Draft | None = None,
     ) -> RoundRecord:
-        """The verifier extends a round's caption by ``new_tokens`` (accepted draft + its own token)."""
+        """The verifier extends a round's caption by ``new_tokens`` (accepted draft + its own token);
+        ``draft`` (the one it checked) adds its cost and, from the refiner, its upstream counts."""
         with self.lock:
             rec = self._rounds.get(round_id)
             if rec is None:
                 raise KeyError(f"round {round_id} is not open (evicted or never opened)")
             if rec.final:
                 raise ValueError(f"round {round_id} is already final")
+            if draft is not None:
+                rec.draft_ms += draft.compute_ms
+                if stage == STAGE_REFINER:  # what the refiner checked of the drafter's tokens
+                    rec.upstream_drafted += draft.upstream_drafted
+                    rec.upstream_accepted += draft.upstream_accepted
             rec.committed.extend(int(t) for t in new_tokens)
             rec.commit_seq += 1
             if stage != STAGE_NONE:
@@ -287,6 +304,105 @@ class RoundBook:
         now = time.monotonic() if now_s is None else now_s
         with self.lock:
             return {s for s in stages if now - self.last_draft_wall_s.get(s, -float("inf")) > within_s}
+
+    # -- the stage's own bookkeeping of a round (all under the lock) ------------------------------
+    def live(self, rec: RoundRecord) -> bool:
+        """Whether ``rec`` is still this book's record of its round (not reset or evicted)."""
+        with self.lock:
+            return self._rounds.get(rec.round_id) is rec
+
+    def abandon(self, rec: RoundRecord) -> None:
+        """No more work on this round (this stage cannot serve it, or moved past it)."""
+        with self.lock:
+            rec.abandoned = True
+            self.changed.notify_all()
+
+    def failed(self, rec: RoundRecord, give_up_after: int) -> bool:
+        """One more attempt at the round raised; True when that gave it up (``give_up_after`` reached)."""
+        with self.lock:
+            rec.failures += 1
+            if rec.failures >= give_up_after and not rec.abandoned:
+                rec.abandoned = True
+                return True
+            return False
+
+    def stall(self, rec: RoundRecord, stages: Iterable[int]) -> None:
+        """These stages missed a wait in this round: not waited for again until they deliver."""
+        with self.lock:
+            rec.stalled.update(stages)
+
+    def stall_silent(self, rec: RoundRecord, stages: Sequence[int], within_s: float) -> None:
+        """Stall the stages silent for ``within_s`` that sent nothing to this round yet."""
+        with self.lock:
+            rec.stalled |= self.silent_stages(stages, within_s) - rec.stages_seen
+
+    def waited(self, rec: RoundRecord, wait_ms: float, *, for_input: bool = False) -> None:
+        """Time the round spent waiting (for its input when ``for_input``: that part is kept apart)."""
+        with self.lock:
+            rec.wait_ms += wait_ms
+            if for_input:
+                rec.input_wait_ms = wait_ms
+
+    def spent(self, rec: RoundRecord, *, prefill_ms: float | None = None, verify_ms: float = 0.0) -> None:
+        """Model time the verifier spent on the round."""
+        with self.lock:
+            if prefill_ms is not None:
+                rec.prefill_ms = prefill_ms
+            rec.verify_ms += verify_ms
+
+    def finish(self, rec: RoundRecord, *, empty: bool = False) -> None:
+        """The round is over; ``empty``: with no caption, as one more (empty) commit that tells
+        upstream stages to move on."""
+        with self.lock:
+            rec.final = True
+            if empty:
+                rec.commit_seq += 1
+            self.changed.notify_all()
+
+    def speculate(self, rec: RoundRecord, prefix: Sequence[int], tokens: Sequence[int]) -> bool:
+        """An upstream stage drafted ``tokens`` after ``prefix``; False when the round is gone."""
+        with self.lock:
+            if self._rounds.get(rec.round_id) is not rec:
+                return False  # reset or evicted meanwhile
+            rec.extend_spec(prefix, tokens)
+            return True
+
+    def work_item(self, max_tokens: int, max_ahead: int, eos: int | None) -> tuple[RoundRecord, list[int], int] | None:
+        """For an upstream stage: (focus round, speculated prefix, commit_seq) to extend now, or None
+        (nothing open, the caption ended or reached ``max_tokens``, or ``max_ahead`` speculated)."""
+        with self.lock:
+            rec = self.focus()
+            if rec is None:
+                return None
+            spec = rec.rebase_spec()
+            ended = bool(spec) and eos is not None and spec[-1] == eos
+            if ended or len(spec) >= max_tokens or len(spec) - len(rec.committed) >= max_ahead:
+                return None
+            return rec, list(spec), rec.commit_seq
+
+    def pending(self, max_pending: int) -> tuple[RoundRecord | None, int]:
+        """For the verifier: the oldest round neither final nor abandoned, and how many older ones
+        were dropped for it now (more than ``max_pending`` waiting: the oldest go)."""
+        with self.lock:
+            todo = [r for r in self.records() if not r.final and not r.abandoned]
+            dropped = 0
+            while len(todo) > max_pending:
+                todo.pop(0).abandoned = True
+                dropped += 1
+            return (todo[0] if todo else None), dropped
+
+    def snapshot(self, round_id: int) -> RoundRecord | None:
+        """A copy of the round's record as it stands (for diagnostics, tests, other threads)."""
+        with self.lock:
+            rec = self._rounds.get(round_id)
+            return None if rec is None else copy.deepcopy(rec)
+
+    def counts(self) -> dict[str, int]:
+        """How many rounds are open and pending, and what the book has dropped."""
+        with self.lock:
+            return {"rounds_open": len(self._rounds),
+                    "rounds_pending": sum(1 for r in self._rounds.values() if not r.final and not r.abandoned),
+                    "rounds_evicted": self.evicted, "resets": self.resets, "drafts_dropped": self.drafts_dropped}
 
     def forget(self, round_id: int) -> None:
         with self.lock:

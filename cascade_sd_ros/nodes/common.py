@@ -1,5 +1,8 @@
 """What the three nodes share: QoS per topic kind, declared parameters, input accounting, the stage
-node skeleton (parameters, model, prompt, diagnostics, worker), the image callback, main()."""
+node skeleton (parameters, model, prompt, diagnostics, its core Stage), the image callback, main().
+
+A node is glue: it converts messages, feeds its :class:`~cascade_sd_ros.core.stages.Stage` (which
+owns every round and runs the model on its own thread) and publishes what the Stage hands back."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +14,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import numpy as np
 import rclpy
@@ -30,8 +33,8 @@ from rclpy.qos import (
 )
 
 from cascade_sd_ros.core.align import FrameIngest
-from cascade_sd_ros.core.rounds import RoundBook, RoundRecord, round_id_for
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.core.stages import RoundSchedule, Stage
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
@@ -160,8 +163,7 @@ class StageConfig:
     dtype: str
     backend: str
     prompt: str
-    period_ns: int
-    phase_ns: int
+    schedule: RoundSchedule
     max_new_tokens: int
     jump_tolerance_ns: int
     frame_id: str
@@ -172,7 +174,7 @@ def stage_config_fields(p: dict[str, Any], role: str) -> dict[str, Any]:
     return dict(
         model=p["model"] or default_stage_source(role), device=p["device"], dtype=p["dtype"],
         backend=choice(p["backend"], BACKENDS, "backend"), prompt=p["prompt"],
-        period_ns=round_period_ns(p), phase_ns=seconds_to_ns(p["round_phase"], "round_phase"),
+        schedule=RoundSchedule(round_period_ns(p), seconds_to_ns(p["round_phase"], "round_phase")),
         max_new_tokens=p["max_new_tokens"],
         jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"), frame_id=p["frame_id"],
     )
@@ -291,24 +293,19 @@ class CallbackGuard:
                     **{f"callback_errors.{k}": v for k, v in sorted(self.errors.items())}}
 
 
-class StageWorker(Protocol):
-    """What :class:`StageNode` needs of its stage's worker thread."""
-
-    def start(self) -> None: ...
-    def stop(self, timeout: float = ...) -> None: ...
-
-
 C = TypeVar("C", bound=StageConfig)
 
 
 class StageNode(Node, Generic[C]):
     """The skeleton every stage node shares: declared parameters -> config, sensor QoS, its model
-    (given, or loaded for ``role``), round book, prompt input, diagnostics output, worker stop.
+    (given, or loaded for ``role``), prompt input, diagnostics output, its Stage's stop.
 
-    A subclass builds its own inputs and outputs after ``super().__init__`` and sets ``self.worker``.
+    A subclass builds its own inputs and outputs after ``super().__init__``, then its core Stage
+    (``self.stage``, asking ``cfg.prompt`` first), and starts it. ``self.lock`` guards the node's
+    input buffers (what its resolver reads); round state is the Stage's alone.
     """
 
-    worker: StageWorker
+    stage: Stage
 
     def __init__(
         self,
@@ -336,9 +333,7 @@ class StageNode(Node, Generic[C]):
         warm_s = self.model.warm_up(self.cfg.prompt)  # before any subscription: no round pays first-call costs
         if warm_s is not None:
             self.get_logger().info(f"{role} model warmed up in {warm_s * 1e3:.0f} ms (prefill, decode and verify steps)")
-        self.book = RoundBook()
-        self._lock = threading.Lock()  # guards the node's stream and round-opening state
-        self._question = self.cfg.prompt
+        self.lock = threading.Lock()  # guards the node's input buffers
         self.prompts_in = InputStats(self, "prompts")
         self.live_params = {p.name for p in params if p.live}
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -379,13 +374,6 @@ class StageNode(Node, Generic[C]):
     def check_model(self, model: StageModel) -> None:
         """Hook: reject a model that does not fit this node's parameters (ValueError)."""
 
-    def _join(self, round_id: int, t_ns: int) -> RoundRecord:
-        """Open (or find) a round; a new one asks the current question."""
-        rec = self.book.open(round_id, t_ns)
-        if not rec.question:
-            rec.question = self._question
-        return rec
-
     def _on_prompt(self, msg: Any) -> None:
         """A question from the ``prompt`` topic. One the node cannot ask (empty, too long, control
         characters) is refused with its reason and counted in ``prompts.malformed``; the current
@@ -396,7 +384,7 @@ class StageNode(Node, Generic[C]):
         if reason:
             self.prompts_in.bad(reason)
             return
-        self._question = text
+        self.stage.ask(text)
         self.prompted()
 
     def prompt_refusal(self, text: str) -> str | None:
@@ -426,7 +414,7 @@ class StageNode(Node, Generic[C]):
         return None
 
     def prompted(self) -> None:
-        """Hook: a new question has been asked (``self._question``)."""
+        """Hook: a new question has been asked (the Stage asks it from the next round)."""
 
     def _on_set_parameters(self, params: list[Parameter]) -> Any:
         """Apply the live parameters (ranges were checked by rclpy, read-only ones refused by it);
@@ -450,7 +438,7 @@ class StageNode(Node, Generic[C]):
             reason = self.prompt_refusal(text)
             if reason:
                 return reason
-            self._question = text
+            self.stage.ask(text)
             return None
         return f"no live handler for {name}"
 
@@ -463,12 +451,12 @@ class StageNode(Node, Generic[C]):
                                               self.get_fully_qualified_name(), level, message, values))
 
     def close(self) -> None:
-        self.worker.stop()
+        self.stage.stop()
 
 
 class ImageInput:
-    """The ``image`` callback of the frame stages: decode, ingest under the node's lock, report, join
-    the rounds the frame lets open, wake the worker.
+    """The ``image`` callback of the frame stages: decode, ingest under the node's lock, report, open
+    the rounds the frame lets open in the node's Stage, wake it.
 
     ``on_jump`` resets what the node keeps beyond the frames (``reset_what`` names it all in the log);
     ``on_frame`` sees every buffered frame (under the lock).
@@ -499,7 +487,7 @@ class ImageInput:
         except (StampError, ImageEncodingError) as exc:
             self.stats.bad(str(exc))
             return
-        with node._lock:
+        with node.lock:
             got = self.ingest.add(t_ns, rgb)
             if got.malformed:
                 self.stats.bad(got.malformed)
@@ -514,10 +502,9 @@ class ImageInput:
             if self._on_frame is not None:
                 self._on_frame(t_ns, rgb)
             for T in got.rounds_ns:
-                node._join(round_id_for(T), T)
-                node.book.mark_inputs_ready(round_id_for(T))  # a frame past T + slop: the inputs are all here
-        with node.book.changed:
-            node.book.changed.notify_all()  # a round may be waiting for this frame
+                node.stage.open_round(T)
+                node.stage.inputs_ready(T)  # a frame past T + slop: the inputs are all here
+        node.stage.wake()  # a round may be waiting for this frame
 
     def newest_ref_ns(self) -> int | None:
         """The newest frame stamp seen (kept or not), on the reference clock."""

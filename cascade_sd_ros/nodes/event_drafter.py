@@ -2,8 +2,8 @@
 
 Subscribes ``events`` (event_camera_msgs/EventPacket), ``commit`` (Commit), ``prompt``
 (std_msgs/String); publishes ``drafter/drafts`` (DraftTokens, stage 0) and ``/diagnostics``.
-Callbacks only decode and buffer; drafting runs on the stage's worker thread
-(:class:`~cascade_sd_ros.core.round_stages.DrafterWorker`).
+Callbacks only decode and buffer; rounds and drafting belong to the core stage
+(:class:`~cascade_sd_ros.core.stages.DrafterStage`), which runs the model on its own thread.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import ClockJumpDetector, StaleRoundFilter, TimeBuffer
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
-from cascade_sd_ros.core.round_stages import DrafterWorker, StageInput
-from cascade_sd_ros.core.rounds import Draft, RoundRecord, round_id_for, round_times_between
+from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
+from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     PROMPT_QOS,
@@ -67,7 +67,7 @@ class DrafterConfig(StageConfig):
 
 
 class EventDrafter(StageNode[DrafterConfig]):
-    worker: DrafterWorker
+    stage: DrafterStage
 
     def __init__(
         self,
@@ -83,14 +83,13 @@ class EventDrafter(StageNode[DrafterConfig]):
         self._stream = EventStream()
         self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
         self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
-        self._first_event_ns: int | None = None
-        self._last_round_ns: int | None = None
+        # a round opens once the events pass T, if [T - event_window, T] starts after the stream did
+        self._rounds = RoundOpener(self.cfg.schedule, lead_ns=self.cfg.window_ns)
         self._max_span_ns = 0
         self._renderer: EventFrameRenderer | None = None
         self.events_in = InputStats(self, "events")
         self.commits_in = InputStats(self, "commits")
         self.commits_foreign = ForeignVocab(self.model.vocab, "commits", "drafter", self.get_logger().error)
-        self.rounds_opened = 0
 
         from event_camera_msgs.msg import EventPacket
         from std_msgs.msg import String
@@ -102,16 +101,16 @@ class EventDrafter(StageNode[DrafterConfig]):
         self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
-        self.worker = DrafterWorker(
-            self.book, self.model, self._resolve, self.worker_output(self._publish), gamma=self.cfg.gamma,
-            max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
+        self.create_timer(1.0, self.publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.stage = DrafterStage(
+            self.model, self._resolve, self.worker_output(self._publish), gamma=self.cfg.gamma,
+            lookahead=self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens, question=self.cfg.prompt,
         )
-        self.worker.start()
+        self.stage.start()
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name == "gamma":
-            self.worker.set_gamma(int(value), self.cfg.lookahead)
+            self.stage.set_gamma(int(value))
             return None
         return super().apply_live(name, value)
 
@@ -123,7 +122,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         except (PacketError, StampError) as exc:
             self.events_in.bad(str(exc))
             return
-        with self._lock:
+        with self.lock:
             if self._jump.observe(pkt.stamp_ns):
                 self.get_logger().warning("event time jumped backwards: buffers and rounds reset")
                 self._reset_locked()
@@ -140,28 +139,8 @@ class EventDrafter(StageNode[DrafterConfig]):
             self._packets.insert(t0, (decoded.t_ns, decoded.cd))
             self.events_in.buffer(self._packets.dropped, self._packets.expired)
             self._max_span_ns = max(self._max_span_ns, t1 - t0)
-            if self._first_event_ns is None:
-                self._first_event_ns = t0
-            self._open_rounds_locked(t1)
-
-    def _open_rounds_locked(self, newest_ns: int) -> None:
-        if self.cfg.period_ns == 0:
-            return  # rounds on prompt messages only
-        shifted = newest_ns - self.cfg.phase_ns
-        if shifted <= 0:
-            return
-        after = None if self._last_round_ns is None else self._last_round_ns - self.cfg.phase_ns
-        for t in round_times_between(after, shifted, self.cfg.period_ns):
-            T = t + self.cfg.phase_ns
-            self._last_round_ns = T
-            if self._first_event_ns is not None and T - self.cfg.window_ns < self._first_event_ns:
-                continue  # the window would start before this stream did
-            self._open(T)
-
-    def _open(self, t_ns: int) -> None:
-        rec = self.book.open(round_id_for(t_ns), t_ns)
-        rec.question = self._question
-        self.rounds_opened += 1
+            for T in self._rounds.advance(t0, t1):
+                self.stage.open_round(T)
 
     def _on_commit(self, msg: Any) -> None:
         self.commits_in.tick()
@@ -171,34 +150,30 @@ class EventDrafter(StageNode[DrafterConfig]):
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._jump.newest):
                 return  # a round of the timeline before a jump
-            self.book.apply_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
-            rec = self.book.get(int(msg.round_id))
-            if rec is not None and not rec.question:
-                rec.question = self._question
+            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 
     def prompted(self) -> None:
-        with self._lock:
+        with self.lock:
             newest = self._packets.newest_stamp()
         if newest is not None:
-            self._open(newest)  # a prompt asks about now: the newest event time
+            self.stage.open_round(self.cfg.schedule.prompt_time(newest))  # a prompt asks about now
 
     def _reset_locked(self) -> None:
         self._packets.clear()
         self._stream.reset()
-        self._first_event_ns = None
-        self._last_round_ns = None
+        self._rounds.reset()
         self._max_span_ns = 0
         self._stale.reset()
-        self.book.reset()
+        self.stage.reset()
 
     # ------------------------------------------------------------------ worker side
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
         """The event image of [T - window, T] (all packets up to T arrived before the round opened)."""
         t1 = rec.t_ns
         t0 = t1 - self.cfg.window_ns
-        with self._lock:
+        with self.lock:
             chunks = self._packets.window(t0 - self._max_span_ns, t1)
             self._packets.mark_consumed(t0 - self._max_span_ns)  # later rounds start later
             renderer = self._renderer
@@ -212,18 +187,20 @@ class EventDrafter(StageNode[DrafterConfig]):
         # an empty window is an observation (nothing moved), not a missing input
         return StageInput(renderer.render(events)[0].copy())
 
-    def _publish(self, rec: RoundRecord, draft: Draft) -> None:
-        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft, self.model.vocab))
+    def _publish(self, round_id: int, t_ns: int, draft: Draft) -> None:
+        self.pub_drafts.publish(draft_msg(round_id, t_ns, self.cfg.frame_id, draft, self.model.vocab))
 
-    def _publish_diagnostics(self) -> None:
+    def publish_diagnostics(self) -> None:
+        """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
+        stage = self.stage.snapshot()
         values: dict[str, object] = {
             "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.events_in.values(), **self.commits_in.values(), **self.prompts_in.values(),
-            "rounds_opened": self.rounds_opened, "rounds_open": len(self.book),
-            "rounds_evicted": self.book.evicted, "resets": self.book.resets, "time_jumps": self._jump.jumps,
+            **{k: stage[k] for k in ("rounds_opened", "rounds_open", "rounds_evicted", "resets")},
+            "time_jumps": self._jump.jumps,
             "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
             "event_time_resyncs": self._stream.time_resyncs, "events_dropped_span": self._stream.events_dropped_span,
-            "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
+            **{k: stage[k] for k in ("drafts_published", "worker_errors")},
             **self.commits_foreign.values(),
         }
         level, message = 0, "drafting"
@@ -233,8 +210,8 @@ class EventDrafter(StageNode[DrafterConfig]):
             level, message = 1, (f"event time words jumped {self._stream.time_resyncs} times with no wrap to explain "
                                  f"it, {self._stream.events_dropped_span} events outside the span bound dropped "
                                  "(corrupt packets)")
-        if self.worker.errors:
-            level, message = 2, f"worker errors: {self.worker.last_error}"
+        if stage["worker_errors"]:
+            level, message = 2, f"worker errors: {self.stage.last_error}"
         foreign = self.commits_foreign.status()
         if foreign is not None:
             level, message = 2, foreign

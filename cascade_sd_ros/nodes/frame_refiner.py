@@ -16,9 +16,9 @@ from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import FrameIngest, StaleRoundFilter, StreamOffsets, nearest_frame
 from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
-from cascade_sd_ros.core.round_stages import RefinerWorker, StageInput
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
+from cascade_sd_ros.core.stages import RefinerStage, StageInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     PROMPT_QOS,
@@ -96,7 +96,7 @@ class RefinerConfig(StageConfig):
 
 
 class FrameRefiner(StageNode[RefinerConfig]):
-    worker: RefinerWorker
+    stage: RefinerStage
 
     def __init__(
         self,
@@ -113,7 +113,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         # (the same rule as the verifier's, so both name the round alike)
         self._image = ImageInput(self, FrameIngest(
             offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
-            period_ns=self.cfg.period_ns, phase_ns=self.cfg.phase_ns, slop_ns=self.cfg.slop_ns,
+            schedule=self.cfg.schedule, slop_ns=self.cfg.slop_ns,
         ), reset_what="frames and rounds", on_jump=self._reset_locked)
         self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         self.images_in = self._image.stats
@@ -122,8 +122,6 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.commits_in = InputStats(self, "commits")
         self.drafts_foreign = ForeignVocab(self.model.vocab, "drafts", "refiner", self.get_logger().error)
         self.commits_foreign = ForeignVocab(self.model.vocab, "commits", "refiner", self.get_logger().error)
-        self.rounds_degraded = 0
-        self._last_skew_ms = float("nan")
 
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
@@ -136,17 +134,17 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
-        self.worker = RefinerWorker(
-            self.book, self.model, self._resolve, self.worker_output(self._publish), rules=self.cfg.rules, gamma=self.cfg.gamma,
-            max_ahead=self.cfg.gamma * self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens,
-            max_wait_s=self.cfg.max_wait_s, upstream_wait_s=self.cfg.upstream_wait_s, liveness_s=self.cfg.liveness_s,
+        self.create_timer(1.0, self.publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.stage = RefinerStage(
+            self.model, self._resolve, self.worker_output(self._publish), rules=self.cfg.rules, gamma=self.cfg.gamma,
+            lookahead=self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens, max_wait_s=self.cfg.max_wait_s,
+            upstream_wait_s=self.cfg.upstream_wait_s, liveness_s=self.cfg.liveness_s, question=self.cfg.prompt,
         )
-        self.worker.start()
+        self.stage.start()
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name == "gamma":
-            self.worker.set_gamma(int(value), self.cfg.lookahead)
+            self.stage.set_gamma(int(value))
             return None
         return super().apply_live(name, value)
 
@@ -160,8 +158,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
             draft = draft_from_msg(msg, expected_stage=0, vocab_size=self.model.adapter.vocab_size)
             if not self._stale.admit("drafter", t_ns, self._image.newest_ref_ns()):
                 return  # a round of the timeline before a jump
-            self._join(int(msg.round_id), t_ns)
-            self.book.add_draft(int(msg.round_id), t_ns, draft)
+            self.stage.hear_draft(int(msg.round_id), t_ns, draft)
         except (StampError, DraftMessageError, ValueError) as exc:
             self.drafts_in.bad(str(exc))
 
@@ -173,55 +170,55 @@ class FrameRefiner(StageNode[RefinerConfig]):
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._image.newest_ref_ns()):
                 return
-            self._join(int(msg.round_id), t_ns)
-            self.book.apply_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
+            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 
     def _reset_locked(self) -> None:
         self._stale.reset()
-        self.book.reset()
+        self.stage.reset()
 
     # ------------------------------------------------------------------ worker side
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
         target = self.offsets.from_reference("image", rec.t_ns)
-        with self._lock:
+        with self.lock:
             found = nearest_frame(self._frames, target, self.cfg.slop_ns)
             newest = self._frames.newest_stamp()
             if found is not None:
                 self._frames.mark_consumed(target - self.cfg.slop_ns)
         if found is not None:
             t, rgb = found
-            self._last_skew_ms = (t - target) / 1e6
             return StageInput(rgb, "", skew_ns=t - target)
         # a frame past the window means the one we need will not come (dropped, or a gap)
         if given_up or (newest is not None and newest > target + self.cfg.slop_ns):
-            self.rounds_degraded += 1
             why = "no RGB frames received" if newest is None else "no RGB frame within slop of T"
             return StageInput(None, why)
         return None
 
-    def _publish(self, rec: RoundRecord, draft: Draft) -> None:
-        self.pub_drafts.publish(draft_msg(rec.round_id, rec.t_ns, self.cfg.frame_id, draft, self.model.vocab))
+    def _publish(self, round_id: int, t_ns: int, draft: Draft) -> None:
+        self.pub_drafts.publish(draft_msg(round_id, t_ns, self.cfg.frame_id, draft, self.model.vocab))
 
-    def _publish_diagnostics(self) -> None:
+    def publish_diagnostics(self) -> None:
+        """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
+        stage = self.stage.snapshot()
+        degraded = stage["inputs_missing"]  # rounds whose frame never came within slop
         values: dict[str, object] = {
             "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.images_in.values(), **self.drafts_in.values(), **self.commits_in.values(),
-            "rounds_open": len(self.book), "rounds_degraded": self.rounds_degraded,
-            "frame_skew_ms": self._last_skew_ms, "resets": self.book.resets,
+            "rounds_open": stage["rounds_open"], "rounds_degraded": degraded,
+            "frame_skew_ms": stage["frame_skew_ms"], "resets": stage["resets"],
             "time_jumps": self._image.ingest.jump.jumps, "messages_stale": self._stale.stale,
-            "drafts_published": self.worker.drafts_published, "worker_errors": self.worker.errors,
+            "drafts_published": stage["drafts_published"], "worker_errors": stage["worker_errors"],
             **self.drafts_foreign.values(), **self.commits_foreign.values(),
             "mode": self.cfg.rules.name,
         }
         level, message = 0, "refining"
         if self.images_in.received == 0:
             level, message = 1, "degraded: no RGB frames received; passing drafter drafts through"
-        elif self.rounds_degraded:
-            level, message = 1, f"degraded: {self.rounds_degraded} round(s) without a frame within slop"
-        if self.worker.errors:
-            level, message = 2, f"worker errors: {self.worker.last_error}"
+        elif degraded:
+            level, message = 1, f"degraded: {degraded} round(s) without a frame within slop"
+        if stage["worker_errors"]:
+            level, message = 2, f"worker errors: {self.stage.last_error}"
         foreign = self.commits_foreign.status() or self.drafts_foreign.status()
         if foreign is not None:
             level, message = 2, foreign

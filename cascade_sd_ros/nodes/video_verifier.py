@@ -33,9 +33,9 @@ from cascade_sd_ros.core.align import (
 )
 from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.modes import ModeRules
-from cascade_sd_ros.core.round_stages import STAGE_DRAFTER, STAGE_REFINER, CaptionUpdate, StageInput, VerifierWorker
-from cascade_sd_ros.core.rounds import RoundRecord, round_id_for
+from cascade_sd_ros.core.rounds import STAGE_DRAFTER, STAGE_REFINER, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
+from cascade_sd_ros.core.stages import CaptionUpdate, StageInput, VerifierStage
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     OUTPUT_QOS,
@@ -146,7 +146,7 @@ class RoundInputs:
 
 
 class VideoVerifier(StageNode[VerifierConfig]):
-    worker: VerifierWorker
+    stage: VerifierStage
 
     def __init__(
         self,
@@ -165,20 +165,16 @@ class VideoVerifier(StageNode[VerifierConfig]):
         # open every period boundary the frames have passed, once the clip has frames behind it
         self._image = ImageInput(self, FrameIngest(
             offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
-            period_ns=self.cfg.period_ns, phase_ns=self.cfg.phase_ns, slop_ns=self.cfg.slop_ns,
-            lead_ns=self.cfg.clip_ns,
+            schedule=self.cfg.schedule, slop_ns=self.cfg.slop_ns, lead_ns=self.cfg.clip_ns,
         ), reset_what="frames, rounds and offset estimate", on_jump=self._reset_locked,
             on_frame=self._estimator.add_frame if self.cfg.estimate_offset else None)
         self.images_in = self._image.stats
         self._frames = self._image.ingest.frames
         self._pending_prompt: float | None = None
-        self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()  # the last rounds' clips
-        self.finals: OrderedDict[int, CaptionUpdate] = OrderedDict()  # the last rounds' final updates
+        self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()  # the last rounds' clips (under self.lock)
         self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
         self.drafts_foreign = ForeignVocab(self.model.vocab, "drafts", "target", self.get_logger().error)
-        self._totals = {"drafted": [0, 0], "accepted": [0, 0], "latency_ms": [], "skew_clip_ms": float("nan")}
-        self._last_final: CaptionUpdate | None = None
 
         from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import Image
@@ -200,19 +196,24 @@ class VideoVerifier(StageNode[VerifierConfig]):
             self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos,
                                      callback_group=MutuallyExclusiveCallbackGroup())
         timers = MutuallyExclusiveCallbackGroup()
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=timers)
+        self.create_timer(1.0, self.publish_diagnostics, callback_group=timers)
         self.create_timer(0.05, self._check_prompt, callback_group=timers)
-        self.worker = VerifierWorker(
-            self.book, self.model, self._resolve, self.worker_output(self._emit), rules=self.cfg.rules,
+        self.stage = VerifierStage(
+            self.model, self._resolve, self.worker_output(self._emit), rules=self.cfg.rules,
             max_new_tokens=self.cfg.max_new_tokens, draft_wait_s=self.cfg.draft_wait_s,
             max_wait_s=self.cfg.max_wait_s, use_stages=self.cfg.use_drafts, seed=self.cfg.seed,
-            max_pending=self.cfg.max_pending, liveness_s=self.cfg.liveness_s,
+            max_pending=self.cfg.max_pending, liveness_s=self.cfg.liveness_s, question=self.cfg.prompt,
         )
-        self.worker.start()
+        self.stage.start()
+
+    @property
+    def finals(self) -> dict[int, CaptionUpdate]:
+        """The last rounds' final updates by round id (each kept before it is published)."""
+        return self.stage.finals()
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name == "draft_wait":
-            self.worker.set_draft_wait(float(value))
+            self.stage.set_draft_wait(float(value))
             return None
         return super().apply_live(name, value)
 
@@ -239,16 +240,10 @@ class VideoVerifier(StageNode[VerifierConfig]):
         try:
             t_ns = stamp_to_ns(msg.header.stamp)
             draft = draft_from_msg(msg, vocab_size=self.model.adapter.vocab_size)
-            with self._lock:
+            with self.lock:
                 if not self._stale.admit(f"stage {draft.stage}", t_ns, self._image.newest_ref_ns()):
                     return  # a round of the timeline before a jump
-                rec = self.book.get(int(msg.round_id))
-                if rec is None:
-                    if self._last_final is not None and t_ns <= self._last_final.t_ns:
-                        return  # a late draft for a round already done (or dropped)
-                    rec = self._join(int(msg.round_id), t_ns)
-            if not rec.final:
-                self.book.add_draft(int(msg.round_id), t_ns, draft)
+            self.stage.hear_draft(int(msg.round_id), t_ns, draft)
         except (StampError, DraftMessageError, ValueError) as exc:
             self.drafts_in.bad(str(exc))
 
@@ -260,19 +255,18 @@ class VideoVerifier(StageNode[VerifierConfig]):
         asked = self._pending_prompt
         if asked is None:
             return
-        if any(r.opened_wall_s >= asked for r in self.book.records()):
+        if self.stage.opened_since(asked):
             self._pending_prompt = None
             return
         if time.monotonic() - asked < self.cfg.max_wait_s:
             return
         self._pending_prompt = None
-        with self._lock:
+        with self.lock:
             newest = self._frames.newest_stamp()
             if newest is None:
                 self.get_logger().warning("prompt received but no frames yet: no round opened")
                 return
-            T = self.offsets.to_reference("image", newest)
-            self._join(round_id_for(T), T)
+            self.stage.open_round(self.cfg.schedule.prompt_time(self.offsets.to_reference("image", newest)))
 
     def _reset_locked(self) -> None:
         """After a backward time jump (the frames and round times are already reset): unlike the
@@ -280,14 +274,13 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self._image.ingest.shape.reset()
         self._estimator.reset()
         self._event_stream.reset()
-        self._last_final = None
         self._stale.reset()
-        self.book.reset()
+        self.stage.reset()
 
     # ------------------------------------------------------------------ worker side
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
         end = self.offsets.from_reference("image", rec.t_ns)
-        with self._lock:
+        with self.lock:
             newest = self._frames.newest_stamp()
             if not given_up and (newest is None or newest <= end + self.cfg.slop_ns):
                 return None  # frames up to the window's end may still come
@@ -299,18 +292,14 @@ class VideoVerifier(StageNode[VerifierConfig]):
             why = "no RGB frames received" if newest is None else "no RGB frames in the clip window"
             return StageInput(None, why, frame_skew_ns=frame_skew)
         frames = np.stack(clip.items)
-        self.inputs[rec.round_id] = RoundInputs(frames, clip.stamps_ns, rec.question)
-        while len(self.inputs) > 32:
-            self.inputs.popitem(last=False)
+        with self.lock:
+            self.inputs[rec.round_id] = RoundInputs(frames, clip.stamps_ns, rec.question)
+            while len(self.inputs) > 32:
+                self.inputs.popitem(last=False)
         reason = "" if clip.distinct > 1 or self.cfg.frames == 1 else "one frame for the whole clip"
         return StageInput(frames, reason, skew_ns=clip.newest_skew_ns, span_ns=clip.span_ns, frame_skew_ns=frame_skew)
 
     def _emit(self, u: CaptionUpdate) -> None:
-        if u.final:  # kept before it is announced: a listener may look it up as soon as it hears it
-            self._last_final = u
-            self.finals[u.round_id] = u
-            while len(self.finals) > 64:
-                self.finals.popitem(last=False)
         text = self.model.decode(list(u.token_ids))
         if u.commit_seq > 0:
             self.pub_commit.publish(commit_msg(u, self.cfg.frame_id, self.model.vocab))
@@ -319,36 +308,24 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
         if not u.final:
             return
-        for s in (0, 1):
-            self._totals["drafted"][s] += u.drafted_per_stage[s]
-            self._totals["accepted"][s] += u.accepted_per_stage[s]
-        lat = self._totals["latency_ms"]
-        lat.append(u.latency_total_ms)
-        del lat[:-50]
-        self._totals["skew_clip_ms"] = u.skew_clip_ms
         if self.cfg.publish_overlay:
             end = self.offsets.from_reference("image", u.t_ns)
-            with self._lock:
+            with self.lock:
                 near = self._frames.nearest(end)
             if near is not None:
                 self.pub_overlay.publish(overlay_msg(near[1], shown, u.t_ns, self.cfg.frame_id))
         if u.degraded:
             self.get_logger().warning(f"round {u.round_id}: degraded caption ({u.degraded_reason})")
 
-    def _publish_diagnostics(self) -> None:
+    def publish_diagnostics(self) -> None:
+        """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
         est = self._estimator.estimate() if self.cfg.estimate_offset else None
-        drafted, accepted = self._totals["drafted"], self._totals["accepted"]
-        lat = self._totals["latency_ms"]
+        stage = self.stage.snapshot()
         values: dict[str, object] = {
             "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.images_in.values(), **self.events_in.values(), **self.drafts_in.values(),
-            "rounds_done": self.worker.rounds_done, "rounds_degraded": self.worker.rounds_degraded,
-            "rounds_dropped": self.worker.rounds_dropped,
-            "rounds_pending": sum(1 for r in self.book.records() if not r.final and not r.abandoned),
-            "acceptance_drafter": accepted[0] / drafted[0] if drafted[0] else math.nan,
-            "acceptance_refiner": accepted[1] / drafted[1] if drafted[1] else math.nan,
-            "latency_mean_ms": float(np.mean(lat)) if lat else math.nan,
-            "skew_clip_ms": self._totals["skew_clip_ms"],
+            **{k: stage[k] for k in ("rounds_done", "rounds_degraded", "rounds_dropped", "rounds_pending",
+                                     "acceptance_drafter", "acceptance_refiner", "latency_mean_ms", "skew_clip_ms")},
             "frame_offset_configured_ms": self.cfg.frame_offset_ns / 1e6,
             "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None and est.identifiable() else math.nan,
             "frame_offset_estimate": ("off" if not self.cfg.estimate_offset else "no data yet" if est is None
@@ -358,17 +335,18 @@ class VideoVerifier(StageNode[VerifierConfig]):
             "frame_offset_inputs_rejected": self._estimator.rejected,
             "event_clock_reanchors": self._event_stream.reanchors,
             "event_time_resyncs": self._event_stream.time_resyncs, "events_dropped_span": self._event_stream.events_dropped_span,
-            "resets": self.book.resets, "time_jumps": self._image.ingest.jump.jumps, "worker_errors": self.worker.errors,
+            "resets": stage["resets"], "time_jumps": self._image.ingest.jump.jumps,
+            "worker_errors": stage["worker_errors"],
             "drafts_stale": self._stale.stale, **self.drafts_foreign.values(),
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,
         }
         level, message = 0, "verifying"
         if self.images_in.received == 0:
             level, message = 1, "degraded: no RGB frames received; no caption can be verified"
-        elif self._last_final is not None and self._last_final.degraded:
-            level, message = 1, f"degraded: {self._last_final.degraded_reason}"
-        if self.worker.errors:
-            level, message = 2, f"worker errors: {self.worker.last_error}"
+        elif (last := self.stage.last_final()) is not None and last.degraded:
+            level, message = 1, f"degraded: {last.degraded_reason}"
+        if stage["worker_errors"]:
+            level, message = 2, f"worker errors: {self.stage.last_error}"
         foreign = self.drafts_foreign.status()
         if foreign is not None:
             level, message = 2, foreign

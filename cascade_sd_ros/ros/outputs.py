@@ -8,9 +8,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cascade_sd_ros.core.modes import ModeRules
-from cascade_sd_ros.core.round_stages import CaptionUpdate
 from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.stage_model import Vocabulary
+from cascade_sd_ros.core.stages.verifier import CaptionUpdate
 from cascade_sd_ros.ros.image import numpy_to_image
 from cascade_sd_ros.ros.stamps import ns_to_stamp
 

@@ -25,6 +25,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
+from cascade_sd_ros.core.stages import RoundSchedule
 from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
 
 # The player publishes like a bag player: reliable and deep, so the stages (subscribed with
@@ -442,10 +443,17 @@ ROUND_MARGIN_NS = 40_000_000  # a scene's round is this long before its end: the
 class SceneRounds:
     """Round timing that puts one round at the end of every synthetic scene (see :func:`scene_rounds`)."""
 
-    period_s: float
-    phase_s: float
+    schedule: RoundSchedule  # what the stages are told: round_period and round_phase
     event_offset_ns: int
     round_ids: tuple[int, ...]  # per scene, = T on the event clock
+
+    @property
+    def period_s(self) -> float:
+        return self.schedule.period_ns / 1e9
+
+    @property
+    def phase_s(self) -> float:
+        return self.schedule.phase_ns / 1e9
 
     def params(self, frame_offset_ns: int | None = None) -> dict[str, dict[str, Any]]:
         """Pipeline parameter overrides: periodic rounds, reliable deep sensor queues, clock offsets
@@ -460,11 +468,12 @@ class SceneRounds:
 
 def scene_rounds(stream: Any, margin_ns: int = ROUND_MARGIN_NS) -> SceneRounds:
     """Scene ``i`` covers RGB time ``[start + i D, start + (i+1) D)``; its round is at
-    ``start + (i+1) D - margin`` on the RGB clock, i.e. that plus the event offset on the event clock."""
+    ``start + (i+1) D - margin`` on the RGB clock, i.e. that plus the event offset on the event clock:
+    the round schedule of period ``D`` through those times."""
     d_ns = int(stream.scene_duration_ns)
     off = int(stream.clocks.event_offset_ns)
     ids = tuple(int(stream.start_ns) + (i + 1) * d_ns - margin_ns + off for i in range(stream.n_scenes))
-    return SceneRounds(period_s=d_ns / 1e9, phase_s=(ids[0] % d_ns) / 1e9, event_offset_ns=off, round_ids=ids)
+    return SceneRounds(schedule=RoundSchedule.through(ids, d_ns), event_offset_ns=off, round_ids=ids)
 
 
 def play_scenes(

@@ -71,6 +71,10 @@ class BagRecorder:
         self.path = path
         self._closed = False
 
+    def knows(self, msgtype: str) -> bool:
+        """Whether the bag's typestore can record messages of ``msgtype``."""
+        return msgtype in self._store.types
+
     def write(self, topic: str, msgtype: str, t_ns: int, raw: bytes | memoryview) -> None:
         with self._lock:
             if self._closed:
@@ -106,7 +110,7 @@ class RecorderNode(Node):
         self.errors = 0  # outputs that could not be recorded or tracked
         self._subs = []
         for out in outputs:
-            if out.msgtype not in bag._store.types:
+            if not bag.knows(out.msgtype):
                 self.get_logger().warning(f"not recording {out.name}: type {out.msgtype} unknown to the bag typestore")
                 continue
             qos = QoSProfile(

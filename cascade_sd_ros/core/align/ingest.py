@@ -13,7 +13,7 @@ import numpy as np
 from cascade_sd_ros.core.align.buffer import TimeBuffer
 from cascade_sd_ros.core.align.clock import ClockJumpDetector
 from cascade_sd_ros.core.align.offsets import StreamOffsets
-from cascade_sd_ros.core.rounds import round_times_between
+from cascade_sd_ros.core.stages.schedule import RoundOpener, RoundSchedule
 
 
 class FrameShape:
@@ -55,10 +55,11 @@ class Ingested:
 
 
 class FrameIngest:
-    """Buffers a frame stream and opens period rounds once frames pass them.
+    """Buffers a frame stream and opens the schedule's rounds once frames pass them.
 
-    A round at ``T`` opens when a frame newer than ``T + slop`` arrives (reference clock), unless its
-    input window ``[T - lead_ns, T]`` would start before the first frame did (less ``slop``).
+    The one rule of :class:`~cascade_sd_ros.core.stages.schedule.RoundOpener`: a round at ``T`` opens
+    when a frame newer than ``T + slop`` arrives (reference clock), unless its input window
+    ``[T - lead_ns, T]`` would start before the first frame did (less ``slop``).
     """
 
     def __init__(
@@ -67,26 +68,21 @@ class FrameIngest:
         offsets: StreamOffsets,
         buffer_size: int,
         jump_tolerance_ns: int,
-        period_ns: int,
-        phase_ns: int,
+        schedule: RoundSchedule,
         slop_ns: int,
         lead_ns: int = 0,
         stream: str = "image",
     ) -> None:
-        if period_ns < 0 or slop_ns < 0 or lead_ns < 0:
-            raise ValueError(f"period_ns, slop_ns and lead_ns must be >= 0, got {period_ns}, {slop_ns}, {lead_ns}")
+        if slop_ns < 0 or lead_ns < 0:
+            raise ValueError(f"slop_ns and lead_ns must be >= 0, got {slop_ns}, {lead_ns}")
         offsets.offset(stream)  # an unknown stream fails here, not on the first frame
         self.offsets = offsets
         self.stream = stream
         self.frames: TimeBuffer[np.ndarray] = TimeBuffer(buffer_size)
         self.shape = FrameShape()
         self.jump = ClockJumpDetector(jump_tolerance_ns)
-        self.period_ns = period_ns
-        self.phase_ns = phase_ns
         self.slop_ns = slop_ns
-        self.lead_ns = lead_ns
-        self.first_ref_ns: int | None = None
-        self.last_round_ns: int | None = None
+        self.rounds = RoundOpener(schedule, settle_ns=slop_ns, lead_ns=lead_ns, margin_ns=slop_ns)
 
     def add(self, t_ns: int, rgb: np.ndarray) -> Ingested:
         """Take one frame stamped ``t_ns`` (stream clock)."""
@@ -102,29 +98,10 @@ class FrameIngest:
             self.reset()
         self.frames.insert(t_ns, rgb)
         ref = self.offsets.to_reference(self.stream, t_ns)
-        if self.first_ref_ns is None:
-            self.first_ref_ns = ref
-        return Ingested(size_changed=verdict == "changed", time_jumped=jumped, rounds_ns=self._due_rounds(ref))
-
-    def _due_rounds(self, newest_ref_ns: int) -> tuple[int, ...]:
-        if self.period_ns == 0:
-            return ()  # rounds on prompt messages only
-        shifted = newest_ref_ns - self.slop_ns - self.phase_ns
-        if shifted <= 0:
-            return ()
-        after = None if self.last_round_ns is None else self.last_round_ns - self.phase_ns
-        due: list[int] = []
-        for t in round_times_between(after, shifted, self.period_ns):
-            T = t + self.phase_ns
-            self.last_round_ns = T
-            assert self.first_ref_ns is not None
-            if T - self.lead_ns < self.first_ref_ns - self.slop_ns:
-                continue  # the round's input window would start before the frames did
-            due.append(T)
-        return tuple(due)
+        return Ingested(size_changed=verdict == "changed", time_jumped=jumped,
+                        rounds_ns=tuple(self.rounds.advance(ref, ref)))
 
     def reset(self) -> None:
         """Forget the frames and the round state (the size stays: a reset is about time, not geometry)."""
         self.frames.clear()
-        self.first_ref_ns = None
-        self.last_round_ns = None
+        self.rounds.reset()

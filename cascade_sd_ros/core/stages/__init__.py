@@ -1,0 +1,31 @@
+"""One ROS-free stage per role, and the one rule that opens rounds (DESIGN.md "Rounds").
+
+* :mod:`.schedule` — :class:`RoundSchedule` (period, phase, prompt rounds) and :class:`RoundOpener`:
+  when rounds open, for the three stages and the tools.
+* :mod:`.base` — :class:`Stage`: a stage's rounds (its :class:`~cascade_sd_ros.core.rounds.RoundBook`),
+  question, counters and one worker thread, all under one lock; :class:`StageInput`.
+* :mod:`.upstream` — :class:`DrafterStage`, :class:`RefinerStage`.
+* :mod:`.verifier` — :class:`VerifierStage`, :class:`CaptionUpdate`, :class:`DraftWait`.
+
+A node (``nodes/``) converts messages and feeds its Stage; the Stage hands what to publish to the
+sink given at construction. Without ROS, plain callbacks wire the three Stages the same way
+(``test/test_stages.py``).
+"""
+from cascade_sd_ros.core.stages.base import Resolver, Stage, StageInput
+from cascade_sd_ros.core.stages.schedule import RoundOpener, RoundSchedule
+from cascade_sd_ros.core.stages.upstream import DrafterStage, RefinerStage, UpstreamStage
+from cascade_sd_ros.core.stages.verifier import CaptionUpdate, DraftWait, VerifierStage
+
+__all__ = [
+    "CaptionUpdate",
+    "DraftWait",
+    "DrafterStage",
+    "RefinerStage",
+    "Resolver",
+    "RoundOpener",
+    "RoundSchedule",
+    "Stage",
+    "StageInput",
+    "UpstreamStage",
+    "VerifierStage",
+]

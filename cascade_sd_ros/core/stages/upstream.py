@@ -1,0 +1,222 @@
+"""The drafter and refiner stages: propose tokens continuing the verifier's commit (ROS-free).
+
+* :class:`DrafterStage` drafts ``gamma`` tokens continuing the commit, runs ahead up to
+  ``max_ahead`` tokens, rolls back when a commit disagrees.
+* :class:`RefinerStage` checks the drafter's tokens with its own model (``refine_step``), keeps the
+  agreeing prefix, adds its own tokens; drafts alone when no stage-0 draft comes within
+  ``upstream_wait``; without a frame it passes stage-0 drafts through flagged degraded.
+
+Both work on the book's focus round (the oldest the verifier has not moved past) and hand each
+draft to ``publish(round_id, t_ns, draft)``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+from cascade_sd_ros.core.modes import ModeRules, two_point_q
+from cascade_sd_ros.core.rounds import STAGE_DRAFTER, STAGE_REFINER, Draft, RoundRecord
+from cascade_sd_ros.core.spec.steps import draft_step, refine_step
+from cascade_sd_ros.core.stage_model import StageModel
+from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
+
+Publish = Callable[[int, int, Draft], None]  # (round_id, t_ns, draft)
+
+
+class UpstreamStage(Stage):
+    """Shared by drafter and refiner: pick the focus round, keep its context loaded, bound look-ahead."""
+
+    def __init__(self, name: str, model: StageModel, resolve: Resolver, publish: Publish, *, gamma: int,
+                 lookahead: int, max_new_tokens: int, max_wait_s: float, question: str = "") -> None:
+        super().__init__(name, model, resolve, question=question)
+        if max_new_tokens < 1 or max_wait_s < 0:
+            raise ValueError("need max_new_tokens >= 1, max_wait_s >= 0")
+        self._publish = publish
+        self._gamma, self._max_ahead = self._check_gamma(gamma, lookahead)
+        self._lookahead = lookahead
+        self.max_new_tokens = max_new_tokens
+        self.max_wait_s = max_wait_s
+        # worker thread only: which round's context the adapter holds, with its input
+        self._loaded: tuple[int, int] | None = None
+        self._input: StageInput | None = None
+        self._current: RoundRecord | None = None  # the round of the step in progress
+        self._counts.update(drafts_published=0, rounds_seen=0, inputs_missing=0)
+        self._last_skew_ms = math.nan
+
+    @staticmethod
+    def _check_gamma(gamma: int, lookahead: int) -> tuple[int, int]:
+        if gamma < 1 or lookahead < 1:
+            raise ValueError(f"need gamma >= 1 and lookahead >= 1, got {gamma}, {lookahead}")
+        return gamma, gamma * lookahead
+
+    @property
+    def gamma(self) -> int:
+        with self._lock:
+            return self._gamma
+
+    @property
+    def max_ahead(self) -> int:
+        """Tokens the stage may speculate beyond the commit (``gamma * lookahead``)."""
+        with self._lock:
+            return self._max_ahead
+
+    def set_gamma(self, gamma: int) -> None:
+        """A new draft length, from the next proposal on (a live parameter change)."""
+        checked = self._check_gamma(gamma, self._lookahead)
+        with self._lock:
+            self._gamma, self._max_ahead = checked
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {**super().snapshot(), "frame_skew_ms": self._last_skew_ms}
+
+    def _work_item(self) -> tuple[RoundRecord, list[int], int] | None:
+        with self._lock:
+            item = self._book.work_item(self.max_new_tokens, self._max_ahead, self.model.adapter.eos_token_id)
+            self._current = None if item is None else item[0]
+            return item
+
+    def _failed(self) -> None:
+        rec, self._current = self._current, None
+        if rec is not None:  # stop drafting for a round this stage cannot serve
+            self._book.failed(rec, MAX_ROUND_FAILURES)
+
+    def _ensure_context(self, rec: RoundRecord) -> StageInput | None:
+        """Load the round's context into the adapter (once per round); None while input is pending."""
+        key = (rec.round_id, rec.t_ns)
+        if self._loaded == key:
+            return self._input
+        given_up = time.monotonic() - rec.opened_wall_s >= self.max_wait_s
+        inp = self._resolve(rec, given_up)
+        if inp is None:
+            return None
+        if inp.pixels is not None:
+            self.model.adapter.prefill(self.model.context(inp.pixels, rec.question))
+        self._loaded, self._input = key, inp
+        with self._lock:
+            self._counts["rounds_seen"] += 1
+            if inp.pixels is None:
+                self._counts["inputs_missing"] += 1
+            if inp.skew_ns is not None:
+                self._last_skew_ms = inp.skew_ns / 1e6
+        return inp
+
+    def _next_work(self) -> tuple[RoundRecord, list[int], int, StageInput] | None:
+        """The round to extend now with its loaded input, or None (nothing to do, or input pending)."""
+        item = self._work_item()
+        if item is None:
+            return None
+        inp = self._ensure_context(item[0])
+        return None if inp is None else (*item, inp)
+
+    def _record(self, rec: RoundRecord, prefix: list[int], draft: Draft) -> None:
+        if not self._book.speculate(rec, prefix, draft.token_ids):
+            return  # reset or evicted meanwhile
+        self._publish(rec.round_id, rec.t_ns, draft)
+        self._count("drafts_published")
+
+
+class DrafterStage(UpstreamStage):
+    def __init__(self, model: StageModel, resolve: Resolver, publish: Publish, *, gamma: int, lookahead: int,
+                 max_new_tokens: int, max_wait_s: float = 0.0, question: str = "") -> None:
+        super().__init__("event_drafter", model, resolve, publish, gamma=gamma, lookahead=lookahead,
+                         max_new_tokens=max_new_tokens, max_wait_s=max_wait_s, question=question)
+
+    def _step(self) -> None:
+        work = self._next_work()
+        if work is None:
+            self._idle()
+            return
+        rec, prefix, seq, inp = work
+        if inp.pixels is None:  # no events for this round: nothing to draft from
+            self._book.abandon(rec)
+            return
+        t0 = time.perf_counter()
+        proposal = draft_step(self.model.adapter, prefix, self.gamma, max_new_tokens=self.max_new_tokens)
+        if not proposal.token_ids:
+            self._idle()
+            return
+        draft = Draft(
+            stage=STAGE_DRAFTER, commit_seq=seq, start_position=len(prefix),
+            token_ids=tuple(proposal.token_ids), confidence=tuple(proposal.probs),
+            compute_ms=(time.perf_counter() - t0) * 1e3,
+            degraded=bool(inp.degraded_reason), degraded_reason=inp.degraded_reason,
+        )
+        self._record(rec, prefix, draft)
+
+
+class RefinerStage(UpstreamStage):
+    def __init__(self, model: StageModel, resolve: Resolver, publish: Publish, *, rules: ModeRules, gamma: int,
+                 lookahead: int, max_new_tokens: int, max_wait_s: float, upstream_wait_s: float,
+                 liveness_s: float = 5.0, question: str = "") -> None:
+        super().__init__("frame_refiner", model, resolve, publish, gamma=gamma, lookahead=lookahead,
+                         max_new_tokens=max_new_tokens, max_wait_s=max_wait_s, question=question)
+        if upstream_wait_s < 0:
+            raise ValueError(f"upstream_wait_s must be >= 0, got {upstream_wait_s}")
+        self.rules = rules
+        self.upstream_wait_s = upstream_wait_s
+        self.liveness_s = liveness_s
+
+    def _upstream(self, rec: RoundRecord, prefix: list[int], wait: bool) -> tuple[Draft, list[int]] | None:
+        """A stage-0 draft continuing ``prefix``, waiting up to ``upstream_wait`` unless the drafter
+        already missed a wait this round (then it is not waited for until it delivers again)."""
+        book = self._book
+        with book.changed:
+            if self._counts["rounds_seen"] > 1 and book.silent_stages([STAGE_DRAFTER], self.liveness_s):
+                book.stall(rec, [STAGE_DRAFTER])  # silent for a while: do not hold every round for it
+            wait = wait and STAGE_DRAFTER not in rec.stalled
+            deadline = time.monotonic() + (self.upstream_wait_s if wait else 0.0)
+            while True:
+                found = book.best_draft(rec.round_id, [STAGE_DRAFTER], base=prefix)
+                left = deadline - time.monotonic()
+                if found is not None or left <= 0 or self.stopping or rec.spec != prefix:
+                    if found is None and wait and left <= 0:
+                        book.stall(rec, [STAGE_DRAFTER])
+                    return found
+                book.changed.wait(min(left, POLL_S))
+
+    def _step(self) -> None:
+        work = self._next_work()
+        if work is None:
+            self._idle()
+            return
+        rec, prefix, seq, inp = work
+        if inp.pixels is None:
+            # no frame: pass stage-0 drafts through, flagged, so the verifier still gets them early
+            found = self._upstream(rec, prefix, wait=True)
+            if found is None:
+                self._idle()
+                return
+            d0, tail = found
+            draft = Draft(
+                stage=STAGE_REFINER, commit_seq=seq, start_position=len(prefix), token_ids=tuple(tail),
+                confidence=tuple(d0.confidence[len(d0.token_ids) - len(tail):]),
+                upstream_drafted=len(tail), upstream_accepted=len(tail), compute_ms=0.0,
+                degraded=True, degraded_reason=inp.degraded_reason,
+            )
+            self._record(rec, prefix, draft)
+            return
+        found = self._upstream(rec, prefix, wait=True)
+        adapter = self.model.adapter
+        t0 = time.perf_counter()
+        if found is None:
+            proposal = draft_step(adapter, prefix, self.gamma, max_new_tokens=self.max_new_tokens)
+            tokens, conf, drafted, kept = proposal.token_ids, proposal.probs, 0, 0
+        else:
+            d0, tail = found
+            conf0 = d0.confidence[len(d0.token_ids) - len(tail):]
+            q = two_point_q(tail, conf0, adapter.vocab_size) if self.rules.refiner.needs_q else None
+            res = refine_step(adapter, prefix, tail, self.gamma, max_new_tokens=self.max_new_tokens,
+                              level=self.rules.refiner, q=q)
+            tokens, conf, drafted, kept = res.token_ids, res.confidences, res.drafted, res.kept
+        if not tokens:
+            self._idle()
+            return
+        draft = Draft(
+            stage=STAGE_REFINER, commit_seq=seq, start_position=len(prefix), token_ids=tuple(tokens),
+            confidence=tuple(conf), upstream_drafted=drafted, upstream_accepted=kept,
+            compute_ms=(time.perf_counter() - t0) * 1e3 + (0.0 if found is None else found[0].compute_ms),
+            degraded=bool(inp.degraded_reason), degraded_reason=inp.degraded_reason,
+        )
+        self._record(rec, prefix, draft)
