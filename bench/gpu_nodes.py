@@ -199,7 +199,7 @@ def node_choice(device: str) -> dict[str, Any]:
         built_s = time.perf_counter() - t0
         seen: list[dict[str, object]] = []
         node.publish_status = lambda level, message, values: seen.append(values)  # type: ignore[method-assign]
-        node._publish_diagnostics()
+        node.publish_diagnostics()
         result = {"via": "VideoVerifier node", "backend": seen[0]["backend"],
                   "backend_reason": seen[0]["backend_reason"], "construct_s": round(built_s, 3),
                   "warm_up_s": node.model.warm_up_s}
