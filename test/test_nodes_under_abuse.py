@@ -79,7 +79,8 @@ class _Diagnostics:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.node import Node
 
-        from cascade_sd_ros.nodes.common import DIAGNOSTICS_QOS, TOPIC_DIAGNOSTICS
+        from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
+        from cascade_sd_ros.nodes.common import DIAGNOSTICS_QOS
 
         self.namespace = namespace
         self.latest: dict[str, dict[str, str]] = {}

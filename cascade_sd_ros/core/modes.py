@@ -13,9 +13,8 @@ from typing import Sequence
 
 import torch
 
+from cascade_sd_ros.core.names import MODES
 from cascade_sd_ros.core.spec.steps import LevelRule
-
-MODES: dict[str, int] = {"lossless-greedy": 0, "lossless-sample": 1, "pyramid": 2, "cascade": 3}
 
 
 @dataclass(frozen=True)

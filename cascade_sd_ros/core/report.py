@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cascade_sd_ros.core import names
 from cascade_sd_ros.core import speed as spd
 
 #: Latency components of ``VerifiedCaption`` (``latency_<name>_ms``): caption latency (what a robot
@@ -25,7 +26,7 @@ SKEW_COMPONENTS: tuple[str, ...] = ("skew_frame", "skew_clip", "clip_span")
 #: Percentiles every distribution is summarised by.
 PERCENTILES: tuple[int, ...] = (50, 95, 99)
 #: Stage names by ``DraftTokens.STAGE_*`` index.
-STAGE_NAMES: tuple[str, ...] = ("drafter", "refiner")
+STAGE_NAMES: tuple[str, ...] = tuple(names.STAGE_NAMES[s] for s in sorted(names.STAGE_NAMES))
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-STAGE_DRAFTER, STAGE_REFINER = 0, 1  # DraftTokens.stage
-NUM_UPSTREAM_STAGES = 2
-STAGE_NONE = 255  # Commit.accepted_stage when the verifier decoded alone
-STAGE_NAMES = {STAGE_DRAFTER: "drafter", STAGE_REFINER: "refiner"}
+from cascade_sd_ros.core.names import NUM_UPSTREAM_STAGES, STAGE_NONE, STAGE_REFINER
 
 
 def round_id_for(t_ns: int) -> int:

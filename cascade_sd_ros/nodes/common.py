@@ -33,6 +33,7 @@ from rclpy.qos import (
 )
 
 from cascade_sd_ros.core.align import FrameIngest
+from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule, Stage
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
@@ -59,17 +60,6 @@ OUTPUT_QOS = QoSProfile(
 PROMPT_QOS = OUTPUT_QOS
 DIAGNOSTICS_QOS = OUTPUT_QOS
 
-# Topic names, relative so a namespace and remaps apply.
-TOPIC_EVENTS = "events"
-TOPIC_IMAGE = "image"
-TOPIC_PROMPT = "prompt"
-TOPIC_DRAFTS_DRAFTER = "drafter/drafts"
-TOPIC_DRAFTS_REFINER = "refiner/drafts"
-TOPIC_COMMIT = "commit"
-TOPIC_CAPTION = "caption"
-TOPIC_MARKER = "caption_marker"
-TOPIC_OVERLAY = "caption_image"
-TOPIC_DIAGNOSTICS = "/diagnostics"
 
 
 @dataclass(frozen=True)

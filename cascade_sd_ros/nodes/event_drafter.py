@@ -17,6 +17,7 @@ from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import ClockJumpDetector, StaleRoundFilter, TimeBuffer
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
+from cascade_sd_ros.core.names import NODE_OF_STAGE, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_EVENTS, TOPIC_PROMPT
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
@@ -24,10 +25,6 @@ from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     PROMPT_QOS,
     ROUND_QOS,
-    TOPIC_COMMIT,
-    TOPIC_DRAFTS_DRAFTER,
-    TOPIC_EVENTS,
-    TOPIC_PROMPT,
     InputStats,
     Param,
     StageConfig,
@@ -77,7 +74,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("event_drafter", PARAMS, DrafterConfig.from_params, "drafter", context=context, model=model,
+        super().__init__(NODE_OF_STAGE["drafter"], PARAMS, DrafterConfig.from_params, "drafter", context=context, model=model,
                          parameter_overrides=parameter_overrides, namespace=namespace)
         self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
         self._stream = EventStream()

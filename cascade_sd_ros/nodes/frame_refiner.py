@@ -16,6 +16,14 @@ from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import FrameIngest, StaleRoundFilter, StreamOffsets, nearest_frame
 from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
+from cascade_sd_ros.core.names import (
+    NODE_OF_STAGE,
+    TOPIC_COMMIT,
+    TOPIC_DRAFTS_DRAFTER,
+    TOPIC_DRAFTS_REFINER,
+    TOPIC_IMAGE,
+    TOPIC_PROMPT,
+)
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import RefinerStage, StageInput
@@ -23,11 +31,6 @@ from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     PROMPT_QOS,
     ROUND_QOS,
-    TOPIC_COMMIT,
-    TOPIC_DRAFTS_DRAFTER,
-    TOPIC_DRAFTS_REFINER,
-    TOPIC_IMAGE,
-    TOPIC_PROMPT,
     ImageInput,
     InputStats,
     Param,
@@ -106,7 +109,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("frame_refiner", PARAMS, RefinerConfig.from_params, "refiner", context=context, model=model,
+        super().__init__(NODE_OF_STAGE["refiner"], PARAMS, RefinerConfig.from_params, "refiner", context=context, model=model,
                          parameter_overrides=parameter_overrides, namespace=namespace)
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         # join each period round as soon as its frame is in: no need to hear of it from the drafter

@@ -33,14 +33,10 @@ from cascade_sd_ros.core.align import (
 )
 from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.modes import ModeRules
-from cascade_sd_ros.core.rounds import STAGE_DRAFTER, STAGE_REFINER, RoundRecord
-from cascade_sd_ros.core.stage_model import StageModel
-from cascade_sd_ros.core.stages import CaptionUpdate, StageInput, VerifierStage
-from cascade_sd_ros.nodes.common import (
-    COMMON_PARAMS,
-    OUTPUT_QOS,
-    PROMPT_QOS,
-    ROUND_QOS,
+from cascade_sd_ros.core.names import (
+    NODE_OF_STAGE,
+    STAGE_DRAFTER,
+    STAGE_REFINER,
     TOPIC_CAPTION,
     TOPIC_COMMIT,
     TOPIC_DRAFTS_DRAFTER,
@@ -50,6 +46,16 @@ from cascade_sd_ros.nodes.common import (
     TOPIC_MARKER,
     TOPIC_OVERLAY,
     TOPIC_PROMPT,
+    stage_name,
+)
+from cascade_sd_ros.core.rounds import RoundRecord
+from cascade_sd_ros.core.stage_model import StageModel
+from cascade_sd_ros.core.stages import CaptionUpdate, StageInput, VerifierStage
+from cascade_sd_ros.nodes.common import (
+    COMMON_PARAMS,
+    OUTPUT_QOS,
+    PROMPT_QOS,
+    ROUND_QOS,
     ImageInput,
     InputStats,
     Param,
@@ -156,7 +162,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__("video_verifier", PARAMS, VerifierConfig.from_params, "target", context=context, model=model,
+        super().__init__(NODE_OF_STAGE["verifier"], PARAMS, VerifierConfig.from_params, "target", context=context, model=model,
                          parameter_overrides=parameter_overrides, namespace=namespace)
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self._estimator = OffsetEstimator()
@@ -235,7 +241,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
-        if not self.drafts_foreign.admit(msg, {0: "drafter", 1: "refiner"}.get(msg.stage, f"stage {msg.stage}")):
+        if not self.drafts_foreign.admit(msg, stage_name(msg.stage)):
             return  # ids of another vocabulary: never verified
         try:
             t_ns = stamp_to_ns(msg.header.stamp)

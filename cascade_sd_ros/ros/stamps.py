@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-NS_PER_S = 1_000_000_000
+from cascade_sd_ros.core.names import NS_PER_S, split_ns, stamp_ns
 
 
 class StampError(ValueError):
@@ -19,7 +19,7 @@ def stamp_to_ns(stamp: Any) -> int:
         raise StampError(f"stamp sec {sec} is negative")
     if sec == 0 and nanosec == 0:
         raise StampError("stamp is unset (0 s, 0 ns)")
-    return sec * NS_PER_S + nanosec
+    return stamp_ns(sec, nanosec)
 
 
 def ns_to_stamp(t_ns: int, stamp: Any | None = None) -> Any:
@@ -30,7 +30,7 @@ def ns_to_stamp(t_ns: int, stamp: Any | None = None) -> Any:
         from builtin_interfaces.msg import Time
 
         stamp = Time()
-    stamp.sec, stamp.nanosec = divmod(int(t_ns), NS_PER_S)
+    stamp.sec, stamp.nanosec = split_ns(t_ns)
     return stamp
 
 

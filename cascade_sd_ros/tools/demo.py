@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cascade_sd_ros.core.names import STAGE_NAMES
+
 ROLES = ("target", "refiner", "drafter")
 
 
@@ -397,7 +399,7 @@ def _scene_result(index: int, truth: str, casc: dict[str, Any] | None, alone: di
                            {} if alone is None else alone["parts_ms"], bare_ms, "", 0, 0)
     acc: dict[str, float | None] = {
         name: (casc["accepted"][s] / casc["drafted"][s] if casc["drafted"][s] else None)
-        for s, name in enumerate(("drafter", "refiner"))}
+        for s, name in STAGE_NAMES.items()}
     equal = None if alone is None else casc["token_ids"] == alone["token_ids"]
     return SceneResult(index, casc["text"], truth, None if alone is None else alone["text"], equal, acc,
                        _finite(casc["latency_caption_ms"]),

@@ -22,6 +22,7 @@ import numpy as np
 from cascade_sd_ros.core.events import EventDecodeError, supported_encodings
 from cascade_sd_ros.core.events.sources import RAW_SUFFIX, Packet, event_topic, iter_packets
 from cascade_sd_ros.core.events.stats import compute_stats, decode_all
+from cascade_sd_ros.core.names import stamp_ns
 
 EXIT_PARTIAL = 3
 
@@ -56,7 +57,7 @@ def bag_packets(bag: object, topic: str | None, encoding: str | None, report: ob
         except bagio.CorruptRecord:
             report.corrupt[conn.topic] = report.corrupt.get(conn.topic, 0) + 1
             continue
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
         yield Packet(encoding or str(msg.encoding), int(msg.width), int(msg.height), int(msg.time_base),
                      np.asarray(msg.events, np.uint8), stamp)
 

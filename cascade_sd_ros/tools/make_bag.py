@@ -86,13 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _bag_frames(path: Path, topic: str, report: ReadReport) -> Iterator[tuple[int, np.ndarray]]:
     """The frames of a bag's RGB topic; a damaged bag gives those before the damage (in ``report``)."""
     from cascade_sd_ros.core import bagio
+    from cascade_sd_ros.core.names import stamp_ns
     from cascade_sd_ros.ros.image import image_to_rgb8
 
     first: int | None = None
     for _topic, msgtype, t_ns, msg in bagio.iter_messages(path, [topic], report=report):
         if msgtype != "sensor_msgs/msg/Image":
             raise bagio.BagError(f"{path}: topic {topic} is {msgtype}, not sensor_msgs/msg/Image")
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
         t = stamp if stamp > 0 else t_ns  # an unset header stamp: fall back to the record time
         first = t if first is None else first
         yield t - first, image_to_rgb8(msg)

@@ -24,9 +24,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from cascade_sd_ros.core.names import NODE_OF_STAGE, ROLE_OF_STAGE, STAGES, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule
-from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
+from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS
 
 # The player publishes like a bag player: reliable and deep, so the stages (subscribed with
 # sensor_reliability=reliable, see SENSOR_PARAMS) get every message of a burst.
@@ -34,9 +35,6 @@ PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2000, reliability
                         durability=DurabilityPolicy.VOLATILE)
 SENSOR_PARAMS: dict[str, Any] = {"sensor_reliability": "reliable", "sensor_qos_depth": 2000}
 
-STAGES: tuple[str, ...] = ("drafter", "refiner", "verifier")
-ROLE_OF_STAGE = {"drafter": "drafter", "refiner": "refiner", "verifier": "target"}
-NODE_OF_STAGE = {"drafter": "event_drafter", "refiner": "frame_refiner", "verifier": "video_verifier"}
 EXECUTORS: tuple[str, ...] = ("multi-threaded", "events")
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cascade_sd_ros.core.names import STAGES
 from cascade_sd_ros.tools.replay_pass import PipelineFactory, PipelineHandle, ReferenceFactory, ReferenceRun
 from cascade_sd_ros.tools.replay_source import ReplayInputError, parse_remaps
 
@@ -43,7 +44,7 @@ class ReplaySettings:
     rounds: str = "auto"  # replay_pipeline.ROUND_POLICIES
     device: str = "cpu"
     baseline: str = "pass"  # BASELINES
-    stages: tuple[str, ...] = ("drafter", "refiner", "verifier")
+    stages: tuple[str, ...] = STAGES
     progress: bool = True
     stall_s: float = 60.0
     drain_timeout_s: float = 120.0

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cascade_sd_ros.core import bagio
+from cascade_sd_ros.core.names import split_ns
 from cascade_sd_ros.core.speed import bare_caption
 from cascade_sd_ros.tools.replay_report import BARE_MODE
 
@@ -69,7 +70,7 @@ class BareTarget:
 def _caption(store: Any, round_id: int, t_ns: int, tokens: list[int], text: str, forwards: int,
              prefill_ms: float, decode_ms: float) -> Any:
     types = store.types
-    stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
+    stamp = types["builtin_interfaces/msg/Time"](sec=split_ns(t_ns)[0], nanosec=split_ns(t_ns)[1])
     return types[VERIFIED_CAPTION_TYPE](
         header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=""), round_id=round_id, text=text,
         token_ids=np.asarray(tokens, np.int32), final=True, mode=0, mode_name=BARE_MODE, lossless=True,

@@ -170,6 +170,7 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
     from rclpy.executors import ExternalShutdownException
 
     from cascade_sd_ros.core import bagio
+    from cascade_sd_ros.core.names import stamp_ns
     from cascade_sd_ros.tools.replay_pipeline import auto_remaps, describe_models, node_inputs
     from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
     from cascade_sd_ros.tools.replay_progress import ProgressBar
@@ -226,7 +227,7 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
                 msg = store.deserialize_cdr(raw, msgtype)
                 if msg.final:
                     stamp = msg.header.stamp
-                    t_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+                    t_ns = stamp_ns(stamp.sec, stamp.nanosec)
                     finals[int(msg.round_id)] = (t_ns, bytes(raw))
                     for ref in refs.values():
                         ref.on_final(int(msg.round_id), t_ns)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from cascade_sd_ros.core.names import PARAM_TARGETS  # what ``--param`` may set ("common": every stage node)
 from cascade_sd_ros.tools.replay_source import CAMERA_INFO_TYPE, EVENTS_TYPE, IMAGE_TYPE, BagScan, ReplayInputError
 
-#: Nodes whose parameters ``--param`` may set ("common": every stage node).
-PARAM_TARGETS = ("common", "event_drafter", "frame_refiner", "video_verifier")
 #: Stage nodes that declare the decoding-mode parameters.
 MODE_NODES = ("frame_refiner", "video_verifier")
 #: Input types mapped onto the nodes' inputs when a bag names its topics otherwise.

@@ -17,6 +17,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosgraph_msgs.msg import Clock
 
 from cascade_sd_ros.core import bagio
+from cascade_sd_ros.core.names import split_ns
 from cascade_sd_ros.tools.replay_progress import ProgressBar, ProgressState
 from cascade_sd_ros.tools.replay_schedule import Publish, Scheduler
 from cascade_sd_ros.tools.replay_source import Record
@@ -85,7 +86,7 @@ class PlayerNode(Node):
                                              (not force and t_ns - self._last_clock < CLOCK_STEP_NS)):
             return
         msg = Clock()
-        msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)
+        msg.clock.sec, msg.clock.nanosec = split_ns(t_ns)
         self._clock_pub.publish(msg)
         self._last_clock = t_ns
 

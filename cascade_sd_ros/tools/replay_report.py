@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core import report as rpt
 from cascade_sd_ros.core import speed as spd
+from cascade_sd_ros.core.names import stamp_ns
 from cascade_sd_ros.core.report import Reference, RoundRecord, SceneInterval
 
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
@@ -34,7 +35,7 @@ SCHEMA = "cascade_sd_ros.replay_report/2"
 
 
 def _stamp_ns(t: Any) -> int:
-    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+    return stamp_ns(t.sec, t.nanosec)
 
 
 def record_from_caption(msg: Any, ground_truth: str | None = None, alone: Reference | None = None,

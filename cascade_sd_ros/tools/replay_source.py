@@ -19,6 +19,7 @@ from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.events.sources import Packet
 from cascade_sd_ros.core.events.stats import compute_stats
+from cascade_sd_ros.core.names import stamp_ns
 from cascade_sd_ros.core.report import SceneInterval
 
 EVENTS_TYPE = "event_camera_msgs/msg/EventPacket"
@@ -144,7 +145,7 @@ def _publishable(conn: bagio.Connection) -> bool:
 
 
 def _stamp_ns(t: Any) -> int:
-    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+    return stamp_ns(t.sec, t.nanosec)
 
 
 @contextmanager

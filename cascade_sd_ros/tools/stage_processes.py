@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from cascade_sd_ros.tools.pipeline import NODE_OF_STAGE, PipelineConfig
+from cascade_sd_ros.core.names import NODE_OF_STAGE
+from cascade_sd_ros.tools.pipeline import PipelineConfig
 
 _PR_SET_PDEATHSIG = 1
 

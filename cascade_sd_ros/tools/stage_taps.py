@@ -11,7 +11,7 @@ from typing import Any
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
-from cascade_sd_ros.nodes.common import TOPIC_CAPTION, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_DRAFTS_REFINER
+from cascade_sd_ros.core.names import TOPIC_CAPTION, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_DRAFTS_REFINER
 from cascade_sd_ros.tools.pipeline import CaptionCollector, PipelineConfig, SensorPlayer, new_context
 from cascade_sd_ros.tools.stage_processes import StageProcesses
 

@@ -16,7 +16,8 @@ import time
 from typing import Callable
 
 from cascade_sd_ros.core.modes import ModeRules, two_point_q
-from cascade_sd_ros.core.rounds import STAGE_DRAFTER, STAGE_REFINER, Draft, RoundRecord
+from cascade_sd_ros.core.names import NODE_OF_STAGE, STAGE_DRAFTER, STAGE_REFINER
+from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import draft_step, refine_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
@@ -120,7 +121,7 @@ class UpstreamStage(Stage):
 class DrafterStage(UpstreamStage):
     def __init__(self, model: StageModel, resolve: Resolver, publish: Publish, *, gamma: int, lookahead: int,
                  max_new_tokens: int, max_wait_s: float = 0.0, question: str = "") -> None:
-        super().__init__("event_drafter", model, resolve, publish, gamma=gamma, lookahead=lookahead,
+        super().__init__(NODE_OF_STAGE["drafter"], model, resolve, publish, gamma=gamma, lookahead=lookahead,
                          max_new_tokens=max_new_tokens, max_wait_s=max_wait_s, question=question)
 
     def _step(self) -> None:
@@ -150,7 +151,7 @@ class RefinerStage(UpstreamStage):
     def __init__(self, model: StageModel, resolve: Resolver, publish: Publish, *, rules: ModeRules, gamma: int,
                  lookahead: int, max_new_tokens: int, max_wait_s: float, upstream_wait_s: float,
                  liveness_s: float = 5.0, question: str = "") -> None:
-        super().__init__("frame_refiner", model, resolve, publish, gamma=gamma, lookahead=lookahead,
+        super().__init__(NODE_OF_STAGE["refiner"], model, resolve, publish, gamma=gamma, lookahead=lookahead,
                          max_new_tokens=max_new_tokens, max_wait_s=max_wait_s, question=question)
         if upstream_wait_s < 0:
             raise ValueError(f"upstream_wait_s must be >= 0, got {upstream_wait_s}")

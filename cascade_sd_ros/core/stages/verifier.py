@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from cascade_sd_ros.core.modes import ModeRules, two_point_q
-from cascade_sd_ros.core.rounds import STAGE_DRAFTER, STAGE_NAMES, STAGE_NONE, STAGE_REFINER, Draft, RoundRecord
+from cascade_sd_ros.core.names import NODE_OF_STAGE, STAGE_DRAFTER, STAGE_NAMES, STAGE_NONE, STAGE_REFINER
+from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import verify_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
@@ -115,7 +116,7 @@ class VerifierStage(Stage):
         liveness_s: float = 5.0,
         question: str = "",
     ) -> None:
-        super().__init__("video_verifier", model, resolve, question=question)
+        super().__init__(NODE_OF_STAGE["verifier"], model, resolve, question=question)
         if max_new_tokens < 1 or draft_wait_s < 0 or max_wait_s < 0 or max_pending < 1:
             raise ValueError("need max_new_tokens >= 1, draft_wait_s >= 0, max_wait_s >= 0, max_pending >= 1")
         self._emit = emit
