@@ -55,22 +55,33 @@ def test_launch_file_compiles_and_starts_installed_executables() -> None:
             assert key in _declared(node)
 
 
-def _yaml_params() -> dict[str, dict]:
+ALL = "/**"  # the block every node reads: what the stages share, given once
+
+
+def _yaml_blocks() -> dict[str, dict]:
     data = yaml.safe_load(CONFIG.read_text())
     out = {}
     for key, body in data.items():
-        node = key.rsplit("/", 1)[-1]
-        assert node in NODES, f"config section {key} names no node of this package"
+        node = ALL if key == ALL else key.rsplit("/", 1)[-1]
+        assert node == ALL or node in NODES, f"config section {key} names no node of this package"
         out[node] = body["ros__parameters"]
-    assert set(out) == set(NODES)
+    assert set(out) - {ALL} == set(NODES)
     return out
+
+
+def _yaml_params() -> dict[str, dict]:
+    """What each node gets: the shared block's parameters it declares, then its own block."""
+    blocks = _yaml_blocks()
+    shared = blocks.get(ALL, {})
+    return {n: {**{k: v for k, v in shared.items() if k in _declared(n)}, **blocks[n]} for n in NODES}
 
 
 @pytest.mark.parametrize("node", NODES)
 def test_yaml_sets_only_declared_parameters_with_declared_types_and_ranges(node: str) -> None:
     declared = _declared(node)
-    for name, value in _yaml_params()[node].items():
+    for name in _yaml_blocks()[node]:
         assert name in declared, f"{node}: {name} in cascade.yaml is not declared by the node"
+    for name, value in _yaml_params()[node].items():
         p = declared[name]
         assert type(value) is type(p.default), f"{node}.{name}: YAML {type(value).__name__}, declared {type(p.default).__name__}"
         if p.lo is not None:
@@ -78,13 +89,20 @@ def test_yaml_sets_only_declared_parameters_with_declared_types_and_ranges(node:
         assert not p.read_only or name not in ("model", "device", "dtype"), "models and devices come from launch arguments"
 
 
-def test_stages_agree_on_shared_parameters_and_yaml_sets_them() -> None:
-    params = _yaml_params()
+def test_the_shared_block_sets_only_parameters_some_stage_declares() -> None:
+    for name in _yaml_blocks().get(ALL, {}):
+        assert any(name in _declared(n) for n in NODES), f"/**: {name} is declared by no stage"
+
+
+def test_stages_agree_on_shared_parameters_and_yaml_sets_them_once() -> None:
+    blocks, params = _yaml_blocks(), _yaml_params()
     for name in SHARED:
         holders = [n for n in NODES if name in _declared(n)]
         assert holders, name
+        assert name in blocks[ALL], f"shared parameter {name} must be set once, in cascade.yaml's /** block"
         for n in holders:
-            assert name in params[n], f"{n}: shared parameter {name} must be set in cascade.yaml"
+            assert name not in blocks[n], f"{n}: shared parameter {name} is repeated in its own block"
+            assert name in params[n]
         values = {repr(params[n][name]) for n in holders}
         assert len(values) == 1, f"stages disagree on {name}: {values}"
 
