@@ -327,7 +327,8 @@ class VerifierStage(Stage):
             book.waited(rec, (time.perf_counter() - t_wait) * 1e3)
             if not self._alive(rec):
                 return
-            stage, tail, q = STAGE_NONE, [], None
+            stage, q = STAGE_NONE, None
+            tail: list[int] = []
             if choice is not None:
                 d, tail = choice
                 stage = d.stage
