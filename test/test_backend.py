@@ -118,6 +118,10 @@ def test_static_adapter_serves_llava_and_video_llava_images() -> None:
         assert a.token_ids == b.token_ids, (ref.name, modality)
         assert b.probs == pytest.approx(a.probs, abs=1e-5)
         assert torch.allclose(ours.score([5], [6, 7, 8, 9, 10]), ref.score([5], [6, 7, 8, 9, 10]), atol=1e-5, rtol=1e-4)
+        # a draft in hand given to the prefill: the same rows as transformers' fused prefill
+        ref.prefill(ctx, caption=a.token_ids[:4])
+        ours.prefill(ctx, caption=a.token_ids[:4])
+        assert torch.allclose(ours.score([], a.token_ids[:4]), ref.score([], a.token_ids[:4]), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="supports modalities"):
         StaticAdapter(tm.refiner.model, max_context=64, modality="video")
 

@@ -67,3 +67,4 @@ def test_a_drafter_draft_in_hand_is_used_at_once_not_held_for_the_refiner(target
     assert u.accepted_per_stage[STAGE_DRAFTER] >= len(alone) - 1  # the drafter's draft carried the caption
     # it waited for no draft: the one in hand was checked at once, and no wait ran out
     assert worker.snapshot()["draft_wait_misses"] == 0 and STAGE_REFINER not in worker.record(10).stalled
+    assert worker.snapshot()["prefills_with_draft"] == 1  # and it rode in the prefill forward: no verify of its own

@@ -330,7 +330,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         values: dict[str, object] = {
             "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.images_in.values(), **self.events_in.values(), **self.drafts_in.values(),
-            **{k: stage[k] for k in ("rounds_done", "rounds_degraded", "rounds_dropped", "rounds_pending",
+            **{k: stage[k] for k in ("rounds_done", "rounds_degraded", "rounds_dropped", "rounds_pending", "prefills_with_draft",
                                      "acceptance_drafter", "acceptance_refiner", "latency_mean_ms", "skew_clip_ms")},
             "frame_offset_configured_ms": self.cfg.frame_offset_ns / 1e6,
             "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None and est.identifiable() else math.nan,

@@ -213,8 +213,12 @@ class StaticAdapter(CachedRowsAdapter):
         self._prepared = (context, self.encoder.submit(context.pixel_values))
 
     @torch.inference_mode()
-    def prefill(self, context: StageContext) -> None:
-        """Reset the cache and run the context (prompt + pixels) once; eager, not graphed."""
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
+        """Reset the cache and run the context (prompt + pixels) once; eager, not graphed.
+
+        ``caption`` tokens (a draft in hand) follow in one graphed step after it: on a GPU a step is
+        cheap next to the prefill, so they are not folded into the eager forward.
+        """
         if self._prepared is not None and self._prepared[0] is context:
             encoded = self._prepared[1]
         else:
@@ -235,6 +239,9 @@ class StaticAdapter(CachedRowsAdapter):
         self.cache.reset(len(context.input_ids))
         self._rows[0].copy_(logits[0])
         self._context = context
+        if caption:
+            self._check_ids(caption, "caption")
+            self._sync(caption)
 
 
 StaticVerifierAdapter = StaticAdapter  # the name it had while it served the verifier only

@@ -117,7 +117,7 @@ class ModelAdapter(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def prefill(self, context: StageContext) -> None: ...
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None: ...
 
     def propose(
         self,
@@ -199,7 +199,8 @@ class CachedRowsAdapter(abc.ABC):
     A subclass owns the model and its cache and keeps `self._rows` (float32 `[cap, V]`): row i holds
     the next-token logits after context + caption[:i]. It implements
 
-    * `prefill(context)`: reset the cache, run the context, set `self._context` and row 0;
+    * `prefill(context, caption=())`: reset the cache, run the context (and the given caption tokens
+      after it, in the same forward), set `self._context` and rows `0 .. len(caption)`;
     * `_sync(tokens)`: make the cache hold context + `tokens` (keep the common prefix, feed the rest),
       so rows `0 .. len(tokens)` are valid;
     * `_feed(ids, row)`: run device ids `[n]` at caption positions `row .. row+n-1` after the cache and
@@ -244,8 +245,8 @@ class CachedRowsAdapter(abc.ABC):
 
     # ----------------------------------------------------------------- subclass hooks
     @abc.abstractmethod
-    def prefill(self, context: StageContext) -> None:
-        """See the class docstring."""
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
+        """See the class docstring; ``caption`` tokens (a draft in hand) ride along in the same forward."""
 
     @abc.abstractmethod
     def _sync(self, tokens: Sequence[int]) -> None:
@@ -435,11 +436,17 @@ class HFAdapter(CachedRowsAdapter):
 
     # ----------------------------------------------------------------- public API
     @torch.inference_mode()
-    def prefill(self, context: StageContext) -> None:
-        """Reset the cache and run the context (prompt + pixels) through the model once."""
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
+        """Reset the cache and run the context (prompt + pixels) through the model once.
+
+        ``caption``: tokens that follow the context (a draft already in hand), fed in the same forward
+        so that scoring them afterwards costs nothing: on a CPU a prefill of L + 4 positions costs
+        about what L alone does, while a separate verify forward costs a decode step.
+        """
         if context.modality != self.modality:
             raise ValueError(f"adapter {self.name!r} takes {self.modality} contexts, got {context.modality}")
         self._check_ids(context.input_ids, "prompt")
+        self._check_ids(caption, "caption")
         cfg = self.model.config
         kwargs: dict[str, torch.Tensor] = {}
         if context.modality != "text":
@@ -454,12 +461,21 @@ class HFAdapter(CachedRowsAdapter):
             kwargs[key] = pixels
         self._cache = cache_ops.new_cache(cfg)
         self._tokens = []
-        ids = torch.tensor([context.input_ids], dtype=torch.long, device=self.device)  # [1, L]
-        out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1, **kwargs)
+        self._context = None  # until this prefill completes, no earlier context is valid either
+        tail = [int(t) for t in caption]
+        late: list[int] = []
+        if context.modality != "text" and media_token_id(cfg, context.modality) in tail:  # type: ignore[arg-type]
+            tail, late = [], tail  # a placeholder id in a draft would be taken for media: fed after instead
+        ids = torch.tensor([[*context.input_ids, *tail]], dtype=torch.long, device=self.device)  # [1, L+n]
+        out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
+                         logits_to_keep=1 + len(tail), **kwargs)
         self.forwards += 1
         self._context = context
         self._context_len = len(context.input_ids)
-        self._store_rows(0, out.logits[0, -1:].float())  # [1, V]
+        self._tokens = tail
+        self._store_rows(0, out.logits[0].float())  # [1+n, V]: rows 0 .. n
+        if late:
+            self._sync(late)
 
 
 def check_same_vocab(adapters: Sequence[ModelAdapter]) -> None:

@@ -231,7 +231,8 @@ class ScriptedDrafter:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def prefill(self, context: StageContext) -> None:
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
+        del caption  # scoring is a pure function of the prefix here: nothing to keep
         self.forwards += 1
 
     def _next(self, prefix: Sequence[int]) -> int:
@@ -307,7 +308,8 @@ class TableLM:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def prefill(self, context: StageContext) -> None:
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
+        del caption  # scoring is a pure function of the prefix here: nothing to keep
         self._context = tuple(context.input_ids)
         self._memo = {}
         if self.base is not None and self.base._context != self._context:

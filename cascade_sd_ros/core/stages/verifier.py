@@ -19,7 +19,7 @@ import torch
 from cascade_sd_ros.core.modes import ModeRules, two_point_q
 from cascade_sd_ros.core.names import NODE_OF_STAGE, STAGE_DRAFTER, STAGE_NAMES, STAGE_NONE, STAGE_REFINER
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
-from cascade_sd_ros.core.spec.steps import verify_step
+from cascade_sd_ros.core.spec.steps import cut_draft, verify_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
 
@@ -128,7 +128,7 @@ class VerifierStage(Stage):
         self.max_pending = max_pending
         self.liveness_s = liveness_s
         self._draft_wait = DraftWait(draft_wait_s)
-        self._counts.update(rounds_done=0, rounds_dropped=0, rounds_degraded=0)
+        self._counts.update(rounds_done=0, rounds_dropped=0, rounds_degraded=0, prefills_with_draft=0)
         self._finals: OrderedDict[int, CaptionUpdate] = OrderedDict()
         self._last_final: CaptionUpdate | None = None  # of the present timeline (None after a reset)
         self._drafted = [0, 0]  # over final captions, per upstream stage
@@ -312,9 +312,14 @@ class VerifierStage(Stage):
             self._finish(self._update(rec, inp, True, 0, 0, STAGE_NONE, inp.degraded_reason or "no frames"))
             return
         adapter = self.model.adapter
+        # a draft already in hand rides in the prefill forward: its verification then costs nothing
+        in_hand = book.best_draft(rec.round_id, self.use_stages)
+        ahead = [] if in_hand is None else cut_draft(in_hand[1], self.max_new_tokens, adapter.eos_token_id)
         t0 = time.perf_counter()
-        adapter.prefill(self.model.context(inp.pixels, rec.question))
+        adapter.prefill(self.model.context(inp.pixels, rec.question), caption=ahead)
         book.spent(rec, prefill_ms=(time.perf_counter() - t0) * 1e3)
+        if ahead:
+            self._count("prefills_with_draft")
         with self._lock:
             started = self._counts["rounds_done"] > 0
         if started:  # stages silent for a while cost no wait at all; a draft from them revives them
