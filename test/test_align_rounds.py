@@ -100,3 +100,26 @@ def test_focus_skips_rounds_the_verifier_moved_past_and_reset_voids_all() -> Non
     assert book.focus().round_id == 3
     book.reset()
     assert len(book) == 0 and book.focus() is None and book.resets == 1
+
+
+def test_a_stages_look_ahead_drafts_are_chained_into_one_draft() -> None:
+    """A drafter that ran ahead in two drafts of 3 is checked as one draft of 6 (one verify forward);
+    a draft of another speculation does not join the chain, and the chain stops where drafts do."""
+    book = RoundBook()
+    book.open(3, 300)
+    book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=0, token_ids=(1, 2, 3),
+                                 confidence=(0.9, 0.8, 0.7), compute_ms=1.0))
+    book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=3, token_ids=(4, 5, 6),
+                                 confidence=(0.6, 0.5, 0.4), compute_ms=2.0))
+    book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=3, token_ids=(7,)))  # shorter: not chosen
+    book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=9, token_ids=(8,)))  # leaves a gap: never joins
+    d, tail = book.best_draft(3, [1, 0])
+    assert tail == [1, 2, 3, 4, 5, 6] and list(d.token_ids) == tail and d.start_position == 0
+    assert d.confidence == (0.9, 0.8, 0.7, 0.6, 0.5, 0.4) and d.compute_ms == 3.0 and d.stage == 0
+    # after a commit of [1, 2], the chain continues from the part still ahead of it
+    book.commit(3, [1, 2], stage=0, drafted=3, accepted=2, final=False)
+    d, tail = book.best_draft(3, [0])
+    assert tail == [3, 4, 5, 6] and d.confidence == (0.7, 0.6, 0.5, 0.4)
+    # a correction that disagrees with both drafts leaves nothing to chain
+    book.commit(3, [9, 9], stage=STAGE_NONE, drafted=0, accepted=0, final=False)
+    assert book.best_draft(3, [0]) is None

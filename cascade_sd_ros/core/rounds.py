@@ -88,6 +88,36 @@ class Draft:
     received_wall_s: float = field(default_factory=time.monotonic)
 
 
+def _chained(first: tuple[Draft, list[int]], drafts: Sequence[Draft], prefix: list[int]) -> tuple[Draft, list[int]]:
+    """``first`` extended by whichever of one stage's ``drafts`` continue it furthest, repeatedly; the
+    result is one :class:`Draft` whose tokens are exactly the tail beyond ``prefix``."""
+    parts, tail = [first], list(first[1])
+    while True:
+        seq = prefix + tail
+        more = [(d, continuation(seq, d.start_position, d.token_ids)) for d in drafts]
+        more = [(d, t) for d, t in more if t]
+        if not more:
+            break
+        nxt = max(more, key=lambda m: (len(m[1]), m[0].received_wall_s))
+        parts.append(nxt)
+        tail += nxt[1]
+    if len(parts) == 1:
+        return first
+    head = first[0]
+    confidence: list[float] = []
+    for d, t in parts:
+        confidence += d.confidence[len(d.token_ids) - len(t):] if d.confidence else [1.0] * len(t)
+    merged = Draft(
+        stage=head.stage, commit_seq=head.commit_seq, start_position=len(prefix), token_ids=tuple(tail),
+        confidence=tuple(confidence), upstream_drafted=sum(d.upstream_drafted for d, _ in parts),
+        upstream_accepted=sum(d.upstream_accepted for d, _ in parts),
+        compute_ms=sum(d.compute_ms for d, _ in parts), degraded=any(d.degraded for d, _ in parts),
+        degraded_reason=next((d.degraded_reason for d, _ in parts if d.degraded_reason), ""),
+        received_wall_s=max(d.received_wall_s for d, _ in parts),
+    )
+    return merged, tail
+
+
 @dataclass
 class RoundRecord:
     """What one round has committed and what it cost. Mutated only under its book's lock."""
@@ -262,12 +292,15 @@ class RoundBook:
         self, round_id: int, stages: Sequence[int], base: Sequence[int] | None = None
     ) -> tuple[Draft, list[int]] | None:
         """The draft to check next: among ``stages`` (in order of preference), the one continuing
-        ``base`` (default: the commit) furthest; ties go to the newest."""
+        ``base`` (default: the commit) furthest; ties go to the newest. A stage's look-ahead drafts
+        that continue it (drafted on its own speculation before a commit came) are chained on, so the
+        verifier checks all of it in one forward: a drafter that ran 8 tokens ahead in two drafts of 4
+        gives one draft of 8, not two verify steps."""
         with self.lock:
             rec = self._rounds.get(round_id)
             if rec is None:
                 return None
-            prefix = rec.committed if base is None else base
+            prefix = list(rec.committed if base is None else base)
             for stage in stages:
                 best: tuple[Draft, list[int]] | None = None
                 for d in rec.drafts:
@@ -277,7 +310,7 @@ class RoundBook:
                     if tail and (best is None or len(tail) >= len(best[1])):
                         best = (d, tail)
                 if best is not None:
-                    return best
+                    return _chained(best, [d for d in rec.drafts if d.stage == stage], prefix)
             return None
 
     def focus(self) -> RoundRecord | None:
