@@ -49,6 +49,9 @@ class ReplaySettings:
     stall_s: float = 60.0
     drain_timeout_s: float = 120.0
     drain_quiet_s: float = 15.0
+    # the stage nodes in processes of their own, as on a robot (paced replays); fast mode's
+    # back-pressure needs them on the replay's executor, so it always composes them in this process
+    processes: bool = True
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
@@ -149,6 +152,9 @@ class RecordedAlone:
         self._wanted: list[int] = []
         self.missing: list[int] = []
 
+    def on_record(self, msgtype: str, raw: bytes) -> None:
+        """Nothing to see: the captions were recorded in the first pass."""
+
     def on_final(self, round_id: int, t_ns: int) -> None:
         self._wanted.append(round_id)
 
@@ -199,6 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speed reference: a second pass of the bag through the verifier node alone, with the "
                              "target's bare cost on the same clips beside it (pass, default); the target decoding "
                              "each round's clip bare after the cascade, no ROS (offline); or none")
+    parser.add_argument("--one-process", action="store_true",
+                        help="compose the stage nodes in this process (default for --fast; a paced replay "
+                             "otherwise starts each stage as a process of its own, as on a robot)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stall-s", type=_positive_float, default=60.0,
                         help="fast mode: stop waiting for a round after this many wall seconds")
@@ -238,12 +247,26 @@ def speed_lines(sp: dict[str, Any]) -> list[str]:
 
 
 def _make_bare(pipeline: Any) -> ReferenceRun | None:
-    """The target's bare decode of each round's clip, on the cascade pipeline's own target model."""
-    from cascade_sd_ros.tools.replay_baseline import BareTarget
+    """The target's bare decode of each round's clip: in one process on the pipeline's own target
+    model and the verifier's kept clips; with the stages in their own processes on the same target
+    loaded here and the verifier's clip rule over the frames the replay published."""
+    from cascade_sd_ros.tools.replay_baseline import BareTarget, verifier_clips
+    from cascade_sd_ros.tools.replay_processes import BagClips, ProcessPipeline
 
     verifier = getattr(pipeline, "verifier", None)
+    if verifier is None:
+        return None
+    if isinstance(pipeline, ProcessPipeline):
+        from cascade_sd_ros.core.stage_model import load_stage_model
+        from cascade_sd_ros.nodes.video_verifier import PARAMS
+
+        config = pipeline.config
+        target = load_stage_model(config.source("target"), "target", device=config.device, dtype=config.dtype)
+        params = {**{p.name: p.default for p in PARAMS}, **config.params.get("common", {}),
+                  **config.params.get("video_verifier", {})}
+        return BareTarget(target, int(params["max_new_tokens"]), BagClips.for_verifier(config.params))
     target = getattr(pipeline, "models", {}).get("target")
-    return None if verifier is None or target is None else BareTarget(verifier, target)
+    return None if target is None else BareTarget(target, int(verifier.cfg.max_new_tokens), verifier_clips(verifier))
 
 
 def _check_vocabularies(settings: ReplaySettings) -> None:
@@ -274,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ReplaySettings(
         bag=args.bag, out_dir=out_dir, rate=None if args.fast else args.rate, remaps=remaps, mode=args.mode,
         models=models, params=params, rounds=args.rounds, device=args.device, baseline=args.baseline,
-        progress=not args.no_progress, stall_s=args.stall_s)
+        progress=not args.no_progress, stall_s=args.stall_s, processes=not (args.one_process or args.fast))
     try:
         _check_vocabularies(settings)  # a mix of vocabularies: one line, before the bag is read
         result = run_replay(settings, make_pipeline, _make_bare)

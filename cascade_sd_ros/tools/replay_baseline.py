@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,27 +27,50 @@ from cascade_sd_ros.tools.replay_report import BARE_MODE
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
 
 
-class BareTarget:
-    """Captures the verifier's round inputs while the replay runs, decodes them bare afterwards."""
+#: (round id, T [ns]) -> (clip frames uint8 [F, H, W, 3], question), or None when the round had none.
+ClipSource = Callable[[int, int], "tuple[np.ndarray, str] | None"]
 
-    def __init__(self, verifier: Any, target: Any) -> None:
-        if verifier is None or target is None:
-            raise ValueError("the bare target needs the pipeline's video_verifier node and target model")
-        self._verifier = verifier
+
+def verifier_clips(verifier: Any) -> ClipSource:
+    """The clips a verifier node in this process kept (``VideoVerifier.inputs``)."""
+    def clip(round_id: int, _t_ns: int) -> tuple[np.ndarray, str] | None:
+        inputs = verifier.inputs.get(round_id)
+        return None if inputs is None else (np.asarray(inputs.frames), inputs.question)
+    return clip
+
+
+class BareTarget:
+    """Captures each finished round's clip while the replay runs, decodes them bare afterwards.
+
+    ``clips`` gives a round's clip when its final caption arrives: the verifier node's own memory
+    (:func:`verifier_clips`, one process) or the verifier's clip rule over the published frames
+    (``replay_processes.BagClips``, stages in their own processes), whose ``on_record`` sees them.
+    """
+
+    def __init__(self, target: Any, max_new_tokens: int, clips: ClipSource) -> None:
+        if target is None:
+            raise ValueError("the bare target needs the target model")
         self._target = target  # StageModel (adapter, context builder, decode)
-        self._max_new_tokens = int(verifier.cfg.max_new_tokens)
-        self._captured: dict[int, tuple[int, Any]] = {}  # round id -> (T [ns], RoundInputs)
+        self._max_new_tokens = int(max_new_tokens)
+        self._clips = clips
+        self._captured: dict[int, tuple[int, np.ndarray, str]] = {}  # round id -> (T [ns], frames, question)
         self._lock = threading.Lock()
         self.missing: list[int] = []  # final rounds without kept inputs (no frames: nothing to verify)
 
+    def on_record(self, msgtype: str, raw: bytes) -> None:
+        """A record the player published (player thread): a clip source that rebuilds clips sees it."""
+        feed = getattr(self._clips, "on_record", None)
+        if feed is not None:
+            feed(msgtype, raw)
+
     def on_final(self, round_id: int, t_ns: int) -> None:
         """A final caption arrived (recorder thread): keep that round's clip and question."""
-        inputs = self._verifier.inputs.get(round_id)
+        clip = self._clips(round_id, t_ns)
         with self._lock:
-            if inputs is None:
+            if clip is None:
                 self.missing.append(round_id)
             else:
-                self._captured[round_id] = (t_ns, inputs)
+                self._captured[round_id] = (t_ns, clip[0], clip[1])
 
     @torch.inference_mode()
     def run(self) -> list[tuple[int, bytes]]:
@@ -56,8 +79,8 @@ class BareTarget:
         with self._lock:
             rounds = sorted(self._captured.items())
         out: list[tuple[int, bytes]] = []
-        for round_id, (t_ns, inputs) in rounds:
-            bare = bare_caption(self._target, np.asarray(inputs.frames), inputs.question, self._max_new_tokens)
+        for round_id, (t_ns, frames, question) in rounds:
+            bare = bare_caption(self._target, frames, question, self._max_new_tokens)
             tokens = bare.tokens
             # The first token comes from the prefill's logits; every later one costs one forward.
             forwards = max(0, len(tokens) - 1)

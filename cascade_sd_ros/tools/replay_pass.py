@@ -40,6 +40,8 @@ class ReferenceRun(Protocol):
 
     missing: list[int]  # final rounds it had no inputs for
 
+    def on_record(self, msgtype: str, raw: bytes) -> None: ...  # called for every record the player published
+
     def on_final(self, round_id: int, t_ns: int) -> None: ...  # called as each final caption arrives
 
     def run(self) -> list[tuple[int, bytes]]: ...  # after playback: (T [ns], serialised VerifiedCaption)
@@ -75,6 +77,8 @@ def _echo_windows(nodes: list[Any], topics: dict[str, str]) -> dict[str, int]:
     window = {topic: MAX_ECHO_WINDOW for topic in topics}  # no node reads it: no limit of its own
     for sub in (sub for node in nodes for sub in node.subscriptions):
         qos = sub.qos_profile
+        if qos is None:
+            continue  # a node in another process whose profile the graph did not give
         depth = qos.depth if qos.history == HistoryPolicy.KEEP_LAST else 2 * MAX_ECHO_WINDOW
         if sub.topic_name in window:
             window[sub.topic_name] = min(window[sub.topic_name], max(1, depth // 2))
@@ -100,6 +104,12 @@ def _input_counts(nodes: list[Any]) -> dict[str, dict[str, dict[str, int]]]:
     out: dict[str, dict[str, dict[str, int]]] = {}
     for node in nodes:
         subscribed = {sub.topic_name.rsplit("/", 1)[-1] for sub in node.subscriptions}
+        remote = getattr(node, "input_counts", None)  # a node in another process: its diagnostics say
+        if remote is not None:
+            for name, counts in remote().items():
+                if name not in STREAM_TOPICS or STREAM_TOPICS[name] in subscribed:
+                    out.setdefault(node.get_name(), {})[name] = counts
+            continue
         for value in vars(node).values():
             if all(hasattr(value, a) for a in ("name", "received", "malformed", "dropped")):
                 if value.name in STREAM_TOPICS and STREAM_TOPICS[value.name] not in subscribed:
@@ -216,6 +226,8 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
             # Ground truth is part of the evaluation: keep it in the output bag beside the captions.
             if rec.msgtype == GROUND_TRUTH_TYPE:
                 recorder.write(rec.topic, rec.msgtype, rec.t_ns, rec.raw)
+            for ref in refs.values():
+                ref.on_record(rec.msgtype, rec.raw)
 
         window = _echo_windows(pipeline.nodes, topics)
         player = Player(player_node, scheduler, scan.end_ns, echo_window=window,
@@ -249,6 +261,8 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
         spin_thread.start()
 
         unmatched, unfed = _discover(pipeline.nodes, [o.name for o in outputs], topics)
+        # nodes in other processes are matched in the graph a moment before their readers take data
+        time.sleep(getattr(pipeline, "match_settle_s", 0.0))
 
         stats = player.play(iter_records(scan))
         received = _settled_input_counts(pipeline.nodes, stats.published, topics)

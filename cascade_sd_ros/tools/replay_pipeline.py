@@ -121,12 +121,17 @@ def merge_params(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
 
 
 def make_pipeline(context: Any, settings: Any) -> Any:
-    """The three stage nodes on ``use_sim_time`` in ``context`` (models loaded once, not spinning)."""
+    """The stage nodes on ``use_sim_time``: each in a process of its own (``settings.processes``,
+    replay_processes) or in ``context`` on one executor (models loaded once, not spinning)."""
     from cascade_sd_ros.tools.pipeline import PipelineConfig, build_pipeline
 
     config = PipelineConfig(models=dict(settings.models), stages=tuple(settings.stages), device=settings.device,
                             use_sim_time=True, executor="multi-threaded",
                             params=replay_params(settings.mode, settings.params), collect_captions=False)
+    if getattr(settings, "processes", False) and settings.rate is not None:
+        from cascade_sd_ros.tools.replay_processes import ProcessPipeline
+
+        return ProcessPipeline(config, context)
     return build_pipeline(config, context)
 
 
