@@ -181,6 +181,9 @@ def sensor_qos(params: dict[str, Any]) -> QoSProfile:
     )
 
 
+DIAGNOSTICS_PERIOD_S = 1.0  # [s] each stage's /diagnostics, on the steady clock
+
+
 class InputStats:
     """Counts and rates of one input, and malformed messages logged once per throttle period."""
 
@@ -342,6 +345,14 @@ class StageNode(Node, Generic[C]):
         """Timers too: a diagnostics tick that fails is counted, and the next one runs."""
         name = getattr(callback, "__name__", "timer").lstrip("_")
         return super().create_timer(timer_period_sec, self.guard.wrap(f"timer {name}", callback), *args, **kwargs)
+
+    def create_diagnostics_timer(self, callback: Callable[[], Any], callback_group: Any) -> Any:
+        """The diagnostics tick, on the steady clock rather than the node's: a node on sim time whose
+        bag paused or ended still reports, so a replay reads each node's final input counts."""
+        from rclpy.clock import Clock, ClockType
+
+        return self.create_timer(DIAGNOSTICS_PERIOD_S, callback, callback_group=callback_group,
+                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def worker_output(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """What the worker thread calls to publish. Once the context is shut down (Ctrl-C reaches

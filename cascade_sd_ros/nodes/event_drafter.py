@@ -98,7 +98,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        self.create_timer(1.0, self.publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_diagnostics_timer(self.publish_diagnostics, MutuallyExclusiveCallbackGroup())
         self.stage = DrafterStage(
             self.model, self._resolve, self.worker_output(self._publish), gamma=self.cfg.gamma,
             lookahead=self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens, question=self.cfg.prompt,

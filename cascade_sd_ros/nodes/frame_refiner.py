@@ -137,7 +137,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        self.create_timer(1.0, self.publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_diagnostics_timer(self.publish_diagnostics, MutuallyExclusiveCallbackGroup())
         self.stage = RefinerStage(
             self.model, self._resolve, self.worker_output(self._publish), rules=self.cfg.rules, gamma=self.cfg.gamma,
             lookahead=self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens, max_wait_s=self.cfg.max_wait_s,

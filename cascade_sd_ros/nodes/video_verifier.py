@@ -202,7 +202,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos,
                                      callback_group=MutuallyExclusiveCallbackGroup())
         timers = MutuallyExclusiveCallbackGroup()
-        self.create_timer(1.0, self.publish_diagnostics, callback_group=timers)
+        self.create_diagnostics_timer(self.publish_diagnostics, timers)
         self.create_timer(0.05, self._check_prompt, callback_group=timers)
         self.stage = VerifierStage(
             self.model, self._resolve, self.worker_output(self._emit), rules=self.cfg.rules,
