@@ -104,3 +104,32 @@ def test_a_paced_replay_runs_the_stages_as_processes_and_loses_nothing(tmp_path:
     assert sp["lossless_match"] == 1.0
     # the bare reference rebuilt the verifier's clips from the published frames: same captions
     assert sp["bare_match"] == 1.0 and doc["run"]["baseline"]["target_bare"]["rounds"] >= 2
+
+
+def test_a_record_dds_refuses_is_counted_and_the_replay_goes_on() -> None:
+    """A reliable reader far behind fills the writer's history: rclpy raises RCLError on publish. The
+    player counts it per topic (a sensor would have dropped it too) and plays the rest."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+    from cascade_sd_ros.tools.replay_player import Player
+    from cascade_sd_ros.tools.replay_schedule import Scheduler
+    from cascade_sd_ros.tools.replay_source import Record
+
+    class Node:
+        published: list[int] = []
+
+        def publish_clock(self, t_ns: int, force: bool = False) -> None:
+            pass
+
+        def publish_raw(self, topic: str, raw: bytes) -> None:
+            if raw == b"2":
+                raise _rclpy.RCLError("Failed to publish: cannot publish data")
+            self.published.append(int(raw))
+
+    records = [Record("/events", "event_camera_msgs/msg/EventPacket", 10**9 + i * MS, str(i).encode()) for i in range(5)]
+    seen: list[bytes] = []
+    player = Player(Node(), Scheduler(start_bag_ns=10**9, rate=50.0), records[-1].t_ns,  # type: ignore[arg-type]
+                    settle_s=0.01, drain_quiet_s=0.05, on_record=lambda rec, _clock: seen.append(rec.raw))
+    stats = player.play(records)
+    assert Node.published == [0, 1, 3, 4] and seen == [b"0", b"1", b"3", b"4"]
+    assert stats.published == {"/events": 4} and stats.publish_failures == {"/events": 1}

@@ -284,6 +284,7 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
             "superseded_rounds": sorted(scheduler.tracker.superseded),
             "rounds_opened": scheduler.tracker.opened,
             "published": stats.published,
+            "publish_failures": stats.publish_failures,
             "node_inputs_received": received,
             "input_losses": _input_losses(received, stats.published, topics),
             "unmatched_topics": unmatched,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -39,6 +40,9 @@ class PlayStats:
     drain_timed_out: bool = False
     unfinished_rounds: list[int] = field(default_factory=list)  # open when the drain stopped
     echo_timeouts: int = 0  # fast mode: records whose echo did not come back in time
+    # topic -> records DDS refused (a reliable reader so far behind that the writer's history stayed
+    # full past its blocking time): a sensor would have dropped them too; counted, never fatal
+    publish_failures: dict[str, int] = field(default_factory=dict)
 
 
 class PlayerNode(Node):
@@ -177,7 +181,11 @@ class Player:
                 if action.gated:
                     self.stats.held_s += time.monotonic() - t
                 self.progress.update(self._state(held=action.gated))
-            self.node.publish_raw(rec.topic, rec.raw)
+            try:
+                self.node.publish_raw(rec.topic, rec.raw)
+            except _rclpy.RCLError:
+                self.stats.publish_failures[rec.topic] = self.stats.publish_failures.get(rec.topic, 0) + 1
+                continue
             self.stats.published[rec.topic] = self.stats.published.get(rec.topic, 0) + 1
             if self.on_record is not None:
                 self.on_record(rec, action.clock_ns)
