@@ -287,9 +287,10 @@ def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: 
         d.vocab_fingerprint = run.pipeline.verifier.model.vocab.fingerprint  # its own vocabulary: parsed, refused
         pub_draft.publish(d)
         verifier, drafter = run.pipeline.stage_nodes["verifier"], run.pipeline.stage_nodes["drafter"]
+        refiner = run.pipeline.stage_nodes["refiner"]
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (verifier.images_in.malformed < 4 or drafter.events_in.malformed < 1
-                                               or verifier.drafts_in.malformed < 1):
+        while time.monotonic() < deadline and (verifier.images_in.malformed < 4 or refiner.images_in.malformed < 4
+                                               or drafter.events_in.malformed < 1 or verifier.drafts_in.malformed < 1):
             time.sleep(0.05)
         assert verifier.images_in.malformed == 4
         assert run.pipeline.stage_nodes["refiner"].images_in.malformed == 4
