@@ -391,7 +391,7 @@ def _tiny_stage(
 def _folder_stage(
     folder: Path, role: Role, device: torch.device, dtype: torch.dtype, backend: str, static: _StaticSizing
 ) -> StageModel:
-    from transformers import AutoTokenizer, VideoLlavaImageProcessor
+    from transformers import AutoTokenizer
 
     from cascade_sd_ros.core.spec.adapter import load_hf_model
 
@@ -404,10 +404,36 @@ def _folder_stage(
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"{role} model folder {folder}: no usable tokenizer ({exc})") from None
-    processor = VideoLlavaImageProcessor.from_pretrained(folder, local_files_only=True)
+    processor = folder_image_processor(folder)
     return stage_model_from_hf(model, role, tokenizer, processor, backend=backend,
                                max_new_tokens=static.max_new_tokens, source=str(folder),
                                vocab=tokenizer_vocabulary(tokenizer, _folder_tokenizer_name(folder)))
+
+
+def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
+    """The folder's pixel pipeline as a ``VideoLlavaImageProcessor`` (torchvision-free): CLIP-style
+    configs (Video-LLaVA, LLaVA-1.5, EventGPT: shortest-edge resize, centre crop) load as they are;
+    a SigLIP config (llava-interleave-qwen, LLaVA-OneVision: a plain resize to height x width, no
+    crop, mean and std 0.5) becomes the same steps with the crop turned off."""
+    from transformers import VideoLlavaImageProcessor
+
+    spec = json.loads((folder / "preprocessor_config.json").read_text())
+    if not isinstance(spec, dict):
+        raise ValueError(f"{folder}/preprocessor_config.json is not a JSON object")
+    kind = str(spec.get("image_processor_type", ""))
+    if not kind.startswith("Siglip"):
+        return VideoLlavaImageProcessor.from_pretrained(folder, local_files_only=True)
+    size = spec.get("size") or {}
+    try:
+        hw = {"height": int(size["height"]), "width": int(size["width"])}
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{folder}/preprocessor_config.json: {kind} needs size.height and size.width, "
+                         f"got {size!r}") from None
+    return VideoLlavaImageProcessor(
+        do_resize=bool(spec.get("do_resize", True)), size=hw, resample=int(spec.get("resample", 3)),
+        do_center_crop=False, crop_size=hw, do_rescale=bool(spec.get("do_rescale", True)),
+        rescale_factor=float(spec.get("rescale_factor", 1 / 255)), do_normalize=bool(spec.get("do_normalize", True)),
+        image_mean=spec.get("image_mean", [0.5, 0.5, 0.5]), image_std=spec.get("image_std", [0.5, 0.5, 0.5]))
 
 
 def stage_model_from_hf(

@@ -64,13 +64,16 @@ def media_token_count(config: PretrainedConfig, modality: str, num_frames: int =
     if vision is None:
         raise ValueError(f"model type {config.model_type!r} has no vision tower for {modality!r}")
     patches = (int(vision.image_size) // int(vision.patch_size)) ** 2
+    # CLIP towers prepend a CLS vector; SigLIP's (llava-interleave-qwen, LLaVA-OneVision) has none,
+    # so its "full" features are the patches alone
+    cls = 0 if getattr(vision, "model_type", "") == "siglip_vision_model" else 1
     if modality == "video":
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         return num_frames * (patches + 1)  # VideoLlava keeps CLS for every frame
     if modality == "image":
         strategy = getattr(config, "vision_feature_select_strategy", "default")
-        return patches if strategy == "default" else patches + 1
+        return patches if strategy == "default" else patches + cls
     raise ValueError(f"unknown modality {modality!r}")
 
 
