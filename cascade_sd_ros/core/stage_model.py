@@ -399,6 +399,10 @@ def _folder_stage(
         raise FileNotFoundError(f"{role} model folder {folder} does not exist")
     if not (folder / "preprocessor_config.json").is_file():
         raise FileNotFoundError(f"{role} model folder {folder} has no preprocessor_config.json")
+    from cascade_sd_ros.core.eventgpt import is_eventgpt_folder
+
+    if is_eventgpt_folder(folder):
+        return _eventgpt_stage(folder, role, device, dtype, backend)
     model = load_hf_model(folder, device=device, dtype=dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -408,6 +412,39 @@ def _folder_stage(
     return stage_model_from_hf(model, role, tokenizer, processor, backend=backend,
                                max_new_tokens=static.max_new_tokens, source=str(folder),
                                vocab=tokenizer_vocabulary(tokenizer, _folder_tokenizer_name(folder)))
+
+
+def _eventgpt_stage(folder: Path, role: Role, device: torch.device, dtype: torch.dtype, backend: str) -> StageModel:
+    """An EventGPT release folder as an image stage (event images in, the drafter's place)."""
+    from transformers import AutoTokenizer
+
+    from cascade_sd_ros.core.eventgpt import EventGPTAdapter, eventgpt_prompt_ids, load_eventgpt
+    from cascade_sd_ros.core.spec.preprocess import preprocess_image
+
+    if role == "target":
+        raise ValueError(f"target model in {folder} is EventGPT, which takes event images; the target needs a video model")
+    if backend == "cuda-graphs":
+        raise ValueError(f"backend cuda-graphs: the {role} model in {folder} is EventGPT, which the static path does not "
+                         "serve (backend auto or transformers)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{role} model folder {folder}: no usable tokenizer ({exc})") from None
+    model = load_eventgpt(folder, device, dtype)
+    adapter = EventGPTAdapter(model, placeholder_id=int(tokenizer.unk_token_id), name=role)
+    processor = folder_image_processor(folder)
+    positions = adapter.expected_media_tokens(1)
+
+    def build(pixels: np.ndarray, question: str) -> StageContext:
+        ids = eventgpt_prompt_ids(tokenizer, question, positions)
+        return StageContext(ids, preprocess_image(processor, pixels).to(dtype), "image")
+
+    def decode(token_ids: list[int]) -> str:
+        return str(tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    why = "EventGPT runs on transformers' Llama (the static path serves LLaVA-family models)"
+    return StageModel(role, adapter, 1, model.image_size, build, decode, tokenizer_vocabulary(tokenizer),
+                      BackendChoice("transformers", why))
 
 
 def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:

@@ -65,9 +65,9 @@ def _llama(tok: PreTrainedTokenizerFast, layers: int = 2) -> LlamaConfig:
                        pad_token_id=tok.pad_token_id)
 
 
-def _clip(hidden: int = HIDDEN) -> CLIPVisionConfig:
+def _clip(hidden: int = HIDDEN, heads: int = 2) -> CLIPVisionConfig:
     return CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                            num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=hidden)
+                            num_attention_heads=heads, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=hidden)
 
 
 def _clip_processor(folder: Path) -> None:
@@ -135,7 +135,7 @@ def llava_qwen(folder: Path, seed: int = 2) -> Path:
     return folder
 
 
-def eventgpt(folder: Path, seed: int = 3, adaptor: bool = True, vision_hidden: int = 24) -> Path:
+def eventgpt(folder: Path, seed: int = 3, adaptor: bool = True, vision_hidden: int = 64) -> Path:
     """An EventGPT release folder (its own key names; our loader, not transformers, reads it)."""
     tok = vicuna_tokenizer()
     torch.manual_seed(seed)
@@ -143,9 +143,11 @@ def eventgpt(folder: Path, seed: int = 3, adaptor: bool = True, vision_hidden: i
 
     llama = _llama(tok)
     lm = LlamaForCausalLM(llama).eval()
-    tower = CLIPVisionModel(_clip(vision_hidden)).eval()
+    tower = CLIPVisionModel(_clip(vision_hidden, heads=max(1, vision_hidden // 64))).eval()  # CLIP: 64-wide heads
     state = {k: v.contiguous() for k, v in lm.state_dict().items()}
-    state.update({f"model.visual_tower.visual_tower.{k}": v.contiguous() for k, v in tower.state_dict().items()})
+    # the release was saved by transformers 4: the tower's tensors under "vision_model."
+    state.update({f"model.visual_tower.visual_tower.vision_model.{k}": v.contiguous()
+                  for k, v in tower.state_dict().items()})
     state["model.visual_projector.0.weight"] = torch.randn(HIDDEN, vision_hidden) * 0.05
     state["model.visual_projector.0.bias"] = torch.zeros(HIDDEN)
     state["model.visual_projector.2.weight"] = torch.randn(HIDDEN, HIDDEN) * 0.05
