@@ -10,6 +10,12 @@ On the same models and prompts, in one run: tokens/s of
   the engine-vs-engine comparison);
 * `engine 2-stage (event drafter)` and `engine 3-stage` — drafter on its own image (event frame),
   refiner on one RGB frame, target on the video: the cascade this package is for;
+* zoo only, a drafter with another tokenizer (issue 16): `foreign-tokenizer drafter` — the zoo drafter
+  under a different tokenizer (`core.zoo.foreign`: other ids, specials, word marks), drafting as text
+  through `core.spec.text_drafts.TextDrafter` on its event image; against `universal assisted
+  generate()` — transformers' universal assisted generation (`assistant_tokenizer=`) with that same
+  drafter's language model as the assistant (UAG re-tokenises the target's prompt as text, so the
+  assistant sees the question but no image: it cannot be given inputs of its own);
 
 with acceptance per stage, target forwards, and whether each output equals target-only generate()
 token for token. It also measures the verify cost ratio c(k) = time(target forward of k tokens) /
@@ -33,21 +39,33 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration
+from transformers import (
+    AutoTokenizer,
+    LlamaForCausalLM,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    VideoLlavaForConditionalGeneration,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench scripts run from a checkout
 
 from cascade_sd_ros.core.spec.adapter import HFAdapter, StageContext  # noqa: E402
 from cascade_sd_ros.core.spec.engine import CascadeDecoder  # noqa: E402
+from cascade_sd_ros.core.spec.prompt import build_prompt_ids  # noqa: E402
 from cascade_sd_ros.core.spec.testing import tiny_models  # noqa: E402
+from cascade_sd_ros.core.spec.text_drafts import TextDrafter  # noqa: E402
 
 TARGET_ONLY = "target-only generate()"
+UNIVERSAL = "universal assisted generate()"
+FOREIGN = "engine 2-stage (foreign-tokenizer drafter)"
 DAMPING = 0.05  # random models: scale of the residual outputs of decoder layers after the first
 ASSISTED = "assisted generate()"
 
@@ -57,6 +75,18 @@ class Prompt:
     target: StageContext
     refiner: StageContext
     drafter: StageContext
+    foreign: StageContext | None = None  # the foreign-tokenizer drafter's (zoo only)
+
+
+@dataclass
+class Foreign:
+    """A drafter with another tokenizer, as the engine and as transformers' UAG use it."""
+
+    drafter: TextDrafter
+    assistant: PreTrainedModel  # its language model alone, for universal assisted generation
+    target_tokenizer: PreTrainedTokenizerBase
+    assistant_tokenizer: PreTrainedTokenizerBase
+    folder: tempfile.TemporaryDirectory  # where it was built; removed with it
 
 
 @dataclass
@@ -68,6 +98,7 @@ class Setup:
     assistant: HFAdapter  # VideoLlava taking the target's own inputs
     prompts: list[Prompt]
     note: str
+    foreign: Foreign | None = None
 
 
 @dataclass
@@ -126,23 +157,59 @@ def zoo_available(root: Path | None = None) -> bool:
     return all((root / s / "model.safetensors").is_file() for s in ("target", "refiner", "drafter"))
 
 
+class _TextOnlyAssistant(LlamaForCausalLM):
+    """A Llama LM that takes (and ignores) the target's video: universal assisted generation hands the
+    assistant every keyword the target got, and the assistant has no use for the target's pixels."""
+
+    def forward(self, *args: object, pixel_values_videos: torch.Tensor | None = None, **kwargs: object):  # noqa: ANN201
+        return super().forward(*args, **kwargs)
+
+
+def foreign_drafter(zoo: object, root: Path | None, device: str) -> Foreign:
+    """The zoo drafter under another tokenizer, built into a temporary folder and loaded from it."""
+    from cascade_sd_ros.core.stage_model import load_stage_model  # noqa: PLC0415
+    from cascade_sd_ros.core.zoo import default_zoo_path  # noqa: PLC0415
+    from cascade_sd_ros.core.zoo.foreign import build_foreign_drafter  # noqa: PLC0415
+
+    folder = tempfile.TemporaryDirectory(prefix="foreign-drafter-")
+    out = build_foreign_drafter((root or default_zoo_path()) / "drafter", Path(folder.name) / "drafter")
+    stage = load_stage_model(str(out), "drafter", device=device, backend="transformers")
+    ftok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    ztok = AutoTokenizer.from_pretrained((root or default_zoo_path()) / "target", local_files_only=True)
+    target = zoo.target  # type: ignore[attr-defined]
+    drafter = TextDrafter(stage.adapter, ftok, ztok, target.vocab_size, target.eos_token_id, name="foreign")
+    llava = stage.adapter.model  # type: ignore[attr-defined]
+    assistant = _TextOnlyAssistant(llava.config.text_config)
+    assistant.model = llava.model.language_model  # the same weights, not a copy
+    assistant.lm_head = llava.lm_head
+    assistant.generation_config.eos_token_id = ftok.eos_token_id
+    return Foreign(drafter, assistant.to(target.device).eval(), ztok, ftok, folder)
+
+
 def setup_zoo(n_prompts: int, device: str, root: Path | None) -> Setup:
     from cascade_sd_ros.core.zoo import load_zoo  # noqa: PLC0415
     from cascade_sd_ros.core.zoo.data import EVAL_STREAM, build_sample  # noqa: PLC0415
 
     zoo = load_zoo(root, device=device)
+    foreign = foreign_drafter(zoo, root, device)
+    fmodel = foreign.drafter.drafter.model  # type: ignore[attr-defined]
     prompts = []
     for i in range(n_prompts):
         clip, events, _ = build_sample(0, EVAL_STREAM, i, zoo.geometry, with_events=True)
-        prompts.append(Prompt(zoo.context("target", clip), zoo.context("refiner", clip[-1]),
-                              zoo.context("drafter", events)))
+        drafter = zoo.context("drafter", events)
+        fids = build_prompt_ids(foreign.assistant_tokenizer, zoo.prompt, "image", fmodel.config, 1)
+        prompts.append(Prompt(zoo.context("target", clip), zoo.context("refiner", clip[-1]), drafter,
+                              StageContext(fids, drafter.pixel_values, "image")))
     # The assistant must take the target's inputs; the refiner (RGB-trained, the target was grown
     # from it) agrees with the target more in a VideoLlava shell than the event-trained drafter.
     shell = video_shell(zoo.refiner.model, zoo.target.model)
     assistant = HFAdapter(shell, name="assistant", modality="video")
     note = (f"trained tiny zoo ({root or 'cascade_sd_ros/zoo'}); scenes from the zoo's held-out stream; assistant = "
             "the zoo refiner's weights in a VideoLlava shell fed the target's 8-frame clip")
-    return Setup("zoo", zoo.target, zoo.refiner, zoo.drafter, assistant, prompts, note)
+    note += ("; foreign-tokenizer drafter = the zoo drafter under another tokenizer (core.zoo.foreign), drafting as text "
+             "on its event image; universal assisted generate() = its language model as transformers' assistant "
+             "(assistant_tokenizer=), which sees the prompt's text but no image")
+    return Setup("zoo", zoo.target, zoo.refiner, zoo.drafter, assistant, prompts, note, foreign)
 
 
 def setup_random(n_prompts: int, quick: bool, device: str) -> Setup:
@@ -178,10 +245,13 @@ def _sync(device: torch.device) -> None:
 
 
 def hf_generate(target: HFAdapter, ctx: StageContext, max_new: int,
-                assistant: HFAdapter | None = None) -> list[int]:
+                assistant: HFAdapter | None = None, foreign: Foreign | None = None) -> list[int]:
     kwargs = {"pixel_values_videos": ctx.pixel_values.to(target.device, target.model.dtype)}
     if assistant is not None:
         kwargs["assistant_model"] = assistant.model
+    if foreign is not None:  # universal assisted generation: another tokenizer, drafts re-tokenised as text
+        kwargs.update(assistant_model=foreign.assistant, tokenizer=foreign.target_tokenizer,
+                      assistant_tokenizer=foreign.assistant_tokenizer)
     ids = torch.tensor([ctx.input_ids], device=target.device)
     with torch.inference_mode():
         out = target.model.generate(input_ids=ids, max_new_tokens=max_new, do_sample=False, **kwargs)
@@ -225,15 +295,22 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
             lambda: CascadeDecoder([d, t], "cascade", gamma=gamma, deferral="opt", alpha=0.3),
             lambda p: [p.drafter, p.target]),
     }
+    foreign = setup.foreign
+    if foreign is not None:
+        engines[FOREIGN] = (lambda: CascadeDecoder([foreign.drafter, t], gamma=gamma),
+                            lambda p: [p.foreign, p.target])
     # transformers' own adaptive schedule from the same initial draft length (its default drafts 20)
-    a.model.generation_config.num_assistant_tokens = gamma
-    a.model.generation_config.num_assistant_tokens_schedule = "heuristic"
-    names = [TARGET_ONLY, ASSISTED, *engines]
+    for gen in [a.model.generation_config] + ([foreign.assistant.generation_config] if foreign else []):
+        gen.num_assistant_tokens = gamma
+        gen.num_assistant_tokens_schedule = "heuristic"
+    names = [TARGET_ONLY, ASSISTED, *([UNIVERSAL] if foreign else []), *engines]
     runs = {n: MethodRun() for n in names}
     # warm-up (first calls allocate and pick kernels)
     warm = setup.prompts[0]
     hf_generate(t, warm.target, 4)
     hf_generate(t, warm.target, 4, a)
+    if foreign is not None:
+        hf_generate(t, warm.target, 4, foreign=foreign)
     # one decoder per method for the whole run: its draft-length controllers keep what they learned
     # across captions, as transformers' "heuristic" schedule does for the assistant
     decoders = {name: make() for name, (make, _) in engines.items()}
@@ -253,6 +330,13 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
             runs[ASSISTED].seconds += time.perf_counter() - t0
             runs[ASSISTED].tokens += len(out)
             runs[ASSISTED].equal &= out == ref
+            if foreign is not None:
+                t0 = time.perf_counter()
+                out = hf_generate(t, p.target, max_new, foreign=foreign)
+                _sync(t.device)
+                runs[UNIVERSAL].seconds += time.perf_counter() - t0
+                runs[UNIVERSAL].tokens += len(out)
+                runs[UNIVERSAL].equal &= out == ref
             for name, (_, ctxs) in engines.items():
                 decoder = decoders[name]
                 t0 = time.perf_counter()
@@ -271,6 +355,7 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
                     m.accepted[s.name] = m.accepted.get(s.name, 0) + s.accepted
     base = runs[TARGET_ONLY].tokens / runs[TARGET_ONLY].seconds
     assisted = runs[ASSISTED].tokens / runs[ASSISTED].seconds
+    universal = runs[UNIVERSAL].tokens / runs[UNIVERSAL].seconds if UNIVERSAL in runs else None
     methods = {}
     for name, m in runs.items():
         tps = m.tokens / m.seconds
@@ -282,11 +367,14 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
             "vs_target_only": round(tps / base, 3),
             "vs_assisted": round(tps / assisted, 3),
         }
+        if universal is not None and name in (FOREIGN, UNIVERSAL):
+            entry["vs_universal_assisted"] = round(tps / universal, 3)
         if not m.lossless:
             entry["lossless"] = False
             entry["traded_tokens"] = m.traded
             entry["token_agreement"] = round(m.same_tokens / max(runs[TARGET_ONLY].tokens, 1), 3)
         if m.drafted:
+            # in target tokens: what the target checked (a text drafter's drafts re-tokenised into its ids)
             entry["acceptance"] = {s: round(m.accepted[s] / m.drafted[s], 3) if m.drafted[s] else None
                                    for s in m.drafted}
             entry["target_forwards"] = m.target_forwards
@@ -347,13 +435,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"models: {kind} - {setup.note}")
     print(f"{n_prompts} prompts x {args.reps}, max_new_tokens {max_new}, gamma {args.gamma} (adaptive), {args.device}")
-    print(f"{'method':40s} {'tok/s':>8s} {'x target':>9s} {'x assisted':>11s} {'equal':>6s}  acceptance")
+    print(f"{'method':44s} {'tok/s':>8s} {'x target':>9s} {'x assisted':>11s} {'equal':>6s}  acceptance")
     for name, m in methods.items():
         acc = ", ".join(f"{s} {v:.2f}" for s, v in m.get("acceptance", {}).items() if v is not None)
         trade = f"  (lossy: traded {m['traded_tokens']} tokens, agreement {m['token_agreement']:.2f})" \
             if "traded_tokens" in m else ""
-        print(f"{name:40s} {m['tokens_per_s']:8.1f} {m['vs_target_only']:9.2f} {m['vs_assisted']:11.2f} "
-              f"{str(m['equal_to_target']):>6s}  {acc}{trade}")
+        uni = f"  ({m['vs_universal_assisted']:.2f}x universal assisted)" if name == FOREIGN else ""
+        print(f"{name:44s} {m['tokens_per_s']:8.1f} {m['vs_target_only']:9.2f} {m['vs_assisted']:11.2f} "
+              f"{str(m['equal_to_target']):>6s}  {acc}{trade}{uni}")
     print("verify cost ratio c(k): " + ", ".join(f"c({k})={v:.2f}" for k, v in c_k.items()))
     return 0
 
