@@ -15,6 +15,7 @@ from cascade_sd_ros.core.spec.text_drafts import (
     TextDrafter,
     continuation_ids,
     draft_text,
+    rebase_text_draft,
     resolve_draft_ids,
 )
 from cascade_sd_ros.core.stage_model import default_stage_source, source_vocabulary
@@ -128,6 +129,21 @@ def test_a_caption_split_anywhere_crosses_between_tokenizers_whole(codecs: dict[
     text = draft_text(a, own_a, draft_a)
     ids = continuation_ids(b, prefix_b, text)
     assert _dec(b, [*prefix_b, *ids]) == full
+
+
+def test_a_draft_written_after_an_older_commit_is_rebased_or_dropped(codecs: dict[str, Any]) -> None:
+    """Across topics a draft continues the commit its publisher had seen (start_position, in the
+    receiver's tokens); the receiver may have committed more since."""
+    qwen = codecs["qwen"]
+    committed = _enc(qwen, "a red circle moves")
+    older = len(_enc(qwen, "a red circle"))
+    ids = rebase_text_draft(qwen, committed, older, " moves left and")  # agrees with what came since
+    assert ids is not None and _dec(qwen, [*committed, *ids]) == "a red circle moves left and"
+    assert rebase_text_draft(qwen, committed, older, " is still") is None  # contradicts it: stale
+    assert rebase_text_draft(qwen, committed, older, " mov") == []  # nothing beyond the commit
+    assert rebase_text_draft(qwen, committed, len(committed) + 1, " left") is None  # a commit not seen here
+    ids = rebase_text_draft(qwen, committed, len(committed), " left")
+    assert ids is not None and _dec(qwen, [*committed, *ids]) == "a red circle moves left"
 
 
 # ------------------------------------------------------------------------------------------ engine

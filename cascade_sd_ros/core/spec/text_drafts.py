@@ -11,7 +11,8 @@ Two directions, one rule each:
 * **publisher** (:func:`draft_text`): the text a draft adds after the committed prefix, decoded by the
   publisher's own tokenizer as the difference ``decode(prefix + draft) - decode(prefix)`` (decoding the
   draft alone would lose the space before its first word under SentencePiece-style tokenizers);
-* **receiver** (:func:`continuation_ids`): own ids that continue the receiver's committed ids with that
+* **receiver** (:func:`continuation_ids`; across topics :func:`rebase_text_draft`, which first lays
+  the draft after the commit its publisher had seen): own ids that continue the receiver's committed ids with that
   text. The committed ids are fixed (they were verified), so the text is never re-tokenised together
   with them when that would re-cut the boundary: a draft that starts mid-word ("hel" committed, "lo"
   drafted) or whose first characters would merge with the last committed token is tokenised as a
@@ -40,6 +41,7 @@ __all__ = [
     "TextDrafter",
     "continuation_ids",
     "draft_text",
+    "rebase_text_draft",
     "resolve_draft_ids",
 ]
 
@@ -143,6 +145,25 @@ def continuation_ids(codec: TextCodec, prefix: Sequence[int], text: str) -> list
         if len(_decode(codec, [*prefix, *kept])) > len(_decode(codec, [*prefix, *best])):
             best = kept
     return best
+
+
+def rebase_text_draft(codec: TextCodec, committed: Sequence[int], start_position: int, text: str) -> list[int] | None:
+    """Own ids continuing ``committed`` with a text draft that was written after the first
+    ``start_position`` of those ids (the commit its publisher had seen, counted in this receiver's
+    tokens). The draft's text is laid after that commit's text; what this receiver committed since
+    must be a prefix of the result (then the rest is re-tokenised; [] when it covers all of it), else
+    the draft is stale: None.
+    A ``start_position`` beyond ``committed`` (a commit this receiver has not seen) is None too."""
+    if not 0 <= start_position <= len(committed):
+        return None
+    base = _decode(codec, committed[:start_position])
+    now = _decode(codec, committed)
+    wanted = base + text
+    if now.startswith(wanted):  # all of it committed since: nothing left to check
+        return []
+    if not wanted.startswith(now):
+        return None
+    return continuation_ids(codec, committed, wanted[len(now):])
 
 
 def _token_ends(codec: TextCodec, prefix: Sequence[int], ids: Sequence[int]) -> list[int]:
