@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cascade_sd_ros.core.spec.text_drafts import (
+    CommitTexts,
     TextDrafter,
     continuation_ids,
     draft_text,
@@ -144,6 +145,24 @@ def test_a_draft_written_after_an_older_commit_is_rebased_or_dropped(codecs: dic
     assert rebase_text_draft(qwen, committed, len(committed) + 1, " left") is None  # a commit not seen here
     ids = rebase_text_draft(qwen, committed, len(committed), " left")
     assert ids is not None and _dec(qwen, [*committed, *ids]) == "a red circle moves left"
+
+
+def test_commit_texts_carry_a_foreign_draft_across_topics_whole(codecs: dict[str, Any]) -> None:
+    """The drafter (Qwen-style) drafts on the verifier's (Llama-style) commit text; the verifier lays
+    the draft's text after its own ids at the start position in its tokens: the caption comes out whole."""
+    llama, qwen = codecs["llama"], codecs["qwen"]
+    texts = CommitTexts(qwen, keep=2)
+    committed = _enc(llama, "a red circ")  # the verifier's commit 3 of round 7, its own ids
+    own = texts.own_prefix(7, 3, len(committed), _dec(llama, committed))
+    draft = continuation_ids(qwen, own, "le moves left")  # what the drafter proposes, in its ids
+    start, text = texts.outgoing(7, 3, draft)  # type: ignore[misc]
+    assert start == len(committed) and text == "le moves left"
+    ids = continuation_ids(llama, committed[:start], text)
+    assert _dec(llama, [*committed, *ids]) == "a red circle moves left"
+    assert texts.outgoing(7, 0, _enc(qwen, "a red")) == (0, "a red")  # before any commit
+    texts.own_prefix(7, 4, 5, "x")
+    texts.own_prefix(8, 1, 5, "y")  # keep=2: commit 3 of round 7 forgotten
+    assert texts.outgoing(7, 3, draft) is None
 
 
 # ------------------------------------------------------------------------------------------ engine

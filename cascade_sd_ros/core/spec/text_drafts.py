@@ -26,6 +26,8 @@ counted where the ids are checked, hence in target tokens.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -36,6 +38,7 @@ from cascade_sd_ros.core.spec.adapter import ModelAdapter, Proposal, StageContex
 
 __all__ = [
     "DRAFT_IDS_MODES",
+    "CommitTexts",
     "DraftIds",
     "TextCodec",
     "TextDrafter",
@@ -164,6 +167,50 @@ def rebase_text_draft(codec: TextCodec, committed: Sequence[int], start_position
     if not wanted.startswith(now):
         return None
     return continuation_ids(codec, committed, wanted[len(now):])
+
+
+@dataclass(frozen=True)
+class _SeenCommit:
+    own: tuple[int, ...]  # the commit's text in the publisher's ids
+    target_len: int  # [tokens] its length in the target's ids
+
+
+class CommitTexts:
+    """A stage of another vocabulary drafting on the verifier's commits, across topics.
+
+    The verifier's Commit carries its caption as text (``Commit.text``) and its ids, whose count is
+    all this stage can read of them. :meth:`own_prefix` turns a commit into this stage's ids (what it
+    drafts on) and remembers both lengths; :meth:`outgoing` turns a draft made on that commit into
+    what the DraftTokens carries: ``start_position`` in the target's tokens (the commit's length,
+    which the verifier lays the text after) and the text the draft adds. Bounded: the newest
+    ``keep`` commits. Thread-safe (commits arrive on the node's thread, drafts leave on the worker's).
+    """
+
+    def __init__(self, codec: TextCodec, keep: int = 256) -> None:
+        self.codec = codec
+        self.keep = keep
+        self._seen: OrderedDict[tuple[int, int], _SeenCommit] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def own_prefix(self, round_id: int, commit_seq: int, target_len: int, text: str) -> list[int]:
+        own = _encode(self.codec, text)
+        with self._lock:
+            self._seen[(round_id, commit_seq)] = _SeenCommit(tuple(own), int(target_len))
+            self._seen.move_to_end((round_id, commit_seq))
+            while len(self._seen) > self.keep:
+                self._seen.popitem(last=False)
+        return own
+
+    def outgoing(self, round_id: int, commit_seq: int, own_draft: Sequence[int]) -> tuple[int, str] | None:
+        """(start_position in target tokens, draft text) of a draft made on commit ``commit_seq`` of
+        ``round_id`` (0: before any commit, from nothing), or None for a commit no longer known."""
+        if commit_seq == 0:
+            return 0, draft_text(self.codec, [], own_draft)
+        with self._lock:
+            seen = self._seen.get((round_id, commit_seq))
+        if seen is None:
+            return None
+        return seen.target_len, draft_text(self.codec, seen.own, own_draft)
 
 
 def _token_ends(codec: TextCodec, prefix: Sequence[int], ids: Sequence[int]) -> list[int]:
