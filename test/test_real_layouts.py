@@ -49,6 +49,9 @@ def test_placeholders_are_expanded_per_family(folders: dict[str, Path]) -> None:
     ctx = qwen.context(_scene(0)[0], QUESTION)
     image_id = qwen.adapter.model.config.image_token_index  # type: ignore[attr-defined]
     assert ctx.input_ids.count(image_id) == 4  # SigLIP, "full" features: patches, no CLS
+    im_start = qwen.adapter.model.config.text_config  # type: ignore[attr-defined]
+    assert im_start.model_type == "qwen2" and ctx.input_ids[0] == mc.qwen_tokenizer().convert_tokens_to_ids(
+        "<|im_start|>")  # ChatML turns for a Qwen2 language model, not Vicuna's USER:/ASSISTANT:
     assert tuple(ctx.pixel_values.shape) == (1, 3, mc.IMAGE_SIZE, mc.IMAGE_SIZE)  # type: ignore[union-attr]
 
 

@@ -90,6 +90,22 @@ def expand_placeholder(ids: Sequence[int], placeholder_id: int, count: int) -> t
     return (*ids[:i], *([placeholder_id] * count), *ids[i + 1 :])
 
 
+# LLaVA models on a Qwen2 language model (llava-interleave-qwen, LLaVA-OneVision) were trained on
+# ChatML turns, not Vicuna's "USER:/ASSISTANT:".
+CHATML_TEMPLATES: dict[str, str] = {
+    "video": "<|im_start|>user <video>\n{question}<|im_end|>\n<|im_start|>assistant\n",
+    "image": "<|im_start|>user <image>\n{question}<|im_end|>\n<|im_start|>assistant\n",
+    "text": "<|im_start|>user {question}<|im_end|>\n<|im_start|>assistant\n",
+}
+CHATML_LANGUAGE_MODELS = frozenset({"qwen2"})
+
+
+def chat_turns(config: PretrainedConfig | None) -> str:
+    """Which turn format the model was trained on: "chatml" for a Qwen2 language model, else "vicuna"."""
+    text = getattr(config, "text_config", None) if config is not None else None
+    return "chatml" if getattr(text, "model_type", None) in CHATML_LANGUAGE_MODELS else "vicuna"
+
+
 def build_prompt_ids(
     tokenizer: TokenizerLike,
     question: str,
@@ -101,7 +117,10 @@ def build_prompt_ids(
 
     The tokenizer must map "<video>"/"<image>" to the config's placeholder id as one token.
     """
-    ids = list(tokenizer.encode(format_prompt(question, modality), add_special_tokens=True))
+    text = format_prompt(question, modality)
+    if chat_turns(config) == "chatml":
+        text = CHATML_TEMPLATES[modality].format(question=question)
+    ids = list(tokenizer.encode(text, add_special_tokens=True))
     if modality == "text":
         return tuple(ids)
     if config is None:
