@@ -104,6 +104,36 @@ def test_foreign_vocab_sets_aside_counts_logs_once_and_stays_error_while_it_happ
     assert guard.admit(ours, "drafter") and guard.count == 4
 
 
+def test_foreign_vocab_routes_text_under_auto_and_text_and_sets_aside_under_same_vocab() -> None:
+    from types import SimpleNamespace
+
+    from cascade_sd_ros.ros.vocab import ForeignVocab
+
+    own = tiny_vocabulary()
+    ours = SimpleNamespace(vocab_fingerprint=own.fingerprint, vocab_summary=own.summary, draft_text="a", token_ids=[5])
+    theirs = SimpleNamespace(vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary,
+                             draft_text=" red circle", token_ids=[9, 8])
+    mute = SimpleNamespace(vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary, draft_text="",
+                           token_ids=[9])  # another vocabulary and no text: nothing to read
+    errors: list[str] = []
+    infos: list[str] = []
+    auto = ForeignVocab(own, "drafts", "target", errors.append, draft_ids="auto", log_info=infos.append)
+    assert auto.route(ours, "drafter") == "ids"
+    assert auto.route(theirs, "drafter") == "text" and auto.route(theirs, "drafter") == "text"
+    assert len(infos) == 1 and str(FOREIGN) in infos[0] and "re-tokenised" in infos[0]
+    assert auto.route(mute, "drafter") is None and auto.count == 1 and len(errors) == 1
+    assert auto.values()["drafts_as_text"] == 2
+    forced = ForeignVocab(own, "drafts", "target", errors.append, draft_ids="text")
+    assert forced.route(ours, "drafter") == "text"  # text even where ids would do
+    strict = ForeignVocab(own, "drafts", "target", errors.append, draft_ids="same-vocab")
+    assert strict.route(theirs, "drafter") is None and strict.count == 1
+    commit = SimpleNamespace(vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary, text="a red",
+                             token_ids=[1, 2], final=False)
+    assert ForeignVocab(own, "commits", "drafter", errors.append, draft_ids="auto").route(commit, "verifier") == "text"
+    with pytest.raises(ValueError, match="draft_ids"):
+        ForeignVocab(own, "drafts", "target", errors.append, draft_ids="words")
+
+
 # ------------------------------------------------------------------------------ messages both ways
 def test_drafts_and_commits_carry_the_vocabulary() -> None:
     pytest.importorskip("rclpy")
