@@ -236,3 +236,29 @@ def test_demo_and_replay_refuse_a_mix_of_vocabularies_at_once(command: str, tmp_
     zoo = source_vocabulary(ZOO_TARGET)
     assert str(zoo) in line[0] and str(tiny_vocabulary()) in line[0] and "drafter" in line[0]
     assert "verifier" in line[0]
+
+
+def test_a_text_draft_message_becomes_own_ids_continuing_the_commit() -> None:
+    pytest.importorskip("rclpy")
+    from transformers import AutoTokenizer
+
+    from cascade_sd_ros.core.rounds import Draft
+    from cascade_sd_ros.ros.outputs import DraftMessageError, draft_from_text_msg, draft_msg
+
+    zoo = AutoTokenizer.from_pretrained(ZOO_TARGET, local_files_only=True)
+    committed = zoo.encode("a red circle", add_special_tokens=False)
+    d = Draft(stage=0, commit_seq=2, start_position=7, token_ids=(11, 12), confidence=(0.5, 0.4), upstream_drafted=0,
+              upstream_accepted=0, compute_ms=1.0, degraded=False, degraded_reason="")
+    msg = draft_msg(1, 2, "cam", d, FOREIGN, text=" moves left", start_position=len(committed))
+    assert msg.draft_text == " moves left" and msg.start_position == len(committed)  # target tokens, not its own
+    own = draft_from_text_msg(msg, committed, zoo)
+    assert own is not None and own.start_position == len(committed) and own.confidence == ()
+    assert zoo.decode([*committed, *own.token_ids]) == "a red circle moves left"
+    grown = zoo.encode("a red circle moves", add_special_tokens=False)  # the verifier committed more since
+    own = draft_from_text_msg(msg, grown, zoo)
+    assert own is not None and zoo.decode([*grown, *own.token_ids]) == "a red circle moves left"
+    msg.draft_text = " is still"
+    assert draft_from_text_msg(msg, grown, zoo) is None  # contradicts the commit: stale
+    msg.draft_text = "x" * 5000
+    with pytest.raises(DraftMessageError, match="characters"):
+        draft_from_text_msg(msg, grown, zoo)

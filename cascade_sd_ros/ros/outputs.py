@@ -9,18 +9,24 @@ import numpy as np
 
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.rounds import Draft
+from cascade_sd_ros.core.spec.text_drafts import TextCodec, rebase_text_draft
 from cascade_sd_ros.core.stage_model import Vocabulary
 from cascade_sd_ros.core.stages.verifier import CaptionUpdate
 from cascade_sd_ros.ros.image import numpy_to_image
 from cascade_sd_ros.ros.stamps import ns_to_stamp
+
+MAX_DRAFT_TEXT = 4096  # [characters] of a text draft read (a draft is a few words; a flood is refused)
 
 
 def _f32(x: float) -> float:
     return float(x) if x is not None else math.nan
 
 
-def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft, vocab: Vocabulary) -> Any:
-    """``vocab``: the publishing stage's vocabulary, which says what ``token_ids`` mean."""
+def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft, vocab: Vocabulary, text: str = "",
+              start_position: int | None = None) -> Any:
+    """``vocab``: the publishing stage's vocabulary, which says what ``token_ids`` mean. A stage of
+    another vocabulary than the target's adds ``text`` (what the draft adds, ``draft_text``) and the
+    ``start_position`` in the target's tokens (:class:`~cascade_sd_ros.core.spec.text_drafts.CommitTexts`)."""
     from cascade_sd_ros.msg import DraftTokens
 
     msg = DraftTokens()
@@ -29,7 +35,7 @@ def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft, vocab: Voca
     msg.round_id = int(round_id)
     msg.stage = int(draft.stage)
     msg.commit_seq = int(draft.commit_seq)
-    msg.start_position = int(draft.start_position)
+    msg.start_position = int(draft.start_position if start_position is None else start_position)
     msg.token_ids = [int(t) for t in draft.token_ids]
     msg.confidence = [float(c) for c in draft.confidence]
     msg.upstream_drafted = int(draft.upstream_drafted)
@@ -39,6 +45,7 @@ def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft, vocab: Voca
     msg.degraded_reason = draft.degraded_reason
     msg.vocab_fingerprint = vocab.fingerprint
     msg.vocab_summary = vocab.summary
+    msg.draft_text = text
     return msg
 
 
@@ -69,8 +76,9 @@ def draft_from_msg(msg: Any, expected_stage: int | None = None, vocab_size: int 
     )
 
 
-def commit_msg(u: CaptionUpdate, frame_id: str, vocab: Vocabulary) -> Any:
-    """``vocab``: the verifier's vocabulary, which says what ``token_ids`` mean."""
+def commit_msg(u: CaptionUpdate, frame_id: str, vocab: Vocabulary, text: str = "") -> Any:
+    """``vocab``: the verifier's vocabulary, which says what ``token_ids`` mean; ``text``: those ids
+    decoded, for upstream stages of another vocabulary (they draft on from the text)."""
     from cascade_sd_ros.msg import Commit
 
     msg = Commit()
@@ -85,7 +93,29 @@ def commit_msg(u: CaptionUpdate, frame_id: str, vocab: Vocabulary) -> Any:
     msg.final = bool(u.final)
     msg.vocab_fingerprint = vocab.fingerprint
     msg.vocab_summary = vocab.summary
+    msg.text = text
     return msg
+
+
+def draft_from_text_msg(msg: Any, committed: Sequence[int], codec: TextCodec, expected_stage: int | None = None,
+                        max_chars: int = MAX_DRAFT_TEXT) -> Draft | None:
+    """A DraftTokens of another vocabulary read through its text: this stage's own ids continuing
+    ``committed`` (its committed ids for the round), laid after the first ``start_position`` of them
+    (:func:`~cascade_sd_ros.core.spec.text_drafts.rebase_text_draft`). None when the draft adds nothing
+    beyond ``committed`` or contradicts it (stale); DraftMessageError when the message is malformed."""
+    text = str(msg.draft_text)
+    if len(text) > max_chars:
+        raise DraftMessageError(f"DraftTokens draft_text has {len(text)} characters, more than {max_chars}")
+    if msg.stage not in (0, 1) or (expected_stage is not None and msg.stage != expected_stage):
+        raise DraftMessageError(f"DraftTokens stage {msg.stage} not accepted here (want {expected_stage})")
+    ids = rebase_text_draft(codec, committed, int(msg.start_position), text)
+    if not ids:
+        return None
+    return Draft(
+        stage=int(msg.stage), commit_seq=int(msg.commit_seq), start_position=len(committed), token_ids=tuple(ids),
+        confidence=(), upstream_drafted=int(msg.upstream_drafted), upstream_accepted=int(msg.upstream_accepted),
+        compute_ms=float(msg.compute_ms), degraded=bool(msg.degraded), degraded_reason=str(msg.degraded_reason),
+    )
 
 
 def message_vocabulary(msg: Any) -> Vocabulary:
