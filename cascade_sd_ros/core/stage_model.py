@@ -40,6 +40,7 @@ import torch
 
 from cascade_sd_ros.core.spec.adapter import HFAdapter, ModelAdapter, StageContext
 from cascade_sd_ros.core.spec.prompt import TokenizerLike
+from cascade_sd_ros.core.spec.text_drafts import TextCodec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, VideoLlavaImageProcessor
@@ -175,6 +176,7 @@ class StageModel:
     decode: Callable[[list[int]], str]  # caption token ids -> text
     vocab: Vocabulary  # what its token ids mean (computed once, at load)
     backend: BackendChoice = BackendChoice("transformers", "built by the caller")
+    codec: TextCodec | None = None  # its tokenizer, for text drafting across vocabularies (None: tiny:SEED)
     _warm: _WarmState = field(default_factory=_WarmState, init=False, repr=False, compare=False)
 
     def context(self, pixels: np.ndarray, question: str) -> StageContext:
@@ -444,7 +446,7 @@ def _eventgpt_stage(folder: Path, role: Role, device: torch.device, dtype: torch
 
     why = "EventGPT runs on transformers' Llama (the static path serves LLaVA-family models)"
     return StageModel(role, adapter, 1, model.image_size, build, decode, tokenizer_vocabulary(tokenizer),
-                      BackendChoice("transformers", why))
+                      BackendChoice("transformers", why), tokenizer)
 
 
 def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
@@ -525,7 +527,9 @@ def stage_model_from_hf(
         return str(tokenizer.decode(token_ids, skip_special_tokens=True))
 
     vocab = vocab if vocab is not None else tokenizer_vocabulary(tokenizer, size=hf.vocab_size)
-    return StageModel(role, adapter, num_frames, image_size, build, decode, vocab, choice)
+    codec = tokenizer if callable(getattr(tokenizer, "decode", None)) and callable(getattr(tokenizer, "encode", None)) \
+        else None
+    return StageModel(role, adapter, num_frames, image_size, build, decode, vocab, choice, codec)  # type: ignore[arg-type]
 
 
 def default_stage_source(role: str) -> str:
