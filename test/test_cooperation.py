@@ -52,6 +52,13 @@ def test_the_shipped_zoo_alone_cooperates_by_ids() -> None:
     assert plan.draft_ids == {"drafter": "same-vocab", "refiner": "same-vocab"}
 
 
+def test_a_stage_without_a_tokenizer_cannot_draft_as_text() -> None:
+    with pytest.raises(VocabularyMismatch) as err:
+        plan_cooperation({"drafter": "tiny:0", "target": ""})
+    assert "tiny:0 has no tokenizer" in str(err.value) and "verifier" in str(err.value)
+    assert plan_cooperation({"drafter": "tiny:0", "target": "tiny:1"}).draft_ids == {"drafter": "same-vocab"}
+
+
 def test_the_launch_runs_the_check_before_its_nodes() -> None:
     tree = ast.parse(LAUNCH.read_text())
     gen = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description")

@@ -7,7 +7,8 @@ Two reasons they cannot, each said in one line:
   ``ros2 launch ... target_model:=/models/Video-LLaVA-7B-hf`` alone amounts to): the zoo's models know
   synthetic scenes and a 40-word vocabulary, so their drafts would never be accepted;
 * an upstream stage whose vocabulary differs from the target's under ``draft_ids=same-vocab``: its ids
-  mean something else to the target (``auto``/``text`` let the drafts cross as text instead).
+  mean something else to the target (``auto``/``text`` let the drafts cross as text instead), or where
+  one of the two has no tokenizer to turn ids into text (the ``tiny:SEED`` test models).
 
 Otherwise :func:`plan_cooperation` says how each upstream stage's drafts reach the target: ``ids`` or
 ``text``.
@@ -19,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cascade_sd_ros.core.spec.text_drafts import DraftIds, resolve_draft_ids
-from cascade_sd_ros.core.stage_model import Vocabulary, VocabularyMismatch, default_stage_source, source_vocabulary
+from cascade_sd_ros.core.stage_model import (
+    TINY_PREFIX,
+    Vocabulary,
+    VocabularyMismatch,
+    default_stage_source,
+    source_vocabulary,
+)
 
 __all__ = ["CooperationPlan", "plan_cooperation"]
 
@@ -82,9 +89,15 @@ def plan_cooperation(
             lines.append(f"{role}: same vocabulary as the target ({target_vocab}): drafts cross as token ids")
         elif plan[role] == "same-vocab":
             raise VocabularyMismatch(
-                f"the stages cannot cooperate: the target uses {target_vocab} but the {role} uses {theirs} and "
-                f"draft_ids is same-vocab; set draft_ids to auto or text (drafts cross as text) or give the {role} a "
-                "model with the target's tokenizer")
+                f"the stages cannot cooperate: the verifier's target uses {target_vocab} but the {role} uses {theirs} "
+                f"and draft_ids is same-vocab; set draft_ids to auto or text (drafts cross as text) or give the {role} "
+                "a model with the target's tokenizer")
+        elif src.startswith(TINY_PREFIX) or target_src.startswith(TINY_PREFIX):
+            which = src if src.startswith(TINY_PREFIX) else target_src
+            raise VocabularyMismatch(
+                f"the stages cannot cooperate: the verifier's target uses {target_vocab} but the {role} uses {theirs}, "
+                f"and {which} has no tokenizer to turn its ids into text; give the {role} a model with the target's "
+                "tokenizer, or one with a tokenizer of its own")
         else:
             lines.append(f"{role}: vocabulary {theirs}, the target's is {target_vocab}: drafts cross as text "
                          "and are re-tokenised into the target's ids")
