@@ -262,3 +262,48 @@ def test_a_text_draft_message_becomes_own_ids_continuing_the_commit() -> None:
     msg.draft_text = "x" * 5000
     with pytest.raises(DraftMessageError, match="characters"):
         draft_from_text_msg(msg, grown, zoo)
+
+
+def test_text_ports_carry_a_foreign_drafters_draft_into_the_verifiers_ids(tmp_path: Path) -> None:
+    """Both ends as the nodes use them: the drafter (foreign zoo tokenizer) reads the verifier's
+    commit through its text, drafts, publishes text at a start in the target's tokens; the verifier
+    reads it back into its own ids, whole; ids where the vocabularies agree."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from cascade_sd_ros.core.rounds import Draft
+    from cascade_sd_ros.core.zoo.foreign import foreign_tokenizer
+    from cascade_sd_ros.ros.text_port import TextPort
+
+    zoo_tok = AutoTokenizer.from_pretrained(ZOO_TARGET, local_files_only=True)
+    words = [t for t, _ in sorted(zoo_tok.get_vocab().items(), key=lambda kv: kv[1])]
+    f_tok = foreign_tokenizer(words)
+    zoo = SimpleNamespace(codec=zoo_tok, vocab=tokenizer_vocabulary(zoo_tok), adapter=SimpleNamespace(vocab_size=40))
+    fd = SimpleNamespace(codec=f_tok, vocab=tokenizer_vocabulary(f_tok), adapter=SimpleNamespace(vocab_size=57))
+    errors: list[str] = []
+    up = TextPort(fd, "commits", "drafter", "auto", errors.append, lambda _: None)  # type: ignore[arg-type]
+    down = TextPort(zoo, "drafts", "target", "auto", errors.append, lambda _: None)  # type: ignore[arg-type]
+    committed = zoo_tok.encode("a red circle", add_special_tokens=False)
+    commit = SimpleNamespace(vocab_fingerprint=zoo.vocab.fingerprint, vocab_summary=zoo.vocab.summary, round_id=4,
+                             commit_seq=2, token_ids=committed, text=zoo_tok.decode(committed), final=False)
+    own = up.commit_ids(commit)
+    assert own == f_tok.encode("a red circle", add_special_tokens=False) and own != committed
+    draft = Draft(stage=0, commit_seq=2, start_position=len(own), token_ids=tuple(f_tok.encode(
+        " moves left", add_special_tokens=False)), confidence=(0.9, 0.8))
+    text, start = up.outgoing(4, own, draft)
+    assert (text, start) == (" moves left", len(committed))
+    msg = SimpleNamespace(vocab_fingerprint=fd.vocab.fingerprint, vocab_summary=fd.vocab.summary, stage=0,
+                          commit_seq=2, start_position=start, token_ids=list(draft.token_ids), confidence=[0.9, 0.8],
+                          draft_text=text, upstream_drafted=0, upstream_accepted=0, compute_ms=1.0, degraded=False,
+                          degraded_reason="")
+    got = down.incoming_draft(msg, "drafter", lambda: committed)
+    assert got is not None and zoo_tok.decode([*committed, *got.token_ids]) == "a red circle moves left"
+    assert down.values()["drafts_as_text"] == 1 and not errors
+    msg.draft_text = " is still and"  # the verifier has committed another word since: stale
+    assert down.incoming_draft(msg, "drafter", lambda: committed + [committed[0]]) is None
+    assert down.values()["drafts_text_stale"] == 1
+    same = SimpleNamespace(**{**vars(msg), "vocab_fingerprint": zoo.vocab.fingerprint, "token_ids": [5, 6],
+                              "confidence": [0.5, 0.5]})
+    got = down.incoming_draft(same, "drafter", lambda: committed)
+    assert got is not None and got.token_ids == (5, 6)  # ids where the vocabularies agree

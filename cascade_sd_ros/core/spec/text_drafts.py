@@ -201,14 +201,21 @@ class CommitTexts:
                 self._seen.popitem(last=False)
         return own
 
-    def outgoing(self, round_id: int, commit_seq: int, own_draft: Sequence[int]) -> tuple[int, str] | None:
+    def knows(self, round_id: int) -> bool:
+        """Whether a commit of ``round_id`` came through here (as text)."""
+        with self._lock:
+            return any(r == round_id for r, _ in self._seen)
+
+    def outgoing(self, round_id: int, commit_seq: int, own_draft: Sequence[int],
+                 own_start: int | None = None) -> tuple[int, str] | None:
         """(start_position in target tokens, draft text) of a draft made on commit ``commit_seq`` of
-        ``round_id`` (0: before any commit, from nothing), or None for a commit no longer known."""
+        ``round_id`` (0: before any commit, from nothing), or None for a commit no longer known or a
+        draft that does not start where that commit ends (``own_start``, in this stage's ids)."""
         if commit_seq == 0:
-            return 0, draft_text(self.codec, [], own_draft)
+            return (0, draft_text(self.codec, [], own_draft)) if not own_start else None
         with self._lock:
             seen = self._seen.get((round_id, commit_seq))
-        if seen is None:
+        if seen is None or (own_start is not None and own_start != len(seen.own)):
             return None
         return seen.target_len, draft_text(self.codec, seen.own, own_draft)
 
