@@ -155,14 +155,18 @@ def test_commit_texts_carry_a_foreign_draft_across_topics_whole(codecs: dict[str
     committed = _enc(llama, "a red circ")  # the verifier's commit 3 of round 7, its own ids
     own = texts.own_prefix(7, 3, len(committed), _dec(llama, committed))
     draft = continuation_ids(qwen, own, "le moves left")  # what the drafter proposes, in its ids
-    start, text = texts.outgoing(7, 3, draft)  # type: ignore[misc]
+    start, text = texts.outgoing(7, 3, own, draft)  # type: ignore[misc]
     assert start == len(committed) and text == "le moves left"
     ids = continuation_ids(llama, committed[:start], text)
     assert _dec(llama, [*committed, *ids]) == "a red circle moves left"
-    assert texts.outgoing(7, 0, _enc(qwen, "a red")) == (0, "a red")  # before any commit
+    ahead = continuation_ids(qwen, [*own, *draft], " and a")  # a second draft running ahead on the first
+    start, text = texts.outgoing(7, 3, [*own, *draft], ahead)  # type: ignore[misc]
+    assert start == len(committed) and text == "le moves left and a"  # from the commit's end
+    assert texts.outgoing(7, 0, [], _enc(qwen, "a red")) == (0, "a red")  # before any commit
+    assert texts.outgoing(7, 3, _enc(qwen, "a blue"), draft) is None  # does not continue the commit
     texts.own_prefix(7, 4, 5, "x")
     texts.own_prefix(8, 1, 5, "y")  # keep=2: commit 3 of round 7 forgotten
-    assert texts.outgoing(7, 3, draft) is None
+    assert texts.outgoing(7, 3, own, draft) is None
 
 
 # ------------------------------------------------------------------------------------------ engine

@@ -291,7 +291,7 @@ def test_text_ports_carry_a_foreign_drafters_draft_into_the_verifiers_ids(tmp_pa
     assert own == f_tok.encode("a red circle", add_special_tokens=False) and own != committed
     draft = Draft(stage=0, commit_seq=2, start_position=len(own), token_ids=tuple(f_tok.encode(
         " moves left", add_special_tokens=False)), confidence=(0.9, 0.8))
-    text, start = up.outgoing(4, own, draft)
+    text, start = up.outgoing(4, [*own, *draft.token_ids], draft)  # type: ignore[misc]
     assert (text, start) == (" moves left", len(committed))
     msg = SimpleNamespace(vocab_fingerprint=fd.vocab.fingerprint, vocab_summary=fd.vocab.summary, stage=0,
                           commit_seq=2, start_position=start, token_ids=list(draft.token_ids), confidence=[0.9, 0.8],

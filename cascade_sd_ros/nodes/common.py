@@ -34,6 +34,7 @@ from rclpy.qos import (
 
 from cascade_sd_ros.core.align import FrameIngest
 from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
+from cascade_sd_ros.core.spec.text_drafts import DRAFT_IDS_MODES
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule, Stage
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
@@ -133,6 +134,10 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("sensor_qos_depth", 50, "[messages] queue depth of the event and image subscriptions", 1, 100_000),
     Param("sensor_reliability", "best_effort",
           "event/image subscriptions: best_effort (camera drivers) or reliable (bag players, tests)"),
+    Param("draft_ids", "auto",
+          "how drafts and commits cross between stages: auto (token ids where both stages' vocabularies agree, "
+          "else their text, re-tokenised by the receiver), text (always text), same-vocab (ids only: another "
+          "vocabulary's messages are set aside)", read_only=True),
 )
 
 
@@ -157,6 +162,7 @@ class StageConfig:
     max_new_tokens: int
     jump_tolerance_ns: int
     frame_id: str
+    draft_ids: str
 
 
 def stage_config_fields(p: dict[str, Any], role: str) -> dict[str, Any]:
@@ -167,6 +173,7 @@ def stage_config_fields(p: dict[str, Any], role: str) -> dict[str, Any]:
         schedule=RoundSchedule(round_period_ns(p), seconds_to_ns(p["round_phase"], "round_phase")),
         max_new_tokens=p["max_new_tokens"],
         jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"), frame_id=p["frame_id"],
+        draft_ids=choice(p["draft_ids"], DRAFT_IDS_MODES, "draft_ids"),
     )
 
 

@@ -35,7 +35,7 @@ from cascade_sd_ros.nodes.common import (
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 from cascade_sd_ros.ros.outputs import draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
-from cascade_sd_ros.ros.vocab import ForeignVocab
+from cascade_sd_ros.ros.text_port import TextPort
 
 PARAMS: tuple[Param, ...] = (
     Param("model", "",
@@ -86,7 +86,10 @@ class EventDrafter(StageNode[DrafterConfig]):
         self._renderer: EventFrameRenderer | None = None
         self.events_in = InputStats(self, "events")
         self.commits_in = InputStats(self, "commits")
-        self.commits_foreign = ForeignVocab(self.model.vocab, "commits", "drafter", self.get_logger().error)
+        # the verifier's commits as ids, or through their text when its vocabulary is another (draft_ids)
+        self.commits_port = TextPort(self.model, "commits", "drafter", self.cfg.draft_ids, self.get_logger().error,
+                                     self.get_logger().info)
+        self.commits_foreign = self.commits_port.guard
 
         from event_camera_msgs.msg import EventPacket
         from std_msgs.msg import String
@@ -141,13 +144,14 @@ class EventDrafter(StageNode[DrafterConfig]):
 
     def _on_commit(self, msg: Any) -> None:
         self.commits_in.tick()
-        if not self.commits_foreign.admit(msg, "verifier"):
-            return  # a prefix in another vocabulary: never drafted on
         try:
+            ids = self.commits_port.commit_ids(msg)
+            if ids is None:
+                return  # a prefix in another vocabulary without text: never drafted on
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._jump.newest):
                 return  # a round of the timeline before a jump
-            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
+            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), ids, bool(msg.final))
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 
@@ -185,7 +189,10 @@ class EventDrafter(StageNode[DrafterConfig]):
         return StageInput(renderer.render(events)[0].copy())
 
     def _publish(self, round_id: int, t_ns: int, draft: Draft) -> None:
-        self.pub_drafts.publish(draft_msg(round_id, t_ns, self.cfg.frame_id, draft, self.model.vocab))
+        rec = self.stage.record(round_id)
+        out = self.commits_port.outgoing(round_id, rec.spec if rec is not None else [], draft)
+        if out is not None:  # None: no text for a target of another vocabulary (counted)
+            self.pub_drafts.publish(draft_msg(round_id, t_ns, self.cfg.frame_id, draft, self.model.vocab, *out))
 
     def publish_diagnostics(self) -> None:
         """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
@@ -198,7 +205,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
             "event_time_resyncs": self._stream.time_resyncs, "events_dropped_span": self._stream.events_dropped_span,
             **{k: stage[k] for k in ("drafts_published", "worker_errors")},
-            **self.commits_foreign.values(),
+            **self.commits_port.values(),
         }
         level, message = 0, "drafting"
         if self.events_in.received == 0:

@@ -40,9 +40,9 @@ from cascade_sd_ros.nodes.common import (
     spin_node,
     stage_config_fields,
 )
-from cascade_sd_ros.ros.outputs import DraftMessageError, draft_from_msg, draft_msg
+from cascade_sd_ros.ros.outputs import DraftMessageError, draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
-from cascade_sd_ros.ros.vocab import ForeignVocab
+from cascade_sd_ros.ros.text_port import TextPort
 
 MODE_PARAMS: tuple[Param, ...] = (
     Param("mode", "lossless-greedy", f"decoding mode: {', '.join(MODES)}"),
@@ -123,8 +123,11 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self._frames = self._image.ingest.frames
         self.drafts_in = InputStats(self, "drafts")
         self.commits_in = InputStats(self, "commits")
-        self.drafts_foreign = ForeignVocab(self.model.vocab, "drafts", "refiner", self.get_logger().error)
-        self.commits_foreign = ForeignVocab(self.model.vocab, "commits", "refiner", self.get_logger().error)
+        log = self.get_logger()
+        self.drafts_port = TextPort(self.model, "drafts", "refiner", self.cfg.draft_ids, log.error, log.info)
+        self.commits_port = TextPort(self.model, "commits", "refiner", self.cfg.draft_ids, log.error, log.info)
+        self.drafts_foreign, self.commits_foreign = self.drafts_port.guard, self.commits_port.guard
+        self.drafts_unplaced = 0  # drafter drafts for a round whose commits came here as text (see _on_draft)
 
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
@@ -154,11 +157,19 @@ class FrameRefiner(StageNode[RefinerConfig]):
     # ------------------------------------------------------------------ callbacks
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
-        if not self.drafts_foreign.admit(msg, "drafter"):
-            return  # ids of another vocabulary: never checked
         try:
+            round_id = int(msg.round_id)
+            if self.commits_port.reads_text(round_id):
+                # this refiner's vocabulary is not the target's: a draft placed in the target's tokens has
+                # no place in its own ids, so it drafts alone
+                self.drafts_unplaced += 1
+                return
+            rec = self.stage.record(round_id)
+            draft = self.drafts_port.incoming_draft(msg, "drafter", lambda: rec.committed if rec is not None else [],
+                                                    expected_stage=0)
+            if draft is None:
+                return  # ids of another vocabulary without text, or a text draft gone stale: never checked
             t_ns = stamp_to_ns(msg.header.stamp)
-            draft = draft_from_msg(msg, expected_stage=0, vocab_size=self.model.adapter.vocab_size)
             if not self._stale.admit("drafter", t_ns, self._image.newest_ref_ns()):
                 return  # a round of the timeline before a jump
             self.stage.hear_draft(int(msg.round_id), t_ns, draft)
@@ -167,13 +178,14 @@ class FrameRefiner(StageNode[RefinerConfig]):
 
     def _on_commit(self, msg: Any) -> None:
         self.commits_in.tick()
-        if not self.commits_foreign.admit(msg, "verifier"):
-            return  # a prefix in another vocabulary: never drafted on
         try:
+            ids = self.commits_port.commit_ids(msg)
+            if ids is None:
+                return  # a prefix in another vocabulary without text: never drafted on
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._image.newest_ref_ns()):
                 return
-            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), list(msg.token_ids), bool(msg.final))
+            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), ids, bool(msg.final))
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 
@@ -199,7 +211,10 @@ class FrameRefiner(StageNode[RefinerConfig]):
         return None
 
     def _publish(self, round_id: int, t_ns: int, draft: Draft) -> None:
-        self.pub_drafts.publish(draft_msg(round_id, t_ns, self.cfg.frame_id, draft, self.model.vocab))
+        rec = self.stage.record(round_id)
+        out = self.commits_port.outgoing(round_id, rec.spec if rec is not None else [], draft)
+        if out is not None:  # None: no text for a target of another vocabulary (counted)
+            self.pub_drafts.publish(draft_msg(round_id, t_ns, self.cfg.frame_id, draft, self.model.vocab, *out))
 
     def publish_diagnostics(self) -> None:
         """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
@@ -212,7 +227,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
             "frame_skew_ms": stage["frame_skew_ms"], "resets": stage["resets"],
             "time_jumps": self._image.ingest.jump.jumps, "messages_stale": self._stale.stale,
             "drafts_published": stage["drafts_published"], "worker_errors": stage["worker_errors"],
-            **self.drafts_foreign.values(), **self.commits_foreign.values(),
+            **self.drafts_port.values(), **self.commits_port.values(), "drafts_unplaced": self.drafts_unplaced,
             "mode": self.cfg.rules.name,
         }
         level, message = 0, "refining"

@@ -72,12 +72,11 @@ from cascade_sd_ros.ros.outputs import (
     caption_msg,
     commit_msg,
     display_text,
-    draft_from_msg,
     marker_msg,
     overlay_msg,
 )
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
-from cascade_sd_ros.ros.vocab import ForeignVocab
+from cascade_sd_ros.ros.text_port import TextPort
 
 USE_DRAFTS = {
     "both": (STAGE_REFINER, STAGE_DRAFTER), "refiner": (STAGE_REFINER,), "drafter": (STAGE_DRAFTER,), "none": (),
@@ -180,7 +179,10 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()  # the last rounds' clips (under self.lock)
         self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
-        self.drafts_foreign = ForeignVocab(self.model.vocab, "drafts", "target", self.get_logger().error)
+        # drafts as ids, or through their text from a stage of another vocabulary (draft_ids)
+        self.drafts_port = TextPort(self.model, "drafts", "target", self.cfg.draft_ids, self.get_logger().error,
+                                    self.get_logger().info)
+        self.drafts_foreign = self.drafts_port.guard
 
         from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import Image
@@ -241,11 +243,13 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
-        if not self.drafts_foreign.admit(msg, stage_name(msg.stage)):
-            return  # ids of another vocabulary: never verified
         try:
+            rec = self.stage.record(int(msg.round_id))
+            draft = self.drafts_port.incoming_draft(msg, stage_name(msg.stage),
+                                                    lambda: rec.committed if rec is not None else [])
+            if draft is None:
+                return  # ids of another vocabulary without text, or a text draft gone stale: never verified
             t_ns = stamp_to_ns(msg.header.stamp)
-            draft = draft_from_msg(msg, vocab_size=self.model.adapter.vocab_size)
             with self.lock:
                 if not self._stale.admit(f"stage {draft.stage}", t_ns, self._image.newest_ref_ns()):
                     return  # a round of the timeline before a jump
@@ -308,7 +312,8 @@ class VideoVerifier(StageNode[VerifierConfig]):
     def _emit(self, u: CaptionUpdate) -> None:
         text = self.model.decode(list(u.token_ids))
         if u.commit_seq > 0:
-            self.pub_commit.publish(commit_msg(u, self.cfg.frame_id, self.model.vocab))
+            # the text too, for upstream stages of another vocabulary (they draft on from it)
+            self.pub_commit.publish(commit_msg(u, self.cfg.frame_id, self.model.vocab, text))
         self.pub_caption.publish(caption_msg(u, text, self.cfg.rules, self.cfg.frame_id))
         shown = display_text(text, u, self.cfg.rules)
         self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
@@ -343,7 +348,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             "event_time_resyncs": self._event_stream.time_resyncs, "events_dropped_span": self._event_stream.events_dropped_span,
             "resets": stage["resets"], "time_jumps": self._image.ingest.jump.jumps,
             "worker_errors": stage["worker_errors"],
-            "drafts_stale": self._stale.stale, **self.drafts_foreign.values(),
+            "drafts_stale": self._stale.stale, **self.drafts_port.values(),
             "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,
         }
         level, message = 0, "verifying"

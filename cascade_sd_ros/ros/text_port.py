@@ -33,6 +33,7 @@ class TextPort:
                                   "same-vocab", log_info=log_info)
         self.texts = CommitTexts(self.codec) if self.codec is not None else None
         self.stale_text = 0  # text drafts that contradicted the round's commit (or added nothing)
+        self.textless = 0  # own drafts not sent to a target of another vocabulary: no text (a lone EOS)
 
     # ------------------------------------------------------------------ upstream stages
     def commit_ids(self, msg: Any, source: str = "verifier") -> list[int] | None:
@@ -43,19 +44,27 @@ class TextPort:
             return self.texts.own_prefix(int(msg.round_id), int(msg.commit_seq), len(msg.token_ids), str(msg.text))
         return None
 
-    def outgoing(self, round_id: int, committed: Sequence[int], draft: Draft) -> tuple[str, int]:
-        """(draft text, start position in the target's tokens) for a draft made on ``committed``
-        (the round's commit in this stage's ids when it drafted). No tokenizer: ("", own start)."""
+    def reads_text(self, round_id: int) -> bool:
+        """Whether ``round_id``'s commits reached this stage as text (its ids are not the target's)."""
+        return self.texts is not None and self.texts.knows(round_id)
+
+    def outgoing(self, round_id: int, spec: Sequence[int], draft: Draft) -> tuple[str, int] | None:
+        """(draft text, start position in the target's tokens) for a draft this stage published after
+        ``spec[:draft.start_position]`` (its speculated caption for the round: the commit in its ids,
+        then its own drafts). No tokenizer: ("", own start). None: nothing a target of another
+        vocabulary could use (a draft of special tokens only, such as a lone EOS: no text; a commit
+        forgotten), counted."""
         if self.texts is None or self.codec is None:
             return "", draft.start_position
-        if draft.commit_seq and self.texts.knows(round_id):  # this round's commits came as text
-            seen = self.texts.outgoing(round_id, draft.commit_seq, draft.token_ids, draft.start_position)
-            if seen is None:
-                return "", draft.start_position  # its commit is forgotten: no position to give (set aside there)
+        before = list(spec[:draft.start_position])
+        if self.texts.knows(round_id):  # this round's commits came as text: the target's ids are others
+            seen = self.texts.outgoing(round_id, draft.commit_seq, before, draft.token_ids)
+            if seen is None or not seen[1]:
+                self.textless += 1
+                return None
             start, text = seen
             return text, start
-        base = list(committed[:draft.start_position])
-        return draft_text(self.codec, base, draft.token_ids), draft.start_position
+        return draft_text(self.codec, before, draft.token_ids), draft.start_position
 
     # ------------------------------------------------------------------ receivers of drafts
     def incoming_draft(self, msg: Any, source: str, committed: Callable[[], Sequence[int]],
@@ -73,7 +82,10 @@ class TextPort:
         return draft
 
     def values(self) -> dict[str, object]:
-        return {**self.guard.values(), f"{self.guard.what}_text_stale": self.stale_text}
+        out = {**self.guard.values(), f"{self.guard.what}_text_stale": self.stale_text}
+        if self.guard.what == "commits":
+            out["drafts_textless"] = self.textless
+        return out
 
 
 __all__ = ["DraftMessageError", "TextPort"]

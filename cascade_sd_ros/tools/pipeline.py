@@ -24,6 +24,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from cascade_sd_ros.core.cooperation import CooperationPlan
 from cascade_sd_ros.core.names import NODE_OF_STAGE, ROLE_OF_STAGE, STAGES, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule
@@ -346,27 +347,41 @@ def trained_params(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check_source_vocabularies(config: PipelineConfig) -> None:
-    """Refuse, before any weights load, stages whose tokenizers give ids different meanings: a
-    :class:`~cascade_sd_ros.core.stage_model.VocabularyMismatch` in one line naming the stages and
-    their vocabularies. Sources whose tokenizer cannot be read are left to the loaders to name."""
-    from cascade_sd_ros.core.stage_model import check_vocabularies, source_vocabulary
+def draft_ids_of(config: PipelineConfig) -> dict[str, str]:
+    """Each upstream role's ``draft_ids`` (its node's parameter, else the common one, else auto); a
+    verifier told same-vocab makes every stage same-vocab (it would set text drafts aside)."""
+    def param(stage: str) -> str:
+        merged = {**config.params.get("common", {}), **config.params.get(NODE_OF_STAGE[stage], {})}
+        return str(merged.get("draft_ids", "auto"))
 
-    check_vocabularies({s: source_vocabulary(config.source(ROLE_OF_STAGE[s])) for s in config.stages},
-                       reference="verifier")
+    verifier = param("verifier")
+    return {ROLE_OF_STAGE[s]: ("same-vocab" if verifier == "same-vocab" else param(s))
+            for s in config.stages if s != "verifier"}
+
+
+def check_source_vocabularies(config: PipelineConfig) -> CooperationPlan:
+    """Before any weights load: can the stages cooperate (:func:`~cascade_sd_ros.core.cooperation.plan_cooperation`)?
+    A :class:`~cascade_sd_ros.core.stage_model.VocabularyMismatch` in one line naming the stages, their
+    vocabularies and what to set when not; else how each upstream stage's drafts reach the target."""
+    from cascade_sd_ros.core.cooperation import plan_cooperation
+
+    sources = {ROLE_OF_STAGE[s]: config.source(ROLE_OF_STAGE[s]) for s in config.stages}
+    return plan_cooperation(sources, draft_ids_of(config))
 
 
 def load_models(config: PipelineConfig) -> dict[str, StageModel]:
-    """One model per running stage (role -> StageModel); all stages must share one vocabulary (same
-    fingerprint: :class:`~cascade_sd_ros.core.stage_model.VocabularyMismatch` otherwise, naming them)."""
+    """One model per running stage (role -> StageModel), once :func:`check_source_vocabularies` says the
+    stages can cooperate: stages whose drafts cross as ids must share the target's vocabulary (checked
+    again on the loaded tokenizers and vocabulary sizes); the others draft as text."""
     from cascade_sd_ros.core.spec.adapter import check_same_vocab
     from cascade_sd_ros.core.stage_model import check_vocabularies
 
-    check_source_vocabularies(config)  # a mix fails here, before loading weights
+    plan = check_source_vocabularies(config)  # a stage that cannot cooperate fails here, before loading weights
     models = {ROLE_OF_STAGE[s]: load_stage_model(config.source(ROLE_OF_STAGE[s]), ROLE_OF_STAGE[s],
                                                  device=config.device, dtype=config.dtype) for s in config.stages}
-    check_vocabularies({s: models[ROLE_OF_STAGE[s]].vocab for s in config.stages}, reference="verifier")
-    check_same_vocab([m.adapter for m in models.values()])
+    by_ids = [s for s in config.stages if plan.draft_ids.get(ROLE_OF_STAGE[s], "same-vocab") == "same-vocab"]
+    check_vocabularies({s: models[ROLE_OF_STAGE[s]].vocab for s in by_ids}, reference="verifier")
+    check_same_vocab([models[ROLE_OF_STAGE[s]].adapter for s in by_ids])
     return models
 
 

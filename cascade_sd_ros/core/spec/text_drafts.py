@@ -206,18 +206,25 @@ class CommitTexts:
         with self._lock:
             return any(r == round_id for r, _ in self._seen)
 
-    def outgoing(self, round_id: int, commit_seq: int, own_draft: Sequence[int],
-                 own_start: int | None = None) -> tuple[int, str] | None:
+    def outgoing(self, round_id: int, commit_seq: int, own_before: Sequence[int],
+                 own_draft: Sequence[int]) -> tuple[int, str] | None:
         """(start_position in target tokens, draft text) of a draft made on commit ``commit_seq`` of
-        ``round_id`` (0: before any commit, from nothing), or None for a commit no longer known or a
-        draft that does not start where that commit ends (``own_start``, in this stage's ids)."""
+        ``round_id`` (0: before any commit) after ``own_before`` (this stage's ids before the draft:
+        the commit's, then any of its own earlier drafts it runs ahead on). The text runs from the
+        commit's end, so the verifier lays it right after that commit. None for a commit no longer
+        known or a draft that does not continue it."""
         if commit_seq == 0:
-            return (0, draft_text(self.codec, [], own_draft)) if not own_start else None
-        with self._lock:
-            seen = self._seen.get((round_id, commit_seq))
-        if seen is None or (own_start is not None and own_start != len(seen.own)):
+            seen = _SeenCommit((), 0)
+        else:
+            with self._lock:
+                found = self._seen.get((round_id, commit_seq))
+            if found is None:
+                return None
+            seen = found
+        n = len(seen.own)
+        if tuple(own_before[:n]) != seen.own:
             return None
-        return seen.target_len, draft_text(self.codec, seen.own, own_draft)
+        return seen.target_len, draft_text(self.codec, seen.own, [*own_before[n:], *own_draft])
 
 
 def _token_ends(codec: TextCodec, prefix: Sequence[int], ids: Sequence[int]) -> list[int]:
