@@ -99,8 +99,10 @@ def test_foreign_vocab_sets_aside_counts_logs_once_and_stays_error_while_it_happ
     assert "no vocabulary announced" in lines[2]
     status = guard.status()
     assert status is not None and status.startswith("4 drafts set aside")
+    why = guard.why("drafter")  # what a caption's "no drafts from drafter" says
+    assert why is not None and str(own) in why and "set aside" in why and guard.why("refiner") is not None
     now[0] += FOREIGN_ERROR_S + 1
-    assert guard.status() is None  # it stopped happening
+    assert guard.status() is None and guard.why("drafter") is None  # it stopped happening
     assert guard.admit(ours, "drafter") and guard.count == 4
 
 
@@ -252,7 +254,8 @@ def test_a_text_draft_message_becomes_own_ids_continuing_the_commit() -> None:
     msg = draft_msg(1, 2, "cam", d, FOREIGN, text=" moves left", start_position=len(committed))
     assert msg.draft_text == " moves left" and msg.start_position == len(committed)  # target tokens, not its own
     own = draft_from_text_msg(msg, committed, zoo)
-    assert own is not None and own.start_position == len(committed) and own.confidence == ()
+    assert own is not None and own.start_position == len(committed)
+    assert own.confidence == pytest.approx((0.4,) * len(own.token_ids))  # the draft's least confident, per id
     assert zoo.decode([*committed, *own.token_ids]) == "a red circle moves left"
     grown = zoo.encode("a red circle moves", add_special_tokens=False)  # the verifier committed more since
     own = draft_from_text_msg(msg, grown, zoo)

@@ -211,6 +211,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             max_new_tokens=self.cfg.max_new_tokens, draft_wait_s=self.cfg.draft_wait_s,
             max_wait_s=self.cfg.max_wait_s, use_stages=self.cfg.use_drafts, seed=self.cfg.seed,
             max_pending=self.cfg.max_pending, liveness_s=self.cfg.liveness_s, question=self.cfg.prompt,
+            why_silent=self.drafts_foreign.why,
         )
         self.stage.start()
 

@@ -111,9 +111,12 @@ def draft_from_text_msg(msg: Any, committed: Sequence[int], codec: TextCodec, ex
     ids = rebase_text_draft(codec, committed, int(msg.start_position), text)
     if not ids:
         return None
+    # the publisher's confidences are per its own tokens, which this stage cannot map onto its ids:
+    # each re-tokenised id gets the draft's least confident one (what the lossy modes' rules read)
+    conf = [float(c) for c in msg.confidence if 0.0 <= float(c) <= 1.0]
     return Draft(
         stage=int(msg.stage), commit_seq=int(msg.commit_seq), start_position=len(committed), token_ids=tuple(ids),
-        confidence=(), upstream_drafted=int(msg.upstream_drafted), upstream_accepted=int(msg.upstream_accepted),
+        confidence=(min(conf),) * len(ids) if conf else (), upstream_drafted=int(msg.upstream_drafted), upstream_accepted=int(msg.upstream_accepted),
         compute_ms=float(msg.compute_ms), degraded=bool(msg.degraded), degraded_reason=str(msg.degraded_reason),
     )
 

@@ -41,6 +41,7 @@ class ForeignVocab:
         self.log_info = log_info or (lambda _text: None)
         self.as_text = 0  # messages of another vocabulary read through their text
         self._text_seen: set[tuple[str, str]] = set()
+        self._aside: dict[str, tuple[float, Vocabulary]] = {}  # source -> (when, vocabulary) of its last set-aside
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: set[tuple[str, str]] = set()
@@ -61,6 +62,7 @@ class ForeignVocab:
             self.count += 1
             self._last_s = self._clock()
             self._last_text = text
+            self._aside[source] = (self._last_s, theirs)
             first = (source, theirs.fingerprint) not in self._seen
             self._seen.add((source, theirs.fingerprint))
         if first:
@@ -88,6 +90,15 @@ class ForeignVocab:
                                   f"{self.own}: read as text and re-tokenised (draft_ids={self.draft_ids})")
                 return "text"
         return "ids" if self.admit(msg, source) else None
+
+    def why(self, source: str) -> str | None:
+        """Why ``source`` sends nothing usable, while its messages keep being set aside (for a caption's
+        degraded reason): its vocabulary and this stage's; None otherwise."""
+        with self._lock:
+            seen = self._aside.get(source)
+            if seen is None or self._clock() - seen[0] > FOREIGN_ERROR_S:
+                return None
+        return f"its {self.what} use vocabulary {seen[1]}, the {self.role}'s is {self.own}: set aside"
 
     def status(self) -> str | None:
         """The ERROR message while foreign messages keep coming (one within :data:`FOREIGN_ERROR_S`)."""

@@ -115,8 +115,11 @@ class VerifierStage(Stage):
         max_pending: int = 4,
         liveness_s: float = 5.0,
         question: str = "",
+        why_silent: Callable[[str], str | None] | None = None,
     ) -> None:
         super().__init__(NODE_OF_STAGE["verifier"], model, resolve, question=question)
+        # why a silent upstream stage is silent, when the node knows (its drafts set aside for their vocabulary)
+        self._why_silent = why_silent or (lambda _name: None)
         if max_new_tokens < 1 or draft_wait_s < 0 or max_wait_s < 0 or max_pending < 1:
             raise ValueError("need max_new_tokens >= 1, draft_wait_s >= 0, max_wait_s >= 0, max_pending >= 1")
         self._emit = emit
@@ -363,5 +366,6 @@ class VerifierStage(Stage):
             quiet = self._book.silent_stages(self.use_stages, self.liveness_s) - rec.stages_seen
         silent = [STAGE_NAMES[s] for s in self.use_stages if s in quiet]
         if silent:
-            reasons.append("no drafts from " + " and ".join(silent))
+            whys = {name: self._why_silent(name) for name in silent}
+            reasons.append("no drafts from " + " and ".join(f"{n} ({whys[n]})" if whys[n] else n for n in silent))
         self._finish(self._update(rec, inp, True, res.accepted, res.drafted, stage, "; ".join(reasons)))
