@@ -55,6 +55,7 @@ def _stage(executable: str, model_arg: str, run_arg: str, remaps: list[tuple[str
         "device": LaunchConfiguration("device"),
         "dtype": LaunchConfiguration("dtype"),
         "backend": LaunchConfiguration("backend"),
+        "draft_ids": LaunchConfiguration("draft_ids"),
         "use_sim_time": LaunchConfiguration("use_sim_time"),
         **(extra or {}),
     }
