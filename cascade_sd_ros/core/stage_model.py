@@ -455,6 +455,7 @@ def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
     a SigLIP config (llava-interleave-qwen, LLaVA-OneVision: a plain resize to height x width, no
     crop, mean and std 0.5) becomes the same steps with the crop turned off."""
     from transformers import VideoLlavaImageProcessor
+    from transformers.image_utils import PILImageResampling
 
     spec = json.loads((folder / "preprocessor_config.json").read_text())
     if not isinstance(spec, dict):
@@ -469,7 +470,7 @@ def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
         raise ValueError(f"{folder}/preprocessor_config.json: {kind} needs size.height and size.width, "
                          f"got {size!r}") from None
     return VideoLlavaImageProcessor(
-        do_resize=bool(spec.get("do_resize", True)), size=hw, resample=int(spec.get("resample", 3)),
+        do_resize=bool(spec.get("do_resize", True)), size=hw, resample=PILImageResampling(int(spec.get("resample", 3))),
         do_center_crop=False, crop_size=hw, do_rescale=bool(spec.get("do_rescale", True)),
         rescale_factor=float(spec.get("rescale_factor", 1 / 255)), do_normalize=bool(spec.get("do_normalize", True)),
         image_mean=spec.get("image_mean", [0.5, 0.5, 0.5]), image_std=spec.get("image_std", [0.5, 0.5, 0.5]))
