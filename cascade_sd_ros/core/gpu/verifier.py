@@ -111,7 +111,7 @@ class StaticAdapter(CachedRowsAdapter):
                 "StaticAdapter needs a VideoLlavaForConditionalGeneration or LlavaForConditionalGeneration, "
                 f"got {type(model).__name__}"
             )
-        self.modality: Modality = modality if modality is not None else supported[0]  # type: ignore[assignment]
+        self.modality: Modality = modality if modality is not None else supported[0]
         if self.modality not in supported:
             raise ValueError(f"{type(model).__name__} supports modalities {supported}, not {self.modality!r}")
         for what, value in (("max_context", max_context), ("max_caption_tokens", max_caption_tokens), ("max_step", max_step)):
