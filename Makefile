@@ -9,16 +9,21 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 IN_OWN_DOMAIN := $(PY) test/helpers/dds_domain.py run --
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint typecheck demo bench clean
 setup:
 	@bash scripts/setup.sh
 
-test: setup lint
+test: setup lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # lint settings in pyproject.toml; part of `make test`, so of CI
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# mypy over core/ (files, strictness and the modules without stubs in pyproject.toml); part of
+# `make test`, so of CI
+typecheck: setup
+	$(PY) -m mypy
 
 demo: setup
 	$(IN_OWN_DOMAIN) $(PY) -m cascade_sd_ros.tools.cli demo $(DEMO_ARGS)

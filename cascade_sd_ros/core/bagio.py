@@ -49,7 +49,7 @@ from rosbags.typesys.store import Typestore
 try:  # Python 3.14's module; rosbags already depends on the backport below
     from compression import zstd  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the interpreter
-    from backports import zstd  # type: ignore[no-redef]
+    from backports import zstd
 
 PACKAGE = "cascade_sd_ros"
 EVENT_PACKET = "event_camera_msgs/msg/EventPacket"
@@ -474,8 +474,7 @@ class _McapFile:
                     i += 1
                     try:
                         f.seek(offset)
-                        head = f.read(9)
-                        opcode, rec_len = struct.unpack("<BQ", head)
+                        opcode, rec_len = struct.unpack("<BQ", f.read(9))
                         if opcode != _OP_CHUNK or offset + 9 + rec_len > self.size:
                             raise _Cut(offset, "the chunk index points at no chunk (corrupt)")
                         raw, _ = _chunk_payload(memoryview(f.read(rec_len)), True)
@@ -759,9 +758,9 @@ class Bag:
             self._files.append(handle)
             if isinstance(handle, _McapFile):
                 if not handle.indexed:
-                    cut = handle.scan_definitions()
-                    if cut is not None and not handle.channels:
-                        self._hurt(path, cut)
+                    scan_cut = handle.scan_definitions()
+                    if scan_cut is not None and not handle.channels:
+                        self._hurt(path, scan_cut)
                 local = {}
                 for cid, (topic, sid, meta) in handle.channels.items():
                     name, enc, text = handle.schemas.get(sid, ("", "", ""))

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from cascade_sd_ros.core.names import MODES
+from cascade_sd_ros.core.spec.rules import DEFERRAL_RULES
 from cascade_sd_ros.core.spec.steps import LevelRule
 
 
@@ -42,7 +43,9 @@ def mode_rules(
     if name == "pyramid":
         fuzzy = LevelRule("fuzzy", tau=tau)
         return ModeRules(name, MODES[name], False, fuzzy, fuzzy)
-    deferring = LevelRule("cascade", deferral=deferral, alpha=alpha)  # type: ignore[arg-type]
+    if deferral not in DEFERRAL_RULES:  # LevelRule's own check, made here so the name is typed
+        raise ValueError(f"deferral must be one of {DEFERRAL_RULES}, got {deferral!r}")
+    deferring = LevelRule("cascade", deferral=deferral, alpha=alpha)
     return ModeRules(name, MODES[name], False, greedy, deferring)
 
 

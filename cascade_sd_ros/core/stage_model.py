@@ -33,12 +33,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol
 
 import numpy as np
 import torch
 
-from cascade_sd_ros.core.spec.adapter import HFAdapter, ModelAdapter, StageContext
+from cascade_sd_ros.core.spec.adapter import HFAdapter, Modality, ModelAdapter, StageContext
 from cascade_sd_ros.core.spec.prompt import TokenizerLike
 from cascade_sd_ros.core.spec.text_drafts import TextCodec
 
@@ -232,7 +232,7 @@ def parse_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
 def parse_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
-    return name  # type: ignore[return-value]
+    return name
 
 
 def choose_backend(requested: str, device: torch.device, role: str, model: object) -> BackendChoice:
@@ -275,7 +275,7 @@ def parse_device(name: str) -> torch.device:
 def _check_role(role: str) -> Role:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    return role  # type: ignore[return-value]
+    return role
 
 
 def load_stage_model(
@@ -364,15 +364,15 @@ def _tiny_stage(
     from cascade_sd_ros.core.spec.testing import BOS_ID, tiny_models
 
     tm = tiny_models(seed, TINY_VOCAB, aligned=True, dtype=dtype, device=device)
-    adapter = {"target": tm.target, "refiner": tm.refiner, "drafter": tm.drafter}[role]
-    modality = "video" if role == "target" else "image"
+    hf = {"target": tm.target, "refiner": tm.refiner, "drafter": tm.drafter}[role]
+    modality: Modality = "video" if role == "target" else "image"
     num_frames = tm.num_frames if role == "target" else 1
-    adapter, choice = static.adapter(backend, device, role, adapter, modality, num_frames)
+    adapter, choice = static.adapter(backend, device, role, hf, modality, num_frames)
     processor = make_image_processor(tm.image_size)
     vocab = tm.vocab_size
     image_id, video_id = vocab - 2, vocab - 1
     placeholder = video_id if role == "target" else image_id
-    count = adapter.expected_media_tokens(num_frames)
+    count = hf.expected_media_tokens(num_frames)  # the same model and modality as the adapter chosen
 
     def build(pixels: np.ndarray, question: str) -> StageContext:
         # no tokenizer: the question's bytes pick ordinary text ids [3, V-2), deterministically
@@ -476,10 +476,16 @@ def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
         image_mean=spec.get("image_mean", [0.5, 0.5, 0.5]), image_std=spec.get("image_std", [0.5, 0.5, 0.5]))
 
 
+class CaptionTokenizer(TokenizerLike, Protocol):
+    """What a stage needs of a tokenizer: ``encode`` for the question, ``decode`` for the caption."""
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> object: ...
+
+
 def stage_model_from_hf(
     model: PreTrainedModel,
     role: str,
-    tokenizer: TokenizerLike,
+    tokenizer: CaptionTokenizer,
     processor: VideoLlavaImageProcessor,
     *,
     backend: str = "auto",
@@ -501,7 +507,7 @@ def stage_model_from_hf(
     role = _check_role(role)
     parse_backend(backend)
     hf = HFAdapter(model, name=role)
-    want = "video" if role == "target" else "image"
+    want: Modality = "video" if role == "target" else "image"
     if want == "video" and hf.modality != "video":
         raise ValueError(f"target model in {source} is a {hf.modality} model; the target needs a video model")
     if hf.modality == "text":

@@ -115,12 +115,13 @@ class OffsetEstimator:
         if small.ndim == 3:
             small = small.mean(axis=2)
         with self._lock:
-            gap = None if self._prev is None else int(t_ns) - self._prev[0]
+            prev = self._prev
+            gap = None if prev is None else int(t_ns) - prev[0]
             if gap is not None and gap > self.max_interval_ns:
                 self.rejected += 1  # a stream gap, or a stamp from nowhere: restart the difference
-            elif gap is not None and gap > 0 and self._prev[1].shape == small.shape:
-                energy = float(np.abs(small - self._prev[1]).mean())
-                self._intervals.append((self._prev[0], int(t_ns), energy))
+            elif prev is not None and gap is not None and gap > 0 and prev[1].shape == small.shape:
+                energy = float(np.abs(small - prev[1]).mean())
+                self._intervals.append((prev[0], int(t_ns), energy))
                 while self._intervals and self._intervals[-1][1] - self._intervals[0][0] > self.horizon_ns:
                     self._intervals.popleft()
             self._prev = (int(t_ns), small)

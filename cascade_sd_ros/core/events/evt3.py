@@ -425,11 +425,14 @@ class Evt3Encoder:
 def _checked(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.names is None:
         raise ValueError(f"{what} must be a 1-D structured array with dtype {dtype}")
-    missing = [name for name in dtype.names if name not in arr.dtype.names]
+    names = dtype.names
+    if names is None:
+        raise TypeError(f"{dtype} is not a structured dtype")
+    missing = [name for name in names if name not in arr.dtype.names]
     if missing:
         raise ValueError(f"{what} lack fields {missing} (dtype must be {dtype})")
     out = np.empty(arr.shape[0], dtype)
-    for name in dtype.names:
+    for name in names:
         out[name] = arr[name]
     if out.size and out["t"][0] < 0:
         raise ValueError(f"{what}: time must be >= 0 µs")

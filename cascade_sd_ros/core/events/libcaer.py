@@ -321,7 +321,7 @@ def _cmp_encode_kernel(x, y, p, r, out):  # noqa: ANN001, ANN202
             e += 1
         if e - i >= 3:
             out[k] = 0x4000 | (np.int64(p[i]) << 11) | y[i]
-            mask = 0
+            mask = np.int64(0)  # the shifts below are int64 (numba types it so either way)
             for q in range(i, e):
                 mask |= 1 << (np.int64(y[q]) - np.int64(y[i]))
             out[k + 1] = 0x5000 | mask

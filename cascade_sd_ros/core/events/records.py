@@ -13,8 +13,8 @@ from .types import CD_DTYPE, TRIGGER_DTYPE
 
 CD_SIZE = CD_DTYPE.itemsize  # 13: x u2 @0, y u2 @2, p i1 @4, t i8 @5
 TRIGGER_SIZE = TRIGGER_DTYPE.itemsize  # 10: id u1 @0, p i1 @1, t i8 @2
-assert [CD_DTYPE.fields[f][1] for f in ("x", "y", "p", "t")] == [0, 2, 4, 5]
-assert [TRIGGER_DTYPE.fields[f][1] for f in ("id", "p", "t")] == [0, 1, 2]
+assert CD_DTYPE.fields is not None and [CD_DTYPE.fields[f][1] for f in ("x", "y", "p", "t")] == [0, 2, 4, 5]
+assert TRIGGER_DTYPE.fields is not None and [TRIGGER_DTYPE.fields[f][1] for f in ("id", "p", "t")] == [0, 1, 2]
 
 
 def as_cd(raw: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .factory import EventDecoder, make_decoder
+from .payload import DEFAULT_MAX_SPAN_US
 from .sources import Packet
 from .types import EMPTY_CD, EMPTY_TRIGGERS, DecodedEvents
 
@@ -45,8 +46,8 @@ class StreamDecoder:
         if decoder is None:
             # Raw-file chunks (no stamp) are arbitrary cuts of one continuous stream, not driver
             # packets: no span bound. Bag packets keep the decoders' default (1 s).
-            span = {} if packet.stamp_ns is not None else {"max_span_us": None}
-            decoder = self._decoders[key] = make_decoder(*key, **span)
+            span = DEFAULT_MAX_SPAN_US if packet.stamp_ns is not None else None
+            decoder = self._decoders[key] = make_decoder(*key, max_span_us=span)
             # Load the compiled kernels now (an empty payload of the same array kind leaves the
             # state alone), so a timed decode measures decoding, not numba's cache.
             decoder.decode(packet.payload[:0], packet.time_base)

@@ -115,6 +115,29 @@ def _fused_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return fused
 
 
+# nn.Module's attribute access is typed Tensor | Module; these name what a Llama layer must hold and
+# say which part is not that (a one-line error instead of an AttributeError deep in the step)
+def _linear(module: nn.Module, path: str) -> nn.Linear:
+    found = module.get_submodule(path)
+    if not isinstance(found, nn.Linear):
+        raise TypeError(f"{path} is a {type(found).__name__}, not a Linear")
+    return found
+
+
+def _module_list(module: nn.Module, path: str) -> nn.ModuleList:
+    found = module.get_submodule(path)
+    if not isinstance(found, nn.ModuleList):
+        raise TypeError(f"{path} is a {type(found).__name__}, not a ModuleList")
+    return found
+
+
+def _number(module: nn.Module, name: str) -> float:
+    value = getattr(module, name)
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{type(module).__name__}.{name} is a {type(value).__name__}, not a number")
+    return float(value)
+
+
 class LlamaDecodeWeights:
     """The tensors of a transformers Llama text model and its LM head, laid out for the static step."""
 
@@ -123,7 +146,7 @@ class LlamaDecodeWeights:
         if config is None or getattr(config, "model_type", None) != "llama":
             kind = getattr(config, "model_type", type(language_model).__name__)
             raise ValueError(f"the static-cache step implements Llama text models only, got {kind!r}")
-        rotary = language_model.rotary_emb
+        rotary = language_model.get_submodule("rotary_emb")
         rope_type = getattr(rotary, "rope_type", "default")
         if rope_type not in STATIC_ROPE_TYPES:
             raise ValueError(f"RoPE type {rope_type!r} depends on the sequence length; supported: {STATIC_ROPE_TYPES}")
@@ -140,28 +163,28 @@ class LlamaDecodeWeights:
             rms_eps=float(config.rms_norm_eps),
         )
         self.act: Callable[[torch.Tensor], torch.Tensor] = ACT2FN[config.hidden_act]
-        self.embed = language_model.embed_tokens.weight.detach()  # [V_in, H]
-        self.norm = language_model.norm.weight.detach()  # [H]
+        self.embed = language_model.get_parameter("embed_tokens.weight").detach()  # [V_in, H]
+        self.norm = language_model.get_parameter("norm.weight").detach()  # [H]
         self.lm_head = lm_head.weight.detach()  # [V, H]
-        self.inv_freq = rotary.inv_freq.detach().float()  # [D / 2]
-        self.attention_scaling = float(rotary.attention_scaling)
+        self.inv_freq = rotary.get_buffer("inv_freq").detach().float()  # [D / 2]
+        self.attention_scaling = _number(rotary, "attention_scaling")
         self.layers: list[LayerWeights] = []
-        for layer in language_model.layers[: config.num_hidden_layers]:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv_w, qkv_b = _fused_rows([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up_w, gate_up_b = _fused_rows([mlp.gate_proj, mlp.up_proj])
+        for layer in _module_list(language_model, "layers")[: config.num_hidden_layers]:
+            qkv_w, qkv_b = _fused_rows([_linear(layer, f"self_attn.{p}") for p in ("q_proj", "k_proj", "v_proj")])
+            gate_up_w, gate_up_b = _fused_rows([_linear(layer, f"mlp.{p}") for p in ("gate_proj", "up_proj")])
+            o_proj, down_proj = _linear(layer, "self_attn.o_proj"), _linear(layer, "mlp.down_proj")
             self.layers.append(
                 LayerWeights(
-                    input_norm=layer.input_layernorm.weight.detach(),
+                    input_norm=layer.get_parameter("input_layernorm.weight").detach(),
                     qkv_w=qkv_w,
                     qkv_b=qkv_b,
-                    o_w=attn.o_proj.weight.detach(),
-                    o_b=None if attn.o_proj.bias is None else attn.o_proj.bias.detach(),
-                    post_norm=layer.post_attention_layernorm.weight.detach(),
+                    o_w=o_proj.weight.detach(),
+                    o_b=None if o_proj.bias is None else o_proj.bias.detach(),
+                    post_norm=layer.get_parameter("post_attention_layernorm.weight").detach(),
                     gate_up_w=gate_up_w,
                     gate_up_b=gate_up_b,
-                    down_w=mlp.down_proj.weight.detach(),
-                    down_b=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
+                    down_w=down_proj.weight.detach(),
+                    down_b=None if down_proj.bias is None else down_proj.bias.detach(),
                 )
             )
 
@@ -317,11 +340,14 @@ class LlamaStaticForward:
         Returns:
             logits `[rows, V]` in the model dtype.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         w = self.weights
         dims = w.dims
-        h = F.embedding(input_ids, w.embed) if inputs_embeds is None else inputs_embeds  # [T, H]
+        if input_ids is not None and inputs_embeds is None:
+            h = F.embedding(input_ids, w.embed)  # [T, H]
+        elif inputs_embeds is not None and input_ids is None:
+            h = inputs_embeds
+        else:
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         t = h.shape[0]
         positions = start + self.key_pos[:t]  # [T]
         cos, sin = self._rope(positions, h.dtype)  # [T, D]

@@ -16,6 +16,7 @@ with the config's vision feature layer and selection strategy, as the model's ow
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration
@@ -25,7 +26,7 @@ __all__ = ["EncodedMedia", "MediaEncoder", "media_modalities"]
 _RANK = {"video": 5, "image": 4}  # [1, F, 3, S, S] and [1, 3, S, S]
 
 
-def media_modalities(model: object) -> tuple[str, ...]:
+def media_modalities(model: object) -> tuple[Literal["video", "image"], ...]:
     """The pixel modalities a model's vision tower serves (empty for anything else)."""
     if isinstance(model, VideoLlavaForConditionalGeneration):
         return ("video", "image")

@@ -56,13 +56,13 @@ def static_support(model: object) -> str | None:
     The static step implements a LLaVA-family model (VideoLlava or Llava) whose language model is a
     Llama: RoPE that does not depend on the sequence length, a known activation.
     """
-    if not media_modalities(model):
+    if not isinstance(model, (VideoLlavaForConditionalGeneration, LlavaForConditionalGeneration)):  # media_modalities' models
         return f"{type(model).__name__} is not a LLaVA-family (VideoLlava/Llava) model"
-    text = model.config.get_text_config()  # type: ignore[attr-defined]
+    text = model.config.get_text_config()
     kind = getattr(text, "model_type", None)
     if kind != "llama":
         return f"its language model is {kind!r}, not Llama-shaped"
-    rotary = getattr(model.model.language_model, "rotary_emb", None)  # type: ignore[attr-defined]
+    rotary = getattr(model.model.language_model, "rotary_emb", None)
     rope_type = getattr(rotary, "rope_type", "default")
     if rope_type not in STATIC_ROPE_TYPES:
         return f"its RoPE type {rope_type!r} depends on the sequence length (static: {STATIC_ROPE_TYPES})"
@@ -111,7 +111,7 @@ class StaticAdapter(CachedRowsAdapter):
                 "StaticAdapter needs a VideoLlavaForConditionalGeneration or LlavaForConditionalGeneration, "
                 f"got {type(model).__name__}"
             )
-        self.modality: Modality = modality if modality is not None else supported[0]  # type: ignore[assignment]
+        self.modality: Modality = modality if modality is not None else supported[0]
         if self.modality not in supported:
             raise ValueError(f"{type(model).__name__} supports modalities {supported}, not {self.modality!r}")
         for what, value in (("max_context", max_context), ("max_caption_tokens", max_caption_tokens), ("max_step", max_step)):

@@ -16,7 +16,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from transformers import (
@@ -464,7 +464,7 @@ class HFAdapter(CachedRowsAdapter):
         self._context = None  # until this prefill completes, no earlier context is valid either
         tail = [int(t) for t in caption]
         late: list[int] = []
-        if context.modality != "text" and media_token_id(cfg, context.modality) in tail:  # type: ignore[arg-type]
+        if context.modality != "text" and media_token_id(cfg, context.modality) in tail:
             tail, late = [], tail  # a placeholder id in a draft would be taken for media: fed after instead
         ids = torch.tensor([[*context.input_ids, *tail]], dtype=torch.long, device=self.device)  # [1, L+n]
         out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
@@ -525,11 +525,12 @@ def load_hf_model(
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
         refused = f" ({', '.join(pickles)} refused: pickled weights can run code)" if pickles else ""
         raise FileNotFoundError(f"model folder {folder} has no model.safetensors{refused}")
-    kwargs: dict[str, object] = {"local_files_only": True, "use_safetensors": True, "trust_remote_code": False}
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = cls.from_pretrained(folder, **kwargs)
-    return model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) reads as unbound: self expected first
+    return model
 
 
 def load_adapter(

@@ -100,7 +100,7 @@ class DecodeResult:
 
 
 def _level_rules(
-    mode: str, n_levels: int, temperature: float, taus: Sequence[float], deferral: str, alpha: float
+    mode: str, n_levels: int, temperature: float, taus: Sequence[float], deferral: rules.DeferralRule, alpha: float
 ) -> list[LevelRule]:
     if mode == "lossless-greedy":
         return [LevelRule("greedy")] * n_levels
@@ -112,7 +112,7 @@ def _level_rules(
         # taus[0]: draft -> qualifier levels; taus[-1]: the last level (-> target)
         return [LevelRule("fuzzy", tau=float(taus[0] if i < n_levels - 1 else taus[-1])) for i in range(n_levels)]
     if mode == "cascade":
-        rule = LevelRule("cascade", temperature=temperature, deferral=deferral, alpha=alpha)  # type: ignore[arg-type]
+        rule = LevelRule("cascade", temperature=temperature, deferral=deferral, alpha=alpha)
         return [rule] * n_levels
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 

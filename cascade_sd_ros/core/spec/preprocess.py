@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import VideoLlavaImageProcessor
+from transformers import BatchFeature, VideoLlavaImageProcessor
 
 __all__ = ["make_image_processor", "preprocess_image", "preprocess_video"]
 
@@ -18,6 +18,13 @@ def make_image_processor(size: int) -> VideoLlavaImageProcessor:
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     return VideoLlavaImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _pixels(out: BatchFeature) -> torch.Tensor:
+    pixels = out["pixel_values_images"]
+    if not isinstance(pixels, torch.Tensor):
+        raise TypeError(f"the image processor gave {type(pixels).__name__} pixels, not a tensor")
+    return pixels
 
 
 def _check_rgb(images: np.ndarray, what: str, rank: int) -> None:
@@ -30,12 +37,10 @@ def _check_rgb(images: np.ndarray, what: str, rank: int) -> None:
 def preprocess_image(processor: VideoLlavaImageProcessor, image: np.ndarray) -> torch.Tensor:
     """uint8 `[H, W, 3]` RGB -> float `[1, 3, S, S]`."""
     _check_rgb(image, "image", 3)
-    out = processor(images=[image], return_tensors="pt")
-    return out["pixel_values_images"]  # [1, 3, S, S]
+    return _pixels(processor(images=[image], return_tensors="pt"))  # [1, 3, S, S]
 
 
 def preprocess_video(processor: VideoLlavaImageProcessor, frames: np.ndarray) -> torch.Tensor:
     """uint8 `[F, H, W, 3]` RGB frames -> float `[1, F, 3, S, S]`."""
     _check_rgb(frames, "frames", 4)
-    out = processor(images=list(frames), return_tensors="pt")
-    return out["pixel_values_images"].unsqueeze(0)  # [1, F, 3, S, S]
+    return _pixels(processor(images=list(frames), return_tensors="pt")).unsqueeze(0)  # [1, F, 3, S, S]

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 DeferralRule = Literal["chow", "diff", "opt"]
-DEFERRAL_RULES: tuple[str, ...] = ("chow", "diff", "opt")
+DEFERRAL_RULES: tuple[DeferralRule, ...] = ("chow", "diff", "opt")
 
 
 def first_rejection(accept: torch.Tensor) -> torch.Tensor:

@@ -92,14 +92,16 @@ def _vision_config(hidden: int, image_size: int, patch_size: int) -> CLIPVisionC
 def _copy_language_prefix(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     """Copy src's vision tower, projector, embeddings, first len(dst.layers) decoder layers, norm and
     LM head into dst (a VideoLlava's video tower becomes the Llava's vision tower)."""
-    dst.model.vision_tower.load_state_dict(src.model.video_tower.state_dict())
-    dst.model.multi_modal_projector.load_state_dict(src.model.multi_modal_projector.state_dict())
-    src_lm, dst_lm = src.model.language_model, dst.model.language_model
-    dst_lm.embed_tokens.load_state_dict(src_lm.embed_tokens.state_dict())
-    for i, layer in enumerate(dst_lm.layers):
-        layer.load_state_dict(src_lm.layers[i].state_dict())
-    dst_lm.norm.load_state_dict(src_lm.norm.state_dict())
-    dst.lm_head.load_state_dict(src.lm_head.state_dict())
+    def copy(src_name: str, dst_name: str) -> None:
+        dst.get_submodule(dst_name).load_state_dict(src.get_submodule(src_name).state_dict())
+
+    copy("model.video_tower", "model.vision_tower")
+    copy("model.multi_modal_projector", "model.multi_modal_projector")
+    copy("model.language_model.embed_tokens", "model.language_model.embed_tokens")
+    for i, _ in dst.get_submodule("model.language_model.layers").named_children():
+        copy(f"model.language_model.layers.{i}", f"model.language_model.layers.{i}")
+    copy("model.language_model.norm", "model.language_model.norm")
+    copy("lm_head", "lm_head")
 
 
 def tiny_models(
@@ -151,7 +153,7 @@ def tiny_models(
     for m in (target_model, refiner_model, drafter_model):
         m.generation_config.eos_token_id = EOS_ID
         m.generation_config.pad_token_id = PAD_ID
-        m.to(device=device, dtype=dtype)
+        m.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers' @wraps(Module.to) reads as unbound: self expected first
     target = HFAdapter(target_model, name="target", modality="video")
     refiner = HFAdapter(refiner_model, name="refiner", modality="image")
     drafter = HFAdapter(drafter_model, name="drafter", modality="image")
@@ -193,7 +195,8 @@ def tiny_causal_lm(
     model = LlamaForCausalLM(_text_config(vocab_size, hidden_size, layers))
     model.generation_config.eos_token_id = EOS_ID
     model.generation_config.pad_token_id = PAD_ID
-    return HFAdapter(model.to(dtype=dtype), name=name, modality="text")
+    model.to(dtype=dtype)  # type: ignore[call-arg]  # transformers' @wraps(Module.to) reads as unbound: self expected first
+    return HFAdapter(model, name=name, modality="text")
 
 
 class ScriptedDrafter:

@@ -96,14 +96,14 @@ def scene_messages(scenes: Iterable[SceneData]) -> Iterator[tuple[str, str, int,
     each image is followed by its camera info."""
     build = _Builder()
     for scene in scenes:
-        for t_ns, kind, item in scene.timeline():
-            if kind == "truth":
-                yield GROUND_TRUTH_TOPIC, GROUND_TRUTH_TYPE, t_ns, build.truth(item)  # type: ignore[arg-type]
-            elif kind == "events":
-                yield EVENTS_TOPIC, bagio.EVENT_PACKET, t_ns, build.packet(item)  # type: ignore[arg-type]
+        for t_ns, _kind, item in scene.timeline():  # the item's class says its kind
+            if isinstance(item, SceneTruth):
+                yield GROUND_TRUTH_TOPIC, GROUND_TRUTH_TYPE, t_ns, build.truth(item)
+            elif isinstance(item, EventPacketData):
+                yield EVENTS_TOPIC, bagio.EVENT_PACKET, t_ns, build.packet(item)
             else:
-                yield IMAGE_TOPIC, IMAGE_TYPE, t_ns, build.image(item)  # type: ignore[arg-type]
-                yield CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, t_ns, build.camera_info(item)  # type: ignore[arg-type]
+                yield IMAGE_TOPIC, IMAGE_TYPE, t_ns, build.image(item)
+                yield CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, t_ns, build.camera_info(item)
 
 
 TOPICS: dict[str, str] = {

@@ -178,12 +178,12 @@ def sample_scene(
         raise RuntimeError("could not place the objects apart from each other")
 
     level = float(rng.uniform(*_BACKGROUND_LEVEL_RANGE))
-    tint = tuple(float(v) for v in 1.0 + rng.uniform(-0.15, 0.15, size=3))
+    red, green, blue = (float(v) for v in 1.0 + rng.uniform(-0.15, 0.15, size=3))
     return SceneSpec(
         objects=tuple(objects),
         texture_seed=int(rng.integers(0, 2**31 - 1)),
         background_level=level,
-        background_tint=tint,  # type: ignore[arg-type]
+        background_tint=(red, green, blue),
         duration_s=float(duration_s),
     )
 

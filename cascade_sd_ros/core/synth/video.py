@@ -48,7 +48,7 @@ class VideoStreamConfig:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if (self.height is None) != (self.width is None):
             raise ValueError("give both height and width, or neither")
-        if self.height is not None and not (8 <= self.height <= MAX_SIDE and 8 <= self.width <= MAX_SIDE):  # type: ignore[operator]
+        if self.height is not None and self.width is not None and not (8 <= self.height <= MAX_SIDE and 8 <= self.width <= MAX_SIDE):
             raise ValueError(f"height and width must be 8..{MAX_SIDE}, got {self.height}x{self.width}")
         if not (math.isfinite(self.chunk_s) and self.chunk_s > 0):
             raise ValueError(f"chunk_s must be > 0, got {self.chunk_s}")
@@ -82,11 +82,11 @@ def read_video(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def _resize(image: np.ndarray, height: int | None, width: int | None) -> np.ndarray:
-    if height is None or image.shape[:2] == (height, width):
+    if height is None or width is None or image.shape[:2] == (height, width):  # both or neither (config)
         return image
     from PIL import Image
 
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def frames_to_stream(frames: Iterable[tuple[int, np.ndarray]], config: VideoStreamConfig = VideoStreamConfig()) -> Iterator[SceneData]:

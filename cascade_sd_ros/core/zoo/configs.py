@@ -9,7 +9,7 @@ overhead, so depth (not width) sets the cost. The target is deep and narrow (lik
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import (
     CLIPVisionConfig,
@@ -147,6 +147,13 @@ def _text_config(arch: StageArch, tokenizer: PreTrainedTokenizerBase) -> LlamaCo
     )
 
 
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ValueError(f"token {token!r} maps to {found!r}, not one id")
+    return found
+
+
 def build_model(stage: Stage, tokenizer: PreTrainedTokenizerBase, geometry: DataGeometry = DATA,
                 arch: StageArch | None = None) -> PreTrainedModel:
     """A freshly initialised model of `stage` (weights from the current torch RNG state)."""
@@ -155,10 +162,10 @@ def build_model(stage: Stage, tokenizer: PreTrainedTokenizerBase, geometry: Data
     arch = arch or ARCHS[stage]
     vision = _vision_config(arch, geometry.image_size).to_dict()
     text = _text_config(arch, tokenizer).to_dict()
-    common = dict(
+    common: dict[str, Any] = dict(  # keyword arguments of both config classes
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_token_index=_token_id(tokenizer, IMAGE),
         # Use the last CLIP layer: the real default (-2) would leave a 1-2 layer tower half unused.
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
@@ -168,7 +175,7 @@ def build_model(stage: Stage, tokenizer: PreTrainedTokenizerBase, geometry: Data
     if arch.video:
         config = VideoLlavaConfig(
             **common,
-            video_token_index=tokenizer.convert_tokens_to_ids(VIDEO),
+            video_token_index=_token_id(tokenizer, VIDEO),
             image_seq_length=patches,
             video_seq_length=geometry.num_frames * (patches + 1),
         )

@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -104,8 +104,9 @@ class ZooData:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = {} if self.events is None else {"events": self.events}
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: concurrent builders never collide
+        # numpy types **kwds as if they could hold its allow_pickle flag
         np.savez(tmp, video=self.video, captions=np.asarray(self.captions),
-                 geometry=np.asarray(json.dumps(self.geometry.to_dict())), **extra)
+                 geometry=np.asarray(json.dumps(self.geometry.to_dict())), **extra)  # type: ignore[arg-type]
         tmp.replace(path)
 
     @staticmethod
@@ -133,7 +134,7 @@ def _build_chunk(args: tuple[int, int, int, int, DataGeometry, bool]) -> tuple[n
     seed, stream, lo, hi, geometry, with_events = args
     samples = [build_sample(seed, stream, i, geometry, with_events) for i in range(lo, hi)]
     clips = np.stack([s[0] for s in samples])
-    images = np.stack([s[1] for s in samples]) if with_events else None  # type: ignore[misc]
+    images = np.stack([s[1] for s in samples if s[1] is not None]) if with_events else None  # all or none by with_events
     return clips, images, [s[2] for s in samples]
 
 
@@ -147,6 +148,7 @@ def build_data(count: int, seed: int, stream: int, geometry: DataGeometry = DATA
     split_rng(seed, stream)  # validates the seed
     step = 64
     jobs = [(seed, stream, lo, min(count, lo + step), geometry, with_events) for lo in range(0, count, step)]
+    chunks: Iterator[tuple[np.ndarray, np.ndarray | None, list[str]]]
     if workers == 1:
         chunks = map(_build_chunk, jobs)
         pool = None
@@ -155,11 +157,14 @@ def build_data(count: int, seed: int, stream: int, geometry: DataGeometry = DATA
 
         pool = multiprocessing.get_context("spawn").Pool(workers)
         chunks = pool.imap(_build_chunk, jobs)
-    clips, images, captions = [], [], []
+    clips: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    captions: list[str] = []
     try:
         for clip, image, caps in chunks:
             clips.append(clip)
-            images.append(image)
+            if image is not None:  # all or none by with_events
+                images.append(image)
             captions.extend(caps)
             if progress is not None:
                 progress(len(captions))
@@ -167,7 +172,7 @@ def build_data(count: int, seed: int, stream: int, geometry: DataGeometry = DATA
         if pool is not None:
             pool.close()
             pool.join()
-    events = np.concatenate(images) if with_events else None  # type: ignore[arg-type]
+    events = np.concatenate(images) if with_events else None
     return ZooData(np.concatenate(clips), events, captions, geometry)
 
 

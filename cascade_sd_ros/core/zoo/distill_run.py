@@ -66,7 +66,8 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
     for stage in ("target", *students):
         check_stage_folder(folders[stage], stage)  # fail before any work, naming the folder and file
     target_dir = folders["target"]
-    teacher = _load_model(target_dir, "target").to(settings.device)
+    teacher = _load_model(target_dir, "target")
+    teacher.to(settings.device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) reads as unbound: self expected first
     tokenizer = load_tokenizer(target_dir)
     processor = VideoLlavaImageProcessor.from_pretrained(target_dir, local_files_only=True)
     processors = {s: VideoLlavaImageProcessor.from_pretrained(folders[s], local_files_only=True) for s in students}
@@ -97,7 +98,8 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
     curves: dict[str, list[float]] = {}
     out.mkdir(parents=True, exist_ok=True)
     for stage in students:
-        student = _load_model(folders[stage], stage).to(settings.device)
+        student = _load_model(folders[stage], stage)
+        student.to(settings.device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) reads as unbound: self expected first
         _check_size(train, student, folders[stage])
         sb = StageBatcher(stage, student, tokenizer, processors[stage], train, question, settings.device)
         sb_held = StageBatcher(stage, student, tokenizer, processors[stage], held, question, settings.device)

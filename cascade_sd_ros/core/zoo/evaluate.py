@@ -68,9 +68,9 @@ def evaluate_zoo(zoo: Zoo, scenes: int, seed: int, gamma: int = 4, max_new_token
             runs += 1
         result = CascadeDecoder([zoo.drafter, zoo.refiner, zoo.target], mode=MODE, gamma=gamma, adaptive=False).generate(
             [ctx["drafter"], ctx["refiner"], ctx["target"]], max_new_tokens)
-        for k, stage in enumerate(("drafter", "refiner")):
-            chain[stage][0] += result.stats.stages[k].drafted
-            chain[stage][1] += result.stats.stages[k].accepted
+        for k, student in enumerate(("drafter", "refiner")):
+            chain[student][0] += result.stats.stages[k].drafted
+            chain[student][1] += result.stats.stages[k].accepted
         exact_runs += result.token_ids == own["target"]
         runs += 1
         target_forwards += result.stats.target_forwards

@@ -26,7 +26,14 @@ __all__ = ["grow_from", "deepen", "expansion_plan"]
 
 
 def _text(model: PreTrainedModel) -> torch.nn.Module:
-    return model.model.language_model
+    return model.get_submodule("model.language_model")
+
+
+def _layers(text: torch.nn.Module) -> torch.nn.ModuleList:
+    layers = text.get_submodule("layers")
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise TypeError(f"decoder layers are a {type(layers).__name__}, not a ModuleList")
+    return layers
 
 
 _RESIDUAL_OUTPUTS = ("self_attn.o_proj", "mlp.down_proj")
@@ -55,7 +62,7 @@ def _expand_layers(source: torch.nn.ModuleList, target: torch.nn.ModuleList) -> 
             layer.load_state_dict(source[i].state_dict())
         else:
             for name in _RESIDUAL_OUTPUTS:
-                layer.get_submodule(name).weight.zero_()
+                layer.get_parameter(f"{name}.weight").zero_()
     return plan
 
 
@@ -80,10 +87,10 @@ def grow_from(source: PreTrainedModel, target: PreTrainedModel) -> list[tuple[in
     target.model.image_tower.load_state_dict(source.model.vision_tower.state_dict())
     target.model.multi_modal_projector.load_state_dict(source.model.multi_modal_projector.state_dict())
     src, dst = _text(source), _text(target)
-    dst.embed_tokens.load_state_dict(src.embed_tokens.state_dict())
-    dst.norm.load_state_dict(src.norm.state_dict())
+    for name in ("embed_tokens", "norm"):
+        dst.get_submodule(name).load_state_dict(src.get_submodule(name).state_dict())
     target.lm_head.load_state_dict(source.lm_head.state_dict())
-    return _expand_layers(src.layers, dst.layers)
+    return _expand_layers(_layers(src), _layers(dst))
 
 
 @torch.no_grad()
@@ -103,4 +110,4 @@ def deepen(source: PreTrainedModel, target: PreTrainedModel) -> list[tuple[int, 
     if wrong or len(outer) != len(expected):
         raise ValueError(f"cannot deepen: weights outside the layers do not fit ({', '.join(wrong[:3]) or 'extra keys'})")
     target.load_state_dict({**target.state_dict(), **outer})
-    return _expand_layers(_text(source).layers, _text(target).layers)
+    return _expand_layers(_layers(_text(source)), _layers(_text(target)))

@@ -18,7 +18,7 @@ from cascade_sd_ros.core.spec.adapter import HFAdapter, StageContext, check_same
 from cascade_sd_ros.core.spec.preprocess import preprocess_image, preprocess_video
 from cascade_sd_ros.core.spec.prompt import build_prompt_ids
 from cascade_sd_ros.core.zoo.configs import STAGES, DataGeometry, Stage
-from cascade_sd_ros.core.zoo.tokenizer import DEFAULT_QUESTION, load_tokenizer
+from cascade_sd_ros.core.zoo.tokenizer import DEFAULT_QUESTION, decode_text, load_tokenizer
 
 __all__ = ["Zoo", "ZooFolderError", "default_zoo_path", "check_stage_folder", "read_zoo_meta", "load_zoo"]
 
@@ -82,7 +82,7 @@ class Zoo:
     tokenizer: PreTrainedTokenizerBase
     prompt: str
     geometry: DataGeometry
-    processors: dict[str, VideoLlavaImageProcessor]  # per stage: each folder's own pixel statistics
+    processors: dict[Stage, VideoLlavaImageProcessor]  # per stage: each folder's own pixel statistics
 
     def adapter(self, stage: Stage) -> HFAdapter:
         if stage not in STAGES:
@@ -108,7 +108,7 @@ class Zoo:
         return StageContext(ids, values, adapter.modality)
 
     def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return decode_text(self.tokenizer, token_ids, skip_special_tokens=True)
 
 
 def load_zoo(root: str | Path | None = None, device: str | torch.device = "cpu", *,
@@ -122,11 +122,11 @@ def load_zoo(root: str | Path | None = None, device: str | torch.device = "cpu",
     """
     base = Path(root) if root is not None else default_zoo_path()
     chosen = {"target": target, "refiner": refiner, "drafter": drafter}
-    folders: dict[str, Path] = {s: Path(chosen[s]) if chosen[s] is not None else base / s for s in STAGES}
+    folders: dict[Stage, Path] = {s: base / s if (c := chosen[s]) is None else Path(c) for s in STAGES}
     if any(chosen[s] is None for s in STAGES) and not base.is_dir():
         raise ZooFolderError(f"zoo folder {base} does not exist (train one with `cascade-sd train`)")
     for stage, folder in folders.items():
-        check_stage_folder(folder, stage)  # type: ignore[arg-type]
+        check_stage_folder(folder, stage)
     adapters = {s: load_adapter(folders[s], name=s, device=device, dtype=torch.float32) for s in STAGES}
     check_same_vocab([adapters["drafter"], adapters["refiner"], adapters["target"]])
     tokenizer = load_tokenizer(folders["target"])

@@ -28,7 +28,7 @@ from cascade_sd_ros.core.zoo.grow import deepen, grow_from
 from cascade_sd_ros.core.zoo.load import check_stage_folder, default_zoo_path
 from cascade_sd_ros.core.zoo.metrics import score_captions
 from cascade_sd_ros.core.zoo.save import save_stage
-from cascade_sd_ros.core.zoo.tokenizer import DEFAULT_QUESTION, build_tokenizer
+from cascade_sd_ros.core.zoo.tokenizer import DEFAULT_QUESTION, build_tokenizer, decode_text
 from cascade_sd_ros.core.zoo.training import TrainResult, greedy_captions, train_stage
 
 _ORDER: tuple[Stage, ...] = ("refiner", "drafter", "target")  # the target grows from the refiner
@@ -166,7 +166,7 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
         curves[stage] = result.losses
         rows = np.arange(len(held_out))
         eval_batcher = StageBatcher(stage, model, tokenizer, processor, held_out, device=settings.device)
-        texts = [tokenizer.decode(ids) for ids in greedy_captions(model, eval_batcher, rows, batch_size=64 * settings.batch_scale)]
+        texts = [decode_text(tokenizer, ids) for ids in greedy_captions(model, eval_batcher, rows, batch_size=64 * settings.batch_scale)]
         score = score_captions(texts, held_out.captions)
         info = {
             "steps": result.steps, "planned_steps": schedule.steps + (schedule.deepen_steps if shallow else 0),
@@ -201,7 +201,7 @@ def _fit(stage: Stage, model: PreTrainedModel, schedule: TrainSchedule, settings
          tokenizer: Any, processor: Any, train: ZooData, max_seconds: float | None,
          seed: int | None = None) -> TrainResult:
     """Train ``model`` (moved to the settings' device) by ``schedule``, with a progress bar."""
-    model.to(settings.device)
+    model.to(settings.device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) reads as unbound: self expected first
     batcher = StageBatcher(stage, model, tokenizer, processor, train, device=settings.device)
     layers = _layers(model)
     bar = _bar(schedule.steps, f"train {stage} ({layers} layers)", settings.progress)

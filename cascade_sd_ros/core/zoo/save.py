@@ -26,8 +26,9 @@ def save_stage(folder: Path, stage: Stage, model: PreTrainedModel, tokenizer: Pr
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.to(dtype).save_pretrained(tmp, safe_serialization=True)
-    model.to(torch.float32)
+    model.to(dtype)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) reads as unbound: self expected first
+    model.save_pretrained(tmp, safe_serialization=True)
+    model.to(torch.float32)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) reads as unbound: self expected first
     tokenizer.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     meta = {"stage": stage, "geometry": geometry.to_dict(), "question": question, **(extra or {})}

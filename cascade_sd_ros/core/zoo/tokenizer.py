@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from cascade_sd_ros.core.synth.scene import VOCABULARY
 
 __all__ = [
     "PAD", "UNK", "BOS", "EOS", "IMAGE", "VIDEO",
-    "PROMPT_WORDS", "DEFAULT_QUESTION", "build_tokenizer", "load_tokenizer",
+    "PROMPT_WORDS", "DEFAULT_QUESTION", "build_tokenizer", "load_tokenizer", "decode_text",
 ]
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
@@ -64,7 +64,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
     """Load a saved zoo tokenizer from a local folder; a clear error when it is missing."""
     path = Path(folder)
     if not (path / "tokenizer.json").is_file():
@@ -74,3 +74,11 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
         if tok.convert_tokens_to_ids(special) in (None, tok.unk_token_id):
             raise ValueError(f"tokenizer in {path} lacks the {special} placeholder token")
     return tok
+
+
+def decode_text(tokenizer: PreTrainedTokenizerBase, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+    """``tokenizer.decode`` of one sequence (typed ``str | list[str]`` by transformers, for batches)."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+    if not isinstance(text, str):
+        raise TypeError(f"decoding one sequence gave a {type(text).__name__}, not text")
+    return text

@@ -10,11 +10,11 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.configs import TrainSchedule
@@ -118,15 +118,19 @@ def train_stage(
 def greedy_captions(model: PreTrainedModel, batcher: StageBatcher, rows: np.ndarray,
                     max_new_tokens: int = 24, batch_size: int = 64) -> list[list[int]]:
     """Greedy caption token ids (EOS and after removed) for dataset ``rows``, batched with a KV cache."""
+    if not isinstance(model, GenerationMixin):
+        raise TypeError(f"{type(model).__name__} cannot generate")
     model.eval()
     device = next(model.parameters()).device
     eos = model.generation_config.eos_token_id
     out: list[list[int]] = []
     for i in range(0, len(rows), batch_size):
         ids, pixels = batcher.prompt_batch(rows[i : i + batch_size])
-        gen = model.generate(
-            input_ids=ids.to(device), attention_mask=torch.ones_like(ids, device=device),
-            **{k: v.to(device) for k, v in pixels.items()},
+        inputs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device),
+                                  **{k: v.to(device) for k, v in pixels.items()}}
+        # transformers types generate's self by a Protocol (GenerativePreTrainedModel) its own models fail
+        gen = model.generate(  # type: ignore[misc]
+            **inputs,
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos,
         )
         for seq in gen[:, ids.shape[1]:].tolist():
