@@ -118,7 +118,7 @@ def _run_head(args: argparse.Namespace) -> int:
     from cascade_sd_ros.core.head.run import HeadRunSettings, run_head_training
 
     torch.set_num_threads(args.threads)
-    minutes = args.max_minutes[0] if args.max_minutes else 18.0
+    minutes = args.max_minutes[0] if args.max_minutes else 15.0
     settings = HeadRunSettings(zoo=args.zoo, out=args.out / "head", seed=args.seed, samples=args.head_samples,
                                eval_samples=args.eval_samples, steps_scale=args.steps_scale, max_minutes=minutes,
                                data_dir=args.data_dir, workers=args.workers, progress=not args.quiet)

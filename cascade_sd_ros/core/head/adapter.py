@@ -17,6 +17,7 @@ Modes (the ablation's three heads, one set of weights trained for all three):
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Literal
 
@@ -24,9 +25,9 @@ import torch
 
 from cascade_sd_ros.core.head.features import event_tokens
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadCache
-from cascade_sd_ros.core.spec.adapter import CachedRowsAdapter, HFAdapter, StageContext
+from cascade_sd_ros.core.spec.adapter import CachedRowsAdapter, HFAdapter, Proposal, StageContext
 
-__all__ = ["HEAD_MODES", "HeadMode", "HeadAdapter"]
+__all__ = ["HEAD_MODES", "HeadMode", "HeadAdapter", "PrefillHidingHead"]
 
 HeadMode = Literal["fused", "target", "events"]
 HEAD_MODES: tuple[str, ...] = ("fused", "target", "events")
@@ -65,6 +66,7 @@ class HeadAdapter(CachedRowsAdapter):
         self._keys: list[tuple[int, str]] = []  # per head position: (token, feature source)
         self._prompt_last = 0
         self._stale_target: StageContext | None = None
+        self._detached = False  # True: the target's states are not read (it is prefilling this round)
         self._true_upto = 0  # rows 0.._true_upto-1 hold the target's own states
         self._zero = torch.zeros(1, head.cfg.hidden, device=self.device)
         self.forwards = 0
@@ -116,11 +118,21 @@ class HeadAdapter(CachedRowsAdapter):
         self._stale_target = None if target_current else self.target.context
         self._context = context if context is not None else StageContext((int(prompt_last),), None, "text")
 
+    def detach_target(self) -> None:
+        """Stop reading the target's states (another thread is prefilling it: they are in flux)."""
+        self._detached = True
+
+    def attach_target(self) -> None:
+        """Read the target's states again, as current for this round (its prefill has landed)."""
+        self._detached = False
+        self._stale_target = None
+
     # ----------------------------------------------------------------- features
     def _true_states(self, tokens: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(f_{-1} or None, true rows f_0..f_{m-1} `[m, D]`) the target holds for `tokens`."""
         empty = self._states[:0]
-        if self.mode == "events" or self.target.context is None or self.target.context is self._stale_target:
+        if (self.mode == "events" or self._detached or self.target.context is None
+                or self.target.context is self._stale_target):
             return None, empty
         tail, rows = self.target.hidden_rows(tokens)
         return tail[0], rows
@@ -200,3 +212,76 @@ class HeadAdapter(CachedRowsAdapter):
             j = len(self._keys) - 1  # the row whose state this position read
             src = _ZERO if self.mode == "events" else _TRUE if j < self._true_upto else _PRED
             self._keys.append((int(t), src))
+
+
+class PrefillHidingHead:
+    """The head as a stage that drafts the caption's first tokens while the target prefills.
+
+    `prefill` starts the round on the event features and drafts `gamma` tokens from them alone in a
+    worker thread (the target's new states do not exist yet); the engine meanwhile prefills the
+    target. The first `propose([])` takes that draft; everything else goes to the head, which reads
+    the target's states again from then on. Verification is untouched, so the output is exact.
+    """
+
+    def __init__(self, head: HeadAdapter, gamma: int) -> None:
+        if gamma < 1:
+            raise ValueError(f"gamma must be >= 1, got {gamma}")
+        self.head = head
+        self.gamma = gamma
+        self.name = head.name
+        self.modality = head.modality
+        self._worker: threading.Thread | None = None
+        self._early: Proposal | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head.vocab_size
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.head.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.device
+
+    @property
+    def forwards(self) -> int:
+        return self.head.forwards
+
+    def prefill(self, context: StageContext) -> None:
+        self._join()
+        self.head.prefill(context)
+        self.head.detach_target()
+        self._early = None
+
+        def draft() -> None:
+            try:
+                with torch.inference_mode():
+                    self._early = self.head.propose([], self.gamma)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread in _join
+                self._error = exc
+
+        self._worker = threading.Thread(target=draft, name="head-prefill-draft", daemon=True)
+        self._worker.start()
+
+    def _join(self) -> None:
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+            self.head.attach_target()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def propose(self, prefix: Sequence[int], k: int, **kwargs: object) -> Proposal:
+        self._join()
+        early, self._early = self._early, None
+        if early is not None and len(prefix) == 0 and not kwargs.get("temperature") and not kwargs.get("return_q"):
+            return Proposal(early.token_ids[:k], early.probs[:k], None, False)
+        return self.head.propose(prefix, k, **kwargs)  # type: ignore[arg-type]
+
+    def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
+        self._join()
+        return self.head.score(prefix, draft)

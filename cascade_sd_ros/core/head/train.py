@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from cascade_sd_ros.core.head.features import cosine_per_token, event_tokens, target_frame_tokens
-from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadConfig, init_from_target
+from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, init_from_target
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.data import ZooData
 from cascade_sd_ros.core.zoo.load import Zoo
-from cascade_sd_ros.core.zoo.training import greedy_captions
 
 __all__ = ["HeadData", "HeadSchedule", "build_head_data", "train_alignment", "train_head", "alignment_metrics",
            "head_metrics", "MODE_SHARES", "UNROLL"]
@@ -70,6 +69,45 @@ class HeadSchedule:
 
 
 @torch.no_grad()
+def _greedy_fixed_point(target: torch.nn.Module, prompt: torch.Tensor, video: torch.Tensor, guess: torch.Tensor,
+                        eos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target's greedy captions and their teacher-forced states, by fixed-point iteration.
+
+    guess `[B, W]`: any starting captions (the scenes' own captions are close, which makes it fast;
+    they never leak into the result). Each pass runs one teacher-forced forward and keeps every row's
+    longest prefix that equals the target's argmax there, plus the target's own next token; a row is
+    done when its whole caption up to the first EOS (or W tokens) equals the argmax: exactly greedy
+    decoding, in a few batched forwards instead of W sequential steps.
+    Returns (captions `[B, W]`, valid mask `[B, W]`, states `[B, W + 1, D]` = f_{-1}, f_0 .. f_{W-1}).
+    """
+    b, width = guess.shape
+    p_len = prompt.shape[0]
+    caps = guess.clone()
+    embeds = target.model.get_input_embeddings()
+    video_features = target.model.get_video_features(pixel_values_videos=video).pooler_output
+    lm_head = target.get_output_embeddings()
+    for _ in range(width + 1):
+        ids = torch.cat([prompt.expand(b, -1), caps[:, :-1]], dim=1)  # [B, P + W - 1]
+        x = embeds(ids)
+        mask = (ids == target.config.video_token_index).unsqueeze(-1)
+        x = x.masked_scatter(mask, video_features.reshape(-1, x.shape[-1]).to(x.dtype))
+        hidden = target.model.language_model(inputs_embeds=x).last_hidden_state  # [B, P+W-1, D]
+        pred = lm_head(hidden[:, p_len - 1 :]).argmax(-1)  # [B, W]: the target's token at each position
+        same = pred == caps
+        is_eos = pred == eos
+        first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((b,), width))  # [B]
+        pos = torch.arange(width).expand(b, -1)
+        wrong = (~same) & (pos <= first_eos.unsqueeze(1))
+        if not wrong.any():
+            valid = pos <= first_eos.unsqueeze(1)
+            return caps, valid, hidden[:, p_len - 2 :].float()
+        first_wrong = torch.where(wrong.any(1), wrong.float().argmax(1), torch.full((b,), width))
+        # keep the agreed prefix, take the target's token there and its guesses after (Jacobi)
+        caps = torch.where(pos >= first_wrong.unsqueeze(1), pred, caps)
+    raise RuntimeError("greedy fixed point did not converge")  # each pass fixes >= 1 position: unreachable
+
+
+@torch.no_grad()
 def build_head_data(zoo: Zoo, data: ZooData, batch: int = 32, max_new_tokens: int = 24,
                     progress: Callable[[int], None] | None = None) -> HeadData:
     """Run the frozen zoo over `data` (with event images) once: captions, states, visual tokens."""
@@ -80,23 +118,17 @@ def build_head_data(zoo: Zoo, data: ZooData, batch: int = 32, max_new_tokens: in
     db = StageBatcher("drafter", drafter, zoo.tokenizer, zoo.processors["drafter"], data, zoo.prompt)
     eos, pad = int(zoo.target.eos_token_id), int(zoo.tokenizer.pad_token_id)
     prompt = torch.tensor(tb.prompt_ids, dtype=torch.long)
-    p_len, width = len(prompt), max_new_tokens + 1
+    width = max_new_tokens + 1
+    guesses = torch.full((len(data), width), pad, dtype=torch.long)
+    guesses[:, : min(width, tb.caption_ids.shape[1])] = tb.caption_ids[:, :width]
     parts: list[tuple[torch.Tensor, ...]] = []
     for lo in range(0, len(data), batch):
         rows = np.arange(lo, min(len(data), lo + batch))
-        caps = greedy_captions(target, tb, rows, max_new_tokens=max_new_tokens, batch_size=batch)
         b = len(rows)
-        labels = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros(b, width, dtype=torch.bool)
-        for i, c in enumerate(caps):
-            seq = [*c, eos][:width]
-            labels[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = True
         video = tb.pixels(rows)["pixel_values_videos"]
-        ids = torch.cat([prompt.expand(b, -1), labels[:, :-1]], dim=1)  # [B, P + L - 1]
-        hidden = target.model(input_ids=ids, pixel_values_videos=video).last_hidden_state  # [B, P+L-1, D]
-        states = hidden[:, p_len - 2 :].float()  # [B, L + 1, D]: f_{-1}, f_0 .. f_{L-1}
-        inputs = torch.cat([prompt[-1:].expand(b, 1), labels[:, :-1]], dim=1)  # [B, L]
+        labels, mask, states = _greedy_fixed_point(target, prompt, video, guesses[rows], eos)
+        labels = torch.where(mask, labels, torch.full_like(labels, pad))
+        inputs = torch.cat([prompt[-1:].expand(b, 1), labels[:, :-1]], dim=1)  # [B, W]
         ev = event_tokens(drafter, db.pixels(rows)["pixel_values"])
         fr = target_frame_tokens(target, video)
         parts.append((ev, fr, states, inputs, labels, mask))
@@ -125,8 +157,8 @@ def _fit(params: list[torch.nn.Parameter], loss_of: Callable[[torch.Tensor], tor
     losses: list[float] = []
     step = 0
     while step < steps:
-        if deadline is not None and time.monotonic() > deadline:
-            break
+        if deadline is not None and step > 0 and time.monotonic() > deadline:
+            break  # (one step at least: a run that overran its budget before training still trains)
         rows = torch.randperm(n, generator=gen)[: min(sched.batch_size, n)]
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, sched)
