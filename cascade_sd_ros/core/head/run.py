@@ -56,7 +56,9 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
     train_scenes = load_or_build(s.data_dir, s.samples, s.seed, TRAIN_STREAM, zoo.geometry, True, workers=s.workers)
     eval_scenes = load_or_build(s.data_dir, s.eval_samples, s.seed, EVAL_STREAM, zoo.geometry, True, workers=s.workers)
     say(f"scenes ready: {len(train_scenes)} train, {len(eval_scenes)} held out")
-    train = build_head_data(zoo, train_scenes)
+    every = max(1, len(train_scenes) // 8)
+    train = build_head_data(zoo, train_scenes,
+                            progress=lambda n: say(f"distilled {n} scenes") if n % every < 32 else None)
     held = build_head_data(zoo, eval_scenes)
     say(f"distillation sets built (caption positions {train.inputs.shape[1]})")
     # the budget is for training: scenes and distillation sets are cached or one-off
