@@ -11,7 +11,9 @@ token for token against target-only `generate()`):
   measured acceptance for that token class (colour/shape/motion/other, measured on calibration
   scenes of another stream) is higher.
 
-Per method: acceptance (accepted / drafted: a draft is accepted as a prefix, so consecutive),
+Per method: alpha, the consecutive-accept rate (EAGLE's acceptance rate: of the draft tokens the
+target judged in order, the share accepted = accepted / (accepted + first rejections)), acceptance
+(accepted / drafted, which also counts the tokens after a rejection, so it falls as gamma grows),
 accepted tokens per verify step, tokens per target forward (prefill included), speed-up over
 target-only `generate()`; per head mode the head's cost per drafted token as a fraction of a one-token
 target forward (medians over the scenes, timed side by side).
@@ -63,6 +65,7 @@ class Run:
     drafted: int = 0
     accepted: int = 0
     verify_steps: int = 0
+    rejections: int = 0  # verify steps that rejected a draft token (the rest accepted all they were shown)
     target_forwards: int = 0
     sources: Counter = field(default_factory=Counter)
 
@@ -82,6 +85,7 @@ def _account(run: Run, res: DecodeResult, seconds: float, ref: list[int]) -> Non
     run.drafted += res.stats.stages[0].drafted
     run.accepted += res.stats.stages[0].accepted
     run.verify_steps += len(res.stats.rounds)
+    run.rejections += sum(1 for r in res.stats.rounds if r.accepted[0] < r.drafted[0])
     run.target_forwards += res.stats.target_forwards
 
 
@@ -180,7 +184,8 @@ def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, re
         entry: dict[str, object] = {"tokens_per_s": round(r.tokens / r.seconds, 1),
                                     "x_target_only": round(r.tokens / r.seconds / base, 2), "equal": r.equal}
         if name != TARGET_ONLY:
-            entry.update(acceptance=round(r.accepted / max(r.drafted, 1), 3),
+            entry.update(alpha=round(r.accepted / max(r.accepted + r.rejections, 1), 3),
+                         acceptance=round(r.accepted / max(r.drafted, 1), 3),
                          accepted_per_verify=round(r.accepted / max(r.verify_steps, 1), 2),
                          tokens_per_target_forward=round(r.tokens / max(r.target_forwards, 1), 2))
         if r.sources:
@@ -224,9 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"{args.scenes} held-out scenes x {args.reps}, gamma {args.gamma} (adaptive), max_new_tokens "
           f"{args.max_new_tokens}, {args.threads} thread(s); load average {result['load_average']}")
-    print(f"{'method':32s} {'x gen()':>8s} {'equal':>6s} {'accept':>7s} {'acc/verify':>10s} {'tok/fwd':>8s}")
+    print(f"{'method':32s} {'x gen()':>8s} {'equal':>6s} {'alpha':>6s} {'accept':>7s} {'acc/verify':>10s} {'tok/fwd':>8s}")
     for name, m in result["methods"].items():
-        print(f"{name:32s} {m['x_target_only']:8.2f} {str(m['equal']):>6s} {m.get('acceptance', ''):>7} "
+        print(f"{name:32s} {m['x_target_only']:8.2f} {str(m['equal']):>6s} {m.get('alpha', ''):>6} {m.get('acceptance', ''):>7} "
               f"{m.get('accepted_per_verify', ''):>10} {m.get('tokens_per_target_forward', ''):>8}"
               + (f"  accepted by source {m['accepted_by_source']}" if "accepted_by_source" in m else ""))
     print("head step / target step: " + ", ".join(f"{k} {v}" for k, v in result["head_step_over_target_step"].items()))

@@ -57,6 +57,17 @@ def test_head_drafts_keep_greedy_output_exact(zoo: Zoo, scenes: list[tuple], mod
     assert drafted > 0  # the head did propose
 
 
+def test_same_contexts_again_draft_the_same(zoo: Zoo, scenes: list[tuple]) -> None:
+    """A round whose target context is the very object of the round before (a repeated scene) must
+    still read the target's new states: staleness is told by prefill, not by context identity."""
+    head = _head(zoo)
+    ctx_t, ctx_d = scenes[0]
+    decoder = CascadeDecoder([head, zoo.target], gamma=4, adaptive=False)
+    first = decoder.generate([ctx_d, ctx_t], 32).stats.stages[0].accepted
+    again = decoder.generate([ctx_d, ctx_t], 32).stats.stages[0].accepted
+    assert first == again
+
+
 def test_missing_event_features_fall_back_to_target_states_exactly(zoo: Zoo, scenes: list[tuple]) -> None:
     head = _head(zoo)
     for ctx_t, ctx_d in scenes[:3]:

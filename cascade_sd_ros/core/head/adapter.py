@@ -65,7 +65,7 @@ class HeadAdapter(CachedRowsAdapter):
         self._cache: HeadCache | None = None
         self._keys: list[tuple[int, str]] = []  # per head position: (token, feature source)
         self._prompt_last = 0
-        self._stale_target: StageContext | None = None
+        self._stale_prefill: int | None = None  # the target's prefill count when its states were stale
         self._detached = False  # True: the target's states are not read (it is prefilling this round)
         self._true_upto = 0  # rows 0.._true_upto-1 hold the target's own states
         self._zero = torch.zeros(1, head.cfg.hidden, device=self.device)
@@ -115,7 +115,8 @@ class HeadAdapter(CachedRowsAdapter):
         self._keys = []
         self._true_upto = 0
         self._prompt_last = int(prompt_last)
-        self._stale_target = None if target_current else self.target.context
+        # the same context object may be prefilled again next round: count prefills, not contexts
+        self._stale_prefill = None if target_current else self.target.prefills
         self._context = context if context is not None else StageContext((int(prompt_last),), None, "text")
 
     def detach_target(self) -> None:
@@ -125,14 +126,14 @@ class HeadAdapter(CachedRowsAdapter):
     def attach_target(self) -> None:
         """Read the target's states again, as current for this round (its prefill has landed)."""
         self._detached = False
-        self._stale_target = None
+        self._stale_prefill = None
 
     # ----------------------------------------------------------------- features
     def _true_states(self, tokens: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(f_{-1} or None, true rows f_0..f_{m-1} `[m, D]`) the target holds for `tokens`."""
         empty = self._states[:0]
         if (self.mode == "events" or self._detached or self.target.context is None
-                or self.target.context is self._stale_target):
+                or self.target.prefills == self._stale_prefill):
             return None, empty
         tail, rows = self.target.hidden_rows(tokens)
         return tail[0], rows

@@ -391,6 +391,7 @@ class HFAdapter(CachedRowsAdapter):
         # keep_hidden: also keep the final (post-norm) hidden state behind every logits row, for a
         # feature-level draft head (core/head) that reads the target's own states; off: no extra work
         self.keep_hidden = False
+        self.prefills = 0  # prefill calls since construction: a reader of the states can tell rounds apart
         self._hidden = torch.empty(0, 0, device=self.device)  # [cap, D]: row i's hidden state
         self._context_tail = torch.empty(0, 0, device=self.device)  # [2, D]: last two context positions
 
@@ -506,6 +507,7 @@ class HFAdapter(CachedRowsAdapter):
             logits = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
                                 logits_to_keep=1 + len(tail), **kwargs).logits
         self.forwards += 1
+        self.prefills += 1
         self._context = context
         self._context_len = len(context.input_ids)
         self._tokens = tail
