@@ -17,7 +17,6 @@ Modes (the ablation's three heads, one set of weights trained for all three):
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Literal
 
@@ -66,7 +65,6 @@ class HeadAdapter(CachedRowsAdapter):
         self._keys: list[tuple[int, str]] = []  # per head position: (token, feature source)
         self._prompt_last = 0
         self._stale_prefill: int | None = None  # the target's prefill count when its states were stale
-        self._detached = False  # True: the target's states are not read (it is prefilling this round)
         self._true_upto = 0  # rows 0.._true_upto-1 hold the target's own states
         self._zero = torch.zeros(1, head.cfg.hidden, device=self.device)
         self.forwards = 0
@@ -82,8 +80,11 @@ class HeadAdapter(CachedRowsAdapter):
 
     # ----------------------------------------------------------------- prefill
     @torch.inference_mode()
-    def prefill(self, context: StageContext) -> None:
-        """Start a round from the event stage's image context (its prompt ends as the target's does)."""
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
+        """Start a round from the event stage's image context (its prompt ends as the target's does).
+
+        caption: ignored (the head's positions follow the prefix of each propose)."""
+        del caption
         if context.modality != "image" or context.pixel_values is None:
             raise ValueError(f"adapter {self.name!r} takes the event drafter's image context, got {context.modality}")
         if self.event_encoder is None:
@@ -119,20 +120,15 @@ class HeadAdapter(CachedRowsAdapter):
         self._stale_prefill = None if target_current else self.target.prefills
         self._context = context if context is not None else StageContext((int(prompt_last),), None, "text")
 
-    def detach_target(self) -> None:
-        """Stop reading the target's states (another thread is prefilling it: they are in flux)."""
-        self._detached = True
-
     def attach_target(self) -> None:
-        """Read the target's states again, as current for this round (its prefill has landed)."""
-        self._detached = False
+        """Read the target's states as current for this round (it was prefilled for it before the head)."""
         self._stale_prefill = None
 
     # ----------------------------------------------------------------- features
     def _true_states(self, tokens: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(f_{-1} or None, true rows f_0..f_{m-1} `[m, D]`) the target holds for `tokens`."""
         empty = self._states[:0]
-        if (self.mode == "events" or self._detached or self.target.context is None
+        if (self.mode == "events" or self.target.context is None
                 or self.target.prefills == self._stale_prefill):
             return None, empty
         tail, rows = self.target.hidden_rows(tokens)
@@ -216,12 +212,13 @@ class HeadAdapter(CachedRowsAdapter):
 
 
 class PrefillHidingHead:
-    """The head as a stage that drafts the caption's first tokens while the target prefills.
+    """The head as a stage whose first draft is ready before the target's prefill, to ride in it.
 
-    `prefill` starts the round on the event features and drafts `gamma` tokens from them alone in a
-    worker thread (the target's new states do not exist yet); the engine meanwhile prefills the
-    target. The first `propose([])` takes that draft; everything else goes to the head, which reads
-    the target's states again from then on. Verification is untouched, so the output is exact.
+    `prefill` starts the round on the event features and drafts `gamma` tokens from them alone (the
+    target's states for this clip do not exist yet). The caller hands `early_draft` to the target's
+    prefill (`HFAdapter.prefill(context, caption=...)`), so verifying it costs no forward of its own;
+    the first `propose([])` returns it, and from then on the head reads the target's states again.
+    Verification is untouched, so the output is exact.
     """
 
     def __init__(self, head: HeadAdapter, gamma: int) -> None:
@@ -231,9 +228,7 @@ class PrefillHidingHead:
         self.gamma = gamma
         self.name = head.name
         self.modality = head.modality
-        self._worker: threading.Thread | None = None
         self._early: Proposal | None = None
-        self._error: BaseException | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -251,38 +246,22 @@ class PrefillHidingHead:
     def forwards(self) -> int:
         return self.head.forwards
 
-    def prefill(self, context: StageContext) -> None:
-        self._join()
-        self.head.prefill(context)
-        self.head.detach_target()
-        self._early = None
+    @property
+    def early_draft(self) -> list[int]:
+        """The round's first draft (empty once taken): what the target's prefill should carry."""
+        return [] if self._early is None else list(self._early.token_ids)
 
-        def draft() -> None:
-            try:
-                with torch.inference_mode():
-                    self._early = self.head.propose([], self.gamma)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread in _join
-                self._error = exc
-
-        self._worker = threading.Thread(target=draft, name="head-prefill-draft", daemon=True)
-        self._worker.start()
-
-    def _join(self) -> None:
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
-            self.head.attach_target()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+    @torch.inference_mode()
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
+        del caption  # the head's positions follow the prefix of each propose
+        self.head.prefill(context)  # the target still holds the previous round: its states are not read
+        self._early = self.head.propose([], self.gamma)
 
     def propose(self, prefix: Sequence[int], k: int, **kwargs: object) -> Proposal:
-        self._join()
         early, self._early = self._early, None
         if early is not None and len(prefix) == 0 and not kwargs.get("temperature") and not kwargs.get("return_q"):
             return Proposal(early.token_ids[:k], early.probs[:k], None, False)
         return self.head.propose(prefix, k, **kwargs)  # type: ignore[arg-type]
 
     def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
-        self._join()
         return self.head.score(prefix, draft)
