@@ -138,6 +138,24 @@ def test_kept_hidden_states_equal_a_plain_forward(zoo: Zoo, scenes: list[tuple])
     torch.testing.assert_close(logits[0], target.next_logits([]), rtol=1e-4, atol=1e-4)
 
 
+def test_kept_hidden_states_of_a_prefill_carrying_a_draft(zoo: Zoo, scenes: list[tuple]) -> None:
+    """The lead's fused prefill (a draft riding in the prefill forward) keeps the same states."""
+    ctx_t, _ = scenes[1]
+    target = zoo.target
+    target.keep_hidden = True
+    target.prefill(ctx_t)
+    caption = target_only_greedy(target, None, 5)
+    target.prefill(ctx_t, caption=caption[:4])
+    tail, rows = target.hidden_rows(caption[:4])
+    assert rows.shape[0] == 5
+    ids = torch.tensor([[*ctx_t.input_ids, *caption[:4]]])
+    with torch.no_grad():
+        ref = target.model.model(input_ids=ids, pixel_values_videos=ctx_t.pixel_values).last_hidden_state[0]
+    p = len(ctx_t.input_ids)
+    torch.testing.assert_close(tail, ref[p - 2 : p], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rows, ref[p - 1 :], rtol=1e-4, atol=1e-4)
+
+
 def test_bad_event_features_are_refused_in_one_line(zoo: Zoo, scenes: list[tuple]) -> None:
     head = _head(zoo)
     cfg = head.model.cfg
@@ -225,3 +243,13 @@ def test_prefill_hiding_and_merging_keep_output_exact(zoo: Zoo, scenes: list[tup
             if stage is merged:
                 counts = accepted_sources(merged.log, [r.accepted[0] for r in res.stats.rounds if r.drafted[0]])
                 assert sum(counts.values()) == res.stats.stages[0].accepted
+
+
+def test_train_head_never_replaces_what_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cascade_sd_ros.tools.cli import main
+
+    (tmp_path / "head").mkdir()
+    assert main(["train", "--stage", "head", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "already holds head" in capsys.readouterr().err
+    assert main(["train", "--stage", "head", "--out", str(default_zoo_path().parent), "--quiet"]) == 2
+    assert "inside the installed package" in capsys.readouterr().err
