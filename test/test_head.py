@@ -158,7 +158,7 @@ def test_kept_hidden_states_of_a_prefill_carrying_a_draft(zoo: Zoo, scenes: list
 
 def test_bad_event_features_are_refused_in_one_line(zoo: Zoo, scenes: list[tuple]) -> None:
     head = _head(zoo)
-    cfg = head.model.cfg
+    cfg = head.net.cfg
     prompt_last = scenes[0][1].input_ids[-1]
     with pytest.raises(ValueError, match=r"event tokens of shape \(3, 7\)"):
         head.prefill_events(torch.zeros(1, 3, 7), prompt_last, target_current=True)
@@ -168,13 +168,13 @@ def test_bad_event_features_are_refused_in_one_line(zoo: Zoo, scenes: list[tuple
     with pytest.raises(ValueError, match="outside vocabulary"):
         head.prefill_events(None, 10_000, target_current=True)
     with pytest.raises(ValueError, match="head mode"):
-        HeadAdapter(head.model, head.align, zoo.target, mode="both")  # type: ignore[arg-type]
+        HeadAdapter(head.net, head.align, zoo.target, mode="both")  # type: ignore[arg-type]
 
 
 def test_event_tokens_shape(zoo: Zoo, scenes: list[tuple]) -> None:
     tokens = event_tokens(zoo.drafter.model, scenes[0][1].pixel_values)
     head = _head(zoo)
-    assert tuple(tokens.shape) == (1, head.model.cfg.event_rows, head.model.cfg.event_dim)
+    assert tuple(tokens.shape) == (1, head.net.cfg.event_rows, head.net.cfg.event_dim)
 
 
 def test_head_folder_round_trip_and_errors(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from transformers import PreTrainedModel
 
 from cascade_sd_ros.core.head.features import event_tokens
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadCache
@@ -38,7 +39,7 @@ class HeadAdapter(CachedRowsAdapter):
     event tokens from an event image context; prefill with `prefill_events` when they come ready-made."""
 
     def __init__(self, head: FusedDraftHead, align: AlignmentMLP, target: HFAdapter, *,
-                 event_encoder: torch.nn.Module | None = None, mode: HeadMode = "fused",
+                 event_encoder: PreTrainedModel | None = None, mode: HeadMode = "fused",
                  name: str = "head") -> None:
         if mode not in HEAD_MODES:
             raise ValueError(f"head mode must be one of {HEAD_MODES}, got {mode!r}")
@@ -48,7 +49,8 @@ class HeadAdapter(CachedRowsAdapter):
         self.name = name
         self.modality = "image"
         self.mode: HeadMode = mode
-        self.model = head.eval()  # type: ignore[assignment]  # the stage's own network
+        self.net = head.eval()  # the stage's own network
+        self.model = head  # type: ignore[assignment]  # CachedRowsAdapter's slot; this stage has no transformers model
         self.align = align.eval()
         self.target = target
         self.event_encoder = event_encoder
@@ -100,7 +102,7 @@ class HeadAdapter(CachedRowsAdapter):
         prompt_last: the prompt's last token id (position 0 reads it). target_current: whether the
         target is already prefilled for this round (else its states are ignored until it is).
         """
-        cfg = self.model.cfg
+        cfg = self.net.cfg
         if events is not None:
             if events.dim() == 2:
                 events = events.unsqueeze(0)
@@ -110,9 +112,10 @@ class HeadAdapter(CachedRowsAdapter):
             if not torch.isfinite(events).all():
                 raise ValueError(f"adapter {self.name!r}: event tokens hold NaN or inf")
         self._check_ids([prompt_last], "prompt")
-        use_events = events is not None and self.mode != "target"
-        self._memory = self.align(events.to(self.device).float()) if use_events else None
-        self._cache = self.model.new_cache(self._memory)
+        self._memory = None
+        if events is not None and self.mode != "target":
+            self._memory = self.align(events.to(self.device).float())  # [1, R, D]
+        self._cache = self.net.new_cache(self._memory)
         self._keys = []
         self._true_upto = 0
         self._prompt_last = int(prompt_last)
@@ -145,7 +148,7 @@ class HeadAdapter(CachedRowsAdapter):
         """Head positions start.. from features `[n, D]` and tokens; states/rows start.. stored."""
         assert self._cache is not None
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        out = self.model.step(self._cache, feats, self._embed(ids))  # [n, D]
+        out = self.net.step(self._cache, feats, self._embed(ids))  # [n, D]
         self.forwards += 1
         self._store(start, out)
 
@@ -199,7 +202,7 @@ class HeadAdapter(CachedRowsAdapter):
         assert self._cache is not None
         n = ids.numel()
         feats = self._zero.expand(n, -1) if self.mode == "events" else self._states[row : row + n]
-        out = self.model.step(self._cache, feats.clone(), self._embed(ids.view(-1)))  # [n, D]
+        out = self.net.step(self._cache, feats.clone(), self._embed(ids.view(-1)))  # [n, D]
         self.forwards += 1
         self._store(row + 1, out)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import LlavaForConditionalGeneration
 
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadConfig
 
@@ -35,7 +36,7 @@ def tensor_fingerprint(modules: list[nn.Module], length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def encoder_fingerprint(drafter: nn.Module, align: AlignmentMLP) -> str:
+def encoder_fingerprint(drafter: LlavaForConditionalGeneration, align: AlignmentMLP) -> str:
     """Names the event encoder (the drafter's vision tower + projector) and the alignment weights."""
     parts: list[nn.Module] = [drafter.model.vision_tower, drafter.model.multi_modal_projector, align]
     return tensor_fingerprint(parts)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LlavaForConditionalGeneration
 
 from cascade_sd_ros.core.head.io import encoder_fingerprint, save_head, tensor_fingerprint
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadConfig, parameter_count
@@ -48,6 +49,8 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
     start = time.monotonic()
     torch.manual_seed(s.seed)
     zoo = load_zoo(s.zoo)
+    if not isinstance(zoo.drafter.model, LlavaForConditionalGeneration):
+        raise ValueError(f"the event encoder must be a LLaVA drafter, got {type(zoo.drafter.model).__name__}")
 
     def say(text: str) -> None:
         if s.progress:

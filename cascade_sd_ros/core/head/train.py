@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import VideoLlavaForConditionalGeneration
 
 from cascade_sd_ros.core.head.features import cosine_per_token, event_tokens, target_frame_tokens
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, init_from_target
@@ -69,7 +70,7 @@ class HeadSchedule:
 
 
 @torch.no_grad()
-def _greedy_fixed_point(target: torch.nn.Module, prompt: torch.Tensor, video: torch.Tensor, guess: torch.Tensor,
+def _greedy_fixed_point(target: VideoLlavaForConditionalGeneration, prompt: torch.Tensor, video: torch.Tensor, guess: torch.Tensor,
                         eos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The target's greedy captions and their teacher-forced states, by fixed-point iteration.
 
@@ -89,7 +90,7 @@ def _greedy_fixed_point(target: torch.nn.Module, prompt: torch.Tensor, video: to
     for _ in range(width + 1):
         ids = torch.cat([prompt.expand(b, -1), caps[:, :-1]], dim=1)  # [B, P + W - 1]
         x = embeds(ids)
-        mask = (ids == target.config.video_token_index).unsqueeze(-1)
+        mask = ids.eq(int(target.config.video_token_index)).unsqueeze(-1)
         x = x.masked_scatter(mask, video_features.reshape(-1, x.shape[-1]).to(x.dtype))
         hidden = target.model.language_model(inputs_embeds=x).last_hidden_state  # [B, P+W-1, D]
         pred = lm_head(hidden[:, p_len - 1 :]).argmax(-1)  # [B, W]: the target's token at each position
@@ -114,8 +115,12 @@ def build_head_data(zoo: Zoo, data: ZooData, batch: int = 32, max_new_tokens: in
     if data.events is None:
         raise ValueError("the head trains on event images, but this dataset has none")
     target, drafter = zoo.target.model, zoo.drafter.model
+    if not isinstance(target, VideoLlavaForConditionalGeneration):
+        raise ValueError(f"the head distils from a Video-LLaVA target, got {type(target).__name__}")
     tb = StageBatcher("target", target, zoo.tokenizer, zoo.processors["target"], data, zoo.prompt)
     db = StageBatcher("drafter", drafter, zoo.tokenizer, zoo.processors["drafter"], data, zoo.prompt)
+    if zoo.target.eos_token_id is None:
+        raise ValueError("the target has no EOS id: its captions would have no end to learn")
     eos, pad = int(zoo.target.eos_token_id), int(zoo.tokenizer.pad_token_id)
     prompt = torch.tensor(tb.prompt_ids, dtype=torch.long)
     width = max_new_tokens + 1
