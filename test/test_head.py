@@ -253,3 +253,20 @@ def test_train_head_never_replaces_what_it_did_not_make(tmp_path: Path, capsys: 
     assert "already holds head" in capsys.readouterr().err
     assert main(["train", "--stage", "head", "--out", str(default_zoo_path().parent), "--quiet"]) == 2
     assert "inside the installed package" in capsys.readouterr().err
+
+
+def test_event_features_payload_round_trip_and_refusals() -> None:
+    from cascade_sd_ros.core.head.features import features_from_payload, features_payload
+
+    tokens = torch.randn(1, 9, 64, generator=torch.Generator().manual_seed(4))
+    rows, dim, data = features_payload(tokens)
+    ok = dict(expected_rows=9, expected_dim=64, expected_fingerprint="abc")
+    torch.testing.assert_close(features_from_payload(rows, dim, data, "abc", **ok), tokens)
+    with pytest.raises(ValueError, match="from encoder 'zzz'"):
+        features_from_payload(rows, dim, data, "zzz", **ok)
+    with pytest.raises(ValueError, match="of 8 x 64"):
+        features_from_payload(8, dim, data[: 8 * 64], "abc", **ok)
+    with pytest.raises(ValueError, match="575 values"):
+        features_from_payload(rows, dim, data[:-1], "abc", **ok)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        features_from_payload(rows, dim, [float("nan")] * (9 * 64), "abc", **ok)
