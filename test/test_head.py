@@ -200,9 +200,11 @@ def test_shipped_head_is_small_safetensors_and_names_its_encoder(zoo: Zoo) -> No
     assert files == ["head.json", "model.safetensors"]
     assert (SHIPPED / "model.safetensors").stat().st_size <= 2 * 2**20
     head, align, meta = load_head(SHIPPED)
-    from cascade_sd_ros.core.head.io import encoder_fingerprint
+    from cascade_sd_ros.core.head.io import encoder_fingerprint, tensor_fingerprint
 
+    # a retrained zoo needs a retrained head: both models it was distilled from are named
     assert meta["encoder_fingerprint"] == encoder_fingerprint(zoo.drafter.model, align)
+    assert meta["trained_on"]["target"] == tensor_fingerprint([zoo.target.model])
 
 
 def test_distillation_captions_are_the_targets_greedy_ones(zoo: Zoo) -> None:
