@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "run", "check_out"]
 
-_STAGE_CHOICES = ("target", "refiner", "drafter", "all")
+_STAGE_CHOICES = ("target", "refiner", "drafter", "all", "head")
 
 
 def _int(text: str) -> int:
@@ -82,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue training from the stage weights already in --out (a fresh schedule)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    head = parser.add_argument_group("--stage head (the feature-level draft head and alignment MLP, "
+                                     "distilled from the zoo's own models into --out/head)")
+    head.add_argument("--zoo", type=Path, default=None,
+                      help="zoo whose target and event drafter the head serves (default: the shipped one)")
+    head.add_argument("--head-samples", type=_positive_int, default=1500, help="training scenes with events")
 
 
 def _package_dir() -> Path:
@@ -107,6 +112,23 @@ def check_out(out: Path, stages: tuple[str, ...], *, force: bool, keep_ok: bool 
     return None
 
 
+def _run_head(args: argparse.Namespace) -> int:
+    import torch
+
+    from cascade_sd_ros.core.head.run import HeadRunSettings, run_head_training
+
+    torch.set_num_threads(args.threads)
+    minutes = args.max_minutes[0] if args.max_minutes else 15.0
+    settings = HeadRunSettings(zoo=args.zoo, out=args.out / "head", seed=args.seed, samples=args.head_samples,
+                               eval_samples=args.eval_samples, steps_scale=args.steps_scale, max_minutes=minutes,
+                               data_dir=args.data_dir, workers=args.workers, progress=not args.quiet)
+    start = time.monotonic()
+    summary = run_head_training(settings)
+    summary["wall_s"] = round(time.monotonic() - start, 1)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     stages = ("target", "refiner", "drafter") if args.stage == "all" else (args.stage,)
     if args.max_minutes is not None and len(args.max_minutes) not in (1, 3):
@@ -116,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     if why is not None:
         print(f"cascade-sd train: error: {why}", file=sys.stderr)
         return 2
+    if args.stage == "head":
+        return _run_head(args)
     import torch
 
     from cascade_sd_ros.core.zoo.pipeline import TrainSettings, train_zoo

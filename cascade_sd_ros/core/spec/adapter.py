@@ -388,6 +388,12 @@ class HFAdapter(CachedRowsAdapter):
         self._decoder = model.get_decoder() if supported != ("text",) else None
         self._head = model.get_output_embeddings()
         self.forwards = 0  # model forward calls since construction (statistics)
+        # keep_hidden: also keep the final (post-norm) hidden state behind every logits row, for a
+        # feature-level draft head (core/head) that reads the target's own states; off: no extra work
+        self.keep_hidden = False
+        self.prefills = 0  # prefill calls since construction: a reader of the states can tell rounds apart
+        self._hidden = torch.empty(0, 0, device=self.device)  # [cap, D]: row i's hidden state
+        self._context_tail = torch.empty(0, 0, device=self.device)  # [2, D]: last two context positions
 
     @property
     def device(self) -> torch.device:
@@ -409,9 +415,11 @@ class HFAdapter(CachedRowsAdapter):
 
         The cache knows its own length, so `row` (where the ids start) is implied by it.
         """
-        if self._decoder is not None:
-            hidden = self._decoder(input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True)
-            logits = self._head(hidden.last_hidden_state)  # [1, n, V]
+        hidden = None
+        if self._decoder is not None or self.keep_hidden:
+            decoder = self._decoder if self._decoder is not None else self.model.get_decoder()
+            hidden = decoder(input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True).last_hidden_state
+            logits = self._head(hidden)  # [1, n, V]
         else:
             logits = self.model(
                 input_ids=ids.view(1, -1), past_key_values=self._cache, use_cache=True, logits_to_keep=0
@@ -419,6 +427,30 @@ class HFAdapter(CachedRowsAdapter):
         self.forwards += 1
         n_cached = cache_ops.cached_length(self._cache) - self._context_len - ids.numel()
         self._store_rows(n_cached + 1, logits[0].float())  # [n, V]
+        if self.keep_hidden and hidden is not None:
+            self._store_hidden(n_cached + 1, hidden[0].float())  # [n, D]
+
+    def _store_hidden(self, start: int, rows: torch.Tensor) -> None:
+        """Write hidden rows `[n, D]` at row index `start` (the buffer follows `_rows`' capacity)."""
+        if self._hidden.shape[0] < self._rows.shape[0] or self._hidden.shape[1] != rows.shape[1]:
+            grown = torch.empty(self._rows.shape[0], rows.shape[1], dtype=torch.float32, device=self.device)
+            if self._hidden.shape[1] == rows.shape[1]:
+                grown[: self._hidden.shape[0]] = self._hidden
+            self._hidden = grown
+        self._hidden[start : start + rows.shape[0]] = rows
+
+    def hidden_rows(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept hidden states valid for caption `tokens` (needs `keep_hidden` before `prefill`).
+
+        Returns (tail `[2, D]`: the context's last two positions, rows `[m, D]`): row i is the hidden
+        state whose logits are row i (the state after context + tokens[:i]), for the m rows the cache
+        holds for this prefix (m - 1 = the common prefix with the cached tokens, at most len(tokens)).
+        No forward: what the last prefill/score computed.
+        """
+        if not self.keep_hidden or self._context_tail.numel() == 0:
+            raise RuntimeError(f"adapter {self.name!r}: set keep_hidden before prefill to read hidden states")
+        m = _common_prefix_len(self._tokens, tokens) + 1
+        return self._context_tail, self._hidden[:m]
 
     def _record(self, tokens: Sequence[int]) -> None:
         self._tokens.extend(tokens)
@@ -467,13 +499,25 @@ class HFAdapter(CachedRowsAdapter):
         if context.modality != "text" and media_token_id(cfg, context.modality) in tail:
             tail, late = [], tail  # a placeholder id in a draft would be taken for media: fed after instead
         ids = torch.tensor([[*context.input_ids, *tail]], dtype=torch.long, device=self.device)  # [1, L+n]
-        out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
-                         logits_to_keep=1 + len(tail), **kwargs)
+        if self.keep_hidden:  # the base model then the LM head: what the full forward computes, with its states
+            states = self.model.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
+                                      **kwargs).last_hidden_state  # [1, L+n, D]
+            logits = self._head(states[:, -(1 + len(tail)):])  # [1, 1+n, V]
+        else:
+            logits = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
+                                logits_to_keep=1 + len(tail), **kwargs).logits
         self.forwards += 1
+        self.prefills += 1
         self._context = context
         self._context_len = len(context.input_ids)
         self._tokens = tail
-        self._store_rows(0, out.logits[0].float())  # [1+n, V]: rows 0 .. n
+        self._store_rows(0, logits[0].float())  # [1+n, V]: rows 0 .. n
+        if self.keep_hidden:
+            h = states[0].float()  # [L+n, D]
+            last = self._context_len
+            pair = h[max(last - 2, 0) : last]  # the context's last two positions (one: padded with zeros)
+            self._context_tail = torch.cat([torch.zeros_like(h[: 2 - pair.shape[0]]), pair])  # [2, D]
+            self._store_hidden(0, h[last - 1 :])  # rows 0 .. n
         if late:
             self._sync(late)
 

@@ -1,0 +1,255 @@
+"""Feature-level drafting on the zoo: does the draft head gain from event features? (issue 17's ablation)
+
+On the same held-out scenes, interleaved per scene, at equal output (every lossless run is checked
+token for token against target-only `generate()`):
+
+* `target-only generate()`: transformers greedy decoding of the target, the reference;
+* `engine, event drafter`: today's token-level cascade (the 1-layer event LLaVA drafts);
+* `head: target states` / `head: event features` / `head: fused`: the draft head's three inputs;
+* `head: fused + prefill hiding`: the first draft made from event features before the clip's prefill
+  and carried in the prefill forward (`HFAdapter.prefill(context, caption=draft)`): verified for free;
+* `head: fused + merging`: per position, the head's or the event drafter's token, whichever stage's
+  measured acceptance for that token class (colour/shape/motion/other, measured on calibration
+  scenes of another stream) is higher.
+
+Per method: alpha, the consecutive-accept rate (EAGLE's acceptance rate: of the draft tokens the
+target judged in order, the share accepted = accepted / (accepted + first rejections)), acceptance
+(accepted / drafted, which also counts the tokens after a rejection, so it falls as gamma grows),
+accepted tokens per verify step, tokens per target forward (prefill included), speed-up over
+target-only `generate()`; per head mode the head's cost per drafted token as a fraction of a one-token
+target forward (medians over the scenes, timed side by side).
+
+    .venv/bin/python bench/feature_drafting.py [--scenes N] [--gamma G] [--reps R] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench scripts run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from spec import hf_generate  # noqa: E402
+
+from cascade_sd_ros.core.head import HeadAdapter, load_head  # noqa: E402
+from cascade_sd_ros.core.head.adapter import PrefillHidingHead  # noqa: E402
+from cascade_sd_ros.core.head.merge import (  # noqa: E402
+    MergedProposer,
+    accepted_sources,
+    class_acceptance,
+    token_classes,
+)
+from cascade_sd_ros.core.spec.adapter import StageContext  # noqa: E402
+from cascade_sd_ros.core.spec.engine import CascadeDecoder, DecodeResult  # noqa: E402
+from cascade_sd_ros.core.zoo import Zoo, default_zoo_path, load_zoo  # noqa: E402
+from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, build_sample  # noqa: E402
+
+TARGET_ONLY = "target-only generate()"
+
+
+@dataclass
+class Run:
+    seconds: float = 0.0
+    tokens: int = 0
+    equal: bool = True
+    drafted: int = 0
+    accepted: int = 0
+    verify_steps: int = 0
+    rejections: int = 0  # verify steps that rejected a draft token (the rest accepted all they were shown)
+    target_forwards: int = 0
+    sources: Counter = field(default_factory=Counter)
+
+
+def _scenes(zoo: Zoo, n: int, stream: int, offset: int = 0) -> list[tuple[StageContext, StageContext]]:
+    out = []
+    for i in range(offset, offset + n):
+        clip, events, _ = build_sample(0, stream, i, zoo.geometry)
+        out.append((zoo.context("target", clip), zoo.context("drafter", events)))
+    return out
+
+
+def _account(run: Run, res: DecodeResult, seconds: float, ref: list[int]) -> None:
+    run.seconds += seconds
+    run.tokens += len(res.token_ids)
+    run.equal &= res.token_ids == ref
+    run.drafted += res.stats.stages[0].drafted
+    run.accepted += res.stats.stages[0].accepted
+    run.verify_steps += len(res.stats.rounds)
+    run.rejections += sum(1 for r in res.stats.rounds if r.accepted[0] < r.drafted[0])
+    run.target_forwards += res.stats.target_forwards
+
+
+def _calibrate(zoo: Zoo, head: HeadAdapter, scenes: Sequence[tuple[StageContext, StageContext]], gamma: int,
+               max_new: int, classes: dict[int, str]) -> dict[str, dict[str, float]]:
+    """Per-class acceptance of the head and of the event drafter, each drafting alone."""
+    table: dict[str, dict[str, float]] = {}
+    for source in (head, zoo.drafter):
+        prop = MergedProposer([source], classes, name=source.name)
+        decoder = CascadeDecoder([prop, zoo.target], gamma=gamma)
+        logs, accepted = [], []
+        for ctx_t, ctx_d in scenes:
+            prop.log.clear()
+            res = decoder.generate([ctx_d, ctx_t], max_new)
+            logs += list(prop.log)
+            accepted += [r.accepted[0] for r in res.stats.rounds if r.drafted[0] > 0]
+        table.update(class_acceptance(logs, accepted, classes))
+    return table
+
+
+def _step_costs(zoo: Zoo, head: HeadAdapter, scenes: Sequence[tuple[StageContext, StageContext]],
+                gamma: int, reps: int) -> dict[str, float]:
+    """Median seconds of one head forward (a gamma-deep draft's time / its forwards) / a one-token target forward."""
+    target = zoo.target
+    fractions: dict[str, list[float]] = {m: [] for m in ("target", "events", "fused")}
+    for ctx_t, ctx_d in scenes:
+        head.prefill(ctx_d)
+        target.prefill(ctx_t)
+        caption = CascadeDecoder([target]).generate(None, 12).token_ids
+        prefix = caption[: max(1, len(caption) // 2)]
+        t_steps = []
+        for _ in range(reps):
+            target.score(prefix[:-1], [])  # cache at prefix minus one: the timed forward feeds one token
+            t0 = time.perf_counter()
+            target.score(prefix[:-1], prefix[-1:])
+            t_steps.append(time.perf_counter() - t0)
+        t_step = statistics.median(t_steps)
+        for mode in fractions:
+            head.mode = mode  # type: ignore[assignment]
+            head.prefill(ctx_d)
+            head.attach_target()
+            target.score(prefix[:-1], [])  # as after a verify: the last committed token not yet fed
+            samples = []
+            for _ in range(reps):
+                f0, t0 = head.forwards, time.perf_counter()
+                head.propose(prefix, gamma)
+                samples.append((time.perf_counter() - t0) / max(head.forwards - f0, 1))
+            fractions[mode].append(statistics.median(samples) / t_step)
+    head.mode = "fused"
+    return {m: round(statistics.median(v), 3) for m, v in fractions.items()}
+
+
+def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, reps: int,
+        calib: int) -> dict:
+    scenes = _scenes(zoo, n_scenes, EVAL_STREAM)
+    classes = token_classes(zoo.tokenizer.get_vocab())
+    table = _calibrate(zoo, head, _scenes(zoo, calib, TRAIN_STREAM, offset=10_000), gamma, max_new, classes)
+    t, d = zoo.target, zoo.drafter
+    modes = {"head: target states": "target", "head: event features": "events", "head: fused": "fused"}
+    merged = MergedProposer([head, d], classes, table, name="merged")
+    hiding = PrefillHidingHead(head, gamma)
+
+    def plain(decoder: CascadeDecoder) -> Callable[[StageContext, StageContext], tuple[DecodeResult, int]]:
+        return lambda ctx_t, ctx_d: (decoder.generate([ctx_d, ctx_t], max_new), 0)
+
+    hiding_decoder = CascadeDecoder([hiding, t], gamma=gamma)
+
+    def hidden(ctx_t: StageContext, ctx_d: StageContext) -> tuple[DecodeResult, int]:
+        hiding.prefill(ctx_d)  # the first draft from event features, before the clip's prefill
+        t.prefill(ctx_t, caption=hiding.early_draft)  # it rides in the prefill forward: verified for free
+        return hiding_decoder.generate(None, max_new), 1  # (+1: the prefill ran outside generate)
+
+    Method = tuple[Callable[[], None], Callable[[StageContext, StageContext], tuple[DecodeResult, int]], bool]
+    engines: dict[str, Method] = {}
+    engines["engine, event drafter"] = (lambda: None, plain(CascadeDecoder([d, t], gamma=gamma)), False)
+    for name, mode in modes.items():
+        engines[name] = (lambda m=mode: setattr(head, "mode", m), plain(CascadeDecoder([head, t], gamma=gamma)), False)
+    engines["head: fused + prefill hiding"] = (lambda: setattr(head, "mode", "fused"), hidden, False)
+    engines["head: fused + merging"] = (lambda: setattr(head, "mode", "fused"),
+                                        plain(CascadeDecoder([merged, t], gamma=gamma)), True)
+    runs = {name: Run() for name in (TARGET_ONLY, *engines)}
+    warm_t, warm_d = scenes[0]
+    hf_generate(t, warm_t, 4)
+    for setup, call, _ in engines.values():
+        setup()
+        call(warm_t, warm_d)
+    for _ in range(reps):
+        for ctx_t, ctx_d in scenes:  # methods interleaved per scene: load swings hit all alike
+            t0 = time.perf_counter()
+            ref = hf_generate(t, ctx_t, max_new)
+            runs[TARGET_ONLY].seconds += time.perf_counter() - t0
+            runs[TARGET_ONLY].tokens += len(ref)
+            for name, (setup, call, logged) in engines.items():
+                setup()
+                merged.log.clear()
+                t0 = time.perf_counter()
+                res, outside = call(ctx_t, ctx_d)
+                seconds = time.perf_counter() - t0
+                _account(runs[name], res, seconds, ref)
+                runs[name].target_forwards += outside
+                if logged:
+                    runs[name].sources += accepted_sources(
+                        merged.log, [r.accepted[0] for r in res.stats.rounds if r.drafted[0] > 0])
+    base = runs[TARGET_ONLY].tokens / runs[TARGET_ONLY].seconds
+    methods = {}
+    for name, r in runs.items():
+        entry: dict[str, object] = {"tokens_per_s": round(r.tokens / r.seconds, 1),
+                                    "x_target_only": round(r.tokens / r.seconds / base, 2), "equal": r.equal}
+        if name != TARGET_ONLY:
+            entry.update(alpha=round(r.accepted / max(r.accepted + r.rejections, 1), 3),
+                         acceptance=round(r.accepted / max(r.drafted, 1), 3),
+                         accepted_per_verify=round(r.accepted / max(r.verify_steps, 1), 2),
+                         tokens_per_target_forward=round(r.tokens / max(r.target_forwards, 1), 2))
+        if r.sources:
+            entry["accepted_by_source"] = dict(r.sources)
+        methods[name] = entry
+    costs = _step_costs(zoo, head, scenes[: min(4, len(scenes))], gamma, reps=7)
+    return {"methods": methods, "head_step_over_target_step": costs, "class_acceptance": table}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head", type=Path, default=None, help="draft-head folder (default: the zoo's head/)")
+    parser.add_argument("--scenes", type=int, default=12, help="held-out scenes")
+    parser.add_argument("--calib", type=int, default=8, help="calibration scenes (another stream) for merging")
+    parser.add_argument("--gamma", type=int, default=6, help="initial draft length (adaptive)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=1, help="passes over the scenes")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    torch.set_num_threads(args.threads)
+    folder = args.head or default_zoo_path() / "head"
+    if not folder.is_dir():
+        parser.error(f"no draft head at {folder} (train one: cascade-sd train --stage head --out DIR)")
+    start = time.perf_counter()
+    zoo = load_zoo()
+    head_net, align, meta = load_head(folder)
+    head = HeadAdapter(head_net, align, zoo.target, event_encoder=zoo.drafter.model)
+    with torch.inference_mode():
+        result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib)
+    result.update(scenes=args.scenes, reps=args.reps, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
+                  threads=args.threads, head=str(folder), alignment=meta.get("held_out", {}).get("alignment"),
+                  machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+                  load_average=[round(x, 1) for x in os.getloadavg()],
+                  date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()), wall_s=round(time.perf_counter() - start, 1))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.scenes} held-out scenes x {args.reps}, gamma {args.gamma} (adaptive), max_new_tokens "
+          f"{args.max_new_tokens}, {args.threads} thread(s); load average {result['load_average']}")
+    print(f"{'method':32s} {'x gen()':>8s} {'equal':>6s} {'alpha':>6s} {'accept':>7s} {'acc/verify':>10s} {'tok/fwd':>8s}")
+    for name, m in result["methods"].items():
+        print(f"{name:32s} {m['x_target_only']:8.2f} {str(m['equal']):>6s} {m.get('alpha', ''):>6} {m.get('acceptance', ''):>7} "
+              f"{m.get('accepted_per_verify', ''):>10} {m.get('tokens_per_target_forward', ''):>8}"
+              + (f"  accepted by source {m['accepted_by_source']}" if "accepted_by_source" in m else ""))
+    print("head step / target step: " + ", ".join(f"{k} {v}" for k, v in result["head_step_over_target_step"].items()))
+    print(f"alignment (held out): {result['alignment']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""Visual tokens from the frozen encoders: the event stage's and the target's (no gradients, no training).
+
+* `event_tokens`: the event drafter's vision tower + projector on its event image -> `[B, R, E]`
+  (R patches, CLS dropped as LLaVA's "default" strategy does): what the drafter node publishes as
+  EventFeatures;
+* `target_frame_tokens`: the target's video tower + projector on the clip, the frame at T's patch
+  tokens (CLS dropped) -> `[B, R, D]`: what the alignment MLP learns to predict from the events,
+  the same patches at the same moment, in the space the target's language model reads;
+* `features_payload` / `features_from_payload`: event tokens to and from an EventFeatures body
+  (rows, dim, row-major data, encoder fingerprint), checked field by field on the way in.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+__all__ = ["event_tokens", "target_frame_tokens", "cosine_per_token", "features_payload", "features_from_payload"]
+
+
+@torch.no_grad()
+def event_tokens(drafter: PreTrainedModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """`[B, 3, H, W]` event images -> `[B, R, E]` projected patch tokens of the (Llava) event drafter."""
+    cfg = drafter.config
+    out = drafter.model.get_image_features(
+        pixel_values=pixel_values.to(drafter.device, drafter.dtype),
+        vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+    ).pooler_output
+    feats = torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
+    return feats.float()
+
+
+@torch.no_grad()
+def target_frame_tokens(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    """`[B, F, 3, H, W]` clips -> `[B, R, D]` the target's projected patch tokens of the last frame."""
+    b, frames = pixel_values_videos.shape[:2]
+    out = target.model.get_video_features(
+        pixel_values_videos=pixel_values_videos.to(target.device, target.dtype),
+        vision_feature_layer=target.config.vision_feature_layer,
+    ).pooler_output  # [B * F, 1 + R, D]: video tokens keep CLS
+    return out.view(b, frames, *out.shape[1:])[:, -1, 1:].float()
+
+
+def cosine_per_token(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each visual token `[..., R, D]` x2 -> `[..., R]` (the note's feature metric)."""
+    return torch.nn.functional.cosine_similarity(pred.float(), ref.float(), dim=-1)
+
+
+def features_payload(tokens: torch.Tensor) -> tuple[int, int, list[float]]:
+    """Event tokens `[1, R, E]` or `[R, E]` -> (rows, dim, row-major floats): an EventFeatures body."""
+    flat = tokens.detach().reshape(-1, tokens.shape[-1]).to("cpu", torch.float32)  # [R, E]
+    return int(flat.shape[0]), int(flat.shape[1]), flat.reshape(-1).tolist()
+
+
+def features_from_payload(rows: int, dim: int, data: Sequence[float], fingerprint: str, *,
+                          expected_rows: int, expected_dim: int, expected_fingerprint: str) -> torch.Tensor:
+    """An EventFeatures body -> event tokens `[1, R, E]` for `HeadAdapter.prefill_events`.
+
+    Every field can be wrong (another encoder, a truncated array, NaN): ValueError in one line naming
+    what, so the verifier drops that message and drafts from its own states (a late or missing
+    feature message only costs speed).
+    """
+    if fingerprint != expected_fingerprint:
+        raise ValueError(f"event features from encoder {fingerprint!r}, the head was trained on {expected_fingerprint!r}")
+    if (rows, dim) != (expected_rows, expected_dim):
+        raise ValueError(f"event features of {rows} x {dim}, the head takes {expected_rows} x {expected_dim}")
+    if len(data) != rows * dim:
+        raise ValueError(f"event features: {len(data)} values for {rows} x {dim}")
+    tokens = torch.as_tensor(np.asarray(data, dtype=np.float32)).view(1, rows, dim)
+    if not torch.isfinite(tokens).all():
+        raise ValueError("event features hold NaN or inf")
+    return tokens
