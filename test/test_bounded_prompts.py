@@ -88,12 +88,25 @@ def test_the_models_context_caps_the_limit(rclpy_context: Any) -> None:
         node.destroy_node()
 
 
-@pytest.mark.parametrize("node_cls", ["event_drafter.EventDrafter", "frame_refiner.FrameRefiner"])
-def test_every_stage_refuses_alike(rclpy_context: Any, node_cls: str) -> None:
+class _Sent:
+    """Stands in for a node's diagnostics publisher: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Any] = []
+
+    def publish(self, msg: Any) -> None:
+        self.msgs.append(msg)
+
+
+@pytest.mark.parametrize("node_cls", ["event_drafter.EventDrafter", "frame_refiner.FrameRefiner",
+                                      "video_verifier.VideoVerifier"])
+def test_every_stage_refuses_alike_and_says_so_in_diagnostics(rclpy_context: Any, node_cls: str) -> None:
+    """The refusals are counted in each stage's own diagnostics (the refiner and the verifier once
+    left ``prompts.*`` out, and a reader saw "0" for a key that was never sent)."""
     import importlib
 
     module, cls = node_cls.split(".")
-    role = {"EventDrafter": "drafter", "FrameRefiner": "refiner"}[cls]
+    role = {"EventDrafter": "drafter", "FrameRefiner": "refiner", "VideoVerifier": "target"}[cls]
     node = getattr(importlib.import_module(f"cascade_sd_ros.nodes.{module}"), cls)(
         context=rclpy_context, model=load_stage_model("tiny:0", role))
     try:
@@ -101,6 +114,11 @@ def test_every_stage_refuses_alike(rclpy_context: Any, node_cls: str) -> None:
         node._on_prompt(String(data="z" * 1_000_000))
         node._on_prompt(String(data="bell\x07"))
         assert node.prompts_in.malformed == 2 and node.stage.question == question
+        node.pub_diag = sent = _Sent()
+        node.publish_diagnostics()
+        (status,) = sent.msgs[0].status
+        values = {kv.key: kv.value for kv in status.values}
+        assert values["prompts.malformed"] == "2" and values["prompts.received"] == "2", values
     finally:
         node.close()
         node.destroy_node()

@@ -451,8 +451,10 @@ class StageNode(Node, Generic[C]):
         return f"no live handler for {name}"
 
     def publish_status(self, level: int, message: str, values: dict[str, object]) -> None:
-        """One DiagnosticStatus named after the node, stamped now; callback errors raise it to WARN."""
-        values = {**values, **self.guard.values()}
+        """One DiagnosticStatus named after the node, stamped now, with what the skeleton itself
+        counts (the prompt input, callback errors: no stage can leave them out); callback errors
+        raise it to WARN."""
+        values = {**values, **self.prompts_in.values(), **self.guard.values()}
         if level == 0 and self.guard.errors:
             level, message = 1, f"{message}; skipped messages after unexpected errors: {self.guard.last_error}"
         self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), f"cascade_sd: {self.get_name()}",

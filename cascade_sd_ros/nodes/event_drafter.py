@@ -199,7 +199,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         stage = self.stage.snapshot()
         values: dict[str, object] = {
             "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
-            **self.events_in.values(), **self.commits_in.values(), **self.prompts_in.values(),
+            **self.events_in.values(), **self.commits_in.values(),
             **{k: stage[k] for k in ("rounds_opened", "rounds_open", "rounds_evicted", "resets")},
             "time_jumps": self._jump.jumps,
             "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
