@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 MATCH_TIMEOUT_S = 10.0  # [s] for publishers and subscriptions to discover each other
-MAX_ECHO_WINDOW = 64  # [records] fast mode never runs further ahead of the executor on one topic
+MAX_TAKE_WINDOW = 64  # [records] fast mode never runs further ahead of a KEEP_ALL subscription
 
 
 class PipelineHandle(Protocol):
@@ -70,16 +70,16 @@ def _wait_matched(pairs: list[tuple[str, Callable[[], int]]], timeout_s: float) 
     return [t for t, _ in pending]
 
 
-def _echo_windows(nodes: list[Any], topics: dict[str, str]) -> dict[str, int]:
-    """Fast mode may run ahead of the executor by half the shallowest queue that takes a topic."""
+def _take_windows(nodes: list[Any], topics: dict[str, str]) -> dict[str, int]:
+    """Fast mode may run ahead of the pipeline's takes by half the shallowest queue of a topic."""
     from rclpy.qos import HistoryPolicy
 
-    window = {topic: MAX_ECHO_WINDOW for topic in topics}  # no node reads it: no limit of its own
+    window = {topic: MAX_TAKE_WINDOW for topic in topics}  # no node reads it: not waited for
     for sub in (sub for node in nodes for sub in node.subscriptions):
         qos = sub.qos_profile
         if qos is None:
             continue  # a node in another process whose profile the graph did not give
-        depth = qos.depth if qos.history == HistoryPolicy.KEEP_LAST else 2 * MAX_ECHO_WINDOW
+        depth = qos.depth if qos.history == HistoryPolicy.KEEP_LAST else 2 * MAX_TAKE_WINDOW
         if sub.topic_name in window:
             window[sub.topic_name] = min(window[sub.topic_name], max(1, depth // 2))
     return window
@@ -182,7 +182,7 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
     from cascade_sd_ros.core import bagio
     from cascade_sd_ros.core.names import stamp_ns
     from cascade_sd_ros.tools.replay_pipeline import auto_remaps, describe_models, node_inputs
-    from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode
+    from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode, TakeCounter
     from cascade_sd_ros.tools.replay_progress import ProgressBar
     from cascade_sd_ros.tools.replay_recorder import BagRecorder, RecorderNode, pipeline_outputs
     from cascade_sd_ros.tools.replay_schedule import Scheduler
@@ -217,7 +217,7 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
         for name, target in guessed.items():
             scan.topics[name].published_as = target
         topics = {t.published_as: t.msgtype for t in scan.topics.values() if t.played}
-        player_node = PlayerNode(topics, echo=settings.rate is None, context=context)
+        player_node = PlayerNode(topics, context=context)
         own_nodes.append(player_node)
         scheduler = Scheduler(start_bag_ns=scan.start_ns, rate=settings.rate, lookahead_ns=pipeline.lookahead_ns,
                               stall_s=settings.stall_s)
@@ -229,8 +229,9 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
             for ref in refs.values():
                 ref.on_record(rec.msgtype, rec.raw)
 
-        window = _echo_windows(pipeline.nodes, topics)
-        player = Player(player_node, scheduler, scan.end_ns, echo_window=window,
+        window = _take_windows(pipeline.nodes, topics)
+        takes = TakeCounter(pipeline.nodes, topics) if settings.rate is None else None
+        player = Player(player_node, scheduler, scan.end_ns, takes=takes, take_window=window,
                         drain_timeout_s=settings.drain_timeout_s, drain_quiet_s=settings.drain_quiet_s,
                         progress=ProgressBar(enabled=settings.progress), on_record=on_record)
 
@@ -277,8 +278,8 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
             "held_s": stats.held_s,
             "drain_s": stats.drain_s,
             "drain_timed_out": stats.drain_timed_out,
-            "echo_timeouts": stats.echo_timeouts,
-            "echo_window": window,
+            "take_timeouts": stats.take_timeouts,
+            "take_window": window,
             "stalled_rounds": stats.stalled_rounds,
             "unfinished_rounds": stats.unfinished_rounds,
             "superseded_rounds": sorted(scheduler.tracker.superseded),

@@ -3,15 +3,16 @@
 The play loop runs in the calling thread; the pipeline's executor spins elsewhere. Records go out as
 the raw CDR bytes of the bag. Outputs reported back through :meth:`Player.observe` (the recorder's
 callback) tell the scheduler which rounds are in flight; an output wakes a waiting player at once.
+Fast mode paces on what the pipeline's own subscriptions have taken (:class:`TakeCounter`).
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -28,6 +29,9 @@ VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
 ROUND_TYPES = frozenset({"cascade_sd_ros/msg/DraftTokens", "cascade_sd_ros/msg/Commit", VERIFIED_CAPTION_TYPE})
 PUBLISH_DEPTH = 100  # [messages] reliable publishers keep this many for a slow subscriber
 CLOCK_STEP_NS = 10_000_000  # [ns] /clock resolution (100 Hz of bag time, as ros2 bag play's default)
+# [s] fast mode: a pipeline that took nothing for this long is passed (counted); long, because a
+# loaded 2-core machine has held an executor thread off the CPU for over a second
+TAKE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -39,22 +43,66 @@ class PlayStats:
     stalled_rounds: list[int] = field(default_factory=list)
     drain_timed_out: bool = False
     unfinished_rounds: list[int] = field(default_factory=list)  # open when the drain stopped
-    echo_timeouts: int = 0  # fast mode: records whose echo did not come back in time
+    take_timeouts: int = 0  # fast mode: records the pipeline had not taken in time (moved on anyway)
     # topic -> records DDS refused (a reliable reader so far behind that the writer's history stayed
     # full past its blocking time): a sensor would have dropped them too; counted, never fatal
     publish_failures: dict[str, int] = field(default_factory=dict)
 
 
-class PlayerNode(Node):
-    """Publishers for the bag's topics and ``/clock``, and an echo of each published topic.
+class TakeCounter:
+    """How many records of each played topic the pipeline's own subscriptions have taken.
 
-    The echo is a raw subscription in the same executor as the cascade: once it has taken record
-    ``k``, the executor has come round to the cascade's subscriptions for it too. Fast mode keeps
-    at most a window of records per topic un-echoed, half the depth of the cascade's own queue for
-    that topic, so a KEEP_LAST queue never overflows (back-pressure without touching the nodes).
+    Each subscription's callback is wrapped to count its calls: a call means the record left that
+    subscription's KEEP_LAST queue. Fast mode keeps at most a window of records per topic un-taken
+    by the slowest subscription (half its queue's depth), so no queue overflows. (An echo
+    subscription of the player's own, once used instead, measured the executor, not the nodes: a
+    node whose callbacks are slower than the executor's round, or blocked by its mutually
+    exclusive group, fell behind the echo and lost records: 13 of 120 at 20 ms a packet.)
     """
 
-    def __init__(self, topics: dict[str, str], echo: bool = False, **node_kwargs: Any) -> None:
+    def __init__(self, nodes: Iterable[Node], topics: Iterable[str]) -> None:
+        played = set(topics)
+        self._cond = threading.Condition()
+        self._taken: dict[str, list[int]] = {}  # topic -> per subscription, records taken
+        for sub in (sub for node in nodes for sub in node.subscriptions):
+            if sub.topic_name in played:
+                counts = self._taken.setdefault(sub.topic_name, [])
+                counts.append(0)
+                sub.callback = self._counted(sub.callback, sub.topic_name, len(counts) - 1)
+
+    def _counted(self, callback: Callable[..., Any], topic: str, index: int) -> Callable[..., Any]:
+        # wraps: rclpy reads the callback's signature (message, or message and info) through __wrapped__
+        @functools.wraps(callback)
+        def counted(*args: Any) -> Any:
+            with self._cond:
+                self._taken[topic][index] += 1
+                self._cond.notify_all()
+            return callback(*args)
+
+        return counted
+
+    def readers(self, topic: str) -> int:
+        """Subscriptions of the pipeline that take ``topic``."""
+        return len(self._taken.get(topic, ()))
+
+    def taken(self, topic: str) -> int:
+        """Records of ``topic`` every subscription has taken (the slowest one's count)."""
+        with self._cond:
+            return min(self._taken.get(topic) or [0])
+
+    def wait(self, topic: str, count: int, timeout_s: float) -> bool:
+        """Wait until every subscription of ``topic`` has taken ``count`` records (no subscription:
+        nothing to wait for)."""
+        if topic not in self._taken:
+            return True
+        with self._cond:
+            return self._cond.wait_for(lambda: min(self._taken[topic]) >= count, timeout=timeout_s)
+
+
+class PlayerNode(Node):
+    """Publishers for the bag's topics and ``/clock``."""
+
+    def __init__(self, topics: dict[str, str], **node_kwargs: Any) -> None:
         super().__init__("replay_player", **node_kwargs)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PUBLISH_DEPTH,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -62,25 +110,6 @@ class PlayerNode(Node):
         self._pubs = {topic: self.create_publisher(rclpy_type(msgtype), topic, qos) for topic, msgtype in topics.items()}
         self._clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self._last_clock: int | None = None
-        self._echoed: dict[str, int] = {topic: 0 for topic in topics}
-        self._echo_cond = threading.Condition()
-        if echo:
-            group = ReentrantCallbackGroup()
-            for topic, msgtype in topics.items():
-                self.create_subscription(rclpy_type(msgtype), topic, self._echo_callback(topic), qos, raw=True,
-                                         callback_group=group)
-
-    def _echo_callback(self, topic: str) -> Callable[[bytes], None]:
-        def echo(_raw: bytes) -> None:
-            with self._echo_cond:
-                self._echoed[topic] += 1
-                self._echo_cond.notify_all()
-        return echo
-
-    def wait_echo(self, topic: str, count: int, timeout_s: float) -> bool:
-        """Wait until ``count`` records of ``topic`` came back through the executor."""
-        with self._echo_cond:
-            return self._echo_cond.wait_for(lambda: self._echoed[topic] >= count, timeout=timeout_s)
 
     def publish_clock(self, t_ns: int, force: bool = False) -> None:
         """``/clock`` at ``t_ns``, at most once per ``CLOCK_STEP_NS`` of bag time unless ``force``:
@@ -105,9 +134,11 @@ class Player:
         node: the publishers.
         scheduler: pacing/holding policy.
         end_bag_ns: bag time of the last record (drain and progress).
-        echo_timeout_s: fast mode: longest wait for an echo (see :class:`PlayerNode`) before the
-            next record; a burst into a KEEP_LAST sensor queue would overwrite unread records.
-        echo_window: fast mode: topic -> records that may be in flight un-echoed (default 1).
+        takes: fast mode: what the pipeline's subscriptions have taken (:class:`TakeCounter`); a
+            burst into a KEEP_LAST sensor queue would overwrite unread records.
+        take_timeout_s: fast mode: longest wait for the pipeline to take a record before the next
+            one (counted in ``take_timeouts``; a pipeline that stopped taking must not hang the replay).
+        take_window: fast mode: topic -> records that may be in flight un-taken (default 1).
         settle_s: after the last round is final, how long to wait for another one to open.
         drain_quiet_s: after the last record, stop waiting for open rounds once no output came
             for this long (a verifier under overload drops its oldest rounds, which never end).
@@ -115,15 +146,16 @@ class Player:
         on_record: called for every record published (e.g. the recorder keeps /ground_truth).
     """
 
-    def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, echo_timeout_s: float = 1.0,
-                 echo_window: dict[str, int] | None = None,
+    def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, takes: TakeCounter | None = None,
+                 take_timeout_s: float = TAKE_TIMEOUT_S, take_window: dict[str, int] | None = None,
                  settle_s: float = 1.0, drain_quiet_s: float = 15.0, drain_timeout_s: float = 120.0,
                  progress: ProgressBar | None = None, on_record: Callable[[Record, int], None] | None = None) -> None:
         self.node = node
         self.scheduler = scheduler
         self.end_bag_ns = end_bag_ns
-        self.echo_timeout_s = echo_timeout_s
-        self.echo_window = dict(echo_window or {})
+        self.takes = takes
+        self.take_timeout_s = take_timeout_s
+        self.take_window = dict(take_window or {})
         self.settle_s = settle_s
         self.drain_quiet_s = drain_quiet_s
         self.drain_timeout_s = drain_timeout_s
@@ -168,7 +200,7 @@ class Player:
         self._t0 = time.monotonic()
         with self._lock:
             self.scheduler.start(self._t0)
-        fast = self.scheduler.rate is None
+        paced_by_takes = self.scheduler.rate is None and self.takes is not None
         for rec in records:
             while True:
                 with self._lock:
@@ -190,10 +222,11 @@ class Player:
             if self.on_record is not None:
                 self.on_record(rec, action.clock_ns)
             self.progress.update(self._state())
-            if fast:
-                behind = self.stats.published[rec.topic] - max(1, self.echo_window.get(rec.topic, 1)) + 1
-                if not self.node.wait_echo(rec.topic, behind, self.echo_timeout_s):
-                    self.stats.echo_timeouts += 1
+            if paced_by_takes:
+                assert self.takes is not None
+                behind = self.stats.published[rec.topic] - max(1, self.take_window.get(rec.topic, 1)) + 1
+                if not self.takes.wait(rec.topic, behind, self.take_timeout_s):
+                    self.stats.take_timeouts += 1
         self._drain()
         self.stats.wall_s = time.monotonic() - self._t0
         self.stats.stalled_rounds = sorted(self.scheduler.tracker.stalled)
