@@ -154,7 +154,7 @@ def test_first_token_keeps_the_target_distribution_through_the_nodes(rclpy_conte
 def test_the_same_statistic_rejects_a_verifier_that_trusts_drafts(rclpy_context: Any, monkeypatch: Any) -> None:
     """Sanity of the test itself: a verifier node that accepts drafts without the p/q test (greedy
     acceptance of the target's top token, drafted every round) is caught over the same topics."""
-    import cascade_sd_ros.core.round_stages as stages
+    import cascade_sd_ros.core.stages.verifier as stages
 
     real = stages.verify_step
 
