@@ -153,3 +153,14 @@ def test_llava_15_refines_for_video_llava_by_text_too(folders: dict[str, Path]) 
                        AutoTokenizer.from_pretrained(folders["video_llava"]), target.adapter.vocab_size,
                        target.adapter.eos_token_id)
     _cascade_equals_target(target, text, lambda clip: llava.context(clip[-1], QUESTION), range(1))
+
+
+def test_eventgpt_prefill_takes_a_draft_in_hand_as_every_adapter_does(folders: dict[str, Path]) -> None:
+    # the adapter interface's prefill(context, caption): the caption's rows scored after one call
+    drafter = load_stage_model(str(folders["eventgpt"]), "drafter")
+    adapter, ctx = drafter.adapter, drafter.context(_scene(3)[0], QUESTION)
+    adapter.prefill(ctx)
+    caption = list(adapter.propose([], 3).token_ids)
+    reference = adapter.propose(caption, 2).token_ids
+    adapter.prefill(ctx, caption=caption)
+    assert adapter.propose(caption, 2).token_ids == reference

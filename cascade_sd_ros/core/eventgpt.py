@@ -29,12 +29,16 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from cascade_sd_ros.core.spec import cache_ops
 from cascade_sd_ros.core.spec.adapter import HFAdapter, StageContext
+
+if TYPE_CHECKING:  # transformers' classes load in load_eventgpt
+    from transformers import CLIPVisionModel, PreTrainedModel
 
 __all__ = ["EVENTGPT_MODEL_TYPE", "EventGPT", "EventGPTAdapter", "is_eventgpt_folder", "load_eventgpt",
            "spatio_temporal_tokens"]
@@ -64,20 +68,28 @@ def spatio_temporal_tokens(features: torch.Tensor) -> torch.Tensor:
     return torch.cat((features.mean(dim=1), features.mean(dim=0)), dim=0)
 
 
+def _pixels(value: object, what: str) -> int:
+    # transformers types a vision config's sizes int | list | tuple | None; a CLIP tower's are one int
+    if not isinstance(value, int):
+        raise TypeError(f"the CLIP tower's {what} is {value!r}, not one side in pixels")
+    return value
+
+
 class EventGPT(nn.Module):
     """The EventGPT model: Llama LM, CLIP tower, projector and optional feature adaptor."""
 
-    def __init__(self, lm: nn.Module, tower: nn.Module, projector: nn.Sequential, adaptor: nn.Linear | None) -> None:
+    def __init__(self, lm: PreTrainedModel, tower: CLIPVisionModel, projector: nn.Sequential,
+                 adaptor: nn.Linear | None) -> None:
         super().__init__()
         self.lm, self.tower, self.projector, self.adaptor = lm, tower, projector, adaptor
 
     @property
     def image_size(self) -> int:
-        return int(self.tower.config.image_size)
+        return _pixels(self.tower.config.image_size, "image_size")
 
     def positions(self, frames: int) -> int:
         """Event positions a prompt holds for ``frames`` event images: frames + tower positions."""
-        per = (self.image_size // int(self.tower.config.patch_size)) ** 2 + 1  # CLS kept
+        per = (self.image_size // _pixels(self.tower.config.patch_size, "patch_size")) ** 2 + 1  # CLS kept
         return frames + per
 
     @torch.inference_mode()
@@ -210,10 +222,11 @@ class EventGPTAdapter(HFAdapter):
         return self.eventgpt.positions(num_frames)
 
     @torch.inference_mode()
-    def prefill(self, context: StageContext) -> None:
+    def prefill(self, context: StageContext, caption: Sequence[int] = ()) -> None:
         if context.modality not in ("image", "video") or context.pixel_values is None:
             raise ValueError(f"adapter {self.name!r} takes event images, got a {context.modality} context")
         self._check_ids(context.input_ids, "prompt")
+        self._check_ids(caption, "caption")
         pixels = context.pixel_values.to(self.device, self.model.dtype)
         pixels = pixels.reshape(-1, *pixels.shape[-3:])  # [T, 3, S, S]
         ids = torch.tensor(context.input_ids, dtype=torch.long, device=self.device)  # [L]
@@ -231,6 +244,8 @@ class EventGPTAdapter(HFAdapter):
         self._context = context
         self._context_len = len(context.input_ids)
         self._store_rows(0, out.logits[0, -1:].float())  # [1, V]
+        if caption:  # a draft in hand: fed after the spliced prompt (HFAdapter's path for a late draft)
+            self._sync([int(t) for t in caption])
 
     def events_context(self, input_ids: Sequence[int], pixels: torch.Tensor) -> StageContext:
         """A context of ``pixels`` ``[T, 3, S, S]`` (T event images) and prompt ids."""

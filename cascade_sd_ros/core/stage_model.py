@@ -446,7 +446,7 @@ def _eventgpt_stage(folder: Path, role: Role, device: torch.device, dtype: torch
 
     why = "EventGPT runs on transformers' Llama (the static path serves LLaVA-family models)"
     return StageModel(role, adapter, 1, model.image_size, build, decode, tokenizer_vocabulary(tokenizer),
-                      BackendChoice("transformers", why), tokenizer)
+                      BackendChoice("transformers", why), tokenizer)  # type: ignore[arg-type]  # transformers types decode str | list[str] (batches)
 
 
 def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
@@ -536,7 +536,7 @@ def stage_model_from_hf(
     vocab = vocab if vocab is not None else tokenizer_vocabulary(tokenizer, size=hf.vocab_size)
     codec = tokenizer if callable(getattr(tokenizer, "decode", None)) and callable(getattr(tokenizer, "encode", None)) \
         else None
-    return StageModel(role, adapter, num_frames, image_size, build, decode, vocab, choice, codec)  # type: ignore[arg-type]
+    return StageModel(role, adapter, num_frames, image_size, build, decode, vocab, choice, codec)  # type: ignore[arg-type]  # its encode/decode are checked callable just above
 
 
 def default_stage_source(role: str) -> str:
