@@ -36,6 +36,7 @@ from torch import nn
 
 from cascade_sd_ros.core.spec import cache_ops
 from cascade_sd_ros.core.spec.adapter import HFAdapter, StageContext
+from cascade_sd_ros.core.spec.prompt import TokenizerLike
 
 if TYPE_CHECKING:  # transformers' classes load in load_eventgpt
     from transformers import CLIPVisionModel, PreTrainedModel
@@ -194,15 +195,15 @@ def load_eventgpt(folder: Path, device: torch.device, dtype: torch.dtype) -> Eve
     return EventGPT(lm, tower, projector, adaptor).to(device=device, dtype=dtype).eval()
 
 
-def eventgpt_prompt_ids(tokenizer: object, question: str, positions: int) -> tuple[int, ...]:
+def eventgpt_prompt_ids(tokenizer: TokenizerLike, question: str, positions: int) -> tuple[int, ...]:
     """Vicuna v1 prompt with the event positions (``positions`` unknown-token ids) before the question."""
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None:
         raise ValueError("EventGPT's tokenizer has no unknown token to mark the event positions")
     if EVENT_TOKEN in question:
         raise ValueError(f"the question must not contain {EVENT_TOKEN} itself")
-    head = tokenizer.encode(f"{SYSTEM} USER: ", add_special_tokens=True)  # type: ignore[attr-defined]
-    tail = tokenizer.encode(f"\n{question} ASSISTANT:", add_special_tokens=False)  # type: ignore[attr-defined]
+    head = tokenizer.encode(f"{SYSTEM} USER: ", add_special_tokens=True)
+    tail = tokenizer.encode(f"\n{question} ASSISTANT:", add_special_tokens=False)
     if unk in head or unk in tail:
         raise ValueError("the prompt's text encodes to the unknown token, which marks event positions")
     return (*head, *([int(unk)] * positions), *tail)

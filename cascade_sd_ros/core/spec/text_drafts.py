@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DraftIds = Literal["same-vocab", "text"]
-DRAFT_IDS_MODES: tuple[str, ...] = ("same-vocab", "text", "auto")
+DRAFT_IDS_MODES: tuple[DraftIds | Literal["auto"], ...] = ("same-vocab", "text", "auto")
 # Text put in front of a draft so that it is tokenised as a continuation, not as the start of a
 # text (SentencePiece adds a word-start mark there; byte-level BPE would not). A line break never
 # merges with a following letter or space in the tokenizers of these families.
@@ -71,7 +71,7 @@ def resolve_draft_ids(mode: str, own_fingerprint: str, their_fingerprint: str) -
         raise ValueError(f"draft_ids must be one of {list(DRAFT_IDS_MODES)}, got {mode!r}")
     if mode == "auto":
         return "same-vocab" if own_fingerprint == their_fingerprint else "text"
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def _decode(codec: TextCodec, ids: Sequence[int]) -> str:
