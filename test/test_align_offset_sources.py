@@ -221,3 +221,38 @@ def test_tracker_prefers_triggers_and_evaluates_drift() -> None:
     assert abs(applied.at(stamp) - true) <= 1_000_000
     tr.observe_estimate(_est(60.0))  # estimates no longer move a trigger-derived offset
     assert tr.current().source == "trigger"
+
+
+# --------------------------------------------------------------------------- as a stage runs it
+
+def test_offset_source_converges_online_and_keeps_each_rounds_offset() -> None:
+    """Fed a moving stream second by second, it applies a confident estimate within 5 ms by 5 s; a
+    round keeps the offset it opened with while the applied value moves on."""
+    from cascade_sd_ros.core.align.offset_source import ClockOffsetSource
+
+    config = _stream(-220.0, 1)
+    src = ClockOffsetSource(initial_ns=0, every_ns=1_000_000_000)
+    early = src.round_offset(1)  # a round opened before any data: the initial value, not confident
+    assert early.source == "initial" and not early.confident
+    for scene in iter_scenes(config):
+        for p in scene.packets:
+            if p.events.size:
+                t = p.events["t"].astype(np.int64) * 1000 + (p.stamp_ns - int(p.events["t"][0]) * 1000)
+                src.add_events(t, p.events["x"], p.events["y"], p.events["p"], SIZE, SIZE)
+        for f in scene.frames:
+            src.add_frame(f.stamp_ns, f.image)
+        src.update()
+        src.update()  # not due again without new event time: no second estimate
+    assert src.estimates == 3
+    applied = src.current()
+    assert applied.confident and applied.source == "estimate" and abs(applied.offset_ns + 220_000_000) <= 5_000_000
+    assert src.round_offset(1) == early  # never moved mid-round
+    assert src.round_offset(2) == applied
+
+
+def test_pinned_source_measures_nothing() -> None:
+    from cascade_sd_ros.core.align.offset_source import ClockOffsetSource
+
+    src = ClockOffsetSource(initial_ns=12_000_000, pinned=True)
+    src.add_events(np.array([1, 2]), np.array([0, 1]), np.array([0, 1]), np.array([1, 0]), 48, 48)
+    assert not src.due() and src.update().source == "pinned" and src.current().offset_ns == 12_000_000
