@@ -256,3 +256,21 @@ def test_pinned_source_measures_nothing() -> None:
     src = ClockOffsetSource(initial_ns=12_000_000, pinned=True)
     src.add_events(np.array([1, 2]), np.array([0, 1]), np.array([0, 1]), np.array([1, 0]), 48, 48)
     assert not src.due() and src.update().source == "pinned" and src.current().offset_ns == 12_000_000
+
+
+def test_event_stream_puts_strobe_edges_on_the_event_clock() -> None:
+    """The nodes' EventStream returns trigger edges with their event-clock times, trigger-only packets
+    (a strobe between event bursts) included, on the same anchor as the CD events."""
+    from cascade_sd_ros.ros.events import EventStream, PacketInput
+
+    config = _strobe_stream(33.0, 0.0)
+    scene = next(iter(iter_scenes(config)))
+    stream = EventStream()
+    edges = []
+    for p in scene.packets:
+        got = stream.decode(PacketInput("evt3", SIZE, SIZE, np.frombuffer(p.payload, np.uint8), 0, p.stamp_ns, p.seq))
+        assert got.triggers.size == p.triggers.size
+        edges += got.trigger_t_ns[got.triggers["p"] == 1].tolist()
+    start = config.start_ns
+    want = [(f.true_ns - start) // 1000 * 1000 + start + 33_000_000 for f in scene.frames if f.index not in (7, 20)]
+    assert set(want) <= set(edges)  # every kept exposure's rising edge to the µs (plus spurious ones)
