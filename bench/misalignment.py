@@ -10,7 +10,9 @@ the offset the stages *believe* (``T - believed``). Per condition: drafter and r
 Axes (one at a time, the others at their defaults: error 0, no jitter, no drops, window 0.25 s,
 clip span 1 s):
 
-* offset error (believed minus true): 0, ±10, ±30, ±100, ±300 ms;
+* offset error (believed minus true): 0, ±10, ±30, ±100, ±300 ms, with the round 40 ms before its
+  scene's end (the demo's schedule: a scene cut follows, as when a robot turns a corner) and with
+  the round 1.5 s into its scene (clip and error stay inside one scene: only motion moves);
 * RGB stamp jitter (std), frame drop rate, event window length, clip span;
 * where the offset comes from: the oracle (the truth), the estimate (RegionOffsetEstimator with the
   OffsetTracker, fed the stream online, starting from 0 with the truth at 137 ms), trigger sync
@@ -60,6 +62,7 @@ JITTER_MS = (0.0, 5.0, 15.0, 30.0)
 DROPS = (0.0, 0.1, 0.3, 0.5)
 WINDOWS_S = (0.05, 0.1, 0.25, 0.5)
 SPANS_S = (0.25, 0.5, 1.0, 1.5)
+MID_ROUND_S = 1.5  # the mid-scene schedule: the clip [0.5, 1.5] s and ±300 ms around it stay in the scene
 SETTLE_S = 5.0  # the Must-show's "after at most 5 s"
 
 
@@ -74,7 +77,8 @@ class Stream:
     """One synthetic stream, its rounds, and every input a round can ask for."""
 
     def __init__(self, zoo: Any, scenes: int, seed: int, jitter_ms: float = 0.0, drop: float = 0.0,
-                 drift_ppm: float = 0.0, strobe: bool = False, moving_only: bool = False) -> None:
+                 drift_ppm: float = 0.0, strobe: bool = False, moving_only: bool = False,
+                 round_at_s: float | None = None) -> None:
         g = zoo.geometry
         self.config = StreamConfig(
             n_scenes=scenes, height=g.image_size, width=g.image_size, seed=seed, scene_duration_s=g.scene_duration_s,
@@ -94,8 +98,10 @@ class Stream:
         self.event_ns = self.events["t"].astype(np.int64) * 1000 + anchor
         self.anchor_ns = anchor
         d = self.config.scene_duration_ns
-        # round i at the end of scene i, on the event clock; the true offset there (drift included)
-        self.rounds_rgb = [self.config.start_ns + (i + 1) * d - MARGIN_NS for i in range(scenes)]
+        # round i at the end of scene i (as the demo schedules them) or ``round_at_s`` into it, on the
+        # event clock; the true offset there (drift included)
+        at = d - MARGIN_NS if round_at_s is None else int(round_at_s * 1e9)
+        self.rounds_rgb = [self.config.start_ns + i * d + at for i in range(scenes)]
         self.true_ns = [self.config.clocks.offset_at(t - self.config.start_ns) for t in self.rounds_rgb]
         self.rounds = [t + o for t, o in zip(self.rounds_rgb, self.true_ns)]
         self.truth = [s.truth.caption for s in self.scenes]
@@ -231,7 +237,8 @@ def plot(axes_rows: list[dict[str, Any]], sources: dict[str, Any]) -> list[Path]
     import matplotlib.pyplot as plt
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    names = [("offset_error", "offset error [ms]"), ("jitter", "RGB stamp jitter std [ms]"),
+    names = [("offset_error", "offset error [ms], round 40 ms before a cut"),
+             ("offset_error_mid", "offset error [ms], round mid-scene"), ("jitter", "RGB stamp jitter std [ms]"),
              ("drop_rate", "frame drop rate"), ("event_window", "event window [s]"), ("clip_span", "clip span [s]")]
     metrics = [("drafter_acceptance", "drafter acceptance"), ("refiner_acceptance", "refiner acceptance"),
                ("exact_match", "caption exact match"), ("tokens_per_step", "tokens / verifier step")]
@@ -242,7 +249,7 @@ def plot(axes_rows: list[dict[str, Any]], sources: dict[str, Any]) -> list[Path]
         for r_i, (key, mlabel) in enumerate(metrics):
             ax = axs[r_i][c]
             ax.plot(xs, [r[key] for r in rows], "o-")
-            if axis == "offset_error":
+            if axis.startswith("offset_error"):
                 ax.set_xscale("symlog", linthresh=10)
             if r_i == len(metrics) - 1:
                 ax.set_xlabel(label)
@@ -294,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Stream(zoo, scenes, args.seed)
     print(f"misalignment study: {scenes} rounds per condition, truth {TRUE_OFFSET_MS} ms", flush=True)
     rows = sweep(zoo, base, [("offset_error", e, Setup(error_ms=e)) for e in errors], budget)
+    mid = Stream(zoo, scenes, args.seed, round_at_s=MID_ROUND_S)
+    rows += sweep(zoo, mid, [("offset_error_mid", e, Setup(error_ms=e)) for e in errors], budget)
     rows += sweep(zoo, base, [("event_window", w, Setup(window_s=w)) for w in (WINDOWS_S[:2] if args.quick else WINDOWS_S)], budget)
     rows += sweep(zoo, base, [("clip_span", s, Setup(span_s=s)) for s in (SPANS_S[:2] if args.quick else SPANS_S)], budget)
     for j in (JITTER_MS[1:2] if args.quick else JITTER_MS):
