@@ -9,11 +9,10 @@ round opening takes and keeps; the applied value never changes a round already o
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
 import numpy as np
 
-from cascade_sd_ros.core.align.offset_tracker import AppliedOffset, OffsetTracker
+from cascade_sd_ros.core.align.offset_tracker import AppliedOffset, OffsetTracker, RoundOffsets
 from cascade_sd_ros.core.align.region_offsets import RegionOffsetEstimator
 from cascade_sd_ros.core.align.trigger_sync import TriggerSync
 
@@ -43,8 +42,7 @@ class ClockOffsetSource:
         self.settled_every_ns = int(settled_every_ns)
         self._newest_event_ns: int | None = None
         self._last_update_ns: int | None = None
-        self._rounds: OrderedDict[int, AppliedOffset] = OrderedDict()
-        self._max_rounds = max_rounds
+        self._rounds = RoundOffsets(max_rounds)
         self._lock = threading.Lock()
         self.estimates = 0  # [count] estimates run
 
@@ -95,13 +93,7 @@ class ClockOffsetSource:
 
     def round_offset(self, round_id: int) -> AppliedOffset:
         """The offset round ``round_id`` uses: the applied one when it first asks, the same ever after."""
-        with self._lock:
-            got = self._rounds.get(round_id)
-            if got is None:
-                got = self._rounds[round_id] = self.tracker.current()
-                while len(self._rounds) > self._max_rounds:
-                    self._rounds.popitem(last=False)
-            return got
+        return self._rounds.fix(round_id, self.tracker.current())
 
     def reset(self) -> None:
         """Time jumped backwards: the measurements start over (the applied value and a pin stay)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from cascade_sd_ros.core.align.region_offsets import RegionEstimate
@@ -129,3 +129,29 @@ class OffsetTracker:
     def _set(self, applied: AppliedOffset, count: bool = True) -> None:
         self.changes += int(count)
         self._applied = applied
+
+
+class RoundOffsets:
+    """The offset each round uses, fixed when the round first asks: a later change of the applied
+    offset moves later rounds, never a round's clip mid-round. Bounded: the last ``capacity`` rounds."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError(f"RoundOffsets capacity must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._rounds: OrderedDict[int, AppliedOffset] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def fix(self, round_id: int, current: AppliedOffset) -> AppliedOffset:
+        """``round_id``'s offset: ``current`` if it has none yet, else the one it was given."""
+        with self._lock:
+            got = self._rounds.get(round_id)
+            if got is None:
+                got = self._rounds[round_id] = current
+                while len(self._rounds) > self._capacity:
+                    self._rounds.popitem(last=False)
+            return got
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rounds.clear()
