@@ -274,3 +274,21 @@ def test_event_stream_puts_strobe_edges_on_the_event_clock() -> None:
     start = config.start_ns
     want = [(f.true_ns - start) // 1000 * 1000 + start + 33_000_000 for f in scene.frames if f.index not in (7, 20)]
     assert set(want) <= set(edges)  # every kept exposure's rising edge to the µs (plus spurious ones)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("offset_ns", 10**19, "beyond"), ("drift_ppm", float("nan"), "drift_ppm"), ("drift_ppm", 5e3, "drift_ppm"),
+    ("source", "guess", "source"),
+])
+def test_a_clock_offset_no_clock_has_is_refused_in_one_line(field: str, value: object, words: str) -> None:
+    """The refiner applies what clock_offset says: a value no clock has is refused by name, never applied."""
+    from types import SimpleNamespace
+
+    from cascade_sd_ros.ros.outputs import ClockOffsetError, applied_from_msg
+
+    good = dict(offset_ns=-180_000_000, drift_ppm=0.0, uncertainty_ms=1.0, confident=True, source="estimate",
+                header=SimpleNamespace(stamp=SimpleNamespace(sec=5, nanosec=0)))
+    applied = applied_from_msg(SimpleNamespace(**good))
+    assert applied.offset_ns == -180_000_000 and applied.ref_ns == 5 * 10**9 and applied.confident
+    with pytest.raises(ClockOffsetError, match=words):
+        applied_from_msg(SimpleNamespace(**{**good, field: value}))
