@@ -292,3 +292,26 @@ def test_a_clock_offset_no_clock_has_is_refused_in_one_line(field: str, value: o
     assert applied.offset_ns == -180_000_000 and applied.ref_ns == 5 * 10**9 and applied.confident
     with pytest.raises(ClockOffsetError, match=words):
         applied_from_msg(SimpleNamespace(**{**good, field: value}))
+
+
+# --------------------------------------------------------------------------- activity-triggered rounds
+
+def test_an_event_rate_burst_opens_a_round_and_a_noisy_sensor_cannot_flood() -> None:
+    from cascade_sd_ros.core.stages.activity import ActivityTrigger
+
+    rng = np.random.default_rng(0)
+    trig = ActivityTrigger(bin_ns=100_000_000, factor=3.0, min_events=50, min_gap_ns=1_000_000_000)
+    rounds: list[int] = []
+    for k in range(60):  # 6 s at a steady 200 events per 100 ms, one burst of 2000 at 3.0 s
+        n = 2000 if k == 30 else 200
+        t = np.sort(rng.integers(k * 10**8, (k + 1) * 10**8, n))
+        rounds += trig.observe(t)
+    assert rounds == [31 * 10**8]  # the burst's bin end, once
+    # a sensor bursting every bin: at most one round per min_gap
+    noisy = ActivityTrigger(bin_ns=100_000_000, factor=1.0, min_events=0, min_gap_ns=1_000_000_000, warmup_bins=1)
+    out: list[int] = []
+    for k in range(50):
+        out += noisy.observe(np.sort(rng.integers(k * 10**8, (k + 1) * 10**8, 100 * (k + 1))))
+    assert len(out) <= 5 and noisy.suppressed > 0
+    assert all(b - a >= 10**9 for a, b in zip(out, out[1:]))
+    assert trig.observe(np.zeros(0, np.int64)) == []
