@@ -190,6 +190,8 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
         print(f"  verified      : {r.caption if r.caption is not None else '(no caption in time)'}")
         print(f"  ground truth  : {r.ground_truth}")
         verdict = "equal" if r.equal else "DIFFERENT" if r.equal is False else "n/a"
+        if r.equal is False and r.offset_source == "initial":
+            verdict += " (the clock offset was not measured yet: frames picked by the initial guess)"
         print(f"  verifier alone: {r.verifier_alone}  [{verdict}]")
         print(f"  acceptance    : {acc}" + (f"; degraded: {r.degraded}" if r.degraded else ""))
         if r.offset_ms is not None:
