@@ -154,7 +154,7 @@ class RegionOffsetEstimator:
             gap = None if prev is None else int(t_ns) - prev[0]
             if gap is not None and gap > self.max_interval_ns:
                 self.rejected += 1
-            elif gap is not None and gap > 0:
+            elif prev is not None and gap is not None and gap > 0:
                 self._intervals.append((prev[0], int(t_ns), log_i - prev[1]))
                 while self._intervals and self._intervals[-1][1] - self._intervals[0][0] > self.horizon_ns:
                     self._intervals.popleft()
