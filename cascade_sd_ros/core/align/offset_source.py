@@ -44,6 +44,7 @@ class ClockOffsetSource:
         self._last_update_ns: int | None = None
         self._rounds = RoundOffsets(max_rounds)
         self._lock = threading.Lock()
+        self._updating = False
         self.estimates = 0  # [count] estimates run
 
     def add_events(self, t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int,
@@ -82,11 +83,23 @@ class ClockOffsetSource:
             return self.tracker.current()
         with self._lock:
             self._last_update_ns = self._newest_event_ns
-        self.tracker.observe_estimate(self.estimator.estimate())
-        self.estimates += 1
-        if self.sync.has_edges:
-            self.tracker.observe_trigger(self.sync.fit(prior_ns=self.tracker.prior_ns()))
+            self._updating = True
+        try:
+            self.tracker.observe_estimate(self.estimator.estimate())
+            self.estimates += 1
+            if self.sync.has_edges:
+                self.tracker.observe_trigger(self.sync.fit(prior_ns=self.tracker.prior_ns()))
+        finally:
+            with self._lock:
+                self._updating = False
         return self.tracker.current()
+
+    def idle(self) -> bool:
+        """No estimate due and none running: what the data so far say is applied (tests wait on it)."""
+        with self._lock:
+            if self._updating:
+                return False
+        return not self.due()
 
     def current(self) -> AppliedOffset:
         return self.tracker.current()
