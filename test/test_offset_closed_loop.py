@@ -48,6 +48,7 @@ def test_the_offset_is_measured_applied_shared_and_reported(rclpy_context: Any) 
         finals: dict[int, Any] = {}
         verifier = pipeline.verifier
         sent = 0
+        confident_after: int | None = None  # the scene after whose data the verifier was confident
         for i in range(len(scenes)):
             finals.update(play_scenes(pipeline, player, scenes[i:i + 1], rounds, first=i, timeout_s=30))
             # as a sensor's real time would: the verifier takes the scene's events and runs its estimate
@@ -57,13 +58,18 @@ def test_the_offset_is_measured_applied_shared_and_reported(rclpy_context: Any) 
             while (verifier.events_in.received < sent or not verifier.clock.idle()) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert verifier.events_in.received >= sent, (verifier.events_in.received, sent)
+            if confident_after is None and verifier.clock.current().confident:
+                confident_after = i
         assert finals[0] is not None and finals[0].frame_offset_source == "initial" and finals[0].frame_offset_ms == 0.0
-        late = [finals[i] for i in range(3, N_SCENES)]  # rounds at 8 s and later: well past 5 s of motion
+        # confident once a few estimates agree: after at most 4 scenes (8 s) even on loaded cores, where
+        # the verifier's timer runs fewer estimates while a scene plays
+        assert confident_after is not None and confident_after <= 3, confident_after
+        # round i opens while scene i plays (before its end: the initial offset 0 puts it 180 ms early), so
+        # every round after that scene's uses the estimate
+        late = [finals[i] for i in range(confident_after + 1, N_SCENES)]
         assert late and all(m is not None for m in late)
         for m in late:
-            clock = verifier.clock
-            assert m.frame_offset_source == "estimate", (m.frame_offset_source, clock.estimates, clock.tracker.last_estimate,
-                                                         list(clock.tracker._recent))
+            assert m.frame_offset_source == "estimate", m.frame_offset_source
             assert abs(m.frame_offset_ms - TRUE_NS / 1e6) <= 5.0, m.frame_offset_ms
         applied = pipeline.verifier.clock.current()
         assert applied.confident and abs(applied.offset_ns - TRUE_NS) <= 5_000_000
