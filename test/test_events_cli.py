@@ -21,7 +21,7 @@ def _stats(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
 def test_stats_of_the_real_bag(evt3_bag: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _stats(capsys, str(evt3_bag), "--topic", "/event_camera/events")
     assert (out["off"], out["on"]) == (218291, 125183)
-    assert (out["trigger_rise"], out["trigger_fall"]) == (2078, 2079)  # see test_events_evt3
+    assert (out["trigger_rise"], out["trigger_fall"]) == (2079, 2078)  # value 1 = rising; see test_events_evt3
     assert out["sum_t_us"] == 2885601049874
     assert (out["first_t_us"], out["last_t_us"]) == (7139840, 9218023)
     assert out["mean_rate_ev_s"] == pytest.approx(343474 / ((9218023 - 7139840) / 1e6))

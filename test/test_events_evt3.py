@@ -38,9 +38,9 @@ def test_real_bag_golden_figures(evt3_bag: Path) -> None:
     cd, trig = _concat([decoder.decode(m.events, m.time_base) for m in msgs])
     assert np.count_nonzero(cd["p"] == 0) == 218291
     assert np.count_nonzero(cd["p"] == 1) == 125183
-    assert np.count_nonzero(trig["p"] == 0) == 2078
-    # The recording's trigger edges alternate and both start and end falling, so there is one
-    # more falling edge than rising ones. The upstream suite's fall check compared the rising
+    assert np.count_nonzero(trig["p"] == 0) == 2078  # falling edges (EVT 3.0: value 0 = falling)
+    # The recording's trigger edges alternate and both start and end rising (value 1), so there is
+    # one more rising edge than falling ones. The upstream suite's p = 1 check compared the p = 0
     # count twice, which hid this; the exact time sum below includes all 4157 trigger events.
     assert np.count_nonzero(trig["p"] == 1) == 2079
     assert int(cd["t"].sum()) + int(trig["t"].sum()) == 2885601049874

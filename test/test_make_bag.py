@@ -127,6 +127,9 @@ def test_from_video_file_and_from_bag_rgb_topic(tmp_path: Path) -> None:
     ["--storage", "rosbag1"],
     ["--from-video", "/nonexistent/clip.mp4"],
     ["--jitter-ms", "nan"],
+    ["--strobe-missing", "3"],  # needs --strobe
+    ["--strobe", "--strobe-missing", "x"],
+    ["--drift-ppm", "5000"],
 ])
 def test_bad_arguments_exit_2(tmp_path: Path, argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -143,3 +146,23 @@ def test_existing_output_and_unreadable_video_exit_2(tmp_path: Path) -> None:
     junk.write_bytes(b"not a video at all")
     assert main(["make-bag", str(tmp_path / "out"), "--from-video", str(junk)]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_strobe_with_drift_and_a_missing_edge(tmp_path: Path) -> None:
+    """--strobe writes one rising and one falling EXT_TRIGGER edge per exposure (EVT 3.0 value 1 =
+    rising), less the missing frame's; with --drift-ppm the rising edges lie at offset + drift after
+    each frame's capture."""
+    bag = tmp_path / "bag"
+    _make(bag, "--strobe", "--strobe-missing", "3", "--drift-ppm", "200", "--event-offset-ms", "25")
+    decoder = make_decoder("evt3", 48, 40)
+    rising = []
+    for *_, m in bagio.iter_messages(bag, ["/event_camera/events"]):
+        res = decoder.decode(m.events)
+        first = min(int(a["t"][0]) for a in (res.cd, res.triggers) if a.size)
+        stamp = m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+        rising += (res.triggers["t"][res.triggers["p"] == 1].astype(np.int64) * 1000 + stamp - first * 1000).tolist()
+    frames = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for *_, m in bagio.iter_messages(bag, ["/camera/image_raw"])]
+    assert len(frames) == 20 and len(rising) == 19  # 2 scenes x 0.5 s x 20 fps, one edge lost
+    start = frames[0]
+    expected = [f + 25_000_000 + round((f - start) * 200e-6) for i, f in enumerate(frames) if i != 3]
+    assert np.abs(np.array(rising) - np.array(expected)).max() <= 1000  # µs resolution of the sensor

@@ -32,7 +32,7 @@ def demo_results() -> list[Any]:
     results, _speedup, _info = run_demo(
         n_scenes=N_SCENES, seed=SEED, sources=dict(MODELS), mode="lossless-greedy",
         stages=("drafter", "refiner", "verifier"), offset_ns=int(DEMO_OFFSET_MS * 1e6), jitter_ms=DEMO_JITTER_MS,
-        drop_rate=DEMO_DROP, device="cpu", timeout_s=60.0)
+        drop_rate=DEMO_DROP, device="cpu", timeout_s=60.0, oracle_offset=True)
     return results
 
 
@@ -49,7 +49,10 @@ def _replay(bag: Path, out: Path, baseline: str = "pass") -> dict[str, Any]:
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
     from cascade_sd_ros.tools.replay_pipeline import make_pipeline
 
-    settings = ReplaySettings(bag=bag, out_dir=out, rate=None, models=dict(MODELS), progress=False, baseline=baseline)
+    # the oracle offset, as the demo above: token-for-token comparisons need both runs on the same clips
+    # (a measured offset picks the first rounds' frames by the initial guess, timing-dependent)
+    settings = ReplaySettings(bag=bag, out_dir=out, rate=None, models=dict(MODELS), progress=False, baseline=baseline,
+                              oracle_offset=True)
     return run_replay(settings, make_pipeline, _make_bare).report
 
 

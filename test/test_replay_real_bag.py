@@ -8,10 +8,11 @@ import pytest
 
 from cascade_sd_ros.tools.replay_source import scan_bag
 
-# Golden figures of the whole recording (../shared/data/README.md). The README's falling-edge count
-# repeats the rising one; the recording has one more falling edge (its trigger edges alternate and
-# start and end falling; see test_events_evt3.py), and the exact sum of t includes it.
-GOLDEN = {"off": 218291, "on": 125183, "trigger_rise": 2078, "trigger_fall": 2079, "sum_t_us": 2885601049874}
+# Golden figures of the whole recording (../shared/data/README.md). The README's second trigger count
+# repeats the first; the recording has one more p = 1 edge (its trigger edges alternate and start and
+# end on one; see test_events_evt3.py), and the exact sum of t includes it. The EVT 3.0 specification
+# names value 1 the rising edge (the README, after upstream, called p = 0 rising): 2079 rising, 2078 falling.
+GOLDEN = {"off": 218291, "on": 125183, "trigger_rise": 2079, "trigger_fall": 2078, "sum_t_us": 2885601049874}
 
 
 def test_scan_of_real_bag_matches_golden_figures_and_misses_rgb(evt3_bag: Path) -> None:

@@ -62,6 +62,16 @@ class RoundRecord:
     ground_truth: str | None = None  # [text] caption of the scene the round falls in, if known
     alone: Reference | None = None  # the verifier node alone on this round
     bare: Reference | None = None  # the target's bare cost on this round's clip (no ROS)
+    frame_offset_ms: float = math.nan  # [ms] event minus RGB clock offset the round picked its frames with
+    frame_offset_source: str = ""  # [text] pinned, trigger, estimate, initial ("" when not reported)
+    true_offset_ms: float | None = None  # [ms] the ground truth's offset for the round's scene, if known
+
+    @property
+    def frame_offset_error_ms(self) -> float | None:
+        """[ms] offset used minus the true one (None without both)."""
+        if self.true_offset_ms is None or not math.isfinite(self.frame_offset_ms):
+            return None
+        return self.frame_offset_ms - self.true_offset_ms
 
     def __post_init__(self) -> None:
         if len(self.drafted_per_stage) != len(self.accepted_per_stage):

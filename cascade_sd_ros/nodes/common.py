@@ -61,6 +61,11 @@ OUTPUT_QOS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 PROMPT_QOS = OUTPUT_QOS
+# The applied clock offset: latched, so a stage (re)starting later hears the current value at once.
+LATCHED_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 DIAGNOSTICS_QOS = OUTPUT_QOS
 
 

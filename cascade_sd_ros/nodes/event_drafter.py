@@ -21,6 +21,7 @@ from cascade_sd_ros.core.names import NODE_OF_STAGE, TOPIC_COMMIT, TOPIC_DRAFTS_
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
+from cascade_sd_ros.core.stages.activity import ActivityTrigger
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     PROMPT_QOS,
@@ -45,6 +46,13 @@ PARAMS: tuple[Param, ...] = (
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
     Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
     Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
+    Param("activity_rounds", False,
+          "also open a round when the event rate bursts (the scene changed), at most one per activity_min_gap",
+          read_only=True),
+    Param("activity_factor", 3.0, "a 100 ms bin with this many times the baseline's events is a burst", 1.0, 1000.0,
+          read_only=True),
+    Param("activity_min_gap", 1.0, "[s] at least this long between two activity rounds (a noisy sensor's bound)",
+          0.1, 3600.0, read_only=True),
 )
 
 
@@ -54,12 +62,17 @@ class DrafterConfig(StageConfig):
     lookahead: int
     window_ns: int
     buffer_packets: int
+    activity_rounds: bool
+    activity_factor: float
+    activity_min_gap_ns: int
 
     @staticmethod
     def from_params(p: dict[str, Any]) -> "DrafterConfig":
         return DrafterConfig(
             **stage_config_fields(p, "drafter"), gamma=p["gamma"], lookahead=p["lookahead"],
             window_ns=seconds_to_ns(p["event_window"], "event_window"), buffer_packets=p["event_buffer_packets"],
+            activity_rounds=bool(p["activity_rounds"]), activity_factor=float(p["activity_factor"]),
+            activity_min_gap_ns=seconds_to_ns(p["activity_min_gap"], "activity_min_gap"),
         )
 
 
@@ -82,6 +95,9 @@ class EventDrafter(StageNode[DrafterConfig]):
         self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         # a round opens once the events pass T, if [T - event_window, T] starts after the stream did
         self._rounds = RoundOpener(self.cfg.schedule, lead_ns=self.cfg.window_ns)
+        # and, if asked, when the event rate bursts (bounded: one per activity_min_gap)
+        self._activity = ActivityTrigger(factor=self.cfg.activity_factor, min_gap_ns=self.cfg.activity_min_gap_ns) \
+            if self.cfg.activity_rounds else None
         self._max_span_ns = 0
         self._renderer: EventFrameRenderer | None = None
         self.events_in = InputStats(self, "events")
@@ -141,6 +157,11 @@ class EventDrafter(StageNode[DrafterConfig]):
             self._max_span_ns = max(self._max_span_ns, t1 - t0)
             for T in self._rounds.advance(t0, t1):
                 self.stage.open_round(T)
+            if self._activity is not None:
+                first = self._rounds.first_ns
+                for T in self._activity.observe(decoded.t_ns):
+                    if first is None or T - self.cfg.window_ns >= first:  # its window inside the stream
+                        self.stage.open_round(T)
 
     def _on_commit(self, msg: Any) -> None:
         self.commits_in.tick()
@@ -165,6 +186,8 @@ class EventDrafter(StageNode[DrafterConfig]):
         self._packets.clear()
         self._stream.reset()
         self._rounds.reset()
+        if self._activity is not None:
+            self._activity.reset()
         self._max_span_ns = 0
         self._stale.reset()
         self.stage.reset()
@@ -202,6 +225,8 @@ class EventDrafter(StageNode[DrafterConfig]):
             **self.events_in.values(), **self.commits_in.values(),
             **{k: stage[k] for k in ("rounds_opened", "rounds_open", "rounds_evicted", "resets")},
             "time_jumps": self._jump.jumps,
+            "activity_rounds": 0 if self._activity is None else self._activity.triggered,
+            "activity_suppressed": 0 if self._activity is None else self._activity.suppressed,
             "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
             "event_time_resyncs": self._stream.time_resyncs, "events_dropped_span": self._stream.events_dropped_span,
             **{k: stage[k] for k in ("drafts_published", "worker_errors")},

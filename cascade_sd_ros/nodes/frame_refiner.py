@@ -1,7 +1,9 @@
 """``frame_refiner``: checks the drafter's tokens against the RGB frame nearest ``T`` and extends them.
 
 Subscribes ``image`` (sensor_msgs/Image), ``drafter/drafts`` (DraftTokens stage 0), ``commit``,
-``prompt``; publishes ``refiner/drafts`` (DraftTokens stage 1) and ``/diagnostics``. Joins rounds by
+``prompt``, ``clock_offset`` (the verifier's applied event-to-RGB offset, latched: followed from the
+next round on unless ``follow_clock_offset:=false``); publishes ``refiner/drafts`` (DraftTokens
+stage 1) and ``/diagnostics``. Joins rounds by
 id and stamp as they are heard of (a stage-0 draft or a commit). No frame within ``slop`` of ``T``
 (after ``frame_offset``) by ``max_wait``: stage-0 drafts pass through flagged degraded.
 """
@@ -14,10 +16,18 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 
-from cascade_sd_ros.core.align import FrameIngest, StaleRoundFilter, StreamOffsets, nearest_frame
+from cascade_sd_ros.core.align import (
+    AppliedOffset,
+    FrameIngest,
+    RoundOffsets,
+    StaleRoundFilter,
+    StreamOffsets,
+    nearest_frame,
+)
 from cascade_sd_ros.core.modes import MODES, ModeRules, mode_rules
 from cascade_sd_ros.core.names import (
     NODE_OF_STAGE,
+    TOPIC_CLOCK_OFFSET,
     TOPIC_COMMIT,
     TOPIC_DRAFTS_DRAFTER,
     TOPIC_DRAFTS_REFINER,
@@ -29,6 +39,7 @@ from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import RefinerStage, StageInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
+    LATCHED_QOS,
     PROMPT_QOS,
     ROUND_QOS,
     ImageInput,
@@ -40,7 +51,7 @@ from cascade_sd_ros.nodes.common import (
     spin_node,
     stage_config_fields,
 )
-from cascade_sd_ros.ros.outputs import DraftMessageError, draft_msg
+from cascade_sd_ros.ros.outputs import ClockOffsetError, DraftMessageError, applied_from_msg, draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
@@ -67,6 +78,9 @@ PARAMS: tuple[Param, ...] = (
     Param("frame_offset", 0.0,
           "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
+    Param("follow_clock_offset", True,
+          "apply the verifier's confident clock_offset (from the next round on) instead of frame_offset",
+          read_only=True),
 )
 
 
@@ -87,6 +101,7 @@ class RefinerConfig(StageConfig):
     liveness_s: float
     frame_offset_ns: int
     frame_buffer: int
+    follow_clock_offset: bool
 
     @staticmethod
     def from_params(p: dict[str, Any]) -> "RefinerConfig":
@@ -95,6 +110,7 @@ class RefinerConfig(StageConfig):
             slop_ns=seconds_to_ns(p["slop"], "slop"), max_wait_s=float(p["max_wait"]),
             upstream_wait_s=float(p["upstream_wait"]), liveness_s=float(p["stage_liveness"]),
             frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
+            follow_clock_offset=bool(p["follow_clock_offset"]),
         )
 
 
@@ -112,6 +128,9 @@ class FrameRefiner(StageNode[RefinerConfig]):
         super().__init__(NODE_OF_STAGE["refiner"], PARAMS, RefinerConfig.from_params, "refiner", context=context, model=model,
                          parameter_overrides=parameter_overrides, namespace=namespace)
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
+        self._applied = AppliedOffset(self.cfg.frame_offset_ns, 0.0, 0, float("inf"), False, "initial")
+        self._round_offsets = RoundOffsets()
+        self.offsets_in = InputStats(self, "clock_offsets")
         # join each period round as soon as its frame is in: no need to hear of it from the drafter
         # (the same rule as the verifier's, so both name the round alike)
         self._image = ImageInput(self, FrameIngest(
@@ -132,7 +151,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from cascade_sd_ros.msg import Commit, DraftTokens
+        from cascade_sd_ros.msg import ClockOffset, Commit, DraftTokens
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_REFINER, ROUND_QOS)
@@ -140,6 +159,9 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
+        if self.cfg.follow_clock_offset:
+            self.create_subscription(ClockOffset, TOPIC_CLOCK_OFFSET, self._on_clock_offset, LATCHED_QOS,
+                                     callback_group=inputs)
         self.create_diagnostics_timer(self.publish_diagnostics, MutuallyExclusiveCallbackGroup())
         self.stage = RefinerStage(
             self.model, self._resolve, self.worker_output(self._publish), rules=self.cfg.rules, gamma=self.cfg.gamma,
@@ -189,13 +211,28 @@ class FrameRefiner(StageNode[RefinerConfig]):
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 
+    def _on_clock_offset(self, msg: Any) -> None:
+        """The verifier's applied offset: followed once confident (a pinned one at once), from the next round."""
+        self.offsets_in.tick()
+        try:
+            applied = applied_from_msg(msg)
+        except (ClockOffsetError, StampError, ValueError) as exc:
+            self.offsets_in.bad(str(exc))
+            return
+        if not applied.confident:
+            return  # the verifier itself does not apply it yet
+        self._applied = applied
+        self.offsets.set("image", applied.at(applied.ref_ns))
+
     def _reset_locked(self) -> None:
+        self._round_offsets.clear()
         self._stale.reset()
         self.stage.reset()
 
     # ------------------------------------------------------------------ worker side
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
-        target = self.offsets.from_reference("image", rec.t_ns)
+        # the offset the round opened with: a new one moves later rounds, never this round's frame
+        target = rec.t_ns - self._round_offsets.fix(rec.round_id, self._applied).at(rec.t_ns)
         with self.lock:
             found = nearest_frame(self._frames, target, self.cfg.slop_ns)
             newest = self._frames.newest_stamp()
@@ -223,6 +260,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
         values: dict[str, object] = {
             "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
             **self.images_in.values(), **self.drafts_in.values(), **self.commits_in.values(),
+            **self.offsets_in.values(), "frame_offset_applied_ms": self._applied.offset_ns / 1e6,
+            "frame_offset_source": self._applied.source,
             "rounds_open": stage["rounds_open"], "rounds_degraded": degraded,
             "frame_skew_ms": stage["frame_skew_ms"], "resets": stage["resets"],
             "time_jumps": self._image.ingest.jump.jumps, "messages_stale": self._stale.stale,

@@ -1,10 +1,15 @@
 """``video_verifier``: the authority. Verifies drafts against Video-LLaVA on the clip before ``T`` and
 publishes what it commits.
 
-Subscribes ``image``, ``drafter/drafts``, ``refiner/drafts``, ``prompt`` and (for the online clock
-offset estimate) ``events``; publishes ``commit`` (Commit), ``caption`` (VerifiedCaption, growing and
-final), ``caption_marker`` (Marker TEXT_VIEW_FACING), ``caption_image`` (the frame at ``T`` with the
-caption drawn) and ``/diagnostics``.
+Subscribes ``image``, ``drafter/drafts``, ``refiner/drafts``, ``prompt`` and (to measure the clock
+offset) ``events``; publishes ``commit`` (Commit), ``caption`` (VerifiedCaption, growing and final),
+``caption_marker`` (Marker TEXT_VIEW_FACING), ``caption_image`` (the frame at ``T`` with the caption
+drawn), ``clock_offset`` (ClockOffset, latched: the event-to-RGB offset it applies, which the refiner
+follows) and ``/diagnostics``.
+
+The offset: measured from the data (events against frames, exact from strobe edges when the event
+stream carries them) starting from ``frame_offset`` and applied once confident, with hysteresis; a
+round keeps the offset it opened with. ``estimate_offset:=false`` pins ``frame_offset`` instead.
 
 Rounds open at the period boundaries once frames pass them (so the verifier needs no drafter), or
 when a draft names a round. The verifier waits at most ``max_wait`` for the clip and ``draft_wait``
@@ -24,8 +29,9 @@ from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import (
+    AppliedOffset,
+    ClockOffsetSource,
     FrameIngest,
-    OffsetEstimator,
     StaleRoundFilter,
     StreamOffsets,
     nearest_frame,
@@ -38,6 +44,7 @@ from cascade_sd_ros.core.names import (
     STAGE_DRAFTER,
     STAGE_REFINER,
     TOPIC_CAPTION,
+    TOPIC_CLOCK_OFFSET,
     TOPIC_COMMIT,
     TOPIC_DRAFTS_DRAFTER,
     TOPIC_DRAFTS_REFINER,
@@ -53,6 +60,7 @@ from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import CaptionUpdate, StageInput, VerifierStage
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
+    LATCHED_QOS,
     OUTPUT_QOS,
     PROMPT_QOS,
     ROUND_QOS,
@@ -70,6 +78,7 @@ from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 from cascade_sd_ros.ros.outputs import (
     DraftMessageError,
     caption_msg,
+    clock_offset_msg,
     commit_msg,
     display_text,
     marker_msg,
@@ -101,10 +110,16 @@ PARAMS: tuple[Param, ...] = (
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
     Param("use_drafts", "both", "which drafts to verify: both (refiner preferred), refiner, drafter, none"),
     Param("max_pending_rounds", 4, "[rounds] rounds queued beyond this are dropped (oldest first, counted)", 1, 1000),
-    Param("estimate_offset", False,
-          "estimate the event/frame clock offset online (reported in diagnostics); subscribes this node to the "
-          "raw event stream, whose per-packet decoding costs the verifier's process time on every round",
+    Param("estimate_offset", True,
+          "measure the event/frame clock offset (events against frames; exact from strobe trigger edges when "
+          "the event stream has them) and apply it once confident; false pins frame_offset. Subscribes this "
+          "node to the raw event stream", read_only=True),
+    Param("frame_offset_bound", 0.5,
+          "[s] a measured offset further than this from frame_offset is refused (counted)", 0.0, 3600.0,
           read_only=True),
+    Param("trigger_channel", 0, "trigger input the RGB exposure strobe is wired to (EVT 3.0 channel id)", 0, 31,
+          read_only=True),
+    Param("trigger_edge", "rising", "strobe edge that marks an exposure: rising or falling", read_only=True),
     Param("publish_overlay", True, "publish the frame at T with the caption drawn"),
     Param("seed", 0, "seed of the sampling generator (lossless-sample)", 0, 2**31 - 1),
 )
@@ -120,6 +135,9 @@ class VerifierConfig(StageConfig):
     draft_wait_s: float
     liveness_s: float
     frame_offset_ns: int
+    frame_offset_bound_ns: int
+    trigger_channel: int
+    trigger_edge: int
     frame_buffer: int
     use_drafts: tuple[int, ...]
     max_pending: int
@@ -130,12 +148,15 @@ class VerifierConfig(StageConfig):
     @staticmethod
     def from_params(p: dict[str, Any]) -> "VerifierConfig":
         choice(p["use_drafts"], list(USE_DRAFTS), "use_drafts")
+        choice(p["trigger_edge"], ["rising", "falling"], "trigger_edge")
         return VerifierConfig(
             **stage_config_fields(p, "target"), rules=rules_from_params(p), frames=p["frames"],
             clip_ns=seconds_to_ns(p["clip_duration"], "clip_duration"), slop_ns=seconds_to_ns(p["slop"], "slop"),
             max_wait_s=float(p["max_wait"]), draft_wait_s=float(p["draft_wait"]),
             liveness_s=float(p["stage_liveness"]),
             frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
+            frame_offset_bound_ns=seconds_to_ns(p["frame_offset_bound"], "frame_offset_bound"),
+            trigger_channel=p["trigger_channel"], trigger_edge=1 if p["trigger_edge"] == "rising" else 0,
             use_drafts=USE_DRAFTS[p["use_drafts"]], max_pending=p["max_pending_rounds"],
             estimate_offset=bool(p["estimate_offset"]), publish_overlay=bool(p["publish_overlay"]), seed=p["seed"],
         )
@@ -164,7 +185,11 @@ class VideoVerifier(StageNode[VerifierConfig]):
         super().__init__(NODE_OF_STAGE["verifier"], PARAMS, VerifierConfig.from_params, "target", context=context, model=model,
                          parameter_overrides=parameter_overrides, namespace=namespace)
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
-        self._estimator = OffsetEstimator()
+        self.clock = ClockOffsetSource(
+            initial_ns=self.cfg.frame_offset_ns, pinned=not self.cfg.estimate_offset,
+            bound_ns=self.cfg.frame_offset_bound_ns, trigger_channel=self.cfg.trigger_channel,
+            trigger_edge=self.cfg.trigger_edge)
+        self._published_offset: AppliedOffset | None = None
         self._event_stream = EventStream()
         self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         # open every period boundary the frames have passed, once the clip has frames behind it
@@ -172,7 +197,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
             schedule=self.cfg.schedule, slop_ns=self.cfg.slop_ns, lead_ns=self.cfg.clip_ns,
         ), reset_what="frames, rounds and offset estimate", on_jump=self._reset_locked,
-            on_frame=self._estimator.add_frame if self.cfg.estimate_offset else None)
+            on_frame=self.clock.add_frame if self.cfg.estimate_offset else None)
         self.images_in = self._image.stats
         self._frames = self._image.ingest.frames
         self._pending_prompt: float | None = None
@@ -196,6 +221,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.pub_caption = self.create_publisher(VerifiedCaption, TOPIC_CAPTION, OUTPUT_QOS)
         self.pub_marker = self.create_publisher(Marker, TOPIC_MARKER, OUTPUT_QOS)
         self.pub_overlay = self.create_publisher(Image, TOPIC_OVERLAY, OUTPUT_QOS)
+        from cascade_sd_ros.msg import ClockOffset
+
+        self.pub_clock_offset = self.create_publisher(ClockOffset, TOPIC_CLOCK_OFFSET, LATCHED_QOS)
         self.create_subscription(Image, TOPIC_IMAGE, self._image, self.sensor_qos, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_REFINER, self._on_draft, ROUND_QOS, callback_group=inputs)
@@ -206,6 +234,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
         timers = MutuallyExclusiveCallbackGroup()
         self.create_diagnostics_timer(self.publish_diagnostics, timers)
         self.create_timer(0.05, self._check_prompt, callback_group=timers)
+        # measuring the offset costs up to a few hundred ms of CPU per estimate: its own timer and group,
+        # never on a round's path
+        self.create_timer(0.5, self._update_offset, callback_group=MutuallyExclusiveCallbackGroup())
         self.stage = VerifierStage(
             self.model, self._resolve, self.worker_output(self._emit), rules=self.cfg.rules,
             max_new_tokens=self.cfg.max_new_tokens, draft_wait_s=self.cfg.draft_wait_s,
@@ -240,7 +271,32 @@ class VideoVerifier(StageNode[VerifierConfig]):
         except (PacketError, StampError, EventDecodeError) as exc:
             self.events_in.bad(str(exc))
             return
-        self._estimator.add_events(decoded.t_ns)
+        cd = decoded.cd
+        self.clock.add_events(decoded.t_ns, cd["x"], cd["y"], cd["p"], pkt.width, pkt.height)
+        if decoded.triggers.size:
+            self.clock.add_triggers(decoded.trigger_t_ns, decoded.triggers["id"], decoded.triggers["p"])
+
+    def _update_offset(self) -> None:
+        """Measure when due; a new applied offset moves the frame ingest and is published (latched)."""
+        applied = self.clock.update()
+        last = self._published_offset
+        if last is not None and (applied.offset_ns, applied.drift_ppm, applied.confident, applied.source) == (
+                last.offset_ns, last.drift_ppm, last.confident, last.source):
+            return
+        with self.lock:
+            newest = self._image.newest_ref_ns()
+        if newest is None:
+            return  # nothing to stamp it with yet (and nothing to apply it to): the first frame will do
+        stamp = newest
+        self.offsets.set("image", applied.at(stamp))
+        self._publish_offset(applied, stamp)
+        if applied.confident and (last is None or not last.confident or last.offset_ns != applied.offset_ns):
+            self.get_logger().info(f"clock offset {applied.at(stamp) / 1e6:.2f} ms applied ({applied.source}, "
+                                   f"±{applied.uncertainty_ns / 1e6:.2f} ms)")
+
+    def _publish_offset(self, applied: AppliedOffset, stamp_ns: int) -> None:
+        self._published_offset = applied
+        self.pub_clock_offset.publish(clock_offset_msg(applied, stamp_ns, self.cfg.frame_id))
 
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
@@ -283,14 +339,18 @@ class VideoVerifier(StageNode[VerifierConfig]):
         """After a backward time jump (the frames and round times are already reset): unlike the
         refiner, the verifier also adopts the next frame's size and restarts the offset estimate."""
         self._image.ingest.shape.reset()
-        self._estimator.reset()
+        self.clock.reset()
         self._event_stream.reset()
         self._stale.reset()
         self.stage.reset()
 
     # ------------------------------------------------------------------ worker side
+    def _round_end(self, round_id: int, t_ns: int) -> int:
+        """The round's clip end on the RGB clock, through the offset the round opened with."""
+        return t_ns - self.clock.round_offset(round_id).at(t_ns)
+
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
-        end = self.offsets.from_reference("image", rec.t_ns)
+        end = self._round_end(rec.round_id, rec.t_ns)
         with self.lock:
             newest = self._frames.newest_stamp()
             if not given_up and (newest is None or newest <= end + self.cfg.slop_ns):
@@ -315,13 +375,14 @@ class VideoVerifier(StageNode[VerifierConfig]):
         if u.commit_seq > 0:
             # the text too, for upstream stages of another vocabulary (they draft on from it)
             self.pub_commit.publish(commit_msg(u, self.cfg.frame_id, self.model.vocab, text))
-        self.pub_caption.publish(caption_msg(u, text, self.cfg.rules, self.cfg.frame_id))
+        self.pub_caption.publish(caption_msg(u, text, self.cfg.rules, self.cfg.frame_id,
+                                             self.clock.round_offset(u.round_id)))
         shown = display_text(text, u, self.cfg.rules)
         self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
         if not u.final:
             return
         if self.cfg.publish_overlay:
-            end = self.offsets.from_reference("image", u.t_ns)
+            end = self._round_end(u.round_id, u.t_ns)
             with self.lock:
                 near = self._frames.nearest(end)
             if near is not None:
@@ -331,7 +392,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def publish_diagnostics(self) -> None:
         """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
-        est = self._estimator.estimate() if self.cfg.estimate_offset else None
+        est = self.clock.tracker.last_estimate
+        fit = self.clock.tracker.last_trigger
+        applied = self.clock.current()
         stage = self.stage.snapshot()
         values: dict[str, object] = {
             "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
@@ -339,12 +402,19 @@ class VideoVerifier(StageNode[VerifierConfig]):
             **{k: stage[k] for k in ("rounds_done", "rounds_degraded", "rounds_dropped", "rounds_pending", "prefills_with_draft",
                                      "acceptance_drafter", "acceptance_refiner", "latency_mean_ms", "skew_clip_ms")},
             "frame_offset_configured_ms": self.cfg.frame_offset_ns / 1e6,
-            "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None and est.identifiable() else math.nan,
-            "frame_offset_estimate": ("off" if not self.cfg.estimate_offset else "no data yet" if est is None
-                                      else "identifiable" if est.identifiable()
-                                      else "not identifiable (steady motion)"),
+            "frame_offset_applied_ms": applied.offset_ns / 1e6, "frame_offset_source": applied.source,
+            "frame_offset_confident": applied.confident, "frame_offset_uncertainty_ms": applied.uncertainty_ns / 1e6,
+            "frame_offset_drift_ppm": applied.drift_ppm,
+            "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None else math.nan,
+            "frame_offset_estimate": ("off (pinned)" if not self.cfg.estimate_offset else "no data yet" if est is None
+                                      else "identifiable" if est.identifiable(self.clock.tracker.min_correlation,
+                                                                             self.clock.tracker.min_margin)
+                                      else "not identifiable (no motion to align by)"),
             "frame_offset_estimate_r": math.nan if est is None else est.correlation,
-            "frame_offset_inputs_rejected": self._estimator.rejected,
+            "frame_offset_estimates": self.clock.estimates, "frame_offset_refused": self.clock.tracker.refused,
+            "frame_offset_trigger_matched": 0 if fit is None else fit.matched,
+            "frame_offset_trigger_edges": self.clock.sync.edges_seen,
+            "frame_offset_inputs_rejected": self.clock.estimator.rejected,
             "event_clock_reanchors": self._event_stream.reanchors,
             "event_time_resyncs": self._event_stream.time_resyncs, "events_dropped_span": self._event_stream.events_dropped_span,
             "resets": stage["resets"], "time_jumps": self._image.ingest.jump.jumps,

@@ -11,7 +11,7 @@ on the event clock are refused (:class:`PacketError`) before they can anchor any
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,13 +60,17 @@ def packet_input(msg: Any) -> PacketInput:
 
 @dataclass(frozen=True)
 class StreamEvents:
-    """Decoded CD events of one packet with their times on the event clock."""
+    """Decoded CD and trigger events of one packet with their times on the event clock."""
 
     cd: np.ndarray  # [N] CD_DTYPE (t: sensor µs)
     t_ns: np.ndarray  # [N] int64, event clock
+    triggers: np.ndarray = field(default_factory=lambda: _NO_TRIGGERS)  # [M] TRIGGER_DTYPE (t: sensor µs)
+    trigger_t_ns: np.ndarray = field(default_factory=lambda: _NO_TIMES)  # [M] int64, event clock
 
 
 _INT64_MAX = (1 << 63) - 1
+_NO_TIMES = np.zeros(0, dtype=np.int64)
+_NO_TRIGGERS = np.zeros(0, dtype=[("id", "u1"), ("p", "i1"), ("t", "<i8")])  # core.events.TRIGGER_DTYPE
 
 
 class EventStream:
@@ -107,13 +111,16 @@ class EventStream:
         decoded = self._decoder.decode(pkt.payload, time_base=pkt.time_base)
         self.time_resyncs += int(decoded.time_resyncs)
         self.events_dropped_span += int(decoded.events_dropped_span)
-        cd = decoded.cd
-        if len(cd) == 0:
-            return StreamEvents(cd=cd, t_ns=np.zeros(0, dtype=np.int64))
+        cd, trig = decoded.cd, decoded.triggers
+        if len(cd) == 0 and len(trig) == 0:
+            return StreamEvents(cd=cd, t_ns=_NO_TIMES.copy())
         t_us = cd["t"]
-        lo_us, hi_us = int(t_us.min()), int(t_us.max())  # Python ints: the checks below cannot overflow
+        present = [a["t"] for a in (cd, trig) if len(a)]
+        # Python ints: the checks below cannot overflow
+        lo_us, hi_us = min(int(a.min()) for a in present), max(int(a.max()) for a in present)
         anchor = self._anchor_ns
-        first_ns = int(t_us[0]) * 1000
+        # the stamp is the packet's first event's time, a trigger (a strobe edge) as much as a CD event
+        first_ns = min(int(a[0]) for a in present) * 1000
         if anchor is None or abs(first_ns + anchor - pkt.stamp_ns) > self.reanchor_tolerance_ns:
             if anchor is not None:
                 self.reanchors += 1
@@ -122,7 +129,8 @@ class EventStream:
             raise PacketError(f"{pkt.encoding} packet's events [{lo_us}, {hi_us}] µs do not fit the event clock "
                               f"anchored at {anchor} ns")
         self._anchor_ns = anchor
-        return StreamEvents(cd=cd, t_ns=t_us.astype(np.int64) * 1000 + anchor)
+        return StreamEvents(cd=cd, t_ns=t_us.astype(np.int64) * 1000 + anchor, triggers=trig,
+                            trigger_t_ns=trig["t"].astype(np.int64) * 1000 + anchor)
 
     def map_sensor_us(self, t_us: int) -> int | None:
         """A sensor time on the event clock, once anchored."""

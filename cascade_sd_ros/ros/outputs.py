@@ -7,13 +7,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cascade_sd_ros.core.align.offset_tracker import SOURCES as OFFSET_SOURCES
+from cascade_sd_ros.core.align.offset_tracker import AppliedOffset
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec.text_drafts import TextCodec, rebase_text_draft
 from cascade_sd_ros.core.stage_model import Vocabulary
 from cascade_sd_ros.core.stages.verifier import CaptionUpdate
 from cascade_sd_ros.ros.image import numpy_to_image
-from cascade_sd_ros.ros.stamps import ns_to_stamp
+from cascade_sd_ros.ros.stamps import ns_to_stamp, stamp_to_ns
 
 MAX_DRAFT_TEXT = 4096  # [characters] of a text draft read (a draft is a few words; a flood is refused)
 
@@ -127,7 +129,9 @@ def message_vocabulary(msg: Any) -> Vocabulary:
     return Vocabulary(fingerprint, str(msg.vocab_summary) or ("unnamed" if fingerprint else "no vocabulary announced"))
 
 
-def caption_msg(u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str) -> Any:
+def caption_msg(u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str,
+                frame_offset: AppliedOffset | None = None) -> Any:
+    """``frame_offset``: the offset the round picked its frames with (None: not known, NaN and no source)."""
     from cascade_sd_ros.msg import VerifiedCaption
 
     msg = VerifiedCaption()
@@ -155,7 +159,43 @@ def caption_msg(u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str) ->
     msg.clip_span_ms = _f32(u.clip_span_ms)
     msg.degraded = bool(u.degraded)
     msg.degraded_reason = u.degraded_reason
+    msg.frame_offset_ms = math.nan if frame_offset is None else _f32(frame_offset.at(u.t_ns) / 1e6)
+    msg.frame_offset_source = "" if frame_offset is None else frame_offset.source
     return msg
+
+
+def clock_offset_msg(applied: AppliedOffset, stamp_ns: int, frame_id: str) -> Any:
+    """A ClockOffset for ``applied``, stamped (event clock) at ``stamp_ns`` with the offset there."""
+    from cascade_sd_ros.msg import ClockOffset
+
+    msg = ClockOffset()
+    ns_to_stamp(max(0, int(stamp_ns)), msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.offset_ns = int(applied.at(stamp_ns))
+    msg.drift_ppm = _f32(applied.drift_ppm)
+    msg.uncertainty_ms = _f32(applied.uncertainty_ns / 1e6)
+    msg.confident = bool(applied.confident)
+    msg.source = applied.source
+    return msg
+
+
+class ClockOffsetError(ValueError):
+    """A ClockOffset a stage cannot apply (named in one line)."""
+
+
+def applied_from_msg(msg: Any, max_abs_ns: int = 3600 * 10**9) -> AppliedOffset:
+    """The AppliedOffset a ClockOffset carries; raises :class:`ClockOffsetError` for values no clock has."""
+    offset = int(msg.offset_ns)
+    drift = float(msg.drift_ppm)
+    if abs(offset) > max_abs_ns:
+        raise ClockOffsetError(f"ClockOffset.offset_ns {offset} is beyond ±{max_abs_ns} ns")
+    if not math.isfinite(drift) or abs(drift) > 1000.0:
+        raise ClockOffsetError(f"ClockOffset.drift_ppm {drift} is not a clock's (finite, within ±1000)")
+    if msg.source not in OFFSET_SOURCES:
+        raise ClockOffsetError(f"ClockOffset.source {msg.source!r} is not one of {list(OFFSET_SOURCES)}")
+    sigma = float(msg.uncertainty_ms)
+    return AppliedOffset(offset, drift, stamp_to_ns(msg.header.stamp), sigma * 1e6 if math.isfinite(sigma) else math.inf,
+                         bool(msg.confident), str(msg.source))
 
 
 def display_text(text: str, u: CaptionUpdate, rules: ModeRules) -> str:

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="drafter,refiner,verifier",
                         help="comma-separated stages to run (the verifier is required)")
     parser.add_argument("--offset-ms", type=float, default=30.0, help="event clock minus RGB clock [ms] (default 30)")
+    parser.add_argument("--oracle-offset", action="store_true",
+                        help="tell the stages the true clock offset, pinned (as before issue 18); default: nobody "
+                             "tells them, the verifier measures it and the refiner follows")
     parser.add_argument("--jitter-ms", type=float, default=2.0, help="RGB stamp jitter std [ms] (default 2)")
     parser.add_argument("--drop-rate", type=float, default=0.05,
                         help="probability of dropping an RGB frame (default 0.05)")
@@ -108,6 +111,9 @@ class SceneResult:
     degraded: str
     target_forwards: int  # cascade verifier passes after prefill (the alone decode needs one per token)
     tokens: int  # caption tokens committed
+    offset_ms: float | None = None  # the clock offset the cascade's round picked its frames with
+    offset_source: str = ""  # where it came from: pinned, trigger, estimate, initial
+    offset_error_ms: float | None = None  # that minus the true offset
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             offset_ns=int(round(args.offset_ms * 1e6)), jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,
             device=args.device, timeout_s=args.timeout, rate=None if args.fast else 1.0, executor=args.executor,
             one_process=args.one_process, noise_hz=args.noise_hz, overrides=_overrides(args.param),
+            oracle_offset=args.oracle_offset,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"cascade-sd demo: error: {exc}", file=sys.stderr)
@@ -183,8 +190,12 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
         print(f"  verified      : {r.caption if r.caption is not None else '(no caption in time)'}")
         print(f"  ground truth  : {r.ground_truth}")
         verdict = "equal" if r.equal else "DIFFERENT" if r.equal is False else "n/a"
+        if r.equal is False and r.offset_source == "initial":
+            verdict += " (the clock offset was not measured yet: frames picked by the initial guess)"
         print(f"  verifier alone: {r.verifier_alone}  [{verdict}]")
         print(f"  acceptance    : {acc}" + (f"; degraded: {r.degraded}" if r.degraded else ""))
+        if r.offset_ms is not None:
+            print(f"  clock offset  : {r.offset_ms:.2f} ms ({r.offset_source}), error {r.offset_error_ms:+.2f} ms")
         print(f"  caption latency: cascade {_ms(r.latency_ms)}, verifier alone {_ms(r.alone_latency_ms)} "
               f"(target bare {_ms(r.bare_ms)})")
     c, a, b = speed.cascade, speed.alone, speed.bare
@@ -221,6 +232,7 @@ def run_demo(
     one_process: bool = False,
     noise_hz: float = 0.1,
     overrides: dict[str, dict[str, Any]] | None = None,
+    oracle_offset: bool = False,
 ) -> tuple[list[SceneResult], Any, dict[str, Any]]:
     """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
     the caption-latency comparison and run info."""
@@ -242,7 +254,7 @@ def run_demo(
         esim=replace(EsimConfig(), noise_rate_hz=noise_hz),
     )
     rounds = scene_rounds(stream)
-    params = rounds.params()
+    params = rounds.params(oracle=oracle_offset)
     for node in ("video_verifier", "frame_refiner"):
         params[node] = {**params[node], "mode": mode}
     # what the zoo was trained on (its zoo.json), so its models see what they learnt from
@@ -263,7 +275,8 @@ def run_demo(
         cascade, alone = _one_process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
     else:
         cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
-    results = [_scene_result(i, scenes[i].truth.caption, cascade.get(i), alone.get(i), bare.get(i))
+    results = [_scene_result(i, scenes[i].truth.caption, cascade.get(i), alone.get(i), bare.get(i),
+                             scenes[i].truth.event_offset_ns / 1e6)
                for i in range(n_scenes)]
     speed = compare({r.index: r.latency_ms for r in results if r.latency_ms is not None},
                     {r.index: r.alone_latency_ms for r in results if r.alone_latency_ms is not None},
@@ -271,7 +284,8 @@ def run_demo(
     steps = sum(r.target_forwards for r in results)
     tokens = sum(r.tokens for r in results)
     info = {"mode": mode, "stages": list(stages), "models": dict(config.models) or "shipped zoo",
-            "offset_ms": offset_ns / 1e6, "jitter_ms": jitter_ms, "drop_rate": drop_rate, "noise_hz": noise_hz,
+            "offset_ms": offset_ns / 1e6, "oracle_offset": oracle_offset, "jitter_ms": jitter_ms,
+            "drop_rate": drop_rate, "noise_hz": noise_hz,
             "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
             "processes": "one process" if one_process else "separate stage processes",
             "executor": executor,
@@ -307,7 +321,8 @@ def _final_fields(msg: Any) -> dict[str, Any]:
     return {"text": msg.text, "token_ids": list(msg.token_ids), "latency_caption_ms": float(msg.latency_caption_ms),
             "drafted": list(msg.drafted_per_stage), "accepted": list(msg.accepted_per_stage),
             "target_forwards": int(msg.target_forwards), "degraded_reason": msg.degraded_reason,
-            "parts_ms": _parts(msg)}
+            "parts_ms": _parts(msg), "frame_offset_ms": float(msg.frame_offset_ms),
+            "frame_offset_source": msg.frame_offset_source}
 
 
 def _parts(msg: Any) -> dict[str, float]:
@@ -391,7 +406,7 @@ def _process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: A
 
 
 def _scene_result(index: int, truth: str, casc: dict[str, Any] | None, alone: dict[str, Any] | None,
-                  bare_ms: float | None) -> SceneResult:
+                  bare_ms: float | None, true_offset_ms: float = math.nan) -> SceneResult:
     if casc is None:
         return SceneResult(index, None, truth, None if alone is None else alone["text"], None,
                            {"drafter": None, "refiner": None}, None,
@@ -401,11 +416,13 @@ def _scene_result(index: int, truth: str, casc: dict[str, Any] | None, alone: di
         name: (casc["accepted"][s] / casc["drafted"][s] if casc["drafted"][s] else None)
         for s, name in STAGE_NAMES.items()}
     equal = None if alone is None else casc["token_ids"] == alone["token_ids"]
+    offset = _finite(casc["frame_offset_ms"])
     return SceneResult(index, casc["text"], truth, None if alone is None else alone["text"], equal, acc,
                        _finite(casc["latency_caption_ms"]),
                        None if alone is None else _finite(alone["latency_caption_ms"]), casc["parts_ms"],
                        {} if alone is None else alone["parts_ms"], bare_ms,
-                       casc["degraded_reason"], casc["target_forwards"], len(casc["token_ids"]))
+                       casc["degraded_reason"], casc["target_forwards"], len(casc["token_ids"]),
+                       offset, casc["frame_offset_source"], None if offset is None else offset - true_offset_ms)
 
 
 def _finite(x: float) -> float | None:

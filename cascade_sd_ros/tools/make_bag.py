@@ -40,6 +40,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _index_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated frame indices, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"frame indices must be >= 0, got {text!r}")
+    return values
+
+
 def _finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite float in [lo, hi) (or (lo, hi) with ``lo_open``)."""
     def parse(text: str) -> float:
@@ -81,6 +91,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-hz", type=_finite(0.0), default=0.0, help="background noise events per pixel per second")
     parser.add_argument("--packet-ms", type=_finite(0.001), default=1.0, help="driver's event message time threshold, ms (default 1)")
     parser.add_argument("--include-speed", action="store_true", help="captions say 'fast' / 'slowly'")
+    parser.add_argument("--drift-ppm", type=_finite(-1000.0, 1000.0), default=0.0,
+                        help="event clock rate minus RGB clock rate, ppm (default 0)")
+    parser.add_argument("--strobe", action="store_true",
+                        help="write the RGB exposure strobe into the event stream as EXT_TRIGGER edges (channel 0: "
+                             "rising at capture, falling 5 ms later; synthetic scenes only)")
+    parser.add_argument("--strobe-missing", type=_index_list, default=(), metavar="I,J,...",
+                        help="frame indices whose strobe edges are lost (with --strobe)")
+    parser.add_argument("--strobe-extra-hz", type=_finite(0.0, 1000.0), default=0.0,
+                        help="spurious strobe edge pairs per second (with --strobe)")
 
 
 def _bag_frames(path: Path, topic: str, report: ReadReport) -> Iterator[tuple[int, np.ndarray]]:
@@ -126,7 +145,14 @@ def run(args: argparse.Namespace) -> int:
 
     report = ReadReport()
     try:
-        clocks = ClockModel(int(round(args.event_offset_ms * 1e6)), args.jitter_ms, args.drop_rate)
+        if (args.strobe_missing or args.strobe_extra_hz) and not args.strobe:
+            raise ValueError("--strobe-missing and --strobe-extra-hz need --strobe")
+        if args.drift_ppm and args.from_video is not None:
+            raise ValueError("--drift-ppm applies to synthetic scenes only, not to --from-video")
+        if args.strobe and args.from_video is not None:
+            raise ValueError("--strobe writes synthetic scenes' exposures; it does not apply to --from-video")
+        clocks = ClockModel(int(round(args.event_offset_ms * 1e6)), args.jitter_ms, args.drop_rate,
+                            event_drift_ppm=args.drift_ppm)
         esim = EsimConfig(threshold_on=args.threshold, threshold_off=args.threshold, noise_rate_hz=args.noise_hz)
         packets = PacketConfig(time_threshold_us=max(1, int(round(args.packet_ms * 1000))))
         scenes = _scenes(args, clocks, esim, packets, report)
@@ -147,12 +173,13 @@ def run(args: argparse.Namespace) -> int:
 def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, packets: PacketConfig,
             report: ReadReport) -> Iterator[SceneData]:
     if args.from_video is None:
-        from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
+        from cascade_sd_ros.core.synth.stream import StreamConfig, StrobeConfig, iter_scenes
 
+        strobe = StrobeConfig(missing=args.strobe_missing, extra_per_s=args.strobe_extra_hz) if args.strobe else None
         config = StreamConfig(
             n_scenes=args.scenes, scene_duration_s=args.duration, seed=args.seed,
             height=args.height or DEFAULT_HEIGHT, width=args.width or DEFAULT_WIDTH, fps=args.fps,
-            esim=esim, clocks=clocks, packets=packets, include_speed=args.include_speed,
+            esim=esim, clocks=clocks, packets=packets, include_speed=args.include_speed, strobe=strobe,
         )
         return iter_scenes(config)
     from cascade_sd_ros.core.synth.video import VideoStreamConfig, frames_to_stream, read_video

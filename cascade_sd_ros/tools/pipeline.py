@@ -88,9 +88,9 @@ class PipelineConfig:
         return sum(s in self.stages for s in ("refiner", "verifier"))
 
     def event_subscribers(self) -> int:
-        """How many subscribe to the raw events: the drafter, and the verifier only when it estimates
-        the clock offset online (``estimate_offset``, off by default)."""
-        estimates = bool(self.params.get("video_verifier", {}).get("estimate_offset", False))
+        """How many subscribe to the raw events: the drafter, and the verifier unless its clock offset is
+        pinned (``estimate_offset:=false``; measured by default)."""
+        estimates = bool(self.params.get("video_verifier", {}).get("estimate_offset", True))
         return int("drafter" in self.stages) + int("verifier" in self.stages and estimates)
 
     def overrides(self, stage: str) -> list[Parameter]:
@@ -468,14 +468,24 @@ class SceneRounds:
     def phase_s(self) -> float:
         return self.schedule.phase_ns / 1e9
 
-    def params(self, frame_offset_ns: int | None = None) -> dict[str, dict[str, Any]]:
-        """Pipeline parameter overrides: periodic rounds, reliable deep sensor queues, clock offsets
-        (``frame_offset_ns``: what the stages are told; default the true offset)."""
-        off = (self.event_offset_ns if frame_offset_ns is None else frame_offset_ns) / 1e9
+    def params(self, oracle: bool = True, frame_offset_ns: int | None = None) -> dict[str, dict[str, Any]]:
+        """Pipeline parameter overrides: periodic rounds, reliable deep sensor queues, clock offsets.
+
+        ``oracle``: the stages are told the true offset, pinned (no measuring). Otherwise they start
+        from ``frame_offset_ns`` (default 0: nobody knows it) and the verifier measures the offset
+        and shares it with the refiner (``clock_offset``)."""
+        if oracle:
+            off = (self.event_offset_ns if frame_offset_ns is None else frame_offset_ns) / 1e9
+            return {
+                "common": {"round_period": self.period_s, "round_phase": self.phase_s, **SENSOR_PARAMS},
+                "frame_refiner": {"frame_offset": off, "follow_clock_offset": False},
+                "video_verifier": {"frame_offset": off, "estimate_offset": False},
+            }
+        start = (frame_offset_ns or 0) / 1e9
         return {
             "common": {"round_period": self.period_s, "round_phase": self.phase_s, **SENSOR_PARAMS},
-            "frame_refiner": {"frame_offset": off},
-            "video_verifier": {"frame_offset": off},
+            "frame_refiner": {"frame_offset": start, "follow_clock_offset": True},
+            "video_verifier": {"frame_offset": start, "estimate_offset": True},
         }
 
 

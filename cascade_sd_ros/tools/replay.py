@@ -42,6 +42,7 @@ class ReplaySettings:
     models: dict[str, str] = field(default_factory=dict)  # role -> model source (empty: the pipeline's default)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # node (or "common") -> parameter overrides
     rounds: str = "auto"  # replay_pipeline.ROUND_POLICIES
+    oracle_offset: bool = False  # the stages told the ground truth's clock offset (pinned) instead of measuring it
     device: str = "cpu"
     baseline: str = "pass"  # BASELINES
     stages: tuple[str, ...] = STAGES
@@ -110,7 +111,7 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     scan = scan_bag(settings.bag, settings.remaps)
     # Later layers win: what the zoo was trained on, round timing from the bag, fast mode's
     # queues, then --param.
-    layers = (zoo_params(settings.models), round_params(scan, settings.rounds), fast_params(settings.rate is None),
+    layers = (zoo_params(settings.models), round_params(scan, settings.rounds, settings.oracle_offset), fast_params(settings.rate is None),
               settings.params)
     settings = replace(settings, params=merge_params(*layers))
     _prepare_out_dir(settings.out_dir)
@@ -201,6 +202,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", choices=ROUND_POLICIES, default="auto",
                         help="round timing: one round at the end of each ground-truth scene as the demo does "
                              "(scenes), the nodes' round_period (period), or scenes when the bag has ground truth (auto)")
+    parser.add_argument("--oracle-offset", action="store_true",
+                        help="with ground truth in the bag: tell the stages its clock offset, pinned (as before "
+                             "issue 18); default: the verifier measures it and the refiner follows")
     parser.add_argument("--baseline", choices=BASELINES, default="pass",
                         help="speed reference: a second pass of the bag through the verifier node alone, with the "
                              "target's bare cost on the same clips beside it (pass, default); the target decoding "
@@ -297,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ReplaySettings(
         bag=args.bag, out_dir=out_dir, rate=None if args.fast else args.rate, remaps=remaps, mode=args.mode,
         models=models, params=params, rounds=args.rounds, device=args.device, baseline=args.baseline,
+        oracle_offset=args.oracle_offset,
         progress=not args.no_progress, stall_s=args.stall_s, processes=not (args.one_process or args.fast))
     try:
         _check_vocabularies(settings)  # a mix of vocabularies: one line, before the bag is read

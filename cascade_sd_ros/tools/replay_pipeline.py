@@ -76,7 +76,7 @@ def fast_params(fast: bool) -> dict[str, dict[str, Any]]:
 ROUND_POLICIES = ("auto", "scenes", "period")
 
 
-def scene_round_params(scan: BagScan) -> dict[str, dict[str, Any]]:
+def scene_round_params(scan: BagScan, oracle: bool = False) -> dict[str, dict[str, Any]]:
     """Overrides that time one round at the end of every ground-truth scene, with the true clock
     offset, exactly as the demo runs the same scenes (tools/pipeline.scene_rounds)."""
     from types import SimpleNamespace
@@ -94,18 +94,19 @@ def scene_round_params(scan: BagScan) -> dict[str, dict[str, Any]]:
     # scene_rounds reads these four attributes of a synthetic StreamConfig.
     stream = SimpleNamespace(scene_duration_ns=first.end_ns - first.start_ns, start_ns=first.start_ns,
                              n_scenes=len(scan.scenes), clocks=SimpleNamespace(event_offset_ns=first.event_offset_ns))
-    return scene_rounds(stream).params()
+    return scene_rounds(stream).params(oracle=oracle)
 
 
-def round_params(scan: BagScan, policy: str) -> dict[str, dict[str, Any]]:
-    """The round-timing overrides of ``policy`` for this bag (empty: the nodes' own parameters)."""
+def round_params(scan: BagScan, policy: str, oracle: bool = False) -> dict[str, dict[str, Any]]:
+    """The round-timing overrides of ``policy`` for this bag (empty: the nodes' own parameters).
+    ``oracle``: the stages are told the ground truth's clock offset, pinned; otherwise they measure it."""
     if policy not in ROUND_POLICIES:
         raise ReplayInputError(f"--rounds {policy!r}: must be one of {', '.join(ROUND_POLICIES)}")
     if policy == "scenes":
-        return scene_round_params(scan)
+        return scene_round_params(scan, oracle)
     if policy == "auto" and scan.scenes:
         try:
-            return scene_round_params(scan)
+            return scene_round_params(scan, oracle)
         except ReplayInputError:
             return {}  # irregular scenes: the nodes' own period
     return {}

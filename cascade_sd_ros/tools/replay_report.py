@@ -39,7 +39,7 @@ def _stamp_ns(t: Any) -> int:
 
 
 def record_from_caption(msg: Any, ground_truth: str | None = None, alone: Reference | None = None,
-                        bare: Reference | None = None) -> RoundRecord:
+                        bare: Reference | None = None, true_offset_ns: int | None = None) -> RoundRecord:
     """A final ``VerifiedCaption`` (rosbags or rclpy message) as a :class:`RoundRecord`."""
     return RoundRecord(
         round_id=int(msg.round_id),
@@ -62,6 +62,9 @@ def record_from_caption(msg: Any, ground_truth: str | None = None, alone: Refere
         ground_truth=ground_truth,
         alone=alone,
         bare=bare,
+        frame_offset_ms=float(getattr(msg, "frame_offset_ms", float("nan"))),
+        frame_offset_source=str(getattr(msg, "frame_offset_source", "")),
+        true_offset_ms=None if true_offset_ns is None else true_offset_ns / 1e6,
     )
 
 
@@ -122,7 +125,8 @@ def load_output(path: Path) -> OutputBag:
         scene = rpt.match_ground_truth(_stamp_ns(msg.header.stamp), scenes)
         # A video-derived bag has scenes without captions: no ground truth to score against.
         truth = scene.caption if scene is not None and scene.caption else None
-        rounds.append(record_from_caption(msg, truth, refs[ALONE_TOPIC].get(rid), refs[BARE_TOPIC].get(rid)))
+        rounds.append(record_from_caption(msg, truth, refs[ALONE_TOPIC].get(rid), refs[BARE_TOPIC].get(rid),
+                                          None if scene is None else scene.event_offset_ns))
     return OutputBag(Path(path), rounds, scenes, counts, drafts, degraded_drafts, commits, duplicates, partial)
 
 
@@ -132,7 +136,10 @@ def scene_captions(rounds: list[RoundRecord], scenes: list[SceneInterval]) -> li
     for scene in scenes:
         inside = [r for r in rounds if scene.contains_event_time(r.stamp_ns)]
         out.append({"index": scene.index, "ground_truth": scene.caption,
-                    "rounds": [{"round_id": r.round_id, "stamp_ns": r.stamp_ns, "caption": r.text} for r in inside],
+                    "rounds": [{"round_id": r.round_id, "stamp_ns": r.stamp_ns, "caption": r.text,
+                                "frame_offset_ms": r.frame_offset_ms if math.isfinite(r.frame_offset_ms) else None,
+                                "frame_offset_source": r.frame_offset_source,
+                                "frame_offset_error_ms": r.frame_offset_error_ms} for r in inside],
                     "last_caption": inside[-1].text if inside else None})
     return out
 

@@ -15,10 +15,15 @@ import numpy as np
 
 
 class StreamOffsets:
-    """Fixed per-stream offsets onto the reference clock; unknown streams are rejected."""
+    """Per-stream offsets onto the reference clock; unknown streams are rejected. A measured offset
+    replaces a stream's value with :meth:`set` (thread-safe: frames are mapped while it changes)."""
 
     def __init__(self, offsets_ns: Mapping[str, int]) -> None:
         self._offsets = {str(k): int(v) for k, v in offsets_ns.items()}
+
+    def set(self, stream: str, offset_ns: int) -> None:
+        self.offset(stream)  # an unknown stream fails
+        self._offsets = {**self._offsets, stream: int(offset_ns)}  # one reference swap: readers never see half
 
     def offset(self, stream: str) -> int:
         try:

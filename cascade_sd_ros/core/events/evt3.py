@@ -13,7 +13,7 @@ code  name          payload (bits 11..0)
 0x6   TIME_LOW      low 12 bits of the µs time stamp
 0x7   CONTINUED_4   payload of a preceding OTHERS word (ignored)
 0x8   TIME_HIGH     high 12 bits of the 24-bit µs time stamp
-0xA   EXT_TRIGGER   edge (0: 0 rising, 1 falling), channel id (11..8)
+0xA   EXT_TRIGGER   value (0: 0 falling, 1 rising edge), channel id (11..8)
 0xE   OTHERS        monitoring sub-types (ignored)
 0xF   CONTINUED_12  payload of a preceding OTHERS word (ignored)
 ====  ============  =====================================================================

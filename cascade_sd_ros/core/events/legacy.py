@@ -3,7 +3,7 @@ still in recorded bags). One little-endian uint64 per event:
 
 * ``mono``:    bit 63 polarity (1 = ON), bits 62..48 y (15 bits), bits 47..32 x (16 bits),
   bits 31..0 dt [ns] after the packet's ``time_base`` [ns].
-* ``trigger``: bit 63 edge (1 = falling, as EVT 3.0), bits 62..48 channel id (stored as uint8),
+* ``trigger``: bit 63 edge (1 = rising, as EVT 3.0), bits 62..48 channel id (stored as uint8),
   bits 31..0 dt [ns] after ``time_base``.
 
 Sensor time is ``time_base + dt`` in ns; decoded ``t`` is that in whole µs (floor). These

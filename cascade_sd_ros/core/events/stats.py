@@ -17,8 +17,8 @@ from .types import EMPTY_CD, EMPTY_TRIGGERS, DecodedEvents
 class EventStats:
     on: int  # [count] CD events with p = 1
     off: int  # [count] CD events with p = 0
-    trigger_rise: int  # [count] trigger events with p = 0
-    trigger_fall: int  # [count] trigger events with p = 1
+    trigger_rise: int  # [count] trigger events with p = 1 (EVT 2.0 / 3.0: value 1 = rising edge)
+    trigger_fall: int  # [count] trigger events with p = 0
     sum_t_us: int  # [µs] sum of t over all CD and trigger events (a golden checksum)
     first_t_us: int | None  # [µs] earliest event time
     last_t_us: int | None  # [µs] latest event time
@@ -76,8 +76,8 @@ def compute_stats(packets: Iterable[Packet]) -> EventStats:
         encodings.add(packet.encoding)
         on_now = int(np.count_nonzero(res.cd["p"] == 1))
         on, off = on + on_now, off + res.cd.size - on_now
-        fall_now = int(np.count_nonzero(res.triggers["p"] == 1))
-        fall, rise = fall + fall_now, rise + res.triggers.size - fall_now
+        rise_now = int(np.count_nonzero(res.triggers["p"] == 1))
+        rise, fall = rise + rise_now, fall + res.triggers.size - rise_now
         for arr in (res.cd, res.triggers):
             if arr.size:
                 t = arr["t"]

@@ -11,8 +11,8 @@ import numpy as np
 
 #: Change-detection (CD) events: pixel column, row, polarity (1 = ON/brighter, 0 = OFF), t [µs].
 CD_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("p", "i1"), ("t", "<i8")])
-#: External-trigger events: trigger channel id, edge (0 = rising, 1 = falling, as EVT 3.0 and
-#: the event_camera_codecs golden tables count them), t [µs].
+#: External-trigger events: trigger channel id, edge (the EVT 2.0 / 3.0 value bit: 0 = falling,
+#: 1 = rising, as Prophesee's format specifications define it), t [µs].
 TRIGGER_DTYPE = np.dtype([("id", "u1"), ("p", "i1"), ("t", "<i8")])
 
 EMPTY_CD = np.zeros(0, CD_DTYPE)

@@ -2,8 +2,9 @@
 
 World time (the scene's own time) maps to each camera's clock differently:
 
-* event camera: ``event_stamp = world + event_offset_ns`` (a constant offset between the two
-  clocks; packet header stamps are on this clock);
+* event camera: ``event_stamp = world + event_offset_ns + drift`` (an offset between the two clocks
+  that grows by ``event_drift_ppm`` of the time since the stream's start; packet header stamps
+  and the event sensor's own time are on this clock);
 * RGB camera: ``rgb_stamp = world + jitter`` with jitter ~ N(0, ``jitter_ms``) per frame, and each
   frame independently dropped with probability ``drop_rate``.
 
@@ -23,6 +24,7 @@ class ClockModel:
     event_offset_ns: int = 0  # [ns] event camera clock minus RGB camera clock
     jitter_ms: float = 0.0  # [ms] standard deviation of RGB stamp jitter
     drop_rate: float = 0.0  # [probability] of dropping each RGB frame
+    event_drift_ppm: float = 0.0  # [ppm] event clock rate minus RGB clock rate
 
     def __post_init__(self) -> None:
         if not isinstance(self.event_offset_ns, (int, np.integer)):
@@ -31,6 +33,8 @@ class ClockModel:
             raise ValueError(f"ClockModel.jitter_ms must be >= 0, got {self.jitter_ms}")
         if not (math.isfinite(self.drop_rate) and 0.0 <= self.drop_rate < 1.0):
             raise ValueError(f"ClockModel.drop_rate must be in [0, 1), got {self.drop_rate}")
+        if not (math.isfinite(self.event_drift_ppm) and abs(self.event_drift_ppm) <= 1000.0):
+            raise ValueError(f"ClockModel.event_drift_ppm must be within ±1000, got {self.event_drift_ppm}")
 
     def rgb_stamps(self, world_ns: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(stamps [ns] on the RGB clock, kept mask) for frames captured at ``world_ns``.
@@ -44,5 +48,13 @@ class ClockModel:
         kept = rng.random(world.shape) >= self.drop_rate
         return world + jitter, kept
 
-    def event_stamp(self, world_ns: int) -> int:
-        return int(world_ns) + int(self.event_offset_ns)
+    def drift_ns(self, since_start_ns: np.ndarray | int) -> np.ndarray:
+        """[ns] what the event clock has gained on the RGB clock ``since_start_ns`` after the start."""
+        return np.rint(np.asarray(since_start_ns, np.float64) * self.event_drift_ppm * 1e-6).astype(np.int64)
+
+    def offset_at(self, since_start_ns: int) -> int:
+        """[ns] event clock minus RGB clock ``since_start_ns`` after the stream's start (the truth)."""
+        return int(self.event_offset_ns) + int(self.drift_ns(since_start_ns))
+
+    def event_stamp(self, world_ns: int, start_ns: int = 0) -> int:
+        return int(world_ns) + self.offset_at(int(world_ns) - int(start_ns))

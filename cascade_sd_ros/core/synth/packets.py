@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cascade_sd_ros.core.events import CD_DTYPE, Evt3Encoder
+from cascade_sd_ros.core.events import CD_DTYPE, TRIGGER_DTYPE, Evt3Encoder
 
 _MAX_BYTES_PER_EVENT = 8  # EVT 3.0 worst case: TIME_HIGH + TIME_LOW + ADDR_Y + ADDR_X words
 
@@ -43,6 +43,7 @@ class EventPacketData:
     height: int
     payload: bytes  # EVT 3.0
     events: np.ndarray = field(repr=False)  # CD_DTYPE, exactly what ``payload`` decodes to
+    triggers: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, TRIGGER_DTYPE))  # likewise
     encoding: str = "evt3"
     time_base: int = 0
 
@@ -55,32 +56,47 @@ class Packetizer:
         self._encoder = Evt3Encoder()
         self._seq = 0
 
-    def packets(self, events: np.ndarray, sensor_to_stamp_ns: int) -> list[EventPacketData]:
-        """Packets for ``events`` (CD_DTYPE, sorted; later than anything packed before).
+    def packets(self, events: np.ndarray, sensor_to_stamp_ns: int,
+                triggers: np.ndarray | None = None) -> list[EventPacketData]:
+        """Packets for ``events`` (CD_DTYPE, sorted; later than anything packed before) and ``triggers``
+        (TRIGGER_DTYPE, sorted; e.g. a frame camera's exposure strobe), each trigger in the packet of
+        its time window (a window with triggers only gets a packet of its own).
 
         ``sensor_to_stamp_ns``: add to sensor time (µs * 1000) to get the event clock stamp.
         """
         if events.dtype != CD_DTYPE:
             raise ValueError(f"events must have dtype {CD_DTYPE}, got {events.dtype}")
-        if events.size == 0:
+        trig = np.zeros(0, TRIGGER_DTYPE) if triggers is None else triggers
+        if trig.dtype != TRIGGER_DTYPE:
+            raise ValueError(f"triggers must have dtype {TRIGGER_DTYPE}, got {trig.dtype}")
+        if events.size == 0 and trig.size == 0:
             return []
-        t = events["t"]
-        window = t // self.config.time_threshold_us
-        # Start of every time window, then every size cap inside a window.
-        starts = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
-        bounds = np.r_[starts, events.size]
+        thr = self.config.time_threshold_us
+        win_cd, win_tr = events["t"] // thr, trig["t"] // thr
+        windows = np.unique(np.concatenate([win_cd, win_tr]))
+        cd_at = np.searchsorted(win_cd, windows, side="left")
+        cd_end = np.searchsorted(win_cd, windows, side="right")
+        tr_at = np.searchsorted(win_tr, windows, side="left")
+        tr_end = np.searchsorted(win_tr, windows, side="right")
         cap = max(1, self.config.size_threshold_bytes // _MAX_BYTES_PER_EVENT)
         out: list[EventPacketData] = []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            for s in range(int(a), int(b), cap):
-                chunk = events[s:min(int(b), s + cap)]
+        for a, b, ta, tb in zip(cd_at.tolist(), cd_end.tolist(), tr_at.tolist(), tr_end.tolist()):
+            starts = list(range(a, b, cap)) or [a]
+            for k, s in enumerate(starts):
+                chunk = events[s:min(b, s + cap)]
+                # the triggers before the next chunk's first event: each call stays in time order
+                upto = tb if k + 1 == len(starts) else ta + int(np.searchsorted(
+                    trig["t"][ta:tb], events["t"][starts[k + 1]], side="left"))
+                tchunk, ta = trig[ta:upto], upto
+                first = min(int(x["t"][0]) for x in (chunk, tchunk) if x.size)
                 out.append(EventPacketData(
                     seq=self._seq,
-                    stamp_ns=int(chunk["t"][0]) * 1000 + int(sensor_to_stamp_ns),
+                    stamp_ns=first * 1000 + int(sensor_to_stamp_ns),
                     width=self.width,
                     height=self.height,
-                    payload=self._encoder.encode(chunk),
+                    payload=self._encoder.encode(chunk, tchunk),
                     events=chunk,
+                    triggers=tchunk.copy(),
                 ))
                 self._seq += 1
         return out

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from cascade_sd_ros.core.events import CD_DTYPE
+from cascade_sd_ros.core.events import CD_DTYPE, TRIGGER_DTYPE
 
 from .clocks import ClockModel
 from .esim import Box, EsimConfig, EventSimulator
@@ -32,6 +32,43 @@ from .packets import EventPacketData, PacketConfig, Packetizer
 from .scene import MOTIONS, SceneRenderer, SceneSpec, caption, sample_scene
 
 DEFAULT_START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: fixed, so bags are reproducible
+
+
+@dataclass(frozen=True)
+class StrobeConfig:
+    """The RGB camera's exposure strobe wired into the event camera's trigger input: per exposure
+    (dropped frames too: the camera exposed them) a rising edge at capture and a falling one
+    ``exposure_us`` later, on the event clock. ``missing``: frame indices (stream-wide, counting
+    dropped frames) whose edges never arrived; ``extra_per_s``: spurious edge pairs per second on the
+    same channel at random times (a noisy line)."""
+
+    channel: int = 0
+    exposure_us: int = 5000
+    missing: tuple[int, ...] = ()
+    extra_per_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.channel <= 15:
+            raise ValueError(f"StrobeConfig.channel must be 0..15 (EVT 3.0), got {self.channel}")
+        if not 1 <= self.exposure_us <= 1_000_000:
+            raise ValueError(f"StrobeConfig.exposure_us must be 1..1e6, got {self.exposure_us}")
+        if not (math.isfinite(self.extra_per_s) and 0.0 <= self.extra_per_s <= 1000.0):
+            raise ValueError(f"StrobeConfig.extra_per_s must be in [0, 1000], got {self.extra_per_s}")
+
+    def edges(self, frame_index: np.ndarray, capture_us: np.ndarray, span_us: tuple[int, int],
+              rng: np.random.Generator) -> np.ndarray:
+        """Trigger events (TRIGGER_DTYPE, sorted) for exposures at ``capture_us`` (sensor µs) plus
+        spurious ones in ``span_us``."""
+        keep = ~np.isin(frame_index, np.asarray(self.missing, np.int64))
+        rise = capture_us[keep]
+        n_extra = int(rng.poisson(self.extra_per_s * (span_us[1] - span_us[0]) * 1e-6))
+        extra = np.sort(rng.integers(span_us[0], span_us[1], n_extra)) if n_extra else np.zeros(0, np.int64)
+        t = np.concatenate([rise, rise + self.exposure_us, extra, extra + self.exposure_us // 2])
+        p = np.concatenate([np.ones(rise.size), np.zeros(rise.size), np.ones(extra.size), np.zeros(extra.size)])
+        order = np.argsort(t, kind="stable")
+        out = np.zeros(t.size, TRIGGER_DTYPE)
+        out["id"], out["p"], out["t"] = self.channel, p[order], t[order]
+        return out
 
 
 @dataclass(frozen=True)
@@ -49,6 +86,7 @@ class StreamConfig:
     include_speed: bool = False  # captions say "fast" / "slowly"
     n_objects: int | None = None  # 1, 2 or None (either)
     motions: tuple[str, ...] = MOTIONS  # motions scenes may use
+    strobe: StrobeConfig | None = None  # the RGB exposure strobe in the event stream (None: no triggers)
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1:
@@ -136,6 +174,7 @@ def iter_scenes(config: StreamConfig) -> Iterator[SceneData]:
     """Yield the stream scene by scene (see module docstring)."""
     scene_rng = np.random.default_rng([config.seed, 0x5CE])
     clock_rng = np.random.default_rng([config.seed, 0xC10C])
+    strobe_rng = np.random.default_rng([config.seed, 0x5780])
     sim = EventSimulator(config.height, config.width, config.esim, seed=config.seed)
     packetizer = Packetizer(config.width, config.height, config.packets)
     d_ns = config.scene_duration_ns
@@ -148,13 +187,24 @@ def iter_scenes(config: StreamConfig) -> Iterator[SceneData]:
         t0_us, t1_us = t0_ns // 1000, (t0_ns + d_ns) // 1000
         sim.reset(renderer.intensity((t0_us * 1000 - t0_ns) * 1e-9), t0_us)
         events = sim.advance(_SceneClock(renderer, t0_ns * 1e-9), t1_us)
-        packets = packetizer.packets(events, config.start_ns + config.clocks.event_offset_ns)
-
         local_ns = np.rint(np.arange(frames_per_scene) * frame_period_ns).astype(np.int64)
         local_ns = local_ns[local_ns < d_ns]
         world_ns = config.start_ns + t0_ns + local_ns
-        stamps, kept = config.clocks.rgb_stamps(world_ns, clock_rng)
         first_index = i * frames_per_scene
+        triggers = None
+        if config.strobe is not None:
+            capture_us = (t0_ns + local_ns) // 1000
+            triggers = config.strobe.edges(first_index + np.arange(local_ns.size), capture_us, (t0_us, t1_us),
+                                           strobe_rng)
+        if config.clocks.event_drift_ppm:
+            # the event sensor's time runs fast or slow against the world (and the RGB clock)
+            events = events.copy()
+            events["t"] += config.clocks.drift_ns(events["t"] * 1000) // 1000
+            if triggers is not None:
+                triggers["t"] += config.clocks.drift_ns(triggers["t"] * 1000) // 1000
+        packets = packetizer.packets(events, config.start_ns + config.clocks.event_offset_ns, triggers)
+
+        stamps, kept = config.clocks.rgb_stamps(world_ns, clock_rng)
         frames = [
             RgbFrame(first_index + k, int(stamps[k]), int(world_ns[k]), renderer.frame(local_ns[k] * 1e-9))
             for k in range(len(local_ns)) if kept[k]
@@ -164,7 +214,7 @@ def iter_scenes(config: StreamConfig) -> Iterator[SceneData]:
             start_ns=config.start_ns + t0_ns,
             end_ns=config.start_ns + t0_ns + d_ns,
             caption=caption(spec, include_speed=config.include_speed),
-            event_offset_ns=int(config.clocks.event_offset_ns),
+            event_offset_ns=config.clocks.offset_at(t0_ns),  # at the scene's start (drift moves it)
             jitter_ms=float(config.clocks.jitter_ms),
             frames_dropped=int(len(local_ns) - kept.sum()),
             seed=int(config.seed),
