@@ -41,7 +41,7 @@ def main() -> int:
     from transformers.utils import logging as hf_logging
 
     from cascade_sd_ros.tools.demo import run_demo
-    from cascade_sd_ros.tools.replay_pipeline import parse_params
+    from cascade_sd_ros.tools.replay.pipeline import parse_params
 
     hf_logging.disable_progress_bar()
     for name in args.configs.split(","):

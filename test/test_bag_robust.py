@@ -448,7 +448,7 @@ def test_an_empty_last_file_of_a_split_bag_is_partial(tmp_path: Path, capsys: py
 
 
 def test_replay_scan_plays_what_was_read_of_a_cut_bag(tmp_path: Path) -> None:
-    from cascade_sd_ros.tools.replay_source import iter_records, scan_bag
+    from cascade_sd_ros.tools.replay.source import iter_records, scan_bag
 
     records = recording()
     bag = write_robot_bag(tmp_path / "bag", records, renamed=False)
@@ -503,7 +503,7 @@ def test_replay_exits_3_on_a_damaged_bag(tmp_path: Path, monkeypatch: pytest.Mon
     from types import SimpleNamespace
 
     from cascade_sd_ros.tools import replay
-    from cascade_sd_ros.tools.replay_source import scan_bag
+    from cascade_sd_ros.tools.replay.source import scan_bag
 
     bag = write_robot_bag(tmp_path / "bag", renamed=False)
     (mcap,) = bag.glob("*.mcap")

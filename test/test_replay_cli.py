@@ -8,7 +8,7 @@ import pytest
 
 from cascade_sd_ros.core.report import SceneInterval
 from cascade_sd_ros.tools.cli import main
-from cascade_sd_ros.tools.replay_pipeline import (
+from cascade_sd_ros.tools.replay.pipeline import (
     auto_remaps,
     merge_params,
     parse_params,
@@ -16,8 +16,8 @@ from cascade_sd_ros.tools.replay_pipeline import (
     replay_params,
     round_params,
 )
-from cascade_sd_ros.tools.replay_progress import ProgressBar, ProgressState, render
-from cascade_sd_ros.tools.replay_source import BagScan, ReplayInputError, TopicInfo
+from cascade_sd_ros.tools.replay.progress import ProgressBar, ProgressState, render
+from cascade_sd_ros.tools.replay.source import BagScan, ReplayInputError, TopicInfo
 
 S = 1_000_000_000
 
@@ -115,7 +115,7 @@ def test_describe_models_records_folder_metadata(tmp_path: Path) -> None:
     import json
 
     from cascade_sd_ros.core.zoo.load import META_FILE
-    from cascade_sd_ros.tools.replay_pipeline import describe_models
+    from cascade_sd_ros.tools.replay.pipeline import describe_models
 
     folder = tmp_path / "target"
     folder.mkdir()
@@ -132,7 +132,7 @@ def test_zoo_params_follow_the_targets_zoo_json(tmp_path: Path) -> None:
     import json
 
     from cascade_sd_ros.core.zoo.load import META_FILE
-    from cascade_sd_ros.tools.replay_pipeline import zoo_params
+    from cascade_sd_ros.tools.replay.pipeline import zoo_params
 
     folder = tmp_path / "target"
     folder.mkdir()

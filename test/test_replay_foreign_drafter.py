@@ -20,7 +20,7 @@ def test_replay_with_a_foreign_drafter_is_lossless_and_reports_target_token_acce
     from cascade_sd_ros.core.zoo.foreign import build_foreign_drafter
     from cascade_sd_ros.tools.cli import main
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
-    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+    from cascade_sd_ros.tools.replay.pipeline import make_pipeline
 
     drafter = build_foreign_drafter(Path(default_stage_source("drafter")), tmp_path / "foreign")
     bag = tmp_path / "bag"

@@ -47,7 +47,7 @@ def generated_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _replay(bag: Path, out: Path, baseline: str = "pass") -> dict[str, Any]:
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
-    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+    from cascade_sd_ros.tools.replay.pipeline import make_pipeline
 
     # the oracle offset, as the demo above: token-for-token comparisons need both runs on the same clips
     # (a measured offset picks the first rounds' frames by the initial guess, timing-dependent)

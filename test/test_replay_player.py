@@ -16,8 +16,8 @@ import pytest
 
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core.events import CD_DTYPE, Evt3Encoder
-from cascade_sd_ros.tools import replay_report
-from cascade_sd_ros.tools.replay_source import ReplayInputError, iter_records, parse_remaps, scan_bag
+from cascade_sd_ros.tools.replay import report as replay_report
+from cascade_sd_ros.tools.replay.source import ReplayInputError, iter_records, parse_remaps, scan_bag
 
 S = 1_000_000_000
 T0 = 100 * S

@@ -13,7 +13,7 @@ import pytest
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core.align.buffer import TimeBuffer
 from cascade_sd_ros.core.align.clip import select_clip
-from cascade_sd_ros.tools.replay_processes import BagClips, RemoteNode
+from cascade_sd_ros.tools.replay.processes import BagClips, RemoteNode
 
 MS = 1_000_000
 
@@ -84,7 +84,7 @@ MODELS = {"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"}
 def test_a_paced_replay_runs_the_stages_as_processes_and_loses_nothing(tmp_path: Path) -> None:
     from cascade_sd_ros.tools.cli import main
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
-    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+    from cascade_sd_ros.tools.replay.pipeline import make_pipeline
 
     bag = tmp_path / "bag"
     assert main(["make-bag", str(bag), "--scenes", "3", "--seed", "5", "--width", "64", "--height", "64",
@@ -111,9 +111,9 @@ def test_a_record_dds_refuses_is_counted_and_the_replay_goes_on() -> None:
     player counts it per topic (a sensor would have dropped it too) and plays the rest."""
     from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
-    from cascade_sd_ros.tools.replay_player import Player
-    from cascade_sd_ros.tools.replay_schedule import Scheduler
-    from cascade_sd_ros.tools.replay_source import Record
+    from cascade_sd_ros.tools.replay.player import Player
+    from cascade_sd_ros.tools.replay.schedule import Scheduler
+    from cascade_sd_ros.tools.replay.source import Record
 
     class Node:
         published: list[int] = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade_sd_ros.tools.replay_source import scan_bag
+from cascade_sd_ros.tools.replay.source import scan_bag
 
 # Golden figures of the whole recording (../shared/data/README.md). The README's second trigger count
 # repeats the first; the recording has one more p = 1 edge (its trigger edges alternate and start and
@@ -30,7 +30,7 @@ def test_scan_of_real_bag_matches_golden_figures_and_misses_rgb(evt3_bag: Path) 
 @pytest.mark.slow
 def test_events_only_replay_completes_and_reports_missing_rgb(evt3_bag: Path, tmp_path: Path) -> None:
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
-    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+    from cascade_sd_ros.tools.replay.pipeline import make_pipeline
 
     settings = ReplaySettings(bag=evt3_bag, out_dir=tmp_path / "out", rate=None, progress=False,
                               models={"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"},

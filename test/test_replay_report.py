@@ -10,7 +10,7 @@ import pytest
 
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core import report as rpt
-from cascade_sd_ros.tools import replay_report
+from cascade_sd_ros.tools.replay import report as replay_report
 
 S = 1_000_000_000
 STORE = bagio.typestore()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cascade_sd_ros.tools.replay_schedule import Publish, RoundTracker, Scheduler, Wait
+from cascade_sd_ros.tools.replay.schedule import Publish, RoundTracker, Scheduler, Wait
 
 S = 1_000_000_000
 

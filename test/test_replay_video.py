@@ -29,7 +29,7 @@ def write_tiny_mp4(path: Path, frames: int = 30, fps: int = 10, width: int = 64,
 def test_video_bag_replays_end_to_end(tmp_path: Path) -> None:
     from cascade_sd_ros.tools.cli import main
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
-    from cascade_sd_ros.tools.replay_pipeline import make_pipeline
+    from cascade_sd_ros.tools.replay.pipeline import make_pipeline
 
     video = tmp_path / "clip.mp4"
     write_tiny_mp4(video)

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _overrides(specs: list[str]) -> dict[str, dict[str, Any]]:
-    from cascade_sd_ros.tools.replay_pipeline import parse_params
+    from cascade_sd_ros.tools.replay.pipeline import parse_params
 
     return parse_params(specs)
 

@@ -17,7 +17,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from cascade_sd_ros.core import bagio
-from cascade_sd_ros.tools.replay_types import rclpy_type
+from cascade_sd_ros.tools.replay.msgtypes import rclpy_type
 
 # Topics every node has; they carry no cascade output.
 INFRASTRUCTURE_TOPICS = frozenset({"/rosout", "/parameter_events", "/clock"})

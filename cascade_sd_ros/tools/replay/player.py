@@ -20,10 +20,10 @@ from rosgraph_msgs.msg import Clock
 
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core.names import split_ns
-from cascade_sd_ros.tools.replay_progress import ProgressBar, ProgressState
-from cascade_sd_ros.tools.replay_schedule import Publish, Scheduler
-from cascade_sd_ros.tools.replay_source import Record
-from cascade_sd_ros.tools.replay_types import rclpy_type
+from cascade_sd_ros.tools.replay.msgtypes import rclpy_type
+from cascade_sd_ros.tools.replay.progress import ProgressBar, ProgressState
+from cascade_sd_ros.tools.replay.schedule import Publish, Scheduler
+from cascade_sd_ros.tools.replay.source import Record
 
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
 ROUND_TYPES = frozenset({"cascade_sd_ros/msg/DraftTokens", "cascade_sd_ros/msg/Commit", VERIFIED_CAPTION_TYPE})

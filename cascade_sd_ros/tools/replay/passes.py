@@ -181,12 +181,12 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
 
     from cascade_sd_ros.core import bagio
     from cascade_sd_ros.core.names import stamp_ns
-    from cascade_sd_ros.tools.replay_pipeline import auto_remaps, describe_models, node_inputs
-    from cascade_sd_ros.tools.replay_player import VERIFIED_CAPTION_TYPE, Player, PlayerNode, TakeCounter
-    from cascade_sd_ros.tools.replay_progress import ProgressBar
-    from cascade_sd_ros.tools.replay_recorder import BagRecorder, RecorderNode, pipeline_outputs
-    from cascade_sd_ros.tools.replay_schedule import Scheduler
-    from cascade_sd_ros.tools.replay_source import GROUND_TRUTH_TYPE, Record, iter_records
+    from cascade_sd_ros.tools.replay.pipeline import auto_remaps, describe_models, node_inputs
+    from cascade_sd_ros.tools.replay.player import VERIFIED_CAPTION_TYPE, Player, PlayerNode, TakeCounter
+    from cascade_sd_ros.tools.replay.progress import ProgressBar
+    from cascade_sd_ros.tools.replay.recorder import BagRecorder, RecorderNode, pipeline_outputs
+    from cascade_sd_ros.tools.replay.schedule import Scheduler
+    from cascade_sd_ros.tools.replay.source import GROUND_TRUTH_TYPE, Record, iter_records
 
     scan = copy.deepcopy(scan)
     store = bagio.typestore()

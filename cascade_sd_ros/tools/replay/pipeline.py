@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from cascade_sd_ros.core.names import PARAM_TARGETS  # what ``--param`` may set ("common": every stage node)
-from cascade_sd_ros.tools.replay_source import CAMERA_INFO_TYPE, EVENTS_TYPE, IMAGE_TYPE, BagScan, ReplayInputError
+from cascade_sd_ros.tools.replay.source import CAMERA_INFO_TYPE, EVENTS_TYPE, IMAGE_TYPE, BagScan, ReplayInputError
 
 #: Stage nodes that declare the decoding-mode parameters.
 MODE_NODES = ("frame_refiner", "video_verifier")
@@ -130,7 +130,7 @@ def make_pipeline(context: Any, settings: Any) -> Any:
                             use_sim_time=True, executor="multi-threaded",
                             params=replay_params(settings.mode, settings.params), collect_captions=False)
     if getattr(settings, "processes", False) and settings.rate is not None:
-        from cascade_sd_ros.tools.replay_processes import ProcessPipeline
+        from cascade_sd_ros.tools.replay.processes import ProcessPipeline
 
         return ProcessPipeline(config, context)
     return build_pipeline(config, context)
@@ -138,7 +138,7 @@ def make_pipeline(context: Any, settings: Any) -> Any:
 
 def node_inputs(nodes: list[Any]) -> dict[str, set[str]]:
     """rosbag2 type name -> the resolved topic names the nodes subscribe with that type."""
-    from cascade_sd_ros.tools.replay_recorder import rosbag_type_name
+    from cascade_sd_ros.tools.replay.recorder import rosbag_type_name
 
     out: dict[str, set[str]] = {}
     for node in nodes:

@@ -1,6 +1,6 @@
 """The replay's stages as separate processes, as a robot runs them (the default for a paced replay).
 
-:class:`ProcessPipeline` is a :class:`~cascade_sd_ros.tools.replay_pass.PipelineHandle` over
+:class:`ProcessPipeline` is a :class:`~cascade_sd_ros.tools.replay.passes.PipelineHandle` over
 :class:`~cascade_sd_ros.tools.stage_processes.StageProcesses`: each stage node in an interpreter of its
 own on ``use_sim_time``, the replay's player and recorder in this process on an executor of their own.
 What the replay needs to know of the nodes (their topics, what each input received) it learns as any
@@ -114,7 +114,7 @@ class RemoteNode:
 
 
 def _endpoints(observer: Any, name: str, namespace: str, kind: str) -> list[Endpoint]:
-    from cascade_sd_ros.tools.replay_player import rclpy_type
+    from cascade_sd_ros.tools.replay.player import rclpy_type
 
     if kind == "sub":
         pairs = observer.get_subscriber_names_and_types_by_node(name, namespace)

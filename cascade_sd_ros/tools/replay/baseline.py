@@ -22,7 +22,7 @@ import torch
 from cascade_sd_ros.core import bagio
 from cascade_sd_ros.core.names import split_ns
 from cascade_sd_ros.core.speed import bare_caption
-from cascade_sd_ros.tools.replay_report import BARE_MODE
+from cascade_sd_ros.tools.replay.report import BARE_MODE
 
 VERIFIED_CAPTION_TYPE = "cascade_sd_ros/msg/VerifiedCaption"
 

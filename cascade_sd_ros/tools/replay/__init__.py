@@ -6,10 +6,18 @@ every output of the pipeline's nodes into an MCAP bag in ``--out``, runs the ver
 same rounds as the speed reference and times the target bare (no ROS) on the rounds' clips beside
 it, and writes report.json, report.md and PNG plots there.
 
-Pieces: replay_source (scan + records), replay_pass (one pass: pipeline, player, recorder),
-replay_schedule (when), replay_player (publish + /clock), replay_recorder (MCAP), replay_baseline
-(the bare target), replay_report (figures), and replay_pipeline (the adapter onto the shared
-node composition, tools/pipeline.py).
+The package follows the data once, a module per step:
+
+* ``source``   read: scan the bag (topics, streams, damage) and iterate its records;
+* ``schedule`` when each record goes out (paced by ``/clock``, or held by rounds in flight);
+* ``player``   publish: records and ``/clock``, counting what DDS refused;
+* ``recorder`` record: every output of the nodes into an MCAP bag;
+* ``report``   report: report.json / report.md / plots, a pure function of the output bag;
+
+and around them: ``passes`` (one pass: the nodes, player and recorder together), ``pipeline`` (the
+replay's node configuration over the shared composition, tools/pipeline.py), ``processes`` (the nodes
+as separate processes, the default when paced), ``baseline`` (the target's bare cost on the same
+clips), ``progress`` (the terminal bar) and ``msgtypes`` (bag type names to rclpy classes).
 """
 from __future__ import annotations
 
@@ -21,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cascade_sd_ros.core.names import STAGES
-from cascade_sd_ros.tools.replay_pass import PipelineFactory, PipelineHandle, ReferenceFactory, ReferenceRun
-from cascade_sd_ros.tools.replay_source import ReplayInputError, parse_remaps
+from cascade_sd_ros.tools.replay.passes import PipelineFactory, PipelineHandle, ReferenceFactory, ReferenceRun
+from cascade_sd_ros.tools.replay.source import ReplayInputError, parse_remaps
 
 __all__ = ["PipelineFactory", "PipelineHandle", "ReferenceFactory", "ReferenceRun", "ReplayResult", "ReplaySettings",
            "run_replay"]
@@ -103,10 +111,10 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     times the target bare on each round's clip after the cascade pass, the reference's own honest
     cost; ``"offline"`` runs only the bare target, which is then the reference; ``"none"`` neither.
     """
-    from cascade_sd_ros.tools import replay_report
-    from cascade_sd_ros.tools.replay_pass import play_pass
-    from cascade_sd_ros.tools.replay_pipeline import fast_params, merge_params, round_params, zoo_params
-    from cascade_sd_ros.tools.replay_source import scan_bag
+    from cascade_sd_ros.tools.replay import report as replay_report
+    from cascade_sd_ros.tools.replay.passes import play_pass
+    from cascade_sd_ros.tools.replay.pipeline import fast_params, merge_params, round_params, zoo_params
+    from cascade_sd_ros.tools.replay.source import scan_bag
 
     scan = scan_bag(settings.bag, settings.remaps)
     # Later layers win: what the zoo was trained on, round timing from the bag, fast mode's
@@ -179,7 +187,7 @@ def _positive_float(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cascade_sd_ros.core.spec.engine import MODES
-    from cascade_sd_ros.tools.replay_pipeline import ROUND_POLICIES
+    from cascade_sd_ros.tools.replay.pipeline import ROUND_POLICIES
 
     parser.add_argument("bag", type=Path, help="rosbag2 folder (or .db3 / .mcap file) to replay")
     pacing = parser.add_mutually_exclusive_group()
@@ -254,8 +262,8 @@ def _make_bare(pipeline: Any) -> ReferenceRun | None:
     """The target's bare decode of each round's clip: in one process on the pipeline's own target
     model and the verifier's kept clips; with the stages in their own processes on the same target
     loaded here and the verifier's clip rule over the frames the replay published."""
-    from cascade_sd_ros.tools.replay_baseline import BareTarget, verifier_clips
-    from cascade_sd_ros.tools.replay_processes import BagClips, ProcessPipeline
+    from cascade_sd_ros.tools.replay.baseline import BareTarget, verifier_clips
+    from cascade_sd_ros.tools.replay.processes import BagClips, ProcessPipeline
 
     verifier = getattr(pipeline, "verifier", None)
     if verifier is None:
@@ -285,7 +293,7 @@ def _check_vocabularies(settings: ReplaySettings) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascade_sd_ros.tools.replay_pipeline import make_pipeline, parse_params
+    from cascade_sd_ros.tools.replay.pipeline import make_pipeline, parse_params
 
     try:
         remaps = parse_remaps(args.remap)

@@ -135,7 +135,7 @@ def _publishable(conn: bagio.Connection) -> bool:
     msgtype = conn.msgtype
     if conn.store is None:
         return False
-    from cascade_sd_ros.tools.replay_types import rclpy_type  # rclpy-side import, kept lazy
+    from cascade_sd_ros.tools.replay.msgtypes import rclpy_type  # rclpy-side import, kept lazy
 
     try:
         rclpy_type(msgtype)
