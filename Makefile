@@ -19,6 +19,7 @@ test: setup lint typecheck
 # lint settings in pyproject.toml; part of `make test`, so of CI
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # mypy over core/ (files, strictness and the modules without stubs in pyproject.toml); part of
 # `make test`, so of CI

@@ -2,6 +2,7 @@
 
 The ROS build (messages, launch files, node executables) is CMakeLists.txt's job; see README.
 """
+
 from setuptools import find_packages, setup
 
 setup(

@@ -8,6 +8,7 @@ decoding the bag packet by packet as a ROS node does (per-call overhead included
 
     .venv/bin/python bench/events.py [--bag ../shared/data/evt3_test_events_1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,10 @@ def main() -> int:
 
         ours_cd, theirs = ours(), wizard.read()  # warm-up; numba kernels come from its cache
         if theirs is None or len(theirs) != ours_cd.size:
-            print(f"event counts differ: ours {ours_cd.size}, expelliarmus {None if theirs is None else len(theirs)}", file=sys.stderr)
+            print(
+                f"event counts differ: ours {ours_cd.size}, expelliarmus {None if theirs is None else len(theirs)}",
+                file=sys.stderr,
+            )
             return 1
         same_xyp = all(np.array_equal(ours_cd[k], theirs[k]) for k in ("x", "y", "p"))
         best = {"ours": float("inf"), "expelliarmus": float("inf")}

@@ -21,6 +21,7 @@ target forward (medians over the scenes, timed side by side).
 
     .venv/bin/python bench/feature_drafting.py [--scenes N] [--gamma G] [--reps R] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,8 +91,14 @@ def _account(run: Run, res: DecodeResult, seconds: float, ref: list[int]) -> Non
     run.target_forwards += res.stats.target_forwards
 
 
-def _calibrate(zoo: Zoo, head: HeadAdapter, scenes: Sequence[tuple[StageContext, StageContext]], gamma: int,
-               max_new: int, classes: dict[int, str]) -> dict[str, dict[str, float]]:
+def _calibrate(
+    zoo: Zoo,
+    head: HeadAdapter,
+    scenes: Sequence[tuple[StageContext, StageContext]],
+    gamma: int,
+    max_new: int,
+    classes: dict[int, str],
+) -> dict[str, dict[str, float]]:
     """Per-class acceptance of the head and of the event drafter, each drafting alone."""
     table: dict[str, dict[str, float]] = {}
     for source in (head, zoo.drafter):
@@ -107,8 +114,9 @@ def _calibrate(zoo: Zoo, head: HeadAdapter, scenes: Sequence[tuple[StageContext,
     return table
 
 
-def _step_costs(zoo: Zoo, head: HeadAdapter, scenes: Sequence[tuple[StageContext, StageContext]],
-                gamma: int, reps: int) -> dict[str, float]:
+def _step_costs(
+    zoo: Zoo, head: HeadAdapter, scenes: Sequence[tuple[StageContext, StageContext]], gamma: int, reps: int
+) -> dict[str, float]:
     """Median seconds of one head forward (a gamma-deep draft's time / its forwards) / a one-token target forward."""
     target = zoo.target
     fractions: dict[str, list[float]] = {m: [] for m in ("target", "events", "fused")}
@@ -139,8 +147,7 @@ def _step_costs(zoo: Zoo, head: HeadAdapter, scenes: Sequence[tuple[StageContext
     return {m: round(statistics.median(v), 3) for m, v in fractions.items()}
 
 
-def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, reps: int,
-        calib: int) -> dict:
+def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, reps: int, calib: int) -> dict:
     scenes = _scenes(zoo, n_scenes, EVAL_STREAM)
     classes = token_classes(zoo.tokenizer.get_vocab())
     table = _calibrate(zoo, head, _scenes(zoo, calib, TRAIN_STREAM, offset=10_000), gamma, max_new, classes)
@@ -165,8 +172,11 @@ def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, re
     for name, mode in modes.items():
         engines[name] = (lambda m=mode: setattr(head, "mode", m), plain(CascadeDecoder([head, t], gamma=gamma)), False)
     engines["head: fused + prefill hiding"] = (lambda: setattr(head, "mode", "fused"), hidden, False)
-    engines["head: fused + merging"] = (lambda: setattr(head, "mode", "fused"),
-                                        plain(CascadeDecoder([merged, t], gamma=gamma)), True)
+    engines["head: fused + merging"] = (
+        lambda: setattr(head, "mode", "fused"),
+        plain(CascadeDecoder([merged, t], gamma=gamma)),
+        True,
+    )
     runs = {name: Run() for name in (TARGET_ONLY, *engines)}
     warm_t, warm_d = scenes[0]
     hf_generate(t, warm_t, 4)
@@ -189,17 +199,23 @@ def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, re
                 runs[name].target_forwards += outside
                 if logged:
                     runs[name].sources += accepted_sources(
-                        merged.log, [r.accepted[0] for r in res.stats.rounds if r.drafted[0] > 0])
+                        merged.log, [r.accepted[0] for r in res.stats.rounds if r.drafted[0] > 0]
+                    )
     base = runs[TARGET_ONLY].tokens / runs[TARGET_ONLY].seconds
     methods = {}
     for name, r in runs.items():
-        entry: dict[str, object] = {"tokens_per_s": round(r.tokens / r.seconds, 1),
-                                    "x_target_only": round(r.tokens / r.seconds / base, 2), "equal": r.equal}
+        entry: dict[str, object] = {
+            "tokens_per_s": round(r.tokens / r.seconds, 1),
+            "x_target_only": round(r.tokens / r.seconds / base, 2),
+            "equal": r.equal,
+        }
         if name != TARGET_ONLY:
-            entry.update(alpha=round(r.accepted / max(r.accepted + r.rejections, 1), 3),
-                         acceptance=round(r.accepted / max(r.drafted, 1), 3),
-                         accepted_per_verify=round(r.accepted / max(r.verify_steps, 1), 2),
-                         tokens_per_target_forward=round(r.tokens / max(r.target_forwards, 1), 2))
+            entry.update(
+                alpha=round(r.accepted / max(r.accepted + r.rejections, 1), 3),
+                acceptance=round(r.accepted / max(r.drafted, 1), 3),
+                accepted_per_verify=round(r.accepted / max(r.verify_steps, 1), 2),
+                tokens_per_target_forward=round(r.tokens / max(r.target_forwards, 1), 2),
+            )
         if r.sources:
             entry["accepted_by_source"] = dict(r.sources)
         methods[name] = entry
@@ -231,21 +247,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     head = HeadAdapter(head_net, align, zoo.target, event_encoder=zoo.drafter.model)
     with torch.inference_mode():
         result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib)
-    result.update(scenes=args.scenes, reps=args.reps, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-                  threads=args.threads, head=str(folder), alignment=meta.get("held_out", {}).get("alignment"),
-                  machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
-                  load_average=[round(x, 1) for x in os.getloadavg()],
-                  date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()), wall_s=round(time.perf_counter() - start, 1))
+    result.update(
+        scenes=args.scenes,
+        reps=args.reps,
+        gamma=args.gamma,
+        max_new_tokens=args.max_new_tokens,
+        threads=args.threads,
+        head=str(folder),
+        alignment=meta.get("held_out", {}).get("alignment"),
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        load_average=[round(x, 1) for x in os.getloadavg()],
+        date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        wall_s=round(time.perf_counter() - start, 1),
+    )
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.scenes} held-out scenes x {args.reps}, gamma {args.gamma} (adaptive), max_new_tokens "
-          f"{args.max_new_tokens}, {args.threads} thread(s); load average {result['load_average']}")
-    print(f"{'method':32s} {'x gen()':>8s} {'equal':>6s} {'alpha':>6s} {'accept':>7s} {'acc/verify':>10s} {'tok/fwd':>8s}")
+    print(
+        f"{args.scenes} held-out scenes x {args.reps}, gamma {args.gamma} (adaptive), max_new_tokens "
+        f"{args.max_new_tokens}, {args.threads} thread(s); load average {result['load_average']}"
+    )
+    print(
+        f"{'method':32s} {'x gen()':>8s} {'equal':>6s} {'alpha':>6s} {'accept':>7s} {'acc/verify':>10s} {'tok/fwd':>8s}"
+    )
     for name, m in result["methods"].items():
-        print(f"{name:32s} {m['x_target_only']:8.2f} {str(m['equal']):>6s} {m.get('alpha', ''):>6} {m.get('acceptance', ''):>7} "
-              f"{m.get('accepted_per_verify', ''):>10} {m.get('tokens_per_target_forward', ''):>8}"
-              + (f"  accepted by source {m['accepted_by_source']}" if "accepted_by_source" in m else ""))
+        print(
+            f"{name:32s} {m['x_target_only']:8.2f} {str(m['equal']):>6s} {m.get('alpha', ''):>6} {m.get('acceptance', ''):>7} "
+            f"{m.get('accepted_per_verify', ''):>10} {m.get('tokens_per_target_forward', ''):>8}"
+            + (f"  accepted by source {m['accepted_by_source']}" if "accepted_by_source" in m else "")
+        )
     print("head step / target step: " + ", ".join(f"{k} {v}" for k, v in result["head_step_over_target_step"].items()))
     print(f"alignment (held out): {result['alignment']}")
     return 0

@@ -17,6 +17,7 @@ backward times (decoded time stepping back further than ``UNFLAGGED_BACKWARD_US`
 
     .venv/bin/python bench/fuzz_decoders.py [--inputs 20000] [--seed 0] [--hang-s 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BAG = ROOT.parent / "shared" / "data" / "evt3_test_events_1"
 W, H = 640, 480
 PERIOD = {"evt3": 1 << 24, "evt2": 1 << 34}
-COUNTERS = ("inputs", "decode_errors", "crashes", "violations", "poisoned", "unflagged_backward",
-            "time_resyncs", "events_dropped_span", "bytes")
+COUNTERS = (
+    "inputs",
+    "decode_errors",
+    "crashes",
+    "violations",
+    "poisoned",
+    "unflagged_backward",
+    "time_resyncs",
+    "events_dropped_span",
+    "bytes",
+)
 
 
 # ------------------------------------------------------------------------------ payloads
+
 
 def _events_per_packet(bag: Path) -> tuple[list[bytes], list[tuple[np.ndarray, np.ndarray]], str]:
     """The real evt3 payloads and their decoded events per packet (or synthetic ones)."""
@@ -86,7 +97,9 @@ def _events_per_packet(bag: Path) -> tuple[list[bytes], list[tuple[np.ndarray, n
     return payloads, events, "synthetic (no recording found)"
 
 
-def corpus(encoding: str, payloads: list[bytes], events: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[bytes, int]]:
+def corpus(
+    encoding: str, payloads: list[bytes], events: list[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[bytes, int]]:
     """(payload, time_base) per packet of the stream in ``encoding``."""
     if encoding == "evt3":
         return [(p, 0) for p in payloads]
@@ -98,14 +111,18 @@ def corpus(encoding: str, payloads: list[bytes], events: list[tuple[np.ndarray, 
             if trig.size:
                 out.append(encode_trigger(trig))
         elif cd.size:
-            out.append({"libcaer": encode_libcaer, "libcaer_cmp": encode_libcaer_cmp, "mono": encode_mono}[encoding](cd))
+            out.append(
+                {"libcaer": encode_libcaer, "libcaer_cmp": encode_libcaer_cmp, "mono": encode_mono}[encoding](cd)
+            )
     return out
 
 
-def probes(encoding: str, events: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[bytes, int, np.ndarray, np.ndarray]]:
+def probes(
+    encoding: str, events: list[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[bytes, int, np.ndarray, np.ndarray]]:
     """Valid packets from a fresh encoder (they carry all the state they need) and their events."""
     out = []
-    for cd, trig in events[::max(1, len(events) // 16)][:16]:
+    for cd, trig in events[:: max(1, len(events) // 16)][:16]:
         if encoding == "evt3":
             from cascade_sd_ros.core.events import encode_evt3
 
@@ -117,7 +134,9 @@ def probes(encoding: str, events: list[tuple[np.ndarray, np.ndarray]]) -> list[t
                 payload, tb = encode_trigger(trig)
                 out.append((payload, tb, cd[:0], trig))
         else:
-            payload, tb = {"libcaer": encode_libcaer, "libcaer_cmp": encode_libcaer_cmp, "mono": encode_mono}[encoding](cd)
+            payload, tb = {"libcaer": encode_libcaer, "libcaer_cmp": encode_libcaer_cmp, "mono": encode_mono}[encoding](
+                cd
+            )
             out.append((payload, tb, cd, trig[:0]))
     return out
 
@@ -143,13 +162,18 @@ def hostile(rng: np.random.Generator, source: list[tuple[bytes, int]], word: int
             np.bitwise_xor.at(flipped, bits // 8, (1 << (bits % 8)).astype(np.uint8))
         data = flipped.tobytes()
     r = rng.random()
-    time_base = tb if r < 0.85 else int(rng.choice([0, MAX_TIME_BASE_NS, MAX_TIME_BASE_NS + 1, 2**63 - 1, 2**64 - 1, 10**19, -1]))
+    time_base = (
+        tb
+        if r < 0.85
+        else int(rng.choice([0, MAX_TIME_BASE_NS, MAX_TIME_BASE_NS + 1, 2**63 - 1, 2**64 - 1, 10**19, -1]))
+    )
     r = rng.random()
     until = None if r < 0.7 else int(rng.choice([0, 2**63 - 1, -(2**63), int(rng.integers(0, 2**40))]))
     return kind, data, time_base, until
 
 
 # ------------------------------------------------------------------------------ checking
+
 
 class StreamCheck:
     def __init__(self, encoding: str, max_span_us: int) -> None:
@@ -232,7 +256,7 @@ def worker(encoding: str, start: int, stop: int, seed: int, counts, progress) ->
             counts[COUNTERS.index("time_resyncs")] += res.time_resyncs
             counts[COUNTERS.index("events_dropped_span")] += res.events_dropped_span
             if not res.finished and encoding in ("libcaer", "libcaer_cmp"):
-                rest = decoder.decode(data[res.consumed:], time_base)  # finish the packet (remainder semantics)
+                rest = decoder.decode(data[res.consumed :], time_base)  # finish the packet (remainder semantics)
                 bad, back = check.check(rest, len(data) - res.consumed, decoder.word_bytes, None)
                 counts[COUNTERS.index("violations")] += bad
                 counts[COUNTERS.index("unflagged_backward")] += back
@@ -297,8 +321,18 @@ def main() -> int:
         results[encoding]["seconds"] = round(time.perf_counter() - start, 1)  # type: ignore[assignment]
         print(f"{encoding}: {json.dumps(results[encoding])}", file=sys.stderr)
     total = {k: sum(r[k] for r in results.values()) for k in (*COUNTERS, "hangs")}
-    print(json.dumps({"source": source, "seed": args.seed, "per_decoder": results, "total": total,
-                      "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "source": source,
+                "seed": args.seed,
+                "per_decoder": results,
+                "total": total,
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+            indent=2,
+        )
+    )
     failed = total["crashes"] + total["hangs"] + total["violations"] + total["poisoned"] + total["unflagged_backward"]
     return 1 if failed else 0
 

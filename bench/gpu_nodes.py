@@ -88,22 +88,40 @@ class Shape:
         from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
 
         text = LlamaConfig(
-            vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.heads,
-            max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            vocab_size=self.vocab,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.heads,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
             tie_word_embeddings=False,
         )
         vision = CLIPVisionConfig(
-            hidden_size=self.vision_hidden, intermediate_size=self.vision_intermediate,
-            num_hidden_layers=self.vision_layers, num_attention_heads=self.vision_heads,
-            image_size=self.image_size, patch_size=self.patch_size, projection_dim=768, hidden_act="quick_gelu",
+            hidden_size=self.vision_hidden,
+            intermediate_size=self.vision_intermediate,
+            num_hidden_layers=self.vision_layers,
+            num_attention_heads=self.vision_heads,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            projection_dim=768,
+            hidden_act="quick_gelu",
         )
         patches = (self.image_size // self.patch_size) ** 2
         return VideoLlavaConfig(
-            vision_config=vision.to_dict(), text_config=text.to_dict(),
-            image_token_index=self.vocab - 2, video_token_index=self.vocab - 1,
-            vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-            image_seq_length=patches, video_seq_length=self.frames * (patches + 1),
+            vision_config=vision.to_dict(),
+            text_config=text.to_dict(),
+            image_token_index=self.vocab - 2,
+            video_token_index=self.vocab - 1,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+            projector_hidden_act="gelu",
+            image_seq_length=patches,
+            video_seq_length=self.frames * (patches + 1),
         )
 
 
@@ -200,9 +218,13 @@ def node_choice(device: str) -> dict[str, Any]:
         seen: list[dict[str, object]] = []
         node.publish_status = lambda level, message, values: seen.append(values)  # type: ignore[method-assign]
         node.publish_diagnostics()
-        result = {"via": "VideoVerifier node", "backend": seen[0]["backend"],
-                  "backend_reason": seen[0]["backend_reason"], "construct_s": round(built_s, 3),
-                  "warm_up_s": node.model.warm_up_s}
+        result = {
+            "via": "VideoVerifier node",
+            "backend": seen[0]["backend"],
+            "backend_reason": seen[0]["backend_reason"],
+            "construct_s": round(built_s, 3),
+            "warm_up_s": node.model.warm_up_s,
+        }
         node.close()
         node.destroy_node()
         return result
@@ -214,14 +236,20 @@ def node_choice(device: str) -> dict[str, Any]:
 def loader_choice(role: str, device: str) -> tuple[dict[str, Any], StageModel]:
     """The call ``StageNode.__init__`` makes with the default parameters (dtype/backend auto)."""
     t0 = time.perf_counter()
-    model = load_stage_model(default_stage_source(role), role, device=device, dtype="auto", backend="auto",
-                             max_new_tokens=32)
+    model = load_stage_model(
+        default_stage_source(role), role, device=device, dtype="auto", backend="auto", max_new_tokens=32
+    )
     load_s = time.perf_counter() - t0
     warm_s = model.warm_up(QUESTION)
-    return {"via": "load_stage_model (the node's call, default parameters)", "backend": model.backend.name,
-            "backend_reason": model.backend.reason, "adapter": type(model.adapter).__name__,
-            "dtype": str(model.adapter.model.dtype), "load_s": round(load_s, 3),
-            "warm_up_s": None if warm_s is None else round(warm_s, 3)}, model
+    return {
+        "via": "load_stage_model (the node's call, default parameters)",
+        "backend": model.backend.name,
+        "backend_reason": model.backend.reason,
+        "adapter": type(model.adapter).__name__,
+        "dtype": str(model.adapter.model.dtype),
+        "load_s": round(load_s, 3),
+        "warm_up_s": None if warm_s is None else round(warm_s, 3),
+    }, model
 
 
 def zoo_agreement(models: dict[str, StageModel], device: str, scenes: int) -> dict[str, Any]:
@@ -235,8 +263,9 @@ def zoo_agreement(models: dict[str, StageModel], device: str, scenes: int) -> di
     geometry = DataGeometry(**meta["geometry"]) if "geometry" in meta else DataGeometry()  # as load_zoo reads it
     out: dict[str, Any] = {}
     for role, model in models.items():
-        ref = load_stage_model(default_stage_source(role), role, device=device, backend="transformers",
-                               max_new_tokens=32)
+        ref = load_stage_model(
+            default_stage_source(role), role, device=device, backend="transformers", max_new_tokens=32
+        )
         same = 0
         for index in range(scenes):
             clip, events, _ = build_sample(0, EVAL_STREAM, index, geometry, with_events=True)
@@ -267,14 +296,18 @@ def phase_choice(args: argparse.Namespace, rep: Report) -> bool:
         info, model = loader_choice(role, args.device)
         models[role] = model
         rep.put("choice", role, info)
-        print(f"{role:8s} on {args.device}: backend {info['backend']} ({info['backend_reason']}), "
-              f"{info['dtype']}, load {info['load_s']} s, warm-up {info['warm_up_s']} s")
+        print(
+            f"{role:8s} on {args.device}: backend {info['backend']} ({info['backend_reason']}), "
+            f"{info['dtype']}, load {info['load_s']} s, warm-up {info['warm_up_s']} s"
+        )
         ok &= _check_choice(rep, role, info, args.device)
     if args.zoo_scenes > 0:
         agree = zoo_agreement(models, args.device, args.zoo_scenes)
         rep.put("choice", "zoo_greedy_agreement", agree)
-        print("zoo greedy captions, node backend vs transformers: "
-              + ", ".join(f"{r} {v['equal_captions']}/{v['scenes']}" for r, v in agree.items()))
+        print(
+            "zoo greedy captions, node backend vs transformers: "
+            + ", ".join(f"{r} {v['equal_captions']}/{v['scenes']}" for r, v in agree.items())
+        )
         if torch.device(args.device).type != "cuda":  # float32 on both sides: must agree exactly
             for role, v in agree.items():
                 ok &= v["equal_captions"] == v["scenes"]
@@ -305,16 +338,21 @@ def build_target(shape: Shape, device: torch.device, dtype: torch.dtype, seed: i
     return model
 
 
-def time_stage(name: str, stage: StageModel, frames: np.ndarray, args: argparse.Namespace, rep: Report,
-               built_s: float) -> dict[str, Any]:
+def time_stage(
+    name: str, stage: StageModel, frames: np.ndarray, args: argparse.Namespace, rep: Report, built_s: float
+) -> dict[str, Any]:
     adapter = stage.adapter
     device = adapter.device
     ctx = stage.context(frames, QUESTION)
     warm_s = stage.warm_up(QUESTION)
-    result: dict[str, Any] = {"backend": stage.backend.name, "backend_reason": stage.backend.reason,
-                              "adapter": type(adapter).__name__, "build_s": round(built_s, 3),
-                              "warm_up_s": None if warm_s is None else round(warm_s, 3),
-                              "context_positions": len(ctx.input_ids)}
+    result: dict[str, Any] = {
+        "backend": stage.backend.name,
+        "backend_reason": stage.backend.reason,
+        "adapter": type(adapter).__name__,
+        "build_s": round(built_s, 3),
+        "warm_up_s": None if warm_s is None else round(warm_s, 3),
+        "context_positions": len(ctx.input_ids),
+    }
     result["prefill_ms"] = round(median_ms(lambda: adapter.prefill(ctx), device, args.reps), 3)
     rep.put("target", name, result)
     tokens = greedy(adapter, ctx, args.tokens)
@@ -337,13 +375,16 @@ def time_stage(name: str, stage: StageModel, frames: np.ndarray, args: argparse.
         draft = tokens[len(base) : len(base) + k] or [3] * k
         draft = (draft * k)[:k]
         adapter.next_logits(base)
-        verify[str(k)] = round(median_ms(lambda d=draft: (adapter.score(base, d), adapter.next_logits(base)),
-                                         device, args.reps), 3)
+        verify[str(k)] = round(
+            median_ms(lambda d=draft: (adapter.score(base, d), adapter.next_logits(base)), device, args.reps), 3
+        )
     result["verify_ms"] = verify
     rep.put("target", name, result)
-    print(f"{name:14s} [{result['backend']}] build {result['build_s']} s, warm-up {result['warm_up_s']} s, "
-          f"prefill {result['prefill_ms']} ms, decode {result['decode_ms_per_token']} ms/token "
-          f"(chained {result['chained_decode_ms_per_token']}), verify {verify}")
+    print(
+        f"{name:14s} [{result['backend']}] build {result['build_s']} s, warm-up {result['warm_up_s']} s, "
+        f"prefill {result['prefill_ms']} ms, decode {result['decode_ms_per_token']} ms/token "
+        f"(chained {result['chained_decode_ms_per_token']}), verify {verify}"
+    )
     return result
 
 
@@ -355,35 +396,44 @@ def phase_target(args: argparse.Namespace, rep: Report) -> bool:
     dtype = torch.float32 if device.type != "cuda" else torch.bfloat16
     t0 = time.perf_counter()
     model = build_target(shape, device, dtype, args.seed)
-    rep.put("target", "shape", dataclasses.asdict(shape) | {"dtype": str(dtype),
-                                                           "init_s": round(time.perf_counter() - t0, 2)})
-    processor = VideoLlavaImageProcessor(size={"shortest_edge": shape.image_size},
-                                         crop_size={"height": shape.image_size, "width": shape.image_size})
+    rep.put(
+        "target",
+        "shape",
+        dataclasses.asdict(shape) | {"dtype": str(dtype), "init_s": round(time.perf_counter() - t0, 2)},
+    )
+    processor = VideoLlavaImageProcessor(
+        size={"shortest_edge": shape.image_size}, crop_size={"height": shape.image_size, "width": shape.image_size}
+    )
     tokenizer = ByteTokenizer(shape.vocab)
-    frames = np.random.default_rng(args.seed).integers(0, 256, (shape.frames, shape.image_size, shape.image_size, 3),
-                                                       dtype=np.uint8)
+    frames = np.random.default_rng(args.seed).integers(
+        0, 256, (shape.frames, shape.image_size, shape.image_size, 3), dtype=np.uint8
+    )
     # transformers first: the static adapter re-points q/k/v and gate/up at fused matrices (same
     # values, same memory), which leaves HF's forward as it was either way
     t0 = time.perf_counter()
-    hf = stage_model_from_hf(model, "target", tokenizer, processor, backend="transformers",
-                             max_new_tokens=args.tokens)
+    hf = stage_model_from_hf(model, "target", tokenizer, processor, backend="transformers", max_new_tokens=args.tokens)
     ref = time_stage("transformers", hf, frames, args, rep, time.perf_counter() - t0)
     t0 = time.perf_counter()
     if device.type == "cuda":
-        static = stage_model_from_hf(model, "target", tokenizer, processor, backend="cuda-graphs",
-                                     max_new_tokens=args.tokens)
+        static = stage_model_from_hf(
+            model, "target", tokenizer, processor, backend="cuda-graphs", max_new_tokens=args.tokens
+        )
     else:  # backend=cuda-graphs is refused off CUDA: the same sized adapter, eager
         static = dataclasses.replace(
-            hf, adapter=sized_static_adapter(model, "target", "video", hf.num_frames, args.tokens),
-            backend=BackendChoice("cuda-graphs", "dry run: the static adapter, eager on the CPU"))
+            hf,
+            adapter=sized_static_adapter(model, "target", "video", hf.num_frames, args.tokens),
+            backend=BackendChoice("cuda-graphs", "dry run: the static adapter, eager on the CPU"),
+        )
     ours = time_stage("static", static, frames, args, rep, time.perf_counter() - t0)
     speed = ref["decode_ms_per_token"] / max(ours["decode_ms_per_token"], 1e-9)
     rep.put("target", "decode_speedup", round(speed, 2))
     n = len(ref["greedy_tokens"])
     agree = next((i for i, (a, b) in enumerate(zip(ref["greedy_tokens"], ours["greedy_tokens"])) if a != b), n)
     rep.put("target", "greedy_tokens_agree_for", agree)
-    print(f"static vs transformers: decode {speed:.2f}x; greedy tokens agree for {agree}/{n} "
-          f"({'float32: must be all' if dtype == torch.float32 else 'bf16 random weights: near-ties may split'})")
+    print(
+        f"static vs transformers: decode {speed:.2f}x; greedy tokens agree for {agree}/{n} "
+        f"({'float32: must be all' if dtype == torch.float32 else 'bf16 random weights: near-ties may split'})"
+    )
     if dtype == torch.float32:
         rep.put("checks", "target_tokens_equal", agree == n)
         return agree == n
@@ -397,8 +447,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda, or cpu for --dry-run")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default $OUT/gpu_nodes.json or out/)")
     p.add_argument("--tokens", type=int, default=32, help="greedy tokens per decode timing")
-    p.add_argument("--verify-k", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16],
-                   help="draft lengths to time verification for (comma-separated)")
+    p.add_argument(
+        "--verify-k",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 4, 8, 16],
+        help="draft lengths to time verification for (comma-separated)",
+    )
     p.add_argument("--reps", type=int, default=6, help="timed repetitions per figure")
     p.add_argument("--zoo-scenes", type=int, default=4, help="held-out zoo scenes for the caption agreement")
     p.add_argument("--phases", default="choice,target", help="comma-separated: choice, target")
@@ -412,7 +466,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.verify_k = [k for k in args.verify_k if k <= 4] or [1]
         args.zoo_scenes = min(args.zoo_scenes, 1)
     if args.out is None:
-        args.out = Path(os.environ["OUT"]) / "gpu_nodes.json" if os.environ.get("OUT") else ROOT / "out" / "gpu_nodes.json"
+        args.out = (
+            Path(os.environ["OUT"]) / "gpu_nodes.json" if os.environ.get("OUT") else ROOT / "out" / "gpu_nodes.json"
+        )
     return args
 
 
@@ -421,9 +477,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available here (use --dry-run on a CPU)", file=sys.stderr)
         return 2
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "host": platform.node(),
-            "python": platform.python_version(), "torch": torch.__version__, "device": args.device,
-            "dry_run": args.dry_run, "argv": list(argv) if argv is not None else sys.argv[1:]}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": args.device,
+        "dry_run": args.dry_run,
+        "argv": list(argv) if argv is not None else sys.argv[1:],
+    }
     if torch.device(args.device).type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     import transformers

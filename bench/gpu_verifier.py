@@ -74,22 +74,40 @@ class Shape:
 
     def config(self) -> VideoLlavaConfig:
         text = LlamaConfig(
-            vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.heads,
-            max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            vocab_size=self.vocab,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.heads,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
             tie_word_embeddings=False,
         )
         vision = CLIPVisionConfig(
-            hidden_size=self.vision_hidden, intermediate_size=self.vision_intermediate,
-            num_hidden_layers=self.vision_layers, num_attention_heads=self.vision_heads,
-            image_size=self.image_size, patch_size=self.patch_size, projection_dim=768, hidden_act="quick_gelu",
+            hidden_size=self.vision_hidden,
+            intermediate_size=self.vision_intermediate,
+            num_hidden_layers=self.vision_layers,
+            num_attention_heads=self.vision_heads,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            projection_dim=768,
+            hidden_act="quick_gelu",
         )
         patches = (self.image_size // self.patch_size) ** 2
         return VideoLlavaConfig(
-            vision_config=vision.to_dict(), text_config=text.to_dict(),
-            image_token_index=self.vocab - 2, video_token_index=self.vocab - 1,
-            vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-            image_seq_length=patches, video_seq_length=self.frames * (patches + 1),
+            vision_config=vision.to_dict(),
+            text_config=text.to_dict(),
+            image_token_index=self.vocab - 2,
+            video_token_index=self.vocab - 1,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+            projector_hidden_act="gelu",
+            image_seq_length=patches,
+            video_seq_length=self.frames * (patches + 1),
         )
 
     @property
@@ -163,7 +181,9 @@ class Report:
         tmp.replace(self.path)
 
 
-def build_model(shape: Shape, device: torch.device, dtype: torch.dtype, seed: int) -> VideoLlavaForConditionalGeneration:
+def build_model(
+    shape: Shape, device: torch.device, dtype: torch.dtype, seed: int
+) -> VideoLlavaForConditionalGeneration:
     """Random weights, initialised on `device` directly (a 7B model never touches host memory)."""
     torch.manual_seed(seed)
     with torch.device(device):
@@ -211,9 +231,11 @@ def tie_analysis(ours: torch.Tensor, ref: torch.Tensor, ref_tokens: Sequence[int
     gap = top - ref.gather(1, pick[:, None])[:, 0]  # how far below (a)'s best our pick is, in (a)'s logits
     differs = pick.cpu() != torch.tensor(list(ref_tokens[:n]))
     beyond = (differs & (gap.cpu() > tol.cpu())).nonzero().flatten().tolist()
-    return {"teacher_forced_logits_rel_err": ((ours - ref).norm() / ref.norm()).item(),
-            "teacher_forced_max_abs_diff": (ours - ref).abs().max().item(),
-            "teacher_forced_disagree_beyond_tie": beyond}
+    return {
+        "teacher_forced_logits_rel_err": ((ours - ref).norm() / ref.norm()).item(),
+        "teacher_forced_max_abs_diff": (ours - ref).abs().max().item(),
+        "teacher_forced_disagree_beyond_tie": beyond,
+    }
 
 
 def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
@@ -223,8 +245,9 @@ def cut_at_eos(tokens: Sequence[int], eos: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------ (a) transformers
 @torch.inference_mode()
-def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace,
-                   rep: Report) -> tuple[dict[str, Any], torch.Tensor]:
+def bench_hf_eager(
+    model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace, rep: Report
+) -> tuple[dict[str, Any], torch.Tensor]:
     """(a)'s figures, and the logits `[n, V]` its `generate` picked its greedy tokens from."""
     dev = model.device
     ids = torch.tensor([ctx.input_ids], device=dev)  # [1, L]
@@ -254,7 +277,9 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
         for i in range(n):
             tokens[i] = last.argmax()
             if i < n - 1:
-                last = model(input_ids=tokens[i : i + 1].view(1, 1), past_key_values=cache, use_cache=True).logits[0, -1]
+                last = model(input_ids=tokens[i : i + 1].view(1, 1), past_key_values=cache, use_cache=True).logits[
+                    0, -1
+                ]
         clock.sync()
         return tokens, (time.perf_counter() - t0) * 1e3 / max(1, n - 1)
 
@@ -279,8 +304,16 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
 
     # generate(): the figure people quote; greedy, stops at EOS like our adapter.
     gen_in = {"input_ids": ids, "pixel_values_videos": pixels}
-    gen = lambda n: model.generate(**gen_in, max_new_tokens=n, do_sample=False,  # noqa: E731
-                                   return_dict_in_generate=True, output_logits=True)
+
+    def gen(n: int) -> object:
+        return model.generate(
+            **gen_in,
+            max_new_tokens=n,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+
     gen(2)
     t_one = clock.ms(lambda: gen(1), 1)
     clock.sync()
@@ -288,7 +321,7 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
     out = gen(args.tokens)
     clock.sync()
     wall = time.perf_counter() - t0
-    new = out.sequences[0, ids.shape[1]:].tolist()
+    new = out.sequences[0, ids.shape[1] :].tolist()
     res["generate_s"] = wall
     res["generate_tok_s"] = len(new) / wall
     res["generate_ms_per_token"] = (wall * 1e3 - t_one) / max(1, len(new) - 1)  # prefill and encode taken out
@@ -297,8 +330,9 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
     res["margins"] = margins(ref_logits)
     # HF against itself: one full forward over prompt + caption (prefill-style kernels) vs generate's
     # incremental logits. This is the size of bf16 disagreement that is not a bug.
-    full = model(input_ids=out.sequences[:, :-1], pixel_values_videos=pixels,
-                 logits_to_keep=len(new)).logits[0]  # [n, V]
+    full = model(input_ids=out.sequences[:, :-1], pixel_values_videos=pixels, logits_to_keep=len(new)).logits[
+        0
+    ]  # [n, V]
     res["hf_self_check"] = tie_analysis(full, ref_logits, new)
     rep.put("paths", "a_hf_eager", res)
     return res, ref_logits
@@ -306,14 +340,27 @@ def bench_hf_eager(model: VideoLlavaForConditionalGeneration, ctx: StageContext,
 
 # ------------------------------------------------------------------------------------------- (c) ours
 @torch.inference_mode()
-def bench_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace,
-               graphs: bool, compile_blocks: bool, attention: str, ref: dict[str, Any] | None,
-               ref_logits: torch.Tensor | None) -> dict[str, Any]:
+def bench_ours(
+    model: VideoLlavaForConditionalGeneration,
+    ctx: StageContext,
+    clock: Clock,
+    args: argparse.Namespace,
+    graphs: bool,
+    compile_blocks: bool,
+    attention: str,
+    ref: dict[str, Any] | None,
+    ref_logits: torch.Tensor | None,
+) -> dict[str, Any]:
     res: dict[str, Any] = {"graphs": graphs, "compile_blocks": compile_blocks, "attention": attention}
     t0 = time.perf_counter()
     adapter = StaticVerifierAdapter(
-        model, max_context=len(ctx.input_ids), max_caption_tokens=args.tokens + max(args.ks) + 1,
-        max_step=max(args.ks) + 1, use_graphs=graphs, compile_blocks=compile_blocks, attention=attention,
+        model,
+        max_context=len(ctx.input_ids),
+        max_caption_tokens=args.tokens + max(args.ks) + 1,
+        max_step=max(args.ks) + 1,
+        use_graphs=graphs,
+        compile_blocks=compile_blocks,
+        attention=attention,
     )
     clock.sync()
     res["setup_s"] = time.perf_counter() - t0  # weights view + KV allocation + capture (+ compile)
@@ -365,6 +412,7 @@ def bench_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clo
     verify: dict[int, float] = {}
     first = 3
     for k in args.ks:
+
         def round_() -> None:
             nonlocal first
             first = 3 + (first - 2) % (adapter.vocab_size - 5)  # a new first draft token: the cache must recompute
@@ -398,14 +446,17 @@ def bench_hf_static_compile(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(shape, dev, dtype, args.seed)
     ctx = make_context(shape, args.seed + 1, dtype)
     assert ctx.pixel_values is not None
-    gen_in = {"input_ids": torch.tensor([ctx.input_ids], device=dev),
-              "pixel_values_videos": ctx.pixel_values.to(dev, dtype)}
+    gen_in = {
+        "input_ids": torch.tensor([ctx.input_ids], device=dev),
+        "pixel_values_videos": ctx.pixel_values.to(dev, dtype),
+    }
     clock = Clock(dev)
     res: dict[str, Any] = {}
     with torch.inference_mode():
+
         def gen(n: int) -> list[int]:
             out = model.generate(**gen_in, max_new_tokens=n, do_sample=False, cache_implementation="static")
-            return out[0, len(ctx.input_ids):].tolist()
+            return out[0, len(ctx.input_ids) :].tolist()
 
         t0 = time.perf_counter()
         gen(args.tokens)  # first call compiles
@@ -423,8 +474,20 @@ def bench_hf_static_compile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_b_subprocess(args: argparse.Namespace, timeout_s: float) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--phase", "b", "--tokens", str(args.tokens), "--seed", str(args.seed),
-           "--device", args.device, "--out", str(args.out.with_name("b_" + args.out.name))]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        "b",
+        "--tokens",
+        str(args.tokens),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+        "--out",
+        str(args.out.with_name("b_" + args.out.name)),
+    ]
     if args.dry_run:
         cmd.append("--dry-run")
     t0 = time.perf_counter()
@@ -432,8 +495,11 @@ def run_b_subprocess(args: argparse.Namespace, timeout_s: float) -> dict[str, An
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         tail = (exc.stderr or b"")[-2000:]
-        return {"status": "timeout", "seconds": timeout_s,
-                "stderr_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}
+        return {
+            "status": "timeout",
+            "seconds": timeout_s,
+            "stderr_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail,
+        }
     result_path = args.out.with_name("b_" + args.out.name)
     if proc.returncode == 0 and result_path.is_file():
         res = json.loads(result_path.read_text())
@@ -465,8 +531,18 @@ def table(data: dict[str, Any]) -> str:
             return "-" if x is None else f"{x:.2f}"
 
         same = "-" if ref is None or "tokens" not in r else str(r["tokens"] == ref)
-        rows.append((name, f(r.get("video_encode_ms")), f(r.get("prefill_ms")), f(r.get("decode_ms_per_token")),
-                     f(v.get(1, v.get("1"))), f(v.get(8, v.get("8"))), f(v.get(16, v.get("16"))), same))
+        rows.append(
+            (
+                name,
+                f(r.get("video_encode_ms")),
+                f(r.get("prefill_ms")),
+                f(r.get("decode_ms_per_token")),
+                f(v.get(1, v.get("1"))),
+                f(v.get(8, v.get("8"))),
+                f(v.get(16, v.get("16"))),
+                same,
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows)
 
@@ -485,8 +561,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--b-timeout-s", type=float, default=240.0, help="time limit of the (b) subprocess")
     p.add_argument("--skip-b", action="store_true", help="do not run (b)")
     p.add_argument("--no-compile-variant", action="store_true", help="skip ours with compiled blocks")
-    p.add_argument("--attentions", default="auto,sdpa,matmul",
-                   help="attention kinds of ours to measure (comma list of auto, sdpa, matmul)")
+    p.add_argument(
+        "--attentions",
+        default="auto,sdpa,matmul",
+        help="attention kinds of ours to measure (comma list of auto, sdpa, matmul)",
+    )
     p.add_argument("--phase", choices=["all", "b"], default="all", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.tokens < 2 or args.max_k < 1 or args.reps < 1 or args.step_reps < 1:
@@ -504,8 +583,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure_floor(model: VideoLlavaForConditionalGeneration, shape: Shape, clock: Clock, args: argparse.Namespace,
-                  rep: Report) -> None:
+def measure_floor(
+    model: VideoLlavaForConditionalGeneration, shape: Shape, clock: Clock, args: argparse.Namespace, rep: Report
+) -> None:
     """Copy-rate ceiling (bytes read + written) and the decode floor: LM weights + valid K/V read once."""
     dev = model.device
     x = torch.empty(2 * 2**30, dtype=torch.uint8, device=dev)
@@ -522,9 +602,16 @@ def measure_floor(model: VideoLlavaForConditionalGeneration, shape: Shape, clock
     rep.put("meta", "floor_ms_per_token", (lm_bytes + kv_bytes) / rate * 1e3)
 
 
-def run_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock: Clock, args: argparse.Namespace,
-             rep: Report, ref: dict[str, Any] | None, ref_logits: torch.Tensor | None,
-             left: Callable[[], float]) -> tuple[list[str], bool]:
+def run_ours(
+    model: VideoLlavaForConditionalGeneration,
+    ctx: StageContext,
+    clock: Clock,
+    args: argparse.Namespace,
+    rep: Report,
+    ref: dict[str, Any] | None,
+    ref_logits: torch.Tensor | None,
+    left: Callable[[], float],
+) -> tuple[list[str], bool]:
     """Every variant of (c) that fits; falls back to the eager step if graph capture fails on CUDA."""
     ok = True
     graphs = not args.dry_run and model.device.type == "cuda"
@@ -553,8 +640,11 @@ def run_ours(model: VideoLlavaForConditionalGeneration, ctx: StageContext, clock
         names.append("c_ours_eager")
         eager_args = argparse.Namespace(**{**vars(args), "reps": 3, "step_reps": 3})  # an eager step is slow
         try:
-            rep.put("paths", "c_ours_eager",
-                    bench_ours(model, ctx, clock, eager_args, False, False, "auto", ref, ref_logits))
+            rep.put(
+                "paths",
+                "c_ours_eager",
+                bench_ours(model, ctx, clock, eager_args, False, False, "auto", ref, ref_logits),
+            )
         except Exception as exc:
             rep.put("paths", "c_ours_eager", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
     return names, ok
@@ -570,10 +660,13 @@ def check_ours(names: Sequence[str], ref: dict[str, Any], eos: int, rep: Report)
             continue
         a, c = cut_at_eos(ref["tokens"], eos), cut_at_eos(r["tokens"], eos)
         i = first_mismatch(a, c)
-        check: dict[str, Any] = {"tokens_equal": a == c, "first_mismatch": i,
-                                 "teacher_forced_agree": r.get("teacher_forced_agree"),
-                                 "min_ref_margin": min(ref["margins"]) if ref.get("margins") else None,
-                                 "step_tokens_equal_generate": ref["step_tokens"][: len(a)] == a}
+        check: dict[str, Any] = {
+            "tokens_equal": a == c,
+            "first_mismatch": i,
+            "teacher_forced_agree": r.get("teacher_forced_agree"),
+            "min_ref_margin": min(ref["margins"]) if ref.get("margins") else None,
+            "step_tokens_equal_generate": ref["step_tokens"][: len(a)] == a,
+        }
         if i is not None and ref.get("margins"):
             check["ref_margin_at_mismatch"] = ref["margins"][i]
         # HF's own step loop vs our tokens (both one token per forward), and the logits-level verdict.
@@ -584,20 +677,26 @@ def check_ours(names: Sequence[str], ref: dict[str, Any], eos: int, rep: Report)
         rep.put("checks", name, check)
         all_equal &= bool(check["tokens_equal"] and check["teacher_forced_agree"])
         steps = r["step_ms"]
-        rep.put("targets", name, {
-            "decode_ms_per_token": r["decode_ms_per_token"], "step1_ms": steps[1],
-            "verify8_over_step1": steps[8] / steps[1] if 8 in steps else None,
-            "decode_le_5ms": r["decode_ms_per_token"] <= 5.0,
-            "verify8_le_1.2x": (steps[8] <= 1.2 * steps[1]) if 8 in steps else None,
-        })
+        rep.put(
+            "targets",
+            name,
+            {
+                "decode_ms_per_token": r["decode_ms_per_token"],
+                "step1_ms": steps[1],
+                "verify8_over_step1": steps[8] / steps[1] if 8 in steps else None,
+                "decode_le_5ms": r["decode_ms_per_token"] <= 5.0,
+                "verify8_le_1.2x": (steps[8] <= 1.2 * steps[1]) if 8 in steps else None,
+            },
+        )
     return all_equal
 
 
 @torch.inference_mode()
 def dry_run_logits_error(model: VideoLlavaForConditionalGeneration, ctx: StageContext, tokens: Sequence[int]) -> float:
     """Relative error of our logits against HF's full forward over prompt + caption (float32)."""
-    adapter = StaticVerifierAdapter(model, max_context=len(ctx.input_ids), max_caption_tokens=len(tokens) + 1,
-                                    max_step=4, use_graphs=False)
+    adapter = StaticVerifierAdapter(
+        model, max_context=len(ctx.input_ids), max_caption_tokens=len(tokens) + 1, max_step=4, use_graphs=False
+    )
     adapter.prefill(ctx)
     ours = adapter.score([], list(tokens))  # [n+1, V]
     ids = torch.tensor([[*ctx.input_ids, *tokens]])
@@ -639,9 +738,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import transformers
 
     meta: dict[str, Any] = {
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "shape": shape.__dict__,
-        "context_len": shape.context_len, "dtype": str(dtype), "device": str(dev), "tokens": args.tokens,
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+        "shape": shape.__dict__,
+        "context_len": shape.context_len,
+        "dtype": str(dtype),
+        "device": str(dev),
+        "tokens": args.tokens,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
     }
     rep = Report(args.out, meta)
@@ -686,8 +791,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rep.data))
     m = rep.data["meta"]
     if "floor_ms_per_token" in m:
-        print(f"copy {m['copy_tb_s']:.2f} TB/s -> floor {m['floor_ms_per_token']:.2f} ms/token "
-              f"({m['lm_weights_gib']:.2f} GiB weights + {m['kv_read_gib']:.2f} GiB K/V)")
+        print(
+            f"copy {m['copy_tb_s']:.2f} TB/s -> floor {m['floor_ms_per_token']:.2f} ms/token "
+            f"({m['lm_weights_gib']:.2f} GiB weights + {m['kv_read_gib']:.2f} GiB K/V)"
+        )
     print(f"[bench] done in {time.perf_counter() - t_start:.0f} s, status {status}", flush=True)
     return status
 

@@ -10,6 +10,7 @@ in every scene (the most events). The first run includes numba's cached-kernel l
 ``--video`` times video-to-events instead: a 346x260 30 fps mp4 of the scenes, converted with
 motion-compensated and with cross-fade interpolation (decode + simulate + packets, no bag).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def _video_bench(seconds: float, scene_duration: float, seed: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
-        config = StreamConfig(n_scenes=max(1, round(seconds / scene_duration)), scene_duration_s=scene_duration, seed=seed)
+        config = StreamConfig(
+            n_scenes=max(1, round(seconds / scene_duration)), scene_duration_s=scene_duration, seed=seed
+        )
         with av.open(str(path), "w") as container:
             stream = container.add_stream("mpeg4", rate=30)
             stream.width, stream.height, stream.pix_fmt = config.width, config.height, "yuv420p"
@@ -48,8 +51,10 @@ def _video_bench(seconds: float, scene_duration: float, seed: int) -> None:
             dt = time.perf_counter() - t0
             events = sum(len(c.events) for c in chunks)
             frames = sum(len(c.frames) for c in chunks)
-            print(f"video {seconds:.0f} s 346x260 30 fps, {mode}: {dt:5.1f} s for {frames} frames, "
-                  f"{events / 1e6:.2f} M events ({np.float64(dt / seconds):.2f} s per video second)")
+            print(
+                f"video {seconds:.0f} s 346x260 30 fps, {mode}: {dt:5.1f} s for {frames} frames, "
+                f"{events / 1e6:.2f} M events ({np.float64(dt / seconds):.2f} s per video second)"
+            )
 
 
 def main() -> None:
@@ -65,12 +70,19 @@ def main() -> None:
         _video_bench(args.seconds, args.scene_duration, args.seeds[0])
         return
     n_scenes = max(1, round(args.seconds / args.scene_duration))
-    print(f"{n_scenes} scenes x {args.scene_duration} s at 346x260, 30 fps RGB, storage {args.storage}"
-          f"{', worst case (two moving objects)' if args.worst_case else ''}")
+    print(
+        f"{n_scenes} scenes x {args.scene_duration} s at 346x260, 30 fps RGB, storage {args.storage}"
+        f"{', worst case (two moving objects)' if args.worst_case else ''}"
+    )
     worst = dict(n_objects=2, motions=tuple(m for m in MOTIONS if m != "still")) if args.worst_case else {}
     for seed in args.seeds:
-        config = StreamConfig(n_scenes=n_scenes, scene_duration_s=args.scene_duration, seed=seed,
-                              clocks=ClockModel(3_000_000, 1.0, 0.02), **worst)
+        config = StreamConfig(
+            n_scenes=n_scenes,
+            scene_duration_s=args.scene_duration,
+            seed=seed,
+            clocks=ClockModel(3_000_000, 1.0, 0.02),
+            **worst,
+        )
         t0 = time.perf_counter()
         scenes = list(iter_scenes(config))
         t_sim = time.perf_counter() - t0
@@ -82,8 +94,10 @@ def main() -> None:
             t_write = time.perf_counter() - t1
             size = sum(p.stat().st_size for p in (Path(tmp) / "bag").iterdir())
         total = t_sim + t_write
-        print(f"seed {seed}: total {total:5.1f} s (simulate {t_sim:4.1f} s + write {t_write:4.1f} s), "
-              f"{events / 1e6:.2f} M events in {packets} packets, {count} messages, {size / 1e6:.0f} MB")
+        print(
+            f"seed {seed}: total {total:5.1f} s (simulate {t_sim:4.1f} s + write {t_write:4.1f} s), "
+            f"{events / 1e6:.2f} M events in {packets} packets, {count} messages, {size / 1e6:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

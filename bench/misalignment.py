@@ -26,6 +26,7 @@ clip span 1 s):
 Plots: ``bench/figures/misalignment_axes.png`` (the four figures against every axis) and
 ``bench/figures/misalignment_sources.png`` (applied offset error per round, per source).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,15 +77,33 @@ class Setup:
 class Stream:
     """One synthetic stream, its rounds, and every input a round can ask for."""
 
-    def __init__(self, zoo: Any, scenes: int, seed: int, jitter_ms: float = 0.0, drop: float = 0.0,
-                 drift_ppm: float = 0.0, strobe: bool = False, moving_only: bool = False,
-                 round_at_s: float | None = None) -> None:
+    def __init__(
+        self,
+        zoo: Any,
+        scenes: int,
+        seed: int,
+        jitter_ms: float = 0.0,
+        drop: float = 0.0,
+        drift_ppm: float = 0.0,
+        strobe: bool = False,
+        moving_only: bool = False,
+        round_at_s: float | None = None,
+    ) -> None:
         g = zoo.geometry
         self.config = StreamConfig(
-            n_scenes=scenes, height=g.image_size, width=g.image_size, seed=seed, scene_duration_s=g.scene_duration_s,
-            clocks=ClockModel(event_offset_ns=int(TRUE_OFFSET_MS * 1e6), jitter_ms=jitter_ms, drop_rate=drop,
-                              event_drift_ppm=drift_ppm),
-            packets=PacketConfig(time_threshold_us=5000), esim=replace(EsimConfig(), noise_rate_hz=0.1),
+            n_scenes=scenes,
+            height=g.image_size,
+            width=g.image_size,
+            seed=seed,
+            scene_duration_s=g.scene_duration_s,
+            clocks=ClockModel(
+                event_offset_ns=int(TRUE_OFFSET_MS * 1e6),
+                jitter_ms=jitter_ms,
+                drop_rate=drop,
+                event_drift_ppm=drift_ppm,
+            ),
+            packets=PacketConfig(time_threshold_us=5000),
+            esim=replace(EsimConfig(), noise_rate_hz=0.1),
             strobe=StrobeConfig(missing=(11,)) if strobe else None,
             **({"motions": ("left", "right", "up", "down")} if moving_only else {}),
         )
@@ -94,7 +113,9 @@ class Stream:
             for f in s.frames:
                 self.frames.insert(f.stamp_ns, f.image)
         anchor = self.config.start_ns + self.config.clocks.event_offset_ns  # event clock = sensor time + anchor
-        self.events = np.concatenate([p.events for s in self.scenes for p in s.packets]) if self.scenes else np.zeros(0, CD_DTYPE)
+        self.events = (
+            np.concatenate([p.events for s in self.scenes for p in s.packets]) if self.scenes else np.zeros(0, CD_DTYPE)
+        )
         self.event_ns = self.events["t"].astype(np.int64) * 1000 + anchor
         self.anchor_ns = anchor
         d = self.config.scene_duration_ns
@@ -114,7 +135,8 @@ class Stream:
         w = int(setup.window_s * 1e9)
         sel = (self.event_ns >= T - w) & (self.event_ns <= T)
         event_image = np.asarray(self.renderer.render(self.events[sel])[0], np.uint8).reshape(
-            self.geometry.image_size, self.geometry.image_size, 3)
+            self.geometry.image_size, self.geometry.image_size, 3
+        )
         t_rgb = T - believed_ns
         near = self.frames.nearest(t_rgb)
         assert near is not None
@@ -126,14 +148,20 @@ class Stream:
 def run_round(zoo: Any, stream: Stream, i: int, believed_ns: int, setup: Setup, budget: int) -> dict[str, Any]:
     ev, frame, clip = stream.inputs(i, believed_ns, setup)
     ctx = [zoo.context("drafter", ev), zoo.context("refiner", frame), zoo.context("target", clip)]
-    res = CascadeDecoder([zoo.drafter, zoo.refiner, zoo.target], mode="lossless-greedy", gamma=4,
-                         adaptive=False).generate(ctx, budget)
+    res = CascadeDecoder(
+        [zoo.drafter, zoo.refiner, zoo.target], mode="lossless-greedy", gamma=4, adaptive=False
+    ).generate(ctx, budget)
     eos = zoo.target.eos_token_id
     text = zoo.decode([t for t in res.token_ids if t != eos])
     s = res.stats.stages
-    return {"drafted": [s[0].drafted, s[1].drafted], "accepted": [s[0].accepted, s[1].accepted],
-            "tokens": len(res.token_ids), "forwards": res.stats.target_forwards,
-            "exact": text.strip() == stream.truth[i], "text": text}
+    return {
+        "drafted": [s[0].drafted, s[1].drafted],
+        "accepted": [s[0].accepted, s[1].accepted],
+        "tokens": len(res.token_ids),
+        "forwards": res.stats.target_forwards,
+        "exact": text.strip() == stream.truth[i],
+        "text": text,
+    }
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -151,11 +179,15 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
 def sweep(zoo: Any, stream: Stream, setups: list[tuple[str, float, Setup]], budget: int) -> list[dict[str, Any]]:
     out = []
     for axis, value, setup in setups:
-        rows = [run_round(zoo, stream, i, stream.true_ns[i] + int(setup.error_ms * 1e6), setup, budget)
-                for i in range(len(stream.rounds))]
+        rows = [
+            run_round(zoo, stream, i, stream.true_ns[i] + int(setup.error_ms * 1e6), setup, budget)
+            for i in range(len(stream.rounds))
+        ]
         out.append({"axis": axis, "value": value, **summarise(rows)})
-        print(f"  {axis:>14} {value:>8}: {json.dumps({k: round(v, 3) for k, v in out[-1].items() if isinstance(v, float)})}",
-              flush=True)
+        print(
+            f"  {axis:>14} {value:>8}: {json.dumps({k: round(v, 3) for k, v in out[-1].items() if isinstance(v, float)})}",
+            flush=True,
+        )
     return out
 
 
@@ -170,7 +202,11 @@ def applied_offsets(stream: Stream, source: str) -> tuple[list[int], list[str]]:
     start = stream.config.start_ns
     frames = [(f.stamp_ns, f.image) for s in stream.scenes for f in s.frames]
     trig = [p.triggers for s in stream.scenes for p in s.packets if p.triggers.size]
-    trig_t = np.concatenate([t["t"] for t in trig]).astype(np.int64) * 1000 + stream.anchor_ns if trig else np.zeros(0, np.int64)
+    trig_t = (
+        np.concatenate([t["t"] for t in trig]).astype(np.int64) * 1000 + stream.anchor_ns
+        if trig
+        else np.zeros(0, np.int64)
+    )
     trig_all = np.concatenate(trig) if trig else None
     fed_ev = fed_fr = fed_tr = 0
     out, sources = [], []
@@ -180,7 +216,9 @@ def applied_offsets(stream: Stream, source: str) -> tuple[list[int], list[str]]:
         while tick <= T:  # the data up to each second boundary before this round, then an estimate
             hi_ev = int(np.searchsorted(stream.event_ns, tick, side="right"))
             e = stream.events[fed_ev:hi_ev]
-            est.add_events(stream.event_ns[fed_ev:hi_ev], e["x"], e["y"], e["p"], stream.config.width, stream.config.height)
+            est.add_events(
+                stream.event_ns[fed_ev:hi_ev], e["x"], e["y"], e["p"], stream.config.width, stream.config.height
+            )
             fed_ev = hi_ev
             while fed_fr < len(frames) and frames[fed_fr][0] <= tick:  # arrival by its own stamp
                 est.add_frame(*frames[fed_fr])
@@ -220,12 +258,16 @@ def compare_sources(zoo: Any, stream: Stream, budget: int) -> dict[str, Any]:
             "sources": sources,
             "max_error_after_settle_ms": max((abs(errors[i]) for i in settled), default=float("nan")),
             "exact_after_settle": float(np.mean([rows[i]["exact"] for i in settled])) if settled else float("nan"),
-            "oracle_exact_same_rounds": float(np.mean([oracle_rows[i]["exact"] for i in settled])) if settled else float("nan"),
+            "oracle_exact_same_rounds": float(np.mean([oracle_rows[i]["exact"] for i in settled]))
+            if settled
+            else float("nan"),
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        print(f"  source {source:>8}: errors after {SETTLE_S:.0f} s max {result[source]['max_error_after_settle_ms']:.2f} ms, "
-              f"exact {result[source]['exact_after_settle']:.3f} vs oracle {result[source]['oracle_exact_same_rounds']:.3f}",
-              flush=True)
+        print(
+            f"  source {source:>8}: errors after {SETTLE_S:.0f} s max {result[source]['max_error_after_settle_ms']:.2f} ms, "
+            f"exact {result[source]['exact_after_settle']:.3f} vs oracle {result[source]['oracle_exact_same_rounds']:.3f}",
+            flush=True,
+        )
     result["round_times_s"] = [round((t - stream.config.start_ns) / 1e9, 3) for t in stream.rounds_rgb]
     return result
 
@@ -237,11 +279,20 @@ def plot(axes_rows: list[dict[str, Any]], sources: dict[str, Any]) -> list[Path]
     import matplotlib.pyplot as plt
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    names = [("offset_error", "offset error [ms], round 40 ms before a cut"),
-             ("offset_error_mid", "offset error [ms], round mid-scene"), ("jitter", "RGB stamp jitter std [ms]"),
-             ("drop_rate", "frame drop rate"), ("event_window", "event window [s]"), ("clip_span", "clip span [s]")]
-    metrics = [("drafter_acceptance", "drafter acceptance"), ("refiner_acceptance", "refiner acceptance"),
-               ("exact_match", "caption exact match"), ("tokens_per_step", "tokens / verifier step")]
+    names = [
+        ("offset_error", "offset error [ms], round 40 ms before a cut"),
+        ("offset_error_mid", "offset error [ms], round mid-scene"),
+        ("jitter", "RGB stamp jitter std [ms]"),
+        ("drop_rate", "frame drop rate"),
+        ("event_window", "event window [s]"),
+        ("clip_span", "clip span [s]"),
+    ]
+    metrics = [
+        ("drafter_acceptance", "drafter acceptance"),
+        ("refiner_acceptance", "refiner acceptance"),
+        ("exact_match", "caption exact match"),
+        ("tokens_per_step", "tokens / verifier step"),
+    ]
     fig, axs = plt.subplots(len(metrics), len(names), figsize=(4 * len(names), 2.6 * len(metrics)), squeeze=False)
     for c, (axis, label) in enumerate(names):
         rows = sorted((r for r in axes_rows if r["axis"] == axis), key=lambda r: r["value"])
@@ -303,19 +354,33 @@ def main(argv: list[str] | None = None) -> int:
     rows = sweep(zoo, base, [("offset_error", e, Setup(error_ms=e)) for e in errors], budget)
     mid = Stream(zoo, scenes, args.seed, round_at_s=MID_ROUND_S)
     rows += sweep(zoo, mid, [("offset_error_mid", e, Setup(error_ms=e)) for e in errors], budget)
-    rows += sweep(zoo, base, [("event_window", w, Setup(window_s=w)) for w in (WINDOWS_S[:2] if args.quick else WINDOWS_S)], budget)
-    rows += sweep(zoo, base, [("clip_span", s, Setup(span_s=s)) for s in (SPANS_S[:2] if args.quick else SPANS_S)], budget)
-    for j in (JITTER_MS[1:2] if args.quick else JITTER_MS):
+    rows += sweep(
+        zoo,
+        base,
+        [("event_window", w, Setup(window_s=w)) for w in (WINDOWS_S[:2] if args.quick else WINDOWS_S)],
+        budget,
+    )
+    rows += sweep(
+        zoo, base, [("clip_span", s, Setup(span_s=s)) for s in (SPANS_S[:2] if args.quick else SPANS_S)], budget
+    )
+    for j in JITTER_MS[1:2] if args.quick else JITTER_MS:
         rows += sweep(zoo, Stream(zoo, scenes, args.seed, jitter_ms=j), [("jitter", j, Setup())], budget)
-    for d in (DROPS[1:2] if args.quick else DROPS):
+    for d in DROPS[1:2] if args.quick else DROPS:
         rows += sweep(zoo, Stream(zoo, scenes, args.seed, drop=d), [("drop_rate", d, Setup())], budget)
     # the Must-show's condition: scenes in motion (a still scene has nothing to align by)
     strobed = Stream(zoo, scenes, args.seed, drift_ppm=40.0, strobe=True, moving_only=True)
     sources = compare_sources(zoo, strobed, budget)
     figures = [] if args.no_plots else plot(rows, sources)
-    result = {"scenes": scenes, "seed": args.seed, "true_offset_ms": TRUE_OFFSET_MS, "axes": rows, "sources": sources,
-              "figures": [str(p) for p in figures], "seconds": round(time.perf_counter() - started, 1),
-              "machine": f"{platform.machine()}, {platform.python_version()}"}
+    result = {
+        "scenes": scenes,
+        "seed": args.seed,
+        "true_offset_ms": TRUE_OFFSET_MS,
+        "axes": rows,
+        "sources": sources,
+        "figures": [str(p) for p in figures],
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+    }
     if args.json:
         print(json.dumps(result, indent=1))
     print(f"done in {result['seconds']} s; figures: {', '.join(result['figures']) or 'none'}")

@@ -10,6 +10,7 @@ the cascade's verifier time went (prefill, verification passes, waiting for draf
 
 Run on a quiet machine: every other process competes with the stages for the cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGE_SETS = {"all": ("drafter", "refiner", "verifier"), "refiner": ("refiner", "verifier"),
-              "drafter": ("drafter", "verifier")}
+STAGE_SETS = {
+    "all": ("drafter", "refiner", "verifier"),
+    "refiner": ("refiner", "verifier"),
+    "drafter": ("drafter", "verifier"),
+}
 
 
 def main() -> int:
@@ -32,8 +36,13 @@ def main() -> int:
     parser.add_argument("--configs", default="all", help=f"comma-separated stage sets from {sorted(STAGE_SETS)}")
     parser.add_argument("--noise", default="0.1", help="comma-separated background activity rates [ev/px/s]")
     parser.add_argument("--one-process", action="store_true", help="compose the stages in one process instead")
-    parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
-                        help="node parameter for every configuration (as cascade-sd demo --param)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NODE:NAME=VALUE",
+        help="node parameter for every configuration (as cascade-sd demo --param)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per configuration")
     args = parser.parse_args()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -47,24 +56,53 @@ def main() -> int:
     for name in args.configs.split(","):
         for noise in (float(x) for x in args.noise.split(",")):
             results, speed, info = run_demo(
-                n_scenes=args.scenes, seed=args.seed, sources={}, mode="lossless-greedy", stages=STAGE_SETS[name],
-                offset_ns=30_000_000, jitter_ms=2.0, drop_rate=0.05, device="cpu", timeout_s=60.0, rate=1.0,
-                one_process=args.one_process, noise_hz=noise, overrides=parse_params(args.param))
+                n_scenes=args.scenes,
+                seed=args.seed,
+                sources={},
+                mode="lossless-greedy",
+                stages=STAGE_SETS[name],
+                offset_ns=30_000_000,
+                jitter_ms=2.0,
+                drop_rate=0.05,
+                device="cpu",
+                timeout_s=60.0,
+                rate=1.0,
+                one_process=args.one_process,
+                noise_hz=noise,
+                overrides=parse_params(args.param),
+            )
             equal = sum(bool(r.equal) for r in results)
-            parts = {k: statistics.median(r.parts_ms[k] for r in results if r.parts_ms)
-                     for k in ("prefill", "verify", "draft_wait", "other")} if any(r.parts_ms for r in results) else {}
-            row = {"stages": name, "noise_hz": noise, "params": args.param, "scenes": len(results), "equal": equal, **speed.to_dict(),
-                   "tokens_per_verifier_step": info["tokens_per_verifier_step"], "cascade_parts_p50_ms": parts,
-                   "processes": info["processes"]}
+            parts = (
+                {
+                    k: statistics.median(r.parts_ms[k] for r in results if r.parts_ms)
+                    for k in ("prefill", "verify", "draft_wait", "other")
+                }
+                if any(r.parts_ms for r in results)
+                else {}
+            )
+            row = {
+                "stages": name,
+                "noise_hz": noise,
+                "params": args.param,
+                "scenes": len(results),
+                "equal": equal,
+                **speed.to_dict(),
+                "tokens_per_verifier_step": info["tokens_per_verifier_step"],
+                "cascade_parts_p50_ms": parts,
+                "processes": info["processes"],
+            }
             if args.json:
                 print(json.dumps(row), flush=True)
                 continue
             c, a, b = speed.cascade, speed.alone, speed.bare
-            print(f"stages {name:8s} noise {noise:4.2f} {' '.join(args.param)} equal {equal}/{len(results)}  "
-                  f"cascade p50 {c.p50_ms:.0f} p95 {c.p95_ms:.0f} ms | alone p50 {a.p50_ms:.0f} p95 {a.p95_ms:.0f} ms "
-                  f"| bare p50 {b.p50_ms:.0f} ms | speed-up p50 {speed.speedup_p50:.2f}x "
-                  f"(alone/bare {speed.alone_over_bare:.2f}) | tokens/step {info['tokens_per_verifier_step']:.2f} "
-                  f"| cascade parts p50 {json.dumps(parts)}", flush=True)
+            print(
+                f"stages {name:8s} noise {noise:4.2f} {' '.join(args.param)} equal {equal}/{len(results)}  "
+                f"cascade p50 {c.p50_ms:.0f} p95 {c.p95_ms:.0f} ms | alone p50 {a.p50_ms:.0f} p95 {a.p95_ms:.0f} ms "
+                f"| bare p50 {b.p50_ms:.0f} ms | speed-up p50 {speed.speedup_p50:.2f}x "
+                f"(alone/bare {speed.alone_over_bare:.2f}) | tokens/step {info['tokens_per_verifier_step']:.2f} "
+                f"| cascade parts p50 {json.dumps(parts)}",
+                flush=True,
+            )
     return 0
 
 

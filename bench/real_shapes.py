@@ -14,6 +14,7 @@ CLIP ViT-L/14 towers at 224 px, 8 frames (2,056 video positions); EventGPT-7B = 
 with CLIP ViT-L/14 at 336 px, the 1024 -> 4096 -> 4096 GELU projector and the 4096 feature adaptor;
 TinyLLaVA-1.1B = TinyLlama (2048 wide, 22 layers, 4 KV heads) with SigLIP-so400m at 384 px.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,24 +35,42 @@ from cascade_sd_ros.core.spec.prompt import expand_placeholder, media_token_coun
 GAMMA = 5
 MAX_NEW = 8
 SCALES = {  # name -> (llama 7B, tinyllama, clip-L, siglip-so400m)
-    "real": dict(llama=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                            num_key_value_heads=32),
-                 tiny=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                           num_key_value_heads=4),
-                 clip=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                           patch_size=14),
-                 siglip=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                             patch_size=14),
-                 sizes=dict(video=224, eventgpt=336, siglip=384), vocab=32064),
-    "tiny": dict(llama=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=2),
-                 tiny=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           num_key_value_heads=1),
-                 clip=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
-                           patch_size=14),
-                 siglip=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             patch_size=14),
-                 sizes=dict(video=28, eventgpt=42, siglip=28), vocab=1024),
+    "real": dict(
+        llama=dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+        ),
+        tiny=dict(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+        ),
+        clip=dict(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14
+        ),
+        siglip=dict(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14
+        ),
+        sizes=dict(video=224, eventgpt=336, siglip=384),
+        vocab=32064,
+    ),
+    "tiny": dict(
+        llama=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+        ),
+        tiny=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
+        ),
+        clip=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1, patch_size=14),
+        siglip=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14),
+        sizes=dict(video=28, eventgpt=42, siglip=28),
+        vocab=1024,
+    ),
 }
 IMAGE_ID, VIDEO_ID = 32000, 32001  # Video-LLaVA-7B-hf's placeholders (TinyLLaVA's image id: 32000 too)
 
@@ -84,10 +103,14 @@ def build_models(scale: str, device: torch.device, dtype: torch.dtype) -> dict[s
     torch.manual_seed(0)
     with torch.device(device):
         before = _mem(device)
-        cfg = VideoLlavaConfig(text_config=LlamaConfig(vocab_size=vocab, **s["llama"]).to_dict(),
-                               vision_config=CLIPVisionConfig(image_size=s["sizes"]["video"], **s["clip"]).to_dict(),
-                               image_token_index=IMAGE_ID % vocab, video_token_index=VIDEO_ID % vocab,
-                               vision_feature_layer=-2, vision_feature_select_strategy="default")
+        cfg = VideoLlavaConfig(
+            text_config=LlamaConfig(vocab_size=vocab, **s["llama"]).to_dict(),
+            vision_config=CLIPVisionConfig(image_size=s["sizes"]["video"], **s["clip"]).to_dict(),
+            image_token_index=IMAGE_ID % vocab,
+            video_token_index=VIDEO_ID % vocab,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
         target = VideoLlavaForConditionalGeneration(cfg).to(dtype).eval()
         out["target"] = (HFAdapter(target, name="target", modality="video", eos_token_id=2), _mem(device) - before)
         before = _mem(device)
@@ -98,26 +121,33 @@ def build_models(scale: str, device: torch.device, dtype: torch.dtype) -> dict[s
         eventgpt = EventGPT(lm, tower, projector, torch.nn.Linear(width, width)).to(dtype).eval()
         out["eventgpt"] = (EventGPTAdapter(eventgpt, placeholder_id=0, name="eventgpt"), _mem(device) - before)
         before = _mem(device)
-        cfg = LlavaConfig(text_config=LlamaConfig(vocab_size=vocab, **s["tiny"]).to_dict(),
-                          vision_config=SiglipVisionConfig(image_size=s["sizes"]["siglip"], **s["siglip"]).to_dict(),
-                          image_token_index=IMAGE_ID % vocab, vision_feature_layer=-2,
-                          vision_feature_select_strategy="full")
+        cfg = LlavaConfig(
+            text_config=LlamaConfig(vocab_size=vocab, **s["tiny"]).to_dict(),
+            vision_config=SiglipVisionConfig(image_size=s["sizes"]["siglip"], **s["siglip"]).to_dict(),
+            image_token_index=IMAGE_ID % vocab,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="full",
+        )
         tiny = LlavaForConditionalGeneration(cfg).to(dtype).eval()
         out["tinyllava"] = (HFAdapter(tiny, name="tinyllava", modality="image", eos_token_id=2), _mem(device) - before)
     return out
 
 
-def _context(adapter: object, modality: str, size: int, frames: int, device: torch.device,
-             dtype: torch.dtype) -> StageContext:
+def _context(
+    adapter: object, modality: str, size: int, frames: int, device: torch.device, dtype: torch.dtype
+) -> StageContext:
     vocab = int(adapter.vocab_size)  # type: ignore[attr-defined]
     text = [t % vocab for t in (1, 3148, 1001, 29901, 29871)]  # bos + a few ordinary ids ("USER: ")
     if isinstance(adapter, EventGPTAdapter):
         n = adapter.expected_media_tokens(1)
-        return StageContext((*text, *([0] * n), 13, 4220 % vocab), torch.randn(1, 3, size, size, device=device, dtype=dtype),
-                            "image")
+        return StageContext(
+            (*text, *([0] * n), 13, 4220 % vocab), torch.randn(1, 3, size, size, device=device, dtype=dtype), "image"
+        )
     config = adapter.model.config  # type: ignore[attr-defined]
     placeholder = config.video_token_index if modality == "video" else config.image_token_index
-    ids = expand_placeholder([*text, placeholder, 13, 4220 % vocab], placeholder, media_token_count(config, modality, frames))
+    ids = expand_placeholder(
+        [*text, placeholder, 13, 4220 % vocab], placeholder, media_token_count(config, modality, frames)
+    )
     shape = (1, frames, 3, size, size) if modality == "video" else (1, 3, size, size)
     return StageContext(ids, torch.randn(*shape, device=device, dtype=dtype), modality)
 
@@ -146,12 +176,21 @@ def main(argv: list[str] | None = None) -> int:
         res = CascadeDecoder([drafter, target], gamma=GAMMA, adaptive=False).generate([dctx, tctx], MAX_NEW)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        rows[name].update(round_s=round(time.perf_counter() - start, 3), caption_tokens=len(res.token_ids),
-                          drafted=res.stats.stages[0].drafted, accepted=res.stats.stages[0].accepted,
-                          peak_gb=_gb(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None)
-    result = {"device": str(device), "scale": args.scale, "dtype": str(dtype).replace("torch.", ""),
-              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "stages": rows, "wall_s": round(time.perf_counter() - t0, 1)}
+        rows[name].update(
+            round_s=round(time.perf_counter() - start, 3),
+            caption_tokens=len(res.token_ids),
+            drafted=res.stats.stages[0].drafted,
+            accepted=res.stats.stages[0].accepted,
+            peak_gb=_gb(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+        )
+    result = {
+        "device": str(device),
+        "scale": args.scale,
+        "dtype": str(dtype).replace("torch.", ""),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "stages": rows,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

@@ -115,9 +115,11 @@ class MethodRun:
 
 
 # ------------------------------------------------------------------ models
-def video_shell(source: LlavaForConditionalGeneration | VideoLlavaForConditionalGeneration,
-                target: VideoLlavaForConditionalGeneration,
-                layers: int | None = None) -> VideoLlavaForConditionalGeneration:
+def video_shell(
+    source: LlavaForConditionalGeneration | VideoLlavaForConditionalGeneration,
+    target: VideoLlavaForConditionalGeneration,
+    layers: int | None = None,
+) -> VideoLlavaForConditionalGeneration:
     """A VideoLlava with `source`'s weights (vision tower copied to image and video towers).
 
     `layers`: keep only the first decoder layers (a truncated copy when `source` is the target).
@@ -133,7 +135,7 @@ def video_shell(source: LlavaForConditionalGeneration | VideoLlavaForConditional
     state = {}
     for key, value in source.state_dict().items():
         if key.startswith("model.vision_tower."):
-            rest = key[len("model.vision_tower."):]
+            rest = key[len("model.vision_tower.") :]
             state["model.image_tower." + rest] = value
             state["model.video_tower." + rest] = value
         else:
@@ -198,25 +200,48 @@ def setup_zoo(n_prompts: int, device: str, root: Path | None) -> Setup:
         clip, events, _ = build_sample(0, EVAL_STREAM, i, zoo.geometry, with_events=True)
         drafter = zoo.context("drafter", events)
         fids = build_prompt_ids(foreign.assistant_tokenizer, zoo.prompt, "image", fmodel.config, 1)
-        prompts.append(Prompt(zoo.context("target", clip), zoo.context("refiner", clip[-1]), drafter,
-                              StageContext(fids, drafter.pixel_values, "image")))
+        prompts.append(
+            Prompt(
+                zoo.context("target", clip),
+                zoo.context("refiner", clip[-1]),
+                drafter,
+                StageContext(fids, drafter.pixel_values, "image"),
+            )
+        )
     # The assistant must take the target's inputs; the refiner (RGB-trained, the target was grown
     # from it) agrees with the target more in a VideoLlava shell than the event-trained drafter.
     shell = video_shell(zoo.refiner.model, zoo.target.model)
     assistant = HFAdapter(shell, name="assistant", modality="video")
-    note = (f"trained tiny zoo ({root or 'cascade_sd_ros/zoo'}); scenes from the zoo's held-out stream; assistant = "
-            "the zoo refiner's weights in a VideoLlava shell fed the target's 8-frame clip")
-    note += ("; foreign-tokenizer drafter = the zoo drafter under another tokenizer (core.zoo.foreign), drafting as text "
-             "on its event image; universal assisted generate() = its language model as transformers' assistant "
-             "(assistant_tokenizer=), which sees the prompt's text but no image")
+    note = (
+        f"trained tiny zoo ({root or 'cascade_sd_ros/zoo'}); scenes from the zoo's held-out stream; assistant = "
+        "the zoo refiner's weights in a VideoLlava shell fed the target's 8-frame clip"
+    )
+    note += (
+        "; foreign-tokenizer drafter = the zoo drafter under another tokenizer (core.zoo.foreign), drafting as text "
+        "on its event image; universal assisted generate() = its language model as transformers' assistant "
+        "(assistant_tokenizer=), which sees the prompt's text but no image"
+    )
     return Setup("zoo", zoo.target, zoo.refiner, zoo.drafter, assistant, prompts, note, foreign)
 
 
 def setup_random(n_prompts: int, quick: bool, device: str) -> Setup:
-    sizes = dict(vocab_size=256, hidden_size=128, target_layers=4) if quick else \
-        dict(vocab_size=2048, hidden_size=768, target_layers=6)
-    tm = tiny_models(0, **sizes, refiner_layers=2, drafter_layers=1, num_frames=8, image_size=16, patch_size=8,
-                     question_len=12, aligned=True, device=device)
+    sizes = (
+        dict(vocab_size=256, hidden_size=128, target_layers=4)
+        if quick
+        else dict(vocab_size=2048, hidden_size=768, target_layers=6)
+    )
+    tm = tiny_models(
+        0,
+        **sizes,
+        refiner_layers=2,
+        drafter_layers=1,
+        num_frames=8,
+        image_size=16,
+        patch_size=8,
+        question_len=12,
+        aligned=True,
+        device=device,
+    )
     # Random logits are nearly flat, so every extra layer flips argmaxes; damp what the layers after
     # the first add to the residual stream (target and refiner alike, so copies stay exact prefixes).
     with torch.no_grad():
@@ -230,11 +255,13 @@ def setup_random(n_prompts: int, quick: bool, device: str) -> Setup:
         prompts.append(Prompt(c.target, c.refiner, c.drafter))
     shell = video_shell(tm.target.model, tm.target.model, layers=1)
     assistant = HFAdapter(shell, name="assistant", modality="video")
-    note = (f"random models: target VideoLlava hidden {sizes['hidden_size']}, {sizes['target_layers']} layers, "
-            f"vocab {sizes['vocab_size']}, 8 frames of 16 px (40 video tokens); refiner/drafter Llava with 2/1 "
-            "layers, truncated copies of the target (its vision tower, projector, embeddings, first layers, norm "
-            "and LM head) seeing the clip's last/first frame; assistant = the target truncated to 1 layer; residual "
-            f"outputs of decoder layers after the first scaled by {DAMPING} so that truncated copies agree often")
+    note = (
+        f"random models: target VideoLlava hidden {sizes['hidden_size']}, {sizes['target_layers']} layers, "
+        f"vocab {sizes['vocab_size']}, 8 frames of 16 px (40 video tokens); refiner/drafter Llava with 2/1 "
+        "layers, truncated copies of the target (its vision tower, projector, embeddings, first layers, norm "
+        "and LM head) seeing the clip's last/first frame; assistant = the target truncated to 1 layer; residual "
+        f"outputs of decoder layers after the first scaled by {DAMPING} so that truncated copies agree often"
+    )
     return Setup("random", tm.target, tm.refiner, tm.drafter, assistant, prompts, note)
 
 
@@ -244,18 +271,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def hf_generate(target: HFAdapter, ctx: StageContext, max_new: int,
-                assistant: HFAdapter | None = None, foreign: Foreign | None = None) -> list[int]:
+def hf_generate(
+    target: HFAdapter,
+    ctx: StageContext,
+    max_new: int,
+    assistant: HFAdapter | None = None,
+    foreign: Foreign | None = None,
+) -> list[int]:
     kwargs = {"pixel_values_videos": ctx.pixel_values.to(target.device, target.model.dtype)}
     if assistant is not None:
         kwargs["assistant_model"] = assistant.model
     if foreign is not None:  # universal assisted generation: another tokenizer, drafts re-tokenised as text
-        kwargs.update(assistant_model=foreign.assistant, tokenizer=foreign.target_tokenizer,
-                      assistant_tokenizer=foreign.assistant_tokenizer)
+        kwargs.update(
+            assistant_model=foreign.assistant,
+            tokenizer=foreign.target_tokenizer,
+            assistant_tokenizer=foreign.assistant_tokenizer,
+        )
     ids = torch.tensor([ctx.input_ids], device=target.device)
     with torch.inference_mode():
         out = target.model.generate(input_ids=ids, max_new_tokens=max_new, do_sample=False, **kwargs)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def verify_cost_ratio(target: HFAdapter, ctx: StageContext, ks: Sequence[int], reps: int) -> dict[int, float]:
@@ -281,24 +316,31 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
     t, r, d, a = setup.target, setup.refiner, setup.drafter, setup.assistant
     engines: dict[str, tuple[Callable[[], CascadeDecoder], Callable[[Prompt], list[StageContext]]]] = {
         "engine target-only": (lambda: CascadeDecoder([t]), lambda p: [p.target]),
-        "engine 2-stage (same assistant)": (lambda: CascadeDecoder([a, t], gamma=gamma),
-                                            lambda p: [p.target, p.target]),
-        "engine 2-stage (event drafter)": (lambda: CascadeDecoder([d, t], gamma=gamma),
-                                           lambda p: [p.drafter, p.target]),
-        "engine 3-stage": (lambda: CascadeDecoder([d, r, t], gamma=(gamma, gamma + 1)),
-                           lambda p: [p.drafter, p.refiner, p.target]),
+        "engine 2-stage (same assistant)": (
+            lambda: CascadeDecoder([a, t], gamma=gamma),
+            lambda p: [p.target, p.target],
+        ),
+        "engine 2-stage (event drafter)": (
+            lambda: CascadeDecoder([d, t], gamma=gamma),
+            lambda p: [p.drafter, p.target],
+        ),
+        "engine 3-stage": (
+            lambda: CascadeDecoder([d, r, t], gamma=(gamma, gamma + 1)),
+            lambda p: [p.drafter, p.refiner, p.target],
+        ),
         # lossy modes: they report what they traded (tokens accepted that the exact rule would reject)
         "engine 3-stage pyramid (tau 0.3/0.3)": (
             lambda: CascadeDecoder([d, r, t], "pyramid", gamma=(gamma, gamma + 1), taus=(0.3, 0.3)),
-            lambda p: [p.drafter, p.refiner, p.target]),
+            lambda p: [p.drafter, p.refiner, p.target],
+        ),
         "engine 2-stage cascade (opt, alpha 0.3)": (
             lambda: CascadeDecoder([d, t], "cascade", gamma=gamma, deferral="opt", alpha=0.3),
-            lambda p: [p.drafter, p.target]),
+            lambda p: [p.drafter, p.target],
+        ),
     }
     foreign = setup.foreign
     if foreign is not None:
-        engines[FOREIGN] = (lambda: CascadeDecoder([foreign.drafter, t], gamma=gamma),
-                            lambda p: [p.foreign, p.target])
+        engines[FOREIGN] = (lambda: CascadeDecoder([foreign.drafter, t], gamma=gamma), lambda p: [p.foreign, p.target])
     # transformers' own adaptive schedule from the same initial draft length (its default drafts 20)
     for gen in [a.model.generation_config] + ([foreign.assistant.generation_config] if foreign else []):
         gen.num_assistant_tokens = gamma
@@ -375,8 +417,9 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
             entry["token_agreement"] = round(m.same_tokens / max(runs[TARGET_ONLY].tokens, 1), 3)
         if m.drafted:
             # in target tokens: what the target checked (a text drafter's drafts re-tokenised into its ids)
-            entry["acceptance"] = {s: round(m.accepted[s] / m.drafted[s], 3) if m.drafted[s] else None
-                                   for s in m.drafted}
+            entry["acceptance"] = {
+                s: round(m.accepted[s] / m.drafted[s], 3) if m.drafted[s] else None for s in m.drafted
+            }
             entry["target_forwards"] = m.target_forwards
         methods[name] = entry
     return methods
@@ -384,10 +427,18 @@ def run(setup: Setup, max_new: int, gamma: int, reps: int) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", choices=("zoo", "random"), default=None,
-                        help="zoo (default when the trained zoo's weights exist) or random")
-    parser.add_argument("--zoo-root", type=Path, default=None,
-                        help="zoo folder with target/ refiner/ drafter/ (default: the shipped cascade_sd_ros/zoo)")
+    parser.add_argument(
+        "--models",
+        choices=("zoo", "random"),
+        default=None,
+        help="zoo (default when the trained zoo's weights exist) or random",
+    )
+    parser.add_argument(
+        "--zoo-root",
+        type=Path,
+        default=None,
+        help="zoo folder with target/ refiner/ drafter/ (default: the shipped cascade_sd_ros/zoo)",
+    )
     parser.add_argument("--prompts", type=int, default=None, help="number of prompts (default 12, quick 3)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="caption budget (default 32, quick 16)")
     parser.add_argument("--gamma", type=int, default=4, help="initial draft length (adaptive)")
@@ -406,8 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_new = args.max_new_tokens or (16 if args.quick else 32)
     kind = args.models or ("zoo" if zoo_available(args.zoo_root) else "random")
     if kind == "zoo" and not zoo_available(args.zoo_root):
-        parser.error(f"--models zoo: no trained zoo weights under {args.zoo_root or 'cascade_sd_ros/zoo'} "
-                     "(train them, or use --models random)")
+        parser.error(
+            f"--models zoo: no trained zoo weights under {args.zoo_root or 'cascade_sd_ros/zoo'} "
+            "(train them, or use --models random)"
+        )
     t_start = time.perf_counter()
     if kind == "zoo":
         setup = setup_zoo(n_prompts, args.device, args.zoo_root)
@@ -438,11 +491,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'method':44s} {'tok/s':>8s} {'x target':>9s} {'x assisted':>11s} {'equal':>6s}  acceptance")
     for name, m in methods.items():
         acc = ", ".join(f"{s} {v:.2f}" for s, v in m.get("acceptance", {}).items() if v is not None)
-        trade = f"  (lossy: traded {m['traded_tokens']} tokens, agreement {m['token_agreement']:.2f})" \
-            if "traded_tokens" in m else ""
+        trade = (
+            f"  (lossy: traded {m['traded_tokens']} tokens, agreement {m['token_agreement']:.2f})"
+            if "traded_tokens" in m
+            else ""
+        )
         uni = f"  ({m['vs_universal_assisted']:.2f}x universal assisted)" if name == FOREIGN else ""
-        print(f"{name:44s} {m['tokens_per_s']:8.1f} {m['vs_target_only']:9.2f} {m['vs_assisted']:11.2f} "
-              f"{str(m['equal_to_target']):>6s}  {acc}{trade}{uni}")
+        print(
+            f"{name:44s} {m['tokens_per_s']:8.1f} {m['vs_target_only']:9.2f} {m['vs_assisted']:11.2f} "
+            f"{str(m['equal_to_target']):>6s}  {acc}{trade}{uni}"
+        )
     print("verify cost ratio c(k): " + ", ".join(f"c({k})={v:.2f}" for k, v in c_k.items()))
     return 0
 

@@ -16,6 +16,7 @@ Parameters come from config/cascade.yaml (``params_file``); the arguments below 
 Topic remaps: ``events_topic`` and ``image_topic`` name the camera drivers' topics; everything the
 stages exchange (drafts, commits, captions) stays under ``namespace``.
 """
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.conditions import IfCondition
@@ -27,18 +28,29 @@ PACKAGE = "cascade_sd_ros"
 
 ARGUMENTS = (
     ("namespace", "cascade_sd", "namespace of the three stages and their topics"),
-    ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "cascade.yaml"]),
-     "parameter file for the three stages"),
+    (
+        "params_file",
+        PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "cascade.yaml"]),
+        "parameter file for the three stages",
+    ),
     ("device", "cpu", "torch device of every stage (cpu, cuda, cuda:N)"),
     ("dtype", "auto", "model dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
-    ("backend", "auto", "what runs each stage's model: auto (cuda-graphs where it can, else transformers), "
-                        "cuda-graphs or transformers; each node logs its choice and why"),
+    (
+        "backend",
+        "auto",
+        "what runs each stage's model: auto (cuda-graphs where it can, else transformers), "
+        "cuda-graphs or transformers; each node logs its choice and why",
+    ),
     ("target_model", "", "Video-LLaVA folder (empty: the shipped zoo)"),
     ("refiner_model", "", "refiner LLaVA folder (empty: the shipped zoo)"),
     ("drafter_model", "", "drafter LLaVA folder (empty: the shipped zoo)"),
     ("mode", "lossless-greedy", "lossless-greedy, lossless-sample, pyramid or cascade"),
-    ("draft_ids", "auto", "how drafts reach the target: auto (ids where vocabularies agree, else text), text, "
-                          "or same-vocab (a vocabulary mix stops the launch)"),
+    (
+        "draft_ids",
+        "auto",
+        "how drafts reach the target: auto (ids where vocabularies agree, else text), text, "
+        "or same-vocab (a vocabulary mix stops the launch)",
+    ),
     ("use_sim_time", "false", "follow /clock (bag replay)"),
     ("run_drafter", "true", "start event_drafter"),
     ("run_refiner", "true", "start frame_refiner"),
@@ -48,8 +60,13 @@ ARGUMENTS = (
 )
 
 
-def _stage(executable: str, model_arg: str, run_arg: str, remaps: list[tuple[str, LaunchConfiguration]],
-           extra: dict | None = None) -> Node:
+def _stage(
+    executable: str,
+    model_arg: str,
+    run_arg: str,
+    remaps: list[tuple[str, LaunchConfiguration]],
+    extra: dict | None = None,
+) -> Node:
     overrides = {
         "model": LaunchConfiguration(model_arg),
         "device": LaunchConfiguration("device"),
@@ -71,8 +88,11 @@ def _stage(executable: str, model_arg: str, run_arg: str, remaps: list[tuple[str
     )
 
 
-STAGES = (("drafter", "drafter_model", "run_drafter"), ("refiner", "refiner_model", "run_refiner"),
-          ("target", "target_model", "run_verifier"))
+STAGES = (
+    ("drafter", "drafter_model", "run_drafter"),
+    ("refiner", "refiner_model", "run_refiner"),
+    ("target", "target_model", "run_verifier"),
+)
 
 
 def _check_models(context: object) -> list[LogInfo]:
@@ -80,8 +100,11 @@ def _check_models(context: object) -> list[LogInfo]:
     from cascade_sd_ros.core.cooperation import plan_cooperation
     from cascade_sd_ros.core.stage_model import VocabularyMismatch
 
-    sources = {role: LaunchConfiguration(model).perform(context) for role, model, run in STAGES
-               if LaunchConfiguration(run).perform(context).strip().lower() in ("true", "1", "yes")}
+    sources = {
+        role: LaunchConfiguration(model).perform(context)
+        for role, model, run in STAGES
+        if LaunchConfiguration(run).perform(context).strip().lower() in ("true", "1", "yes")
+    }
     try:
         plan = plan_cooperation(sources, LaunchConfiguration("draft_ids").perform(context))
     except (VocabularyMismatch, ValueError) as exc:
@@ -93,10 +116,15 @@ def generate_launch_description() -> LaunchDescription:
     events = ("events", LaunchConfiguration("events_topic"))
     image = ("image", LaunchConfiguration("image_topic"))
     mode = {"mode": LaunchConfiguration("mode")}
-    return LaunchDescription([
-        *(DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS),
-        OpaqueFunction(function=_check_models),
-        _stage("event_drafter", "drafter_model", "run_drafter", [events]),
-        _stage("frame_refiner", "refiner_model", "run_refiner", [image], mode),
-        _stage("video_verifier", "target_model", "run_verifier", [image, events], mode),
-    ])
+    return LaunchDescription(
+        [
+            *(
+                DeclareLaunchArgument(name, default_value=default, description=desc)
+                for name, default, desc in ARGUMENTS
+            ),
+            OpaqueFunction(function=_check_models),
+            _stage("event_drafter", "drafter_model", "run_drafter", [events]),
+            _stage("frame_refiner", "refiner_model", "run_refiner", [image], mode),
+            _stage("video_verifier", "target_model", "run_verifier", [image, events], mode),
+        ]
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures. DDS stays on localhost, in a domain no other run on this machine uses."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,10 @@ EVT3_BAG = SHARED_DATA / "evt3_test_events_1"
 
 
 def pytest_report_header() -> str:
-    return f"ROS_DOMAIN_ID={DOMAIN.domain_id} (claimed for this run), ROS_AUTOMATIC_DISCOVERY_RANGE=" \
-           f"{os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']}"
+    return (
+        f"ROS_DOMAIN_ID={DOMAIN.domain_id} (claimed for this run), ROS_AUTOMATIC_DISCOVERY_RANGE="
+        f"{os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']}"
+    )
 
 
 def in_ci() -> bool:
@@ -44,8 +47,11 @@ def _no_process_outlives_its_test():
     yield
     left = processes.reap_leftovers(before, SESSION)
     if left:
-        pytest.fail("processes still running after the test (killed now): "
-                    + "; ".join(f"{pid}: {cmd[:160]}" for pid, cmd in sorted(left.items())), pytrace=False)
+        pytest.fail(
+            "processes still running after the test (killed now): "
+            + "; ".join(f"{pid}: {cmd[:160]}" for pid, cmd in sorted(left.items())),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Alignment core: time buffers, clock jumps, clip selection, offsets and their online estimate."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -130,7 +131,7 @@ def _moving_world(offset_ns: int, seconds: float = 4.0) -> tuple[np.ndarray, lis
         if moving:  # the box moves during (t - frame period, t]: events then, and a frame difference
             x = (x + 3) % 24
         img = np.zeros((32, 32), np.uint8)
-        img[10:20, x:x + 8] = 200
+        img[10:20, x : x + 8] = 200
         frames.append((t, img))
         if moving:
             ev_times.append(t - fps_ns + rng.integers(0, fps_ns, 400) + offset_ns)
@@ -161,7 +162,7 @@ def test_offset_estimator_says_when_steady_motion_leaves_the_offset_open() -> No
     for k in range(120):
         x = (x + 1) % 24
         img = np.zeros((32, 32), np.uint8)
-        img[10:20, x:x + 8] = 200
+        img[10:20, x : x + 8] = 200
         est.add_frame(k * fps_ns, img)
         est.add_events(k * fps_ns - rng.integers(0, fps_ns, 300))
     got = est.estimate()

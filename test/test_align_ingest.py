@@ -1,4 +1,5 @@
 """The RGB ingest state machine the refiner and verifier share: size check, jump reset, due rounds."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -83,5 +84,11 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="lead_ns"):
         _ingest(lead_ns=-1)
     with pytest.raises(KeyError, match="events"):
-        FrameIngest(offsets=StreamOffsets({"image": 0}), buffer_size=4, jump_tolerance_ns=0,
-                    schedule=RoundSchedule(0), slop_ns=0, stream="events")
+        FrameIngest(
+            offsets=StreamOffsets({"image": 0}),
+            buffer_size=4,
+            jump_tolerance_ns=0,
+            schedule=RoundSchedule(0),
+            slop_ns=0,
+            stream="events",
+        )

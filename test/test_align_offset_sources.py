@@ -1,5 +1,6 @@
 """Issue 18: the event-to-RGB offset without an oracle: estimated from the data, from strobe triggers,
 and which one the stages apply (pin, bound, hysteresis)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -23,14 +24,20 @@ MOVING = ("left", "right", "up", "down")
 
 def _stream(offset_ms: float, seed: int, n_scenes: int = 3, **clock: float) -> StreamConfig:
     return StreamConfig(
-        n_scenes=n_scenes, height=SIZE, width=SIZE, seed=seed, motions=MOVING,
+        n_scenes=n_scenes,
+        height=SIZE,
+        width=SIZE,
+        seed=seed,
+        motions=MOVING,
         clocks=ClockModel(event_offset_ns=int(round(offset_ms * 1e6)), **clock),  # type: ignore[arg-type]
-        packets=PacketConfig(time_threshold_us=5000), esim=replace(EsimConfig(), noise_rate_hz=0.1),
+        packets=PacketConfig(time_threshold_us=5000),
+        esim=replace(EsimConfig(), noise_rate_hz=0.1),
     )
 
 
-def _feed(config: StreamConfig, seconds: float, region: RegionOffsetEstimator,
-          glob: OffsetEstimator | None = None) -> None:
+def _feed(
+    config: StreamConfig, seconds: float, region: RegionOffsetEstimator, glob: OffsetEstimator | None = None
+) -> None:
     """The stream's first ``seconds`` as a node sees them: events placed on the event clock by their
     packet's stamp (the first event's sensor time is the stamp), frames by their own stamps."""
     for scene in iter_scenes(config):
@@ -96,9 +103,12 @@ def test_region_estimator_memory_is_bounded_by_count() -> None:
 
 # --------------------------------------------------------------------------- strobe triggers
 
+
 def _strobe_stream(offset_ms: float, drift_ppm: float, seed: int = 4) -> StreamConfig:
-    return replace(_stream(offset_ms, seed, n_scenes=2, event_drift_ppm=drift_ppm),
-                   strobe=StrobeConfig(missing=(7, 20), extra_per_s=2.0))
+    return replace(
+        _stream(offset_ms, seed, n_scenes=2, event_drift_ppm=drift_ppm),
+        strobe=StrobeConfig(missing=(7, 20), extra_per_s=2.0),
+    )
 
 
 def _feed_triggers(config: StreamConfig, sync: TriggerSync) -> list[tuple[int, int]]:
@@ -154,8 +164,11 @@ def test_strobe_from_the_first_edges_on() -> None:
         res = decoder.decode(p.payload)
         if res.triggers.size and res.triggers["t"][0] * 1000 <= frames[-1].true_ns - config.start_ns + 10**7:
             first = min(int(a["t"][0]) for a in (res.cd, res.triggers) if a.size)
-            sync.add_triggers(res.triggers["t"].astype(np.int64) * 1000 + p.stamp_ns - first * 1000,
-                              res.triggers["id"], res.triggers["p"])
+            sync.add_triggers(
+                res.triggers["t"].astype(np.int64) * 1000 + p.stamp_ns - first * 1000,
+                res.triggers["id"],
+                res.triggers["p"],
+            )
     for f in frames:
         sync.add_frame(f.stamp_ns)
     fit = sync.fit(prior_ns=-60_000_000)
@@ -171,6 +184,7 @@ def test_trigger_sync_keeps_only_its_channel_and_edge() -> None:
 
 
 # --------------------------------------------------------------------------- what is applied
+
 
 def _est(offset_ms: float, r: float = 0.97, margin: float = 0.03) -> RegionEstimate:
     return RegionEstimate(int(offset_ms * 1e6), r, 100, margin, 1e6)
@@ -225,6 +239,7 @@ def test_tracker_prefers_triggers_and_evaluates_drift() -> None:
 
 # --------------------------------------------------------------------------- as a stage runs it
 
+
 def test_offset_source_converges_online_and_keeps_each_rounds_offset() -> None:
     """Fed a moving stream second by second, it applies a confident estimate within 5 ms by 5 s; a
     round keeps the offset it opened with while the applied value moves on."""
@@ -276,18 +291,29 @@ def test_event_stream_puts_strobe_edges_on_the_event_clock() -> None:
     assert set(want) <= set(edges)  # every kept exposure's rising edge to the µs (plus spurious ones)
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("offset_ns", 10**19, "beyond"), ("drift_ppm", float("nan"), "drift_ppm"), ("drift_ppm", 5e3, "drift_ppm"),
-    ("source", "guess", "source"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("offset_ns", 10**19, "beyond"),
+        ("drift_ppm", float("nan"), "drift_ppm"),
+        ("drift_ppm", 5e3, "drift_ppm"),
+        ("source", "guess", "source"),
+    ],
+)
 def test_a_clock_offset_no_clock_has_is_refused_in_one_line(field: str, value: object, words: str) -> None:
     """The refiner applies what clock_offset says: a value no clock has is refused by name, never applied."""
     from types import SimpleNamespace
 
     from cascade_sd_ros.ros.outputs import ClockOffsetError, applied_from_msg
 
-    good = dict(offset_ns=-180_000_000, drift_ppm=0.0, uncertainty_ms=1.0, confident=True, source="estimate",
-                header=SimpleNamespace(stamp=SimpleNamespace(sec=5, nanosec=0)))
+    good = dict(
+        offset_ns=-180_000_000,
+        drift_ppm=0.0,
+        uncertainty_ms=1.0,
+        confident=True,
+        source="estimate",
+        header=SimpleNamespace(stamp=SimpleNamespace(sec=5, nanosec=0)),
+    )
     applied = applied_from_msg(SimpleNamespace(**good))
     assert applied.offset_ns == -180_000_000 and applied.ref_ns == 5 * 10**9 and applied.confident
     with pytest.raises(ClockOffsetError, match=words):
@@ -295,6 +321,7 @@ def test_a_clock_offset_no_clock_has_is_refused_in_one_line(field: str, value: o
 
 
 # --------------------------------------------------------------------------- activity-triggered rounds
+
 
 def test_an_event_rate_burst_opens_a_round_and_a_noisy_sensor_cannot_flood() -> None:
     from cascade_sd_ros.core.stages.activity import ActivityTrigger

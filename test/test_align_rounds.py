@@ -1,4 +1,5 @@
 """Round bookkeeping: ids from time, draft continuation by content, the book keyed by round id."""
+
 from __future__ import annotations
 
 import pytest
@@ -107,10 +108,16 @@ def test_a_stages_look_ahead_drafts_are_chained_into_one_draft() -> None:
     a draft of another speculation does not join the chain, and the chain stops where drafts do."""
     book = RoundBook()
     book.open(3, 300)
-    book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=0, token_ids=(1, 2, 3),
-                                 confidence=(0.9, 0.8, 0.7), compute_ms=1.0))
-    book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=3, token_ids=(4, 5, 6),
-                                 confidence=(0.6, 0.5, 0.4), compute_ms=2.0))
+    book.add_draft(
+        3,
+        300,
+        Draft(stage=0, commit_seq=0, start_position=0, token_ids=(1, 2, 3), confidence=(0.9, 0.8, 0.7), compute_ms=1.0),
+    )
+    book.add_draft(
+        3,
+        300,
+        Draft(stage=0, commit_seq=0, start_position=3, token_ids=(4, 5, 6), confidence=(0.6, 0.5, 0.4), compute_ms=2.0),
+    )
     book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=3, token_ids=(7,)))  # shorter: not chosen
     book.add_draft(3, 300, Draft(stage=0, commit_seq=0, start_position=9, token_ids=(8,)))  # leaves a gap: never joins
     d, tail = book.best_draft(3, [1, 0])

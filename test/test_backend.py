@@ -4,6 +4,7 @@ adapter gives the transformers adapter's greedy captions on the shipped zoo's th
 
 CPU tests run the static step eagerly (`use_graphs=False`); the CUDA tests skip without a GPU.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -68,10 +69,19 @@ def test_dtype_auto_is_bf16_on_cuda_and_f32_elsewhere() -> None:
 
 def _mistral_llava() -> LlavaForConditionalGeneration:
     vision = tiny_models(0).refiner.model.config.vision_config
-    text = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
-    return LlavaForConditionalGeneration(LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                                                     image_token_index=62, image_seq_length=4))
+    text = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    return LlavaForConditionalGeneration(
+        LlavaConfig(
+            vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=62, image_seq_length=4
+        )
+    )
 
 
 def test_auto_on_cuda_takes_the_static_path_only_for_llava_family_llama_models() -> None:
@@ -84,7 +94,9 @@ def test_auto_on_cuda_takes_the_static_path_only_for_llava_family_llama_models()
     mistral = _mistral_llava()
     choice = choose_backend("auto", CUDA, "refiner", mistral)
     assert choice == BackendChoice(
-        "transformers", "refiner model is LlavaForConditionalGeneration: its language model is 'mistral', not Llama-shaped")
+        "transformers",
+        "refiner model is LlavaForConditionalGeneration: its language model is 'mistral', not Llama-shaped",
+    )
     with pytest.raises(ValueError, match="backend cuda-graphs: refiner model is .*not Llama-shaped"):
         choose_backend("cuda-graphs", CUDA, "refiner", mistral)
     text_only = tiny_causal_lm(0).model
@@ -109,8 +121,14 @@ def test_static_adapter_serves_llava_and_video_llava_images() -> None:
         (tm.target, contexts.target, "video"),
     ]
     for ref, ctx, modality in cases:
-        ours = StaticAdapter(ref.model, max_context=len(ctx.input_ids), max_caption_tokens=32, max_step=4,
-                             modality=modality, name=ref.name)
+        ours = StaticAdapter(
+            ref.model,
+            max_context=len(ctx.input_ids),
+            max_caption_tokens=32,
+            max_step=4,
+            modality=modality,
+            name=ref.name,
+        )
         assert ours.modality == modality and ours.expected_media_tokens(1) == ref.expected_media_tokens(1)
         ref.prefill(ctx)
         ours.prefill(ctx)
@@ -137,14 +155,25 @@ def _zoo_inputs(zoo: Any, index: int) -> dict[str, Any]:
     from cascade_sd_ros.core.zoo.data import EVAL_STREAM, build_sample
 
     clip, events, _ = build_sample(0, EVAL_STREAM, index, zoo.geometry, with_events=True)
-    return {"target": zoo.context("target", clip), "refiner": zoo.context("refiner", clip[-1]),
-            "drafter": zoo.context("drafter", events)}
+    return {
+        "target": zoo.context("target", clip),
+        "refiner": zoo.context("refiner", clip[-1]),
+        "drafter": zoo.context("drafter", events),
+    }
 
 
 def _static(zoo: Any, stage: str, ctx: Any) -> StaticAdapter:
     ref = zoo.adapter(stage)
-    return StaticAdapter(ref.model, max_context=len(ctx.input_ids) + 8, max_caption_tokens=40, max_step=17,
-                         use_graphs=False, compile_blocks=False, modality=ref.modality, name=stage)
+    return StaticAdapter(
+        ref.model,
+        max_context=len(ctx.input_ids) + 8,
+        max_caption_tokens=40,
+        max_step=17,
+        use_graphs=False,
+        compile_blocks=False,
+        modality=ref.modality,
+        name=stage,
+    )
 
 
 @pytest.mark.parametrize("stage", ["target", "refiner", "drafter"])
@@ -167,7 +196,8 @@ def test_static_cascade_over_the_zoo_equals_the_transformers_verifier_alone(zoo:
         stages = [_static(zoo, s, ctx[s]) for s in ("drafter", "refiner", "target")]
         alone = target_only_greedy(zoo.target, ctx["target"], 24)
         result = CascadeDecoder(stages, mode="lossless-greedy", gamma=4).generate(
-            [ctx["drafter"], ctx["refiner"], ctx["target"]], 24)
+            [ctx["drafter"], ctx["refiner"], ctx["target"]], 24
+        )
         assert result.token_ids == alone, f"scene {index}"
 
 
@@ -176,8 +206,11 @@ def _static_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     machine runs, checked here."""
     import cascade_sd_ros.core.stage_model as stage_model
 
-    monkeypatch.setattr(stage_model, "choose_backend",
-                        lambda requested, device, role, model: BackendChoice("cuda-graphs", "test: forced on cpu"))
+    monkeypatch.setattr(
+        stage_model,
+        "choose_backend",
+        lambda requested, device, role, model: BackendChoice("cuda-graphs", "test: forced on cpu"),
+    )
 
 
 def test_loader_static_path_wiring_gives_transformers_captions(zoo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,8 +250,9 @@ def node_factory(rclpy_context: Any):  # noqa: ANN201
 
 
 @pytest.mark.ros
-def test_verifier_node_on_cpu_reports_the_fallback_and_warms_up(node_factory: Any,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verifier_node_on_cpu_reports_the_fallback_and_warms_up(
+    node_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     node = node_factory()
     desc = node.describe_parameter("backend")
     assert desc.read_only and "cuda-graphs" in desc.description
@@ -232,8 +266,9 @@ def test_verifier_node_on_cpu_reports_the_fallback_and_warms_up(node_factory: An
 
 
 @pytest.mark.ros
-def test_verifier_node_reports_the_static_backend_it_was_given(node_factory: Any,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verifier_node_reports_the_static_backend_it_was_given(
+    node_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _static_on_cpu(monkeypatch)
     node = node_factory()
     assert type(node.model.adapter).__name__ == "StaticAdapter" and node.model.warm_up_s is not None

@@ -1,4 +1,5 @@
 """The real driver bag deserialises into rclpy's EventPacket, and its type hash is the built one's."""
+
 from __future__ import annotations
 
 from pathlib import Path

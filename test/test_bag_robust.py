@@ -6,6 +6,7 @@ chunks compressed zstd / lz4, a hand-written ``metadata.yaml`` with an empty
 ``storage_identifier``), sqlite3 and file/message-compressed bags through the ``rosbags`` writer.
 Each packet holds 20 ON and 20 OFF events, so the figures of any prefix of N packets are known.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ SEP = "=" * 80 + "\n"
 # What rosidl_adapter generates (msg -> idl), as rosbag2 stores it: the top type, then every
 # included file, each under an "IDL: " line. rosbags 0.11.9 alone cannot parse the #include lines.
 _IDL = {
-    bagio.EVENT_PACKET: '''// generated from rosidl_adapter/resource/msg.idl.em
+    bagio.EVENT_PACKET: """// generated from rosidl_adapter/resource/msg.idl.em
 // with input from event_camera_msgs/msg/EventPacket.msg
 // generated code does not contain a copyright notice
 
@@ -60,8 +61,8 @@ module event_camera_msgs {
     };
   };
 };
-''',
-    IMAGE: '''// generated from rosidl_adapter/resource/msg.idl.em
+""",
+    IMAGE: """// generated from rosidl_adapter/resource/msg.idl.em
 // with input from sensor_msgs/msg/Image.msg
 // generated code does not contain a copyright notice
 
@@ -88,8 +89,8 @@ module sensor_msgs {
     };
   };
 };
-''',
-    "std_msgs/msg/Header": '''// generated from rosidl_adapter/resource/msg.idl.em
+""",
+    "std_msgs/msg/Header": """// generated from rosidl_adapter/resource/msg.idl.em
 // with input from std_msgs/msg/Header.msg
 // generated code does not contain a copyright notice
 
@@ -104,8 +105,8 @@ module std_msgs {
     };
   };
 };
-''',
-    "builtin_interfaces/msg/Time": '''// generated from rosidl_adapter/resource/msg.idl.em
+""",
+    "builtin_interfaces/msg/Time": """// generated from rosidl_adapter/resource/msg.idl.em
 // with input from builtin_interfaces/msg/Time.msg
 // generated code does not contain a copyright notice
 
@@ -119,7 +120,7 @@ module builtin_interfaces {
     };
   };
 };
-''',
+""",
 }
 
 
@@ -144,22 +145,46 @@ def recording(n_packets: int = N_PACKETS) -> list[tuple[str, str, int, bytes]]:
         cd["p"] = np.arange(PER_PACKET) % 2
         cd["t"] = i * 1000 + np.arange(PER_PACKET) * 10
         msg = STORE.types[bagio.EVENT_PACKET](
-            header=Header(stamp=_time(t_ns), frame_id="cam"), height=48, width=64, seq=i, time_base=0,
-            encoding="evt3", is_bigendian=False, events=np.frombuffer(enc.encode(cd), np.uint8))
+            header=Header(stamp=_time(t_ns), frame_id="cam"),
+            height=48,
+            width=64,
+            seq=i,
+            time_base=0,
+            encoding="evt3",
+            is_bigendian=False,
+            events=np.frombuffer(enc.encode(cd), np.uint8),
+        )
         out.append((EVENTS, bagio.EVENT_PACKET, t_ns, bytes(STORE.serialize_cdr(msg, bagio.EVENT_PACKET))))
         if i % 10 == 5:
-            img = STORE.types[IMAGE](header=Header(stamp=_time(t_ns), frame_id="cam"), height=4, width=4,
-                                     encoding="rgb8", is_bigendian=0, step=12, data=np.full(48, i % 256, np.uint8))
+            img = STORE.types[IMAGE](
+                header=Header(stamp=_time(t_ns), frame_id="cam"),
+                height=4,
+                width=4,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=12,
+                data=np.full(48, i % 256, np.uint8),
+            )
             out.append((IMAGES, IMAGE, t_ns + 1, bytes(STORE.serialize_cdr(img, IMAGE))))
     return out
 
 
-def write_mcap(path: Path, records: list[tuple[str, str, int, bytes]], *, compression: str = "zstd",
-               chunk_size: int = 4096, schema: str = "idl", digest: dict[str, str] | None = None,
-               chunking: bool = True) -> None:
+def write_mcap(
+    path: Path,
+    records: list[tuple[str, str, int, bytes]],
+    *,
+    compression: str = "zstd",
+    chunk_size: int = 4096,
+    schema: str = "idl",
+    digest: dict[str, str] | None = None,
+    chunking: bool = True,
+) -> None:
     """One MCAP file as rosbag2's mcap storage writes it (profile ros2, cdr, type hash in the channel)."""
-    kinds = {"zstd": mcap_writer.CompressionType.ZSTD, "lz4": mcap_writer.CompressionType.LZ4,
-             "none": mcap_writer.CompressionType.NONE}
+    kinds = {
+        "zstd": mcap_writer.CompressionType.ZSTD,
+        "lz4": mcap_writer.CompressionType.LZ4,
+        "none": mcap_writer.CompressionType.NONE,
+    }
     with path.open("wb") as f:
         w = mcap_writer.Writer(f, chunk_size=chunk_size, compression=kinds[compression], use_chunking=chunking)
         w.start(profile="ros2", library="rosbag2")
@@ -171,34 +196,47 @@ def write_mcap(path: Path, records: list[tuple[str, str, int, bytes]], *, compre
                 elif schema == "garbled":  # an IDL cut in half: no parser takes it
                     sid = w.register_schema(msgtype, "ros2idl", idl_schema(msgtype)[:300].encode())
                 else:
-                    sid = w.register_schema(msgtype, "ros2msg", STORE.generate_msgdef(msgtype, ros_version=2)[0].encode())
+                    sid = w.register_schema(
+                        msgtype, "ros2msg", STORE.generate_msgdef(msgtype, ros_version=2)[0].encode()
+                    )
                 hash_ = (digest or {}).get(msgtype, STORE.hash_rihs01(msgtype))
-                channels[topic] = w.register_channel(topic, "cdr", sid, {"offered_qos_profiles": "",
-                                                                         "topic_type_hash": hash_})
+                channels[topic] = w.register_channel(
+                    topic, "cdr", sid, {"offered_qos_profiles": "", "topic_type_hash": hash_}
+                )
             w.add_message(channels[topic], t_ns, raw, t_ns, seq)
         w.finish()
 
 
-def write_metadata(folder: Path, files: list[str], records: list[tuple[str, str, int, bytes]],
-                   storage_identifier: str = "") -> None:
+def write_metadata(
+    folder: Path, files: list[str], records: list[tuple[str, str, int, bytes]], storage_identifier: str = ""
+) -> None:
     counts: dict[tuple[str, str], int] = {}
     for topic, msgtype, _t, _raw in records:
         counts[(topic, msgtype)] = counts.get((topic, msgtype), 0) + 1
     topics = "".join(
         f"    - topic_metadata:\n        name: {t}\n        type: {ty}\n        serialization_format: cdr\n"
         f"        offered_qos_profiles: ''\n        type_description_hash: {STORE.hash_rihs01(ty)}\n"
-        f"      message_count: {n}\n" for (t, ty), n in counts.items())
+        f"      message_count: {n}\n"
+        for (t, ty), n in counts.items()
+    )
     listed = "".join(f"    - {name}\n" for name in files)
     (folder / "metadata.yaml").write_text(
         "rosbag2_bagfile_information:\n  version: 9\n"
         f"  storage_identifier: '{storage_identifier}'\n  duration:\n    nanoseconds: 120000000\n"
         f"  starting_time:\n    nanoseconds_since_epoch: {T0}\n  message_count: {len(records)}\n"
         f"  topics_with_message_count:\n{topics}  compression_format: ''\n  compression_mode: ''\n"
-        f"  relative_file_paths:\n{listed}  files: []\n  custom_data: ~\n  ros_distro: kilted\n")
+        f"  relative_file_paths:\n{listed}  files: []\n  custom_data: ~\n  ros_distro: kilted\n"
+    )
 
 
-def write_robot_bag(folder: Path, records: list[tuple[str, str, int, bytes]] | None = None, *,
-                    files: int = 1, renamed: bool = True, **kw: Any) -> Path:
+def write_robot_bag(
+    folder: Path,
+    records: list[tuple[str, str, int, bytes]] | None = None,
+    *,
+    files: int = 1,
+    renamed: bool = True,
+    **kw: Any,
+) -> Path:
     """A ``ros2 bag record`` folder: MCAP with ros2idl schemas, storage_identifier '', and the
     file renamed after recording (metadata.yaml still lists rosbag2's own name)."""
     records = recording() if records is None else records
@@ -207,13 +245,14 @@ def write_robot_bag(folder: Path, records: list[tuple[str, str, int, bytes]] | N
     per = -(-len(records) // files)
     for k, name in enumerate(names):
         on_disk = f"robot_run_{k}.mcap" if renamed else name
-        write_mcap(folder / on_disk, records[k * per:(k + 1) * per], **kw)
+        write_mcap(folder / on_disk, records[k * per : (k + 1) * per], **kw)
     write_metadata(folder, names, records)
     return folder
 
 
-def write_sqlite_bag(folder: Path, records: list[tuple[str, str, int, bytes]] | None = None, *,
-                     mode: str = "", storage: str = "sqlite3") -> Path:
+def write_sqlite_bag(
+    folder: Path, records: list[tuple[str, str, int, bytes]] | None = None, *, mode: str = "", storage: str = "sqlite3"
+) -> Path:
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
     records = recording() if records is None else records
@@ -259,7 +298,10 @@ def events_before(records: list[tuple[str, str, int, bytes]], t_ns: int) -> int:
 
 # ------------------------------------------------------------------------------ must show
 
-def test_ros2idl_mcap_from_a_robot_counts_as_the_same_sqlite3_bag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_ros2idl_mcap_from_a_robot_counts_as_the_same_sqlite3_bag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     records = recording()
     robot = write_robot_bag(tmp_path / "robot", records)
     reference = write_sqlite_bag(tmp_path / "sqlite", records)
@@ -273,12 +315,27 @@ def test_ros2idl_mcap_from_a_robot_counts_as_the_same_sqlite3_bag(tmp_path: Path
         assert bag.damage == []
 
 
-@pytest.mark.parametrize("variant", [
-    "lz4", "none", "no-chunks", "split", "bare-renamed", "ros2msg", "not-renamed", "garbled-metadata",
-    "no-metadata", "mcap-file-zstd", "sqlite3-file-zstd", "sqlite3-message-zstd", "mcap-message-zstd",
-])
-def test_every_way_a_robot_records_gives_the_same_figures(variant: str, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "lz4",
+        "none",
+        "no-chunks",
+        "split",
+        "bare-renamed",
+        "ros2msg",
+        "not-renamed",
+        "garbled-metadata",
+        "no-metadata",
+        "mcap-file-zstd",
+        "sqlite3-file-zstd",
+        "sqlite3-message-zstd",
+        "mcap-message-zstd",
+    ],
+)
+def test_every_way_a_robot_records_gives_the_same_figures(
+    variant: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     records = recording()
     bag = tmp_path / "bag"
     if variant in ("lz4", "none"):
@@ -308,8 +365,9 @@ def test_every_way_a_robot_records_gives_the_same_figures(variant: str, tmp_path
     assert "partial" not in got and "Traceback" not in err
 
 
-def test_an_unparseable_schema_falls_back_to_the_package_definition_once(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unparseable_schema_falls_back_to_the_package_definition_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     bag = write_robot_bag(tmp_path / "bag", schema="garbled")
     with caplog.at_level(logging.WARNING, logger="cascade_sd_ros.core.bagio"):
         got, _ = stats(capsys, bag)
@@ -318,7 +376,9 @@ def test_an_unparseable_schema_falls_back_to_the_package_definition_once(tmp_pat
     assert len(notes) == 1 and "package's own definition" in notes[0] and "hash agrees" in notes[0]
 
 
-def test_an_unparseable_schema_with_another_hash_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unparseable_schema_with_another_hash_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = "RIHS01_" + "0" * 64
     bag = write_robot_bag(tmp_path / "bag", schema="garbled", digest={bagio.EVENT_PACKET: bad})
     assert main(["events", "stats", str(bag)]) == 1
@@ -326,8 +386,9 @@ def test_an_unparseable_schema_with_another_hash_is_one_line(tmp_path: Path, cap
     assert out == "" and len(err.strip().splitlines()) == 1 and bad in err and "Traceback" not in err
 
 
-def test_a_wrong_recorded_hash_with_a_good_definition_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_wrong_recorded_hash_with_a_good_definition_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     bag = write_robot_bag(tmp_path / "bag", digest={bagio.EVENT_PACKET: "RIHS01_" + "f" * 64})
     with caplog.at_level(logging.WARNING, logger="cascade_sd_ros.core.bagio"):
         got, _ = stats(capsys, bag)
@@ -337,18 +398,22 @@ def test_a_wrong_recorded_hash_with_a_good_definition_reads(tmp_path: Path, caps
 
 # ------------------------------------------------------------------------------ damaged
 
+
 @pytest.mark.parametrize("compression", ["zstd", "lz4", "none"])
-def test_cut_at_a_chunk_reads_every_message_before_it(compression: str, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cut_at_a_chunk_reads_every_message_before_it(
+    compression: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     records = recording()
     bag = write_robot_bag(tmp_path / "bag", records, compression=compression, renamed=False)
     (mcap,) = bag.glob("*.mcap")
     index = chunks(mcap)
     k = len(index) // 2
     data = mcap.read_bytes()
-    mcap.write_bytes(data[:index[k].chunk_start_offset + 20])  # the recorder died inside chunk k's header
+    mcap.write_bytes(data[: index[k].chunk_start_offset + 20])  # the recorder died inside chunk k's header
     got, err = stats(capsys, bag, code=3)
-    assert {k_: got[k_] for k_ in ("packets", "on", "off")} == expect(events_before(records, index[k].message_start_time))
+    assert {k_: got[k_] for k_ in ("packets", "on", "off")} == expect(
+        events_before(records, index[k].message_start_time)
+    )
     assert len(got["partial"]["damage"]) == 1 and "cut short" in got["partial"]["damage"][0]
     assert f"at byte {index[k].chunk_start_offset}" in got["partial"]["damage"][0]
     assert err.count("\n") == 1 and err.startswith("cascade-sd events: partial: ") and "Traceback" not in err
@@ -368,7 +433,7 @@ def test_cut_anywhere_gives_an_exact_prefix(compression: str, fraction: float, t
     got = [(t, ts) for t, _ty, ts, _m in bagio.iter_messages(path, report=report)]
     whole = [c for c in index if c.chunk_start_offset + c.chunk_length <= cut]
     complete = sum(1 for r in records if r[2] <= max((c.message_end_time for c in whole), default=-1))
-    assert got == [(t, ts) for t, _ty, ts, _r in records[:len(got)]]  # nothing reordered, nothing skipped
+    assert got == [(t, ts) for t, _ty, ts, _r in records[: len(got)]]  # nothing reordered, nothing skipped
     assert complete <= len(got) < len(records)
     assert len(report.damage) == 1 and report.damage[0].messages_before == len(got)
     inside = [c for c in index if c.chunk_start_offset + 600 < cut < c.chunk_start_offset + c.chunk_length]
@@ -380,8 +445,9 @@ def test_cut_anywhere_gives_an_exact_prefix(compression: str, fraction: float, t
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 @pytest.mark.parametrize("indexed", [True, False], ids=["indexed", "cut-too"])
-def test_a_corrupt_chunk_stops_reading_there_and_says_so(compression: str, indexed: bool, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_corrupt_chunk_stops_reading_there_and_says_so(
+    compression: str, indexed: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     records = recording()
     bag = write_robot_bag(tmp_path / "bag", records, compression=compression, renamed=False)
     (mcap,) = bag.glob("*.mcap")
@@ -389,12 +455,14 @@ def test_a_corrupt_chunk_stops_reading_there_and_says_so(compression: str, index
     k = 3
     data = bytearray(mcap.read_bytes())
     middle = index[k].chunk_start_offset + index[k].chunk_length // 2
-    data[middle:middle + 8] = bytes(b ^ 0x5A for b in data[middle:middle + 8])
+    data[middle : middle + 8] = bytes(b ^ 0x5A for b in data[middle : middle + 8])
     if not indexed:  # no summary either: the file is read record by record
-        data = data[:index[-1].chunk_start_offset + 30]
+        data = data[: index[-1].chunk_start_offset + 30]
     mcap.write_bytes(bytes(data))
     got, err = stats(capsys, bag, code=3)
-    assert {k_: got[k_] for k_ in ("packets", "on", "off")} == expect(events_before(records, index[k].message_start_time))
+    assert {k_: got[k_] for k_ in ("packets", "on", "off")} == expect(
+        events_before(records, index[k].message_start_time)
+    )
     (damage,) = got["partial"]["damage"]
     assert f"at byte {index[k].chunk_start_offset}" in damage and ("CRC" in damage or "corrupt" in damage)
     assert "Traceback" not in err and err.count("\n") == 1
@@ -413,10 +481,10 @@ def test_a_half_cut_db3_gives_the_messages_before_the_cut(tmp_path: Path, capsys
     bag = write_sqlite_bag(tmp_path / "bag", records)
     (db3,) = bag.glob("*.db3")
     data = db3.read_bytes()
-    db3.write_bytes(data[:len(data) // 2 + 123])
+    db3.write_bytes(data[: len(data) // 2 + 123])
     report = bagio.ReadReport()
     got = [(t, ts) for t, _ty, ts, _m in bagio.iter_messages(bag, report=report)]
-    assert 0 < len(got) < len(records) and got == [(t, ts) for t, _ty, ts, _r in records[:len(got)]]
+    assert 0 < len(got) < len(records) and got == [(t, ts) for t, _ty, ts, _r in records[: len(got)]]
     assert "cut short" in report.summary()
     out, err = stats(capsys, bag, code=3)
     assert out["packets"] == sum(1 for t, _ in got if t == EVENTS) and "partial" in err
@@ -443,7 +511,7 @@ def test_an_empty_last_file_of_a_split_bag_is_partial(tmp_path: Path, capsys: py
     last = sorted(bag.glob("*.mcap"))[-1]
     last.write_bytes(b"")  # the recorder split, then was killed before writing a byte
     got, err = stats(capsys, bag, code=3)
-    assert got["packets"] == sum(1 for r in records[:(len(records) + 1) // 2] if r[0] == EVENTS)
+    assert got["packets"] == sum(1 for r in records[: (len(records) + 1) // 2] if r[0] == EVENTS)
     assert "empty file" in err
 
 
@@ -454,7 +522,7 @@ def test_replay_scan_plays_what_was_read_of_a_cut_bag(tmp_path: Path) -> None:
     bag = write_robot_bag(tmp_path / "bag", records, renamed=False)
     (mcap,) = bag.glob("*.mcap")
     index = chunks(mcap)
-    mcap.write_bytes(mcap.read_bytes()[:index[5].chunk_start_offset + 3])
+    mcap.write_bytes(mcap.read_bytes()[: index[5].chunk_start_offset + 3])
     scan = scan_bag(bag)
     before = [r for r in records if r[2] < index[5].message_start_time]
     assert scan.storage_error is not None and "cut short" in scan.storage_error
@@ -471,7 +539,9 @@ def test_split_bag_files_are_read_in_order(tmp_path: Path) -> None:
     shutil.rmtree(bag)
 
 
-def test_a_recorder_killed_in_wal_mode_loses_no_committed_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_recorder_killed_in_wal_mode_loses_no_committed_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """rosbag2's resilient sqlite3 preset writes through a WAL; a killed recorder leaves it beside the .db3."""
     import sqlite3
 
@@ -482,8 +552,10 @@ def test_a_recorder_killed_in_wal_mode_loses_no_committed_message(tmp_path: Path
     live.execute("PRAGMA journal_mode=WAL")
     live.execute("PRAGMA wal_autocheckpoint=0")
     topic_ids = dict(live.execute("SELECT name, id FROM topics"))
-    live.executemany("INSERT INTO messages (topic_id, timestamp, data) VALUES (?, ?, ?)",
-                     [(topic_ids[t], ts, raw) for t, _ty, ts, raw in records[60:]])
+    live.executemany(
+        "INSERT INTO messages (topic_id, timestamp, data) VALUES (?, ?, ?)",
+        [(topic_ids[t], ts, raw) for t, _ty, ts, raw in records[60:]],
+    )
     live.commit()
     killed = tmp_path / "killed"
     killed.mkdir()
@@ -497,8 +569,9 @@ def test_a_recorder_killed_in_wal_mode_loses_no_committed_message(tmp_path: Path
     assert {p.name: p.read_bytes() for p in killed.iterdir()} == found  # the WAL replays in a copy
 
 
-def test_replay_exits_3_on_a_damaged_bag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_exits_3_on_a_damaged_bag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The command's exit status from the scan's figures (the playback itself is test_replay_player's)."""
     from types import SimpleNamespace
 
@@ -507,7 +580,7 @@ def test_replay_exits_3_on_a_damaged_bag(tmp_path: Path, monkeypatch: pytest.Mon
 
     bag = write_robot_bag(tmp_path / "bag", renamed=False)
     (mcap,) = bag.glob("*.mcap")
-    mcap.write_bytes(mcap.read_bytes()[:chunks(mcap)[4].chunk_start_offset + 5])
+    mcap.write_bytes(mcap.read_bytes()[: chunks(mcap)[4].chunk_start_offset + 5])
 
     def fake_run(settings: Any, *_: Any) -> Any:
         report = {"summary": {"rounds": 0}, "input": scan_bag(settings.bag).to_dict()}

@@ -1,4 +1,5 @@
 """bagio: typestore contents, both ways of finding .msg files, write -> read round trip."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,15 +16,26 @@ def _packet(store, seq: int, payload: bytes):  # noqa: ANN001, ANN202
     EventPacket = store.types[bagio.EVENT_PACKET]
     return EventPacket(
         header=Header(stamp=Time(sec=5, nanosec=seq), frame_id="cam"),
-        height=480, width=640, seq=seq, time_base=1000 * seq, encoding="evt3", is_bigendian=False,
+        height=480,
+        width=640,
+        seq=seq,
+        time_base=1000 * seq,
+        encoding="evt3",
+        is_bigendian=False,
         events=np.frombuffer(payload, np.uint8),
     )
 
 
 def test_typestore_has_project_and_event_types() -> None:
     store = bagio.typestore()
-    for name in ("sensor_msgs/msg/Image", bagio.EVENT_PACKET, "cascade_sd_ros/msg/DraftTokens",
-                 "cascade_sd_ros/msg/Commit", "cascade_sd_ros/msg/VerifiedCaption", "cascade_sd_ros/msg/SceneGroundTruth"):
+    for name in (
+        "sensor_msgs/msg/Image",
+        bagio.EVENT_PACKET,
+        "cascade_sd_ros/msg/DraftTokens",
+        "cascade_sd_ros/msg/Commit",
+        "cascade_sd_ros/msg/VerifiedCaption",
+        "cascade_sd_ros/msg/SceneGroundTruth",
+    ):
         assert name in store.types, name
 
 
@@ -54,7 +66,8 @@ def test_write_then_read_round_trip(tmp_path: Path, storage: str) -> None:
     payloads = [bytes([i, 0x20, 0x05, 0x60]) for i in range(3)]
     bag = tmp_path / "bag"
     written = bagio.write_bag(
-        bag, [("/events", bagio.EVENT_PACKET, 10 + i, _packet(store, i, p)) for i, p in enumerate(payloads)], storage)
+        bag, [("/events", bagio.EVENT_PACKET, 10 + i, _packet(store, i, p)) for i, p in enumerate(payloads)], storage
+    )
     assert written == 3
     assert bagio.topics(bag) == {"/events": bagio.EVENT_PACKET}
     got = list(bagio.iter_messages(bag, ["/events"]))

@@ -1,6 +1,7 @@
 """Bounded prompts: a question longer than ``max_prompt_chars`` (or than the model's context leaves
 for text), or one carrying control characters, is refused with a reason and counted, by message
 and by parameter alike; the question asked before stays."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,11 @@ BAD = [
 def verifier(rclpy_context: Any):  # noqa: ANN201
     from cascade_sd_ros.nodes.video_verifier import VideoVerifier
 
-    node = VideoVerifier(context=rclpy_context, model=load_stage_model("tiny:0", "target"),
-                         parameter_overrides=[Parameter("prompt", value="what is here?")])
+    node = VideoVerifier(
+        context=rclpy_context,
+        model=load_stage_model("tiny:0", "target"),
+        parameter_overrides=[Parameter("prompt", value="what is here?")],
+    )
     yield node
     node.close()
     node.destroy_node()
@@ -45,8 +49,7 @@ def test_the_limit_is_a_read_only_parameter(verifier: Any) -> None:
 
 
 @pytest.mark.parametrize(("text", "why"), BAD, ids=[b[1].split()[-1] for b in BAD])
-def test_a_bad_prompt_message_is_refused_counted_and_the_old_question_stays(verifier: Any, text: str,
-                                                                           why: str) -> None:
+def test_a_bad_prompt_message_is_refused_counted_and_the_old_question_stays(verifier: Any, text: str, why: str) -> None:
     before = verifier.prompts_in.malformed
     reason = verifier.prompt_refusal(text.strip())
     assert reason is not None and why in reason
@@ -76,8 +79,11 @@ def test_the_models_context_caps_the_limit(rclpy_context: Any) -> None:
     caption tokens, 40 media tokens, 16 of template: 936 bytes of text)."""
     from cascade_sd_ros.nodes.video_verifier import VideoVerifier
 
-    node = VideoVerifier(context=rclpy_context, model=load_stage_model("tiny:0", "target"),
-                         parameter_overrides=[Parameter("max_prompt_chars", value=5000)])
+    node = VideoVerifier(
+        context=rclpy_context,
+        model=load_stage_model("tiny:0", "target"),
+        parameter_overrides=[Parameter("max_prompt_chars", value=5000)],
+    )
     try:
         assert node.prompt_refusal("c" * 936) is None
         assert "may not fit the model's context (936 tokens left" in node.prompt_refusal("c" * 937)
@@ -98,8 +104,9 @@ class _Sent:
         self.msgs.append(msg)
 
 
-@pytest.mark.parametrize("node_cls", ["event_drafter.EventDrafter", "frame_refiner.FrameRefiner",
-                                      "video_verifier.VideoVerifier"])
+@pytest.mark.parametrize(
+    "node_cls", ["event_drafter.EventDrafter", "frame_refiner.FrameRefiner", "video_verifier.VideoVerifier"]
+)
 def test_every_stage_refuses_alike_and_says_so_in_diagnostics(rclpy_context: Any, node_cls: str) -> None:
     """The refusals are counted in each stage's own diagnostics (the refiner and the verifier once
     left ``prompts.*`` out, and a reader saw "0" for a key that was never sent)."""
@@ -108,7 +115,8 @@ def test_every_stage_refuses_alike_and_says_so_in_diagnostics(rclpy_context: Any
     module, cls = node_cls.split(".")
     role = {"EventDrafter": "drafter", "FrameRefiner": "refiner", "VideoVerifier": "target"}[cls]
     node = getattr(importlib.import_module(f"cascade_sd_ros.nodes.{module}"), cls)(
-        context=rclpy_context, model=load_stage_model("tiny:0", role))
+        context=rclpy_context, model=load_stage_model("tiny:0", role)
+    )
     try:
         question = node.stage.question
         node._on_prompt(String(data="z" * 1_000_000))

@@ -1,4 +1,5 @@
 """The `cascade-sd` command: lists its commands, refuses bad input with exit status 2."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,9 @@ from cascade_sd_ros.tools.cli import COMMANDS, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascade_sd_ros.tools.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cascade_sd_ros.tools.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_help_lists_every_command() -> None:

@@ -5,6 +5,7 @@ fails at argument or validation time: no ROS node starts and no training runs. T
 in-process (``main(argv)``); a few cases also run as real processes, and ``--debug`` shows the
 traceback there.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -36,10 +37,19 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> Path:
     garbled.mkdir()
     (garbled / "metadata.yaml").write_text("rosbag2_bagfile_information: [\x00: {{\n")
     store = bagio.typestore()
-    header = store.types["std_msgs/msg/Header"](stamp=store.types["builtin_interfaces/msg/Time"](sec=1, nanosec=0),
-                                                frame_id="cam")
-    packet = store.types[bagio.EVENT_PACKET](header=header, height=4, width=4, seq=0, time_base=0, encoding="evt3",
-                                             is_bigendian=False, events=np.zeros(0, np.uint8))
+    header = store.types["std_msgs/msg/Header"](
+        stamp=store.types["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id="cam"
+    )
+    packet = store.types[bagio.EVENT_PACKET](
+        header=header,
+        height=4,
+        width=4,
+        seq=0,
+        time_base=0,
+        encoding="evt3",
+        is_bigendian=False,
+        events=np.zeros(0, np.uint8),
+    )
     bagio.write_bag(root / "good_bag", [("/event_camera/events", bagio.EVENT_PACKET, 10**9, packet)], storage="mcap")
     other = get_typestore(Stores.EMPTY)  # a bag of a type nobody here knows
     other.register(get_types_from_msg("int32 value", "mystery_msgs/msg/Thing"))
@@ -86,7 +96,12 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("events: unknown encoding", ["events", "stats", "{bad}/good_bag", "--encoding", "evt9"], 2, "evt9"),
     ("events: no action", ["events"], 2, "ACTION"),
     ("events: decode without -o", ["events", "decode", "{bad}/good_bag"], 2, "-o"),
-    ("events: decode into no folder", ["events", "decode", "{bad}/good_bag", "-o", "{bad}/nowhere/x.npy"], 1, "does not exist"),
+    (
+        "events: decode into no folder",
+        ["events", "decode", "{bad}/good_bag", "-o", "{bad}/nowhere/x.npy"],
+        1,
+        "does not exist",
+    ),
     ("make-bag: out exists", ["make-bag", "{bad}/empty_dir"], 2, "exists"),
     ("make-bag: bad scene count", ["make-bag", "{bad}/mb", "--scenes", "0"], 2, "--scenes"),
     ("make-bag: bad fps", ["make-bag", "{bad}/mb", "--fps", "nan"], 2, "--fps"),
@@ -119,8 +134,9 @@ def _argv(argv: list[str], bad: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(("case", "argv", "code", "words"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_a_nonzero_exit(case: str, argv: list[str], code: int, words: str, bad: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_and_a_nonzero_exit(
+    case: str, argv: list[str], code: int, words: str, bad: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     try:
         got = main(_argv(argv, bad))
     except SystemExit as exc:  # argparse's own exit, with our one-line message
@@ -135,13 +151,20 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(case: str, argv: list[str], co
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascade_sd_ros.tools.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cascade_sd_ros.tools.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("argv", [["events", "stats", "{bad}/empty.mcap"], ["replay", "{bad}/junk.mcap"],
-                                  ["make-bag", "{bad}/mb", "--from-video", "{bad}/empty.mcap"]],
-                         ids=["events", "replay", "make-bag"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["events", "stats", "{bad}/empty.mcap"],
+        ["replay", "{bad}/junk.mcap"],
+        ["make-bag", "{bad}/mb", "--from-video", "{bad}/empty.mcap"],
+    ],
+    ids=["events", "replay", "make-bag"],
+)
 def test_a_real_process_prints_one_line(argv: list[str], bad: Path) -> None:
     result = _run(*_argv(argv, bad))
     assert result.returncode != 0 and result.stdout == ""
@@ -156,8 +179,9 @@ def test_debug_shows_the_traceback(bad: Path) -> None:
     assert "empty file" in debug.stderr.strip().splitlines()[-1]
 
 
-def test_an_unexpected_error_is_one_line_too(monkeypatch: pytest.MonkeyPatch, bad: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unexpected_error_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, bad: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cascade_sd_ros.tools import events_cmd
 
     def boom(args: object) -> int:

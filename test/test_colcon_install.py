@@ -5,6 +5,7 @@ colcon's two modes are cmake's install step with and without ``AMENT_CMAKE_SYMLI
 ``colcon build --symlink-install`` passes), so the test runs cmake itself: cmake is on every machine
 that builds the package, colcon is not (these machines have no ROS install).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,15 +21,20 @@ pytestmark = pytest.mark.slow  # two full rosidl builds, ~35 s each on 2 cores
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
-EXECUTABLES = ["lib/cascade_sd_ros/event_drafter", "lib/cascade_sd_ros/frame_refiner",
-               "lib/cascade_sd_ros/video_verifier", "bin/cascade-sd"]
+EXECUTABLES = [
+    "lib/cascade_sd_ros/event_drafter",
+    "lib/cascade_sd_ros/frame_refiner",
+    "lib/cascade_sd_ros/video_verifier",
+    "bin/cascade-sd",
+]
 
 
 def _run(args: list[str], env: dict[str, str], log: Path) -> None:
     # cwd: ament's symlink install writes symlink_install_manifest.txt into the working directory
     with log.open("a") as out:
-        done = subprocess.run(args, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, timeout=600,
-                              check=False)
+        done = subprocess.run(
+            args, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False
+        )
     assert done.returncode == 0, f"{' '.join(args[:3])}... failed:\n" + log.read_text()[-3000:]
 
 
@@ -53,9 +59,22 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     prefixes = {}
     for mode, symlink in (("plain", "OFF"), ("symlink", "ON")):
         prefix, build = base / f"install-{mode}", base / f"build-{mode}"
-        _run(["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={prefix}",
-              "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}",
-              f"-DAMENT_CMAKE_SYMLINK_INSTALL={symlink}", "-DCASCADE_SD_ROS_INSTALL_PYTHON=ON"], env, log)
+        _run(
+            [
+                "cmake",
+                "-S",
+                str(src),
+                "-B",
+                str(build),
+                f"-DCMAKE_INSTALL_PREFIX={prefix}",
+                "-DBUILD_TESTING=OFF",
+                f"-DPython3_EXECUTABLE={sys.executable}",
+                f"-DAMENT_CMAKE_SYMLINK_INSTALL={symlink}",
+                "-DCASCADE_SD_ROS_INSTALL_PYTHON=ON",
+            ],
+            env,
+            log,
+        )
         _run(["cmake", "--build", str(build), "-j", "2"], env, log)
         _run(["cmake", "--install", str(build)], env, log)
         prefixes[mode] = prefix
@@ -82,9 +101,19 @@ def test_installed_command_runs(installs: dict[str, Path], mode: str) -> None:
     prefix = installs[mode]
     site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     assert (site / "cascade_sd_ros" / "tools" / "cli.py").exists()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(site)}
-    done = subprocess.run([str(prefix / "bin" / "cascade-sd"), "--help"], env=env, cwd=prefix,
-                          capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(site),
+    }
+    done = subprocess.run(
+        [str(prefix / "bin" / "cascade-sd"), "--help"],
+        env=env,
+        cwd=prefix,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: cascade-sd" in done.stdout

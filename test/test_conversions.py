@@ -1,4 +1,5 @@
 """Message conversions pinned to cv_bridge's documented behaviour; EventPacket input; stamps."""
+
 from __future__ import annotations
 
 import sys
@@ -87,7 +88,9 @@ def test_row_padding_is_dropped() -> None:
         ("mono8", 0, 2, 0, 2, "empty"),
     ],
 )
-def test_bad_images_are_rejected_with_a_clear_error(encoding: str, h: int, w: int, nbytes: int, step: int, match: str) -> None:
+def test_bad_images_are_rejected_with_a_clear_error(
+    encoding: str, h: int, w: int, nbytes: int, step: int, match: str
+) -> None:
     with pytest.raises(ImageEncodingError, match=match):
         image_to_rgb8(_raw(encoding, h, w, bytes(nbytes), step))
 

@@ -1,4 +1,5 @@
 """Messages built from core results: drafts both ways, captions, RViz marker and overlay, diagnostics."""
+
 from __future__ import annotations
 
 import math
@@ -32,28 +33,61 @@ VOCAB = Vocabulary("0123456789abcdef", "test tokenizer, 12 ids, eos 2")
 
 def _update(**kw: object) -> CaptionUpdate:
     base = dict(
-        round_id=7, t_ns=5_000_000_000, token_ids=(4, 5), final=True, commit_seq=2, accepted=1, drafted=3,
-        accepted_stage=1, drafted_per_stage=(0, 3), accepted_per_stage=(0, 1), upstream_drafted=3,
-        upstream_accepted=2, target_forwards=2, latency_total_ms=12.0, latency_wait_ms=3.0,
-        latency_prefill_ms=4.0, latency_verify_ms=5.0, latency_draft_ms=1.0, skew_frame_ms=math.nan,
-        skew_clip_ms=-6.0, clip_span_ms=980.0, degraded=False, degraded_reason="", question="q",
+        round_id=7,
+        t_ns=5_000_000_000,
+        token_ids=(4, 5),
+        final=True,
+        commit_seq=2,
+        accepted=1,
+        drafted=3,
+        accepted_stage=1,
+        drafted_per_stage=(0, 3),
+        accepted_per_stage=(0, 1),
+        upstream_drafted=3,
+        upstream_accepted=2,
+        target_forwards=2,
+        latency_total_ms=12.0,
+        latency_wait_ms=3.0,
+        latency_prefill_ms=4.0,
+        latency_verify_ms=5.0,
+        latency_draft_ms=1.0,
+        skew_frame_ms=math.nan,
+        skew_clip_ms=-6.0,
+        clip_span_ms=980.0,
+        degraded=False,
+        degraded_reason="",
+        question="q",
     )
     base.update(kw)
     return CaptionUpdate(**base)  # type: ignore[arg-type]
 
 
 def test_draft_round_trip_and_validation() -> None:
-    d = Draft(stage=1, commit_seq=2, start_position=3, token_ids=(7, 8), confidence=(0.5, 0.25),
-              upstream_drafted=4, upstream_accepted=1, compute_ms=2.5, degraded=True, degraded_reason="no frame")
+    d = Draft(
+        stage=1,
+        commit_seq=2,
+        start_position=3,
+        token_ids=(7, 8),
+        confidence=(0.5, 0.25),
+        upstream_drafted=4,
+        upstream_accepted=1,
+        compute_ms=2.5,
+        degraded=True,
+        degraded_reason="no frame",
+    )
     msg = draft_msg(99, 5_000_000_001, "cam", d, VOCAB)
     assert msg.round_id == 99 and stamp_to_ns(msg.header.stamp) == 5_000_000_001 and msg.header.frame_id == "cam"
     back = draft_from_msg(msg)
     assert back.token_ids == d.token_ids and back.start_position == 3 and back.degraded_reason == "no frame"
     assert back.confidence == d.confidence and back.upstream_accepted == 1
     assert (msg.vocab_fingerprint, msg.vocab_summary) == (VOCAB.fingerprint, VOCAB.summary)
-    for field, value, match in (("confidence", [0.5], "confidences"), ("token_ids", [], "no tokens"),
-                                ("token_ids", [-1, 2], "negative"), ("confidence", [0.5, float("nan")], r"\[0, 1\]"),
-                                ("stage", 3, "stage")):
+    for field, value, match in (
+        ("confidence", [0.5], "confidences"),
+        ("token_ids", [], "no tokens"),
+        ("token_ids", [-1, 2], "negative"),
+        ("confidence", [0.5, float("nan")], r"\[0, 1\]"),
+        ("stage", 3, "stage"),
+    ):
         bad = draft_msg(99, 5_000_000_001, "cam", d, VOCAB)
         setattr(bad, field, value)
         with pytest.raises(DraftMessageError, match=match):
@@ -69,12 +103,25 @@ def test_caption_and_commit_carry_the_update() -> None:
     rules = mode_rules("lossless-greedy")
     c = caption_msg(u, "a red circle", rules, "cam")
     assert (c.text, list(c.token_ids), c.final, c.mode, c.mode_name, c.lossless) == (
-        "a red circle", [4, 5], True, 0, "lossless-greedy", True)
+        "a red circle",
+        [4, 5],
+        True,
+        0,
+        "lossless-greedy",
+        True,
+    )
     assert list(c.drafted_per_stage) == [0, 3] and list(c.accepted_per_stage) == [0, 1]
     assert c.latency_prefill_ms == 4.0 and math.isnan(c.skew_frame_ms) and c.clip_span_ms == 980.0
     m = commit_msg(u, "cam", VOCAB)
     assert (m.round_id, m.commit_seq, list(m.token_ids), m.accepted, m.drafted, m.accepted_stage, m.final) == (
-        7, 2, [4, 5], 1, 3, 1, True)
+        7,
+        2,
+        [4, 5],
+        1,
+        3,
+        1,
+        True,
+    )
     assert (m.vocab_fingerprint, m.vocab_summary) == (VOCAB.fingerprint, VOCAB.summary)
     lossy = caption_msg(u, "x", mode_rules("pyramid"), "cam")
     assert lossy.mode == 2 and not lossy.lossless
@@ -110,8 +157,14 @@ def test_overlay_draws_the_caption_on_the_frame() -> None:
 def test_diagnostics_message() -> None:
     from builtin_interfaces.msg import Time
 
-    arr = diagnostics_msg(Time(sec=1), "cascade_sd: x", "hw", 1, "degraded: no frames",
-                          {"rate_hz": 2.5, "skew_ms": math.nan, "stages": [1, 2], "n": 3})
+    arr = diagnostics_msg(
+        Time(sec=1),
+        "cascade_sd: x",
+        "hw",
+        1,
+        "degraded: no frames",
+        {"rate_hz": 2.5, "skew_ms": math.nan, "stages": [1, 2], "n": 3},
+    )
     st = arr.status[0]
     assert st.level == b"\x01" and st.name == "cascade_sd: x" and st.message == "degraded: no frames"
     assert {kv.key: kv.value for kv in st.values} == {"rate_hz": "2.500", "skew_ms": "nan", "stages": "1,2", "n": "3"}

@@ -1,6 +1,7 @@
 """The start-up check (issue 16): with only target_model set, the launch/demo either runs with a
 matching drafter or says in one line why the stages cannot cooperate; vocabulary mixes cross as text
 unless draft_ids is same-vocab."""
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,11 @@ LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "cascade.launch.py"
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("coop")
-    return {"video_llava": mc.video_llava_hf(root / "video_llava"), "qwen": mc.llava_qwen(root / "qwen"),
-            "eventgpt": mc.eventgpt(root / "eventgpt")}
+    return {
+        "video_llava": mc.video_llava_hf(root / "video_llava"),
+        "qwen": mc.llava_qwen(root / "qwen"),
+        "eventgpt": mc.eventgpt(root / "eventgpt"),
+    }
 
 
 def test_only_target_model_set_is_refused_in_one_line_naming_what_to_set(folders: dict[str, Path]) -> None:
@@ -43,8 +47,9 @@ def test_matching_and_foreign_drafters_are_planned_ids_and_text(folders: dict[st
     with pytest.raises(VocabularyMismatch) as err:
         plan_cooperation({"drafter": str(folders["qwen"]), "target": target}, "same-vocab")
     assert "\n" not in str(err.value) and "draft_ids" in str(err.value) and "480 ids" in str(err.value)
-    assert plan_cooperation({"drafter": str(folders["eventgpt"]), "target": target},
-                            {"drafter": "text"}).draft_ids == {"drafter": "text"}
+    assert plan_cooperation({"drafter": str(folders["eventgpt"]), "target": target}, {"drafter": "text"}).draft_ids == {
+        "drafter": "text"
+    }
 
 
 def test_the_shipped_zoo_alone_cooperates_by_ids() -> None:

@@ -1,5 +1,6 @@
 """Test runs never share a DDS domain: ids are claimed with lock files, per process, machine-wide;
 and no process a test starts outlives it."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,12 @@ HOLDER = (
 
 
 def _holder(lock_dir: Path) -> tuple[subprocess.Popen, int]:
-    proc = processes.start([sys.executable, "-c", HOLDER, str(lock_dir), str(HELPERS)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = processes.start(
+        [sys.executable, "-c", HOLDER, str(lock_dir), str(HELPERS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert line.strip().isdigit(), f"holder printed {line!r}"
     return proc, int(line)
@@ -85,21 +90,38 @@ def test_this_session_holds_its_domain_and_children_inherit_it() -> None:
         assert other != mine
     finally:
         _release(proc)
-    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['ROS_DOMAIN_ID'])"],
-                         capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ['ROS_DOMAIN_ID'])"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert int(out.stdout) == mine
 
 
 def test_the_make_wrapper_runs_a_command_in_a_claimed_domain(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ROS_DOMAIN_ID"}
     script = "import os; print(os.environ['ROS_DOMAIN_ID'], os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'])"
-    out = subprocess.run([sys.executable, str(HELPERS / "dds_domain.py"), "run", "--", sys.executable, "-c", script],
-                         capture_output=True, text=True, timeout=30, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, str(HELPERS / "dds_domain.py"), "run", "--", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=True,
+    )
     domain, scope = out.stdout.split()
     assert int(domain) != int(os.environ["ROS_DOMAIN_ID"]) and scope == "LOCALHOST"
     # a domain the user chose is theirs to keep
-    out = subprocess.run([sys.executable, str(HELPERS / "dds_domain.py"), "run", "--", sys.executable, "-c", script],
-                         capture_output=True, text=True, timeout=30, env={**env, "ROS_DOMAIN_ID": "42"}, check=True)
+    out = subprocess.run(
+        [sys.executable, str(HELPERS / "dds_domain.py"), "run", "--", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**env, "ROS_DOMAIN_ID": "42"},
+        check=True,
+    )
     assert out.stdout.split()[0] == "42"
 
 

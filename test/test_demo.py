@@ -1,4 +1,5 @@
 """``cascade-sd demo``: argument errors exit 2; a short run prints captions equal to the verifier alone."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,17 @@ def test_bad_arguments_exit_2_with_a_message(argv: list[str], message: str, caps
 def _check_scenes(out: dict, n: int) -> None:
     assert len(out["scenes"]) == n
     for scene in out["scenes"]:
-        assert set(scene) >= {"caption", "ground_truth", "verifier_alone", "equal", "acceptance", "latency_ms",
-                              "alone_latency_ms", "bare_ms", "parts_ms"}
+        assert set(scene) >= {
+            "caption",
+            "ground_truth",
+            "verifier_alone",
+            "equal",
+            "acceptance",
+            "latency_ms",
+            "alone_latency_ms",
+            "bare_ms",
+            "parts_ms",
+        }
         # the verifier alone ran as its own node on the same scene: lossless means the same caption
         assert scene["caption"] is not None and scene["verifier_alone"] is not None
         assert scene["caption"] == scene["verifier_alone"] and scene["equal"] is True
@@ -65,8 +75,9 @@ def test_demo_json_on_tiny_models_in_separate_processes(capsys: pytest.CaptureFi
 
 
 def test_demo_json_in_one_process(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--scenes", "2", "--models", "tiny:0", "--json", "--seed", "3", "--fast",
-                 "--one-process"]) == 0
+    assert (
+        main(["demo", "--scenes", "2", "--models", "tiny:0", "--json", "--seed", "3", "--fast", "--one-process"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     _check_scenes(out, 2)
     assert out["processes"] == "one process" and out["executor"] == "multi-threaded"
@@ -77,9 +88,27 @@ def test_demo_on_the_events_executor() -> None:
     # EventsExecutor segfaulted pytest's process (output capture) now and then, never a plain one
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cascade_sd_ros.tools.cli", "demo", "--scenes", "1", "--models", "tiny:0", "--json",
-         "--fast", "--one-process", "--executor", "events"], capture_output=True, text=True, timeout=300, env=env,
-        check=False)
+        [
+            sys.executable,
+            "-m",
+            "cascade_sd_ros.tools.cli",
+            "demo",
+            "--scenes",
+            "1",
+            "--models",
+            "tiny:0",
+            "--json",
+            "--fast",
+            "--one-process",
+            "--executor",
+            "events",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     assert out["executor"] == "events"
@@ -110,7 +139,11 @@ def test_demo_stopped_midway_leaves_no_stage_process(sig: int) -> None:
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cascade_sd_ros.tools.cli", "demo", "--scenes", "3", "--models", "tiny:0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     marker = f"cascade_sd_demo_{proc.pid}"
     try:
         deadline = time.monotonic() + 120
@@ -146,8 +179,17 @@ def test_pipeline_config_names_a_bad_executor() -> None:
 def test_demo_text_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--scenes", "1", "--models", "tiny:0", "--stages", "refiner,verifier", "--fast"]) == 0
     text = capsys.readouterr().out
-    for needle in ("scene 0", "verified", "ground truth", "verifier alone", "[equal]", "acceptance", "speed-up",
-                   "caption latency", "bare"):
+    for needle in (
+        "scene 0",
+        "verified",
+        "ground truth",
+        "verifier alone",
+        "[equal]",
+        "acceptance",
+        "speed-up",
+        "caption latency",
+        "bare",
+    ):
         assert needle in text
 
 

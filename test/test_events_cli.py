@@ -1,4 +1,5 @@
 """``cascade-sd events``: golden figures through the command line, decode to .npy, errors."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,12 @@ def test_stats_of_the_real_bag(evt3_bag: Path, capsys: pytest.CaptureFixture[str
 def test_decode_writes_what_the_api_returns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(3)
     cd = np.zeros(500, CD_DTYPE)
-    cd["x"], cd["y"], cd["p"], cd["t"] = rng.integers(0, 640, 500), rng.integers(0, 480, 500), rng.integers(0, 2, 500), np.arange(500) * 97
+    cd["x"], cd["y"], cd["p"], cd["t"] = (
+        rng.integers(0, 640, 500),
+        rng.integers(0, 480, 500),
+        rng.integers(0, 2, 500),
+        np.arange(500) * 97,
+    )
     trig = np.zeros(2, TRIGGER_DTYPE)
     trig["t"], trig["p"] = [10, 20], [0, 1]
     raw = tmp_path / "rec.raw"
@@ -53,7 +59,12 @@ def test_errors_exit_nonzero_with_a_message(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "empty").mkdir()
     assert main(["events", "stats", str(tmp_path / "empty")]) == 1
     assert "metadata.yaml" in capsys.readouterr().err
-    for argv in (["events"], ["events", "stats"], ["events", "stats", "x", "--encoding", "evt9"], ["events", "decode", "x"]):
+    for argv in (
+        ["events"],
+        ["events", "stats"],
+        ["events", "stats", "x", "--encoding", "evt9"],
+        ["events", "decode", "x"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

@@ -1,4 +1,5 @@
 """EVT 3.0: golden figures on the real recording, encode -> decode identity, decoder invariants."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_real_bag_time_sliced_decode_gives_the_same_events(evt3_bag: Path) -> No
             assert res.cd.size == 0 or res.cd["t"].max() < frame_time
             if res.finished:
                 break
-            payload = payload[res.consumed:]
+            payload = payload[res.consumed :]
             while frame_time <= res.next_t_us:
                 frame_time += frame_interval
     assert frame_time == 9239845
@@ -82,6 +83,7 @@ def test_real_bag_reencodes_to_the_same_events(evt3_bag: Path) -> None:
 
 
 # ----------------------------------------------------------------------- property tests
+
 
 @st.composite
 def event_streams(draw: st.DrawFn, max_size: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +157,7 @@ def test_until_splits_exactly(stream: tuple[np.ndarray, np.ndarray], until: int)
     first = decoder.decode(payload, until_t_us=until)
     assert np.array_equal(first.cd, cd[cd["t"] < until])
     assert np.array_equal(first.triggers, trig[trig["t"] < until])
-    rest = decoder.decode(payload[first.consumed:])
+    rest = decoder.decode(payload[first.consumed :])
     assert np.array_equal(rest.cd, cd[cd["t"] >= until])
     assert np.array_equal(rest.triggers, trig[trig["t"] >= until])
     if not first.finished:
@@ -165,7 +167,9 @@ def test_until_splits_exactly(stream: tuple[np.ndarray, np.ndarray], until: int)
 
 @FEW
 @given(st.binary(max_size=400), event_streams(max_size=20))
-def test_arbitrary_bytes_never_raise_or_corrupt_later_packets(junk: bytes, stream: tuple[np.ndarray, np.ndarray]) -> None:
+def test_arbitrary_bytes_never_raise_or_corrupt_later_packets(
+    junk: bytes, stream: tuple[np.ndarray, np.ndarray]
+) -> None:
     """Garbage either decodes (with reserved words skipped) or is rejected as EventDecodeError
     with the state untouched. A good stream after it then decodes to exactly its events; only
     the 24-bit wrap count can differ, since garbage TIME_HIGH words are time like any other."""

@@ -1,4 +1,5 @@
 """libcaer, libcaer_cmp, mono and trigger: round trips, time-sliced decode, garbage handling."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -34,7 +35,9 @@ CD_ENCODERS: dict[str, Callable[[np.ndarray], tuple[bytes, int]]] = {
 def cd_packets(draw: st.DrawFn, max_span_us: int = (1 << 24) - 1) -> np.ndarray:
     n = draw(st.integers(0, 50))
     t0 = draw(st.integers(0, 1 << 40))
-    offsets = np.sort(np.array(draw(st.lists(st.integers(0, min(max_span_us, 4_000_000)), min_size=n, max_size=n)), np.int64))
+    offsets = np.sort(
+        np.array(draw(st.lists(st.integers(0, min(max_span_us, 4_000_000)), min_size=n, max_size=n)), np.int64)
+    )
     if n and draw(st.booleans()):
         offsets //= 1000  # many events share a time stamp: vector words
     cd = np.zeros(n, CD_DTYPE)
@@ -55,7 +58,7 @@ def test_cd_round_trip_and_time_slicing(encoding: str, cd: np.ndarray, until: in
     until = int(cd["t"][len(cd) // 2]) if cd.size and until % 2 else until
     decoder = make_decoder(encoding, 2048, 2048, max_span_us=None)
     first = decoder.decode(payload, time_base, until_t_us=until)
-    rest = decoder.decode(payload[first.consumed:], time_base)
+    rest = decoder.decode(payload[first.consumed :], time_base)
     assert np.array_equal(first.cd, cd[cd["t"] < until])
     assert np.array_equal(np.concatenate([first.cd, rest.cd]), cd)
 
@@ -70,7 +73,7 @@ def test_evt2_round_trip_and_time_slicing(cd: np.ndarray, until: int, n_trig: in
     payload = encode_evt2(cd, trig)
     decoder = make_decoder("evt2", 2048, 2048, max_span_us=None)
     first = decoder.decode(payload, until_t_us=until)
-    rest = decoder.decode(payload[first.consumed:])
+    rest = decoder.decode(payload[first.consumed :])
     assert np.array_equal(np.concatenate([first.cd, rest.cd]), cd)
     assert np.array_equal(np.concatenate([first.triggers, rest.triggers]), trig)
     assert np.array_equal(first.cd, cd[cd["t"] < until])
@@ -110,8 +113,12 @@ def test_trigger_round_trip(rows: list[tuple[int, int, int]]) -> None:
 
 @FEW
 @pytest.mark.parametrize("encoding", ["evt2", "evt3", "libcaer", "libcaer_cmp", "mono", "trigger"])
-@given(junk=st.binary(max_size=300), time_base=st.integers(0, 1 << 62), until=st.none() | st.integers(-(1 << 40), 1 << 62))
-def test_arbitrary_bytes_decode_or_raise_only_event_decode_error(encoding: str, junk: bytes, time_base: int, until: int | None) -> None:
+@given(
+    junk=st.binary(max_size=300), time_base=st.integers(0, 1 << 62), until=st.none() | st.integers(-(1 << 40), 1 << 62)
+)
+def test_arbitrary_bytes_decode_or_raise_only_event_decode_error(
+    encoding: str, junk: bytes, time_base: int, until: int | None
+) -> None:
     decoder = make_decoder(encoding, 640, 480)
     try:
         res = decoder.decode(junk, time_base, until)
@@ -190,9 +197,15 @@ def _good_packet(encoding: str, cd: np.ndarray) -> tuple[bytes, int, np.ndarray,
 
 @FEW
 @pytest.mark.parametrize("encoding", ["evt2", "evt3", "libcaer", "libcaer_cmp", "mono", "trigger"])
-@given(junk=st.binary(max_size=200), junk_tb=st.integers(0, 1 << 40), until=st.none() | st.integers(0, 1 << 40),
-       cd=cd_packets(max_span_us=1_000_000))
-def test_garbage_never_corrupts_the_next_packet(encoding: str, junk: bytes, junk_tb: int, until: int | None, cd: np.ndarray) -> None:
+@given(
+    junk=st.binary(max_size=200),
+    junk_tb=st.integers(0, 1 << 40),
+    until=st.none() | st.integers(0, 1 << 40),
+    cd=cd_packets(max_span_us=1_000_000),
+)
+def test_garbage_never_corrupts_the_next_packet(
+    encoding: str, junk: bytes, junk_tb: int, until: int | None, cd: np.ndarray
+) -> None:
     cd = cd[(cd["x"] < 640) & (cd["y"] < 480)]
     payload, tb, want_cd, want_trig = _good_packet(encoding, cd)
     decoder = make_decoder(encoding, 640, 480)

@@ -7,6 +7,7 @@ at most ``max_span_us``; time never steps back further than ``UNFLAGGED_BACKWARD
 ``time_resyncs`` count; and the next valid packet decodes exactly (evt3/evt2: exact x, y, p and
 time within the counter's period, whose wrap count is stream state; after ``reset()`` exactly).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -162,7 +163,9 @@ def _assert_decodes_next(encoding: str, decoder, seed: int, checker: Checker, ex
 @FUZZ
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @given(data=st.data())
-def test_hostile_payloads_raise_only_decode_errors_and_never_poison_the_stream(encoding: str, data: st.DataObject) -> None:
+def test_hostile_payloads_raise_only_decode_errors_and_never_poison_the_stream(
+    encoding: str, data: st.DataObject
+) -> None:
     decoder = make_decoder(encoding, W, H)
     checker = Checker(encoding)
     first, tb, _, _ = valid_packet(encoding, data.draw(st.integers(0, 50)))
@@ -189,7 +192,9 @@ def test_hostile_payloads_raise_only_decode_errors_and_never_poison_the_stream(e
 @settings(max_examples=40, deadline=None)
 @pytest.mark.parametrize("encoding", ["evt3", "evt2"])
 @given(packet=st.integers(1, 18), word=st.integers(0, 10_000), bit=st.integers(0, 27))
-def test_one_flipped_time_high_bit_shifts_nothing_after_the_next_time_high(encoding: str, packet: int, word: int, bit: int) -> None:
+def test_one_flipped_time_high_bit_shifts_nothing_after_the_next_time_high(
+    encoding: str, packet: int, word: int, bit: int
+) -> None:
     """A stream cut into packets; one bit of one TIME_HIGH word flipped. Every later packet decodes
     exactly as without the flip (before the fix: +16.8 s for evt3, +4.8 h for evt2, for good)."""
     cd = _cd(4000, 5_000_000, 20 * 900_000, 3)
@@ -272,8 +277,13 @@ def test_span_clipping_keeps_the_densest_second_and_counts_the_rest() -> None:
     cd["x"], cd["y"] = np.arange(103) % W, 1
     cd["t"][:100] = 10_000 + np.arange(100) * 10
     cd["t"][100:] = 10_000 + 3_000_000 + np.arange(3)  # three events 3 s later (a corrupt time word)
-    encoders = {"evt3": lambda c: (encode_evt3(c), 0), "evt2": lambda c: (encode_evt2(c), 0),
-                "mono": encode_mono, "libcaer": encode_libcaer, "libcaer_cmp": encode_libcaer_cmp}
+    encoders = {
+        "evt3": lambda c: (encode_evt3(c), 0),
+        "evt2": lambda c: (encode_evt2(c), 0),
+        "mono": encode_mono,
+        "libcaer": encode_libcaer,
+        "libcaer_cmp": encode_libcaer_cmp,
+    }
     for encoding, encode in encoders.items():
         payload, tb = encode(cd)
         res = make_decoder(encoding, W, H).decode(payload, tb)

@@ -1,4 +1,5 @@
 """Event representations against plain numpy references."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_renderer_matches_sequential_painting(seed: int, n: int, chunks: int) ->
     bounds = [c * n // chunks for c in range(chunks + 1)]
     for c in range(chunks):
         ref = np.full((H, W, 3), 255, np.uint8)
-        for e in _inside(ev[bounds[c]:bounds[c + 1]]):
+        for e in _inside(ev[bounds[c] : bounds[c + 1]]):
             ref[e["y"], e["x"]] = (255, 0, 0) if e["p"] else (0, 0, 255)
         assert np.array_equal(images[c], ref)
 

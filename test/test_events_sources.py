@@ -1,5 +1,6 @@
 """Recordings as packet streams: Metavision .raw files, bags with one or several event topics,
 and the sensor -> ROS time mapping."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,11 +24,14 @@ def _events(n: int = 3000, seed: int = 0) -> np.ndarray:
     return cd
 
 
-@pytest.mark.parametrize(("header", "encode"), [
-    (b"% camera_integrator_name Prophesee\n% evt 3.0\n% geometry 320x240\n% end\n", encode_evt3),
-    (b"% format EVT3;height=240;width=320\n% end\n", encode_evt3),
-    (b"% evt 2.0\n% Width 320\n% geometry 320x240\n", encode_evt2),
-])
+@pytest.mark.parametrize(
+    ("header", "encode"),
+    [
+        (b"% camera_integrator_name Prophesee\n% evt 3.0\n% geometry 320x240\n% end\n", encode_evt3),
+        (b"% format EVT3;height=240;width=320\n% end\n", encode_evt3),
+        (b"% evt 2.0\n% Width 320\n% geometry 320x240\n", encode_evt2),
+    ],
+)
 def test_raw_files_decode_whatever_the_chunking(tmp_path: Path, header: bytes, encode) -> None:  # noqa: ANN001
     cd = _events()
     trig = np.zeros(3, TRIGGER_DTYPE)
@@ -78,11 +82,18 @@ def _write_event_bag(path: Path, topics: list[str], cd: np.ndarray, per_packet: 
     for topic in topics:
         enc = Evt3Encoder()
         for i, start in enumerate(range(0, cd.size, per_packet)):
-            chunk = cd[start:start + per_packet]
+            chunk = cd[start : start + per_packet]
             stamp = 1_700_000_000_000_000_000 + int(chunk["t"][0]) * 1000 + 250_000  # 0.25 ms latency
-            msg = EventPacket(header=Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="cam"),
-                              height=240, width=320, seq=i, time_base=0, encoding="evt3", is_bigendian=False,
-                              events=np.frombuffer(enc.encode(chunk), np.uint8))
+            msg = EventPacket(
+                header=Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="cam"),
+                height=240,
+                width=320,
+                seq=i,
+                time_base=0,
+                encoding="evt3",
+                is_bigendian=False,
+                events=np.frombuffer(enc.encode(chunk), np.uint8),
+            )
             messages.append((topic, bagio.EVENT_PACKET, stamp, msg))
     messages.sort(key=lambda m: m[2])
     bagio.write_bag(path, messages, storage="mcap")

@@ -6,6 +6,7 @@ Sources (read, not copied): Prophesee's "EVT 2.0 Format" page (Metavision SDK do
 and the event_camera_msgs README table for ``mono``. Every expected value below is derived in the
 comments from the bit layouts; all words are little-endian.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,6 +24,7 @@ def _cd(res) -> list[tuple[int, int, int, int]]:  # noqa: ANN001
 # CD_OFF/CD_ON: 27..22 time stamp bits 5..0, 21..11 x, 10..0 y.
 # EVT_TIME_HIGH: 27..0 time stamp bits 33..6.
 # EXT_TRIGGER: 27..22 time stamp bits 5..0, 12..8 channel id, 0 value (spec: 0 falling, 1 rising).
+
 
 def test_evt2_words_from_the_spec() -> None:
     words = [
@@ -78,15 +80,36 @@ def test_evt2_a_time_high_step_back_is_not_a_wrap() -> None:
 # (POLARITY_SHIFT 1), bits 16..2 y (POLARITY_Y_ADDR_SHIFT 2, mask 0x7FFF), bits 31..17 x
 # (POLARITY_X_ADDR_SHIFT 17, mask 0x7FFF). Sensor time = time_base [ns] + timestamp * 1000.
 
+
 def test_libcaer_records_from_the_spec() -> None:
-    payload = bytes([
-        0x1F, 0x00, 0x0A, 0x00,  # data 0x000A001F = (5<<17) | (7<<2) | (1<<1) | 1: x 5, y 7, p 1
-        0xE8, 0x03, 0x00, 0x00,  # timestamp 1000 µs
-        0x7D, 0x07, 0xFE, 0x04,  # data 0x04FE077D = (639<<17) | (479<<2) | 1: x 639, y 479, p 0
-        0xE9, 0x03, 0x00, 0x00,  # timestamp 1001 µs
-        0x01, 0x00, 0x14, 0x00,  # data 0x00140001 = 10<<17 | 1: x 10, y 0, p 0
-        0x00, 0x00, 0x00, 0x80,  # timestamp -2**31: no camera writes it, the record is skipped
-    ])
+    payload = bytes(
+        [
+            0x1F,
+            0x00,
+            0x0A,
+            0x00,  # data 0x000A001F = (5<<17) | (7<<2) | (1<<1) | 1: x 5, y 7, p 1
+            0xE8,
+            0x03,
+            0x00,
+            0x00,  # timestamp 1000 µs
+            0x7D,
+            0x07,
+            0xFE,
+            0x04,  # data 0x04FE077D = (639<<17) | (479<<2) | 1: x 639, y 479, p 0
+            0xE9,
+            0x03,
+            0x00,
+            0x00,  # timestamp 1001 µs
+            0x01,
+            0x00,
+            0x14,
+            0x00,  # data 0x00140001 = 10<<17 | 1: x 10, y 0, p 0
+            0x00,
+            0x00,
+            0x00,
+            0x80,  # timestamp -2**31: no camera writes it, the record is skipped
+        ]
+    )
     res = make_decoder("libcaer", 640, 480).decode(payload, time_base=3_000_000_000)  # 3 s = 3e6 µs
     assert _cd(res) == [(5, 7, 1, 3_001_000), (639, 479, 0, 3_001_001)]
     assert res.skipped_words == 1 and res.consumed == 24
@@ -109,6 +132,7 @@ def test_libcaer_timestamp_wraps_only_from_the_top() -> None:
 # current x), VECT_BASE_Y 4 (y 10..0, polarity 11), VECT_8 5 (valid 7..0: events at base_y + k,
 # then base_y += 8). Sensor time = time_base [ns] / 1000 + offset [µs].
 
+
 def test_libcaer_cmp_words_from_the_spec() -> None:
     words = [
         0x0001,  # TIME_HIGH 1 -> offset 1 << 12 = 4096 µs
@@ -122,8 +146,13 @@ def test_libcaer_cmp_words_from_the_spec() -> None:
         0x3015,  # ADDR_Y polarity 0, y 21 -> (10, 21, 0, 6102)
     ]
     res = make_decoder("libcaer_cmp", 640, 480).decode(np.array(words, "<u2").tobytes(), time_base=2_000_000)
-    assert _cd(res) == [(10, 20, 1, 6101), (10, 100, 0, 6101), (10, 102, 0, 6101), (10, 108, 0, 6101),
-                        (10, 21, 0, 6102)]
+    assert _cd(res) == [
+        (10, 20, 1, 6101),
+        (10, 100, 0, 6101),
+        (10, 102, 0, 6101),
+        (10, 108, 0, 6101),
+        (10, 21, 0, 6102),
+    ]
     assert (res.skipped_words, res.time_resyncs) == (0, 0)
 
 
@@ -139,12 +168,36 @@ def test_libcaer_cmp_time_restarts_with_every_packet() -> None:
 # One uint64 per event: bit 63 polarity (1 ON), bits 62..48 y (15 bits), bits 47..32 x (16 bits),
 # bits 31..0 dt [ns]; sensor time = time_base + dt [ns]; decoded t is floor(ns / 1000) µs.
 
+
 def test_mono_words_from_the_spec() -> None:
-    payload = bytes([
-        0xDC, 0x05, 0x00, 0x00, 0x04, 0x00, 0x03, 0x80,  # 0x80030004000005DC: p 1, y 3, x 4, dt 1500 ns
-        0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00,  # x 0xFFFF: outside a 640x480 sensor, skipped
-        0xE7, 0x03, 0x00, 0x00, 0x7F, 0x02, 0xDF, 0x01,  # 0x01DF027F000003E7: p 0, y 479, x 639, dt 999
-    ])
+    payload = bytes(
+        [
+            0xDC,
+            0x05,
+            0x00,
+            0x00,
+            0x04,
+            0x00,
+            0x03,
+            0x80,  # 0x80030004000005DC: p 1, y 3, x 4, dt 1500 ns
+            0x00,
+            0x00,
+            0x00,
+            0x00,
+            0xFF,
+            0xFF,
+            0x00,
+            0x00,  # x 0xFFFF: outside a 640x480 sensor, skipped
+            0xE7,
+            0x03,
+            0x00,
+            0x00,
+            0x7F,
+            0x02,
+            0xDF,
+            0x01,  # 0x01DF027F000003E7: p 0, y 479, x 639, dt 999
+        ]
+    )
     res = make_decoder("mono", 640, 480).decode(payload, time_base=10_000_000)
     # (10_000_000 + 1500) // 1000 = 10001; (10_000_000 + 999) // 1000 = 10000 (floor)
     assert _cd(res) == [(4, 3, 1, 10001), (639, 479, 0, 10000)]

@@ -101,17 +101,30 @@ def test_static_step_equals_hf_forward_in_chunks_at_any_position() -> None:
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_static_step_gqa_and_attention_variants_equal_hf(attention: str, kv_heads: int) -> None:
     torch.manual_seed(kv_heads)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 64, (19,))
     with torch.inference_mode():
         ref = model(input_ids=ids[None]).logits[0]
         weights = LlamaDecodeWeights(model.model, model.lm_head)
-        step = LlamaStaticForward(weights, StaticKVCache(weights.kv_layout(64), weights.dtype, weights.device),
-                                  attention=attention)
-        got = torch.cat([step(torch.tensor([0]), input_ids=ids[:11]), step(torch.tensor([11]), input_ids=ids[11:12]),
-                         step(torch.tensor([12]), input_ids=ids[12:])])
+        step = LlamaStaticForward(
+            weights, StaticKVCache(weights.kv_layout(64), weights.dtype, weights.device), attention=attention
+        )
+        got = torch.cat(
+            [
+                step(torch.tensor([0]), input_ids=ids[:11]),
+                step(torch.tensor([11]), input_ids=ids[11:12]),
+                step(torch.tensor([12]), input_ids=ids[12:]),
+            ]
+        )
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
 
 
@@ -216,8 +229,9 @@ def test_cascade_with_static_verifier_equals_verifier_alone() -> None:
     """Drop-in for the engine: lossless-greedy cascade over our target = HF target decoding alone."""
     tm = tiny_models(11, 64, aligned=True, target_layers=2)
     contexts = tm.make_contexts(12)
-    ours = StaticVerifierAdapter(tm.target.model, max_context=len(contexts.target.input_ids),
-                                 max_caption_tokens=40, max_step=17)
+    ours = StaticVerifierAdapter(
+        tm.target.model, max_context=len(contexts.target.input_ids), max_caption_tokens=40, max_step=17
+    )
     alone = target_only_greedy(tm.target, contexts.target, 24)
     result = CascadeDecoder([tm.drafter, tm.refiner, ours], mode="lossless-greedy", gamma=4).generate(
         [contexts.drafter, contexts.refiner, contexts.target], 24
@@ -281,7 +295,10 @@ def bench(monkeypatch: pytest.MonkeyPatch):
 
 def test_bench_dry_run_checks_token_equality(bench, tmp_path: Path) -> None:
     out = tmp_path / "dry.json"
-    assert bench.main(["--dry-run", "--tokens", "8", "--max-k", "3", "--reps", "1", "--step-reps", "1", "--out", str(out)]) == 0
+    assert (
+        bench.main(["--dry-run", "--tokens", "8", "--max-k", "3", "--reps", "1", "--step-reps", "1", "--out", str(out)])
+        == 0
+    )
     data = json.loads(out.read_text())
     for name in ("c_ours_eager", "c_ours_eager_matmul"):
         check = data["checks"][name]
@@ -303,8 +320,9 @@ def _cuda_pair(compile_blocks: bool = False, attention: str = "auto"):
     tm = tiny_models(7, 64, target_layers=2, dtype=torch.bfloat16, device="cuda")
     ctx = tm.make_contexts(8).target
     kw = {"max_context": len(ctx.input_ids), "max_caption_tokens": 40, "max_step": 5}
-    graphed = StaticVerifierAdapter(tm.target.model, use_graphs=True, compile_blocks=compile_blocks,
-                                    attention=attention, **kw)
+    graphed = StaticVerifierAdapter(
+        tm.target.model, use_graphs=True, compile_blocks=compile_blocks, attention=attention, **kw
+    )
     eager = StaticVerifierAdapter(tm.target.model, use_graphs=False, compile_blocks=False, **kw)
     return graphed, eager, ctx
 

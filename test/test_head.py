@@ -1,6 +1,7 @@
 """The feature-level draft head: exact as a stage (lossless output in every mode and fallback), its
 cache equal to a whole-sequence forward, the target's kept hidden states equal to a plain forward's,
 bad event features refused in one line, and the shipped weights small, safetensors-only and loadable."""
+
 from __future__ import annotations
 
 import json
@@ -163,8 +164,9 @@ def test_bad_event_features_are_refused_in_one_line(zoo: Zoo, scenes: list[tuple
     with pytest.raises(ValueError, match=r"event tokens of shape \(3, 7\)"):
         head.prefill_events(torch.zeros(1, 3, 7), prompt_last, target_current=True)
     with pytest.raises(ValueError, match="NaN or inf"):
-        head.prefill_events(torch.full((1, cfg.event_rows, cfg.event_dim), float("nan")), prompt_last,
-                            target_current=True)
+        head.prefill_events(
+            torch.full((1, cfg.event_rows, cfg.event_dim), float("nan")), prompt_last, target_current=True
+        )
     with pytest.raises(ValueError, match="outside vocabulary"):
         head.prefill_events(None, 10_000, target_current=True)
     with pytest.raises(ValueError, match="head mode"):

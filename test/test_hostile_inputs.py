@@ -5,6 +5,7 @@ garbage TIME_HIGH words spread one packet over days, and the offset estimator on
 by that span: 23.8 GB), legal uint64 ``time_base`` values that overflowed int64, a corrupted time
 word that shifted the event clock for good, and exceptions no callback expected.
 """
+
 from __future__ import annotations
 
 import resource
@@ -33,6 +34,7 @@ def _events(t0_us: int, n: int, span_us: int = 1000) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- offset estimator, bounded
+
 
 def _feed_motion(est: OffsetEstimator, t0_ns: int, n_frames: int = 30) -> None:
     """Frames whose difference energy follows the event rate (bursts every few frames)."""
@@ -76,6 +78,7 @@ def test_a_frame_stamp_from_nowhere_restarts_the_difference() -> None:
 
 
 # ---------------------------------------------------------------------- event clock, int64-safe
+
 
 def _packet(payload: bytes, stamp_ns: int, encoding: str = "evt3", time_base: int = 0) -> Any:
     pytest.importorskip("rclpy")
@@ -140,6 +143,7 @@ def test_a_packet_spanning_more_than_a_second_never_reaches_the_event_clock_whol
 
 # ---------------------------------------------------------------------- the node's edge
 
+
 def test_callback_guard_counts_logs_once_with_traceback_and_keeps_the_signature() -> None:
     pytest.importorskip("rclpy")
     import inspect
@@ -192,15 +196,25 @@ def test_hostile_packets_to_the_running_nodes_cost_nothing_but_themselves(rclpy_
     )
 
     tiny = {"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"}
-    stream = StreamConfig(n_scenes=3, height=64, width=64, seed=5,
-                          clocks=ClockModel(event_offset_ns=20_000_000), packets=PacketConfig(time_threshold_us=5000))
+    stream = StreamConfig(
+        n_scenes=3,
+        height=64,
+        width=64,
+        seed=5,
+        clocks=ClockModel(event_offset_ns=20_000_000),
+        packets=PacketConfig(time_threshold_us=5000),
+    )
     scenes = list(iter_scenes(stream))
     rounds = scene_rounds(stream)
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": 6}
-    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 0.5, "max_wait": 1.0,
-                                # the offset estimator listens to the raw events: the 23.8 GB case
-                                "estimate_offset": True}
+    params["video_verifier"] = {
+        **params["video_verifier"],
+        "draft_wait": 0.5,
+        "max_wait": 1.0,
+        # the offset estimator listens to the raw events: the 23.8 GB case
+        "estimate_offset": True,
+    }
     config = PipelineConfig(models=tiny, params=params)
     pipeline = build_pipeline(config, rclpy_context, models=load_models(config))
     player = SensorPlayer(context=rclpy_context)
@@ -213,8 +227,11 @@ def test_hostile_packets_to_the_running_nodes_cost_nothing_but_themselves(rclpy_
         hostile = [_packet(rng.integers(0, 256, 4 << 20, dtype=np.uint8).tobytes(), stamp) for _ in range(3)]
         mono, _ = encode_mono(_events(0, 10))
         caer, _ = encode_libcaer(_events(0, 10))
-        hostile += [_packet(mono, stamp, "mono", 2**64 - 1), _packet(mono, stamp, "trigger", 2**64 - 1),
-                    _packet(caer, stamp, "libcaer", 2**64 - 1)]
+        hostile += [
+            _packet(mono, stamp, "mono", 2**64 - 1),
+            _packet(mono, stamp, "trigger", 2**64 - 1),
+            _packet(caer, stamp, "libcaer", 2**64 - 1),
+        ]
         flipped = bytearray(encode_evt3(_events(0, 200)))
         flipped[1] ^= 0x40  # a bit of the first word (TIME_HIGH in an encoder's first packet)
         hostile.append(_packet(bytes(flipped), stamp))
@@ -243,7 +260,9 @@ def test_hostile_packets_to_the_running_nodes_cost_nothing_but_themselves(rclpy_
         for i, msg in sorted(finals.items()):
             assert msg is not None and msg.final, f"scene {i}: no final caption"
             inp = verifier.inputs[rounds.round_ids[i]]
-            assert list(msg.token_ids) == target_only_greedy(target.adapter, target.context(inp.frames, inp.question), 6)
+            assert list(msg.token_ids) == target_only_greedy(
+                target.adapter, target.context(inp.frames, inp.question), 6
+            )
     finally:
         pipeline.close()
         player.destroy_node()

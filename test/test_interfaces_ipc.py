@@ -1,4 +1,5 @@
 """Every project message and an EventPacket (1 MB payload) cross a process boundary intact."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 pytestmark = pytest.mark.ros
 CHILD = Path(__file__).parent / "helpers" / "publish_samples.py"
-QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def test_every_message_survives_another_process(rclpy_context) -> None:
@@ -26,13 +26,16 @@ def test_every_message_survives_another_process(rclpy_context) -> None:
     received: dict[str, object] = {}
     # Without the type-description service: destroying it (rclpy 9.1.2) right after a 1 MB
     # exchange with a killed peer crashed inside rcl in about one run in four.
-    node = rclpy.create_node("sample_receiver", context=rclpy_context,
-                             parameter_overrides=[Parameter("start_type_description_service", value=False)])
+    node = rclpy.create_node(
+        "sample_receiver",
+        context=rclpy_context,
+        parameter_overrides=[Parameter("start_type_description_service", value=False)],
+    )
     for topic, msg in expected.items():
-        node.create_subscription(type(msg), f"/ipc_test/{topic}",
-                                 lambda m, t=topic: received.setdefault(t, m), QOS)
-    child = processes.start([sys.executable, str(CHILD), "60"], env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        node.create_subscription(type(msg), f"/ipc_test/{topic}", lambda m, t=topic: received.setdefault(t, m), QOS)
+    child = processes.start(
+        [sys.executable, str(CHILD), "60"], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     executor = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     try:
@@ -58,4 +61,7 @@ def test_field_comparison_notices_a_difference() -> None:
     b["verified_caption"].accepted_per_stage = [6, 4]
     b["event_packet"].events = bytes(b["event_packet"].events[:-1]) + b"\x00"
     assert field_differences(a["verified_caption"], b["verified_caption"]) == [".accepted_per_stage: values differ"]
-    assert field_differences(a["event_packet"], b["event_packet"]) in ([".events: bytes differ"], [".events: values differ"])
+    assert field_differences(a["event_packet"], b["event_packet"]) in (
+        [".events: bytes differ"],
+        [".events: values differ"],
+    )

@@ -1,6 +1,7 @@
 """What can be checked of launch/, config/ and rviz/ without launch_ros: the launch file compiles and
 starts executables the package installs; the YAML sets only declared parameters, of the declared
 type and within their ranges, and the stages agree on what they must share."""
+
 from __future__ import annotations
 
 import ast
@@ -41,14 +42,29 @@ def test_launch_file_compiles_and_starts_installed_executables() -> None:
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in funcs
     # executables are the first argument of each _stage(...) call
-    started = {c.args[0].value for c in ast.walk(tree)
-               if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "_stage"}
+    started = {
+        c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "_stage"
+    }
     assert started == set(NODES) and started <= _installed_executables()
     # every node gets the CLI-facing arguments the issue names
-    args = {e.elts[0].value for e in ast.walk(tree) if isinstance(e, ast.Tuple) and len(e.elts) == 3
-            and isinstance(e.elts[0], ast.Constant)}
-    for name in ("namespace", "device", "target_model", "refiner_model", "drafter_model", "use_sim_time",
-                 "run_drafter", "run_refiner", "run_verifier", "events_topic", "image_topic"):
+    args = {
+        e.elts[0].value
+        for e in ast.walk(tree)
+        if isinstance(e, ast.Tuple) and len(e.elts) == 3 and isinstance(e.elts[0], ast.Constant)
+    }
+    for name in (
+        "namespace",
+        "device",
+        "target_model",
+        "refiner_model",
+        "drafter_model",
+        "use_sim_time",
+        "run_drafter",
+        "run_refiner",
+        "run_verifier",
+        "events_topic",
+        "image_topic",
+    ):
         assert name in args, f"launch argument {name} missing"
     for node in NODES:  # the launch overrides only parameters the nodes declare
         for key in ("model", "device", "dtype"):
@@ -83,10 +99,14 @@ def test_yaml_sets_only_declared_parameters_with_declared_types_and_ranges(node:
         assert name in declared, f"{node}: {name} in cascade.yaml is not declared by the node"
     for name, value in _yaml_params()[node].items():
         p = declared[name]
-        assert type(value) is type(p.default), f"{node}.{name}: YAML {type(value).__name__}, declared {type(p.default).__name__}"
+        assert type(value) is type(p.default), (
+            f"{node}.{name}: YAML {type(value).__name__}, declared {type(p.default).__name__}"
+        )
         if p.lo is not None:
             assert p.lo <= value <= p.hi, f"{node}.{name}={value} outside [{p.lo}, {p.hi}]"
-        assert not p.read_only or name not in ("model", "device", "dtype"), "models and devices come from launch arguments"
+        assert not p.read_only or name not in ("model", "device", "dtype"), (
+            "models and devices come from launch arguments"
+        )
 
 
 def test_the_shared_block_sets_only_parameters_some_stage_declares() -> None:
@@ -115,7 +135,9 @@ def test_yaml_defaults_match_the_nodes_defaults() -> None:
         for name, value in params[node].items():
             if name in ("sensor_qos_depth",):
                 continue  # deliberately deeper than the node default for event bursts
-            assert value == declared[name].default, f"{node}.{name}: yaml {value!r} vs node default {declared[name].default!r}"
+            assert value == declared[name].default, (
+                f"{node}.{name}: yaml {value!r} vs node default {declared[name].default!r}"
+            )
 
 
 def test_rviz_config_shows_the_caption_topics() -> None:

@@ -1,4 +1,5 @@
 """DESIGN.md's layering: the core never imports ROS."""
+
 from __future__ import annotations
 
 import subprocess

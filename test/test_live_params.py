@@ -1,5 +1,6 @@
 """Parameters honest at run time: the live ones (prompt, gamma, draft_wait) take effect from the next
 round or proposal; every other one is read-only and a change is refused with a reason."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -55,12 +56,19 @@ def test_out_of_range_and_empty_values_are_refused(nodes: dict[str, Any]) -> Non
     assert not bad.successful and "empty" in bad.reason
 
 
-@pytest.mark.parametrize(("stage", "name", "value"), [
-    ("verifier", "max_wait", 2.0), ("verifier", "mode", "pyramid"), ("drafter", "model", "tiny:3"),
-    ("refiner", "lookahead", 4), ("verifier", "round_period", 1.0),
-])
-def test_a_parameter_that_cannot_change_live_is_refused_with_a_reason(nodes: dict[str, Any], stage: str,
-                                                                       name: str, value: Any) -> None:
+@pytest.mark.parametrize(
+    ("stage", "name", "value"),
+    [
+        ("verifier", "max_wait", 2.0),
+        ("verifier", "mode", "pyramid"),
+        ("drafter", "model", "tiny:3"),
+        ("refiner", "lookahead", 4),
+        ("verifier", "round_period", 1.0),
+    ],
+)
+def test_a_parameter_that_cannot_change_live_is_refused_with_a_reason(
+    nodes: dict[str, Any], stage: str, name: str, value: Any
+) -> None:
     node = nodes[stage]
     before = node.get_parameter(name).value
     (res,) = node.set_parameters([Parameter(name, value=value)])

@@ -10,6 +10,7 @@ completes the round's clip goes out, and the final caption is waited for. Every 
 checks a draft (the test asserts it), and the drafter proposes the target's least likely token with
 full confidence, so most samples come from the residual, where a wrong rule would show.
 """
+
 from __future__ import annotations
 
 import time
@@ -63,13 +64,25 @@ def _models(draft_token: Callable[[dict[tuple[int, ...], float]], int]) -> dict[
 
 def _config(mode: str) -> PipelineConfig:
     common = {"round_period": PERIOD_NS / 1e9, "max_new_tokens": 1, "sensor_reliability": "reliable"}
-    return PipelineConfig(stages=("drafter", "verifier"), params={
-        "common": common,
-        "event_drafter": {"event_window": 0.005},
-        # generous waits: every round has its draft and frames in hand before it starts (see above)
-        "video_verifier": {"mode": mode, "frames": 1, "clip_duration": 0.005, "slop": 0.002, "max_wait": 10.0,
-                           "draft_wait": 10.0, "use_drafts": "drafter", "publish_overlay": False, "seed": 7},
-    })
+    return PipelineConfig(
+        stages=("drafter", "verifier"),
+        params={
+            "common": common,
+            "event_drafter": {"event_window": 0.005},
+            # generous waits: every round has its draft and frames in hand before it starts (see above)
+            "video_verifier": {
+                "mode": mode,
+                "frames": 1,
+                "clip_duration": 0.005,
+                "slop": 0.002,
+                "max_wait": 10.0,
+                "draft_wait": 10.0,
+                "use_drafts": "drafter",
+                "publish_overlay": False,
+                "seed": 7,
+            },
+        },
+    )
 
 
 class _Sensor:
@@ -87,8 +100,9 @@ class _Sensor:
         self._encoder = Evt3Encoder()
         self._event_type, self._image_type = EventPacket, Image
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (self._events.get_subscription_count()
-                                                   and self._images.get_subscription_count()):
+        while time.monotonic() < deadline and not (
+            self._events.get_subscription_count() and self._images.get_subscription_count()
+        ):
             time.sleep(0.01)
         assert self._events.get_subscription_count() and self._images.get_subscription_count(), "no subscribers"
 

@@ -1,4 +1,5 @@
 """``cascade-sd make-bag``: topics, type hashes, ground truth, exact events, determinism, video input."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,9 +43,19 @@ def test_bag_topics_hashes_truth_and_exact_events(tmp_path: Path) -> None:
     assert meta["storage_identifier"] == "mcap"
 
     # The same configuration in-process: the bag holds exactly its events, captions and clocks.
-    expected = list(iter_scenes(StreamConfig(
-        n_scenes=2, scene_duration_s=0.5, height=40, width=48, fps=20.0, seed=4,
-        clocks=ClockModel(-2_500_000, 1.0, 0.2))))
+    expected = list(
+        iter_scenes(
+            StreamConfig(
+                n_scenes=2,
+                scene_duration_s=0.5,
+                height=40,
+                width=48,
+                fps=20.0,
+                seed=4,
+                clocks=ClockModel(-2_500_000, 1.0, 0.2),
+            )
+        )
+    )
     decoder = make_decoder("evt3", 48, 40)
     decoded, truths, images = [], [], []
     for topic, _type, t_ns, msg in bagio.iter_messages(bag):
@@ -78,7 +89,9 @@ def test_same_seed_byte_identical_different_seed_different(tmp_path: Path, stora
 
     assert files("a") == files("b")
     assert files("a") != files("c")
-    captions = {sub: [m.caption for *_, m in bagio.iter_messages(tmp_path / sub / "bag", ["/ground_truth"])] for sub in "ac"}
+    captions = {
+        sub: [m.caption for *_, m in bagio.iter_messages(tmp_path / sub / "bag", ["/ground_truth"])] for sub in "ac"
+    }
     assert captions["a"] != captions["c"]
 
 
@@ -119,18 +132,21 @@ def test_from_video_file_and_from_bag_rgb_topic(tmp_path: Path) -> None:
     assert counts["/camera/image_raw"] == 20
 
 
-@pytest.mark.parametrize("argv", [
-    ["--drop-rate", "1.0"],
-    ["--duration", "0"],
-    ["--width", "64"],
-    ["--scenes", "0"],
-    ["--storage", "rosbag1"],
-    ["--from-video", "/nonexistent/clip.mp4"],
-    ["--jitter-ms", "nan"],
-    ["--strobe-missing", "3"],  # needs --strobe
-    ["--strobe", "--strobe-missing", "x"],
-    ["--drift-ppm", "5000"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--drop-rate", "1.0"],
+        ["--duration", "0"],
+        ["--width", "64"],
+        ["--scenes", "0"],
+        ["--storage", "rosbag1"],
+        ["--from-video", "/nonexistent/clip.mp4"],
+        ["--jitter-ms", "nan"],
+        ["--strobe-missing", "3"],  # needs --strobe
+        ["--strobe", "--strobe-missing", "x"],
+        ["--drift-ppm", "5000"],
+    ],
+)
 def test_bad_arguments_exit_2(tmp_path: Path, argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         code = main(["make-bag", str(tmp_path / "bag"), *argv])
@@ -161,7 +177,9 @@ def test_strobe_with_drift_and_a_missing_edge(tmp_path: Path) -> None:
         first = min(int(a["t"][0]) for a in (res.cd, res.triggers) if a.size)
         stamp = m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
         rising += (res.triggers["t"][res.triggers["p"] == 1].astype(np.int64) * 1000 + stamp - first * 1000).tolist()
-    frames = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for *_, m in bagio.iter_messages(bag, ["/camera/image_raw"])]
+    frames = [
+        m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for *_, m in bagio.iter_messages(bag, ["/camera/image_raw"])
+    ]
     assert len(frames) == 20 and len(rising) == 19  # 2 scenes x 0.5 s x 20 fps, one edge lost
     start = frames[0]
     expected = [f + 25_000_000 + round((f - start) * 200e-6) for i, f in enumerate(frames) if i != 3]

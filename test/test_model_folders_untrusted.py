@@ -4,6 +4,7 @@ tokenizer_config.json never imports the folder's Python (``trust_remote_code`` i
 
 Each case's payload would create a marker file if it ran; the tests check the marker is absent.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,7 @@ def test_a_pickle_beside_the_safetensors_is_never_read(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-_REMOTE_CODE = '''
+_REMOTE_CODE = """
 from pathlib import Path
 Path({marker!r}).write_text("remote code ran")
 from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast
@@ -93,7 +94,7 @@ class EvilModel(LlavaForConditionalGeneration):
     config_class = EvilConfig
 class EvilTokenizer(PreTrainedTokenizerFast):
     pass
-'''
+"""
 
 
 def _with_auto_map(tmp_path: Path, *, foreign_type: bool) -> tuple[Path, Path]:
@@ -101,8 +102,11 @@ def _with_auto_map(tmp_path: Path, *, foreign_type: bool) -> tuple[Path, Path]:
     marker = tmp_path / "remote_code_ran"
     (folder / "evil.py").write_text(_REMOTE_CODE.format(marker=str(marker)))
     config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel",
-                          "AutoModelForImageTextToText": "evil.EvilModel"}
+    config["auto_map"] = {
+        "AutoConfig": "evil.EvilConfig",
+        "AutoModelForCausalLM": "evil.EvilModel",
+        "AutoModelForImageTextToText": "evil.EvilModel",
+    }
     if foreign_type:
         config["model_type"] = "evil_llava"  # transformers has no code of its own for it
     (folder / "config.json").write_text(json.dumps(config))

@@ -1,5 +1,6 @@
 """Each node starts with ``python -m cascade_sd_ros.nodes.<name>``; bad parameters or model folders
 end it with exit 2 and one clear line, not a traceback."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ Scenes carry an event/RGB clock offset, RGB stamp jitter and dropped frames. Eve
 in lossless-greedy must equal the verifier-alone greedy caption on the clip the verifier used, and
 that clip must lie inside the scene (so the offset was applied).
 """
+
 from __future__ import annotations
 
 import re
@@ -39,7 +40,10 @@ N_SCENES = 10
 
 def _stream(n_scenes: int, seed: int = 3) -> StreamConfig:
     return StreamConfig(
-        n_scenes=n_scenes + 1, height=64, width=64, seed=seed,  # + a lead-out scene
+        n_scenes=n_scenes + 1,
+        height=64,
+        width=64,
+        seed=seed,  # + a lead-out scene
         clocks=ClockModel(event_offset_ns=OFFSET_NS, jitter_ms=3.0, drop_rate=0.1),
         packets=PacketConfig(time_threshold_us=5000),
     )
@@ -63,8 +67,9 @@ def alone() -> Any:
     return load_stage_model(TINY["target"], "target")
 
 
-def _config(stages: tuple[str, ...] = ("drafter", "refiner", "verifier"),
-            **verifier: Any) -> tuple[PipelineConfig, Any]:
+def _config(
+    stages: tuple[str, ...] = ("drafter", "refiner", "verifier"), **verifier: Any
+) -> tuple[PipelineConfig, Any]:
     rounds = scene_rounds(_stream(N_SCENES))
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": MAX_NEW}
@@ -244,7 +249,8 @@ def test_no_input_at_all_reports_degraded_without_stalling(make_run, rclpy_conte
 
 
 def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: ANN001
-        make_run, scenes, alone, rclpy_context) -> None:
+    make_run, scenes, alone, rclpy_context
+) -> None:
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
@@ -289,8 +295,12 @@ def test_malformed_messages_are_counted_skipped_and_service_continues(  # noqa: 
         verifier, drafter = run.pipeline.stage_nodes["verifier"], run.pipeline.stage_nodes["drafter"]
         refiner = run.pipeline.stage_nodes["refiner"]
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (verifier.images_in.malformed < 4 or refiner.images_in.malformed < 4
-                                               or drafter.events_in.malformed < 1 or verifier.drafts_in.malformed < 1):
+        while time.monotonic() < deadline and (
+            verifier.images_in.malformed < 4
+            or refiner.images_in.malformed < 4
+            or drafter.events_in.malformed < 1
+            or verifier.drafts_in.malformed < 1
+        ):
             time.sleep(0.05)
         assert verifier.images_in.malformed == 4
         assert run.pipeline.stage_nodes["refiner"].images_in.malformed == 4
@@ -388,14 +398,16 @@ def test_a_prompt_message_opens_a_round_answering_it(rclpy_context, models, scen
         # the stages have taken in the scene's messages: wait on their input counters, not a clock
         stages = run.pipeline.stage_nodes
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (stages["verifier"].images_in.received < len(moving.frames)
-                                               or stages["drafter"].events_in.received < len(moving.packets)):
+        while time.monotonic() < deadline and (
+            stages["verifier"].images_in.received < len(moving.frames)
+            or stages["drafter"].events_in.received < len(moving.packets)
+        ):
             time.sleep(0.02)
         assert stages["verifier"].images_in.received == len(moving.frames)
         assert run.pipeline.collector.finals == {}
         pub.publish(String(data="what do you see"))
         assert run.pipeline.collector.wait_final(count=1, timeout_s=15)
-        (rid, msg), = run.pipeline.collector.finals.items()
+        ((rid, msg),) = run.pipeline.collector.finals.items()
         inp = run.pipeline.verifier.inputs[rid]
         assert inp.question == "what do you see"
         assert moving.truth.start_ns <= rid - OFFSET_NS <= moving.truth.end_ns  # T: the newest events

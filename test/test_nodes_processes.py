@@ -1,5 +1,6 @@
 """The three nodes as three separate processes (``python -m cascade_sd_ros.nodes.<name>``), talking
 over DDS only: the same lossless captions as the verifier alone on the same clips."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,12 @@ N_SCENES = 10
 
 def _args(node: str, rounds: Any) -> list[str]:
     common = {
-        "model": "tiny:0", "round_period": rounds.period_s, "round_phase": rounds.phase_s,
-        "max_new_tokens": MAX_NEW, "sensor_reliability": "reliable", "sensor_qos_depth": 2000,
+        "model": "tiny:0",
+        "round_period": rounds.period_s,
+        "round_phase": rounds.phase_s,
+        "max_new_tokens": MAX_NEW,
+        "sensor_reliability": "reliable",
+        "sensor_qos_depth": 2000,
     }
     if node != "event_drafter":
         common["frame_offset"] = OFFSET_NS / 1e9
@@ -53,8 +58,12 @@ def processes(tmp_path: Path):  # noqa: ANN201
         log = tmp_path / f"{node}.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         with log.open("w") as out:  # the child has its own copy of the descriptor
-            procs.append((child_processes.start(_args(node, rounds), cwd=ROOT, env=env, stdout=out,
-                                                stderr=subprocess.STDOUT), log))
+            procs.append(
+                (
+                    child_processes.start(_args(node, rounds), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT),
+                    log,
+                )
+            )
 
     yield start
     # SIGINT to every node first (they shut down together), then wait; a node that does not stop
@@ -69,9 +78,14 @@ def processes(tmp_path: Path):  # noqa: ANN201
 def test_three_processes_give_the_verifier_alone_captions(rclpy_context: Any, processes: Any) -> None:
     from rclpy.executors import MultiThreadedExecutor
 
-    stream = StreamConfig(n_scenes=N_SCENES + 1, height=64, width=64, seed=3,
-                          clocks=ClockModel(event_offset_ns=OFFSET_NS, jitter_ms=3.0, drop_rate=0.1),
-                          packets=PacketConfig(time_threshold_us=5000))
+    stream = StreamConfig(
+        n_scenes=N_SCENES + 1,
+        height=64,
+        width=64,
+        seed=3,
+        clocks=ClockModel(event_offset_ns=OFFSET_NS, jitter_ms=3.0, drop_rate=0.1),
+        packets=PacketConfig(time_threshold_us=5000),
+    )
     rounds = scene_rounds(stream)
     for node in ("event_drafter", "frame_refiner", "video_verifier"):
         processes(node, rounds)

@@ -1,4 +1,5 @@
 """Loading one stage's model for a node: sources, roles, devices, and the errors that name them."""
+
 from __future__ import annotations
 
 from pathlib import Path

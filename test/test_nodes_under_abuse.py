@@ -8,6 +8,7 @@ Each case: every node alive (or restarted), the verifier publishes final caption
 memory bounded (RSS from /proc before/after), and every node exits 0 after one SIGINT (times recorded).
 ``CASCADE_SD_ABUSE_FIGURES=path.json`` writes the figures (bench/RESULTS.md quotes them).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,14 @@ from cascade_sd_ros.tools.stage_taps import StageTaps  # noqa: E402
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 TINY = {"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"}
-STREAM = StreamConfig(n_scenes=22, height=64, width=64, seed=11, clocks=ClockModel(event_offset_ns=20_000_000),
-                      packets=PacketConfig(time_threshold_us=5000))
+STREAM = StreamConfig(
+    n_scenes=22,
+    height=64,
+    width=64,
+    seed=11,
+    clocks=ClockModel(event_offset_ns=20_000_000),
+    packets=PacketConfig(time_threshold_us=5000),
+)
 ROUNDS = scene_rounds(STREAM)
 # a failure guard, not a speed goal: the shutdown times are recorded (FIGURES, bench/RESULTS.md); alone
 # a node stops in 0.4 s, three at once on two loaded cores in 0.56-1.1 s (3.3-10 s before the exit
@@ -209,18 +216,29 @@ def _finish(run: Run) -> None:
                 took[p.stage], codes[p.stage] = time.monotonic() - t0, p.popen.returncode
         time.sleep(0.01)
     logs = {p.stage: p.log_path.read_text(errors="replace") for p in run.procs.procs}
-    FIGURES.append({
-        "case": run.case, "restarts": run.restarts, "finals_after": run.finals_after,
-        "rss_mb": {s: [round(run.rss_before.get(s, float("nan")), 1), round(rss_after[s], 1)] for s in rss_after},
-        "shutdown_s": {s: round(took.get(s, float("inf")), 2) for s in rss_after}, "exit": codes,
-        "diagnostics": {s: {k: v for k, v in run.diagnostics.latest.get(n, {}).items()
-                            if k.endswith((".malformed", ".dropped", ".received")) or k == "callback_errors"}
-                        for s, n in (("drafter", "event_drafter"), ("refiner", "frame_refiner"),
-                                     ("verifier", "video_verifier"))},
-    })
+    FIGURES.append(
+        {
+            "case": run.case,
+            "restarts": run.restarts,
+            "finals_after": run.finals_after,
+            "rss_mb": {s: [round(run.rss_before.get(s, float("nan")), 1), round(rss_after[s], 1)] for s in rss_after},
+            "shutdown_s": {s: round(took.get(s, float("inf")), 2) for s in rss_after},
+            "exit": codes,
+            "diagnostics": {
+                s: {
+                    k: v
+                    for k, v in run.diagnostics.latest.get(n, {}).items()
+                    if k.endswith((".malformed", ".dropped", ".received")) or k == "callback_errors"
+                }
+                for s, n in (("drafter", "event_drafter"), ("refiner", "frame_refiner"), ("verifier", "video_verifier"))
+            },
+        }
+    )
     for stage, mb in rss_after.items():
         if stage in run.rss_before:
-            assert mb - run.rss_before[stage] < RSS_GROWTH_MB, f"{run.case}: {stage} grew {mb - run.rss_before[stage]:.0f} MB"
+            assert mb - run.rss_before[stage] < RSS_GROWTH_MB, (
+                f"{run.case}: {stage} grew {mb - run.rss_before[stage]:.0f} MB"
+            )
     for p in run.procs.procs:
         assert codes.get(p.stage) == 0, f"{run.case}: {p.stage} exit {codes.get(p.stage)}:\n{p.log_tail()}"
         assert took[p.stage] < SHUTDOWN_S, f"{run.case}: {p.stage} took {took[p.stage]:.2f} s to stop"
@@ -228,6 +246,7 @@ def _finish(run: Run) -> None:
 
 
 # ---------------------------------------------------------------------------------------- cases
+
 
 def _event_packets(stamp_ns: int) -> list[Any]:
     from event_camera_msgs.msg import EventPacket
@@ -241,8 +260,13 @@ def _event_packets(stamp_ns: int) -> list[Any]:
     mono, _ = encode_mono(ev)
     rng = np.random.default_rng(3)
 
-    def packet(payload: bytes, encoding: str = "evt3", time_base: int = 0, size: tuple[int, int] = (64, 64),
-               stamp: tuple[int, int] | None = None) -> Any:
+    def packet(
+        payload: bytes,
+        encoding: str = "evt3",
+        time_base: int = 0,
+        size: tuple[int, int] = (64, 64),
+        stamp: tuple[int, int] | None = None,
+    ) -> Any:
         msg = EventPacket(encoding=encoding, time_base=time_base, height=size[0], width=size[1])
         msg.events = payload
         if stamp is None:
@@ -256,7 +280,8 @@ def _event_packets(stamp_ns: int) -> list[Any]:
         packet(b""),  # empty
         packet(good_evt3[:3]),  # a cut word
         packet(rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()),  # 1 MB of garbage
-        packet(mono, "mono", 2**64 - 1), packet(mono, "trigger", 2**64 - 1),  # legal uint64, no int64
+        packet(mono, "mono", 2**64 - 1),
+        packet(mono, "trigger", 2**64 - 1),  # legal uint64, no int64
         packet(good_evt3, stamp=(2**31 - 1, 999_999_999)),  # the end of int32 time
         packet(good_evt3, stamp=(-(2**31), 0)),  # before 1970
         packet(good_evt3, stamp=(5, 2**32 - 1)),  # nanosec out of range ("NaN" of a stamp)
@@ -306,8 +331,11 @@ def test_malformed_messages_on_every_input(scenes: list[Any], tmp_path: Path) ->
         images = run.publisher(Image, f"{run.namespace}/image")
         prompts = run.publisher(String, f"{run.namespace}/prompt")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (events.get_subscription_count() and images.get_subscription_count() >= 2
-                                                   and prompts.get_subscription_count() >= 3):
+        while time.monotonic() < deadline and not (
+            events.get_subscription_count()
+            and images.get_subscription_count() >= 2
+            and prompts.get_subscription_count() >= 3
+        ):
             time.sleep(0.05)
         bad_events, bad_images = _event_packets(stamp + STREAM.clocks.event_offset_ns), _images(stamp)
         for msg in bad_events:
@@ -342,19 +370,31 @@ def test_a_flood_at_ten_times_the_sensor_rate(scenes: list[Any], tmp_path: Path)
         run.final(18)
         run.finals_after.append(18)
         sent = sum(len(scenes[i].packets) for i in flood)
-        FIGURES.append({"case": "flood", "flood_s": round(flood_s, 2), "packets": sent,
-                        "packets_per_s": round(sent / flood_s), "frames": sum(len(scenes[i].frames) for i in flood)})
+        FIGURES.append(
+            {
+                "case": "flood",
+                "flood_s": round(flood_s, 2),
+                "packets": sent,
+                "packets_per_s": round(sent / flood_s),
+                "frames": sum(len(scenes[i].frames) for i in flood),
+            }
+        )
 
 
-_RESTART_RECOVERY = pytest.mark.xfail(strict=False, reason=(
-    "open: after kill -9 and restart, the new stage's reliable round topics sometimes stay unmatched "
-    "with the old peers (a restarted refiner: images 123 and commits 7 received, drafts from the old "
-    "drafter 0, its 8 drafts never heard by the verifier); 1 run in 2 for the refiner, rarer for the "
-    "drafter, on 2 loaded cores. Suspect: Fast DDS shared-memory ports left by the killed process"))
+_RESTART_RECOVERY = pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "open: after kill -9 and restart, the new stage's reliable round topics sometimes stay unmatched "
+        "with the old peers (a restarted refiner: images 123 and commits 7 received, drafts from the old "
+        "drafter 0, its 8 drafts never heard by the verifier); 1 run in 2 for the refiner, rarer for the "
+        "drafter, on 2 loaded cores. Suspect: Fast DDS shared-memory ports left by the killed process"
+    ),
+)
 
 
-@pytest.mark.parametrize("stage", [pytest.param("drafter", marks=_RESTART_RECOVERY),
-                                   pytest.param("refiner", marks=_RESTART_RECOVERY)])
+@pytest.mark.parametrize(
+    "stage", [pytest.param("drafter", marks=_RESTART_RECOVERY), pytest.param("refiner", marks=_RESTART_RECOVERY)]
+)
 def test_kill_9_of_an_upstream_stage_mid_run_and_its_restart(stage: str, scenes: list[Any], tmp_path: Path) -> None:
     case = f"{stage}_kill9"
     with _run(case, scenes, tmp_path) as run:
@@ -385,13 +425,24 @@ def test_kill_9_of_an_upstream_stage_mid_run_and_its_restart(stage: str, scenes:
                 break
         node = {"drafter": "event_drafter", "refiner": "frame_refiner"}[stage]
         with run.diagnostics._lock:
-            seen = {k: v for k, v in run.diagnostics.latest.get(node, {}).items()
-                    if k.endswith((".received", "rounds_opened", "drafts_published", "rounds_seen"))}
-        assert back(after), (f"{stage}: its drafts did not reach the verifier in 6 scenes after its restart "
-                             f"({after.degraded_reason}); its diagnostics: {seen}")
-        FIGURES.append({"case": case, "degraded_while_down": bool(degraded.degraded),
-                        "drafted_while_down": list(degraded.drafted_per_stage),
-                        "drafted_after_restart": list(after.drafted_per_stage), "scenes_to_recover": i - 3})
+            seen = {
+                k: v
+                for k, v in run.diagnostics.latest.get(node, {}).items()
+                if k.endswith((".received", "rounds_opened", "drafts_published", "rounds_seen"))
+            }
+        assert back(after), (
+            f"{stage}: its drafts did not reach the verifier in 6 scenes after its restart "
+            f"({after.degraded_reason}); its diagnostics: {seen}"
+        )
+        FIGURES.append(
+            {
+                "case": case,
+                "degraded_while_down": bool(degraded.degraded),
+                "drafted_while_down": list(degraded.drafted_per_stage),
+                "drafted_after_restart": list(after.drafted_per_stage),
+                "scenes_to_recover": i - 3,
+            }
+        )
 
 
 def test_a_verifier_restart_while_upstream_keeps_drafting(scenes: list[Any], tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The core stages without ROS: what the verifier commits is the verifier's own greedy caption
 whatever the drafts (good, garbage, stale, late or absent), and it never waits past its bounds."""
+
 from __future__ import annotations
 
 import threading
@@ -41,18 +42,43 @@ class Harness:
         self.done = threading.Event()
         self.upstream: list[Any] = []
         clip = StageInput(FRAMES, skew_ns=0, span_ns=1)
-        self.verifier = VerifierStage(stages["target"], lambda r, g: clip,
-                                      self._emit, rules=self.rules, max_new_tokens=MAX_NEW,
-                                      draft_wait_s=kw.get("draft_wait_s", 0.2), max_wait_s=0.5,
-                                      use_stages=kw.get("use_stages", (1, 0)), question="q")
+        self.verifier = VerifierStage(
+            stages["target"],
+            lambda r, g: clip,
+            self._emit,
+            rules=self.rules,
+            max_new_tokens=MAX_NEW,
+            draft_wait_s=kw.get("draft_wait_s", 0.2),
+            max_wait_s=0.5,
+            use_stages=kw.get("use_stages", (1, 0)),
+            question="q",
+        )
         if upstream:
-            self.upstream.append(DrafterStage(stages["drafter"], lambda r, g: StageInput(EVENTS),
-                                              self._from_drafter, gamma=3, lookahead=2, max_new_tokens=MAX_NEW,
-                                              question="q"))
-            self.upstream.append(RefinerStage(stages["refiner"], lambda r, g: StageInput(FRAMES[-1]),
-                                              self._from_refiner, rules=self.rules, gamma=5, lookahead=2,
-                                              max_new_tokens=MAX_NEW, max_wait_s=0.2, upstream_wait_s=0.05,
-                                              question="q"))
+            self.upstream.append(
+                DrafterStage(
+                    stages["drafter"],
+                    lambda r, g: StageInput(EVENTS),
+                    self._from_drafter,
+                    gamma=3,
+                    lookahead=2,
+                    max_new_tokens=MAX_NEW,
+                    question="q",
+                )
+            )
+            self.upstream.append(
+                RefinerStage(
+                    stages["refiner"],
+                    lambda r, g: StageInput(FRAMES[-1]),
+                    self._from_refiner,
+                    rules=self.rules,
+                    gamma=5,
+                    lookahead=2,
+                    max_new_tokens=MAX_NEW,
+                    max_wait_s=0.2,
+                    upstream_wait_s=0.05,
+                    question="q",
+                )
+            )
         self.stages = [self.verifier, *self.upstream]
 
     def _emit(self, u: CaptionUpdate) -> None:
@@ -164,9 +190,15 @@ def test_other_modes_run_and_say_what_they_are(stages: dict[str, Any], alone: li
 def test_no_frames_gives_an_empty_degraded_final(stages: dict[str, Any]) -> None:
     out: list[CaptionUpdate] = []
     none = StageInput(None, "no RGB frames received")
-    w = VerifierStage(stages["target"], lambda r, g: none if g else None,
-                      out.append, rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW,
-                      draft_wait_s=0.1, max_wait_s=0.2)
+    w = VerifierStage(
+        stages["target"],
+        lambda r, g: none if g else None,
+        out.append,
+        rules=mode_rules("lossless-greedy"),
+        max_new_tokens=MAX_NEW,
+        draft_wait_s=0.1,
+        max_wait_s=0.2,
+    )
     w.start()
     try:
         w.open_round(1)
@@ -180,14 +212,24 @@ def test_no_frames_gives_an_empty_degraded_final(stages: dict[str, Any]) -> None
     assert w.snapshot()["rounds_degraded"] == 1
 
 
-def test_a_round_that_keeps_failing_is_given_up_and_the_next_one_served(stages: dict[str, Any], alone: list[int]) -> None:
+def test_a_round_that_keeps_failing_is_given_up_and_the_next_one_served(
+    stages: dict[str, Any], alone: list[int]
+) -> None:
     out: list[CaptionUpdate] = []
     good = StageInput(FRAMES)
     broken = StageInput(np.zeros((3, 64, 64, 3), np.uint8))  # 3 frames: the target takes 8
 
-    w = VerifierStage(stages["target"], lambda r, g: broken if r.round_id == 1 else good, out.append,
-                      rules=mode_rules("lossless-greedy"), max_new_tokens=MAX_NEW, draft_wait_s=0.05,
-                      max_wait_s=0.2, use_stages=(), question="q")
+    w = VerifierStage(
+        stages["target"],
+        lambda r, g: broken if r.round_id == 1 else good,
+        out.append,
+        rules=mode_rules("lossless-greedy"),
+        max_new_tokens=MAX_NEW,
+        draft_wait_s=0.05,
+        max_wait_s=0.2,
+        use_stages=(),
+        question="q",
+    )
     w.start()
     try:
         w.open_round(1)
@@ -206,8 +248,15 @@ def test_a_round_that_keeps_failing_is_given_up_and_the_next_one_served(stages: 
 def test_an_upstream_stage_gives_up_a_round_it_cannot_serve(stages: dict[str, Any]) -> None:
     sent: list[Draft] = []
     broken = StageInput(np.zeros((64, 64), np.uint8))  # not an RGB image
-    w = DrafterStage(stages["drafter"], lambda r, g: broken, lambda rid, t, d: sent.append(d),
-                     gamma=3, lookahead=2, max_new_tokens=MAX_NEW, question="q")
+    w = DrafterStage(
+        stages["drafter"],
+        lambda r, g: broken,
+        lambda rid, t, d: sent.append(d),
+        gamma=3,
+        lookahead=2,
+        max_new_tokens=MAX_NEW,
+        question="q",
+    )
     w.start()
     try:
         w.open_round(1)

@@ -2,6 +2,7 @@
 it, applies it once confident (each round keeps the offset it opened with), publishes it latched on
 ``clock_offset``, the refiner follows it, and every final caption says which offset picked its frames.
 Tiny random models, synthetic scenes in motion, one process over DDS."""
+
 from __future__ import annotations
 
 import threading
@@ -32,8 +33,15 @@ N_SCENES = 6
 
 
 def test_the_offset_is_measured_applied_shared_and_reported(rclpy_context: Any) -> None:
-    stream = StreamConfig(n_scenes=N_SCENES + 1, height=48, width=48, seed=11, motions=("left", "right", "up", "down"),
-                          clocks=ClockModel(event_offset_ns=TRUE_NS), packets=PacketConfig(time_threshold_us=5000))
+    stream = StreamConfig(
+        n_scenes=N_SCENES + 1,
+        height=48,
+        width=48,
+        seed=11,
+        motions=("left", "right", "up", "down"),
+        clocks=ClockModel(event_offset_ns=TRUE_NS),
+        packets=PacketConfig(time_threshold_us=5000),
+    )
     scenes = list(iter_scenes(stream))
     rounds = scene_rounds(stream)
     params = rounds.params(oracle=False)  # frame_offset 0, measured
@@ -50,7 +58,7 @@ def test_the_offset_is_measured_applied_shared_and_reported(rclpy_context: Any) 
         sent = 0
         confident_after: int | None = None  # the scene after whose data the verifier was confident
         for i in range(len(scenes)):
-            finals.update(play_scenes(pipeline, player, scenes[i:i + 1], rounds, first=i, timeout_s=30))
+            finals.update(play_scenes(pipeline, player, scenes[i : i + 1], rounds, first=i, timeout_s=30))
             # as a sensor's real time would: the verifier takes the scene's events and runs its estimate
             # before the next scene plays
             sent += len(scenes[i].packets)

@@ -1,4 +1,5 @@
 """package.xml declares what the package imports, so `rosdep install` on a robot brings all of it."""
+
 from __future__ import annotations
 
 import ast
@@ -86,8 +87,11 @@ def imported_modules(root: Path) -> tuple[dict[str, set[str]], dict[str, set[str
 
 
 def third_party(modules: dict[str, set[str]]) -> dict[str, set[str]]:
-    return {m: files for m, files in modules.items()
-            if m not in sys.stdlib_module_names and m != "cascade_sd_ros" and m != "__future__"}
+    return {
+        m: files
+        for m, files in modules.items()
+        if m not in sys.stdlib_module_names and m != "cascade_sd_ros" and m != "__future__"
+    }
 
 
 def declared_run_keys() -> set[str]:
@@ -100,8 +104,9 @@ def test_every_import_is_declared() -> None:
     needed = third_party(required)
     assert "numpy" in needed and "rclpy" in needed and "torch" in needed  # the scan sees imports at all
     unknown = {m: sorted(f)[:3] for m, f in needed.items() if m not in MODULE_KEYS}
-    assert not unknown, ("imports with no rosdep key in this test's table (add the key to package.xml "
-                         f"and to MODULE_KEYS): {unknown}")
+    assert not unknown, (
+        f"imports with no rosdep key in this test's table (add the key to package.xml and to MODULE_KEYS): {unknown}"
+    )
     declared = declared_run_keys()
     missing = {m: MODULE_KEYS[m] for m in needed if MODULE_KEYS[m] is not None and MODULE_KEYS[m] not in declared}
     assert not missing, f"imported but not declared in package.xml (module: key): {missing}"
@@ -110,7 +115,7 @@ def test_every_import_is_declared() -> None:
 def test_pip_only_modules_are_named_in_the_readme() -> None:
     required, _ = imported_modules(PACKAGE)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## On a robot"):]
+    section = readme[readme.index("## On a robot") :]
     for module in third_party(required):
         if MODULE_KEYS.get(module, "") is None:
             assert f"`{PIP_NAMES[module]}`" in section, f"README's robot section does not say {module} comes from pip"
@@ -122,8 +127,14 @@ def test_nothing_declared_that_is_not_used() -> None:
     used_keys = {MODULE_KEYS.get(m) for m in {**required, **optional}}
     launch_files = " ".join(p.read_text(encoding="utf-8") for p in (ROOT / "launch").glob("*.py"))
     used_keys |= {k for k in ("launch", "launch_ros") if f"import {k}" in launch_files or f"from {k}" in launch_files}
-    build_only = {"std_msgs", "builtin_interfaces", "rosidl_default_runtime", "ament_cmake", "ament_cmake_python",
-                  "rosidl_default_generators"}
+    build_only = {
+        "std_msgs",
+        "builtin_interfaces",
+        "rosidl_default_runtime",
+        "ament_cmake",
+        "ament_cmake_python",
+        "rosidl_default_generators",
+    }
     unused = declared_run_keys() - used_keys - build_only
     assert not unused, f"declared in package.xml but never imported: {sorted(unused)}"
 
@@ -134,7 +145,8 @@ def test_the_scan_tells_required_from_optional(tmp_path: Path) -> None:
     (pkg / "a.py").write_text(
         "import os\nimport numpy as np\nfrom torch.nn import Module\nfrom . import b\n"
         "try:\n    from cv_bridge import CvBridge\nexcept ImportError:\n    CvBridge = None\n"
-        "def f():\n    import av\n    try:\n        import yaml\n    except ValueError:\n        pass\n")
+        "def f():\n    import av\n    try:\n        import yaml\n    except ValueError:\n        pass\n"
+    )
     required, optional = imported_modules(pkg)
     assert set(third_party(required)) == {"numpy", "torch", "av", "yaml"}
     assert set(third_party(optional)) == {"cv_bridge"}

@@ -1,5 +1,6 @@
 """A draft in hand when the verifier prefills rides in the prefill forward: the rows it leaves are the
 ones a separate verify forward would give, and scoring that draft afterwards runs no forward."""
+
 from __future__ import annotations
 
 import pytest

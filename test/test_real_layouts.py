@@ -3,6 +3,7 @@ llava-interleave-qwen (a foreign vocabulary) and an EventGPT release folder load
 ``load_stage_model`` from their own files, with placeholders, processors and vocabularies right, and
 draft in a cascade whose output is exactly the target's -- by ids where the vocabularies agree, by
 text where they do not."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,12 @@ MAX_NEW = 12
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("mini")
-    return {"video_llava": mc.video_llava_hf(root / "video_llava"), "llava15": mc.llava_15_hf(root / "llava15"),
-            "qwen": mc.llava_qwen(root / "qwen"), "eventgpt": mc.eventgpt(root / "eventgpt")}
+    return {
+        "video_llava": mc.video_llava_hf(root / "video_llava"),
+        "llava15": mc.llava_15_hf(root / "llava15"),
+        "qwen": mc.llava_qwen(root / "qwen"),
+        "eventgpt": mc.eventgpt(root / "eventgpt"),
+    }
 
 
 def _scene(seed: int, frames: int = mc.FRAMES) -> np.ndarray:
@@ -51,7 +56,8 @@ def test_placeholders_are_expanded_per_family(folders: dict[str, Path]) -> None:
     assert ctx.input_ids.count(image_id) == 4  # SigLIP, "full" features: patches, no CLS
     im_start = qwen.adapter.model.config.text_config  # type: ignore[attr-defined]
     assert im_start.model_type == "qwen2" and ctx.input_ids[0] == mc.qwen_tokenizer().convert_tokens_to_ids(
-        "<|im_start|>")  # ChatML turns for a Qwen2 language model, not Vicuna's USER:/ASSISTANT:
+        "<|im_start|>"
+    )  # ChatML turns for a Qwen2 language model, not Vicuna's USER:/ASSISTANT:
     assert tuple(ctx.pixel_values.shape) == (1, 3, mc.IMAGE_SIZE, mc.IMAGE_SIZE)  # type: ignore[union-attr]
 
 
@@ -87,8 +93,7 @@ def test_eventgpt_loads_from_its_release_layout_and_drafts_for_video_llava(folde
     assert drafter.backend.name == "transformers" and "EventGPT" in drafter.backend.reason
     target = load_stage_model(str(folders["video_llava"]), "target")
     assert drafter.vocab == target.vocab
-    drafted = _cascade_equals_target(target, drafter.adapter, lambda clip: drafter.context(clip[0], QUESTION),
-                                     range(2))
+    drafted = _cascade_equals_target(target, drafter.adapter, lambda clip: drafter.context(clip[0], QUESTION), range(2))
     assert drafted > 0
 
 
@@ -109,8 +114,9 @@ def test_eventgpt_weights_and_event_tokens_are_the_releases(folders: dict[str, P
     assert model.positions(1) == 1 + 4 + 1  # one frame token, 4 patches + CLS
 
 
-def test_eventgpt_is_refused_where_it_cannot_serve_and_never_unpickled(folders: dict[str, Path],
-                                                                      tmp_path: Path) -> None:
+def test_eventgpt_is_refused_where_it_cannot_serve_and_never_unpickled(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
     import shutil
 
     with pytest.raises(ValueError, match="target needs a video model"):
@@ -136,9 +142,13 @@ def test_a_foreign_vocabulary_family_drafts_by_text_for_video_llava(folders: dic
     target = load_stage_model(str(folders["video_llava"]), "target")
     qwen = load_stage_model(str(folders["qwen"]), "drafter")
     assert qwen.vocab.fingerprint != target.vocab.fingerprint
-    text = TextDrafter(qwen.adapter, AutoTokenizer.from_pretrained(folders["qwen"]),
-                       AutoTokenizer.from_pretrained(folders["video_llava"]), target.adapter.vocab_size,
-                       target.adapter.eos_token_id)
+    text = TextDrafter(
+        qwen.adapter,
+        AutoTokenizer.from_pretrained(folders["qwen"]),
+        AutoTokenizer.from_pretrained(folders["video_llava"]),
+        target.adapter.vocab_size,
+        target.adapter.eos_token_id,
+    )
     _cascade_equals_target(target, text, lambda clip: qwen.context(clip[0], QUESTION), range(2))
 
 
@@ -149,9 +159,13 @@ def test_llava_15_refines_for_video_llava_by_text_too(folders: dict[str, Path]) 
 
     target = load_stage_model(str(folders["video_llava"]), "target")
     llava = load_stage_model(str(folders["llava15"]), "refiner")
-    text = TextDrafter(llava.adapter, AutoTokenizer.from_pretrained(folders["llava15"]),
-                       AutoTokenizer.from_pretrained(folders["video_llava"]), target.adapter.vocab_size,
-                       target.adapter.eos_token_id)
+    text = TextDrafter(
+        llava.adapter,
+        AutoTokenizer.from_pretrained(folders["llava15"]),
+        AutoTokenizer.from_pretrained(folders["video_llava"]),
+        target.adapter.vocab_size,
+        target.adapter.eos_token_id,
+    )
     _cascade_equals_target(target, text, lambda clip: llava.context(clip[-1], QUESTION), range(1))
 
 

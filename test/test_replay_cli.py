@@ -1,4 +1,5 @@
 """``cascade-sd replay`` arguments and the replay's ROS-free helpers (params, remaps, round timing, progress)."""
+
 from __future__ import annotations
 
 import io
@@ -27,19 +28,30 @@ def _scan(topics: dict[str, str], scenes: list[SceneInterval] | None = None) -> 
     return BagScan(Path("bag"), 0, 4 * S, infos, scenes or [])
 
 
-@pytest.mark.parametrize("argv", [
-    ["replay", "/no/such/bag"],
-    ["replay", "/no/such/bag", "--remap", "/a"],
-    ["replay", "/no/such/bag", "--param", "bogus:x=1"],
-    ["replay", "/no/such/bag", "--model", "oracle=tiny:0"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["replay", "/no/such/bag"],
+        ["replay", "/no/such/bag", "--remap", "/a"],
+        ["replay", "/no/such/bag", "--param", "bogus:x=1"],
+        ["replay", "/no/such/bag", "--model", "oracle=tiny:0"],
+    ],
+)
 def test_bad_replay_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert "cascade-sd replay: error:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["replay"], ["replay", "x", "--rate", "0"], ["replay", "x", "--rate", "2", "--fast"],
-                                  ["replay", "x", "--mode", "greedy"], ["replay", "x", "--rounds", "never"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["replay"],
+        ["replay", "x", "--rate", "0"],
+        ["replay", "x", "--rate", "2", "--fast"],
+        ["replay", "x", "--mode", "greedy"],
+        ["replay", "x", "--rounds", "never"],
+    ],
+)
 def test_argparse_errors_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -64,19 +76,29 @@ def test_params_parse_and_merge() -> None:
     assert params == {"common": {"round_period": 0.5}, "video_verifier": {"max_wait": 1, "mode": "pyramid"}}
     merged = replay_params("cascade", params)
     assert merged["frame_refiner"]["mode"] == "cascade" and merged["video_verifier"]["mode"] == "pyramid"
-    assert merge_params({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": {"z": 4}}) == {"a": {"x": 1, "y": 3}, "b": {"z": 4}}
+    assert merge_params({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": {"z": 4}}) == {
+        "a": {"x": 1, "y": 3},
+        "b": {"z": 4},
+    }
 
 
 def test_auto_remaps_only_when_unambiguous() -> None:
-    scan = _scan({"/cam/events": "event_camera_msgs/msg/EventPacket", "/cam/image": "sensor_msgs/msg/Image",
-                  "/cam/image_small": "sensor_msgs/msg/Image"})
+    scan = _scan(
+        {
+            "/cam/events": "event_camera_msgs/msg/EventPacket",
+            "/cam/image": "sensor_msgs/msg/Image",
+            "/cam/image_small": "sensor_msgs/msg/Image",
+        }
+    )
     inputs = {"event_camera_msgs/msg/EventPacket": {"/events"}, "sensor_msgs/msg/Image": {"/image"}}
     assert auto_remaps(scan, inputs, {}) == {"/cam/events": "/events"}  # two image topics: no guess
     assert auto_remaps(scan, inputs, {"/cam/events": "/elsewhere"}) == {}  # --remap wins
 
 
 def test_round_params_follow_ground_truth_scenes() -> None:
-    scenes = [SceneInterval(i, 10 * S + 2 * i * S, 10 * S + 2 * (i + 1) * S, f"scene {i}", 30_000_000) for i in range(3)]
+    scenes = [
+        SceneInterval(i, 10 * S + 2 * i * S, 10 * S + 2 * (i + 1) * S, f"scene {i}", 30_000_000) for i in range(3)
+    ]
     params = round_params(_scan({}, scenes), "auto")
     assert params["common"]["round_period"] == pytest.approx(2.0)
     # round at each scene's end minus the pipeline's margin, on the event clock (offset added)
@@ -87,7 +109,9 @@ def test_round_params_follow_ground_truth_scenes() -> None:
     assert params["frame_refiner"]["follow_clock_offset"] is True
     oracle = round_params(_scan({}, scenes), "auto", oracle=True)  # --oracle-offset: the truth, pinned
     assert oracle["video_verifier"]["frame_offset"] == pytest.approx(0.03)
-    assert oracle["video_verifier"]["estimate_offset"] is False and oracle["frame_refiner"]["follow_clock_offset"] is False
+    assert (
+        oracle["video_verifier"]["estimate_offset"] is False and oracle["frame_refiner"]["follow_clock_offset"] is False
+    )
     assert round_params(_scan({}, scenes), "period") == {}
     assert round_params(_scan({}), "auto") == {}
     with pytest.raises(ReplayInputError, match="no ground truth"):
@@ -99,7 +123,9 @@ def test_round_params_follow_ground_truth_scenes() -> None:
 
 
 def test_progress_bar_text_and_throttle() -> None:
-    line = render(ProgressState(bag_s=1.0, total_s=2.0, rounds_opened=3, rounds_final=2, wall_s=2.0, held=True), width=10)
+    line = render(
+        ProgressState(bag_s=1.0, total_s=2.0, rounds_opened=3, rounds_final=2, wall_s=2.0, held=True), width=10
+    )
     assert line.startswith("[#####-----]") and "1.00/2.00 s bag" in line and "3 opened, 2 final" in line
     assert "0.5x" in line and "waiting on the cascade" in line
     stream = io.StringIO()
@@ -123,8 +149,12 @@ def test_describe_models_records_folder_metadata(tmp_path: Path) -> None:
     (folder / META_FILE).write_text(json.dumps({"stage": "target", "steps": 10}))
     (folder / "model.safetensors").write_bytes(b"\0" * 10)
     d = describe_models({"target": str(folder), "drafter": "tiny:3"})
-    assert d["target"] == {"source": str(folder), "model_type": "video_llava", "zoo": {"stage": "target", "steps": 10},
-                           "weights_bytes": 10}
+    assert d["target"] == {
+        "source": str(folder),
+        "model_type": "video_llava",
+        "zoo": {"stage": "target", "steps": 10},
+        "weights_bytes": 10,
+    }
     assert d["drafter"]["kind"].startswith("tiny")
 
 
@@ -136,11 +166,19 @@ def test_zoo_params_follow_the_targets_zoo_json(tmp_path: Path) -> None:
 
     folder = tmp_path / "target"
     folder.mkdir()
-    (folder / META_FILE).write_text(json.dumps({"question": "what moves?", "geometry": {
-        "image_size": 48, "clip_duration_s": 1.0, "num_frames": 8, "event_window_s": 0.25}}))
+    (folder / META_FILE).write_text(
+        json.dumps(
+            {
+                "question": "what moves?",
+                "geometry": {"image_size": 48, "clip_duration_s": 1.0, "num_frames": 8, "event_window_s": 0.25},
+            }
+        )
+    )
     assert zoo_params({"target": str(folder)}) == {
-        "video_verifier": {"clip_duration": 1.0, "frames": 8}, "event_drafter": {"event_window": 0.25},
-        "common": {"prompt": "what moves?"}}
+        "video_verifier": {"clip_duration": 1.0, "frames": 8},
+        "event_drafter": {"event_window": 0.25},
+        "common": {"prompt": "what moves?"},
+    }
     assert zoo_params({"target": "tiny:0"}) == {}
     (folder / META_FILE).write_text("[1, 2]")
     with pytest.raises(ReplayInputError, match="target model"):
@@ -156,8 +194,9 @@ def test_speed_lines_print_the_ratio_and_an_unfair_reference() -> None:
     tokens = (5, 6, 7)
     rounds = [make_round(1, caption=100.0, alone=_ref(tokens, 300.0), bare=_ref(tokens, 120.0))]
     lines = speed_lines(report.speed(rounds))
-    assert lines[0].endswith("cascade 100 ms, verifier alone 300 ms (target bare, no ROS: 120 ms); "
-                             "speed-up over the verifier alone: 3.00x")
+    assert lines[0].endswith(
+        "cascade 100 ms, verifier alone 300 ms (target bare, no ROS: 120 ms); speed-up over the verifier alone: 3.00x"
+    )
     assert lines[1].startswith("NOT AN HONEST REFERENCE: the verifier alone took 2.50x the target's bare cost")
     honest = [make_round(1, caption=100.0, alone=_ref(tokens, 130.0), bare=_ref(tokens, 120.0))]
     assert len(speed_lines(report.speed(honest))) == 1 and speed.honest_reference(130.0 / 120.0)

@@ -2,6 +2,7 @@
 a foreign tokenizer (built in the test), a generated bag replayed through the nodes:
 captions equal to the verifier alone token for token, and the drafter's acceptance in the report,
 counted by the verifier on its own ids (target tokens)."""
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,37 @@ def test_replay_with_a_foreign_drafter_is_lossless_and_reports_target_token_acce
 
     drafter = build_foreign_drafter(Path(default_stage_source("drafter")), tmp_path / "foreign")
     bag = tmp_path / "bag"
-    assert main(["make-bag", str(bag), "--scenes", str(N_SCENES + 1), "--seed", "3", "--width", "48", "--height", "48",
-                 "--packet-ms", "5", "--duration", "2.0"]) == 0
+    assert (
+        main(
+            [
+                "make-bag",
+                str(bag),
+                "--scenes",
+                str(N_SCENES + 1),
+                "--seed",
+                "3",
+                "--width",
+                "48",
+                "--height",
+                "48",
+                "--packet-ms",
+                "5",
+                "--duration",
+                "2.0",
+            ]
+        )
+        == 0
+    )
     models = {"target": default_stage_source("target"), "drafter": str(drafter)}
-    settings = ReplaySettings(bag=bag, out_dir=tmp_path / "out", rate=None, models=models, progress=False,
-                              stages=("drafter", "verifier"), params={"video_verifier": {"use_drafts": "drafter"}})
+    settings = ReplaySettings(
+        bag=bag,
+        out_dir=tmp_path / "out",
+        rate=None,
+        models=models,
+        progress=False,
+        stages=("drafter", "verifier"),
+        params={"video_verifier": {"use_drafts": "drafter"}},
+    )
     doc = run_replay(settings, make_pipeline, _make_bare).report
     sp = doc["summary"]["speed"]
     assert sp["rounds_with_reference"] >= N_SCENES and sp["lossless_match"] == 1.0

@@ -1,5 +1,6 @@
 """Replay of a generated bag through the real nodes (tiny models): the demo's captions, lossless
 against the verifier alone, and a report that the output bag alone reproduces."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,26 @@ SEED = 5
 # The demo's stream (tools/demo.run_demo): 64x64, 5 ms event packets, N + 1 scenes (a lead-out),
 # 30 ms event clock offset, 2 ms RGB jitter, 5 % dropped frames, 2 s scenes.
 DEMO_OFFSET_MS, DEMO_JITTER_MS, DEMO_DROP = 30.0, 2.0, 0.05
-MAKE_BAG_ARGS = ["--scenes", str(N_SCENES + 1), "--seed", str(SEED), "--width", "64", "--height", "64",
-                 "--event-offset-ms", str(DEMO_OFFSET_MS), "--jitter-ms", str(DEMO_JITTER_MS),
-                 "--drop-rate", str(DEMO_DROP), "--packet-ms", "5", "--duration", "2.0"]
+MAKE_BAG_ARGS = [
+    "--scenes",
+    str(N_SCENES + 1),
+    "--seed",
+    str(SEED),
+    "--width",
+    "64",
+    "--height",
+    "64",
+    "--event-offset-ms",
+    str(DEMO_OFFSET_MS),
+    "--jitter-ms",
+    str(DEMO_JITTER_MS),
+    "--drop-rate",
+    str(DEMO_DROP),
+    "--packet-ms",
+    "5",
+    "--duration",
+    "2.0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +48,18 @@ def demo_results() -> list[Any]:
     from cascade_sd_ros.tools.demo import run_demo
 
     results, _speedup, _info = run_demo(
-        n_scenes=N_SCENES, seed=SEED, sources=dict(MODELS), mode="lossless-greedy",
-        stages=("drafter", "refiner", "verifier"), offset_ns=int(DEMO_OFFSET_MS * 1e6), jitter_ms=DEMO_JITTER_MS,
-        drop_rate=DEMO_DROP, device="cpu", timeout_s=60.0, oracle_offset=True)
+        n_scenes=N_SCENES,
+        seed=SEED,
+        sources=dict(MODELS),
+        mode="lossless-greedy",
+        stages=("drafter", "refiner", "verifier"),
+        offset_ns=int(DEMO_OFFSET_MS * 1e6),
+        jitter_ms=DEMO_JITTER_MS,
+        drop_rate=DEMO_DROP,
+        device="cpu",
+        timeout_s=60.0,
+        oracle_offset=True,
+    )
     return results
 
 
@@ -51,8 +78,9 @@ def _replay(bag: Path, out: Path, baseline: str = "pass") -> dict[str, Any]:
 
     # the oracle offset, as the demo above: token-for-token comparisons need both runs on the same clips
     # (a measured offset picks the first rounds' frames by the initial guess, timing-dependent)
-    settings = ReplaySettings(bag=bag, out_dir=out, rate=None, models=dict(MODELS), progress=False, baseline=baseline,
-                              oracle_offset=True)
+    settings = ReplaySettings(
+        bag=bag, out_dir=out, rate=None, models=dict(MODELS), progress=False, baseline=baseline, oracle_offset=True
+    )
     return run_replay(settings, make_pipeline, _make_bare).report
 
 

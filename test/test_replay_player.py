@@ -3,6 +3,7 @@
 The stand-in is one node on ``use_sim_time`` that counts the records it takes and publishes a final
 caption every 0.25 s of sim time; with it the replay's own parts are tested without models.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ def _header(t_ns: int, frame: str) -> Any:
     return STORE.types["std_msgs/msg/Header"](stamp=_time(t_ns), frame_id=frame)
 
 
-def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frames: bool = True,
-                   storage: str = "sqlite3", recorded_outputs: bool = False) -> dict[str, int]:
+def write_test_bag(
+    path: Path,
+    *,
+    corrupt: int = 0,
+    unknown: bool = False,
+    frames: bool = True,
+    storage: str = "sqlite3",
+    recorded_outputs: bool = False,
+) -> dict[str, int]:
     """Events (evt3, 10 CD events per packet), rgb8 frames, ground truth, optional bad records,
     optionally a recorded /clock and a recorded cascade caption (as a robot's bag would hold)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -48,8 +56,16 @@ def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frame
         im = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=STORE)
         gt = w.add_connection("/ground_truth", "cascade_sd_ros/msg/SceneGroundTruth", typestore=STORE)
         gt_msg = STORE.types["cascade_sd_ros/msg/SceneGroundTruth"](
-            header=_header(T0, "camera"), scene_index=0, start=_time(T0), end=_time(T0 + 2 * S),
-            caption="a red circle moves left", event_offset_ns=0, jitter_ms=0.0, frames_dropped=0, seed=1)
+            header=_header(T0, "camera"),
+            scene_index=0,
+            start=_time(T0),
+            end=_time(T0 + 2 * S),
+            caption="a red circle moves left",
+            event_offset_ns=0,
+            jitter_ms=0.0,
+            frames_dropped=0,
+            seed=1,
+        )
         w.write(gt, T0, STORE.serialize_cdr(gt_msg, "cascade_sd_ros/msg/SceneGroundTruth"))
         for i in range(N_PACKETS):
             t_ns = T0 + i * 10_000_000
@@ -60,25 +76,46 @@ def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frame
             expected["off"] += int(np.count_nonzero(cd["p"] == 0))
             expected["on"] += int(np.count_nonzero(cd["p"] == 1))
             msg = STORE.types["event_camera_msgs/msg/EventPacket"](
-                header=_header(t_ns, "event_camera"), height=32, width=32, seq=i, time_base=0, encoding="evt3",
-                is_bigendian=False, events=np.frombuffer(enc.encode(cd), np.uint8))
+                header=_header(t_ns, "event_camera"),
+                height=32,
+                width=32,
+                seq=i,
+                time_base=0,
+                encoding="evt3",
+                is_bigendian=False,
+                events=np.frombuffer(enc.encode(cd), np.uint8),
+            )
             w.write(ev, t_ns, STORE.serialize_cdr(msg, "event_camera_msgs/msg/EventPacket"))
             if frames and i % 10 == 5:
                 img = STORE.types["sensor_msgs/msg/Image"](
-                    header=_header(t_ns, "camera"), height=8, width=8, encoding="rgb8", is_bigendian=0, step=24,
-                    data=np.full(8 * 8 * 3, i, np.uint8))
+                    header=_header(t_ns, "camera"),
+                    height=8,
+                    width=8,
+                    encoding="rgb8",
+                    is_bigendian=0,
+                    step=24,
+                    data=np.full(8 * 8 * 3, i, np.uint8),
+                )
                 w.write(im, t_ns, STORE.serialize_cdr(img, "sensor_msgs/msg/Image"))
         for k in range(corrupt):
             w.write(im, T0 + 5 * S // 10 + k, b"\x00\x01\x00\x00\xff")
         if recorded_outputs:
             clk = w.add_connection("/clock", "rosgraph_msgs/msg/Clock", typestore=STORE)
-            w.write(clk, T0 + 1, STORE.serialize_cdr(STORE.types["rosgraph_msgs/msg/Clock"](clock=_time(T0 + 1)),
-                                                     "rosgraph_msgs/msg/Clock"))
+            w.write(
+                clk,
+                T0 + 1,
+                STORE.serialize_cdr(
+                    STORE.types["rosgraph_msgs/msg/Clock"](clock=_time(T0 + 1)), "rosgraph_msgs/msg/Clock"
+                ),
+            )
             cap = w.add_connection("/cascade/caption", "cascade_sd_ros/msg/VerifiedCaption", typestore=STORE)
             from test_replay_report import caption as make_caption
 
-            w.write(cap, T0 + 2, STORE.serialize_cdr(make_caption(1, T0, "recorded", [1]),
-                                                     "cascade_sd_ros/msg/VerifiedCaption"))
+            w.write(
+                cap,
+                T0 + 2,
+                STORE.serialize_cdr(make_caption(1, T0, "recorded", [1]), "cascade_sd_ros/msg/VerifiedCaption"),
+            )
         if unknown:
             from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -90,6 +127,7 @@ def write_test_bag(path: Path, *, corrupt: int = 0, unknown: bool = False, frame
 
 
 # ------------------------------------------------------------------------------ scan (no ROS)
+
 
 def test_scan_reports_streams_unknown_types_corrupt_records_and_events(tmp_path: Path) -> None:
     bag = tmp_path / "in"
@@ -106,8 +144,12 @@ def test_scan_reports_streams_unknown_types_corrupt_records_and_events(tmp_path:
     assert [s.caption for s in scan.scenes] == ["a red circle moves left"]
     records = list(iter_records(scan))
     assert len(records) == 1 + N_PACKETS + N_FRAMES + 1  # corrupt, unknown and /clock ones skipped
-    assert {r.topic for r in records} == {"/event_camera/events", "/camera/image_raw", "/ground_truth",
-                                          "/cascade/caption"}
+    assert {r.topic for r in records} == {
+        "/event_camera/events",
+        "/camera/image_raw",
+        "/ground_truth",
+        "/cascade/caption",
+    }
     assert all(a.t_ns <= b.t_ns for a, b in zip(records, records[1:]))
 
 
@@ -133,6 +175,7 @@ def test_unreadable_bag_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------- stand-in pipeline (ROS)
+
 
 @dataclass
 class StandIn:
@@ -161,8 +204,9 @@ def make_stand_in(context: Any, settings: Any, take_s: float = 0.0) -> StandIn:
 
     class Cascade(Node):
         def __init__(self) -> None:
-            super().__init__("stand_in_cascade", context=context,
-                             parameter_overrides=[Parameter("use_sim_time", value=True)])
+            super().__init__(
+                "stand_in_cascade", context=context, parameter_overrides=[Parameter("use_sim_time", value=True)]
+            )
             self.packets = 0
             self.frames = 0
             self.rounds = 0
@@ -186,14 +230,30 @@ def make_stand_in(context: Any, settings: Any, take_s: float = 0.0) -> StandIn:
         def _round(self) -> None:
             now = self.get_clock().now().nanoseconds
             self.rounds += 1
-            d = DraftTokens(round_id=now, stage=0, token_ids=[1, 2], confidence=[0.5, 0.5],
-                            vocab_fingerprint="eca2c744e009ea7c", vocab_summary="tiny test vocabulary, 64 ids, eos 2")
+            d = DraftTokens(
+                round_id=now,
+                stage=0,
+                token_ids=[1, 2],
+                confidence=[0.5, 0.5],
+                vocab_fingerprint="eca2c744e009ea7c",
+                vocab_summary="tiny test vocabulary, 64 ids, eos 2",
+            )
             d.header.stamp = self.get_clock().now().to_msg()
             self.draft_pub.publish(d)
-            c = VerifiedCaption(round_id=now, text=f"packets {self.packets}", token_ids=[1, 2], final=True,
-                                mode_name="lossless-greedy", lossless=True, drafted_per_stage=[2, 0],
-                                accepted_per_stage=[1, 0], target_forwards=2, latency_total_ms=float(self.rounds),
-                                skew_frame_ms=float("nan"), skew_clip_ms=0.0)
+            c = VerifiedCaption(
+                round_id=now,
+                text=f"packets {self.packets}",
+                token_ids=[1, 2],
+                final=True,
+                mode_name="lossless-greedy",
+                lossless=True,
+                drafted_per_stage=[2, 0],
+                accepted_per_stage=[1, 0],
+                target_forwards=2,
+                latency_total_ms=float(self.rounds),
+                skew_frame_ms=float("nan"),
+                skew_clip_ms=0.0,
+            )
             c.header.stamp = d.header.stamp
             self.caption_pub.publish(c)
 
@@ -204,7 +264,9 @@ def make_stand_in(context: Any, settings: Any, take_s: float = 0.0) -> StandIn:
 
 
 @pytest.mark.ros
-@pytest.mark.parametrize(("rate", "take_s"), [(None, 0.0), (None, 0.02), (4.0, 0.0)], ids=["fast", "fast-slow-node", "rate4"])
+@pytest.mark.parametrize(
+    ("rate", "take_s"), [(None, 0.0), (None, 0.02), (4.0, 0.0)], ids=["fast", "fast-slow-node", "rate4"]
+)
 def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | None, take_s: float) -> None:
     """Fast mode loses nothing, even to a node slower than its executor (20 ms a message: an echo
     of the player's own once paced it, and such a node kept 13 of 120 packets)."""
@@ -218,8 +280,14 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
         made.append(make_stand_in(context, settings, take_s))
         return made[-1]
 
-    settings = ReplaySettings(bag=bag, out_dir=tmp_path / "out", rate=rate,
-                              remaps={"/cam/events": "/event_camera/events"}, progress=False, drain_timeout_s=20.0)
+    settings = ReplaySettings(
+        bag=bag,
+        out_dir=tmp_path / "out",
+        rate=rate,
+        remaps={"/cam/events": "/event_camera/events"},
+        progress=False,
+        drain_timeout_s=20.0,
+    )
     result = run_replay(settings, factory)
     assert len(made) == 2  # the verifier-alone pass, then the cascade pass
     node = made[-1].nodes[0]
@@ -232,8 +300,11 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
         # Paced: 1.19 s of bag at 4x cannot take less than 0.2975 s of wall time before the drain.
         # A lower bound only: how much longer a loaded machine takes is a bench's figure, not a test's.
         assert doc["run"]["wall_s"] - doc["run"]["drain_s"] >= 0.29
-    assert doc["run"]["published"] == {"/event_camera/events": N_PACKETS, "/camera/image_raw": N_FRAMES,
-                                       "/ground_truth": 1}
+    assert doc["run"]["published"] == {
+        "/event_camera/events": N_PACKETS,
+        "/camera/image_raw": N_FRAMES,
+        "/ground_truth": 1,
+    }
     assert doc["run"]["recorded_topics"] == ["/cascade/caption", "/cascade/drafts"]
     assert doc["input"]["unknown_types"] == {"/mystery": "mystery_msgs/msg/Thing"}
     # The recorded caption is the cascade's output topic: not played over the live node.

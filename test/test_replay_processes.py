@@ -1,6 +1,7 @@
 """A paced replay runs each stage node as a process of its own (as on a robot): what it needs of the
 nodes comes from the graph and their diagnostics, and the bare reference rebuilds the verifier's clips
 from the frames the replay published."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,27 @@ class _Diagnostics:
 
 
 def test_a_remote_nodes_input_counts_come_from_its_diagnostics() -> None:
-    diag = _Diagnostics({"/event_drafter": {
-        "events.received": "5986", "events.malformed": "2", "events.dropped": "0", "events.rate_hz": "749.500",
-        "commits.received": "9", "commits.malformed": "0", "commits.dropped": "0",
-        "rounds_opened": "4", "backend": "transformers"}})
+    diag = _Diagnostics(
+        {
+            "/event_drafter": {
+                "events.received": "5986",
+                "events.malformed": "2",
+                "events.dropped": "0",
+                "events.rate_hz": "749.500",
+                "commits.received": "9",
+                "commits.malformed": "0",
+                "commits.dropped": "0",
+                "rounds_opened": "4",
+                "backend": "transformers",
+            }
+        }
+    )
     node = RemoteNode("event_drafter", "/", [], [], diag)  # type: ignore[arg-type]
     assert node.fqn == "/event_drafter" and node.get_name() == "event_drafter"
-    assert node.input_counts() == {"events": {"received": 5986, "malformed": 2, "dropped": 0},
-                                   "commits": {"received": 9, "malformed": 0, "dropped": 0}}
+    assert node.input_counts() == {
+        "events": {"received": 5986, "malformed": 2, "dropped": 0},
+        "commits": {"received": 9, "malformed": 0, "dropped": 0},
+    }
     assert RemoteNode("frame_refiner", "/", [], [], diag).input_counts() == {}  # type: ignore[arg-type]  # not heard yet
 
 
@@ -42,9 +56,15 @@ def _image_cdr(store: Any, t_ns: int, value: int) -> bytes:
     types = store.types
     stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9)
     pixels = np.full((6, 8, 3), value, np.uint8)
-    msg = types["sensor_msgs/msg/Image"](header=types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera"),
-                                         height=6, width=8, encoding="rgb8", is_bigendian=0, step=24,
-                                         data=pixels.reshape(-1))
+    msg = types["sensor_msgs/msg/Image"](
+        header=types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera"),
+        height=6,
+        width=8,
+        encoding="rgb8",
+        is_bigendian=0,
+        step=24,
+        data=pixels.reshape(-1),
+    )
     return bytes(store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
 
 
@@ -70,8 +90,9 @@ def test_bag_clips_cut_the_verifiers_clip_from_the_published_frames() -> None:
 
 
 def test_bag_clips_take_the_verifiers_parameters() -> None:
-    clips = BagClips.for_verifier({"common": {"prompt": "what moves?"},
-                                   "video_verifier": {"frame_offset": 0.03, "frames": 4}})
+    clips = BagClips.for_verifier(
+        {"common": {"prompt": "what moves?"}, "video_verifier": {"frame_offset": 0.03, "frames": 4}}
+    )
     assert clips.frame_offset_ns == 30 * MS and clips.frames == 4 and clips.question == "what moves?"
     assert clips.clip_ns == 1000 * MS  # the verifier's declared default
 
@@ -87,8 +108,29 @@ def test_a_paced_replay_runs_the_stages_as_processes_and_loses_nothing(tmp_path:
     from cascade_sd_ros.tools.replay.pipeline import make_pipeline
 
     bag = tmp_path / "bag"
-    assert main(["make-bag", str(bag), "--scenes", "3", "--seed", "5", "--width", "64", "--height", "64",
-                 "--event-offset-ms", "30", "--packet-ms", "5", "--duration", "2.0"]) == 0
+    assert (
+        main(
+            [
+                "make-bag",
+                str(bag),
+                "--scenes",
+                "3",
+                "--seed",
+                "5",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--event-offset-ms",
+                "30",
+                "--packet-ms",
+                "5",
+                "--duration",
+                "2.0",
+            ]
+        )
+        == 0
+    )
     settings = ReplaySettings(bag=bag, out_dir=tmp_path / "out", rate=1.0, models=dict(MODELS), progress=False)
     assert settings.processes
     report = run_replay(settings, make_pipeline, _make_bare).report
@@ -126,10 +168,18 @@ def test_a_record_dds_refuses_is_counted_and_the_replay_goes_on() -> None:
                 raise _rclpy.RCLError("Failed to publish: cannot publish data")
             self.published.append(int(raw))
 
-    records = [Record("/events", "event_camera_msgs/msg/EventPacket", 10**9 + i * MS, str(i).encode()) for i in range(5)]
+    records = [
+        Record("/events", "event_camera_msgs/msg/EventPacket", 10**9 + i * MS, str(i).encode()) for i in range(5)
+    ]
     seen: list[bytes] = []
-    player = Player(Node(), Scheduler(start_bag_ns=10**9, rate=50.0), records[-1].t_ns,  # type: ignore[arg-type]
-                    settle_s=0.01, drain_quiet_s=0.05, on_record=lambda rec, _clock: seen.append(rec.raw))
+    player = Player(
+        Node(),
+        Scheduler(start_bag_ns=10**9, rate=50.0),
+        records[-1].t_ns,  # type: ignore[arg-type]
+        settle_s=0.01,
+        drain_quiet_s=0.05,
+        on_record=lambda rec, _clock: seen.append(rec.raw),
+    )
     stats = player.play(records)
     assert Node.published == [0, 1, 3, 4] and seen == [b"0", b"1", b"3", b"4"]
     assert stats.published == {"/events": 4} and stats.publish_failures == {"/events": 1}

@@ -1,4 +1,5 @@
 """Replay of the real EVT 3.0 recording (../shared/data/evt3_test_events_1): events only."""
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,14 @@ def test_events_only_replay_completes_and_reports_missing_rgb(evt3_bag: Path, tm
     from cascade_sd_ros.tools.replay import ReplaySettings, _make_bare, run_replay
     from cascade_sd_ros.tools.replay.pipeline import make_pipeline
 
-    settings = ReplaySettings(bag=evt3_bag, out_dir=tmp_path / "out", rate=None, progress=False,
-                              models={"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"},
-                              params={"common": {"round_period": 0.5}})
+    settings = ReplaySettings(
+        bag=evt3_bag,
+        out_dir=tmp_path / "out",
+        rate=None,
+        progress=False,
+        models={"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"},
+        params={"common": {"round_period": 0.5}},
+    )
     result = run_replay(settings, make_pipeline, _make_bare)
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     assert doc is not None and result.report["summary"] == doc["summary"]

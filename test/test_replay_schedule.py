@@ -1,4 +1,5 @@
 """The replay player's scheduling (ROS-free): pacing by bag time, fast mode held by rounds in flight."""
+
 from __future__ import annotations
 
 import pytest
@@ -77,9 +78,14 @@ def test_tracker_orders_in_flight_by_opening() -> None:
     assert t.in_flight() == [5]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"rate": 0.0}, "rate"), ({"rate": None, "lookahead_ns": -1}, "lookahead"), ({"rate": 1.0, "stall_s": 0.0}, "stall"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rate": 0.0}, "rate"),
+        ({"rate": None, "lookahead_ns": -1}, "lookahead"),
+        ({"rate": 1.0, "stall_s": 0.0}, "stall"),
+    ],
+)
 def test_bad_settings_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Scheduler(start_bag_ns=0, **kwargs)

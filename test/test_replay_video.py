@@ -1,4 +1,5 @@
 """A video file turned into a bag (make-bag --from-video) replays end to end through the nodes."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def write_tiny_mp4(path: Path, frames: int = 30, fps: int = 10, width: int = 64,
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(frames):
             img = np.full((height, width, 3), 255, np.uint8)
-            img[16:32, 4 + i: 20 + i] = (200, 30, 30)
+            img[16:32, 4 + i : 20 + i] = (200, 30, 30)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -34,13 +35,20 @@ def test_video_bag_replays_end_to_end(tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     write_tiny_mp4(video)
     assert main(["make-bag", str(tmp_path / "bag"), "--from-video", str(video), "--duration", "1.0"]) == 0
-    settings = ReplaySettings(bag=tmp_path / "bag", out_dir=tmp_path / "out", rate=None, progress=False,
-                              models={"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"})
+    settings = ReplaySettings(
+        bag=tmp_path / "bag",
+        out_dir=tmp_path / "out",
+        rate=None,
+        progress=False,
+        models={"target": "tiny:0", "refiner": "tiny:0", "drafter": "tiny:0"},
+    )
     run_replay(settings, make_pipeline, _make_bare)
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     assert doc["input"]["missing_streams"] == {}
     assert doc["run"]["published"]["/image"] == 30
-    assert all(n == 0 for per_node in doc["run"]["input_losses"].values() for n in per_node.values()), doc["run"]["input_losses"]
+    assert all(n == 0 for per_node in doc["run"]["input_losses"].values() for n in per_node.values()), doc["run"][
+        "input_losses"
+    ]
     assert doc["summary"]["rounds"] >= 1
     first = doc["rounds"][0]
     assert first["caption"] and not first["degraded"]

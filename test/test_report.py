@@ -1,4 +1,5 @@
 """Report math (cascade_sd_ros.core.report): pure functions of per-round records."""
+
 from __future__ import annotations
 
 import math
@@ -10,19 +11,51 @@ from cascade_sd_ros.core import report, speed
 from cascade_sd_ros.core.report import Reference, RoundRecord, SceneInterval
 
 
-def make_round(round_id: int, *, text: str = "a red circle moves left", tokens: tuple[int, ...] = (5, 6, 7),
-               drafted: tuple[int, ...] = (4, 3), accepted: tuple[int, ...] = (2, 3), forwards: int = 2,
-               total: float = 100.0, caption: float = 80.0, prefill: float = 20.0, verify: float = 30.0,
-               draft_wait: float = 6.0, skew_frame: float = -4.0, degraded: bool = False, reason: str = "",
-               truth: str | None = None, alone: Reference | None = None, bare: Reference | None = None) -> RoundRecord:
+def make_round(
+    round_id: int,
+    *,
+    text: str = "a red circle moves left",
+    tokens: tuple[int, ...] = (5, 6, 7),
+    drafted: tuple[int, ...] = (4, 3),
+    accepted: tuple[int, ...] = (2, 3),
+    forwards: int = 2,
+    total: float = 100.0,
+    caption: float = 80.0,
+    prefill: float = 20.0,
+    verify: float = 30.0,
+    draft_wait: float = 6.0,
+    skew_frame: float = -4.0,
+    degraded: bool = False,
+    reason: str = "",
+    truth: str | None = None,
+    alone: Reference | None = None,
+    bare: Reference | None = None,
+) -> RoundRecord:
     return RoundRecord(
-        round_id=round_id, stamp_ns=round_id * 500_000_000, text=text, token_ids=tokens,
-        mode_name="lossless-greedy", lossless=True, drafted_per_stage=drafted, accepted_per_stage=accepted,
+        round_id=round_id,
+        stamp_ns=round_id * 500_000_000,
+        text=text,
+        token_ids=tokens,
+        mode_name="lossless-greedy",
+        lossless=True,
+        drafted_per_stage=drafted,
+        accepted_per_stage=accepted,
         target_forwards=forwards,
-        latency_ms={"caption": caption, "prefill": prefill, "verify": verify, "draft_wait": draft_wait,
-                    "total": total, "wait": 10.0, "draft": 5.0},
+        latency_ms={
+            "caption": caption,
+            "prefill": prefill,
+            "verify": verify,
+            "draft_wait": draft_wait,
+            "total": total,
+            "wait": 10.0,
+            "draft": 5.0,
+        },
         skew_ms={"skew_frame": skew_frame, "skew_clip": 1.0, "clip_span": 400.0},
-        degraded=degraded, degraded_reason=reason, ground_truth=truth, alone=alone, bare=bare,
+        degraded=degraded,
+        degraded_reason=reason,
+        ground_truth=truth,
+        alone=alone,
+        bare=bare,
     )
 
 
@@ -55,20 +88,26 @@ def _ref(tokens: tuple[int, ...], caption_ms: float, forwards: int = 3) -> Refer
 
 def test_speed_is_caption_latency_against_the_verifier_alone() -> None:
     same, other = (5, 6, 7), (5, 9)
-    rounds = [make_round(1, caption=80.0, alone=_ref(same, 200.0), bare=_ref(same, 100.0)),
-              make_round(2, caption=60.0, forwards=3, alone=_ref(other, 120.0, 2), bare=_ref(other, 110.0, 2)),
-              make_round(3, caption=50.0, alone=_ref(same, 150.0), bare=_ref(same, 140.0)),
-              make_round(4, caption=70.0)]  # no reference: left out
+    rounds = [
+        make_round(1, caption=80.0, alone=_ref(same, 200.0), bare=_ref(same, 100.0)),
+        make_round(2, caption=60.0, forwards=3, alone=_ref(other, 120.0, 2), bare=_ref(other, 110.0, 2)),
+        make_round(3, caption=50.0, alone=_ref(same, 150.0), bare=_ref(same, 140.0)),
+        make_round(4, caption=70.0),
+    ]  # no reference: left out
     s = report.speed(rounds)
     assert s["reference"] == "verifier-alone" and s["rounds"] == 3 and s["rounds_with_reference"] == 3
     assert s["caption_latency_cascade"]["p50_ms"] == pytest.approx(60.0)
     assert s["caption_latency_alone"]["p50_ms"] == pytest.approx(150.0)
     assert s["target_bare"]["p50_ms"] == pytest.approx(110.0)
     assert s["speedup_p50"] == pytest.approx(150.0 / 60.0, abs=1e-3)
-    assert s["speedup_p95"] == pytest.approx(np.percentile([200, 120, 150], 95) / np.percentile([80, 60, 50], 95), abs=1e-3)
+    assert s["speedup_p95"] == pytest.approx(
+        np.percentile([200, 120, 150], 95) / np.percentile([80, 60, 50], 95), abs=1e-3
+    )
     assert s["alone_over_bare"] == pytest.approx(150.0 / 110.0, abs=1e-3)
     # The one definition: the report's figures are core.speed.compare's, key for key.
-    expected = speed.compare({1: 80.0, 2: 60.0, 3: 50.0}, {1: 200.0, 2: 120.0, 3: 150.0}, {1: 100.0, 2: 110.0, 3: 140.0})
+    expected = speed.compare(
+        {1: 80.0, 2: 60.0, 3: 50.0}, {1: 200.0, 2: 120.0, 3: 150.0}, {1: 100.0, 2: 110.0, 3: 140.0}
+    )
     assert {k: s[k] for k in expected.to_dict()} == expected.to_dict()
     assert s["reference_honest"] is False and s["honest_margin"] == 0.15  # 1.36x bare: not honest
     assert s["cascade_forwards"] == 2 + 3 + 2 and s["reference_forwards"] == 3 + 2 + 3
@@ -143,8 +182,13 @@ def test_record_validation_names_the_problem() -> None:
 
 
 def test_clause_order_does_not_matter_for_any_order_match() -> None:
-    rounds = [make_round(1, text="a yellow triangle moves left and a purple circle is still",
-                         truth="a purple circle is still and a yellow triangle moves left")]
+    rounds = [
+        make_round(
+            1,
+            text="a yellow triangle moves left and a purple circle is still",
+            truth="a purple circle is still and a yellow triangle moves left",
+        )
+    ]
     acc = report.accuracy(rounds)
     assert acc["exact_match"] == 0.0 and acc["any_order_match"] == 1.0
     assert report.clauses("A red circle moves left.") == frozenset({"a red circle moves left"})

@@ -1,4 +1,5 @@
 """scripts/setup.sh refuses a machine it cannot build on, with a message that says why."""
+
 from __future__ import annotations
 
 import os
@@ -33,12 +34,25 @@ def run_setup(tmp_path: Path, bindir: Path, **env: str) -> subprocess.CompletedP
     return subprocess.run(["/bin/bash", str(SETUP)], capture_output=True, text=True, env=full_env, timeout=60)
 
 
-BASICS = ["bash", "dirname", "cat", "sha256sum", "cut", "sort", "head", "grep", "printf", "nproc", "mkdir", "rm", "tail"]
+BASICS = [
+    "bash",
+    "dirname",
+    "cat",
+    "sha256sum",
+    "cut",
+    "sort",
+    "head",
+    "grep",
+    "printf",
+    "nproc",
+    "mkdir",
+    "rm",
+    "tail",
+]
 
 
 def test_wrong_python_version(tmp_path: Path) -> None:
-    bindir = fake_bin(tmp_path, BASICS + ["cmake", "cc", "c++"],
-                      {"python3.11": 'echo 3.10'})
+    bindir = fake_bin(tmp_path, BASICS + ["cmake", "cc", "c++"], {"python3.11": "echo 3.10"})
     result = run_setup(tmp_path, bindir)
     assert result.returncode != 0
     assert "Python 3.10" in result.stderr and "3.11" in result.stderr

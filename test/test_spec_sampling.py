@@ -94,8 +94,9 @@ def _broken_residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return p  # BUG on purpose: resample from p, ignoring what q already covered
 
 
-def _check(sampler: Callable[[], Iterator[tuple[int, ...]]], probs: dict, n: int, monkeypatch,
-           with_broken: bool = True) -> None:
+def _check(
+    sampler: Callable[[], Iterator[tuple[int, ...]]], probs: dict, n: int, monkeypatch, with_broken: bool = True
+) -> None:
     counts = Counter(sampler())
     rejected, stat, limit = _chi2_rejects(counts, probs, n)
     assert not rejected, f"correct rule rejected: chi2 {stat:.1f} > {limit:.1f}"
@@ -120,10 +121,18 @@ def test_first_token_has_target_distribution(tables, one_hot: bool, monkeypatch)
     def sampler() -> Iterator[tuple[int, ...]]:
         g = torch.Generator().manual_seed(1234)
         for _ in range(n):
-            prop = draft_step(drafter, [], 2, temperature=0.0 if one_hot else temperature, generator=g,
-                              return_q=not one_hot)
-            res = verify_sample(target, [], prop.token_ids, max_new_tokens=8, generator=g,
-                                temperature=temperature, q=None if one_hot else prop.q)
+            prop = draft_step(
+                drafter, [], 2, temperature=0.0 if one_hot else temperature, generator=g, return_q=not one_hot
+            )
+            res = verify_sample(
+                target,
+                [],
+                prop.token_ids,
+                max_new_tokens=8,
+                generator=g,
+                temperature=temperature,
+                q=None if one_hot else prop.q,
+            )
             yield (res.token_ids[0],)
 
     _check(sampler, probs, n, monkeypatch)
@@ -142,8 +151,14 @@ def test_two_token_sequences_have_target_distribution(
     n = 2500
     probs = _two_token_probs(target, temperature)
     chain = [drafter, target] if stages == 2 else [drafter, refiner, target]
-    decoder = CascadeDecoder(chain, "lossless-sample", gamma=2 if stages == 2 else (2, 2), adaptive=False,
-                             temperature=temperature, draft_sampling=draft_sampling)
+    decoder = CascadeDecoder(
+        chain,
+        "lossless-sample",
+        gamma=2 if stages == 2 else (2, 2),
+        adaptive=False,
+        temperature=temperature,
+        draft_sampling=draft_sampling,
+    )
 
     def sampler() -> Iterator[tuple[int, ...]]:
         g = torch.Generator().manual_seed(99)

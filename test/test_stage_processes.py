@@ -1,4 +1,5 @@
 """Stage nodes as processes: where they run, how they stop, and what a failed start says."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ def test_a_stage_process_starts_serves_and_exits_0_on_sigint(tmp_path) -> None: 
 
 
 def test_a_stage_that_cannot_start_is_named_with_its_log(tmp_path) -> None:  # noqa: ANN001
-    config = PipelineConfig(models={"drafter": "tiny:0"}, stages=("drafter",),
-                            params={"event_drafter": {"gamma": 0}})  # out of range
+    config = PipelineConfig(
+        models={"drafter": "tiny:0"}, stages=("drafter",), params={"event_drafter": {"gamma": 0}}
+    )  # out of range
     with StageProcesses(workdir=tmp_path) as procs:
         procs.start(config, "/stage_proc_bad", tag="b")
         deadline = time.monotonic() + 120

@@ -1,6 +1,7 @@
 """A round through the three core Stages without ROS or DDS: plain callbacks carry drafts and
 commits, the one round schedule opens the round in every stage, and the caption is the verifier
 alone's, token for token. Also: no module but core/rounds.py writes a round's record."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,9 @@ MS = 1_000_000
 
 def _model(role: str, lm: TableLM) -> StageModel:
     frames = 1
-    return StageModel(role, lm, frames, 8, lambda px, q: CTX, lambda ids: " ".join(map(str, ids)),
-                      tiny_vocabulary(VOCAB))
+    return StageModel(
+        role, lm, frames, 8, lambda px, q: CTX, lambda ids: " ".join(map(str, ids)), tiny_vocabulary(VOCAB)
+    )
 
 
 class Cascade:
@@ -48,14 +50,38 @@ class Cascade:
         rules = mode_rules("lossless-greedy")
         image = StageInput(np.zeros((8, 8, 3), np.uint8))
         clip = StageInput(np.zeros((1, 8, 8, 3), np.uint8), skew_ns=0, span_ns=0)
-        self.verifier = VerifierStage(_model("target", TableLM(SEED, VOCAB)), lambda r, g: clip, self._emit,
-                                      rules=rules, max_new_tokens=MAX_NEW, draft_wait_s=2.0, max_wait_s=0.5,
-                                      use_stages=use_stages, question="q")
-        self.refiner = RefinerStage(_model("refiner", refiner_lm), lambda r, g: image, self._refined, rules=rules,
-                                    gamma=4, lookahead=2, max_new_tokens=MAX_NEW, max_wait_s=0.5,
-                                    upstream_wait_s=0.5, question="q")
-        self.drafter = DrafterStage(_model("drafter", drafter_lm), lambda r, g: image, self._drafted, gamma=3,
-                                    lookahead=2, max_new_tokens=MAX_NEW, question="q")
+        self.verifier = VerifierStage(
+            _model("target", TableLM(SEED, VOCAB)),
+            lambda r, g: clip,
+            self._emit,
+            rules=rules,
+            max_new_tokens=MAX_NEW,
+            draft_wait_s=2.0,
+            max_wait_s=0.5,
+            use_stages=use_stages,
+            question="q",
+        )
+        self.refiner = RefinerStage(
+            _model("refiner", refiner_lm),
+            lambda r, g: image,
+            self._refined,
+            rules=rules,
+            gamma=4,
+            lookahead=2,
+            max_new_tokens=MAX_NEW,
+            max_wait_s=0.5,
+            upstream_wait_s=0.5,
+            question="q",
+        )
+        self.drafter = DrafterStage(
+            _model("drafter", drafter_lm),
+            lambda r, g: image,
+            self._drafted,
+            gamma=3,
+            lookahead=2,
+            max_new_tokens=MAX_NEW,
+            question="q",
+        )
         self.stages = (self.verifier, self.refiner, self.drafter)
 
     def _emit(self, u: CaptionUpdate) -> None:
@@ -145,7 +171,9 @@ FIELDS = "|".join(f.name for f in dataclasses.fields(RoundRecord))
 NOT_RECORDS = {"msg", "self", "stats"}
 WRITES = [
     re.compile(rf"(?<![\w.])(\w+)\.(?:{FIELDS})\s*(?:\+=|-=|\|=|&=|=(?!=))"),
-    re.compile(rf"(?<![\w.])(\w+)\.(?:{FIELDS})(?:\[[^\]]*\])?\.(?:add|update|append|extend|discard|clear|pop|remove|insert)\("),
+    re.compile(
+        rf"(?<![\w.])(\w+)\.(?:{FIELDS})(?:\[[^\]]*\])?\.(?:add|update|append|extend|discard|clear|pop|remove|insert)\("
+    ),
     re.compile(rf"(?<![\w.])(\w+)\.(?:{FIELDS})\[[^\]]*\]\s*(?:\+=|=(?!=))"),
 ]
 

@@ -1,4 +1,5 @@
 """Event simulator: physical sanity, interpolated crossing times, refractory, noise, determinism."""
+
 from __future__ import annotations
 
 import math
@@ -101,7 +102,9 @@ def test_refractory_period_spaces_events_per_pixel() -> None:
     k, t = key[order], ev["t"][order]
     same = k[1:] == k[:-1]
     assert same.any() and np.min(np.diff(t)[same]) >= 5000
-    unlimited = EventSimulator(H, W, EsimConfig(threshold_on=0.05, threshold_off=0.05, threshold_sigma=0.0, refractory_us=0))
+    unlimited = EventSimulator(
+        H, W, EsimConfig(threshold_on=0.05, threshold_off=0.05, threshold_sigma=0.0, refractory_us=0)
+    )
     assert len(unlimited.simulate(_bar(30.0, 0.9), [0.0, 0.5])) > len(ev)
 
 
@@ -113,7 +116,8 @@ def test_per_pixel_threshold_spread_and_determinism() -> None:
     assert np.array_equal(a.threshold_on, b.threshold_on) and not np.array_equal(a.threshold_on, c.threshold_on)
     frames = _bar(20.0, 0.9)
     assert np.array_equal(
-        EventSimulator(H, W, seed=5).simulate(frames, [0, 0.3]), EventSimulator(H, W, seed=5).simulate(frames, [0, 0.3]))
+        EventSimulator(H, W, seed=5).simulate(frames, [0, 0.3]), EventSimulator(H, W, seed=5).simulate(frames, [0, 0.3])
+    )
 
 
 def test_events_sorted_and_within_sensor() -> None:

@@ -1,4 +1,5 @@
 """Motion-compensated interpolation: flow recovery, exact end frames, events that follow the edge."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Synthetic scene generator: determinism, caption grammar, geometry the zoo relies on."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,15 +69,27 @@ def test_caption_examples() -> None:
             ObjectSpec("circle", "red", "left", "fast", 0.2, 0.7, 0.3, 0.16),
             ObjectSpec("square", "blue", "still", "slowly", 0.0, 0.3, 0.75, 0.16),
         ),
-        texture_seed=1, background_level=0.2, background_tint=(1.0, 1.0, 1.0), duration_s=1.0,
+        texture_seed=1,
+        background_level=0.2,
+        background_tint=(1.0, 1.0, 1.0),
+        duration_s=1.0,
     )
     assert caption(spec) == "a red circle moves left and a blue square is still"
     assert caption(spec, include_speed=True) == "a red circle moves left fast and a blue square is still"
 
 
-@pytest.mark.parametrize("bad", ["", "a red", "a pink circle is still", "a red circle moves sideways",
-                                 "a red circle is still and", "a red circle is still or a blue square is still",
-                                 "a red circle is still and a blue square is still and a green square is still"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "a red",
+        "a pink circle is still",
+        "a red circle moves sideways",
+        "a red circle is still and",
+        "a red circle is still or a blue square is still",
+        "a red circle is still and a blue square is still and a green square is still",
+    ],
+)
 def test_parse_caption_rejects_bad_text(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_caption(bad)

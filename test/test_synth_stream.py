@@ -1,4 +1,5 @@
 """In-process streams: driver-shaped packets, clocks with recorded truth, determinism."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -78,8 +79,15 @@ def test_clock_offset_jitter_and_drops_are_applied_and_recorded() -> None:
 def test_same_seed_same_stream_different_seed_different_scenes() -> None:
     def digest(seed: int) -> tuple:
         cfg = StreamConfig(seed=seed, clocks=ClockModel(1000, 1.0, 0.2), **SMALL)
-        return tuple((s.truth.caption, tuple(p.payload for p in s.packets), tuple(f.stamp_ns for f in s.frames),
-                      tuple(f.image.tobytes() for f in s.frames)) for s in iter_scenes(cfg))
+        return tuple(
+            (
+                s.truth.caption,
+                tuple(p.payload for p in s.packets),
+                tuple(f.stamp_ns for f in s.frames),
+                tuple(f.image.tobytes() for f in s.frames),
+            )
+            for s in iter_scenes(cfg)
+        )
 
     assert digest(1) == digest(1)
     a, b = digest(1), digest(2)

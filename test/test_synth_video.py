@@ -1,4 +1,5 @@
 """Video to events: chunking, frame-time handling, resizing, clear errors."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 text, the drafter drafts on it and publishes its draft as text positioned in the target's tokens, the
 verifier re-tokenises and verifies its own ids: the captions are the verifier alone's, token for
 token, and the acceptance it reports is in target tokens and above zero."""
+
 from __future__ import annotations
 
 import time
@@ -24,8 +25,9 @@ def foreign_drafter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_foreign_drafter(Path(default_stage_source("drafter")), tmp_path_factory.mktemp("fd") / "drafter")
 
 
-def test_a_foreign_drafter_drafts_as_text_and_the_captions_are_the_verifiers(rclpy_context: Any,
-                                                                               foreign_drafter: Path) -> None:
+def test_a_foreign_drafter_drafts_as_text_and_the_captions_are_the_verifiers(
+    rclpy_context: Any, foreign_drafter: Path
+) -> None:
     from cascade_sd_ros.core.spec.engine import target_only_greedy
     from cascade_sd_ros.core.synth.clocks import ClockModel
     from cascade_sd_ros.core.synth.packets import PacketConfig
@@ -33,17 +35,26 @@ def test_a_foreign_drafter_drafts_as_text_and_the_captions_are_the_verifiers(rcl
     from cascade_sd_ros.tools.pipeline import PipelineConfig, SensorPlayer, build_pipeline, play_scenes, scene_rounds
 
     target_src = default_stage_source("target")
-    stream = StreamConfig(n_scenes=4, height=48, width=48, seed=7, clocks=ClockModel(jitter_ms=0.0, drop_rate=0.0),
-                          packets=PacketConfig(time_threshold_us=5000))
+    stream = StreamConfig(
+        n_scenes=4,
+        height=48,
+        width=48,
+        seed=7,
+        clocks=ClockModel(jitter_ms=0.0, drop_rate=0.0),
+        packets=PacketConfig(time_threshold_us=5000),
+    )
     scenes = list(iter_scenes(stream))
     rounds = scene_rounds(stream)
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": MAX_NEW, "draft_ids": "auto"}
     params["video_verifier"] = {**params["video_verifier"], "draft_wait": 2.0, "max_wait": 2.0}
-    config = PipelineConfig(models={"target": target_src, "drafter": str(foreign_drafter)},
-                            stages=("verifier", "drafter"), params=params)
-    models = {"target": load_stage_model(target_src, "target"), "drafter": load_stage_model(str(foreign_drafter),
-                                                                                           "drafter")}
+    config = PipelineConfig(
+        models={"target": target_src, "drafter": str(foreign_drafter)}, stages=("verifier", "drafter"), params=params
+    )
+    models = {
+        "target": load_stage_model(target_src, "target"),
+        "drafter": load_stage_model(str(foreign_drafter), "drafter"),
+    }
     assert models["target"].vocab.fingerprint != models["drafter"].vocab.fingerprint
     alone = load_stage_model(target_src, "target")
     pipeline = build_pipeline(config, rclpy_context, models=models)
@@ -76,8 +87,9 @@ def test_a_foreign_drafter_drafts_as_text_and_the_captions_are_the_verifiers(rcl
 
 
 @pytest.mark.parametrize("drafter_kind", ["eventgpt", "llava_qwen"])
-def test_real_layout_drafters_through_the_nodes_keep_the_verifiers_captions(rclpy_context: Any, drafter_kind: str,
-                                                                           tmp_path: Path) -> None:
+def test_real_layout_drafters_through_the_nodes_keep_the_verifiers_captions(
+    rclpy_context: Any, drafter_kind: str, tmp_path: Path
+) -> None:
     """Miniature real layouts through the nodes: a Video-LLaVA-hf target with an EventGPT release
     folder (Vicuna's tokenizer: ids) or a llava-interleave-qwen drafter (a byte-level BPE: subword text
     crossing mid-word). Random weights: whatever they draft, the captions are the verifier alone's."""
@@ -92,17 +104,29 @@ def test_real_layout_drafters_through_the_nodes_keep_the_verifiers_captions(rclp
     target_src = str(mc.video_llava_hf(tmp_path / "video_llava"))
     build = mc.eventgpt if drafter_kind == "eventgpt" else mc.llava_qwen
     drafter_src = str(build(tmp_path / drafter_kind))
-    stream = StreamConfig(n_scenes=3, height=48, width=48, seed=11, clocks=ClockModel(jitter_ms=0.0, drop_rate=0.0),
-                          packets=PacketConfig(time_threshold_us=5000))
+    stream = StreamConfig(
+        n_scenes=3,
+        height=48,
+        width=48,
+        seed=11,
+        clocks=ClockModel(jitter_ms=0.0, drop_rate=0.0),
+        packets=PacketConfig(time_threshold_us=5000),
+    )
     scenes = list(iter_scenes(stream))
     rounds = scene_rounds(stream)
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": 6}
     # random towers make slow drafters on 2 loaded cores: the verifier waits for them (speed is not the point)
-    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 3.0, "max_wait": 3.0, "frames": mc.FRAMES,
-                                "use_drafts": "drafter"}
-    config = PipelineConfig(models={"target": target_src, "drafter": drafter_src}, stages=("verifier", "drafter"),
-                            params=params)
+    params["video_verifier"] = {
+        **params["video_verifier"],
+        "draft_wait": 3.0,
+        "max_wait": 3.0,
+        "frames": mc.FRAMES,
+        "use_drafts": "drafter",
+    }
+    config = PipelineConfig(
+        models={"target": target_src, "drafter": drafter_src}, stages=("verifier", "drafter"), params=params
+    )
     models = {"target": load_stage_model(target_src, "target"), "drafter": load_stage_model(drafter_src, "drafter")}
     alone = load_stage_model(target_src, "target")
     pipeline = build_pipeline(config, rclpy_context, models=models)
@@ -121,8 +145,9 @@ def test_real_layout_drafters_through_the_nodes_keep_the_verifiers_captions(rclp
         # the drafter drafted and its drafts reached the verifier, read as ids or as text, none set aside
         # (whether a slow random drafter's draft lands before a round is final is the machine's business)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (verifier.drafts_in.received and (
-                drafter_kind != "llava_qwen" or verifier.drafts_foreign.as_text)):
+        while time.monotonic() < deadline and not (
+            verifier.drafts_in.received and (drafter_kind != "llava_qwen" or verifier.drafts_foreign.as_text)
+        ):
             time.sleep(0.05)
         assert drafter.stage.snapshot()["drafts_published"] > 0 and verifier.drafts_in.received > 0
         read = verifier.drafts_foreign.as_text

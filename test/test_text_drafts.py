@@ -1,6 +1,7 @@
 """Text drafting across tokenizers (issue 16): a draft crosses as text and the receiver re-tokenises it
 into its own ids, continuing its committed ids with nothing lost or doubled at the boundary, and a
 cascade with a drafter of another vocabulary keeps the target's output exactly."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,8 +80,7 @@ def test_a_draft_that_starts_mid_word_continues_the_committed_ids(codecs: dict[s
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen"])
-def test_a_draft_whose_first_characters_merge_with_the_last_committed_token(codecs: dict[str, Any],
-                                                                            name: str) -> None:
+def test_a_draft_whose_first_characters_merge_with_the_last_committed_token(codecs: dict[str, Any], name: str) -> None:
     codec = codecs[name]
     for cut in range(1, len("hello")):  # every committed cut of "hello"
         prefix = _enc(codec, "hello"[:cut])
@@ -105,11 +105,16 @@ def test_draft_text_is_what_the_draft_adds_and_eos_adds_nothing(codecs: dict[str
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(words=st.lists(st.sampled_from(WORDS), min_size=2, max_size=10), cut=st.floats(0.0, 1.0),
-       pair=st.sampled_from([("llama", "qwen"), ("qwen", "llama"), ("foreign", "zoo"), ("zoo", "foreign"),
-                             ("llama", "llama")]))
-def test_a_caption_split_anywhere_crosses_between_tokenizers_whole(codecs: dict[str, Any], words: list[str],
-                                                                   cut: float, pair: tuple[str, str]) -> None:
+@given(
+    words=st.lists(st.sampled_from(WORDS), min_size=2, max_size=10),
+    cut=st.floats(0.0, 1.0),
+    pair=st.sampled_from(
+        [("llama", "qwen"), ("qwen", "llama"), ("foreign", "zoo"), ("zoo", "foreign"), ("llama", "llama")]
+    ),
+)
+def test_a_caption_split_anywhere_crosses_between_tokenizers_whole(
+    codecs: dict[str, Any], words: list[str], cut: float, pair: tuple[str, str]
+) -> None:
     """Publisher A drafts the rest of a caption whose start receiver B committed (cut at any character,
     mid-word included for the subword pairs): B's committed ids plus the re-tokenised draft decode to
     the whole caption, exactly."""
@@ -126,7 +131,7 @@ def test_a_caption_split_anywhere_crosses_between_tokenizers_whole(codecs: dict[
     committed = full[:at]
     prefix_b = _enc(b, committed)  # what the receiver committed, its own ids
     own_a = _enc(a, _dec(b, prefix_b))  # the publisher's view of that text (TextDrafter.own_prefix)
-    draft_a = continuation_ids(a, own_a, full[len(_dec(b, prefix_b)):])
+    draft_a = continuation_ids(a, own_a, full[len(_dec(b, prefix_b)) :])
     text = draft_text(a, own_a, draft_a)
     ids = continuation_ids(b, prefix_b, text)
     assert _dec(b, [*prefix_b, *ids]) == full

@@ -1,5 +1,6 @@
 """Stopped as on a robot: under ``ros2 launch`` a Ctrl-C reaches a node twice (the terminal's
 SIGINT and the one launch forwards). The node must exit 0, quietly, within 2 s of the first."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,16 @@ def test_two_sigints_exit_0_quietly_within_2_s(rclpy_context: Any, tmp_path: Pat
     ns = f"/two_sigints_{int(gap_s * 1000)}"
     log = tmp_path / "refiner.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "cascade_sd_ros.nodes.frame_refiner", "--ros-args", "-r", f"__ns:={ns}",
-            "-p", "model:=tiny:0"]
+    args = [
+        sys.executable,
+        "-m",
+        "cascade_sd_ros.nodes.frame_refiner",
+        "--ros-args",
+        "-r",
+        f"__ns:={ns}",
+        "-p",
+        "model:=tiny:0",
+    ]
     player = SensorPlayer(context=rclpy_context, namespace=ns)
     with log.open("w") as out:
         proc = child_processes.start(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -3,6 +3,7 @@ taken from its round book as the node's callbacks hand them over, per-round seed
 first caption token keeps the target's distribution whatever the drafts say. Seeded chi-square at
 p = 1e-6, as test_spec_sampling does for the engine; a draft that the verifier wrongly trusted
 (accepted without the p/q test) is rejected by the same statistic, so the test can fail."""
+
 from __future__ import annotations
 
 import threading
@@ -28,8 +29,9 @@ STAGE_DRAFTER = 0
 
 
 def _run_rounds(target: TableLM, draft_token: int, confidence: float, n: int) -> Counter:
-    model = StageModel("target", target, 1, 1, lambda px, q: CTX, lambda ids: " ".join(map(str, ids)),
-                       tiny_vocabulary(VOCAB))
+    model = StageModel(
+        "target", target, 1, 1, lambda px, q: CTX, lambda ids: " ".join(map(str, ids)), tiny_vocabulary(VOCAB)
+    )
     firsts: Counter = Counter()
     finished = threading.Semaphore(0)
 
@@ -38,14 +40,33 @@ def _run_rounds(target: TableLM, draft_token: int, confidence: float, n: int) ->
             firsts[(u.token_ids[0],)] += 1
             finished.release()
 
-    worker = VerifierStage(model, lambda r, g: StageInput(PIXELS, skew_ns=0, span_ns=1), emit,
-                           rules=mode_rules("lossless-sample"), max_new_tokens=1, draft_wait_s=0.0,
-                           max_wait_s=0.0, use_stages=(STAGE_DRAFTER,), seed=7, max_pending=n + 1, question="q")
+    worker = VerifierStage(
+        model,
+        lambda r, g: StageInput(PIXELS, skew_ns=0, span_ns=1),
+        emit,
+        rules=mode_rules("lossless-sample"),
+        max_new_tokens=1,
+        draft_wait_s=0.0,
+        max_wait_s=0.0,
+        use_stages=(STAGE_DRAFTER,),
+        seed=7,
+        max_pending=n + 1,
+        question="q",
+    )
     worker.start()
     try:
         for r in range(1, n + 1):  # one round at a time: the book is bounded; the draft opens it
-            worker.hear_draft(r, r, Draft(stage=STAGE_DRAFTER, commit_seq=0, start_position=0,
-                                          token_ids=(draft_token,), confidence=(confidence,)))
+            worker.hear_draft(
+                r,
+                r,
+                Draft(
+                    stage=STAGE_DRAFTER,
+                    commit_seq=0,
+                    start_position=0,
+                    token_ids=(draft_token,),
+                    confidence=(confidence,),
+                ),
+            )
             worker.inputs_ready(r)
             assert finished.acquire(timeout=30), f"round {r} never finished"
     finally:

@@ -1,5 +1,6 @@
 """How long the verifier waits for drafts: never while one is in hand, and adapted to how fast
 drafts actually arrive (never past ``draft_wait``)."""
+
 from __future__ import annotations
 
 import threading
@@ -51,12 +52,29 @@ def test_a_drafter_draft_in_hand_is_used_at_once_not_held_for_the_refiner(target
             finals.append(u)
             done.set()
 
-    worker = VerifierStage(target, lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1), emit,
-                           rules=mode_rules("lossless-greedy"), max_new_tokens=8, draft_wait_s=2.0, max_wait_s=0.5,
-                           use_stages=(STAGE_REFINER, STAGE_DRAFTER), question="q")
+    worker = VerifierStage(
+        target,
+        lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1),
+        emit,
+        rules=mode_rules("lossless-greedy"),
+        max_new_tokens=8,
+        draft_wait_s=2.0,
+        max_wait_s=0.5,
+        use_stages=(STAGE_REFINER, STAGE_DRAFTER),
+        question="q",
+    )
     worker.open_round(10)
-    worker.hear_draft(10, 10, Draft(stage=STAGE_DRAFTER, commit_seq=0, start_position=0, token_ids=tuple(alone),
-                                    confidence=tuple([0.9] * len(alone))))
+    worker.hear_draft(
+        10,
+        10,
+        Draft(
+            stage=STAGE_DRAFTER,
+            commit_seq=0,
+            start_position=0,
+            token_ids=tuple(alone),
+            confidence=tuple([0.9] * len(alone)),
+        ),
+    )
     worker.start()
     try:
         assert done.wait(60), "no final caption"

@@ -2,6 +2,7 @@
 its tokenizer's vocabulary and special ids), drafts and commits carry it, and no stage ever uses ids
 of another vocabulary -- at run time (set aside, counted, one ERROR naming both) and at start-up of
 ``demo`` and ``replay`` (one line, exit 2, before any node starts)."""
+
 from __future__ import annotations
 
 import shutil
@@ -113,10 +114,12 @@ def test_foreign_vocab_routes_text_under_auto_and_text_and_sets_aside_under_same
 
     own = tiny_vocabulary()
     ours = SimpleNamespace(vocab_fingerprint=own.fingerprint, vocab_summary=own.summary, draft_text="a", token_ids=[5])
-    theirs = SimpleNamespace(vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary,
-                             draft_text=" red circle", token_ids=[9, 8])
-    mute = SimpleNamespace(vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary, draft_text="",
-                           token_ids=[9])  # another vocabulary and no text: nothing to read
+    theirs = SimpleNamespace(
+        vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary, draft_text=" red circle", token_ids=[9, 8]
+    )
+    mute = SimpleNamespace(
+        vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary, draft_text="", token_ids=[9]
+    )  # another vocabulary and no text: nothing to read
     errors: list[str] = []
     infos: list[str] = []
     auto = ForeignVocab(own, "drafts", "target", errors.append, draft_ids="auto", log_info=infos.append)
@@ -129,8 +132,13 @@ def test_foreign_vocab_routes_text_under_auto_and_text_and_sets_aside_under_same
     assert forced.route(ours, "drafter") == "text"  # text even where ids would do
     strict = ForeignVocab(own, "drafts", "target", errors.append, draft_ids="same-vocab")
     assert strict.route(theirs, "drafter") is None and strict.count == 1
-    commit = SimpleNamespace(vocab_fingerprint=FOREIGN.fingerprint, vocab_summary=FOREIGN.summary, text="a red",
-                             token_ids=[1, 2], final=False)
+    commit = SimpleNamespace(
+        vocab_fingerprint=FOREIGN.fingerprint,
+        vocab_summary=FOREIGN.summary,
+        text="a red",
+        token_ids=[1, 2],
+        final=False,
+    )
     assert ForeignVocab(own, "commits", "drafter", errors.append, draft_ids="auto").route(commit, "verifier") == "text"
     with pytest.raises(ValueError, match="draft_ids"):
         ForeignVocab(own, "drafts", "target", errors.append, draft_ids="words")
@@ -142,8 +150,18 @@ def test_drafts_and_commits_carry_the_vocabulary() -> None:
     from cascade_sd_ros.core.rounds import Draft
     from cascade_sd_ros.ros.outputs import draft_msg, message_vocabulary
 
-    d = Draft(stage=0, commit_seq=0, start_position=0, token_ids=(5,), confidence=(0.5,), upstream_drafted=0,
-              upstream_accepted=0, compute_ms=1.0, degraded=False, degraded_reason="")
+    d = Draft(
+        stage=0,
+        commit_seq=0,
+        start_position=0,
+        token_ids=(5,),
+        confidence=(0.5,),
+        upstream_drafted=0,
+        upstream_accepted=0,
+        compute_ms=1.0,
+        degraded=False,
+        degraded_reason="",
+    )
     msg = draft_msg(1, 2, "cam", d, FOREIGN)
     assert (msg.vocab_fingerprint, msg.vocab_summary) == (FOREIGN.fingerprint, FOREIGN.summary)
     assert message_vocabulary(msg) == FOREIGN
@@ -164,16 +182,25 @@ def test_stages_of_another_vocabulary_are_set_aside_and_the_caption_is_the_verif
     from cascade_sd_ros.core.synth.stream import StreamConfig, iter_scenes
     from cascade_sd_ros.tools.pipeline import PipelineConfig, SensorPlayer, build_pipeline, play_scenes, scene_rounds
 
-    stream = StreamConfig(n_scenes=4, height=48, width=48, seed=5, clocks=ClockModel(jitter_ms=0.0, drop_rate=0.0),
-                          packets=PacketConfig(time_threshold_us=5000))
+    stream = StreamConfig(
+        n_scenes=4,
+        height=48,
+        width=48,
+        seed=5,
+        clocks=ClockModel(jitter_ms=0.0, drop_rate=0.0),
+        packets=PacketConfig(time_threshold_us=5000),
+    )
     scenes = list(iter_scenes(stream))
     rounds = scene_rounds(stream)
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": MAX_NEW}
     params["video_verifier"] = {**params["video_verifier"], "draft_wait": 0.2, "max_wait": 0.5}
     config = PipelineConfig(models={"target": ZOO_TARGET, "refiner": "tiny:0", "drafter": "tiny:0"}, params=params)
-    models = {"target": load_stage_model(ZOO_TARGET, "target"), "refiner": load_stage_model("tiny:0", "refiner"),
-              "drafter": load_stage_model("tiny:0", "drafter")}
+    models = {
+        "target": load_stage_model(ZOO_TARGET, "target"),
+        "refiner": load_stage_model("tiny:0", "refiner"),
+        "drafter": load_stage_model("tiny:0", "drafter"),
+    }
     alone = load_stage_model(ZOO_TARGET, "target")
     pipeline = build_pipeline(config, rclpy_context, models=models)  # given models: no start-up check
     verifier = pipeline.verifier
@@ -193,8 +220,9 @@ def test_stages_of_another_vocabulary_are_set_aside_and_the_caption_is_the_verif
             want = target_only_greedy(alone.adapter, alone.context(inp.frames, inp.question), MAX_NEW)
             assert list(msg.token_ids) == want, f"scene {i}: caption differs from the verifier alone"
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (verifier.drafts_foreign.count and refiner.commits_foreign.count
-                                                   and drafter.commits_foreign.count):
+        while time.monotonic() < deadline and not (
+            verifier.drafts_foreign.count and refiner.commits_foreign.count and drafter.commits_foreign.count
+        ):
             time.sleep(0.05)
         assert verifier.drafts_foreign.count > 0 and verifier.drafts_in.malformed == 0
         assert refiner.commits_foreign.count > 0 and drafter.commits_foreign.count > 0
@@ -216,9 +244,9 @@ def test_stages_of_another_vocabulary_are_set_aside_and_the_caption_is_the_verif
 
 # ------------------------------------------------------------------------------ demo / replay start-up
 @pytest.mark.parametrize("command", ["demo", "replay"])
-def test_demo_and_replay_refuse_a_mix_of_vocabularies_at_once(command: str, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_and_replay_refuse_a_mix_of_vocabularies_at_once(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cascade_sd_ros.tools import cli, pipeline
 
     def no_nodes(*_: Any, **__: Any) -> Any:
@@ -226,8 +254,11 @@ def test_demo_and_replay_refuse_a_mix_of_vocabularies_at_once(command: str, tmp_
 
     monkeypatch.setattr(pipeline, "build_pipeline", no_nodes)
     monkeypatch.setattr(pipeline, "load_stage_model", no_nodes)
-    args = (["demo", "--scenes", "1", "--fast"] if command == "demo" else
-            ["replay", str(tmp_path / "no_such_bag"), "--out", str(tmp_path / "out")])
+    args = (
+        ["demo", "--scenes", "1", "--fast"]
+        if command == "demo"
+        else ["replay", str(tmp_path / "no_such_bag"), "--out", str(tmp_path / "out")]
+    )
     t0 = time.monotonic()
     rc = cli.main([*args, "--model", f"target={ZOO_TARGET}", "--model", "drafter=tiny:0"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -249,8 +280,18 @@ def test_a_text_draft_message_becomes_own_ids_continuing_the_commit() -> None:
 
     zoo = AutoTokenizer.from_pretrained(ZOO_TARGET, local_files_only=True)
     committed = zoo.encode("a red circle", add_special_tokens=False)
-    d = Draft(stage=0, commit_seq=2, start_position=7, token_ids=(11, 12), confidence=(0.5, 0.4), upstream_drafted=0,
-              upstream_accepted=0, compute_ms=1.0, degraded=False, degraded_reason="")
+    d = Draft(
+        stage=0,
+        commit_seq=2,
+        start_position=7,
+        token_ids=(11, 12),
+        confidence=(0.5, 0.4),
+        upstream_drafted=0,
+        upstream_accepted=0,
+        compute_ms=1.0,
+        degraded=False,
+        degraded_reason="",
+    )
     msg = draft_msg(1, 2, "cam", d, FOREIGN, text=" moves left", start_position=len(committed))
     assert msg.draft_text == " moves left" and msg.start_position == len(committed)  # target tokens, not its own
     own = draft_from_text_msg(msg, committed, zoo)
@@ -288,25 +329,49 @@ def test_text_ports_carry_a_foreign_drafters_draft_into_the_verifiers_ids(tmp_pa
     up = TextPort(fd, "commits", "drafter", "auto", errors.append, lambda _: None)  # type: ignore[arg-type]
     down = TextPort(zoo, "drafts", "target", "auto", errors.append, lambda _: None)  # type: ignore[arg-type]
     committed = zoo_tok.encode("a red circle", add_special_tokens=False)
-    commit = SimpleNamespace(vocab_fingerprint=zoo.vocab.fingerprint, vocab_summary=zoo.vocab.summary, round_id=4,
-                             commit_seq=2, token_ids=committed, text=zoo_tok.decode(committed), final=False)
+    commit = SimpleNamespace(
+        vocab_fingerprint=zoo.vocab.fingerprint,
+        vocab_summary=zoo.vocab.summary,
+        round_id=4,
+        commit_seq=2,
+        token_ids=committed,
+        text=zoo_tok.decode(committed),
+        final=False,
+    )
     own = up.commit_ids(commit)
     assert own == f_tok.encode("a red circle", add_special_tokens=False) and own != committed
-    draft = Draft(stage=0, commit_seq=2, start_position=len(own), token_ids=tuple(f_tok.encode(
-        " moves left", add_special_tokens=False)), confidence=(0.9, 0.8))
+    draft = Draft(
+        stage=0,
+        commit_seq=2,
+        start_position=len(own),
+        token_ids=tuple(f_tok.encode(" moves left", add_special_tokens=False)),
+        confidence=(0.9, 0.8),
+    )
     text, start = up.outgoing(4, [*own, *draft.token_ids], draft)  # type: ignore[misc]
     assert (text, start) == (" moves left", len(committed))
-    msg = SimpleNamespace(vocab_fingerprint=fd.vocab.fingerprint, vocab_summary=fd.vocab.summary, stage=0,
-                          commit_seq=2, start_position=start, token_ids=list(draft.token_ids), confidence=[0.9, 0.8],
-                          draft_text=text, upstream_drafted=0, upstream_accepted=0, compute_ms=1.0, degraded=False,
-                          degraded_reason="")
+    msg = SimpleNamespace(
+        vocab_fingerprint=fd.vocab.fingerprint,
+        vocab_summary=fd.vocab.summary,
+        stage=0,
+        commit_seq=2,
+        start_position=start,
+        token_ids=list(draft.token_ids),
+        confidence=[0.9, 0.8],
+        draft_text=text,
+        upstream_drafted=0,
+        upstream_accepted=0,
+        compute_ms=1.0,
+        degraded=False,
+        degraded_reason="",
+    )
     got = down.incoming_draft(msg, "drafter", lambda: committed)
     assert got is not None and zoo_tok.decode([*committed, *got.token_ids]) == "a red circle moves left"
     assert down.values()["drafts_as_text"] == 1 and not errors
     msg.draft_text = " is still and"  # the verifier has committed another word since: stale
     assert down.incoming_draft(msg, "drafter", lambda: committed + [committed[0]]) is None
     assert down.values()["drafts_text_stale"] == 1
-    same = SimpleNamespace(**{**vars(msg), "vocab_fingerprint": zoo.vocab.fingerprint, "token_ids": [5, 6],
-                              "confidence": [0.5, 0.5]})
+    same = SimpleNamespace(
+        **{**vars(msg), "vocab_fingerprint": zoo.vocab.fingerprint, "token_ids": [5, 6], "confidence": [0.5, 0.5]}
+    )
     got = down.incoming_draft(same, "drafter", lambda: committed)
     assert got is not None and got.token_ids == (5, 6)  # ids where the vocabularies agree

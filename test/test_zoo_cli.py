@@ -1,4 +1,5 @@
 """train / distill / eval-zoo argument handling: bad arguments exit 2 with a clear message."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,16 +10,19 @@ import pytest
 from cascade_sd_ros.tools.cli import main
 
 
-@pytest.mark.parametrize("argv", [
-    ["train"],  # --out is required: the default used to be the packaged zoo
-    ["train", "--stage", "verifier"],
-    ["train", "--seed", "-1"],
-    ["train", "--samples", "0"],
-    ["train", "--max-minutes", "0"],
-    ["distill", "--stage", "target"],
-    ["eval-zoo", "--scenes", "0"],
-    ["eval-zoo", "--gamma", "x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train"],  # --out is required: the default used to be the packaged zoo
+        ["train", "--stage", "verifier"],
+        ["train", "--seed", "-1"],
+        ["train", "--samples", "0"],
+        ["train", "--max-minutes", "0"],
+        ["distill", "--stage", "target"],
+        ["eval-zoo", "--scenes", "0"],
+        ["eval-zoo", "--gamma", "x"],
+    ],
+)
 def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -41,8 +45,22 @@ def test_distill_names_an_incomplete_model_folder(tmp_path: Path, capsys: pytest
     zoo = tmp_path / "zoo"
     shutil.copytree(default_zoo_path(), zoo, ignore=shutil.ignore_patterns("*.png"))
     (zoo / "drafter" / "model.safetensors").unlink()
-    code = main(["distill", "--zoo", str(zoo), "--stage", "drafter", "--samples", "1", "--eval-samples", "1",
-                 "--data-dir", str(tmp_path / "d"), "--quiet"])
+    code = main(
+        [
+            "distill",
+            "--zoo",
+            str(zoo),
+            "--stage",
+            "drafter",
+            "--samples",
+            "1",
+            "--eval-samples",
+            "1",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "drafter" in err and "model.safetensors" in err
@@ -50,8 +68,11 @@ def test_distill_names_an_incomplete_model_folder(tmp_path: Path, capsys: pytest
 
 # ------------------------------------------------------------------------------ nothing destroyed unasked
 
+
 def _tree(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def test_train_never_writes_into_the_packaged_zoo_unasked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,8 +87,9 @@ def test_train_never_writes_into_the_packaged_zoo_unasked(capsys: pytest.Capture
     assert _tree(zoo) == before and not (zoo.parent / "elsewhere_in_the_package").exists()
 
 
-def test_train_keeps_existing_stage_folders_without_resume_or_force(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_keeps_existing_stage_folders_without_resume_or_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cascade_sd_ros.tools.train import check_out
 
     (tmp_path / "target").mkdir()
@@ -82,8 +104,9 @@ def test_train_keeps_existing_stage_folders_without_resume_or_force(tmp_path: Pa
     assert check_out(tmp_path, ("refiner",), force=False) is None
 
 
-def test_distill_never_deletes_an_existing_folder_without_force(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_distill_never_deletes_an_existing_folder_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cascade_sd_ros.core.zoo import default_zoo_path
     from cascade_sd_ros.tools.train import check_out
 

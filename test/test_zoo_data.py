@@ -1,4 +1,5 @@
 """Zoo samples: deterministic, canonical caption order, each stage fed only its own modality."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,11 @@ def test_canonical_order_follows_the_palette_and_keeps_pixels() -> None:
     rng = np.random.default_rng(11)
     from cascade_sd_ros.core.synth.scene import sample_scene
 
-    spec = next(s for s in (sample_scene(rng, n_objects=2) for _ in range(50))
-                if list(COLOURS).index(s.objects[0].colour) > list(COLOURS).index(s.objects[1].colour))
+    spec = next(
+        s
+        for s in (sample_scene(rng, n_objects=2) for _ in range(50))
+        if list(COLOURS).index(s.objects[0].colour) > list(COLOURS).index(s.objects[1].colour)
+    )
     canon = canonical_spec(spec)
     assert [o.colour for o in canon.objects] == sorted((o.colour for o in spec.objects), key=list(COLOURS).index)
     assert caption(canon) == caption(spec)  # the caption itself lists objects in palette order
@@ -76,9 +80,11 @@ def test_each_stage_batch_holds_only_its_modality(tiny: ZooData) -> None:
     tok = build_tokenizer()
     proc = make_image_processor(DATA.image_size)
     rows = np.array([0, 2])
-    for stage, key, source in (("target", "pixel_values_videos", tiny.video[rows]),
-                               ("refiner", "pixel_values", tiny.video[rows, -1]),
-                               ("drafter", "pixel_values", tiny.events[rows])):
+    for stage, key, source in (
+        ("target", "pixel_values_videos", tiny.video[rows]),
+        ("refiner", "pixel_values", tiny.video[rows, -1]),
+        ("drafter", "pixel_values", tiny.events[rows]),
+    ):
         model = build_model(stage, tok)
         batch = StageBatcher(stage, model, tok, proc, tiny).batch(rows)
         assert list(batch.pixels) == [key]

@@ -1,5 +1,6 @@
 """The zoo shipped in the package: loads offline from local folders, shares one tokenizer, has the
 cost hierarchy by construction, and captions known held-out scenes correctly."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The shared zoo tokenizer: grammar round trips, Video-LLaVA specials, save/load through AutoTokenizer."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The training loop, depth growth and online distillation on micro models (a few steps, no real training)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,9 +19,15 @@ from cascade_sd_ros.core.zoo.training import greedy_captions, lr_at, train_stage
 
 GEO = DataGeometry(image_size=16, num_frames=2)
 MICRO = {
-    "target": StageArch(video=True, patch_size=8, vision_hidden=16, vision_layers=1, text_hidden=16, text_layers=3, text_heads=1),
-    "refiner": StageArch(video=False, patch_size=8, vision_hidden=16, vision_layers=1, text_hidden=16, text_layers=1, text_heads=1),
-    "drafter": StageArch(video=False, patch_size=8, vision_hidden=16, vision_layers=1, text_hidden=8, text_layers=1, text_heads=1),
+    "target": StageArch(
+        video=True, patch_size=8, vision_hidden=16, vision_layers=1, text_hidden=16, text_layers=3, text_heads=1
+    ),
+    "refiner": StageArch(
+        video=False, patch_size=8, vision_hidden=16, vision_layers=1, text_hidden=16, text_layers=1, text_heads=1
+    ),
+    "drafter": StageArch(
+        video=False, patch_size=8, vision_hidden=16, vision_layers=1, text_hidden=8, text_layers=1, text_heads=1
+    ),
 }
 CAPTIONS = ["a red circle moves left", "a blue square is still and a green triangle moves up"]
 
@@ -28,8 +35,12 @@ CAPTIONS = ["a red circle moves left", "a blue square is still and a green trian
 @pytest.fixture(scope="module")
 def setup() -> tuple:
     rng = np.random.default_rng(0)
-    data = ZooData(rng.integers(0, 256, (8, 2, 16, 16, 3), dtype=np.uint8),
-                   rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), CAPTIONS * 4, GEO)
+    data = ZooData(
+        rng.integers(0, 256, (8, 2, 16, 16, 3), dtype=np.uint8),
+        rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+        CAPTIONS * 4,
+        GEO,
+    )
     return build_tokenizer(), make_image_processor(16), data
 
 
@@ -76,8 +87,16 @@ def test_growth_preserves_the_refiner_function(setup) -> None:
 
 
 def test_expansion_plan_spreads_identity_copies_after_their_originals() -> None:
-    assert expansion_plan(3, 8) == [(0, True), (0, False), (0, False), (1, True), (1, False), (1, False),
-                                    (2, True), (2, False)]
+    assert expansion_plan(3, 8) == [
+        (0, True),
+        (0, False),
+        (0, False),
+        (1, True),
+        (1, False),
+        (1, False),
+        (2, True),
+        (2, False),
+    ]
     assert expansion_plan(8, 32)[:4] == [(0, True), (0, False), (0, False), (0, False)]
     assert expansion_plan(2, 2) == [(0, True), (1, True)]
     for bad in ((3, 2), (0, 4)):
@@ -92,7 +111,8 @@ def test_deepening_preserves_the_function_and_then_trains(setup, stage: str) -> 
     deep = build_model(stage, tok, GEO, dataclasses.replace(MICRO[stage], text_layers=MICRO[stage].text_layers + 3))
     plan = deepen(shallow, deep)
     assert sum(original for _, original in plan) == MICRO[stage].text_layers and len(plan) == len(
-        deep.model.language_model.layers)
+        deep.model.language_model.layers
+    )
     b = StageBatcher(stage, shallow, tok, proc, data).batch(np.arange(2))
     with torch.no_grad():
         want = shallow(input_ids=b.input_ids, **b.pixels).logits
@@ -101,8 +121,12 @@ def test_deepening_preserves_the_function_and_then_trains(setup, stage: str) -> 
     # the new layers are not dead: training moves their residual outputs off zero
     copy = deep.model.language_model.layers[next(j for j, (_, orig) in enumerate(plan) if not orig)]
     assert torch.count_nonzero(copy.mlp.down_proj.weight) == 0
-    train_stage(deep, StageBatcher(stage, deep, tok, proc, data), TrainSchedule(steps=2, batch_size=4, lr=1e-2,
-                                                                               warmup_steps=1), seed=0)
+    train_stage(
+        deep,
+        StageBatcher(stage, deep, tok, proc, data),
+        TrainSchedule(steps=2, batch_size=4, lr=1e-2, warmup_steps=1),
+        seed=0,
+    )
     assert torch.count_nonzero(copy.self_attn.o_proj.weight) > 0
     with pytest.raises(ValueError, match="cannot deepen"):
         deepen(shallow, _model("drafter" if stage == "refiner" else "refiner", tok))
@@ -115,8 +139,15 @@ def test_distillation_uses_features_only_when_widths_match(setup) -> None:
     caps = [tok.encode(c, add_special_tokens=False) + [tok.eos_token_id] for c in data.captions]
     for stage, features in (("refiner", True), ("drafter", False)):
         student = _model(stage, tok, 4)
-        d = Distiller(teacher, tb, student, StageBatcher(stage, student, tok, proc, data), caps, tok.pad_token_id,
-                      DistillWeights())
+        d = Distiller(
+            teacher,
+            tb,
+            student,
+            StageBatcher(stage, student, tok, proc, data),
+            caps,
+            tok.pad_token_id,
+            DistillWeights(),
+        )
         assert d.use_features is features
         before = [p.detach().clone() for p in student.parameters()]
         result = d.train(student, TrainSchedule(steps=2, batch_size=4, lr=1e-2, warmup_steps=1), seed=0)
@@ -134,14 +165,19 @@ def test_a_progressive_stage_trains_shallow_then_deepens_to_its_depth(tmp_path, 
     for stage in ("target", "refiner"):
         monkeypatch.setitem(ARCHS, stage, MICRO[stage])
     monkeypatch.setitem(SCHEDULES, "refiner", TrainSchedule(steps=2, batch_size=4, lr=1e-3, warmup_steps=1))
-    monkeypatch.setitem(SCHEDULES, "target", TrainSchedule(steps=3, batch_size=4, lr=1e-3, warmup_steps=1,
-                                                           shallow_layers=1, deepen_steps=2))
+    monkeypatch.setitem(
+        SCHEDULES,
+        "target",
+        TrainSchedule(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, shallow_layers=1, deepen_steps=2),
+    )
     settings = TrainSettings(samples=12, event_samples=4, eval_samples=4, data_dir=tmp_path / "data", progress=False)
     summary = train_zoo(("refiner", "target"), settings, out=tmp_path / "zoo")
     info = summary["stages"]["target"]
     # grown from the 1-layer refiner, trained at 1 layer, then deepened to the stage's 3 and fine-tuned
-    assert info["phases"] == [{"layers": 1, "steps": 3, "train_s": info["phases"][0]["train_s"]},
-                              {"layers": 3, "steps": 2, "train_s": info["phases"][1]["train_s"]}]
+    assert info["phases"] == [
+        {"layers": 1, "steps": 3, "train_s": info["phases"][0]["train_s"]},
+        {"layers": 3, "steps": 2, "train_s": info["phases"][1]["train_s"]},
+    ]
     assert info["steps"] == info["planned_steps"] == 5
     assert info["grown_from"] == "refiner, trained at 1 layers, deepened 1 -> 3"
     saved = read_zoo_meta(tmp_path / "zoo" / "target")

@@ -26,6 +26,7 @@ of a split bag one after another. Message definitions of this package are found 
 tree (``msg/``, ``interfaces/event_camera_msgs/msg/``) or, for an installed package, in the ament
 share directories.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -128,7 +129,9 @@ def msg_dir(package: str) -> Path:
     try:
         installed = Path(get_package_share_directory(package)) / "msg"
     except (PackageNotFoundError, OSError) as err:  # OSError: AMENT_PREFIX_PATH unset
-        raise BagError(f"message package {package} is neither in the source tree nor installed (ament index): {err}") from err
+        raise BagError(
+            f"message package {package} is neither in the source tree nor installed (ament index): {err}"
+        ) from err
     if not any(installed.glob("*.msg")):
         raise BagError(f"installed package {package} has no .msg files in {installed}")
     return installed
@@ -146,6 +149,7 @@ def typestore() -> Typestore:
 
 
 # ------------------------------------------------------------------------------ type definitions
+
 
 def parse_definition(msgtype: str, fmt: str, text: str) -> dict[str, Any]:
     """A rosbag2 type definition (``ros2msg`` or ``ros2idl``, dependencies concatenated) as
@@ -171,6 +175,7 @@ def _rihs01(store: Typestore, msgtype: str) -> str:
 
 
 # ------------------------------------------------------------------------------ files
+
 
 def _sniff(path: Path) -> str:
     """``mcap``, ``sqlite3``, ``zstd``, ``empty`` or ``unknown``, from the first bytes."""
@@ -236,14 +241,17 @@ def _metadata_topics(info: dict[str, Any]) -> dict[tuple[str, str], tuple[int, s
     for entry in info.get("topics_with_message_count") or []:
         try:
             meta = entry["topic_metadata"]
-            out[(str(meta["name"]), str(meta["type"]))] = (int(entry.get("message_count") or 0),
-                                                           str(meta.get("type_description_hash") or ""))
+            out[(str(meta["name"]), str(meta["type"]))] = (
+                int(entry.get("message_count") or 0),
+                str(meta.get("type_description_hash") or ""),
+            )
         except (KeyError, TypeError, ValueError):
             continue
     return out
 
 
 # ------------------------------------------------------------------------------ MCAP records
+
 
 class _Cut(Exception):
     """Reading a storage file stopped here."""
@@ -258,7 +266,7 @@ def _str(buf: bytes | memoryview, off: int) -> tuple[str, int]:
     end = off + 4 + n
     if end > len(buf):
         raise struct.error("string runs past its record")
-    return bytes(buf[off + 4:end]).decode("utf-8", "replace"), end
+    return bytes(buf[off + 4 : end]).decode("utf-8", "replace"), end
 
 
 def _parse_schema(body: bytes | memoryview) -> tuple[int, str, str, str]:
@@ -266,7 +274,7 @@ def _parse_schema(body: bytes | memoryview) -> tuple[int, str, str, str]:
     name, off = _str(body, 2)
     encoding, off = _str(body, off)
     (n,) = struct.unpack_from("<I", body, off)
-    return sid, name, encoding, bytes(body[off + 4:off + 4 + n]).decode("utf-8", "replace")
+    return sid, name, encoding, bytes(body[off + 4 : off + 4 + n]).decode("utf-8", "replace")
 
 
 def _parse_channel(body: bytes | memoryview) -> tuple[int, int, str, dict[str, str]]:
@@ -293,7 +301,7 @@ def _chunk_payload(body: bytes | memoryview, complete: bool) -> tuple[bytes, str
         if complete:
             raise
         return b"", "the file ends inside a chunk header (cut short)"
-    data = body[off + 8:off + 8 + n]
+    data = body[off + 8 : off + 8 + n]
     cut = None if complete and len(data) == n else "the file ends inside this chunk (cut short)"
     if compression == "":
         raw = bytes(data)
@@ -326,7 +334,7 @@ def _records(buf: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
         opcode, length = struct.unpack_from("<BQ", view, off)
         if off + 9 + length > len(view):
             return
-        yield opcode, view[off + 9:off + 9 + length]
+        yield opcode, view[off + 9 : off + 9 + length]
         off += 9 + length
 
 
@@ -405,8 +413,11 @@ class _McapFile:
             if length > left:
                 if opcode == _OP_CHUNK:  # cut inside a chunk: salvage what decompresses
                     yield pos, opcode, memoryview(f.read(left)), False
-                raise _Cut(pos, f"record 0x{opcode:02x} of {length} bytes runs past the end of the file "
-                                f"({left} bytes left: cut short)")
+                raise _Cut(
+                    pos,
+                    f"record 0x{opcode:02x} of {length} bytes runs past the end of the file "
+                    f"({left} bytes left: cut short)",
+                )
             yield pos, opcode, memoryview(f.read(length)), True
             if opcode in (_OP_DATA_END, _OP_FOOTER):
                 return
@@ -442,8 +453,9 @@ class _McapFile:
                 self.last_cut = cut
 
     def _chunk_messages(self, raw: bytes, define_only: bool) -> Iterator[tuple[int, int, memoryview]]:
-        messages = [m for opcode, body in _records(raw)
-                    if (m := self._take_record(opcode, body, define_only)) is not None]
+        messages = [
+            m for opcode, body in _records(raw) if (m := self._take_record(opcode, body, define_only)) is not None
+        ]
         messages.sort(key=lambda m: m[0])
         yield from messages
 
@@ -519,6 +531,7 @@ class _Head:
 
 # ------------------------------------------------------------------------------ sqlite3
 
+
 def _sqlite_cut(path: Path) -> tuple[int, int, int] | None:
     """(file size, size its header declares, page size) of a sqlite3 file cut short, else None."""
     with path.open("rb") as f:
@@ -564,15 +577,22 @@ class _SqliteFile:
         self.db.row_factory = sqlite3.Row
         try:
             rows = self.db.execute("SELECT * FROM topics").fetchall()
-            self.topics = {int(r["id"]): (str(r["name"]), str(r["type"]),
-                                          str(r["type_description_hash"]) if "type_description_hash" in r.keys() else "")
-                           for r in rows}
+            self.topics = {
+                int(r["id"]): (
+                    str(r["name"]),
+                    str(r["type"]),
+                    str(r["type_description_hash"]) if "type_description_hash" in r.keys() else "",
+                )
+                for r in rows
+            }
         except sqlite3.DatabaseError as err:
             self.db.close()
             raise _Cut(None, f"not a readable rosbag2 sqlite3 file ({err})") from err
         self.definitions: dict[str, tuple[str, str]] = {}
         try:
-            for r in self.db.execute("SELECT topic_type, encoding, encoded_message_definition FROM message_definitions"):
+            for r in self.db.execute(
+                "SELECT topic_type, encoding, encoded_message_definition FROM message_definitions"
+            ):
                 if r[2]:
                     self.definitions[str(r[0])] = (str(r[1]), str(r[2]))
         except sqlite3.DatabaseError:  # older bags (schema < 4) have no definitions: the package's are used
@@ -580,8 +600,10 @@ class _SqliteFile:
         self.counts: dict[int, int] = {}
         try:  # a table scan: only where no metadata.yaml gives the counts
             if count:
-                self.counts = {int(r[0]): int(r[1]) for r in
-                               self.db.execute("SELECT topic_id, COUNT(*) FROM messages GROUP BY topic_id")}
+                self.counts = {
+                    int(r[0]): int(r[1])
+                    for r in self.db.execute("SELECT topic_id, COUNT(*) FROM messages GROUP BY topic_id")
+                }
         except sqlite3.DatabaseError:
             pass
         self.last_cut: _Cut | None = None
@@ -591,8 +613,10 @@ class _SqliteFile:
         the damage when the ordered read fails before its first row."""
         self.last_cut = None
         yielded = 0
-        for query in ("SELECT timestamp, topic_id, data FROM messages ORDER BY timestamp",
-                      "SELECT timestamp, topic_id, data FROM messages ORDER BY id"):
+        for query in (
+            "SELECT timestamp, topic_id, data FROM messages ORDER BY timestamp",
+            "SELECT timestamp, topic_id, data FROM messages ORDER BY id",
+        ):
             try:
                 for t, tid, data in self.db.execute(query):
                     yielded += 1
@@ -616,6 +640,7 @@ class _SqliteFile:
 
 
 # ------------------------------------------------------------------------------ the bag
+
 
 class Bag:
     """A rosbag2 recording opened for reading: a folder, or a single storage file.
@@ -694,33 +719,49 @@ class Bag:
         info, why = _read_metadata(self.path)
         listed: list[Path] = []
         if info is not None:
-            paths = info.get("relative_file_paths") or [f.get("path") for f in info.get("files") or []
-                                                        if isinstance(f, dict)]
+            paths = info.get("relative_file_paths") or [
+                f.get("path") for f in info.get("files") or [] if isinstance(f, dict)
+            ]
             listed = [self.path / str(p) for p in paths if p]
             mode = str(info.get("compression_mode") or "").lower()
             self._message_compression = mode == "message"
             if mode == "message" and str(info.get("compression_format") or "zstd").lower() != "zstd":
-                raise BagError(f"{self.path}: per-message compression {info.get('compression_format')!r} "
-                               "is not supported (zstd is)")
+                raise BagError(
+                    f"{self.path}: per-message compression {info.get('compression_format')!r} "
+                    "is not supported (zstd is)"
+                )
         present = [p for p in listed if p.is_file()]
         if info is not None and listed and len(present) == len(listed):
             return present, info
-        found = sorted(p for p in self.path.iterdir()
-                       if p.is_file() and p.name != "metadata.yaml" and not p.name.endswith(("-wal", "-shm"))
-                       and _sniff(p) in ("mcap", "sqlite3", "zstd", "empty"))
+        found = sorted(
+            p
+            for p in self.path.iterdir()
+            if p.is_file()
+            and p.name != "metadata.yaml"
+            and not p.name.endswith(("-wal", "-shm"))
+            and _sniff(p) in ("mcap", "sqlite3", "zstd", "empty")
+        )
         if not found:
-            reason = why or (f"the storage files it lists are missing ({', '.join(p.name for p in listed)})"
-                             if listed else "metadata.yaml lists no storage files")
-            raise BagError(f"{self.path} is not a readable rosbag2 folder: {reason}, and it holds no "
-                           "sqlite3 or MCAP file")
+            reason = why or (
+                f"the storage files it lists are missing ({', '.join(p.name for p in listed)})"
+                if listed
+                else "metadata.yaml lists no storage files"
+            )
+            raise BagError(
+                f"{self.path} is not a readable rosbag2 folder: {reason}, and it holds no sqlite3 or MCAP file"
+            )
         if info is None:
-            self._note(f"{self.path}: {why}; reading its storage file(s) {', '.join(p.name for p in found)} "
-                       "as ros2 bag reindex would")
+            self._note(
+                f"{self.path}: {why}; reading its storage file(s) {', '.join(p.name for p in found)} "
+                "as ros2 bag reindex would"
+            )
         else:
             missing = [p.name for p in listed if not p.is_file()]
-            self._note(f"{self.path}: metadata.yaml lists {', '.join(missing) or 'no files'} but "
-                       f"{'they are' if len(missing) != 1 else 'it is'} not there; reading "
-                       f"{', '.join(p.name for p in found)} instead (renamed?)")
+            self._note(
+                f"{self.path}: metadata.yaml lists {', '.join(missing) or 'no files'} but "
+                f"{'they are' if len(missing) != 1 else 'it is'} not there; reading "
+                f"{', '.join(p.name for p in found)} instead (renamed?)"
+            )
         return found, info
 
     def _open(self) -> None:
@@ -738,8 +779,11 @@ class Bag:
                     self._note(f"{path}: {why}; reading what decompressed")
                 kind = _sniff(actual) if actual.stat().st_size else "empty"
             if self.path.is_file() and kind in ("empty", "unknown"):
-                raise BagError(f"{path}: empty file (0 bytes), not a rosbag2 recording" if kind == "empty" else
-                               f"{path} is not a rosbag2 storage file (neither MCAP nor sqlite3 by its first bytes)")
+                raise BagError(
+                    f"{path}: empty file (0 bytes), not a rosbag2 recording"
+                    if kind == "empty"
+                    else f"{path} is not a rosbag2 storage file (neither MCAP nor sqlite3 by its first bytes)"
+                )
             if kind == "empty":
                 self._hurt(path, _Cut(0, "empty file (0 bytes): nothing was recorded in it"))
                 continue
@@ -747,8 +791,11 @@ class Bag:
                 self._hurt(path, _Cut(0, "neither an MCAP nor a sqlite3 file (by its first bytes)"))
                 continue
             try:
-                handle: _McapFile | _SqliteFile = (_McapFile(actual, path) if kind == "mcap"
-                                                   else _SqliteFile(actual, path, self._workdir(), count=not meta_topics))
+                handle: _McapFile | _SqliteFile = (
+                    _McapFile(actual, path)
+                    if kind == "mcap"
+                    else _SqliteFile(actual, path, self._workdir(), count=not meta_topics)
+                )
             except _Cut as cut:
                 self._hurt(path, cut)
                 continue
@@ -806,26 +853,34 @@ class Bag:
             if conn.msgtype in parsed:
                 conn.store, conn.definition = bag_store, "bag"
                 if conn.digest.startswith("RIHS01_") and conn.digest != parsed[conn.msgtype]:
-                    self._note(f"{conn.topic}: recorded type hash {conn.digest} does not match the bag's own "
-                               f"definition of {conn.msgtype} ({parsed[conn.msgtype]}); using the definition")
+                    self._note(
+                        f"{conn.topic}: recorded type hash {conn.digest} does not match the bag's own "
+                        f"definition of {conn.msgtype} ({parsed[conn.msgtype]}); using the definition"
+                    )
                 continue
             if known is None:
                 known = typestore()
             if conn.msgtype not in known.types:
-                conn.error = (f"{conn.topic}: type {conn.msgtype} is unknown to this package and the bag's "
-                              f"definition is {'unusable: ' + failed[conn.msgtype] if conn.msgtype in failed else 'missing'}")
+                conn.error = (
+                    f"{conn.topic}: type {conn.msgtype} is unknown to this package and the bag's "
+                    f"definition is {'unusable: ' + failed[conn.msgtype] if conn.msgtype in failed else 'missing'}"
+                )
                 continue
             ours = _rihs01(known, conn.msgtype)
             if conn.digest.startswith("RIHS01_") and conn.digest != ours:
-                conn.error = (f"{conn.topic}: the bag's definition of {conn.msgtype} is "
-                              f"{'unusable (' + failed[conn.msgtype] + ')' if conn.msgtype in failed else 'missing'} "
-                              f"and its recorded hash {conn.digest} differs from the package's ({ours})")
+                conn.error = (
+                    f"{conn.topic}: the bag's definition of {conn.msgtype} is "
+                    f"{'unusable (' + failed[conn.msgtype] + ')' if conn.msgtype in failed else 'missing'} "
+                    f"and its recorded hash {conn.digest} differs from the package's ({ours})"
+                )
                 continue
             conn.store, conn.definition = known, "package"
             if conn.msgtype in failed:
-                self._note(f"{self.path}: cannot parse the bag's {defs[conn.msgtype].fmt} definition of "
-                           f"{conn.msgtype} ({failed[conn.msgtype]}); using the package's own definition "
-                           f"({'hash agrees' if conn.digest.startswith('RIHS01_') else 'no hash recorded'})")
+                self._note(
+                    f"{self.path}: cannot parse the bag's {defs[conn.msgtype].fmt} definition of "
+                    f"{conn.msgtype} ({failed[conn.msgtype]}); using the package's own definition "
+                    f"({'hash agrees' if conn.digest.startswith('RIHS01_') else 'no hash recorded'})"
+                )
 
     # --- reading
 
@@ -859,8 +914,10 @@ class Bag:
         try:
             return connection.store.deserialize_cdr(raw, connection.msgtype)
         except Exception as err:  # rosbags raises assorted errors on bad bytes
-            raise CorruptRecord(f"{connection.topic}: a {len(raw)}-byte record is not a valid "
-                                f"{connection.msgtype} ({type(err).__name__})") from err
+            raise CorruptRecord(
+                f"{connection.topic}: a {len(raw)}-byte record is not a valid "
+                f"{connection.msgtype} ({type(err).__name__})"
+            ) from err
 
 
 def open_bag(path: str | Path, quiet: bool = False) -> Bag:
@@ -914,7 +971,8 @@ def iter_messages(
             missing = wanted - {c.topic for c in connections}
             if missing:
                 raise BagError(
-                    f"{path}: no topic(s) {sorted(missing)}; it has {sorted({c.topic for c in connections})}")
+                    f"{path}: no topic(s) {sorted(missing)}; it has {sorted({c.topic for c in connections})}"
+                )
             connections = [c for c in connections if c.topic in wanted]
         for conn in connections:
             if conn.store is None:

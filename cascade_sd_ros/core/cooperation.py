@@ -13,6 +13,7 @@ Two reasons they cannot, each said in one line:
 Otherwise :func:`plan_cooperation` says how each upstream stage's drafts reach the target: ``ids`` or
 ``text``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -78,7 +79,8 @@ def plan_cooperation(
             raise VocabularyMismatch(
                 f"the stages cannot cooperate: the target is {target_src} but the {role} is the shipped zoo's, trained on "
                 f"synthetic scenes with a 40-word vocabulary, so none of its drafts would be accepted; set {role}_model "
-                f"to a model for this target (README, 'Run it with real models') or run_{role}:=false")
+                f"to a model for this target (README, 'Run it with real models') or run_{role}:=false"
+            )
         mode = draft_ids if isinstance(draft_ids, str) else draft_ids.get(role, "auto")
         theirs = vocabulary_of(src)
         if theirs is None or target_vocab is None:
@@ -91,14 +93,18 @@ def plan_cooperation(
             raise VocabularyMismatch(
                 f"the stages cannot cooperate: the verifier's target uses {target_vocab} but the {role} uses {theirs} "
                 f"and draft_ids is same-vocab; set draft_ids to auto or text (drafts cross as text) or give the {role} "
-                "a model with the target's tokenizer")
+                "a model with the target's tokenizer"
+            )
         elif src.startswith(TINY_PREFIX) or target_src.startswith(TINY_PREFIX):
             which = src if src.startswith(TINY_PREFIX) else target_src
             raise VocabularyMismatch(
                 f"the stages cannot cooperate: the verifier's target uses {target_vocab} but the {role} uses {theirs}, "
                 f"and {which} has no tokenizer to turn its ids into text; give the {role} a model with the target's "
-                "tokenizer, or one with a tokenizer of its own")
+                "tokenizer, or one with a tokenizer of its own"
+            )
         else:
-            lines.append(f"{role}: vocabulary {theirs}, the target's is {target_vocab}: drafts cross as text "
-                         "and are re-tokenised into the target's ids")
+            lines.append(
+                f"{role}: vocabulary {theirs}, the target's is {target_vocab}: drafts cross as text "
+                "and are re-tokenised into the target's ids"
+            )
     return CooperationPlan(plan, tuple(lines))

@@ -22,6 +22,7 @@ width, patch, image size, depth and MLP width; the head count follows OpenAI CLI
 Our ids stay inside the vocabulary: the event positions carry the tokenizer's unknown-token id (its
 byte fallback never produces it from text), where EventGPT's own code puts an id outside it (-200).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,13 +42,21 @@ from cascade_sd_ros.core.spec.prompt import TokenizerLike
 if TYPE_CHECKING:  # transformers' classes load in load_eventgpt
     from transformers import CLIPVisionModel, PreTrainedModel
 
-__all__ = ["EVENTGPT_MODEL_TYPE", "EventGPT", "EventGPTAdapter", "is_eventgpt_folder", "load_eventgpt",
-           "spatio_temporal_tokens"]
+__all__ = [
+    "EVENTGPT_MODEL_TYPE",
+    "EventGPT",
+    "EventGPTAdapter",
+    "is_eventgpt_folder",
+    "load_eventgpt",
+    "spatio_temporal_tokens",
+]
 
 EVENTGPT_MODEL_TYPE = "EventChat_llama"
 CLIP_HEAD_DIM = 64  # OpenAI CLIP towers (ViT-B/16, ViT-L/14): 64-wide attention heads
-SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-          "detailed, and polite answers to the human's questions.")  # Vicuna v1, EventGPT's conversation
+SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions."
+)  # Vicuna v1, EventGPT's conversation
 EVENT_TOKEN = "<event>"
 _TOWER = "model.visual_tower.visual_tower."
 _PROJECTOR = "model.visual_projector."
@@ -79,8 +88,9 @@ def _pixels(value: object, what: str) -> int:
 class EventGPT(nn.Module):
     """The EventGPT model: Llama LM, CLIP tower, projector and optional feature adaptor."""
 
-    def __init__(self, lm: PreTrainedModel, tower: CLIPVisionModel, projector: nn.Sequential,
-                 adaptor: nn.Linear | None) -> None:
+    def __init__(
+        self, lm: PreTrainedModel, tower: CLIPVisionModel, projector: nn.Sequential, adaptor: nn.Linear | None
+    ) -> None:
         super().__init__()
         self.lm, self.tower, self.projector, self.adaptor = lm, tower, projector, adaptor
 
@@ -132,7 +142,7 @@ def _tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
         if key.startswith(_TOWER):
-            rest = key[len(_TOWER):]
+            rest = key[len(_TOWER) :]
             out[rest.removeprefix("vision_model.")] = value
     return out
 
@@ -150,9 +160,16 @@ def _tower_config(tower: dict[str, torch.Tensor], folder: Path):  # noqa: ANN202
     grid = math.isqrt(int(pos.shape[0]) - 1)
     layer = re.compile(r"encoder\.layers\.(\d+)\.")
     depth = 1 + max(int(m.group(1)) for k in tower if (m := layer.match(k)))
-    return CLIPVisionConfig(hidden_size=width, intermediate_size=int(fc1.shape[0]), num_hidden_layers=depth,
-                            num_attention_heads=max(1, width // CLIP_HEAD_DIM), image_size=grid * side,
-                            patch_size=side, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    return CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=int(fc1.shape[0]),
+        num_hidden_layers=depth,
+        num_attention_heads=max(1, width // CLIP_HEAD_DIM),
+        image_size=grid * side,
+        patch_size=side,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
 
 
 def load_eventgpt(folder: Path, device: torch.device, dtype: torch.dtype) -> EventGPT:
@@ -167,29 +184,39 @@ def load_eventgpt(folder: Path, device: torch.device, dtype: torch.dtype) -> Eve
     state = _read_state(folder)
     text = {k: v for k, v in spec.items() if k not in ("model_type", "architectures", "auto_map")}
     lm = LlamaForCausalLM(LlamaConfig(**text))
-    lm_state = {k: v for k, v in state.items() if k.startswith("lm_head.") or (
-        k.startswith("model.") and not k.startswith((_TOWER, _PROJECTOR, _ADAPTOR, "model.visual_", "model.query")))}
+    lm_state = {
+        k: v
+        for k, v in state.items()
+        if k.startswith("lm_head.")
+        or (k.startswith("model.") and not k.startswith((_TOWER, _PROJECTOR, _ADAPTOR, "model.visual_", "model.query")))
+    }
     missing, unexpected = lm.load_state_dict(lm_state, strict=False)
     missing = [k for k in missing if "rotary" not in k]
     if missing or unexpected:
-        raise ValueError(f"EventGPT folder {folder}: language model weights do not match its config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"EventGPT folder {folder}: language model weights do not match its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     tower_state = _tower_state(state)
     tower = CLIPVisionModel(_tower_config(tower_state, folder))
     tower.load_state_dict(tower_state, strict=True)
     try:
         w0, w2 = state[_PROJECTOR + "0.weight"], state[_PROJECTOR + "2.weight"]
     except KeyError:
-        raise ValueError(f"EventGPT folder {folder}: no 2-layer visual projector (model.visual_projector.0/2)") from None
+        raise ValueError(
+            f"EventGPT folder {folder}: no 2-layer visual projector (model.visual_projector.0/2)"
+        ) from None
     if int(w0.shape[1]) != tower.config.hidden_size or int(w2.shape[0]) != lm.config.hidden_size:
-        raise ValueError(f"EventGPT folder {folder}: projector {tuple(w0.shape[::-1])} -> {tuple(w2.shape[::-1])} does "
-                         f"not join the tower ({tower.config.hidden_size}) to the LM ({lm.config.hidden_size})")
+        raise ValueError(
+            f"EventGPT folder {folder}: projector {tuple(w0.shape[::-1])} -> {tuple(w2.shape[::-1])} does "
+            f"not join the tower ({tower.config.hidden_size}) to the LM ({lm.config.hidden_size})"
+        )
     projector = nn.Sequential(nn.Linear(w0.shape[1], w0.shape[0]), nn.GELU(), nn.Linear(w2.shape[1], w2.shape[0]))
-    projector.load_state_dict({k[len(_PROJECTOR):]: v for k, v in state.items() if k.startswith(_PROJECTOR)})
+    projector.load_state_dict({k[len(_PROJECTOR) :]: v for k, v in state.items() if k.startswith(_PROJECTOR)})
     adaptor = None
     if _ADAPTOR + "weight" in state:
         adaptor = nn.Linear(lm.config.hidden_size, lm.config.hidden_size)
-        adaptor.load_state_dict({k[len(_ADAPTOR):]: v for k, v in state.items() if k.startswith(_ADAPTOR)})
+        adaptor.load_state_dict({k[len(_ADAPTOR) :]: v for k, v in state.items() if k.startswith(_ADAPTOR)})
     elif spec.get("event_feature_adaptor"):
         raise ValueError(f"EventGPT folder {folder}: config names a feature adaptor, weights have none")
     return EventGPT(lm, tower, projector, adaptor).to(device=device, dtype=dtype).eval()
@@ -234,8 +261,10 @@ class EventGPTAdapter(HFAdapter):
         where = (ids == self.placeholder_id).nonzero().view(-1)
         want = self.expected_media_tokens(pixels.shape[0])
         if where.numel() != want:
-            raise ValueError(f"adapter {self.name!r}: {pixels.shape[0]} event image(s) fill {want} positions, "
-                             f"the prompt marks {where.numel()}")
+            raise ValueError(
+                f"adapter {self.name!r}: {pixels.shape[0]} event image(s) fill {want} positions, "
+                f"the prompt marks {where.numel()}"
+            )
         embeds = self.model.get_input_embeddings()(ids).clone()  # [L, H]
         embeds[where] = self.eventgpt.event_features(pixels).to(embeds.dtype)
         self._cache = cache_ops.new_cache(self.model.config)
@@ -250,5 +279,8 @@ class EventGPTAdapter(HFAdapter):
 
     def events_context(self, input_ids: Sequence[int], pixels: torch.Tensor) -> StageContext:
         """A context of ``pixels`` ``[T, 3, S, S]`` (T event images) and prompt ids."""
-        return StageContext(tuple(int(i) for i in input_ids), pixels.unsqueeze(0), "video") if pixels.shape[0] > 1 \
+        return (
+            StageContext(tuple(int(i) for i in input_ids), pixels.unsqueeze(0), "video")
+            if pixels.shape[0] > 1
             else StageContext(tuple(int(i) for i in input_ids), pixels, "image")
+        )

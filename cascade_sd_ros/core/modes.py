@@ -6,6 +6,7 @@ only token ids and each token's probability cross the wire, so ``q`` is rebuilt 
 distribution "the proposer's probability on its token, the rest spread evenly" — an approximation
 that is part of what lossy modes trade.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@ modes, stamp arithmetic. ROS-free and light (standard library only: the command 
 import it), so the core, the nodes, the tools and the tests all import it from here instead of
 spelling it again.
 """
+
 from __future__ import annotations
 
 # --- stages ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ alignment skew, degraded rounds, caption latency against the verifier alone on t
 cost beside it), and caption accuracy against ground truth. Everything is a pure function of the records, so a test can
 recompute a written report from the recorded output bag and get the same numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -208,9 +209,11 @@ def speed(rounds: Sequence[RoundRecord]) -> dict[str, object]:
     bare = {r.round_id: r.bare for r in rounds if r.bare is not None}
     kind = "verifier-alone" if alone else "target-bare" if bare else None
     ref = alone or bare
-    cmp = spd.compare({r.round_id: float(r.latency_ms["caption"]) for r in rounds},
-                      {rid: x.caption_ms for rid, x in ref.items()},
-                      {rid: x.caption_ms for rid, x in bare.items()})
+    cmp = spd.compare(
+        {r.round_id: float(r.latency_ms["caption"]) for r in rounds},
+        {rid: x.caption_ms for rid, x in ref.items()},
+        {rid: x.caption_ms for rid, x in bare.items()},
+    )
     both = [r for r in rounds if r.round_id in ref]
     casc_fw = sum(r.target_forwards for r in both)
     tokens = sum(len(r.token_ids) for r in both)
@@ -250,18 +253,29 @@ def accuracy(rounds: Sequence[RoundRecord]) -> dict[str, float | int | None]:
     any order, and mean word accuracy."""
     scored = [r for r in rounds if r.ground_truth is not None]
     if not scored:
-        return {"rounds": 0, "exact_match": None, "any_order_match": None, "word_accuracy": None,
-                "reference_exact_match": None}
+        return {
+            "rounds": 0,
+            "exact_match": None,
+            "any_order_match": None,
+            "word_accuracy": None,
+            "reference_exact_match": None,
+        }
     exact = sum(normalise_caption(r.text) == normalise_caption(r.ground_truth or "") for r in scored)
     any_order = sum(clauses(r.text) == clauses(r.ground_truth or "") for r in scored)
     words = [word_accuracy(r.text, r.ground_truth or "") for r in scored]
     refs = [(r, r.reference) for r in scored if r.reference is not None]
     ref_exact = (
         sum(normalise_caption(ref.text) == normalise_caption(r.ground_truth or "") for r, ref in refs) / len(refs)
-        if refs else None
+        if refs
+        else None
     )
-    return {"rounds": len(scored), "exact_match": exact / len(scored), "any_order_match": any_order / len(scored),
-            "word_accuracy": float(np.mean(words)), "reference_exact_match": ref_exact}
+    return {
+        "rounds": len(scored),
+        "exact_match": exact / len(scored),
+        "any_order_match": any_order / len(scored),
+        "word_accuracy": float(np.mean(words)),
+        "reference_exact_match": ref_exact,
+    }
 
 
 def degraded_summary(rounds: Sequence[RoundRecord]) -> dict[str, object]:
@@ -300,10 +314,19 @@ def round_to_dict(record: RoundRecord) -> dict[str, object]:
         return None if not math.isfinite(float(v)) else float(v)
 
     def reference(ref: Reference | None) -> dict[str, object] | None:
-        return None if ref is None else {
-            "caption": ref.text, "token_ids": list(ref.token_ids), "caption_ms": clean(ref.caption_ms),
-            "prefill_ms": clean(ref.prefill_ms), "verify_ms": clean(ref.verify_ms),
-            "target_forwards": ref.target_forwards, "same_tokens": tuple(ref.token_ids) == tuple(record.token_ids)}
+        return (
+            None
+            if ref is None
+            else {
+                "caption": ref.text,
+                "token_ids": list(ref.token_ids),
+                "caption_ms": clean(ref.caption_ms),
+                "prefill_ms": clean(ref.prefill_ms),
+                "verify_ms": clean(ref.verify_ms),
+                "target_forwards": ref.target_forwards,
+                "same_tokens": tuple(ref.token_ids) == tuple(record.token_ids),
+            }
+        )
 
     return {
         "round_id": record.round_id,

@@ -10,6 +10,7 @@ The lock invariant: a :class:`RoundRecord` is written only by this module — by
 methods, under the book's one lock (which the owning stage, ``core/stages``, shares for its own
 counters). Others read a record under that lock or take a copy (:meth:`RoundBook.snapshot`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,9 @@ def round_id_for(t_ns: int) -> int:
 MAX_ROUNDS_PER_STEP = 8
 
 
-def round_times_between(after_ns: int | None, upto_ns: int, period_ns: int,
-                        limit: int = MAX_ROUNDS_PER_STEP) -> list[int]:
+def round_times_between(
+    after_ns: int | None, upto_ns: int, period_ns: int, limit: int = MAX_ROUNDS_PER_STEP
+) -> list[int]:
     """Period boundaries ``k * period`` in ``(after_ns, upto_ns]`` (all of them up to ``upto_ns``
     from the first boundary at or before it when ``after_ns`` is None: only that newest one), at
     most the newest ``limit`` of them."""
@@ -106,12 +108,17 @@ def _chained(first: tuple[Draft, list[int]], drafts: Sequence[Draft], prefix: li
     head = first[0]
     confidence: list[float] = []
     for d, t in parts:
-        confidence += d.confidence[len(d.token_ids) - len(t):] if d.confidence else [1.0] * len(t)
+        confidence += d.confidence[len(d.token_ids) - len(t) :] if d.confidence else [1.0] * len(t)
     merged = Draft(
-        stage=head.stage, commit_seq=head.commit_seq, start_position=len(prefix), token_ids=tuple(tail),
-        confidence=tuple(confidence), upstream_drafted=sum(d.upstream_drafted for d, _ in parts),
+        stage=head.stage,
+        commit_seq=head.commit_seq,
+        start_position=len(prefix),
+        token_ids=tuple(tail),
+        confidence=tuple(confidence),
+        upstream_drafted=sum(d.upstream_drafted for d, _ in parts),
         upstream_accepted=sum(d.upstream_accepted for d, _ in parts),
-        compute_ms=sum(d.compute_ms for d, _ in parts), degraded=any(d.degraded for d, _ in parts),
+        compute_ms=sum(d.compute_ms for d, _ in parts),
+        degraded=any(d.degraded for d, _ in parts),
         degraded_reason=next((d.degraded_reason for d, _ in parts if d.degraded_reason), ""),
         received_wall_s=max(d.received_wall_s for d, _ in parts),
     )
@@ -248,7 +255,13 @@ class RoundBook:
             return True
 
     def commit(
-        self, round_id: int, new_tokens: Sequence[int], stage: int, drafted: int, accepted: int, final: bool,
+        self,
+        round_id: int,
+        new_tokens: Sequence[int],
+        stage: int,
+        drafted: int,
+        accepted: int,
+        final: bool,
         draft: Draft | None = None,
     ) -> RoundRecord:
         """The verifier extends a round's caption by ``new_tokens`` (accepted draft + its own token);
@@ -430,9 +443,13 @@ class RoundBook:
     def counts(self) -> dict[str, int]:
         """How many rounds are open and pending, and what the book has dropped."""
         with self.lock:
-            return {"rounds_open": len(self._rounds),
-                    "rounds_pending": sum(1 for r in self._rounds.values() if not r.final and not r.abandoned),
-                    "rounds_evicted": self.evicted, "resets": self.resets, "drafts_dropped": self.drafts_dropped}
+            return {
+                "rounds_open": len(self._rounds),
+                "rounds_pending": sum(1 for r in self._rounds.values() if not r.final and not r.abandoned),
+                "rounds_evicted": self.evicted,
+                "resets": self.resets,
+                "drafts_dropped": self.drafts_dropped,
+            }
 
     def forget(self, round_id: int) -> None:
         with self.lock:

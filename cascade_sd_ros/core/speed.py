@@ -6,6 +6,7 @@ Caption latency is what a robot waits: from the moment a round's inputs are all 
 two runs with :func:`compare`, on the rounds both finished, and print the verifier-alone run beside
 the target's bare cost (no ROS, same machine) so a stalled reference cannot flatter the ratio.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,12 @@ class Latency:
         return Latency(len(xs), _percentile(xs, 50), _percentile(xs, 95), sum(xs) / len(xs))
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return {"n": self.n, "p50_ms": _round(self.p50_ms), "p95_ms": _round(self.p95_ms),
-                "mean_ms": _round(self.mean_ms)}
+        return {
+            "n": self.n,
+            "p50_ms": _round(self.p50_ms),
+            "p95_ms": _round(self.p95_ms),
+            "mean_ms": _round(self.mean_ms),
+        }
 
 
 @dataclass(frozen=True)
@@ -46,13 +51,19 @@ class SpeedComparison:
     alone_over_bare: float | None  # alone p50 / bare p50: near 1 means an honest reference
 
     def to_dict(self) -> dict[str, object]:
-        return {"caption_latency_cascade": self.cascade.to_dict(), "caption_latency_alone": self.alone.to_dict(),
-                "target_bare": self.bare.to_dict(), "speedup_p50": _round(self.speedup_p50, 3),
-                "speedup_p95": _round(self.speedup_p95, 3), "alone_over_bare": _round(self.alone_over_bare, 3)}
+        return {
+            "caption_latency_cascade": self.cascade.to_dict(),
+            "caption_latency_alone": self.alone.to_dict(),
+            "target_bare": self.bare.to_dict(),
+            "speedup_p50": _round(self.speedup_p50, 3),
+            "speedup_p95": _round(self.speedup_p95, 3),
+            "alone_over_bare": _round(self.alone_over_bare, 3),
+        }
 
 
-def compare(cascade_ms: Mapping[int, float], alone_ms: Mapping[int, float],
-            bare_ms: Mapping[int, float] | None = None) -> SpeedComparison:
+def compare(
+    cascade_ms: Mapping[int, float], alone_ms: Mapping[int, float], bare_ms: Mapping[int, float] | None = None
+) -> SpeedComparison:
     """Caption latency per round id for both runs (and optionally the bare target's cost per round);
     only rounds present and finite in both runs count."""
     both = [r for r in cascade_ms if r in alone_ms and _finite(cascade_ms[r]) and _finite(alone_ms[r])]

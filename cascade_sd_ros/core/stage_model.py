@@ -25,6 +25,7 @@ every draft and commit carries so that no stage ever uses ids of another vocabul
 (:func:`check_vocabularies` refuses such a mix at start-up, :func:`source_vocabulary` reads it from a
 source's tokenizer alone, without loading weights).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,8 +105,10 @@ def tiny_vocabulary(vocab_size: int = TINY_VOCAB) -> Vocabulary:
     from cascade_sd_ros.core.spec.testing import BOS_ID, EOS_ID, PAD_ID
 
     specials = {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID, "unk": None}
-    return Vocabulary(_fingerprint({"tiny": int(vocab_size), "special": specials}),
-                      f"tiny test vocabulary, {vocab_size} ids, eos {EOS_ID}")
+    return Vocabulary(
+        _fingerprint({"tiny": int(vocab_size), "special": specials}),
+        f"tiny test vocabulary, {vocab_size} ids, eos {EOS_ID}",
+    )
 
 
 def _folder_tokenizer_name(folder: Path) -> str | None:
@@ -147,7 +150,8 @@ def check_vocabularies(vocabs: Mapping[str, Vocabulary | None], reference: str =
         others = "; ".join(f"{k} uses {v}" for k, v in foreign)
         raise VocabularyMismatch(
             f"the stages cannot cooperate: {ref_name} uses {ref} but {others}; their token ids mean different "
-            f"things, so every stage needs a model with the {ref_name}'s tokenizer")
+            f"things, so every stage needs a model with the {ref_name}'s tokenizer"
+        )
 
 
 @dataclass(frozen=True)
@@ -324,8 +328,9 @@ class _StaticSizing:
         if choice.name != "cuda-graphs":
             return hf, choice
         try:
-            static = sized_static_adapter(hf.model, role, modality, num_frames, self.max_new_tokens,
-                                          eos_token_id=hf.eos_token_id)
+            static = sized_static_adapter(
+                hf.model, role, modality, num_frames, self.max_new_tokens, eos_token_id=hf.eos_token_id
+            )
         except ValueError as exc:
             if backend == "cuda-graphs":
                 raise ValueError(f"backend cuda-graphs: the static path refused the {role} model: {exc}") from None
@@ -411,9 +416,16 @@ def _folder_stage(
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"{role} model folder {folder}: no usable tokenizer ({exc})") from None
     processor = folder_image_processor(folder)
-    return stage_model_from_hf(model, role, tokenizer, processor, backend=backend,
-                               max_new_tokens=static.max_new_tokens, source=str(folder),
-                               vocab=tokenizer_vocabulary(tokenizer, _folder_tokenizer_name(folder)))
+    return stage_model_from_hf(
+        model,
+        role,
+        tokenizer,
+        processor,
+        backend=backend,
+        max_new_tokens=static.max_new_tokens,
+        source=str(folder),
+        vocab=tokenizer_vocabulary(tokenizer, _folder_tokenizer_name(folder)),
+    )
 
 
 def _eventgpt_stage(folder: Path, role: Role, device: torch.device, dtype: torch.dtype, backend: str) -> StageModel:
@@ -424,10 +436,14 @@ def _eventgpt_stage(folder: Path, role: Role, device: torch.device, dtype: torch
     from cascade_sd_ros.core.spec.preprocess import preprocess_image
 
     if role == "target":
-        raise ValueError(f"target model in {folder} is EventGPT, which takes event images; the target needs a video model")
+        raise ValueError(
+            f"target model in {folder} is EventGPT, which takes event images; the target needs a video model"
+        )
     if backend == "cuda-graphs":
-        raise ValueError(f"backend cuda-graphs: the {role} model in {folder} is EventGPT, which the static path does not "
-                         "serve (backend auto or transformers)")
+        raise ValueError(
+            f"backend cuda-graphs: the {role} model in {folder} is EventGPT, which the static path does not "
+            "serve (backend auto or transformers)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -445,8 +461,17 @@ def _eventgpt_stage(folder: Path, role: Role, device: torch.device, dtype: torch
         return str(tokenizer.decode(token_ids, skip_special_tokens=True))
 
     why = "EventGPT runs on transformers' Llama (the static path serves LLaVA-family models)"
-    return StageModel(role, adapter, 1, model.image_size, build, decode, tokenizer_vocabulary(tokenizer),
-                      BackendChoice("transformers", why), tokenizer)  # type: ignore[arg-type]  # transformers types decode str | list[str] (batches)
+    return StageModel(
+        role,
+        adapter,
+        1,
+        model.image_size,
+        build,
+        decode,
+        tokenizer_vocabulary(tokenizer),
+        BackendChoice("transformers", why),
+        tokenizer,  # type: ignore[arg-type]  # transformers types decode str | list[str] (batches)
+    )
 
 
 def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
@@ -467,13 +492,21 @@ def folder_image_processor(folder: Path) -> VideoLlavaImageProcessor:
     try:
         hw = {"height": int(size["height"]), "width": int(size["width"])}
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{folder}/preprocessor_config.json: {kind} needs size.height and size.width, "
-                         f"got {size!r}") from None
+        raise ValueError(
+            f"{folder}/preprocessor_config.json: {kind} needs size.height and size.width, got {size!r}"
+        ) from None
     return VideoLlavaImageProcessor(
-        do_resize=bool(spec.get("do_resize", True)), size=hw, resample=PILImageResampling(int(spec.get("resample", 3))),
-        do_center_crop=False, crop_size=hw, do_rescale=bool(spec.get("do_rescale", True)),
-        rescale_factor=float(spec.get("rescale_factor", 1 / 255)), do_normalize=bool(spec.get("do_normalize", True)),
-        image_mean=spec.get("image_mean", [0.5, 0.5, 0.5]), image_std=spec.get("image_std", [0.5, 0.5, 0.5]))
+        do_resize=bool(spec.get("do_resize", True)),
+        size=hw,
+        resample=PILImageResampling(int(spec.get("resample", 3))),
+        do_center_crop=False,
+        crop_size=hw,
+        do_rescale=bool(spec.get("do_rescale", True)),
+        rescale_factor=float(spec.get("rescale_factor", 1 / 255)),
+        do_normalize=bool(spec.get("do_normalize", True)),
+        image_mean=spec.get("image_mean", [0.5, 0.5, 0.5]),
+        image_std=spec.get("image_std", [0.5, 0.5, 0.5]),
+    )
 
 
 class CaptionTokenizer(TokenizerLike, Protocol):
@@ -534,8 +567,11 @@ def stage_model_from_hf(
         return str(tokenizer.decode(token_ids, skip_special_tokens=True))
 
     vocab = vocab if vocab is not None else tokenizer_vocabulary(tokenizer, size=hf.vocab_size)
-    codec = tokenizer if callable(getattr(tokenizer, "decode", None)) and callable(getattr(tokenizer, "encode", None)) \
+    codec = (
+        tokenizer
+        if callable(getattr(tokenizer, "decode", None)) and callable(getattr(tokenizer, "encode", None))
         else None
+    )
     return StageModel(role, adapter, num_frames, image_size, build, decode, vocab, choice, codec)  # type: ignore[arg-type]  # its encode/decode are checked callable just above
 
 

@@ -3,6 +3,7 @@ node skeleton (parameters, model, prompt, diagnostics, its core Stage), the imag
 
 A node is glue: it converts messages, feeds its :class:`~cascade_sd_ros.core.stages.Stage` (which
 owns every round and runs the model on its own thread) and publishes what the Stage hands back."""
+
 from __future__ import annotations
 
 import atexit
@@ -52,22 +53,27 @@ SENSOR_QOS = QoSProfile(
 )
 # Drafts and commits: every message matters to the round, few are in flight.
 ROUND_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=20, reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=20,
+    reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
 # Captions and RViz outputs: reliable; the newest few.
 OUTPUT_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
 PROMPT_QOS = OUTPUT_QOS
 # The applied clock offset: latched, so a stage (re)starting later hears the current value at once.
 LATCHED_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 DIAGNOSTICS_QOS = OUTPUT_QOS
-
 
 
 @dataclass(frozen=True)
@@ -117,34 +123,68 @@ PROMPT_TEMPLATE_TOKENS = 16
 # Parameters every stage has.
 COMMON_PARAMS: tuple[Param, ...] = (
     Param("device", "cpu", "torch device for this stage's model: cpu, cuda, cuda:N", read_only=True),
-    Param("dtype", "auto", "model dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16",
-          read_only=True),
-    Param("backend", "auto",
-          "what runs the model: auto (cuda-graphs where device and model allow it, else transformers; the log "
-          "and diagnostics say which and why), cuda-graphs (static KV cache + CUDA graphs: CUDA and a "
-          "LLaVA-family model with a Llama language model only), transformers", read_only=True),
-    Param("prompt", "describe the scene",
-          "question every round answers until a prompt message changes it (live: the next round asks it)", live=True),
-    Param("max_prompt_chars", 240,
-          "[characters] longest question a prompt message or the prompt parameter may ask; a longer one "
-          "(or one longer in UTF-8 bytes than the model's context leaves for text) is refused. 240 fits "
-          "the static path's 256 prompt tokens with the template, a token per byte at worst", 1, 100_000,
-          read_only=True),
-    Param("round_period", 2.0,
-          "[s] a round opens at every multiple of this on the event clock (+ round_phase); "
-          "0: only prompt messages open rounds", 0.0, 3600.0),
+    Param(
+        "dtype",
+        "auto",
+        "model dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16",
+        read_only=True,
+    ),
+    Param(
+        "backend",
+        "auto",
+        "what runs the model: auto (cuda-graphs where device and model allow it, else transformers; the log "
+        "and diagnostics say which and why), cuda-graphs (static KV cache + CUDA graphs: CUDA and a "
+        "LLaVA-family model with a Llama language model only), transformers",
+        read_only=True,
+    ),
+    Param(
+        "prompt",
+        "describe the scene",
+        "question every round answers until a prompt message changes it (live: the next round asks it)",
+        live=True,
+    ),
+    Param(
+        "max_prompt_chars",
+        240,
+        "[characters] longest question a prompt message or the prompt parameter may ask; a longer one "
+        "(or one longer in UTF-8 bytes than the model's context leaves for text) is refused. 240 fits "
+        "the static path's 256 prompt tokens with the template, a token per byte at worst",
+        1,
+        100_000,
+        read_only=True,
+    ),
+    Param(
+        "round_period",
+        2.0,
+        "[s] a round opens at every multiple of this on the event clock (+ round_phase); "
+        "0: only prompt messages open rounds",
+        0.0,
+        3600.0,
+    ),
     Param("round_phase", 0.0, "[s] where in the period the round times fall", 0.0, 3600.0),
     Param("max_new_tokens", 32, "[tokens] caption length bound", 1, 1024),
-    Param("time_jump_tolerance", 1.0,
-          "[s] a stamp this much older than the newest seen resets buffers and rounds", 0.0, 3600.0),
+    Param(
+        "time_jump_tolerance",
+        1.0,
+        "[s] a stamp this much older than the newest seen resets buffers and rounds",
+        0.0,
+        3600.0,
+    ),
     Param("frame_id", "camera", "frame_id of the published caption, marker and overlay"),
     Param("sensor_qos_depth", 50, "[messages] queue depth of the event and image subscriptions", 1, 100_000),
-    Param("sensor_reliability", "best_effort",
-          "event/image subscriptions: best_effort (camera drivers) or reliable (bag players, tests)"),
-    Param("draft_ids", "auto",
-          "how drafts and commits cross between stages: auto (token ids where both stages' vocabularies agree, "
-          "else their text, re-tokenised by the receiver), text (always text), same-vocab (ids only: another "
-          "vocabulary's messages are set aside)", read_only=True),
+    Param(
+        "sensor_reliability",
+        "best_effort",
+        "event/image subscriptions: best_effort (camera drivers) or reliable (bag players, tests)",
+    ),
+    Param(
+        "draft_ids",
+        "auto",
+        "how drafts and commits cross between stages: auto (token ids where both stages' vocabularies agree, "
+        "else their text, re-tokenised by the receiver), text (always text), same-vocab (ids only: another "
+        "vocabulary's messages are set aside)",
+        read_only=True,
+    ),
 )
 
 
@@ -175,11 +215,15 @@ class StageConfig:
 def stage_config_fields(p: dict[str, Any], role: str) -> dict[str, Any]:
     """:class:`StageConfig`'s fields from the declared parameters; an empty ``model`` is the zoo's ``role``."""
     return dict(
-        model=p["model"] or default_stage_source(role), device=p["device"], dtype=p["dtype"],
-        backend=choice(p["backend"], BACKENDS, "backend"), prompt=p["prompt"],
+        model=p["model"] or default_stage_source(role),
+        device=p["device"],
+        dtype=p["dtype"],
+        backend=choice(p["backend"], BACKENDS, "backend"),
+        prompt=p["prompt"],
         schedule=RoundSchedule(round_period_ns(p), seconds_to_ns(p["round_phase"], "round_phase")),
         max_new_tokens=p["max_new_tokens"],
-        jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"), frame_id=p["frame_id"],
+        jump_tolerance_ns=seconds_to_ns(p["time_jump_tolerance"], "time_jump_tolerance"),
+        frame_id=p["frame_id"],
         draft_ids=choice(p["draft_ids"], DRAFT_IDS_MODES, "draft_ids"),
     )
 
@@ -291,13 +335,16 @@ class CallbackGuard:
             count = self.errors[where]
         if log:
             detail = "".join(traceback.format_exception(exc)) if first else f"{type(exc).__name__}: {exc}"
-            self._node.get_logger().error(f"{where}: message skipped after an unexpected error "
-                                          f"({count} so far): {detail}")
+            self._node.get_logger().error(
+                f"{where}: message skipped after an unexpected error ({count} so far): {detail}"
+            )
 
     def values(self) -> dict[str, object]:
         with self._lock:
-            return {"callback_errors": sum(self.errors.values()),
-                    **{f"callback_errors.{k}": v for k, v in sorted(self.errors.items())}}
+            return {
+                "callback_errors": sum(self.errors.values()),
+                **{f"callback_errors.{k}": v for k, v in sorted(self.errors.items())},
+            }
 
 
 C = TypeVar("C", bound=StageConfig)
@@ -331,15 +378,26 @@ class StageNode(Node, Generic[C]):
         values = declare(self, params)
         self.cfg: C = make_config(values)
         self.sensor_qos = sensor_qos(values)
-        self.model = model if model is not None else load_stage_model(
-            self.cfg.model, role, device=self.cfg.device, dtype=self.cfg.dtype, backend=self.cfg.backend,
-            max_new_tokens=self.cfg.max_new_tokens)
+        self.model = (
+            model
+            if model is not None
+            else load_stage_model(
+                self.cfg.model,
+                role,
+                device=self.cfg.device,
+                dtype=self.cfg.dtype,
+                backend=self.cfg.backend,
+                max_new_tokens=self.cfg.max_new_tokens,
+            )
+        )
         self.check_model(self.model)
         backend = self.model.backend
         self.get_logger().info(f"{role} model runs on backend {backend.name}: {backend.reason}")
         warm_s = self.model.warm_up(self.cfg.prompt)  # before any subscription: no round pays first-call costs
         if warm_s is not None:
-            self.get_logger().info(f"{role} model warmed up in {warm_s * 1e3:.0f} ms (prefill, decode and verify steps)")
+            self.get_logger().info(
+                f"{role} model warmed up in {warm_s * 1e3:.0f} ms (prefill, decode and verify steps)"
+            )
         self.lock = threading.Lock()  # guards the node's input buffers
         self.prompts_in = InputStats(self, "prompts")
         self.live_params = {p.name for p in params if p.live}
@@ -349,8 +407,9 @@ class StageNode(Node, Generic[C]):
 
         self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
 
-    def create_subscription(self, msg_type: Any, topic: str, callback: Callable[[Any], None], *args: Any,
-                            **kwargs: Any) -> Any:
+    def create_subscription(
+        self, msg_type: Any, topic: str, callback: Callable[[Any], None], *args: Any, **kwargs: Any
+    ) -> Any:
         """Every subscription of a stage goes through :class:`CallbackGuard`: one bad message is
         counted and skipped, whatever it raises."""
         return super().create_subscription(msg_type, topic, self.guard.wrap(topic, callback), *args, **kwargs)
@@ -365,8 +424,9 @@ class StageNode(Node, Generic[C]):
         bag paused or ended still reports, so a replay reads each node's final input counts."""
         from rclpy.clock import Clock, ClockType
 
-        return self.create_timer(DIAGNOSTICS_PERIOD_S, callback, callback_group=callback_group,
-                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
+        return self.create_timer(
+            DIAGNOSTICS_PERIOD_S, callback, callback_group=callback_group, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
 
     def worker_output(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """What the worker thread calls to publish. Once the context is shut down (Ctrl-C reaches
@@ -464,8 +524,16 @@ class StageNode(Node, Generic[C]):
         values = {**values, **self.prompts_in.values(), **self.guard.values()}
         if level == 0 and self.guard.errors:
             level, message = 1, f"{message}; skipped messages after unexpected errors: {self.guard.last_error}"
-        self.pub_diag.publish(diagnostics_msg(self.get_clock().now().to_msg(), f"cascade_sd: {self.get_name()}",
-                                              self.get_fully_qualified_name(), level, message, values))
+        self.pub_diag.publish(
+            diagnostics_msg(
+                self.get_clock().now().to_msg(),
+                f"cascade_sd: {self.get_name()}",
+                self.get_fully_qualified_name(),
+                level,
+                message,
+                values,
+            )
+        )
 
     def close(self) -> None:
         self.stage.stop()
@@ -527,6 +595,7 @@ class ImageInput:
         """The newest frame stamp seen (kept or not), on the reference clock."""
         newest = self.ingest.jump.newest
         return None if newest is None else self.ingest.offsets.to_reference(self.ingest.stream, newest)
+
 
 GIL_SWITCH_S = 0.0005
 

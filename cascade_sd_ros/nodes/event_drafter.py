@@ -5,6 +5,7 @@ Subscribes ``events`` (event_camera_msgs/EventPacket), ``commit`` (Commit), ``pr
 Callbacks only decode and buffer; rounds and drafting belong to the core stage
 (:class:`~cascade_sd_ros.core.stages.DrafterStage`), which runs the model on its own thread.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,20 +40,36 @@ from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
 PARAMS: tuple[Param, ...] = (
-    Param("model", "",
-          "drafter model: a local HF folder, or tiny:SEED; empty = the shipped zoo's drafter", read_only=True),
+    Param(
+        "model", "", "drafter model: a local HF folder, or tiny:SEED; empty = the shipped zoo's drafter", read_only=True
+    ),
     *COMMON_PARAMS,
     Param("gamma", 4, "[tokens] draft length per proposal (live)", 1, 64, live=True),
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
     Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
     Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
-    Param("activity_rounds", False,
-          "also open a round when the event rate bursts (the scene changed), at most one per activity_min_gap",
-          read_only=True),
-    Param("activity_factor", 3.0, "a 100 ms bin with this many times the baseline's events is a burst", 1.0, 1000.0,
-          read_only=True),
-    Param("activity_min_gap", 1.0, "[s] at least this long between two activity rounds (a noisy sensor's bound)",
-          0.1, 3600.0, read_only=True),
+    Param(
+        "activity_rounds",
+        False,
+        "also open a round when the event rate bursts (the scene changed), at most one per activity_min_gap",
+        read_only=True,
+    ),
+    Param(
+        "activity_factor",
+        3.0,
+        "a 100 ms bin with this many times the baseline's events is a burst",
+        1.0,
+        1000.0,
+        read_only=True,
+    ),
+    Param(
+        "activity_min_gap",
+        1.0,
+        "[s] at least this long between two activity rounds (a noisy sensor's bound)",
+        0.1,
+        3600.0,
+        read_only=True,
+    ),
 )
 
 
@@ -69,9 +86,13 @@ class DrafterConfig(StageConfig):
     @staticmethod
     def from_params(p: dict[str, Any]) -> "DrafterConfig":
         return DrafterConfig(
-            **stage_config_fields(p, "drafter"), gamma=p["gamma"], lookahead=p["lookahead"],
-            window_ns=seconds_to_ns(p["event_window"], "event_window"), buffer_packets=p["event_buffer_packets"],
-            activity_rounds=bool(p["activity_rounds"]), activity_factor=float(p["activity_factor"]),
+            **stage_config_fields(p, "drafter"),
+            gamma=p["gamma"],
+            lookahead=p["lookahead"],
+            window_ns=seconds_to_ns(p["event_window"], "event_window"),
+            buffer_packets=p["event_buffer_packets"],
+            activity_rounds=bool(p["activity_rounds"]),
+            activity_factor=float(p["activity_factor"]),
             activity_min_gap_ns=seconds_to_ns(p["activity_min_gap"], "activity_min_gap"),
         )
 
@@ -87,8 +108,16 @@ class EventDrafter(StageNode[DrafterConfig]):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__(NODE_OF_STAGE["drafter"], PARAMS, DrafterConfig.from_params, "drafter", context=context, model=model,
-                         parameter_overrides=parameter_overrides, namespace=namespace)
+        super().__init__(
+            NODE_OF_STAGE["drafter"],
+            PARAMS,
+            DrafterConfig.from_params,
+            "drafter",
+            context=context,
+            model=model,
+            parameter_overrides=parameter_overrides,
+            namespace=namespace,
+        )
         self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
         self._stream = EventStream()
         self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
@@ -96,15 +125,19 @@ class EventDrafter(StageNode[DrafterConfig]):
         # a round opens once the events pass T, if [T - event_window, T] starts after the stream did
         self._rounds = RoundOpener(self.cfg.schedule, lead_ns=self.cfg.window_ns)
         # and, if asked, when the event rate bursts (bounded: one per activity_min_gap)
-        self._activity = ActivityTrigger(factor=self.cfg.activity_factor, min_gap_ns=self.cfg.activity_min_gap_ns) \
-            if self.cfg.activity_rounds else None
+        self._activity = (
+            ActivityTrigger(factor=self.cfg.activity_factor, min_gap_ns=self.cfg.activity_min_gap_ns)
+            if self.cfg.activity_rounds
+            else None
+        )
         self._max_span_ns = 0
         self._renderer: EventFrameRenderer | None = None
         self.events_in = InputStats(self, "events")
         self.commits_in = InputStats(self, "commits")
         # the verifier's commits as ids, or through their text when its vocabulary is another (draft_ids)
-        self.commits_port = TextPort(self.model, "commits", "drafter", self.cfg.draft_ids, self.get_logger().error,
-                                     self.get_logger().info)
+        self.commits_port = TextPort(
+            self.model, "commits", "drafter", self.cfg.draft_ids, self.get_logger().error, self.get_logger().info
+        )
         self.commits_foreign = self.commits_port.guard
 
         from event_camera_msgs.msg import EventPacket
@@ -119,8 +152,13 @@ class EventDrafter(StageNode[DrafterConfig]):
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
         self.create_diagnostics_timer(self.publish_diagnostics, MutuallyExclusiveCallbackGroup())
         self.stage = DrafterStage(
-            self.model, self._resolve, self.worker_output(self._publish), gamma=self.cfg.gamma,
-            lookahead=self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens, question=self.cfg.prompt,
+            self.model,
+            self._resolve,
+            self.worker_output(self._publish),
+            gamma=self.cfg.gamma,
+            lookahead=self.cfg.lookahead,
+            max_new_tokens=self.cfg.max_new_tokens,
+            question=self.cfg.prompt,
         )
         self.stage.start()
 
@@ -221,14 +259,18 @@ class EventDrafter(StageNode[DrafterConfig]):
         """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
         stage = self.stage.snapshot()
         values: dict[str, object] = {
-            "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
-            **self.events_in.values(), **self.commits_in.values(),
+            "backend": self.model.backend.name,
+            "backend_reason": self.model.backend.reason,
+            **self.events_in.values(),
+            **self.commits_in.values(),
             **{k: stage[k] for k in ("rounds_opened", "rounds_open", "rounds_evicted", "resets")},
             "time_jumps": self._jump.jumps,
             "activity_rounds": 0 if self._activity is None else self._activity.triggered,
             "activity_suppressed": 0 if self._activity is None else self._activity.suppressed,
-            "commits_stale": self._stale.stale, "event_clock_reanchors": self._stream.reanchors,
-            "event_time_resyncs": self._stream.time_resyncs, "events_dropped_span": self._stream.events_dropped_span,
+            "commits_stale": self._stale.stale,
+            "event_clock_reanchors": self._stream.reanchors,
+            "event_time_resyncs": self._stream.time_resyncs,
+            "events_dropped_span": self._stream.events_dropped_span,
             **{k: stage[k] for k in ("drafts_published", "worker_errors")},
             **self.commits_port.values(),
         }
@@ -236,9 +278,14 @@ class EventDrafter(StageNode[DrafterConfig]):
         if self.events_in.received == 0:
             level, message = 1, "degraded: no event packets received"
         elif self._stream.time_resyncs or self._stream.events_dropped_span:
-            level, message = 1, (f"event time words jumped {self._stream.time_resyncs} times with no wrap to explain "
-                                 f"it, {self._stream.events_dropped_span} events outside the span bound dropped "
-                                 "(corrupt packets)")
+            level, message = (
+                1,
+                (
+                    f"event time words jumped {self._stream.time_resyncs} times with no wrap to explain "
+                    f"it, {self._stream.events_dropped_span} events outside the span bound dropped "
+                    "(corrupt packets)"
+                ),
+            )
         if stage["worker_errors"]:
             level, message = 2, f"worker errors: {self.stage.last_error}"
         foreign = self.commits_foreign.status()

@@ -7,6 +7,7 @@ stage 1) and ``/diagnostics``. Joins rounds by
 id and stamp as they are heard of (a stage-0 draft or a commit). No frame within ``slop`` of ``T``
 (after ``frame_offset``) by ``max_wait``: stage-0 drafts pass through flagged degraded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,8 +65,9 @@ MODE_PARAMS: tuple[Param, ...] = (
 )
 
 PARAMS: tuple[Param, ...] = (
-    Param("model", "",
-          "refiner model: a local HF folder, or tiny:SEED; empty = the shipped zoo's refiner", read_only=True),
+    Param(
+        "model", "", "refiner model: a local HF folder, or tiny:SEED; empty = the shipped zoo's refiner", read_only=True
+    ),
     *COMMON_PARAMS,
     *MODE_PARAMS,
     Param("gamma", 6, "[tokens] refiner draft length (kept drafter tokens + its own) (live)", 1, 64, live=True),
@@ -73,14 +75,27 @@ PARAMS: tuple[Param, ...] = (
     Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
     Param("upstream_wait", 0.02, "[s] wait at most this long for a drafter draft before drafting alone", 0.0, 10.0),
-    Param("stage_liveness", 5.0,
-          "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
-    Param("frame_offset", 0.0,
-          "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
+    Param(
+        "stage_liveness",
+        5.0,
+        "[s] an upstream stage silent this long is not waited for at a round's start",
+        0.0,
+        3600.0,
+    ),
+    Param(
+        "frame_offset",
+        0.0,
+        "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)",
+        -3600.0,
+        3600.0,
+    ),
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
-    Param("follow_clock_offset", True,
-          "apply the verifier's confident clock_offset (from the next round on) instead of frame_offset",
-          read_only=True),
+    Param(
+        "follow_clock_offset",
+        True,
+        "apply the verifier's confident clock_offset (from the next round on) instead of frame_offset",
+        read_only=True,
+    ),
 )
 
 
@@ -106,10 +121,16 @@ class RefinerConfig(StageConfig):
     @staticmethod
     def from_params(p: dict[str, Any]) -> "RefinerConfig":
         return RefinerConfig(
-            **stage_config_fields(p, "refiner"), rules=rules_from_params(p), gamma=p["gamma"], lookahead=p["lookahead"],
-            slop_ns=seconds_to_ns(p["slop"], "slop"), max_wait_s=float(p["max_wait"]),
-            upstream_wait_s=float(p["upstream_wait"]), liveness_s=float(p["stage_liveness"]),
-            frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
+            **stage_config_fields(p, "refiner"),
+            rules=rules_from_params(p),
+            gamma=p["gamma"],
+            lookahead=p["lookahead"],
+            slop_ns=seconds_to_ns(p["slop"], "slop"),
+            max_wait_s=float(p["max_wait"]),
+            upstream_wait_s=float(p["upstream_wait"]),
+            liveness_s=float(p["stage_liveness"]),
+            frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"),
+            frame_buffer=p["frame_buffer"],
             follow_clock_offset=bool(p["follow_clock_offset"]),
         )
 
@@ -125,18 +146,34 @@ class FrameRefiner(StageNode[RefinerConfig]):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__(NODE_OF_STAGE["refiner"], PARAMS, RefinerConfig.from_params, "refiner", context=context, model=model,
-                         parameter_overrides=parameter_overrides, namespace=namespace)
+        super().__init__(
+            NODE_OF_STAGE["refiner"],
+            PARAMS,
+            RefinerConfig.from_params,
+            "refiner",
+            context=context,
+            model=model,
+            parameter_overrides=parameter_overrides,
+            namespace=namespace,
+        )
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self._applied = AppliedOffset(self.cfg.frame_offset_ns, 0.0, 0, float("inf"), False, "initial")
         self._round_offsets = RoundOffsets()
         self.offsets_in = InputStats(self, "clock_offsets")
         # join each period round as soon as its frame is in: no need to hear of it from the drafter
         # (the same rule as the verifier's, so both name the round alike)
-        self._image = ImageInput(self, FrameIngest(
-            offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
-            schedule=self.cfg.schedule, slop_ns=self.cfg.slop_ns,
-        ), reset_what="frames and rounds", on_jump=self._reset_locked)
+        self._image = ImageInput(
+            self,
+            FrameIngest(
+                offsets=self.offsets,
+                buffer_size=self.cfg.frame_buffer,
+                jump_tolerance_ns=self.cfg.jump_tolerance_ns,
+                schedule=self.cfg.schedule,
+                slop_ns=self.cfg.slop_ns,
+            ),
+            reset_what="frames and rounds",
+            on_jump=self._reset_locked,
+        )
         self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         self.images_in = self._image.stats
         self._frames = self._image.ingest.frames
@@ -160,13 +197,22 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
         if self.cfg.follow_clock_offset:
-            self.create_subscription(ClockOffset, TOPIC_CLOCK_OFFSET, self._on_clock_offset, LATCHED_QOS,
-                                     callback_group=inputs)
+            self.create_subscription(
+                ClockOffset, TOPIC_CLOCK_OFFSET, self._on_clock_offset, LATCHED_QOS, callback_group=inputs
+            )
         self.create_diagnostics_timer(self.publish_diagnostics, MutuallyExclusiveCallbackGroup())
         self.stage = RefinerStage(
-            self.model, self._resolve, self.worker_output(self._publish), rules=self.cfg.rules, gamma=self.cfg.gamma,
-            lookahead=self.cfg.lookahead, max_new_tokens=self.cfg.max_new_tokens, max_wait_s=self.cfg.max_wait_s,
-            upstream_wait_s=self.cfg.upstream_wait_s, liveness_s=self.cfg.liveness_s, question=self.cfg.prompt,
+            self.model,
+            self._resolve,
+            self.worker_output(self._publish),
+            rules=self.cfg.rules,
+            gamma=self.cfg.gamma,
+            lookahead=self.cfg.lookahead,
+            max_new_tokens=self.cfg.max_new_tokens,
+            max_wait_s=self.cfg.max_wait_s,
+            upstream_wait_s=self.cfg.upstream_wait_s,
+            liveness_s=self.cfg.liveness_s,
+            question=self.cfg.prompt,
         )
         self.stage.start()
 
@@ -187,8 +233,9 @@ class FrameRefiner(StageNode[RefinerConfig]):
                 self.drafts_unplaced += 1
                 return
             rec = self.stage.record(round_id)
-            draft = self.drafts_port.incoming_draft(msg, "drafter", lambda: rec.committed if rec is not None else [],
-                                                    expected_stage=0)
+            draft = self.drafts_port.incoming_draft(
+                msg, "drafter", lambda: rec.committed if rec is not None else [], expected_stage=0
+            )
             if draft is None:
                 return  # ids of another vocabulary without text, or a text draft gone stale: never checked
             t_ns = stamp_to_ns(msg.header.stamp)
@@ -258,15 +305,25 @@ class FrameRefiner(StageNode[RefinerConfig]):
         stage = self.stage.snapshot()
         degraded = stage["inputs_missing"]  # rounds whose frame never came within slop
         values: dict[str, object] = {
-            "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
-            **self.images_in.values(), **self.drafts_in.values(), **self.commits_in.values(),
-            **self.offsets_in.values(), "frame_offset_applied_ms": self._applied.offset_ns / 1e6,
+            "backend": self.model.backend.name,
+            "backend_reason": self.model.backend.reason,
+            **self.images_in.values(),
+            **self.drafts_in.values(),
+            **self.commits_in.values(),
+            **self.offsets_in.values(),
+            "frame_offset_applied_ms": self._applied.offset_ns / 1e6,
             "frame_offset_source": self._applied.source,
-            "rounds_open": stage["rounds_open"], "rounds_degraded": degraded,
-            "frame_skew_ms": stage["frame_skew_ms"], "resets": stage["resets"],
-            "time_jumps": self._image.ingest.jump.jumps, "messages_stale": self._stale.stale,
-            "drafts_published": stage["drafts_published"], "worker_errors": stage["worker_errors"],
-            **self.drafts_port.values(), **self.commits_port.values(), "drafts_unplaced": self.drafts_unplaced,
+            "rounds_open": stage["rounds_open"],
+            "rounds_degraded": degraded,
+            "frame_skew_ms": stage["frame_skew_ms"],
+            "resets": stage["resets"],
+            "time_jumps": self._image.ingest.jump.jumps,
+            "messages_stale": self._stale.stale,
+            "drafts_published": stage["drafts_published"],
+            "worker_errors": stage["worker_errors"],
+            **self.drafts_port.values(),
+            **self.commits_port.values(),
+            "drafts_unplaced": self.drafts_unplaced,
             "mode": self.cfg.rules.name,
         }
         level, message = 0, "refining"

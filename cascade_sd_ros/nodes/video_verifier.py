@@ -15,6 +15,7 @@ Rounds open at the period boundaries once frames pass them (so the verifier need
 when a draft names a round. The verifier waits at most ``max_wait`` for the clip and ``draft_wait``
 for a draft; a dead upstream stage costs speed, never output.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,37 +89,69 @@ from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
 USE_DRAFTS = {
-    "both": (STAGE_REFINER, STAGE_DRAFTER), "refiner": (STAGE_REFINER,), "drafter": (STAGE_DRAFTER,), "none": (),
+    "both": (STAGE_REFINER, STAGE_DRAFTER),
+    "refiner": (STAGE_REFINER,),
+    "drafter": (STAGE_DRAFTER,),
+    "none": (),
 }
 
 PARAMS: tuple[Param, ...] = (
-    Param("model", "",
-          "target (Video-LLaVA) model: a local HF folder, or tiny:SEED; empty = the shipped zoo's target",
-          read_only=True),
+    Param(
+        "model",
+        "",
+        "target (Video-LLaVA) model: a local HF folder, or tiny:SEED; empty = the shipped zoo's target",
+        read_only=True,
+    ),
     *COMMON_PARAMS,
     *MODE_PARAMS,
     Param("frames", 8, "[frames] clip length the target takes", 1, 64),
     Param("clip_duration", 1.0, "[s] the clip spans [T - clip_duration, T]", 0.0, 60.0),
     Param("slop", 0.02, "[s] frames this far outside the clip window still count", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the clip's frames", 0.0, 60.0),
-    Param("draft_wait", 0.03, "[s] wait at most this long for a draft before decoding alone (live)", 0.0, 10.0,
-          live=True),
-    Param("stage_liveness", 5.0,
-          "[s] an upstream stage silent this long is not waited for at a round's start", 0.0, 3600.0),
-    Param("frame_offset", 0.0,
-          "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)", -3600.0, 3600.0),
+    Param(
+        "draft_wait", 0.03, "[s] wait at most this long for a draft before decoding alone (live)", 0.0, 10.0, live=True
+    ),
+    Param(
+        "stage_liveness",
+        5.0,
+        "[s] an upstream stage silent this long is not waited for at a round's start",
+        0.0,
+        3600.0,
+    ),
+    Param(
+        "frame_offset",
+        0.0,
+        "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)",
+        -3600.0,
+        3600.0,
+    ),
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
     Param("use_drafts", "both", "which drafts to verify: both (refiner preferred), refiner, drafter, none"),
     Param("max_pending_rounds", 4, "[rounds] rounds queued beyond this are dropped (oldest first, counted)", 1, 1000),
-    Param("estimate_offset", True,
-          "measure the event/frame clock offset (events against frames; exact from strobe trigger edges when "
-          "the event stream has them) and apply it once confident; false pins frame_offset. Subscribes this "
-          "node to the raw event stream", read_only=True),
-    Param("frame_offset_bound", 0.5,
-          "[s] a measured offset further than this from frame_offset is refused (counted)", 0.0, 3600.0,
-          read_only=True),
-    Param("trigger_channel", 0, "trigger input the RGB exposure strobe is wired to (EVT 3.0 channel id)", 0, 31,
-          read_only=True),
+    Param(
+        "estimate_offset",
+        True,
+        "measure the event/frame clock offset (events against frames; exact from strobe trigger edges when "
+        "the event stream has them) and apply it once confident; false pins frame_offset. Subscribes this "
+        "node to the raw event stream",
+        read_only=True,
+    ),
+    Param(
+        "frame_offset_bound",
+        0.5,
+        "[s] a measured offset further than this from frame_offset is refused (counted)",
+        0.0,
+        3600.0,
+        read_only=True,
+    ),
+    Param(
+        "trigger_channel",
+        0,
+        "trigger input the RGB exposure strobe is wired to (EVT 3.0 channel id)",
+        0,
+        31,
+        read_only=True,
+    ),
     Param("trigger_edge", "rising", "strobe edge that marks an exposure: rising or falling", read_only=True),
     Param("publish_overlay", True, "publish the frame at T with the caption drawn"),
     Param("seed", 0, "seed of the sampling generator (lossless-sample)", 0, 2**31 - 1),
@@ -150,15 +183,24 @@ class VerifierConfig(StageConfig):
         choice(p["use_drafts"], list(USE_DRAFTS), "use_drafts")
         choice(p["trigger_edge"], ["rising", "falling"], "trigger_edge")
         return VerifierConfig(
-            **stage_config_fields(p, "target"), rules=rules_from_params(p), frames=p["frames"],
-            clip_ns=seconds_to_ns(p["clip_duration"], "clip_duration"), slop_ns=seconds_to_ns(p["slop"], "slop"),
-            max_wait_s=float(p["max_wait"]), draft_wait_s=float(p["draft_wait"]),
+            **stage_config_fields(p, "target"),
+            rules=rules_from_params(p),
+            frames=p["frames"],
+            clip_ns=seconds_to_ns(p["clip_duration"], "clip_duration"),
+            slop_ns=seconds_to_ns(p["slop"], "slop"),
+            max_wait_s=float(p["max_wait"]),
+            draft_wait_s=float(p["draft_wait"]),
             liveness_s=float(p["stage_liveness"]),
-            frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"), frame_buffer=p["frame_buffer"],
+            frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"),
+            frame_buffer=p["frame_buffer"],
             frame_offset_bound_ns=seconds_to_ns(p["frame_offset_bound"], "frame_offset_bound"),
-            trigger_channel=p["trigger_channel"], trigger_edge=1 if p["trigger_edge"] == "rising" else 0,
-            use_drafts=USE_DRAFTS[p["use_drafts"]], max_pending=p["max_pending_rounds"],
-            estimate_offset=bool(p["estimate_offset"]), publish_overlay=bool(p["publish_overlay"]), seed=p["seed"],
+            trigger_channel=p["trigger_channel"],
+            trigger_edge=1 if p["trigger_edge"] == "rising" else 0,
+            use_drafts=USE_DRAFTS[p["use_drafts"]],
+            max_pending=p["max_pending_rounds"],
+            estimate_offset=bool(p["estimate_offset"]),
+            publish_overlay=bool(p["publish_overlay"]),
+            seed=p["seed"],
         )
 
 
@@ -182,22 +224,42 @@ class VideoVerifier(StageNode[VerifierConfig]):
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
     ) -> None:
-        super().__init__(NODE_OF_STAGE["verifier"], PARAMS, VerifierConfig.from_params, "target", context=context, model=model,
-                         parameter_overrides=parameter_overrides, namespace=namespace)
+        super().__init__(
+            NODE_OF_STAGE["verifier"],
+            PARAMS,
+            VerifierConfig.from_params,
+            "target",
+            context=context,
+            model=model,
+            parameter_overrides=parameter_overrides,
+            namespace=namespace,
+        )
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self.clock = ClockOffsetSource(
-            initial_ns=self.cfg.frame_offset_ns, pinned=not self.cfg.estimate_offset,
-            bound_ns=self.cfg.frame_offset_bound_ns, trigger_channel=self.cfg.trigger_channel,
-            trigger_edge=self.cfg.trigger_edge)
+            initial_ns=self.cfg.frame_offset_ns,
+            pinned=not self.cfg.estimate_offset,
+            bound_ns=self.cfg.frame_offset_bound_ns,
+            trigger_channel=self.cfg.trigger_channel,
+            trigger_edge=self.cfg.trigger_edge,
+        )
         self._published_offset: AppliedOffset | None = None
         self._event_stream = EventStream()
         self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         # open every period boundary the frames have passed, once the clip has frames behind it
-        self._image = ImageInput(self, FrameIngest(
-            offsets=self.offsets, buffer_size=self.cfg.frame_buffer, jump_tolerance_ns=self.cfg.jump_tolerance_ns,
-            schedule=self.cfg.schedule, slop_ns=self.cfg.slop_ns, lead_ns=self.cfg.clip_ns,
-        ), reset_what="frames, rounds and offset estimate", on_jump=self._reset_locked,
-            on_frame=self.clock.add_frame if self.cfg.estimate_offset else None)
+        self._image = ImageInput(
+            self,
+            FrameIngest(
+                offsets=self.offsets,
+                buffer_size=self.cfg.frame_buffer,
+                jump_tolerance_ns=self.cfg.jump_tolerance_ns,
+                schedule=self.cfg.schedule,
+                slop_ns=self.cfg.slop_ns,
+                lead_ns=self.cfg.clip_ns,
+            ),
+            reset_what="frames, rounds and offset estimate",
+            on_jump=self._reset_locked,
+            on_frame=self.clock.add_frame if self.cfg.estimate_offset else None,
+        )
         self.images_in = self._image.stats
         self._frames = self._image.ingest.frames
         self._pending_prompt: float | None = None
@@ -205,8 +267,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
         # drafts as ids, or through their text from a stage of another vocabulary (draft_ids)
-        self.drafts_port = TextPort(self.model, "drafts", "target", self.cfg.draft_ids, self.get_logger().error,
-                                    self.get_logger().info)
+        self.drafts_port = TextPort(
+            self.model, "drafts", "target", self.cfg.draft_ids, self.get_logger().error, self.get_logger().info
+        )
         self.drafts_foreign = self.drafts_port.guard
 
         from event_camera_msgs.msg import EventPacket
@@ -229,8 +292,13 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_REFINER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
         if self.cfg.estimate_offset:
-            self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
+            self.create_subscription(
+                EventPacket,
+                TOPIC_EVENTS,
+                self._on_events,
+                self.sensor_qos,
+                callback_group=MutuallyExclusiveCallbackGroup(),
+            )
         timers = MutuallyExclusiveCallbackGroup()
         self.create_diagnostics_timer(self.publish_diagnostics, timers)
         self.create_timer(0.05, self._check_prompt, callback_group=timers)
@@ -238,10 +306,18 @@ class VideoVerifier(StageNode[VerifierConfig]):
         # never on a round's path
         self.create_timer(0.5, self._update_offset, callback_group=MutuallyExclusiveCallbackGroup())
         self.stage = VerifierStage(
-            self.model, self._resolve, self.worker_output(self._emit), rules=self.cfg.rules,
-            max_new_tokens=self.cfg.max_new_tokens, draft_wait_s=self.cfg.draft_wait_s,
-            max_wait_s=self.cfg.max_wait_s, use_stages=self.cfg.use_drafts, seed=self.cfg.seed,
-            max_pending=self.cfg.max_pending, liveness_s=self.cfg.liveness_s, question=self.cfg.prompt,
+            self.model,
+            self._resolve,
+            self.worker_output(self._emit),
+            rules=self.cfg.rules,
+            max_new_tokens=self.cfg.max_new_tokens,
+            draft_wait_s=self.cfg.draft_wait_s,
+            max_wait_s=self.cfg.max_wait_s,
+            use_stages=self.cfg.use_drafts,
+            seed=self.cfg.seed,
+            max_pending=self.cfg.max_pending,
+            liveness_s=self.cfg.liveness_s,
+            question=self.cfg.prompt,
             why_silent=self.drafts_foreign.why,
         )
         self.stage.start()
@@ -259,8 +335,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def check_model(self, model: StageModel) -> None:
         if model.num_frames != self.cfg.frames:
-            raise ValueError(
-                f"parameter frames={self.cfg.frames} but the target model takes {model.num_frames} frames")
+            raise ValueError(f"parameter frames={self.cfg.frames} but the target model takes {model.num_frames} frames")
 
     # ------------------------------------------------------------------ callbacks
     def _on_events(self, msg: Any) -> None:
@@ -281,7 +356,11 @@ class VideoVerifier(StageNode[VerifierConfig]):
         applied = self.clock.update()
         last = self._published_offset
         if last is not None and (applied.offset_ns, applied.drift_ppm, applied.confident, applied.source) == (
-                last.offset_ns, last.drift_ppm, last.confident, last.source):
+            last.offset_ns,
+            last.drift_ppm,
+            last.confident,
+            last.source,
+        ):
             return
         with self.lock:
             newest = self._image.newest_ref_ns()
@@ -291,8 +370,10 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.offsets.set("image", applied.at(stamp))
         self._publish_offset(applied, stamp)
         if applied.confident and (last is None or not last.confident or last.offset_ns != applied.offset_ns):
-            self.get_logger().info(f"clock offset {applied.at(stamp) / 1e6:.2f} ms applied ({applied.source}, "
-                                   f"±{applied.uncertainty_ns / 1e6:.2f} ms)")
+            self.get_logger().info(
+                f"clock offset {applied.at(stamp) / 1e6:.2f} ms applied ({applied.source}, "
+                f"±{applied.uncertainty_ns / 1e6:.2f} ms)"
+            )
 
     def _publish_offset(self, applied: AppliedOffset, stamp_ns: int) -> None:
         self._published_offset = applied
@@ -302,8 +383,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.drafts_in.tick()
         try:
             rec = self.stage.record(int(msg.round_id))
-            draft = self.drafts_port.incoming_draft(msg, stage_name(msg.stage),
-                                                    lambda: rec.committed if rec is not None else [])
+            draft = self.drafts_port.incoming_draft(
+                msg, stage_name(msg.stage), lambda: rec.committed if rec is not None else []
+            )
             if draft is None:
                 return  # ids of another vocabulary without text, or a text draft gone stale: never verified
             t_ns = stamp_to_ns(msg.header.stamp)
@@ -375,8 +457,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
         if u.commit_seq > 0:
             # the text too, for upstream stages of another vocabulary (they draft on from it)
             self.pub_commit.publish(commit_msg(u, self.cfg.frame_id, self.model.vocab, text))
-        self.pub_caption.publish(caption_msg(u, text, self.cfg.rules, self.cfg.frame_id,
-                                             self.clock.round_offset(u.round_id)))
+        self.pub_caption.publish(
+            caption_msg(u, text, self.cfg.rules, self.cfg.frame_id, self.clock.round_offset(u.round_id))
+        )
         shown = display_text(text, u, self.cfg.rules)
         self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
         if not u.final:
@@ -397,30 +480,57 @@ class VideoVerifier(StageNode[VerifierConfig]):
         applied = self.clock.current()
         stage = self.stage.snapshot()
         values: dict[str, object] = {
-            "backend": self.model.backend.name, "backend_reason": self.model.backend.reason,
-            **self.images_in.values(), **self.events_in.values(), **self.drafts_in.values(),
-            **{k: stage[k] for k in ("rounds_done", "rounds_degraded", "rounds_dropped", "rounds_pending", "prefills_with_draft",
-                                     "acceptance_drafter", "acceptance_refiner", "latency_mean_ms", "skew_clip_ms")},
+            "backend": self.model.backend.name,
+            "backend_reason": self.model.backend.reason,
+            **self.images_in.values(),
+            **self.events_in.values(),
+            **self.drafts_in.values(),
+            **{
+                k: stage[k]
+                for k in (
+                    "rounds_done",
+                    "rounds_degraded",
+                    "rounds_dropped",
+                    "rounds_pending",
+                    "prefills_with_draft",
+                    "acceptance_drafter",
+                    "acceptance_refiner",
+                    "latency_mean_ms",
+                    "skew_clip_ms",
+                )
+            },
             "frame_offset_configured_ms": self.cfg.frame_offset_ns / 1e6,
-            "frame_offset_applied_ms": applied.offset_ns / 1e6, "frame_offset_source": applied.source,
-            "frame_offset_confident": applied.confident, "frame_offset_uncertainty_ms": applied.uncertainty_ns / 1e6,
+            "frame_offset_applied_ms": applied.offset_ns / 1e6,
+            "frame_offset_source": applied.source,
+            "frame_offset_confident": applied.confident,
+            "frame_offset_uncertainty_ms": applied.uncertainty_ns / 1e6,
             "frame_offset_drift_ppm": applied.drift_ppm,
             "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None else math.nan,
-            "frame_offset_estimate": ("off (pinned)" if not self.cfg.estimate_offset else "no data yet" if est is None
-                                      else "identifiable" if est.identifiable(self.clock.tracker.min_correlation,
-                                                                             self.clock.tracker.min_margin)
-                                      else "not identifiable (no motion to align by)"),
+            "frame_offset_estimate": (
+                "off (pinned)"
+                if not self.cfg.estimate_offset
+                else "no data yet"
+                if est is None
+                else "identifiable"
+                if est.identifiable(self.clock.tracker.min_correlation, self.clock.tracker.min_margin)
+                else "not identifiable (no motion to align by)"
+            ),
             "frame_offset_estimate_r": math.nan if est is None else est.correlation,
-            "frame_offset_estimates": self.clock.estimates, "frame_offset_refused": self.clock.tracker.refused,
+            "frame_offset_estimates": self.clock.estimates,
+            "frame_offset_refused": self.clock.tracker.refused,
             "frame_offset_trigger_matched": 0 if fit is None else fit.matched,
             "frame_offset_trigger_edges": self.clock.sync.edges_seen,
             "frame_offset_inputs_rejected": self.clock.estimator.rejected,
             "event_clock_reanchors": self._event_stream.reanchors,
-            "event_time_resyncs": self._event_stream.time_resyncs, "events_dropped_span": self._event_stream.events_dropped_span,
-            "resets": stage["resets"], "time_jumps": self._image.ingest.jump.jumps,
+            "event_time_resyncs": self._event_stream.time_resyncs,
+            "events_dropped_span": self._event_stream.events_dropped_span,
+            "resets": stage["resets"],
+            "time_jumps": self._image.ingest.jump.jumps,
             "worker_errors": stage["worker_errors"],
-            "drafts_stale": self._stale.stale, **self.drafts_port.values(),
-            "mode": self.cfg.rules.name, "lossless": self.cfg.rules.lossless,
+            "drafts_stale": self._stale.stale,
+            **self.drafts_port.values(),
+            "mode": self.cfg.rules.name,
+            "lossless": self.cfg.rules.lossless,
         }
         level, message = 0, "verifying"
         if self.images_in.received == 0:

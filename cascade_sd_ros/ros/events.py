@@ -9,6 +9,7 @@ jitter on packet stamps does not leak into event times. A backward jump re-ancho
 packet does not carry its shift into every later one. Times that would leave int64 or go negative
 on the event clock are refused (:class:`PacketError`) before they can anchor anything.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -126,11 +127,17 @@ class EventStream:
                 self.reanchors += 1
             anchor = pkt.stamp_ns - first_ns
         if lo_us * 1000 + anchor < 0 or hi_us * 1000 + anchor > _INT64_MAX:
-            raise PacketError(f"{pkt.encoding} packet's events [{lo_us}, {hi_us}] µs do not fit the event clock "
-                              f"anchored at {anchor} ns")
+            raise PacketError(
+                f"{pkt.encoding} packet's events [{lo_us}, {hi_us}] µs do not fit the event clock "
+                f"anchored at {anchor} ns"
+            )
         self._anchor_ns = anchor
-        return StreamEvents(cd=cd, t_ns=t_us.astype(np.int64) * 1000 + anchor, triggers=trig,
-                            trigger_t_ns=trig["t"].astype(np.int64) * 1000 + anchor)
+        return StreamEvents(
+            cd=cd,
+            t_ns=t_us.astype(np.int64) * 1000 + anchor,
+            triggers=trig,
+            trigger_t_ns=trig["t"].astype(np.int64) * 1000 + anchor,
+        )
 
     def map_sensor_us(self, t_us: int) -> int | None:
         """A sensor time on the event clock, once anchored."""

@@ -11,6 +11,7 @@ also implemented here with numpy and behave as cv_bridge's ``imgmsg_to_cv2`` / `
   ``convertTo`` does between ``CV_16U`` [0, 65535] and ``CV_8U`` [0, 255];
 * anything else is rejected with :class:`ImageEncodingError` naming the encoding.
 """
+
 from __future__ import annotations
 
 import sys
@@ -60,14 +61,16 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     row_bytes = w * channels * dtype.itemsize
     if step < row_bytes:
         raise ImageEncodingError(
-            f"image step {step} is shorter than a row of {w} px {msg.encoding} ({row_bytes} bytes)")
+            f"image step {step} is shorter than a row of {w} px {msg.encoding} ({row_bytes} bytes)"
+        )
     if step % dtype.itemsize:
         raise ImageEncodingError(f"image step {step} is not a multiple of the {dtype.itemsize}-byte sample size")
     raw = msg.data
     data = np.asarray(raw, dtype=np.uint8) if isinstance(raw, list) else np.frombuffer(raw, dtype=np.uint8)
     if data.size < step * h:
         raise ImageEncodingError(
-            f"image data has {data.size} bytes, {msg.encoding} {w}x{h} with step {step} needs {step * h}")
+            f"image data has {data.size} bytes, {msg.encoding} {w}x{h} with step {step} needs {step * h}"
+        )
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
     rows = data[: step * h].reshape(h, step)[:, :row_bytes]
     pixels = np.ascontiguousarray(rows).view(wire).reshape((h, w) if channels == 1 else (h, w, channels))

@@ -1,5 +1,6 @@
 """Messages the stages publish, built from core results: drafts, commits, captions, RViz outputs,
 diagnostics. Pure functions of their inputs (no node, no publishing)."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,15 @@ def _f32(x: float) -> float:
     return float(x) if x is not None else math.nan
 
 
-def draft_msg(round_id: int, t_ns: int, frame_id: str, draft: Draft, vocab: Vocabulary, text: str = "",
-              start_position: int | None = None) -> Any:
+def draft_msg(
+    round_id: int,
+    t_ns: int,
+    frame_id: str,
+    draft: Draft,
+    vocab: Vocabulary,
+    text: str = "",
+    start_position: int | None = None,
+) -> Any:
     """``vocab``: the publishing stage's vocabulary, which says what ``token_ids`` mean. A stage of
     another vocabulary than the target's adds ``text`` (what the draft adds, ``draft_text``) and the
     ``start_position`` in the target's tokens (:class:`~cascade_sd_ros.core.spec.text_drafts.CommitTexts`)."""
@@ -71,10 +79,16 @@ def draft_from_msg(msg: Any, expected_stage: int | None = None, vocab_size: int 
     if msg.stage not in (0, 1) or (expected_stage is not None and msg.stage != expected_stage):
         raise DraftMessageError(f"DraftTokens stage {msg.stage} not accepted here (want {expected_stage})")
     return Draft(
-        stage=int(msg.stage), commit_seq=int(msg.commit_seq), start_position=int(msg.start_position),
-        token_ids=tokens, confidence=conf, upstream_drafted=int(msg.upstream_drafted),
-        upstream_accepted=int(msg.upstream_accepted), compute_ms=float(msg.compute_ms),
-        degraded=bool(msg.degraded), degraded_reason=str(msg.degraded_reason),
+        stage=int(msg.stage),
+        commit_seq=int(msg.commit_seq),
+        start_position=int(msg.start_position),
+        token_ids=tokens,
+        confidence=conf,
+        upstream_drafted=int(msg.upstream_drafted),
+        upstream_accepted=int(msg.upstream_accepted),
+        compute_ms=float(msg.compute_ms),
+        degraded=bool(msg.degraded),
+        degraded_reason=str(msg.degraded_reason),
     )
 
 
@@ -99,8 +113,13 @@ def commit_msg(u: CaptionUpdate, frame_id: str, vocab: Vocabulary, text: str = "
     return msg
 
 
-def draft_from_text_msg(msg: Any, committed: Sequence[int], codec: TextCodec, expected_stage: int | None = None,
-                        max_chars: int = MAX_DRAFT_TEXT) -> Draft | None:
+def draft_from_text_msg(
+    msg: Any,
+    committed: Sequence[int],
+    codec: TextCodec,
+    expected_stage: int | None = None,
+    max_chars: int = MAX_DRAFT_TEXT,
+) -> Draft | None:
     """A DraftTokens of another vocabulary read through its text: this stage's own ids continuing
     ``committed`` (its committed ids for the round), laid after the first ``start_position`` of them
     (:func:`~cascade_sd_ros.core.spec.text_drafts.rebase_text_draft`). None when the draft adds nothing
@@ -117,9 +136,16 @@ def draft_from_text_msg(msg: Any, committed: Sequence[int], codec: TextCodec, ex
     # each re-tokenised id gets the draft's least confident one (what the lossy modes' rules read)
     conf = [float(c) for c in msg.confidence if 0.0 <= float(c) <= 1.0]
     return Draft(
-        stage=int(msg.stage), commit_seq=int(msg.commit_seq), start_position=len(committed), token_ids=tuple(ids),
-        confidence=(min(conf),) * len(ids) if conf else (), upstream_drafted=int(msg.upstream_drafted), upstream_accepted=int(msg.upstream_accepted),
-        compute_ms=float(msg.compute_ms), degraded=bool(msg.degraded), degraded_reason=str(msg.degraded_reason),
+        stage=int(msg.stage),
+        commit_seq=int(msg.commit_seq),
+        start_position=len(committed),
+        token_ids=tuple(ids),
+        confidence=(min(conf),) * len(ids) if conf else (),
+        upstream_drafted=int(msg.upstream_drafted),
+        upstream_accepted=int(msg.upstream_accepted),
+        compute_ms=float(msg.compute_ms),
+        degraded=bool(msg.degraded),
+        degraded_reason=str(msg.degraded_reason),
     )
 
 
@@ -129,8 +155,9 @@ def message_vocabulary(msg: Any) -> Vocabulary:
     return Vocabulary(fingerprint, str(msg.vocab_summary) or ("unnamed" if fingerprint else "no vocabulary announced"))
 
 
-def caption_msg(u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str,
-                frame_offset: AppliedOffset | None = None) -> Any:
+def caption_msg(
+    u: CaptionUpdate, text: str, rules: ModeRules, frame_id: str, frame_offset: AppliedOffset | None = None
+) -> Any:
     """``frame_offset``: the offset the round picked its frames with (None: not known, NaN and no source)."""
     from cascade_sd_ros.msg import VerifiedCaption
 
@@ -194,8 +221,14 @@ def applied_from_msg(msg: Any, max_abs_ns: int = 3600 * 10**9) -> AppliedOffset:
     if msg.source not in OFFSET_SOURCES:
         raise ClockOffsetError(f"ClockOffset.source {msg.source!r} is not one of {list(OFFSET_SOURCES)}")
     sigma = float(msg.uncertainty_ms)
-    return AppliedOffset(offset, drift, stamp_to_ns(msg.header.stamp), sigma * 1e6 if math.isfinite(sigma) else math.inf,
-                         bool(msg.confident), str(msg.source))
+    return AppliedOffset(
+        offset,
+        drift,
+        stamp_to_ns(msg.header.stamp),
+        sigma * 1e6 if math.isfinite(sigma) else math.inf,
+        bool(msg.confident),
+        str(msg.source),
+    )
 
 
 def display_text(text: str, u: CaptionUpdate, rules: ModeRules) -> str:

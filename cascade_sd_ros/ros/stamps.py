@@ -1,4 +1,5 @@
 """``builtin_interfaces/Time`` <-> integer nanoseconds, with the checks a sensor stamp must pass."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -9,6 +9,7 @@ them stays a few lines of glue.
 * :meth:`TextPort.incoming_draft` -- the verifier (or a refiner sharing its vocabulary) reading a
   DraftTokens: its ids, or its text re-tokenised into own ids continuing the round's commit.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -24,13 +25,21 @@ from cascade_sd_ros.ros.vocab import ForeignVocab
 class TextPort:
     """``what`` is "commits" (an upstream stage) or "drafts" (a receiver of drafts)."""
 
-    def __init__(self, model: StageModel, what: str, role: str, draft_ids: str, log_error: Callable[[str], None],
-                 log_info: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        model: StageModel,
+        what: str,
+        role: str,
+        draft_ids: str,
+        log_error: Callable[[str], None],
+        log_info: Callable[[str], None],
+    ) -> None:
         self.model = model
         self.codec: TextCodec | None = model.codec
         # without a tokenizer nothing can cross as text: such a stage keeps to ids (and sets the rest aside)
-        self.guard = ForeignVocab(model.vocab, what, role, log_error, draft_ids=draft_ids if self.codec else
-                                  "same-vocab", log_info=log_info)
+        self.guard = ForeignVocab(
+            model.vocab, what, role, log_error, draft_ids=draft_ids if self.codec else "same-vocab", log_info=log_info
+        )
         self.texts = CommitTexts(self.codec) if self.codec is not None else None
         self.stale_text = 0  # text drafts that contradicted the round's commit (or added nothing)
         self.textless = 0  # own drafts not sent to a target of another vocabulary: no text (a lone EOS)
@@ -56,7 +65,7 @@ class TextPort:
         forgotten), counted."""
         if self.texts is None or self.codec is None:
             return "", draft.start_position
-        before = list(spec[:draft.start_position])
+        before = list(spec[: draft.start_position])
         if self.texts.knows(round_id):  # this round's commits came as text: the target's ids are others
             seen = self.texts.outgoing(round_id, draft.commit_seq, before, draft.token_ids)
             if seen is None or not seen[1]:
@@ -67,8 +76,9 @@ class TextPort:
         return draft_text(self.codec, before, draft.token_ids), draft.start_position
 
     # ------------------------------------------------------------------ receivers of drafts
-    def incoming_draft(self, msg: Any, source: str, committed: Callable[[], Sequence[int]],
-                       expected_stage: int | None = None) -> Draft | None:
+    def incoming_draft(
+        self, msg: Any, source: str, committed: Callable[[], Sequence[int]], expected_stage: int | None = None
+    ) -> Draft | None:
         """A DraftTokens as own ids (None: set aside or stale); ``committed`` gives the round's commit
         in this stage's ids when asked. DraftMessageError for a malformed message."""
         route = self.guard.route(msg, source)

@@ -9,6 +9,7 @@ vocabulary) pair names both vocabularies, and :meth:`ForeignVocab.status` keeps 
 at ERROR while they keep coming; text reading is logged once per pair at INFO and counted apart.
 No node, no rclpy: the node hands it log functions.
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,9 +30,16 @@ class ForeignVocab:
     counter is ``{what}_foreign_vocab`` in :meth:`values`.
     """
 
-    def __init__(self, own: Vocabulary, what: str, role: str, log_error: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic, draft_ids: str = "same-vocab",
-                 log_info: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        own: Vocabulary,
+        what: str,
+        role: str,
+        log_error: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+        draft_ids: str = "same-vocab",
+        log_info: Callable[[str], None] | None = None,
+    ) -> None:
         resolve_draft_ids(draft_ids, "", "")  # a bad value fails here, at construction
         self.own = own
         self.what = what
@@ -55,9 +63,11 @@ class ForeignVocab:
         theirs = message_vocabulary(msg)
         if theirs.fingerprint == self.own.fingerprint:
             return True
-        text = (f"{self.what} from the {source} use vocabulary {theirs}, this {self.role} uses {self.own}: "
-                f"their token ids mean something else here, so they are set aside (never used); give the {source} "
-                f"a model with the {self.role}'s tokenizer")
+        text = (
+            f"{self.what} from the {source} use vocabulary {theirs}, this {self.role} uses {self.own}: "
+            f"their token ids mean something else here, so they are set aside (never used); give the {source} "
+            f"a model with the {self.role}'s tokenizer"
+        )
         with self._lock:
             self.count += 1
             self._last_s = self._clock()
@@ -70,7 +80,7 @@ class ForeignVocab:
         return False
 
     def route(self, msg: Any, source: str) -> Literal["ids", "text"] | None:
-        """"ids" when ``msg``'s ids are in this stage's vocabulary; "text" when they are not but
+        """ "ids" when ``msg``'s ids are in this stage's vocabulary; "text" when they are not but
         ``draft_ids`` lets text cross and the message carries some; else None (counted, logged as
         :meth:`admit` does: never used)."""
         theirs = message_vocabulary(msg)
@@ -86,8 +96,10 @@ class ForeignVocab:
                     first = (source, theirs.fingerprint) not in self._text_seen
                     self._text_seen.add((source, theirs.fingerprint))
                 if first:
-                    self.log_info(f"{self.what} from the {source} use vocabulary {theirs}, this {self.role} uses "
-                                  f"{self.own}: read as text and re-tokenised (draft_ids={self.draft_ids})")
+                    self.log_info(
+                        f"{self.what} from the {source} use vocabulary {theirs}, this {self.role} uses "
+                        f"{self.own}: read as text and re-tokenised (draft_ids={self.draft_ids})"
+                    )
                 return "text"
         return "ids" if self.admit(msg, source) else None
 

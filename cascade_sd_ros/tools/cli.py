@@ -10,6 +10,7 @@ or with a corrupt chunk or record) and the output covers what could be read befo
 130 interrupted. Errors are one line on stderr (``cascade-sd COMMAND: error: ...``); the global
 ``--debug`` flag (before or after the command) shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,10 @@ from typing import NoReturn, Sequence
 
 # name -> (module, one-line help). Keep sorted by workflow, not alphabet.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("cascade_sd_ros.tools.demo", "synthetic scenes through the three real nodes: verified captions and speed-up"),
+    "demo": (
+        "cascade_sd_ros.tools.demo",
+        "synthetic scenes through the three real nodes: verified captions and speed-up",
+    ),
     "replay": ("cascade_sd_ros.tools.replay", "replay a rosbag2 through the cascade and write a report"),
     "events": ("cascade_sd_ros.tools.events_cmd", "event-camera recordings: stats, decode"),
     "make-bag": ("cascade_sd_ros.tools.make_bag", "write a synthetic (or video-derived) rosbag2 with ground truth"),
@@ -43,7 +47,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         prog="cascade-sd",
         description="Verified captions from event + RGB cameras by cascaded speculative decoding.",
         epilog="exit status: 0 done, 1 error, 2 bad arguments, 3 partial (damaged input, output covers "
-               "what was read), 130 interrupted",
+        "what was read), 130 interrupted",
     )
     parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -94,8 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _is_input_error(exc):  # bad input, named by whoever raised it
             print(f"cascade-sd {name}: error: {_one_line(exc)}", file=sys.stderr)
         else:
-            print(f"cascade-sd {name}: internal error: {_one_line(exc)} (--debug shows the traceback)",
-                  file=sys.stderr)
+            print(f"cascade-sd {name}: internal error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -10,6 +10,7 @@ latency (inputs complete -> final caption, :mod:`cascade_sd_ros.core.speed`) for
 the target's bare greedy decode without ROS. ``--one-process`` composes everything in this process
 instead (debugging; the stages then share one interpreter).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,46 +30,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=_positive_int, default=5, help="number of scenes (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--seed", type=int, default=0, help="scene generator seed (default 0)")
-    parser.add_argument("--models", default="", metavar="SOURCE",
-                        help="model source for all three stages: a zoo root folder with target/ refiner/ drafter/, "
-                             "or tiny:SEED for tiny random models (default: the shipped zoo)")
-    parser.add_argument("--model", action="append", default=[], metavar="ROLE=SOURCE",
-                        help="model source of one stage (target, refiner, drafter); repeatable")
-    parser.add_argument("--mode", default="lossless-greedy",
-                        choices=["lossless-greedy", "lossless-sample", "pyramid", "cascade"], help="decoding mode")
-    parser.add_argument("--stages", default="drafter,refiner,verifier",
-                        help="comma-separated stages to run (the verifier is required)")
+    parser.add_argument(
+        "--models",
+        default="",
+        metavar="SOURCE",
+        help="model source for all three stages: a zoo root folder with target/ refiner/ drafter/, "
+        "or tiny:SEED for tiny random models (default: the shipped zoo)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ROLE=SOURCE",
+        help="model source of one stage (target, refiner, drafter); repeatable",
+    )
+    parser.add_argument(
+        "--mode",
+        default="lossless-greedy",
+        choices=["lossless-greedy", "lossless-sample", "pyramid", "cascade"],
+        help="decoding mode",
+    )
+    parser.add_argument(
+        "--stages", default="drafter,refiner,verifier", help="comma-separated stages to run (the verifier is required)"
+    )
     parser.add_argument("--offset-ms", type=float, default=30.0, help="event clock minus RGB clock [ms] (default 30)")
     offset = parser.add_mutually_exclusive_group()
     # The demo measures speed and exactness against the verifier alone: by default both runs are told
     # the scenes' true offset, so they pick the same clips from the first round on. Measuring it (the
     # robot's closed loop) costs the verifier's core CPU until it is confident and leaves the first
     # rounds on the initial guess, so it is the opt-in here (bench/misalignment.py studies it).
-    offset.add_argument("--oracle-offset", dest="oracle_offset", action="store_true", default=True,
-                        help="tell the stages the scenes' true clock offset, pinned (default)")
-    offset.add_argument("--measure-offset", dest="oracle_offset", action="store_false",
-                        help="tell them nothing: the verifier measures the offset (events vs frames, or strobe "
-                             "triggers) and the refiner follows, as on a robot")
+    offset.add_argument(
+        "--oracle-offset",
+        dest="oracle_offset",
+        action="store_true",
+        default=True,
+        help="tell the stages the scenes' true clock offset, pinned (default)",
+    )
+    offset.add_argument(
+        "--measure-offset",
+        dest="oracle_offset",
+        action="store_false",
+        help="tell them nothing: the verifier measures the offset (events vs frames, or strobe "
+        "triggers) and the refiner follows, as on a robot",
+    )
     parser.add_argument("--jitter-ms", type=float, default=2.0, help="RGB stamp jitter std [ms] (default 2)")
-    parser.add_argument("--drop-rate", type=float, default=0.05,
-                        help="probability of dropping an RGB frame (default 0.05)")
-    parser.add_argument("--noise-hz", type=float, default=0.1,
-                        help="event camera background activity [events per pixel per second] (default 0.1, the "
-                             "quiet end of real DVS sensors: a still scene still sends events, so the drafter hears "
-                             "time pass)")
+    parser.add_argument(
+        "--drop-rate", type=float, default=0.05, help="probability of dropping an RGB frame (default 0.05)"
+    )
+    parser.add_argument(
+        "--noise-hz",
+        type=float,
+        default=0.1,
+        help="event camera background activity [events per pixel per second] (default 0.1, the "
+        "quiet end of real DVS sensors: a still scene still sends events, so the drafter hears "
+        "time pass)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--timeout", type=float, default=60.0, help="[s] per-scene wait for its caption (default 60)")
-    parser.add_argument("--executor", default="multi-threaded", choices=["multi-threaded", "events"],
-                        help="rclpy executor the nodes spin on (default multi-threaded; events: rclpy's "
-                             "experimental EventsExecutor, C++ wait handling: ~4x lower latency here)")
-    parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
-                        help="a node parameter for both runs, e.g. video_verifier:draft_wait=0.01 (NODE: common, "
-                             "event_drafter, frame_refiner, video_verifier); repeatable")
-    parser.add_argument("--one-process", action="store_true",
-                        help="compose all stages in this process (debugging); default: each stage node in a process "
-                             "of its own, as on a robot, and the verifier alone in another")
-    parser.add_argument("--fast", action="store_true",
-                        help="publish each scene as fast as the queues allow instead of at sensor rate")
+    parser.add_argument(
+        "--executor",
+        default="multi-threaded",
+        choices=["multi-threaded", "events"],
+        help="rclpy executor the nodes spin on (default multi-threaded; events: rclpy's "
+        "experimental EventsExecutor, C++ wait handling: ~4x lower latency here)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NODE:NAME=VALUE",
+        help="a node parameter for both runs, e.g. video_verifier:draft_wait=0.01 (NODE: common, "
+        "event_drafter, frame_refiner, video_verifier); repeatable",
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="compose all stages in this process (debugging); default: each stage node in a process "
+        "of its own, as on a robot, and the verifier alone in another",
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="publish each scene as fast as the queues allow instead of at sensor rate"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -143,10 +185,21 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--executor applies to --one-process (separate stage processes spin their own)")
         _check_vocabularies(sources, stages, args.device)  # a mix of vocabularies: one line, before anything runs
         results, speed, info = run_demo(
-            n_scenes=args.scenes, seed=args.seed, sources=sources, mode=args.mode, stages=stages,
-            offset_ns=int(round(args.offset_ms * 1e6)), jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,
-            device=args.device, timeout_s=args.timeout, rate=None if args.fast else 1.0, executor=args.executor,
-            one_process=args.one_process, noise_hz=args.noise_hz, overrides=_overrides(args.param),
+            n_scenes=args.scenes,
+            seed=args.seed,
+            sources=sources,
+            mode=args.mode,
+            stages=stages,
+            offset_ns=int(round(args.offset_ms * 1e6)),
+            jitter_ms=args.jitter_ms,
+            drop_rate=args.drop_rate,
+            device=args.device,
+            timeout_s=args.timeout,
+            rate=None if args.fast else 1.0,
+            executor=args.executor,
+            one_process=args.one_process,
+            noise_hz=args.noise_hz,
+            overrides=_overrides(args.param),
             oracle_offset=args.oracle_offset,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -156,18 +209,33 @@ def run(args: argparse.Namespace) -> int:
         print("cascade-sd demo: interrupted", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps({
-            "scenes": [
-                {"index": r.index, "caption": r.caption, "ground_truth": r.ground_truth,
-                 "verifier_alone": r.verifier_alone, "equal": r.equal, "acceptance": r.acceptance,
-                 "latency_ms": _r(r.latency_ms), "alone_latency_ms": _r(r.alone_latency_ms), "bare_ms": _r(r.bare_ms),
-                 "parts_ms": r.parts_ms, "alone_parts_ms": r.alone_parts_ms,
-                 "degraded": r.degraded, "target_forwards": r.target_forwards, "tokens": r.tokens}
-                for r in results
-            ],
-            **speed.to_dict(),
-            **info,
-        }))
+        print(
+            json.dumps(
+                {
+                    "scenes": [
+                        {
+                            "index": r.index,
+                            "caption": r.caption,
+                            "ground_truth": r.ground_truth,
+                            "verifier_alone": r.verifier_alone,
+                            "equal": r.equal,
+                            "acceptance": r.acceptance,
+                            "latency_ms": _r(r.latency_ms),
+                            "alone_latency_ms": _r(r.alone_latency_ms),
+                            "bare_ms": _r(r.bare_ms),
+                            "parts_ms": r.parts_ms,
+                            "alone_parts_ms": r.alone_parts_ms,
+                            "degraded": r.degraded,
+                            "target_forwards": r.target_forwards,
+                            "tokens": r.tokens,
+                        }
+                        for r in results
+                    ],
+                    **speed.to_dict(),
+                    **info,
+                }
+            )
+        )
     else:
         _print_text(results, speed, info)
     missing = [r.index for r in results if r.caption is None]
@@ -189,8 +257,10 @@ def _ms(x: float | None) -> str:
 
 
 def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) -> None:
-    print(f"cascade-sd demo: {len(results)} scenes, mode {info['mode']}, stages {', '.join(info['stages'])}, "
-          f"models {info['models']}, {info['processes']}")
+    print(
+        f"cascade-sd demo: {len(results)} scenes, mode {info['mode']}, stages {', '.join(info['stages'])}, "
+        f"models {info['models']}, {info['processes']}"
+    )
     for r in results:
         acc = ", ".join(f"{k.replace('_', ' ')} {'-' if v is None else f'{v:.0%}'}" for k, v in r.acceptance.items())
         print(f"\nscene {r.index}")
@@ -203,20 +273,26 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
         print(f"  acceptance    : {acc}" + (f"; degraded: {r.degraded}" if r.degraded else ""))
         if r.offset_ms is not None:
             print(f"  clock offset  : {r.offset_ms:.2f} ms ({r.offset_source}), error {r.offset_error_ms:+.2f} ms")
-        print(f"  caption latency: cascade {_ms(r.latency_ms)}, verifier alone {_ms(r.alone_latency_ms)} "
-              f"(target bare {_ms(r.bare_ms)})")
+        print(
+            f"  caption latency: cascade {_ms(r.latency_ms)}, verifier alone {_ms(r.alone_latency_ms)} "
+            f"(target bare {_ms(r.bare_ms)})"
+        )
     c, a, b = speed.cascade, speed.alone, speed.bare
     sp = "n/a" if speed.speedup_p50 is None else f"{speed.speedup_p50:.2f}x"
     print(f"\ncaption latency (inputs complete -> final caption), {c.n} rounds:")
     print(f"  cascade       p50 {_ms(c.p50_ms)}, p95 {_ms(c.p95_ms)}")
-    print(f"  verifier alone p50 {_ms(a.p50_ms)}, p95 {_ms(a.p95_ms)}  "
-          f"(the target's bare cost, no ROS: p50 {_ms(b.p50_ms)})")
+    print(
+        f"  verifier alone p50 {_ms(a.p50_ms)}, p95 {_ms(a.p95_ms)}  "
+        f"(the target's bare cost, no ROS: p50 {_ms(b.p50_ms)})"
+    )
     print(f"speed-up over the verifier alone (p50 caption latency): {sp}")
     from cascade_sd_ros.core.speed import HONEST_MARGIN, honest_reference
 
     if honest_reference(speed.alone_over_bare) is False:
-        print(f"note: the verifier alone ran at {speed.alone_over_bare:.2f}x the target's bare cost (more than "
-              f"{1 + HONEST_MARGIN:.2f}x): its node process, not the model, sets part of the reference")
+        print(
+            f"note: the verifier alone ran at {speed.alone_over_bare:.2f}x the target's bare cost (more than "
+            f"{1 + HONEST_MARGIN:.2f}x): its node process, not the model, sets part of the reference"
+        )
     tps = info.get("tokens_per_verifier_step")
     if tps is not None:
         print(f"tokens per verifier step: {tps:.2f} (the verifier alone: 1.00)")
@@ -254,7 +330,10 @@ def run_demo(
     geometry = dict(meta.get("geometry", {}))
     size = int(geometry.get("image_size", 64))
     stream = StreamConfig(
-        n_scenes=n_scenes + 1, height=size, width=size, seed=seed,  # + a lead-out scene
+        n_scenes=n_scenes + 1,
+        height=size,
+        width=size,
+        seed=seed,  # + a lead-out scene
         scene_duration_s=float(geometry.get("scene_duration_s", 2.0)),
         clocks=ClockModel(event_offset_ns=offset_ns, jitter_ms=jitter_ms, drop_rate=drop_rate),
         packets=PacketConfig(time_threshold_us=5000),
@@ -272,8 +351,9 @@ def run_demo(
     config = PipelineConfig(models=sources, stages=stages, device=device, params=params, executor=executor)
     # the same verifier node with no upstream stages: the speed-up's reference, same scenes, same run
     alone_params = {**params, "video_verifier": {**params["video_verifier"], "use_drafts": "none"}}
-    alone_config = PipelineConfig(models=sources, stages=("verifier",), device=device, params=alone_params,
-                                  executor=executor)
+    alone_config = PipelineConfig(
+        models=sources, stages=("verifier",), device=device, params=alone_params, executor=executor
+    )
     scenes = list(iter_scenes(stream))
     budget = int(params["common"].get("max_new_tokens", 32))
     question = str(params["common"].get("prompt", "describe the scene"))
@@ -282,23 +362,35 @@ def run_demo(
         cascade, alone = _one_process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
     else:
         cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
-    results = [_scene_result(i, scenes[i].truth.caption, cascade.get(i), alone.get(i), bare.get(i),
-                             scenes[i].truth.event_offset_ns / 1e6)
-               for i in range(n_scenes)]
-    speed = compare({r.index: r.latency_ms for r in results if r.latency_ms is not None},
-                    {r.index: r.alone_latency_ms for r in results if r.alone_latency_ms is not None},
-                    {r.index: r.bare_ms for r in results if r.bare_ms is not None})
+    results = [
+        _scene_result(
+            i, scenes[i].truth.caption, cascade.get(i), alone.get(i), bare.get(i), scenes[i].truth.event_offset_ns / 1e6
+        )
+        for i in range(n_scenes)
+    ]
+    speed = compare(
+        {r.index: r.latency_ms for r in results if r.latency_ms is not None},
+        {r.index: r.alone_latency_ms for r in results if r.alone_latency_ms is not None},
+        {r.index: r.bare_ms for r in results if r.bare_ms is not None},
+    )
     steps = sum(r.target_forwards for r in results)
     tokens = sum(r.tokens for r in results)
-    info = {"mode": mode, "stages": list(stages), "models": dict(config.models) or "shipped zoo",
-            "offset_ms": offset_ns / 1e6, "oracle_offset": oracle_offset, "jitter_ms": jitter_ms,
-            "drop_rate": drop_rate, "noise_hz": noise_hz,
-            "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
-            "processes": "one process" if one_process else "separate stage processes",
-            "executor": executor,
-            # tokens committed per verifier step (the verifier alone commits exactly 1): what the
-            # drafts save in target passes, independent of how this machine shares its cores
-            "tokens_per_verifier_step": tokens / steps if steps else None}
+    info = {
+        "mode": mode,
+        "stages": list(stages),
+        "models": dict(config.models) or "shipped zoo",
+        "offset_ms": offset_ns / 1e6,
+        "oracle_offset": oracle_offset,
+        "jitter_ms": jitter_ms,
+        "drop_rate": drop_rate,
+        "noise_hz": noise_hz,
+        "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
+        "processes": "one process" if one_process else "separate stage processes",
+        "executor": executor,
+        # tokens committed per verifier step (the verifier alone commits exactly 1): what the
+        # drafts save in target passes, independent of how this machine shares its cores
+        "tokens_per_verifier_step": tokens / steps if steps else None,
+    }
     return results, speed, info
 
 
@@ -325,24 +417,33 @@ def _bare_costs(config: Any, scenes: list[Any], rounds: Any, question: str, budg
 
 
 def _final_fields(msg: Any) -> dict[str, Any]:
-    return {"text": msg.text, "token_ids": list(msg.token_ids), "latency_caption_ms": float(msg.latency_caption_ms),
-            "drafted": list(msg.drafted_per_stage), "accepted": list(msg.accepted_per_stage),
-            "target_forwards": int(msg.target_forwards), "degraded_reason": msg.degraded_reason,
-            "parts_ms": _parts(msg), "frame_offset_ms": float(msg.frame_offset_ms),
-            "frame_offset_source": msg.frame_offset_source}
+    return {
+        "text": msg.text,
+        "token_ids": list(msg.token_ids),
+        "latency_caption_ms": float(msg.latency_caption_ms),
+        "drafted": list(msg.drafted_per_stage),
+        "accepted": list(msg.accepted_per_stage),
+        "target_forwards": int(msg.target_forwards),
+        "degraded_reason": msg.degraded_reason,
+        "parts_ms": _parts(msg),
+        "frame_offset_ms": float(msg.frame_offset_ms),
+        "frame_offset_source": msg.frame_offset_source,
+    }
 
 
 def _parts(msg: Any) -> dict[str, float]:
     """Where a round's caption latency went, in the verifier (:func:`core.speed.caption_parts`)."""
     from cascade_sd_ros.core.speed import caption_parts
 
-    parts = caption_parts(msg.latency_caption_ms, msg.latency_prefill_ms, msg.latency_verify_ms,
-                          msg.latency_draft_wait_ms)
+    parts = caption_parts(
+        msg.latency_caption_ms, msg.latency_prefill_ms, msg.latency_verify_ms, msg.latency_draft_wait_ms
+    )
     return {k: round(v, 2) for k, v in parts.items()}
 
 
-def _one_process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None,
-                        timeout_s: float) -> tuple[dict[int, Any], dict[int, Any]]:
+def _one_process_passes(
+    config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None, timeout_s: float
+) -> tuple[dict[int, Any], dict[int, Any]]:
     """Both runs composed in this process, one after the other (for debugging)."""
     from cascade_sd_ros.tools.pipeline import load_models
 
@@ -352,8 +453,9 @@ def _one_process_passes(config: Any, alone_config: Any, scenes: list[Any], round
     return cascade, alone
 
 
-def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: Any, rate: float | None,
-              timeout_s: float) -> dict[int, Any]:
+def _run_pass(
+    config: Any, models: dict[str, Any], scenes: list[Any], rounds: Any, rate: float | None, timeout_s: float
+) -> dict[int, Any]:
     import rclpy
 
     from cascade_sd_ros.tools.pipeline import SensorPlayer, build_pipeline, new_context, play_scenes
@@ -377,8 +479,9 @@ def _run_pass(config: Any, models: dict[str, Any], scenes: list[Any], rounds: An
             rclpy.shutdown(context=context)
 
 
-def _process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None,
-                    timeout_s: float) -> tuple[dict[int, Any], dict[int, Any]]:
+def _process_passes(
+    config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None, timeout_s: float
+) -> tuple[dict[int, Any], dict[int, Any]]:
     """The cascade's stages and the verifier alone as separate processes (as on a robot), fed scene
     by scene in turn, so whatever else this machine does hits both runs alike. The verifiers get a
     CPU of their own; this process (the sensor player) shares the others with the upstream stages."""
@@ -412,24 +515,56 @@ def _process_passes(config: Any, alone_config: Any, scenes: list[Any], rounds: A
     return finals["cascade"], finals["alone"]
 
 
-def _scene_result(index: int, truth: str, casc: dict[str, Any] | None, alone: dict[str, Any] | None,
-                  bare_ms: float | None, true_offset_ms: float = math.nan) -> SceneResult:
+def _scene_result(
+    index: int,
+    truth: str,
+    casc: dict[str, Any] | None,
+    alone: dict[str, Any] | None,
+    bare_ms: float | None,
+    true_offset_ms: float = math.nan,
+) -> SceneResult:
     if casc is None:
-        return SceneResult(index, None, truth, None if alone is None else alone["text"], None,
-                           {"drafter": None, "refiner": None}, None,
-                           None if alone is None else _finite(alone["latency_caption_ms"]), {},
-                           {} if alone is None else alone["parts_ms"], bare_ms, "", 0, 0)
+        return SceneResult(
+            index,
+            None,
+            truth,
+            None if alone is None else alone["text"],
+            None,
+            {"drafter": None, "refiner": None},
+            None,
+            None if alone is None else _finite(alone["latency_caption_ms"]),
+            {},
+            {} if alone is None else alone["parts_ms"],
+            bare_ms,
+            "",
+            0,
+            0,
+        )
     acc: dict[str, float | None] = {
         name: (casc["accepted"][s] / casc["drafted"][s] if casc["drafted"][s] else None)
-        for s, name in STAGE_NAMES.items()}
+        for s, name in STAGE_NAMES.items()
+    }
     equal = None if alone is None else casc["token_ids"] == alone["token_ids"]
     offset = _finite(casc["frame_offset_ms"])
-    return SceneResult(index, casc["text"], truth, None if alone is None else alone["text"], equal, acc,
-                       _finite(casc["latency_caption_ms"]),
-                       None if alone is None else _finite(alone["latency_caption_ms"]), casc["parts_ms"],
-                       {} if alone is None else alone["parts_ms"], bare_ms,
-                       casc["degraded_reason"], casc["target_forwards"], len(casc["token_ids"]),
-                       offset, casc["frame_offset_source"], None if offset is None else offset - true_offset_ms)
+    return SceneResult(
+        index,
+        casc["text"],
+        truth,
+        None if alone is None else alone["text"],
+        equal,
+        acc,
+        _finite(casc["latency_caption_ms"]),
+        None if alone is None else _finite(alone["latency_caption_ms"]),
+        casc["parts_ms"],
+        {} if alone is None else alone["parts_ms"],
+        bare_ms,
+        casc["degraded_reason"],
+        casc["target_forwards"],
+        len(casc["token_ids"]),
+        offset,
+        casc["frame_offset_source"],
+        None if offset is None else offset - true_offset_ms,
+    )
 
 
 def _finite(x: float) -> float | None:

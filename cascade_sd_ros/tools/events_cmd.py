@@ -9,6 +9,7 @@ A damaged bag (cut short, a corrupt chunk or record) gives the figures of what c
 ``"partial"`` entry in the JSON saying where and why reading stopped, one line on stderr, and exit
 status 3.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("path", type=Path, help="rosbag2 folder, .db3/.mcap file, or Metavision .raw file")
     common.add_argument("--topic", help="EventPacket topic (default: the bag's only one)")
-    common.add_argument("--encoding", choices=supported_encodings(),
-                        help="override the packets' encoding (or a raw file's header)")
+    common.add_argument(
+        "--encoding", choices=supported_encodings(), help="override the packets' encoding (or a raw file's header)"
+    )
     sub.add_parser("stats", parents=[common], help="print event counts, time span and rates as JSON")
     decode = sub.add_parser("decode", parents=[common], help="decode all events to .npy")
     decode.add_argument("-o", "--output", type=Path, required=True, help="CD events .npy (CD_DTYPE)")
@@ -58,8 +60,14 @@ def bag_packets(bag: object, topic: str | None, encoding: str | None, report: ob
             report.corrupt[conn.topic] = report.corrupt.get(conn.topic, 0) + 1
             continue
         stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
-        yield Packet(encoding or str(msg.encoding), int(msg.width), int(msg.height), int(msg.time_base),
-                     np.asarray(msg.events, np.uint8), stamp)
+        yield Packet(
+            encoding or str(msg.encoding),
+            int(msg.width),
+            int(msg.height),
+            int(msg.time_base),
+            np.asarray(msg.events, np.uint8),
+            stamp,
+        )
 
 
 def _check_output(path: Path) -> None:
@@ -102,5 +110,9 @@ def _compute(args: argparse.Namespace, packets: Iterator[Packet]) -> dict[str, o
     np.save(args.output, cd)
     if args.triggers is not None:
         np.save(args.triggers, triggers)
-    return {"cd_events": int(cd.size), "trigger_events": int(triggers.size),
-            "output": str(args.output), "triggers": str(args.triggers) if args.triggers else None}
+    return {
+        "cd_events": int(cd.size),
+        "trigger_events": int(triggers.size),
+        "output": str(args.output),
+        "triggers": str(args.triggers) if args.triggers else None,
+    }

@@ -9,6 +9,7 @@ topics instead (the captions are then empty: the truth of a real video is unknow
 
 Same arguments, same bytes (for the same OUT folder name: the bag's file is named after it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ def _index_list(text: str) -> tuple[int, ...]:
 
 def _finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite float in [lo, hi) (or (lo, hi) with ``lo_open``)."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -72,34 +74,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="new rosbag2 folder to write (must not exist)")
     parser.add_argument("--scenes", type=_positive_int, default=5, help="number of synthetic scenes (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of scenes, sensor and clocks (default 0)")
-    parser.add_argument("--duration", type=_finite(0.0, lo_open=True), default=2.0,
-                        help="seconds per scene (default 2.0); with --from-video: chunk length of the ground truth")
-    parser.add_argument("--event-offset-ms", type=_finite(), default=0.0,
-                        help="event camera clock minus RGB camera clock, ms (default 0)")
+    parser.add_argument(
+        "--duration",
+        type=_finite(0.0, lo_open=True),
+        default=2.0,
+        help="seconds per scene (default 2.0); with --from-video: chunk length of the ground truth",
+    )
+    parser.add_argument(
+        "--event-offset-ms",
+        type=_finite(),
+        default=0.0,
+        help="event camera clock minus RGB camera clock, ms (default 0)",
+    )
     parser.add_argument("--jitter-ms", type=_finite(0.0), default=0.0, help="std of RGB stamp jitter, ms (default 0)")
     parser.add_argument("--drop-rate", type=_finite(0.0, 1.0), default=0.0, help="probability of dropping an RGB frame")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage (default mcap)")
-    parser.add_argument("--from-video", metavar="FILE", default=None,
-                        help="video file (mp4, ...) or rosbag2 whose RGB topic becomes the event stream")
-    parser.add_argument("--interpolation", choices=("flow", "crossfade"), default="flow",
-                        help="between video frames: motion-compensated (default) or cross-fade (faster)")
+    parser.add_argument(
+        "--from-video",
+        metavar="FILE",
+        default=None,
+        help="video file (mp4, ...) or rosbag2 whose RGB topic becomes the event stream",
+    )
+    parser.add_argument(
+        "--interpolation",
+        choices=("flow", "crossfade"),
+        default="flow",
+        help="between video frames: motion-compensated (default) or cross-fade (faster)",
+    )
     parser.add_argument("--image-topic", default="/camera/image_raw", help="RGB topic when --from-video is a bag")
-    parser.add_argument("--width", type=_positive_int, default=None, help=f"frame width (default {DEFAULT_WIDTH}; video: its own)")
-    parser.add_argument("--height", type=_positive_int, default=None, help=f"frame height (default {DEFAULT_HEIGHT}; video: its own)")
-    parser.add_argument("--fps", type=_finite(0.0, 1000.01, lo_open=True), default=30.0, help="RGB frame rate of synthetic scenes")
-    parser.add_argument("--threshold", type=_finite(0.0, lo_open=True), default=0.2, help="contrast threshold, log units (default 0.2)")
-    parser.add_argument("--noise-hz", type=_finite(0.0), default=0.0, help="background noise events per pixel per second")
-    parser.add_argument("--packet-ms", type=_finite(0.001), default=1.0, help="driver's event message time threshold, ms (default 1)")
+    parser.add_argument(
+        "--width", type=_positive_int, default=None, help=f"frame width (default {DEFAULT_WIDTH}; video: its own)"
+    )
+    parser.add_argument(
+        "--height", type=_positive_int, default=None, help=f"frame height (default {DEFAULT_HEIGHT}; video: its own)"
+    )
+    parser.add_argument(
+        "--fps", type=_finite(0.0, 1000.01, lo_open=True), default=30.0, help="RGB frame rate of synthetic scenes"
+    )
+    parser.add_argument(
+        "--threshold", type=_finite(0.0, lo_open=True), default=0.2, help="contrast threshold, log units (default 0.2)"
+    )
+    parser.add_argument(
+        "--noise-hz", type=_finite(0.0), default=0.0, help="background noise events per pixel per second"
+    )
+    parser.add_argument(
+        "--packet-ms", type=_finite(0.001), default=1.0, help="driver's event message time threshold, ms (default 1)"
+    )
     parser.add_argument("--include-speed", action="store_true", help="captions say 'fast' / 'slowly'")
-    parser.add_argument("--drift-ppm", type=_finite(-1000.0, 1000.0), default=0.0,
-                        help="event clock rate minus RGB clock rate, ppm (default 0)")
-    parser.add_argument("--strobe", action="store_true",
-                        help="write the RGB exposure strobe into the event stream as EXT_TRIGGER edges (channel 0: "
-                             "rising at capture, falling 5 ms later; synthetic scenes only)")
-    parser.add_argument("--strobe-missing", type=_index_list, default=(), metavar="I,J,...",
-                        help="frame indices whose strobe edges are lost (with --strobe)")
-    parser.add_argument("--strobe-extra-hz", type=_finite(0.0, 1000.0), default=0.0,
-                        help="spurious strobe edge pairs per second (with --strobe)")
+    parser.add_argument(
+        "--drift-ppm",
+        type=_finite(-1000.0, 1000.0),
+        default=0.0,
+        help="event clock rate minus RGB clock rate, ppm (default 0)",
+    )
+    parser.add_argument(
+        "--strobe",
+        action="store_true",
+        help="write the RGB exposure strobe into the event stream as EXT_TRIGGER edges (channel 0: "
+        "rising at capture, falling 5 ms later; synthetic scenes only)",
+    )
+    parser.add_argument(
+        "--strobe-missing",
+        type=_index_list,
+        default=(),
+        metavar="I,J,...",
+        help="frame indices whose strobe edges are lost (with --strobe)",
+    )
+    parser.add_argument(
+        "--strobe-extra-hz",
+        type=_finite(0.0, 1000.0),
+        default=0.0,
+        help="spurious strobe edge pairs per second (with --strobe)",
+    )
 
 
 def _bag_frames(path: Path, topic: str, report: ReadReport) -> Iterator[tuple[int, np.ndarray]]:
@@ -122,7 +168,9 @@ def _is_bag(path: Path) -> bool:
     """A rosbag2 folder or storage file (by its first bytes: a renamed .mcap is still a bag)."""
     from cascade_sd_ros.core import bagio
 
-    return path.is_dir() or path.suffix in (".mcap", ".db3") or (path.is_file() and bagio.storage_kind(path) != "unknown")
+    return (
+        path.is_dir() or path.suffix in (".mcap", ".db3") or (path.is_file() and bagio.storage_kind(path) != "unknown")
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,8 +199,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--drift-ppm applies to synthetic scenes only, not to --from-video")
         if args.strobe and args.from_video is not None:
             raise ValueError("--strobe writes synthetic scenes' exposures; it does not apply to --from-video")
-        clocks = ClockModel(int(round(args.event_offset_ms * 1e6)), args.jitter_ms, args.drop_rate,
-                            event_drift_ppm=args.drift_ppm)
+        clocks = ClockModel(
+            int(round(args.event_offset_ms * 1e6)), args.jitter_ms, args.drop_rate, event_drift_ppm=args.drift_ppm
+        )
         esim = EsimConfig(threshold_on=args.threshold, threshold_off=args.threshold, noise_rate_hz=args.noise_hz)
         packets = PacketConfig(time_threshold_us=max(1, int(round(args.packet_ms * 1000))))
         scenes = _scenes(args, clocks, esim, packets, report)
@@ -170,16 +219,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, packets: PacketConfig,
-            report: ReadReport) -> Iterator[SceneData]:
+def _scenes(
+    args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, packets: PacketConfig, report: ReadReport
+) -> Iterator[SceneData]:
     if args.from_video is None:
         from cascade_sd_ros.core.synth.stream import StreamConfig, StrobeConfig, iter_scenes
 
         strobe = StrobeConfig(missing=args.strobe_missing, extra_per_s=args.strobe_extra_hz) if args.strobe else None
         config = StreamConfig(
-            n_scenes=args.scenes, scene_duration_s=args.duration, seed=args.seed,
-            height=args.height or DEFAULT_HEIGHT, width=args.width or DEFAULT_WIDTH, fps=args.fps,
-            esim=esim, clocks=clocks, packets=packets, include_speed=args.include_speed, strobe=strobe,
+            n_scenes=args.scenes,
+            scene_duration_s=args.duration,
+            seed=args.seed,
+            height=args.height or DEFAULT_HEIGHT,
+            width=args.width or DEFAULT_WIDTH,
+            fps=args.fps,
+            esim=esim,
+            clocks=clocks,
+            packets=packets,
+            include_speed=args.include_speed,
+            strobe=strobe,
         )
         return iter_scenes(config)
     from cascade_sd_ros.core.synth.video import VideoStreamConfig, frames_to_stream, read_video
@@ -188,6 +246,14 @@ def _scenes(args: argparse.Namespace, clocks: ClockModel, esim: EsimConfig, pack
     if not source.exists():
         raise ValueError(f"--from-video: no such file or bag: {source}")
     frames = _bag_frames(source, args.image_topic, report) if _is_bag(source) else read_video(source)
-    config = VideoStreamConfig(seed=args.seed, chunk_s=args.duration, height=args.height, width=args.width,
-                               esim=esim, clocks=clocks, packets=packets, interpolation=args.interpolation)
+    config = VideoStreamConfig(
+        seed=args.seed,
+        chunk_s=args.duration,
+        height=args.height,
+        width=args.width,
+        esim=esim,
+        clocks=clocks,
+        packets=packets,
+        interpolation=args.interpolation,
+    )
     return frames_to_stream(frames, config)

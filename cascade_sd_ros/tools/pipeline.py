@@ -8,6 +8,7 @@ executor (a MultiThreadedExecutor, or rclpy's EventsExecutor: :attr:`PipelineCon
 ``executor``. A :class:`SensorPlayer` publishes synthetic scenes' EventPackets and Images with their
 own stamps, over the same DDS topics a camera driver would use.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,12 @@ from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS
 
 # The player publishes like a bag player: reliable and deep, so the stages (subscribed with
 # sensor_reliability=reliable, see SENSOR_PARAMS) get every message of a burst.
-PLAYER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2000, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
+PLAYER_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=2000,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 SENSOR_PARAMS: dict[str, Any] = {"sensor_reliability": "reliable", "sensor_qos_depth": 2000}
 
 EXECUTORS: tuple[str, ...] = ("multi-threaded", "events")
@@ -128,8 +133,9 @@ class CaptionCollector(Node):
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                done = ((round_id is not None and round_id in self.finals)
-                        or (count is not None and len(self.finals) >= count))
+                done = (round_id is not None and round_id in self.finals) or (
+                    count is not None and len(self.finals) >= count
+                )
                 left = deadline - time.monotonic()
                 if done or left <= 0:
                     return done
@@ -159,11 +165,22 @@ class SensorPlayer(Node):
 
     def matched(self, image_subscribers: int, event_subscribers: int) -> bool:
         """Whether that many subscriptions have matched the image and event publishers now."""
-        return (self.pub_image.get_subscription_count() >= image_subscribers
-                and self.pub_events.get_subscription_count() >= event_subscribers)
+        return (
+            self.pub_image.get_subscription_count() >= image_subscribers
+            and self.pub_events.get_subscription_count() >= event_subscribers
+        )
 
-    def play(self, scene: Any, *, event_offset_ns: int, skip_frames: bool = False, skip_events: bool = False,
-             rate: float | None = None, pause_every: int = 50, pause_s: float = 0.002) -> None:
+    def play(
+        self,
+        scene: Any,
+        *,
+        event_offset_ns: int,
+        skip_frames: bool = False,
+        skip_events: bool = False,
+        rate: float | None = None,
+        pause_every: int = 50,
+        pause_s: float = 0.002,
+    ) -> None:
         """Publish ``scene`` (a :class:`~cascade_sd_ros.core.synth.stream.SceneData`).
 
         Messages go out in world-time order (event stamps minus the event clock offset). ``rate``
@@ -224,8 +241,15 @@ def packet_msg(p: Any) -> Any:
 class Pipeline:
     """The running composition: stage nodes, caption collector, executor (see module docstring)."""
 
-    def __init__(self, config: PipelineConfig, context: Context, models: Mapping[str, StageModel],
-                 nodes: dict[str, Node], collector: CaptionCollector | None, executor: Executor) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        context: Context,
+        models: Mapping[str, StageModel],
+        nodes: dict[str, Node],
+        collector: CaptionCollector | None,
+        executor: Executor,
+    ) -> None:
         self.config = config
         self.context = context
         self.models = dict(models)
@@ -237,10 +261,17 @@ class Pipeline:
         self._switch_before: float | None = None
         self._closing = threading.Event()
         verifier = nodes.get("verifier")
-        self.lookahead_ns = int(1e9 * max(
-            float(config.params.get("video_verifier", {}).get("max_wait", 0.5)),
-            float(config.params.get("video_verifier", {}).get("draft_wait", 0.1)),
-        )) if verifier is not None else 0
+        self.lookahead_ns = (
+            int(
+                1e9
+                * max(
+                    float(config.params.get("video_verifier", {}).get("max_wait", 0.5)),
+                    float(config.params.get("video_verifier", {}).get("draft_wait", 0.1)),
+                )
+            )
+            if verifier is not None
+            else 0
+        )
         self.info: dict[str, Any] = {
             "stages": list(config.stages),
             "models": {ROLE_OF_STAGE[s]: config.source(ROLE_OF_STAGE[s]) for s in config.stages},
@@ -336,8 +367,11 @@ def trained_params(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     length and frames, the drafter's event window and the question ({} when it names none)."""
     geometry = dict(meta.get("geometry") or {})
     out: dict[str, dict[str, Any]] = {}
-    verifier = {name: geometry[key] for name, key in (("clip_duration", "clip_duration_s"), ("frames", "num_frames"))
-                if geometry.get(key) is not None}
+    verifier = {
+        name: geometry[key]
+        for name, key in (("clip_duration", "clip_duration_s"), ("frames", "num_frames"))
+        if geometry.get(key) is not None
+    }
     if verifier:
         out["video_verifier"] = verifier
     if geometry.get("event_window_s") is not None:
@@ -350,13 +384,17 @@ def trained_params(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def draft_ids_of(config: PipelineConfig) -> dict[str, str]:
     """Each upstream role's ``draft_ids`` (its node's parameter, else the common one, else auto); a
     verifier told same-vocab makes every stage same-vocab (it would set text drafts aside)."""
+
     def param(stage: str) -> str:
         merged = {**config.params.get("common", {}), **config.params.get(NODE_OF_STAGE[stage], {})}
         return str(merged.get("draft_ids", "auto"))
 
     verifier = param("verifier")
-    return {ROLE_OF_STAGE[s]: ("same-vocab" if verifier == "same-vocab" else param(s))
-            for s in config.stages if s != "verifier"}
+    return {
+        ROLE_OF_STAGE[s]: ("same-vocab" if verifier == "same-vocab" else param(s))
+        for s in config.stages
+        if s != "verifier"
+    }
 
 
 def check_source_vocabularies(config: PipelineConfig) -> CooperationPlan:
@@ -377,16 +415,21 @@ def load_models(config: PipelineConfig) -> dict[str, StageModel]:
     from cascade_sd_ros.core.stage_model import check_vocabularies
 
     plan = check_source_vocabularies(config)  # a stage that cannot cooperate fails here, before loading weights
-    models = {ROLE_OF_STAGE[s]: load_stage_model(config.source(ROLE_OF_STAGE[s]), ROLE_OF_STAGE[s],
-                                                 device=config.device, dtype=config.dtype) for s in config.stages}
+    models = {
+        ROLE_OF_STAGE[s]: load_stage_model(
+            config.source(ROLE_OF_STAGE[s]), ROLE_OF_STAGE[s], device=config.device, dtype=config.dtype
+        )
+        for s in config.stages
+    }
     by_ids = [s for s in config.stages if plan.draft_ids.get(ROLE_OF_STAGE[s], "same-vocab") == "same-vocab"]
     check_vocabularies({s: models[ROLE_OF_STAGE[s]].vocab for s in by_ids}, reference="verifier")
     check_same_vocab([models[ROLE_OF_STAGE[s]].adapter for s in by_ids])
     return models
 
 
-def build_pipeline(config: PipelineConfig, context: Context,
-                   models: Mapping[str, StageModel] | None = None) -> Pipeline:
+def build_pipeline(
+    config: PipelineConfig, context: Context, models: Mapping[str, StageModel] | None = None
+) -> Pipeline:
     """Nodes for ``config.stages`` in ``context`` on one executor (not spinning yet)."""
     from cascade_sd_ros.nodes.event_drafter import EventDrafter
     from cascade_sd_ros.nodes.frame_refiner import FrameRefiner
@@ -402,8 +445,12 @@ def build_pipeline(config: PipelineConfig, context: Context,
     nodes: dict[str, Node] = {}
     try:
         for stage in config.stages:
-            nodes[stage] = classes[stage](context=context, model=models[ROLE_OF_STAGE[stage]],
-                                          parameter_overrides=config.overrides(stage), namespace=ns)
+            nodes[stage] = classes[stage](
+                context=context,
+                model=models[ROLE_OF_STAGE[stage]],
+                parameter_overrides=config.overrides(stage),
+                namespace=ns,
+            )
     except Exception:
         for node in nodes.values():
             node.close()
@@ -518,8 +565,9 @@ def play_scenes(
         raise ValueError("play_scenes needs the pipeline's caption collector")
     out: dict[int, Any] = {}
     for i, scene in enumerate(scenes, start=first):
-        player.play(scene, event_offset_ns=rounds.event_offset_ns, skip_frames=skip_frames, skip_events=skip_events,
-                    rate=rate)
+        player.play(
+            scene, event_offset_ns=rounds.event_offset_ns, skip_frames=skip_frames, skip_events=skip_events, rate=rate
+        )
         if i == 0:
             continue
         rid = rounds.round_ids[i - 1]

@@ -10,6 +10,7 @@ With ``pin_cpus`` (and two or more CPUs) the verifier gets the first CPU to itse
 stages share the others, as a robot would pin them: the verifier's passes are the critical path,
 and a drafter's burst at the start of a round must not take its core.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -93,12 +94,26 @@ class StageProcesses:
             params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": _plain(params)}}))
             log_path = self.workdir / f"{name}.log"
             env = {**os.environ, "OMP_NUM_THREADS": str(self.torch_threads), "PYTHONUNBUFFERED": "1"}
-            cmd = [sys.executable, "-m", f"cascade_sd_ros.nodes.{node}", "--ros-args",
-                   "-r", f"__ns:={namespace}", "--params-file", str(params_file)]
+            cmd = [
+                sys.executable,
+                "-m",
+                f"cascade_sd_ros.nodes.{node}",
+                "--ros-args",
+                "-r",
+                f"__ns:={namespace}",
+                "--params-file",
+                str(params_file),
+            ]
             with log_path.open("wb") as log:
-                popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True,
-                                         preexec_fn=_child_setup(cpu_plan(stage, self.available_cpus) if self.pin_cpus else None))
+                popen = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_child_setup(cpu_plan(stage, self.available_cpus) if self.pin_cpus else None),
+                )
             proc = StageProcess(stage, namespace, popen, log_path)
             self.procs.append(proc)
             started.append(proc)
@@ -108,8 +123,9 @@ class StageProcesses:
         """RuntimeError naming a stage process that has exited, with the end of its log."""
         for p in self.procs:
             if not p.alive():
-                raise RuntimeError(f"stage {p.stage} ({p.namespace}) exited with status {p.popen.returncode}:\n"
-                                   f"{p.log_tail()}")
+                raise RuntimeError(
+                    f"stage {p.stage} ({p.namespace}) exited with status {p.popen.returncode}:\n{p.log_tail()}"
+                )
 
     def stop(self, timeout_s: float = 5.0) -> dict[str, int | None]:
         """SIGINT all, wait; then SIGTERM, then SIGKILL whatever is left. Returns exit codes."""

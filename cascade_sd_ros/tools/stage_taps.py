@@ -1,6 +1,7 @@
 """This process's side of runs whose stages live in other processes: per run (a namespace) a sensor
 player that feeds it and a caption collector that hears its final captions, on one rclpy context
 spun in the background."""
+
 from __future__ import annotations
 
 import threading
@@ -45,8 +46,12 @@ class StageTaps:
                 raise
 
     def add(self, name: str, namespace: str, config: PipelineConfig) -> Tap:
-        tap = Tap(namespace, config, SensorPlayer(context=self.context, namespace=namespace),
-                  CaptionCollector(context=self.context, namespace=namespace))
+        tap = Tap(
+            namespace,
+            config,
+            SensorPlayer(context=self.context, namespace=namespace),
+            CaptionCollector(context=self.context, namespace=namespace),
+        )
         self.executor.add_node(tap.collector)
         self.taps[name] = tap
         return tap
@@ -55,8 +60,10 @@ class StageTaps:
         s = tap.config.stages
         node = tap.player
         ns = tap.namespace
-        ok = (node.matched(tap.config.image_subscribers(), tap.config.event_subscribers())
-              and node.count_publishers(f"{ns}/{TOPIC_CAPTION}") >= 1)
+        ok = (
+            node.matched(tap.config.image_subscribers(), tap.config.event_subscribers())
+            and node.count_publishers(f"{ns}/{TOPIC_CAPTION}") >= 1
+        )
         # the stages must hear each other before a round depends on it
         if "drafter" in s:
             ok = ok and node.count_subscribers(f"{ns}/{TOPIC_DRAFTS_DRAFTER}") >= 1 + ("refiner" in s)
@@ -75,8 +82,7 @@ class StageTaps:
                 return
             time.sleep(0.1)
         waiting = [name for name, t in self.taps.items() if not self._ready(t)]
-        raise RuntimeError(f"stage processes of {waiting} not ready after {timeout_s:.0f} s "
-                           f"(logs in {procs.workdir})")
+        raise RuntimeError(f"stage processes of {waiting} not ready after {timeout_s:.0f} s (logs in {procs.workdir})")
 
     def play(self, name: str, scene: Any, rounds: Any, rate: float | None) -> None:
         self.taps[name].player.play(scene, event_offset_ns=rounds.event_offset_ns, rate=rate)

@@ -13,6 +13,7 @@ The command inherits the lock: it is held until that command (and whatever keeps
 open) exits. A ``ROS_DOMAIN_ID`` already set is the user's choice there (to watch the demo from
 rviz, say) and is kept as it is; the tests never keep one (test/conftest.py).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -60,8 +61,9 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def claim_domain(lock_dir: Path = LOCK_DIR, first: int = FIRST_ID, last: int = LAST_ID,
-                 only: int | None = None) -> DomainClaim:
+def claim_domain(
+    lock_dir: Path = LOCK_DIR, first: int = FIRST_ID, last: int = LAST_ID, only: int | None = None
+) -> DomainClaim:
     """Claim the lowest free id in ``[first, last]`` (or exactly ``only``); NoFreeDomain if none is."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,4 +1,5 @@
 """A stand-in for an rclpy node where only its logger is used: every line logged, at any level, kept."""
+
 from __future__ import annotations
 
 

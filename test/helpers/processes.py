@@ -6,6 +6,7 @@ with SIGINT (as a robot's launch does), then kills the group. ``leftovers`` find
 marker every descendant inherits, processes of this test session still running; the conftest's
 guard uses it after every test.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,8 +83,11 @@ def _marked_processes(marker_value: str) -> Iterator[tuple[int, str]]:
 
 def leftovers(before: set[int], marker_value: str) -> dict[int, str]:
     """pid -> command line of this session's running processes not in ``before`` (library helpers aside)."""
-    return {pid: cmd for pid, cmd in _marked_processes(marker_value)
-            if pid not in before and not any(name in cmd for name in LONG_LIVED) and not _in_fixture_group(pid)}
+    return {
+        pid: cmd
+        for pid, cmd in _marked_processes(marker_value)
+        if pid not in before and not any(name in cmd for name in LONG_LIVED) and not _in_fixture_group(pid)
+    }
 
 
 def _in_fixture_group(pid: int) -> bool:

@@ -1,4 +1,5 @@
 """Child process for test_interfaces_ipc: publishes every sample until killed or a deadline."""
+
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,7 @@ import rclpy
 from msg_samples import build_samples
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def main() -> int:
@@ -17,8 +17,7 @@ def main() -> int:
     rclpy.init()
     node = rclpy.create_node("sample_publisher")
     samples = build_samples()
-    pubs = {topic: node.create_publisher(type(msg), f"/ipc_test/{topic}", QOS)
-            for topic, msg in samples.items()}
+    pubs = {topic: node.create_publisher(type(msg), f"/ipc_test/{topic}", QOS) for topic, msg in samples.items()}
     try:
         while time.monotonic() < deadline:
             for topic, msg in samples.items():

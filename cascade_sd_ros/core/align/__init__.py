@@ -14,6 +14,7 @@
 * :class:`FrameIngest` — the RGB stream's ingest: size check, jump reset, buffering, due rounds.
 * :func:`select_clip` / :func:`nearest_frame` — which frames a round uses.
 """
+
 from cascade_sd_ros.core.align.buffer import TimeBuffer
 from cascade_sd_ros.core.align.clip import Clip, nearest_frame, select_clip
 from cascade_sd_ros.core.align.clock import ClockJumpDetector, StaleRoundFilter

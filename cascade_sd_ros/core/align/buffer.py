@@ -1,4 +1,5 @@
 """A bounded buffer of items indexed by time stamp (ns)."""
+
 from __future__ import annotations
 
 import bisect

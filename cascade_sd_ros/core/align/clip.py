@@ -3,6 +3,7 @@
 All times here are on the frame clock: callers map the round time ``T`` (event clock) with
 :class:`~cascade_sd_ros.core.align.StreamOffsets` first.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Detect a stream's time going backwards: a bag looping, a clock reset, sim time restarting."""
+
 from __future__ import annotations
 
 import threading

@@ -4,6 +4,7 @@ Per frame: size check (a frame of another size is malformed unless the camera re
 backward clock jump (history reset), buffering, and which period rounds the newest frame lets open.
 Not thread-safe: the caller holds its own lock around :meth:`FrameIngest.add`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,8 +90,10 @@ class FrameIngest:
         verdict = self.shape.check(rgb.shape)
         if verdict == "bad":
             assert self.shape.shape is not None
-            return Ingested(malformed=f"image size {rgb.shape[1]}x{rgb.shape[0]} differs from the stream's "
-                                      f"{self.shape.shape[1]}x{self.shape.shape[0]}")
+            return Ingested(
+                malformed=f"image size {rgb.shape[1]}x{rgb.shape[0]} differs from the stream's "
+                f"{self.shape.shape[1]}x{self.shape.shape[0]}"
+            )
         if verdict == "changed":
             self.frames.clear()
         jumped = self.jump.observe(t_ns)
@@ -98,8 +101,9 @@ class FrameIngest:
             self.reset()
         self.frames.insert(t_ns, rgb)
         ref = self.offsets.to_reference(self.stream, t_ns)
-        return Ingested(size_changed=verdict == "changed", time_jumped=jumped,
-                        rounds_ns=tuple(self.rounds.advance(ref, ref)))
+        return Ingested(
+            size_changed=verdict == "changed", time_jumped=jumped, rounds_ns=tuple(self.rounds.advance(ref, ref))
+        )
 
     def reset(self) -> None:
         """Forget the frames and the round state (the size stays: a reset is about time, not geometry)."""

@@ -6,6 +6,7 @@ from a timer: an estimate costs a fraction of a second of CPU, so it runs at mos
 only have to confirm it then), never on the round's critical path. :meth:`round_offset` is what a
 round opening takes and keeps; the applied value never changes a round already open.
 """
+
 from __future__ import annotations
 
 import threading
@@ -47,8 +48,9 @@ class ClockOffsetSource:
         self._updating = False
         self.estimates = 0  # [count] estimates run
 
-    def add_events(self, t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int,
-                   height: int) -> None:
+    def add_events(
+        self, t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int, height: int
+    ) -> None:
         if self.pinned or len(t_ns) == 0:
             return  # a pinned offset needs no measuring
         self.estimator.add_events(t_ns, x, y, p, width, height)

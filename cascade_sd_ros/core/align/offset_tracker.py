@@ -10,6 +10,7 @@ outside ``initial_ns ± bound_ns`` are refused and counted (a parameter bounds w
 What a round uses is decided once, when the round opens (the caller keeps it with the round): a new
 value changes later rounds, never a round's clip mid-round.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,8 +118,10 @@ class OffsetTracker:
             # a change is counted when it moves the offset by over 1 ms
             before = self._applied
             moved = before.source != "trigger" or abs(fit.offset_ns - before.at(fit.ref_ns)) > 1_000_000
-            self._set(AppliedOffset(fit.offset_ns, fit.drift_ppm, fit.ref_ns, max(fit.residual_ns, 1000.0), True,
-                                    "trigger"), count=moved)
+            self._set(
+                AppliedOffset(fit.offset_ns, fit.drift_ppm, fit.ref_ns, max(fit.residual_ns, 1000.0), True, "trigger"),
+                count=moved,
+            )
             return self._applied
 
     def reset(self) -> None:

@@ -4,6 +4,7 @@ Convention (as ``SceneGroundTruth.event_offset_ns``): an offset is *reference cl
 clock*; the reference is the event camera's clock, on which rounds are stamped. A frame stamped
 ``t`` on the RGB clock happened at ``t + offset`` on the event clock.
 """
+
 from __future__ import annotations
 
 import threading
@@ -180,8 +181,9 @@ class OffsetEstimator:
         best = int(np.nanargmax(corrs))
         far = (np.abs(lags - lags[best]) > self.exclusion_ns) & ~np.isnan(corrs)
         margin = float(corrs[best] - corrs[far].max()) if far.any() else 0.0
-        return OffsetEstimate(offset_ns=int(lags[best]), correlation=float(corrs[best]), intervals=int(used[best]),
-                              margin=margin)
+        return OffsetEstimate(
+            offset_ns=int(lags[best]), correlation=float(corrs[best]), intervals=int(used[best]), margin=margin
+        )
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

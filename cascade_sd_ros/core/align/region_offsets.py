@@ -18,6 +18,7 @@ chunks (each as large as its input) and ``max_intervals`` frame intervals, a fra
 ``max_interval_ns`` restarts the difference, and only event bins the intervals can reach at some lag
 are ever made dense.
 """
+
 from __future__ import annotations
 
 import threading
@@ -78,8 +79,9 @@ class RegionOffsetEstimator:
         if grid < 1 or grid > 128:
             raise ValueError(f"RegionOffsetEstimator: grid must be 1..128, got {grid}")
         if min(max_offset_ns, coarse_step_ns, fine_step_ns, horizon_ns, max_events) <= 0 or min_intervals < 4:
-            raise ValueError("RegionOffsetEstimator: offsets, steps, horizon and max_events must be > 0, "
-                             "min_intervals >= 4")
+            raise ValueError(
+                "RegionOffsetEstimator: offsets, steps, horizon and max_events must be > 0, min_intervals >= 4"
+            )
         self.grid = grid
         self.max_offset_ns = int(max_offset_ns)
         self.coarse_step_ns = int(coarse_step_ns)
@@ -112,8 +114,9 @@ class RegionOffsetEstimator:
             self._intervals.clear()
             self._prev = None
 
-    def add_events(self, t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int,
-                   height: int) -> None:
+    def add_events(
+        self, t_ns: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, width: int, height: int
+    ) -> None:
         """Events on the event clock at pixels ``(x, y)`` of a ``width`` x ``height`` sensor, polarity
         ``p`` (1 ON, 0 OFF); another geometry than before restarts the events."""
         t = np.asarray(t_ns, dtype=np.int64)
@@ -136,8 +139,9 @@ class RegionOffsetEstimator:
             self._n_events += t.size
             # the newest packet's time, not the newest ever: one packet from the far future must not
             # make every later one look too old to keep
-            while self._chunks and (self._n_events > self.max_events
-                                    or int(self._chunks[0][0].max()) < newest - self.horizon_ns):
+            while self._chunks and (
+                self._n_events > self.max_events or int(self._chunks[0][0].max()) < newest - self.horizon_ns
+            ):
                 self._n_events -= len(self._chunks.popleft()[0])
 
     def add_frame(self, t_ns: int, image: np.ndarray) -> None:
@@ -227,12 +231,21 @@ class RegionOffsetEstimator:
         best = int(coarse[int(np.nanargmax(rc))])
         far = (np.abs(coarse - best) > self.exclusion_ns) & ~np.isnan(rc)
         margin = float(np.nanmax(rc) - rc[far].max()) if far.any() else 0.0
-        fine = np.arange(best - self.coarse_step_ns - self.coarse_step_ns // 2, best + self.coarse_step_ns + self.coarse_step_ns // 2 + 1, self.fine_step_ns,
-                         dtype=np.int64)
+        fine = np.arange(
+            best - self.coarse_step_ns - self.coarse_step_ns // 2,
+            best + self.coarse_step_ns + self.coarse_step_ns // 2 + 1,
+            self.fine_step_ns,
+            dtype=np.int64,
+        )
         rf = np.array([corr(int(g)) for g in fine])
         k = int(np.nanargmax(rf))
-        return RegionEstimate(offset_ns=int(fine[k]), correlation=float(rf[k]), intervals=n_iv, margin=margin,
-                              sigma_ns=_peak_sigma(fine, rf, k))
+        return RegionEstimate(
+            offset_ns=int(fine[k]),
+            correlation=float(rf[k]),
+            intervals=n_iv,
+            margin=margin,
+            sigma_ns=_peak_sigma(fine, rf, k),
+        )
 
 
 def _centred_times(t: np.ndarray, pixel: np.ndarray, sign: np.ndarray, max_gap_ns: int) -> np.ndarray:

@@ -13,6 +13,7 @@ other edge are never kept; a spurious edge is matched only if it lies where a fr
 and then only instead of a missing one). Memory is bounded by count: the last ``max_edges`` edges and
 ``max_frames`` frame stamps.
 """
+
 from __future__ import annotations
 
 import threading
@@ -61,8 +62,10 @@ class TriggerSync:
         if edge not in (0, 1) or not 0 <= channel <= 31:
             raise ValueError(f"TriggerSync: edge must be 0 or 1 and channel 0..31, got {edge}, {channel}")
         if min(max_offset_ns, tolerance_ns) <= 0 or min_matches < 3 or min(max_edges, max_frames) < min_matches:
-            raise ValueError("TriggerSync: max_offset_ns and tolerance_ns must be > 0, min_matches >= 3, "
-                             "max_edges and max_frames >= min_matches")
+            raise ValueError(
+                "TriggerSync: max_offset_ns and tolerance_ns must be > 0, min_matches >= 3, "
+                "max_edges and max_frames >= min_matches"
+            )
         self.channel, self.edge = int(channel), int(edge)
         self.max_offset_ns = int(max_offset_ns)
         self.tolerance_ns = int(tolerance_ns)
@@ -112,7 +115,7 @@ class TriggerSync:
         if frames.size < self.min_matches:
             return None
         # candidate offsets: every edge near the newest few frames
-        probes = frames[-min(16, frames.size):]
+        probes = frames[-min(16, frames.size) :]
         cands = []
         for f in probes.tolist():
             lo, hi = np.searchsorted(edges, [f - self.max_offset_ns, f + self.max_offset_ns + 1])
@@ -147,8 +150,9 @@ class TriggerSync:
         near = np.minimum(np.abs(edges[i] - want), np.abs(edges[i - 1] - want))
         return int(np.count_nonzero(near <= self.tolerance_ns))
 
-    def _refine(self, edges: np.ndarray, frames: np.ndarray, offset_ns: int, aliases: int,
-                by_prior: bool) -> TriggerFit | None:
+    def _refine(
+        self, edges: np.ndarray, frames: np.ndarray, offset_ns: int, aliases: int, by_prior: bool
+    ) -> TriggerFit | None:
         """Least squares of (edge - frame) on frame time over the matched pairs, twice (the second
         match uses the first fit's drift, so a long window still matches at its ends)."""
         ref = int(frames[-1])
@@ -167,6 +171,13 @@ class TriggerSync:
             else:
                 a, b = float(y.mean()), 0.0
         resid = y - (a + b * x)
-        return TriggerFit(offset_ns=int(round(a)), drift_ppm=float(b * 1e6), ref_ns=ref, matched=int(ok.sum()),
-                          unmatched=int(frames.size - ok.sum()), residual_ns=float(np.sqrt(np.mean(resid ** 2))),
-                          aliases=aliases, resolved_by_prior=by_prior)
+        return TriggerFit(
+            offset_ns=int(round(a)),
+            drift_ppm=float(b * 1e6),
+            ref_ns=ref,
+            matched=int(ok.sum()),
+            unmatched=int(frames.size - ok.sum()),
+            residual_ns=float(np.sqrt(np.mean(resid**2))),
+            aliases=aliases,
+            resolved_by_prior=by_prior,
+        )

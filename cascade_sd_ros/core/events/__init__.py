@@ -8,6 +8,7 @@ in 0..:data:`MAX_T_US`, a call's events span at most ``max_span_us`` (default
 :data:`DEFAULT_MAX_SPAN_US`, 1 s; the rest counted in ``events_dropped_span``), and time jumps no
 counter wrap explains are counted in ``time_resyncs`` instead of shifting the stream for good.
 """
+
 from .evt2 import Evt2Decoder, encode_evt2
 from .evt3 import Evt3Decoder, Evt3Encoder, encode_evt3
 from .factory import UNFLAGGED_BACKWARD_US, EventDecoder, make_decoder, supported_encodings

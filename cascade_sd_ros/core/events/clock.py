@@ -26,6 +26,7 @@ Note: the EVT 3.0 and EVT 2.0 kernels inline this function, and numba's on-disk 
 does not notice edits made here; after changing this file, delete
 ``core/events/__pycache__/evt[23].*.nb[ci]`` (or touch evt2.py and evt3.py).
 """
+
 from __future__ import annotations
 
 import numba

@@ -20,6 +20,7 @@ that time explains resynchronises the stream. EVT 2.0 has no jitter allowance; w
 TIME_HIGH the 6 low bits of successive events may go back by up to 63 µs. Events before the first
 TIME_HIGH are skipped. The events of one call span at most ``max_span_us``.
 """
+
 from __future__ import annotations
 
 import numba
@@ -65,7 +66,9 @@ def _kernel(words, state, width, height, until, out_cd, out_trig):  # noqa: ANN0
         if kind == 0x8:
             new_high = (w & 0xFFFFFFF) << 6
             if valid == 1:
-                high, trusted, r = follow_time_high(new_high, high, trusted, _WRAP_US, 0, MAX_TIME_JUMP_US, _HIGH_HORIZON)
+                high, trusted, r = follow_time_high(
+                    new_high, high, trusted, _WRAP_US, 0, MAX_TIME_JUMP_US, _HIGH_HORIZON
+                )
                 resyncs += r
             else:
                 high = new_high
@@ -139,7 +142,8 @@ class Evt2Decoder:
         check_time_base(time_base)
         until = check_until(until_t_us)
         cd_raw, trig_raw, stop, skipped, resyncs, t_min, t_max = _decode(
-            words, self._state, self.width, self.height, until)
+            words, self._state, self.width, self.height, until
+        )
         next_t = None
         if stop < words.size:
             next_t = int(self._state[_S_HIGH] | ((int(words[stop]) >> 22) & 0x3F))
@@ -166,11 +170,16 @@ def encode_evt2(events: np.ndarray, triggers: np.ndarray | None = None) -> bytes
     is_cd = order < events.size
     body = np.empty(t.size, np.uint32)
     cd_idx = order[is_cd]
-    body[is_cd] = ((events["p"][cd_idx].astype(np.uint32) << 28) | (events["x"][cd_idx].astype(np.uint32) << 11)
-                   | events["y"][cd_idx].astype(np.uint32))
+    body[is_cd] = (
+        (events["p"][cd_idx].astype(np.uint32) << 28)
+        | (events["x"][cd_idx].astype(np.uint32) << 11)
+        | events["y"][cd_idx].astype(np.uint32)
+    )
     tr_idx = order[~is_cd] - events.size
-    body[~is_cd] = (np.uint32(0xA) << 28) | (trig["id"][tr_idx].astype(np.uint32) << 8) | trig["p"][tr_idx].astype(np.uint32)
-    body |= ((t & 0x3F).astype(np.uint32) << 22)
+    body[~is_cd] = (
+        (np.uint32(0xA) << 28) | (trig["id"][tr_idx].astype(np.uint32) << 8) | trig["p"][tr_idx].astype(np.uint32)
+    )
+    body |= (t & 0x3F).astype(np.uint32) << 22
     high = t >> 6
     # a TIME_HIGH word before the first event and wherever t >> 6 changes; longer gaps (and the
     # climb from time 0 to a first event past the first wrap) get intermediate TIME_HIGH words.

@@ -32,6 +32,7 @@ are events outside the sensor geometry and reserved codes (counted in ``skipped_
 but it is validated like every decoder's. The events of one call span at most ``max_span_us``
 (see :func:`.payload.clip_span`).
 """
+
 from __future__ import annotations
 
 import numba
@@ -120,11 +121,12 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
         code = w >> 12
         if code == 0x8:
             if high_seen:
-                high, trusted, r = follow_time_high((w & 0xFFF) << 12, high, trusted, ROLLOVER_US, _JITTER_US,
-                                                   MAX_TIME_JUMP_US, _HIGH_HORIZON)
+                high, trusted, r = follow_time_high(
+                    (w & 0xFFF) << 12, high, trusted, ROLLOVER_US, _JITTER_US, MAX_TIME_JUMP_US, _HIGH_HORIZON
+                )
                 resyncs += r
             else:
-                high = ((w & 0xFFF) << 12)
+                high = (w & 0xFFF) << 12
                 trusted = high
             high_seen = 1
         elif code == 0x6:
@@ -150,8 +152,9 @@ def _decode_kernel(words, state, width, height, until, out_cd, out_trig):  # noq
         high = high + (step << 12) if fast else high
         trusted = high if fast else trusted
         if (code == 0x8) & (not fast):
-            high, trusted, r = follow_time_high(v << 12, high, trusted, ROLLOVER_US, _JITTER_US,
-                                               MAX_TIME_JUMP_US, _HIGH_HORIZON)
+            high, trusted, r = follow_time_high(
+                v << 12, high, trusted, ROLLOVER_US, _JITTER_US, MAX_TIME_JUMP_US, _HIGH_HORIZON
+            )
             resyncs += r
             i += 1
             continue
@@ -265,7 +268,8 @@ class Evt3Decoder:
         check_time_base(time_base)
         until = check_until(until_t_us)
         cd_raw, trig_raw, stop, skipped, resyncs, t_min, t_max = _decode(
-            words, self._state, self.width, self.height, until, _CD_PER_WORD)
+            words, self._state, self.width, self.height, until, _CD_PER_WORD
+        )
         next_t = None
         if stop < words.shape[0]:
             next_t = int((self._state[_S_HIGH]) | self._state[_S_LOW])
@@ -322,7 +326,7 @@ def _encode_kernel(x, y, p, t, gid, gp, gt, st, out):  # noqa: ANN001, ANN202
         if st[_E_STARTED] == 1:
             steps = (tt >> 12) - st[_E_HIGH]
         else:
-            steps = (tt >> 12)
+            steps = tt >> 12
         if steps // _MAX_HIGH_JUMP + 6 > cap - k:  # time words + row + vector base + event word
             return -1
         k = _emit_time(out, k, tt, st)
@@ -406,8 +410,7 @@ class Evt3Encoder:
         if first is None:
             return b""
         if first < max(0, int(self._state[_E_LAST_T])):
-            raise ValueError(
-                f"event time {first} µs is before the last encoded time {int(self._state[_E_LAST_T])} µs")
+            raise ValueError(f"event time {first} µs is before the last encoded time {int(self._state[_E_LAST_T])} µs")
         steps = sum(int(a["t"][-1]) >> 12 for a in (cd, trig) if a.size) // _MAX_HIGH_JUMP
         cap = 4 * (cd.size + trig.size) + 2 * steps + 64
         while True:

@@ -1,4 +1,5 @@
 """Pick a stateful decoder by the ``encoding`` string of an EventPacket."""
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -69,8 +70,7 @@ def make_decoder(encoding: str, width: int, height: int, max_span_us: int | None
     geometry outside 1..65535 or a bad ``max_span_us``.
     """
     if not isinstance(encoding, str) or encoding not in _DECODERS:
-        raise EventDecodeError(
-            f"unknown event encoding {encoding!r}; supported: {', '.join(supported_encodings())}")
+        raise EventDecodeError(f"unknown event encoding {encoding!r}; supported: {', '.join(supported_encodings())}")
     for name, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_GEOMETRY:
             raise EventDecodeError(f"sensor {name} must be an integer in 1..{MAX_GEOMETRY}, got {value!r}")

@@ -12,6 +12,7 @@ encodings carry no state between packets, so nothing garbage does can reach the 
 An event earlier than the one before it is counted in ``time_resyncs`` (every event's time is its
 own, so nothing is carried); the events of one call span at most ``max_span_us``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,9 @@ def _times_us(words: np.ndarray, time_base: int) -> np.ndarray:
     return (np.int64(time_base) + (words & _DT_MASK).astype(np.int64)) // 1000
 
 
-def _bounded(cd: np.ndarray, trig: np.ndarray, t: np.ndarray, max_span_us: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _bounded(
+    cd: np.ndarray, trig: np.ndarray, t: np.ndarray, max_span_us: int
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(cd, triggers, backward steps, dropped) for one call's events with times ``t`` in stream order."""
     back = int(np.count_nonzero(t[1:] < t[:-1])) if t.size > 1 else 0
     t_min, t_max = (int(t.min()), int(t.max())) if t.size else (0, 0)
@@ -107,8 +110,12 @@ def encode_mono(events: np.ndarray) -> tuple[bytes, int]:
     if events.size and (events["y"].max() > 0x7FFF or not np.isin(events["p"], (0, 1)).all()):
         raise ValueError("mono carries y <= 32767 and polarity 0/1")
     time_base, dt = _time_fields(events["t"], "mono")
-    words = (dt | (events["x"].astype(np.uint64) << np.uint64(32)) | (events["y"].astype(np.uint64) << np.uint64(48))
-             | (events["p"].astype(np.uint64) << np.uint64(63)))
+    words = (
+        dt
+        | (events["x"].astype(np.uint64) << np.uint64(32))
+        | (events["y"].astype(np.uint64) << np.uint64(48))
+        | (events["p"].astype(np.uint64) << np.uint64(63))
+    )
     return words.astype("<u8").tobytes(), time_base
 
 
@@ -119,5 +126,7 @@ def encode_trigger(triggers: np.ndarray) -> tuple[bytes, int]:
     if triggers.size and not np.isin(triggers["p"], (0, 1)).all():
         raise ValueError("trigger edge must be 0 or 1")
     time_base, dt = _time_fields(triggers["t"], "trigger")
-    words = dt | (triggers["id"].astype(np.uint64) << np.uint64(48)) | (triggers["p"].astype(np.uint64) << np.uint64(63))
+    words = (
+        dt | (triggers["id"].astype(np.uint64) << np.uint64(48)) | (triggers["p"].astype(np.uint64) << np.uint64(63))
+    )
     return words.astype("<u8").tobytes(), time_base

@@ -30,6 +30,7 @@ one (there are no wraps inside a packet) or more than 4.19 s above it is an unex
 counted in ``time_resyncs`` and taken as written (time restarts with the next packet anyway).
 Both decoders bound the sensor time one call's events span by ``max_span_us``.
 """
+
 from __future__ import annotations
 
 import numba
@@ -134,8 +135,7 @@ class LibcaerDecoder:
         t_in = cd["t"]
         t_min, t_max = (int(t_in.min()), int(t_in.max())) if t_in.size else (0, 0)
         cd, _, dropped = clip_span(cd, EMPTY_TRIGGERS, t_min, t_max, self.max_span_us)
-        return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), consumed * 8, next_t, skipped, resyncs,
-                             dropped + n_beyond_kept)
+        return DecodedEvents(cd, EMPTY_TRIGGERS.copy(), consumed * 8, next_t, skipped, resyncs, dropped + n_beyond_kept)
 
 
 def encode_libcaer(events: np.ndarray) -> tuple[bytes, int]:
@@ -154,8 +154,12 @@ def encode_libcaer(events: np.ndarray) -> tuple[bytes, int]:
     high = (int(t[0]) // _WRAP_US) * _WRAP_US
     rec = np.empty(t.size, _LIBCAER_RECORD)
     rec["ts"] = (t - high) % _WRAP_US
-    rec["data"] = (1 | (events["p"].astype(np.uint32) << 1) | (events["y"].astype(np.uint32) << 2)
-                   | (events["x"].astype(np.uint32) << 17))
+    rec["data"] = (
+        1
+        | (events["p"].astype(np.uint32) << 1)
+        | (events["y"].astype(np.uint32) << 2)
+        | (events["x"].astype(np.uint32) << 17)
+    )
     return rec.tobytes(), high * 1000
 
 
@@ -285,7 +289,8 @@ class LibcaerCmpDecoder:
         if not self._remainder.continues(time_base, words.nbytes):
             self._state[_C_HIGH] = self._state[_C_LOW] = 0
         cd_raw, stop, skipped, resyncs, t_min, t_max = _cmp_decode(
-            words, self._state, self.width, self.height, base_us, until, _CMP_PER_WORD)
+            words, self._state, self.width, self.height, base_us, until, _CMP_PER_WORD
+        )
         self._remainder.stopped(time_base, (words.size - stop) * 2)
         next_t = int(base_us + (self._state[_C_HIGH] | self._state[_C_LOW])) if stop < words.size else None
         cd, _, dropped = clip_span(as_cd(cd_raw), EMPTY_TRIGGERS, t_min, t_max, self.max_span_us)
@@ -349,6 +354,7 @@ def encode_libcaer_cmp(events: np.ndarray) -> tuple[bytes, int]:
     if events["x"].max() > 0x7FF or events["y"].max() > 0x7FF or not np.isin(events["p"], (0, 1)).all():
         raise ValueError("libcaer_cmp: x and y must be <= 2047 and polarity 0 or 1")
     out = np.empty(4 * t.size, np.int64)
-    k = _cmp_encode_kernel(events["x"].astype(np.int64), events["y"].astype(np.int64),
-                           events["p"].astype(np.int64), t - t[0], out)
+    k = _cmp_encode_kernel(
+        events["x"].astype(np.int64), events["y"].astype(np.int64), events["p"].astype(np.int64), t - t[0], out
+    )
     return out[:k].astype("<u2").tobytes(), int(t[0]) * 1000

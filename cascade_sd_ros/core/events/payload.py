@@ -14,6 +14,7 @@ Time bounds (all decoders):
 * ``max_span_us`` (decoder setting, default :data:`DEFAULT_MAX_SPAN_US` = 1 s): the events one
   decode call returns lie within one window of that much sensor time (see :func:`clip_span`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,8 @@ def as_words(payload: Payload, word_dtype: str, what: str) -> np.ndarray:
     if isinstance(payload, np.ndarray):
         if payload.dtype != np.uint8 or payload.ndim != 1:
             raise EventDecodeError(
-                f"{what}: payload array must be 1-D uint8, got {payload.dtype} with shape {payload.shape}")
+                f"{what}: payload array must be 1-D uint8, got {payload.dtype} with shape {payload.shape}"
+            )
         raw = np.ascontiguousarray(payload)
     elif isinstance(payload, (bytes, bytearray, memoryview)):
         try:
@@ -58,7 +60,8 @@ def as_words(payload: Payload, word_dtype: str, what: str) -> np.ndarray:
         raise EventDecodeError(f"{what}: payload must be bytes or a uint8 array, got {type(payload).__name__}")
     if raw.size % word.itemsize:
         raise EventDecodeError(
-            f"{what}: payload of {raw.size} bytes is not a whole number of {word.itemsize}-byte words")
+            f"{what}: payload of {raw.size} bytes is not a whole number of {word.itemsize}-byte words"
+        )
     return raw.view(word)
 
 
@@ -70,7 +73,8 @@ def check_time_base(time_base: int) -> int:
     """``time_base`` [ns] as a Python int in 0..MAX_TIME_BASE_NS, else EventDecodeError."""
     if not _is_int(time_base) or not 0 <= int(time_base) <= MAX_TIME_BASE_NS:
         raise EventDecodeError(
-            f"time_base must be an integer in 0..2**62 ns (146 years of sensor clock), got {time_base!r}")
+            f"time_base must be an integer in 0..2**62 ns (146 years of sensor clock), got {time_base!r}"
+        )
     return int(time_base)
 
 
@@ -92,8 +96,9 @@ def check_max_span(max_span_us: int | None) -> int:
     return int(max_span_us)
 
 
-def clip_span(cd: np.ndarray, triggers: np.ndarray, t_min: int, t_max: int,
-              max_span_us: int) -> tuple[np.ndarray, np.ndarray, int]:
+def clip_span(
+    cd: np.ndarray, triggers: np.ndarray, t_min: int, t_max: int, max_span_us: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Keep the events of one decode call inside one window of ``max_span_us``.
 
     ``t_min``/``t_max`` are the extremes of all the call's event times (the kernels track them, so

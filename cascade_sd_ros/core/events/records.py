@@ -4,6 +4,7 @@ Kernels take the output arrays as plain uint8 [N, itemsize] views: one contiguou
 output keeps numba's per-call overhead small (packets are often only a few hundred events),
 and the packed little-endian layout is written byte by byte, whatever the host's alignment.
 """
+
 from __future__ import annotations
 
 import numba

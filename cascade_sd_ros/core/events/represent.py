@@ -4,6 +4,7 @@ grids. Kernels loop once over the events into buffers that are allocated once an
 Events are CD_DTYPE arrays sorted by ``t`` (as decoders return them); coordinates outside the
 given geometry are ignored.
 """
+
 from __future__ import annotations
 
 import numba

@@ -1,5 +1,6 @@
 """Event packets from recordings: rosbag2 folders/files (EventPacket topics) and Metavision
 ``.raw`` files (``%`` header lines, then EVT 2.0 or 3.0 words), as one packet stream."""
+
 from __future__ import annotations
 
 import re
@@ -74,7 +75,9 @@ def read_raw_header(path: Path) -> RawHeader:
     return RawHeader(encoding, width, height, size, format_text)
 
 
-def iter_raw_packets(path: str | Path, encoding: str | None = None, chunk_bytes: int = RAW_CHUNK_BYTES) -> Iterator[Packet]:
+def iter_raw_packets(
+    path: str | Path, encoding: str | None = None, chunk_bytes: int = RAW_CHUNK_BYTES
+) -> Iterator[Packet]:
     """The body of a ``.raw`` file in chunks of whole words (the stream is continuous, so the
     cut points do not matter to a stateful decoder)."""
     path = Path(path)
@@ -83,7 +86,8 @@ def iter_raw_packets(path: str | Path, encoding: str | None = None, chunk_bytes:
     if enc is None:
         raise EventDecodeError(
             f"{path}: header format '{header.format_text}' is not EVT 2.0 or 3.0 "
-            "('% evt 3.0' or '% format EVT3;...'); pass --encoding to decode it anyway")
+            "('% evt 3.0' or '% format EVT3;...'); pass --encoding to decode it anyway"
+        )
     word = 4 if enc == "evt2" else 2
     with path.open("rb") as f:
         f.seek(header.size)
@@ -99,11 +103,14 @@ def event_topic(topics: dict[str, str], wanted: str | None) -> str:
     candidates = sorted(t for t, msgtype in topics.items() if msgtype == EVENT_PACKET)
     if wanted is not None:
         if topics.get(wanted) != EVENT_PACKET:
-            raise EventDecodeError(f"topic {wanted!r} is not an {EVENT_PACKET} topic of this bag; these are: {candidates}")
+            raise EventDecodeError(
+                f"topic {wanted!r} is not an {EVENT_PACKET} topic of this bag; these are: {candidates}"
+            )
         return wanted
     if len(candidates) != 1:
         raise EventDecodeError(
-            f"the bag has {len(candidates)} {EVENT_PACKET} topics {candidates}; choose one with --topic")
+            f"the bag has {len(candidates)} {EVENT_PACKET} topics {candidates}; choose one with --topic"
+        )
     return candidates[0]
 
 
@@ -113,8 +120,14 @@ def iter_bag_packets(path: str | Path, topic: str | None = None, encoding: str |
     chosen = event_topic(bagio.topics(path), topic)
     for _, _, _, msg in bagio.iter_messages(path, [chosen]):
         stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-        yield Packet(encoding or msg.encoding, int(msg.width), int(msg.height), int(msg.time_base),
-                     np.asarray(msg.events, np.uint8), stamp)
+        yield Packet(
+            encoding or msg.encoding,
+            int(msg.width),
+            int(msg.height),
+            int(msg.time_base),
+            np.asarray(msg.events, np.uint8),
+            stamp,
+        )
 
 
 def iter_packets(path: str | Path, topic: str | None = None, encoding: str | None = None) -> Iterator[Packet]:

@@ -1,4 +1,5 @@
 """Whole-recording figures: event counts, time span and sum, rate, and decode speed."""
+
 from __future__ import annotations
 
 import time
@@ -88,12 +89,20 @@ def compute_stats(packets: Iterable[Packet]) -> EventStats:
     span_s = (last - first) / 1e6 if first is not None and last is not None and last > first else 0.0
     total = on + off + rise + fall
     return EventStats(
-        on=on, off=off, trigger_rise=rise, trigger_fall=fall, sum_t_us=sum_t,
-        first_t_us=first, last_t_us=last,
+        on=on,
+        off=off,
+        trigger_rise=rise,
+        trigger_fall=fall,
+        sum_t_us=sum_t,
+        first_t_us=first,
+        last_t_us=last,
         mean_rate_ev_s=(on + off) / span_s if span_s else 0.0,
         decode_mev_s=total / decode_s / 1e6 if decode_s > 0 else 0.0,
-        packets=n_packets, skipped_words=skipped, encoding=",".join(sorted(encodings)),
-        time_resyncs=resyncs, events_dropped_span=dropped,
+        packets=n_packets,
+        skipped_words=skipped,
+        encoding=",".join(sorted(encodings)),
+        time_resyncs=resyncs,
+        events_dropped_span=dropped,
     )
 
 

@@ -7,6 +7,7 @@ stamp is taken after the events happened, never before, so the transfer latency 
 to it: over a window of packets the *smallest* offset is the least delayed estimate, and a
 bounded window follows slow clock drift. ``window=1`` is the drivers' per-packet mapping.
 """
+
 from __future__ import annotations
 
 from collections import deque

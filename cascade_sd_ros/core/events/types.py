@@ -3,6 +3,7 @@
 Times are microseconds of *sensor* time (the camera's own clock) in a signed 64-bit integer, so
 rollovers of the camera's narrow counters are unwrapped into one monotonic axis.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

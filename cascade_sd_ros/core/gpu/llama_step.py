@@ -26,7 +26,15 @@ from transformers.activations import ACT2FN
 
 from cascade_sd_ros.core.gpu.static_kv import KVLayout, StaticKVCache
 
-__all__ = ["ATTENTION_KINDS", "MATMUL_MAX_QUERIES", "STATIC_ROPE_TYPES", "LlamaDims", "LayerWeights", "LlamaDecodeWeights", "LlamaStaticForward"]
+__all__ = [
+    "ATTENTION_KINDS",
+    "MATMUL_MAX_QUERIES",
+    "STATIC_ROPE_TYPES",
+    "LlamaDims",
+    "LayerWeights",
+    "LlamaDecodeWeights",
+    "LlamaStaticForward",
+]
 
 ATTENTION_KINDS = ("auto", "sdpa", "matmul")
 MATMUL_MAX_QUERIES = 64  # "auto" attention: two matmuls for 2..64 queries, SDPA otherwise
@@ -291,7 +299,9 @@ class LlamaStaticForward:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         self.attention = attention
         if cache.layout != weights.kv_layout(cache.max_len):
-            raise ValueError(f"cache layout {cache.layout} does not match the model's {weights.kv_layout(cache.max_len)}")
+            raise ValueError(
+                f"cache layout {cache.layout} does not match the model's {weights.kv_layout(cache.max_len)}"
+            )
         if cache.dtype != weights.dtype or cache.device != weights.device:
             raise ValueError(
                 f"cache is {cache.dtype} on {cache.device} but the weights are {weights.dtype} on {weights.device}"

@@ -56,7 +56,9 @@ def static_support(model: object) -> str | None:
     The static step implements a LLaVA-family model (VideoLlava or Llava) whose language model is a
     Llama: RoPE that does not depend on the sequence length, a known activation.
     """
-    if not isinstance(model, (VideoLlavaForConditionalGeneration, LlavaForConditionalGeneration)):  # media_modalities' models
+    if not isinstance(
+        model, (VideoLlavaForConditionalGeneration, LlavaForConditionalGeneration)
+    ):  # media_modalities' models
         return f"{type(model).__name__} is not a LLaVA-family (VideoLlava/Llava) model"
     text = model.config.get_text_config()
     kind = getattr(text, "model_type", None)
@@ -114,7 +116,11 @@ class StaticAdapter(CachedRowsAdapter):
         self.modality: Modality = modality if modality is not None else supported[0]
         if self.modality not in supported:
             raise ValueError(f"{type(model).__name__} supports modalities {supported}, not {self.modality!r}")
-        for what, value in (("max_context", max_context), ("max_caption_tokens", max_caption_tokens), ("max_step", max_step)):
+        for what, value in (
+            ("max_context", max_context),
+            ("max_caption_tokens", max_caption_tokens),
+            ("max_step", max_step),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{what} must be a positive int, got {value!r}")
         self.name = name

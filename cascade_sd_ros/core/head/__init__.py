@@ -5,9 +5,19 @@ Public API: `model` (HeadConfig, FusedDraftHead, AlignmentMLP), `adapter` (HeadA
 `features` (event_tokens, target_frame_tokens, cosine_per_token), `io` (save_head, load_head,
 encoder_fingerprint), `train` (train_head: `cascade-sd train --stage head`).
 """
+
 from cascade_sd_ros.core.head.adapter import HEAD_MODES, HeadAdapter, HeadMode
 from cascade_sd_ros.core.head.io import encoder_fingerprint, load_head, save_head
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadConfig
 
-__all__ = ["HEAD_MODES", "AlignmentMLP", "FusedDraftHead", "HeadAdapter", "HeadConfig", "HeadMode",
-           "encoder_fingerprint", "load_head", "save_head"]
+__all__ = [
+    "HEAD_MODES",
+    "AlignmentMLP",
+    "FusedDraftHead",
+    "HeadAdapter",
+    "HeadConfig",
+    "HeadMode",
+    "encoder_fingerprint",
+    "load_head",
+    "save_head",
+]

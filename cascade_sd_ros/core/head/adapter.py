@@ -15,6 +15,7 @@ Modes (the ablation's three heads, one set of weights trained for all three):
 * "target": target states alone (no event features: what a missing EventFeatures message degrades to);
 * "events": aligned event features alone (zero target states).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -38,14 +39,23 @@ class HeadAdapter(CachedRowsAdapter):
     """Draft head over `target`'s hidden states; `event_encoder` (the event drafter's Llava) makes
     event tokens from an event image context; prefill with `prefill_events` when they come ready-made."""
 
-    def __init__(self, head: FusedDraftHead, align: AlignmentMLP, target: HFAdapter, *,
-                 event_encoder: PreTrainedModel | None = None, mode: HeadMode = "fused",
-                 name: str = "head") -> None:
+    def __init__(
+        self,
+        head: FusedDraftHead,
+        align: AlignmentMLP,
+        target: HFAdapter,
+        *,
+        event_encoder: PreTrainedModel | None = None,
+        mode: HeadMode = "fused",
+        name: str = "head",
+    ) -> None:
         if mode not in HEAD_MODES:
             raise ValueError(f"head mode must be one of {HEAD_MODES}, got {mode!r}")
         if head.cfg.hidden != target.model.config.get_text_config().hidden_size:
-            raise ValueError(f"draft head of width {head.cfg.hidden} does not fit target {target.name!r} of width "
-                             f"{target.model.config.get_text_config().hidden_size}")
+            raise ValueError(
+                f"draft head of width {head.cfg.hidden} does not fit target {target.name!r} of width "
+                f"{target.model.config.get_text_config().hidden_size}"
+            )
         self.name = name
         self.modality = "image"
         self.mode: HeadMode = mode
@@ -95,8 +105,14 @@ class HeadAdapter(CachedRowsAdapter):
         self.prefill_events(tokens, context.input_ids[-1], target_current=False, context=context)
 
     @torch.inference_mode()
-    def prefill_events(self, events: torch.Tensor | None, prompt_last: int, *, target_current: bool,
-                       context: StageContext | None = None) -> None:
+    def prefill_events(
+        self,
+        events: torch.Tensor | None,
+        prompt_last: int,
+        *,
+        target_current: bool,
+        context: StageContext | None = None,
+    ) -> None:
         """Start a round from event tokens `[1, R, E]` (None: none came; the head uses target states alone).
 
         prompt_last: the prompt's last token id (position 0 reads it). target_current: whether the
@@ -107,8 +123,10 @@ class HeadAdapter(CachedRowsAdapter):
             if events.dim() == 2:
                 events = events.unsqueeze(0)
             if tuple(events.shape[1:]) != (cfg.event_rows, cfg.event_dim):
-                raise ValueError(f"adapter {self.name!r}: event tokens of shape {tuple(events.shape[1:])}, "
-                                 f"the head was trained on ({cfg.event_rows}, {cfg.event_dim})")
+                raise ValueError(
+                    f"adapter {self.name!r}: event tokens of shape {tuple(events.shape[1:])}, "
+                    f"the head was trained on ({cfg.event_rows}, {cfg.event_dim})"
+                )
             if not torch.isfinite(events).all():
                 raise ValueError(f"adapter {self.name!r}: event tokens hold NaN or inf")
         self._check_ids([prompt_last], "prompt")
@@ -131,8 +149,7 @@ class HeadAdapter(CachedRowsAdapter):
     def _true_states(self, tokens: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(f_{-1} or None, true rows f_0..f_{m-1} `[m, D]`) the target holds for `tokens`."""
         empty = self._states[:0]
-        if (self.mode == "events" or self.target.context is None
-                or self.target.prefills == self._stale_prefill):
+        if self.mode == "events" or self.target.context is None or self.target.prefills == self._stale_prefill:
             return None, empty
         tail, rows = self.target.hidden_rows(tokens)
         return tail[0], rows
@@ -170,8 +187,10 @@ class HeadAdapter(CachedRowsAdapter):
         tail, rows = self._true_states(tokens)
         n = len(tokens)
         want: list[tuple[int, str]] = [(self._prompt_last, _TRUE if tail is not None else _ZERO)]
-        want += [(int(tokens[j]), _ZERO if self.mode == "events" else _TRUE if j < rows.shape[0] else _PRED)
-                 for j in range(n)]
+        want += [
+            (int(tokens[j]), _ZERO if self.mode == "events" else _TRUE if j < rows.shape[0] else _PRED)
+            for j in range(n)
+        ]
         keep = 0
         while keep < min(len(self._keys), len(want)) and self._keys[keep] == want[keep]:
             keep += 1

@@ -9,6 +9,7 @@
 * `features_payload` / `features_from_payload`: event tokens to and from an EventFeatures body
   (rows, dim, row-major data, encoder fingerprint), checked field by field on the way in.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,8 +56,16 @@ def features_payload(tokens: torch.Tensor) -> tuple[int, int, list[float]]:
     return int(flat.shape[0]), int(flat.shape[1]), flat.reshape(-1).tolist()
 
 
-def features_from_payload(rows: int, dim: int, data: Sequence[float], fingerprint: str, *,
-                          expected_rows: int, expected_dim: int, expected_fingerprint: str) -> torch.Tensor:
+def features_from_payload(
+    rows: int,
+    dim: int,
+    data: Sequence[float],
+    fingerprint: str,
+    *,
+    expected_rows: int,
+    expected_dim: int,
+    expected_fingerprint: str,
+) -> torch.Tensor:
     """An EventFeatures body -> event tokens `[1, R, E]` for `HeadAdapter.prefill_events`.
 
     Every field can be wrong (another encoder, a truncated array, NaN): ValueError in one line naming
@@ -64,7 +73,9 @@ def features_from_payload(rows: int, dim: int, data: Sequence[float], fingerprin
     feature message only costs speed).
     """
     if fingerprint != expected_fingerprint:
-        raise ValueError(f"event features from encoder {fingerprint!r}, the head was trained on {expected_fingerprint!r}")
+        raise ValueError(
+            f"event features from encoder {fingerprint!r}, the head was trained on {expected_fingerprint!r}"
+        )
     if (rows, dim) != (expected_rows, expected_dim):
         raise ValueError(f"event features of {rows} x {dim}, the head takes {expected_rows} x {expected_dim}")
     if len(data) != rows * dim:

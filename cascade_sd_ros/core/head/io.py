@@ -5,6 +5,7 @@ and `head.json` (the `HeadConfig`, the fingerprints of the target and event enco
 against, training figures). `encoder_fingerprint` names the event encoder + alignment weights, so a
 verifier can refuse event features made by another pair (EventFeatures.encoder_fingerprint).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,7 +73,7 @@ def load_head(folder: str | Path, device: str | torch.device = "cpu") -> tuple[F
     tensors = load_file(str(weights), device=str(device))
     head, align = FusedDraftHead(cfg), AlignmentMLP(cfg)
     for prefix, module in (("head.", head), ("align.", align)):
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(state)
         except RuntimeError as exc:

@@ -8,6 +8,7 @@ then continues from the chosen token. The choice only changes which draft the ta
 the output. Each proposal's sources are logged, so a run can say which stage supplied each accepted
 token (`accepted_sources`), and `class_acceptance` measures the per-class table from such logs.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -36,8 +37,14 @@ class MergedProposer:
     entry counts 0); the first source wins ties. With one source it is that source, logged.
     """
 
-    def __init__(self, sources: Sequence[ModelAdapter], classes: Mapping[int, str],
-                 table: Mapping[str, Mapping[str, float]] | None = None, *, name: str = "merged") -> None:
+    def __init__(
+        self,
+        sources: Sequence[ModelAdapter],
+        classes: Mapping[int, str],
+        table: Mapping[str, Mapping[str, float]] | None = None,
+        *,
+        name: str = "merged",
+    ) -> None:
         if not sources:
             raise ValueError("MergedProposer needs at least one source")
         first = sources[0]
@@ -74,8 +81,15 @@ class MergedProposer:
     def _score(self, source: ModelAdapter, token: int) -> float:
         return self.table.get(source.name, {}).get(self.classes.get(token, "other"), 0.0)
 
-    def propose(self, prefix: Sequence[int], k: int, *, temperature: float = 0.0,
-                generator: torch.Generator | None = None, return_q: bool = False) -> Proposal:
+    def propose(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_q: bool = False,
+    ) -> Proposal:
         if temperature > 0 or return_q:
             raise ValueError("merged drafts are greedy token ids (verify with a lossless one-hot rule)")
         if len(self.sources) == 1:
@@ -109,8 +123,9 @@ def accepted_sources(log: Sequence[tuple[list[int], list[str]]], accepted: Seque
     return out
 
 
-def class_acceptance(log: Sequence[tuple[list[int], list[str]]], accepted: Sequence[int],
-                     classes: Mapping[int, str]) -> dict[str, dict[str, float]]:
+def class_acceptance(
+    log: Sequence[tuple[list[int], list[str]]], accepted: Sequence[int], classes: Mapping[int, str]
+) -> dict[str, dict[str, float]]:
     """Per source and token class: accepted / scored (tokens after a rejection were never judged)."""
     hit: Counter[tuple[str, str]] = Counter()
     seen: Counter[tuple[str, str]] = Counter()

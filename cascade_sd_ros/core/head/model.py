@@ -13,6 +13,7 @@ whole context); position p >= 1 reads (f_{p-1}, caption token p-1) and predicts 
 means "no target state" (the head on event features alone, e.g. while the target still prefills).
 Shapes: D = the target's hidden width, M = memory slots (1 + event rows), L = head positions.
 """
+
 from __future__ import annotations
 
 import math
@@ -149,8 +150,9 @@ class FusedDraftHead(nn.Module):
         k, v = self.mem_kv(self.norm_mem(mem)).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def _block(self, x: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, q: torch.Tensor,
-               mask: torch.Tensor | None) -> torch.Tensor:
+    def _block(
+        self, x: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, q: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         att = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # [B, H, L, dh]
         b, _, n, _ = att.shape
         h = x + self.o(att.transpose(1, 2).reshape(b, n, -1))
@@ -159,8 +161,13 @@ class FusedDraftHead(nn.Module):
         return self.norm_out(h)
 
     # ------------------------------------------------------------------ training: whole sequences
-    def forward(self, feats: torch.Tensor, tok_emb: torch.Tensor, memory: torch.Tensor | None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        feats: torch.Tensor,
+        tok_emb: torch.Tensor,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predicted states `[B, L, D]` for positions 0..L-1 (causal), attending to memory.
 
         memory_mask `[B, R]` bool: which event rows each sample has (False rows are hidden).
@@ -199,7 +206,7 @@ class FusedDraftHead(nn.Module):
         if n > 1:  # positions fed together see each other causally; one position sees everything
             total = m + cache.length
             mask = torch.ones(n, total, dtype=torch.bool, device=x.device)
-            mask[:, m + start:] = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            mask[:, m + start :] = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         k_all = torch.cat([cache.mem_k, cache.k], dim=1).unsqueeze(0)
         v_all = torch.cat([cache.mem_v, cache.v], dim=1).unsqueeze(0)
         return self._block(x, k_all, v_all, q, mask)[0]

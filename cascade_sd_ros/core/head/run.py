@@ -4,6 +4,7 @@ Renders (or loads cached) training and held-out scenes with event images, builds
 sets from the frozen zoo, trains the alignment MLP then the head inside a wall-time budget, measures
 them on held-out scenes and saves `head/` (float32 safetensors + head.json with the figures).
 """
+
 from __future__ import annotations
 
 import time
@@ -60,14 +61,16 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
     eval_scenes = load_or_build(s.data_dir, s.eval_samples, s.seed, EVAL_STREAM, zoo.geometry, True, workers=s.workers)
     say(f"scenes ready: {len(train_scenes)} train, {len(eval_scenes)} held out")
     every = max(1, len(train_scenes) // 8)
-    train = build_head_data(zoo, train_scenes,
-                            progress=lambda n: say(f"distilled {n} scenes") if n % every < 32 else None)
+    train = build_head_data(
+        zoo, train_scenes, progress=lambda n: say(f"distilled {n} scenes") if n % every < 32 else None
+    )
     held = build_head_data(zoo, eval_scenes)
     say(f"distillation sets built (caption positions {train.inputs.shape[1]})")
     # the budget is for training: scenes and distillation sets are cached or one-off
     deadline = time.monotonic() + 60.0 * s.max_minutes
-    cfg = HeadConfig(hidden=int(train.states.shape[-1]), event_dim=int(train.events.shape[-1]),
-                     event_rows=int(train.events.shape[1]))
+    cfg = HeadConfig(
+        hidden=int(train.states.shape[-1]), event_dim=int(train.events.shape[-1]), event_rows=int(train.events.shape[1])
+    )
     head, align = FusedDraftHead(cfg), AlignmentMLP(cfg)
     sched = HeadSchedule(align_steps=max(1, int(1500 * s.steps_scale)), head_steps=max(1, int(3000 * s.steps_scale)))
     # the MLP gets at most a quarter of what is left, the head the rest
@@ -77,8 +80,13 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
     h_losses, h_steps = train_head(head, align, zoo, train, sched, s.seed, deadline=deadline)
     say(f"head: {h_steps} steps, loss {h_losses[-1]:.4f}")
     summary: dict[str, Any] = {
-        "trained_on": {"zoo": str(s.zoo or "shipped"), "target": tensor_fingerprint([zoo.target.model]),
-                       "seed": s.seed, "scenes": len(train), "held_out": len(held)},
+        "trained_on": {
+            "zoo": str(s.zoo or "shipped"),
+            "target": tensor_fingerprint([zoo.target.model]),
+            "seed": s.seed,
+            "scenes": len(train),
+            "held_out": len(held),
+        },
         "encoder_fingerprint": encoder_fingerprint(zoo.drafter.model, align),
         "schedule": {**asdict(sched), "align_steps_run": a_steps, "head_steps_run": h_steps},
         "params": {"head": parameter_count(head), "align": parameter_count(align)},

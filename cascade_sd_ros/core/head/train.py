@@ -10,6 +10,7 @@
    draft is in distribution. Each sample plays one of the three modes (fused / target states alone /
    events alone), so one set of weights serves the ablation and the fallbacks.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,17 @@ from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.data import ZooData
 from cascade_sd_ros.core.zoo.load import Zoo
 
-__all__ = ["HeadData", "HeadSchedule", "build_head_data", "train_alignment", "train_head", "alignment_metrics",
-           "head_metrics", "MODE_SHARES", "UNROLL"]
+__all__ = [
+    "HeadData",
+    "HeadSchedule",
+    "build_head_data",
+    "train_alignment",
+    "train_head",
+    "alignment_metrics",
+    "head_metrics",
+    "MODE_SHARES",
+    "UNROLL",
+]
 
 UNROLL = 3  # training-time chain depth: positions read the head's own predictions up to this deep
 MODE_SHARES = (0.5, 0.25, 0.25)  # fused, target states alone, events alone (per sample)
@@ -56,8 +66,9 @@ class HeadData:
         return int(self.events.shape[0])
 
     def take(self, rows: torch.Tensor) -> "HeadData":
-        return HeadData(*(t[rows] for t in (self.events, self.frames, self.states, self.inputs, self.labels,
-                                            self.mask)))
+        return HeadData(
+            *(t[rows] for t in (self.events, self.frames, self.states, self.inputs, self.labels, self.mask))
+        )
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,9 @@ class HeadSchedule:
 
 
 @torch.no_grad()
-def _greedy_fixed_point(target: VideoLlavaForConditionalGeneration, prompt: torch.Tensor, video: torch.Tensor, guess: torch.Tensor,
-                        eos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _greedy_fixed_point(
+    target: VideoLlavaForConditionalGeneration, prompt: torch.Tensor, video: torch.Tensor, guess: torch.Tensor, eos: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The target's greedy captions and their teacher-forced states, by fixed-point iteration.
 
     guess `[B, W]`: any starting captions (the scenes' own captions are close, which makes it fast;
@@ -109,8 +121,9 @@ def _greedy_fixed_point(target: VideoLlavaForConditionalGeneration, prompt: torc
 
 
 @torch.no_grad()
-def build_head_data(zoo: Zoo, data: ZooData, batch: int = 32, max_new_tokens: int = 24,
-                    progress: Callable[[int], None] | None = None) -> HeadData:
+def build_head_data(
+    zoo: Zoo, data: ZooData, batch: int = 32, max_new_tokens: int = 24, progress: Callable[[int], None] | None = None
+) -> HeadData:
     """Run the frozen zoo over `data` (with event images) once: captions, states, visual tokens."""
     if data.events is None:
         raise ValueError("the head trains on event images, but this dataset has none")
@@ -142,8 +155,7 @@ def build_head_data(zoo: Zoo, data: ZooData, batch: int = 32, max_new_tokens: in
     cat = [torch.cat([p[i] for p in parts]) for i in range(6)]
     # trim shared padding: the longest caption sets L
     length = int(cat[5].sum(1).max())
-    return HeadData(cat[0], cat[1], cat[2][:, : length + 1], cat[3][:, :length], cat[4][:, :length],
-                    cat[5][:, :length])
+    return HeadData(cat[0], cat[1], cat[2][:, : length + 1], cat[3][:, :length], cat[4][:, :length], cat[5][:, :length])
 
 
 def _lr(step: int, steps: int, sched: HeadSchedule) -> float:
@@ -153,9 +165,16 @@ def _lr(step: int, steps: int, sched: HeadSchedule) -> float:
     return sched.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _fit(params: list[torch.nn.Parameter], loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, steps: int,
-         sched: HeadSchedule, seed: int, deadline: float | None, on_step: Callable[[int, float], None] | None
-         ) -> tuple[list[float], int]:
+def _fit(
+    params: list[torch.nn.Parameter],
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    steps: int,
+    sched: HeadSchedule,
+    seed: int,
+    deadline: float | None,
+    on_step: Callable[[int, float], None] | None,
+) -> tuple[list[float], int]:
     """AdamW over `params` for `steps` batches of rows drawn from n (stops at `deadline`)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=sched.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -179,9 +198,14 @@ def _fit(params: list[torch.nn.Parameter], loss_of: Callable[[torch.Tensor], tor
     return losses, step
 
 
-def train_alignment(align: AlignmentMLP, data: HeadData, sched: HeadSchedule, seed: int,
-                    deadline: float | None = None, on_step: Callable[[int, float], None] | None = None
-                    ) -> tuple[list[float], int]:
+def train_alignment(
+    align: AlignmentMLP,
+    data: HeadData,
+    sched: HeadSchedule,
+    seed: int,
+    deadline: float | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[list[float], int]:
     """Fit event tokens -> the target's frame tokens (encoders frozen: their outputs are data)."""
     align.train()
 
@@ -203,9 +227,16 @@ def _modes(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return use_states, use_events
 
 
-def head_losses(head: FusedDraftHead, lm_head: torch.nn.Module, embed: torch.nn.Module, memory: torch.Tensor,
-                data: HeadData, use_states: torch.Tensor, use_events: torch.Tensor,
-                unroll: int = UNROLL) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def head_losses(
+    head: FusedDraftHead,
+    lm_head: torch.nn.Module,
+    embed: torch.nn.Module,
+    memory: torch.Tensor,
+    data: HeadData,
+    use_states: torch.Tensor,
+    use_events: torch.Tensor,
+    unroll: int = UNROLL,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """EAGLE loss over `unroll` chained passes; also each pass's top-1 hits `[B, L]` (bool)."""
     b, n = data.inputs.shape
     keep = use_states.float().view(b, 1, 1)
@@ -230,9 +261,16 @@ def head_losses(head: FusedDraftHead, lm_head: torch.nn.Module, embed: torch.nn.
     return total / unroll, hits
 
 
-def train_head(head: FusedDraftHead, align: AlignmentMLP, zoo: Zoo, data: HeadData, sched: HeadSchedule,
-               seed: int, deadline: float | None = None,
-               on_step: Callable[[int, float], None] | None = None) -> tuple[list[float], int]:
+def train_head(
+    head: FusedDraftHead,
+    align: AlignmentMLP,
+    zoo: Zoo,
+    data: HeadData,
+    sched: HeadSchedule,
+    seed: int,
+    deadline: float | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[list[float], int]:
     """Fit the head on the target's own states (the alignment MLP frozen: its tokens are memory)."""
     lm_head = zoo.target.model.get_output_embeddings()
     embed = zoo.target.model.get_input_embeddings()
@@ -258,8 +296,11 @@ def train_head(head: FusedDraftHead, align: AlignmentMLP, zoo: Zoo, data: HeadDa
 def alignment_metrics(align: AlignmentMLP, data: HeadData) -> dict[str, float]:
     """Cosine similarity per visual token (aligned event token vs the target's), mean and share > 0.9."""
     cos = cosine_per_token(align(data.events), data.frames)  # [N, R]
-    return {"cos_mean": round(float(cos.mean()), 4), "cos_share_over_0.9": round(float((cos > COS_THRESHOLD).float().mean()), 4),
-            "tokens": int(cos.numel())}
+    return {
+        "cos_mean": round(float(cos.mean()), 4),
+        "cos_share_over_0.9": round(float((cos > COS_THRESHOLD).float().mean()), 4),
+        "tokens": int(cos.numel()),
+    }
 
 
 @torch.no_grad()

@@ -315,8 +315,10 @@ class CachedRowsAdapter(abc.ABC):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if temperature > 0 and generator is not None and generator.device.type != self.device.type:
-            raise ValueError(f"adapter {self.name!r}: the generator lives on {generator.device}, the model on "
-                             f"{self.device}; sample with a generator on the model's device")
+            raise ValueError(
+                f"adapter {self.name!r}: the generator lives on {generator.device}, the model on "
+                f"{self.device}; sample with a generator on the model's device"
+            )
         self._check_ids(prefix, "prefix")
         self._sync(prefix)
         if k == 0:
@@ -404,8 +406,9 @@ class HFAdapter(CachedRowsAdapter):
         """Write logits rows `[n, V]` at row index `start`, growing the buffer geometrically."""
         end = start + rows.shape[0]
         if end > self._rows.shape[0]:
-            grown = torch.empty(max(end, 2 * self._rows.shape[0], 64), self._vocab_size,
-                                dtype=torch.float32, device=self.device)
+            grown = torch.empty(
+                max(end, 2 * self._rows.shape[0], 64), self._vocab_size, dtype=torch.float32, device=self.device
+            )
             grown[:start] = self._rows[:start]
             self._rows = grown
         self._rows[start:end] = rows
@@ -500,12 +503,14 @@ class HFAdapter(CachedRowsAdapter):
             tail, late = [], tail  # a placeholder id in a draft would be taken for media: fed after instead
         ids = torch.tensor([[*context.input_ids, *tail]], dtype=torch.long, device=self.device)  # [1, L+n]
         if self.keep_hidden:  # the base model then the LM head: what the full forward computes, with its states
-            states = self.model.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
-                                      **kwargs).last_hidden_state  # [1, L+n, D]
-            logits = self._head(states[:, -(1 + len(tail)):])  # [1, 1+n, V]
+            states = self.model.model(
+                input_ids=ids, past_key_values=self._cache, use_cache=True, **kwargs
+            ).last_hidden_state  # [1, L+n, D]
+            logits = self._head(states[:, -(1 + len(tail)) :])  # [1, 1+n, V]
         else:
-            logits = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True,
-                                logits_to_keep=1 + len(tail), **kwargs).logits
+            logits = self.model(
+                input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1 + len(tail), **kwargs
+            ).logits
         self.forwards += 1
         self.prefills += 1
         self._context = context

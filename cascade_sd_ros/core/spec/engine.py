@@ -287,10 +287,16 @@ class CascadeDecoder:
                     self.controllers[i].observe_cost(walls[i] / drafted[i], walls[checker[i]])
             for i, w in enumerate(walls):
                 stats.stages[i].wall_s += w
-            stats.rounds.append(RoundStats(
-                tuple(drafted), tuple(accepted), len(res.token_ids), gammas, tuple(walls),
-                int(getattr(self.stages[last], "forwards", 0)) - target_forwards0,
-            ))
+            stats.rounds.append(
+                RoundStats(
+                    tuple(drafted),
+                    tuple(accepted),
+                    len(res.token_ids),
+                    gammas,
+                    tuple(walls),
+                    int(getattr(self.stages[last], "forwards", 0)) - target_forwards0,
+                )
+            )
         stats.wall_s = time.perf_counter() - t_start
         for i, s in enumerate(self.stages):
             stats.stages[i].forwards = int(getattr(s, "forwards", 0)) - forwards0[i]

@@ -92,6 +92,7 @@ def _vision_config(hidden: int, image_size: int, patch_size: int) -> CLIPVisionC
 def _copy_language_prefix(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     """Copy src's vision tower, projector, embeddings, first len(dst.layers) decoder layers, norm and
     LM head into dst (a VideoLlava's video tower becomes the Llava's vision tower)."""
+
     def copy(src_name: str, dst_name: str) -> None:
         dst.get_submodule(dst_name).load_state_dict(src.get_submodule(src_name).state_dict())
 

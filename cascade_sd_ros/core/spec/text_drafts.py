@@ -24,6 +24,7 @@ Two directions, one rule each:
 one-process engine and the benches use); the nodes use the two functions across topics. Acceptance is
 counted where the ids are checked, hence in target tokens.
 """
+
 from __future__ import annotations
 
 import threading
@@ -98,8 +99,8 @@ def draft_text(codec: TextCodec, prefix: Sequence[int], draft: Sequence[int]) ->
     head = _decode(codec, prefix)
     full = _decode(codec, [*prefix, *draft])
     if full.startswith(head):
-        return full[len(head):]
-    return full[_common_prefix(head, full):]
+        return full[len(head) :]
+    return full[_common_prefix(head, full) :]
 
 
 def _anchored(codec: TextCodec, text: str) -> list[int] | None:
@@ -107,11 +108,12 @@ def _anchored(codec: TextCodec, text: str) -> list[int] | None:
     or None when the anchor's ids do not survive (it merged with the text)."""
     anchor = _encode(codec, _ANCHOR)
     ids = _encode(codec, _ANCHOR + text)
-    return ids[len(anchor):] if ids[:len(anchor)] == anchor else None
+    return ids[len(anchor) :] if ids[: len(anchor)] == anchor else None
 
 
-def _longest_faithful(codec: TextCodec, prefix: Sequence[int], ids: Sequence[int], committed: str,
-                      target: str) -> list[int]:
+def _longest_faithful(
+    codec: TextCodec, prefix: Sequence[int], ids: Sequence[int], committed: str, target: str
+) -> list[int]:
     """The longest ``ids[:m]`` with ``decode(prefix + ids[:m])`` a prefix of ``target`` that adds text."""
     for m in range(len(ids), 0, -1):
         text = _decode(codec, [*prefix, *ids[:m]])
@@ -134,8 +136,8 @@ def continuation_ids(codec: TextCodec, prefix: Sequence[int], text: str) -> list
     wanted = committed + text
     whole = _encode(codec, wanted)
     candidates: list[list[int]] = []
-    if whole[:len(prefix)] == list(prefix):
-        candidates.append(whole[len(prefix):])
+    if whole[: len(prefix)] == list(prefix):
+        candidates.append(whole[len(prefix) :])
     anchored = _anchored(codec, text)
     if anchored is not None:
         candidates.append(anchored)
@@ -166,7 +168,7 @@ def rebase_text_draft(codec: TextCodec, committed: Sequence[int], start_position
         return []
     if not wanted.startswith(now):
         return None
-    return continuation_ids(codec, committed, wanted[len(now):])
+    return continuation_ids(codec, committed, wanted[len(now) :])
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,9 @@ class CommitTexts:
         with self._lock:
             return any(r == round_id for r, _ in self._seen)
 
-    def outgoing(self, round_id: int, commit_seq: int, own_before: Sequence[int],
-                 own_draft: Sequence[int]) -> tuple[int, str] | None:
+    def outgoing(
+        self, round_id: int, commit_seq: int, own_before: Sequence[int], own_draft: Sequence[int]
+    ) -> tuple[int, str] | None:
         """(start_position in target tokens, draft text) of a draft made on commit ``commit_seq`` of
         ``round_id`` (0: before any commit) after ``own_before`` (this stage's ids before the draft:
         the commit's, then any of its own earlier drafts it runs ahead on). The text runs from the
@@ -230,7 +233,7 @@ class CommitTexts:
 def _token_ends(codec: TextCodec, prefix: Sequence[int], ids: Sequence[int]) -> list[int]:
     """Character offset (into the text after ``prefix``) where each of ``ids`` ends."""
     base = len(_decode(codec, prefix))
-    return [len(_decode(codec, [*prefix, *ids[:i + 1]])) - base for i in range(len(ids))]
+    return [len(_decode(codec, [*prefix, *ids[: i + 1]])) - base for i in range(len(ids))]
 
 
 @dataclass
@@ -272,11 +275,20 @@ class TextDrafter:
         """The drafter's ids for the text of the target's committed ``prefix``."""
         return _encode(self.drafter_codec, _decode(self.target_codec, prefix))
 
-    def propose(self, prefix: Sequence[int], k: int, *, temperature: float = 0.0,
-                generator: torch.Generator | None = None, return_q: bool = False) -> Proposal:
+    def propose(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_q: bool = False,
+    ) -> Proposal:
         if temperature != 0.0:
-            raise ValueError(f"{self.name}: a drafter of another vocabulary drafts greedily (temperature 0), "
-                             f"got temperature {temperature}")
+            raise ValueError(
+                f"{self.name}: a drafter of another vocabulary drafts greedily (temperature 0), "
+                f"got temperature {temperature}"
+            )
         if k == 0:
             return Proposal([], [], None, False)
         own = self.own_prefix(prefix)
@@ -294,5 +306,7 @@ class TextDrafter:
         return Proposal(ids, probs, None, False)
 
     def score(self, prefix: Sequence[int], draft: Sequence[int]) -> torch.Tensor:
-        raise ValueError(f"{self.name}: a drafter of another vocabulary only proposes; it cannot score the "
-                         "target's ids (put it at the bottom of the cascade)")
+        raise ValueError(
+            f"{self.name}: a drafter of another vocabulary only proposes; it cannot score the "
+            "target's ids (put it at the bottom of the cascade)"
+        )

@@ -11,6 +11,7 @@ A node (``nodes/``) converts messages and feeds its Stage; the Stage hands what 
 sink given at construction. Without ROS, plain callbacks wire the three Stages the same way
 (``test/test_stages.py``).
 """
+
 from cascade_sd_ros.core.stages.base import Resolver, Stage, StageInput
 from cascade_sd_ros.core.stages.schedule import RoundOpener, RoundSchedule
 from cascade_sd_ros.core.stages.upstream import DrafterStage, RefinerStage, UpstreamStage

@@ -9,6 +9,7 @@ activity round per ``min_gap_ns``, none before the baseline has seen ``warmup_bi
 (the open bin, the baseline, the last trigger). The other stages join such a round when the drafter's
 draft names it, as they join any round.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,15 @@ class ActivityTrigger:
     """Event-rate bursts -> round times (ns, event clock). Not thread-safe: the drafter calls it under
     its input lock, packets in arrival order."""
 
-    def __init__(self, bin_ns: int = 100_000_000, baseline_ns: int = 2_000_000_000, factor: float = 3.0,
-                 min_events: int = 50, min_gap_ns: int = 1_000_000_000, warmup_bins: int = 10) -> None:
+    def __init__(
+        self,
+        bin_ns: int = 100_000_000,
+        baseline_ns: int = 2_000_000_000,
+        factor: float = 3.0,
+        min_events: int = 50,
+        min_gap_ns: int = 1_000_000_000,
+        warmup_bins: int = 10,
+    ) -> None:
         if min(bin_ns, baseline_ns, min_gap_ns) <= 0 or baseline_ns < bin_ns:
             raise ValueError("ActivityTrigger: bin, baseline and gap must be > 0 ns, baseline >= bin")
         if not (math.isfinite(factor) and factor >= 1.0) or min_events < 0 or warmup_bins < 1:

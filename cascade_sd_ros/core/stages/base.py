@@ -7,6 +7,7 @@ Model work runs on the worker thread without the lock; callers on other threads 
 callbacks, a test) use the public methods only, and read copies (:meth:`Stage.record`,
 :meth:`Stage.snapshot`), never live records.
 """
+
 from __future__ import annotations
 
 import abc

@@ -10,6 +10,7 @@ time (:meth:`RoundSchedule.prompt_time`). Period 0: only prompts open rounds.
 The tools pick a schedule through given round times (:meth:`RoundSchedule.through`: one round at the
 end of every synthetic scene) and hand it to the nodes as ``round_period`` / ``round_phase``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

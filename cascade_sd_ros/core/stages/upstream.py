@@ -9,6 +9,7 @@
 Both work on the book's focus round (the oldest the verifier has not moved past) and hand each
 draft to ``publish(round_id, t_ns, draft)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,19 @@ Publish = Callable[[int, int, Draft], None]  # (round_id, t_ns, draft)
 class UpstreamStage(Stage):
     """Shared by drafter and refiner: pick the focus round, keep its context loaded, bound look-ahead."""
 
-    def __init__(self, name: str, model: StageModel, resolve: Resolver, publish: Publish, *, gamma: int,
-                 lookahead: int, max_new_tokens: int, max_wait_s: float, question: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        model: StageModel,
+        resolve: Resolver,
+        publish: Publish,
+        *,
+        gamma: int,
+        lookahead: int,
+        max_new_tokens: int,
+        max_wait_s: float,
+        question: str = "",
+    ) -> None:
         super().__init__(name, model, resolve, question=question)
         if max_new_tokens < 1 or max_wait_s < 0:
             raise ValueError("need max_new_tokens >= 1, max_wait_s >= 0")
@@ -119,10 +131,29 @@ class UpstreamStage(Stage):
 
 
 class DrafterStage(UpstreamStage):
-    def __init__(self, model: StageModel, resolve: Resolver, publish: Publish, *, gamma: int, lookahead: int,
-                 max_new_tokens: int, max_wait_s: float = 0.0, question: str = "") -> None:
-        super().__init__(NODE_OF_STAGE["drafter"], model, resolve, publish, gamma=gamma, lookahead=lookahead,
-                         max_new_tokens=max_new_tokens, max_wait_s=max_wait_s, question=question)
+    def __init__(
+        self,
+        model: StageModel,
+        resolve: Resolver,
+        publish: Publish,
+        *,
+        gamma: int,
+        lookahead: int,
+        max_new_tokens: int,
+        max_wait_s: float = 0.0,
+        question: str = "",
+    ) -> None:
+        super().__init__(
+            NODE_OF_STAGE["drafter"],
+            model,
+            resolve,
+            publish,
+            gamma=gamma,
+            lookahead=lookahead,
+            max_new_tokens=max_new_tokens,
+            max_wait_s=max_wait_s,
+            question=question,
+        )
 
     def _step(self) -> None:
         work = self._next_work()
@@ -139,20 +170,45 @@ class DrafterStage(UpstreamStage):
             self._idle()
             return
         draft = Draft(
-            stage=STAGE_DRAFTER, commit_seq=seq, start_position=len(prefix),
-            token_ids=tuple(proposal.token_ids), confidence=tuple(proposal.probs),
+            stage=STAGE_DRAFTER,
+            commit_seq=seq,
+            start_position=len(prefix),
+            token_ids=tuple(proposal.token_ids),
+            confidence=tuple(proposal.probs),
             compute_ms=(time.perf_counter() - t0) * 1e3,
-            degraded=bool(inp.degraded_reason), degraded_reason=inp.degraded_reason,
+            degraded=bool(inp.degraded_reason),
+            degraded_reason=inp.degraded_reason,
         )
         self._record(rec, prefix, draft)
 
 
 class RefinerStage(UpstreamStage):
-    def __init__(self, model: StageModel, resolve: Resolver, publish: Publish, *, rules: ModeRules, gamma: int,
-                 lookahead: int, max_new_tokens: int, max_wait_s: float, upstream_wait_s: float,
-                 liveness_s: float = 5.0, question: str = "") -> None:
-        super().__init__(NODE_OF_STAGE["refiner"], model, resolve, publish, gamma=gamma, lookahead=lookahead,
-                         max_new_tokens=max_new_tokens, max_wait_s=max_wait_s, question=question)
+    def __init__(
+        self,
+        model: StageModel,
+        resolve: Resolver,
+        publish: Publish,
+        *,
+        rules: ModeRules,
+        gamma: int,
+        lookahead: int,
+        max_new_tokens: int,
+        max_wait_s: float,
+        upstream_wait_s: float,
+        liveness_s: float = 5.0,
+        question: str = "",
+    ) -> None:
+        super().__init__(
+            NODE_OF_STAGE["refiner"],
+            model,
+            resolve,
+            publish,
+            gamma=gamma,
+            lookahead=lookahead,
+            max_new_tokens=max_new_tokens,
+            max_wait_s=max_wait_s,
+            question=question,
+        )
         if upstream_wait_s < 0:
             raise ValueError(f"upstream_wait_s must be >= 0, got {upstream_wait_s}")
         self.rules = rules
@@ -191,10 +247,16 @@ class RefinerStage(UpstreamStage):
                 return
             d0, tail = found
             draft = Draft(
-                stage=STAGE_REFINER, commit_seq=seq, start_position=len(prefix), token_ids=tuple(tail),
-                confidence=tuple(d0.confidence[len(d0.token_ids) - len(tail):]),
-                upstream_drafted=len(tail), upstream_accepted=len(tail), compute_ms=0.0,
-                degraded=True, degraded_reason=inp.degraded_reason,
+                stage=STAGE_REFINER,
+                commit_seq=seq,
+                start_position=len(prefix),
+                token_ids=tuple(tail),
+                confidence=tuple(d0.confidence[len(d0.token_ids) - len(tail) :]),
+                upstream_drafted=len(tail),
+                upstream_accepted=len(tail),
+                compute_ms=0.0,
+                degraded=True,
+                degraded_reason=inp.degraded_reason,
             )
             self._record(rec, prefix, draft)
             return
@@ -206,18 +268,25 @@ class RefinerStage(UpstreamStage):
             tokens, conf, drafted, kept = proposal.token_ids, proposal.probs, 0, 0
         else:
             d0, tail = found
-            conf0 = d0.confidence[len(d0.token_ids) - len(tail):]
+            conf0 = d0.confidence[len(d0.token_ids) - len(tail) :]
             q = two_point_q(tail, conf0, adapter.vocab_size) if self.rules.refiner.needs_q else None
-            res = refine_step(adapter, prefix, tail, self.gamma, max_new_tokens=self.max_new_tokens,
-                              level=self.rules.refiner, q=q)
+            res = refine_step(
+                adapter, prefix, tail, self.gamma, max_new_tokens=self.max_new_tokens, level=self.rules.refiner, q=q
+            )
             tokens, conf, drafted, kept = res.token_ids, res.confidences, res.drafted, res.kept
         if not tokens:
             self._idle()
             return
         draft = Draft(
-            stage=STAGE_REFINER, commit_seq=seq, start_position=len(prefix), token_ids=tuple(tokens),
-            confidence=tuple(conf), upstream_drafted=drafted, upstream_accepted=kept,
+            stage=STAGE_REFINER,
+            commit_seq=seq,
+            start_position=len(prefix),
+            token_ids=tuple(tokens),
+            confidence=tuple(conf),
+            upstream_drafted=drafted,
+            upstream_accepted=kept,
             compute_ms=(time.perf_counter() - t0) * 1e3 + (0.0 if found is None else found[0].compute_ms),
-            degraded=bool(inp.degraded_reason), degraded_reason=inp.degraded_reason,
+            degraded=bool(inp.degraded_reason),
+            degraded_reason=inp.degraded_reason,
         )
         self._record(rec, prefix, draft)

@@ -5,6 +5,7 @@ per commit verify the best draft in hand in one forward (``verify_step``), or wa
 adaptive draft wait (:class:`DraftWait`, at most ``draft_wait``) for one, else decode alone. Each
 commit goes to ``emit`` as a :class:`CaptionUpdate`; a dead upstream stage costs speed, never output.
 """
+
 from __future__ import annotations
 
 import math
@@ -198,7 +199,8 @@ class VerifierStage(Stage):
                 "acceptance_refiner": a[1] / d[1] if d[1] else math.nan,
                 "latency_mean_ms": float(np.mean(self._latencies)) if self._latencies else math.nan,
                 "skew_clip_ms": self._skew_clip_ms,
-                "draft_waits": self._draft_wait.waits, "draft_wait_misses": self._draft_wait.misses,
+                "draft_waits": self._draft_wait.waits,
+                "draft_wait_misses": self._draft_wait.misses,
             }
 
     # ------------------------------------------------------------------ the worker thread
@@ -259,25 +261,46 @@ class VerifierStage(Stage):
                     return None
                 book.changed.wait(min(left, POLL_S))
 
-    def _update(self, rec: RoundRecord, inp: StageInput | None, final: bool, accepted: int, drafted: int,
-                stage: int, reason: str) -> CaptionUpdate:
+    def _update(
+        self,
+        rec: RoundRecord,
+        inp: StageInput | None,
+        final: bool,
+        accepted: int,
+        drafted: int,
+        stage: int,
+        reason: str,
+    ) -> CaptionUpdate:
         with self._lock:  # one consistent reading of the record
             return CaptionUpdate(
-                round_id=rec.round_id, t_ns=rec.t_ns, token_ids=tuple(rec.committed), final=final,
-                commit_seq=rec.commit_seq, accepted=accepted, drafted=drafted, accepted_stage=stage,
-                drafted_per_stage=tuple(rec.drafted), accepted_per_stage=tuple(rec.accepted),
-                upstream_drafted=rec.upstream_drafted, upstream_accepted=rec.upstream_accepted,
+                round_id=rec.round_id,
+                t_ns=rec.t_ns,
+                token_ids=tuple(rec.committed),
+                final=final,
+                commit_seq=rec.commit_seq,
+                accepted=accepted,
+                drafted=drafted,
+                accepted_stage=stage,
+                drafted_per_stage=tuple(rec.drafted),
+                accepted_per_stage=tuple(rec.accepted),
+                upstream_drafted=rec.upstream_drafted,
+                upstream_accepted=rec.upstream_accepted,
                 target_forwards=rec.target_forwards,
                 latency_total_ms=(time.monotonic() - rec.opened_wall_s) * 1e3,
-                latency_wait_ms=rec.wait_ms, latency_prefill_ms=rec.prefill_ms,
-                latency_verify_ms=rec.verify_ms, latency_draft_ms=rec.draft_ms,
+                latency_wait_ms=rec.wait_ms,
+                latency_prefill_ms=rec.prefill_ms,
+                latency_verify_ms=rec.verify_ms,
+                latency_draft_ms=rec.draft_ms,
                 skew_frame_ms=_ms(None if inp is None else inp.frame_skew_ns),
                 skew_clip_ms=_ms(None if inp is None else inp.skew_ns),
                 clip_span_ms=_ms(None if inp is None else inp.span_ns),
-                degraded=bool(reason), degraded_reason=reason, question=rec.question,
+                degraded=bool(reason),
+                degraded_reason=reason,
+                question=rec.question,
                 input_wait_ms=rec.input_wait_ms,
-                latency_caption_ms=(math.nan if rec.inputs_ready_wall_s is None
-                                    else (time.monotonic() - rec.inputs_ready_wall_s) * 1e3),
+                latency_caption_ms=(
+                    math.nan if rec.inputs_ready_wall_s is None else (time.monotonic() - rec.inputs_ready_wall_s) * 1e3
+                ),
             )
 
     def _finish(self, u: CaptionUpdate) -> None:
@@ -341,18 +364,32 @@ class VerifierStage(Stage):
                 d, tail = choice
                 stage = d.stage
                 if self.rules.verifier.needs_q:
-                    q = two_point_q(tail, d.confidence[len(d.token_ids) - len(tail):], adapter.vocab_size)
+                    q = two_point_q(tail, d.confidence[len(d.token_ids) - len(tail) :], adapter.vocab_size)
             with self._lock:
                 committed = list(rec.committed)
             t0 = time.perf_counter()
-            res = verify_step(adapter, committed, tail, max_new_tokens=self.max_new_tokens,
-                              level=self.rules.verifier, q=q, generator=generator)
+            res = verify_step(
+                adapter,
+                committed,
+                tail,
+                max_new_tokens=self.max_new_tokens,
+                level=self.rules.verifier,
+                q=q,
+                generator=generator,
+            )
             book.spent(rec, verify_ms=(time.perf_counter() - t0) * 1e3)
             if not res.token_ids:  # budget already spent or EOS committed: the round is over
                 book.finish(rec)
                 break
-            book.commit(rec.round_id, res.token_ids, stage, res.drafted, res.accepted, res.finished,
-                        draft=None if choice is None else choice[0])
+            book.commit(
+                rec.round_id,
+                res.token_ids,
+                stage,
+                res.drafted,
+                res.accepted,
+                res.finished,
+                draft=None if choice is None else choice[0],
+            )
             if res.finished:
                 break
             self._emit(self._update(rec, inp, False, res.accepted, res.drafted, stage, "; ".join(reasons)))

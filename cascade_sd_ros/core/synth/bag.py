@@ -15,6 +15,7 @@ Each message is logged at its header stamp (its receive time in a perfect record
 messages of one scene are written in log-time order. Uses :func:`cascade_sd_ros.core.bagio.typestore`
 so ``metadata.yaml`` carries each topic's type_description_hash.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,16 +58,26 @@ class _Builder:
 
     def packet(self, p: EventPacketData) -> Any:
         return self.types[bagio.EVENT_PACKET](
-            header=self.header(p.stamp_ns, EVENT_FRAME_ID), height=p.height, width=p.width, seq=p.seq,
-            time_base=p.time_base, encoding=p.encoding, is_bigendian=False,
+            header=self.header(p.stamp_ns, EVENT_FRAME_ID),
+            height=p.height,
+            width=p.width,
+            seq=p.seq,
+            time_base=p.time_base,
+            encoding=p.encoding,
+            is_bigendian=False,
             events=np.frombuffer(p.payload, np.uint8),
         )
 
     def image(self, f: RgbFrame) -> Any:
         h, w, _ = f.image.shape
         return self.types[IMAGE_TYPE](
-            header=self.header(f.stamp_ns, CAMERA_FRAME_ID), height=h, width=w, encoding="rgb8",
-            is_bigendian=0, step=w * 3, data=np.ascontiguousarray(f.image).reshape(-1),
+            header=self.header(f.stamp_ns, CAMERA_FRAME_ID),
+            height=h,
+            width=w,
+            encoding="rgb8",
+            is_bigendian=0,
+            step=w * 3,
+            data=np.ascontiguousarray(f.image).reshape(-1),
         )
 
     def camera_info(self, f: RgbFrame) -> Any:
@@ -75,18 +86,31 @@ class _Builder:
         fx = fy = float(w)
         cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
         return self.types[CAMERA_INFO_TYPE](
-            header=self.header(f.stamp_ns, CAMERA_FRAME_ID), height=h, width=w, distortion_model="plumb_bob",
-            d=np.zeros(5), k=np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1], float),
-            r=np.eye(3).reshape(-1), p=np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0], float),
-            binning_x=0, binning_y=0,
-            roi=self.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+            header=self.header(f.stamp_ns, CAMERA_FRAME_ID),
+            height=h,
+            width=w,
+            distortion_model="plumb_bob",
+            d=np.zeros(5),
+            k=np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1], float),
+            r=np.eye(3).reshape(-1),
+            p=np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0], float),
+            binning_x=0,
+            binning_y=0,
+            roi=self.types["sensor_msgs/msg/RegionOfInterest"](
+                x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+            ),
         )
 
     def truth(self, t: SceneTruth) -> Any:
         return self.types[GROUND_TRUTH_TYPE](
-            header=self.header(t.start_ns, CAMERA_FRAME_ID), scene_index=t.scene_index,
-            start=self.time(t.start_ns), end=self.time(t.end_ns), caption=t.caption,
-            event_offset_ns=t.event_offset_ns, jitter_ms=float(t.jitter_ms), frames_dropped=t.frames_dropped,
+            header=self.header(t.start_ns, CAMERA_FRAME_ID),
+            scene_index=t.scene_index,
+            start=self.time(t.start_ns),
+            end=self.time(t.end_ns),
+            caption=t.caption,
+            event_offset_ns=t.event_offset_ns,
+            jitter_ms=float(t.jitter_ms),
+            frames_dropped=t.frames_dropped,
             seed=t.seed,
         )
 
@@ -129,7 +153,9 @@ def write_scene_bag(path: str | Path, scenes: Iterable[SceneData], storage: str 
     store = bagio.typestore()
     count = 0
     with Writer(target, version=8, storage_plugin=_STORAGES[storage]) as writer:
-        connections = {topic: writer.add_connection(topic, msgtype, typestore=store) for topic, msgtype in TOPICS.items()}
+        connections = {
+            topic: writer.add_connection(topic, msgtype, typestore=store) for topic, msgtype in TOPICS.items()
+        }
         for topic, msgtype, t_ns, msg in scene_messages(scenes):
             writer.write(connections[topic], int(t_ns), store.serialize_cdr(msg, msgtype))
             count += 1

@@ -11,6 +11,7 @@ World time (the scene's own time) maps to each camera's clock differently:
 The RGB clock is the reference: ground truth intervals and ``event_offset_ns`` ("event clock
 minus RGB clock") are stated against it.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,11 @@ class ClockModel:
         generator state gives the same result.
         """
         world = np.asarray(world_ns, dtype=np.int64)
-        jitter = np.rint(rng.normal(0.0, self.jitter_ms * 1e6, world.shape)).astype(np.int64) if self.jitter_ms > 0 \
+        jitter = (
+            np.rint(rng.normal(0.0, self.jitter_ms * 1e6, world.shape)).astype(np.int64)
+            if self.jitter_ms > 0
             else np.zeros(world.shape, np.int64)
+        )
         kept = rng.random(world.shape) >= self.drop_rate
         return world + jitter, kept
 

@@ -17,6 +17,7 @@ looping only over the number of thresholds crossed in that sub-step.
 Events are :data:`cascade_sd_ros.core.events.CD_DTYPE` (t in µs, p 1 = ON, 0 = OFF), sorted by
 (t, y, p, x) — the order in which the EVT 3.0 encoder packs same-time rows into vector words.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,12 @@ class EventSimulator:
         rng = np.random.default_rng([seed, 0xE51])
         shape = (self.height, self.width)
         c = config
-        self.threshold_on = np.maximum(c.min_threshold, rng.normal(c.threshold_on, c.threshold_sigma, shape)).astype(np.float32)
-        self.threshold_off = np.maximum(c.min_threshold, rng.normal(c.threshold_off, c.threshold_sigma, shape)).astype(np.float32)
+        self.threshold_on = np.maximum(c.min_threshold, rng.normal(c.threshold_on, c.threshold_sigma, shape)).astype(
+            np.float32
+        )
+        self.threshold_off = np.maximum(c.min_threshold, rng.normal(c.threshold_off, c.threshold_sigma, shape)).astype(
+            np.float32
+        )
         self._noise_rng = np.random.default_rng([seed, 0x401])
         self._ref = np.zeros(shape, np.float32)  # reference log intensity
         self._last = np.zeros(shape, np.float32)  # log intensity at the last sub-step
@@ -256,7 +261,7 @@ class FunctionSource:
             raise ValueError(f"frame function returned {f.shape}, expected {(self.height, self.width)}")
         if box is None:
             return f
-        return f[box[0]:box[1], box[2]:box[3]]
+        return f[box[0] : box[1], box[2] : box[3]]
 
     def changed_boxes(self, t0_s: float, t1_s: float) -> list[Box]:
         return [] if t0_s == t1_s else [(0, self.height, 0, self.width)]
@@ -276,7 +281,9 @@ class FrameSequenceSource:
         f = to_intensity(frames)
         times = np.asarray(times_s, dtype=np.float64).reshape(-1)
         if f.ndim != 3 or f.shape[0] != len(times) or len(times) == 0:
-            raise ValueError(f"need frames [N, H, W(, 3)] with N == len(times_s); got {np.shape(frames)} and {len(times)} times")
+            raise ValueError(
+                f"need frames [N, H, W(, 3)] with N == len(times_s); got {np.shape(frames)} and {len(times)} times"
+            )
         if not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
             raise ValueError("frame times must be finite and strictly increasing")
         self.frames, self.times = f, times
@@ -306,10 +313,12 @@ class FrameSequenceSource:
         i1, w1 = self._segment(t1_s)
         if w1 == 0.0 and i1 > i0:
             i1 -= 1  # t1 sits exactly on a frame: the next segment has not started
-        boxes = [b for b in self._boxes[i0:i1 + 1] if b is not None]
+        boxes = [b for b in self._boxes[i0 : i1 + 1] if b is not None]
         if not boxes:
             return []
-        return [(min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))]
+        return [
+            (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
+        ]
 
 
 def _diff_box(a: np.ndarray, b: np.ndarray) -> Box | None:

@@ -11,6 +11,7 @@ sweep across the pixels in between at sub-pixel steps, for about the cost of a p
 Occlusions and non-rigid changes fall back to the blend; the result equals A at ``w = 0`` and B at
 ``w = 1`` exactly, and pixels far from any motion are exactly the cross-fade.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,9 @@ import numpy as np
 from .esim import Box, FrameSequenceSource
 
 
-def block_flow(a: np.ndarray, b: np.ndarray, block: int = 4, radius: int = 8, max_side: int = 160) -> tuple[np.ndarray, np.ndarray]:
+def block_flow(
+    a: np.ndarray, b: np.ndarray, block: int = 4, radius: int = 8, max_side: int = 160
+) -> tuple[np.ndarray, np.ndarray]:
     """Dense flow A -> B in pixels (float32 [H, W] each for y and x) by block matching.
 
     Frames are first shrunk by an integer factor so their longer side is <= ``max_side``; blocks of
@@ -40,12 +43,12 @@ def block_flow(a: np.ndarray, b: np.ndarray, block: int = 4, radius: int = 8, ma
     shifts = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
     cost = np.empty((len(shifts), bh, bw), np.float32)
     for k, (dy, dx) in enumerate(shifts):
-        shifted = pad[radius + dy:radius + dy + ch, radius + dx:radius + dx + cw]
+        shifted = pad[radius + dy : radius + dy + ch, radius + dx : radius + dx + cw]
         cost[k] = np.abs(shifted - ref).reshape(bh, block, bw, block).sum(axis=(1, 3))
     # Each block is matched on its 3x3 block neighbourhood: a block inside a uniform region sees
     # the region's edges (the aperture problem), and the flow field comes out smoother.
     padded = np.pad(cost, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    support = sum(padded[:, 1 + i:1 + i + bh, 1 + j:1 + j + bw] for i in (-1, 0, 1) for j in (-1, 0, 1))
+    support = sum(padded[:, 1 + i : 1 + i + bh, 1 + j : 1 + j + bw] for i in (-1, 0, 1) for j in (-1, 0, 1))
     # Prefer small motion: a tiny cost per pixel of displacement breaks ties in flat texture.
     d = np.asarray(shifts, np.float32)
     support = support + np.float32(2e-3 * 9 * block * block) * np.abs(d).sum(axis=1)[:, None, None]
@@ -100,9 +103,17 @@ class FlowInterpolatedSource(FrameSequenceSource):
         self._keys = np.zeros((0, 0, 0), np.float32)
         # Warping can move a changed region a little beyond the pixels that differ: widen by a block.
         margin = 2 * block * max(1, int(np.ceil(max(self.height, self.width) / 160)))
-        self._boxes = [None if b is None else (max(0, b[0] - margin), min(self.height, b[1] + margin),
-                                               max(0, b[2] - margin), min(self.width, b[3] + margin))
-                       for b in self._boxes]
+        self._boxes = [
+            None
+            if b is None
+            else (
+                max(0, b[0] - margin),
+                min(self.height, b[1] + margin),
+                max(0, b[2] - margin),
+                min(self.width, b[3] + margin),
+            )
+            for b in self._boxes
+        ]
 
     def _keyframes(self, i: int) -> np.ndarray:
         """Warped frames of segment ``i`` at fractions k / K, K = the largest motion in px (>= 1):
@@ -137,8 +148,9 @@ class FlowInterpolatedSource(FrameSequenceSource):
         return a + u * (b - a)
 
 
-def _warp(a: np.ndarray, b: np.ndarray, fy: np.ndarray, fx: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-          w: np.float32) -> np.ndarray:
+def _warp(
+    a: np.ndarray, b: np.ndarray, fy: np.ndarray, fx: np.ndarray, rows: np.ndarray, cols: np.ndarray, w: np.float32
+) -> np.ndarray:
     """The frame at fraction ``w`` from A to B: a cross-fade, warped along the flow at ``rows, cols``
     (every pixel whose warp can differ from the cross-fade)."""
     out = a + w * (b - a)

@@ -10,6 +10,7 @@ the buffer exceeds ``event_message_size_threshold``. Their conventions, kept her
 * ``seq``: running packet count from 0; ``encoding``: ``"evt3"``; payload: one continuous EVT 3.0
   word stream across packets (a stateful encoder), so a decoder must see packets in order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -56,8 +57,9 @@ class Packetizer:
         self._encoder = Evt3Encoder()
         self._seq = 0
 
-    def packets(self, events: np.ndarray, sensor_to_stamp_ns: int,
-                triggers: np.ndarray | None = None) -> list[EventPacketData]:
+    def packets(
+        self, events: np.ndarray, sensor_to_stamp_ns: int, triggers: np.ndarray | None = None
+    ) -> list[EventPacketData]:
         """Packets for ``events`` (CD_DTYPE, sorted; later than anything packed before) and ``triggers``
         (TRIGGER_DTYPE, sorted; e.g. a frame camera's exposure strobe), each trigger in the packet of
         its time window (a window with triggers only gets a packet of its own).
@@ -83,20 +85,25 @@ class Packetizer:
         for a, b, ta, tb in zip(cd_at.tolist(), cd_end.tolist(), tr_at.tolist(), tr_end.tolist()):
             starts = list(range(a, b, cap)) or [a]
             for k, s in enumerate(starts):
-                chunk = events[s:min(b, s + cap)]
+                chunk = events[s : min(b, s + cap)]
                 # the triggers before the next chunk's first event: each call stays in time order
-                upto = tb if k + 1 == len(starts) else ta + int(np.searchsorted(
-                    trig["t"][ta:tb], events["t"][starts[k + 1]], side="left"))
+                upto = (
+                    tb
+                    if k + 1 == len(starts)
+                    else ta + int(np.searchsorted(trig["t"][ta:tb], events["t"][starts[k + 1]], side="left"))
+                )
                 tchunk, ta = trig[ta:upto], upto
                 first = min(int(x["t"][0]) for x in (chunk, tchunk) if x.size)
-                out.append(EventPacketData(
-                    seq=self._seq,
-                    stamp_ns=first * 1000 + int(sensor_to_stamp_ns),
-                    width=self.width,
-                    height=self.height,
-                    payload=self._encoder.encode(chunk, tchunk),
-                    events=chunk,
-                    triggers=tchunk.copy(),
-                ))
+                out.append(
+                    EventPacketData(
+                        seq=self._seq,
+                        stamp_ns=first * 1000 + int(sensor_to_stamp_ns),
+                        width=self.width,
+                        height=self.height,
+                        payload=self._encoder.encode(chunk, tchunk),
+                        events=chunk,
+                        triggers=tchunk.copy(),
+                    )
+                )
                 self._seq += 1
         return out

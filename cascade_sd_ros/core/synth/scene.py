@@ -25,6 +25,7 @@ Caption grammar (fixed word order, tiny vocabulary :data:`VOCABULARY`)::
 e.g. ``"a red circle moves left and a blue square is still"`` or, with speed,
 ``"a yellow triangle moves up slowly"``. Objects are listed in spec order (first drawn first).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,12 +48,15 @@ MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
 SPEED_WORDS: tuple[str, ...] = ("slowly", "fast")
 # Unit vectors in image coordinates (x right, y down).
 _DIRECTION: dict[str, tuple[float, float]] = {
-    "left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0),
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+    "still": (0.0, 0.0),
 }
 
 VOCABULARY: tuple[str, ...] = (
-    ("a", "and", "moves", "is", "still")
-    + tuple(COLOURS) + SHAPES + ("left", "right", "up", "down") + SPEED_WORDS
+    ("a", "and", "moves", "is", "still") + tuple(COLOURS) + SHAPES + ("left", "right", "up", "down") + SPEED_WORDS
 )
 
 # [fraction of min(H, W)] object radius range: >= 7 px at 48 px, >= 9.6 px at 64 px.
@@ -365,17 +369,23 @@ class SceneRenderer:
     def rgb(self, t_s: float, box: Box | None = None) -> np.ndarray:
         """Float RGB in [0, 1]: float32 [h, w, 3] over ``box`` (whole frame when None)."""
         box = box or (0, self.height, 0, self.width)
-        img = self.background[box[0]:box[1], box[2]:box[3]].copy()
+        img = self.background[box[0] : box[1], box[2] : box[3]].copy()
         return self._composite(img, t_s, box, self._colours, lambda a: a[..., None])
 
     def intensity(self, t_s: float, box: Box | None = None) -> np.ndarray:
         """Float luminance in [0, 1]: float32 [h, w] over ``box`` (whole frame when None)."""
         box = box or (0, self.height, 0, self.width)
-        img = self.background_luma[box[0]:box[1], box[2]:box[3]].copy()
+        img = self.background_luma[box[0] : box[1], box[2] : box[3]].copy()
         return self._composite(img, t_s, box, [np.float32(v) for v in self._luma], lambda a: a)
 
-    def _composite(self, img: np.ndarray, t_s: float, box: Box, values: Sequence[np.ndarray | np.float32],
-                   shape_alpha: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    def _composite(
+        self,
+        img: np.ndarray,
+        t_s: float,
+        box: Box,
+        values: Sequence[np.ndarray | np.float32],
+        shape_alpha: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
         """Draw each object over ``img`` (covering ``box``), only where its own box meets ``box``
         (coverage is exactly 0 outside an object's box)."""
         y0, y1, x0, x1 = box
@@ -384,7 +394,7 @@ class SceneRenderer:
             iy0, iy1, ix0, ix1 = max(y0, oy0), min(y1, oy1), max(x0, ox0), min(x1, ox1)
             if iy0 >= iy1 or ix0 >= ix1:
                 continue
-            sub = img[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+            sub = img[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
             sub += shape_alpha(self._coverage(i, t_s, (iy0, iy1, ix0, ix1))) * (value - sub)
         return img
 
@@ -462,4 +472,8 @@ def render_intensities(spec: SceneSpec, times_s: Sequence[float] | np.ndarray, h
     times = np.asarray(times_s, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(times)):
         raise ValueError("times_s must be finite")
-    return np.stack([renderer.intensity(float(t)) for t in times]) if len(times) else np.empty((0, height, width), np.float32)
+    return (
+        np.stack([renderer.intensity(float(t)) for t in times])
+        if len(times)
+        else np.empty((0, height, width), np.float32)
+    )

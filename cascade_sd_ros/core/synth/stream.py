@@ -16,6 +16,7 @@ refractory state across cuts (one sensor).
 Determinism: everything derives from ``seed`` through independent generators (scenes, sensor,
 clocks), so the same config gives the same bytes.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,9 @@ class StrobeConfig:
         if not (math.isfinite(self.extra_per_s) and 0.0 <= self.extra_per_s <= 1000.0):
             raise ValueError(f"StrobeConfig.extra_per_s must be in [0, 1000], got {self.extra_per_s}")
 
-    def edges(self, frame_index: np.ndarray, capture_us: np.ndarray, span_us: tuple[int, int],
-              rng: np.random.Generator) -> np.ndarray:
+    def edges(
+        self, frame_index: np.ndarray, capture_us: np.ndarray, span_us: tuple[int, int], rng: np.random.Generator
+    ) -> np.ndarray:
         """Trigger events (TRIGGER_DTYPE, sorted) for exposures at ``capture_us`` (sensor µs) plus
         spurious ones in ``span_us``."""
         keep = ~np.isin(frame_index, np.asarray(self.missing, np.int64))
@@ -145,11 +147,12 @@ class SceneData:
             return np.zeros(0, CD_DTYPE)
         return np.concatenate([p.events for p in self.packets])
 
-
     def timeline(self) -> list[tuple[int, str, SceneTruth | EventPacketData | RgbFrame]]:
         """Everything in publication order: (stamp [ns], kind, item), kind "truth" | "events" |
         "image"; the truth first at its start, packets before a frame of the same stamp."""
-        items: list[tuple[int, int, str, SceneTruth | EventPacketData | RgbFrame]] = [(self.truth.start_ns, 0, "truth", self.truth)]
+        items: list[tuple[int, int, str, SceneTruth | EventPacketData | RgbFrame]] = [
+            (self.truth.start_ns, 0, "truth", self.truth)
+        ]
         items += [(p.stamp_ns, 1, "events", p) for p in self.packets]
         items += [(f.stamp_ns, 2, "image", f) for f in self.frames]
         items.sort(key=lambda it: (it[0], it[1]))
@@ -194,8 +197,9 @@ def iter_scenes(config: StreamConfig) -> Iterator[SceneData]:
         triggers = None
         if config.strobe is not None:
             capture_us = (t0_ns + local_ns) // 1000
-            triggers = config.strobe.edges(first_index + np.arange(local_ns.size), capture_us, (t0_us, t1_us),
-                                           strobe_rng)
+            triggers = config.strobe.edges(
+                first_index + np.arange(local_ns.size), capture_us, (t0_us, t1_us), strobe_rng
+            )
         if config.clocks.event_drift_ppm:
             # the event sensor's time runs fast or slow against the world (and the RGB clock)
             events = events.copy()
@@ -207,7 +211,8 @@ def iter_scenes(config: StreamConfig) -> Iterator[SceneData]:
         stamps, kept = config.clocks.rgb_stamps(world_ns, clock_rng)
         frames = [
             RgbFrame(first_index + k, int(stamps[k]), int(world_ns[k]), renderer.frame(local_ns[k] * 1e-9))
-            for k in range(len(local_ns)) if kept[k]
+            for k in range(len(local_ns))
+            if kept[k]
         ]
         truth = SceneTruth(
             scene_index=i,

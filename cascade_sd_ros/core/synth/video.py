@@ -8,6 +8,7 @@ Between frames, the simulator's sub-steps see frames interpolated along the esti
 :class:`~.stream.SceneData` with an empty caption (the truth of a real video is unknown; clock
 offsets, jitter and drops are still applied and recorded).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,11 @@ class VideoStreamConfig:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if (self.height is None) != (self.width is None):
             raise ValueError("give both height and width, or neither")
-        if self.height is not None and self.width is not None and not (8 <= self.height <= MAX_SIDE and 8 <= self.width <= MAX_SIDE):
+        if (
+            self.height is not None
+            and self.width is not None
+            and not (8 <= self.height <= MAX_SIDE and 8 <= self.width <= MAX_SIDE)
+        ):
             raise ValueError(f"height and width must be 8..{MAX_SIDE}, got {self.height}x{self.width}")
         if not (math.isfinite(self.chunk_s) and self.chunk_s > 0):
             raise ValueError(f"chunk_s must be > 0, got {self.chunk_s}")
@@ -89,7 +94,9 @@ def _resize(image: np.ndarray, height: int | None, width: int | None) -> np.ndar
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def frames_to_stream(frames: Iterable[tuple[int, np.ndarray]], config: VideoStreamConfig = VideoStreamConfig()) -> Iterator[SceneData]:
+def frames_to_stream(
+    frames: Iterable[tuple[int, np.ndarray]], config: VideoStreamConfig = VideoStreamConfig()
+) -> Iterator[SceneData]:
     """Events, RGB frames and truth records for a frame sequence of (time [ns], uint8 RGB).
 
     Times must rise; a frame whose time does not rise is skipped (duplicated timestamps in
@@ -120,8 +127,17 @@ def frames_to_stream(frames: Iterable[tuple[int, np.ndarray]], config: VideoStre
         stamps, kept = config.clocks.rgb_stamps(world, clock_rng)
         rgb = [RgbFrame(idx, int(stamps[k]), int(world[k]), im) for k, (_, im, idx) in enumerate(pending) if kept[k]]
         start = config.start_ns + chunk_index * chunk_ns
-        truth = SceneTruth(chunk_index, start, max(start, config.start_ns + end_ns), "", int(config.clocks.event_offset_ns),
-                           float(config.clocks.jitter_ms), int(len(pending) - kept.sum()), int(config.seed), None)
+        truth = SceneTruth(
+            chunk_index,
+            start,
+            max(start, config.start_ns + end_ns),
+            "",
+            int(config.clocks.event_offset_ns),
+            float(config.clocks.jitter_ms),
+            int(len(pending) - kept.sum()),
+            int(config.seed),
+            None,
+        )
         prev = (pending[-1][0], pending[-1][1])
         pending.clear()
         chunk_index += 1
@@ -134,7 +150,9 @@ def frames_to_stream(frames: Iterable[tuple[int, np.ndarray]], config: VideoStre
             raise VideoError(f"frames must be uint8 RGB [H, W, 3], got {img.dtype} {img.shape}")
         if shape is None:
             if img.shape[0] > MAX_SIDE or img.shape[1] > MAX_SIDE:
-                raise VideoError(f"frames are {img.shape[1]}x{img.shape[0]}; EVT 3.0 allows at most {MAX_SIDE} px a side: resize")
+                raise VideoError(
+                    f"frames are {img.shape[1]}x{img.shape[0]}; EVT 3.0 allows at most {MAX_SIDE} px a side: resize"
+                )
             shape = img.shape
             sim = EventSimulator(img.shape[0], img.shape[1], config.esim, seed=config.seed)
             packetizer = Packetizer(img.shape[1], img.shape[0], config.packets)

@@ -5,6 +5,7 @@ clip's last frame), the drafter the event image of [T - window, T]. Pixels are C
 the saved processor's own mean/std (identical to `VideoLlavaImageProcessor` at the native size, as a
 test checks) but vectorised over the batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,16 +44,27 @@ class Batch:
     prompt_len: int
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.input_ids.to(device), self.labels.to(device),
-                     {k: v.to(device) for k, v in self.pixels.items()}, self.prompt_len)
+        return Batch(
+            self.input_ids.to(device),
+            self.labels.to(device),
+            {k: v.to(device) for k, v in self.pixels.items()},
+            self.prompt_len,
+        )
 
 
 class StageBatcher:
     """Builds batches of one stage from a `ZooData`; the prompt is the runtime `build_prompt_ids` one."""
 
-    def __init__(self, stage: Stage, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 processor: VideoLlavaImageProcessor, data: ZooData, question: str = DEFAULT_QUESTION,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        processor: VideoLlavaImageProcessor,
+        data: ZooData,
+        question: str = DEFAULT_QUESTION,
+        device: torch.device | str = "cpu",
+    ) -> None:
         """``device``: where the uint8 pixels are kept and batches are normalised (the whole stage's
         pixels move there once; on CPU they are shared with ``data``, not copied)."""
         self.stage = stage
@@ -94,5 +106,5 @@ class StageBatcher:
         input_ids = torch.cat([prompt, caps], dim=1)  # [B, P + L]
         labels = input_ids.clone()
         labels[:, : prompt.shape[1]] = IGNORE
-        labels[:, prompt.shape[1]:][caps == self.pad_id] = IGNORE
+        labels[:, prompt.shape[1] :][caps == self.pad_id] = IGNORE
         return Batch(input_ids, labels, self.pixels(rows), prompt.shape[1])

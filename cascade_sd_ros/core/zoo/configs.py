@@ -6,6 +6,7 @@ hierarchy at toy scale: at this size a decode step costs roughly a fixed overhea
 overhead, so depth (not width) sets the cost. The target is deep and narrow (like the 32 layers of a
 7B model), the refiner a few layers, the drafter one.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -26,8 +27,16 @@ from transformers import (
 from cascade_sd_ros.core.zoo.tokenizer import IMAGE, VIDEO
 
 __all__ = [
-    "STAGES", "Stage", "DataGeometry", "DATA", "StageArch", "ARCHS", "TrainSchedule", "SCHEDULES",
-    "build_model", "build_image_processor",
+    "STAGES",
+    "Stage",
+    "DataGeometry",
+    "DATA",
+    "StageArch",
+    "ARCHS",
+    "TrainSchedule",
+    "SCHEDULES",
+    "build_model",
+    "build_image_processor",
 ]
 
 Stage = Literal["target", "refiner", "drafter"]
@@ -79,12 +88,15 @@ class StageArch:
 # Target and refiner share the vision tower and width, so the target can start as a grown copy of
 # the trained refiner (see `grow.py`) and distillation can align their features.
 ARCHS: dict[Stage, StageArch] = {
-    "target": StageArch(video=True, patch_size=16, vision_hidden=128, vision_layers=2,
-                        text_hidden=64, text_layers=32, text_heads=2),
-    "refiner": StageArch(video=False, patch_size=16, vision_hidden=128, vision_layers=2,
-                         text_hidden=64, text_layers=8, text_heads=2),
-    "drafter": StageArch(video=False, patch_size=16, vision_hidden=128, vision_layers=1,
-                         text_hidden=64, text_layers=1, text_heads=2),
+    "target": StageArch(
+        video=True, patch_size=16, vision_hidden=128, vision_layers=2, text_hidden=64, text_layers=32, text_heads=2
+    ),
+    "refiner": StageArch(
+        video=False, patch_size=16, vision_hidden=128, vision_layers=2, text_hidden=64, text_layers=8, text_heads=2
+    ),
+    "drafter": StageArch(
+        video=False, patch_size=16, vision_hidden=128, vision_layers=1, text_hidden=64, text_layers=1, text_heads=2
+    ),
 }
 
 
@@ -110,8 +122,9 @@ class TrainSchedule:
 # A 128-wide vision tower at lr 1e-3 learns shape within ~2000 steps; 64 wide at 3e-3 stayed near
 # chance (colour alone is easy: it is a patch's mean).
 SCHEDULES: dict[Stage, TrainSchedule] = {
-    "target": TrainSchedule(steps=3000, batch_size=32, lr=1e-3, warmup_steps=50,
-                            shallow_layers=8, deepen_steps=900, deepen_lr_scale=0.3),
+    "target": TrainSchedule(
+        steps=3000, batch_size=32, lr=1e-3, warmup_steps=50, shallow_layers=8, deepen_steps=900, deepen_lr_scale=0.3
+    ),
     "refiner": TrainSchedule(steps=3000, batch_size=32, lr=1e-3),
     "drafter": TrainSchedule(steps=3000, batch_size=32, lr=1e-3),
 }
@@ -154,8 +167,9 @@ def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     return found
 
 
-def build_model(stage: Stage, tokenizer: PreTrainedTokenizerBase, geometry: DataGeometry = DATA,
-                arch: StageArch | None = None) -> PreTrainedModel:
+def build_model(
+    stage: Stage, tokenizer: PreTrainedTokenizerBase, geometry: DataGeometry = DATA, arch: StageArch | None = None
+) -> PreTrainedModel:
     """A freshly initialised model of `stage` (weights from the current torch RNG state)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
@@ -205,5 +219,9 @@ def build_image_processor(stage: Stage, geometry: DataGeometry = DATA) -> VideoL
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     mean, std = _PIXEL_STATS["events" if stage == "drafter" else "rgb"]
     side = geometry.image_size
-    return VideoLlavaImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
-                                    image_mean=list(mean), image_std=list(std))
+    return VideoLlavaImageProcessor(
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        image_mean=list(mean),
+        image_std=list(std),
+    )

@@ -13,6 +13,7 @@ could only guess it. Objects never overlap, so reordering them does not change a
 
 Arrays are cached as .npz (uint8 pixels, caption strings), built once per (seed, count, geometry).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,20 @@ from cascade_sd_ros.core.synth import scene as scene_mod
 from cascade_sd_ros.core.zoo.configs import DATA, DataGeometry
 
 __all__ = [
-    "ZooData", "build_sample", "canonical_spec", "sample_moment", "clip_times", "render_clip", "render_event_image",
-    "build_data", "load_or_build", "split_rng", "cache_path", "TRAIN_STREAM", "EVAL_STREAM", "DISTILL_STREAM",
+    "ZooData",
+    "build_sample",
+    "canonical_spec",
+    "sample_moment",
+    "clip_times",
+    "render_clip",
+    "render_event_image",
+    "build_data",
+    "load_or_build",
+    "split_rng",
+    "cache_path",
+    "TRAIN_STREAM",
+    "EVAL_STREAM",
+    "DISTILL_STREAM",
 ]
 
 # Seed domains: training, held-out evaluation and distillation scenes never share a stream.
@@ -68,8 +81,9 @@ def render_clip(renderer: scene_mod.SceneRenderer, t_end: float, geometry: DataG
     return np.stack([renderer.frame(float(t)) for t in clip_times(t_end, geometry)])
 
 
-def render_event_image(spec: scene_mod.SceneSpec, renderer: scene_mod.SceneRenderer, t_end: float,
-                       seed: int, geometry: DataGeometry = DATA) -> np.ndarray:
+def render_event_image(
+    spec: scene_mod.SceneSpec, renderer: scene_mod.SceneRenderer, t_end: float, seed: int, geometry: DataGeometry = DATA
+) -> np.ndarray:
     """uint8 [H, W, 3] event image of [T - window, T]: simulated events drawn as the drafter node does."""
     from cascade_sd_ros.core.events import EventFrameRenderer
     from cascade_sd_ros.core.synth.esim import EsimConfig, EventSimulator
@@ -97,16 +111,25 @@ class ZooData:
         return len(self.captions)
 
     def subset(self, rows: np.ndarray) -> "ZooData":
-        return ZooData(self.video[rows], None if self.events is None else self.events[rows],
-                       [self.captions[int(i)] for i in rows], self.geometry)
+        return ZooData(
+            self.video[rows],
+            None if self.events is None else self.events[rows],
+            [self.captions[int(i)] for i in rows],
+            self.geometry,
+        )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = {} if self.events is None else {"events": self.events}
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: concurrent builders never collide
         # numpy types **kwds as if they could hold its allow_pickle flag
-        np.savez(tmp, video=self.video, captions=np.asarray(self.captions),
-                 geometry=np.asarray(json.dumps(self.geometry.to_dict())), **extra)  # type: ignore[arg-type]
+        np.savez(
+            tmp,
+            video=self.video,
+            captions=np.asarray(self.captions),
+            geometry=np.asarray(json.dumps(self.geometry.to_dict())),
+            **extra,  # type: ignore[arg-type]
+        )
         tmp.replace(path)
 
     @staticmethod
@@ -117,8 +140,9 @@ class ZooData:
             return ZooData(z["video"], events, [str(c) for c in z["captions"]], geometry)
 
 
-def build_sample(seed: int, stream: int, index: int, geometry: DataGeometry = DATA,
-                 with_events: bool = True) -> tuple[np.ndarray, np.ndarray | None, str]:
+def build_sample(
+    seed: int, stream: int, index: int, geometry: DataGeometry = DATA, with_events: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Sample ``index`` of (seed, stream): (clip, event image or None, caption). Each sample has its own
     generator, so any subset can be built in any order or process and still be the same."""
     rng = np.random.default_rng([int(seed), int(stream), int(index)])
@@ -130,16 +154,27 @@ def build_sample(seed: int, stream: int, index: int, geometry: DataGeometry = DA
     return clip, image, scene_mod.caption(spec)
 
 
-def _build_chunk(args: tuple[int, int, int, int, DataGeometry, bool]) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _build_chunk(
+    args: tuple[int, int, int, int, DataGeometry, bool],
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     seed, stream, lo, hi, geometry, with_events = args
     samples = [build_sample(seed, stream, i, geometry, with_events) for i in range(lo, hi)]
     clips = np.stack([s[0] for s in samples])
-    images = np.stack([s[1] for s in samples if s[1] is not None]) if with_events else None  # all or none by with_events
+    images = (
+        np.stack([s[1] for s in samples if s[1] is not None]) if with_events else None
+    )  # all or none by with_events
     return clips, images, [s[2] for s in samples]
 
 
-def build_data(count: int, seed: int, stream: int, geometry: DataGeometry = DATA, with_events: bool = True,
-               progress: Callable[[int], None] | None = None, workers: int = 1) -> ZooData:
+def build_data(
+    count: int,
+    seed: int,
+    stream: int,
+    geometry: DataGeometry = DATA,
+    with_events: bool = True,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 1,
+) -> ZooData:
     """Render samples 0..count-1 of (seed, stream), over ``workers`` processes (same result for any)."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
@@ -182,9 +217,16 @@ def cache_path(cache_dir: Path, count: int, seed: int, stream: int, geometry: Da
     return cache_dir / f"zoo-{'ev' if with_events else 'rgb'}-{count}-s{seed}-{digest}.npz"
 
 
-def load_or_build(cache_dir: Path | None, count: int, seed: int, stream: int, geometry: DataGeometry = DATA,
-                  with_events: bool = True, progress: Callable[[int], None] | None = None,
-                  workers: int = 1) -> ZooData:
+def load_or_build(
+    cache_dir: Path | None,
+    count: int,
+    seed: int,
+    stream: int,
+    geometry: DataGeometry = DATA,
+    with_events: bool = True,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 1,
+) -> ZooData:
     """Load the cached samples for these parameters, or build (and cache) them."""
     if cache_dir is not None:
         path = cache_path(cache_dir, count, seed, stream, geometry, with_events)

@@ -11,6 +11,7 @@ per sample, then every step re-runs the teacher forward on it), each model sees 
 only where the two language models have the same width ("where shapes allow"). Raising agreement
 with the target's argmax is exactly what raises acceptance in lossless-greedy speculative decoding.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ class DistillWeights:
     feat: float = 0.1
 
 
-def teacher_captions(teacher: PreTrainedModel, batcher: StageBatcher, eos_id: int, max_new_tokens: int = 24,
-                     batch_size: int = 64) -> list[list[int]]:
+def teacher_captions(
+    teacher: PreTrainedModel, batcher: StageBatcher, eos_id: int, max_new_tokens: int = 24, batch_size: int = 64
+) -> list[list[int]]:
     """The target's greedy caption ids (EOS appended) for every sample of ``batcher``'s dataset."""
     rows = np.arange(len(batcher.data))
     return [ids + [eos_id] for ids in greedy_captions(teacher, batcher, rows, max_new_tokens, batch_size)]
@@ -62,9 +64,16 @@ class Distiller:
         captions: teacher caption ids per row (from `teacher_captions`).
     """
 
-    def __init__(self, teacher: PreTrainedModel, teacher_batcher: StageBatcher, student: PreTrainedModel,
-                 student_batcher: StageBatcher, captions: list[list[int]], pad_id: int,
-                 weights: DistillWeights = DistillWeights()) -> None:
+    def __init__(
+        self,
+        teacher: PreTrainedModel,
+        teacher_batcher: StageBatcher,
+        student: PreTrainedModel,
+        student_batcher: StageBatcher,
+        captions: list[list[int]],
+        pad_id: int,
+        weights: DistillWeights = DistillWeights(),
+    ) -> None:
         if len(captions) != len(teacher_batcher.data) or len(student_batcher.data) != len(teacher_batcher.data):
             raise ValueError("teacher captions, teacher data and student data must have one entry per sample")
         self.teacher = teacher.eval().requires_grad_(False)
@@ -76,8 +85,9 @@ class Distiller:
         s_width = student.config.get_text_config().hidden_size
         self.use_features = t_width == s_width and weights.feat > 0
 
-    def _forward(self, model: PreTrainedModel, batcher: StageBatcher, rows: np.ndarray,
-                 caps: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, model: PreTrainedModel, batcher: StageBatcher, rows: np.ndarray, caps: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits `[B, L, V]` and top-layer features `[B, L, D]` at the positions predicting caption
         tokens 0..L-1 (the last prompt position and the caption positions before the last)."""
         prompt_ids, pixels = batcher.prompt_batch(rows)
@@ -102,8 +112,14 @@ class Distiller:
             loss = loss + self.weights.feat * (feat * mask).sum() / mask.sum()
         return loss
 
-    def train(self, student: PreTrainedModel, schedule: TrainSchedule, seed: int, max_seconds: float | None = None,
-              on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    def train(
+        self,
+        student: PreTrainedModel,
+        schedule: TrainSchedule,
+        seed: int,
+        max_seconds: float | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> TrainResult:
         return train_stage(student, self.sb, schedule, seed, max_seconds, on_step, loss_fn=self.loss)
 
 

@@ -1,4 +1,5 @@
 """Distil a zoo's refiner and drafter toward its target, end to end: folders in, folders out."""
+
 from __future__ import annotations
 
 import shutil
@@ -54,12 +55,19 @@ def _check_size(data: ZooData, model: PreTrainedModel, folder: Path) -> None:
     want = int(model.config.vision_config.image_size)
     have = int(data.video.shape[-2])
     if have != want:
-        raise ValueError(f"data images are {have} px but the model in {folder} takes {want} px; "
-                         "store the clips and event images at the model's resolution")
+        raise ValueError(
+            f"data images are {have} px but the model in {folder} takes {want} px; "
+            "store the clips and event images at the model's resolution"
+        )
 
 
-def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path, settings: DistillSettings,
-                plot: Path | None = None) -> dict[str, Any]:
+def distill_zoo(
+    folders: dict[str, Path],
+    students: tuple[Stage, ...],
+    out: Path,
+    settings: DistillSettings,
+    plot: Path | None = None,
+) -> dict[str, Any]:
     """Distil ``students`` toward ``folders["target"]``; write target + students as a zoo at ``out``."""
     from cascade_sd_ros.core.zoo.pipeline import _bar, plot_losses, scaled_schedule
 
@@ -81,10 +89,24 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
         held = train.subset(np.arange(min(settings.eval_samples, len(train))))
     else:
         # Fresh scenes (not the training ones): the teacher labels data the students have never seen.
-        train = load_or_build(settings.data_dir, settings.samples, settings.seed, DISTILL_STREAM, geometry,
-                              with_events=True, workers=settings.workers)
-        held = load_or_build(settings.data_dir, settings.eval_samples, settings.seed, EVAL_STREAM, geometry,
-                             with_events=True, workers=settings.workers)
+        train = load_or_build(
+            settings.data_dir,
+            settings.samples,
+            settings.seed,
+            DISTILL_STREAM,
+            geometry,
+            with_events=True,
+            workers=settings.workers,
+        )
+        held = load_or_build(
+            settings.data_dir,
+            settings.eval_samples,
+            settings.seed,
+            EVAL_STREAM,
+            geometry,
+            with_events=True,
+            workers=settings.workers,
+        )
     _check_size(train, teacher, target_dir)
     eos = int(tokenizer.eos_token_id)
     pad = int(tokenizer.pad_token_id)
@@ -93,8 +115,13 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
     gen_batch = 64 * settings.batch_scale
     caps = teacher_captions(teacher, tb, eos, batch_size=gen_batch)
     caps_held = teacher_captions(teacher, tb_held, eos, batch_size=gen_batch)
-    summary: dict[str, Any] = {"seed": settings.seed, "samples": len(train), "device": settings.device,
-                               "weights": vars(settings.weights), "stages": {}}
+    summary: dict[str, Any] = {
+        "seed": settings.seed,
+        "samples": len(train),
+        "device": settings.device,
+        "weights": vars(settings.weights),
+        "stages": {},
+    }
     curves: dict[str, list[float]] = {}
     out.mkdir(parents=True, exist_ok=True)
     for stage in students:
@@ -115,19 +142,39 @@ def distill_zoo(folders: dict[str, Path], students: tuple[Stage, ...], out: Path
             if bar is not None:
                 bar.update_to(step)
 
-        result = distiller.train(student, schedule, settings.seed,
-                                 None if settings.max_minutes is None else settings.max_minutes * 60.0, on_step)
+        result = distiller.train(
+            student,
+            schedule,
+            settings.seed,
+            None if settings.max_minutes is None else settings.max_minutes * 60.0,
+            on_step,
+        )
         if bar is not None:
             bar.close()
         after = argmax_agreement(held_distiller, student, rows)
         curves[stage] = result.losses
-        info = {"steps": result.steps, "train_s": round(result.seconds, 1), "features": distiller.use_features,
-                "agreement_before": round(before, 4), "agreement_after": round(after, 4),
-                "final_loss": round(float(np.mean(result.losses[-50:])), 4)}
+        info = {
+            "steps": result.steps,
+            "train_s": round(result.seconds, 1),
+            "features": distiller.use_features,
+            "agreement_before": round(before, 4),
+            "agreement_after": round(after, 4),
+            "final_loss": round(float(np.mean(result.losses[-50:])), 4),
+        }
         old_meta = read_zoo_meta(folders[stage])
-        save_stage(out / stage, stage, student.cpu(), tokenizer, processors[stage], geometry, question,
-                   extra={"train": old_meta.get("train", {}), "distill": {**info, "seed": settings.seed,
-                                                                          "samples": len(train)}})
+        save_stage(
+            out / stage,
+            stage,
+            student.cpu(),
+            tokenizer,
+            processors[stage],
+            geometry,
+            question,
+            extra={
+                "train": old_meta.get("train", {}),
+                "distill": {**info, "seed": settings.seed, "samples": len(train)},
+            },
+        )
         summary["stages"][stage] = info
     if target_dir.resolve() != (out / "target").resolve():
         if (out / "target").exists():

@@ -5,6 +5,7 @@ and its acceptance against the target in lossless-greedy speculative decoding (s
 the full drafter -> refiner -> target cascade), checking that every cascade output equals the
 target's own greedy caption.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,14 @@ def _timed_greedy(adapter: HFAdapter, context: StageContext, max_new_tokens: int
     return ids, time.perf_counter() - t0
 
 
-def evaluate_zoo(zoo: Zoo, scenes: int, seed: int, gamma: int = 4, max_new_tokens: int = 24,
-                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def evaluate_zoo(
+    zoo: Zoo,
+    scenes: int,
+    seed: int,
+    gamma: int = 4,
+    max_new_tokens: int = 24,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Figures of ``zoo`` on ``scenes`` held-out scenes from ``seed`` (the eval scene stream)."""
     if scenes < 1:
         raise ValueError(f"scenes must be >= 1, got {scenes}")
@@ -50,8 +57,11 @@ def evaluate_zoo(zoo: Zoo, scenes: int, seed: int, gamma: int = 4, max_new_token
         clip, events, caption = build_sample(seed, EVAL_STREAM, i, zoo.geometry, with_events=True)
         assert events is not None
         truth.append(caption)
-        ctx = {"target": zoo.context("target", clip), "refiner": zoo.context("refiner", clip[-1]),
-               "drafter": zoo.context("drafter", events)}
+        ctx = {
+            "target": zoo.context("target", clip),
+            "refiner": zoo.context("refiner", clip[-1]),
+            "drafter": zoo.context("drafter", events),
+        }
         own: dict[str, list[int]] = {}
         for stage in STAGES:
             ids, seconds = _timed_greedy(zoo.adapter(stage), ctx[stage], max_new_tokens)
@@ -61,13 +71,15 @@ def evaluate_zoo(zoo: Zoo, scenes: int, seed: int, gamma: int = 4, max_new_token
             texts[stage].append(zoo.decode([t for t in ids if t != eos]))
         for stage in ("refiner", "drafter"):
             result = CascadeDecoder([zoo.adapter(stage), zoo.target], mode=MODE, gamma=gamma, adaptive=False).generate(
-                [ctx[stage], ctx["target"]], max_new_tokens)
+                [ctx[stage], ctx["target"]], max_new_tokens
+            )
             pair[stage][0] += result.stats.stages[0].drafted
             pair[stage][1] += result.stats.stages[0].accepted
             exact_runs += result.token_ids == own["target"]
             runs += 1
-        result = CascadeDecoder([zoo.drafter, zoo.refiner, zoo.target], mode=MODE, gamma=gamma, adaptive=False).generate(
-            [ctx["drafter"], ctx["refiner"], ctx["target"]], max_new_tokens)
+        result = CascadeDecoder(
+            [zoo.drafter, zoo.refiner, zoo.target], mode=MODE, gamma=gamma, adaptive=False
+        ).generate([ctx["drafter"], ctx["refiner"], ctx["target"]], max_new_tokens)
         for k, student in enumerate(("drafter", "refiner")):
             chain[student][0] += result.stats.stages[k].drafted
             chain[student][1] += result.stats.stages[k].accepted

@@ -13,6 +13,7 @@ benchmark of the text path against same-vocabulary drafting wants.
 ``build_foreign_drafter(zoo_drafter_folder, out_folder)`` writes a Hugging Face folder (safetensors,
 tokenizer, processor) that :func:`cascade_sd_ros.core.stage_model.load_stage_model` loads like any.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,22 @@ def foreign_tokenizer(zoo_words: list[str]) -> PreTrainedTokenizerFast:
     tokens = _foreign_tokens(zoo_words)
     vocab = {t: i for i, t in enumerate(tokens)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=F_UNK))
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement=MARK, prepend_scheme="always")])
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement=MARK, prepend_scheme="always")]
+    )
     core.decoder = decoders.Metaspace(replacement=MARK, prepend_scheme="always")
-    core.post_processor = processors.TemplateProcessing(single=f"{F_BOS} $A", pair=f"{F_BOS} $A $B",
-                                                        special_tokens=[(F_BOS, vocab[F_BOS])])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=F_BOS, eos_token=F_EOS, unk_token=F_UNK,
-                                   pad_token=F_EOS, extra_special_tokens=[IMAGE, VIDEO], model_max_length=1024)
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{F_BOS} $A", pair=f"{F_BOS} $A $B", special_tokens=[(F_BOS, vocab[F_BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=F_BOS,
+        eos_token=F_EOS,
+        unk_token=F_UNK,
+        pad_token=F_EOS,
+        extra_special_tokens=[IMAGE, VIDEO],
+        model_max_length=1024,
+    )
 
 
 def _remap_config(config: dict, ids: dict[str, int], size: int) -> dict:

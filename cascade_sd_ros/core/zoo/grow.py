@@ -17,6 +17,7 @@ the grown model computes the refiner's function. Training on clips then only has
 frame cannot show (motion), which a 2-core CPU can afford; a deep target trained from scratch could
 not be, in the same time.
 """
+
 from __future__ import annotations
 
 import torch
@@ -108,6 +109,8 @@ def deepen(source: PreTrainedModel, target: PreTrainedModel) -> list[tuple[int, 
     expected = {k: v for k, v in target.state_dict().items() if not k.startswith(prefix)}
     wrong = sorted(k for k in expected if k not in outer or outer[k].shape != expected[k].shape)
     if wrong or len(outer) != len(expected):
-        raise ValueError(f"cannot deepen: weights outside the layers do not fit ({', '.join(wrong[:3]) or 'extra keys'})")
+        raise ValueError(
+            f"cannot deepen: weights outside the layers do not fit ({', '.join(wrong[:3]) or 'extra keys'})"
+        )
     target.load_state_dict({**target.state_dict(), **outer})
     return _expand_layers(_layers(_text(source)), _layers(_text(target)))

@@ -4,6 +4,7 @@ A zoo folder holds `target/`, `refiner/`, `drafter/`, each a Hugging Face folder
 model.safetensors, tokenizer files, preprocessor_config.json, zoo.json). Everything loads with
 `local_files_only=True`; nothing is ever downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,13 @@ class Zoo:
         """Expanded prompt ids of ``stage`` (the target's for ``num_frames`` frames)."""
         adapter = self.adapter(stage)
         frames = self.geometry.num_frames if num_frames is None else num_frames
-        return build_prompt_ids(self.tokenizer, question or self.prompt, adapter.modality,
-                                adapter.model.config, num_frames=frames if adapter.modality == "video" else 1)
+        return build_prompt_ids(
+            self.tokenizer,
+            question or self.prompt,
+            adapter.modality,
+            adapter.model.config,
+            num_frames=frames if adapter.modality == "video" else 1,
+        )
 
     def context(self, stage: Stage, pixels: np.ndarray, question: str | None = None) -> StageContext:
         """StageContext from uint8 pixels: the target takes [F, H, W, 3], refiner/drafter [H, W, 3]."""
@@ -111,9 +117,14 @@ class Zoo:
         return decode_text(self.tokenizer, token_ids, skip_special_tokens=True)
 
 
-def load_zoo(root: str | Path | None = None, device: str | torch.device = "cpu", *,
-             target: str | Path | None = None, refiner: str | Path | None = None,
-             drafter: str | Path | None = None) -> Zoo:
+def load_zoo(
+    root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    target: str | Path | None = None,
+    refiner: str | Path | None = None,
+    drafter: str | Path | None = None,
+) -> Zoo:
     """Load the zoo at ``root`` (default: the shipped one); per-stage folders may be overridden.
 
     Raises:
@@ -133,5 +144,12 @@ def load_zoo(root: str | Path | None = None, device: str | torch.device = "cpu",
     meta = read_zoo_meta(folders["target"])
     geometry = DataGeometry(**meta["geometry"]) if "geometry" in meta else DataGeometry()
     processors = {s: VideoLlavaImageProcessor.from_pretrained(folders[s], local_files_only=True) for s in STAGES}
-    return Zoo(adapters["target"], adapters["refiner"], adapters["drafter"], tokenizer,
-               str(meta.get("question", DEFAULT_QUESTION)), geometry, processors)
+    return Zoo(
+        adapters["target"],
+        adapters["refiner"],
+        adapters["drafter"],
+        tokenizer,
+        str(meta.get("question", DEFAULT_QUESTION)),
+        geometry,
+        processors,
+    )

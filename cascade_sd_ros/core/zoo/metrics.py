@@ -4,6 +4,7 @@ Objects are compared position by position (the zoo's captions list objects in pa
 `data.canonical_spec`). A prediction that does not parse, or lacks an object, counts wrong on every
 attribute of the objects it misses.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,8 +28,12 @@ class CaptionScore:
     attributes: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"n": self.n, "exact_match": round(self.exact_match, 4), "parse_rate": round(self.parse_rate, 4),
-                **{k: round(v, 4) for k, v in self.attributes.items()}}
+        return {
+            "n": self.n,
+            "exact_match": round(self.exact_match, 4),
+            "parse_rate": round(self.parse_rate, 4),
+            **{k: round(v, 4) for k, v in self.attributes.items()},
+        }
 
 
 def _parse(text: str) -> list[ObjectDescription] | None:

@@ -1,4 +1,5 @@
 """Train whole stages end to end: dataset -> model -> training -> held-out check -> saved folder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,14 +63,27 @@ def scaled_schedule(schedule: TrainSchedule, steps_scale: float, batch_scale: in
     steps = max(1, int(round(schedule.steps * steps_scale)))
     warmup = int(round(schedule.warmup_steps * max(1.0, steps_scale)))
     deepen_steps = max(1, int(round(schedule.deepen_steps * steps_scale))) if schedule.deepen_steps else 0
-    return dataclasses.replace(schedule, steps=steps, batch_size=schedule.batch_size * batch_scale,
-                               warmup_steps=max(1, min(warmup, steps // 10)), deepen_steps=deepen_steps)
+    return dataclasses.replace(
+        schedule,
+        steps=steps,
+        batch_size=schedule.batch_size * batch_scale,
+        warmup_steps=max(1, min(warmup, steps // 10)),
+        deepen_steps=deepen_steps,
+    )
 
 
 def _load(settings: TrainSettings, count: int, stream: int, with_events: bool, desc: str) -> ZooData:
     bar = _bar(count, desc, settings.progress)
-    data = load_or_build(settings.data_dir, count, settings.seed, stream, settings.geometry, with_events=with_events,
-                         progress=bar.update_to if bar else None, workers=settings.workers)
+    data = load_or_build(
+        settings.data_dir,
+        count,
+        settings.seed,
+        stream,
+        settings.geometry,
+        with_events=with_events,
+        progress=bar.update_to if bar else None,
+        workers=settings.workers,
+    )
     if bar:
         bar.close()
     return data
@@ -110,8 +124,9 @@ def _bar(total: int, desc: str, enabled: bool) -> _Bar | None:
     return _Bar(total, desc) if enabled else None
 
 
-def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None = None,
-              plot: Path | None = None) -> dict[str, Any]:
+def train_zoo(
+    stages: Iterable[Stage], settings: TrainSettings, out: Path | None = None, plot: Path | None = None
+) -> dict[str, Any]:
     """Train ``stages`` and save each to ``out/<stage>``; returns a JSON-able summary."""
     stages = tuple(stages)
     bad = [s for s in stages if s not in STAGES]
@@ -131,8 +146,14 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
         schedule = dataclasses.replace(schedule, lr=schedule.lr * settings.lr_scale)
         depth = ARCHS[stage].text_layers
         # a resumed stage continues at its saved depth (deepened by _resume when shallower)
-        shallow = (schedule.shallow_layers if schedule.shallow_layers and schedule.deepen_steps
-                   and schedule.shallow_layers < depth and not settings.resume else None)
+        shallow = (
+            schedule.shallow_layers
+            if schedule.shallow_layers
+            and schedule.deepen_steps
+            and schedule.shallow_layers < depth
+            and not settings.resume
+            else None
+        )
         arch = dataclasses.replace(ARCHS[stage], text_layers=shallow) if shallow else None
         model = build_model(stage, tokenizer, settings.geometry, arch=arch)
         grown_from = None
@@ -141,46 +162,96 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
         elif stage == "target" and settings.grow_target:
             source = trained.get("refiner") or _load_refiner(root / "refiner")
             if source is None:
-                raise ValueError(f"growing the target needs a trained refiner (train it first, or it must be in "
-                                 f"{root / 'refiner'}); or pass --no-grow")
+                raise ValueError(
+                    f"growing the target needs a trained refiner (train it first, or it must be in "
+                    f"{root / 'refiner'}); or pass --no-grow"
+                )
             grow_from(source, model)
             grown_from = "refiner"
         processor = build_image_processor(stage, settings.geometry)
         budget = None if settings.max_minutes is None else settings.max_minutes.get(stage)
         budget_s = None if budget is None else budget * 60.0
         started = time.monotonic()
-        phases = [_fit(stage, model, schedule, settings, tokenizer, processor, train,
-                       max_seconds=None if budget_s is None else budget_s / (2 if shallow else 1))]
+        phases = [
+            _fit(
+                stage,
+                model,
+                schedule,
+                settings,
+                tokenizer,
+                processor,
+                train,
+                max_seconds=None if budget_s is None else budget_s / (2 if shallow else 1),
+            )
+        ]
         if shallow:
             deep = build_model(stage, tokenizer, settings.geometry)  # the new layers' init, from the seeded RNG
             deepen(model.cpu(), deep)
             model = deep
             left = None if budget_s is None else max(1.0, budget_s - (time.monotonic() - started))
             # other batches than the first phase's: a distinct seed for the batch order
-            phases.append(_fit(stage, model, deepen_schedule(schedule), settings, tokenizer, processor, train,
-                               max_seconds=left, seed=settings.seed + 7919))
+            phases.append(
+                _fit(
+                    stage,
+                    model,
+                    deepen_schedule(schedule),
+                    settings,
+                    tokenizer,
+                    processor,
+                    train,
+                    max_seconds=left,
+                    seed=settings.seed + 7919,
+                )
+            )
             grown_from = f"{grown_from or 'scratch'}, trained at {shallow} layers, deepened {shallow} -> {depth}"
-        result = TrainResult(losses=[x for r in phases for x in r.losses], steps=sum(r.steps for r in phases),
-                             seconds=sum(r.seconds for r in phases),
-                             stopped_early=any(r.stopped_early for r in phases))
+        result = TrainResult(
+            losses=[x for r in phases for x in r.losses],
+            steps=sum(r.steps for r in phases),
+            seconds=sum(r.seconds for r in phases),
+            stopped_early=any(r.stopped_early for r in phases),
+        )
         curves[stage] = result.losses
         rows = np.arange(len(held_out))
         eval_batcher = StageBatcher(stage, model, tokenizer, processor, held_out, device=settings.device)
-        texts = [decode_text(tokenizer, ids) for ids in greedy_captions(model, eval_batcher, rows, batch_size=64 * settings.batch_scale)]
+        texts = [
+            decode_text(tokenizer, ids)
+            for ids in greedy_captions(model, eval_batcher, rows, batch_size=64 * settings.batch_scale)
+        ]
         score = score_captions(texts, held_out.captions)
         info = {
-            "steps": result.steps, "planned_steps": schedule.steps + (schedule.deepen_steps if shallow else 0),
+            "steps": result.steps,
+            "planned_steps": schedule.steps + (schedule.deepen_steps if shallow else 0),
             "stopped_early": result.stopped_early,
-            "train_s": round(result.seconds, 1), "samples": len(train), "final_loss": round(float(np.mean(result.losses[-50:])), 4),
-            "params": int(sum(p.numel() for p in model.parameters())), "held_out": score.as_dict(),
+            "train_s": round(result.seconds, 1),
+            "samples": len(train),
+            "final_loss": round(float(np.mean(result.losses[-50:])), 4),
+            "params": int(sum(p.numel() for p in model.parameters())),
+            "held_out": score.as_dict(),
             "grown_from": grown_from,
         }
         if shallow:
-            info["phases"] = [{"layers": n, "steps": r.steps, "train_s": round(r.seconds, 1)}
-                              for n, r in zip((shallow, depth), phases)]
-        save_stage(root / stage, stage, model.cpu(), tokenizer, processor, settings.geometry, DEFAULT_QUESTION,
-                   extra={"train": {**info, "seed": settings.seed, "device": settings.device,
-                                    "batch_size": schedule.batch_size, "lr": schedule.lr}})
+            info["phases"] = [
+                {"layers": n, "steps": r.steps, "train_s": round(r.seconds, 1)}
+                for n, r in zip((shallow, depth), phases)
+            ]
+        save_stage(
+            root / stage,
+            stage,
+            model.cpu(),
+            tokenizer,
+            processor,
+            settings.geometry,
+            DEFAULT_QUESTION,
+            extra={
+                "train": {
+                    **info,
+                    "seed": settings.seed,
+                    "device": settings.device,
+                    "batch_size": schedule.batch_size,
+                    "lr": schedule.lr,
+                }
+            },
+        )
         summary["stages"][stage] = info
         trained[stage] = model
     if plot is not None and curves:
@@ -192,14 +263,27 @@ def train_zoo(stages: Iterable[Stage], settings: TrainSettings, out: Path | None
 def deepen_schedule(schedule: TrainSchedule) -> TrainSchedule:
     """The fine-tuning phase after a progressive stage is deepened (see TrainSchedule)."""
     steps = schedule.deepen_steps
-    return dataclasses.replace(schedule, steps=steps, lr=schedule.lr * schedule.deepen_lr_scale,
-                               warmup_steps=max(1, min(schedule.warmup_steps, steps // 10)),
-                               shallow_layers=None, deepen_steps=0)
+    return dataclasses.replace(
+        schedule,
+        steps=steps,
+        lr=schedule.lr * schedule.deepen_lr_scale,
+        warmup_steps=max(1, min(schedule.warmup_steps, steps // 10)),
+        shallow_layers=None,
+        deepen_steps=0,
+    )
 
 
-def _fit(stage: Stage, model: PreTrainedModel, schedule: TrainSchedule, settings: TrainSettings,
-         tokenizer: Any, processor: Any, train: ZooData, max_seconds: float | None,
-         seed: int | None = None) -> TrainResult:
+def _fit(
+    stage: Stage,
+    model: PreTrainedModel,
+    schedule: TrainSchedule,
+    settings: TrainSettings,
+    tokenizer: Any,
+    processor: Any,
+    train: ZooData,
+    max_seconds: float | None,
+    seed: int | None = None,
+) -> TrainResult:
     """Train ``model`` (moved to the settings' device) by ``schedule``, with a progress bar."""
     model.to(settings.device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) reads as unbound: self expected first
     batcher = StageBatcher(stage, model, tokenizer, processor, train, device=settings.device)
@@ -212,8 +296,9 @@ def _fit(stage: Stage, model: PreTrainedModel, schedule: TrainSchedule, settings
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
 
-    result = train_stage(model, batcher, schedule, settings.seed if seed is None else seed,
-                         max_seconds=max_seconds, on_step=on_step)
+    result = train_stage(
+        model, batcher, schedule, settings.seed if seed is None else seed, max_seconds=max_seconds, on_step=on_step
+    )
     if bar is not None:
         bar.close()
     return result
@@ -234,8 +319,10 @@ def _resume(folder: Path, stage: Stage, model: PreTrainedModel) -> str:
     check_stage_folder(folder, stage)
     saved = _load_stage(folder, stage)
     if _layers(saved) > _layers(model):
-        raise ValueError(f"{folder} has {_layers(saved)} language-model layers, more than the {stage}'s "
-                         f"{_layers(model)}: resume it with the architecture it was trained with")
+        raise ValueError(
+            f"{folder} has {_layers(saved)} language-model layers, more than the {stage}'s "
+            f"{_layers(model)}: resume it with the architecture it was trained with"
+        )
     if _layers(saved) < _layers(model):
         deepen(saved, model)
         return f"resumed {folder}, deepened {_layers(saved)} -> {_layers(model)} layers"

@@ -1,4 +1,5 @@
 """Write one stage as a self-contained Hugging Face folder (what `load_zoo` and `load_adapter` read)."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,17 @@ from cascade_sd_ros.core.zoo.load import META_FILE
 __all__ = ["save_stage"]
 
 
-def save_stage(folder: Path, stage: Stage, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-               processor: VideoLlavaImageProcessor, geometry: DataGeometry, question: str,
-               extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16) -> None:
+def save_stage(
+    folder: Path,
+    stage: Stage,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    processor: VideoLlavaImageProcessor,
+    geometry: DataGeometry,
+    question: str,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> None:
     """Save model (safetensors, ``dtype``), tokenizer, processor and zoo.json into ``folder``.
 
     Written to a sibling temp folder first and swapped in, so a crash never leaves a half zoo.

@@ -7,6 +7,7 @@ word, ~10-20 per caption) and makes every id a grammar word, so per-attribute ac
 Ids are fixed by construction order: the specials first (pad 0, unk 1, bos 2, eos 3, then the media
 placeholders), then prompt words, then the caption grammar of `core.synth.scene.VOCABULARY`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,17 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from cascade_sd_ros.core.synth.scene import VOCABULARY
 
 __all__ = [
-    "PAD", "UNK", "BOS", "EOS", "IMAGE", "VIDEO",
-    "PROMPT_WORDS", "DEFAULT_QUESTION", "build_tokenizer", "load_tokenizer", "decode_text",
+    "PAD",
+    "UNK",
+    "BOS",
+    "EOS",
+    "IMAGE",
+    "VIDEO",
+    "PROMPT_WORDS",
+    "DEFAULT_QUESTION",
+    "build_tokenizer",
+    "load_tokenizer",
+    "decode_text",
 ]
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
@@ -27,8 +37,21 @@ SPECIALS: tuple[str, ...] = (PAD, UNK, BOS, EOS, IMAGE, VIDEO)
 DEFAULT_QUESTION = "describe the scene"
 # Video-LLaVA's turn words plus a few question words, so a user can ask in more than one way.
 PROMPT_WORDS: tuple[str, ...] = (
-    "USER:", "ASSISTANT:", "describe", "the", "scene", "what", "do", "you", "see", "in", "this",
-    "video", "image", "?", ".",
+    "USER:",
+    "ASSISTANT:",
+    "describe",
+    "the",
+    "scene",
+    "what",
+    "do",
+    "you",
+    "see",
+    "in",
+    "this",
+    "video",
+    "image",
+    "?",
+    ".",
 )
 
 

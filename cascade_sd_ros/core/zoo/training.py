@@ -4,6 +4,7 @@ Cross-entropy on caption tokens (and the closing EOS) only; AdamW with linear wa
 decay over a fixed step count, batches drawn from a seeded generator, so a run is reproducible from
 its seed on a given machine. A wall-time cap stops early (and says so) rather than overrun a session.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,7 +70,8 @@ def train_stage(
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=schedule.lr, betas=(0.9, 0.98),
+        lr=schedule.lr,
+        betas=(0.9, 0.98),
     )
     result = TrainResult()
     start = time.monotonic()
@@ -115,8 +117,9 @@ def train_stage(
 
 
 @torch.inference_mode()
-def greedy_captions(model: PreTrainedModel, batcher: StageBatcher, rows: np.ndarray,
-                    max_new_tokens: int = 24, batch_size: int = 64) -> list[list[int]]:
+def greedy_captions(
+    model: PreTrainedModel, batcher: StageBatcher, rows: np.ndarray, max_new_tokens: int = 24, batch_size: int = 64
+) -> list[list[int]]:
     """Greedy caption token ids (EOS and after removed) for dataset ``rows``, batched with a KV cache."""
     if not isinstance(model, GenerationMixin):
         raise TypeError(f"{type(model).__name__} cannot generate")
@@ -126,13 +129,19 @@ def greedy_captions(model: PreTrainedModel, batcher: StageBatcher, rows: np.ndar
     out: list[list[int]] = []
     for i in range(0, len(rows), batch_size):
         ids, pixels = batcher.prompt_batch(rows[i : i + batch_size])
-        inputs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device),
-                                  **{k: v.to(device) for k, v in pixels.items()}}
+        inputs: dict[str, Any] = {
+            "input_ids": ids.to(device),
+            "attention_mask": torch.ones_like(ids, device=device),
+            **{k: v.to(device) for k, v in pixels.items()},
+        }
         # transformers types generate's self by a Protocol (GenerativePreTrainedModel) its own models fail
         gen = model.generate(  # type: ignore[misc]
             **inputs,
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos,
         )
-        for seq in gen[:, ids.shape[1]:].tolist():
+        for seq in gen[:, ids.shape[1] :].tolist():
             out.append(seq[: seq.index(eos)] if eos in seq else seq)
     return out

@@ -19,6 +19,7 @@ replay's node configuration over the shared composition, tools/pipeline.py), ``p
 as separate processes, the default when paced), ``baseline`` (the target's bare cost on the same
 clips), ``progress`` (the terminal bar) and ``msgtypes`` (bag type names to rclpy classes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,15 @@ from cascade_sd_ros.core.names import STAGES
 from cascade_sd_ros.tools.replay.passes import PipelineFactory, PipelineHandle, ReferenceFactory, ReferenceRun
 from cascade_sd_ros.tools.replay.source import ReplayInputError, parse_remaps
 
-__all__ = ["PipelineFactory", "PipelineHandle", "ReferenceFactory", "ReferenceRun", "ReplayResult", "ReplaySettings",
-           "run_replay"]
+__all__ = [
+    "PipelineFactory",
+    "PipelineHandle",
+    "ReferenceFactory",
+    "ReferenceRun",
+    "ReplayResult",
+    "ReplaySettings",
+    "run_replay",
+]
 
 OUTPUT_BAG = "output"  # folder name of the recorded MCAP bag inside --out
 ALONE_BAG = "verifier_alone"  # folder of the verifier-alone pass's recording inside --out
@@ -101,8 +109,9 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
-               make_bare: ReferenceFactory | None = None) -> ReplayResult:
+def run_replay(
+    settings: ReplaySettings, make_pipeline: PipelineFactory, make_bare: ReferenceFactory | None = None
+) -> ReplayResult:
     """Replay ``settings.bag`` through a pipeline and write the report; see the module docstring.
 
     With ``settings.baseline == "pass"`` the bag is first played through the verifier alone (the
@@ -119,8 +128,12 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     scan = scan_bag(settings.bag, settings.remaps)
     # Later layers win: what the zoo was trained on, round timing from the bag, fast mode's
     # queues, then --param.
-    layers = (zoo_params(settings.models), round_params(scan, settings.rounds, settings.oracle_offset), fast_params(settings.rate is None),
-              settings.params)
+    layers = (
+        zoo_params(settings.models),
+        round_params(scan, settings.rounds, settings.oracle_offset),
+        fast_params(settings.rate is None),
+        settings.params,
+    )
     settings = replace(settings, params=merge_params(*layers))
     _prepare_out_dir(settings.out_dir)
     out_bag = settings.out_dir / OUTPUT_BAG
@@ -131,10 +144,15 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     if settings.baseline == "pass":
         if settings.progress:
             print("pass 1/2: the verifier alone (speed reference)", file=sys.stderr)
-        alone_settings = replace(settings, stages=("verifier",),
-                                 params=merge_params(settings.params, {"video_verifier": {"use_drafts": "none"}}))
+        alone_settings = replace(
+            settings,
+            stages=("verifier",),
+            params=merge_params(settings.params, {"video_verifier": {"use_drafts": "none"}}),
+        )
         alone = play_pass(scan, alone_settings, make_pipeline, settings.out_dir / ALONE_BAG)
-        alone_info = {k: alone.run_info.get(k) for k in ("wall_s", "rounds_opened", "input_losses", "unfinished_rounds")}
+        alone_info = {
+            k: alone.run_info.get(k) for k in ("wall_s", "rounds_opened", "input_losses", "unfinished_rounds")
+        }
         references[replay_report.ALONE_TOPIC] = lambda _pipeline: RecordedAlone(alone.finals)
     if settings.baseline != "none" and make_bare is not None:
         references[replay_report.BARE_TOPIC] = make_bare
@@ -143,11 +161,18 @@ def run_replay(settings: ReplaySettings, make_pipeline: PipelineFactory,
     main = play_pass(scan, settings, make_pipeline, out_bag, references)
     refs = main.run_info.pop("references", {})
     alone_ref, bare_ref = refs.get(replay_report.ALONE_TOPIC, {}), refs.get(replay_report.BARE_TOPIC, {})
-    run_info = {"started_utc": started.isoformat(timespec="seconds"), "versions": _versions(), **main.run_info,
-                "baseline": {"kind": settings.baseline, "rounds": alone_ref.get("rounds", bare_ref.get("rounds", 0)),
-                             "rounds_missing": alone_ref.get("rounds_missing", bare_ref.get("rounds_missing", [])),
-                             "verifier_alone_pass": alone_info,
-                             "target_bare": bare_ref or None}}
+    run_info = {
+        "started_utc": started.isoformat(timespec="seconds"),
+        "versions": _versions(),
+        **main.run_info,
+        "baseline": {
+            "kind": settings.baseline,
+            "rounds": alone_ref.get("rounds", bare_ref.get("rounds", 0)),
+            "rounds_missing": alone_ref.get("rounds_missing", bare_ref.get("rounds_missing", [])),
+            "verifier_alone_pass": alone_info,
+            "target_bare": bare_ref or None,
+        },
+    }
     output = replay_report.load_output(out_bag)
     report = replay_report.write_report(output, run_info, main.scan.to_dict(), settings.out_dir)
     return ReplayResult(report, settings.out_dir, out_bag)
@@ -175,6 +200,7 @@ class RecordedAlone:
 
 # ------------------------------------------------------------------------------------------- CLI
 
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -191,38 +217,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("bag", type=Path, help="rosbag2 folder (or .db3 / .mcap file) to replay")
     pacing = parser.add_mutually_exclusive_group()
-    pacing.add_argument("--rate", type=_positive_float, default=1.0,
-                        help="play at R times the recorded speed with a /clock (default 1.0)")
-    pacing.add_argument("--fast", action="store_true",
-                        help="play as fast as the cascade accepts without dropping (held by rounds in flight)")
-    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
-                        help="publish bag topic FROM as TO (repeatable)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report folder, new or empty (default: replay_<bag name>_<UTC time>)")
+    pacing.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=1.0,
+        help="play at R times the recorded speed with a /clock (default 1.0)",
+    )
+    pacing.add_argument(
+        "--fast",
+        action="store_true",
+        help="play as fast as the cascade accepts without dropping (held by rounds in flight)",
+    )
+    parser.add_argument(
+        "--remap", action="append", default=[], metavar="FROM:=TO", help="publish bag topic FROM as TO (repeatable)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder, new or empty (default: replay_<bag name>_<UTC time>)"
+    )
     parser.add_argument("--mode", choices=MODES, default=MODES[0], help="decoding mode of the cascade")
-    parser.add_argument("--model", action="append", default=[], metavar="ROLE=SOURCE",
-                        help="model for a role (target, refiner, drafter): a local HF folder or tiny:SEED "
-                             "(default: the shipped zoo)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ROLE=SOURCE",
+        help="model for a role (target, refiner, drafter): a local HF folder or tiny:SEED (default: the shipped zoo)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the stages' models (cpu, cuda, cuda:N)")
-    parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
-                        help="node parameter override, NODE one of common, event_drafter, frame_refiner, "
-                             "video_verifier (repeatable), e.g. common:round_period=0.5")
-    parser.add_argument("--rounds", choices=ROUND_POLICIES, default="auto",
-                        help="round timing: one round at the end of each ground-truth scene as the demo does "
-                             "(scenes), the nodes' round_period (period), or scenes when the bag has ground truth (auto)")
-    parser.add_argument("--oracle-offset", action="store_true",
-                        help="with ground truth in the bag: tell the stages its clock offset, pinned (as before "
-                             "issue 18); default: the verifier measures it and the refiner follows")
-    parser.add_argument("--baseline", choices=BASELINES, default="pass",
-                        help="speed reference: a second pass of the bag through the verifier node alone, with the "
-                             "target's bare cost on the same clips beside it (pass, default); the target decoding "
-                             "each round's clip bare after the cascade, no ROS (offline); or none")
-    parser.add_argument("--one-process", action="store_true",
-                        help="compose the stage nodes in this process (default for --fast; a paced replay "
-                             "otherwise starts each stage as a process of its own, as on a robot)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NODE:NAME=VALUE",
+        help="node parameter override, NODE one of common, event_drafter, frame_refiner, "
+        "video_verifier (repeatable), e.g. common:round_period=0.5",
+    )
+    parser.add_argument(
+        "--rounds",
+        choices=ROUND_POLICIES,
+        default="auto",
+        help="round timing: one round at the end of each ground-truth scene as the demo does "
+        "(scenes), the nodes' round_period (period), or scenes when the bag has ground truth (auto)",
+    )
+    parser.add_argument(
+        "--oracle-offset",
+        action="store_true",
+        help="with ground truth in the bag: tell the stages its clock offset, pinned (as before "
+        "issue 18); default: the verifier measures it and the refiner follows",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default="pass",
+        help="speed reference: a second pass of the bag through the verifier node alone, with the "
+        "target's bare cost on the same clips beside it (pass, default); the target decoding "
+        "each round's clip bare after the cascade, no ROS (offline); or none",
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="compose the stage nodes in this process (default for --fast; a paced replay "
+        "otherwise starts each stage as a process of its own, as on a robot)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--stall-s", type=_positive_float, default=60.0,
-                        help="fast mode: stop waiting for a round after this many wall seconds")
+    parser.add_argument(
+        "--stall-s",
+        type=_positive_float,
+        default=60.0,
+        help="fast mode: stop waiting for a round after this many wall seconds",
+    )
 
 
 def _parse_models(specs: list[str]) -> dict[str, str]:
@@ -249,12 +311,16 @@ def speed_lines(sp: dict[str, Any]) -> list[str]:
 
     ref = "verifier alone" if sp["reference"] == "verifier-alone" else "target bare"
     ratio = "n/a" if sp["speedup_p50"] is None else f"{sp['speedup_p50']:.2f}x"
-    lines = [f"caption latency p50 over {sp['rounds']} rounds: cascade {ms(sp['caption_latency_cascade'])}, "
-             f"{ref} {ms(sp['caption_latency_alone'])} (target bare, no ROS: {ms(sp['target_bare'])}); "
-             f"speed-up over the {ref}: {ratio}"]
+    lines = [
+        f"caption latency p50 over {sp['rounds']} rounds: cascade {ms(sp['caption_latency_cascade'])}, "
+        f"{ref} {ms(sp['caption_latency_alone'])} (target bare, no ROS: {ms(sp['target_bare'])}); "
+        f"speed-up over the {ref}: {ratio}"
+    ]
     if sp["reference_honest"] is False:
-        lines.append(f"NOT AN HONEST REFERENCE: the verifier alone took {sp['alone_over_bare']:.2f}x the target's bare "
-                     f"cost (over {100 * sp['honest_margin']:.0f} %); the speed-up flatters the cascade")
+        lines.append(
+            f"NOT AN HONEST REFERENCE: the verifier alone took {sp['alone_over_bare']:.2f}x the target's bare "
+            f"cost (over {100 * sp['honest_margin']:.0f} %); the speed-up flatters the cascade"
+        )
     return lines
 
 
@@ -274,8 +340,11 @@ def _make_bare(pipeline: Any) -> ReferenceRun | None:
 
         config = pipeline.config
         target = load_stage_model(config.source("target"), "target", device=config.device, dtype=config.dtype)
-        params = {**{p.name: p.default for p in PARAMS}, **config.params.get("common", {}),
-                  **config.params.get("video_verifier", {})}
+        params = {
+            **{p.name: p.default for p in PARAMS},
+            **config.params.get("common", {}),
+            **config.params.get("video_verifier", {}),
+        }
         return BareTarget(target, int(params["max_new_tokens"]), BagClips.for_verifier(config.params))
     target = getattr(pipeline, "models", {}).get("target")
     return None if target is None else BareTarget(target, int(verifier.cfg.max_new_tokens), verifier_clips(verifier))
@@ -307,10 +376,21 @@ def run(args: argparse.Namespace) -> int:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out_dir = Path(f"replay_{args.bag.resolve().name}_{stamp}")
     settings = ReplaySettings(
-        bag=args.bag, out_dir=out_dir, rate=None if args.fast else args.rate, remaps=remaps, mode=args.mode,
-        models=models, params=params, rounds=args.rounds, device=args.device, baseline=args.baseline,
+        bag=args.bag,
+        out_dir=out_dir,
+        rate=None if args.fast else args.rate,
+        remaps=remaps,
+        mode=args.mode,
+        models=models,
+        params=params,
+        rounds=args.rounds,
+        device=args.device,
+        baseline=args.baseline,
         oracle_offset=args.oracle_offset,
-        progress=not args.no_progress, stall_s=args.stall_s, processes=not (args.one_process or args.fast))
+        progress=not args.no_progress,
+        stall_s=args.stall_s,
+        processes=not (args.one_process or args.fast),
+    )
     try:
         _check_vocabularies(settings)  # a mix of vocabularies: one line, before the bag is read
         result = run_replay(settings, make_pipeline, _make_bare)

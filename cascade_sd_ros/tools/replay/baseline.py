@@ -10,6 +10,7 @@ pixels as the node does (preprocessing counts). Each result goes into the output
 the verifier-alone pass beside it (``alone_over_bare``), and with ``--baseline offline`` (no
 verifier-alone pass) it is the reference itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,11 @@ ClipSource = Callable[[int, int], "tuple[np.ndarray, str] | None"]
 
 def verifier_clips(verifier: Any) -> ClipSource:
     """The clips a verifier node in this process kept (``VideoVerifier.inputs``)."""
+
     def clip(round_id: int, _t_ns: int) -> tuple[np.ndarray, str] | None:
         inputs = verifier.inputs.get(round_id)
         return None if inputs is None else (np.asarray(inputs.frames), inputs.question)
+
     return clip
 
 
@@ -84,22 +87,56 @@ class BareTarget:
             tokens = bare.tokens
             # The first token comes from the prefill's logits; every later one costs one forward.
             forwards = max(0, len(tokens) - 1)
-            msg = _caption(store, round_id, t_ns, tokens, self._target.decode(list(tokens)), forwards,
-                           bare.prefill_ms, bare.decode_ms)
+            msg = _caption(
+                store,
+                round_id,
+                t_ns,
+                tokens,
+                self._target.decode(list(tokens)),
+                forwards,
+                bare.prefill_ms,
+                bare.decode_ms,
+            )
             out.append((t_ns, bytes(store.serialize_cdr(msg, VERIFIED_CAPTION_TYPE))))
         return out
 
 
-def _caption(store: Any, round_id: int, t_ns: int, tokens: list[int], text: str, forwards: int,
-             prefill_ms: float, decode_ms: float) -> Any:
+def _caption(
+    store: Any,
+    round_id: int,
+    t_ns: int,
+    tokens: list[int],
+    text: str,
+    forwards: int,
+    prefill_ms: float,
+    decode_ms: float,
+) -> Any:
     types = store.types
     stamp = types["builtin_interfaces/msg/Time"](sec=split_ns(t_ns)[0], nanosec=split_ns(t_ns)[1])
     return types[VERIFIED_CAPTION_TYPE](
-        header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=""), round_id=round_id, text=text,
-        token_ids=np.asarray(tokens, np.int32), final=True, mode=0, mode_name=BARE_MODE, lossless=True,
-        drafted_per_stage=np.zeros(0, np.uint32), accepted_per_stage=np.zeros(0, np.uint32),
-        target_forwards=forwards, latency_total_ms=prefill_ms + decode_ms,
-        latency_caption_ms=prefill_ms + decode_ms, latency_wait_ms=0.0, latency_draft_wait_ms=0.0,
-        latency_prefill_ms=prefill_ms, latency_verify_ms=decode_ms, latency_draft_ms=0.0,
-        skew_frame_ms=math.nan, skew_clip_ms=math.nan, clip_span_ms=math.nan, degraded=False, degraded_reason="",
-        frame_offset_ms=math.nan, frame_offset_source="")
+        header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=""),
+        round_id=round_id,
+        text=text,
+        token_ids=np.asarray(tokens, np.int32),
+        final=True,
+        mode=0,
+        mode_name=BARE_MODE,
+        lossless=True,
+        drafted_per_stage=np.zeros(0, np.uint32),
+        accepted_per_stage=np.zeros(0, np.uint32),
+        target_forwards=forwards,
+        latency_total_ms=prefill_ms + decode_ms,
+        latency_caption_ms=prefill_ms + decode_ms,
+        latency_wait_ms=0.0,
+        latency_draft_wait_ms=0.0,
+        latency_prefill_ms=prefill_ms,
+        latency_verify_ms=decode_ms,
+        latency_draft_ms=0.0,
+        skew_frame_ms=math.nan,
+        skew_clip_ms=math.nan,
+        clip_span_ms=math.nan,
+        degraded=False,
+        degraded_reason="",
+        frame_offset_ms=math.nan,
+        frame_offset_source="",
+    )

@@ -1,4 +1,5 @@
 """rclpy message classes by their rosbag2 type names (``pkg/msg/Name``)."""
+
 from __future__ import annotations
 
 import importlib

@@ -6,6 +6,7 @@ every output into an MCAP bag (replay_recorder), checks what the nodes received,
 and, given reference runs, writes their captions into the same bag. ``replay.run_replay`` runs one
 pass for the cascade and, for the speed reference, one for the verifier alone.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,7 +50,6 @@ class ReferenceRun(Protocol):
 
 #: pipeline -> a reference run on its rounds (None: not available with this pipeline).
 ReferenceFactory = Callable[[PipelineHandle], "ReferenceRun | None"]
-
 
 
 @dataclass
@@ -115,7 +115,10 @@ def _input_counts(nodes: list[Any]) -> dict[str, dict[str, dict[str, int]]]:
                 if value.name in STREAM_TOPICS and STREAM_TOPICS[value.name] not in subscribed:
                     continue  # counted but not subscribed (the verifier's events without estimate_offset)
                 out.setdefault(node.get_name(), {})[str(value.name)] = {
-                    "received": int(value.received), "malformed": int(value.malformed), "dropped": int(value.dropped)}
+                    "received": int(value.received),
+                    "malformed": int(value.malformed),
+                    "dropped": int(value.dropped),
+                }
     return out
 
 
@@ -125,19 +128,26 @@ STREAM_INPUTS = {"events": "event_camera_msgs/msg/EventPacket", "images": "senso
 STREAM_TOPICS = {"events": "events", "images": "image"}
 
 
-def _input_losses(received: dict[str, dict[str, dict[str, int]]], published: dict[str, int],
-                  topics: dict[str, str]) -> dict[str, dict[str, int]]:
+def _input_losses(
+    received: dict[str, dict[str, dict[str, int]]], published: dict[str, int], topics: dict[str, str]
+) -> dict[str, dict[str, int]]:
     """Per node and stream input: records published minus records the node received (0: none lost)."""
     by_type: dict[str, int] = {}
     for topic, count in published.items():
         by_type[topics[topic]] = by_type.get(topics[topic], 0) + count
-    return {node: {name: by_type.get(STREAM_INPUTS[name], 0) - counts["received"]
-                   for name, counts in inputs.items() if name in STREAM_INPUTS}
-            for node, inputs in received.items()}
+    return {
+        node: {
+            name: by_type.get(STREAM_INPUTS[name], 0) - counts["received"]
+            for name, counts in inputs.items()
+            if name in STREAM_INPUTS
+        }
+        for node, inputs in received.items()
+    }
 
 
-def _settled_input_counts(nodes: list[Any], published: dict[str, int], topics: dict[str, str],
-                          quiet_s: float = 2.0, timeout_s: float = 30.0) -> dict[str, dict[str, dict[str, int]]]:
+def _settled_input_counts(
+    nodes: list[Any], published: dict[str, int], topics: dict[str, str], quiet_s: float = 2.0, timeout_s: float = 30.0
+) -> dict[str, dict[str, dict[str, int]]]:
     """Input counts once every record arrived or the counts stopped moving for ``quiet_s``: a node
     still working through a deep queue is late, not lossy."""
     deadline = time.monotonic() + timeout_s
@@ -166,9 +176,13 @@ def _stop(pipeline: PipelineHandle, own_nodes: list[Any], spin_thread: threading
     pipeline.close()
 
 
-
-def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag: Path,
-              references: Mapping[str, ReferenceFactory] | None = None) -> PassOutput:
+def play_pass(
+    scan: Any,
+    settings: Any,
+    make_pipeline: PipelineFactory,
+    out_bag: Path,
+    references: Mapping[str, ReferenceFactory] | None = None,
+) -> PassOutput:
     """Play ``scan``'s bag through ``make_pipeline(context, settings)``, recording into ``out_bag``.
 
     ``scan`` is not changed (each pass maps topics afresh on a copy, returned in the output);
@@ -219,8 +233,9 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
         topics = {t.published_as: t.msgtype for t in scan.topics.values() if t.played}
         player_node = PlayerNode(topics, context=context)
         own_nodes.append(player_node)
-        scheduler = Scheduler(start_bag_ns=scan.start_ns, rate=settings.rate, lookahead_ns=pipeline.lookahead_ns,
-                              stall_s=settings.stall_s)
+        scheduler = Scheduler(
+            start_bag_ns=scan.start_ns, rate=settings.rate, lookahead_ns=pipeline.lookahead_ns, stall_s=settings.stall_s
+        )
 
         def on_record(rec: Record, clock_ns: int) -> None:
             # Ground truth is part of the evaluation: keep it in the output bag beside the captions.
@@ -231,9 +246,17 @@ def play_pass(scan: Any, settings: Any, make_pipeline: PipelineFactory, out_bag:
 
         window = _take_windows(pipeline.nodes, topics)
         takes = TakeCounter(pipeline.nodes, topics) if settings.rate is None else None
-        player = Player(player_node, scheduler, scan.end_ns, takes=takes, take_window=window,
-                        drain_timeout_s=settings.drain_timeout_s, drain_quiet_s=settings.drain_quiet_s,
-                        progress=ProgressBar(enabled=settings.progress), on_record=on_record)
+        player = Player(
+            player_node,
+            scheduler,
+            scan.end_ns,
+            takes=takes,
+            take_window=window,
+            drain_timeout_s=settings.drain_timeout_s,
+            drain_quiet_s=settings.drain_quiet_s,
+            progress=ProgressBar(enabled=settings.progress),
+            on_record=on_record,
+        )
 
         def on_output(topic: str, msgtype: str, raw: bytes) -> None:
             if msgtype == VERIFIED_CAPTION_TYPE:

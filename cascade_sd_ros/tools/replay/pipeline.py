@@ -1,5 +1,6 @@
 """The replay's side of the shared node composition (tools/pipeline.py): its configuration for a
 replay (sim time, mode, parameter overrides) and the bag-topic to node-input mapping by type."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -33,7 +34,9 @@ def parse_params(specs: list[str]) -> dict[str, dict[str, Any]]:
         target, sep1, rest = spec.partition(":")
         name, sep2, value = rest.partition("=")
         if not sep1 or not sep2 or not name or target not in PARAM_TARGETS:
-            raise ReplayInputError(f"--param {spec!r}: expected NODE:NAME=VALUE with NODE one of {', '.join(PARAM_TARGETS)}")
+            raise ReplayInputError(
+                f"--param {spec!r}: expected NODE:NAME=VALUE with NODE one of {', '.join(PARAM_TARGETS)}"
+            )
         out.setdefault(target, {})[name] = parse_value(value)
     return out
 
@@ -84,7 +87,9 @@ def scene_round_params(scan: BagScan, oracle: bool = False) -> dict[str, dict[st
     from cascade_sd_ros.tools.pipeline import scene_rounds
 
     if not scan.scenes:
-        raise ReplayInputError(f"{scan.path} has no ground truth: rounds cannot follow its scenes (use --rounds period)")
+        raise ReplayInputError(
+            f"{scan.path} has no ground truth: rounds cannot follow its scenes (use --rounds period)"
+        )
     first = scan.scenes[0]
     # A video cut into chunks ends with a shorter one; every other scene must have one length.
     durations = {s.end_ns - s.start_ns for s in scan.scenes[:-1]} or {first.end_ns - first.start_ns}
@@ -92,8 +97,12 @@ def scene_round_params(scan: BagScan, oracle: bool = False) -> dict[str, dict[st
     if len(durations) != 1 or len(offsets) != 1 or scan.scenes[-1].end_ns - scan.scenes[-1].start_ns > min(durations):
         raise ReplayInputError(f"{scan.path}: scenes of unequal length or clock offset; use --rounds period")
     # scene_rounds reads these four attributes of a synthetic StreamConfig.
-    stream = SimpleNamespace(scene_duration_ns=first.end_ns - first.start_ns, start_ns=first.start_ns,
-                             n_scenes=len(scan.scenes), clocks=SimpleNamespace(event_offset_ns=first.event_offset_ns))
+    stream = SimpleNamespace(
+        scene_duration_ns=first.end_ns - first.start_ns,
+        start_ns=first.start_ns,
+        n_scenes=len(scan.scenes),
+        clocks=SimpleNamespace(event_offset_ns=first.event_offset_ns),
+    )
     return scene_rounds(stream).params(oracle=oracle)
 
 
@@ -126,9 +135,15 @@ def make_pipeline(context: Any, settings: Any) -> Any:
     replay_processes) or in ``context`` on one executor (models loaded once, not spinning)."""
     from cascade_sd_ros.tools.pipeline import PipelineConfig, build_pipeline
 
-    config = PipelineConfig(models=dict(settings.models), stages=tuple(settings.stages), device=settings.device,
-                            use_sim_time=True, executor="multi-threaded",
-                            params=replay_params(settings.mode, settings.params), collect_captions=False)
+    config = PipelineConfig(
+        models=dict(settings.models),
+        stages=tuple(settings.stages),
+        device=settings.device,
+        use_sim_time=True,
+        executor="multi-threaded",
+        params=replay_params(settings.mode, settings.params),
+        collect_captions=False,
+    )
     if getattr(settings, "processes", False) and settings.rate is not None:
         from cascade_sd_ros.tools.replay.processes import ProcessPipeline
 

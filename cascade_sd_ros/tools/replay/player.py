@@ -5,6 +5,7 @@ the raw CDR bytes of the bag. Outputs reported back through :meth:`Player.observ
 callback) tell the scheduler which rounds are in flight; an output wakes a waiting player at once.
 Fast mode paces on what the pipeline's own subscriptions have taken (:class:`TakeCounter`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -104,19 +105,28 @@ class PlayerNode(Node):
 
     def __init__(self, topics: dict[str, str], **node_kwargs: Any) -> None:
         super().__init__("replay_player", **node_kwargs)
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PUBLISH_DEPTH,
-                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=PUBLISH_DEPTH,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
         # Reliable publishers reach reliable and best-effort subscribers alike.
-        self._pubs = {topic: self.create_publisher(rclpy_type(msgtype), topic, qos) for topic, msgtype in topics.items()}
-        self._clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self._pubs = {
+            topic: self.create_publisher(rclpy_type(msgtype), topic, qos) for topic, msgtype in topics.items()
+        }
+        self._clock_pub = self.create_publisher(
+            Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        )
         self._last_clock: int | None = None
 
     def publish_clock(self, t_ns: int, force: bool = False) -> None:
         """``/clock`` at ``t_ns``, at most once per ``CLOCK_STEP_NS`` of bag time unless ``force``:
         every node on sim time handles each tick, and per-record ticks of a 1 ms event stream
         would swamp them."""
-        if self._last_clock is not None and (t_ns <= self._last_clock or
-                                             (not force and t_ns - self._last_clock < CLOCK_STEP_NS)):
+        if self._last_clock is not None and (
+            t_ns <= self._last_clock or (not force and t_ns - self._last_clock < CLOCK_STEP_NS)
+        ):
             return
         msg = Clock()
         msg.clock.sec, msg.clock.nanosec = split_ns(t_ns)
@@ -146,10 +156,21 @@ class Player:
         on_record: called for every record published (e.g. the recorder keeps /ground_truth).
     """
 
-    def __init__(self, node: PlayerNode, scheduler: Scheduler, end_bag_ns: int, *, takes: TakeCounter | None = None,
-                 take_timeout_s: float = TAKE_TIMEOUT_S, take_window: dict[str, int] | None = None,
-                 settle_s: float = 1.0, drain_quiet_s: float = 15.0, drain_timeout_s: float = 120.0,
-                 progress: ProgressBar | None = None, on_record: Callable[[Record, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        node: PlayerNode,
+        scheduler: Scheduler,
+        end_bag_ns: int,
+        *,
+        takes: TakeCounter | None = None,
+        take_timeout_s: float = TAKE_TIMEOUT_S,
+        take_window: dict[str, int] | None = None,
+        settle_s: float = 1.0,
+        drain_quiet_s: float = 15.0,
+        drain_timeout_s: float = 120.0,
+        progress: ProgressBar | None = None,
+        on_record: Callable[[Record, int], None] | None = None,
+    ) -> None:
         self.node = node
         self.scheduler = scheduler
         self.end_bag_ns = end_bag_ns
@@ -190,7 +211,11 @@ class Player:
             # the drain runs /clock past the last record: the bar shows the bag, not the drain
             bag_s=min(total_s, max(0.0, (self.scheduler.clock_ns - self.scheduler.start_bag_ns) / 1e9)),
             total_s=total_s,
-            rounds_opened=tr.opened, rounds_final=len(tr.finished), wall_s=time.monotonic() - self._t0, held=held)
+            rounds_opened=tr.opened,
+            rounds_final=len(tr.finished),
+            wall_s=time.monotonic() - self._t0,
+            held=held,
+        )
 
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(max(0.0, seconds))

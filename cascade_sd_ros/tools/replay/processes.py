@@ -13,6 +13,7 @@ frames this process published, since the verifier's memory is in another process
 Fast mode stays in one process: its back-pressure (never more records in flight than half a node's
 queue) needs the nodes' queues on the replay's own executor.
 """
+
 from __future__ import annotations
 
 import threading
@@ -62,8 +63,12 @@ class DiagnosticsListener:
         self._lock = threading.Lock()
         self._values: dict[str, dict[str, str]] = {}
         self._updates: dict[str, int] = {}
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics,
-                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        node.create_subscription(
+            DiagnosticArray,
+            "/diagnostics",
+            self._on_diagnostics,
+            QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
+        )
 
     def _on_diagnostics(self, msg: Any) -> None:
         with self._lock:
@@ -85,8 +90,14 @@ class RemoteNode:
     replay reads from a local node (``get_name``, ``subscriptions``, ``publishers``) plus
     :meth:`input_counts` in place of the node's own counters."""
 
-    def __init__(self, name: str, namespace: str, subscriptions: list[Endpoint], publishers: list[Endpoint],
-                 diagnostics: DiagnosticsListener) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        subscriptions: list[Endpoint],
+        publishers: list[Endpoint],
+        diagnostics: DiagnosticsListener,
+    ) -> None:
         self._name = name
         self.namespace = namespace
         self.subscriptions = subscriptions
@@ -124,8 +135,7 @@ def _endpoints(observer: Any, name: str, namespace: str, kind: str) -> list[Endp
         infos = observer.get_publishers_info_by_topic
     out = []
     for topic, types in pairs:
-        qos = next((i.qos_profile for i in infos(topic) if i.node_name == name and i.node_namespace == namespace),
-                   None)
+        qos = next((i.qos_profile for i in infos(topic) if i.node_name == name and i.node_namespace == namespace), None)
         out.append(Endpoint(topic, rclpy_type(types[0]), qos, observer))
     return out
 
@@ -149,12 +159,16 @@ class ProcessPipeline:
         self.match_settle_s = 0.5  # [s] after graph discovery, before the first record (replay_pass)
         verifier = "verifier" in config.stages
         vparams = config.params.get("video_verifier", {})
-        self.lookahead_ns = int(1e9 * max(float(vparams.get("max_wait", 0.5)),
-                                          float(vparams.get("draft_wait", 0.1)))) if verifier else 0
+        self.lookahead_ns = (
+            int(1e9 * max(float(vparams.get("max_wait", 0.5)), float(vparams.get("draft_wait", 0.1))))
+            if verifier
+            else 0
+        )
         self.info: dict[str, Any] = {
             "stages": list(config.stages),
             "models": {ROLE_OF_STAGE[s]: config.source(ROLE_OF_STAGE[s]) for s in config.stages},
-            "device": config.device, "dtype": config.dtype,
+            "device": config.device,
+            "dtype": config.dtype,
             "mode": vparams.get("mode") if verifier else None,
             "processes": "separate stage processes",
         }
@@ -175,13 +189,17 @@ class ProcessPipeline:
             if all(n in present for n in want):
                 subs = {n: _endpoints(self.observer, n, "/", "sub") for n in want}
                 if all(any(e.topic_name.endswith(("/image", "/events")) for e in subs[n]) for n in want):
-                    self.nodes = [RemoteNode(n, "/", subs[n], _endpoints(self.observer, n, "/", "pub"),
-                                             self.diagnostics) for n in want]
+                    self.nodes = [
+                        RemoteNode(n, "/", subs[n], _endpoints(self.observer, n, "/", "pub"), self.diagnostics)
+                        for n in want
+                    ]
                     return
             if time.monotonic() > deadline:
                 missing = [n for n in want if n not in present]
-                raise RuntimeError(f"stage processes not ready after {timeout_s:.0f} s (missing {missing}; "
-                                   f"logs in {self.procs.workdir})")
+                raise RuntimeError(
+                    f"stage processes not ready after {timeout_s:.0f} s (missing {missing}; "
+                    f"logs in {self.procs.workdir})"
+                )
             time.sleep(0.1)
 
     @property
@@ -224,9 +242,13 @@ class BagClips:
         values = {p.name: p.default for p in PARAMS}
         values.update(params.get("common", {}))
         values.update(params.get("video_verifier", {}))
-        return cls(frame_offset_ns=int(round(float(values["frame_offset"]) * 1e9)),
-                   clip_ns=int(round(float(values["clip_duration"]) * 1e9)), frames=int(values["frames"]),
-                   slop_ns=int(round(float(values["slop"]) * 1e9)), question=str(values["prompt"]))
+        return cls(
+            frame_offset_ns=int(round(float(values["frame_offset"]) * 1e9)),
+            clip_ns=int(round(float(values["clip_duration"]) * 1e9)),
+            frames=int(values["frames"]),
+            slop_ns=int(round(float(values["slop"]) * 1e9)),
+            question=str(values["prompt"]),
+        )
 
     def feed(self, msgtype: str, raw: bytes) -> None:
         if msgtype != IMAGE_TYPE:

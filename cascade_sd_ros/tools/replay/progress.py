@@ -3,6 +3,7 @@
 On a terminal the line redraws in place (at most ``min_interval_s`` apart); into a pipe or a log
 it prints a plain line every ``log_interval_s`` so logs stay readable.
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,8 +37,13 @@ def render(state: ProgressState, width: int = 24) -> str:
 class ProgressBar:
     """Writes :func:`render` lines to a stream, throttled."""
 
-    def __init__(self, stream: TextIO | None = None, min_interval_s: float = 0.1, log_interval_s: float = 2.0,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        min_interval_s: float = 0.1,
+        log_interval_s: float = 2.0,
+        enabled: bool = True,
+    ) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._interval = min_interval_s if self._tty else log_interval_s

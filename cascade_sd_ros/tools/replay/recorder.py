@@ -5,6 +5,7 @@ topic the pipeline's nodes publish, with the publisher's own reliability and dur
 a reliable publisher sends is lost. Each record is stamped with the bag time the player's
 ``/clock`` stood at when it arrived, so the output bag lines up with the input bag.
 """
+
 from __future__ import annotations
 
 import threading
@@ -100,8 +101,14 @@ class RecorderNode(Node):
     ``on_message(topic, msgtype, raw)`` is called after each write (the player's round tracking).
     """
 
-    def __init__(self, bag: BagRecorder, outputs: list[OutputTopic], clock_ns: Callable[[], int],
-                 on_message: Callable[[str, str, bytes], None] | None = None, **node_kwargs: Any) -> None:
+    def __init__(
+        self,
+        bag: BagRecorder,
+        outputs: list[OutputTopic],
+        clock_ns: Callable[[], int],
+        on_message: Callable[[str, str, bytes], None] | None = None,
+        **node_kwargs: Any,
+    ) -> None:
         super().__init__("replay_recorder", **node_kwargs)
         self._bag = bag
         self._clock_ns = clock_ns
@@ -119,8 +126,11 @@ class RecorderNode(Node):
                 reliability=ReliabilityPolicy.RELIABLE if out.reliable else ReliabilityPolicy.BEST_EFFORT,
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if out.transient_local else DurabilityPolicy.VOLATILE,
             )
-            self._subs.append(self.create_subscription(
-                rclpy_type(out.msgtype), out.name, self._callback(out.name, out.msgtype), qos, raw=True))
+            self._subs.append(
+                self.create_subscription(
+                    rclpy_type(out.msgtype), out.name, self._callback(out.name, out.msgtype), qos, raw=True
+                )
+            )
 
     def _callback(self, topic: str, msgtype: str) -> Callable[[bytes], None]:
         def record(raw: bytes) -> None:
@@ -133,4 +143,5 @@ class RecorderNode(Node):
             except Exception as exc:  # noqa: BLE001 -- see above
                 self.errors += 1
                 self.get_logger().error(f"recording {topic} failed: {exc}", throttle_duration_sec=5.0)
+
         return record

@@ -16,6 +16,7 @@ The player (replay_player.py) asks :meth:`Scheduler.plan` what to do next and sl
 every decision is a pure function of the bag times, the wall clock it is handed and the rounds seen,
 so it is unit-tested without ROS.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -6,6 +6,7 @@ reported), the ground-truth scenes, and event statistics decoded with the packag
 decoders. :func:`iter_records` then yields the records to publish, as raw CDR bytes (published
 as-is, so the bytes on the wire are exactly the recorded ones), under their remapped topic names.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -92,8 +93,10 @@ class BagScan:
 
     def streams_present(self) -> dict[str, list[str]]:
         """Stream name -> published topic names carrying it."""
-        return {s: [t.published_as for t in self.topics.values() if t.msgtype == ty and t.played and t.count > t.corrupt]
-                for s, ty in STREAMS.items()}
+        return {
+            s: [t.published_as for t in self.topics.values() if t.msgtype == ty and t.played and t.count > t.corrupt]
+            for s, ty in STREAMS.items()
+        }
 
     def missing_streams(self) -> list[str]:
         return [s for s, topics in self.streams_present().items() if not topics]
@@ -115,17 +118,33 @@ class BagScan:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
             "duration_s": self.duration_ns / 1e9,
-            "topics": {t.name: {"type": t.msgtype, "published_as": t.published_as, "count": t.count,
-                                "corrupt": t.corrupt, "publishable": t.publishable, "played": t.played}
-                       for t in self.topics.values()},
+            "topics": {
+                t.name: {
+                    "type": t.msgtype,
+                    "published_as": t.published_as,
+                    "count": t.count,
+                    "corrupt": t.corrupt,
+                    "publishable": t.publishable,
+                    "played": t.played,
+                }
+                for t in self.topics.values()
+            },
             "streams": self.streams_present(),
             "missing_streams": {s: STREAM_ROLE[s] for s in self.missing_streams()},
             "unknown_types": self.unknown_types(),
             "skipped_topics": self.skipped_topics(),
             "corrupt_records": self.corrupt_records(),
             "storage_error": self.storage_error,
-            "scenes": [{"index": s.index, "start_ns": s.start_ns, "end_ns": s.end_ns, "caption": s.caption,
-                        "event_offset_ns": s.event_offset_ns} for s in self.scenes],
+            "scenes": [
+                {
+                    "index": s.index,
+                    "start_ns": s.start_ns,
+                    "end_ns": s.end_ns,
+                    "caption": s.caption,
+                    "event_offset_ns": s.event_offset_ns,
+                }
+                for s in self.scenes
+            ],
             "events": self.events,
         }
 
@@ -176,8 +195,9 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
     with _open(path, quiet=False) as reader:
         for conn in reader.connections:
             if conn.topic not in topics:
-                topics[conn.topic] = TopicInfo(conn.topic, remaps.get(conn.topic, conn.topic), conn.msgtype,
-                                               publishable=_publishable(conn))
+                topics[conn.topic] = TopicInfo(
+                    conn.topic, remaps.get(conn.topic, conn.topic), conn.msgtype, publishable=_publishable(conn)
+                )
                 if conn.msgtype == CLOCK_TYPE:
                     topics[conn.topic].skip_reason = "a recorded clock: the player publishes /clock itself"
         publishable = [c for c in reader.connections if topics[c.topic].publishable]
@@ -198,13 +218,22 @@ def scan_bag(path: Path, remaps: Mapping[str, str] | None = None) -> BagScan:
                 corrupt_at.add((conn.topic, index))
                 continue
             if conn.msgtype == GROUND_TRUTH_TYPE:
-                scenes.append(SceneInterval(int(msg.scene_index), _stamp_ns(msg.start), _stamp_ns(msg.end),
-                                            str(msg.caption), int(msg.event_offset_ns)))
+                scenes.append(
+                    SceneInterval(
+                        int(msg.scene_index),
+                        _stamp_ns(msg.start),
+                        _stamp_ns(msg.end),
+                        str(msg.caption),
+                        int(msg.event_offset_ns),
+                    )
+                )
         if reader.damage:
             storage_error = "; ".join(str(d) for d in reader.damage)
     if start is None or end is None:
-        raise ReplayInputError(f"bag {path} has no messages of a type the replay can publish "
-                               f"(topics: {', '.join(f'{t.name} [{t.msgtype}]' for t in topics.values()) or 'none'})")
+        raise ReplayInputError(
+            f"bag {path} has no messages of a type the replay can publish "
+            f"(topics: {', '.join(f'{t.name} [{t.msgtype}]' for t in topics.values()) or 'none'})"
+        )
     scenes.sort(key=lambda s: (s.start_ns, s.index))
     scan = BagScan(Path(path), start, end, topics, scenes, {}, storage_error, corrupt_at)
     for topic in sorted(t.name for t in topics.values() if t.msgtype == EVENTS_TYPE and t.publishable):
@@ -220,8 +249,14 @@ def _event_packets(scan: BagScan, topic: str) -> Iterator[Packet]:
             if (topic, index) in scan.corrupt_at:
                 continue
             msg = reader.deserialize(raw, conn)
-            yield Packet(str(msg.encoding), int(msg.width), int(msg.height), int(msg.time_base),
-                         np.asarray(msg.events, np.uint8), _stamp_ns(msg.header.stamp))
+            yield Packet(
+                str(msg.encoding),
+                int(msg.width),
+                int(msg.height),
+                int(msg.time_base),
+                np.asarray(msg.events, np.uint8),
+                _stamp_ns(msg.header.stamp),
+            )
 
 
 def event_statistics(scan: BagScan, topic: str) -> dict[str, Any]:
