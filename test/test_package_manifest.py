@@ -41,6 +41,7 @@ MODULE_KEYS: dict[str, str | None] = {
     "yaml": "python3-yaml",
     # no key of their own; installed as dependencies of a declared pip key
     "tokenizers": "python3-transformers-pip",
+    "safetensors": "python3-transformers-pip",
     "lz4": "python3-rosbags-pip",
     "backports": "python3-rosbags-pip",  # backports.zstd (Python < 3.14)
     "av": None,  # PyAV: no rosdep key
