@@ -329,23 +329,18 @@ def _make_bare(pipeline: Any) -> ReferenceRun | None:
     model and the verifier's kept clips; with the stages in their own processes on the same target
     loaded here and the verifier's clip rule over the frames the replay published."""
     from cascade_sd_ros.tools.replay.baseline import BareTarget, verifier_clips
-    from cascade_sd_ros.tools.replay.processes import BagClips, ProcessPipeline
+    from cascade_sd_ros.tools.replay.processes import BagClips, ProcessPipeline, verifier_params
 
     verifier = getattr(pipeline, "verifier", None)
     if verifier is None:
         return None
     if isinstance(pipeline, ProcessPipeline):
         from cascade_sd_ros.core.stage_model import load_stage_model
-        from cascade_sd_ros.nodes.video_verifier import PARAMS
 
         config = pipeline.config
         target = load_stage_model(config.source("target"), "target", device=config.device, dtype=config.dtype)
-        params = {
-            **{p.name: p.default for p in PARAMS},
-            **config.params.get("common", {}),
-            **config.params.get("video_verifier", {}),
-        }
-        return BareTarget(target, int(params["max_new_tokens"]), BagClips.for_verifier(config.params))
+        budget = int(verifier_params(config.params)["max_new_tokens"])
+        return BareTarget(target, budget, BagClips.for_verifier(config.params))
     target = getattr(pipeline, "models", {}).get("target")
     return None if target is None else BareTarget(target, int(verifier.cfg.max_new_tokens), verifier_clips(verifier))
 

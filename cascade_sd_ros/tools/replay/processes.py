@@ -216,6 +216,14 @@ class ProcessPipeline:
         self.observer.destroy_node()
 
 
+def verifier_params(params: dict[str, Any]) -> dict[str, Any]:
+    """What the verifier process runs with: its declared defaults, then ``params``' common and
+    ``video_verifier`` overrides (the replay cannot read them back from another process)."""
+    from cascade_sd_ros.nodes.video_verifier import PARAMS
+
+    return {**{p.name: p.default for p in PARAMS}, **params.get("common", {}), **params.get("video_verifier", {})}
+
+
 class BagClips:
     """The verifier's clip of each round, rebuilt from the frames the replay published.
 
@@ -237,11 +245,7 @@ class BagClips:
     @classmethod
     def for_verifier(cls, params: dict[str, Any]) -> "BagClips":
         """With the verifier's parameters: its declared defaults, then ``params`` (node and common)."""
-        from cascade_sd_ros.nodes.video_verifier import PARAMS
-
-        values = {p.name: p.default for p in PARAMS}
-        values.update(params.get("common", {}))
-        values.update(params.get("video_verifier", {}))
+        values = verifier_params(params)
         return cls(
             frame_offset_ns=int(round(float(values["frame_offset"]) * 1e9)),
             clip_ns=int(round(float(values["clip_duration"]) * 1e9)),
