@@ -24,7 +24,7 @@ import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -350,6 +350,32 @@ class CallbackGuard:
 C = TypeVar("C", bound=StageConfig)
 
 
+class BackgroundTimer:
+    """A periodic callback on a daemon thread of its own, for work too slow for a node's one executor
+    thread (an offset estimate costs up to a few hundred ms): it must not hold up the messages behind
+    it. The callback must be thread-safe against the node's callbacks; what it raises is the guard's."""
+
+    def __init__(self, period_s: float, callback: Callable[[], Any], name: str) -> None:
+        if period_s <= 0:
+            raise ValueError(f"period must be > 0, got {period_s}")
+        self._period_s = period_s
+        self._callback = callback
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            self._callback()
+
+
 class StageNode(Node, Generic[C]):
     """The skeleton every stage node shares: declared parameters -> config, sensor QoS, its model
     (given, or loaded for ``role``), prompt input, diagnostics output, its Stage's stop.
@@ -399,6 +425,7 @@ class StageNode(Node, Generic[C]):
                 f"{role} model warmed up in {warm_s * 1e3:.0f} ms (prefill, decode and verify steps)"
             )
         self.lock = threading.Lock()  # guards the node's input buffers
+        self._background: list[BackgroundTimer] = []
         self.prompts_in = InputStats(self, "prompts")
         self.live_params = {p.name for p in params if p.live}
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -418,6 +445,15 @@ class StageNode(Node, Generic[C]):
         """Timers too: a diagnostics tick that fails is counted, and the next one runs."""
         name = getattr(callback, "__name__", "timer").lstrip("_")
         return super().create_timer(timer_period_sec, self.guard.wrap(f"timer {name}", callback), *args, **kwargs)
+
+    def create_background_timer(self, period_s: float, callback: Callable[[], Any]) -> BackgroundTimer:
+        """A periodic callback off the executor (:class:`BackgroundTimer`), guarded like a timer's,
+        stopped by :meth:`close`."""
+        name = getattr(callback, "__name__", "background").lstrip("_")
+        timer = BackgroundTimer(period_s, self.guard.wrap(f"background {name}", callback), f"{self.get_name()}_{name}")
+        self._background.append(timer)
+        timer.start()
+        return timer
 
     def create_diagnostics_timer(self, callback: Callable[[], Any], callback_group: Any) -> Any:
         """The diagnostics tick, on the steady clock rather than the node's: a node on sim time whose
@@ -536,6 +572,8 @@ class StageNode(Node, Generic[C]):
         )
 
     def close(self) -> None:
+        for timer in self._background:
+            timer.stop()
         self.stage.stop()
 
 
@@ -600,8 +638,14 @@ class ImageInput:
 GIL_SWITCH_S = 0.0005
 
 
-def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
-    """The nodes' main(): init, spin a MultiThreadedExecutor, shut down cleanly on Ctrl-C.
+def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None) -> int:
+    """The nodes' main(): init, spin a SingleThreadedExecutor, shut down cleanly on Ctrl-C.
+
+    One executor thread: a node's callbacks only convert messages and hand them to its Stage, whose
+    own thread runs the model; work slower than a message goes to a :class:`BackgroundTimer`. A
+    MultiThreadedExecutor rebuilt its wait set in Python on every spin and dispatched through a
+    thread pool, holding the GIL and the core the model's passes need: on two cores the verifier
+    alone ran at 1.25-1.36x the target's bare cost with it, 0.97-0.99x with this (bench/RESULTS.md).
 
     Clean-up ignores further SIGINTs: ``ros2 launch`` forwards one on top of the terminal's, and a
     second Ctrl-C must not turn a clean exit into a traceback and a non-zero status. The worker's
@@ -621,7 +665,7 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None, threa
     node: Node | None = None
     try:
         node = make()
-        executor = MultiThreadedExecutor(num_threads=threads)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

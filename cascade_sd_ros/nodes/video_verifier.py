@@ -88,6 +88,9 @@ from cascade_sd_ros.ros.outputs import (
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
+PROMPT_POLL_S = 0.05  # while a prompt waits for its round to open
+OFFSET_UPDATE_S = 0.5  # how often the offset estimate is looked at (it measures only when due)
+
 USE_DRAFTS = {
     "both": (STAGE_REFINER, STAGE_DRAFTER),
     "refiner": (STAGE_REFINER,),
@@ -301,10 +304,14 @@ class VideoVerifier(StageNode[VerifierConfig]):
             )
         timers = MutuallyExclusiveCallbackGroup()
         self.create_diagnostics_timer(self.publish_diagnostics, timers)
-        self.create_timer(0.05, self._check_prompt, callback_group=timers)
-        # measuring the offset costs up to a few hundred ms of CPU per estimate: its own timer and group,
-        # never on a round's path
-        self.create_timer(0.5, self._update_offset, callback_group=MutuallyExclusiveCallbackGroup())
+        # armed by a prompt only (see prompted): an idle timer still wakes the executor, whose every
+        # spin rebuilds its wait set in Python on the core and GIL the target's passes need
+        self._prompt_timer = self.create_timer(PROMPT_POLL_S, self._check_prompt, callback_group=timers)
+        self._prompt_timer.cancel()
+        if self.cfg.estimate_offset:
+            # measuring the offset costs up to a few hundred ms of CPU per estimate: off the executor,
+            # never on a round's path
+            self.create_background_timer(OFFSET_UPDATE_S, self._update_offset)
         self.stage = VerifierStage(
             self.model,
             self._resolve,
@@ -397,25 +404,39 @@ class VideoVerifier(StageNode[VerifierConfig]):
             self.drafts_in.bad(str(exc))
 
     def prompted(self) -> None:
-        self._pending_prompt = time.monotonic()
+        with self.lock:
+            self._pending_prompt = time.monotonic()
+            self._prompt_timer.reset()
 
     def _check_prompt(self) -> None:
         """A prompt opens a round; the drafter's (at its newest event) wins, else the newest frame's."""
-        asked = self._pending_prompt
-        if asked is None:
-            return
+        with self.lock:
+            asked = self._pending_prompt
+            if asked is None:
+                self._prompt_timer.cancel()
+                return
         if self.stage.opened_since(asked):
-            self._pending_prompt = None
+            self._prompt_done(asked)
             return
         if time.monotonic() - asked < self.cfg.max_wait_s:
             return
-        self._pending_prompt = None
+        if not self._prompt_done(asked):
+            return  # another prompt came meanwhile: its own wait starts now
         with self.lock:
             newest = self._frames.newest_stamp()
             if newest is None:
                 self.get_logger().warning("prompt received but no frames yet: no round opened")
                 return
             self.stage.open_round(self.cfg.schedule.prompt_time(self.offsets.to_reference("image", newest)))
+
+    def _prompt_done(self, asked: float) -> bool:
+        """Disarm the prompt timer unless a newer prompt came in since ``asked``; whether it did."""
+        with self.lock:
+            if self._pending_prompt != asked:
+                return False
+            self._pending_prompt = None
+            self._prompt_timer.cancel()
+            return True
 
     def _reset_locked(self) -> None:
         """After a backward time jump (the frames and round times are already reset): unlike the

@@ -7,7 +7,8 @@ dropped frames included) at sensor rate, to the cascade and to the verifier alon
 scene, so machine noise hits both. Per scene it prints the verified caption, the ground truth, the
 verifier alone's caption (lossless modes: equal, token for token), acceptance per stage and caption
 latency (inputs complete -> final caption, :mod:`cascade_sd_ros.core.speed`) for both runs and for
-the target's bare greedy decode without ROS. ``--one-process`` composes everything in this process
+the target's bare greedy decode without ROS (in a process of its own on the verifiers' CPU, scene by
+scene after both runs: :class:`BareClips`). ``--one-process`` composes everything in this process
 instead (debugging; the stages then share one interpreter).
 """
 
@@ -357,11 +358,14 @@ def run_demo(
     scenes = list(iter_scenes(stream))
     budget = int(params["common"].get("max_new_tokens", 32))
     question = str(params["common"].get("prompt", "describe the scene"))
-    bare = _bare_costs(config, scenes[:n_scenes], rounds, question, budget)
-    if one_process:
-        cascade, alone = _one_process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
-    else:
-        cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
+    bare_target = BareClips(config, question, budget, one_process)
+    with bare_target:
+        if one_process:
+            bare_target.measure_all(scenes[:n_scenes])
+            cascade, alone = _one_process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
+        else:
+            cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s, bare_target)
+    bare = bare_target.costs
     results = [
         _scene_result(
             i, scenes[i].truth.caption, cascade.get(i), alone.get(i), bare.get(i), scenes[i].truth.event_offset_ns / 1e6
@@ -394,26 +398,47 @@ def run_demo(
     return results, speed, info
 
 
-def _bare_costs(config: Any, scenes: list[Any], rounds: Any, question: str, budget: int) -> dict[int, float]:
-    """The target's own greedy caption per scene, timed without ROS in this process (one warm-up
-    first): what the verifier alone should cost. Measured before any stage runs, on a quiet machine."""
-    import numpy as np
-    import torch
+class BareClips:
+    """The target's bare greedy caption per scene, timed in a process of its own without ROS
+    (:class:`~cascade_sd_ros.tools.bare_process.BareProcess`): what the verifier alone should cost.
 
-    from cascade_sd_ros.core.speed import bare_caption
-    from cascade_sd_ros.core.stage_model import load_stage_model
+    With the stages as processes it runs on the verifiers' CPU and is measured scene by scene right
+    after the two passes (:meth:`measure`), so machine noise hits the floor as it hits them; composed
+    in one process, all scenes are measured before the passes (:meth:`measure_all`)."""
 
-    target = load_stage_model(config.source("target"), "target", device=config.device, dtype=config.dtype)
-    torch.set_num_threads(config.torch_threads or 1)
-    out: dict[int, float] = {}
-    with torch.inference_mode():
-        for i, scene in enumerate([scenes[0], *scenes]):
-            frames = [f.image for f in scene.frames] or [np.zeros((target.image_size,) * 2 + (3,), np.uint8)]
-            pick = np.linspace(0, len(frames) - 1, target.num_frames).round().astype(int)
-            bare = bare_caption(target, np.stack([frames[k] for k in pick]), question, budget)
-            if i > 0:  # the first is the warm-up
-                out[i - 1] = bare.total_ms
-    return out
+    def __init__(self, config: Any, question: str, budget: int, one_process: bool) -> None:
+        from cascade_sd_ros.tools.bare_process import BareProcess
+        from cascade_sd_ros.tools.stage_processes import cpu_plan
+
+        self.question = question
+        self.budget = budget
+        cpus = None if one_process else cpu_plan("verifier")
+        self._target = BareProcess(config.source("target"), device=config.device, dtype=config.dtype, cpus=cpus)
+        self.costs: dict[int, float] = {}
+        self._warm = False
+
+    def measure(self, index: int, scene: Any) -> None:
+        """Time scene ``index``'s caption (the first call also warms the target up, untimed)."""
+        import numpy as np
+
+        self._target.wait_ready()
+        frames = [f.image for f in scene.frames] or [np.zeros((self._target.image_size,) * 2 + (3,), np.uint8)]
+        pick = np.linspace(0, len(frames) - 1, self._target.num_frames).round().astype(int)
+        clip = np.stack([frames[k] for k in pick])
+        if not self._warm:
+            self._target.caption(clip, self.question, self.budget)
+            self._warm = True
+        self.costs[index] = self._target.caption(clip, self.question, self.budget).total_ms
+
+    def measure_all(self, scenes: list[Any]) -> None:
+        for i, scene in enumerate(scenes):
+            self.measure(i, scene)
+
+    def __enter__(self) -> "BareClips":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._target.close()
 
 
 def _final_fields(msg: Any) -> dict[str, Any]:
@@ -480,11 +505,18 @@ def _run_pass(
 
 
 def _process_passes(
-    config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None, timeout_s: float
+    config: Any,
+    alone_config: Any,
+    scenes: list[Any],
+    rounds: Any,
+    rate: float | None,
+    timeout_s: float,
+    bare: BareClips,
 ) -> tuple[dict[int, Any], dict[int, Any]]:
     """The cascade's stages and the verifier alone as separate processes (as on a robot), fed scene
-    by scene in turn, so whatever else this machine does hits both runs alike. The verifiers get a
-    CPU of their own; this process (the sensor player) shares the others with the upstream stages."""
+    by scene in turn, so whatever else this machine does hits both runs alike, and after each scene
+    the target's bare cost on it (``bare``). The verifiers and the bare target get a CPU of their
+    own; this process (the sensor player) shares the others with the upstream stages."""
     from cascade_sd_ros.tools.stage_processes import StageProcesses, cpu_plan
     from cascade_sd_ros.tools.stage_taps import StageTaps
 
@@ -510,6 +542,8 @@ def _process_passes(
                     msg = taps.wait_final(name, rounds.round_ids[i - 1], timeout_s, procs)
                     if msg is not None:
                         finals[name][i - 1] = _final_fields(msg)
+                if i > 0:  # scene i-1's round is over in both runs: its floor, on the same CPU, now
+                    bare.measure(i - 1, scenes[i - 1])
     finally:
         os.sched_setaffinity(0, mine)
     return finals["cascade"], finals["alone"]

@@ -32,7 +32,9 @@ from cascade_sd_ros.tools.pipeline import PipelineConfig
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+def child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    """A ``preexec_fn``: the child dies with its parent and runs on ``cpus`` (None: any)."""
+
     def setup() -> None:  # runs in the child between fork and exec
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -112,7 +114,7 @@ class StageProcesses:
                     stdin=subprocess.DEVNULL,
                     env=env,
                     start_new_session=True,
-                    preexec_fn=_child_setup(cpu_plan(stage, self.available_cpus) if self.pin_cpus else None),
+                    preexec_fn=child_setup(cpu_plan(stage, self.available_cpus) if self.pin_cpus else None),
                 )
             proc = StageProcess(stage, namespace, popen, log_path)
             self.procs.append(proc)
