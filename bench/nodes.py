@@ -90,6 +90,10 @@ def main() -> int:
                 "tokens_per_verifier_step": info["tokens_per_verifier_step"],
                 "cascade_parts_p50_ms": parts,
                 "processes": info["processes"],
+                "by_caption_length": {
+                    n: {"n": d["caption_latency_cascade"]["n"], "speedup_p50": d["speedup_p50"]}
+                    for n, d in info["by_caption_length"].items()
+                },
             }
             if args.json:
                 print(json.dumps(row), flush=True)
@@ -100,7 +104,7 @@ def main() -> int:
                 f"cascade p50 {c.p50_ms:.0f} p95 {c.p95_ms:.0f} ms | alone p50 {a.p50_ms:.0f} p95 {a.p95_ms:.0f} ms "
                 f"| bare p50 {b.p50_ms:.0f} ms | speed-up p50 {speed.speedup_p50:.2f}x "
                 f"(alone/bare {speed.alone_over_bare:.2f}) | tokens/step {info['tokens_per_verifier_step']:.2f} "
-                f"| cascade parts p50 {json.dumps(parts)}",
+                f"| cascade parts p50 {json.dumps(parts)} | by caption length {json.dumps(row['by_caption_length'])}",
                 flush=True,
             )
     return 0

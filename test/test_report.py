@@ -113,6 +113,19 @@ def test_speed_is_caption_latency_against_the_verifier_alone() -> None:
     assert s["cascade_forwards"] == 2 + 3 + 2 and s["reference_forwards"] == 3 + 2 + 3
     assert s["tokens_per_forward"] == pytest.approx(9 / 7)
     assert s["lossless_match"] == pytest.approx(2 / 3)  # rounds 1 and 3 equal the alone tokens; 2 differs
+    # all three rounds with a reference commit 3 tokens: one length, the whole comparison
+    assert s["by_caption_length"] == {3: expected.to_dict()}
+
+
+def test_speed_by_caption_length_splits_the_rounds_by_tokens_committed() -> None:
+    tokens = {1: 6, 2: 6, 3: 12, 4: 24, 5: 6}
+    cascade = {1: 60.0, 2: 80.0, 3: 100.0, 4: 150.0}  # round 5: no cascade caption
+    alone = {1: 90.0, 2: 100.0, 3: 180.0, 4: 330.0, 5: 95.0}
+    by_len = speed.by_caption_length(tokens, cascade, alone)
+    assert list(by_len) == [6, 12, 24]
+    assert by_len[6] == speed.compare({1: 60.0, 2: 80.0}, {1: 90.0, 2: 100.0})
+    assert by_len[12].speedup_p50 == pytest.approx(1.8) and by_len[24].speedup_p50 == pytest.approx(2.2)
+    assert speed.by_caption_length({}, cascade, alone) == {}
 
 
 def test_speed_reference_within_margin_is_honest_and_offline_uses_bare() -> None:

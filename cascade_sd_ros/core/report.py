@@ -203,7 +203,8 @@ def speed(rounds: Sequence[RoundRecord]) -> dict[str, object]:
     bare target as the reference it is 1 by construction). ``tokens_per_forward`` is caption tokens per
     cascade verifier pass (the verifier alone: 1 after the prefill's token); ``lossless_match`` is the
     share of rounds whose tokens equal the reference's (1.0 is the lossless-greedy contract),
-    ``bare_match`` the same against the bare target.
+    ``bare_match`` the same against the bare target; ``by_caption_length`` the comparison per
+    caption length in tokens (:func:`cascade_sd_ros.core.speed.by_caption_length`).
     """
     alone = {r.round_id: r.alone for r in rounds if r.alone is not None}
     bare = {r.round_id: r.bare for r in rounds if r.bare is not None}
@@ -229,6 +230,15 @@ def speed(rounds: Sequence[RoundRecord]) -> dict[str, object]:
         "tokens_per_forward": tokens / casc_fw if casc_fw > 0 else None,
         "lossless_match": _same_tokens(rounds, ref),
         "bare_match": _same_tokens(rounds, bare),
+        "by_caption_length": {
+            n: part.to_dict()
+            for n, part in spd.by_caption_length(
+                {r.round_id: len(r.token_ids) for r in rounds},
+                {r.round_id: float(r.latency_ms["caption"]) for r in rounds},
+                {rid: x.caption_ms for rid, x in ref.items()},
+                {rid: x.caption_ms for rid, x in bare.items()},
+            ).items()
+        },
     }
 
 

@@ -73,6 +73,28 @@ def compare(
     return SpeedComparison(c, a, b, _ratio(a.p50_ms, c.p50_ms), _ratio(a.p95_ms, c.p95_ms), _ratio(a.p50_ms, b.p50_ms))
 
 
+def by_caption_length(
+    tokens: Mapping[int, int],
+    cascade_ms: Mapping[int, float],
+    alone_ms: Mapping[int, float],
+    bare_ms: Mapping[int, float] | None = None,
+) -> dict[int, SpeedComparison]:
+    """:func:`compare` per caption length (tokens committed, per round id): prefill is paid by both
+    runs, so the cascade's ratio grows with the caption; a robot's descriptions are longer than the
+    zoo's. Keys in increasing length; only lengths with a round both runs finished."""
+    out: dict[int, SpeedComparison] = {}
+    for n in sorted(set(tokens.values())):
+        rounds = {r for r, k in tokens.items() if k == n}
+        part = compare(
+            {r: v for r, v in cascade_ms.items() if r in rounds},
+            {r: v for r, v in alone_ms.items() if r in rounds},
+            {r: v for r, v in (bare_ms or {}).items() if r in rounds},
+        )
+        if part.cascade.n:
+            out[n] = part
+    return out
+
+
 def _percentile(sorted_xs: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     if len(sorted_xs) == 1:

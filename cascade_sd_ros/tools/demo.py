@@ -297,6 +297,15 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
     tps = info.get("tokens_per_verifier_step")
     if tps is not None:
         print(f"tokens per verifier step: {tps:.2f} (the verifier alone: 1.00)")
+    lengths = info.get("by_caption_length") or {}
+    if len(lengths) > 1:
+        print("by caption length (prefill is paid by both runs; decode is what the drafts save):")
+        for n, row in lengths.items():
+            print(
+                f"  {n:3d} tokens, {row['caption_latency_cascade']['n']} rounds: cascade p50 "
+                f"{_ms(row['caption_latency_cascade']['p50_ms'])}, alone {_ms(row['caption_latency_alone']['p50_ms'])}"
+                f", speed-up {row['speedup_p50']:.2f}x"
+            )
 
 
 def run_demo(
@@ -320,7 +329,7 @@ def run_demo(
 ) -> tuple[list[SceneResult], Any, dict[str, Any]]:
     """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
     the caption-latency comparison and run info."""
-    from cascade_sd_ros.core.speed import compare
+    from cascade_sd_ros.core.speed import by_caption_length, compare
     from cascade_sd_ros.core.synth.clocks import ClockModel
     from cascade_sd_ros.core.synth.esim import EsimConfig
     from cascade_sd_ros.core.synth.packets import PacketConfig
@@ -391,6 +400,15 @@ def run_demo(
         "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
         "processes": "one process" if one_process else "separate stage processes",
         "executor": executor,
+        "by_caption_length": {
+            n: part.to_dict()
+            for n, part in by_caption_length(
+                {r.index: r.tokens for r in results if r.latency_ms is not None},
+                {r.index: r.latency_ms for r in results if r.latency_ms is not None},
+                {r.index: r.alone_latency_ms for r in results if r.alone_latency_ms is not None},
+                {r.index: r.bare_ms for r in results if r.bare_ms is not None},
+            ).items()
+        },
         # tokens committed per verifier step (the verifier alone commits exactly 1): what the
         # drafts save in target passes, independent of how this machine shares its cores
         "tokens_per_verifier_step": tokens / steps if steps else None,

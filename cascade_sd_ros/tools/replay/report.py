@@ -390,6 +390,20 @@ def _speed_lines(sp: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
         f"reference in {_fmt(None if sp['lossless_match'] is None else 100 * sp['lossless_match'], 0)} % of "
         f"rounds.",
     ]
+    by_len = sp.get("by_caption_length") or {}
+    if len(by_len) > 1:
+        lines += [
+            "",
+            "By caption length (both runs pay the prefill; the drafts save decode steps):",
+            "",
+            "| caption tokens | rounds | cascade p50 [ms] | reference p50 [ms] | speed-up p50 |",
+            "|---|---|---|---|---|",
+        ]
+        for n, d in by_len.items():
+            lines.append(
+                f"| {n} | {d['caption_latency_cascade']['n']} | {_fmt(d['caption_latency_cascade']['p50_ms'])} | "
+                f"{_fmt(d['caption_latency_alone']['p50_ms'])} | {_fmt(d['speedup_p50'], 2)}x |"
+            )
     if alone and (run.get("baseline") or {}).get("kind") == "pass":
         lines += [
             "",
