@@ -54,6 +54,12 @@ def test_out_of_range_and_empty_values_are_refused(nodes: dict[str, Any]) -> Non
     assert not bad.successful and drafter.stage.gamma == drafter.cfg.gamma
     (bad,) = verifier.set_parameters([Parameter("prompt", value="   ")])
     assert not bad.successful and "empty" in bad.reason
+    # the adapted draft length's ceiling below the start length: refused, both kept
+    (bad,) = drafter.set_parameters([Parameter("gamma_max", value=drafter.cfg.gamma - 1)])
+    assert not bad.successful and "exceed gamma_max" in bad.reason
+    assert (drafter.stage.gamma, drafter.stage.gamma_max) == (drafter.cfg.gamma, drafter.cfg.gamma_max)
+    (ok,) = drafter.set_parameters([Parameter("gamma_max", value=drafter.cfg.gamma)])
+    assert ok.successful and drafter.stage.gamma_max == drafter.cfg.gamma  # fixed length from now on
 
 
 @pytest.mark.parametrize(

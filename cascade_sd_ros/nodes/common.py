@@ -39,7 +39,7 @@ from cascade_sd_ros.core.align import FrameIngest
 from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
 from cascade_sd_ros.core.spec.text_drafts import DRAFT_IDS_MODES
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
-from cascade_sd_ros.core.stages import RoundSchedule, Stage
+from cascade_sd_ros.core.stages import RoundSchedule, Stage, UpstreamStage
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
@@ -348,6 +348,31 @@ class CallbackGuard:
 
 
 C = TypeVar("C", bound=StageConfig)
+
+
+GAMMA_MAX_PARAM = Param(
+    "gamma_max",
+    16,
+    "[tokens] longest draft the adapted draft length may reach; gamma_max = gamma keeps it fixed (live)",
+    1,
+    64,
+    live=True,
+)
+
+
+def apply_draft_length(node: Node, stage: UpstreamStage, name: str, value: Any) -> str | None:
+    """A live change of ``gamma`` or ``gamma_max`` (the other keeps its value); why not, or None."""
+    gamma = int(value) if name == "gamma" else int(node.get_parameter("gamma").value)
+    ceiling = int(value) if name == "gamma_max" else int(node.get_parameter("gamma_max").value)
+    if gamma > ceiling:
+        return f"gamma {gamma} would exceed gamma_max {ceiling}"
+    stage.set_gamma(gamma, ceiling)
+    return None
+
+
+def commit_verdict(msg: Any) -> tuple[int, int, int]:
+    """A Commit's (accepted_stage, accepted, drafted): what it says of the draft it checked."""
+    return int(msg.accepted_stage), int(msg.accepted), int(msg.drafted)
 
 
 class BackgroundTimer:

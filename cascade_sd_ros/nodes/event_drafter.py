@@ -25,12 +25,15 @@ from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
 from cascade_sd_ros.core.stages.activity import ActivityTrigger
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
+    GAMMA_MAX_PARAM,
     PROMPT_QOS,
     ROUND_QOS,
     InputStats,
     Param,
     StageConfig,
     StageNode,
+    apply_draft_length,
+    commit_verdict,
     spin_node,
     stage_config_fields,
 )
@@ -45,6 +48,7 @@ PARAMS: tuple[Param, ...] = (
     ),
     *COMMON_PARAMS,
     Param("gamma", 4, "[tokens] draft length per proposal (live)", 1, 64, live=True),
+    GAMMA_MAX_PARAM,
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
     Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
     Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
@@ -76,6 +80,7 @@ PARAMS: tuple[Param, ...] = (
 @dataclass(frozen=True)
 class DrafterConfig(StageConfig):
     gamma: int
+    gamma_max: int
     lookahead: int
     window_ns: int
     buffer_packets: int
@@ -88,6 +93,7 @@ class DrafterConfig(StageConfig):
         return DrafterConfig(
             **stage_config_fields(p, "drafter"),
             gamma=p["gamma"],
+            gamma_max=p["gamma_max"],
             lookahead=p["lookahead"],
             window_ns=seconds_to_ns(p["event_window"], "event_window"),
             buffer_packets=p["event_buffer_packets"],
@@ -156,6 +162,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             self._resolve,
             self.worker_output(self._publish),
             gamma=self.cfg.gamma,
+            gamma_max=self.cfg.gamma_max,
             lookahead=self.cfg.lookahead,
             max_new_tokens=self.cfg.max_new_tokens,
             question=self.cfg.prompt,
@@ -163,9 +170,8 @@ class EventDrafter(StageNode[DrafterConfig]):
         self.stage.start()
 
     def apply_live(self, name: str, value: Any) -> str | None:
-        if name == "gamma":
-            self.stage.set_gamma(int(value))
-            return None
+        if name in ("gamma", "gamma_max"):
+            return apply_draft_length(self, self.stage, name, value)
         return super().apply_live(name, value)
 
     # ------------------------------------------------------------------ callbacks (convert + buffer)
@@ -210,7 +216,9 @@ class EventDrafter(StageNode[DrafterConfig]):
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._jump.newest):
                 return  # a round of the timeline before a jump
-            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), ids, bool(msg.final))
+            self.stage.hear_commit(
+                int(msg.round_id), t_ns, int(msg.commit_seq), ids, bool(msg.final), commit_verdict(msg)
+            )
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 

@@ -40,6 +40,7 @@ from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import RefinerStage, StageInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
+    GAMMA_MAX_PARAM,
     LATCHED_QOS,
     PROMPT_QOS,
     ROUND_QOS,
@@ -48,7 +49,9 @@ from cascade_sd_ros.nodes.common import (
     Param,
     StageConfig,
     StageNode,
+    apply_draft_length,
     choice,
+    commit_verdict,
     spin_node,
     stage_config_fields,
 )
@@ -71,6 +74,7 @@ PARAMS: tuple[Param, ...] = (
     *COMMON_PARAMS,
     *MODE_PARAMS,
     Param("gamma", 6, "[tokens] refiner draft length (kept drafter tokens + its own) (live)", 1, 64, live=True),
+    GAMMA_MAX_PARAM,
     Param("lookahead", 2, "[drafts] proposals the refiner may run ahead of the last commit", 1, 16),
     Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
@@ -109,6 +113,7 @@ def rules_from_params(p: dict[str, Any]) -> ModeRules:
 class RefinerConfig(StageConfig):
     rules: ModeRules
     gamma: int
+    gamma_max: int
     lookahead: int
     slop_ns: int
     max_wait_s: float
@@ -124,6 +129,7 @@ class RefinerConfig(StageConfig):
             **stage_config_fields(p, "refiner"),
             rules=rules_from_params(p),
             gamma=p["gamma"],
+            gamma_max=p["gamma_max"],
             lookahead=p["lookahead"],
             slop_ns=seconds_to_ns(p["slop"], "slop"),
             max_wait_s=float(p["max_wait"]),
@@ -207,6 +213,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
             self.worker_output(self._publish),
             rules=self.cfg.rules,
             gamma=self.cfg.gamma,
+            gamma_max=self.cfg.gamma_max,
             lookahead=self.cfg.lookahead,
             max_new_tokens=self.cfg.max_new_tokens,
             max_wait_s=self.cfg.max_wait_s,
@@ -217,9 +224,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
         self.stage.start()
 
     def apply_live(self, name: str, value: Any) -> str | None:
-        if name == "gamma":
-            self.stage.set_gamma(int(value))
-            return None
+        if name in ("gamma", "gamma_max"):
+            return apply_draft_length(self, self.stage, name, value)
         return super().apply_live(name, value)
 
     # ------------------------------------------------------------------ callbacks
@@ -254,7 +260,9 @@ class FrameRefiner(StageNode[RefinerConfig]):
             t_ns = stamp_to_ns(msg.header.stamp)
             if not self._stale.admit("verifier", t_ns, self._image.newest_ref_ns()):
                 return
-            self.stage.hear_commit(int(msg.round_id), t_ns, int(msg.commit_seq), ids, bool(msg.final))
+            self.stage.hear_commit(
+                int(msg.round_id), t_ns, int(msg.commit_seq), ids, bool(msg.final), commit_verdict(msg)
+            )
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 

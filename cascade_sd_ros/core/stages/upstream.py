@@ -1,7 +1,8 @@
 """The drafter and refiner stages: propose tokens continuing the verifier's commit (ROS-free).
 
 * :class:`DrafterStage` drafts ``gamma`` tokens continuing the commit, runs ahead up to
-  ``max_ahead`` tokens, rolls back when a commit disagrees.
+  ``max_ahead`` tokens, rolls back when a commit disagrees. Both stages adapt ``gamma`` to what the
+  verifier accepts of their drafts, up to ``gamma_max`` (:class:`~.gamma.AdaptiveGamma`).
 * :class:`RefinerStage` checks the drafter's tokens with its own model (``refine_step``), keeps the
   agreeing prefix, adds its own tokens; drafts alone when no stage-0 draft comes within
   ``upstream_wait``; without a frame it passes stage-0 drafts through flagged degraded.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from cascade_sd_ros.core.modes import ModeRules, two_point_q
 from cascade_sd_ros.core.names import NODE_OF_STAGE, STAGE_DRAFTER, STAGE_REFINER
@@ -22,6 +23,7 @@ from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import draft_step, refine_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
+from cascade_sd_ros.core.stages.gamma import AdaptiveGamma
 
 Publish = Callable[[int, int, Draft], None]  # (round_id, t_ns, draft)
 
@@ -41,12 +43,15 @@ class UpstreamStage(Stage):
         max_new_tokens: int,
         max_wait_s: float,
         question: str = "",
+        gamma_max: int | None = None,
     ) -> None:
         super().__init__(name, model, resolve, question=question)
         if max_new_tokens < 1 or max_wait_s < 0:
             raise ValueError("need max_new_tokens >= 1, max_wait_s >= 0")
+        if lookahead < 1:
+            raise ValueError(f"need lookahead >= 1, got {lookahead}")
         self._publish = publish
-        self._gamma, self._max_ahead = self._check_gamma(gamma, lookahead)
+        self._gamma = AdaptiveGamma(gamma, gamma if gamma_max is None else gamma_max)
         self._lookahead = lookahead
         self.max_new_tokens = max_new_tokens
         self.max_wait_s = max_wait_s
@@ -57,36 +62,64 @@ class UpstreamStage(Stage):
         self._counts.update(drafts_published=0, rounds_seen=0, inputs_missing=0)
         self._last_skew_ms = math.nan
 
-    @staticmethod
-    def _check_gamma(gamma: int, lookahead: int) -> tuple[int, int]:
-        if gamma < 1 or lookahead < 1:
-            raise ValueError(f"need gamma >= 1 and lookahead >= 1, got {gamma}, {lookahead}")
-        return gamma, gamma * lookahead
+    stage_id: int  # DraftTokens.STAGE_* of this stage's drafts
 
     @property
     def gamma(self) -> int:
+        """The draft length of the next proposal (adapted, see :class:`AdaptiveGamma`)."""
         with self._lock:
-            return self._gamma
+            return self._gamma.value
+
+    @property
+    def gamma_max(self) -> int:
+        with self._lock:
+            return self._gamma.ceiling
 
     @property
     def max_ahead(self) -> int:
         """Tokens the stage may speculate beyond the commit (``gamma * lookahead``)."""
         with self._lock:
-            return self._max_ahead
+            return self._gamma.value * self._lookahead
 
-    def set_gamma(self, gamma: int) -> None:
-        """A new draft length, from the next proposal on (a live parameter change)."""
-        checked = self._check_gamma(gamma, self._lookahead)
+    def set_gamma(self, gamma: int, gamma_max: int | None = None) -> None:
+        """A new draft length (and ceiling; None keeps it, raised to ``gamma`` if below), from the next
+        proposal on (a live parameter change)."""
         with self._lock:
-            self._gamma, self._max_ahead = checked
+            ceiling = max(gamma, self._gamma.ceiling) if gamma_max is None else gamma_max
+            self._gamma.reset(gamma, ceiling)
+
+    def hear_commit(
+        self,
+        round_id: int,
+        t_ns: int,
+        commit_seq: int,
+        token_ids: Sequence[int],
+        final: bool,
+        verdict: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """A Commit; ``verdict`` is its (accepted_stage, accepted, drafted): when it checked this
+        stage's draft, the draft length adapts to it."""
+        news = super().hear_commit(round_id, t_ns, commit_seq, token_ids, final)
+        if news and verdict is not None and verdict[0] == self.stage_id:
+            with self._lock:
+                self._gamma.observe(verdict[1], verdict[2])
+        return news
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
-            return {**super().snapshot(), "frame_skew_ms": self._last_skew_ms}
+            g = self._gamma
+            return {
+                **super().snapshot(),
+                "frame_skew_ms": self._last_skew_ms,
+                "gamma": g.value,
+                "gamma_grown": g.grown,
+                "gamma_shrunk": g.shrunk,
+            }
 
     def _work_item(self) -> tuple[RoundRecord, list[int], int] | None:
         with self._lock:
-            item = self._book.work_item(self.max_new_tokens, self._max_ahead, self.model.adapter.eos_token_id)
+            max_ahead = self._gamma.value * self._lookahead
+            item = self._book.work_item(self.max_new_tokens, max_ahead, self.model.adapter.eos_token_id)
             self._current = None if item is None else item[0]
             return item
 
@@ -131,6 +164,8 @@ class UpstreamStage(Stage):
 
 
 class DrafterStage(UpstreamStage):
+    stage_id = STAGE_DRAFTER
+
     def __init__(
         self,
         model: StageModel,
@@ -142,6 +177,7 @@ class DrafterStage(UpstreamStage):
         max_new_tokens: int,
         max_wait_s: float = 0.0,
         question: str = "",
+        gamma_max: int | None = None,
     ) -> None:
         super().__init__(
             NODE_OF_STAGE["drafter"],
@@ -153,6 +189,7 @@ class DrafterStage(UpstreamStage):
             max_new_tokens=max_new_tokens,
             max_wait_s=max_wait_s,
             question=question,
+            gamma_max=gamma_max,
         )
 
     def _step(self) -> None:
@@ -183,6 +220,8 @@ class DrafterStage(UpstreamStage):
 
 
 class RefinerStage(UpstreamStage):
+    stage_id = STAGE_REFINER
+
     def __init__(
         self,
         model: StageModel,
@@ -197,6 +236,7 @@ class RefinerStage(UpstreamStage):
         upstream_wait_s: float,
         liveness_s: float = 5.0,
         question: str = "",
+        gamma_max: int | None = None,
     ) -> None:
         super().__init__(
             NODE_OF_STAGE["refiner"],
@@ -208,6 +248,7 @@ class RefinerStage(UpstreamStage):
             max_new_tokens=max_new_tokens,
             max_wait_s=max_wait_s,
             question=question,
+            gamma_max=gamma_max,
         )
         if upstream_wait_s < 0:
             raise ValueError(f"upstream_wait_s must be >= 0, got {upstream_wait_s}")
