@@ -254,6 +254,10 @@ def test_report_figures_match_the_bag(output_bag: Path, tmp_path: Path) -> None:
     md = (report_dir / "report.md").read_text()
     assert "a blue circle is still" in md and "no frame within slop" in md and "![skew.png](skew.png)" in md
     assert "Records lost on the way to the nodes: event_drafter/events 3." in md
+    # the offset each round picked its frames with, its source and its error against the ground truth (0)
+    r0 = doc["rounds"][0]
+    assert (r0["frame_offset_ms"], r0["frame_offset_source"], r0["frame_offset_error_ms"]) == (30.0, "pinned", 30.0)
+    assert "| 30.0 (pinned, +30.0) |" in md
     assert "Speed-up over the verifier alone (p50 caption latency): **2.08x**" in md
     assert "**Not an honest reference:** the verifier alone took 3.33x the target's bare cost" in md
     assert "| target bare (no ROS, same clips) | 60.0 |" in md and "| other | 63.0 |" in md

@@ -357,4 +357,7 @@ def round_to_dict(record: RoundRecord) -> dict[str, object]:
         "degraded_reason": record.degraded_reason,
         "verifier_alone": reference(record.alone),
         "target_bare": reference(record.bare),
+        "frame_offset_ms": clean(record.frame_offset_ms),
+        "frame_offset_source": record.frame_offset_source,
+        "frame_offset_error_ms": record.frame_offset_error_ms,
     }

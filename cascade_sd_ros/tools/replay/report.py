@@ -327,6 +327,17 @@ def _fmt(v: Any, nd: int = 1) -> str:
     return str(v)
 
 
+def _offset_cell(r: Mapping[str, Any]) -> str:
+    """The clock offset a round picked its frames with, where it came from, and its error against the
+    bag's ground truth (when the bag has one)."""
+    offset = r.get("frame_offset_ms")
+    if offset is None:
+        return "–"
+    err = r.get("frame_offset_error_ms")
+    source = r.get("frame_offset_source") or "?"
+    return f"{offset:.1f} ({source}" + ("" if err is None else f", {err:+.1f}") + ")"
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -550,8 +561,8 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
         "## Rounds",
         "",
         "| # | T − bag start (s) | caption | ground truth | accepted/drafted per stage | caption latency ms "
-        "(cascade / alone / bare) | skew frame/clip ms | degraded |",
-        "|---|---|---|---|---|---|---|---|",
+        "(cascade / alone / bare) | skew frame/clip ms | clock offset ms (source, error) | degraded |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(report["rounds"]):
         acc_txt = ", ".join(f"{a}/{d}" for a, d in zip(r["accepted_per_stage"], r["drafted_per_stage"]))
@@ -565,7 +576,7 @@ def render_markdown(report: Mapping[str, Any], figures: list[str]) -> str:
         )
         lines.append(
             f"| {i} | {t_rel:.3f} | {_md_escape(r['caption'])} | "
-            f"{_md_escape(r['ground_truth'] or '–')} | {acc_txt} | {lat} | {skew} | {deg_txt} |"
+            f"{_md_escape(r['ground_truth'] or '–')} | {acc_txt} | {lat} | {skew} | {_offset_cell(r)} | {deg_txt} |"
         )
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
