@@ -284,7 +284,8 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
     print(f"  cascade       p50 {_ms(c.p50_ms)}, p95 {_ms(c.p95_ms)}")
     print(
         f"  verifier alone p50 {_ms(a.p50_ms)}, p95 {_ms(a.p95_ms)}  "
-        f"(the target's bare cost, no ROS: p50 {_ms(b.p50_ms)})"
+        f"(the target's bare cost, no ROS: p50 {_ms(b.p50_ms)}; same caption as the verifier alone in "
+        f"{info.get('bare_same_caption', '-')} scenes)"
     )
     print(f"speed-up over the verifier alone (p50 caption latency): {sp}")
     from cascade_sd_ros.core.speed import HONEST_MARGIN, honest_reference
@@ -370,7 +371,8 @@ def run_demo(
     bare_target = BareClips(config, question, budget, one_process)
     with bare_target:
         if one_process:
-            bare_target.measure_all(scenes[:n_scenes])
+            for i in range(n_scenes):
+                bare_target.measure(i, scenes, rounds.round_ids[i])
             cascade, alone = _one_process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
         else:
             cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s, bare_target)
@@ -386,6 +388,9 @@ def run_demo(
         {r.index: r.alone_latency_ms for r in results if r.alone_latency_ms is not None},
         {r.index: r.bare_ms for r in results if r.bare_ms is not None},
     )
+    # the floor is only the verifier's cost if it decoded the verifier's caption
+    both = [i for i in bare_target.tokens if i in alone]
+    bare_same = sum(bare_target.tokens[i] == alone[i]["token_ids"] for i in both)
     steps = sum(r.target_forwards for r in results)
     tokens = sum(r.tokens for r in results)
     info = {
@@ -400,6 +405,7 @@ def run_demo(
         "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
         "processes": "one process" if one_process else "separate stage processes",
         "executor": executor,
+        "bare_same_caption": f"{bare_same}/{len(both)}",
         "by_caption_length": {
             n: part.to_dict()
             for n, part in by_caption_length(
@@ -420,37 +426,56 @@ class BareClips:
     """The target's bare greedy caption per scene, timed in a process of its own without ROS
     (:class:`~cascade_sd_ros.tools.bare_process.BareProcess`): what the verifier alone should cost.
 
+    Each round's clip is cut by the verifier's own rule (``select_clip`` at ``T`` minus the offset the
+    round used, its ``clip_duration``, ``frames`` and ``slop``) from the frames the scenes published,
+    so the bare caption is the verifier's caption (``same``: per scene, whether the tokens agree).
     With the stages as processes it runs on the verifiers' CPU and is measured scene by scene right
     after the two passes (:meth:`measure`), so machine noise hits the floor as it hits them; composed
-    in one process, all scenes are measured before the passes (:meth:`measure_all`)."""
+    in one process, all scenes are measured before the passes with the pinned offset."""
 
     def __init__(self, config: Any, question: str, budget: int, one_process: bool) -> None:
         from cascade_sd_ros.tools.bare_process import BareProcess
+        from cascade_sd_ros.tools.replay.processes import verifier_params
         from cascade_sd_ros.tools.stage_processes import cpu_plan
 
+        values = verifier_params(config.params)
+        self.clip_ns = int(round(float(values["clip_duration"]) * 1e9))
+        self.frames = int(values["frames"])
+        self.slop_ns = int(round(float(values["slop"]) * 1e9))
+        self.pinned_offset_ns = int(round(float(values["frame_offset"]) * 1e9))
         self.question = question
         self.budget = budget
         cpus = None if one_process else cpu_plan("verifier")
         self._target = BareProcess(config.source("target"), device=config.device, dtype=config.dtype, cpus=cpus)
         self.costs: dict[int, float] = {}
+        self.tokens: dict[int, list[int]] = {}
         self._warm = False
 
-    def measure(self, index: int, scene: Any) -> None:
-        """Time scene ``index``'s caption (the first call also warms the target up, untimed)."""
+    def measure(self, index: int, scenes: list[Any], t_ns: int, offset_ns: int | None = None) -> None:
+        """Time scene ``index``'s round at ``T = t_ns`` (event clock) with the clock offset the round
+        used (None: the pinned one); the first call also warms the target up, untimed."""
         import numpy as np
 
-        self._target.wait_ready()
-        frames = [f.image for f in scene.frames] or [np.zeros((self._target.image_size,) * 2 + (3,), np.uint8)]
-        pick = np.linspace(0, len(frames) - 1, self._target.num_frames).round().astype(int)
-        clip = np.stack([frames[k] for k in pick])
-        if not self._warm:
-            self._target.caption(clip, self.question, self.budget)
-            self._warm = True
-        self.costs[index] = self._target.caption(clip, self.question, self.budget).total_ms
+        from cascade_sd_ros.core.align.buffer import TimeBuffer
+        from cascade_sd_ros.core.align.clip import select_clip
 
-    def measure_all(self, scenes: list[Any]) -> None:
-        for i, scene in enumerate(scenes):
-            self.measure(i, scene)
+        near = scenes[max(0, index - 1) : index + 2]  # a clip may reach back into the scene before
+        frames: TimeBuffer[Any] = TimeBuffer(max(1, sum(len(s.frames) for s in near)))
+        for scene in near:
+            for f in scene.frames:
+                frames.insert(int(f.stamp_ns), f.image)
+        end = t_ns - (self.pinned_offset_ns if offset_ns is None else offset_ns)
+        clip = select_clip(frames, end, self.clip_ns, self.frames, self.slop_ns)
+        if clip is None:
+            return  # the verifier had no frames either: nothing to decode
+        pixels = np.stack(clip.items)
+        self._target.wait_ready()
+        if not self._warm:
+            self._target.caption(pixels, self.question, self.budget)
+            self._warm = True
+        bare = self._target.caption(pixels, self.question, self.budget)
+        self.costs[index] = bare.total_ms
+        self.tokens[index] = list(bare.tokens)
 
     def __enter__(self) -> "BareClips":
         return self
@@ -561,7 +586,9 @@ def _process_passes(
                     if msg is not None:
                         finals[name][i - 1] = _final_fields(msg)
                 if i > 0:  # scene i-1's round is over in both runs: its floor, on the same CPU, now
-                    bare.measure(i - 1, scenes[i - 1])
+                    used = finals["cascade"].get(i - 1, {}).get("frame_offset_ms", math.nan)
+                    offset = int(round(used * 1e6)) if math.isfinite(used) else None
+                    bare.measure(i - 1, scenes, rounds.round_ids[i - 1], offset)
     finally:
         os.sched_setaffinity(0, mine)
     return finals["cascade"], finals["alone"]
