@@ -64,6 +64,8 @@ def _check_scenes(out: dict, n: int) -> None:
     assert cascade["n"] == alone["n"] == n
     assert out["speedup_p50"] == pytest.approx(alone["p50_ms"] / cascade["p50_ms"], rel=0.01)
     assert out["target_bare"]["n"] == n and out["alone_over_bare"] > 0
+    # the floor decoded the verifier's own clip of every round: the same caption as the verifier alone
+    assert out["bare_same_caption"] == f"{n}/{n}"
     assert out["tokens_per_verifier_step"] >= 1.0
 
 
