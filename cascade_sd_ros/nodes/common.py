@@ -375,6 +375,14 @@ def commit_verdict(msg: Any) -> tuple[int, int, int]:
     return int(msg.accepted_stage), int(msg.accepted), int(msg.drafted)
 
 
+def warm_up_event_decoders(node: Node) -> None:
+    """Before a node subscribes to events: numba's start-up at the first packet would stall its one
+    executor thread for a second or more while a 1 kHz stream overflows the queue."""
+    from cascade_sd_ros.core.events import warm_up_decoders
+
+    node.get_logger().info(f"event decoders warmed up in {warm_up_decoders() * 1e3:.0f} ms")
+
+
 class BackgroundTimer:
     """A periodic callback on a daemon thread of its own, for work too slow for a node's one executor
     thread (an offset estimate costs up to a few hundred ms): it must not hold up the messages behind

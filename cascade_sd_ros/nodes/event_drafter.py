@@ -36,6 +36,7 @@ from cascade_sd_ros.nodes.common import (
     commit_verdict,
     spin_node,
     stage_config_fields,
+    warm_up_event_decoders,
 )
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 from cascade_sd_ros.ros.outputs import draft_msg
@@ -124,6 +125,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             parameter_overrides=parameter_overrides,
             namespace=namespace,
         )
+        warm_up_event_decoders(self)
         self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
         self._stream = EventStream()
         self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)

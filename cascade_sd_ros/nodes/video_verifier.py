@@ -73,6 +73,7 @@ from cascade_sd_ros.nodes.common import (
     choice,
     spin_node,
     stage_config_fields,
+    warm_up_event_decoders,
 )
 from cascade_sd_ros.nodes.frame_refiner import MODE_PARAMS, rules_from_params
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
@@ -295,6 +296,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_REFINER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
         if self.cfg.estimate_offset:
+            warm_up_event_decoders(self)
             self.create_subscription(
                 EventPacket,
                 TOPIC_EVENTS,

@@ -11,7 +11,7 @@ counter wrap explains are counted in ``time_resyncs`` instead of shifting the st
 
 from .evt2 import Evt2Decoder, encode_evt2
 from .evt3 import Evt3Decoder, Evt3Encoder, encode_evt3
-from .factory import UNFLAGGED_BACKWARD_US, EventDecoder, make_decoder, supported_encodings
+from .factory import UNFLAGGED_BACKWARD_US, EventDecoder, make_decoder, supported_encodings, warm_up_decoders
 from .legacy import MonoDecoder, TriggerDecoder, encode_mono, encode_trigger
 from .libcaer import LibcaerCmpDecoder, LibcaerDecoder, encode_libcaer, encode_libcaer_cmp
 from .payload import DEFAULT_MAX_SPAN_US, MAX_T_US, MAX_TIME_BASE_NS
@@ -45,6 +45,7 @@ __all__ = [
     "encode_trigger",
     "make_decoder",
     "supported_encodings",
+    "warm_up_decoders",
     "time_window",
     "voxel_grid",
 ]

@@ -75,3 +75,20 @@ def make_decoder(encoding: str, width: int, height: int, max_span_us: int | None
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_GEOMETRY:
             raise EventDecodeError(f"sensor {name} must be an integer in 1..{MAX_GEOMETRY}, got {value!r}")
     return _DECODERS[encoding](int(width), int(height), max_span_us)
+
+
+def warm_up_decoders() -> float:
+    """Run every decoder once on a few zero words, so that the first real packet does not pay numba's
+    start-up (its CPU target, then each kernel from the on-disk cache: 1-1.5 s in a fresh process,
+    seconds more where the cache must be rebuilt). A node calls it before it subscribes: a stall that
+    long at the first packet of a 1 kHz stream overflows any sensor queue. Returns seconds taken."""
+    import time
+
+    t0 = time.perf_counter()
+    for cls in _DECODERS.values():
+        decoder = cls(64, 48, DEFAULT_MAX_SPAN_US)
+        try:
+            decoder.decode(np.zeros(4 * decoder.word_bytes, np.uint8))
+        except EventDecodeError:
+            pass  # zero words may mean nothing in an encoding: the kernel ran, which is the point
+    return time.perf_counter() - t0
