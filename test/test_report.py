@@ -134,6 +134,9 @@ def test_speed_reference_within_margin_is_honest_and_offline_uses_bare() -> None
     assert report.speed(honest)["reference_honest"] is True
     unmeasured = [make_round(1, alone=_ref(tokens, 114.0))]
     assert report.speed(unmeasured)["reference_honest"] is None and report.speed(unmeasured)["alone_over_bare"] is None
+    # a floor slower than the verifier alone is no floor: whether the reference is honest cannot be told
+    assert speed.honest_reference(1 / 1.2) is None and speed.floor_disturbed(1 / 1.2)
+    assert speed.honest_reference(0.9) is True and not speed.floor_disturbed(0.9)
     offline = [make_round(1, caption=50.0, bare=_ref(tokens, 100.0))]
     s = report.speed(offline)
     assert s["reference"] == "target-bare" and s["speedup_p50"] == pytest.approx(2.0) and s["alone_over_bare"] == 1.0

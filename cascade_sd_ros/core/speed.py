@@ -127,8 +127,18 @@ CAPTION_PARTS: tuple[str, ...] = ("prefill", "verify", "draft_wait", "other")
 
 
 def honest_reference(alone_over_bare: float | None, margin: float = HONEST_MARGIN) -> bool | None:
-    """Whether the verifier alone came within ``margin`` of the target's bare cost (None: unmeasured)."""
-    return None if alone_over_bare is None else alone_over_bare <= 1.0 + margin
+    """Whether the verifier alone came within ``margin`` of the target's bare cost. None when that
+    cannot be told: the floor was not measured, or it measured slower than the verifier alone by more
+    than ``margin`` (a floor is not slower than what stands on it: the bare decode itself was slowed,
+    e.g. timed after playback on a busy machine; see :func:`floor_disturbed`)."""
+    if alone_over_bare is None or floor_disturbed(alone_over_bare, margin):
+        return None
+    return alone_over_bare <= 1.0 + margin
+
+
+def floor_disturbed(alone_over_bare: float | None, margin: float = HONEST_MARGIN) -> bool:
+    """The target's bare cost measured more than ``margin`` over the verifier alone's."""
+    return alone_over_bare is not None and alone_over_bare < 1.0 / (1.0 + margin)
 
 
 def caption_parts(caption_ms: float, prefill_ms: float, verify_ms: float, draft_wait_ms: float) -> dict[str, float]:

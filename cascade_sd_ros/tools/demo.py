@@ -288,7 +288,13 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
         f"{info.get('bare_same_caption', '-')} scenes)"
     )
     print(f"speed-up over the verifier alone (p50 caption latency): {sp}")
-    from cascade_sd_ros.core.speed import HONEST_MARGIN, honest_reference
+    from cascade_sd_ros.core.speed import HONEST_MARGIN, floor_disturbed, honest_reference
+
+    if floor_disturbed(speed.alone_over_bare):
+        print(
+            f"note: the target's bare decode took {1 / speed.alone_over_bare:.2f}x the verifier alone's time: "
+            "the floor itself was slowed, so whether the reference is honest cannot be told"
+        )
 
     if honest_reference(speed.alone_over_bare) is False:
         print(

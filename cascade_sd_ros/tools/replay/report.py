@@ -375,6 +375,13 @@ def _speed_lines(sp: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
             "after the cascade had stopped (`--baseline offline`): no verifier node ran alone, and the "
             "cascade's verifier shared the machine with the drafter and refiner, which the bare decode did not.",
         ]
+    elif sp["reference_honest"] is None and sp["alone_over_bare"] is not None:
+        lines += [
+            "",
+            f"The target's bare decode took {_fmt(1 / sp['alone_over_bare'], 2)}x the verifier alone's time on the "
+            "same clips: the floor itself was slowed (it is timed after playback, in this process), so whether "
+            "the verifier alone was an honest reference is unknown.",
+        ]
     elif sp["reference_honest"] is None:
         lines += [
             "",
