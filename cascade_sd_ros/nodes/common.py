@@ -25,6 +25,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -703,6 +704,11 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None) -> in
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError:
+        # rclpy's SIGINT handler shuts the context down from its own thread; an executor between
+        # its shutdown check and its next wait set then fails to build one (a known rclpy race)
+        if rclpy.ok():
+            raise
     except (ValueError, FileNotFoundError, ParameterException, OSError) as exc:
         # invalid parameters or model folders: a clear message, not a trace
         print(f"error: {exc}", file=sys.stderr, flush=True)
