@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="Cascaded speculative decoding across event, frame and video models for ROS 2",
     packages=find_packages(include=["cascade_sd_ros", "cascade_sd_ros.*"]),
-    package_data={"cascade_sd_ros": ["zoo/**/*", "zoo/*"]},
+    package_data={"cascade_sd_ros": ["zoo/**/*", "zoo/*", "ros/fastdds_profile.xml"]},
     python_requires=">=3.10",
     entry_points={"console_scripts": ["cascade-sd = cascade_sd_ros.tools.cli:main"]},
 )

@@ -41,6 +41,7 @@ from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
 from cascade_sd_ros.core.spec.text_drafts import DRAFT_IDS_MODES
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule, Stage, UpstreamStage
+from cascade_sd_ros.ros.dds_profile import use_node_profile
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
@@ -692,6 +693,7 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None) -> in
     # skipped; nothing else of the exit is (atexit handlers, module teardown, DDS destructors run).
     # Registered as an exit handler, so a process that goes on after this returns is not affected.
     atexit.register(gc.freeze)
+    use_node_profile()  # before the participant exists: a killed peer's lease must be short
     rclpy.init(args=args)
     # the worker's torch ops release the GIL and must win it back from executor threads handling
     # sensor messages; at Python's 5 ms default each win-back can cost a whole interval
