@@ -318,6 +318,10 @@ class CallbackGuard:
             try:
                 return fn(*args)
             except Exception as exc:  # noqa: BLE001 - the node's edge: nothing one message does may kill it
+                if not self._node.context.ok():
+                    # Ctrl-C shut the context down under a running callback (its publish fails):
+                    # the node is stopping, not failing, so no count and no traceback
+                    return None
                 self._failed(where, exc)
                 return None
 
