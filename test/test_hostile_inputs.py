@@ -167,6 +167,10 @@ def test_callback_guard_counts_logs_once_with_traceback_and_keeps_the_signature(
     assert guard.errors == {"events": 2}
     assert len(node.logger.lines) == 1 and "Traceback" in node.logger.lines[0]
     assert guard.values()["callback_errors"] == 2
+    # Ctrl-C shut the context down under a running callback: stopping, not a bad message
+    node.context.shut_down()
+    wrapped(-3)
+    assert guard.errors == {"events": 2} and len(node.logger.lines) == 1
 
 
 def _rss_mb() -> float:
