@@ -25,7 +25,6 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -710,9 +709,10 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None) -> in
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except _rclpy.RCLError:
+    except RuntimeError:
         # rclpy's SIGINT handler shuts the context down from its own thread; an executor between
-        # its shutdown check and its next wait set then fails to build one (a known rclpy race)
+        # its shutdown check and its next step then fails in it (a known rclpy race): RCLError
+        # building the wait set, or a RuntimeError taking a message. After shutdown it is the stop.
         if rclpy.ok():
             raise
     except (ValueError, FileNotFoundError, ParameterException, OSError) as exc:
