@@ -384,11 +384,11 @@ def test_a_flood_at_ten_times_the_sensor_rate(scenes: list[Any], tmp_path: Path)
 # Recovery used to fail 1 run in 2 for the refiner: the restarted process took the dead one's DDS
 # participant id and ports, and its peers, holding the dead participant for its 20 s lease, left it
 # without images for whole scenes. The nodes' DDS profile (cascade_sd_ros/ros/dds_profile.py) makes
-# that lease short: since, the refiner recovered in 14 of 14 runs, the drafter in 13 of 14.
+# that lease short: since, the refiner recovered in 15 of 15 runs, the drafter in 14 of 15.
 _DRAFTER_RESTART = pytest.mark.xfail(
     strict=False,
     reason=(
-        "open, rarer: with the nodes' 4 s lease, 1 run in 14 (the whole file, after the flood case) left "
+        "open, rarer: with the nodes' 4 s lease, 1 run in 15 (the whole file, after the flood case) left "
         "the restarted drafter with no input at all (events 0, commits 0 after 6 scenes), unlike the "
         "refiner's old image-only starvation; not traced (bench/RESULTS.md, restart recovery)"
     ),
