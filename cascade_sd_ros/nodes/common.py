@@ -25,6 +25,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -123,6 +124,13 @@ PROMPT_TEMPLATE_TOKENS = 16
 
 # Parameters every stage has.
 COMMON_PARAMS: tuple[Param, ...] = (
+    Param(
+        "autostart",
+        True,
+        "configure (load and warm up the model) and activate at start-up; false: the node waits for "
+        "its lifecycle transitions (ros2 lifecycle set NODE configure, then activate)",
+        read_only=True,
+    ),
     Param("device", "cpu", "torch device for this stage's model: cpu, cuda, cuda:N", read_only=True),
     Param(
         "dtype",
@@ -414,16 +422,33 @@ class BackgroundTimer:
             self._callback()
 
 
-class StageNode(Node, Generic[C]):
-    """The skeleton every stage node shares: declared parameters -> config, sensor QoS, its model
-    (given, or loaded for ``role``), prompt input, diagnostics output, its Stage's stop.
+class StageNode(LifecycleNode, Generic[C]):
+    """The skeleton every stage node shares, as a ROS 2 lifecycle (managed) node.
 
-    A subclass builds its own inputs and outputs after ``super().__init__``, then its core Stage
-    (``self.stage``, asking ``cfg.prompt`` first), and starts it. ``self.lock`` guards the node's
-    input buffers (what its resolver reads); round state is the Stage's alone.
+    * construction declares the parameters and makes the diagnostics output; nothing is loaded;
+    * ``configure`` reads the parameters into the config, loads the model (given, or loaded for
+      ``role``) and warms it up, then :meth:`build` makes the node's buffers, inputs, outputs and its
+      core Stage (``self.stage``, asking ``cfg.prompt`` first). Models load here rather than on
+      activate: loading takes seconds, so a launch can configure every stage first and activate them
+      together, and a deactivate/activate pair never reloads;
+    * ``activate`` starts the Stage's worker (after an inactive spell, from a clean slate: what was
+      buffered and the rounds left open are void), opens the inputs and enables the round and caption
+      publishers; ``deactivate`` undoes that, so no round runs and every input is dropped (counted);
+    * ``cleanup`` / ``shutdown`` / an error stop the worker and drop what configure made: every
+      subscription, publisher and timer :meth:`build` created and every attribute it set, so the model
+      (unless it was handed in at construction; its owner keeps it) is released.
+
+    ``autostart`` (default true) runs configure and activate in the constructor, which raises a
+    failing configure's error: ``python -m cascade_sd_ros.nodes.<node>``, the demo, replay and tests
+    start nodes as before. With ``autostart:=false`` the node waits for ``ros2 lifecycle set``; a
+    configure that fails says why in one line (log and diagnostics) and leaves it unconfigured.
+    The node reports ready (state active, diagnostics at its own level) only after warm-up.
+
+    ``self.lock`` guards the node's input buffers (what its resolver reads); round state is the Stage's.
     """
 
     stage: Stage
+    model: StageModel
 
     def __init__(
         self,
@@ -439,12 +464,128 @@ class StageNode(Node, Generic[C]):
     ) -> None:
         self.guard = CallbackGuard(self)  # before Node.__init__: its time source subscribes to /clock
         super().__init__(name, context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
-        values = declare(self, params)
-        self.cfg: C = make_config(values)
+        self._params = tuple(params)
+        self._make_config = make_config
+        self._role = role
+        self._given_model = model
+        declare(self, self._params)
+        self.lock = threading.Lock()  # guards the node's input buffers
+        self.prompts_in = InputStats(self, "prompts")
+        self.live_params = {p.name for p in params if p.live}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # the lifecycle bookkeeping; what configure adds on top of this is what cleanup drops
+        self._state = "unconfigured"  # the primary state: unconfigured, inactive, active, finalized
+        self._active = False  # inputs open (read by the executor threads' gate)
+        self._activations = 0
+        self._failure = ""  # why the last configure failed (one line), until one succeeds
+        self._configure_error: Exception | None = None  # raised by an autostart
+        self._autostarting = False
+        self._gate_lock = threading.Lock()
+        self.inputs_inactive = 0  # messages and timer ticks dropped while not active
+        self._built_attrs: frozenset[str] = frozenset()
+        self._built_entities: list[Any] = []
+        self._background: list[BackgroundTimer] = []  # made in build(), like the entities
+
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
+        self._create_diagnostics_timer()
+        if self.get_parameter("autostart").value:
+            self.start_up()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start_up(self) -> None:
+        """``autostart``: configure and activate now; a failing configure raises its own error (so a
+        bad parameter or model folder ends ``main()`` with one line, as before lifecycle nodes)."""
+        self._autostarting = True
+        try:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                error, self._configure_error = self._configure_error, None
+                raise error if error is not None else RuntimeError(f"{self.get_name()}: configure failed")
+        finally:
+            self._autostarting = False
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError(f"{self.get_name()}: activate failed: {self._failure}")
+
+    @property
+    def lifecycle_state(self) -> str:
+        """unconfigured, inactive, active or finalized."""
+        return self._state
+
+    @property
+    def configured(self) -> bool:
+        return self._state in ("inactive", "active")
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._built_attrs = frozenset(vars(self))
+        entities = self._entities()
+        try:
+            self._configure()
+        except Exception as exc:  # noqa: BLE001 - a bad parameter or model folder leaves the node unconfigured
+            self._built_entities = [e for e in self._entities() if e not in entities]
+            self._release()
+            self._failure = f"configure failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            self._configure_error = exc if self._autostarting else None
+            if not self._autostarting:  # an autostart raises it: main() prints that one line
+                self.get_logger().error(self._failure)
+            return TransitionCallbackReturn.FAILURE
+        self._built_entities = [e for e in self._entities() if e not in entities]
+        self._failure = ""
+        self._state = "inactive"
+        self.get_logger().info("configured: model loaded and warmed up; inactive until activated")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._activations:
+            self.reset_inputs()  # what was buffered before the inactive spell is void
+        try:
+            self.stage.start()
+        except RuntimeError as exc:
+            self._failure = f"activate failed: {exc}"
+            self.get_logger().error(self._failure)
+            return TransitionCallbackReturn.FAILURE
+        self._activations += 1
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self._active = True
+        self._state = "active"
+        self.get_logger().info("active: rounds run")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        result = super().on_deactivate(state)  # the publishers first: nothing of a stopping round goes out
+        self.stage.stop()
+        self._state = "inactive"
+        self.get_logger().info("inactive: no rounds run, inputs dropped")
+        return result
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._state = "unconfigured"
+        self.get_logger().info("cleaned up: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._release()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: drop everything and go back to unconfigured."""
+        self._active = False
+        self._release()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        values = {p.name: self.get_parameter(p.name).value for p in self._params}
+        self.cfg: C = self._make_config(values)
         self.sensor_qos = sensor_qos(values)
+        role = self._role
         self.model = (
-            model
-            if model is not None
+            self._given_model
+            if self._given_model is not None
             else load_stage_model(
                 self.cfg.model,
                 role,
@@ -455,6 +596,9 @@ class StageNode(Node, Generic[C]):
             )
         )
         self.check_model(self.model)
+        reason = self.prompt_refusal(self.cfg.prompt.strip())
+        if reason:
+            raise ValueError(f"parameter prompt: {reason}")
         backend = self.model.backend
         self.get_logger().info(f"{role} model runs on backend {backend.name}: {backend.reason}")
         warm_s = self.model.warm_up(self.cfg.prompt)  # before any subscription: no round pays first-call costs
@@ -462,45 +606,120 @@ class StageNode(Node, Generic[C]):
             self.get_logger().info(
                 f"{role} model warmed up in {warm_s * 1e3:.0f} ms (prefill, decode and verify steps)"
             )
-        self.lock = threading.Lock()  # guards the node's input buffers
-        self._background: list[BackgroundTimer] = []
-        self.prompts_in = InputStats(self, "prompts")
-        self.live_params = {p.name for p in params if p.live}
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.build()
 
-        from diagnostic_msgs.msg import DiagnosticArray
+    def build(self) -> None:
+        """Hook (configure, after warm-up): make the node's buffers, inputs, outputs and ``self.stage``
+        (not started: activate starts it). Round and caption outputs are lifecycle publishers."""
+        raise NotImplementedError
 
-        self.pub_diag = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, DIAGNOSTICS_QOS)
+    def reset_inputs(self) -> None:
+        """Hook (activate after an inactive spell): void what was buffered and the open rounds, as
+        when the stream starts again."""
+        self.stage.reset()
 
+    def _entities(self) -> list[Any]:
+        return [*self.subscriptions, *self.publishers, *self.timers]
+
+    def _release(self) -> None:
+        """Stop the worker and drop what configure made (its entities and attributes, hence the model)."""
+        self._active = False
+        stage = vars(self).get("stage")
+        if stage is not None:
+            stage.stop()
+        for timer in self._background:
+            timer.stop()
+        self._background = []
+        for entity in self._built_entities:
+            if isinstance(entity, LifecyclePublisher):
+                self.destroy_lifecycle_publisher(entity)
+            elif entity in list(self.publishers):
+                self.destroy_publisher(entity)
+            elif entity in list(self.subscriptions):
+                self.destroy_subscription(entity)
+            else:
+                self.destroy_timer(entity)
+        self._built_entities = []
+        self._activations = 0
+        device = str(getattr(vars(self).get("cfg"), "device", "cpu"))
+        for name in set(vars(self)) - self._built_attrs:
+            delattr(self, name)
+        gc.collect()  # the model's modules hold reference cycles
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ entities
     def create_subscription(
         self, msg_type: Any, topic: str, callback: Callable[[Any], None], *args: Any, **kwargs: Any
     ) -> Any:
-        """Every subscription of a stage goes through :class:`CallbackGuard`: one bad message is
-        counted and skipped, whatever it raises."""
-        return super().create_subscription(msg_type, topic, self.guard.wrap(topic, callback), *args, **kwargs)
+        """Every subscription of a stage goes through :class:`CallbackGuard` (one bad message is
+        counted and skipped, whatever it raises) and is dropped, counted, while the node is not active."""
+        return super().create_subscription(
+            msg_type, topic, self.guard.wrap(topic, self._while_active(callback)), *args, **kwargs
+        )
 
     def create_timer(self, timer_period_sec: float, callback: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
-        """Timers too: a diagnostics tick that fails is counted, and the next one runs."""
+        """Timers too: a tick that fails is counted and the next one runs; none runs while inactive."""
         name = getattr(callback, "__name__", "timer").lstrip("_")
-        return super().create_timer(timer_period_sec, self.guard.wrap(f"timer {name}", callback), *args, **kwargs)
+        return super().create_timer(
+            timer_period_sec,
+            self.guard.wrap(f"timer {name}", self._while_active(callback, count=False)),
+            *args,
+            **kwargs,
+        )
 
     def create_background_timer(self, period_s: float, callback: Callable[[], Any]) -> BackgroundTimer:
-        """A periodic callback off the executor (:class:`BackgroundTimer`), guarded like a timer's,
-        stopped by :meth:`close`."""
+        """A periodic callback off the executor (:class:`BackgroundTimer`), guarded like a timer's and
+        idle while the node is not active; made in :meth:`build`, stopped on cleanup and by :meth:`close`."""
         name = getattr(callback, "__name__", "background").lstrip("_")
-        timer = BackgroundTimer(period_s, self.guard.wrap(f"background {name}", callback), f"{self.get_name()}_{name}")
+        gated = self._while_active(callback, count=False)
+        timer = BackgroundTimer(period_s, self.guard.wrap(f"background {name}", gated), f"{self.get_name()}_{name}")
         self._background.append(timer)
         timer.start()
         return timer
 
-    def create_diagnostics_timer(self, callback: Callable[[], Any], callback_group: Any) -> Any:
-        """The diagnostics tick, on the steady clock rather than the node's: a node on sim time whose
-        bag paused or ended still reports, so a replay reads each node's final input counts."""
+    def _while_active(self, fn: Callable[..., Any], count: bool = True) -> Callable[..., Any]:
+        """``fn`` only while the node is active; otherwise dropped (messages counted in ``inputs_inactive``)."""
+
+        # wraps: rclpy reads the callback's signature (message info, timer info) through __wrapped__
+        @functools.wraps(fn)
+        def gated(*args: Any) -> Any:
+            if not self._active:
+                if count:
+                    with self._gate_lock:
+                        self.inputs_inactive += 1
+                return None
+            return fn(*args)
+
+        return gated
+
+    def _create_diagnostics_timer(self) -> Any:
+        """The diagnostics tick, in every state and on the steady clock rather than the node's: a node
+        on sim time whose bag paused or ended still reports, so a replay reads each node's final input
+        counts."""
+        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
         from rclpy.clock import Clock, ClockType
 
-        return self.create_timer(
-            DIAGNOSTICS_PERIOD_S, callback, callback_group=callback_group, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        return super().create_timer(
+            DIAGNOSTICS_PERIOD_S,
+            self.guard.wrap("timer publish_diagnostics", self._diagnostics_tick),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
+
+    def _diagnostics_tick(self) -> None:
+        if self.configured:
+            self.publish_diagnostics()
+        elif self._failure:
+            self.publish_status(2, self._failure, {})
+        else:
+            self.publish_status(1, f"{self._state}: no model loaded (configure loads and warms it up)", {})
+
+    def publish_diagnostics(self) -> None:
+        """Hook: one DiagnosticStatus of the configured node (inputs, the Stage's counters, a level)."""
+        raise NotImplementedError
 
     def worker_output(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """What the worker thread calls to publish. Once the context is shut down (Ctrl-C reaches
@@ -567,12 +786,13 @@ class StageNode(Node, Generic[C]):
 
     def _on_set_parameters(self, params: list[Parameter]) -> Any:
         """Apply the live parameters (ranges were checked by rclpy, read-only ones refused by it);
-        the change takes effect from the next round or proposal."""
+        the change takes effect from the next round or proposal. An unconfigured node takes any
+        value in range: configure reads it."""
         from rcl_interfaces.msg import SetParametersResult
 
         for param in params:
-            if param.name not in self.live_params:
-                continue  # rclpy's own (use_sim_time) or refused already as read-only
+            if param.name not in self.live_params or not self.configured:
+                continue  # rclpy's own (use_sim_time), refused already as read-only, or read at configure
             reason = self.apply_live(param.name, param.value)
             if reason:
                 return SetParametersResult(successful=False, reason=f"{param.name}: {reason}")
@@ -593,9 +813,17 @@ class StageNode(Node, Generic[C]):
 
     def publish_status(self, level: int, message: str, values: dict[str, object]) -> None:
         """One DiagnosticStatus named after the node, stamped now, with what the skeleton itself
-        counts (the prompt input, callback errors: no stage can leave them out); callback errors
-        raise it to WARN."""
-        values = {**values, **self.prompts_in.values(), **self.guard.values()}
+        counts (lifecycle state, the prompt input, callback errors: no stage can leave them out);
+        callback errors raise it to WARN, and an inactive node says so at WARN whatever its inputs."""
+        values = {
+            **values,
+            "lifecycle_state": self._state,
+            "inputs_inactive": self.inputs_inactive,
+            **self.prompts_in.values(),
+            **self.guard.values(),
+        }
+        if self._state == "inactive":
+            level, message = max(level, 1), "inactive: model loaded and warmed up; no rounds run until activated"
         if level == 0 and self.guard.errors:
             level, message = 1, f"{message}; skipped messages after unexpected errors: {self.guard.last_error}"
         self.pub_diag.publish(
@@ -610,9 +838,13 @@ class StageNode(Node, Generic[C]):
         )
 
     def close(self) -> None:
+        """Stop the worker and the background timers (main()'s clean-up; bounded), whatever the state."""
+        self._active = False
         for timer in self._background:
             timer.stop()
-        self.stage.stop()
+        stage = vars(self).get("stage")
+        if stage is not None:
+            stage.stop()
 
 
 class ImageInput:

@@ -125,7 +125,9 @@ class EventDrafter(StageNode[DrafterConfig]):
             parameter_overrides=parameter_overrides,
             namespace=namespace,
         )
-        warm_up_event_decoders(self)
+
+    def build(self) -> None:
+        warm_up_event_decoders(self)  # configure's warm-up: before the events subscription
         self._packets: TimeBuffer[tuple[np.ndarray, np.ndarray]] = TimeBuffer(self.cfg.buffer_packets)
         self._stream = EventStream()
         self._jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
@@ -154,11 +156,10 @@ class EventDrafter(StageNode[DrafterConfig]):
         from cascade_sd_ros.msg import Commit, DraftTokens
 
         inputs = MutuallyExclusiveCallbackGroup()
-        self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
+        self.pub_drafts = self.create_lifecycle_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
         self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        self.create_diagnostics_timer(self.publish_diagnostics, MutuallyExclusiveCallbackGroup())
         self.stage = DrafterStage(
             self.model,
             self._resolve,
@@ -169,7 +170,6 @@ class EventDrafter(StageNode[DrafterConfig]):
             max_new_tokens=self.cfg.max_new_tokens,
             question=self.cfg.prompt,
         )
-        self.stage.start()
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name in ("gamma", "gamma_max"):
@@ -229,6 +229,10 @@ class EventDrafter(StageNode[DrafterConfig]):
             newest = self._packets.newest_stamp()
         if newest is not None:
             self.stage.open_round(self.cfg.schedule.prompt_time(newest))  # a prompt asks about now
+
+    def reset_inputs(self) -> None:
+        with self.lock:
+            self._reset_locked()
 
     def _reset_locked(self) -> None:
         self._packets.clear()

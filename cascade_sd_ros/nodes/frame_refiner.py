@@ -162,6 +162,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
             parameter_overrides=parameter_overrides,
             namespace=namespace,
         )
+
+    def build(self) -> None:
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self._applied = AppliedOffset(self.cfg.frame_offset_ns, 0.0, 0, float("inf"), False, "initial")
         self._round_offsets = RoundOffsets()
@@ -197,7 +199,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         from cascade_sd_ros.msg import ClockOffset, Commit, DraftTokens
 
         inputs = MutuallyExclusiveCallbackGroup()
-        self.pub_drafts = self.create_publisher(DraftTokens, TOPIC_DRAFTS_REFINER, ROUND_QOS)
+        self.pub_drafts = self.create_lifecycle_publisher(DraftTokens, TOPIC_DRAFTS_REFINER, ROUND_QOS)
         self.create_subscription(Image, TOPIC_IMAGE, self._image, self.sensor_qos, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
@@ -206,7 +208,6 @@ class FrameRefiner(StageNode[RefinerConfig]):
             self.create_subscription(
                 ClockOffset, TOPIC_CLOCK_OFFSET, self._on_clock_offset, LATCHED_QOS, callback_group=inputs
             )
-        self.create_diagnostics_timer(self.publish_diagnostics, MutuallyExclusiveCallbackGroup())
         self.stage = RefinerStage(
             self.model,
             self._resolve,
@@ -221,7 +222,6 @@ class FrameRefiner(StageNode[RefinerConfig]):
             liveness_s=self.cfg.liveness_s,
             question=self.cfg.prompt,
         )
-        self.stage.start()
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name in ("gamma", "gamma_max"):
@@ -278,6 +278,11 @@ class FrameRefiner(StageNode[RefinerConfig]):
             return  # the verifier itself does not apply it yet
         self._applied = applied
         self.offsets.set("image", applied.at(applied.ref_ns))
+
+    def reset_inputs(self) -> None:
+        with self.lock:
+            self._image.ingest.reset()
+            self._reset_locked()
 
     def _reset_locked(self) -> None:
         self._round_offsets.clear()

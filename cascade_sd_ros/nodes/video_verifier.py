@@ -238,6 +238,8 @@ class VideoVerifier(StageNode[VerifierConfig]):
             parameter_overrides=parameter_overrides,
             namespace=namespace,
         )
+
+    def build(self) -> None:
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
         self.clock = ClockOffsetSource(
             initial_ns=self.cfg.frame_offset_ns,
@@ -284,13 +286,13 @@ class VideoVerifier(StageNode[VerifierConfig]):
         from cascade_sd_ros.msg import Commit, DraftTokens, VerifiedCaption
 
         inputs = MutuallyExclusiveCallbackGroup()
-        self.pub_commit = self.create_publisher(Commit, TOPIC_COMMIT, ROUND_QOS)
-        self.pub_caption = self.create_publisher(VerifiedCaption, TOPIC_CAPTION, OUTPUT_QOS)
-        self.pub_marker = self.create_publisher(Marker, TOPIC_MARKER, OUTPUT_QOS)
-        self.pub_overlay = self.create_publisher(Image, TOPIC_OVERLAY, OUTPUT_QOS)
+        self.pub_commit = self.create_lifecycle_publisher(Commit, TOPIC_COMMIT, ROUND_QOS)
+        self.pub_caption = self.create_lifecycle_publisher(VerifiedCaption, TOPIC_CAPTION, OUTPUT_QOS)
+        self.pub_marker = self.create_lifecycle_publisher(Marker, TOPIC_MARKER, OUTPUT_QOS)
+        self.pub_overlay = self.create_lifecycle_publisher(Image, TOPIC_OVERLAY, OUTPUT_QOS)
         from cascade_sd_ros.msg import ClockOffset
 
-        self.pub_clock_offset = self.create_publisher(ClockOffset, TOPIC_CLOCK_OFFSET, LATCHED_QOS)
+        self.pub_clock_offset = self.create_lifecycle_publisher(ClockOffset, TOPIC_CLOCK_OFFSET, LATCHED_QOS)
         self.create_subscription(Image, TOPIC_IMAGE, self._image, self.sensor_qos, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_REFINER, self._on_draft, ROUND_QOS, callback_group=inputs)
@@ -304,11 +306,11 @@ class VideoVerifier(StageNode[VerifierConfig]):
                 self.sensor_qos,
                 callback_group=MutuallyExclusiveCallbackGroup(),
             )
-        timers = MutuallyExclusiveCallbackGroup()
-        self.create_diagnostics_timer(self.publish_diagnostics, timers)
         # armed by a prompt only (see prompted): an idle timer still wakes the executor, whose every
         # spin rebuilds its wait set in Python on the core and GIL the target's passes need
-        self._prompt_timer = self.create_timer(PROMPT_POLL_S, self._check_prompt, callback_group=timers)
+        self._prompt_timer = self.create_timer(
+            PROMPT_POLL_S, self._check_prompt, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self._prompt_timer.cancel()
         if self.cfg.estimate_offset:
             # measuring the offset costs up to a few hundred ms of CPU per estimate: off the executor,
@@ -329,7 +331,6 @@ class VideoVerifier(StageNode[VerifierConfig]):
             question=self.cfg.prompt,
             why_silent=self.drafts_foreign.why,
         )
-        self.stage.start()
 
     @property
     def finals(self) -> dict[int, CaptionUpdate]:
@@ -439,6 +440,17 @@ class VideoVerifier(StageNode[VerifierConfig]):
             self._pending_prompt = None
             self._prompt_timer.cancel()
             return True
+
+    def reset_inputs(self) -> None:
+        """After an inactive spell: frames, rounds and the event decoder start again; the clock offset
+        stays (the clocks did not change while the node was inactive)."""
+        with self.lock:
+            self._image.ingest.reset()
+            self._event_stream.reset()
+            self._stale.reset()
+            self.stage.reset()
+            self._pending_prompt = None
+            self._prompt_timer.cancel()
 
     def _reset_locked(self) -> None:
         """After a backward time jump (the frames and round times are already reset): unlike the

@@ -63,17 +63,31 @@ class Stage(abc.ABC):
         self._counts: dict[str, int] = {"worker_errors": 0, "rounds_opened": 0}
         self._last_error = ""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        """Start the worker thread; again after :meth:`stop` (a lifecycle node's activate after a
+        deactivate). RuntimeError while the last worker is still finishing its step."""
+        if self._thread is not None and self._thread.is_alive():
+            if not self._stop.is_set():
+                return  # running already
+            raise RuntimeError(f"{self.name}: the previous worker is still finishing its step")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker (bounded: a step longer than ``timeout`` finishes on its own)."""
         self._stop.set()
         self.wake()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread runs (started and not stopped)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     @property
     def stopping(self) -> bool:
