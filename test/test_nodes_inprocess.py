@@ -156,6 +156,9 @@ def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone, 
     assert float(values["latency_mean_ms"]) > 0 and abs(float(values["skew_clip_ms"])) < 40
     assert values["acceptance_refiner"] != "nan" and values["frame_offset_estimate"] != "off"
     assert values["mode"] == "lossless-greedy" and values["lossless"] == "True"
+    # every stage on the one schedule: no round heard off it
+    assert values["rounds_off_schedule"] == "0" and values["schedule_disagreement"] == ""
+    assert values["lifecycle_state"] == "active"
     for key in ("images.rate_hz", "images.dropped", "events.rate_hz", "rounds_dropped", "frame_offset_configured_ms"):
         assert key in values
 

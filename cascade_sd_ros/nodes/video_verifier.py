@@ -58,7 +58,7 @@ from cascade_sd_ros.core.names import (
 )
 from cascade_sd_ros.core.rounds import RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
-from cascade_sd_ros.core.stages import CaptionUpdate, StageInput, VerifierStage
+from cascade_sd_ros.core.stages import CaptionUpdate, ScheduleCheck, ScheduleDisagreement, StageInput, VerifierStage
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     LATCHED_QOS,
@@ -160,6 +160,9 @@ PARAMS: tuple[Param, ...] = (
     Param("publish_overlay", True, "publish the frame at T with the caption drawn"),
     Param("seed", 0, "seed of the sampling generator (lossless-sample)", 0, 2**31 - 1),
 )
+
+
+DISAGREEMENT_LOG_S = 30.0  # [s] a stage whose rounds disagree is logged at most this often
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
             self.model, "drafts", "target", self.cfg.draft_ids, self.get_logger().error, self.get_logger().info
         )
         self.drafts_foreign = self.drafts_port.guard
+        # whether the rounds the drafts name agree with this verifier's round parameters (under self.lock)
+        self.schedule_check = ScheduleCheck(self.cfg.schedule)
+        self._schedule_logged: dict[str, float] = {}
 
         from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import Image
@@ -400,11 +406,25 @@ class VideoVerifier(StageNode[VerifierConfig]):
                 return  # ids of another vocabulary without text, or a text draft gone stale: never verified
             t_ns = stamp_to_ns(msg.header.stamp)
             with self.lock:
+                finding = self.schedule_check.hear(stage_name(draft.stage), int(msg.round_id), t_ns)
                 if not self._stale.admit(f"stage {draft.stage}", t_ns, self._image.newest_ref_ns()):
                     return  # a round of the timeline before a jump
+            if finding is not None:
+                self._report_disagreement(finding)
+            # handled as any draft all the same: an off-schedule round costs speed, never output
             self.stage.hear_draft(int(msg.round_id), t_ns, draft)
         except (StampError, DraftMessageError, ValueError) as exc:
             self.drafts_in.bad(str(exc))
+
+    def _report_disagreement(self, finding: ScheduleDisagreement) -> None:
+        """An ERROR when a stage is first found to disagree (or anew), at most one per stage every 30 s."""
+        now = time.monotonic()
+        if now - self._schedule_logged.get(finding.stage, -1e18) < DISAGREEMENT_LOG_S:
+            return
+        self._schedule_logged[finding.stage] = now
+        with self.lock:
+            off = self.schedule_check.off_schedule
+        self.get_logger().error(f"round parameters disagree: {finding.text} ({off} rounds off this schedule so far)")
 
     def prompted(self) -> None:
         with self.lock:
@@ -448,6 +468,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             self._image.ingest.reset()
             self._event_stream.reset()
             self._stale.reset()
+            self.schedule_check.reset()
             self.stage.reset()
             self._pending_prompt = None
             self._prompt_timer.cancel()
@@ -459,6 +480,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.clock.reset()
         self._event_stream.reset()
         self._stale.reset()
+        self.schedule_check.reset()
         self.stage.reset()
 
     # ------------------------------------------------------------------ worker side
@@ -514,6 +536,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
         fit = self.clock.tracker.last_trigger
         applied = self.clock.current()
         stage = self.stage.snapshot()
+        with self.lock:
+            check = self.schedule_check
+            schedule = (check.off_schedule, check.id_mismatches, [f.text for f in check.found.values()])
         values: dict[str, object] = {
             "backend": self.model.backend.name,
             "backend_reason": self.model.backend.reason,
@@ -563,6 +588,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
             "time_jumps": self._image.ingest.jump.jumps,
             "worker_errors": stage["worker_errors"],
             "drafts_stale": self._stale.stale,
+            "rounds_off_schedule": schedule[0],
+            "round_id_mismatches": schedule[1],
+            "schedule_disagreement": "; ".join(schedule[2]),
             **self.drafts_port.values(),
             "mode": self.cfg.rules.name,
             "lossless": self.cfg.rules.lossless,
@@ -572,6 +600,8 @@ class VideoVerifier(StageNode[VerifierConfig]):
             level, message = 1, "degraded: no RGB frames received; no caption can be verified"
         elif (last := self.stage.last_final()) is not None and last.degraded:
             level, message = 1, f"degraded: {last.degraded_reason}"
+        if schedule[2]:
+            level, message = 2, f"round parameters disagree: {'; '.join(schedule[2])}"
         if stage["worker_errors"]:
             level, message = 2, f"worker errors: {self.stage.last_error}"
         foreign = self.drafts_foreign.status()

@@ -1,7 +1,8 @@
 """One ROS-free stage per role, and the one rule that opens rounds (DESIGN.md "Rounds").
 
 * :mod:`.schedule` — :class:`RoundSchedule` (period, phase, prompt rounds) and :class:`RoundOpener`:
-  when rounds open, for the three stages and the tools.
+  when rounds open, for the three stages and the tools; :class:`ScheduleCheck`: whether the rounds
+  another stage names agree with it.
 * :mod:`.base` — :class:`Stage`: a stage's rounds (its :class:`~cascade_sd_ros.core.rounds.RoundBook`),
   question, counters and one worker thread, all under one lock; :class:`StageInput`.
 * :mod:`.upstream` — :class:`DrafterStage`, :class:`RefinerStage`.
@@ -13,7 +14,7 @@ sink given at construction. Without ROS, plain callbacks wire the three Stages t
 """
 
 from cascade_sd_ros.core.stages.base import Resolver, Stage, StageInput
-from cascade_sd_ros.core.stages.schedule import RoundOpener, RoundSchedule
+from cascade_sd_ros.core.stages.schedule import RoundOpener, RoundSchedule, ScheduleCheck, ScheduleDisagreement
 from cascade_sd_ros.core.stages.upstream import DrafterStage, RefinerStage, UpstreamStage
 from cascade_sd_ros.core.stages.verifier import CaptionUpdate, DraftWait, VerifierStage
 
@@ -25,6 +26,8 @@ __all__ = [
     "Resolver",
     "RoundOpener",
     "RoundSchedule",
+    "ScheduleCheck",
+    "ScheduleDisagreement",
     "Stage",
     "StageInput",
     "UpstreamStage",

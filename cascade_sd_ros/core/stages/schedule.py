@@ -13,6 +13,7 @@ end of every synthetic scene) and hand it to the nodes as ``round_period`` / ``r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -95,3 +96,100 @@ class RoundOpener:
         """Time went backwards: the stream starts again."""
         self.first_ns = None
         self.last_round_ns = None
+
+
+MIN_PERIOD_NS = 10_000_000  # the shortest round_period a stage accepts
+
+
+@dataclass(frozen=True)
+class ScheduleDisagreement:
+    """What an upstream stage's rounds say about its parameters, against ours."""
+
+    stage: str
+    text: str  # one line, with the numbers
+    period_ns: int = 0  # the schedule its rounds fall on (0: not a period finding)
+    phase_ns: int = 0
+
+
+def _s(ns: int) -> str:
+    return f"{ns / 1e9:.3f} s"
+
+
+class ScheduleCheck:
+    """Whether the rounds an upstream stage names agree with this stage's :class:`RoundSchedule`.
+
+    Every stage opens rounds by the same schedule (the round parameters, set once for all stages);
+    a stage started with another ``round_period`` or ``round_phase`` still works, since rounds open
+    on a draft's first sight, but every off-schedule round costs the verifier a round it did not
+    plan. One round off the schedule proves nothing (a prompt asks about now; the drafter's activity
+    rounds fall where the scene changed): a disagreement is the stage's newest ``window`` distinct
+    round times equally spaced, some of them off our schedule, i.e. the stage runs another period or
+    phase. Equally spaced means on one grid (the gaps' greatest common divisor, at least 10 ms)
+    with at least every other grid point in their span heard: a stage that skips rounds still shows
+    its period, while bursts on a fine grid (activity rounds fall on 100 ms bin ends) do not pass
+    for one. A round id that is not its stamp (ids are ``T`` in ns) contradicts the rule outright.
+    Not thread-safe: the caller serialises :meth:`hear`.
+    """
+
+    def __init__(self, ours: RoundSchedule, *, window: int = 4, keep: int = 16) -> None:
+        if window < 3 or keep < window:
+            raise ValueError(f"need window >= 3 and keep >= window, got {window}, {keep}")
+        self.ours = ours
+        self.window = window
+        self.keep = keep
+        self.off_schedule = 0  # distinct round times heard off our schedule (any cause)
+        self.id_mismatches = 0  # round ids that are not their stamps
+        self.found: dict[str, ScheduleDisagreement] = {}  # the newest disagreement per stage
+        self._times: dict[str, list[int]] = {}  # per stage: its newest distinct round times, sorted
+
+    def on_schedule(self, t_ns: int) -> bool:
+        ours = self.ours
+        return ours.periodic and (t_ns - ours.phase_ns) % ours.period_ns == 0
+
+    def _ours_text(self) -> str:
+        if not self.ours.periodic:
+            return "this stage's round_period is 0 (prompt rounds only)"
+        return f"this stage's round_period is {_s(self.ours.period_ns)} (round_phase {_s(self.ours.phase_ns)})"
+
+    def hear(self, stage: str, round_id: int, t_ns: int) -> ScheduleDisagreement | None:
+        """One round named by ``stage``; a disagreement when this round shows a new one, else None."""
+        if round_id != t_ns:
+            self.id_mismatches += 1
+            return self._found(
+                ScheduleDisagreement(stage, f"{stage} named round id {round_id} for stamp {t_ns} ns (ids are T in ns)")
+            )
+        times = self._times.setdefault(stage, [])
+        if t_ns in times:
+            return None
+        if not self.on_schedule(t_ns):
+            self.off_schedule += 1
+        times.append(t_ns)
+        times.sort()
+        del times[: -self.keep]
+        newest = times[-self.window :]
+        if len(newest) < self.window or not any(not self.on_schedule(t) for t in newest):
+            return None
+        # the grid they lie on: a stage skips rounds (a slow drafter drafts not every one), so the
+        # gaps are multiples of its period; dense enough to be a period, not bursts on a fine grid
+        period = math.gcd(*(b - a for a, b in zip(newest, newest[1:])))
+        if period < MIN_PERIOD_NS or (newest[-1] - newest[0]) // period > 2 * (self.window - 1):
+            return None
+        phase = newest[0] % period
+        return self._found(
+            ScheduleDisagreement(
+                stage,
+                f"{stage} rounds fall every {_s(period)} (phase {_s(phase)}) but {self._ours_text()}: "
+                "set the same round parameters on every stage",
+                period,
+                phase,
+            )
+        )
+
+    def _found(self, finding: ScheduleDisagreement) -> ScheduleDisagreement | None:
+        known = self.found.get(finding.stage)
+        self.found[finding.stage] = finding
+        return None if known == finding else finding
+
+    def reset(self) -> None:
+        """Time went backwards: round times start again (the counts and findings stay)."""
+        self._times.clear()
