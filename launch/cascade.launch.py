@@ -52,6 +52,12 @@ ARGUMENTS = (
         "or same-vocab (a vocabulary mix stops the launch)",
     ),
     ("use_sim_time", "false", "follow /clock (bag replay)"),
+    (
+        "autostart",
+        "true",
+        "each stage configures (loads and warms up its model) and activates itself; false: the stages "
+        "wait unconfigured for a lifecycle manager (ros2 lifecycle set NODE configure, then activate)",
+    ),
     ("run_drafter", "true", "start event_drafter"),
     ("run_refiner", "true", "start frame_refiner"),
     ("run_verifier", "true", "start video_verifier"),
@@ -74,6 +80,7 @@ def _stage(
         "backend": LaunchConfiguration("backend"),
         "draft_ids": LaunchConfiguration("draft_ids"),
         "use_sim_time": LaunchConfiguration("use_sim_time"),
+        "autostart": LaunchConfiguration("autostart"),
         **(extra or {}),
     }
     return Node(
