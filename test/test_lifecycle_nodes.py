@@ -177,6 +177,14 @@ def test_configure_activate_deactivate_cleanup_through_the_lifecycle_services(ma
     before = len(bench.collector.finals)
     bench.play(2.0)
     assert bench.collector.wait_final(count=before + 1, timeout_s=60.0)
+    # shutdown from active: the worker stops and the model goes, as on cleanup
+    model_ref = weakref.ref(verifier.model)
+    stage = verifier.stage
+    assert bench.transition("shutdown")
+    assert bench.state() == "finalized" and not stage.running and "model" not in vars(verifier)
+    del stage
+    gc.collect()
+    assert model_ref() is None, "shutdown left the model alive"
 
 
 def test_a_failing_configure_leaves_the_node_unconfigured_with_a_one_line_reason(
