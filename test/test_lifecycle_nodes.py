@@ -116,7 +116,7 @@ def _overrides(model: str) -> list[Parameter]:
         Parameter("round_period", value=PERIOD_S),
         Parameter("clip_duration", value=0.2),
         Parameter("max_new_tokens", value=4),
-        Parameter("estimate_offset", value=False),
+        Parameter("estimate_offset", value=True),  # a background timer too: idle while inactive, gone on cleanup
         Parameter("sensor_reliability", value="reliable"),
         Parameter("sensor_qos_depth", value=500),
         Parameter("draft_wait", value=0.0),
@@ -145,6 +145,7 @@ def test_configure_activate_deactivate_cleanup_through_the_lifecycle_services(ma
 
     assert bench.transition("configure")
     assert bench.state() == "inactive" and verifier.model is not None
+    assert any(t.name == "video_verifier_update_offset" for t in threading.enumerate())
     model_ref = weakref.ref(verifier.model)
     # inactive: frames over four round boundaries arrive and are dropped; no round opens, no caption
     bench.play(2.0)
@@ -170,6 +171,7 @@ def test_configure_activate_deactivate_cleanup_through_the_lifecycle_services(ma
     assert bench.transition("cleanup")
     assert bench.state() == "unconfigured"
     assert "stage" not in vars(verifier) and "model" not in vars(verifier)
+    assert not [t for t in threading.enumerate() if t.name.startswith("video_verifier_") and t.is_alive()]
     gc.collect()
     assert model_ref() is None, "cleanup left the model alive"
     # and it comes back: configure + activate again, and it captions again
