@@ -435,7 +435,8 @@ class StageNode(LifecycleNode, Generic[C]):
       buffered and the rounds left open are void), opens the inputs and enables the round and caption
       publishers; ``deactivate`` undoes that, so no round runs and every input is dropped (counted);
     * ``cleanup`` / ``shutdown`` / an error stop the worker and drop what configure made: every
-      subscription, publisher and timer :meth:`build` created and every attribute it set, so the model
+      subscription, publisher, timer and background timer :meth:`build` created and every attribute
+      it set (the timers idle while inactive), so the model
       (unless it was handed in at construction; its owner keeps it) is released.
 
     ``autostart`` (default true) runs configure and activate in the constructor, which raises a
