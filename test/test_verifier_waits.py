@@ -35,6 +35,21 @@ def test_draft_wait_budget_follows_measured_arrival_within_its_bounds() -> None:
     assert w.budget_s() == 0.03  # never above draft_wait
 
 
+def test_draft_wait_never_exceeds_what_drafts_have_saved() -> None:
+    w = DraftWait(0.1, floor_s=0.002, factor=3.0, alpha=0.5)
+    w.verified(0, 0, 0.010)  # the verifier decoding alone: a step's cost, no draft evidence
+    assert w.worth_s() is None and w.budget_s() == 0.1
+    w.verified(3, 4, 0.010)  # a draft saved 3 tokens of 10 ms each: worth 30 ms of waiting
+    assert w.worth_s() == pytest.approx(0.03) and w.budget_s() == pytest.approx(0.03)
+    for _ in range(12):
+        w.verified(0, 4, 0.010)  # drafts that keep failing (a scene the drafters never saw)
+    assert w.budget_s() == pytest.approx(0.002, abs=1e-4)  # no longer worth waiting for: the floor
+    for _ in range(12):
+        w.verified(8, 8, 0.012)
+    assert w.worth_s() == pytest.approx(8 * 0.012, rel=0.01)  # good drafts again: worth a long wait
+    assert w.budget_s() == pytest.approx(w.worth_s())
+
+
 @pytest.fixture(scope="module")
 def target() -> Any:
     return load_stage_model("tiny:2", "target")

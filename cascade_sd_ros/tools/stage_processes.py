@@ -55,6 +55,26 @@ def cpu_plan(stage: str, available: set[int] | None = None) -> set[int] | None:
     return {cpus[0]} if stage == "verifier" else set(cpus[1:])
 
 
+def pin_this_process(cpus: set[int] | None) -> Callable[[], None]:
+    """Move every thread of this process (DDS and executor threads included, which exist before any
+    pinning of the main thread could reach them) onto ``cpus``; returns what puts them back. With
+    ``cpus`` None (a machine of one CPU) it does nothing. A player publishing a 1 kHz stream must not
+    take the verifier's CPU from it."""
+    if not cpus:
+        return lambda: None
+    before = os.sched_getaffinity(0)
+
+    def each_thread(mask: set[int]) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), mask)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass  # a thread that ended meanwhile
+
+    each_thread(cpus)
+    return lambda: each_thread(before)
+
+
 @dataclass
 class StageProcess:
     """One running stage node."""

@@ -66,11 +66,15 @@ def _ms(ns: int | None) -> float:
 
 
 class DraftWait:
-    """How long the verifier waits for a draft when none is in hand: adapted to measured arrival.
+    """How long the verifier waits for a draft when none is in hand: adapted to measured arrival and
+    to what drafts have been worth.
 
     Drafts that come after a wait are timed (EMA of the delay); the budget is a few times that,
     never more than ``max_s`` (the ``draft_wait`` parameter) nor less than ``floor_s``. Waits that
-    run out widen it again, so a stage that got slower is not cut off for good. Not thread-safe:
+    run out widen it again, so a stage that got slower is not cut off for good. And a wait is never
+    longer than what a draft saves: the tokens drafts got accepted per verification (EMA) times a
+    verification's cost (EMA), since decoding alone in that time commits as much. Drafts that keep
+    failing (a scene the drafters were not trained on) thus stop costing waits. Not thread-safe:
     the verifier stage uses it under its lock.
     """
 
@@ -80,13 +84,32 @@ class DraftWait:
         self.factor = factor
         self.alpha = alpha
         self.ema_s: float | None = None
+        self.accepted_ema: float | None = None  # draft tokens accepted per verified draft
+        self.step_ema_s: float | None = None  # one verification's cost
         self.waits = 0
         self.misses = 0
 
     def budget_s(self) -> float:
-        if self.ema_s is None:
-            return self.max_s
-        return min(self.max_s, max(self.floor_s, self.factor * self.ema_s))
+        budget = self.max_s if self.ema_s is None else min(self.max_s, max(self.floor_s, self.factor * self.ema_s))
+        worth = self.worth_s()
+        return budget if worth is None else min(budget, max(self.floor_s, worth))
+
+    def worth_s(self) -> float | None:
+        """What a draft has saved, on average: accepted tokens times a verification's cost (None: not
+        measured yet)."""
+        if self.accepted_ema is None or self.step_ema_s is None:
+            return None
+        return self.accepted_ema * self.step_ema_s
+
+    def _ema(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+
+    def verified(self, accepted: int, drafted: int, step_s: float) -> None:
+        """A verification's outcome: ``drafted`` draft tokens checked (0: the verifier decoded alone),
+        ``accepted`` of them kept, in ``step_s``."""
+        self.step_ema_s = self._ema(self.step_ema_s, step_s)
+        if drafted > 0:
+            self.accepted_ema = self._ema(self.accepted_ema, float(accepted))
 
     def arrived(self, delay_s: float) -> None:
         self.waits += 1
@@ -201,6 +224,7 @@ class VerifierStage(Stage):
                 "skew_clip_ms": self._skew_clip_ms,
                 "draft_waits": self._draft_wait.waits,
                 "draft_wait_misses": self._draft_wait.misses,
+                "draft_wait_budget_ms": self._draft_wait.budget_s() * 1e3,
             }
 
     # ------------------------------------------------------------------ the worker thread
@@ -377,7 +401,10 @@ class VerifierStage(Stage):
                 q=q,
                 generator=generator,
             )
-            book.spent(rec, verify_ms=(time.perf_counter() - t0) * 1e3)
+            step_s = time.perf_counter() - t0
+            book.spent(rec, verify_ms=step_s * 1e3)
+            with self._lock:
+                self._draft_wait.verified(res.accepted, res.drafted, step_s)
             if not res.token_ids:  # budget already spent or EOS committed: the round is over
                 book.finish(rec)
                 break

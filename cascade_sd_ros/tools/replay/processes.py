@@ -147,7 +147,7 @@ class ProcessPipeline:
         import rclpy
         from rclpy.executors import MultiThreadedExecutor
 
-        from cascade_sd_ros.tools.stage_processes import StageProcesses
+        from cascade_sd_ros.tools.stage_processes import StageProcesses, cpu_plan, pin_this_process
 
         self.config = config
         self.procs = StageProcesses()
@@ -172,6 +172,9 @@ class ProcessPipeline:
             "mode": vparams.get("mode") if verifier else None,
             "processes": "separate stage processes",
         }
+        # the stages pin themselves (the verifier a CPU of its own); this process, the player,
+        # goes with the upstream stages, as the demo's does
+        self._unpin = pin_this_process(cpu_plan("player", self.procs.available_cpus))
         try:
             self.procs.start(config, "/", tag="replay")
             self._wait_ready(ready_timeout_s)
@@ -209,6 +212,7 @@ class ProcessPipeline:
     def close(self) -> None:
         """Stop the stage processes (SIGINT, then harder) and this process's observer (idempotent)."""
         self.procs.stop()
+        self._unpin()
         try:
             self.executor.remove_node(self.observer)
         except Exception:  # noqa: BLE001 - the replay may have shut the executor down already
