@@ -313,8 +313,13 @@ def test_replay_with_stand_in_records_everything(tmp_path: Path, rate: float | N
     # /clock drove the node's timer over the bag's 1.2 s: rounds at sim times T0 + k * 0.25 s.
     stamps = [r["stamp_ns"] for r in doc["rounds"]]
     # (a timer may still fire between the end of the drain and the executor's shutdown; in fast
-    # mode sim time may jump past several periods between two executor cycles: one firing)
-    assert (1 if rate is None else 3) <= len(stamps) <= node.rounds
+    # mode sim time may jump past several periods between two executor cycles: one firing. Paced,
+    # about one run in six on two cores fires it only at the first /clock and near the bag's end
+    # (rclpy's sim-time timer, at any rate tried: 4x and 1x), so the bound is that sim time
+    # reached the end of the bag, not how many periods fired.)
+    assert 1 <= len(stamps) <= node.rounds
+    if rate is not None:
+        assert len(stamps) >= 2 and max(stamps) - min(stamps) >= 0.75e9, stamps
     assert all(T0 <= s <= T0 + 2 * S for s in stamps)
     # The report is what the output bag says.
     out = replay_report.load_output(result.output_bag)

@@ -43,7 +43,7 @@ def test_draft_wait_never_exceeds_what_drafts_have_saved() -> None:
     assert w.worth_s() == pytest.approx(0.03) and w.budget_s() == pytest.approx(0.03)
     for _ in range(12):
         w.verified(0, 4, 0.010)  # drafts that keep failing (a scene the drafters never saw)
-    assert w.budget_s() == pytest.approx(0.002, abs=1e-4)  # no longer worth waiting for: the floor
+    assert w.budget_s() < 0.001  # no longer worth waiting for: next to no wait, below the arrival floor
     for _ in range(12):
         w.verified(8, 8, 0.012)
     assert w.worth_s() == pytest.approx(8 * 0.012, rel=0.01)  # good drafts again: worth a long wait

@@ -92,7 +92,9 @@ class DraftWait:
     def budget_s(self) -> float:
         budget = self.max_s if self.ema_s is None else min(self.max_s, max(self.floor_s, self.factor * self.ema_s))
         worth = self.worth_s()
-        return budget if worth is None else min(budget, max(self.floor_s, worth))
+        # no floor under the worth: drafts that save nothing are not waited for at all (one in hand
+        # is still checked, which is how their worth is measured again)
+        return budget if worth is None else min(budget, worth)
 
     def worth_s(self) -> float | None:
         """What a draft has saved, on average: accepted tokens times a verification's cost (None: not
@@ -269,7 +271,8 @@ class VerifierStage(Stage):
         book = self._book
         with book.changed:
             asked = time.monotonic()
-            deadline = asked + self._draft_wait.budget_s()
+            budget = self._draft_wait.budget_s()
+            deadline = asked + budget
             while True:
                 best = book.best_draft(rec.round_id, self.use_stages)
                 if best is not None:
@@ -279,8 +282,8 @@ class VerifierStage(Stage):
                 live = [s for s in self.use_stages if s not in rec.stalled]
                 left = deadline - time.monotonic()
                 if not live or left <= 0 or not self._alive(rec):
-                    if live and left <= 0:
-                        self._draft_wait.missed()
+                    if live and left <= 0 and budget >= self._draft_wait.floor_s:
+                        self._draft_wait.missed()  # a wait not worth taking (see DraftWait) is no miss
                     book.stall(rec, live)
                     return None
                 book.changed.wait(min(left, POLL_S))

@@ -93,6 +93,8 @@ def _discover(nodes: list[Any], outputs: list[str], inputs: dict[str, str]) -> t
     pubs = {p.topic_name: p for node in nodes for p in node.publishers}
     pairs = [(f"output {name}", pubs[name].get_subscription_count) for name in outputs]
     pairs += [(f"input {sub.topic_name}", sub.get_publisher_count) for sub in subs if sub.topic_name in inputs]
+    # a node on sim time that misses the first /clock messages runs its timers late, if at all
+    pairs += [("input /clock", sub.get_publisher_count) for sub in subs if sub.topic_name == "/clock"]
     unmatched = _wait_matched(pairs, MATCH_TIMEOUT_S)
     internal = set(pubs) | {"/clock", "/parameter_events"}
     return unmatched, sorted({sub.topic_name for sub in subs} - set(inputs) - internal)
