@@ -133,11 +133,25 @@ def test_yaml_defaults_match_the_nodes_defaults() -> None:
     for node in NODES:
         declared = _declared(node)
         for name, value in params[node].items():
-            if name in ("sensor_qos_depth",):
+            if node == "video_verifier" and name == "sensor_qos_depth":
                 continue  # deliberately deeper than the node default for event bursts
             assert value == declared[name].default, (
                 f"{node}.{name}: yaml {value!r} vs node default {declared[name].default!r}"
             )
+
+
+def test_the_drafters_events_queue_holds_a_second_of_a_1khz_driver_and_the_others_keep_theirs() -> None:
+    """The events subscription is sized to the sensor: 50 packets was 50 ms of a 1 kHz driver, and a
+    paced replay of one lost 250-485 packets while the drafter drafted."""
+    from cascade_sd_ros.nodes.common import COMMON_PARAMS, with_defaults
+
+    assert _declared("event_drafter")["sensor_qos_depth"].default >= 1000
+    assert _declared("frame_refiner")["sensor_qos_depth"].default == 50  # 30 Hz images: over a second
+    bumped = with_defaults(COMMON_PARAMS, sensor_qos_depth=7)
+    assert [p.name for p in bumped] == [p.name for p in COMMON_PARAMS]
+    assert {p.name: p.default for p in bumped}["sensor_qos_depth"] == 7
+    with pytest.raises(KeyError, match="sensor_qos_dept"):
+        with_defaults(COMMON_PARAMS, sensor_qos_dept=7)
 
 
 def test_rviz_config_shows_the_caption_topics() -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import numpy as np
@@ -91,6 +91,15 @@ class Param:
     # applied while the node runs (StageNode.apply_live); every other parameter is read-only, so a
     # change that could not take effect is refused with a reason instead of silently ignored
     live: bool = False
+
+
+def with_defaults(params: Sequence[Param], **defaults: Any) -> tuple[Param, ...]:
+    """``params`` with some defaults replaced (a node whose inputs differ from the others')."""
+    names = {p.name for p in params}
+    unknown = sorted(set(defaults) - names)
+    if unknown:
+        raise KeyError(f"no such parameters: {unknown}")
+    return tuple(replace(p, default=defaults[p.name]) if p.name in defaults else p for p in params)
 
 
 def declare(node: Node, params: Sequence[Param]) -> dict[str, Any]:

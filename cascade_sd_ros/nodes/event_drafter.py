@@ -37,17 +37,23 @@ from cascade_sd_ros.nodes.common import (
     spin_node,
     stage_config_fields,
     warm_up_event_decoders,
+    with_defaults,
 )
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 from cascade_sd_ros.ros.outputs import draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
+# An event camera's driver sends 200-1000 packets/s, against an image topic's 30: the events queue
+# holds a second of a 1 kHz driver, so a drafter busy with a draft (or a GIL held by the refiner's
+# model beside it) does not lose packets: each lost packet is a hole in the event image.
+EVENTS_QOS_DEPTH = 1000
+
 PARAMS: tuple[Param, ...] = (
     Param(
         "model", "", "drafter model: a local HF folder, or tiny:SEED; empty = the shipped zoo's drafter", read_only=True
     ),
-    *COMMON_PARAMS,
+    *with_defaults(COMMON_PARAMS, sensor_qos_depth=EVENTS_QOS_DEPTH),
     Param("gamma", 4, "[tokens] draft length per proposal (live)", 1, 64, live=True),
     GAMMA_MAX_PARAM,
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
