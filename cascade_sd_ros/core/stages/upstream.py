@@ -156,7 +156,32 @@ class UpstreamStage(Stage):
         inp = self._ensure_context(item[0])
         return None if inp is None else (*item, inp)
 
-    def _record(self, rec: RoundRecord, prefix: list[int], draft: Draft) -> None:
+    def _record(
+        self,
+        rec: RoundRecord,
+        prefix: list[int],
+        seq: int,
+        inp: StageInput,
+        tokens: Sequence[int],
+        confidence: Sequence[float],
+        compute_ms: float,
+        upstream: tuple[int, int] = (0, 0),
+    ) -> None:
+        """This stage's draft of ``tokens`` after ``prefix`` (commit ``seq``), speculated on and published;
+        ``upstream`` is (drafted, kept) of the stage-0 draft it refined. A round whose input was
+        degraded (no frame, a stale clip) makes a degraded draft."""
+        draft = Draft(
+            stage=self.stage_id,
+            commit_seq=seq,
+            start_position=len(prefix),
+            token_ids=tuple(tokens),
+            confidence=tuple(confidence),
+            upstream_drafted=upstream[0],
+            upstream_accepted=upstream[1],
+            compute_ms=compute_ms,
+            degraded=bool(inp.degraded_reason) or inp.pixels is None,
+            degraded_reason=inp.degraded_reason,
+        )
         if not self._book.speculate(rec, prefix, draft.token_ids):
             return  # reset or evicted meanwhile
         self._publish(rec.round_id, rec.t_ns, draft)
@@ -206,17 +231,7 @@ class DrafterStage(UpstreamStage):
         if not proposal.token_ids:
             self._idle()
             return
-        draft = Draft(
-            stage=STAGE_DRAFTER,
-            commit_seq=seq,
-            start_position=len(prefix),
-            token_ids=tuple(proposal.token_ids),
-            confidence=tuple(proposal.probs),
-            compute_ms=(time.perf_counter() - t0) * 1e3,
-            degraded=bool(inp.degraded_reason),
-            degraded_reason=inp.degraded_reason,
-        )
-        self._record(rec, prefix, draft)
+        self._record(rec, prefix, seq, inp, proposal.token_ids, proposal.probs, (time.perf_counter() - t0) * 1e3)
 
 
 class RefinerStage(UpstreamStage):
@@ -287,19 +302,8 @@ class RefinerStage(UpstreamStage):
                 self._idle()
                 return
             d0, tail = found
-            draft = Draft(
-                stage=STAGE_REFINER,
-                commit_seq=seq,
-                start_position=len(prefix),
-                token_ids=tuple(tail),
-                confidence=tuple(d0.confidence[len(d0.token_ids) - len(tail) :]),
-                upstream_drafted=len(tail),
-                upstream_accepted=len(tail),
-                compute_ms=0.0,
-                degraded=True,
-                degraded_reason=inp.degraded_reason,
-            )
-            self._record(rec, prefix, draft)
+            conf0 = d0.confidence[len(d0.token_ids) - len(tail) :]
+            self._record(rec, prefix, seq, inp, tail, conf0, 0.0, upstream=(len(tail), len(tail)))
             return
         found = self._upstream(rec, prefix, wait=True)
         adapter = self.model.adapter
@@ -318,16 +322,5 @@ class RefinerStage(UpstreamStage):
         if not tokens:
             self._idle()
             return
-        draft = Draft(
-            stage=STAGE_REFINER,
-            commit_seq=seq,
-            start_position=len(prefix),
-            token_ids=tuple(tokens),
-            confidence=tuple(conf),
-            upstream_drafted=drafted,
-            upstream_accepted=kept,
-            compute_ms=(time.perf_counter() - t0) * 1e3 + (0.0 if found is None else found[0].compute_ms),
-            degraded=bool(inp.degraded_reason),
-            degraded_reason=inp.degraded_reason,
-        )
-        self._record(rec, prefix, draft)
+        compute_ms = (time.perf_counter() - t0) * 1e3 + (0.0 if found is None else found[0].compute_ms)
+        self._record(rec, prefix, seq, inp, tokens, conf, compute_ms, upstream=(drafted, kept))
