@@ -7,6 +7,11 @@ the cascade's verifier time went (prefill, verification passes, waiting for draf
 
     .venv/bin/python bench/nodes.py --scenes 10
     .venv/bin/python bench/nodes.py --scenes 10 --configs all,refiner --noise 0,0.1
+    .venv/bin/python bench/nodes.py --scenes 10 --alpha 0.5,0.7,0.9   # controlled acceptance (see below)
+
+``--alpha``: BENCHMARK-ONLY controlled acceptance (``core/stages/controlled.py``): the drafter's and
+refiner's drafts are rewritten so each token is the target's with that probability, their models
+still running; the nodes' speed against acceptance, apart from what the zoo's stages happen to know.
 
 Run on a quiet machine: every other process competes with the stages for the cores.
 """
@@ -43,6 +48,12 @@ def main() -> int:
         metavar="NODE:NAME=VALUE",
         help="node parameter for every configuration (as cascade-sd demo --param)",
     )
+    parser.add_argument(
+        "--alpha",
+        default="",
+        help="comma-separated controlled per-token acceptances of the upstream drafts (benchmark only; "
+        "empty: the stages' own drafts)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per configuration")
     args = parser.parse_args()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -53,60 +64,65 @@ def main() -> int:
     from cascade_sd_ros.tools.replay.pipeline import parse_params
 
     hf_logging.disable_progress_bar()
-    for name in args.configs.split(","):
-        for noise in (float(x) for x in args.noise.split(",")):
-            results, speed, info = run_demo(
-                n_scenes=args.scenes,
-                seed=args.seed,
-                sources={},
-                mode="lossless-greedy",
-                stages=STAGE_SETS[name],
-                offset_ns=30_000_000,
-                jitter_ms=2.0,
-                drop_rate=0.05,
-                device="cpu",
-                timeout_s=60.0,
-                rate=1.0,
-                one_process=args.one_process,
-                noise_hz=noise,
-                overrides=parse_params(args.param),
-            )
-            equal = sum(bool(r.equal) for r in results)
-            parts = (
-                {
-                    k: statistics.median(r.parts_ms[k] for r in results if r.parts_ms)
-                    for k in ("prefill", "verify", "draft_wait", "other")
-                }
-                if any(r.parts_ms for r in results)
-                else {}
-            )
-            row = {
-                "stages": name,
-                "noise_hz": noise,
-                "params": args.param,
-                "scenes": len(results),
-                "equal": equal,
-                **speed.to_dict(),
-                "tokens_per_verifier_step": info["tokens_per_verifier_step"],
-                "cascade_parts_p50_ms": parts,
-                "processes": info["processes"],
-                "by_caption_length": {
-                    n: {"n": d["caption_latency_cascade"]["n"], "speedup_p50": d["speedup_p50"]}
-                    for n, d in info["by_caption_length"].items()
-                },
+    alphas: list[float | None] = [float(x) for x in args.alpha.split(",")] if args.alpha else [None]
+    runs = [(n, float(x), a) for n in args.configs.split(",") for x in args.noise.split(",") for a in alphas]
+    for name, noise, alpha in runs:
+        results, speed, info = run_demo(
+            n_scenes=args.scenes,
+            seed=args.seed,
+            sources={},
+            mode="lossless-greedy",
+            stages=STAGE_SETS[name],
+            offset_ns=30_000_000,
+            jitter_ms=2.0,
+            drop_rate=0.05,
+            device="cpu",
+            timeout_s=60.0,
+            rate=1.0,
+            one_process=args.one_process,
+            noise_hz=noise,
+            overrides=parse_params(args.param),
+            controlled_alpha=alpha,
+            **({} if alpha is None else {"oracle_offset": True}),  # its reference clips use the pinned offset
+        )
+        equal = sum(bool(r.equal) for r in results)
+        parts = (
+            {
+                k: statistics.median(r.parts_ms[k] for r in results if r.parts_ms)
+                for k in ("prefill", "verify", "draft_wait", "other")
             }
-            if args.json:
-                print(json.dumps(row), flush=True)
-                continue
-            c, a, b = speed.cascade, speed.alone, speed.bare
-            print(
-                f"stages {name:8s} noise {noise:4.2f} {' '.join(args.param)} equal {equal}/{len(results)}  "
-                f"cascade p50 {c.p50_ms:.0f} p95 {c.p95_ms:.0f} ms | alone p50 {a.p50_ms:.0f} p95 {a.p95_ms:.0f} ms "
-                f"| bare p50 {b.p50_ms:.0f} ms | speed-up p50 {speed.speedup_p50:.2f}x "
-                f"(alone/bare {speed.alone_over_bare:.2f}) | tokens/step {info['tokens_per_verifier_step']:.2f} "
-                f"| cascade parts p50 {json.dumps(parts)} | by caption length {json.dumps(row['by_caption_length'])}",
-                flush=True,
-            )
+            if any(r.parts_ms for r in results)
+            else {}
+        )
+        row = {
+            "stages": name,
+            "noise_hz": noise,
+            "controlled_alpha": alpha,
+            "params": args.param,
+            "scenes": len(results),
+            "equal": equal,
+            **speed.to_dict(),
+            "tokens_per_verifier_step": info["tokens_per_verifier_step"],
+            "cascade_parts_p50_ms": parts,
+            "processes": info["processes"],
+            "by_caption_length": {
+                n: {"n": d["caption_latency_cascade"]["n"], "speedup_p50": d["speedup_p50"]}
+                for n, d in info["by_caption_length"].items()
+            },
+        }
+        if args.json:
+            print(json.dumps(row), flush=True)
+            continue
+        c, a, b = speed.cascade, speed.alone, speed.bare
+        print(
+            f"stages {name:8s} noise {noise:4.2f} {'' if alpha is None else f'alpha {alpha:g} '}"
+            f"{' '.join(args.param)} equal {equal}/{len(results)}  "
+            f"cascade p50 {c.p50_ms:.0f} p95 {c.p95_ms:.0f} ms | alone p50 {a.p50_ms:.0f} p95 {a.p95_ms:.0f} ms "
+            f"| bare p50 {b.p50_ms:.0f} ms | speed-up p50 {speed.speedup_p50:.2f}x "
+            f"(alone/bare {speed.alone_over_bare:.2f}) | tokens/step {info['tokens_per_verifier_step']:.2f} "
+            f"| cascade parts p50 {json.dumps(parts)} | by caption length {json.dumps(row['by_caption_length'])}",
+            flush=True,
+        )
     return 0
 
 

@@ -41,6 +41,7 @@ from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
 from cascade_sd_ros.core.spec.text_drafts import DRAFT_IDS_MODES
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule, Stage, UpstreamStage
+from cascade_sd_ros.core.stages.controlled import ControlledAcceptance
 from cascade_sd_ros.ros.dds_profile import use_node_profile
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
@@ -380,6 +381,43 @@ GAMMA_MAX_PARAM = Param(
     64,
     live=True,
 )
+
+
+# Benchmarks only (core/stages/controlled.py): an upstream stage's drafts rewritten to a chosen
+# acceptance, so the nodes' speed can be read against acceptance (random-weight models on a GPU).
+CONTROLLED_PARAMS: tuple[Param, ...] = (
+    Param(
+        "bench_reference_captions",
+        "",
+        "BENCHMARK ONLY: JSON of the target's greedy caption per round (cascade-sd bench tools write it); "
+        "set, this stage's drafts are rewritten so each token is right with probability bench_controlled_alpha. "
+        "Empty (default): the stage's own drafts",
+        read_only=True,
+    ),
+    Param(
+        "bench_controlled_alpha",
+        0.7,
+        "BENCHMARK ONLY: per-token acceptance of the rewritten drafts (with bench_reference_captions)",
+        0.0,
+        1.0,
+        read_only=True,
+    ),
+)
+
+
+def control_acceptance(node: Node, stage: UpstreamStage, vocab_size: int) -> None:
+    """Benchmarks only: rewrite ``stage``'s drafts as :data:`CONTROLLED_PARAMS` say (nothing when no
+    reference file is given); a bad file fails configure with one line naming it."""
+    path = str(node.get_parameter("bench_reference_captions").value)
+    if not path:
+        return
+    alpha = float(node.get_parameter("bench_controlled_alpha").value)
+    controlled = ControlledAcceptance.load(path, alpha, vocab_size, stage=stage.stage_id)
+    stage.control_acceptance(controlled)
+    node.get_logger().warning(
+        f"BENCHMARK ONLY: drafts rewritten to per-token acceptance {alpha:g} from {path} "
+        f"({len(controlled.captions)} rounds); captions stay the verifier's"
+    )
 
 
 def apply_draft_length(node: Node, stage: UpstreamStage, name: str, value: Any) -> str | None:

@@ -25,6 +25,7 @@ from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
 from cascade_sd_ros.core.stages.activity import ActivityTrigger
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
+    CONTROLLED_PARAMS,
     GAMMA_MAX_PARAM,
     PROMPT_QOS,
     ROUND_QOS,
@@ -34,6 +35,7 @@ from cascade_sd_ros.nodes.common import (
     StageNode,
     apply_draft_length,
     commit_verdict,
+    control_acceptance,
     spin_node,
     stage_config_fields,
     warm_up_event_decoders,
@@ -56,6 +58,7 @@ PARAMS: tuple[Param, ...] = (
     *with_defaults(COMMON_PARAMS, sensor_qos_depth=EVENTS_QOS_DEPTH),
     Param("gamma", 4, "[tokens] draft length per proposal (live)", 1, 64, live=True),
     GAMMA_MAX_PARAM,
+    *CONTROLLED_PARAMS,
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
     Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
     Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
@@ -176,6 +179,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             max_new_tokens=self.cfg.max_new_tokens,
             question=self.cfg.prompt,
         )
+        control_acceptance(self, self.stage, self.model.adapter.vocab_size)
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name in ("gamma", "gamma_max"):

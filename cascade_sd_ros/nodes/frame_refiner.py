@@ -40,6 +40,7 @@ from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import RefinerStage, StageInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
+    CONTROLLED_PARAMS,
     GAMMA_MAX_PARAM,
     LATCHED_QOS,
     PROMPT_QOS,
@@ -52,6 +53,7 @@ from cascade_sd_ros.nodes.common import (
     apply_draft_length,
     choice,
     commit_verdict,
+    control_acceptance,
     spin_node,
     stage_config_fields,
 )
@@ -75,6 +77,7 @@ PARAMS: tuple[Param, ...] = (
     *MODE_PARAMS,
     Param("gamma", 6, "[tokens] refiner draft length (kept drafter tokens + its own) (live)", 1, 64, live=True),
     GAMMA_MAX_PARAM,
+    *CONTROLLED_PARAMS,
     Param("lookahead", 2, "[drafts] proposals the refiner may run ahead of the last commit", 1, 16),
     Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
     Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
@@ -222,6 +225,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
             liveness_s=self.cfg.liveness_s,
             question=self.cfg.prompt,
         )
+        control_acceptance(self, self.stage, self.model.adapter.vocab_size)
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name in ("gamma", "gamma_max"):

@@ -15,11 +15,14 @@ instead (debugging; the stages then share one interpreter).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from cascade_sd_ros.core.names import STAGE_NAMES
@@ -125,8 +128,6 @@ def _positive_int(text: str) -> int:
 
 
 def _model_sources(args: argparse.Namespace) -> dict[str, str]:
-    from pathlib import Path
-
     sources: dict[str, str] = {}
     if args.models:
         for role in ROLES:
@@ -333,10 +334,18 @@ def run_demo(
     noise_hz: float = 0.1,
     overrides: dict[str, dict[str, Any]] | None = None,
     oracle_offset: bool = True,
+    controlled_alpha: float | None = None,
 ) -> tuple[list[SceneResult], Any, dict[str, Any]]:
     """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
-    the caption-latency comparison and run info."""
+    the caption-latency comparison and run info.
+
+    ``controlled_alpha`` (benchmarks only): the upstream stages' drafts are rewritten so each token is
+    the target's with this probability (``core/stages/controlled.py``); the target's bare captions of
+    every round are decoded first, with the pinned offset, as their reference."""
+    if controlled_alpha is not None and not oracle_offset:
+        raise ValueError("controlled acceptance needs the pinned offset: its reference clips are cut with it")
     from cascade_sd_ros.core.speed import by_caption_length, compare
+    from cascade_sd_ros.core.stages.controlled import write_reference
     from cascade_sd_ros.core.synth.clocks import ClockModel
     from cascade_sd_ros.core.synth.esim import EsimConfig
     from cascade_sd_ros.core.synth.packets import PacketConfig
@@ -363,6 +372,14 @@ def run_demo(
     # what the zoo was trained on (its zoo.json), so its models see what they learnt from
     for node, values in trained_params(meta).items():
         params[node] = {**params.get(node, {}), **values}
+    reference_dir = (
+        tempfile.TemporaryDirectory(prefix="cascade-sd-reference-") if controlled_alpha is not None else None
+    )
+    reference = None if reference_dir is None else Path(reference_dir.name) / "captions.json"
+    if reference is not None:
+        controlled = {"bench_reference_captions": str(reference), "bench_controlled_alpha": controlled_alpha}
+        for node in ("event_drafter", "frame_refiner"):
+            params[node] = {**params.get(node, {}), **controlled}
     for node, values in (overrides or {}).items():
         params[node] = {**params.get(node, {}), **values}
     config = PipelineConfig(models=sources, stages=stages, device=device, params=params, executor=executor)
@@ -375,7 +392,11 @@ def run_demo(
     budget = int(params["common"].get("max_new_tokens", 32))
     question = str(params["common"].get("prompt", "describe the scene"))
     bare_target = BareClips(config, question, budget, one_process)
-    with bare_target:
+    with bare_target, reference_dir or contextlib.nullcontext():
+        if reference is not None:  # the drafts' reference: the target's own captions, before any pass
+            for i in range(n_scenes):
+                bare_target.measure(i, scenes, rounds.round_ids[i])
+            write_reference(reference, {rounds.round_ids[i]: bare_target.tokens[i] for i in bare_target.tokens})
         if one_process:
             for i in range(n_scenes):
                 bare_target.measure(i, scenes, rounds.round_ids[i])
@@ -411,6 +432,7 @@ def run_demo(
         "playback": "as fast as possible" if rate is None else f"{rate:g}x sensor rate",
         "processes": "one process" if one_process else "separate stage processes",
         "executor": executor,
+        "controlled_alpha": controlled_alpha,
         "bare_same_caption": f"{bare_same}/{len(both)}",
         "by_caption_length": {
             n: part.to_dict()

@@ -23,6 +23,7 @@ from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import draft_step, refine_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
+from cascade_sd_ros.core.stages.controlled import ControlledAcceptance
 from cascade_sd_ros.core.stages.gamma import AdaptiveGamma
 
 Publish = Callable[[int, int, Draft], None]  # (round_id, t_ns, draft)
@@ -61,6 +62,13 @@ class UpstreamStage(Stage):
         self._current: RoundRecord | None = None  # the round of the step in progress
         self._counts.update(drafts_published=0, rounds_seen=0, inputs_missing=0)
         self._last_skew_ms = math.nan
+        self._controlled: ControlledAcceptance | None = None  # benchmarks only
+
+    def control_acceptance(self, controlled: ControlledAcceptance) -> None:
+        """Benchmarks only: from now on this stage's drafts are rewritten to a chosen acceptance (see
+        :mod:`.controlled`); its model still runs, so drafts cost what they cost."""
+        with self._lock:
+            self._controlled = controlled
 
     stage_id: int  # DraftTokens.STAGE_* of this stage's drafts
 
@@ -108,12 +116,17 @@ class UpstreamStage(Stage):
     def snapshot(self) -> dict[str, object]:
         with self._lock:
             g = self._gamma
+            c = self._controlled
+            controlled = (
+                {} if c is None else {"controlled_alpha": c.alpha, "controlled_unknown_rounds": c.unknown_rounds}
+            )
             return {
                 **super().snapshot(),
                 "frame_skew_ms": self._last_skew_ms,
                 "gamma": g.value,
                 "gamma_grown": g.grown,
                 "gamma_shrunk": g.shrunk,
+                **controlled,
             }
 
     def _work_item(self) -> tuple[RoundRecord, list[int], int] | None:
@@ -170,6 +183,13 @@ class UpstreamStage(Stage):
         """This stage's draft of ``tokens`` after ``prefix`` (commit ``seq``), speculated on and published;
         ``upstream`` is (drafted, kept) of the stage-0 draft it refined. A round whose input was
         degraded (no frame, a stale clip) makes a degraded draft."""
+        with self._lock:
+            controlled = self._controlled
+        if controlled is not None:
+            tokens = controlled(rec.t_ns, prefix, tokens)
+            confidence = list(confidence)[: len(tokens)]
+            if not tokens:
+                return
         draft = Draft(
             stage=self.stage_id,
             commit_seq=seq,
