@@ -105,3 +105,44 @@ def test_through_the_three_stages_the_caption_is_the_verifier_alones_at_any_alph
         else:
             assert sum(final.accepted_per_stage) >= len(alone) // 2
     assert forwards[1.0] < forwards[0.0] == len(alone)
+
+
+# ------------------------------------------------------------------ drafts that do not pay are not checked
+def test_draft_value_skips_a_stage_whose_drafts_cost_more_than_they_commit_and_probes_it() -> None:
+    from cascade_sd_ros.core.stages.draft_value import DraftValue
+
+    v = DraftValue(alpha=1.0, probe_every=4)  # alpha 1: each EMA is the last figure, to read the rule
+    assert v.use(STAGE_DRAFTER) and v.pays(STAGE_REFINER)  # nothing measured: every draft is checked
+    v.verified(None, 0, 0, 0.010)  # a step alone: 10 ms
+    v.verified(STAGE_DRAFTER, 0, 4, 0.013)  # 4 drafted, none kept, 13 ms: 1 token in 13 ms < 1 in 10
+    v.verified(STAGE_REFINER, 1, 6, 0.016)  # 2 tokens in 16 ms > 1 in 10: pays
+    assert not v.pays(STAGE_DRAFTER) and v.pays(STAGE_REFINER)
+    decisions = [v.use(STAGE_DRAFTER) for _ in range(8)]
+    assert decisions == [False, False, False, True] * 2  # a probe every fourth decision
+    assert v.skipped[STAGE_DRAFTER] == 6 and v.probes[STAGE_DRAFTER] == 2
+    assert all(v.use(STAGE_REFINER) for _ in range(8)) and STAGE_REFINER not in v.skipped
+    v.verified(STAGE_DRAFTER, 3, 4, 0.013)  # a probe that agrees: 4 tokens in 13 ms, taken up again
+    assert v.pays(STAGE_DRAFTER) and v.use(STAGE_DRAFTER)
+    with pytest.raises(ValueError):
+        DraftValue(alpha=0.0)
+
+
+def test_the_verifier_decodes_alone_past_drafts_that_do_not_pay_and_the_caption_is_unchanged() -> None:
+    """Drafts measured as not paying (slow to check, nothing kept) are skipped but for probes: the
+    verifier takes about one target forward per token, and its caption is the target's."""
+    from test_stages import CTX as STAGE_CTX
+    from test_stages import MAX_NEW, SEED, Cascade, target_only_greedy
+
+    alone = target_only_greedy(TableLM(SEED, VOCAB), STAGE_CTX, MAX_NEW)
+    cascade = Cascade(TableLM(SEED, VOCAB), TableLM(SEED, VOCAB))  # drafts that would all be accepted
+    value = cascade.verifier._value
+    value.alone_s, value.accepted, value.cost_s = 1e-6, {0: 0.0, 1: 0.0}, {0: 1.0, 1: 1.0}
+    final = cascade.run()
+    assert list(final.token_ids) == alone
+    snap = cascade.verifier.snapshot()
+    # seven steps alone (no draft checked, none waited for), then the eighth decision probes both
+    # stages: once a probe's draft is checked and accepted whole, the drafts pay again and carry the
+    # rest (a probe that finds no draft in hand yet is a step alone: another seven may pass)
+    assert snap["drafts_skipped_drafter"] >= 7 and snap["drafts_skipped_refiner"] >= 7
+    assert snap["draft_probes_drafter"] >= 1 and snap["draft_probes_refiner"] >= 1
+    assert 8 <= final.target_forwards < len(alone)

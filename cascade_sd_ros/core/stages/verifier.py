@@ -23,6 +23,7 @@ from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import cut_draft, verify_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
+from cascade_sd_ros.core.stages.draft_value import DraftValue
 
 KEEP_FINALS = 64  # the last rounds' final updates kept for lookup (demo, replay, tests)
 KEEP_LATENCIES = 50  # final latencies behind the diagnostics' mean
@@ -157,6 +158,7 @@ class VerifierStage(Stage):
         self.max_pending = max_pending
         self.liveness_s = liveness_s
         self._draft_wait = DraftWait(draft_wait_s)
+        self._value = DraftValue()  # whose drafts pay to check (the rest: decoded alone, probed now and then)
         self._counts.update(rounds_done=0, rounds_dropped=0, rounds_degraded=0, prefills_with_draft=0)
         self._finals: OrderedDict[int, CaptionUpdate] = OrderedDict()
         self._last_final: CaptionUpdate | None = None  # of the present timeline (None after a reset)
@@ -227,6 +229,8 @@ class VerifierStage(Stage):
                 "draft_waits": self._draft_wait.waits,
                 "draft_wait_misses": self._draft_wait.misses,
                 "draft_wait_budget_ms": self._draft_wait.budget_s() * 1e3,
+                **{f"drafts_skipped_{STAGE_NAMES[s]}": n for s, n in self._value.skipped.items()},
+                **{f"draft_probes_{STAGE_NAMES[s]}": n for s, n in self._value.probes.items()},
             }
 
     # ------------------------------------------------------------------ the worker thread
@@ -266,20 +270,25 @@ class VerifierStage(Stage):
 
         A draft in hand is never held back for a better stage's: an idle verifier costs more than a
         draft accepted a little less. A stage that misses the wait is marked stalled for the round
-        and not waited for again until it delivers, so a dead stage costs one wait per round.
+        and not waited for again until it delivers, so a dead stage costs one wait per round. A
+        stage whose drafts have not paid (:class:`DraftValue`) is neither checked nor waited for,
+        but for a probe now and then.
         """
         book = self._book
         with book.changed:
+            stages = tuple(s for s in self.use_stages if self._value.use(s))
+            if not stages:
+                return None
             asked = time.monotonic()
             budget = self._draft_wait.budget_s()
             deadline = asked + budget
             while True:
-                best = book.best_draft(rec.round_id, self.use_stages)
+                best = book.best_draft(rec.round_id, stages)
                 if best is not None:
                     if time.monotonic() > asked:
                         self._draft_wait.arrived(time.monotonic() - asked)
                     return best
-                live = [s for s in self.use_stages if s not in rec.stalled]
+                live = [s for s in stages if s not in rec.stalled]
                 left = deadline - time.monotonic()
                 if not live or left <= 0 or not self._alive(rec):
                     if live and left <= 0 and budget >= self._draft_wait.floor_s:
@@ -366,7 +375,9 @@ class VerifierStage(Stage):
             return
         adapter = self.model.adapter
         # a draft already in hand rides in the prefill forward: its verification then costs nothing
-        in_hand = book.best_draft(rec.round_id, self.use_stages)
+        with self._lock:
+            paying = tuple(s for s in self.use_stages if self._value.pays(s))
+        in_hand = book.best_draft(rec.round_id, paying) if paying else None
         ahead = [] if in_hand is None else cut_draft(in_hand[1], self.max_new_tokens, adapter.eos_token_id)
         t0 = time.perf_counter()
         adapter.prefill(self.model.context(inp.pixels, rec.question), caption=ahead)
@@ -408,6 +419,7 @@ class VerifierStage(Stage):
             book.spent(rec, verify_ms=step_s * 1e3)
             with self._lock:
                 self._draft_wait.verified(res.accepted, res.drafted, step_s)
+                self._value.verified(None if choice is None else stage, res.accepted, res.drafted, step_s)
             if not res.token_ids:  # budget already spent or EOS committed: the round is over
                 book.finish(rec)
                 break
