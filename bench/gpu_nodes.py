@@ -66,68 +66,11 @@ QUESTION = "describe the scene"
 
 
 # ----------------------------------------------------------------------------------------- shapes
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """A VideoLlava target shape (random weights: latency does not depend on the values)."""
-
-    name: str
-    vocab: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    vision_hidden: int
-    vision_intermediate: int
-    vision_layers: int
-    vision_heads: int
-    image_size: int
-    patch_size: int
-    frames: int
-
-    def config(self) -> Any:
-        from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
-
-        text = LlamaConfig(
-            vocab_size=self.vocab,
-            hidden_size=self.hidden,
-            intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers,
-            num_attention_heads=self.heads,
-            num_key_value_heads=self.heads,
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-5,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-            tie_word_embeddings=False,
-        )
-        vision = CLIPVisionConfig(
-            hidden_size=self.vision_hidden,
-            intermediate_size=self.vision_intermediate,
-            num_hidden_layers=self.vision_layers,
-            num_attention_heads=self.vision_heads,
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-        )
-        patches = (self.image_size // self.patch_size) ** 2
-        return VideoLlavaConfig(
-            vision_config=vision.to_dict(),
-            text_config=text.to_dict(),
-            image_token_index=self.vocab - 2,
-            video_token_index=self.vocab - 1,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-            projector_hidden_act="gelu",
-            image_seq_length=patches,
-            video_seq_length=self.frames * (patches + 1),
-        )
-
-
-# Video-LLaVA-7B-hf's shape (as bench/gpu_verifier.py): 8 x 257 video positions + the text prompt.
-FULL = Shape("video-llava-7b", 32064, 4096, 11008, 32, 32, 1024, 4096, 24, 16, 224, 14, 8)
-TINY = Shape("tiny", 256, 64, 128, 2, 4, 32, 64, 2, 2, 16, 8, 8)
+# Video-LLaVA-7B-hf's shape and the dry run's tiny one: bench/gpu_verifier.py's, one definition
+# (random weights: latency does not depend on the values).
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
+from gpu_verifier import FULL, TINY, Shape  # noqa: E402
 
 
 class ByteTokenizer:
