@@ -4,6 +4,7 @@ drafts actually arrive (never past ``draft_wait``)."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -101,3 +102,55 @@ def test_a_drafter_draft_in_hand_is_used_at_once_not_held_for_the_refiner(target
     # it waited for no draft: the one in hand was checked at once, and no wait ran out
     assert worker.snapshot()["draft_wait_misses"] == 0 and STAGE_REFINER not in worker.record(10).stalled
     assert worker.snapshot()["prefills_with_draft"] == 1  # and it rode in the prefill forward: no verify of its own
+
+
+def test_a_draft_too_late_for_its_round_still_says_its_stage_is_alive(target: Any) -> None:
+    """A refiner slower than the verifier's rounds (a restarted process on a loaded CPU): its draft
+    reaches a round already final, or one already forgotten. Neither is verified, but the stage is
+    not silent any more, so the next round's caption does not call it missing."""
+    finals: dict[int, Any] = {}
+    done = threading.Condition()
+
+    def emit(u: Any) -> None:
+        if u.final:
+            with done:
+                finals[u.round_id] = u
+                done.notify_all()
+
+    worker = VerifierStage(
+        target,
+        lambda r, g: StageInput(FRAMES, skew_ns=0, span_ns=1),
+        emit,
+        rules=mode_rules("lossless-greedy"),
+        max_new_tokens=4,
+        draft_wait_s=0.0,
+        max_wait_s=0.5,
+        use_stages=(STAGE_REFINER,),
+        question="q",
+    )
+
+    def final(round_id: int) -> Any:
+        worker.open_round(round_id)
+        with done:
+            assert done.wait_for(lambda: round_id in finals, 60), f"no final caption for round {round_id}"
+        return finals[round_id]
+
+    def late(round_id: int) -> Draft:
+        d = Draft(stage=STAGE_REFINER, commit_seq=0, start_position=0, token_ids=(5, 6), confidence=(0.9, 0.9))
+        worker.hear_draft(round_id, round_id, d)
+        return d
+
+    worker.start()
+    try:
+        assert "no drafts from refiner" in final(10).degraded_reason  # never heard: silent
+        late(10)  # the round is final and still in the book
+        assert worker.record(10).drafts == [] and STAGE_REFINER not in worker.silent_stages([STAGE_REFINER], 5.0)
+        assert final(20).degraded_reason == ""  # heard 0 s ago: slow, not missing
+        deadline = time.monotonic() + 10
+        while STAGE_REFINER not in worker.silent_stages([STAGE_REFINER], 0.2) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it has been quiet for 0.2 s
+        assert STAGE_REFINER in worker.silent_stages([STAGE_REFINER], 0.2)
+        late(15)  # a round before the last final, never opened here (or forgotten)
+        assert worker.record(15) is None and STAGE_REFINER not in worker.silent_stages([STAGE_REFINER], 0.2)
+    finally:
+        worker.stop()

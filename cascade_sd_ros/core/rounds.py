@@ -341,6 +341,11 @@ class RoundBook:
                 return r
             return None
 
+    def heard(self, stage: int, wall_s: float) -> None:
+        """``stage`` sent a draft at ``wall_s`` (monotonic) that no open round keeps: it is not silent."""
+        with self.lock:
+            self.last_draft_wall_s[stage] = max(self.last_draft_wall_s.get(stage, wall_s), wall_s)
+
     def silent_stages(self, stages: Sequence[int], within_s: float, now_s: float | None = None) -> set[int]:
         """Stages that sent no draft in the last ``within_s`` seconds: not worth waiting for at the
         start of a round (a stage never heard from counts as silent)."""

@@ -187,15 +187,21 @@ class VerifierStage(Stage):
 
     # ------------------------------------------------------------------ inputs and reading
     def hear_draft(self, round_id: int, t_ns: int, draft: Draft) -> None:
-        """A draft; one for a round already done (or dropped) is ignored."""
+        """A draft; one for a round already done (or dropped) is not verified, but its stage is
+        heard all the same: a stage slower than the verifier's rounds (a restarted process's first
+        rounds on a loaded CPU) is alive, not silent: a round with no draft in hand waits for it
+        again, and no caption calls it missing."""
         with self._lock:
             rec = self._book.get(round_id)
             if rec is None:
                 last = self._last_final
                 if last is not None and t_ns <= last.t_ns:
-                    return  # a late draft for a round already done (or dropped)
+                    self._book.heard(draft.stage, draft.received_wall_s)  # late for a round already done
+                    return
                 rec = self._book.open(round_id, t_ns, self._question)
-            if not rec.final:
+            if rec.final:
+                self._book.heard(draft.stage, draft.received_wall_s)
+            else:
                 self._book.add_draft(round_id, t_ns, draft)
 
     def reset(self) -> None:
