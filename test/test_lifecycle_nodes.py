@@ -155,6 +155,14 @@ def test_configure_activate_deactivate_cleanup_through_the_lifecycle_services(ma
 
     assert bench.transition("activate")
     assert bench.state() == "active" and verifier.stage.running
+    # its diagnostics say which inputs and outputs have peers: the player's images, the collector
+    assert _wait(
+        lambda: (
+            verifier.matched_values().get("matched_publishers.image", 0) >= 1
+            and verifier.matched_values().get("matched_subscribers.caption", 0) >= 1
+        )
+    ), verifier.matched_values()
+    assert verifier.matched_values()["matched_publishers.prompt"] == 0  # nobody asks in this bench
     bench.play(2.0)
     assert bench.collector.wait_final(count=1, timeout_s=60.0), "no caption after activate"
     assert all(len(m.token_ids) >= 1 for m in bench.collector.finals.values())
@@ -171,6 +179,7 @@ def test_configure_activate_deactivate_cleanup_through_the_lifecycle_services(ma
     assert bench.transition("cleanup")
     assert bench.state() == "unconfigured"
     assert "stage" not in vars(verifier) and "model" not in vars(verifier)
+    assert verifier.matched_values() == {}  # its inputs and outputs are gone
     assert not [t for t in threading.enumerate() if t.name.startswith("video_verifier_") and t.is_alive()]
     gc.collect()
     assert model_ref() is None, "cleanup left the model alive"

@@ -28,6 +28,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -35,6 +36,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.subscription import Subscription
 
 from cascade_sd_ros.core.align import FrameIngest
 from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
@@ -867,6 +869,7 @@ class StageNode(LifecycleNode, Generic[C]):
             **values,
             "lifecycle_state": self._state,
             "inputs_inactive": self.inputs_inactive,
+            **self.matched_values(),
             **self.prompts_in.values(),
             **self.guard.values(),
         }
@@ -884,6 +887,23 @@ class StageNode(LifecycleNode, Generic[C]):
                 values,
             )
         )
+
+    def matched_values(self) -> dict[str, int]:
+        """How many peers each input and output of the configured node is matched with now
+        (``matched_publishers.<topic>`` per subscription, ``matched_subscribers.<topic>`` per
+        publisher; topics relative to the node's namespace). A node that is active but hears no
+        publisher on an input has not been discovered yet, or its peer is gone: a restarted stage
+        is ready for rounds once its inputs and outputs are matched, not when its process runs."""
+        prefix = self.get_namespace().rstrip("/") + "/"
+        out: dict[str, int] = {}
+        for entity in self._built_entities:
+            topic = str(getattr(entity, "topic_name", ""))
+            topic = topic[len(prefix) :] if topic.startswith(prefix) else topic
+            if isinstance(entity, Subscription):
+                out[f"matched_publishers.{topic}"] = entity.get_publisher_count()
+            elif isinstance(entity, Publisher):
+                out[f"matched_subscribers.{topic}"] = entity.get_subscription_count()
+        return out
 
     def close(self) -> None:
         """Stop the worker and the background timers (main()'s clean-up; bounded), whatever the state."""
