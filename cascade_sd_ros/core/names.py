@@ -8,11 +8,15 @@ from __future__ import annotations
 
 # --- stages ---------------------------------------------------------------------------------------
 #: ``DraftTokens.stage`` of the two upstream stages; ``Commit.accepted_stage`` when the verifier
-#: decoded alone is :data:`STAGE_NONE`.
-STAGE_DRAFTER, STAGE_REFINER = 0, 1
+#: decoded alone is :data:`STAGE_NONE`. :data:`STAGE_HEAD` is the verifier's own draft head (issue
+#: 17): it publishes no DraftTokens, but ``Commit.accepted_stage`` and the per-stage counts of
+#: ``VerifiedCaption`` (``drafted_per_stage``/``accepted_per_stage``, :data:`NUM_DRAFT_SOURCES` long)
+#: name it by this index.
+STAGE_DRAFTER, STAGE_REFINER, STAGE_HEAD = 0, 1, 2
 NUM_UPSTREAM_STAGES = 2
+NUM_DRAFT_SOURCES = 3
 STAGE_NONE = 255
-STAGE_NAMES: dict[int, str] = {STAGE_DRAFTER: "drafter", STAGE_REFINER: "refiner"}
+STAGE_NAMES: dict[int, str] = {STAGE_DRAFTER: "drafter", STAGE_REFINER: "refiner", STAGE_HEAD: "head"}
 
 #: The three stages by key, their model roles (zoo folder names, ``load_stage_model``) and nodes.
 STAGES: tuple[str, ...] = ("drafter", "refiner", "verifier")
@@ -33,6 +37,7 @@ TOPIC_IMAGE = "image"
 TOPIC_PROMPT = "prompt"
 TOPIC_DRAFTS_DRAFTER = "drafter/drafts"
 TOPIC_DRAFTS_REFINER = "refiner/drafts"
+TOPIC_FEATURES = "drafter/features"  # EventFeatures: the event tokens of each round, for the verifier's draft head
 TOPIC_COMMIT = "commit"
 TOPIC_CAPTION = "caption"
 TOPIC_MARKER = "caption_marker"

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from cascade_sd_ros.core.names import NUM_UPSTREAM_STAGES, STAGE_NONE, STAGE_REFINER
+from cascade_sd_ros.core.names import NUM_DRAFT_SOURCES, STAGE_NONE, STAGE_REFINER
 
 
 def round_id_for(t_ns: int) -> int:
@@ -134,8 +134,8 @@ class RoundRecord:
     committed: list[int] = field(default_factory=list)
     commit_seq: int = 0
     final: bool = False
-    drafted: list[int] = field(default_factory=lambda: [0] * NUM_UPSTREAM_STAGES)
-    accepted: list[int] = field(default_factory=lambda: [0] * NUM_UPSTREAM_STAGES)
+    drafted: list[int] = field(default_factory=lambda: [0] * NUM_DRAFT_SOURCES)  # index = stage (names.py)
+    accepted: list[int] = field(default_factory=lambda: [0] * NUM_DRAFT_SOURCES)
     upstream_drafted: int = 0  # stage-0 tokens the refiner checked for drafts the verifier used
     upstream_accepted: int = 0
     target_forwards: int = 0

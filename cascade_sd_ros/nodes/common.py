@@ -63,6 +63,13 @@ ROUND_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
+# A round's event features (one message per round, a few kB): reliable, a few rounds deep.
+FEATURES_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=4,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 # Captions and RViz outputs: reliable; the newest few.
 OUTPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,

@@ -1,7 +1,9 @@
 """``event_drafter``: opens rounds on the event clock and drafts caption tokens from event images.
 
 Subscribes ``events`` (event_camera_msgs/EventPacket), ``commit`` (Commit), ``prompt``
-(std_msgs/String); publishes ``drafter/drafts`` (DraftTokens, stage 0) and ``/diagnostics``.
+(std_msgs/String); publishes ``drafter/drafts`` (DraftTokens, stage 0), ``drafter/features``
+(EventFeatures: each round's event tokens, for the verifier's draft head; ``publish_features``) and
+``/diagnostics``.
 Callbacks only decode and buffer; rounds and drafting belong to the core stage
 (:class:`~cascade_sd_ros.core.stages.DrafterStage`), which runs the model on its own thread.
 """
@@ -18,7 +20,16 @@ from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import ClockJumpDetector, StaleRoundFilter, TimeBuffer
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
-from cascade_sd_ros.core.names import NODE_OF_STAGE, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_EVENTS, TOPIC_PROMPT
+from cascade_sd_ros.core.head.features import ProjectorTap, features_payload
+from cascade_sd_ros.core.head.io import event_encoder_fingerprint
+from cascade_sd_ros.core.names import (
+    NODE_OF_STAGE,
+    TOPIC_COMMIT,
+    TOPIC_DRAFTS_DRAFTER,
+    TOPIC_EVENTS,
+    TOPIC_FEATURES,
+    TOPIC_PROMPT,
+)
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
@@ -26,6 +37,7 @@ from cascade_sd_ros.core.stages.activity import ActivityTrigger
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     CONTROLLED_PARAMS,
+    FEATURES_QOS,
     GAMMA_MAX_PARAM,
     PROMPT_QOS,
     ROUND_QOS,
@@ -42,7 +54,7 @@ from cascade_sd_ros.nodes.common import (
     with_defaults,
 )
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
-from cascade_sd_ros.ros.outputs import draft_msg
+from cascade_sd_ros.ros.outputs import draft_msg, event_features_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
@@ -62,6 +74,12 @@ PARAMS: tuple[Param, ...] = (
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
     Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
     Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
+    Param(
+        "publish_features",
+        True,
+        "publish each round's event tokens (EventFeatures on drafter/features) for the verifier's draft head",
+        read_only=True,
+    ),
     Param(
         "activity_rounds",
         False,
@@ -97,6 +115,7 @@ class DrafterConfig(StageConfig):
     activity_rounds: bool
     activity_factor: float
     activity_min_gap_ns: int
+    publish_features: bool
 
     @staticmethod
     def from_params(p: dict[str, Any]) -> "DrafterConfig":
@@ -110,6 +129,7 @@ class DrafterConfig(StageConfig):
             activity_rounds=bool(p["activity_rounds"]),
             activity_factor=float(p["activity_factor"]),
             activity_min_gap_ns=seconds_to_ns(p["activity_min_gap"], "activity_min_gap"),
+            publish_features=bool(p["publish_features"]),
         )
 
 
@@ -162,10 +182,15 @@ class EventDrafter(StageNode[DrafterConfig]):
         from event_camera_msgs.msg import EventPacket
         from std_msgs.msg import String
 
-        from cascade_sd_ros.msg import Commit, DraftTokens
+        from cascade_sd_ros.msg import Commit, DraftTokens, EventFeatures
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_lifecycle_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
+        self._features = self._features_tap() if self.cfg.publish_features else None
+        self.features_published = 0
+        self.features_missing = 0  # rounds prefilled without an image forward to take tokens from
+        if self._features is not None:
+            self.pub_features = self.create_lifecycle_publisher(EventFeatures, TOPIC_FEATURES, FEATURES_QOS)
         self.create_subscription(EventPacket, TOPIC_EVENTS, self._on_events, self.sensor_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
@@ -178,8 +203,26 @@ class EventDrafter(StageNode[DrafterConfig]):
             lookahead=self.cfg.lookahead,
             max_new_tokens=self.cfg.max_new_tokens,
             question=self.cfg.prompt,
+            round_loaded=None if self._features is None else self.worker_output(self._publish_features),
         )
         control_acceptance(self, self.stage, self.model.adapter.vocab_size)
+
+    def _features_tap(self) -> tuple[ProjectorTap, str] | None:
+        """The tap on the drafter's own image forward and its encoder's fingerprint; None (said once)
+        for a drafter that makes no event tokens (not a LLaVA with a projector)."""
+        model = getattr(self.model.adapter, "model", None)
+        try:
+            fingerprint = event_encoder_fingerprint(model)
+            return ProjectorTap(model), fingerprint
+        except ValueError as exc:
+            self.get_logger().info(f"event features not published: {exc}")
+            return None
+
+    def _release(self) -> None:
+        features = vars(self).get("_features")
+        if features is not None:
+            features[0].close()  # a model handed in outlives this configuration: unhook it
+        super()._release()
 
     def apply_live(self, name: str, value: Any) -> str | None:
         if name in ("gamma", "gamma_max"):
@@ -279,6 +322,19 @@ class EventDrafter(StageNode[DrafterConfig]):
         if out is not None:  # None: no text for a target of another vocabulary (counted)
             self.pub_drafts.publish(draft_msg(round_id, t_ns, self.cfg.frame_id, draft, self.model.vocab, *out))
 
+    def _publish_features(self, round_id: int, t_ns: int) -> None:
+        """The round's event tokens, as its prefill just computed them (worker thread, before the
+        round's first draft: the verifier's head wants them while it prefills the clip)."""
+        assert self._features is not None
+        tap, fingerprint = self._features
+        tokens = tap.take()
+        if tokens is None:
+            self.features_missing += 1  # a backend whose forward bypassed the projector module
+            return
+        rows, dim, data = features_payload(tokens)
+        self.pub_features.publish(event_features_msg(round_id, t_ns, self.cfg.frame_id, rows, dim, data, fingerprint))
+        self.features_published += 1
+
     def publish_diagnostics(self) -> None:
         """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
         stage = self.stage.snapshot()
@@ -296,6 +352,8 @@ class EventDrafter(StageNode[DrafterConfig]):
             "event_time_resyncs": self._stream.time_resyncs,
             "events_dropped_span": self._stream.events_dropped_span,
             **{k: stage[k] for k in ("drafts_published", "worker_errors")},
+            "features_published": "off" if self._features is None else self.features_published,
+            "features_missing": self.features_missing,
             **self.commits_port.values(),
         }
         level, message = 0, "drafting"

@@ -59,6 +59,24 @@ def draft_msg(
     return msg
 
 
+def event_features_msg(
+    round_id: int, t_ns: int, frame_id: str, rows: int, dim: int, data: Sequence[float], fingerprint: str
+) -> Any:
+    """EventFeatures for one round: ``rows`` x ``dim`` row-major ``data`` made by the event encoder
+    named ``fingerprint``, stamped with the round's sensor time."""
+    from cascade_sd_ros.msg import EventFeatures
+
+    msg = EventFeatures()
+    ns_to_stamp(t_ns, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.round_id = int(round_id)
+    msg.rows = int(rows)
+    msg.dim = int(dim)
+    msg.data = np.asarray(data, dtype=np.float32)
+    msg.encoder_fingerprint = fingerprint
+    return msg
+
+
 class DraftMessageError(ValueError):
     """A DraftTokens that cannot be a draft (lengths disagree, ids negative, unknown stage)."""
 

@@ -6,6 +6,8 @@
 * `target_frame_tokens`: the target's video tower + projector on the clip, the frame at T's patch
   tokens (CLS dropped) -> `[B, R, D]`: what the alignment MLP learns to predict from the events,
   the same patches at the same moment, in the space the target's language model reads;
+* `ProjectorTap`: the same tokens as the drafter's own prefill computes them (a forward hook on its
+  projector), so a drafter node publishes them without encoding its event image twice;
 * `features_payload` / `features_from_payload`: event tokens to and from an EventFeatures body
   (rows, dim, row-major data, encoder fingerprint), checked field by field on the way in.
 """
@@ -18,7 +20,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-__all__ = ["event_tokens", "target_frame_tokens", "cosine_per_token", "features_payload", "features_from_payload"]
+__all__ = [
+    "ProjectorTap",
+    "event_tokens",
+    "target_frame_tokens",
+    "cosine_per_token",
+    "features_payload",
+    "features_from_payload",
+]
 
 
 @torch.no_grad()
@@ -32,6 +41,38 @@ def event_tokens(drafter: PreTrainedModel, pixel_values: torch.Tensor) -> torch.
     ).pooler_output
     feats = torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
     return feats.float()
+
+
+class ProjectorTap:
+    """The event tokens `[1, R, E]` of the (LLaVA) event drafter's last image forward, caught on the way.
+
+    A forward hook on the projector keeps its output, which is what `event_tokens` computes (LLaVA's
+    "default" strategy drops CLS before the projector), so a stage that prefills its event image
+    anyway has the tokens for free. `take` hands the last capture over once (None: no image forward
+    since the last take). Used from the one thread that runs the model.
+    """
+
+    def __init__(self, drafter: PreTrainedModel) -> None:
+        projector = getattr(getattr(drafter, "model", None), "multi_modal_projector", None)
+        if not isinstance(projector, torch.nn.Module):
+            raise ValueError(f"{type(drafter).__name__} has no multi-modal projector: it makes no event tokens")
+        self._last: torch.Tensor | None = None
+        self._handle = projector.register_forward_hook(self._caught)
+
+    def _caught(self, module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+        del module, args
+        self._last = output.detach()
+
+    def take(self) -> torch.Tensor | None:
+        """The tokens of the last image forward (float32 on the CPU, `[1, R, E]`), once."""
+        last, self._last = self._last, None
+        if last is None:
+            return None
+        return last.reshape(-1, last.shape[-2], last.shape[-1])[:1].to("cpu", torch.float32)
+
+    def close(self) -> None:
+        self._handle.remove()
+        self._last = None
 
 
 @torch.no_grad()

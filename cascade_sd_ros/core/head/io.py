@@ -2,8 +2,10 @@
 
 The folder (the zoo ships `zoo/head/`) holds `model.safetensors` (tensors `head.*` and `align.*`)
 and `head.json` (the `HeadConfig`, the fingerprints of the target and event encoder it was trained
-against, training figures). `encoder_fingerprint` names the event encoder + alignment weights, so a
-verifier can refuse event features made by another pair (EventFeatures.encoder_fingerprint).
+against, training figures). `encoder_fingerprint` names the event encoder + alignment weights (the pair
+trained together); `event_encoder_fingerprint` names the event encoder alone, which is what a drafter
+node can name (it runs the encoder, not the MLP): EventFeatures.encoder_fingerprint carries it, and a
+verifier refuses features whose encoder is not the one its head.json records (`event_encoder`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadConfig
 
-__all__ = ["HEAD_JSON", "WEIGHTS", "save_head", "load_head", "encoder_fingerprint", "tensor_fingerprint"]
+__all__ = [
+    "HEAD_JSON",
+    "WEIGHTS",
+    "save_head",
+    "load_head",
+    "encoder_fingerprint",
+    "event_encoder_fingerprint",
+    "tensor_fingerprint",
+]
 
 HEAD_JSON = "head.json"
 WEIGHTS = "model.safetensors"
@@ -41,6 +51,17 @@ def encoder_fingerprint(drafter: LlavaForConditionalGeneration, align: Alignment
     """Names the event encoder (the drafter's vision tower + projector) and the alignment weights."""
     parts: list[nn.Module] = [drafter.model.vision_tower, drafter.model.multi_modal_projector, align]
     return tensor_fingerprint(parts)
+
+
+def event_encoder_fingerprint(drafter: PreTrainedModel) -> str:
+    """Names the event encoder alone (a LLaVA drafter's vision tower + projector): what made the event
+    tokens a drafter node publishes. ValueError (one line) for a model without that pair."""
+    inner = getattr(drafter, "model", None)
+    tower = getattr(inner, "vision_tower", None)
+    projector = getattr(inner, "multi_modal_projector", None)
+    if not isinstance(tower, nn.Module) or not isinstance(projector, nn.Module):
+        raise ValueError(f"{type(drafter).__name__} has no vision tower + projector: it makes no event tokens")
+    return tensor_fingerprint([tower, projector])
 
 
 def save_head(folder: Path, head: FusedDraftHead, align: AlignmentMLP, meta: dict[str, Any]) -> None:

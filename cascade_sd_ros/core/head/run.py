@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from cascade_sd_ros.core.head.io import encoder_fingerprint, save_head, tensor_fingerprint
+from cascade_sd_ros.core.head.io import encoder_fingerprint, event_encoder_fingerprint, save_head, tensor_fingerprint
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadConfig, parameter_count
 from cascade_sd_ros.core.head.train import (
     HeadSchedule,
@@ -88,6 +88,8 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
             "held_out": len(held),
         },
         "encoder_fingerprint": encoder_fingerprint(zoo.drafter.model, align),
+        # what a drafter node names its EventFeatures by (it runs the encoder, not the MLP)
+        "event_encoder": event_encoder_fingerprint(zoo.drafter.model),
         "schedule": {**asdict(sched), "align_steps_run": a_steps, "head_steps_run": h_steps},
         "params": {"head": parameter_count(head), "align": parameter_count(align)},
         "final_loss": {"align": round(a_losses[-1], 4), "head": round(h_losses[-1], 4)},

@@ -152,6 +152,7 @@ class UpstreamStage(Stage):
             return None
         if inp.pixels is not None:
             self.model.adapter.prefill(self.model.context(inp.pixels, rec.question))
+            self._context_loaded(rec)
         self._loaded, self._input = key, inp
         with self._lock:
             self._counts["rounds_seen"] += 1
@@ -160,6 +161,9 @@ class UpstreamStage(Stage):
             if inp.skew_ns is not None:
                 self._last_skew_ms = inp.skew_ns / 1e6
         return inp
+
+    def _context_loaded(self, rec: RoundRecord) -> None:
+        """Hook (worker thread): the round's input was just prefilled, before its first draft."""
 
     def _next_work(self) -> tuple[RoundRecord, list[int], int, StageInput] | None:
         """The round to extend now with its loaded input, or None (nothing to do, or input pending)."""
@@ -223,7 +227,10 @@ class DrafterStage(UpstreamStage):
         max_wait_s: float = 0.0,
         question: str = "",
         gamma_max: int | None = None,
+        round_loaded: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``round_loaded(round_id, t_ns)``: called on the worker once a round's event image is
+        prefilled, before its first draft (the node publishes the round's event features there)."""
         super().__init__(
             NODE_OF_STAGE["drafter"],
             model,
@@ -236,6 +243,11 @@ class DrafterStage(UpstreamStage):
             question=question,
             gamma_max=gamma_max,
         )
+        self._round_loaded = round_loaded
+
+    def _context_loaded(self, rec: RoundRecord) -> None:
+        if self._round_loaded is not None:
+            self._round_loaded(rec.round_id, rec.t_ns)
 
     def _step(self) -> None:
         work = self._next_work()
