@@ -215,7 +215,8 @@ def test_stages_of_another_vocabulary_are_set_aside_and_the_caption_is_the_verif
         finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=60)  # the last one leads out
         assert len(finals) >= 3
         for i, msg in sorted(finals.items()):
-            assert msg is not None and list(msg.drafted_per_stage) == [0, 0]  # no foreign id was verified
+            # no foreign id was verified (index 2 is the verifier's own draft head, on for the zoo target)
+            assert msg is not None and list(msg.drafted_per_stage)[:2] == [0, 0]
             inp = verifier.inputs[rounds.round_ids[i]]
             want = target_only_greedy(alone.adapter, alone.context(inp.frames, inp.question), MAX_NEW)
             assert list(msg.token_ids) == want, f"scene {i}: caption differs from the verifier alone"

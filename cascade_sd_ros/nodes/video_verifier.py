@@ -11,6 +11,10 @@ The offset: measured from the data (events against frames, exact from strobe edg
 stream carries them) starting from ``frame_offset`` and applied once confident, with hysteresis; a
 round keeps the offset it opened with. ``estimate_offset:=false`` pins ``frame_offset`` instead.
 
+With a draft head (``draft_head``, issue 17) it also drafts for itself: the head reads the target's
+own states and, from ``drafter/features`` (EventFeatures), the round's event tokens; a round whose
+features are late or missing drafts from the target's states alone (speed only).
+
 Rounds open at the period boundaries once frames pass them (so the verifier needs no drafter), or
 when a draft names a round. The verifier waits at most ``max_wait`` for the clip and ``draft_wait``
 for a draft; a dead upstream stage costs speed, never output.
@@ -22,6 +26,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +44,7 @@ from cascade_sd_ros.core.align import (
     select_clip,
 )
 from cascade_sd_ros.core.events import EventDecodeError
+from cascade_sd_ros.core.head.features import features_from_payload
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.names import (
     NODE_OF_STAGE,
@@ -50,17 +56,21 @@ from cascade_sd_ros.core.names import (
     TOPIC_DRAFTS_DRAFTER,
     TOPIC_DRAFTS_REFINER,
     TOPIC_EVENTS,
+    TOPIC_FEATURES,
     TOPIC_IMAGE,
     TOPIC_MARKER,
     TOPIC_OVERLAY,
     TOPIC_PROMPT,
     stage_name,
 )
-from cascade_sd_ros.core.rounds import RoundRecord
-from cascade_sd_ros.core.stage_model import StageModel
+from cascade_sd_ros.core.rounds import RoundRecord, round_id_for
+from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
 from cascade_sd_ros.core.stages import CaptionUpdate, ScheduleCheck, ScheduleDisagreement, StageInput, VerifierStage
+from cascade_sd_ros.core.stages.head_source import HeadSource, HeadSpec, open_draft_head
+from cascade_sd_ros.core.zoo import default_zoo_path
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
+    FEATURES_QOS,
     LATCHED_QOS,
     OUTPUT_QOS,
     PROMPT_QOS,
@@ -159,6 +169,16 @@ PARAMS: tuple[Param, ...] = (
     Param("trigger_edge", "rising", "strobe edge that marks an exposure: rising or falling", read_only=True),
     Param("publish_overlay", True, "publish the frame at T with the caption drawn"),
     Param("seed", 0, "seed of the sampling generator (lossless-sample)", 0, 2**31 - 1),
+    Param(
+        "draft_head",
+        "auto",
+        "draft-head folder: the verifier drafts for itself from the target's states and the drafter's "
+        "event features (issue 17); auto = the shipped zoo head when the target is the shipped zoo "
+        "target it was trained on; empty = off",
+        read_only=True,
+    ),
+    Param("head_gamma", 6, "[tokens] the draft head's first draft length (then adapted)", 1, 64, read_only=True),
+    Param("head_gamma_max", 16, "[tokens] the draft head's longest draft", 1, 64, read_only=True),
 )
 
 
@@ -184,6 +204,9 @@ class VerifierConfig(StageConfig):
     estimate_offset: bool
     publish_overlay: bool
     seed: int
+    draft_head: str
+    head_gamma: int
+    head_gamma_max: int
 
     @staticmethod
     def from_params(p: dict[str, Any]) -> "VerifierConfig":
@@ -208,6 +231,9 @@ class VerifierConfig(StageConfig):
             estimate_offset=bool(p["estimate_offset"]),
             publish_overlay=bool(p["publish_overlay"]),
             seed=p["seed"],
+            draft_head=str(p["draft_head"]).strip(),
+            head_gamma=p["head_gamma"],
+            head_gamma_max=max(p["head_gamma"], p["head_gamma_max"]),
         )
 
 
@@ -322,6 +348,15 @@ class VideoVerifier(StageNode[VerifierConfig]):
             # measuring the offset costs up to a few hundred ms of CPU per estimate: off the executor,
             # never on a round's path
             self.create_background_timer(OFFSET_UPDATE_S, self._update_offset)
+        head = self._open_head()
+        self.features_in = InputStats(self, "features")
+        self.features_refused = 0  # EventFeatures of another event encoder (the head drafts without them)
+        if head is not None:
+            from cascade_sd_ros.msg import EventFeatures
+
+            self.create_subscription(
+                EventFeatures, TOPIC_FEATURES, self._on_features, FEATURES_QOS, callback_group=inputs
+            )
         self.stage = VerifierStage(
             self.model,
             self._resolve,
@@ -336,6 +371,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             liveness_s=self.cfg.liveness_s,
             question=self.cfg.prompt,
             why_silent=self.drafts_foreign.why,
+            head=head,
         )
 
     @property
@@ -415,6 +451,68 @@ class VideoVerifier(StageNode[VerifierConfig]):
             self.stage.hear_draft(int(msg.round_id), t_ns, draft)
         except (StampError, DraftMessageError, ValueError) as exc:
             self.drafts_in.bad(str(exc))
+
+    # ------------------------------------------------------------------ draft head (issue 17)
+    def _open_head(self) -> HeadSource | None:
+        """The draft head ``draft_head`` names, or None (off, or refused: one log line says why)."""
+        self._head_spec: HeadSpec | None = None
+        setting = self.cfg.draft_head
+        if not setting:
+            self.head_status = "off"
+            return None
+        if not self.cfg.use_drafts:
+            self.head_status = "off (use_drafts none: the verifier alone)"
+            return None
+        auto = setting == "auto"
+        if auto and self.cfg.model != default_stage_source("target"):
+            self.head_status = "off (auto: the shipped head fits the shipped target only)"
+            return None
+        folder = default_zoo_path() / "head" if auto else Path(setting)
+        spec, why = open_draft_head(folder, self.model.adapter)
+        if spec is None:
+            self.head_status = f"refused: {why}"
+            # asked for by name: an error; auto finding the shipped head does not fit this target: a note
+            log = self.get_logger().info if auto else self.get_logger().error
+            log(f"draft head refused, verifying without it: {why}")
+            return None
+        self._head_spec = spec
+        self.head_status = f"on ({spec.folder})"
+        self.get_logger().info(
+            f"draft head {spec.folder} on: target states + event features of encoder {spec.event_encoder or '(none)'}"
+        )
+        return HeadSource(spec.adapter, gamma=self.cfg.head_gamma, gamma_max=self.cfg.head_gamma_max)
+
+    def _on_features(self, msg: Any) -> None:
+        """A round's event tokens for the head; a wrong one is dropped (the head drafts without it)."""
+        self.features_in.tick()
+        spec = self._head_spec
+        assert spec is not None  # subscribed only with a head
+        try:
+            t_ns = stamp_to_ns(msg.header.stamp)
+            if round_id_for(t_ns) != int(msg.round_id):
+                raise ValueError(f"round id {msg.round_id} is not its stamp {t_ns} ns")
+            if msg.encoder_fingerprint != spec.event_encoder:
+                self.features_refused += 1
+                if self.features_refused == 1:
+                    self.get_logger().error(
+                        f"event features refused: made by event encoder {msg.encoder_fingerprint!r}, the draft "
+                        f"head reads encoder {spec.event_encoder or '(none named in head.json)'!r}; it drafts "
+                        "from the target's states alone"
+                    )
+                return
+            tokens = features_from_payload(
+                int(msg.rows),
+                int(msg.dim),
+                msg.data,
+                msg.encoder_fingerprint,
+                expected_rows=spec.event_rows,
+                expected_dim=spec.event_dim,
+                expected_fingerprint=spec.event_encoder,
+            )
+        except (StampError, ValueError) as exc:
+            self.features_in.bad(str(exc))
+            return
+        self.stage.offer_features(int(msg.round_id), tokens)
 
     def _report_disagreement(self, finding: ScheduleDisagreement) -> None:
         """An ERROR when a stage is first found to disagree (or anew), at most one per stage every 30 s."""
@@ -555,6 +653,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
                     "prefills_with_draft",
                     "acceptance_drafter",
                     "acceptance_refiner",
+                    "acceptance_head",
                     "latency_mean_ms",
                     "skew_clip_ms",
                 )
@@ -594,6 +693,11 @@ class VideoVerifier(StageNode[VerifierConfig]):
             **self.drafts_port.values(),
             "mode": self.cfg.rules.name,
             "lossless": self.cfg.rules.lossless,
+            # the draft head: what it ran on per round, how often each source's draft was checked
+            "draft_head": self.head_status,
+            **self.features_in.values(),
+            "features.refused": self.features_refused,
+            **{k: v for k, v in stage.items() if k.startswith(("head.", "steps_checking_"))},
         }
         level, message = 0, "verifying"
         if self.images_in.received == 0:

@@ -380,6 +380,9 @@ def run_demo(
         controlled = {"bench_reference_captions": str(reference), "bench_controlled_alpha": controlled_alpha}
         for node in ("event_drafter", "frame_refiner"):
             params[node] = {**params.get(node, {}), **controlled}
+    # the verifier's draft head (issue 17) stays off in the demo unless asked for
+    # (--param video_verifier:draft_head=auto): turning it on by default is the lead's call
+    params["video_verifier"] = {**params["video_verifier"], "draft_head": ""}
     for node, values in (overrides or {}).items():
         params[node] = {**params.get(node, {}), **values}
     config = PipelineConfig(models=sources, stages=stages, device=device, params=params, executor=executor)

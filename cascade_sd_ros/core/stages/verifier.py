@@ -2,8 +2,11 @@
 
 Rounds in time order, one at a time: wait at most ``max_wait`` for the clip, prefill it once, then
 per commit verify the best draft in hand in one forward (``verify_step``), or wait up to the
-adaptive draft wait (:class:`DraftWait`, at most ``draft_wait``) for one, else decode alone. Each
-commit goes to ``emit`` as a :class:`CaptionUpdate`; a dead upstream stage costs speed, never output.
+adaptive draft wait (:class:`DraftWait`, at most ``draft_wait``) for one, else decode alone. With
+a draft head (:class:`~.head_source.HeadSource`) the verifier drafts for itself: each step checks
+the head's draft or an upstream draft in hand, whichever is worth more (:func:`~.head_source.pick_draft`),
+and never waits. Each commit goes to ``emit`` as a :class:`CaptionUpdate`; a dead upstream stage
+costs speed, never output.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ import numpy as np
 import torch
 
 from cascade_sd_ros.core.modes import ModeRules, two_point_q
-from cascade_sd_ros.core.names import NODE_OF_STAGE, STAGE_DRAFTER, STAGE_NAMES, STAGE_NONE, STAGE_REFINER
+from cascade_sd_ros.core.names import (
+    NODE_OF_STAGE,
+    NUM_DRAFT_SOURCES,
+    STAGE_DRAFTER,
+    STAGE_HEAD,
+    STAGE_NAMES,
+    STAGE_NONE,
+    STAGE_REFINER,
+)
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import cut_draft, verify_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
 from cascade_sd_ros.core.stages.draft_value import DraftValue
+from cascade_sd_ros.core.stages.head_source import HeadSource, SourceWorth, pick_draft
 
 KEEP_FINALS = 64  # the last rounds' final updates kept for lookup (demo, replay, tests)
 KEEP_LATENCIES = 50  # final latencies behind the diagnostics' mean
@@ -143,8 +155,11 @@ class VerifierStage(Stage):
         liveness_s: float = 5.0,
         question: str = "",
         why_silent: Callable[[str], str | None] | None = None,
+        head: HeadSource | None = None,
     ) -> None:
         super().__init__(NODE_OF_STAGE["verifier"], model, resolve, question=question)
+        self.head = head  # the verifier's own draft source (None: off); worker thread only
+        self._worth = SourceWorth()
         # why a silent upstream stage is silent, when the node knows (its drafts set aside for their vocabulary)
         self._why_silent = why_silent or (lambda _name: None)
         if max_new_tokens < 1 or draft_wait_s < 0 or max_wait_s < 0 or max_pending < 1:
@@ -162,8 +177,8 @@ class VerifierStage(Stage):
         self._counts.update(rounds_done=0, rounds_dropped=0, rounds_degraded=0, prefills_with_draft=0)
         self._finals: OrderedDict[int, CaptionUpdate] = OrderedDict()
         self._last_final: CaptionUpdate | None = None  # of the present timeline (None after a reset)
-        self._drafted = [0, 0]  # over final captions, per upstream stage
-        self._accepted = [0, 0]
+        self._drafted = [0] * NUM_DRAFT_SOURCES  # over final captions, per draft source
+        self._accepted = [0] * NUM_DRAFT_SOURCES
         self._latencies: list[float] = []
         self._skew_clip_ms = math.nan
 
@@ -186,6 +201,11 @@ class VerifierStage(Stage):
             return self._draft_wait.budget_s()
 
     # ------------------------------------------------------------------ inputs and reading
+    def offer_features(self, round_id: int, tokens: torch.Tensor) -> None:
+        """A round's event tokens `[1, R, E]` for the draft head (ignored without one)."""
+        if self.head is not None:
+            self.head.offer_features(round_id, tokens)
+
     def hear_draft(self, round_id: int, t_ns: int, draft: Draft) -> None:
         """A draft; one for a round already done (or dropped) is not verified, but its stage is
         heard all the same: a stage slower than the verifier's rounds (a restarted process's first
@@ -230,6 +250,9 @@ class VerifierStage(Stage):
                 **super().snapshot(),
                 "acceptance_drafter": a[0] / d[0] if d[0] else math.nan,
                 "acceptance_refiner": a[1] / d[1] if d[1] else math.nan,
+                "acceptance_head": a[2] / d[2] if d[2] else math.nan,
+                **{f"steps_checking_{STAGE_NAMES[s]}": n for s, n in enumerate(self._worth.chosen)},
+                **({} if self.head is None else self.head.snapshot()),
                 "latency_mean_ms": float(np.mean(self._latencies)) if self._latencies else math.nan,
                 "skew_clip_ms": self._skew_clip_ms,
                 "draft_waits": self._draft_wait.waits,
@@ -303,6 +326,17 @@ class VerifierStage(Stage):
                     return None
                 book.changed.wait(min(left, POLL_S))
 
+    def _own_or_in_hand(self, rec: RoundRecord) -> tuple[Draft, list[int]] | None:
+        """With a draft head: its draft or an upstream one already in hand, whichever is worth more
+        (:func:`~.head_source.pick_draft`). No wait: the head's draft is always at hand, and waiting
+        for an upstream stage pays only if its draft beats the head's by more than the wait costs."""
+        assert self.head is not None
+        with self._lock:
+            committed = list(rec.committed)
+        in_hand = self._book.best_draft(rec.round_id, self.use_stages)
+        own = self.head.draft(committed, self.max_new_tokens - len(committed))
+        return pick_draft(in_hand, own, self._worth)
+
     def _update(
         self,
         rec: RoundRecord,
@@ -356,7 +390,7 @@ class VerifierStage(Stage):
             self._last_final = u
             while len(self._finals) > KEEP_FINALS:
                 self._finals.popitem(last=False)
-            for s in (STAGE_DRAFTER, STAGE_REFINER):
+            for s in range(NUM_DRAFT_SOURCES):
                 self._drafted[s] += u.drafted_per_stage[s]
                 self._accepted[s] += u.accepted_per_stage[s]
             self._latencies.append(u.latency_total_ms)
@@ -386,7 +420,10 @@ class VerifierStage(Stage):
         in_hand = book.best_draft(rec.round_id, paying) if paying else None
         ahead = [] if in_hand is None else cut_draft(in_hand[1], self.max_new_tokens, adapter.eos_token_id)
         t0 = time.perf_counter()
-        adapter.prefill(self.model.context(inp.pixels, rec.question), caption=ahead)
+        context = self.model.context(inp.pixels, rec.question)
+        adapter.prefill(context, caption=ahead)
+        if self.head is not None:  # its round starts on the states this prefill computed
+            self.head.begin(rec.round_id, context.input_ids[-1])
         book.spent(rec, prefill_ms=(time.perf_counter() - t0) * 1e3)
         if ahead:
             self._count("prefills_with_draft")
@@ -397,18 +434,23 @@ class VerifierStage(Stage):
         generator = torch.Generator(device=adapter.device).manual_seed((self.seed * 1_000_003 + rec.round_id) % (2**63))
         reasons = [inp.degraded_reason] if inp.degraded_reason else []
         while self._alive(rec):
-            t_wait = time.perf_counter()
-            choice = self._next_draft(rec)
-            book.waited(rec, (time.perf_counter() - t_wait) * 1e3)
+            if self.head is None:
+                t_wait = time.perf_counter()
+                choice = self._next_draft(rec)
+                book.waited(rec, (time.perf_counter() - t_wait) * 1e3)
+            else:  # no wait; the head's drafting time is the draft's own (latency_draft_ms)
+                choice = self._own_or_in_hand(rec)
             if not self._alive(rec):
                 return
             stage, q = STAGE_NONE, None
             tail: list[int] = []
+            q_conf: tuple[float, ...] = ()
             if choice is not None:
                 d, tail = choice
                 stage = d.stage
+                q_conf = d.confidence[len(d.token_ids) - len(tail) :]
                 if self.rules.verifier.needs_q:
-                    q = two_point_q(tail, d.confidence[len(d.token_ids) - len(tail) :], adapter.vocab_size)
+                    q = two_point_q(tail, q_conf, adapter.vocab_size)
             with self._lock:
                 committed = list(rec.committed)
             t0 = time.perf_counter()
@@ -423,9 +465,15 @@ class VerifierStage(Stage):
             )
             step_s = time.perf_counter() - t0
             book.spent(rec, verify_ms=step_s * 1e3)
+            own = stage == STAGE_HEAD
             with self._lock:
-                self._draft_wait.verified(res.accepted, res.drafted, step_s)
+                # the draft wait weighs upstream drafts only: a checked head draft counts as none
+                self._draft_wait.verified(0 if own else res.accepted, 0 if own else res.drafted, step_s)
                 self._value.verified(None if choice is None else stage, res.accepted, res.drafted, step_s)
+                if choice is not None:
+                    self._worth.verified(stage, q_conf, res.accepted)
+            if own and self.head is not None:
+                self.head.verified(res.accepted, res.drafted)
             if not res.token_ids:  # budget already spent or EOS committed: the round is over
                 book.finish(rec)
                 break
@@ -443,6 +491,8 @@ class VerifierStage(Stage):
             self._emit(self._update(rec, inp, False, res.accepted, res.drafted, stage, "; ".join(reasons)))
         else:
             return
+        if self.head is not None:
+            self.head.finish()
         if not self._alive(rec):
             return
         # a stage that has gone quiet (nothing for liveness_s, this round included) cost speed, not
