@@ -2,8 +2,11 @@
 verifier alone (interleaved scene by scene, see ``cascade-sd demo``), per configuration.
 
 For each configuration it prints caption latency p50/p95 (cascade, verifier alone, the target's
-bare greedy decode without ROS in this process), the p50 ratio, tokens per verifier step, and where
-the cascade's verifier time went (prefill, verification passes, waiting for drafts, the rest).
+bare greedy decode without ROS in this process), the p50 ratio, tokens per verifier step, the
+consecutive-accept rate, which draft source supplied the accepted tokens, and where the cascade's
+verifier time went (prefill, verification passes, waiting for drafts, the rest). With the verifier's
+draft head on (``--param video_verifier:draft_head=auto``) it also prints what the head ran on per
+round (the cascade verifier's last /diagnostics: event tokens on time, late, or none).
 
     .venv/bin/python bench/nodes.py --scenes 10
     .venv/bin/python bench/nodes.py --scenes 10 --configs all,refiner --noise 0,0.1
@@ -23,7 +26,9 @@ import json
 import os
 import statistics
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,6 +69,7 @@ def main() -> int:
     from cascade_sd_ros.tools.replay.pipeline import parse_params
 
     hf_logging.disable_progress_bar()
+    heard = DiagnosticsListener()
     alphas: list[float | None] = [float(x) for x in args.alpha.split(",")] if args.alpha else [None]
     runs = [(n, float(x), a) for n in args.configs.split(",") for x in args.noise.split(",") for a in alphas]
     for name, noise, alpha in runs:
@@ -103,6 +109,9 @@ def main() -> int:
             "equal": equal,
             **speed.to_dict(),
             "tokens_per_verifier_step": info["tokens_per_verifier_step"],
+            "consecutive_accept_rate": info["consecutive_accept_rate"],
+            "accepted_by_source": info["accepted_by_source"],
+            "head": heard.head_counts(),
             "cascade_parts_p50_ms": parts,
             "processes": info["processes"],
             "by_caption_length": {
@@ -120,10 +129,59 @@ def main() -> int:
             f"cascade p50 {c.p50_ms:.0f} p95 {c.p95_ms:.0f} ms | alone p50 {a.p50_ms:.0f} p95 {a.p95_ms:.0f} ms "
             f"| bare p50 {b.p50_ms:.0f} ms | speed-up p50 {speed.speedup_p50:.2f}x "
             f"(alone/bare {speed.alone_over_bare:.2f}) | tokens/step {info['tokens_per_verifier_step']:.2f} "
+            f"| consecutive-accept {_fmt(info['consecutive_accept_rate'])} "
+            f"| accepted by source {json.dumps(info['accepted_by_source'])} | head {json.dumps(row['head'])} "
             f"| cascade parts p50 {json.dumps(parts)} | by caption length {json.dumps(row['by_caption_length'])}",
             flush=True,
         )
+    heard.close()
     return 0
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+class DiagnosticsListener:
+    """The last /diagnostics values of every cascade verifier (its own rclpy context, spun in the
+    background): what the draft head ran on, which the captions do not carry."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        from cascade_sd_ros.tools.pipeline import new_context
+
+        self._context = new_context()
+        self._node = rclpy.create_node("bench_diagnostics", context=self._context)
+        self._lock = threading.Lock()
+        self._values: dict[str, str] = {}
+        self._node.create_subscription(DiagnosticArray, "/diagnostics", self._heard, 50)
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def _heard(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.endswith("video_verifier") and "/cascade/" in status.hardware_id:
+                with self._lock:
+                    self._values = {kv.key: kv.value for kv in status.values}
+
+    def head_counts(self) -> dict[str, str]:
+        keys = ("draft_head", "features.received", "features.refused")
+        with self._lock:
+            values, self._values = self._values, {}
+        return {k: v for k, v in values.items() if k in keys or k.startswith(("head.", "steps_checking_"))}
+
+    def close(self) -> None:
+        import rclpy
+
+        self._executor.shutdown()
+        self._node.destroy_node()
+        rclpy.shutdown(context=self._context)
+        self._thread.join(timeout=5.0)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def _check_scenes(out: dict, n: int) -> None:
         assert scene["caption"] is not None and scene["verifier_alone"] is not None
         assert scene["caption"] == scene["verifier_alone"] and scene["equal"] is True
         assert scene["ground_truth"].startswith("a ")
-        assert set(scene["acceptance"]) == {"drafter", "refiner"}
+        assert set(scene["acceptance"]) == {"drafter", "refiner", "head"}  # head: the verifier's own (off here)
         assert scene["latency_ms"] > 0 and scene["alone_latency_ms"] > 0 and scene["bare_ms"] > 0
         parts = scene["parts_ms"]
         assert set(parts) == {"prefill", "verify", "draft_wait", "other"}

@@ -110,3 +110,26 @@ def test_a_target_without_kept_states_is_refused(zoo: Zoo) -> None:
     assert spec is None and "keeps no hidden states" in why
     spec, why = open_draft_head(SHIPPED.parent / "nowhere", zoo.target)
     assert spec is None and "lacks head.json" in why
+
+
+def test_prefill_hiding_draft_rides_in_the_prefill_once(zoo: Zoo) -> None:
+    spec, why = open_draft_head(SHIPPED, zoo.target)
+    assert spec is not None, why
+    source = HeadSource(spec.adapter, gamma=4, gamma_max=8, prefill_draft=True)
+    clip, events, _ = build_sample(0, EVAL_STREAM, 1, zoo.geometry)
+    ctx = zoo.context("target", clip)
+    assert source.early_draft(7, ctx.input_ids[-1], 8) == []  # no event tokens in hand: nothing early
+    source.offer_features(7, event_tokens(zoo.drafter.model, zoo.context("drafter", events).pixel_values))
+    early = source.early_draft(7, ctx.input_ids[-1], 8)
+    assert len(early) == 4
+    zoo.target.prefill(ctx, caption=early)
+    f0 = zoo.target.forwards
+    source.begin(7, ctx.input_ids[-1])
+    first = source.draft([], 8)
+    assert first is not None and first[1] == early  # the carried draft is checked first...
+    zoo.target.score([], first[1])
+    assert zoo.target.forwards == f0  # ...at no forward of its own
+    assert source.draft([], 8) is not None and source.snapshot()["head.prefill_drafts"] == 1
+    source.begin(8, ctx.input_ids[-1])  # a later round never sees an earlier round's carried draft
+    later = source.draft([], 8)
+    assert later is not None and source.snapshot()["head.prefill_drafts"] == 1

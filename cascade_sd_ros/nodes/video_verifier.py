@@ -179,6 +179,13 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param("head_gamma", 6, "[tokens] the draft head's first draft length (then adapted)", 1, 64, read_only=True),
     Param("head_gamma_max", 16, "[tokens] the draft head's longest draft", 1, 64, read_only=True),
+    Param(
+        "head_prefill_draft",
+        False,
+        "prefill hiding: with the round's event tokens in hand before the clip's prefill, the head's first "
+        "draft (from them alone) rides in that prefill",
+        read_only=True,
+    ),
 )
 
 
@@ -207,6 +214,7 @@ class VerifierConfig(StageConfig):
     draft_head: str
     head_gamma: int
     head_gamma_max: int
+    head_prefill_draft: bool
 
     @staticmethod
     def from_params(p: dict[str, Any]) -> "VerifierConfig":
@@ -234,6 +242,7 @@ class VerifierConfig(StageConfig):
             draft_head=str(p["draft_head"]).strip(),
             head_gamma=p["head_gamma"],
             head_gamma_max=max(p["head_gamma"], p["head_gamma_max"]),
+            head_prefill_draft=bool(p["head_prefill_draft"]),
         )
 
 
@@ -480,7 +489,12 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.get_logger().info(
             f"draft head {spec.folder} on: target states + event features of encoder {spec.event_encoder or '(none)'}"
         )
-        return HeadSource(spec.adapter, gamma=self.cfg.head_gamma, gamma_max=self.cfg.head_gamma_max)
+        return HeadSource(
+            spec.adapter,
+            gamma=self.cfg.head_gamma,
+            gamma_max=self.cfg.head_gamma_max,
+            prefill_draft=self.cfg.head_prefill_draft,
+        )
 
     def _on_features(self, msg: Any) -> None:
         """A round's event tokens for the head; a wrong one is dropped (the head drafts without it)."""

@@ -165,6 +165,8 @@ class SceneResult:
     offset_ms: float | None = None  # the clock offset the cascade's round picked its frames with
     offset_source: str = ""  # where it came from: pinned, trigger, estimate, initial
     offset_error_ms: float | None = None  # that minus the true offset
+    accepted: tuple[int, ...] = ()  # cascade draft tokens accepted, per draft source (names.STAGE_NAMES)
+    first_rejections: int = 0  # cascade verifications that rejected part of their draft
 
 
 def run(args: argparse.Namespace) -> int:
@@ -423,6 +425,8 @@ def run_demo(
     bare_same = sum(bare_target.tokens[i] == alone[i]["token_ids"] for i in both)
     steps = sum(r.target_forwards for r in results)
     tokens = sum(r.tokens for r in results)
+    accepted = sum(sum(r.accepted) for r in results)
+    rejected = sum(r.first_rejections for r in results)
     info = {
         "mode": mode,
         "stages": list(stages),
@@ -449,6 +453,12 @@ def run_demo(
         # tokens committed per verifier step (the verifier alone commits exactly 1): what the
         # drafts save in target passes, independent of how this machine shares its cores
         "tokens_per_verifier_step": tokens / steps if steps else None,
+        # of the draft tokens the verifier judged in order, the share accepted (EAGLE's acceptance
+        # rate: accepted / (accepted + first rejections)), and which source supplied the accepted ones
+        "consecutive_accept_rate": accepted / (accepted + rejected) if accepted + rejected else None,
+        "accepted_by_source": {
+            name: sum(r.accepted[s] for r in results if s < len(r.accepted)) for s, name in STAGE_NAMES.items()
+        },
     }
     return results, speed, info
 
@@ -515,8 +525,9 @@ class BareClips:
         self._target.close()
 
 
-def _final_fields(msg: Any) -> dict[str, Any]:
+def _final_fields(msg: Any, rejections: int = 0) -> dict[str, Any]:
     return {
+        "first_rejections": rejections,
         "text": msg.text,
         "token_ids": list(msg.token_ids),
         "latency_caption_ms": float(msg.latency_caption_ms),
@@ -568,7 +579,8 @@ def _run_pass(
         pipeline.start()
         player.wait_matched(config.image_subscribers(), config.event_subscribers())
         finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=timeout_s, rate=rate)
-        return {i: _final_fields(m) for i, m in finals.items() if m is not None}
+        rejections = pipeline.collector.rejections if pipeline.collector is not None else {}
+        return {i: _final_fields(m, rejections.get(int(m.round_id), 0)) for i, m in finals.items() if m is not None}
     finally:
         if pipeline is not None:
             pipeline.close()
@@ -615,7 +627,8 @@ def _process_passes(
                         continue
                     msg = taps.wait_final(name, rounds.round_ids[i - 1], timeout_s, procs)
                     if msg is not None:
-                        finals[name][i - 1] = _final_fields(msg)
+                        rejections = taps.taps[name].collector.rejections.get(int(msg.round_id), 0)
+                        finals[name][i - 1] = _final_fields(msg, rejections)
                 if i > 0:  # scene i-1's round is over in both runs: its floor, on the same CPU, now
                     used = finals["cascade"].get(i - 1, {}).get("frame_offset_ms", math.nan)
                     offset = int(round(used * 1e6)) if math.isfinite(used) else None
@@ -640,7 +653,7 @@ def _scene_result(
             truth,
             None if alone is None else alone["text"],
             None,
-            {"drafter": None, "refiner": None},
+            dict.fromkeys(STAGE_NAMES.values()),
             None,
             None if alone is None else _finite(alone["latency_caption_ms"]),
             {},
@@ -674,6 +687,8 @@ def _scene_result(
         offset,
         casc["frame_offset_source"],
         None if offset is None else offset - true_offset_ms,
+        tuple(casc["accepted"]),
+        casc["first_rejections"],
     )
 
 

@@ -118,10 +118,20 @@ class CaptionCollector(Node):
         self._cond = threading.Condition()
         self.finals: dict[int, Any] = {}
         self.growing = 0
+        # per round: verifications that rejected part of the draft they checked (from the per-stage
+        # counts' growth between successive updates, one per commit), for the consecutive-accept rate
+        self.rejections: dict[int, int] = {}
+        self._counted: dict[int, tuple[int, int]] = {}  # round -> (drafted, accepted) so far
         self.create_subscription(VerifiedCaption, TOPIC_CAPTION, self._on_caption, OUTPUT_QOS)
 
     def _on_caption(self, msg: Any) -> None:
         with self._cond:
+            rid = int(msg.round_id)
+            drafted, accepted = sum(msg.drafted_per_stage), sum(msg.accepted_per_stage)
+            before = self._counted.get(rid, (0, 0))
+            if drafted - before[0] > accepted - before[1]:
+                self.rejections[rid] = self.rejections.get(rid, 0) + 1
+            self._counted[rid] = (drafted, accepted)
             if msg.final:
                 self.finals[int(msg.round_id)] = msg
             else:

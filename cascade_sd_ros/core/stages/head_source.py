@@ -4,7 +4,10 @@
 verifier's worker thread: a round starts on the target's states from the clip's prefill plus the
 round's event tokens, when the drafter's EventFeatures for it are in hand (fused). When they are not
 (late or never sent) it starts on the target's states alone and switches to fused as soon as they
-come; either way only speed is at stake, since its drafts are verified like any other.
+come; either way only speed is at stake, since its drafts are verified like any other. With
+``prefill_draft`` (prefill hiding) a round whose event tokens are in hand before the clip's prefill
+gets a first draft from them (the target's states for the clip do not exist yet), which rides in
+that prefill, so checking it costs no forward of its own.
 
 :func:`pick_draft` is how the verifier chooses between the head's draft and an upstream draft in
 hand: the one with more expected accepted tokens, each stage's expectation (from its own
@@ -128,8 +131,10 @@ class HeadSource:
     the verifier's worker thread. Counters (``snapshot``) are read under the same small lock.
     """
 
-    def __init__(self, head: HeadAdapter, *, gamma: int, gamma_max: int) -> None:
+    def __init__(self, head: HeadAdapter, *, gamma: int, gamma_max: int, prefill_draft: bool = False) -> None:
         self.head = head
+        self.prefill_draft = prefill_draft
+        self._early: tuple[int, Draft] | None = None  # (round, its draft that rode in its prefill), until checked
         self._gamma = AdaptiveGamma(gamma, gamma_max)
         self._lock = threading.Lock()
         self._features: OrderedDict[int, torch.Tensor] = OrderedDict()  # round id -> [1, R, E]
@@ -145,6 +150,7 @@ class HeadSource:
             features_unused=0,  # for rounds the verifier had already finished, or pushed out unused
             drafts=0,
             forwards=0,
+            prefill_drafts=0,  # first drafts made from event tokens alone, carried in the clip's prefill
         )
         self._head_s = 0.0
 
@@ -171,6 +177,36 @@ class HeadSource:
             }
 
     # ------------------------------------------------------------------ worker thread
+    def early_draft(self, round_id: int, prompt_last: int, budget: int) -> list[int]:
+        """Before the clip's prefill: a first draft from the round's event tokens alone, for the
+        prefill to carry (empty: prefill hiding off, no tokens in hand, or no budget)."""
+        self._early = None
+        with self._lock:
+            tokens = self._features.get(round_id) if self.prefill_draft else None
+            k = min(self._gamma.value, budget)
+        if tokens is None or k <= 0:
+            return []
+        t0 = time.perf_counter()
+        self.head.prefill_events(tokens, prompt_last, target_current=False)  # the target holds the last clip
+        proposal = self.head.propose([], k)
+        spent = time.perf_counter() - t0
+        if not proposal.token_ids:
+            return []
+        tail = tuple(int(t) for t in proposal.token_ids)
+        draft = Draft(
+            stage=STAGE_HEAD,
+            commit_seq=0,
+            start_position=0,
+            token_ids=tail,
+            confidence=tuple(float(p) for p in proposal.probs),
+            compute_ms=spent * 1e3,
+        )
+        self._early = (round_id, draft)
+        with self._lock:
+            self._counts["prefill_drafts"] += 1
+            self._head_s += spent
+        return list(tail)
+
     def begin(self, round_id: int, prompt_last: int) -> None:
         """A round starts: the target was just prefilled with its clip (``prompt_last``: the
         prompt's last token id). Ends the round before it (counting what it ran on)."""
@@ -210,6 +246,9 @@ class HeadSource:
         tail; None when the budget is spent."""
         if self._round is None or budget <= 0:
             return None
+        early, self._early = self._early, None
+        if early is not None and early[0] == self._round and not committed:  # it rode in the prefill: free
+            return early[1], list(early[1].token_ids[:budget])
         self._late_features()
         with self._lock:
             k = min(self._gamma.value, budget)

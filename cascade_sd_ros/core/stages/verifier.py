@@ -421,6 +421,8 @@ class VerifierStage(Stage):
         ahead = [] if in_hand is None else cut_draft(in_hand[1], self.max_new_tokens, adapter.eos_token_id)
         t0 = time.perf_counter()
         context = self.model.context(inp.pixels, rec.question)
+        if not ahead and self.head is not None:  # prefill hiding: the head's first draft rides instead
+            ahead = self.head.early_draft(rec.round_id, context.input_ids[-1], self.max_new_tokens)
         adapter.prefill(context, caption=ahead)
         if self.head is not None:  # its round starts on the states this prefill computed
             self.head.begin(rec.round_id, context.input_ids[-1])
