@@ -326,15 +326,23 @@ class VerifierStage(Stage):
                     return None
                 book.changed.wait(min(left, POLL_S))
 
-    def _own_or_in_hand(self, rec: RoundRecord) -> tuple[Draft, list[int]] | None:
+    def _own_or_in_hand(
+        self, rec: RoundRecord, carried: tuple[Draft, list[int]] | None
+    ) -> tuple[Draft, list[int]] | None:
         """With a draft head: its draft or an upstream one already in hand, whichever is worth more
-        (:func:`~.head_source.pick_draft`). No wait: the head's draft is always at hand, and waiting
-        for an upstream stage pays only if its draft beats the head's by more than the wait costs."""
+        (:func:`~.head_source.pick_draft`), among the sources whose drafts pay (:class:`DraftValue`).
+        ``carried``: the upstream draft the prefill carried, checked first (at no forward of its
+        own). No wait: the head's draft is always at hand, and waiting for an upstream stage would
+        pay only if its draft beat the head's by more than the wait costs."""
         assert self.head is not None
+        if carried is not None:
+            return carried
         with self._lock:
             committed = list(rec.committed)
-        in_hand = self._book.best_draft(rec.round_id, self.use_stages)
-        own = self.head.draft(committed, self.max_new_tokens - len(committed))
+            stages = tuple(s for s in self.use_stages if self._value.use(s))
+            own_pays = self._value.use(STAGE_HEAD)
+        in_hand = self._book.best_draft(rec.round_id, stages) if stages else None
+        own = self.head.draft(committed, self.max_new_tokens - len(committed)) if own_pays else None
         return pick_draft(in_hand, own, self._worth)
 
     def _update(
@@ -424,6 +432,8 @@ class VerifierStage(Stage):
         if not ahead and self.head is not None:  # prefill hiding: the head's first draft rides instead
             ahead = self.head.early_draft(rec.round_id, context.input_ids[-1], self.max_new_tokens)
         adapter.prefill(context, caption=ahead)
+        # what rode in the prefill is checked first: it costs no forward of its own
+        carried = (in_hand[0], ahead) if in_hand is not None and ahead else None
         if self.head is not None:  # its round starts on the states this prefill computed
             self.head.begin(rec.round_id, context.input_ids[-1])
         book.spent(rec, prefill_ms=(time.perf_counter() - t0) * 1e3)
@@ -441,7 +451,8 @@ class VerifierStage(Stage):
                 choice = self._next_draft(rec)
                 book.waited(rec, (time.perf_counter() - t_wait) * 1e3)
             else:  # no wait; the head's drafting time is the draft's own (latency_draft_ms)
-                choice = self._own_or_in_hand(rec)
+                choice = self._own_or_in_hand(rec, carried)
+                carried = None
             if not self._alive(rec):
                 return
             stage, q = STAGE_NONE, None
