@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
+rclpy = pytest.importorskip("rclpy")
 
 from cascade_sd_ros.core.names import STAGE_HEAD  # noqa: E402
 from cascade_sd_ros.core.spec.engine import target_only_greedy  # noqa: E402
@@ -208,3 +208,38 @@ def test_head_of_another_target_is_refused_with_the_reason(make_run, tmp_path) -
     config, _ = _config(use_drafts="none")
     verifier = make_run(config).pipeline.verifier
     assert verifier.stage.head is None and verifier.head_status.startswith("off")
+
+
+def test_malformed_features_are_counted_and_skipped(make_run, rclpy_context, scenes, alone) -> None:  # noqa: ANN001
+    from cascade_sd_ros.core.names import TOPIC_FEATURES
+    from cascade_sd_ros.msg import EventFeatures
+    from cascade_sd_ros.nodes.common import FEATURES_QOS
+    from cascade_sd_ros.ros.outputs import event_features_msg
+
+    config, rounds = _config(drafter={"publish_features": False})  # only this test's messages
+    run = make_run(config)
+    verifier = run.pipeline.verifier
+    fingerprint = verifier._head_spec.event_encoder
+    rid = rounds.round_ids[0]
+    bad = [
+        event_features_msg(rid, rid, "cam", 9, 64, [float("nan")] * 576, fingerprint),  # NaN
+        event_features_msg(rid, rid, "cam", 9, 64, [0.0] * 575, fingerprint),  # cut short
+        event_features_msg(rid, rid, "cam", 8, 64, [0.0] * 512, fingerprint),  # another shape
+        event_features_msg(rid + 1, rid, "cam", 9, 64, [0.0] * 576, fingerprint),  # id is not its stamp
+    ]
+    node = rclpy.create_node("features_prober", context=rclpy_context)
+    try:
+        pub = node.create_publisher(EventFeatures, TOPIC_FEATURES, FEATURES_QOS)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and pub.get_subscription_count() == 0:
+            time.sleep(0.05)
+        for msg in bad:
+            pub.publish(msg)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and verifier.features_in.malformed < len(bad):
+            time.sleep(0.05)
+        assert verifier.features_in.malformed == len(bad) and verifier.features_refused == 0
+        _play_lossless(run, scenes, rounds, alone)  # and the node runs on, its head on target states
+        assert verifier.stage.snapshot()["head.rounds_fused"] == 0
+    finally:
+        node.destroy_node()
