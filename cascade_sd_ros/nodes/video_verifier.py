@@ -178,7 +178,15 @@ PARAMS: tuple[Param, ...] = (
         read_only=True,
     ),
     Param("head_gamma", 6, "[tokens] the draft head's first draft length (then adapted)", 1, 64, read_only=True),
-    Param("head_gamma_max", 16, "[tokens] the draft head's longest draft", 1, 64, read_only=True),
+    Param(
+        "head_gamma_max",
+        6,
+        "[tokens] the draft head's longest draft (6: on the zoo as many tokens accepted as 16, at less than "
+        "half the head's cost)",
+        1,
+        64,
+        read_only=True,
+    ),
     Param(
         "head_prefill_draft",
         False,
