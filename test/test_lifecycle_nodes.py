@@ -116,7 +116,6 @@ def _overrides(model: str) -> list[Parameter]:
         Parameter("round_period", value=PERIOD_S),
         Parameter("clip_duration", value=0.2),
         Parameter("max_new_tokens", value=4),
-        Parameter("estimate_offset", value=True),  # a background timer too: idle while inactive, gone on cleanup
         Parameter("sensor_reliability", value="reliable"),
         Parameter("sensor_qos_depth", value=500),
         Parameter("draft_wait", value=0.0),
@@ -145,7 +144,6 @@ def test_configure_activate_deactivate_cleanup_through_the_lifecycle_services(ma
 
     assert bench.transition("configure")
     assert bench.state() == "inactive" and verifier.model is not None
-    assert any(t.name == "video_verifier_update_offset" for t in threading.enumerate())
     model_ref = weakref.ref(verifier.model)
     # inactive: frames over four round boundaries arrive and are dropped; no round opens, no caption
     bench.play(2.0)
@@ -228,3 +226,23 @@ def test_autostart_is_the_default_and_a_node_reports_ready_only_once_warmed_up(r
     finally:
         node.close()
         node.destroy_node()
+
+
+def test_the_drafters_offset_timer_is_made_by_configure_and_dropped_by_cleanup(rclpy_context: Any) -> None:
+    """The background timer (the drafter's offset estimate, off its executor) lives from configure to
+    cleanup, like everything configure makes."""
+    from cascade_sd_ros.nodes.event_drafter import EventDrafter
+
+    drafter = EventDrafter(
+        context=rclpy_context,
+        parameter_overrides=[Parameter("autostart", value=False), Parameter("model", value="tiny:0")],
+    )
+    try:
+        assert not any(t.name == "event_drafter_update_offset" for t in threading.enumerate())
+        drafter.trigger_configure()
+        assert any(t.name == "event_drafter_update_offset" and t.is_alive() for t in threading.enumerate())
+        drafter.trigger_cleanup()
+        assert _wait(lambda: not any(t.name == "event_drafter_update_offset" for t in threading.enumerate()), 5.0)
+    finally:
+        drafter.close()
+        drafter.destroy_node()

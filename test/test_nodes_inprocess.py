@@ -68,11 +68,14 @@ def alone() -> Any:
 
 
 def _config(
-    stages: tuple[str, ...] = ("drafter", "refiner", "verifier"), **verifier: Any
+    stages: tuple[str, ...] = ("drafter", "refiner", "verifier"),
+    drafter: dict[str, Any] | None = None,
+    **verifier: Any,
 ) -> tuple[PipelineConfig, Any]:
     rounds = scene_rounds(_stream(N_SCENES))
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": MAX_NEW}
+    params["event_drafter"] = {**params["event_drafter"], **(drafter or {})}
     params["video_verifier"] = {**params["video_verifier"], "draft_wait": 0.1, "max_wait": 0.5, **verifier}
     return PipelineConfig(models=TINY, stages=stages, params=params), rounds
 
@@ -137,7 +140,8 @@ def _watch_final_publishes(verifier: Any) -> list[bool]:
 def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone, rclpy_context) -> None:  # noqa: ANN001
     # drafts must be checked here, not just allowed: a loaded 2-core machine can hold them past the
     # default 0.1 s, after which the verifier rightly decodes alone (a stalled stage costs one wait per round)
-    config, rounds = _config(draft_wait=1.0, estimate_offset=True)
+    # the drafter measures the offset beside the pinned one the frame stages use (its diagnostics say)
+    config, rounds = _config(draft_wait=1.0, drafter={"estimate_offset": True})
     run = make_run(config)
     kept_when_published = _watch_final_publishes(run.pipeline.verifier)
     finals = play_scenes(run.pipeline, run.player, scenes, rounds, timeout_s=30)
@@ -149,18 +153,22 @@ def test_lossless_greedy_captions_equal_verifier_alone(make_run, scenes, alone, 
     assert drafted.sum() > 0  # the drafts were really checked, not skipped
     assert all(n.stage.snapshot()["worker_errors"] == 0 for n in run.pipeline.nodes)
     # diagnostics: rates, drops, acceptance per stage, latency, skew, the offset estimate's state
-    status = _diagnostics(rclpy_context, 10.0)["cascade_sd: video_verifier"]
+    statuses = _diagnostics(rclpy_context, 10.0)
+    status = statuses["cascade_sd: video_verifier"]
     values = {kv.key: kv.value for kv in status.values}
     assert status.level in (b"\x00", b"\x01") and "error" not in status.message, status.message
     assert int(values["rounds_done"]) >= N_SCENES and int(values["images.malformed"]) == 0
     assert float(values["latency_mean_ms"]) > 0 and abs(float(values["skew_clip_ms"])) < 40
-    assert values["acceptance_refiner"] != "nan" and values["frame_offset_estimate"] != "off"
+    assert values["acceptance_refiner"] != "nan" and values["frame_offset_source"] == "pinned"
     assert values["mode"] == "lossless-greedy" and values["lossless"] == "True"
     # every stage on the one schedule: no round heard off it
     assert values["rounds_off_schedule"] == "0" and values["schedule_disagreement"] == ""
     assert values["lifecycle_state"] == "active"
-    for key in ("images.rate_hz", "images.dropped", "events.rate_hz", "rounds_dropped", "frame_offset_configured_ms"):
+    for key in ("images.rate_hz", "images.dropped", "rounds_dropped", "frame_offset_configured_ms"):
         assert key in values
+    drafter = {kv.key: kv.value for kv in statuses["cascade_sd: event_drafter"].values}
+    assert drafter["frame_offset_estimate"] != "off (pinned)" and float(drafter["events.rate_hz"]) > 0
+    assert int(drafter["images.received"]) > 0
 
 
 @pytest.mark.parametrize("dead", ["refiner", "drafter"])

@@ -1,7 +1,8 @@
-"""Issue 18, closed loop in the nodes: nobody tells the stages the clock offset. The verifier measures
-it, applies it once confident (each round keeps the offset it opened with), publishes it latched on
-``clock_offset``, the refiner follows it, and every final caption says which offset picked its frames.
-Tiny random models, synthetic scenes in motion, one process over DDS."""
+"""Issue 18, closed loop in the nodes: nobody tells the stages the clock offset. The drafter (where the
+events are decoded) measures it, applies it once confident and publishes it latched on
+``clock_offset``; the verifier and the refiner follow it (each round keeps the offset it opened with),
+every final caption says which offset picked its frames, and the verifier never subscribes to the raw
+events. Tiny random models, synthetic scenes in motion, one process over DDS."""
 
 from __future__ import annotations
 
@@ -54,23 +55,23 @@ def test_the_offset_is_measured_applied_shared_and_reported(rclpy_context: Any) 
     try:
         assert player.wait_matched(config.image_subscribers(), config.event_subscribers())
         finals: dict[int, Any] = {}
-        verifier = pipeline.verifier
+        drafter = pipeline.stage_nodes["drafter"]
         sent = 0
-        confident_after: int | None = None  # the scene after whose data the verifier was confident
+        confident_after: int | None = None  # the scene after whose data the drafter was confident
         for i in range(len(scenes)):
             finals.update(play_scenes(pipeline, player, scenes[i : i + 1], rounds, first=i, timeout_s=30))
-            # as a sensor's real time would: the verifier takes the scene's events and runs its estimate
+            # as a sensor's real time would: the drafter takes the scene's events and runs its estimate
             # before the next scene plays
             sent += len(scenes[i].packets)
             deadline = time.monotonic() + 20
-            while (verifier.events_in.received < sent or not verifier.clock.idle()) and time.monotonic() < deadline:
+            while (drafter.events_in.received < sent or not drafter.clock.idle()) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert verifier.events_in.received >= sent, (verifier.events_in.received, sent)
-            if confident_after is None and verifier.clock.current().confident:
+            assert drafter.events_in.received >= sent, (drafter.events_in.received, sent)
+            if confident_after is None and drafter.clock.current().confident:
                 confident_after = i
         assert finals[0] is not None and finals[0].frame_offset_source == "initial" and finals[0].frame_offset_ms == 0.0
         # confident once a few estimates agree: after at most 4 scenes (8 s) even on loaded cores, where
-        # the verifier's timer runs fewer estimates while a scene plays
+        # the drafter's timer runs fewer estimates while a scene plays
         assert confident_after is not None and confident_after <= 3, confident_after
         # round i opens while scene i plays (before its end: the initial offset 0 puts it 180 ms early), so
         # every round after that scene's uses the estimate
@@ -79,11 +80,15 @@ def test_the_offset_is_measured_applied_shared_and_reported(rclpy_context: Any) 
         for m in late:
             assert m.frame_offset_source == "estimate", m.frame_offset_source
             assert abs(m.frame_offset_ms - TRUE_NS / 1e6) <= 5.0, m.frame_offset_ms
-        applied = pipeline.verifier.clock.current()
+        applied = drafter.clock.current()
         assert applied.confident and abs(applied.offset_ns - TRUE_NS) <= 5_000_000
-        refiner = pipeline.stage_nodes["refiner"]
-        assert refiner._applied.source == "estimate" and refiner._applied.offset_ns == applied.offset_ns
-        assert refiner.offsets.offset("image") == applied.offset_ns
+        for follower in (pipeline.verifier, pipeline.stage_nodes["refiner"]):
+            used = follower.follower.current()
+            assert used.source == "estimate" and used.offset_ns == applied.offset_ns, (follower.get_name(), used)
+            assert follower.offsets.offset("image") == applied.offset_ns
+        # the verifier's core is the caption's: it never subscribed to the raw events (the drafter did)
+        topics = {sub.topic_name.rsplit("/", 1)[-1] for sub in pipeline.verifier.subscriptions}
+        assert "events" not in topics and "clock_offset" in topics, topics
         # latched: a listener that comes later still hears the applied offset at once
         from cascade_sd_ros.msg import ClockOffset
         from cascade_sd_ros.nodes.common import LATCHED_QOS
@@ -107,3 +112,32 @@ def rclpy_context_node(context: Any) -> Any:
     from rclpy.node import Node
 
     return Node("clock_offset_listener", context=context)
+
+
+def test_only_the_drafter_takes_the_raw_events(rclpy_context: Any) -> None:
+    """Default parameters (a launch's): the drafter subscribes to the events and, to measure the offset,
+    the images, and publishes ``clock_offset``; the verifier follows it and never subscribes to the raw
+    events (whose rate would cost the target's core). A pinned drafter needs no images."""
+    from cascade_sd_ros.tools.pipeline import PipelineConfig, build_pipeline
+
+    def topics(params: dict[str, Any]) -> dict[str, tuple[set[str], set[str]]]:
+        config = PipelineConfig(models=TINY, params=params, collect_captions=False)
+        pipeline = build_pipeline(config, rclpy_context, models=load_models(config))
+        try:
+            return {
+                stage: (
+                    {s.topic_name.rsplit("/", 1)[-1] for s in node.subscriptions},
+                    {p.topic_name.rsplit("/", 1)[-1] for p in node.publishers},
+                )
+                for stage, node in pipeline.stage_nodes.items()
+            }
+        finally:
+            pipeline.close()
+
+    measured = topics({})
+    assert "events" not in measured["verifier"][0] and "clock_offset" in measured["verifier"][0]
+    assert "clock_offset" in measured["refiner"][0] and "events" not in measured["refiner"][0]
+    assert {"events", "image"} <= measured["drafter"][0] and "clock_offset" in measured["drafter"][1]
+    pinned = topics({"event_drafter": {"estimate_offset": False}, "video_verifier": {"follow_clock_offset": False}})
+    assert "image" not in pinned["drafter"][0] and "clock_offset" in pinned["drafter"][1]
+    assert "clock_offset" not in pinned["verifier"][0] and "events" not in pinned["verifier"][0]

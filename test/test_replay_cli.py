@@ -104,14 +104,13 @@ def test_round_params_follow_ground_truth_scenes() -> None:
     # round at each scene's end minus the pipeline's margin, on the event clock (offset added)
     phase = params["common"]["round_phase"]
     assert (10 * S + 2 * S - 40_000_000 + 30_000_000) % (2 * S) == pytest.approx(phase * 1e9)
-    # nobody tells the stages the offset: the verifier measures it (from frame_offset 0), the refiner follows
-    assert params["video_verifier"]["frame_offset"] == 0.0 and params["video_verifier"]["estimate_offset"] is True
-    assert params["frame_refiner"]["follow_clock_offset"] is True
+    # nobody tells the stages the offset: the drafter measures it (from frame_offset 0), the others follow
+    assert params["event_drafter"]["frame_offset"] == 0.0 and params["event_drafter"]["estimate_offset"] is True
+    assert params["video_verifier"]["follow_clock_offset"] is True and params["frame_refiner"]["follow_clock_offset"]
     oracle = round_params(_scan({}, scenes), "auto", oracle=True)  # --oracle-offset: the truth, pinned
     assert oracle["video_verifier"]["frame_offset"] == pytest.approx(0.03)
-    assert (
-        oracle["video_verifier"]["estimate_offset"] is False and oracle["frame_refiner"]["follow_clock_offset"] is False
-    )
+    assert oracle["event_drafter"]["estimate_offset"] is False
+    assert not oracle["video_verifier"]["follow_clock_offset"] and not oracle["frame_refiner"]["follow_clock_offset"]
     assert round_params(_scan({}, scenes), "period") == {}
     assert round_params(_scan({}), "auto") == {}
     with pytest.raises(ReplayInputError, match="no ground truth"):

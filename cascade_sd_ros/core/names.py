@@ -42,7 +42,7 @@ TOPIC_COMMIT = "commit"
 TOPIC_CAPTION = "caption"
 TOPIC_MARKER = "caption_marker"
 TOPIC_OVERLAY = "caption_image"
-TOPIC_CLOCK_OFFSET = "clock_offset"  # ClockOffset, latched: the event-to-RGB offset the verifier applies
+TOPIC_CLOCK_OFFSET = "clock_offset"  # ClockOffset, latched: the event-to-RGB offset the drafter measured
 TOPIC_DIAGNOSTICS = "/diagnostics"
 
 # --- decoding modes -------------------------------------------------------------------------------

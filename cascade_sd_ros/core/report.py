@@ -70,9 +70,7 @@ class RoundRecord:
     @property
     def frame_offset_error_ms(self) -> float | None:
         """[ms] offset used minus the true one (None without both)."""
-        if self.true_offset_ms is None or not math.isfinite(self.frame_offset_ms):
-            return None
-        return self.frame_offset_ms - self.true_offset_ms
+        return offset_error_ms(self.frame_offset_ms, self.true_offset_ms)
 
     def __post_init__(self) -> None:
         if len(self.drafted_per_stage) != len(self.accepted_per_stage):
@@ -126,6 +124,21 @@ class Distribution:
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {"count": self.count, "mean": self.mean, **self.percentiles, "max": self.max}
+
+
+def offset_error_ms(used_ms: float | None, true_ms: float | None) -> float | None:
+    """[ms] the clock offset a round used minus the true one (None without both)."""
+    if used_ms is None or true_ms is None or not math.isfinite(used_ms) or not math.isfinite(true_ms):
+        return None
+    return used_ms - true_ms
+
+
+def offset_text(used_ms: float | None, source: str, error_ms: float | None, digits: int = 1) -> str:
+    """The clock offset a round picked its frames with, where it came from, and its error against the
+    truth when known: ``30.0 (estimate, +0.4)``; ``–`` when the round reported none."""
+    if used_ms is None or not math.isfinite(used_ms):
+        return "–"
+    return f"{used_ms:.{digits}f} ({source or '?'}" + ("" if error_ms is None else f", {error_ms:+.{digits}f}") + ")"
 
 
 def distribution(values: Iterable[float], percentiles: Sequence[int] = PERCENTILES) -> Distribution:

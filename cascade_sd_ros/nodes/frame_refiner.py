@@ -1,7 +1,7 @@
 """``frame_refiner``: checks the drafter's tokens against the RGB frame nearest ``T`` and extends them.
 
 Subscribes ``image`` (sensor_msgs/Image), ``drafter/drafts`` (DraftTokens stage 0), ``commit``,
-``prompt``, ``clock_offset`` (the verifier's applied event-to-RGB offset, latched: followed from the
+``prompt``, ``clock_offset`` (the drafter's measured event-to-RGB offset, latched: followed from the
 next round on unless ``follow_clock_offset:=false``); publishes ``refiner/drafts`` (DraftTokens
 stage 1) and ``/diagnostics``. Joins rounds by
 id and stamp as they are heard of (a stage-0 draft or a commit). No frame within ``slop`` of ``T``
@@ -18,9 +18,8 @@ from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import (
-    AppliedOffset,
     FrameIngest,
-    RoundOffsets,
+    OffsetFollower,
     StaleRoundFilter,
     StreamOffsets,
     nearest_frame,
@@ -41,10 +40,16 @@ from cascade_sd_ros.core.stages import RefinerStage, StageInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     CONTROLLED_PARAMS,
+    FOLLOW_CLOCK_OFFSET_PARAM,
+    FRAME_OFFSET_PARAM,
     GAMMA_MAX_PARAM,
     LATCHED_QOS,
+    MAX_WAIT_PARAM,
     PROMPT_QOS,
     ROUND_QOS,
+    SLOP_PARAM,
+    STAGE_LIVENESS_PARAM,
+    ClockOffsetInput,
     ImageInput,
     InputStats,
     Param,
@@ -57,7 +62,7 @@ from cascade_sd_ros.nodes.common import (
     spin_node,
     stage_config_fields,
 )
-from cascade_sd_ros.ros.outputs import ClockOffsetError, DraftMessageError, applied_from_msg, draft_msg
+from cascade_sd_ros.ros.outputs import DraftMessageError, draft_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
@@ -79,30 +84,13 @@ PARAMS: tuple[Param, ...] = (
     GAMMA_MAX_PARAM,
     *CONTROLLED_PARAMS,
     Param("lookahead", 2, "[drafts] proposals the refiner may run ahead of the last commit", 1, 16),
-    Param("slop", 0.02, "[s] the frame must lie within this of T (after frame_offset)", 0.0, 10.0),
-    Param("max_wait", 0.5, "[s] wait at most this long (wall) for the round's frame", 0.0, 60.0),
+    SLOP_PARAM,
+    MAX_WAIT_PARAM,
     Param("upstream_wait", 0.02, "[s] wait at most this long for a drafter draft before drafting alone", 0.0, 10.0),
-    Param(
-        "stage_liveness",
-        5.0,
-        "[s] an upstream stage silent this long is not waited for at a round's start",
-        0.0,
-        3600.0,
-    ),
-    Param(
-        "frame_offset",
-        0.0,
-        "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)",
-        -3600.0,
-        3600.0,
-    ),
+    STAGE_LIVENESS_PARAM,
+    FRAME_OFFSET_PARAM,
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
-    Param(
-        "follow_clock_offset",
-        True,
-        "apply the verifier's confident clock_offset (from the next round on) instead of frame_offset",
-        read_only=True,
-    ),
+    FOLLOW_CLOCK_OFFSET_PARAM,
 )
 
 
@@ -168,9 +156,10 @@ class FrameRefiner(StageNode[RefinerConfig]):
 
     def build(self) -> None:
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
-        self._applied = AppliedOffset(self.cfg.frame_offset_ns, 0.0, 0, float("inf"), False, "initial")
-        self._round_offsets = RoundOffsets()
-        self.offsets_in = InputStats(self, "clock_offsets")
+        # the drafter measures the offset; this stage applies its confident value from the next round on
+        self.follower = OffsetFollower(self.cfg.frame_offset_ns, pinned=not self.cfg.follow_clock_offset)
+        self._offset_input = ClockOffsetInput(self, self.follower, self.offsets)
+        self.offsets_in = self._offset_input.stats
         # join each period round as soon as its frame is in: no need to hear of it from the drafter
         # (the same rule as the verifier's, so both name the round alike)
         self._image = ImageInput(
@@ -203,14 +192,14 @@ class FrameRefiner(StageNode[RefinerConfig]):
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_lifecycle_publisher(DraftTokens, TOPIC_DRAFTS_REFINER, ROUND_QOS)
+        if self.cfg.follow_clock_offset:  # first, as in the verifier: applied before a frame in the same wait set
+            self.create_subscription(
+                ClockOffset, TOPIC_CLOCK_OFFSET, self._offset_input, LATCHED_QOS, callback_group=inputs
+            )
         self.create_subscription(Image, TOPIC_IMAGE, self._image, self.sensor_qos, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        if self.cfg.follow_clock_offset:
-            self.create_subscription(
-                ClockOffset, TOPIC_CLOCK_OFFSET, self._on_clock_offset, LATCHED_QOS, callback_group=inputs
-            )
         self.stage = RefinerStage(
             self.model,
             self._resolve,
@@ -270,33 +259,20 @@ class FrameRefiner(StageNode[RefinerConfig]):
         except (StampError, ValueError) as exc:
             self.commits_in.bad(str(exc))
 
-    def _on_clock_offset(self, msg: Any) -> None:
-        """The verifier's applied offset: followed once confident (a pinned one at once), from the next round."""
-        self.offsets_in.tick()
-        try:
-            applied = applied_from_msg(msg)
-        except (ClockOffsetError, StampError, ValueError) as exc:
-            self.offsets_in.bad(str(exc))
-            return
-        if not applied.confident:
-            return  # the verifier itself does not apply it yet
-        self._applied = applied
-        self.offsets.set("image", applied.at(applied.ref_ns))
-
     def reset_inputs(self) -> None:
         with self.lock:
             self._image.ingest.reset()
             self._reset_locked()
 
     def _reset_locked(self) -> None:
-        self._round_offsets.clear()
+        self.follower.reset_rounds()
         self._stale.reset()
         self.stage.reset()
 
     # ------------------------------------------------------------------ worker side
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
         # the offset the round opened with: a new one moves later rounds, never this round's frame
-        target = rec.t_ns - self._round_offsets.fix(rec.round_id, self._applied).at(rec.t_ns)
+        target = rec.t_ns - self.follower.round_offset(rec.round_id).at(rec.t_ns)
         with self.lock:
             found = nearest_frame(self._frames, target, self.cfg.slop_ns)
             newest = self._frames.newest_stamp()
@@ -321,6 +297,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
         stage = self.stage.snapshot()
         degraded = stage["inputs_missing"]  # rounds whose frame never came within slop
+        applied = self.follower.current()
         values: dict[str, object] = {
             "backend": self.model.backend.name,
             "backend_reason": self.model.backend.reason,
@@ -328,8 +305,8 @@ class FrameRefiner(StageNode[RefinerConfig]):
             **self.drafts_in.values(),
             **self.commits_in.values(),
             **self.offsets_in.values(),
-            "frame_offset_applied_ms": self._applied.offset_ns / 1e6,
-            "frame_offset_source": self._applied.source,
+            "frame_offset_applied_ms": applied.offset_ns / 1e6,
+            "frame_offset_source": applied.source,
             "rounds_open": stage["rounds_open"],
             "rounds_degraded": degraded,
             "frame_skew_ms": stage["frame_skew_ms"],

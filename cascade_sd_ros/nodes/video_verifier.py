@@ -1,15 +1,16 @@
 """``video_verifier``: the authority. Verifies drafts against Video-LLaVA on the clip before ``T`` and
 publishes what it commits.
 
-Subscribes ``image``, ``drafter/drafts``, ``refiner/drafts``, ``prompt`` and (to measure the clock
-offset) ``events``; publishes ``commit`` (Commit), ``caption`` (VerifiedCaption, growing and final),
-``caption_marker`` (Marker TEXT_VIEW_FACING), ``caption_image`` (the frame at ``T`` with the caption
-drawn), ``clock_offset`` (ClockOffset, latched: the event-to-RGB offset it applies, which the refiner
-follows) and ``/diagnostics``.
+Subscribes ``image``, ``drafter/drafts``, ``refiner/drafts``, ``prompt`` and ``clock_offset`` (the
+drafter's measured event-to-RGB offset, latched); publishes ``commit`` (Commit), ``caption``
+(VerifiedCaption, growing and final), ``caption_marker`` (Marker TEXT_VIEW_FACING), ``caption_image``
+(the frame at ``T`` with the caption drawn) and ``/diagnostics``. It never subscribes to the raw
+events: the drafter decodes them anyway and measures the offset there, off this node's core, which
+is what the caption latency is made of.
 
-The offset: measured from the data (events against frames, exact from strobe edges when the event
-stream carries them) starting from ``frame_offset`` and applied once confident, with hysteresis; a
-round keeps the offset it opened with. ``estimate_offset:=false`` pins ``frame_offset`` instead.
+The offset: ``frame_offset`` until the drafter's ``clock_offset`` is confident, then that, from the
+next round on (a round keeps the offset it opened with; each final caption says which it used).
+``follow_clock_offset:=false`` pins ``frame_offset`` instead.
 
 With a draft head (``draft_head``, issue 17) it also drafts for itself: the head reads the target's
 own states and, from ``drafter/features`` (EventFeatures), the round's event tokens; a round whose
@@ -22,7 +23,6 @@ for a draft; a dead upstream stage costs speed, never output.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,15 +35,13 @@ from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import (
-    AppliedOffset,
-    ClockOffsetSource,
     FrameIngest,
+    OffsetFollower,
     StaleRoundFilter,
     StreamOffsets,
     nearest_frame,
     select_clip,
 )
-from cascade_sd_ros.core.events import EventDecodeError
 from cascade_sd_ros.core.head.features import features_from_payload
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.names import (
@@ -55,7 +53,6 @@ from cascade_sd_ros.core.names import (
     TOPIC_COMMIT,
     TOPIC_DRAFTS_DRAFTER,
     TOPIC_DRAFTS_REFINER,
-    TOPIC_EVENTS,
     TOPIC_FEATURES,
     TOPIC_IMAGE,
     TOPIC_MARKER,
@@ -71,10 +68,16 @@ from cascade_sd_ros.core.zoo import default_zoo_path
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     FEATURES_QOS,
+    FOLLOW_CLOCK_OFFSET_PARAM,
+    FRAME_OFFSET_PARAM,
     LATCHED_QOS,
+    MAX_WAIT_PARAM,
     OUTPUT_QOS,
     PROMPT_QOS,
     ROUND_QOS,
+    SLOP_PARAM,
+    STAGE_LIVENESS_PARAM,
+    ClockOffsetInput,
     ImageInput,
     InputStats,
     Param,
@@ -83,14 +86,11 @@ from cascade_sd_ros.nodes.common import (
     choice,
     spin_node,
     stage_config_fields,
-    warm_up_event_decoders,
 )
 from cascade_sd_ros.nodes.frame_refiner import MODE_PARAMS, rules_from_params
-from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
 from cascade_sd_ros.ros.outputs import (
     DraftMessageError,
     caption_msg,
-    clock_offset_msg,
     commit_msg,
     display_text,
     marker_msg,
@@ -100,7 +100,6 @@ from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
 PROMPT_POLL_S = 0.05  # while a prompt waits for its round to open
-OFFSET_UPDATE_S = 0.5  # how often the offset estimate is looked at (it measures only when due)
 
 USE_DRAFTS = {
     "both": (STAGE_REFINER, STAGE_DRAFTER),
@@ -120,53 +119,17 @@ PARAMS: tuple[Param, ...] = (
     *MODE_PARAMS,
     Param("frames", 8, "[frames] clip length the target takes", 1, 64),
     Param("clip_duration", 1.0, "[s] the clip spans [T - clip_duration, T]", 0.0, 60.0),
-    Param("slop", 0.02, "[s] frames this far outside the clip window still count", 0.0, 10.0),
-    Param("max_wait", 0.5, "[s] wait at most this long (wall) for the clip's frames", 0.0, 60.0),
+    SLOP_PARAM,
+    MAX_WAIT_PARAM,
     Param(
         "draft_wait", 0.03, "[s] wait at most this long for a draft before decoding alone (live)", 0.0, 10.0, live=True
     ),
-    Param(
-        "stage_liveness",
-        5.0,
-        "[s] an upstream stage silent this long is not waited for at a round's start",
-        0.0,
-        3600.0,
-    ),
-    Param(
-        "frame_offset",
-        0.0,
-        "[s] event clock minus RGB clock (a frame stamped t happened at t + frame_offset)",
-        -3600.0,
-        3600.0,
-    ),
+    STAGE_LIVENESS_PARAM,
+    FRAME_OFFSET_PARAM,
     Param("frame_buffer", 120, "[frames] bound of the frame buffer (oldest dropped, counted)", 2, 100_000),
     Param("use_drafts", "both", "which drafts to verify: both (refiner preferred), refiner, drafter, none"),
     Param("max_pending_rounds", 4, "[rounds] rounds queued beyond this are dropped (oldest first, counted)", 1, 1000),
-    Param(
-        "estimate_offset",
-        True,
-        "measure the event/frame clock offset (events against frames; exact from strobe trigger edges when "
-        "the event stream has them) and apply it once confident; false pins frame_offset. Subscribes this "
-        "node to the raw event stream",
-        read_only=True,
-    ),
-    Param(
-        "frame_offset_bound",
-        0.5,
-        "[s] a measured offset further than this from frame_offset is refused (counted)",
-        0.0,
-        3600.0,
-        read_only=True,
-    ),
-    Param(
-        "trigger_channel",
-        0,
-        "trigger input the RGB exposure strobe is wired to (EVT 3.0 channel id)",
-        0,
-        31,
-        read_only=True,
-    ),
-    Param("trigger_edge", "rising", "strobe edge that marks an exposure: rising or falling", read_only=True),
+    FOLLOW_CLOCK_OFFSET_PARAM,
     Param("publish_overlay", True, "publish the frame at T with the caption drawn"),
     Param("seed", 0, "seed of the sampling generator (lossless-sample)", 0, 2**31 - 1),
     Param(
@@ -210,13 +173,10 @@ class VerifierConfig(StageConfig):
     draft_wait_s: float
     liveness_s: float
     frame_offset_ns: int
-    frame_offset_bound_ns: int
-    trigger_channel: int
-    trigger_edge: int
     frame_buffer: int
     use_drafts: tuple[int, ...]
     max_pending: int
-    estimate_offset: bool
+    follow_clock_offset: bool
     publish_overlay: bool
     seed: int
     draft_head: str
@@ -227,7 +187,6 @@ class VerifierConfig(StageConfig):
     @staticmethod
     def from_params(p: dict[str, Any]) -> "VerifierConfig":
         choice(p["use_drafts"], list(USE_DRAFTS), "use_drafts")
-        choice(p["trigger_edge"], ["rising", "falling"], "trigger_edge")
         return VerifierConfig(
             **stage_config_fields(p, "target"),
             rules=rules_from_params(p),
@@ -239,12 +198,9 @@ class VerifierConfig(StageConfig):
             liveness_s=float(p["stage_liveness"]),
             frame_offset_ns=seconds_to_ns(p["frame_offset"], "frame_offset"),
             frame_buffer=p["frame_buffer"],
-            frame_offset_bound_ns=seconds_to_ns(p["frame_offset_bound"], "frame_offset_bound"),
-            trigger_channel=p["trigger_channel"],
-            trigger_edge=1 if p["trigger_edge"] == "rising" else 0,
             use_drafts=USE_DRAFTS[p["use_drafts"]],
             max_pending=p["max_pending_rounds"],
-            estimate_offset=bool(p["estimate_offset"]),
+            follow_clock_offset=bool(p["follow_clock_offset"]),
             publish_overlay=bool(p["publish_overlay"]),
             seed=p["seed"],
             draft_head=str(p["draft_head"]).strip(),
@@ -287,15 +243,10 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def build(self) -> None:
         self.offsets = StreamOffsets({"image": self.cfg.frame_offset_ns})
-        self.clock = ClockOffsetSource(
-            initial_ns=self.cfg.frame_offset_ns,
-            pinned=not self.cfg.estimate_offset,
-            bound_ns=self.cfg.frame_offset_bound_ns,
-            trigger_channel=self.cfg.trigger_channel,
-            trigger_edge=self.cfg.trigger_edge,
-        )
-        self._published_offset: AppliedOffset | None = None
-        self._event_stream = EventStream()
+        # the drafter measures the offset; this stage applies its confident value from the next round on
+        self.follower = OffsetFollower(self.cfg.frame_offset_ns, pinned=not self.cfg.follow_clock_offset)
+        self._offset_input = ClockOffsetInput(self, self.follower, self.offsets)
+        self.offsets_in = self._offset_input.stats
         self._stale = StaleRoundFilter(self.cfg.jump_tolerance_ns)
         # open every period boundary the frames have passed, once the clip has frames behind it
         self._image = ImageInput(
@@ -308,15 +259,13 @@ class VideoVerifier(StageNode[VerifierConfig]):
                 slop_ns=self.cfg.slop_ns,
                 lead_ns=self.cfg.clip_ns,
             ),
-            reset_what="frames, rounds and offset estimate",
+            reset_what="frames and rounds",
             on_jump=self._reset_locked,
-            on_frame=self.clock.add_frame if self.cfg.estimate_offset else None,
         )
         self.images_in = self._image.stats
         self._frames = self._image.ingest.frames
         self._pending_prompt: float | None = None
         self.inputs: OrderedDict[int, RoundInputs] = OrderedDict()  # the last rounds' clips (under self.lock)
-        self.events_in = InputStats(self, "events")
         self.drafts_in = InputStats(self, "drafts")
         # drafts as ids, or through their text from a stage of another vocabulary (draft_ids)
         self.drafts_port = TextPort(
@@ -327,44 +276,33 @@ class VideoVerifier(StageNode[VerifierConfig]):
         self.schedule_check = ScheduleCheck(self.cfg.schedule)
         self._schedule_logged: dict[str, float] = {}
 
-        from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
         from visualization_msgs.msg import Marker
 
-        from cascade_sd_ros.msg import Commit, DraftTokens, VerifiedCaption
+        from cascade_sd_ros.msg import ClockOffset, Commit, DraftTokens, VerifiedCaption
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_commit = self.create_lifecycle_publisher(Commit, TOPIC_COMMIT, ROUND_QOS)
         self.pub_caption = self.create_lifecycle_publisher(VerifiedCaption, TOPIC_CAPTION, OUTPUT_QOS)
         self.pub_marker = self.create_lifecycle_publisher(Marker, TOPIC_MARKER, OUTPUT_QOS)
         self.pub_overlay = self.create_lifecycle_publisher(Image, TOPIC_OVERLAY, OUTPUT_QOS)
-        from cascade_sd_ros.msg import ClockOffset
-
-        self.pub_clock_offset = self.create_lifecycle_publisher(ClockOffset, TOPIC_CLOCK_OFFSET, LATCHED_QOS)
+        if self.cfg.follow_clock_offset:
+            # first: a clock offset heard with a frame in one wait set is applied before the frame opens
+            # a round (rclpy takes ready subscriptions in the order they were made)
+            self.create_subscription(
+                ClockOffset, TOPIC_CLOCK_OFFSET, self._offset_input, LATCHED_QOS, callback_group=inputs
+            )
         self.create_subscription(Image, TOPIC_IMAGE, self._image, self.sensor_qos, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_DRAFTER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(DraftTokens, TOPIC_DRAFTS_REFINER, self._on_draft, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        if self.cfg.estimate_offset:
-            warm_up_event_decoders(self)
-            self.create_subscription(
-                EventPacket,
-                TOPIC_EVENTS,
-                self._on_events,
-                self.sensor_qos,
-                callback_group=MutuallyExclusiveCallbackGroup(),
-            )
         # armed by a prompt only (see prompted): an idle timer still wakes the executor, whose every
         # spin rebuilds its wait set in Python on the core and GIL the target's passes need
         self._prompt_timer = self.create_timer(
             PROMPT_POLL_S, self._check_prompt, callback_group=MutuallyExclusiveCallbackGroup()
         )
         self._prompt_timer.cancel()
-        if self.cfg.estimate_offset:
-            # measuring the offset costs up to a few hundred ms of CPU per estimate: off the executor,
-            # never on a round's path
-            self.create_background_timer(OFFSET_UPDATE_S, self._update_offset)
         head = self._open_head()
         self.features_in = InputStats(self, "features")
         self.features_refused = 0  # EventFeatures of another event encoder (the head drafts without them)
@@ -407,47 +345,6 @@ class VideoVerifier(StageNode[VerifierConfig]):
             raise ValueError(f"parameter frames={self.cfg.frames} but the target model takes {model.num_frames} frames")
 
     # ------------------------------------------------------------------ callbacks
-    def _on_events(self, msg: Any) -> None:
-        self.events_in.tick()
-        try:
-            pkt = packet_input(msg)
-            decoded = self._event_stream.decode(pkt)
-        except (PacketError, StampError, EventDecodeError) as exc:
-            self.events_in.bad(str(exc))
-            return
-        cd = decoded.cd
-        self.clock.add_events(decoded.t_ns, cd["x"], cd["y"], cd["p"], pkt.width, pkt.height)
-        if decoded.triggers.size:
-            self.clock.add_triggers(decoded.trigger_t_ns, decoded.triggers["id"], decoded.triggers["p"])
-
-    def _update_offset(self) -> None:
-        """Measure when due; a new applied offset moves the frame ingest and is published (latched)."""
-        applied = self.clock.update()
-        last = self._published_offset
-        if last is not None and (applied.offset_ns, applied.drift_ppm, applied.confident, applied.source) == (
-            last.offset_ns,
-            last.drift_ppm,
-            last.confident,
-            last.source,
-        ):
-            return
-        with self.lock:
-            newest = self._image.newest_ref_ns()
-        if newest is None:
-            return  # nothing to stamp it with yet (and nothing to apply it to): the first frame will do
-        stamp = newest
-        self.offsets.set("image", applied.at(stamp))
-        self._publish_offset(applied, stamp)
-        if applied.confident and (last is None or not last.confident or last.offset_ns != applied.offset_ns):
-            self.get_logger().info(
-                f"clock offset {applied.at(stamp) / 1e6:.2f} ms applied ({applied.source}, "
-                f"±{applied.uncertainty_ns / 1e6:.2f} ms)"
-            )
-
-    def _publish_offset(self, applied: AppliedOffset, stamp_ns: int) -> None:
-        self._published_offset = applied
-        self.pub_clock_offset.publish(clock_offset_msg(applied, stamp_ns, self.cfg.frame_id))
-
     def _on_draft(self, msg: Any) -> None:
         self.drafts_in.tick()
         try:
@@ -582,11 +479,11 @@ class VideoVerifier(StageNode[VerifierConfig]):
             return True
 
     def reset_inputs(self) -> None:
-        """After an inactive spell: frames, rounds and the event decoder start again; the clock offset
-        stays (the clocks did not change while the node was inactive)."""
+        """After an inactive spell: frames and rounds start again; the clock offset stays (the clocks did
+        not change while the node was inactive)."""
         with self.lock:
             self._image.ingest.reset()
-            self._event_stream.reset()
+            self.follower.reset_rounds()
             self._stale.reset()
             self.schedule_check.reset()
             self.stage.reset()
@@ -595,10 +492,9 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def _reset_locked(self) -> None:
         """After a backward time jump (the frames and round times are already reset): unlike the
-        refiner, the verifier also adopts the next frame's size and restarts the offset estimate."""
+        refiner, the verifier also adopts the next frame's size."""
         self._image.ingest.shape.reset()
-        self.clock.reset()
-        self._event_stream.reset()
+        self.follower.reset_rounds()
         self._stale.reset()
         self.schedule_check.reset()
         self.stage.reset()
@@ -606,7 +502,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
     # ------------------------------------------------------------------ worker side
     def _round_end(self, round_id: int, t_ns: int) -> int:
         """The round's clip end on the RGB clock, through the offset the round opened with."""
-        return t_ns - self.clock.round_offset(round_id).at(t_ns)
+        return t_ns - self.follower.round_offset(round_id).at(t_ns)
 
     def _resolve(self, rec: RoundRecord, given_up: bool) -> StageInput | None:
         end = self._round_end(rec.round_id, rec.t_ns)
@@ -635,7 +531,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             # the text too, for upstream stages of another vocabulary (they draft on from it)
             self.pub_commit.publish(commit_msg(u, self.cfg.frame_id, self.model.vocab, text))
         self.pub_caption.publish(
-            caption_msg(u, text, self.cfg.rules, self.cfg.frame_id, self.clock.round_offset(u.round_id))
+            caption_msg(u, text, self.cfg.rules, self.cfg.frame_id, self.follower.round_offset(u.round_id))
         )
         shown = display_text(text, u, self.cfg.rules)
         self.pub_marker.publish(marker_msg(shown, u.t_ns, self.cfg.frame_id))
@@ -652,9 +548,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
     def publish_diagnostics(self) -> None:
         """One DiagnosticStatus now (the 1 s timer's work): inputs, the Stage's counters, a level."""
-        est = self.clock.tracker.last_estimate
-        fit = self.clock.tracker.last_trigger
-        applied = self.clock.current()
+        applied = self.follower.current()
         stage = self.stage.snapshot()
         with self.lock:
             check = self.schedule_check
@@ -663,7 +557,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             "backend": self.model.backend.name,
             "backend_reason": self.model.backend.reason,
             **self.images_in.values(),
-            **self.events_in.values(),
+            **self.offsets_in.values(),
             **self.drafts_in.values(),
             **{
                 k: stage[k]
@@ -686,25 +580,6 @@ class VideoVerifier(StageNode[VerifierConfig]):
             "frame_offset_confident": applied.confident,
             "frame_offset_uncertainty_ms": applied.uncertainty_ns / 1e6,
             "frame_offset_drift_ppm": applied.drift_ppm,
-            "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None else math.nan,
-            "frame_offset_estimate": (
-                "off (pinned)"
-                if not self.cfg.estimate_offset
-                else "no data yet"
-                if est is None
-                else "identifiable"
-                if est.identifiable(self.clock.tracker.min_correlation, self.clock.tracker.min_margin)
-                else "not identifiable (no motion to align by)"
-            ),
-            "frame_offset_estimate_r": math.nan if est is None else est.correlation,
-            "frame_offset_estimates": self.clock.estimates,
-            "frame_offset_refused": self.clock.tracker.refused,
-            "frame_offset_trigger_matched": 0 if fit is None else fit.matched,
-            "frame_offset_trigger_edges": self.clock.sync.edges_seen,
-            "frame_offset_inputs_rejected": self.clock.estimator.rejected,
-            "event_clock_reanchors": self._event_stream.reanchors,
-            "event_time_resyncs": self._event_stream.time_resyncs,
-            "events_dropped_span": self._event_stream.events_dropped_span,
             "resets": stage["resets"],
             "time_jumps": self._image.ingest.jump.jumps,
             "worker_errors": stage["worker_errors"],

@@ -12,21 +12,31 @@ own stamps, over the same DDS topics a camera driver would use.
 from __future__ import annotations
 
 import io
+import math
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import rclpy
 from rclpy.context import Context
+from rclpy.duration import Duration
 from rclpy.executors import Executor, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from cascade_sd_ros.core.cooperation import CooperationPlan
-from cascade_sd_ros.core.names import NODE_OF_STAGE, ROLE_OF_STAGE, STAGES, TOPIC_CAPTION, TOPIC_EVENTS, TOPIC_IMAGE
+from cascade_sd_ros.core.names import (
+    NODE_OF_STAGE,
+    ROLE_OF_STAGE,
+    STAGES,
+    TOPIC_CAPTION,
+    TOPIC_CLOCK_OFFSET,
+    TOPIC_EVENTS,
+    TOPIC_IMAGE,
+)
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule
 from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS
@@ -89,14 +99,15 @@ class PipelineConfig:
         return self.models.get(role) or default_stage_source(role)
 
     def image_subscribers(self) -> int:
-        """How many of the stages subscribe to the image topic (refiner, verifier)."""
-        return sum(s in self.stages for s in ("refiner", "verifier"))
+        """How many of the stages subscribe to the image topic: refiner, verifier, and the drafter
+        unless its clock offset is pinned (``estimate_offset:=false``; measured by default)."""
+        merged = {**self.params.get("common", {}), **self.params.get(NODE_OF_STAGE["drafter"], {})}
+        estimates = "drafter" in self.stages and bool(merged.get("estimate_offset", True))
+        return sum(s in self.stages for s in ("refiner", "verifier")) + int(estimates)
 
     def event_subscribers(self) -> int:
-        """How many subscribe to the raw events: the drafter, and the verifier unless its clock offset is
-        pinned (``estimate_offset:=false``; measured by default)."""
-        estimates = bool(self.params.get("video_verifier", {}).get("estimate_offset", True))
-        return int("drafter" in self.stages) + int("verifier" in self.stages and estimates)
+        """How many subscribe to the raw events: the drafter alone (it measures the clock offset too)."""
+        return int("drafter" in self.stages)
 
     def overrides(self, stage: str) -> list[Parameter]:
         merged = {**self.params.get("common", {}), **self.params.get(NODE_OF_STAGE[stage], {})}
@@ -224,6 +235,36 @@ class SensorPlayer(Node):
             self.published += 1
             if rate is None and pause_every and i % pause_every == pause_every - 1:
                 time.sleep(pause_s)
+
+
+class OffsetRelay(Node):
+    """Tells a verifier with no drafter of its own (the demo's verifier alone) the clock offset the
+    cascade's round used, on its ``clock_offset`` topic, as the cascade's drafter told the cascade's:
+    a reference pass then picks each round's frames with the same offset (what "equal captions"
+    compares needs)."""
+
+    def __init__(self, *, context: Context | None = None, namespace: str | None = None) -> None:
+        super().__init__("offset_relay", context=context, namespace=namespace)
+        from cascade_sd_ros.msg import ClockOffset
+        from cascade_sd_ros.nodes.common import LATCHED_QOS
+
+        self.pub = self.create_publisher(ClockOffset, TOPIC_CLOCK_OFFSET, LATCHED_QOS)
+
+    def matched(self) -> bool:
+        return self.pub.get_subscription_count() >= 1
+
+    def relay(self, offset_ms: float, source: str, stamp_ns: int, timeout_s: float = 5.0) -> bool:
+        """Publish the offset a round used (``offset_ms`` at ``stamp_ns``, from ``source``) and wait until
+        the subscribers have it (acknowledged), so a frame published next cannot overtake it. An
+        ``initial`` offset (nothing measured yet) is not relayed: the follower keeps its own, the same."""
+        if source == "initial" or not math.isfinite(offset_ms):
+            return True
+        from cascade_sd_ros.core.align import AppliedOffset
+        from cascade_sd_ros.ros.outputs import clock_offset_msg
+
+        applied = AppliedOffset(int(round(offset_ms * 1e6)), 0.0, int(stamp_ns), 0.0, True, source)
+        self.pub.publish(clock_offset_msg(applied, stamp_ns, "camera"))
+        return bool(self.pub.wait_for_all_acked(Duration(seconds=timeout_s)))
 
 
 def ns_to_stamp_into(t_ns: int, stamp: Any) -> None:
@@ -529,20 +570,23 @@ class SceneRounds:
         """Pipeline parameter overrides: periodic rounds, reliable deep sensor queues, clock offsets.
 
         ``oracle``: the stages are told the true offset, pinned (no measuring). Otherwise they start
-        from ``frame_offset_ns`` (default 0: nobody knows it) and the verifier measures the offset
-        and shares it with the refiner (``clock_offset``)."""
+        from ``frame_offset_ns`` (default 0: nobody knows it), the drafter measures the offset and
+        the refiner and verifier follow what it publishes (``clock_offset``)."""
+        common = {"round_period": self.period_s, "round_phase": self.phase_s, **SENSOR_PARAMS}
         if oracle:
             off = (self.event_offset_ns if frame_offset_ns is None else frame_offset_ns) / 1e9
             return {
-                "common": {"round_period": self.period_s, "round_phase": self.phase_s, **SENSOR_PARAMS},
+                "common": common,
+                "event_drafter": {"frame_offset": off, "estimate_offset": False},
                 "frame_refiner": {"frame_offset": off, "follow_clock_offset": False},
-                "video_verifier": {"frame_offset": off, "estimate_offset": False},
+                "video_verifier": {"frame_offset": off, "follow_clock_offset": False},
             }
         start = (frame_offset_ns or 0) / 1e9
         return {
-            "common": {"round_period": self.period_s, "round_phase": self.phase_s, **SENSOR_PARAMS},
+            "common": common,
+            "event_drafter": {"frame_offset": start, "estimate_offset": True},
             "frame_refiner": {"frame_offset": start, "follow_clock_offset": True},
-            "video_verifier": {"frame_offset": start, "estimate_offset": True},
+            "video_verifier": {"frame_offset": start, "follow_clock_offset": True},
         }
 
 
@@ -567,14 +611,18 @@ def play_scenes(
     skip_events: bool = False,
     first: int = 0,
     rate: float | None = None,
+    before_scene: Callable[[int], None] | None = None,
 ) -> dict[int, Any]:
     """Play ``scenes`` (scene indices ``first``, ``first + 1``, ...) scene by scene, keeping one round
     in flight: playing scene ``i`` completes round ``i - 1``'s inputs, so the last scene played is a
-    lead-out. Returns scene index -> final VerifiedCaption (None when none came within ``timeout_s``)."""
+    lead-out. ``before_scene(i)`` runs before scene ``i`` plays. Returns scene index -> final
+    VerifiedCaption (None when none came within ``timeout_s``)."""
     if pipeline.collector is None:
         raise ValueError("play_scenes needs the pipeline's caption collector")
     out: dict[int, Any] = {}
     for i, scene in enumerate(scenes, start=first):
+        if before_scene is not None:
+            before_scene(i)
         player.play(
             scene, event_offset_ns=rounds.event_offset_ns, skip_frames=skip_frames, skip_events=skip_events, rate=rate
         )

@@ -9,7 +9,8 @@
 * :class:`RegionOffsetEstimator` — the offset from per-cell net event counts against per-cell log
   intensity (works in steady motion); :class:`TriggerSync` — offset and drift from strobe edges;
   :class:`OffsetTracker` — which offset is applied (pin, trigger, confident estimate, hysteresis);
-  :class:`ClockOffsetSource` — all three as a stage runs them; :class:`RoundOffsets` — each round
+  :class:`ClockOffsetSource` — all three as the drafter runs them; :class:`OffsetFollower` — the
+  refiner's and verifier's side: the drafter's confident offset; :class:`RoundOffsets` — each round
   keeps the offset it opened with.
 * :class:`FrameIngest` — the RGB stream's ingest: size check, jump reset, buffering, due rounds.
 * :func:`select_clip` / :func:`nearest_frame` — which frames a round uses.
@@ -20,7 +21,7 @@ from cascade_sd_ros.core.align.clip import Clip, nearest_frame, select_clip
 from cascade_sd_ros.core.align.clock import ClockJumpDetector, StaleRoundFilter
 from cascade_sd_ros.core.align.ingest import FrameIngest, FrameShape, Ingested
 from cascade_sd_ros.core.align.offset_source import ClockOffsetSource
-from cascade_sd_ros.core.align.offset_tracker import AppliedOffset, OffsetTracker, RoundOffsets
+from cascade_sd_ros.core.align.offset_tracker import AppliedOffset, OffsetFollower, OffsetTracker, RoundOffsets
 from cascade_sd_ros.core.align.offsets import OffsetEstimate, OffsetEstimator, StreamOffsets
 from cascade_sd_ros.core.align.region_offsets import RegionEstimate, RegionOffsetEstimator
 from cascade_sd_ros.core.align.trigger_sync import TriggerFit, TriggerSync
@@ -35,6 +36,7 @@ __all__ = [
     "Ingested",
     "OffsetEstimate",
     "OffsetEstimator",
+    "OffsetFollower",
     "OffsetTracker",
     "RegionEstimate",
     "RegionOffsetEstimator",

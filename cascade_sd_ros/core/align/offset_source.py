@@ -1,8 +1,8 @@
 """The measured clock offset as a stage runs it: estimator, strobe sync and tracker behind one object.
 
-The verifier feeds it events (with their triggers) and frames as they arrive and calls :meth:`update`
-from a timer: an estimate costs a fraction of a second of CPU, so it runs at most every
-``every_ns`` of event time (``settled_every_ns`` once the applied offset is confident: the data
+The drafter (it decodes every event anyway) feeds it events (with their triggers) and frames as
+they arrive and calls :meth:`update` from a timer of its own: an estimate costs a fraction of a
+second of CPU, so it runs at most every ``every_ns`` of event time (``settled_every_ns`` once the applied offset is confident: the data
 only have to confirm it then), never on the round's critical path. :meth:`round_offset` is what a
 round opening takes and keeps; the applied value never changes a round already open.
 """

@@ -158,3 +158,39 @@ class RoundOffsets:
     def clear(self) -> None:
         with self._lock:
             self._rounds.clear()
+
+
+class OffsetFollower:
+    """A stage that applies another's measured offset (the drafter's ``clock_offset``): its configured
+    value (``initial_ns``; ``pinned``: for good) until a confident offset is heard, then the newest
+    confident one. A round keeps the offset it first asked with (:class:`RoundOffsets`), so a value
+    heard mid-round moves later rounds only."""
+
+    def __init__(self, initial_ns: int = 0, pinned: bool = False, capacity: int = 64) -> None:
+        source = "pinned" if pinned else "initial"
+        self.pinned = bool(pinned)
+        self._applied = AppliedOffset(int(initial_ns), 0.0, 0, 0.0 if pinned else math.inf, self.pinned, source)
+        self._rounds = RoundOffsets(capacity)
+        self._lock = threading.Lock()
+        self.followed = 0  # [count] offsets heard and applied
+
+    def hear(self, applied: AppliedOffset) -> bool:
+        """Apply ``applied`` if it is confident (its source applies it too) and nothing pins this stage."""
+        if self.pinned or not applied.confident:
+            return False
+        with self._lock:
+            self._applied = applied
+            self.followed += 1
+        return True
+
+    def current(self) -> AppliedOffset:
+        with self._lock:
+            return self._applied
+
+    def round_offset(self, round_id: int) -> AppliedOffset:
+        """The offset round ``round_id`` uses: the applied one when it first asks, the same ever after."""
+        return self._rounds.fix(round_id, self.current())
+
+    def reset_rounds(self) -> None:
+        """Time jumped or the rounds restarted: round ids of before mean nothing now (the value stays)."""
+        self._rounds.clear()

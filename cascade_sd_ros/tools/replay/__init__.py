@@ -144,11 +144,7 @@ def run_replay(
     if settings.baseline == "pass":
         if settings.progress:
             print("pass 1/2: the verifier alone (speed reference)", file=sys.stderr)
-        alone_settings = replace(
-            settings,
-            stages=("verifier",),
-            params=merge_params(settings.params, {"video_verifier": {"use_drafts": "none"}}),
-        )
+        alone_settings = replace(settings, **alone_pass(settings))
         alone = play_pass(scan, alone_settings, make_pipeline, settings.out_dir / ALONE_BAG)
         alone_info = {
             k: alone.run_info.get(k) for k in ("wall_s", "rounds_opened", "input_losses", "unfinished_rounds")
@@ -176,6 +172,22 @@ def run_replay(
     output = replay_report.load_output(out_bag)
     report = replay_report.write_report(output, run_info, main.scan.to_dict(), settings.out_dir)
     return ReplayResult(report, settings.out_dir, out_bag)
+
+
+def alone_pass(settings: ReplaySettings) -> dict[str, Any]:
+    """The verifier-alone pass's stages and parameters: the verifier, drafts off. Where the cascade
+    measures the clock offset (in its drafter, which the verifier follows), a drafter that opens no
+    rounds (``round_period`` 0: it drafts nothing) stays as the alone verifier's offset source, so
+    both passes measure it alike."""
+    from cascade_sd_ros.tools.replay.pipeline import merge_params
+
+    extra: dict[str, dict[str, Any]] = {"video_verifier": {"use_drafts": "none"}}
+    drafter = {**settings.params.get("common", {}), **settings.params.get("event_drafter", {})}
+    follows = bool(settings.params.get("video_verifier", {}).get("follow_clock_offset", True))
+    if "drafter" in settings.stages and follows and bool(drafter.get("estimate_offset", True)):
+        extra["event_drafter"] = {"round_period": 0.0}
+        return {"stages": ("drafter", "verifier"), "params": merge_params(settings.params, extra)}
+    return {"stages": ("verifier",), "params": merge_params(settings.params, extra)}
 
 
 class RecordedAlone:

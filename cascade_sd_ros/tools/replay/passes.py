@@ -115,7 +115,7 @@ def _input_counts(nodes: list[Any]) -> dict[str, dict[str, dict[str, int]]]:
         for value in vars(node).values():
             if all(hasattr(value, a) for a in ("name", "received", "malformed", "dropped")):
                 if value.name in STREAM_TOPICS and STREAM_TOPICS[value.name] not in subscribed:
-                    continue  # counted but not subscribed (the verifier's events without estimate_offset)
+                    continue  # counted but not subscribed (the drafter's images with estimate_offset:=false)
                 out.setdefault(node.get_name(), {})[str(value.name)] = {
                     "received": int(value.received),
                     "malformed": int(value.malformed),

@@ -330,12 +330,7 @@ def _fmt(v: Any, nd: int = 1) -> str:
 def _offset_cell(r: Mapping[str, Any]) -> str:
     """The clock offset a round picked its frames with, where it came from, and its error against the
     bag's ground truth (when the bag has one)."""
-    offset = r.get("frame_offset_ms")
-    if offset is None:
-        return "–"
-    err = r.get("frame_offset_error_ms")
-    source = r.get("frame_offset_source") or "?"
-    return f"{offset:.1f} ({source}" + ("" if err is None else f", {err:+.1f}") + ")"
+    return rpt.offset_text(r.get("frame_offset_ms"), r.get("frame_offset_source") or "", r.get("frame_offset_error_ms"))
 
 
 def _md_escape(text: str) -> str:
