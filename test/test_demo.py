@@ -67,6 +67,10 @@ def _check_scenes(out: dict, n: int) -> None:
     # the floor decoded the verifier's own clip of every round: the same caption as the verifier alone
     assert out["bare_same_caption"] == f"{n}/{n}"
     assert out["tokens_per_verifier_step"] >= 1.0
+    # each round says which clock offset picked its frames, where it came from and how far off it was
+    for scene in out["scenes"]:
+        assert scene["offset_source"] in ("initial", "estimate", "trigger", "pinned"), scene["offset_source"]
+        assert scene["offset_error_ms"] == pytest.approx(scene["offset_ms"] - out["offset_ms"], abs=0.02)
 
 
 def test_demo_json_on_tiny_models_in_separate_processes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,6 +78,26 @@ def test_demo_json_on_tiny_models_in_separate_processes(capsys: pytest.CaptureFi
     out = json.loads(capsys.readouterr().out)
     _check_scenes(out, 2)
     assert out["processes"] == "separate stage processes"
+
+
+def test_demo_measures_the_offset_by_default_and_the_alone_run_follows(capsys: pytest.CaptureFixture[str]) -> None:
+    """No oracle (the default): the stages start from offset 0, the cascade's drafter measures the
+    scenes' 30 ms and the refiner and verifier apply it once confident; the verifier alone is told the
+    offset of each cascade round and the bare floor decodes the same clip, so every scene's caption is
+    equal before the estimate and after it. Sensor rate, so the estimate has the scenes' time."""
+    assert main(["demo", "--scenes", "5", "--models", "tiny:0", "--json", "--seed", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    _check_scenes(out, 5)
+    assert out["oracle_offset"] is False and out["offset_ms"] == 30.0
+    scenes = out["scenes"]
+    assert scenes[0]["offset_source"] == "initial" and scenes[0]["offset_ms"] == 0.0
+    sources = [s["offset_source"] for s in scenes]
+    # seed 1 moves from its first scene on: confident after two scenes here, four on a loaded machine
+    assert "estimate" in sources, sources
+    first = sources.index("estimate")
+    assert all(src == "estimate" for src in sources[first:]), sources
+    assert all(abs(s["offset_error_ms"]) <= 5.0 for s in scenes[first:]), [s["offset_error_ms"] for s in scenes]
+    assert out["offset_status"].startswith(f"measured by the drafter, applied from scene {first} on")
 
 
 def test_demo_json_in_one_process(capsys: pytest.CaptureFixture[str]) -> None:
@@ -199,10 +223,10 @@ def test_demo_defaults_to_the_shipped_zoo(capsys: pytest.CaptureFixture[str]) ->
     from cascade_sd_ros.core.zoo import default_zoo_path
 
     assert (default_zoo_path() / "target" / "model.safetensors").is_file(), "the zoo ships with the package"
-    # the oracle offset: with a measured one the first round picks frames by the initial guess, and which
-    # frames are in by then depends on timing, so the two runs need not see the same clip
+    # the comparison run: the scenes' true offset, pinned
     assert main(["demo", "--scenes", "1", "--json", "--fast", "--oracle-offset"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["models"] == "shipped zoo" and out["oracle_offset"] is True
+    assert out["scenes"][0]["offset_source"] == "pinned" and out["scenes"][0]["offset_error_ms"] == 0.0
     (scene,) = out["scenes"]
     assert scene["equal"] is True and scene["caption"] and scene["caption"] == scene["verifier_alone"]

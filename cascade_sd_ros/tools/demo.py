@@ -10,6 +10,13 @@ latency (inputs complete -> final caption, :mod:`cascade_sd_ros.core.speed`) for
 the target's bare greedy decode without ROS (in a process of its own on the verifiers' CPU, scene by
 scene after both runs: :class:`BareClips`). ``--one-process`` composes everything in this process
 instead (debugging; the stages then share one interpreter).
+
+Nobody tells the stages the clock offset (``--oracle-offset`` pins the scenes' true one): they start
+from ``frame_offset`` 0, the cascade's drafter measures it and the refiner and verifier follow. The
+verifier alone has no drafter: it is told the offset each of the cascade's rounds used (an
+:class:`~cascade_sd_ros.tools.pipeline.OffsetRelay`, before the scene that completes the round), as
+is the bare floor, so every comparison is on the same clip. Per scene the demo prints the offset
+used, where it came from and its error against the truth.
 """
 
 from __future__ import annotations
@@ -59,23 +66,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--offset-ms", type=float, default=30.0, help="event clock minus RGB clock [ms] (default 30)")
     offset = parser.add_mutually_exclusive_group()
-    # The demo measures speed and exactness against the verifier alone: by default both runs are told
-    # the scenes' true offset, so they pick the same clips from the first round on. Measuring it (the
-    # robot's closed loop) costs the verifier's core CPU until it is confident and leaves the first
-    # rounds on the initial guess, so it is the opt-in here (bench/misalignment.py studies it).
+    # As on a robot, nobody knows the offset: the drafter measures it (on its own core, from the events
+    # it decodes anyway) and the verifier alone is told what each cascade round used, so both runs
+    # still pick the same clips. --oracle-offset is the comparison run.
     offset.add_argument(
         "--oracle-offset",
         dest="oracle_offset",
         action="store_true",
-        default=True,
-        help="tell the stages the scenes' true clock offset, pinned (default)",
+        default=False,
+        help="tell the stages the scenes' true clock offset, pinned (the comparison run)",
     )
     offset.add_argument(
         "--measure-offset",
         dest="oracle_offset",
         action="store_false",
-        help="tell them nothing: the verifier measures the offset (events vs frames, or strobe "
-        "triggers) and the refiner follows, as on a robot",
+        help="tell them nothing (default): the drafter measures the offset (events vs frames, or "
+        "strobe triggers) and the refiner and verifier follow, as on a robot",
     )
     parser.add_argument("--jitter-ms", type=float, default=2.0, help="RGB stamp jitter std [ms] (default 2)")
     parser.add_argument(
@@ -232,6 +238,9 @@ def run(args: argparse.Namespace) -> int:
                             "degraded": r.degraded,
                             "target_forwards": r.target_forwards,
                             "tokens": r.tokens,
+                            "offset_ms": _r(r.offset_ms),
+                            "offset_source": r.offset_source,
+                            "offset_error_ms": _r(r.offset_error_ms),
                         }
                         for r in results
                     ],
@@ -261,6 +270,8 @@ def _ms(x: float | None) -> str:
 
 
 def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) -> None:
+    from cascade_sd_ros.core.report import offset_text
+
     print(
         f"cascade-sd demo: {len(results)} scenes, mode {info['mode']}, stages {', '.join(info['stages'])}, "
         f"models {info['models']}, {info['processes']}"
@@ -276,7 +287,7 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
         print(f"  verifier alone: {r.verifier_alone}  [{verdict}]")
         print(f"  acceptance    : {acc}" + (f"; degraded: {r.degraded}" if r.degraded else ""))
         if r.offset_ms is not None:
-            print(f"  clock offset  : {r.offset_ms:.2f} ms ({r.offset_source}), error {r.offset_error_ms:+.2f} ms")
+            print(f"  clock offset  : {offset_text(r.offset_ms, r.offset_source, r.offset_error_ms, 2)} ms")
         print(
             f"  caption latency: cascade {_ms(r.latency_ms)}, verifier alone {_ms(r.alone_latency_ms)} "
             f"(target bare {_ms(r.bare_ms)})"
@@ -291,6 +302,7 @@ def _print_text(results: list[SceneResult], speed: Any, info: dict[str, Any]) ->
         f"{info.get('bare_same_caption', '-')} scenes)"
     )
     print(f"speed-up over the verifier alone (p50 caption latency): {sp}")
+    print(f"clock offset: {info['offset_status']}")
     from cascade_sd_ros.core.speed import HONEST_MARGIN, floor_disturbed, honest_reference
 
     if floor_disturbed(speed.alone_over_bare):
@@ -335,7 +347,7 @@ def run_demo(
     one_process: bool = False,
     noise_hz: float = 0.1,
     overrides: dict[str, dict[str, Any]] | None = None,
-    oracle_offset: bool = True,
+    oracle_offset: bool = False,
     controlled_alpha: float | None = None,
 ) -> tuple[list[SceneResult], Any, dict[str, Any]]:
     """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
@@ -382,9 +394,12 @@ def run_demo(
         controlled = {"bench_reference_captions": str(reference), "bench_controlled_alpha": controlled_alpha}
         for node in ("event_drafter", "frame_refiner"):
             params[node] = {**params.get(node, {}), **controlled}
-    # the verifier's draft head (issue 17) stays off in the demo unless asked for
-    # (--param video_verifier:draft_head=auto): turning it on by default is the lead's call
-    params["video_verifier"] = {**params["video_verifier"], "draft_head": ""}
+    # The runs take turns with the sensors: while one plays a scene the other's stream pauses for
+    # seconds. A round whose clip reaches past its scene's last frames (an offset not measured yet)
+    # waits for the next scene's first frames, as on a robot 33 ms later, instead of giving up after
+    # max_wait in one run and not in the other (a draft opens the cascade's round early): otherwise
+    # the two runs would caption different clips.
+    params["video_verifier"] = {**params["video_verifier"], "max_wait": max(0.5, timeout_s / 2)}
     for node, values in (overrides or {}).items():
         params[node] = {**params.get(node, {}), **values}
     config = PipelineConfig(models=sources, stages=stages, device=device, params=params, executor=executor)
@@ -397,17 +412,19 @@ def run_demo(
     budget = int(params["common"].get("max_new_tokens", 32))
     question = str(params["common"].get("prompt", "describe the scene"))
     bare_target = BareClips(config, question, budget, one_process)
+    # the verifier alone has no drafter to measure the offset: it follows the cascade's, round by round
+    relay = not oracle_offset
     with bare_target, reference_dir or contextlib.nullcontext():
         if reference is not None:  # the drafts' reference: the target's own captions, before any pass
             for i in range(n_scenes):
                 bare_target.measure(i, scenes, rounds.round_ids[i])
             write_reference(reference, {rounds.round_ids[i]: bare_target.tokens[i] for i in bare_target.tokens})
         if one_process:
-            for i in range(n_scenes):
-                bare_target.measure(i, scenes, rounds.round_ids[i])
-            cascade, alone = _one_process_passes(config, alone_config, scenes, rounds, rate, timeout_s)
+            cascade, alone = _one_process_passes(
+                config, alone_config, scenes, rounds, rate, timeout_s, bare_target, relay
+            )
         else:
-            cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s, bare_target)
+            cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s, bare_target, relay)
     bare = bare_target.costs
     results = [
         _scene_result(
@@ -433,6 +450,7 @@ def run_demo(
         "models": dict(config.models) or "shipped zoo",
         "offset_ms": offset_ns / 1e6,
         "oracle_offset": oracle_offset,
+        "offset_status": _offset_status(results, oracle_offset),
         "jitter_ms": jitter_ms,
         "drop_rate": drop_rate,
         "noise_hz": noise_hz,
@@ -472,7 +490,7 @@ class BareClips:
     so the bare caption is the verifier's caption (``same``: per scene, whether the tokens agree).
     With the stages as processes it runs on the verifiers' CPU and is measured scene by scene right
     after the two passes (:meth:`measure`), so machine noise hits the floor as it hits them; composed
-    in one process, all scenes are measured before the passes with the pinned offset."""
+    in one process, all scenes are measured between the cascade's pass and the verifier alone's."""
 
     def __init__(self, config: Any, question: str, budget: int, one_process: bool) -> None:
         from cascade_sd_ros.tools.bare_process import BareProcess
@@ -552,42 +570,94 @@ def _parts(msg: Any) -> dict[str, float]:
 
 
 def _one_process_passes(
-    config: Any, alone_config: Any, scenes: list[Any], rounds: Any, rate: float | None, timeout_s: float
+    config: Any,
+    alone_config: Any,
+    scenes: list[Any],
+    rounds: Any,
+    rate: float | None,
+    timeout_s: float,
+    bare: BareClips,
+    relay: bool,
 ) -> tuple[dict[int, Any], dict[int, Any]]:
-    """Both runs composed in this process, one after the other (for debugging)."""
+    """Both runs composed in this process, one after the other (for debugging), the bare floor of
+    each scene between them (with the offset the cascade's round used); ``relay``: the verifier alone
+    is told that offset before each round, as the cascade's drafter told the cascade's verifier."""
     from cascade_sd_ros.tools.pipeline import load_models
 
     models = load_models(config)
     cascade = _run_pass(config, models, scenes, rounds, rate, timeout_s)
-    alone = _run_pass(alone_config, {"target": models["target"]}, scenes, rounds, rate, timeout_s)
+    for i in range(len(scenes) - 1):
+        bare.measure(i, scenes, rounds.round_ids[i], _round_offset_ns(cascade.get(i)))
+    alone = _run_pass(
+        alone_config, {"target": models["target"]}, scenes, rounds, rate, timeout_s, cascade if relay else None
+    )
     return cascade, alone
 
 
 def _run_pass(
-    config: Any, models: dict[str, Any], scenes: list[Any], rounds: Any, rate: float | None, timeout_s: float
+    config: Any,
+    models: dict[str, Any],
+    scenes: list[Any],
+    rounds: Any,
+    rate: float | None,
+    timeout_s: float,
+    follow: dict[int, Any] | None = None,
 ) -> dict[int, Any]:
+    """One run over the scenes; ``follow``: another run's finals, whose per-round clock offsets this
+    run's verifier is told before the scene that completes each round."""
     import rclpy
 
-    from cascade_sd_ros.tools.pipeline import SensorPlayer, build_pipeline, new_context, play_scenes
+    from cascade_sd_ros.tools.pipeline import OffsetRelay, SensorPlayer, build_pipeline, new_context, play_scenes
 
     context = new_context()
     pipeline = None
     player = None
+    relay = None
     try:
         pipeline = build_pipeline(config, context, models=models)
         player = SensorPlayer(context=context)
         pipeline.start()
         player.wait_matched(config.image_subscribers(), config.event_subscribers())
-        finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=timeout_s, rate=rate)
+        before = None
+        if follow is not None:
+            relay = OffsetRelay(context=context)
+            _wait_until(relay.matched, 10.0)
+
+            def before(i: int) -> None:
+                _relay_round(relay.relay, follow.get(i - 1), rounds.round_ids[i - 1] if i > 0 else 0)
+
+        finals = play_scenes(pipeline, player, scenes, rounds, timeout_s=timeout_s, rate=rate, before_scene=before)
         rejections = pipeline.collector.rejections if pipeline.collector is not None else {}
         return {i: _final_fields(m, rejections.get(int(m.round_id), 0)) for i, m in finals.items() if m is not None}
     finally:
         if pipeline is not None:
             pipeline.close()
-        if player is not None:
-            player.destroy_node()
+        for node in (player, relay):
+            if node is not None:
+                node.destroy_node()
         if context.ok():
             rclpy.shutdown(context=context)
+
+
+def _wait_until(cond: Any, timeout_s: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(cond())
+
+
+def _round_offset_ns(final: dict[str, Any] | None) -> int | None:
+    """The clock offset a round's final caption says picked its frames (None: not reported)."""
+    used = math.nan if final is None else final.get("frame_offset_ms", math.nan)
+    return int(round(used * 1e6)) if math.isfinite(used) else None
+
+
+def _relay_round(relay: Any, final: dict[str, Any] | None, t_ns: int) -> None:
+    """Tell a follower the offset the leading run's round used (nothing when it did not finish)."""
+    if final is not None and not relay(final["frame_offset_ms"], final["frame_offset_source"], t_ns):
+        raise RuntimeError("the verifier alone did not acknowledge the clock offset it must follow")
 
 
 def _process_passes(
@@ -598,11 +668,17 @@ def _process_passes(
     rate: float | None,
     timeout_s: float,
     bare: BareClips,
+    relay: bool,
 ) -> tuple[dict[int, Any], dict[int, Any]]:
     """The cascade's stages and the verifier alone as separate processes (as on a robot), fed scene
     by scene in turn, so whatever else this machine does hits both runs alike, and after each scene
     the target's bare cost on it (``bare``). The verifiers and the bare target get a CPU of their
-    own; this process (the sensor player) shares the others with the upstream stages."""
+    own; this process (the sensor player) shares the others with the upstream stages.
+
+    ``relay``: the verifier alone follows the offsets of the cascade's rounds, so the cascade plays
+    each scene first (its round's offset is known once its final caption is) and the offset goes to
+    the verifier alone before the same scene completes the same round there; otherwise the two runs
+    take turns at going first."""
     from cascade_sd_ros.tools.stage_processes import StageProcesses, cpu_plan
     from cascade_sd_ros.tools.stage_taps import StageTaps
 
@@ -617,11 +693,15 @@ def _process_passes(
         with StageProcesses(available_cpus=mine) as procs, StageTaps() as taps:
             for name, (cfg, ns) in runs.items():
                 procs.start(cfg, ns, tag=name)
-                taps.add(name, ns, cfg)
+                taps.add(name, ns, cfg, relay_offsets=relay and name == "alone")
             taps.wait_ready(procs, timeout_s=max(timeout_s, 120.0))
             order = list(runs)
             for i, scene in enumerate(scenes):
-                for name in order if i % 2 == 0 else order[::-1]:  # neither run always goes first
+                for name in order if i % 2 == 0 or relay else order[::-1]:  # neither run always goes first
+                    if name == "alone" and relay and i > 0:
+                        _relay_round(
+                            lambda *a: taps.relay("alone", *a), finals["cascade"].get(i - 1), rounds.round_ids[i - 1]
+                        )
                     taps.play(name, scene, rounds, rate)
                     if i == 0:
                         continue
@@ -630,8 +710,7 @@ def _process_passes(
                         rejections = taps.taps[name].collector.rejections.get(int(msg.round_id), 0)
                         finals[name][i - 1] = _final_fields(msg, rejections)
                 if i > 0:  # scene i-1's round is over in both runs: its floor, on the same CPU, now
-                    used = finals["cascade"].get(i - 1, {}).get("frame_offset_ms", math.nan)
-                    offset = int(round(used * 1e6)) if math.isfinite(used) else None
+                    offset = _round_offset_ns(finals["cascade"].get(i - 1))
                     bare.measure(i - 1, scenes, rounds.round_ids[i - 1], offset)
     finally:
         os.sched_setaffinity(0, mine)
@@ -646,6 +725,8 @@ def _scene_result(
     bare_ms: float | None,
     true_offset_ms: float = math.nan,
 ) -> SceneResult:
+    from cascade_sd_ros.core.report import offset_error_ms
+
     if casc is None:
         return SceneResult(
             index,
@@ -686,10 +767,26 @@ def _scene_result(
         len(casc["token_ids"]),
         offset,
         casc["frame_offset_source"],
-        None if offset is None else offset - true_offset_ms,
+        offset_error_ms(offset, true_offset_ms),
         tuple(casc["accepted"]),
         casc["first_rejections"],
     )
+
+
+def _offset_status(results: list[SceneResult], oracle: bool) -> str:
+    """One line: the offset pinned, or from which scene on the measured one was applied (and its
+    error then), or that it was not yet confident when the scenes ran out."""
+    if oracle:
+        return "the scenes' true offset, pinned (--oracle-offset)"
+    used = [r for r in results if r.offset_source not in ("", "initial")]
+    if not used:
+        return (
+            f"not yet confident after {len(results)} scenes: every round used the initial guess "
+            "(frame_offset 0); more scenes in motion let the drafter's estimate settle"
+        )
+    errors = [abs(r.offset_error_ms) for r in used if r.offset_error_ms is not None]
+    worst = f", error at most {max(errors):.2f} ms" if errors else ""
+    return f"measured by the drafter, applied from scene {used[0].index} on ({used[0].offset_source}{worst})"
 
 
 def _finite(x: float) -> float | None:

@@ -1,6 +1,7 @@
 """This process's side of runs whose stages live in other processes: per run (a namespace) a sensor
-player that feeds it and a caption collector that hears its final captions, on one rclpy context
-spun in the background."""
+player that feeds it, a caption collector that hears its final captions and, for a verifier with no
+drafter of its own, an offset relay (the clock offset another run's rounds used), on one rclpy
+context spun in the background."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from cascade_sd_ros.core.names import TOPIC_CAPTION, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_DRAFTS_REFINER
-from cascade_sd_ros.tools.pipeline import CaptionCollector, PipelineConfig, SensorPlayer, new_context
+from cascade_sd_ros.tools.pipeline import CaptionCollector, OffsetRelay, PipelineConfig, SensorPlayer, new_context
 from cascade_sd_ros.tools.stage_processes import StageProcesses
 
 
@@ -23,6 +24,7 @@ class Tap:
     config: PipelineConfig
     player: SensorPlayer
     collector: CaptionCollector
+    relay: OffsetRelay | None = None
 
 
 class StageTaps:
@@ -45,12 +47,14 @@ class StageTaps:
                     return
                 raise
 
-    def add(self, name: str, namespace: str, config: PipelineConfig) -> Tap:
+    def add(self, name: str, namespace: str, config: PipelineConfig, relay_offsets: bool = False) -> Tap:
+        """A run in ``namespace``; ``relay_offsets``: its verifier is told clock offsets by :meth:`relay`."""
         tap = Tap(
             namespace,
             config,
             SensorPlayer(context=self.context, namespace=namespace),
             CaptionCollector(context=self.context, namespace=namespace),
+            OffsetRelay(context=self.context, namespace=namespace) if relay_offsets else None,
         )
         self.executor.add_node(tap.collector)
         self.taps[name] = tap
@@ -70,6 +74,8 @@ class StageTaps:
             ok = ok and node.count_subscribers(f"{ns}/{TOPIC_COMMIT}") >= ("drafter" in s) + ("refiner" in s)
         if "refiner" in s:
             ok = ok and node.count_publishers(f"{ns}/{TOPIC_DRAFTS_REFINER}") >= 1
+        if tap.relay is not None:
+            ok = ok and tap.relay.matched()
         return ok
 
     def wait_ready(self, procs: StageProcesses, timeout_s: float) -> None:
@@ -83,6 +89,13 @@ class StageTaps:
             time.sleep(0.1)
         waiting = [name for name, t in self.taps.items() if not self._ready(t)]
         raise RuntimeError(f"stage processes of {waiting} not ready after {timeout_s:.0f} s (logs in {procs.workdir})")
+
+    def relay(self, name: str, offset_ms: float, source: str, stamp_ns: int) -> bool:
+        """Tell run ``name``'s verifier the clock offset a round used (:meth:`OffsetRelay.relay`)."""
+        relay = self.taps[name].relay
+        if relay is None:
+            raise ValueError(f"run {name!r} was added without relay_offsets")
+        return relay.relay(offset_ms, source, stamp_ns)
 
     def play(self, name: str, scene: Any, rounds: Any, rate: float | None) -> None:
         self.taps[name].player.play(scene, event_offset_ns=rounds.event_offset_ns, rate=rate)
@@ -105,6 +118,8 @@ class StageTaps:
             self.executor.remove_node(tap.collector)
             tap.collector.destroy_node()
             tap.player.destroy_node()
+            if tap.relay is not None:
+                tap.relay.destroy_node()
         self.taps = {}
         self.executor.shutdown(timeout_sec=2.0)
         if self.context.ok():

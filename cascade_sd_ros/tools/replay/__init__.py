@@ -274,7 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--oracle-offset",
         action="store_true",
         help="with ground truth in the bag: tell the stages its clock offset, pinned (as before "
-        "issue 18); default: the verifier measures it and the refiner follows",
+        "issue 18); default: the drafter measures it and the refiner and verifier follow",
     )
     parser.add_argument(
         "--baseline",
