@@ -141,3 +141,61 @@ def test_only_the_drafter_takes_the_raw_events(rclpy_context: Any) -> None:
     pinned = topics({"event_drafter": {"estimate_offset": False}, "video_verifier": {"follow_clock_offset": False}})
     assert "image" not in pinned["drafter"][0] and "clock_offset" in pinned["drafter"][1]
     assert "clock_offset" not in pinned["verifier"][0] and "events" not in pinned["verifier"][0]
+
+
+def test_strobe_edges_in_the_drafters_events_give_every_stage_the_exact_offset(rclpy_context: Any) -> None:
+    """Trigger sync lives where the events are decoded: with the RGB strobe in the event stream (40 ppm
+    drift, a missing edge) the drafter's fit, once its estimate has picked among the strobe's 33 ms
+    aliases, is exact, and the refiner and verifier apply it (source "trigger"), within 1 ms of the
+    truth at every scene, drift included."""
+    from cascade_sd_ros.core.synth.stream import StrobeConfig
+
+    stream = StreamConfig(
+        n_scenes=N_SCENES + 1,
+        height=48,
+        width=48,
+        seed=11,
+        motions=("left", "right", "up", "down"),
+        clocks=ClockModel(event_offset_ns=TRUE_NS, event_drift_ppm=40.0),
+        packets=PacketConfig(time_threshold_us=5000),
+        strobe=StrobeConfig(missing=(7,)),
+    )
+    scenes = list(iter_scenes(stream))
+    rounds = scene_rounds(stream)
+    params = rounds.params(oracle=False)
+    params["common"] = {**params["common"], "max_new_tokens": 2}
+    config = PipelineConfig(models=TINY, params=params)
+    pipeline = build_pipeline(config, rclpy_context, models=load_models(config))
+    player = SensorPlayer(context=rclpy_context)
+    pipeline.start()
+    try:
+        assert player.wait_matched(config.image_subscribers(), config.event_subscribers())
+        drafter = pipeline.stage_nodes["drafter"]
+        followers = (pipeline.verifier, pipeline.stage_nodes["refiner"])
+        sent = 0
+        for i in range(len(scenes)):  # scene by scene, the drafter's estimate and fit run in between
+            play_scenes(pipeline, player, scenes[i : i + 1], rounds, first=i, timeout_s=30)
+            sent += len(scenes[i].packets)
+            deadline = time.monotonic() + 20
+            while (drafter.events_in.received < sent or not drafter.clock.idle()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        def settled() -> bool:
+            return drafter.clock.idle() and all(f.follower.current().source == "trigger" for f in followers)
+
+        deadline = time.monotonic() + 20
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert drafter.clock.current().source == "trigger", (
+            drafter.clock.current(),
+            drafter.clock.tracker.last_trigger,
+        )
+        for node in (drafter.clock, *(f.follower for f in followers)):
+            applied = node.current()
+            assert applied.source == "trigger" and applied.confident, applied
+            for scene in scenes:  # the truth at each scene's start, drift included
+                assert abs(applied.at(scene.truth.start_ns) - scene.truth.event_offset_ns) <= 1_000_000
+        assert drafter.clock.sync.edges_seen > 0
+    finally:
+        pipeline.close()
+        player.destroy_node()
