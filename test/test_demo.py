@@ -80,12 +80,15 @@ def test_demo_json_on_tiny_models_in_separate_processes(capsys: pytest.CaptureFi
     assert out["processes"] == "separate stage processes"
 
 
-def test_demo_measures_the_offset_by_default_and_the_alone_run_follows(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("processes", [[], ["--one-process"]], ids=["separate-processes", "one-process"])
+def test_demo_measures_the_offset_by_default_and_the_alone_run_follows(
+    processes: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """No oracle (the default): the stages start from offset 0, the cascade's drafter measures the
     scenes' 30 ms and the refiner and verifier apply it once confident; the verifier alone is told the
     offset of each cascade round and the bare floor decodes the same clip, so every scene's caption is
     equal before the estimate and after it. Sensor rate, so the estimate has the scenes' time."""
-    assert main(["demo", "--scenes", "5", "--models", "tiny:0", "--json", "--seed", "1"]) == 0
+    assert main(["demo", "--scenes", "5", "--models", "tiny:0", "--json", "--seed", "1", *processes]) == 0
     out = json.loads(capsys.readouterr().out)
     _check_scenes(out, 5)
     assert out["oracle_offset"] is False and out["offset_ms"] == 30.0

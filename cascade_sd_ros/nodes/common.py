@@ -38,7 +38,7 @@ from rclpy.qos import (
 )
 from rclpy.subscription import Subscription
 
-from cascade_sd_ros.core.align import FrameIngest, OffsetFollower, StreamOffsets
+from cascade_sd_ros.core.align import FrameIngest
 from cascade_sd_ros.core.names import TOPIC_DIAGNOSTICS
 from cascade_sd_ros.core.spec.text_drafts import DRAFT_IDS_MODES
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
@@ -46,7 +46,7 @@ from cascade_sd_ros.core.stages import RoundSchedule, Stage, UpstreamStage
 from cascade_sd_ros.core.stages.controlled import ControlledAcceptance
 from cascade_sd_ros.ros.dds_profile import use_node_profile
 from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
-from cascade_sd_ros.ros.outputs import ClockOffsetError, applied_from_msg, diagnostics_msg
+from cascade_sd_ros.ros.outputs import diagnostics_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 
 # Sensor streams: best effort, newest first, deep enough for a burst of event packets.
@@ -1013,29 +1013,6 @@ class ImageInput:
         """The newest frame stamp seen (kept or not), on the reference clock."""
         newest = self.ingest.jump.newest
         return None if newest is None else self.ingest.offsets.to_reference(self.ingest.stream, newest)
-
-
-class ClockOffsetInput:
-    """The ``clock_offset`` callback of the frame stages: the drafter's applied event-to-RGB offset,
-    followed once confident (:class:`~cascade_sd_ros.core.align.OffsetFollower`: from the next round
-    on); it also moves where the frames land on the event clock, hence when rounds open."""
-
-    def __init__(self, node: StageNode[Any], follower: OffsetFollower, offsets: StreamOffsets) -> None:
-        self._node = node
-        self.follower = follower
-        self._offsets = offsets
-        self.stats = InputStats(node, "clock_offsets")
-
-    def __call__(self, msg: Any) -> None:
-        self.stats.tick()
-        try:
-            applied = applied_from_msg(msg)
-        except (ClockOffsetError, StampError, ValueError) as exc:
-            self.stats.bad(str(exc))
-            return
-        if self.follower.hear(applied):
-            with self._node.lock:
-                self._offsets.set("image", applied.at(applied.ref_ns))
 
 
 GIL_SWITCH_S = 0.0005

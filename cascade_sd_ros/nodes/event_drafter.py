@@ -19,7 +19,6 @@ as pinned; no image subscription).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 
-from cascade_sd_ros.core.align import AppliedOffset, ClockJumpDetector, ClockOffsetSource, StaleRoundFilter, TimeBuffer
+from cascade_sd_ros.core.align import ClockJumpDetector, ClockOffsetSource, StaleRoundFilter, TimeBuffer
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
 from cascade_sd_ros.core.head.features import ProjectorTap, features_payload
 from cascade_sd_ros.core.head.io import event_encoder_fingerprint
@@ -46,6 +45,7 @@ from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
 from cascade_sd_ros.core.stages.activity import ActivityTrigger
+from cascade_sd_ros.nodes.clock_offset import IMAGE_QOS_DEPTH, OFFSET_UPDATE_S, ClockOffsetMeter
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     CONTROLLED_PARAMS,
@@ -69,8 +69,7 @@ from cascade_sd_ros.nodes.common import (
     with_defaults,
 )
 from cascade_sd_ros.ros.events import EventStream, PacketError, packet_input
-from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
-from cascade_sd_ros.ros.outputs import clock_offset_msg, draft_msg, event_features_msg
+from cascade_sd_ros.ros.outputs import draft_msg, event_features_msg
 from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
 from cascade_sd_ros.ros.text_port import TextPort
 
@@ -78,10 +77,6 @@ from cascade_sd_ros.ros.text_port import TextPort
 # holds a second of a 1 kHz driver, so a drafter busy with a draft (or a GIL held by the refiner's
 # model beside it) does not lose packets: each lost packet is a hole in the event image.
 EVENTS_QOS_DEPTH = 1000
-OFFSET_UPDATE_S = 0.5  # how often the offset estimate is looked at (it measures only when due)
-# the images only feed the offset estimate: at most 4 s of a 30 Hz camera queued, not the events' depth
-# (a thousand VGA frames would be 0.9 GB behind a busy drafter)
-IMAGE_QOS_DEPTH = 120
 
 PARAMS: tuple[Param, ...] = (
     Param(
@@ -243,9 +238,6 @@ class EventDrafter(StageNode[DrafterConfig]):
             trigger_channel=self.cfg.trigger_channel,
             trigger_edge=self.cfg.trigger_edge,
         )
-        self._published_offset: AppliedOffset | None = None
-        self.images_in = InputStats(self, "images")
-        self._image_jump = ClockJumpDetector(self.cfg.jump_tolerance_ns)
 
         from event_camera_msgs.msg import EventPacket
         from sensor_msgs.msg import Image
@@ -256,6 +248,15 @@ class EventDrafter(StageNode[DrafterConfig]):
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_lifecycle_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
         self.pub_clock_offset = self.create_lifecycle_publisher(ClockOffset, TOPIC_CLOCK_OFFSET, LATCHED_QOS)
+        self.offset_meter = ClockOffsetMeter(
+            self,
+            self.clock,
+            self.pub_clock_offset.publish,
+            lambda: self._jump.newest,
+            self.cfg.frame_id,
+            self.cfg.jump_tolerance_ns,
+        )
+        self.images_in = self.offset_meter.images
         self._features = self._features_tap() if self.cfg.publish_features else None
         self.features_published = 0
         self.features_missing = 0  # rounds prefilled without an image forward to take tokens from
@@ -265,11 +266,11 @@ class EventDrafter(StageNode[DrafterConfig]):
         if self.cfg.estimate_offset:
             image_qos = copy.copy(self.sensor_qos)
             image_qos.depth = min(self.sensor_qos.depth, IMAGE_QOS_DEPTH)
-            self.create_subscription(Image, TOPIC_IMAGE, self._on_image, image_qos, callback_group=inputs)
+            self.create_subscription(Image, TOPIC_IMAGE, self.offset_meter.on_image, image_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
         # an estimate costs up to a few hundred ms of CPU: off the executor, never on a packet's path
-        self.create_background_timer(OFFSET_UPDATE_S, self._update_offset)
+        self.create_background_timer(OFFSET_UPDATE_S, self.offset_meter.update_offset)
         self.stage = DrafterStage(
             self.model,
             self._resolve,
@@ -322,12 +323,9 @@ class EventDrafter(StageNode[DrafterConfig]):
             except (EventDecodeError, PacketError) as exc:
                 self.events_in.bad(f"undecodable {pkt.encoding} payload: {exc}")
                 return
-            if decoded.triggers.size:
-                self.clock.add_triggers(decoded.trigger_t_ns, decoded.triggers["id"], decoded.triggers["p"])
+            self.offset_meter.add_events(decoded, pkt.width, pkt.height)
             if len(decoded.t_ns) == 0:
                 return
-            cd = decoded.cd
-            self.clock.add_events(decoded.t_ns, cd["x"], cd["y"], cd["p"], pkt.width, pkt.height)
             if self._renderer is None or (self._renderer.width, self._renderer.height) != (pkt.width, pkt.height):
                 self._renderer = EventFrameRenderer(pkt.width, pkt.height, 1)
             t0, t1 = int(decoded.t_ns.min()), int(decoded.t_ns.max())
@@ -341,44 +339,6 @@ class EventDrafter(StageNode[DrafterConfig]):
                 for T in self._activity.observe(decoded.t_ns):
                     if first is None or T - self.cfg.window_ns >= first:  # its window inside the stream
                         self.stage.open_round(T)
-
-    def _on_image(self, msg: Any) -> None:
-        """A frame for the offset estimate only (its stamp on the RGB clock): the drafter keeps none."""
-        self.images_in.tick()
-        try:
-            t_ns = stamp_to_ns(msg.header.stamp)
-            rgb = image_to_rgb8(msg)
-        except (StampError, ImageEncodingError) as exc:
-            self.images_in.bad(str(exc))
-            return
-        with self.lock:
-            if self._image_jump.observe(t_ns):
-                self.get_logger().warning("image time jumped backwards: the offset estimate starts over")
-                self.clock.reset()
-        self.clock.add_frame(t_ns, rgb)
-
-    def _update_offset(self) -> None:
-        """Measure when due; a new applied offset is published (latched), stamped at the newest event."""
-        applied = self.clock.update()
-        last = self._published_offset
-        if last is not None and (applied.offset_ns, applied.drift_ppm, applied.confident, applied.source) == (
-            last.offset_ns,
-            last.drift_ppm,
-            last.confident,
-            last.source,
-        ):
-            return
-        with self.lock:
-            stamp = self._jump.newest
-        if stamp is None:
-            return  # nothing to stamp it with yet (and nobody has rounds to apply it to): the first packet will do
-        self._published_offset = applied
-        self.pub_clock_offset.publish(clock_offset_msg(applied, stamp, self.cfg.frame_id))
-        if applied.confident and (last is None or not last.confident or last.offset_ns != applied.offset_ns):
-            self.get_logger().info(
-                f"clock offset {applied.at(stamp) / 1e6:.2f} ms applied ({applied.source}, "
-                f"±{applied.uncertainty_ns / 1e6:.2f} ms)"
-            )
 
     def _on_commit(self, msg: Any) -> None:
         self.commits_in.tick()
@@ -408,7 +368,7 @@ class EventDrafter(StageNode[DrafterConfig]):
     def _reset_locked(self) -> None:
         """Time jumped backwards (or the node was inactive): buffers, rounds and the offset's
         measurements start over (the applied offset stays until the data move it)."""
-        self.clock.reset()
+        self.offset_meter.reset()
         self._packets.clear()
         self._stream.reset()
         self._rounds.reset()
@@ -463,7 +423,6 @@ class EventDrafter(StageNode[DrafterConfig]):
             "backend": self.model.backend.name,
             "backend_reason": self.model.backend.reason,
             **self.events_in.values(),
-            **self.images_in.values(),
             **self.commits_in.values(),
             **{k: stage[k] for k in ("rounds_opened", "rounds_open", "rounds_evicted", "resets")},
             "time_jumps": self._jump.jumps,
@@ -477,7 +436,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             "features_published": "off" if self._features is None else self.features_published,
             "features_missing": self.features_missing,
             **self.commits_port.values(),
-            **self._offset_values(),
+            **self.offset_meter.values(self.cfg.frame_offset_ns),
         }
         level, message = 0, "drafting"
         if self.events_in.received == 0:
@@ -497,37 +456,6 @@ class EventDrafter(StageNode[DrafterConfig]):
         if foreign is not None:
             level, message = 2, foreign
         self.publish_status(level, message, values)
-
-    def _offset_values(self) -> dict[str, object]:
-        """What the offset it publishes rests on: the applied value, the last estimate, the strobe fit."""
-        est = self.clock.tracker.last_estimate
-        fit = self.clock.tracker.last_trigger
-        applied = self.clock.current()
-        tracker = self.clock.tracker
-        return {
-            "frame_offset_configured_ms": self.cfg.frame_offset_ns / 1e6,
-            "frame_offset_applied_ms": applied.offset_ns / 1e6,
-            "frame_offset_source": applied.source,
-            "frame_offset_confident": applied.confident,
-            "frame_offset_uncertainty_ms": applied.uncertainty_ns / 1e6,
-            "frame_offset_drift_ppm": applied.drift_ppm,
-            "frame_offset_estimated_ms": est.offset_ns / 1e6 if est is not None else math.nan,
-            "frame_offset_estimate": (
-                "off (pinned)"
-                if not self.cfg.estimate_offset
-                else "no data yet"
-                if est is None
-                else "identifiable"
-                if est.identifiable(tracker.min_correlation, tracker.min_margin)
-                else "not identifiable (no motion to align by)"
-            ),
-            "frame_offset_estimate_r": math.nan if est is None else est.correlation,
-            "frame_offset_estimates": self.clock.estimates,
-            "frame_offset_refused": tracker.refused,
-            "frame_offset_trigger_matched": 0 if fit is None else fit.matched,
-            "frame_offset_trigger_edges": self.clock.sync.edges_seen,
-            "frame_offset_inputs_rejected": self.clock.estimator.rejected,
-        }
 
 
 def main(args: list[str] | None = None) -> int:

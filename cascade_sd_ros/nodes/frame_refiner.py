@@ -37,6 +37,7 @@ from cascade_sd_ros.core.names import (
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import RefinerStage, StageInput
+from cascade_sd_ros.nodes.clock_offset import ClockOffsetInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     CONTROLLED_PARAMS,
@@ -49,7 +50,6 @@ from cascade_sd_ros.nodes.common import (
     ROUND_QOS,
     SLOP_PARAM,
     STAGE_LIVENESS_PARAM,
-    ClockOffsetInput,
     ImageInput,
     InputStats,
     Param,

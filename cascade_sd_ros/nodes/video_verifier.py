@@ -65,6 +65,7 @@ from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
 from cascade_sd_ros.core.stages import CaptionUpdate, ScheduleCheck, ScheduleDisagreement, StageInput, VerifierStage
 from cascade_sd_ros.core.stages.head_source import HeadSource, HeadSpec, open_draft_head
 from cascade_sd_ros.core.zoo import default_zoo_path
+from cascade_sd_ros.nodes.clock_offset import ClockOffsetInput
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     FEATURES_QOS,
@@ -77,7 +78,6 @@ from cascade_sd_ros.nodes.common import (
     ROUND_QOS,
     SLOP_PARAM,
     STAGE_LIVENESS_PARAM,
-    ClockOffsetInput,
     ImageInput,
     InputStats,
     Param,
