@@ -38,7 +38,7 @@ ROLES = ("target", "refiner", "drafter")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenes", type=_positive_int, default=5, help="number of scenes (default 5)")
+    parser.add_argument("--scenes", type=_positive_int, default=8, help="number of scenes (default 8)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--seed", type=int, default=0, help="scene generator seed (default 0)")
     parser.add_argument(
