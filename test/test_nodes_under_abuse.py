@@ -195,11 +195,13 @@ class Run:
 
         A process killed with -9 leaves its DDS endpoints behind until its lease ends (4 s, the
         nodes' profile), so the peers must first have dropped it: a count met by the dead process
-        proves nothing. On a loaded CPU a restarted process takes 10 s and more to import, load and
+        proves nothing. Every peer drops it on the same lease, so one peer's drop is the sign (not
+        each peer's: under load one run's drafter counted 1 reader of its drafts, not 2, before the
+        kill, so it had nothing to drop). On a loaded CPU a restarted process takes 10 s and more to import, load and
         warm up; its diagnostics (active, inputs matched) say when it is there, not its log."""
         node = NODE_OF_STAGE[stage]
         before = {n: links for n, links in self.links.items() if n != node}
-        self._wait_links(lambda now: all(sum(now.get(n, {}).values()) < sum(v.values()) for n, v in before.items()))
+        self._wait_links(lambda now: any(sum(now.get(n, {}).values()) < sum(v.values()) for n, v in before.items()))
         self.restarts += 1
         self.diagnostics.forget(node)
         self.procs.start(_config((stage,)), self.namespace, tag=f"{self.case}_{stage}_{self.restarts}")
