@@ -63,7 +63,7 @@ def test_book_commit_best_draft_and_upstream_view() -> None:
     d, tail = book.best_draft(7, [1, 0])
     assert d.stage == 1 and tail == [1, 2]
     book.commit(7, [1, 4], stage=1, drafted=2, accepted=1, final=False)
-    assert rec.committed == [1, 4] and rec.commit_seq == 1 and rec.accepted == [0, 1]
+    assert rec.committed == [1, 4] and rec.commit_seq == 1 and rec.accepted == [0, 1, 0]  # drafter, refiner, draft head
     assert book.best_draft(7, [1, 0]) is None  # both drafts went stale with the correction
     book.commit(7, [9], stage=STAGE_NONE, drafted=0, accepted=0, final=True)
     assert rec.final and rec.target_forwards == 2
