@@ -88,9 +88,12 @@ def test_demo_measures_the_offset_by_default_and_the_alone_run_follows(
     scenes' 30 ms and the refiner and verifier apply it once confident; the verifier alone is told the
     offset of each cascade round and the bare floor decodes the same clip, so every scene's caption is
     equal before the estimate and after it. Sensor rate, so the estimate has the scenes' time."""
-    assert main(["demo", "--scenes", "5", "--models", "tiny:0", "--json", "--seed", "1", *processes]) == 0
+    # in one process every model and the estimate share one interpreter: on a loaded 2-core machine
+    # the estimate took more than five scenes there (the full suite on a clean clone)
+    n = 8 if processes else 5
+    assert main(["demo", "--scenes", str(n), "--models", "tiny:0", "--json", "--seed", "1", *processes]) == 0
     out = json.loads(capsys.readouterr().out)
-    _check_scenes(out, 5)
+    _check_scenes(out, n)
     assert out["oracle_offset"] is False and out["offset_ms"] == 30.0
     scenes = out["scenes"]
     assert scenes[0]["offset_source"] == "initial" and scenes[0]["offset_ms"] == 0.0
@@ -131,6 +134,7 @@ def test_demo_on_the_events_executor() -> None:
             "--one-process",
             "--executor",
             "events",
+            "--oracle-offset",  # the executor is the point here, not the offset estimate
         ],
         capture_output=True,
         text=True,

@@ -54,7 +54,8 @@ def test_replay_with_a_foreign_drafter_is_lossless_and_reports_target_token_acce
         models=models,
         progress=False,
         stages=("drafter", "verifier"),
-        params={"video_verifier": {"use_drafts": "drafter"}},
+        # the verifier's own draft head off: the foreign drafter's drafts are what this test checks
+        params={"video_verifier": {"use_drafts": "drafter", "draft_head": ""}},
     )
     doc = run_replay(settings, make_pipeline, _make_bare).report
     sp = doc["summary"]["speed"]

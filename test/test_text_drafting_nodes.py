@@ -47,7 +47,8 @@ def test_a_foreign_drafter_drafts_as_text_and_the_captions_are_the_verifiers(
     rounds = scene_rounds(stream)
     params = rounds.params()
     params["common"] = {**params["common"], "max_new_tokens": MAX_NEW, "draft_ids": "auto"}
-    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 2.0, "max_wait": 2.0}
+    # the verifier's own draft head off: the foreign drafter's drafts are what this test checks
+    params["video_verifier"] = {**params["video_verifier"], "draft_wait": 2.0, "max_wait": 2.0, "draft_head": ""}
     config = PipelineConfig(
         models={"target": target_src, "drafter": str(foreign_drafter)}, stages=("verifier", "drafter"), params=params
     )
@@ -123,6 +124,7 @@ def test_real_layout_drafters_through_the_nodes_keep_the_verifiers_captions(
         "max_wait": 3.0,
         "frames": mc.FRAMES,
         "use_drafts": "drafter",
+        "draft_head": "",
     }
     config = PipelineConfig(
         models={"target": target_src, "drafter": drafter_src}, stages=("verifier", "drafter"), params=params
