@@ -179,7 +179,13 @@ class Run:
         """Send ``sig`` to ``stage``, wait for it to exit, forget it (the others must stay alive);
         returns the seconds it took."""
         old = self.proc(stage)
+        # every node's matched counts, from its /diagnostics (once a second): a case that stops a
+        # stage at once may come before the slowest node's first report on a loaded machine
+        deadline = time.monotonic() + 30.0
         self.links = self.diagnostics.matched()
+        while not all(self.links.get(n) for n in NODE_OF_STAGE.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            self.links = self.diagnostics.matched()
         assert all(self.links.get(n) for n in NODE_OF_STAGE.values()), f"no matched counts heard: {self.links}"
         t0 = time.monotonic()
         os.killpg(old.popen.pid, sig)
