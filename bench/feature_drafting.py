@@ -19,7 +19,10 @@ accepted tokens per verify step, tokens per target forward (prefill included), s
 target-only `generate()`; per head mode the head's cost per drafted token as a fraction of a one-token
 target forward (medians over the scenes, timed side by side).
 
-    .venv/bin/python bench/feature_drafting.py [--scenes N] [--gamma G] [--reps R] [--json]
+    .venv/bin/python bench/feature_drafting.py [--scenes N] [--objects 1|2] [--gamma G] [--reps R] [--json]
+
+Speed-ups are also given per caption length (the target's caption, in tokens): the prefill is paid
+by every method, so the longer the caption, the more of it is decode that drafts can save.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from cascade_sd_ros.core.head.merge import (  # noqa: E402
 )
 from cascade_sd_ros.core.spec.adapter import StageContext  # noqa: E402
 from cascade_sd_ros.core.spec.engine import CascadeDecoder, DecodeResult  # noqa: E402
+from cascade_sd_ros.core.synth.scene import parse_caption  # noqa: E402
 from cascade_sd_ros.core.zoo import Zoo, default_zoo_path, load_zoo  # noqa: E402
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, build_sample  # noqa: E402
 
@@ -70,19 +74,33 @@ class Run:
     rejections: int = 0  # verify steps that rejected a draft token (the rest accepted all they were shown)
     target_forwards: int = 0
     sources: Counter = field(default_factory=Counter)
+    by_length: dict[int, list[float]] = field(default_factory=dict)  # caption tokens -> [seconds, tokens]
+
+    def add(self, length: int, seconds: float, tokens: int) -> None:
+        self.seconds += seconds
+        self.tokens += tokens
+        cell = self.by_length.setdefault(length, [0.0, 0])
+        cell[0] += seconds
+        cell[1] += tokens
 
 
-def _scenes(zoo: Zoo, n: int, stream: int, offset: int = 0) -> list[tuple[StageContext, StageContext]]:
+def _scenes(
+    zoo: Zoo, n: int, stream: int, offset: int = 0, objects: int | None = None
+) -> list[tuple[StageContext, StageContext]]:
+    """The stream's samples from ``offset`` on; with ``objects``, only those whose true caption names
+    that many objects (chosen by the ground truth, never by what a model says)."""
     out = []
-    for i in range(offset, offset + n):
-        clip, events, _ = build_sample(0, stream, i, zoo.geometry)
-        out.append((zoo.context("target", clip), zoo.context("drafter", events)))
+    i = offset
+    while len(out) < n:
+        clip, events, caption = build_sample(0, stream, i, zoo.geometry)
+        i += 1
+        if objects is None or len(parse_caption(caption)) == objects:
+            out.append((zoo.context("target", clip), zoo.context("drafter", events)))
     return out
 
 
 def _account(run: Run, res: DecodeResult, seconds: float, ref: list[int]) -> None:
-    run.seconds += seconds
-    run.tokens += len(res.token_ids)
+    run.add(len(ref), seconds, len(res.token_ids))
     run.equal &= res.token_ids == ref
     run.drafted += res.stats.stages[0].drafted
     run.accepted += res.stats.stages[0].accepted
@@ -147,8 +165,17 @@ def _step_costs(
     return {m: round(statistics.median(v), 3) for m, v in fractions.items()}
 
 
-def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, reps: int, calib: int) -> dict:
-    scenes = _scenes(zoo, n_scenes, EVAL_STREAM)
+def run(
+    zoo: Zoo,
+    head: HeadAdapter,
+    n_scenes: int,
+    gamma: int,
+    max_new: int,
+    reps: int,
+    calib: int,
+    objects: int | None = None,
+) -> dict:
+    scenes = _scenes(zoo, n_scenes, EVAL_STREAM, objects=objects)
     classes = token_classes(zoo.tokenizer.get_vocab())
     table = _calibrate(zoo, head, _scenes(zoo, calib, TRAIN_STREAM, offset=10_000), gamma, max_new, classes)
     t, d = zoo.target, zoo.drafter
@@ -187,8 +214,7 @@ def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, re
         for ctx_t, ctx_d in scenes:  # methods interleaved per scene: load swings hit all alike
             t0 = time.perf_counter()
             ref = hf_generate(t, ctx_t, max_new)
-            runs[TARGET_ONLY].seconds += time.perf_counter() - t0
-            runs[TARGET_ONLY].tokens += len(ref)
+            runs[TARGET_ONLY].add(len(ref), time.perf_counter() - t0, len(ref))
             for name, (setup, call, logged) in engines.items():
                 setup()
                 merged.log.clear()
@@ -201,13 +227,18 @@ def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, re
                     runs[name].sources += accepted_sources(
                         merged.log, [r.accepted[0] for r in res.stats.rounds if r.drafted[0] > 0]
                     )
-    base = runs[TARGET_ONLY].tokens / runs[TARGET_ONLY].seconds
+    ref_run = runs[TARGET_ONLY]
+    base = ref_run.tokens / ref_run.seconds
     methods = {}
     for name, r in runs.items():
         entry: dict[str, object] = {
             "tokens_per_s": round(r.tokens / r.seconds, 1),
             "x_target_only": round(r.tokens / r.seconds / base, 2),
             "equal": r.equal,
+            # at equal output the speed-up per caption length is the ratio of the times
+            "x_target_only_by_length": {
+                n: round(ref_run.by_length[n][0] / sec, 2) for n, (sec, _) in sorted(r.by_length.items())
+            },
         }
         if name != TARGET_ONLY:
             entry.update(
@@ -220,7 +251,13 @@ def run(zoo: Zoo, head: HeadAdapter, n_scenes: int, gamma: int, max_new: int, re
             entry["accepted_by_source"] = dict(r.sources)
         methods[name] = entry
     costs = _step_costs(zoo, head, scenes[: min(4, len(scenes))], gamma, reps=7)
-    return {"methods": methods, "head_step_over_target_step": costs, "class_acceptance": table}
+    ms_per_caption = {n: round(1e3 * sec / (count / n), 1) for n, (sec, count) in sorted(ref_run.by_length.items())}
+    return {
+        "methods": methods,
+        "head_step_over_target_step": costs,
+        "class_acceptance": table,
+        "target_only_ms_per_caption_by_length": ms_per_caption,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--reps", type=int, default=1, help="passes over the scenes")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--objects", type=int, choices=(1, 2), default=None, help="only scenes whose true caption names this many objects"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads"):
@@ -246,9 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     head_net, align, meta = load_head(folder)
     head = HeadAdapter(head_net, align, zoo.target, event_encoder=zoo.drafter.model)
     with torch.inference_mode():
-        result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib)
+        result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib, args.objects)
     result.update(
         scenes=args.scenes,
+        objects=args.objects,
         reps=args.reps,
         gamma=args.gamma,
         max_new_tokens=args.max_new_tokens,
@@ -276,6 +317,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{m.get('accepted_per_verify', ''):>10} {m.get('tokens_per_target_forward', ''):>8}"
             + (f"  accepted by source {m['accepted_by_source']}" if "accepted_by_source" in m else "")
         )
+    lengths = result["target_only_ms_per_caption_by_length"]
+    print(
+        "by caption length (x target-only generate(), target-only ms per caption): "
+        + "; ".join(f"{n} tokens {ms} ms" for n, ms in lengths.items())
+    )
+    for name, m in result["methods"].items():
+        if name != TARGET_ONLY:
+            print(f"  {name:30s} " + "  ".join(f"{n}: {x:.2f}x" for n, x in m["x_target_only_by_length"].items()))
     print("head step / target step: " + ", ".join(f"{k} {v}" for k, v in result["head_step_over_target_step"].items()))
     print(f"alignment (held out): {result['alignment']}")
     return 0
