@@ -274,3 +274,33 @@ def test_event_features_payload_round_trip_and_refusals() -> None:
         features_from_payload(rows, dim, data[:-1], "abc", **ok)
     with pytest.raises(ValueError, match="NaN or inf"):
         features_from_payload(rows, dim, [float("nan")] * (9 * 64), "abc", **ok)
+
+
+def test_tensor_fingerprint_samples_each_tensor_and_names_a_checkpoint_not_its_dtype() -> None:
+    """A 7B target is not copied whole to hash it: each tensor contributes a fixed sample, picked by
+    integer arithmetic (the same elements on any device), as float32 (a bf16 load and a float32 load
+    of one bf16 checkpoint agree); a change at a sampled element, a name or a shape is seen."""
+    from torch import nn
+
+    from cascade_sd_ros.core.head.io import tensor_fingerprint
+
+    torch.manual_seed(0)
+    big = nn.Linear(300, 200).to(torch.bfloat16)  # 60,000 weights: sampled at 16
+    same_fp32 = nn.Linear(300, 200)
+    same_fp32.load_state_dict({k: v.float() for k, v in big.state_dict().items()})
+    assert tensor_fingerprint([big], samples=16) == tensor_fingerprint([same_fp32], samples=16)
+    full = tensor_fingerprint([big], samples=10**6)
+    assert full == tensor_fingerprint([same_fp32], samples=10**6) != tensor_fingerprint([big], samples=16)
+
+    def changed_at(index: int) -> str:
+        other = nn.Linear(300, 200).to(torch.bfloat16)
+        other.load_state_dict(big.state_dict())
+        with torch.no_grad():
+            other.weight.view(-1)[index] += 1.0
+        return tensor_fingerprint([other], samples=16)
+
+    before = tensor_fingerprint([big], samples=16)
+    assert changed_at(0) != before and changed_at(60_000 - 1) != before  # both ends are always sampled
+    assert changed_at(4) == before  # between samples (0, 3999, ...): not seen, by design
+    reshaped = nn.Linear(200, 300).to(torch.bfloat16)
+    assert tensor_fingerprint([reshaped], samples=16) != before
