@@ -270,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1, help="passes over the scenes")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
-        "--objects", type=int, choices=(1, 2), default=None, help="only scenes whose true caption names this many objects"
+        "--objects",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="only scenes whose true caption names this many objects",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
