@@ -37,18 +37,22 @@ def test_draft_wait_budget_follows_measured_arrival_within_its_bounds() -> None:
 
 
 def test_draft_wait_never_exceeds_what_drafts_have_saved() -> None:
+    from cascade_sd_ros.core.stages.draft_value import DraftValue
+
     w = DraftWait(0.1, floor_s=0.002, factor=3.0, alpha=0.5)
-    w.verified(0, 0, 0.010)  # the verifier decoding alone: a step's cost, no draft evidence
-    assert w.worth_s() is None and w.budget_s() == 0.1
-    w.verified(3, 4, 0.010)  # a draft saved 3 tokens of 10 ms each: worth 30 ms of waiting
-    assert w.worth_s() == pytest.approx(0.03) and w.budget_s() == pytest.approx(0.03)
+    v = DraftValue(alpha=0.5)
+    stages = (STAGE_DRAFTER, STAGE_REFINER)
+    v.verified(None, 0, 0, 0.010)  # the verifier decoding alone: a step's cost, no draft evidence
+    assert v.saved_s(stages) is None and w.budget_s(v.saved_s(stages)) == 0.1
+    v.verified(STAGE_DRAFTER, 3, 4, 0.012)  # a draft saved 3 steps alone of 10 ms each: worth 30 ms of waiting
+    assert v.saved_s(stages) == pytest.approx(0.03) and w.budget_s(v.saved_s(stages)) == pytest.approx(0.03)
+    assert v.saved_s((STAGE_REFINER,)) is None  # each stage's own worth
     for _ in range(12):
-        w.verified(0, 4, 0.010)  # drafts that keep failing (a scene the drafters never saw)
-    assert w.budget_s() < 0.001  # no longer worth waiting for: next to no wait, below the arrival floor
-    for _ in range(12):
-        w.verified(8, 8, 0.012)
-    assert w.worth_s() == pytest.approx(8 * 0.012, rel=0.01)  # good drafts again: worth a long wait
-    assert w.budget_s() == pytest.approx(w.worth_s())
+        v.verified(STAGE_DRAFTER, 0, 4, 0.012)  # drafts that keep failing (a scene the drafters never saw)
+    assert w.budget_s(v.saved_s(stages)) < 0.001  # no longer worth waiting for: below the arrival floor
+    v.verified(STAGE_REFINER, 8, 8, 0.013)
+    assert v.saved_s(stages) == pytest.approx(8 * 0.010)  # the better stage bounds the wait
+    assert w.budget_s(v.saved_s(stages)) == pytest.approx(0.08)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,10 @@
   question, counters and one worker thread, all under one lock; :class:`StageInput`.
 * :mod:`.upstream` — :class:`DrafterStage`, :class:`RefinerStage`.
 * :mod:`.verifier` — :class:`VerifierStage`, :class:`CaptionUpdate`, :class:`DraftWait`.
+* What the verifier measures to choose its drafts: :mod:`.draft_value` (whose drafts pay, and what
+  they saved: the one record of verification outcomes), :mod:`.head_source` (the draft head, and
+  which source's draft is worth most), :mod:`.gamma` (draft lengths), :mod:`.ema` (their averages).
+* :mod:`.activity` (rounds opened by an event-rate burst), :mod:`.controlled` (benchmarks only).
 
 A node (``nodes/``) converts messages and feeds its Stage; the Stage hands what to publish to the
 sink given at construction. Without ROS, plain callbacks wire the three Stages the same way

@@ -8,10 +8,17 @@ one EMA of a step alone's. A stage whose drafts do not pay is skipped, but one d
 ``probe_every`` still checks its draft, so a stage that starts to agree (a new scene, a better
 model) is taken up again. Skipping never changes an output: the verifier decodes alone instead.
 
+It is the verifier's one record of what verifications yielded: the draft wait
+(:class:`~.verifier.DraftWait`) asks it what a stage's draft has saved (:meth:`DraftValue.saved_s`).
+
 Not thread-safe: the verifier stage uses it under its lock.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cascade_sd_ros.core.stages.ema import ema
 
 __all__ = ["DraftValue"]
 
@@ -31,17 +38,25 @@ class DraftValue:
         self.probes: dict[int, int] = {}  # stage -> drafts checked although they did not pay
         self._not_paying: dict[int, int] = {}  # stage -> decisions taken while its drafts did not pay
 
-    def _ema(self, old: float | None, new: float) -> float:
-        return new if old is None else (1 - self.alpha) * old + self.alpha * new
-
     def verified(self, stage: int | None, accepted: int, drafted: int, step_s: float) -> None:
         """A verification's outcome: ``stage``'s draft of ``drafted`` tokens, ``accepted`` kept, in
         ``step_s`` (``stage`` None or ``drafted`` 0: a step alone)."""
         if stage is None or drafted <= 0:
-            self.alone_s = self._ema(self.alone_s, step_s)
+            self.alone_s = ema(self.alone_s, step_s, self.alpha)
             return
-        self.accepted[stage] = self._ema(self.accepted.get(stage), float(accepted))
-        self.cost_s[stage] = self._ema(self.cost_s.get(stage), step_s)
+        self.accepted[stage] = ema(self.accepted.get(stage), float(accepted), self.alpha)
+        self.cost_s[stage] = ema(self.cost_s.get(stage), step_s, self.alpha)
+
+    def saved_s(self, stages: Iterable[int]) -> float | None:
+        """What a draft from the best of ``stages`` has saved on average: its accepted tokens times a
+        step alone (decoding alone would have needed one step each; a checked step's cost where no
+        step alone was measured yet). None while none of them was checked."""
+        saved = [
+            self.accepted[s] * (self.alone_s if self.alone_s is not None else self.cost_s[s])
+            for s in stages
+            if s in self.accepted
+        ]
+        return max(saved) if saved else None
 
     def pays(self, stage: int) -> bool:
         """Whether checking ``stage``'s drafts has committed tokens faster than a step alone (True

@@ -35,6 +35,7 @@ from cascade_sd_ros.core.head.io import load_head, tensor_fingerprint
 from cascade_sd_ros.core.names import NUM_DRAFT_SOURCES, STAGE_HEAD
 from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec.adapter import HFAdapter
+from cascade_sd_ros.core.stages.ema import ema
 from cascade_sd_ros.core.stages.gamma import AdaptiveGamma
 
 __all__ = ["HeadSource", "HeadSpec", "SourceWorth", "expected_accepted", "open_draft_head", "pick_draft"]
@@ -70,7 +71,7 @@ class SourceWorth:
         self.chosen[stage] += 1
         expected = expected_accepted(confidence)
         if expected > 0:
-            self.ratio[stage] += self.alpha * (accepted / expected - self.ratio[stage])
+            self.ratio[stage] = ema(self.ratio[stage], accepted / expected, self.alpha)
 
 
 def pick_draft(

@@ -35,6 +35,7 @@ from cascade_sd_ros.core.spec.steps import cut_draft, verify_step
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
 from cascade_sd_ros.core.stages.draft_value import DraftValue
+from cascade_sd_ros.core.stages.ema import ema
 from cascade_sd_ros.core.stages.head_source import HeadSource, SourceWorth, pick_draft
 
 KEEP_FINALS = 64  # the last rounds' final updates kept for lookup (demo, replay, tests)
@@ -85,10 +86,9 @@ class DraftWait:
     Drafts that come after a wait are timed (EMA of the delay); the budget is a few times that,
     never more than ``max_s`` (the ``draft_wait`` parameter) nor less than ``floor_s``. Waits that
     run out widen it again, so a stage that got slower is not cut off for good. And a wait is never
-    longer than what a draft saves: the tokens drafts got accepted per verification (EMA) times a
-    verification's cost (EMA), since decoding alone in that time commits as much. Drafts that keep
-    failing (a scene the drafters were not trained on) thus stop costing waits. Not thread-safe:
-    the verifier stage uses it under its lock.
+    longer than what a draft saves (``worth_s``, from :meth:`DraftValue.saved_s`), since decoding
+    alone in that time commits as much: drafts that keep failing (a scene the drafters were not
+    trained on) thus stop costing waits. Not thread-safe: the verifier stage uses it under its lock.
     """
 
     def __init__(self, max_s: float, floor_s: float = 0.002, factor: float = 3.0, alpha: float = 0.2) -> None:
@@ -97,38 +97,19 @@ class DraftWait:
         self.factor = factor
         self.alpha = alpha
         self.ema_s: float | None = None
-        self.accepted_ema: float | None = None  # draft tokens accepted per verified draft
-        self.step_ema_s: float | None = None  # one verification's cost
         self.waits = 0
         self.misses = 0
 
-    def budget_s(self) -> float:
+    def budget_s(self, worth_s: float | None = None) -> float:
+        """The next wait's bound; ``worth_s``: what a draft has saved (None: not measured yet)."""
         budget = self.max_s if self.ema_s is None else min(self.max_s, max(self.floor_s, self.factor * self.ema_s))
-        worth = self.worth_s()
         # no floor under the worth: drafts that save nothing are not waited for at all (one in hand
         # is still checked, which is how their worth is measured again)
-        return budget if worth is None else min(budget, worth)
-
-    def worth_s(self) -> float | None:
-        """What a draft has saved, on average: accepted tokens times a verification's cost (None: not
-        measured yet)."""
-        if self.accepted_ema is None or self.step_ema_s is None:
-            return None
-        return self.accepted_ema * self.step_ema_s
-
-    def _ema(self, old: float | None, new: float) -> float:
-        return new if old is None else (1 - self.alpha) * old + self.alpha * new
-
-    def verified(self, accepted: int, drafted: int, step_s: float) -> None:
-        """A verification's outcome: ``drafted`` draft tokens checked (0: the verifier decoded alone),
-        ``accepted`` of them kept, in ``step_s``."""
-        self.step_ema_s = self._ema(self.step_ema_s, step_s)
-        if drafted > 0:
-            self.accepted_ema = self._ema(self.accepted_ema, float(accepted))
+        return budget if worth_s is None else min(budget, worth_s)
 
     def arrived(self, delay_s: float) -> None:
         self.waits += 1
-        self.ema_s = delay_s if self.ema_s is None else (1 - self.alpha) * self.ema_s + self.alpha * delay_s
+        self.ema_s = ema(self.ema_s, delay_s, self.alpha)
 
     def missed(self) -> None:
         self.misses += 1
@@ -198,7 +179,11 @@ class VerifierStage(Stage):
     def draft_wait_budget_s(self) -> float:
         """What the next wait for a draft may last (adapted, at most ``draft_wait``)."""
         with self._lock:
-            return self._draft_wait.budget_s()
+            return self._wait_budget_s(self.use_stages)
+
+    def _wait_budget_s(self, stages: tuple[int, ...]) -> float:
+        """The wait for a draft from ``stages``, bounded by what their drafts have saved (under the lock)."""
+        return self._draft_wait.budget_s(self._value.saved_s(stages))
 
     # ------------------------------------------------------------------ inputs and reading
     def offer_features(self, round_id: int, tokens: torch.Tensor) -> None:
@@ -257,7 +242,7 @@ class VerifierStage(Stage):
                 "skew_clip_ms": self._skew_clip_ms,
                 "draft_waits": self._draft_wait.waits,
                 "draft_wait_misses": self._draft_wait.misses,
-                "draft_wait_budget_ms": self._draft_wait.budget_s() * 1e3,
+                "draft_wait_budget_ms": self._wait_budget_s(self.use_stages) * 1e3,
                 **{f"drafts_skipped_{STAGE_NAMES[s]}": n for s, n in self._value.skipped.items()},
                 **{f"draft_probes_{STAGE_NAMES[s]}": n for s, n in self._value.probes.items()},
             }
@@ -309,7 +294,7 @@ class VerifierStage(Stage):
             if not stages:
                 return None
             asked = time.monotonic()
-            budget = self._draft_wait.budget_s()
+            budget = self._wait_budget_s(stages)
             deadline = asked + budget
             while True:
                 best = book.best_draft(rec.round_id, stages)
@@ -480,8 +465,6 @@ class VerifierStage(Stage):
             book.spent(rec, verify_ms=step_s * 1e3)
             own = stage == STAGE_HEAD
             with self._lock:
-                # the draft wait weighs upstream drafts only: a checked head draft counts as none
-                self._draft_wait.verified(0 if own else res.accepted, 0 if own else res.drafted, step_s)
                 self._value.verified(None if choice is None else stage, res.accepted, res.drafted, step_s)
                 if choice is not None:
                     self._worth.verified(stage, q_conf, res.accepted)
