@@ -9,6 +9,7 @@ import pytest
 
 from cascade_sd_ros.core.report import SceneInterval
 from cascade_sd_ros.tools.cli import main
+from cascade_sd_ros.tools.pipeline import ROUND_MARGIN_NS
 from cascade_sd_ros.tools.replay.pipeline import (
     auto_remaps,
     merge_params,
@@ -103,7 +104,7 @@ def test_round_params_follow_ground_truth_scenes() -> None:
     assert params["common"]["round_period"] == pytest.approx(2.0)
     # round at each scene's end minus the pipeline's margin, on the event clock (offset added)
     phase = params["common"]["round_phase"]
-    assert (10 * S + 2 * S - 40_000_000 + 30_000_000) % (2 * S) == pytest.approx(phase * 1e9)
+    assert (10 * S + 2 * S - ROUND_MARGIN_NS + 30_000_000) % (2 * S) == pytest.approx(phase * 1e9)
     # nobody tells the stages the offset: the drafter measures it (from frame_offset 0), the others follow
     assert params["event_drafter"]["frame_offset"] == 0.0 and params["event_drafter"]["estimate_offset"] is True
     assert params["video_verifier"]["follow_clock_offset"] is True and params["frame_refiner"]["follow_clock_offset"]
@@ -200,3 +201,17 @@ def test_speed_lines_print_the_ratio_and_an_unfair_reference() -> None:
     honest = [make_round(1, caption=100.0, alone=_ref(tokens, 130.0), bare=_ref(tokens, 120.0))]
     assert len(speed_lines(report.speed(honest))) == 1 and speed.honest_reference(130.0 / 120.0)
     assert speed_lines(report.speed([make_round(1)])) == []
+
+
+def test_throughput_line_gives_both_runs_and_their_ratio() -> None:
+    from cascade_sd_ros.tools.replay import throughput
+    from cascade_sd_ros.tools.replay.report import throughput_line
+
+    tp = throughput({"wall_s": 10.0, "rounds_opened": 120}, 80, {"wall_s": 10.0, "rounds_opened": 50, "finals": 50})
+    assert throughput_line(tp) == (
+        "final captions per second of playback: cascade 8.00 (80 finals in 10.0 s), "
+        "verifier alone 5.00 (50 finals in 10.0 s): 1.60x"
+    )
+    alone_less = throughput({"wall_s": 10.0, "rounds_opened": 5}, 5, None)  # --baseline offline / none
+    assert throughput_line(alone_less) == "final captions per second of playback: cascade 0.50 (5 finals in 10.0 s)"
+    assert throughput_line(None) is None and throughput_line(throughput({}, 0, None)) is None

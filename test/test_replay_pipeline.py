@@ -169,8 +169,15 @@ def test_report_figures_are_the_output_bags(replayed: Path) -> None:
         assert parts["prefill"] == pytest.approx(m.latency_prefill_ms, abs=1e-3)
         assert parts["draft_wait"] == pytest.approx(m.latency_draft_wait_ms, abs=1e-3)
         assert sum(parts.values()) == pytest.approx(m.latency_caption_ms, abs=1e-3)
+    # throughput: final captions per second of each pass's playback, counted from the bags
+    tp = doc["run"]["throughput"]
+    assert tp["cascade"]["finals"] == len({m.round_id for m in finals})
+    assert tp["cascade"]["playback_s"] == pytest.approx(doc["run"]["wall_s"], abs=1e-3)
+    assert tp["alone"]["finals"] == len({m.round_id for m in _finals(replayed / "verifier_alone", "/caption")})
+    assert tp["ratio"] == pytest.approx(tp["cascade"]["captions_per_s"] / tp["alone"]["captions_per_s"], rel=1e-2)
     md = (replayed / "report.md").read_text()
     assert f"{summ['rounds']} rounds" in md
+    assert "Final captions per second of playback: cascade" in md
     for fig in ("latency.png", "acceptance.png", "skew.png", "speedup.png"):
         assert (replayed / fig).stat().st_size > 0
 

@@ -128,6 +128,16 @@ def test_speed_by_caption_length_splits_the_rounds_by_tokens_committed() -> None
     assert speed.by_caption_length({}, cascade, alone) == {}
 
 
+def test_throughput_is_final_captions_per_second_of_playback() -> None:
+    cascade = speed.Throughput(rounds_seen=120, finals=80, playback_s=10.0)
+    alone = speed.Throughput(rounds_seen=50, finals=50, playback_s=10.0)
+    assert cascade.per_s == pytest.approx(8.0) and alone.per_s == pytest.approx(5.0)
+    assert speed.throughput_ratio(cascade, alone) == pytest.approx(1.6)
+    assert cascade.to_dict() == {"rounds_seen": 120, "finals": 80, "playback_s": 10.0, "captions_per_s": 8.0}
+    nothing = speed.Throughput(0, 0, 0.0)  # a run that never played: no rate, no ratio
+    assert nothing.per_s is None and speed.throughput_ratio(cascade, nothing) is None
+
+
 def test_speed_reference_within_margin_is_honest_and_offline_uses_bare() -> None:
     tokens = (5, 6, 7)
     honest = [make_round(i, alone=_ref(tokens, 114.0), bare=_ref(tokens, 100.0)) for i in range(3)]

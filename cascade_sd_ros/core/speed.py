@@ -1,6 +1,6 @@
 """The one speed figure: caption latency, the cascade against the verifier alone on the same rounds.
 
-Caption latency is what a robot waits: from the moment a round's inputs are all there (a frame past
+Caption latency is what a robot waits (its throughput, :class:`Throughput`, is the other side): from the moment a round's inputs are all there (a frame past
 ``T + slop`` on the verifier's clock, see ``RoundBook.mark_inputs_ready``) to its final
 ``VerifiedCaption`` (``latency_caption_ms``). ``demo``, ``replay`` and the benches all compare the
 two runs with :func:`compare`, on the rounds both finished, and print the verifier-alone run beside
@@ -71,6 +71,37 @@ def compare(
     a = Latency.of(alone_ms[r] for r in both)
     b = Latency.of((bare_ms or {}).get(r, math.nan) for r in both)
     return SpeedComparison(c, a, b, _ratio(a.p50_ms, c.p50_ms), _ratio(a.p95_ms, c.p95_ms), _ratio(a.p50_ms, b.p50_ms))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Final captions per second of playback under a steady stream: the final captions, how long the
+    stream played (wall), and the rounds any output named (a verifier alone names only the rounds it
+    captions; a cascade's drafter names every round it opens). When rounds open
+    faster than the verifier can caption them, it finishes the newest and drops the rest (its
+    ``max_pending``), so this is its capacity; when they open slower, the stream sets the rate and
+    both runs show the same figure."""
+
+    rounds_seen: int
+    finals: int
+    playback_s: float
+
+    @property
+    def per_s(self) -> float | None:
+        return self.finals / self.playback_s if self.playback_s > 0 else None
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {
+            "rounds_seen": self.rounds_seen,
+            "finals": self.finals,
+            "playback_s": _round(self.playback_s, 3),
+            "captions_per_s": _round(self.per_s, 3),
+        }
+
+
+def throughput_ratio(cascade: Throughput, alone: Throughput) -> float | None:
+    """Cascade captions per second over the verifier alone's on the same stream (> 1: more captions)."""
+    return _ratio(cascade.per_s, alone.per_s)
 
 
 def by_caption_length(

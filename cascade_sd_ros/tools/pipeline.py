@@ -547,7 +547,11 @@ def new_context(args: Iterable[str] | None = None) -> Context:
 # ---------------------------------------------------------------------------------------------------
 # Synthetic scenes through a pipeline: shared by the demo and the node tests.
 
-ROUND_MARGIN_NS = 40_000_000  # a scene's round is this long before its end: the clip holds only its frames
+# A scene's round is this long before its end, so its clip holds only that scene's frames even
+# before the clock offset is known: the demo's stages start from 0 against a true 30 ms, and a frame
+# up to ``slop`` (20 ms) past T still counts. At 40 ms the first rounds' clips took the next scene's
+# first frame, and their captions described a cut that no camera sees.
+ROUND_MARGIN_NS = 100_000_000
 
 
 @dataclass(frozen=True)

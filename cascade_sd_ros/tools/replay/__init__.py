@@ -149,6 +149,7 @@ def run_replay(
         alone_info = {
             k: alone.run_info.get(k) for k in ("wall_s", "rounds_opened", "input_losses", "unfinished_rounds")
         }
+        alone_info["finals"] = len(alone.finals)
         references[replay_report.ALONE_TOPIC] = lambda _pipeline: RecordedAlone(alone.finals)
     if settings.baseline != "none" and make_bare is not None:
         references[replay_report.BARE_TOPIC] = make_bare
@@ -161,6 +162,7 @@ def run_replay(
         "started_utc": started.isoformat(timespec="seconds"),
         "versions": _versions(),
         **main.run_info,
+        "throughput": throughput(main.run_info, len(main.finals), alone_info),
         "baseline": {
             "kind": settings.baseline,
             "rounds": alone_ref.get("rounds", bare_ref.get("rounds", 0)),
@@ -172,6 +174,22 @@ def run_replay(
     output = replay_report.load_output(out_bag)
     report = replay_report.write_report(output, run_info, main.scan.to_dict(), settings.out_dir)
     return ReplayResult(report, settings.out_dir, out_bag)
+
+
+def throughput(cascade_run: dict[str, Any], cascade_finals: int, alone: dict[str, Any] | None) -> dict[str, Any]:
+    """Final captions per second of playback (:class:`~cascade_sd_ros.core.speed.Throughput`) of the
+    cascade pass and, where it ran, of the verifier-alone pass, with their ratio."""
+    from cascade_sd_ros.core.speed import Throughput, throughput_ratio
+
+    def of(info: dict[str, Any], finals: int) -> Throughput:
+        return Throughput(int(info.get("rounds_opened") or 0), finals, float(info.get("wall_s") or 0.0))
+
+    cascade = of(cascade_run, cascade_finals)
+    out: dict[str, Any] = {"cascade": cascade.to_dict(), "alone": None, "ratio": None}
+    if alone is not None:
+        ref = of(alone, int(alone.get("finals") or 0))
+        out.update(alone=ref.to_dict(), ratio=throughput_ratio(cascade, ref))
+    return out
 
 
 def alone_pass(settings: ReplaySettings) -> dict[str, Any]:
@@ -423,4 +441,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summ['rounds']} rounds; report in {result.out_dir / 'report.md'}; outputs in {result.output_bag}")
     for line in speed_lines(summ.get("speed") or {}):
         print(line)
+    from cascade_sd_ros.tools.replay.report import throughput_line
+
+    tp_line = throughput_line(result.report["run"].get("throughput"))
+    if tp_line:
+        print(tp_line)
     return 3 if inp.get("storage_error") or inp["corrupt_records"] else 0  # 3: partial (damaged input)

@@ -337,6 +337,22 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def throughput_line(tp: Mapping[str, Any] | None) -> str | None:
+    """One line: final captions per second of playback, cascade and verifier alone, and their ratio."""
+    if not tp or tp["cascade"]["captions_per_s"] is None:
+        return None
+
+    def one(d: Mapping[str, Any]) -> str:
+        return f"{d['captions_per_s']:.2f} ({d['finals']} finals in {d['playback_s']:.1f} s)"
+
+    line = f"final captions per second of playback: cascade {one(tp['cascade'])}"
+    if tp.get("alone") and tp["alone"]["captions_per_s"] is not None:
+        line += f", verifier alone {one(tp['alone'])}"
+        if tp.get("ratio") is not None:
+            line += f": {tp['ratio']:.2f}x"
+    return line
+
+
 def _speed_lines(sp: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
     """The speed paragraph: caption latency, cascade vs the reference vs the bare target, the one
     ratio, and whether the reference was honest."""
@@ -417,6 +433,14 @@ def _speed_lines(sp: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
                 f"| {n} | {d['caption_latency_cascade']['n']} | {_fmt(d['caption_latency_cascade']['p50_ms'])} | "
                 f"{_fmt(d['caption_latency_alone']['p50_ms'])} | {_fmt(d['speedup_p50'], 2)}x |"
             )
+    tp_line = throughput_line(run.get("throughput"))
+    if tp_line:
+        lines += [
+            "",
+            tp_line[0].upper() + tp_line[1:] + ". When rounds open faster than the verifier captions them, it "
+            "captions the newest and drops the rest: this is its capacity; when they open slower, the "
+            "stream sets the rate and both runs show the same figure.",
+        ]
     if alone and (run.get("baseline") or {}).get("kind") == "pass":
         lines += [
             "",
