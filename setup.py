@@ -12,5 +12,5 @@ setup(
     packages=find_packages(include=["cascade_sd_ros", "cascade_sd_ros.*"]),
     package_data={"cascade_sd_ros": ["zoo/**/*", "zoo/*", "ros/fastdds_profile.xml"]},
     python_requires=">=3.10",
-    entry_points={"console_scripts": ["cascade-sd = cascade_sd_ros.tools.cli:main"]},
+    entry_points={"console_scripts": ["cascade-sd = cascade_sd_ros.tools.cli:entry"]},
 )

@@ -4,6 +4,7 @@ leave no process behind."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,14 @@ def test_a_bad_model_folder_is_one_line_and_the_child_exits(tmp_path: Path) -> N
     finally:
         bare.close()
     assert not bare.running()
+
+
+def test_closing_a_child_still_loading_its_target_ends_it_at_once() -> None:
+    """An interrupted demo closes the bare target maybe before it has loaded: the child would read
+    the close request only once loaded, so it is ended instead of waited for."""
+    bare = BareProcess(default_stage_source("target"))
+    assert bare.running()
+    bare.close()  # before wait_ready: still importing torch and loading
+    # ended (SIGKILL), not left to load and then read the request (exit 0)
+    assert not bare.running() and bare._proc.returncode == -signal.SIGKILL
+    bare.close()  # a second close is harmless

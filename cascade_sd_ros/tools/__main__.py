@@ -1,5 +1,3 @@
-import sys
+from cascade_sd_ros.tools.cli import entry
 
-from cascade_sd_ros.tools.cli import main
-
-sys.exit(main())
+entry()

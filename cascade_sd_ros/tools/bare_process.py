@@ -129,6 +129,10 @@ class BareProcess:
             raise RuntimeError(f"the bare target process exited (status {self._proc.wait()})") from None
 
     def close(self) -> None:
+        if not self._ready:  # still loading the target: it would read the request only once loaded
+            self._proc.kill()
+            self._proc.wait()
+            return
         try:
             self._send(None)
             self._requests.close()
