@@ -60,6 +60,31 @@ def test_colour_orders_to_rgb8() -> None:
     assert np.array_equal(image_to_rgb8(numpy_to_image(mono, "mono8")), np.repeat(mono[:, :, None], 3, 2))
 
 
+def test_cv_bridge_is_looked_for_once_per_process_not_per_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without cv_bridge each decode retried the import (a failed import is not cached): a search of
+    sys.path on the disk for every frame of a 30 Hz camera."""
+    from importlib.abc import MetaPathFinder
+
+    from cascade_sd_ros.ros import image as image_mod
+
+    looked: list[str] = []
+
+    class Recorder(MetaPathFinder):
+        def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+            if name.split(".")[0] == "cv_bridge":
+                looked.append(name)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Recorder(), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "cv_bridge", raising=False)
+    image_mod._cv_bridge.cache_clear()
+    msg = numpy_to_image(np.zeros((4, 6, 3), np.uint8), "bgr8")
+    for _ in range(5):
+        image_to_rgb8(msg)
+    assert len(looked) <= 1
+    image_mod._cv_bridge.cache_clear()
+
+
 def test_mono16_scales_like_convert_to_and_honours_big_endian() -> None:
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
     big = _raw("mono16", 1, 4, values.astype(">u2").tobytes(), 8, big=True)
