@@ -9,6 +9,16 @@ outside ``initial_ns ± bound_ns`` are refused and counted (a parameter bounds w
 
 What a round uses is decided once, when the round opens (the caller keeps it with the round): a new
 value changes later rounds, never a round's clip mid-round.
+
+Strobe aliases: a trigger fit is exact modulo the frame period, so what picked its alias matters
+(``trigger_alias``). Once a trigger offset is applied, later fits keep its alias (:meth:`alias_prior`).
+An alias picked by counting from the streams' starts (or the only one a short window fitted) is
+checked against the estimate once that is
+confident: if they differ by a whole number of periods (within a quarter period) the estimate's alias
+is taken, because the count's only failure modes (a first frame or edge lost) are exactly whole
+periods, while a confident estimate (three agreeing, within a few ms) is never off by one; a
+difference that is not a whole period is the estimate's own error, and the trigger is kept. Both are
+said in ``alias_note``.
 """
 
 from __future__ import annotations
@@ -73,6 +83,9 @@ class OffsetTracker:
         self.last_trigger: TriggerFit | None = None
         self.refused = 0  # [count] estimates outside the bound
         self.changes = 0  # [count] times the applied value moved
+        self.agreed_ns: int | None = None  # the newest median of `agree` agreeing estimates (any source applied)
+        self.trigger_alias = ""  # what picked the applied trigger offset's alias (TriggerFit.alias_by, or the prior's)
+        self.alias_note = ""  # the estimate against a counted alias: agrees, overrode it, or kept
 
     def current(self) -> AppliedOffset:
         with self._lock:
@@ -92,13 +105,16 @@ class OffsetTracker:
                 self.refused += 1
                 return self._applied
             self._recent.append(int(est.offset_ns))
-            if self.pinned or self._applied.source == "trigger" or len(self._recent) < (self._recent.maxlen or 1):
+            if self.pinned or len(self._recent) < (self._recent.maxlen or 1):
                 return self._applied
             values = sorted(self._recent)
             spread = values[-1] - values[0]
             if spread > self.tolerance_ns:
                 return self._applied
             median = values[len(values) // 2]
+            self.agreed_ns = median  # kept under a trigger offset too: it checks a counted alias
+            if self._applied.source == "trigger":
+                return self._applied
             moved = abs(median - self._applied.offset_ns) > self.hysteresis_ns
             if not self._applied.confident or moved:  # first confidence, or a real move past the hysteresis
                 # spread / 2 for the agreement, the fine scan's half step at least
@@ -106,7 +122,35 @@ class OffsetTracker:
                 self._set(AppliedOffset(median, 0.0, 0, sigma, True, "estimate"))
             return self._applied
 
-    def observe_trigger(self, fit: TriggerFit | None) -> AppliedOffset:
+    def alias_prior(self, period_ns: int | None) -> tuple[int | None, str]:
+        """(prior, what it rests on) to pick among strobe aliases: the applied trigger offset's own
+        alias (kept), unless the confident estimate says a counted alias is whole periods off; the
+        confident estimate before any trigger offset; nothing while neither is known (module doc)."""
+        with self._lock:
+            applied, agreed = self._applied, self.agreed_ns
+            if applied.source == "estimate" and applied.confident:
+                return applied.offset_ns, "estimate"
+            if applied.source != "trigger":
+                return None, ""
+            # a count, or a short window's only fitting alias, is checked; the bound and the estimate are not
+            if self.trigger_alias not in ("stream start", "unique") or agreed is None or not period_ns:
+                return applied.offset_ns, self.trigger_alias
+            diff = agreed - applied.offset_ns
+            periods = round(diff / period_ns)
+            if abs(diff) <= period_ns / 4:
+                self.alias_note = f"the estimate agrees with the {self.trigger_alias} alias ({diff / 1e6:+.1f} ms)"
+                return applied.offset_ns, self.trigger_alias
+            if periods != 0 and abs(diff - periods * period_ns) <= period_ns / 4:
+                self.alias_note = (
+                    f"the {self.trigger_alias} alias was {periods:+d} period(s) off the confident "
+                    f"estimate ({diff / 1e6:+.1f} ms): the estimate's alias applied"
+                )
+                return agreed, "estimate"
+            self.alias_note = f"the estimate is {diff / 1e6:+.1f} ms off (not a whole period): the trigger kept"
+            return applied.offset_ns, self.trigger_alias
+
+    def observe_trigger(self, fit: TriggerFit | None, prior_label: str = "") -> AppliedOffset:
+        """A strobe fit (None: none this time); ``prior_label``: what the prior it was given rests on."""
         with self._lock:
             self.last_trigger = fit
             if fit is None or self.pinned:
@@ -114,6 +158,7 @@ class OffsetTracker:
             if self.bound_ns is not None and abs(fit.offset_ns - self.initial_ns) > self.bound_ns:
                 self.refused += 1
                 return self._applied
+            self.trigger_alias = (prior_label or "prior") if fit.alias_by == "prior" else fit.alias_by
             # the strobe is exact: every fit applies (no hysteresis beyond the stamps' own jitter);
             # a change is counted when it moves the offset by over 1 ms
             before = self._applied
@@ -128,6 +173,8 @@ class OffsetTracker:
         """Time jumped: estimates start over (a pin stays; the applied value stays until data move it)."""
         with self._lock:
             self._recent.clear()
+            self.agreed_ns = None
+            self.alias_note = ""
 
     def _set(self, applied: AppliedOffset, count: bool = True) -> None:
         self.changes += int(count)

@@ -4,9 +4,15 @@ into the event camera's trigger input (EVT 3.0 ``EXT_TRIGGER``).
 Each exposure puts one edge on the event clock; each frame carries its stamp on the RGB clock. Matched
 pairs give ``edge = frame + offset + drift * (frame - ref)`` exactly, up to the RGB stamps' own jitter.
 A strobe train is periodic, so the match is only known modulo the frame period: shifting every frame
-to the next edge fits as well. :meth:`TriggerSync.fit` says how many such aliases fit equally and
-takes the one nearest a prior (the events-vs-frames estimate, a pinned value) when it has one;
-without a prior and with several aliases it claims nothing.
+to the next edge fits as well, and missing edges, dropped frames or spurious edges do not break that
+symmetry inside a window. :meth:`TriggerSync.fit` says how many such aliases fit and picks one by,
+in this order: the one nearest a prior good to a third of the period (``prior``: the confident
+estimate, or the alias an earlier fit applied, so an applied alias never flaps on a short window's
+noise); the only one that fits (``unique``); the only one inside a bound narrower than half the
+period (``bound``: ``frame_offset`` ± ``frame_offset_bound``); the count from the streams' starts (``stream start``: the first exposure's edge pairs with the first
+frame, :class:`~cascade_sd_ros.core.align.strobe_start.StrobeStart` says when that holds), accepted
+only if the line fitted to every later pair passes through that first pair. Otherwise it claims
+nothing.
 
 Robust to a missing edge (that frame stays unmatched) and to extra edges (other channels and the
 other edge are never kept; a spurious edge is matched only if it lies where a frame's edge belongs,
@@ -22,6 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+ALIAS_BY = ("unique", "bound", "prior", "stream start")
+# [ns] pairs spanning less than this fit an offset alone: 1000 ppm (the most a clock model allows)
+# moves it 0.5 ms over half of it, while a slope from a few jittered stamps could be anything
+MIN_DRIFT_SPAN_NS = 1_000_000_000
+
 
 @dataclass(frozen=True)
 class TriggerFit:
@@ -34,7 +45,11 @@ class TriggerFit:
     unmatched: int  # [count] frames in the window with no edge where theirs belongs (missing edges)
     residual_ns: float  # [ns] RMS of the matched pairs' residuals (the RGB stamps' jitter)
     aliases: int  # [count] offsets one frame period apart that fit as well; 1 = unique
-    resolved_by_prior: bool  # the prior picked among aliases
+    alias_by: str  # what picked the alias: one of ALIAS_BY
+
+    @property
+    def resolved_by_prior(self) -> bool:
+        return self.alias_by == "prior"
 
     def offset_at(self, t_rgb_ns: int) -> int:
         """The offset at RGB time ``t_rgb_ns`` (drift included)."""
@@ -86,25 +101,39 @@ class TriggerSync:
         with self._lock:
             return bool(self._edges)
 
-    def add_triggers(self, t_ns: np.ndarray, channel: np.ndarray, value: np.ndarray) -> None:
-        """Trigger events on the event clock (any order within a call; calls in time order)."""
+    def add_triggers(self, t_ns: np.ndarray, channel: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Trigger events on the event clock (any order within a call; calls in time order); returns
+        the strobe edges kept (its channel and edge), sorted."""
         t = np.asarray(t_ns, np.int64)
         mine = (np.asarray(channel) == self.channel) & (np.asarray(value) == self.edge)
+        kept = np.sort(t[mine])
         with self._lock:
             self.others_seen += int(t.size - mine.sum())
-            for v in np.sort(t[mine]).tolist():
-                self._edges.append(int(v))
-                self.edges_seen += 1
+            self._edges.extend(kept.tolist())
+            self.edges_seen += int(kept.size)
+        return kept
 
     def add_frame(self, t_ns: int) -> None:
         """A frame's stamp on the RGB clock."""
         with self._lock:
             self._frames.append(int(t_ns))
 
-    def fit(self, prior_ns: int | None = None) -> TriggerFit | None:
+    def period_ns(self) -> int | None:
+        """The frame period: the median interval between kept frame stamps (drops and jitter aside)."""
+        with self._lock:
+            frames = np.array(sorted(self._frames), np.int64)
+        return _median_interval(frames)
+
+    def fit(
+        self,
+        prior_ns: int | None = None,
+        window_ns: tuple[int, int] | None = None,
+        start: tuple[int, int] | None = None,
+    ) -> TriggerFit | None:
         """Offset and drift from the edges and frames so far; None without enough matches, or when
-        several aliases fit and no prior picks one (``prior_ns``: an offset known to better than a
-        third of the frame period)."""
+        several aliases fit and nothing picks one (module doc). ``prior_ns``: an offset known to
+        better than a third of the frame period; ``window_ns``: (lo, hi), where the offset must lie;
+        ``start``: (first edge, first frame) of streams heard from their starts."""
         with self._lock:
             edges = np.array(sorted(self._edges), np.int64)
             frames = np.array(sorted(self._frames), np.int64)
@@ -123,35 +152,66 @@ class TriggerSync:
         cand = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
         if cand.size == 0:
             return None
-        scores = np.array([self._matches(edges, frames, int(d)) for d in cand.tolist()])
+        scores = self._matches(edges, frames, cand)
         top = int(scores.max())
         if top < self.min_matches:
             return None
         # candidates that fit as well as the best, grouped: each group one alias
-        good = np.sort(cand[scores >= top - max(1, top // 20)])
-        groups = np.split(good, np.flatnonzero(np.diff(good) > 2 * self.tolerance_ns) + 1)
-        centres = np.array([int(np.median(g)) for g in groups], np.int64)
-        if centres.size == 1:
-            chosen, by_prior = int(centres[0]), False
-        elif prior_ns is None:
-            return None
-        else:
+        centres = self._aliases(cand[scores >= top - max(1, top // 20)])
+        period = _median_interval(frames)
+        if prior_ns is not None:  # first: an alias applied before stays (no flapping on a short window's noise)
             gaps = np.abs(centres - int(prior_ns))
-            order = np.argsort(gaps)
-            spacing = float(np.min(np.diff(np.sort(centres))))
-            if gaps[order[0]] > spacing / 3:  # the prior lies between aliases: it cannot pick
+            best = int(np.argmin(gaps))
+            spacing = float(np.min(np.diff(np.sort(centres)))) if centres.size > 1 else float(period or 0)
+            if gaps[best] > spacing / 3:  # the prior lies between aliases (or off the only one): it cannot pick
                 return None
-            chosen, by_prior = int(centres[order[0]]), True
-        return self._refine(edges, frames, chosen, int(centres.size), by_prior)
+            return self._refine(edges, frames, int(centres[best]), int(centres.size), "prior")
+        if centres.size == 1:
+            return self._refine(edges, frames, int(centres[0]), 1, "unique")
+        if window_ns is not None and period and window_ns[1] - window_ns[0] + 2 * self.tolerance_ns < period:
+            # a bound narrower than a period holds one alias at most: any that fits inside is it (a
+            # short window's end frames favour none, so it need not be the best-scoring one)
+            inside = self._aliases(cand[scores >= self.min_matches])
+            inside = inside[(inside >= window_ns[0] - self.tolerance_ns) & (inside <= window_ns[1] + self.tolerance_ns)]
+            if inside.size == 1:
+                return self._refine(edges, frames, int(inside[0]), int(centres.size), "bound")
+            if inside.size == 0:
+                return None
+        if start is not None:
+            return self._from_start(edges, frames, start, int(centres.size))
+        return None
 
-    def _matches(self, edges: np.ndarray, frames: np.ndarray, offset_ns: int) -> int:
-        want = frames + offset_ns
-        i = np.clip(np.searchsorted(edges, want), 1, edges.size - 1)
-        near = np.minimum(np.abs(edges[i] - want), np.abs(edges[i - 1] - want))
-        return int(np.count_nonzero(near <= self.tolerance_ns))
+    def _aliases(self, good: np.ndarray) -> np.ndarray:
+        good = np.sort(good)
+        groups = np.split(good, np.flatnonzero(np.diff(good) > 2 * self.tolerance_ns) + 1)
+        return np.array([int(np.median(g)) for g in groups if g.size], np.int64)
+
+    def _from_start(
+        self, edges: np.ndarray, frames: np.ndarray, start: tuple[int, int], aliases: int
+    ) -> TriggerFit | None:
+        """The alias that pairs the first edge with the first frame, if every later pair agrees: the
+        fit over the window's matched pairs must pass through the first pair within the tolerance
+        (a spurious first edge, or a first pair that is not one, gives no such fit: nothing claimed)."""
+        edge0, frame0 = int(start[0]), int(start[1])
+        fit = self._refine(edges, frames, edge0 - frame0, aliases, "stream start")
+        if fit is None or abs(fit.offset_at(frame0) - (edge0 - frame0)) > self.tolerance_ns:
+            return None
+        return fit
+
+    def _matches(self, edges: np.ndarray, frames: np.ndarray, offsets_ns: np.ndarray) -> np.ndarray:
+        """Per candidate offset, how many frames have an edge within the tolerance of theirs (all
+        candidates in one search, in blocks that bound the memory)."""
+        out = np.zeros(offsets_ns.size, np.int64)
+        block = max(1, 200_000 // max(1, frames.size))
+        for k in range(0, offsets_ns.size, block):
+            want = frames[None, :] + offsets_ns[k : k + block, None]
+            i = np.clip(np.searchsorted(edges, want), 1, edges.size - 1)
+            near = np.minimum(np.abs(edges[i] - want), np.abs(edges[i - 1] - want))
+            out[k : k + block] = np.count_nonzero(near <= self.tolerance_ns, axis=1)
+        return out
 
     def _refine(
-        self, edges: np.ndarray, frames: np.ndarray, offset_ns: int, aliases: int, by_prior: bool
+        self, edges: np.ndarray, frames: np.ndarray, offset_ns: int, aliases: int, alias_by: str
     ) -> TriggerFit | None:
         """Least squares of (edge - frame) on frame time over the matched pairs, twice (the second
         match uses the first fit's drift, so a long window still matches at its ends)."""
@@ -166,9 +226,9 @@ class TriggerSync:
                 return None
             x = (frames[ok] - ref).astype(np.float64)
             y = (edges[pick[ok]] - frames[ok]).astype(np.float64)
-            if np.ptp(x) > 0:
+            if np.ptp(x) >= MIN_DRIFT_SPAN_NS:
                 b, a = np.polyfit(x, y, 1)
-            else:
+            else:  # a short span: the slope would be the stamps' jitter, and drift is ppm (µs here)
                 a, b = float(y.mean()), 0.0
         resid = y - (a + b * x)
         return TriggerFit(
@@ -179,5 +239,12 @@ class TriggerSync:
             unmatched=int(frames.size - ok.sum()),
             residual_ns=float(np.sqrt(np.mean(resid**2))),
             aliases=aliases,
-            resolved_by_prior=by_prior,
+            alias_by=alias_by,
         )
+
+
+def _median_interval(frames: np.ndarray) -> int | None:
+    """[ns] the median positive interval of sorted stamps (a dropped frame or a jittered one aside)."""
+    gaps = np.diff(frames)
+    gaps = gaps[gaps > 0]
+    return int(np.median(gaps)) if gaps.size >= 2 else None
