@@ -12,6 +12,7 @@ anyway: the verifier's core, what the caption latency is made of, never takes th
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable
 
 from cascade_sd_ros.core.align import AppliedOffset, ClockJumpDetector, ClockOffsetSource, OffsetFollower, StreamOffsets
@@ -60,12 +61,18 @@ class ClockOffsetMeter:
         if self._jump.observe(t_ns):
             self._node.get_logger().warning("image time jumped backwards: the offset estimate starts over")
             self.source.reset()
-        self.source.add_frame(t_ns, rgb)
+        self.source.add_frame(t_ns, rgb, arrival_s=time.monotonic())
 
-    def add_events(self, decoded: Any, width: int, height: int) -> None:
-        """One decoded packet (``ros.events.StreamEvents``): its CD events and its trigger edges."""
+    def add_events(self, decoded: Any, width: int, height: int, seq: int) -> None:
+        """One decoded packet (``ros.events.StreamEvents``) and its ``seq``: its CD events and its trigger
+        edges; its seq and first datum say whether the node heard the event stream from its start."""
+        present = [a for a in (decoded.t_ns, decoded.trigger_t_ns) if len(a)]
+        if present:
+            self.source.add_packet(seq, min(int(a.min()) for a in present))
         if decoded.triggers.size:
-            self.source.add_triggers(decoded.trigger_t_ns, decoded.triggers["id"], decoded.triggers["p"])
+            self.source.add_triggers(
+                decoded.trigger_t_ns, decoded.triggers["id"], decoded.triggers["p"], arrival_s=time.monotonic()
+            )
         if len(decoded.t_ns):
             cd = decoded.cd
             self.source.add_events(decoded.t_ns, cd["x"], cd["y"], cd["p"], width, height)
@@ -120,6 +127,10 @@ class ClockOffsetMeter:
             "frame_offset_refused": tracker.refused,
             "frame_offset_trigger_matched": 0 if fit is None else fit.matched,
             "frame_offset_trigger_edges": src.sync.edges_seen,
+            # which of the strobe's aliases (one frame period apart) is applied, and why
+            "frame_offset_trigger_alias": tracker.trigger_alias or "none yet",
+            "frame_offset_trigger_start": src.start_note or "no edges yet",
+            "frame_offset_trigger_check": tracker.alias_note or "no confident estimate yet",
             "frame_offset_inputs_rejected": src.estimator.rejected,
         }
 

@@ -28,6 +28,7 @@ from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from cascade_sd_ros.core.align import ClockJumpDetector, ClockOffsetSource, StaleRoundFilter, TimeBuffer
+from cascade_sd_ros.core.align.strobe_start import START_MODES
 from cascade_sd_ros.core.events import CD_DTYPE, EventDecodeError, EventFrameRenderer
 from cascade_sd_ros.core.head.features import ProjectorTap, features_payload
 from cascade_sd_ros.core.head.io import event_encoder_fingerprint
@@ -143,6 +144,15 @@ PARAMS: tuple[Param, ...] = (
         read_only=True,
     ),
     Param("trigger_edge", "rising", "strobe edge that marks an exposure: rising or falling", read_only=True),
+    Param(
+        "trigger_pairing",
+        "auto",
+        "which strobe edge is the first frame's: auto counts from the streams' starts when this node heard "
+        "both begin (event packets from seq 0, the first edge at the stream's start or after a silent line); "
+        "start: always (the recording starts both cameras together); off: never (the bound or the estimate "
+        "picks among the strobe's aliases, one frame period apart)",
+        read_only=True,
+    ),
 )
 
 
@@ -162,10 +172,12 @@ class DrafterConfig(StageConfig):
     frame_offset_bound_ns: int
     trigger_channel: int
     trigger_edge: int
+    trigger_pairing: str
 
     @staticmethod
     def from_params(p: dict[str, Any]) -> "DrafterConfig":
         choice(p["trigger_edge"], ["rising", "falling"], "trigger_edge")
+        choice(p["trigger_pairing"], list(START_MODES), "trigger_pairing")
         return DrafterConfig(
             **stage_config_fields(p, "drafter"),
             gamma=p["gamma"],
@@ -182,6 +194,7 @@ class DrafterConfig(StageConfig):
             frame_offset_bound_ns=seconds_to_ns(p["frame_offset_bound"], "frame_offset_bound"),
             trigger_channel=p["trigger_channel"],
             trigger_edge=1 if p["trigger_edge"] == "rising" else 0,
+            trigger_pairing=p["trigger_pairing"],
         )
 
 
@@ -237,6 +250,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             bound_ns=self.cfg.frame_offset_bound_ns,
             trigger_channel=self.cfg.trigger_channel,
             trigger_edge=self.cfg.trigger_edge,
+            trigger_pairing=self.cfg.trigger_pairing,
         )
 
         from event_camera_msgs.msg import EventPacket
@@ -323,7 +337,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             except (EventDecodeError, PacketError) as exc:
                 self.events_in.bad(f"undecodable {pkt.encoding} payload: {exc}")
                 return
-            self.offset_meter.add_events(decoded, pkt.width, pkt.height)
+            self.offset_meter.add_events(decoded, pkt.width, pkt.height, pkt.seq)
             if len(decoded.t_ns) == 0:
                 return
             if self._renderer is None or (self._renderer.width, self._renderer.height) != (pkt.width, pkt.height):
