@@ -8,6 +8,7 @@
   against frame-difference energy (global: blind to steady motion);
 * :class:`RegionOffsetEstimator` — the offset from per-cell net event counts against per-cell log
   intensity (works in steady motion); :class:`TriggerSync` — offset and drift from strobe edges;
+  :class:`StrobeStart` — whether the strobe's alias may be counted from the streams' starts;
   :class:`OffsetTracker` — which offset is applied (pin, trigger, confident estimate, hysteresis);
   :class:`ClockOffsetSource` — all three as the drafter runs them; :class:`OffsetFollower` — the
   refiner's and verifier's side: the drafter's confident offset; :class:`RoundOffsets` — each round
@@ -24,6 +25,7 @@ from cascade_sd_ros.core.align.offset_source import ClockOffsetSource
 from cascade_sd_ros.core.align.offset_tracker import AppliedOffset, OffsetFollower, OffsetTracker, RoundOffsets
 from cascade_sd_ros.core.align.offsets import OffsetEstimate, OffsetEstimator, StreamOffsets
 from cascade_sd_ros.core.align.region_offsets import RegionEstimate, RegionOffsetEstimator
+from cascade_sd_ros.core.align.strobe_start import StrobeStart
 from cascade_sd_ros.core.align.trigger_sync import TriggerFit, TriggerSync
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "RoundOffsets",
     "StaleRoundFilter",
     "StreamOffsets",
+    "StrobeStart",
     "TimeBuffer",
     "TriggerFit",
     "TriggerSync",

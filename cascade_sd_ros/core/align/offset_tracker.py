@@ -13,12 +13,11 @@ value changes later rounds, never a round's clip mid-round.
 Strobe aliases: a trigger fit is exact modulo the frame period, so what picked its alias matters
 (``trigger_alias``). Once a trigger offset is applied, later fits keep its alias (:meth:`alias_prior`).
 An alias picked by counting from the streams' starts (or the only one a short window fitted) is
-checked against the estimate once that is
-confident: if they differ by a whole number of periods (within a quarter period) the estimate's alias
-is taken, because the count's only failure modes (a first frame or edge lost) are exactly whole
-periods, while a confident estimate (three agreeing, within a few ms) is never off by one; a
-difference that is not a whole period is the estimate's own error, and the trigger is kept. Both are
-said in ``alias_note``.
+checked against the estimate once that is confident: if they differ by a whole number of periods
+(within a quarter period) the estimate's alias is taken, because the count's only failure modes (a
+first frame or edge lost) are exactly whole periods, while a confident estimate (three agreeing,
+within a few ms) has no reason to be off by one; a difference that is not a whole period is the
+estimate's own error, and the trigger is kept. ``alias_note`` says which.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ ppm, so counting by intervals is safe). This module only decides whether the nod
   numbers packets from 0; a bag replayed from its beginning) — a node that joined mid-stream cannot
   know which exposure came first;
 * the first edge is the frame camera's first exposure: it lies within half a period of the event
-  stream's first data (the recording started both cameras together) or it follows at least
-  ``silent_periods`` periods of event data with the trigger line silent (the frame camera started
-  later). In between, the first exposure's edge may have been lost: no count;
+  stream's first data (the recording started both cameras together) or it follows that start by at
+  least ``silent_periods`` periods, the trigger line silent while the event camera ran (the frame
+  camera started later). In between, the first exposure's edge may have been lost: no count;
 * the first frame came with the strobe, not long before it: when both arrival times are known, the
   first frame arrived within ``max_arrival_gap_s`` of the first edge's packet (a frame stream heard
   long before the strobe began was running already: its first frame is not the first exposure).
