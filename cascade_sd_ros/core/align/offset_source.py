@@ -3,8 +3,9 @@
 The drafter (it decodes every event anyway) feeds it events (with their triggers and each packet's
 ``seq``) and frames as they arrive and calls :meth:`update` from a timer of its own: an estimate
 costs a fraction of a second of CPU, so it runs at most every ``every_ns`` of event time
-(``settled_every_ns`` once the applied offset is confident: the data only have to confirm it then),
-never on the round's critical path. A strobe fit is cheap and runs whenever new edges came, so a
+(``settled_every_ns`` once the applied offset is confident and, for a counted strobe alias, the
+estimate has agreed with it: the data only have to confirm it then), never on the round's critical
+path. A strobe fit is cheap and runs whenever new edges came, so a
 strobe whose alias the bound or the streams' starts pick (:class:`StrobeStart`) is applied from its
 first edges on, before any estimate. :meth:`round_offset` is what a round opening takes and keeps;
 the applied value never changes a round already open.
@@ -99,7 +100,7 @@ class ClockOffsetSource:
                 return False
             if self._last_update_ns is None:
                 return True
-            every = self.settled_every_ns if self.tracker.current().confident else self.every_ns
+            every = self.settled_every_ns if self.tracker.settled() else self.every_ns
             return self._newest_event_ns - self._last_update_ns >= every
 
     def _fit_due(self) -> bool:

@@ -121,6 +121,15 @@ class OffsetTracker:
                 self._set(AppliedOffset(median, 0.0, 0, sigma, True, "estimate"))
             return self._applied
 
+    def settled(self) -> bool:
+        """Confident, and nothing left to check: an alias counted from the starts (or a short window's
+        only one) waits for the estimate's word, so the estimate keeps its quick cadence until then."""
+        with self._lock:
+            if not self._applied.confident:
+                return False
+            unchecked = self._applied.source == "trigger" and self.trigger_alias in ("stream start", "unique")
+            return not (unchecked and not self.alias_note.startswith("the estimate agrees"))
+
     def alias_prior(self, period_ns: int | None) -> tuple[int | None, str]:
         """(prior, what it rests on) to pick among strobe aliases: the applied trigger offset's own
         alias (kept), unless the confident estimate says a counted alias is whole periods off; the
