@@ -14,10 +14,10 @@ clip span 1 s):
   scene's end (the demo's schedule: a scene cut follows, as when a robot turns a corner) and with
   the round 1.5 s into its scene (clip and error stay inside one scene: only motion moves);
 * RGB stamp jitter (std), frame drop rate, event window length, clip span;
-* where the offset comes from: the oracle (the truth), the estimate (RegionOffsetEstimator with the
-  OffsetTracker, fed the stream online, starting from 0 with the truth at 137 ms), trigger sync
-  (the exposure strobe in the event stream, 40 ppm drift and a missing edge; the estimate picks
-  the strobe alias). These three run on scenes in motion (a still scene has nothing to align by;
+* where the offset comes from: the oracle (the truth), the estimate (the drafter's ClockOffsetSource,
+  fed the stream online, starting from 0 with the truth at 137 ms), trigger sync
+  (the exposure strobe in the event stream, 40 ppm drift and a missing edge; the streams' starts,
+  else the estimate, pick the strobe alias, as in the drafter). These three run on scenes in motion (a still scene has nothing to align by;
   the other axes use the zoo's mix, still objects included). For these three the table also gives exact match over the rounds after the
   first 5 s, next to the oracle's on the same rounds.
 
@@ -44,15 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench scripts ru
 
 from cascade_sd_ros.core.align.buffer import TimeBuffer  # noqa: E402
 from cascade_sd_ros.core.align.clip import select_clip  # noqa: E402
-from cascade_sd_ros.core.align.offset_tracker import OffsetTracker  # noqa: E402
-from cascade_sd_ros.core.align.region_offsets import RegionOffsetEstimator  # noqa: E402
-from cascade_sd_ros.core.align.trigger_sync import TriggerSync  # noqa: E402
+from cascade_sd_ros.core.align.offset_source import ClockOffsetSource  # noqa: E402
 from cascade_sd_ros.core.events import CD_DTYPE, EventFrameRenderer  # noqa: E402
 from cascade_sd_ros.core.spec.engine import CascadeDecoder  # noqa: E402
 from cascade_sd_ros.core.synth.clocks import ClockModel  # noqa: E402
 from cascade_sd_ros.core.synth.esim import EsimConfig  # noqa: E402
-from cascade_sd_ros.core.synth.packets import PacketConfig  # noqa: E402
-from cascade_sd_ros.core.synth.stream import SceneData, StreamConfig, StrobeConfig, iter_scenes  # noqa: E402
+from cascade_sd_ros.core.synth.packets import EventPacketData, PacketConfig  # noqa: E402
+from cascade_sd_ros.core.synth.stream import RgbFrame, SceneData, StreamConfig, StrobeConfig, iter_scenes  # noqa: E402
 from cascade_sd_ros.core.zoo import load_zoo  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parent / "figures"
@@ -192,49 +190,40 @@ def sweep(zoo: Any, stream: Stream, setups: list[tuple[str, float, Setup]], budg
 
 
 def applied_offsets(stream: Stream, source: str) -> tuple[list[int], list[str]]:
-    """Per round, the offset a stage would apply at the round's opening under ``source``, fed the stream
-    online (every 1 s of stream time an estimate; triggers and frames as they come)."""
+    """Per round, the offset a stage applies at the round's opening under ``source``: the drafter's own
+    :class:`ClockOffsetSource` (starting from 0, the truth at 137 ms), fed the stream online in
+    publication order with an update after every input, as the node runs it (an estimate at most
+    every 1 s of event time, a strobe fit whenever edges came, the alias by the streams' starts);
+    "estimate" is the same without the strobe's edges."""
     if source == "oracle":
         return list(stream.true_ns), ["oracle"] * len(stream.rounds)
-    est = RegionOffsetEstimator()
-    tracker = OffsetTracker(initial_ns=0, bound_ns=400_000_000)
-    sync = TriggerSync(max_offset_ns=400_000_000) if source == "trigger" else None
-    start = stream.config.start_ns
-    frames = [(f.stamp_ns, f.image) for s in stream.scenes for f in s.frames]
-    trig = [p.triggers for s in stream.scenes for p in s.packets if p.triggers.size]
-    trig_t = (
-        np.concatenate([t["t"] for t in trig]).astype(np.int64) * 1000 + stream.anchor_ns
-        if trig
-        else np.zeros(0, np.int64)
-    )
-    trig_all = np.concatenate(trig) if trig else None
-    fed_ev = fed_fr = fed_tr = 0
-    out, sources = [], []
-    step = 1_000_000_000
-    tick = start + step
-    for T in stream.rounds:
-        while tick <= T:  # the data up to each second boundary before this round, then an estimate
-            hi_ev = int(np.searchsorted(stream.event_ns, tick, side="right"))
-            e = stream.events[fed_ev:hi_ev]
-            est.add_events(
-                stream.event_ns[fed_ev:hi_ev], e["x"], e["y"], e["p"], stream.config.width, stream.config.height
-            )
-            fed_ev = hi_ev
-            while fed_fr < len(frames) and frames[fed_fr][0] <= tick:  # arrival by its own stamp
-                est.add_frame(*frames[fed_fr])
-                if sync is not None:
-                    sync.add_frame(frames[fed_fr][0])
-                fed_fr += 1
-            if sync is not None and trig_all is not None:
-                hi_tr = int(np.searchsorted(trig_t, tick, side="right"))
-                sync.add_triggers(trig_t[fed_tr:hi_tr], trig_all["id"][fed_tr:hi_tr], trig_all["p"][fed_tr:hi_tr])
-                fed_tr = hi_tr
-            tracker.observe_estimate(est.estimate())
-            if sync is not None:
-                tracker.observe_trigger(sync.fit(prior_ns=tracker.prior_ns()))
-            tick += step
-        applied = tracker.current()
-        out.append(applied.at(T))
+    src = ClockOffsetSource(initial_ns=0, bound_ns=400_000_000)
+    w, h = stream.config.width, stream.config.height
+    out: list[int] = []
+    sources: list[str] = []
+    for scene in stream.scenes:
+        for stamp, kind, item in scene.timeline():
+            while len(out) < len(stream.rounds) and kind == "events" and stamp > stream.rounds[len(out)]:
+                applied = src.current()  # the round opens as the event stream passes T
+                out.append(applied.at(stream.rounds[len(out)]))
+                sources.append(applied.source)
+            if isinstance(item, EventPacketData):
+                ev_ns = item.events["t"].astype(np.int64) * 1000 + stream.anchor_ns
+                tr_ns = item.triggers["t"].astype(np.int64) * 1000 + stream.anchor_ns
+                firsts = [int(a.min()) for a in (ev_ns, tr_ns) if a.size]
+                if firsts:
+                    src.add_packet(item.seq, min(firsts))
+                if source == "trigger" and tr_ns.size:
+                    src.add_triggers(tr_ns, item.triggers["id"], item.triggers["p"], arrival_s=stamp / 1e9)
+                e = item.events
+                src.add_events(ev_ns, e["x"], e["y"], e["p"], w, h)
+            elif isinstance(item, RgbFrame):
+                src.add_frame(item.stamp_ns, item.image, arrival_s=stamp / 1e9)
+            if src.due():
+                src.update()
+    while len(out) < len(stream.rounds):  # rounds past the last packet
+        applied = src.current()
+        out.append(applied.at(stream.rounds[len(out)]))
         sources.append(applied.source)
     return out, sources
 
