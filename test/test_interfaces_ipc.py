@@ -65,3 +65,16 @@ def test_field_comparison_notices_a_difference() -> None:
         [".events: bytes differ"],
         [".events: values differ"],
     )
+
+
+def test_draft_source_constants_are_the_cores() -> None:
+    """The messages' STAGE_* name the same sources as core.names (per-stage arrays are indexed by them)."""
+    from cascade_sd_ros.core.names import NUM_DRAFT_SOURCES, STAGE_DRAFTER, STAGE_HEAD, STAGE_REFINER
+    from cascade_sd_ros.msg import DraftTokens
+
+    assert (DraftTokens.STAGE_DRAFTER, DraftTokens.STAGE_REFINER, DraftTokens.STAGE_HEAD) == (
+        STAGE_DRAFTER,
+        STAGE_REFINER,
+        STAGE_HEAD,
+    )
+    assert NUM_DRAFT_SOURCES == 3
