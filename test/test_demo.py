@@ -209,6 +209,79 @@ def test_pipeline_config_names_a_bad_executor() -> None:
     assert PipelineConfig(use_sim_time=True).use_sim_time
 
 
+class _Floor:
+    """A stand-in for the demo's bare floor: which round it was asked to time, with which offset."""
+
+    def __init__(self) -> None:
+        self.measured: list[tuple[int, int, int | None]] = []
+
+    def measure(self, index: int, scenes: object, t_ns: int, offset_ns: int | None = None) -> None:
+        self.measured.append((index, t_ns, offset_ns))
+
+
+@pytest.mark.parametrize("relay", [True, False])
+def test_one_process_passes_follow_the_plan(monkeypatch: pytest.MonkeyPatch, relay: bool) -> None:
+    """One PassPlan carries what both passes play: the cascade's pass first, the floor of each scene
+    with the offset the cascade's round used, then the verifier alone on the target only, told the
+    cascade's offsets when the plan relays them."""
+    from types import SimpleNamespace
+
+    from cascade_sd_ros.tools import demo, pipeline
+
+    passes: list[tuple[object, ...]] = []
+    finals = {"cascade": {0: {"frame_offset_ms": 12.5}, 1: {"frame_offset_ms": float("nan")}}, "alone": {0: {}}}
+
+    def run_pass(config, models, scenes, rounds, rate, timeout_s, follow=None):  # type: ignore[no-untyped-def]
+        passes.append((config, sorted(models), len(scenes), rate, timeout_s, follow))
+        return finals[config]
+
+    monkeypatch.setattr(demo, "_run_pass", run_pass)
+    monkeypatch.setattr(pipeline, "load_models", lambda config: {"target": "T", "refiner": "R", "drafter": "D"})
+    floor = _Floor()
+    plan = demo.PassPlan(
+        config="cascade",
+        alone_config="alone",
+        scenes=("scene 0", "scene 1", "lead-out"),
+        rounds=SimpleNamespace(round_ids=(100, 200, 300)),
+        rate=2.0,
+        timeout_s=5.0,
+        bare=floor,  # type: ignore[arg-type]
+        relay=relay,
+        one_process=True,
+    )
+    cascade, alone = demo.run_passes(plan)
+    assert (cascade, alone) == (finals["cascade"], finals["alone"])
+    assert passes == [
+        ("cascade", ["drafter", "refiner", "target"], 3, 2.0, 5.0, None),
+        ("alone", ["target"], 3, 2.0, 5.0, finals["cascade"] if relay else None),
+    ]
+    # scene 1's round reported no offset: its floor cuts the clip with the pinned one
+    assert floor.measured == [(0, 100, 12_500_000), (1, 200, None)]
+
+
+def test_stage_process_passes_take_the_same_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from cascade_sd_ros.tools import demo
+
+    seen: list[object] = []
+    monkeypatch.setattr(demo, "_process_passes", lambda plan: seen.append(plan) or ({}, {}))
+    plan = demo.PassPlan(
+        config="cascade",
+        alone_config="alone",
+        scenes=(),
+        rounds=SimpleNamespace(round_ids=()),
+        rate=None,
+        timeout_s=1.0,
+        bare=_Floor(),  # type: ignore[arg-type]
+        relay=False,
+        one_process=False,
+    )
+    assert demo.run_passes(plan) == ({}, {}) and seen == [plan]
+    with pytest.raises(AttributeError):
+        plan.rate = 1.0  # type: ignore[misc]
+
+
 def test_demo_text_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--scenes", "1", "--models", "tiny:0", "--stages", "refiner,verifier", "--fast"]) == 0
     text = capsys.readouterr().out

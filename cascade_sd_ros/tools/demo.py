@@ -30,7 +30,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from cascade_sd_ros.core.names import STAGE_NAMES
 
@@ -419,12 +419,18 @@ def run_demo(
             for i in range(n_scenes):
                 bare_target.measure(i, scenes, rounds.round_ids[i])
             write_reference(reference, {rounds.round_ids[i]: bare_target.tokens[i] for i in bare_target.tokens})
-        if one_process:
-            cascade, alone = _one_process_passes(
-                config, alone_config, scenes, rounds, rate, timeout_s, bare_target, relay
-            )
-        else:
-            cascade, alone = _process_passes(config, alone_config, scenes, rounds, rate, timeout_s, bare_target, relay)
+        plan = PassPlan(
+            config=config,
+            alone_config=alone_config,
+            scenes=tuple(scenes),
+            rounds=rounds,
+            rate=rate,
+            timeout_s=timeout_s,
+            bare=bare_target,
+            relay=relay,
+            one_process=one_process,
+        )
+        cascade, alone = run_passes(plan)
     bare = bare_target.costs
     results = [
         _scene_result(
@@ -510,7 +516,7 @@ class BareClips:
         self.tokens: dict[int, list[int]] = {}
         self._warm = False
 
-    def measure(self, index: int, scenes: list[Any], t_ns: int, offset_ns: int | None = None) -> None:
+    def measure(self, index: int, scenes: Sequence[Any], t_ns: int, offset_ns: int | None = None) -> None:
         """Time scene ``index``'s round at ``T = t_ns`` (event clock) with the clock offset the round
         used (None: the pinned one); the first call also warms the target up, untimed."""
         import numpy as np
@@ -569,27 +575,40 @@ def _parts(msg: Any) -> dict[str, float]:
     return {k: round(v, 2) for k, v in parts.items()}
 
 
-def _one_process_passes(
-    config: Any,
-    alone_config: Any,
-    scenes: list[Any],
-    rounds: Any,
-    rate: float | None,
-    timeout_s: float,
-    bare: BareClips,
-    relay: bool,
-) -> tuple[dict[int, Any], dict[int, Any]]:
+@dataclass(frozen=True)
+class PassPlan:
+    """What the cascade's pass and the verifier alone's play, and how (:func:`run_passes`)."""
+
+    config: Any  # the cascade's PipelineConfig
+    alone_config: Any  # the verifier alone's: the same node without upstream stages
+    scenes: tuple[Any, ...]  # the scenes played, a lead-out last
+    rounds: Any  # SceneRounds: each scene's round id
+    rate: float | None  # sensor-rate multiple; None: as fast as the nodes take them
+    timeout_s: float  # per round's final caption
+    bare: BareClips  # the target's bare floor, measured scene by scene
+    relay: bool  # the verifier alone follows the clock offset of the cascade's rounds
+    one_process: bool  # both runs composed in this process instead of stage processes
+
+
+def run_passes(plan: PassPlan) -> tuple[dict[int, Any], dict[int, Any]]:
+    """The final caption fields per scene index of the cascade and of the verifier alone."""
+    return _one_process_passes(plan) if plan.one_process else _process_passes(plan)
+
+
+def _one_process_passes(plan: PassPlan) -> tuple[dict[int, Any], dict[int, Any]]:
     """Both runs composed in this process, one after the other (for debugging), the bare floor of
     each scene between them (with the offset the cascade's round used); ``relay``: the verifier alone
     is told that offset before each round, as the cascade's drafter told the cascade's verifier."""
     from cascade_sd_ros.tools.pipeline import load_models
 
-    models = load_models(config)
-    cascade = _run_pass(config, models, scenes, rounds, rate, timeout_s)
+    scenes, rounds = plan.scenes, plan.rounds
+    models = load_models(plan.config)
+    cascade = _run_pass(plan.config, models, scenes, rounds, plan.rate, plan.timeout_s)
     for i in range(len(scenes) - 1):
-        bare.measure(i, scenes, rounds.round_ids[i], _round_offset_ns(cascade.get(i)))
+        plan.bare.measure(i, scenes, rounds.round_ids[i], _round_offset_ns(cascade.get(i)))
+    follow = cascade if plan.relay else None
     alone = _run_pass(
-        alone_config, {"target": models["target"]}, scenes, rounds, rate, timeout_s, cascade if relay else None
+        plan.alone_config, {"target": models["target"]}, scenes, rounds, plan.rate, plan.timeout_s, follow
     )
     return cascade, alone
 
@@ -597,7 +616,7 @@ def _one_process_passes(
 def _run_pass(
     config: Any,
     models: dict[str, Any],
-    scenes: list[Any],
+    scenes: Sequence[Any],
     rounds: Any,
     rate: float | None,
     timeout_s: float,
@@ -660,16 +679,7 @@ def _relay_round(relay: Any, final: dict[str, Any] | None, t_ns: int) -> None:
         raise RuntimeError("the verifier alone did not acknowledge the clock offset it must follow")
 
 
-def _process_passes(
-    config: Any,
-    alone_config: Any,
-    scenes: list[Any],
-    rounds: Any,
-    rate: float | None,
-    timeout_s: float,
-    bare: BareClips,
-    relay: bool,
-) -> tuple[dict[int, Any], dict[int, Any]]:
+def _process_passes(plan: PassPlan) -> tuple[dict[int, Any], dict[int, Any]]:
     """The cascade's stages and the verifier alone as separate processes (as on a robot), fed scene
     by scene in turn, so whatever else this machine does hits both runs alike, and after each scene
     the target's bare cost on it (``bare``). The verifiers and the bare target get a CPU of their
@@ -682,9 +692,10 @@ def _process_passes(
     from cascade_sd_ros.tools.stage_processes import StageProcesses, cpu_plan
     from cascade_sd_ros.tools.stage_taps import StageTaps
 
+    rounds, relay, rate, timeout_s = plan.rounds, plan.relay, plan.rate, plan.timeout_s
     mine = os.sched_getaffinity(0)
     base = f"/cascade_sd_demo_{os.getpid()}"
-    runs = {"cascade": (config, f"{base}/cascade"), "alone": (alone_config, f"{base}/alone")}
+    runs = {"cascade": (plan.config, f"{base}/cascade"), "alone": (plan.alone_config, f"{base}/alone")}
     finals: dict[str, dict[int, Any]] = {"cascade": {}, "alone": {}}
     player_cpus = cpu_plan("player", mine)
     try:
@@ -696,7 +707,7 @@ def _process_passes(
                 taps.add(name, ns, cfg, relay_offsets=relay and name == "alone")
             taps.wait_ready(procs, timeout_s=max(timeout_s, 120.0))
             order = list(runs)
-            for i, scene in enumerate(scenes):
+            for i, scene in enumerate(plan.scenes):
                 for name in order if i % 2 == 0 or relay else order[::-1]:  # neither run always goes first
                     if name == "alone" and relay and i > 0:
                         _relay_round(
@@ -711,7 +722,7 @@ def _process_passes(
                         finals[name][i - 1] = _final_fields(msg, rejections)
                 if i > 0:  # scene i-1's round is over in both runs: its floor, on the same CPU, now
                     offset = _round_offset_ns(finals["cascade"].get(i - 1))
-                    bare.measure(i - 1, scenes, rounds.round_ids[i - 1], offset)
+                    plan.bare.measure(i - 1, plan.scenes, rounds.round_ids[i - 1], offset)
     finally:
         os.sched_setaffinity(0, mine)
     return finals["cascade"], finals["alone"]
