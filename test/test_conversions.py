@@ -21,6 +21,7 @@ from cascade_sd_ros.ros.image import (  # noqa: E402
     image_to_numpy,
     image_to_rgb8,
     numpy_to_image,
+    stamped_rgb8,
 )
 from cascade_sd_ros.ros.stamps import StampError, ns_to_stamp, seconds_to_ns, stamp_to_ns  # noqa: E402
 
@@ -118,6 +119,21 @@ def test_bad_images_are_rejected_with_a_clear_error(
 ) -> None:
     with pytest.raises(ImageEncodingError, match=match):
         image_to_rgb8(_raw(encoding, h, w, bytes(nbytes), step))
+
+
+def test_a_frame_is_its_stamp_and_rgb8_pixels_or_the_reason_it_is_not() -> None:
+    px = RNG.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    msg = numpy_to_image(px[:, :, ::-1].copy(), "bgr8")
+    ns_to_stamp(2_000_000_007, msg.header.stamp)
+    t_ns, rgb = stamped_rgb8(msg)  # type: ignore[misc]
+    assert t_ns == 2_000_000_007 and np.array_equal(rgb, px)
+    # the reasons are the conversions' own one-line errors
+    unset = numpy_to_image(px, "rgb8")
+    assert stamped_rgb8(unset) == "stamp is unset (0 s, 0 ns)"
+    bayer = _raw("bayer_rggb8", 2, 2, bytes(4), 2)
+    ns_to_stamp(1, bayer.header.stamp)
+    reason = stamped_rgb8(bayer)
+    assert isinstance(reason, str) and reason.startswith("unsupported image encoding 'bayer_rggb8'")
 
 
 def test_numpy_to_image_rejects_pixels_not_fitting_the_encoding() -> None:

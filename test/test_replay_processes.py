@@ -52,9 +52,10 @@ def test_a_remote_nodes_input_counts_come_from_its_diagnostics() -> None:
     assert RemoteNode("frame_refiner", "/", [], [], diag).input_counts() == {}  # type: ignore[arg-type]  # not heard yet
 
 
-def _image_cdr(store: Any, t_ns: int, value: int) -> bytes:
+def _image_cdr(store: Any, t_ns: int, value: int, stamp_ns: tuple[int, int] | None = None) -> bytes:
     types = store.types
-    stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9)
+    sec, nanosec = stamp_ns or (t_ns // 10**9, t_ns % 10**9)
+    stamp = types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
     pixels = np.full((6, 8, 3), value, np.uint8)
     msg = types["sensor_msgs/msg/Image"](
         header=types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera"),
@@ -79,6 +80,8 @@ def test_bag_clips_cut_the_verifiers_clip_from_the_published_frames() -> None:
         reference.insert(t, np.full((6, 8, 3), i, np.uint8))
     clips.on_record("event_camera_msgs/msg/EventPacket", b"not an image: ignored")
     clips.on_record("sensor_msgs/msg/Image", b"\x00\x01 garbage")  # a frame the verifier would skip
+    # and a stamp the verifier refuses (nanosec past a second: "11.988 s", the clip's end): skipped too
+    clips.on_record("sensor_msgs/msg/Image", _image_cdr(store, 0, 255, stamp_ns=(10, 1_988_000_000)))
     T = 12_000 * MS
     got = clips(7, T)
     want = select_clip(reference, T - 12 * MS, 1000 * MS, 8, 20 * MS)

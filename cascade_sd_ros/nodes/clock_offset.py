@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 from cascade_sd_ros.core.align import AppliedOffset, ClockJumpDetector, ClockOffsetSource, OffsetFollower, StreamOffsets
 from cascade_sd_ros.nodes.common import InputStats, StageNode
-from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
+from cascade_sd_ros.ros.image import stamped_rgb8
 from cascade_sd_ros.ros.outputs import ClockOffsetError, applied_from_msg, clock_offset_msg
-from cascade_sd_ros.ros.stamps import StampError, stamp_to_ns
+from cascade_sd_ros.ros.stamps import StampError
 
 OFFSET_UPDATE_S = 0.5  # [s] how often the meter looks at its estimate (it measures only when due)
 # the images only feed the estimate: at most 4 s of a 30 Hz camera queued, not the events' depth
@@ -52,12 +52,11 @@ class ClockOffsetMeter:
     def on_image(self, msg: Any) -> None:
         """A frame for the estimate only (its stamp on the RGB clock): nothing keeps it beyond that."""
         self.images.tick()
-        try:
-            t_ns = stamp_to_ns(msg.header.stamp)
-            rgb = image_to_rgb8(msg)
-        except (StampError, ImageEncodingError) as exc:
-            self.images.bad(str(exc))
+        frame = stamped_rgb8(msg)
+        if isinstance(frame, str):
+            self.images.bad(frame)
             return
+        t_ns, rgb = frame
         if self._jump.observe(t_ns):
             self._node.get_logger().warning("image time jumped backwards: the offset estimate starts over")
             self.source.reset()

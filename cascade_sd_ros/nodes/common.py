@@ -45,9 +45,9 @@ from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_
 from cascade_sd_ros.core.stages import RoundSchedule, Stage, UpstreamStage
 from cascade_sd_ros.core.stages.controlled import ControlledAcceptance
 from cascade_sd_ros.ros.dds_profile import use_node_profile
-from cascade_sd_ros.ros.image import ImageEncodingError, image_to_rgb8
+from cascade_sd_ros.ros.image import stamped_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
-from cascade_sd_ros.ros.stamps import StampError, seconds_to_ns, stamp_to_ns
+from cascade_sd_ros.ros.stamps import seconds_to_ns
 
 # Sensor streams: best effort, newest first, deep enough for a burst of event packets.
 SENSOR_QOS = QoSProfile(
@@ -984,12 +984,11 @@ class ImageInput:
     def __call__(self, msg: Any) -> None:
         node = self._node
         self.stats.tick()
-        try:
-            t_ns = stamp_to_ns(msg.header.stamp)
-            rgb = image_to_rgb8(msg)
-        except (StampError, ImageEncodingError) as exc:
-            self.stats.bad(str(exc))
+        frame = stamped_rgb8(msg)
+        if isinstance(frame, str):
+            self.stats.bad(frame)
             return
+        t_ns, rgb = frame
         with node.lock:
             got = self.ingest.add(t_ns, rgb)
             if got.malformed:

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from cascade_sd_ros.ros.stamps import StampError, stamp_to_ns
+
 # encoding -> (dtype, channels, colour order or None for "no colour information")
 ENCODINGS: dict[str, tuple[np.dtype, int, str | None]] = {
     "rgb8": (np.dtype(np.uint8), 3, "rgb"),
@@ -103,6 +105,16 @@ def image_to_rgb8(msg: Any) -> np.ndarray:
     if order == "bgra":
         return np.ascontiguousarray(px[:, :, 2::-1])
     raise ImageEncodingError(f"no conversion from {msg.encoding!r} to rgb8")
+
+
+def stamped_rgb8(msg: Any) -> tuple[int, np.ndarray] | str:
+    """A camera frame as a node takes it: (stamp in ns, uint8 ``[H, W, 3]`` RGB), or why it cannot
+    be taken (a bad stamp or an image :func:`image_to_rgb8` refuses), in one line for the input's
+    malformed count. Every image input decodes through here, so all count the same frames as bad."""
+    try:
+        return stamp_to_ns(msg.header.stamp), image_to_rgb8(msg)
+    except (StampError, ImageEncodingError) as exc:
+        return str(exc)
 
 
 def numpy_to_image(pixels: np.ndarray, encoding: str, header: Any | None = None) -> Any:

@@ -261,14 +261,16 @@ class BagClips:
     def feed(self, msgtype: str, raw: bytes) -> None:
         if msgtype != IMAGE_TYPE:
             return
-        from cascade_sd_ros.ros.image import image_to_rgb8
+        from cascade_sd_ros.ros.image import stamped_rgb8
 
         try:
             msg = self._store.deserialize_cdr(raw, msgtype)
-            rgb = image_to_rgb8(msg)
-        except Exception:  # noqa: BLE001 - a frame the verifier would skip as malformed: skipped here too
+        except Exception:  # noqa: BLE001 - a record the verifier could not take either: skipped here too
             return
-        t_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        frame = stamped_rgb8(msg)  # the verifier's own decode: the frames it skips as malformed, skipped
+        if isinstance(frame, str):
+            return
+        t_ns, rgb = frame
         with self._lock:
             self._buffer.insert(t_ns, rgb)
 
