@@ -44,9 +44,11 @@ from cascade_sd_ros.core.spec.text_drafts import DRAFT_IDS_MODES
 from cascade_sd_ros.core.stage_model import BACKENDS, StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule, Stage, UpstreamStage
 from cascade_sd_ros.core.stages.controlled import ControlledAcceptance
+from cascade_sd_ros.nodes.overrides import ignored_overrides
 from cascade_sd_ros.ros.dds_profile import use_node_profile
 from cascade_sd_ros.ros.image import stamped_rgb8
 from cascade_sd_ros.ros.outputs import diagnostics_msg
+from cascade_sd_ros.ros.param_files import override_sources
 from cascade_sd_ros.ros.stamps import seconds_to_ns
 
 # Sensor streams: best effort, newest first, deep enough for a burst of event packets.
@@ -553,6 +555,7 @@ class StageNode(LifecycleNode, Generic[C]):
         model: StageModel | None,
         parameter_overrides: list[Parameter] | None,
         namespace: str | None,
+        ros_args: Sequence[str] = (),
     ) -> None:
         self.guard = CallbackGuard(self)  # before Node.__init__: its time source subscribes to /clock
         super().__init__(name, context=context, namespace=namespace, parameter_overrides=parameter_overrides or [])
@@ -561,6 +564,7 @@ class StageNode(LifecycleNode, Generic[C]):
         self._role = role
         self._given_model = model
         declare(self, self._params)
+        self.ignored_parameters = self._warn_ignored_overrides(parameter_overrides or [], ros_args)
         self.lock = threading.Lock()  # guards the node's input buffers
         self.prompts_in = InputStats(self, "prompts")
         self.live_params = {p.name for p in params if p.live}
@@ -584,6 +588,18 @@ class StageNode(LifecycleNode, Generic[C]):
         self._create_diagnostics_timer()
         if self.get_parameter("autostart").value:
             self.start_up()
+
+    def _warn_ignored_overrides(self, given: Sequence[Parameter], ros_args: Sequence[str]) -> tuple[str, ...]:
+        """One warning per override this node does not declare (see ``nodes/overrides.py``):
+        ``given`` the constructor's, ``ros_args`` the process's command line (its params files and
+        ``-p`` rules); returns the warnings."""
+        sources = override_sources(ros_args, self.get_fully_qualified_name())
+        named = {p.name for p in given} | sources.named
+        undeclared = [n for n in named | sources.shared if not self.has_parameter(n)]
+        lines = ignored_overrides(self.get_name(), undeclared, named)
+        for line in lines:
+            self.get_logger().warning(line)
+        return tuple(lines)
 
     # ------------------------------------------------------------------ lifecycle
     def start_up(self) -> None:
@@ -1017,8 +1033,10 @@ class ImageInput:
 GIL_SWITCH_S = 0.0005
 
 
-def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None) -> int:
+def spin_node(make: Callable[[Sequence[str]], Node], args: Sequence[str] | None = None) -> int:
     """The nodes' main(): init, spin a SingleThreadedExecutor, shut down cleanly on Ctrl-C.
+    ``make`` gets the command line rclpy was initialised with (``args``, else ``sys.argv``): a stage
+    node tells from its ``--params-file`` blocks and ``-p`` rules which overrides were written for it.
 
     One executor thread: a node's callbacks only convert messages and hand them to its Stage, whose
     own thread runs the model; work slower than a message goes to a :class:`BackgroundTimer`. A
@@ -1038,13 +1056,14 @@ def spin_node(make: Callable[[], Node], args: Sequence[str] | None = None) -> in
     # Registered as an exit handler, so a process that goes on after this returns is not affected.
     atexit.register(gc.freeze)
     use_node_profile()  # before the participant exists: a killed peer's lease must be short
-    rclpy.init(args=args)
+    argv = list(sys.argv if args is None else args)
+    rclpy.init(args=argv)
     # the worker's torch ops release the GIL and must win it back from executor threads handling
     # sensor messages; at Python's 5 ms default each win-back can cost a whole interval
     sys.setswitchinterval(GIL_SWITCH_S)
     node: Node | None = None
     try:
-        node = make()
+        node = make(argv)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

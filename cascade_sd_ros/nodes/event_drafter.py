@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -208,6 +208,7 @@ class EventDrafter(StageNode[DrafterConfig]):
         model: StageModel | None = None,
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
+        ros_args: Sequence[str] = (),
     ) -> None:
         super().__init__(
             NODE_OF_STAGE["drafter"],
@@ -218,6 +219,7 @@ class EventDrafter(StageNode[DrafterConfig]):
             model=model,
             parameter_overrides=parameter_overrides,
             namespace=namespace,
+            ros_args=ros_args,
         )
 
     def build(self) -> None:
@@ -473,7 +475,7 @@ class EventDrafter(StageNode[DrafterConfig]):
 
 
 def main(args: list[str] | None = None) -> int:
-    return spin_node(lambda: EventDrafter(), args)
+    return spin_node(lambda argv: EventDrafter(ros_args=argv), args)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ id and stamp as they are heard of (a stage-0 draft or a commit). No frame within
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
@@ -142,6 +142,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
         model: StageModel | None = None,
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
+        ros_args: Sequence[str] = (),
     ) -> None:
         super().__init__(
             NODE_OF_STAGE["refiner"],
@@ -152,6 +153,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
             model=model,
             parameter_overrides=parameter_overrides,
             namespace=namespace,
+            ros_args=ros_args,
         )
 
     def build(self) -> None:
@@ -334,7 +336,7 @@ class FrameRefiner(StageNode[RefinerConfig]):
 
 
 def main(args: list[str] | None = None) -> int:
-    return spin_node(lambda: FrameRefiner(), args)
+    return spin_node(lambda argv: FrameRefiner(ros_args=argv), args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -229,6 +229,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
         model: StageModel | None = None,
         parameter_overrides: list[Parameter] | None = None,
         namespace: str | None = None,
+        ros_args: Sequence[str] = (),
     ) -> None:
         super().__init__(
             NODE_OF_STAGE["verifier"],
@@ -239,6 +240,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             model=model,
             parameter_overrides=parameter_overrides,
             namespace=namespace,
+            ros_args=ros_args,
         )
 
     def build(self) -> None:
@@ -612,7 +614,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
 
 def main(args: list[str] | None = None) -> int:
-    return spin_node(lambda: VideoVerifier(), args)
+    return spin_node(lambda argv: VideoVerifier(ros_args=argv), args)
 
 
 if __name__ == "__main__":

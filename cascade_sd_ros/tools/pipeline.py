@@ -40,6 +40,7 @@ from cascade_sd_ros.core.names import (
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule
 from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS
+from cascade_sd_ros.nodes.overrides import check_pipeline_params, declared_by_node
 
 # The player publishes like a bag player: reliable and deep, so the stages (subscribed with
 # sensor_reliability=reliable, see SENSOR_PARAMS) get every message of a burst.
@@ -86,6 +87,7 @@ class PipelineConfig:
         bad = [k for k in self.params if k != "common" and k not in NODE_OF_STAGE.values()]
         if bad:
             raise ValueError(f"params keys must be 'common' or node names {list(NODE_OF_STAGE.values())}, got {bad}")
+        check_pipeline_params(self.params)  # a parameter no node would take: said now, not ignored
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.executor == "events" and self.use_sim_time:
@@ -110,7 +112,12 @@ class PipelineConfig:
         return int("drafter" in self.stages)
 
     def overrides(self, stage: str) -> list[Parameter]:
-        merged = {**self.params.get("common", {}), **self.params.get(NODE_OF_STAGE[stage], {})}
+        """The stage node's overrides: the common ones it declares (the others are other stages'),
+        then its own."""
+        node = NODE_OF_STAGE[stage]
+        declared = declared_by_node()[node]
+        common = {k: v for k, v in self.params.get("common", {}).items() if k in declared}
+        merged = {**common, **self.params.get(node, {})}
         merged["model"] = self.source(ROLE_OF_STAGE[stage])
         merged.setdefault("device", self.device)
         merged.setdefault("dtype", self.dtype)

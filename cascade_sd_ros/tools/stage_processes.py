@@ -95,6 +95,12 @@ class StageProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def params_file_body(namespace: str, node: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A ``--params-file`` for one stage process: its parameters in a block named by the node's full
+    name (as launch_ros writes a node's own parameters), not ``/**``, which every node reads."""
+    return {f"{namespace.rstrip('/')}/{node}": {"ros__parameters": _plain(params)}}
+
+
 @dataclass
 class StageProcesses:
     """A group of stage processes; a context manager that always stops what it started."""
@@ -113,7 +119,8 @@ class StageProcesses:
             params = {p.name: p.value for p in config.overrides(stage)}
             name = f"{tag or namespace.strip('/').replace('/', '_')}_{node}"
             params_file = self.workdir / f"{name}.yaml"
-            params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": _plain(params)}}))
+            # a block naming the node: what it does not declare is a mistake it reports (nodes/overrides.py)
+            params_file.write_text(yaml.safe_dump(params_file_body(namespace, node, params)))
             log_path = self.workdir / f"{name}.log"
             env = {**os.environ, "OMP_NUM_THREADS": str(self.torch_threads), "PYTHONUNBUFFERED": "1"}
             cmd = [
