@@ -4,7 +4,9 @@ with the same reasons, the good ones handed on with their stamps."""
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -12,9 +14,9 @@ import pytest
 
 pytest.importorskip("sensor_msgs.msg")
 
-from helpers.fake_node import RecordingNode  # noqa: E402
+from helpers.fake_node import WorkerNode  # noqa: E402
 
-from cascade_sd_ros.core.align import FrameIngest, StreamOffsets  # noqa: E402
+from cascade_sd_ros.core.align import AppliedOffset, FrameIngest, StreamOffsets  # noqa: E402
 from cascade_sd_ros.core.stages.schedule import RoundSchedule  # noqa: E402
 from cascade_sd_ros.nodes.clock_offset import ClockOffsetMeter  # noqa: E402
 from cascade_sd_ros.nodes.common import ImageInput  # noqa: E402
@@ -39,18 +41,28 @@ class _Stage:
 
 
 class _Source:
+    """What the meter's worker hands the offset source: the frames' stamps (it never measures)."""
+
+    pinned = False
+
     def __init__(self) -> None:
         self.frames: list[int] = []
 
-    def add_frame(self, t_ns: int, image: np.ndarray) -> None:
+    def add_frame(self, t_ns: int, image: np.ndarray, arrival_s: float | None = None) -> None:
         self.frames.append(t_ns)
+
+    def update(self) -> AppliedOffset:
+        return AppliedOffset(0, 0.0, 0, math.inf, False, "initial")
+
+    def idle(self) -> bool:
+        return True
 
     def reset(self) -> None:
         pass
 
 
 def _node() -> Any:
-    node: Any = RecordingNode()
+    node: Any = WorkerNode()
     node.lock, node.stage = threading.Lock(), _Stage()
     return node
 
@@ -77,7 +89,7 @@ def _messages() -> list[Any]:
 def test_both_image_inputs_count_the_same_frames_malformed_for_the_same_reasons() -> None:
     meter_node, input_node = _node(), _node()
     source = _Source()
-    meter = ClockOffsetMeter(meter_node, source, lambda msg: None, lambda: None, "camera", 1000 * MS)  # type: ignore[arg-type]
+    meter = ClockOffsetMeter(meter_node, source, lambda msg: None, "camera", 1000 * MS)  # type: ignore[arg-type]
     ingest = FrameIngest(
         offsets=StreamOffsets({"image": 0}),
         buffer_size=10,
@@ -86,9 +98,15 @@ def test_both_image_inputs_count_the_same_frames_malformed_for_the_same_reasons(
         slop_ns=20 * MS,
     )
     images = ImageInput(input_node, ingest, reset_what="frames", on_jump=lambda: None)
-    for msg in _messages():
-        meter.on_image(msg)
-        images(msg)
+    try:
+        for msg in _messages():
+            meter.on_image(msg)
+            images(msg)
+        deadline = time.monotonic() + 10
+        while not meter.idle() and time.monotonic() < deadline:  # the meter's worker feeds the source
+            time.sleep(0.01)
+    finally:
+        meter_node.stop_workers()
     for stats in (meter.images, images.stats):
         assert (stats.received, stats.malformed) == (5, 3)
     assert source.frames == [100 * MS, 166 * MS]

@@ -229,7 +229,7 @@ def test_autostart_is_the_default_and_a_node_reports_ready_only_once_warmed_up(r
 
 
 def test_the_drafters_offset_timer_is_made_by_configure_and_dropped_by_cleanup(rclpy_context: Any) -> None:
-    """The background timer (the drafter's offset estimate, off its executor) lives from configure to
+    """The background worker (the drafter's offset estimate, off its executor) lives from configure to
     cleanup, like everything configure makes."""
     from cascade_sd_ros.nodes.event_drafter import EventDrafter
 

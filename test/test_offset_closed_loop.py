@@ -64,14 +64,16 @@ def test_the_offset_is_measured_applied_shared_and_reported(rclpy_context: Any) 
             # before the next scene plays
             sent += len(scenes[i].packets)
             deadline = time.monotonic() + 20
-            while (drafter.events_in.received < sent or not drafter.clock.idle()) and time.monotonic() < deadline:
+            while (
+                drafter.events_in.received < sent or not drafter.offset_meter.idle()
+            ) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert drafter.events_in.received >= sent, (drafter.events_in.received, sent)
             if confident_after is None and drafter.clock.current().confident:
                 confident_after = i
         assert finals[0] is not None and finals[0].frame_offset_source == "initial" and finals[0].frame_offset_ms == 0.0
-        # confident once a few estimates agree: after at most 4 scenes (8 s) even on loaded cores, where
-        # the drafter's timer runs fewer estimates while a scene plays
+        # confident once a few estimates agree: after at most 4 scenes (8 s); the estimates fall due by
+        # event time, however loaded the cores
         assert confident_after is not None and confident_after <= 3, confident_after
         # round i opens while scene i plays (before its end: the initial offset 0 puts it 180 ms early), so
         # every round after that scene's uses the estimate
@@ -177,13 +179,15 @@ def test_strobe_edges_in_the_drafters_events_give_every_stage_the_exact_offset(r
         finals: dict[int, Any] = {}
         sent = 0
         for i in range(len(scenes)):
-            # the first scene at the sensors' rate (the drafter's timer fits the strobe while it plays, as
+            # the first scene at the sensors' rate (the drafter's worker fits the strobe while it plays, as
             # on a robot); the rest as fast as the rounds go, the drafter's work done in between
             rate = 1.0 if i == 0 else None
             finals.update(play_scenes(pipeline, player, scenes[i : i + 1], rounds, first=i, timeout_s=30, rate=rate))
             sent += len(scenes[i].packets)
             deadline = time.monotonic() + 20
-            while (drafter.events_in.received < sent or not drafter.clock.idle()) and time.monotonic() < deadline:
+            while (
+                drafter.events_in.received < sent or not drafter.offset_meter.idle()
+            ) and time.monotonic() < deadline:
                 time.sleep(0.05)
         applied = drafter.clock.current()
         assert applied.source == "trigger", (applied, drafter.clock.tracker.last_trigger, drafter.clock.start_note)

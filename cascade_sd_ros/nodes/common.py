@@ -489,29 +489,37 @@ def warm_up_event_decoders(node: Node) -> None:
     node.get_logger().info(f"event decoders warmed up in {warm_up_decoders() * 1e3:.0f} ms")
 
 
-class BackgroundTimer:
-    """A periodic callback on a daemon thread of its own, for work too slow for a node's one executor
-    thread (an offset estimate costs up to a few hundred ms): it must not hold up the messages behind
-    it. The callback must be thread-safe against the node's callbacks; what it raises is the guard's."""
+class BackgroundWorker:
+    """A callback on a daemon thread of its own, run each time it is woken (the data it works on
+    arrived), for work too slow for a node's one executor thread (an offset estimate costs up to a
+    few hundred ms): it must not hold up the messages behind it. Wakes while it runs coalesce into
+    one more run, so the callback takes whatever is waiting. The callback must be thread-safe against
+    the node's callbacks; what it raises is the guard's."""
 
-    def __init__(self, period_s: float, callback: Callable[[], Any], name: str) -> None:
-        if period_s <= 0:
-            raise ValueError(f"period must be > 0, got {period_s}")
-        self._period_s = period_s
+    def __init__(self, callback: Callable[[], Any], name: str) -> None:
         self._callback = callback
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        self._wake.set()
+
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._period_s):
+        while True:
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._wake.clear()  # before the run: what arrives during it wakes the next one
             self._callback()
 
 
@@ -528,7 +536,7 @@ class StageNode(LifecycleNode, Generic[C]):
       buffered and the rounds left open are void), opens the inputs and enables the round and caption
       publishers; ``deactivate`` undoes that, so no round runs and every input is dropped (counted);
     * ``cleanup`` / ``shutdown`` / an error stop the worker and drop what configure made: every
-      subscription, publisher, timer and background timer :meth:`build` created and every attribute
+      subscription, publisher, timer and background worker :meth:`build` created and every attribute
       it set (the timers idle while inactive), so the model
       (unless it was handed in at construction; its owner keeps it) is released.
 
@@ -580,7 +588,7 @@ class StageNode(LifecycleNode, Generic[C]):
         self.inputs_inactive = 0  # messages and timer ticks dropped while not active
         self._built_attrs: frozenset[str] = frozenset()
         self._built_entities: list[Any] = []
-        self._background: list[BackgroundTimer] = []  # made in build(), like the entities
+        self._background: list[BackgroundWorker] = []  # made in build(), like the entities
 
         from diagnostic_msgs.msg import DiagnosticArray
 
@@ -735,8 +743,8 @@ class StageNode(LifecycleNode, Generic[C]):
         stage = vars(self).get("stage")
         if stage is not None:
             stage.stop()
-        for timer in self._background:
-            timer.stop()
+        for worker in self._background:
+            worker.stop()
         self._background = []
         for entity in self._built_entities:
             if isinstance(entity, LifecyclePublisher):
@@ -778,15 +786,16 @@ class StageNode(LifecycleNode, Generic[C]):
             **kwargs,
         )
 
-    def create_background_timer(self, period_s: float, callback: Callable[[], Any]) -> BackgroundTimer:
-        """A periodic callback off the executor (:class:`BackgroundTimer`), guarded like a timer's and
-        idle while the node is not active; made in :meth:`build`, stopped on cleanup and by :meth:`close`."""
+    def create_background_worker(self, callback: Callable[[], Any]) -> BackgroundWorker:
+        """A callback off the executor, run when woken (:class:`BackgroundWorker`), guarded like a
+        timer's and idle while the node is not active; made in :meth:`build`, stopped on cleanup and
+        by :meth:`close`."""
         name = getattr(callback, "__name__", "background").lstrip("_")
         gated = self._while_active(callback, count=False)
-        timer = BackgroundTimer(period_s, self.guard.wrap(f"background {name}", gated), f"{self.get_name()}_{name}")
-        self._background.append(timer)
-        timer.start()
-        return timer
+        worker = BackgroundWorker(self.guard.wrap(f"background {name}", gated), f"{self.get_name()}_{name}")
+        self._background.append(worker)
+        worker.start()
+        return worker
 
     def _while_active(self, fn: Callable[..., Any], count: bool = True) -> Callable[..., Any]:
         """``fn`` only while the node is active; otherwise dropped (messages counted in ``inputs_inactive``)."""
@@ -964,10 +973,10 @@ class StageNode(LifecycleNode, Generic[C]):
         return out
 
     def close(self) -> None:
-        """Stop the worker and the background timers (main()'s clean-up; bounded), whatever the state."""
+        """Stop the worker and the background workers (main()'s clean-up; bounded), whatever the state."""
         self._active = False
-        for timer in self._background:
-            timer.stop()
+        for worker in self._background:
+            worker.stop()
         stage = vars(self).get("stage")
         if stage is not None:
             stage.stop()
@@ -1039,7 +1048,7 @@ def spin_node(make: Callable[[Sequence[str]], Node], args: Sequence[str] | None 
     node tells from its ``--params-file`` blocks and ``-p`` rules which overrides were written for it.
 
     One executor thread: a node's callbacks only convert messages and hand them to its Stage, whose
-    own thread runs the model; work slower than a message goes to a :class:`BackgroundTimer`. A
+    own thread runs the model; work slower than a message goes to a :class:`BackgroundWorker`. A
     MultiThreadedExecutor rebuilt its wait set in Python on every spin and dispatched through a
     thread pool, holding the GIL and the core the model's passes need: on two cores the verifier
     alone ran at 1.25-1.36x the target's bare cost with it, 0.97-0.99x with this (bench/RESULTS.md).

@@ -46,7 +46,7 @@ from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages import DrafterStage, RoundOpener, StageInput
 from cascade_sd_ros.core.stages.activity import ActivityTrigger
-from cascade_sd_ros.nodes.clock_offset import IMAGE_QOS_DEPTH, OFFSET_UPDATE_S, ClockOffsetMeter
+from cascade_sd_ros.nodes.clock_offset import IMAGE_QOS_DEPTH, ClockOffsetMeter
 from cascade_sd_ros.nodes.common import (
     COMMON_PARAMS,
     CONTROLLED_PARAMS,
@@ -264,13 +264,10 @@ class EventDrafter(StageNode[DrafterConfig]):
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_drafts = self.create_lifecycle_publisher(DraftTokens, TOPIC_DRAFTS_DRAFTER, ROUND_QOS)
         self.pub_clock_offset = self.create_lifecycle_publisher(ClockOffset, TOPIC_CLOCK_OFFSET, LATCHED_QOS)
+        # fed on its own thread, measuring whenever the data make an estimate due (an estimate
+        # costs up to a few hundred ms of CPU: off the executor, never on a packet's path)
         self.offset_meter = ClockOffsetMeter(
-            self,
-            self.clock,
-            self.pub_clock_offset.publish,
-            lambda: self._jump.newest,
-            self.cfg.frame_id,
-            self.cfg.jump_tolerance_ns,
+            self, self.clock, self.pub_clock_offset.publish, self.cfg.frame_id, self.cfg.jump_tolerance_ns
         )
         self.images_in = self.offset_meter.images
         self._features = self._features_tap() if self.cfg.publish_features else None
@@ -285,8 +282,6 @@ class EventDrafter(StageNode[DrafterConfig]):
             self.create_subscription(Image, TOPIC_IMAGE, self.offset_meter.on_image, image_qos, callback_group=inputs)
         self.create_subscription(Commit, TOPIC_COMMIT, self._on_commit, ROUND_QOS, callback_group=inputs)
         self.create_subscription(String, TOPIC_PROMPT, self._on_prompt, PROMPT_QOS, callback_group=inputs)
-        # an estimate costs up to a few hundred ms of CPU: off the executor, never on a packet's path
-        self.create_background_timer(OFFSET_UPDATE_S, self.offset_meter.update_offset)
         self.stage = DrafterStage(
             self.model,
             self._resolve,
