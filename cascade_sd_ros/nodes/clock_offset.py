@@ -24,7 +24,6 @@ import numpy as np
 
 from cascade_sd_ros.core.align import AppliedOffset, ClockJumpDetector, ClockOffsetSource, OffsetFollower, StreamOffsets
 from cascade_sd_ros.nodes.common import InputStats, StageNode
-from cascade_sd_ros.ros.image import stamped_rgb8
 from cascade_sd_ros.ros.outputs import ClockOffsetError, applied_from_msg, clock_offset_msg
 from cascade_sd_ros.ros.stamps import StampError
 
@@ -73,10 +72,8 @@ class ClockOffsetMeter:
 
     def on_image(self, msg: Any) -> None:
         """A frame for the estimate only (its stamp on the RGB clock): nothing keeps it beyond that."""
-        self.images.tick()
-        frame = stamped_rgb8(msg)
-        if isinstance(frame, str):
-            self.images.bad(frame)
+        frame = self.images.take_frame(msg)
+        if frame is None:
             return
         t_ns, rgb = frame
         if self._jump.observe(t_ns):

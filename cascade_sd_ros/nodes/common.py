@@ -306,6 +306,16 @@ class InputStats:
         if log:
             self._node.get_logger().warning(f"{self.name}: skipped malformed message ({reason}); {count} so far")
 
+    def take_frame(self, msg: Any) -> tuple[int, np.ndarray] | None:
+        """An image message received: (stamp ns, rgb8 pixels), or None for one that cannot be taken
+        (counted malformed, its reason logged): every image input counts frames this one way."""
+        self.tick()
+        frame = stamped_rgb8(msg)
+        if isinstance(frame, str):
+            self.bad(frame)
+            return None
+        return frame
+
     def rate_hz(self) -> float:
         with self._lock:
             if len(self._times) < 2:
@@ -1008,10 +1018,8 @@ class ImageInput:
 
     def __call__(self, msg: Any) -> None:
         node = self._node
-        self.stats.tick()
-        frame = stamped_rgb8(msg)
-        if isinstance(frame, str):
-            self.stats.bad(frame)
+        frame = self.stats.take_frame(msg)
+        if frame is None:
             return
         t_ns, rgb = frame
         with node.lock:
