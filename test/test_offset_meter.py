@@ -110,3 +110,53 @@ def test_what_waits_for_the_worker_is_bounded_and_the_drops_counted(monkeypatch:
     values = meter.values(0)
     assert (values["frame_offset_inputs_queued"], values["frame_offset_inputs_dropped"]) == (3, 7)
     assert not meter.idle()
+
+
+@pytest.mark.ros
+def test_the_drafter_node_runs_as_many_estimates_as_fast_as_at_sensor_rate(rclpy_context: Any) -> None:
+    """The drafter node over DDS: the same scenes played as fast as its queues take them and at
+    sensor rate (4x, to keep the test short) get the same number of estimates."""
+    from cascade_sd_ros.tools.pipeline import PipelineConfig, SensorPlayer, build_pipeline, scene_rounds
+
+    stream = StreamConfig(
+        n_scenes=4,
+        height=SIZE,
+        width=SIZE,
+        seed=1,
+        motions=("left", "right", "up", "down"),
+        clocks=ClockModel(event_offset_ns=TRUE_NS),
+        packets=PacketConfig(time_threshold_us=5000),
+        esim=replace(EsimConfig(), noise_rate_hz=0.1),
+    )
+    scenes = list(iter_scenes(stream))
+    params = scene_rounds(stream).params(oracle=False)
+    config = PipelineConfig(models={"drafter": "tiny:0"}, stages=("drafter",), params=params)
+    estimates = []
+    for rate in (None, 4.0):
+        namespace = f"/rate_{int(rate or 0)}"  # each run its own topics
+        pipeline = build_pipeline(replace(config, namespace=namespace), rclpy_context)
+        player = SensorPlayer(context=rclpy_context, namespace=namespace)
+        pipeline.start()
+        try:
+            assert player.wait_matched(config.image_subscribers(), config.event_subscribers())
+            drafter = pipeline.stage_nodes["drafter"]
+            sent = (0, 0)
+            for scene in scenes:
+                player.play(scene, event_offset_ns=TRUE_NS, rate=rate)
+                # as a replay's back-pressure does: the next scene once the drafter took this one (its
+                # queues hold one scene), not once its estimates are done
+                sent = (sent[0] + len(scene.packets), sent[1] + len(scene.frames))
+                deadline = time.monotonic() + 30
+                while (drafter.events_in.received, drafter.images_in.received) != sent:
+                    assert time.monotonic() < deadline, (drafter.events_in.received, drafter.images_in.received, sent)
+                    time.sleep(0.005)
+            deadline = time.monotonic() + 60
+            while not drafter.offset_meter.idle() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (drafter.events_in.received, drafter.images_in.received) == sent
+            assert drafter.offset_meter.idle() and drafter.offset_meter.dropped == 0
+            estimates.append(drafter.clock.estimates)
+        finally:
+            pipeline.close()
+            player.destroy_node()
+    assert estimates[0] == estimates[1] >= 4, estimates
