@@ -160,3 +160,43 @@ def test_the_drafter_node_runs_as_many_estimates_as_fast_as_at_sensor_rate(rclpy
             pipeline.close()
             player.destroy_node()
     assert estimates[0] == estimates[1] >= 4, estimates
+
+
+def test_a_strobe_fitted_at_every_edge_is_published_each_time_and_logged_once() -> None:
+    """Fits follow the edges (a packet with new edges makes one due), each nudging the applied value
+    by microseconds: every change is published, the log says it when it matters."""
+    from cascade_sd_ros.core.synth.stream import StrobeConfig
+
+    stream = StreamConfig(
+        n_scenes=2,
+        height=SIZE,
+        width=SIZE,
+        seed=3,
+        clocks=ClockModel(event_offset_ns=-120_000_000),
+        packets=PacketConfig(time_threshold_us=5000),
+        strobe=StrobeConfig(),
+    )
+    node = WorkerNode()
+    published: list[Any] = []
+    meter = ClockOffsetMeter(node, ClockOffsetSource(initial_ns=0), published.append, "camera", 10**9)  # type: ignore[arg-type]
+    try:
+        for scene in iter_scenes(stream):
+            for _, kind, item in scene.timeline():
+                if kind == "events":
+                    data = item.events if item.events.size else item.triggers
+                    base = item.stamp_ns - int(data["t"][0]) * 1000
+                    t = item.events["t"].astype(np.int64) * 1000 + base
+                    trig_t = item.triggers["t"].astype(np.int64) * 1000 + base
+                    decoded = StreamEvents(cd=item.events, t_ns=t, triggers=item.triggers, trigger_t_ns=trig_t)
+                    meter.add_events(decoded, SIZE, SIZE, item.seq)
+                elif kind == "image":
+                    msg = numpy_to_image(item.image, "rgb8")
+                    ns_to_stamp(item.stamp_ns, msg.header.stamp)
+                    meter.on_image(msg)
+        _wait_idle(meter)
+    finally:
+        node.stop_workers()
+    final = applied_from_msg(published[-1])
+    assert final.source == "trigger" and final.confident and abs(final.offset_ns + 120_000_000) <= 1_000_000
+    lines = [line for line in node.logger.lines if line.startswith("clock offset")]
+    assert len(published) > 10 and 1 <= len(lines) <= 2, (len(published), lines)

@@ -36,6 +36,10 @@ IMAGE_QOS_DEPTH = 120
 # 4.7 s of a 30 Hz VGA camera, 16 s at 346x260.
 QUEUED_EVENTS = 2_000_000
 QUEUED_FRAME_BYTES = 128 * 2**20
+# A strobe is fitted at every packet with new edges (30 Hz), and each fit moves the applied value by
+# microseconds: it is published each time (followers take the newest), logged only when it became
+# confident, changed source or moved by more than this since the last line
+LOG_MOVE_NS = 1_000_000
 
 
 class ClockOffsetMeter:
@@ -57,6 +61,7 @@ class ClockOffsetMeter:
         self._frame_id = frame_id
         self._jump = ClockJumpDetector(jump_tolerance_ns)
         self._published: AppliedOffset | None = None
+        self._logged: AppliedOffset | None = None  # the last confident value the log announced
         self.images = InputStats(node, "images")
         # the inputs in arrival order, waiting for the worker, each with its arrival time (steady
         # clock: the strobe's start check compares them): ("frame", t_ns, rgb, arrival_s) or
@@ -172,7 +177,11 @@ class ClockOffsetMeter:
             return  # nothing to stamp it with yet (and no rounds to apply it to): the first packet will do
         self._published = applied
         self._publish(clock_offset_msg(applied, stamp, self._frame_id))
-        if applied.confident and (last is None or not last.confident or last.offset_ns != applied.offset_ns):
+        logged = self._logged
+        if applied.confident and (
+            logged is None or logged.source != applied.source or abs(applied.at(stamp) - logged.at(stamp)) > LOG_MOVE_NS
+        ):
+            self._logged = applied
             self._node.get_logger().info(
                 f"clock offset {applied.at(stamp) / 1e6:.2f} ms applied ({applied.source}, "
                 f"±{applied.uncertainty_ns / 1e6:.2f} ms)"
