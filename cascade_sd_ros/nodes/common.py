@@ -1072,6 +1072,7 @@ def spin_node(make: Callable[[Sequence[str]], Node], args: Sequence[str] | None 
     # skipped; nothing else of the exit is (atexit handlers, module teardown, DDS destructors run).
     # Registered as an exit handler, so a process that goes on after this returns is not affected.
     atexit.register(gc.freeze)
+    _first_sigint_only()  # before rclpy.init, whose SIGINT handler chains to it
     use_node_profile()  # before the participant exists: a killed peer's lease must be short
     argv = list(sys.argv if args is None else args)
     rclpy.init(args=argv)
@@ -1106,6 +1107,25 @@ def spin_node(make: Callable[[Sequence[str]], Node], args: Sequence[str] | None 
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def _first_sigint_only() -> None:
+    """SIGINT stops the node once (KeyboardInterrupt, as Python's default) and is ignored after: a
+    second one arriving between the executor's exit and clean-up's ``_ignore_sigint`` raised inside
+    clean-up (a traceback and exit -2 when the two came together, as a terminal's and launch's do)."""
+    stopping = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        pass  # not the main thread (a test calling main() from a thread): nothing to protect
 
 
 def _ignore_sigint() -> None:

@@ -443,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     from cascade_sd_ros.tools.replay.report import throughput_line
 
-    tp_line = throughput_line(result.report["run"].get("throughput"))
+    tp_line = throughput_line((result.report.get("run") or {}).get("throughput"))
     if tp_line:
         print(tp_line)
     return 3 if inp.get("storage_error") or inp["corrupt_records"] else 0  # 3: partial (damaged input)
