@@ -49,12 +49,16 @@ def test_a_position_drafted_again_gets_the_same_verdict_and_stages_draw_apart() 
     assert other != first  # independent stages (this seed's draws differ)
 
 
-def test_nothing_past_the_caption_and_off_script_or_unknown_drafts_are_left_alone() -> None:
+def test_nothing_past_the_caption_positions_rule_off_script_and_unknown_rounds_are_left_alone() -> None:
     c = _controlled(1.0)
     assert c(T, TRUTH[:10], [0] * 6) == TRUTH[10:]  # two left of the caption: two drafted
     assert c(T, TRUTH, [0] * 3) == []  # the caption is complete: nothing to draft
-    off = [TRUTH[0], 31]  # speculated past a wrong token: never checked, left as the model made it
-    assert c(T, off, [6, 6]) == [6, 6]
+    off = [TRUTH[0], 31]  # speculated past a wrong token of its own: each position still draws
+    assert c(T, off, [6, 6]) == TRUTH[2:4]
+    wrong = _controlled(0.0)
+    # alpha 0 never lets a model's own token through, whatever prefix it speculated on (a verifier
+    # may check a draft by position: the accepted count must stay 0)
+    assert all(w != t for w, t in zip(wrong(T, off, TRUTH[2:4]), TRUTH[2:4]))
     assert c(T + 1, [], [6, 6]) == [6, 6] and c.unknown_rounds == 1
 
 
@@ -93,6 +97,8 @@ def test_through_the_three_stages_the_caption_is_the_verifier_alones_at_any_alph
     forwards = {}
     for alpha in (0.0, 1.0):
         cascade = Cascade(TableLM(7, VOCAB), TableLM(8, VOCAB))
+        # every draft checked: whether one pays is measured in microseconds here, which noise decides
+        cascade.verifier._value.probe_every = 1
         reference = {100_000_000: alone}
         cascade.drafter.control_acceptance(ControlledAcceptance(alpha, reference, VOCAB, stage=STAGE_DRAFTER))
         cascade.refiner.control_acceptance(ControlledAcceptance(alpha, reference, VOCAB, stage=STAGE_REFINER))
@@ -102,8 +108,8 @@ def test_through_the_three_stages_the_caption_is_the_verifier_alones_at_any_alph
         forwards[alpha] = final.target_forwards
         if alpha == 0.0:
             assert sum(final.accepted_per_stage) == 0 and sum(final.drafted_per_stage) > 0
-        else:
-            assert sum(final.accepted_per_stage) >= len(alone) // 2
+        else:  # the first wait has no arrival figure to cut it short: at least that draft is checked
+            assert sum(final.accepted_per_stage) > 0
     assert forwards[1.0] < forwards[0.0] == len(alone)
 
 

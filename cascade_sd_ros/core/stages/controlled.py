@@ -9,7 +9,8 @@ the target's with probability ``alpha``, another token otherwise. The stage stil
 first, so a draft costs what that model costs; only the tokens are replaced.
 
 Each (round, position, stage) draws once: a stage that drafts the same position again (after a
-commit, a roll-back) gets the same verdict, as a model that is wrong about a token stays wrong. The
+commit, a roll-back, or on a prefix of its own that is already wrong) gets the same verdict, as a
+model that is wrong about a token stays wrong, so alpha 0 never yields an accepted token. The
 verifier is untouched, so outputs stay exactly the target's: in greedy modes the rewritten drafts
 are checked like any other. (In sampling modes the reference is not what the target samples, and
 the figure would not mean ``alpha``.)
@@ -90,9 +91,6 @@ class ControlledAcceptance:
             self.unknown_rounds += 1
             return list(tokens)
         start = len(prefix)
-        if list(prefix) != truth[:start]:
-            # speculated past a wrong token of its own: whatever follows is never checked
-            return list(tokens)
         out: list[int] = []
         for i in range(min(len(tokens), len(truth) - start)):  # nothing to draft beyond the caption's end
             want = truth[start + i]

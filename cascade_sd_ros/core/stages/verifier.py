@@ -294,7 +294,10 @@ class VerifierStage(Stage):
             if not stages:
                 return None
             asked = time.monotonic()
-            budget = self._wait_budget_s(stages)
+            paying = tuple(s for s in stages if self._value.pays(s))
+            # a probe (no stage asked for pays) waits as for a stage not measured yet: a probe that
+            # finds no draft in hand measures nothing, and a stage that caught up would stay skipped
+            budget = self._wait_budget_s(paying) if paying else self._draft_wait.budget_s()
             deadline = asked + budget
             while True:
                 best = book.best_draft(rec.round_id, stages)
