@@ -19,7 +19,7 @@ accepted tokens per verify step, tokens per target forward (prefill included), s
 target-only `generate()`; per head mode the head's cost per drafted token as a fraction of a one-token
 target forward (medians over the scenes, timed side by side).
 
-    .venv/bin/python bench/feature_drafting.py [--scenes N] [--objects 1|2] [--gamma G] [--reps R] [--json]
+    .venv/bin/python bench/feature_drafting.py [--zoo DIR] [--scenes N] [--objects 1-4] [--gamma G] [--reps R] [--json]
 
 Speed-ups are also given per caption length (the target's caption, in tokens): the prefill is paid
 by every method, so the longer the caption, the more of it is decode that drafts can save.
@@ -54,9 +54,10 @@ from cascade_sd_ros.core.head.merge import (  # noqa: E402
     class_acceptance,
     token_classes,
 )
+from cascade_sd_ros.core.head.run import trained_max_objects  # noqa: E402
 from cascade_sd_ros.core.spec.adapter import StageContext  # noqa: E402
 from cascade_sd_ros.core.spec.engine import CascadeDecoder, DecodeResult  # noqa: E402
-from cascade_sd_ros.core.synth.scene import parse_caption  # noqa: E402
+from cascade_sd_ros.core.synth.scene import MAX_OBJECTS, parse_caption  # noqa: E402
 from cascade_sd_ros.core.zoo import Zoo, default_zoo_path, load_zoo  # noqa: E402
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, build_sample  # noqa: E402
 
@@ -85,14 +86,16 @@ class Run:
 
 
 def _scenes(
-    zoo: Zoo, n: int, stream: int, offset: int = 0, objects: int | None = None
+    zoo: Zoo, n: int, stream: int, offset: int = 0, objects: int | None = None, mix: int = 2
 ) -> list[tuple[StageContext, StageContext]]:
-    """The stream's samples from ``offset`` on; with ``objects``, only those whose true caption names
-    that many objects (chosen by the ground truth, never by what a model says)."""
+    """The stream's samples (scenes of 1 to ``mix`` objects) from ``offset`` on; with ``objects``,
+    only those whose true caption names that many objects (chosen by the ground truth, never by what
+    a model says)."""
     out = []
     i = offset
+    mix = max(mix, objects or 1)
     while len(out) < n:
-        clip, events, caption = build_sample(0, stream, i, zoo.geometry)
+        clip, events, caption = build_sample(0, stream, i, zoo.geometry, max_objects=mix)
         i += 1
         if objects is None or len(parse_caption(caption)) == objects:
             out.append((zoo.context("target", clip), zoo.context("drafter", events)))
@@ -174,10 +177,12 @@ def run(
     reps: int,
     calib: int,
     objects: int | None = None,
+    mix: int = 2,
 ) -> dict:
-    scenes = _scenes(zoo, n_scenes, EVAL_STREAM, objects=objects)
+    scenes = _scenes(zoo, n_scenes, EVAL_STREAM, objects=objects, mix=mix)
     classes = token_classes(zoo.tokenizer.get_vocab())
-    table = _calibrate(zoo, head, _scenes(zoo, calib, TRAIN_STREAM, offset=10_000), gamma, max_new, classes)
+    calib_scenes = _scenes(zoo, calib, TRAIN_STREAM, offset=10_000, mix=mix)
+    table = _calibrate(zoo, head, calib_scenes, gamma, max_new, classes)
     t, d = zoo.target, zoo.drafter
     modes = {"head: target states": "target", "head: event features": "events", "head: fused": "fused"}
     merged = MergedProposer([head, d], classes, table, name="merged")
@@ -262,6 +267,7 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, default=None, help="zoo folder (default: the shipped one)")
     parser.add_argument("--head", type=Path, default=None, help="draft-head folder (default: the zoo's head/)")
     parser.add_argument("--scenes", type=int, default=12, help="held-out scenes")
     parser.add_argument("--calib", type=int, default=8, help="calibration scenes (another stream) for merging")
@@ -272,9 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--objects",
         type=int,
-        choices=(1, 2),
+        choices=range(1, MAX_OBJECTS + 1),
         default=None,
-        help="only scenes whose true caption names this many objects",
+        help="only scenes whose true caption names this many objects (default: the target's training mix)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -282,18 +288,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(args.threads)
-    folder = args.head or default_zoo_path() / "head"
+    folder = args.head or (args.zoo or default_zoo_path()) / "head"
     if not folder.is_dir():
         parser.error(f"no draft head at {folder} (train one: cascade-sd train --stage head --out DIR)")
     start = time.perf_counter()
-    zoo = load_zoo()
+    zoo = load_zoo(args.zoo)
+    mix = trained_max_objects(args.zoo)
     head_net, align, meta = load_head(folder)
     head = HeadAdapter(head_net, align, zoo.target, event_encoder=zoo.drafter.model)
     with torch.inference_mode():
-        result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib, args.objects)
+        result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib, args.objects, mix)
     result.update(
+        zoo=str(args.zoo or "shipped"),
         scenes=args.scenes,
         objects=args.objects,
+        scene_mix=f"1-{max(mix, args.objects or 1)} objects",
         reps=args.reps,
         gamma=args.gamma,
         max_new_tokens=args.max_new_tokens,

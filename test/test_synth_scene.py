@@ -7,6 +7,7 @@ import pytest
 
 from cascade_sd_ros.core.synth.scene import (
     COLOURS,
+    MAX_OBJECTS,
     MOTIONS,
     SHAPES,
     VOCABULARY,
@@ -87,7 +88,8 @@ def test_caption_examples() -> None:
         "a red circle moves sideways",
         "a red circle is still and",
         "a red circle is still or a blue square is still",
-        "a red circle is still and a blue square is still and a green square is still",
+        "a red circle is still and a blue square is still and a green square is",
+        " and ".join(["a red circle is still"] * (MAX_OBJECTS + 1)),
     ],
 )
 def test_parse_caption_rejects_bad_text(bad: str) -> None:
@@ -135,6 +137,29 @@ def test_two_objects_never_touch_so_drawing_order_changes_no_pixel() -> None:
     assert checked > 30
 
 
+@pytest.mark.parametrize("count", [3, 4])
+def test_crowded_scenes_fit_apart_inside_the_frame_and_caption_every_object(count: int) -> None:
+    rng = np.random.default_rng(count)
+    full = (0, 48, 0, 48)
+    for _ in range(12):
+        s = sample_scene(rng, 2.0, n_objects=count)
+        assert len(s.objects) == count and len({o.colour for o in s.objects}) == count
+        assert all(o.radius * 48 >= 5.0 for o in s.objects)  # smaller than alone, still several pixels
+        r = SceneRenderer(s, 48, 48)
+        for t in np.linspace(0.0, s.duration_s, 9):
+            cover = np.stack([r._coverage(i, t, full) > 0 for i in range(count)])
+            assert cover.sum(axis=0).max() == 1  # never touching
+            areas = cover.sum(axis=(1, 2))
+            assert areas.min() > 0  # every object in view all along
+        assert len(parse_caption(caption(s))) == count  # 17 (3) or 23 (4) words
+
+
+def test_the_default_mix_is_one_or_two_objects_and_max_objects_widens_it() -> None:
+    rng = np.random.default_rng(1)
+    assert {len(sample_scene(rng).objects) for _ in range(60)} == {1, 2}
+    assert {len(sample_scene(rng, max_objects=MAX_OBJECTS).objects) for _ in range(60)} == set(range(1, 5))
+
+
 def test_placement_keeps_the_motion_mix_nearly_uniform() -> None:
     motions = [o.motion for s in _scenes(6, 600, duration_s=2.0) for o in s.objects]
     counts = np.array([motions.count(m) for m in MOTIONS])
@@ -179,8 +204,10 @@ def test_validation() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError):
         sample_scene(rng, duration_s=0.0)
-    with pytest.raises(ValueError):
-        sample_scene(rng, n_objects=3)
+    with pytest.raises(ValueError, match="n_objects"):
+        sample_scene(rng, n_objects=MAX_OBJECTS + 1)
+    with pytest.raises(ValueError, match="max_objects"):
+        sample_scene(rng, max_objects=0)
     with pytest.raises(ValueError):
         sample_scene(rng, motions=["sideways"])
     with pytest.raises(ValueError):

@@ -18,6 +18,8 @@ from cascade_sd_ros.tools.cli import main
         ["train", "--seed", "-1"],
         ["train", "--samples", "0"],
         ["train", "--max-minutes", "0"],
+        ["train", "--out", "build/never-written", "--max-objects", "5"],  # a 48 px frame holds four
+        ["train", "--out", "build/never-written", "--max-objects", "0"],
         ["distill", "--stage", "target"],
         ["eval-zoo", "--scenes", "0"],
         ["eval-zoo", "--gamma", "x"],

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cascade_sd_ros.core.spec.preprocess import make_image_processor, preprocess_image
-from cascade_sd_ros.core.synth.scene import COLOURS, SceneRenderer, caption, render_frame
+from cascade_sd_ros.core.synth.scene import COLOURS, SceneRenderer, caption, parse_caption, render_frame
 from cascade_sd_ros.core.zoo.batches import IGNORE, StageBatcher, normalise
 from cascade_sd_ros.core.zoo.configs import DATA, build_model
 from cascade_sd_ros.core.zoo.data import (
@@ -18,7 +18,9 @@ from cascade_sd_ros.core.zoo.data import (
     ZooData,
     build_data,
     build_sample,
+    cache_path,
     canonical_spec,
+    load_or_build,
     sample_moment,
 )
 from cascade_sd_ros.core.zoo.metrics import score_captions
@@ -101,6 +103,23 @@ def test_drafter_needs_event_images(tiny: ZooData) -> None:
     no_events = dataclasses.replace(tiny, events=None)
     with pytest.raises(ValueError, match="event images"):
         StageBatcher("drafter", build_model("drafter", tok), tok, make_image_processor(DATA.image_size), no_events)
+
+
+def test_busier_mixes_are_their_own_data_and_leave_the_default_mix_alone(tmp_path) -> None:
+    busy = load_or_build(tmp_path, 24, 5, TRAIN_STREAM, with_events=False, max_objects=4)
+    counts = {len(parse_caption(c)) for c in busy.captions}
+    assert max(counts) >= 3 and counts <= {1, 2, 3, 4}
+    # the default mix's samples and cache names are what they were before busier mixes existed
+    pinned = [  # drawn before crowded scenes existed (the shipped zoo's data); they must not move
+        "a red circle is still and a blue triangle moves up",
+        "a green triangle moves up",
+        "a red square moves down and a blue circle moves down",
+    ]
+    assert [build_sample(5, TRAIN_STREAM, i, with_events=False)[2] for i in range(3)] == pinned
+    plain = cache_path(tmp_path, 24, 5, TRAIN_STREAM, DATA, False)
+    assert plain == cache_path(tmp_path, 24, 5, TRAIN_STREAM, DATA, False, 2)
+    assert plain != cache_path(tmp_path, 24, 5, TRAIN_STREAM, DATA, False, 4)
+    assert cache_path(tmp_path, 24, 5, TRAIN_STREAM, DATA, False, 4).is_file() and not plain.exists()
 
 
 def test_zoo_data_save_load_round_trip(tiny: ZooData, tmp_path) -> None:

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from cascade_sd_ros.core.synth.scene import MAX_OBJECTS, SCENE_OBJECTS
+
 __all__ = ["add_arguments", "run", "check_out"]
 
 _STAGE_CHOICES = ("target", "refiner", "drafter", "all", "head")
@@ -41,6 +43,13 @@ def _non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _object_count(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= MAX_OBJECTS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_OBJECTS}, got {value}")
     return value
 
 
@@ -112,6 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue training from the stage weights already in --out (a fresh schedule)",
     )
+    parser.add_argument(
+        "--max-objects",
+        type=_object_count,
+        default=None,
+        metavar="N",
+        help=f"scenes of 1 to N objects (1-{MAX_OBJECTS}; default: {SCENE_OBJECTS} for the stages, "
+        "the target's own mix for --stage head); 3-4 give the 17-23-word captions of busier scenes",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     head = parser.add_argument_group(
         "--stage head (the feature-level draft head and alignment MLP, "
@@ -173,6 +190,7 @@ def _run_head(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         workers=args.workers,
         progress=not args.quiet,
+        max_objects=args.max_objects,
     )
     start = time.monotonic()
     summary = run_head_training(settings)
@@ -221,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         grow_target=not args.no_grow,
         resume=args.resume,
+        max_objects=args.max_objects or SCENE_OBJECTS,
     )
     start = time.monotonic()
     summary = train_zoo(stages, settings, out=args.out, plot=args.plot)

@@ -25,10 +25,10 @@ from cascade_sd_ros.core.head.train import (
     train_alignment,
     train_head,
 )
-from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, load_or_build
-from cascade_sd_ros.core.zoo.load import load_zoo
+from cascade_sd_ros.core.zoo.data import EVAL_STREAM, SCENE_OBJECTS, TRAIN_STREAM, load_or_build
+from cascade_sd_ros.core.zoo.load import default_zoo_path, load_zoo, read_zoo_meta
 
-__all__ = ["HeadRunSettings", "run_head_training"]
+__all__ = ["HeadRunSettings", "run_head_training", "trained_max_objects"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ class HeadRunSettings:
     data_dir: Path = Path("build/zoo-data")
     workers: int = 1
     progress: bool = True
+    max_objects: int | None = None  # scenes of 1 to this many objects (None: the target's own training mix)
+
+
+def trained_max_objects(zoo_root: Path | None) -> int:
+    """The most objects per scene the zoo's target was trained on (zoo.json; older zoos: 2)."""
+    meta = read_zoo_meta((zoo_root or default_zoo_path()) / "target")
+    return int(meta.get("train", {}).get("max_objects", SCENE_OBJECTS))
 
 
 def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
@@ -57,9 +64,12 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
         if s.progress:
             print(f"[head {time.monotonic() - start:6.1f}s] {text}", flush=True)
 
-    train_scenes = load_or_build(s.data_dir, s.samples, s.seed, TRAIN_STREAM, zoo.geometry, True, workers=s.workers)
-    eval_scenes = load_or_build(s.data_dir, s.eval_samples, s.seed, EVAL_STREAM, zoo.geometry, True, workers=s.workers)
-    say(f"scenes ready: {len(train_scenes)} train, {len(eval_scenes)} held out")
+    objects = s.max_objects or trained_max_objects(s.zoo)
+    train_scenes, eval_scenes = (
+        load_or_build(s.data_dir, n, s.seed, stream, zoo.geometry, True, workers=s.workers, max_objects=objects)
+        for n, stream in ((s.samples, TRAIN_STREAM), (s.eval_samples, EVAL_STREAM))
+    )
+    say(f"scenes ready: {len(train_scenes)} train, {len(eval_scenes)} held out, 1-{objects} objects each")
     every = max(1, len(train_scenes) // 8)
     train = build_head_data(
         zoo, train_scenes, progress=lambda n: say(f"distilled {n} scenes") if n % every < 32 else None
@@ -84,6 +94,7 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
             "zoo": str(s.zoo or "shipped"),
             "target": tensor_fingerprint([zoo.target.model]),
             "seed": s.seed,
+            "max_objects": objects,
             "scenes": len(train),
             "held_out": len(held),
         },

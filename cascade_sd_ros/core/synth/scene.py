@@ -1,4 +1,4 @@
-"""Seeded synthetic scenes: one or two coloured shapes moving over a textured background.
+"""Seeded synthetic scenes: one to four coloured shapes moving over a textured background.
 
 A scene is a frozen :class:`SceneSpec` (pure data, resolution independent) drawn by
 :func:`sample_scene` from a ``numpy.random.Generator``; the same generator state always gives the
@@ -14,7 +14,7 @@ apart), so neither hides any part of the other and their drawing order changes n
 
 Caption grammar (fixed word order, tiny vocabulary :data:`VOCABULARY`)::
 
-    caption  := object [" and " object]
+    caption  := object (" and " object){0,3}
     object   := "a " colour " " shape " " motion
     motion   := "is still" | "moves " direction [" " speed]      # speed only if include_speed
     colour   := red | green | blue | yellow | purple
@@ -61,6 +61,13 @@ VOCABULARY: tuple[str, ...] = (
 
 # [fraction of min(H, W)] object radius range: >= 7 px at 48 px, >= 9.6 px at 64 px.
 RADIUS_RANGE: tuple[float, float] = (0.15, 0.18)
+# Most objects one scene holds. Scenes draw 1 to SCENE_OBJECTS by default (so every seed's scene
+# of the first zoo stays what it was); 3-4 give the 17-23-word captions where decoding, not the
+# prefill, sets a caption's cost, as for a robot's longer descriptions.
+MAX_OBJECTS = 4
+SCENE_OBJECTS = 2
+# Radii of crowded scenes shrink (3 objects: >= 6.1 px at 48 px, 4: >= 5.4 px) so they fit apart.
+_CROWDED_RADIUS_SCALE = {3: 0.85, 4: 0.75}
 # [fraction of axis extent / s] slow and fast speeds: 0.12 * 1.5 s * 64 px = 11.5 px of travel.
 DEFAULT_SPEEDS: tuple[float, float] = (0.12, 0.24)
 # Bounding radius of each shape relative to its radius (square corner, triangle vertex).
@@ -119,8 +126,8 @@ class SceneSpec:
     duration_s: float
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.objects) <= 2:
-            raise ValueError(f"SceneSpec needs 1 or 2 objects, got {len(self.objects)}")
+        if not 1 <= len(self.objects) <= MAX_OBJECTS:
+            raise ValueError(f"SceneSpec needs 1 to {MAX_OBJECTS} objects, got {len(self.objects)}")
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
             raise ValueError(f"SceneSpec.duration_s {self.duration_s} must be > 0")
         if not 0.0 <= self.background_level <= 1.0:
@@ -138,17 +145,20 @@ def sample_scene(
     n_objects: int | None = None,
     speeds: tuple[float, float] = DEFAULT_SPEEDS,
     motions: Sequence[str] = MOTIONS,
+    max_objects: int = SCENE_OBJECTS,
 ) -> SceneSpec:
     """Draw a scene from ``rng`` (deterministic given the generator state).
 
-    ``n_objects``: 1 or 2 (None: either, equally likely). ``speeds``: (slow, fast) in fractions of
+    ``n_objects``: 1 to :data:`MAX_OBJECTS` (None: 1 to ``max_objects``, equally likely). ``speeds``: (slow, fast) in fractions of
     the axis extent per second; both are scaled down together when ``duration_s`` is too long for
     the fast one to stay in frame, so their ratio (2 by default) holds. ``motions``: allowed motions.
     """
     if not (math.isfinite(duration_s) and duration_s > 0):
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
-    if n_objects is not None and n_objects not in (1, 2):
-        raise ValueError(f"n_objects must be 1, 2 or None, got {n_objects}")
+    if not (isinstance(max_objects, int) and 1 <= max_objects <= MAX_OBJECTS):
+        raise ValueError(f"max_objects must be 1 to {MAX_OBJECTS}, got {max_objects!r}")
+    if n_objects is not None and not (isinstance(n_objects, int) and 1 <= n_objects <= MAX_OBJECTS):
+        raise ValueError(f"n_objects must be 1 to {MAX_OBJECTS} or None, got {n_objects!r}")
     slow, fast = speeds
     if not (0 < slow < fast):
         raise ValueError(f"speeds must be (slow, fast) with 0 < slow < fast, got {speeds}")
@@ -158,7 +168,13 @@ def sample_scene(
     scale = min(1.0, _max_speed_for(duration_s, RADIUS_RANGE[1]) / fast)
     speed_of = {"slowly": slow * scale, "fast": fast * scale}
 
-    count = int(rng.integers(1, 3)) if n_objects is None else n_objects
+    count = int(rng.integers(1, max_objects + 1)) if n_objects is None else n_objects
+    # One or two objects: one position per object per placement (a clash redraws them all), as the
+    # first zoo's scenes were drawn. Three or four need smaller shapes to fit a 48 px frame, and
+    # retries per object to be found in milliseconds rather than seconds.
+    crowded = count > 2
+    radius_scale = _CROWDED_RADIUS_SCALE[count] if crowded else 1.0
+    tries_per_object = 200 if crowded else 1
     objects: list[ObjectSpec] = []
     for _attempt in range(1000):
         # What the caption says is drawn first and kept while positions are searched, so the
@@ -169,11 +185,15 @@ def sample_scene(
         for _placement in range(100):
             objects = []
             for colour, (shape, motion, speed, speed_value, radius) in zip(colours, looks):
-                x0, y0 = _start_position(rng, motion, speed_value, duration_s, radius)
-                obj = ObjectSpec(shape, str(colour), motion, speed, speed_value, x0, y0, radius)
-                if not all(_apart(obj, other, duration_s) for other in objects):
+                radius *= radius_scale
+                for _try in range(tries_per_object):
+                    x0, y0 = _start_position(rng, motion, speed_value, duration_s, radius)
+                    obj = ObjectSpec(shape, str(colour), motion, speed, speed_value, x0, y0, radius)
+                    if all(_apart(obj, other, duration_s) for other in objects):
+                        objects.append(obj)
+                        break
+                else:
                     break
-                objects.append(obj)
             if len(objects) == count:
                 break
         if len(objects) == count:
@@ -220,15 +240,14 @@ def _start_position(
 def _apart(a: ObjectSpec, b: ObjectSpec, duration_s: float) -> bool:
     """The two shapes never touch: their bounding circles stay ``_GAP`` apart over the duration
     (measured on a square frame; wider frames only push them further apart in pixels)."""
-    ax, ay = a.centre(0.0)
-    bx, by = b.centre(0.0)
-    p0 = np.array([float(bx - ax), float(by - ay)])
+    # Plain floats: this runs thousands of times per crowded scene, where numpy's per-call cost ruled.
+    px, py = b.x0 - a.x0, b.y0 - a.y0
     (adx, ady), (bdx, bdy) = _DIRECTION[a.motion], _DIRECTION[b.motion]
-    v = np.array([bdx * b.speed_value - adx * a.speed_value, bdy * b.speed_value - ady * a.speed_value])
-    vv = float(v @ v)
+    vx, vy = bdx * b.speed_value - adx * a.speed_value, bdy * b.speed_value - ady * a.speed_value
+    vv = vx * vx + vy * vy
     # Relative motion is linear, so the closest approach is at one clipped time.
-    t_min = 0.0 if vv == 0.0 else min(max(-float(p0 @ v) / vv, 0.0), duration_s)
-    closest = float(np.hypot(*(p0 + v * t_min)))
+    t_min = 0.0 if vv == 0.0 else min(max(-(px * vx + py * vy) / vv, 0.0), duration_s)
+    closest = math.hypot(px + vx * t_min, py + vy * t_min)
     return closest >= _BOUND[a.shape] * a.radius + _BOUND[b.shape] * b.radius + _GAP
 
 
@@ -294,8 +313,8 @@ def parse_caption(text: str) -> list[ObjectDescription]:
         if i == len(words):
             break
         need(("and",), "'and'")
-        if len(out) == 2:
-            raise ValueError(f"caption {text!r}: more than two objects")
+        if len(out) == MAX_OBJECTS:
+            raise ValueError(f"caption {text!r}: more than {MAX_OBJECTS} objects")
     return out
 
 

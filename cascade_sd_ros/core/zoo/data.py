@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cascade_sd_ros.core.synth import scene as scene_mod
+from cascade_sd_ros.core.synth.scene import SCENE_OBJECTS
 from cascade_sd_ros.core.zoo.configs import DATA, DataGeometry
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "TRAIN_STREAM",
     "EVAL_STREAM",
     "DISTILL_STREAM",
+    "SCENE_OBJECTS",
 ]
 
 # Seed domains: training, held-out evaluation and distillation scenes never share a stream.
@@ -64,9 +66,11 @@ def canonical_spec(spec: scene_mod.SceneSpec) -> scene_mod.SceneSpec:
     return dataclasses.replace(spec, objects=objects)
 
 
-def sample_moment(rng: np.random.Generator, geometry: DataGeometry = DATA) -> tuple[scene_mod.SceneSpec, float]:
-    """A canonical scene and the time T [s] its clip ends at."""
-    spec = canonical_spec(scene_mod.sample_scene(rng, duration_s=geometry.scene_duration_s))
+def sample_moment(
+    rng: np.random.Generator, geometry: DataGeometry = DATA, max_objects: int = SCENE_OBJECTS
+) -> tuple[scene_mod.SceneSpec, float]:
+    """A canonical scene of 1 to ``max_objects`` objects and the time T [s] its clip ends at."""
+    spec = canonical_spec(scene_mod.sample_scene(rng, duration_s=geometry.scene_duration_s, max_objects=max_objects))
     t_end = float(rng.uniform(geometry.clip_duration_s, geometry.scene_duration_s))
     return spec, t_end
 
@@ -141,12 +145,17 @@ class ZooData:
 
 
 def build_sample(
-    seed: int, stream: int, index: int, geometry: DataGeometry = DATA, with_events: bool = True
+    seed: int,
+    stream: int,
+    index: int,
+    geometry: DataGeometry = DATA,
+    with_events: bool = True,
+    max_objects: int = SCENE_OBJECTS,
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Sample ``index`` of (seed, stream): (clip, event image or None, caption). Each sample has its own
     generator, so any subset can be built in any order or process and still be the same."""
     rng = np.random.default_rng([int(seed), int(stream), int(index)])
-    spec, t_end = sample_moment(rng, geometry)
+    spec, t_end = sample_moment(rng, geometry, max_objects)
     side = geometry.image_size
     renderer = scene_mod.SceneRenderer(spec, side, side)
     clip = render_clip(renderer, t_end, geometry)
@@ -155,10 +164,10 @@ def build_sample(
 
 
 def _build_chunk(
-    args: tuple[int, int, int, int, DataGeometry, bool],
+    args: tuple[int, int, int, int, DataGeometry, bool, int],
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    seed, stream, lo, hi, geometry, with_events = args
-    samples = [build_sample(seed, stream, i, geometry, with_events) for i in range(lo, hi)]
+    seed, stream, lo, hi, geometry, with_events, max_objects = args
+    samples = [build_sample(seed, stream, i, geometry, with_events, max_objects) for i in range(lo, hi)]
     clips = np.stack([s[0] for s in samples])
     images = (
         np.stack([s[1] for s in samples if s[1] is not None]) if with_events else None
@@ -174,6 +183,7 @@ def build_data(
     with_events: bool = True,
     progress: Callable[[int], None] | None = None,
     workers: int = 1,
+    max_objects: int = SCENE_OBJECTS,
 ) -> ZooData:
     """Render samples 0..count-1 of (seed, stream), over ``workers`` processes (same result for any)."""
     if count < 1:
@@ -182,7 +192,9 @@ def build_data(
         raise ValueError(f"workers must be >= 1, got {workers}")
     split_rng(seed, stream)  # validates the seed
     step = 64
-    jobs = [(seed, stream, lo, min(count, lo + step), geometry, with_events) for lo in range(0, count, step)]
+    jobs = [
+        (seed, stream, lo, min(count, lo + step), geometry, with_events, max_objects) for lo in range(0, count, step)
+    ]
     chunks: Iterator[tuple[np.ndarray, np.ndarray | None, list[str]]]
     if workers == 1:
         chunks = map(_build_chunk, jobs)
@@ -211,8 +223,19 @@ def build_data(
     return ZooData(np.concatenate(clips), events, captions, geometry)
 
 
-def cache_path(cache_dir: Path, count: int, seed: int, stream: int, geometry: DataGeometry, with_events: bool) -> Path:
-    key = json.dumps([count, seed, stream, geometry.to_dict(), with_events], sort_keys=True)
+def cache_path(
+    cache_dir: Path,
+    count: int,
+    seed: int,
+    stream: int,
+    geometry: DataGeometry,
+    with_events: bool,
+    max_objects: int = SCENE_OBJECTS,
+) -> Path:
+    parts: list[object] = [count, seed, stream, geometry.to_dict(), with_events]
+    if max_objects != SCENE_OBJECTS:  # so caches of the default mix keep their names
+        parts.append({"max_objects": max_objects})
+    key = json.dumps(parts, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return cache_dir / f"zoo-{'ev' if with_events else 'rgb'}-{count}-s{seed}-{digest}.npz"
 
@@ -226,13 +249,14 @@ def load_or_build(
     with_events: bool = True,
     progress: Callable[[int], None] | None = None,
     workers: int = 1,
+    max_objects: int = SCENE_OBJECTS,
 ) -> ZooData:
     """Load the cached samples for these parameters, or build (and cache) them."""
     if cache_dir is not None:
-        path = cache_path(cache_dir, count, seed, stream, geometry, with_events)
+        path = cache_path(cache_dir, count, seed, stream, geometry, with_events, max_objects)
         if path.is_file():
             return ZooData.load(path)
-    data = build_data(count, seed, stream, geometry, with_events, progress, workers)
+    data = build_data(count, seed, stream, geometry, with_events, progress, workers, max_objects)
     if cache_dir is not None:
         data.save(path)
     return data

@@ -24,7 +24,7 @@ from cascade_sd_ros.core.zoo.configs import (
     build_image_processor,
     build_model,
 )
-from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, ZooData, load_or_build
+from cascade_sd_ros.core.zoo.data import EVAL_STREAM, SCENE_OBJECTS, TRAIN_STREAM, ZooData, load_or_build
 from cascade_sd_ros.core.zoo.grow import deepen, grow_from
 from cascade_sd_ros.core.zoo.load import check_stage_folder, default_zoo_path
 from cascade_sd_ros.core.zoo.metrics import score_captions
@@ -57,6 +57,7 @@ class TrainSettings:
     geometry: DataGeometry = DATA
     grow_target: bool = True  # start the target from the trained refiner (grow.py)
     resume: bool = False  # continue from the stage's weights already in the output zoo
+    max_objects: int = SCENE_OBJECTS  # scenes of 1 to this many objects (training and held-out)
 
 
 def scaled_schedule(schedule: TrainSchedule, steps_scale: float, batch_scale: int) -> TrainSchedule:
@@ -83,6 +84,7 @@ def _load(settings: TrainSettings, count: int, stream: int, with_events: bool, d
         with_events=with_events,
         progress=bar.update_to if bar else None,
         workers=settings.workers,
+        max_objects=settings.max_objects,
     )
     if bar:
         bar.close()
@@ -246,6 +248,7 @@ def train_zoo(
                 "train": {
                     **info,
                     "seed": settings.seed,
+                    "max_objects": settings.max_objects,
                     "device": settings.device,
                     "batch_size": schedule.batch_size,
                     "lr": schedule.lr,
