@@ -11,6 +11,7 @@ round (the cascade verifier's last /diagnostics: event tokens on time, late, or 
     .venv/bin/python bench/nodes.py --scenes 10
     .venv/bin/python bench/nodes.py --scenes 10 --configs all,refiner --noise 0,0.1
     .venv/bin/python bench/nodes.py --scenes 10 --alpha 0.5,0.7,0.9   # controlled acceptance (see below)
+    .venv/bin/python bench/nodes.py --scenes 10 --max-objects 4       # busier scenes: longer captions
 
 ``--alpha``: BENCHMARK-ONLY controlled acceptance (``core/stages/controlled.py``): the drafter's and
 refiner's drafts are rewritten so each token is the target's with that probability, their models
@@ -43,6 +44,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--zoo", default="", help="zoo folder with target/ refiner/ drafter/ (default: the shipped one)"
+    )
+    parser.add_argument("--max-objects", type=int, default=2, help="scenes of 1 to N objects (longer captions)")
     parser.add_argument("--configs", default="all", help=f"comma-separated stage sets from {sorted(STAGE_SETS)}")
     parser.add_argument("--noise", default="0.1", help="comma-separated background activity rates [ev/px/s]")
     parser.add_argument("--one-process", action="store_true", help="compose the stages in one process instead")
@@ -82,7 +87,7 @@ def main() -> int:
         results, speed, info = run_demo(
             n_scenes=args.scenes,
             seed=args.seed,
-            sources={},
+            sources={role: f"{args.zoo}/{role}" for role in ("target", "refiner", "drafter")} if args.zoo else {},
             mode="lossless-greedy",
             stages=STAGE_SETS[name],
             offset_ns=30_000_000,
@@ -97,6 +102,7 @@ def main() -> int:
             controlled_alpha=alpha,
             # controlled drafts' reference clips are cut with the pinned offset
             oracle_offset=alpha is not None or not args.measure_offset,
+            max_objects=args.max_objects,
         )
         equal = sum(bool(r.equal) for r in results)
         parts = (

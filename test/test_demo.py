@@ -25,6 +25,7 @@ pytestmark = pytest.mark.ros
         (["--model", "bogus=tiny:0"], "ROLE=SOURCE"),
         (["--stages", "drafter,refiner", "--models", "tiny:0"], "must include verifier"),
         (["--drop-rate", "1.5", "--models", "tiny:0"], "drop-rate"),
+        (["--max-objects", "5", "--models", "tiny:0"], "--max-objects must be 1 to 4"),
         (["--models", "/nonexistent/zoo"], "does not exist"),
     ],
 )

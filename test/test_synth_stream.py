@@ -33,6 +33,14 @@ def test_scenes_frames_and_truth() -> None:
     assert len(line) == 1 + len(scenes[0].packets) + len(scenes[0].frames)
 
 
+def test_busier_streams_caption_every_object_and_bad_counts_are_refused() -> None:
+    cfg = StreamConfig(seed=3, n_objects=4, **SMALL)
+    for s in iter_scenes(cfg):
+        assert len(s.truth.spec.objects) == 4 and s.truth.caption.count(" and ") == 3
+    with pytest.raises(ValueError, match="max_objects"):
+        StreamConfig(max_objects=5)
+
+
 def test_packets_decode_to_the_simulated_events_and_follow_driver_conventions() -> None:
     cfg = StreamConfig(seed=5, n_objects=2, **SMALL)
     decoder = make_decoder("evt3", 48, 40)

@@ -30,7 +30,7 @@ from cascade_sd_ros.core.events import CD_DTYPE, TRIGGER_DTYPE
 from .clocks import ClockModel
 from .esim import Box, EsimConfig, EventSimulator
 from .packets import EventPacketData, PacketConfig, Packetizer
-from .scene import MOTIONS, SceneRenderer, SceneSpec, caption, sample_scene
+from .scene import MAX_OBJECTS, MOTIONS, SCENE_OBJECTS, SceneRenderer, SceneSpec, caption, sample_scene
 
 DEFAULT_START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: fixed, so bags are reproducible
 
@@ -86,13 +86,16 @@ class StreamConfig:
     packets: PacketConfig = PacketConfig()
     start_ns: int = DEFAULT_START_NS
     include_speed: bool = False  # captions say "fast" / "slowly"
-    n_objects: int | None = None  # 1, 2 or None (either)
+    n_objects: int | None = None  # 1 to MAX_OBJECTS, or None (1 to max_objects, equally likely)
+    max_objects: int = SCENE_OBJECTS  # busier scenes (3-4) make longer captions
     motions: tuple[str, ...] = MOTIONS  # motions scenes may use
     strobe: StrobeConfig | None = None  # the RGB exposure strobe in the event stream (None: no triggers)
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1:
             raise ValueError(f"StreamConfig.n_scenes must be >= 1, got {self.n_scenes}")
+        if not 1 <= self.max_objects <= MAX_OBJECTS:
+            raise ValueError(f"StreamConfig.max_objects must be 1 to {MAX_OBJECTS}, got {self.max_objects}")
         if not (math.isfinite(self.scene_duration_s) and self.scene_duration_s > 0):
             raise ValueError(f"StreamConfig.scene_duration_s must be > 0, got {self.scene_duration_s}")
         if not (math.isfinite(self.fps) and 0 < self.fps <= 1000):
@@ -184,7 +187,13 @@ def iter_scenes(config: StreamConfig) -> Iterator[SceneData]:
     frame_period_ns = 1e9 / config.fps
     frames_per_scene = max(1, math.ceil(d_ns / frame_period_ns))
     for i in range(config.n_scenes):
-        spec = sample_scene(scene_rng, config.scene_duration_s, n_objects=config.n_objects, motions=config.motions)
+        spec = sample_scene(
+            scene_rng,
+            config.scene_duration_s,
+            n_objects=config.n_objects,
+            motions=config.motions,
+            max_objects=config.max_objects,
+        )
         renderer = SceneRenderer(spec, config.height, config.width)
         t0_ns = i * d_ns  # world time since start
         t0_us, t1_us = t0_ns // 1000, (t0_ns + d_ns) // 1000
