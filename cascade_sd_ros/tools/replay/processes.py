@@ -199,9 +199,18 @@ class ProcessPipeline:
                     return
             if time.monotonic() > deadline:
                 missing = [n for n in want if n not in present]
+                # a node in the graph subscribes to its sensor only after its warm-up
+                warming = [
+                    n
+                    for n in want
+                    if n in present
+                    and not any(
+                        e.topic_name.endswith(("/image", "/events")) for e in _endpoints(self.observer, n, "/", "sub")
+                    )
+                ]
                 raise RuntimeError(
-                    f"stage processes not ready after {timeout_s:.0f} s (missing {missing}; "
-                    f"logs in {self.procs.workdir})"
+                    f"stage processes not ready after {timeout_s:.0f} s (not in the graph: {missing or 'none'}; "
+                    f"in it but not yet subscribed to their sensor: {warming or 'none'}; logs in {self.procs.workdir})"
                 )
             time.sleep(0.1)
 
