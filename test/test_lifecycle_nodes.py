@@ -36,13 +36,16 @@ def _wait(cond: Callable[[], bool], timeout_s: float = 30.0) -> bool:
 
 
 class Bench:
-    """A verifier under test, a lifecycle client, a frame player and a caption collector on one
-    executor spinning in the background."""
+    """A verifier under test on a single-threaded executor of its own, as `spin_node` runs it, and a
+    lifecycle client, a frame player and a caption collector on another, both spinning in the
+    background. (One multi-threaded executor for all let a transition destroy the verifier's
+    publishers while another executor thread was adding their QoS event handlers to a wait set: rclpy
+    raised InvalidHandle there, the spin thread died and the cleanup call was never answered.)"""
 
     def __init__(self, context: Any, overrides: list[Parameter]) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from lifecycle_msgs.srv import ChangeState, GetState
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 
         from cascade_sd_ros.nodes.video_verifier import VideoVerifier
         from cascade_sd_ros.tools.pipeline import CaptionCollector, SensorPlayer
@@ -56,11 +59,14 @@ class Bench:
         self.client.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.statuses.extend(m.status), 50)
         self.player = SensorPlayer(context=context)
         self.collector = CaptionCollector(context=context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
-        for node in (self.verifier, self.client, self.player, self.collector):
-            self.executor.add_node(node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.verifier)
+        self.others = MultiThreadedExecutor(num_threads=3, context=context)
+        for node in (self.client, self.player, self.collector):
+            self.others.add_node(node)
+        self._threads = [threading.Thread(target=e.spin, daemon=True) for e in (self.executor, self.others)]
+        for thread in self._threads:
+            thread.start()
         assert self.change.wait_for_service(timeout_sec=10.0) and self.get.wait_for_service(timeout_sec=10.0)
         self.next_ns = 1_000_000_000
 
@@ -97,8 +103,10 @@ class Bench:
 
     def close(self) -> None:
         self.verifier.close()
-        self.executor.shutdown()
-        self._thread.join(5.0)
+        for executor in (self.executor, self.others):
+            executor.shutdown()
+        for thread in self._threads:
+            thread.join(5.0)
         for node in (self.verifier, self.client, self.player, self.collector):
             node.destroy_node()
 
