@@ -31,10 +31,9 @@ SIZE = 48
 TRUE_NS = -220_000_000
 
 
-def _inputs(n_scenes: int = 4) -> list[tuple[str, Any]]:
-    """A moving stream as the drafter's callbacks get it, in publication order: decoded packets
-    (events on the event clock) with their seq, and Image messages."""
-    stream = StreamConfig(
+def _moving_stream(n_scenes: int) -> StreamConfig:
+    """Moving scenes with background activity, the event clock TRUE_NS off the frames'."""
+    return StreamConfig(
         n_scenes=n_scenes,
         height=SIZE,
         width=SIZE,
@@ -44,6 +43,12 @@ def _inputs(n_scenes: int = 4) -> list[tuple[str, Any]]:
         packets=PacketConfig(time_threshold_us=5000),
         esim=replace(EsimConfig(), noise_rate_hz=0.1),
     )
+
+
+def _inputs(n_scenes: int = 4) -> list[tuple[str, Any]]:
+    """A moving stream as the drafter's callbacks get it, in publication order: decoded packets
+    (events on the event clock) with their seq, and Image messages."""
+    stream = _moving_stream(n_scenes)
     out: list[tuple[str, Any]] = []
     for scene in iter_scenes(stream):
         for _, kind, item in scene.timeline():
@@ -118,16 +123,7 @@ def test_the_drafter_node_runs_as_many_estimates_as_fast_as_at_sensor_rate(rclpy
     sensor rate (4x, to keep the test short) get the same number of estimates."""
     from cascade_sd_ros.tools.pipeline import PipelineConfig, SensorPlayer, build_pipeline, scene_rounds
 
-    stream = StreamConfig(
-        n_scenes=4,
-        height=SIZE,
-        width=SIZE,
-        seed=1,
-        motions=("left", "right", "up", "down"),
-        clocks=ClockModel(event_offset_ns=TRUE_NS),
-        packets=PacketConfig(time_threshold_us=5000),
-        esim=replace(EsimConfig(), noise_rate_hz=0.1),
-    )
+    stream = _moving_stream(4)
     scenes = list(iter_scenes(stream))
     params = scene_rounds(stream).params(oracle=False)
     config = PipelineConfig(models={"drafter": "tiny:0"}, stages=("drafter",), params=params)

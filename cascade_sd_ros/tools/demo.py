@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cascade_sd_ros.core.names import STAGE_NAMES
-from cascade_sd_ros.core.synth.scene import MAX_OBJECTS
+from cascade_sd_ros.core.synth.scene import MAX_OBJECTS, SCENE_OBJECTS
 
 ROLES = ("target", "refiner", "drafter")
 
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-objects",
         type=_positive_int,
-        default=2,
+        default=SCENE_OBJECTS,
         metavar="N",
         help="scenes of 1 to N objects (default 2; up to 4: longer captions, where decoding dominates; "
         "a zoo trained on busier scenes captions them, see `cascade-sd train --max-objects`)",
@@ -363,7 +363,7 @@ def run_demo(
     overrides: dict[str, dict[str, Any]] | None = None,
     oracle_offset: bool = False,
     controlled_alpha: float | None = None,
-    max_objects: int = 2,
+    max_objects: int = SCENE_OBJECTS,
 ) -> tuple[list[SceneResult], Any, dict[str, Any]]:
     """Run the scenes through the cascade and through the verifier alone; returns per-scene results,
     the caption-latency comparison and run info.
