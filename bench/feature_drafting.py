@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spec import hf_generate  # noqa: E402
 
 from cascade_sd_ros.core.head import HeadAdapter, load_head  # noqa: E402
-from cascade_sd_ros.core.head.adapter import PrefillHidingHead  # noqa: E402
+from cascade_sd_ros.core.head.adapter import STOP_BELOW, PrefillHidingHead, check_stop_below  # noqa: E402
 from cascade_sd_ros.core.head.merge import (  # noqa: E402
     MergedProposer,
     accepted_sources,
@@ -282,8 +282,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="only scenes whose true caption names this many objects (default: the target's training mix)",
     )
+    parser.add_argument(
+        "--stop-below",
+        type=float,
+        default=STOP_BELOW,
+        help=f"the head's drafts end after a token less likely than this (0: full length; default {STOP_BELOW})",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        check_stop_below(args.stop_below, "--stop-below")
+    except ValueError as exc:
+        parser.error(str(exc))
     for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -295,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     zoo = load_zoo(args.zoo)
     mix = trained_max_objects(args.zoo)
     head_net, align, meta = load_head(folder)
-    head = HeadAdapter(head_net, align, zoo.target, event_encoder=zoo.drafter.model)
+    head = HeadAdapter(head_net, align, zoo.target, event_encoder=zoo.drafter.model, stop_below=args.stop_below)
     with torch.inference_mode():
         result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib, args.objects, mix)
     result.update(
@@ -305,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scene_mix=f"1-{max(mix, args.objects or 1)} objects",
         reps=args.reps,
         gamma=args.gamma,
+        stop_below=args.stop_below,
         max_new_tokens=args.max_new_tokens,
         threads=args.threads,
         head=str(folder),
@@ -318,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(
-        f"{args.scenes} held-out scenes x {args.reps}, gamma {args.gamma} (adaptive), max_new_tokens "
+        f"{args.scenes} held-out scenes x {args.reps}, gamma {args.gamma} (adaptive), head drafts stop below "
+        f"{args.stop_below}, max_new_tokens "
         f"{args.max_new_tokens}, {args.threads} thread(s); load average {result['load_average']}"
     )
     print(

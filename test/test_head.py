@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cascade_sd_ros.core.head import HEAD_MODES, AlignmentMLP, FusedDraftHead, HeadAdapter, HeadConfig, load_head
+from cascade_sd_ros.core.head.adapter import STOP_BELOW
 from cascade_sd_ros.core.head.features import event_tokens
 from cascade_sd_ros.core.head.io import save_head
 from cascade_sd_ros.core.spec.engine import CascadeDecoder, target_only_greedy
@@ -304,3 +305,22 @@ def test_tensor_fingerprint_samples_each_tensor_and_names_a_checkpoint_not_its_d
     assert changed_at(4) == before  # between samples (0, 3999, ...): not seen, by design
     reshaped = nn.Linear(200, 300).to(torch.bfloat16)
     assert tensor_fingerprint([reshaped], samples=16) != before
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2.0])
+def test_a_confidence_floor_outside_0_1_is_refused(zoo: Zoo, bad: float) -> None:
+    head, align, _ = load_head(SHIPPED)
+    with pytest.raises(ValueError, match=r"stop_below must be in \[0, 1\)"):
+        HeadAdapter(head, align, zoo.target, stop_below=bad)
+
+
+def test_a_head_that_stops_on_its_confidence_is_exact_and_spends_fewer_forwards(zoo: Zoo, scenes: list[tuple]) -> None:
+    forwards = {}
+    for floor in (0.0, STOP_BELOW):
+        head = _head(zoo)
+        head.stop_below = floor
+        decoder = CascadeDecoder([head, zoo.target], gamma=6, gamma_max=16)
+        for ctx_t, ctx_d in scenes:
+            assert decoder.generate([ctx_d, ctx_t], 32).token_ids == target_only_greedy(zoo.target, ctx_t, 32)
+        forwards[floor] = head.forwards
+    assert forwards[STOP_BELOW] < forwards[0.0]  # no chains past the tokens it is unsure of

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cascade_sd_ros.core.head.adapter import STOP_BELOW
 from cascade_sd_ros.core.head.features import ProjectorTap, event_tokens
 from cascade_sd_ros.core.head.io import event_encoder_fingerprint, load_head
 from cascade_sd_ros.core.names import STAGE_DRAFTER, STAGE_HEAD, STAGE_REFINER
@@ -89,7 +90,13 @@ def test_head_rounds_fused_late_and_target_only(zoo: Zoo) -> None:
     start(0)  # no features yet: target states alone
     assert not spec.adapter.has_events
     first = source.draft([], 8)
-    assert first is not None and first[0].stage == STAGE_HEAD and len(first[1]) == 4
+    assert first is not None and first[0].stage == STAGE_HEAD
+    # it stops on its own confidence, so its length is its own up to the ceiling (gamma_max 8)...
+    conf = first[0].confidence
+    assert 1 <= len(first[1]) <= 8 and all(c >= spec.adapter.stop_below for c in conf[:-1])
+    spec.adapter.stop_below = 0.0  # ...and without a floor it is the adapted length (gamma 4)
+    assert (fixed := source.draft([], 8)) is not None and len(fixed[1]) == 4
+    spec.adapter.stop_below = STOP_BELOW
     source.offer_features(100, tokens[0])  # late: read from the next draft on
     assert source.draft([], 8) is not None and spec.adapter.has_events
     source.offer_features(102, tokens[2])  # early for a later round: kept for it

@@ -161,6 +161,49 @@ def test_propose_stops_after_eos_and_handles_zero_k(tm: TinyModels, ref: list[in
     assert same.propose(ref[:1], MAX_NEW).token_ids == ref[1:stop]
 
 
+def test_a_confidence_floor_ends_a_greedy_proposal_after_its_first_unsure_token(tm: TinyModels, ref: list[int]) -> None:
+    full = tm.target.propose([], MAX_NEW)
+    assert full.token_ids == ref
+    # a floor just above one of the greedy tokens' own probabilities: the proposal ends with that token
+    j = min(range(1, MAX_NEW - 1), key=lambda i: full.probs[i])
+    floor = full.probs[j] + 1e-6
+    stop = next(i for i, p in enumerate(full.probs) if p < floor) + 1  # (j, or an earlier unsure token)
+    assert stop < MAX_NEW
+    f0 = tm.target.forwards
+    tm.target.stop_below = floor
+    try:
+        short = tm.target.propose([], MAX_NEW)
+        assert short.token_ids == ref[:stop]  # the same picks, only fewer
+        assert short.probs == pytest.approx(full.probs[:stop])
+        assert tm.target.forwards - f0 == stop - 1  # no forward past the unsure token
+        # sampling ignores the floor: a sampled draft's length is the verifier's business
+        sampled = tm.target.propose([], MAX_NEW, temperature=1.0, generator=torch.Generator().manual_seed(0))
+        assert len(sampled.token_ids) == MAX_NEW
+        # and the cache stays consistent: the next proposal continues the greedy caption
+        rest = tm.target.propose(ref[:stop], MAX_NEW - stop).token_ids
+        assert rest and rest == ref[stop : stop + len(rest)]
+    finally:
+        tm.target.stop_below = 0.0
+
+
+def test_an_engine_drafter_with_a_floor_drafts_to_gamma_max_and_stays_exact(tm: TinyModels, ref: list[int]) -> None:
+    ctx = tm.make_contexts(0)
+    tm.drafter.prefill(ctx.drafter)
+    sure = min(tm.drafter.propose([], 7).probs)  # the random drafter's confidence in its first 7 tokens
+    try:
+        for floor, first_draft in ((sure / 2, 7), (1 - 1e-6, 1)):
+            tm.drafter.stop_below = floor
+            decoder = CascadeDecoder([tm.drafter, tm.target], gamma=2, gamma_max=7)
+            res = decoder.generate([ctx.drafter, ctx.target], MAX_NEW)
+            assert res.token_ids == ref
+            # sure of all 7: gamma_max, not the controller's 2; sure of nothing: one token
+            assert res.stats.rounds[0].drafted[0] == first_draft
+    finally:
+        tm.drafter.stop_below = 0.0
+    plain = CascadeDecoder([tm.drafter, tm.target], gamma=2, gamma_max=7).generate([ctx.drafter, ctx.target], MAX_NEW)
+    assert plain.stats.rounds[0].drafted[0] == 2  # without a floor: the controller's gamma
+
+
 # ------------------------------------------------------------------ verifier step corner cases
 def test_empty_draft_commits_one_target_token(tm: TinyModels, ref: list[int]) -> None:
     res = verify_greedy(tm.target, [], [], max_new_tokens=MAX_NEW)

@@ -42,6 +42,7 @@ from cascade_sd_ros.core.align import (
     nearest_frame,
     select_clip,
 )
+from cascade_sd_ros.core.head.adapter import STOP_BELOW, check_stop_below
 from cascade_sd_ros.core.head.features import features_from_payload
 from cascade_sd_ros.core.modes import ModeRules
 from cascade_sd_ros.core.names import (
@@ -143,11 +144,19 @@ PARAMS: tuple[Param, ...] = (
     Param("head_gamma", 6, "[tokens] the draft head's first draft length (then adapted)", 1, 64, read_only=True),
     Param(
         "head_gamma_max",
-        6,
-        "[tokens] the draft head's longest draft (6: on the zoo as many tokens accepted as 16, at less than "
-        "half the head's cost)",
+        16,
+        "[tokens] the draft head's longest draft (with head_stop_below its drafts run this far while it is sure)",
         1,
         64,
+        read_only=True,
+    ),
+    Param(
+        "head_stop_below",
+        STOP_BELOW,
+        "the draft head's draft ends after its first token less likely than this, so its length is its "
+        "confidence's (up to head_gamma_max); 0 = drafts of the adapted length",
+        0.0,
+        0.99,
         read_only=True,
     ),
     Param(
@@ -182,6 +191,7 @@ class VerifierConfig(StageConfig):
     draft_head: str
     head_gamma: int
     head_gamma_max: int
+    head_stop_below: float
     head_prefill_draft: bool
 
     @staticmethod
@@ -206,6 +216,7 @@ class VerifierConfig(StageConfig):
             draft_head=str(p["draft_head"]).strip(),
             head_gamma=p["head_gamma"],
             head_gamma_max=max(p["head_gamma"], p["head_gamma_max"]),
+            head_stop_below=check_stop_below(float(p["head_stop_below"]), "head_stop_below"),
             head_prefill_draft=bool(p["head_prefill_draft"]),
         )
 
@@ -392,6 +403,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             log(f"draft head refused, verifying without it: {why}")
             return None
         self._head_spec = spec
+        spec.adapter.stop_below = self.cfg.head_stop_below
         self.head_status = f"on ({spec.folder})"
         self.get_logger().info(
             f"draft head {spec.folder} on: target states + event features of encoder {spec.event_encoder or '(none)'}"

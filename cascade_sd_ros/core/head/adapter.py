@@ -14,6 +14,11 @@ Modes (the ablation's three heads, one set of weights trained for all three):
 * "fused": target states + aligned event features (memory), the default;
 * "target": target states alone (no event features: what a missing EventFeatures message degrades to);
 * "events": aligned event features alone (zero target states).
+
+A head draft is as long as the head is sure (`stop_below`, see
+:class:`~cascade_sd_ros.core.spec.adapter.CachedRowsAdapter`): its errors cluster on a few hard
+tokens (a small shape's motion), where a fixed-length chain spends forwards on tokens that follow a
+likely rejection. `STOP_BELOW` is the default, measured on the zoo (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -28,11 +33,19 @@ from cascade_sd_ros.core.head.features import event_tokens
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadCache
 from cascade_sd_ros.core.spec.adapter import CachedRowsAdapter, HFAdapter, Proposal, StageContext
 
-__all__ = ["HEAD_MODES", "HeadMode", "HeadAdapter", "PrefillHidingHead"]
+__all__ = ["HEAD_MODES", "STOP_BELOW", "HeadMode", "HeadAdapter", "PrefillHidingHead", "check_stop_below"]
 
 HeadMode = Literal["fused", "target", "events"]
 HEAD_MODES: tuple[str, ...] = ("fused", "target", "events")
 _TRUE, _PRED, _ZERO = "T", "P", "Z"  # where a head position's feature came from
+STOP_BELOW = 0.7  # a head draft ends after its first token less likely than this
+
+
+def check_stop_below(value: float, what: str = "stop_below") -> float:
+    """A confidence floor in [0, 1) (0: fixed-length drafts), or a ValueError naming ``what``."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{what} must be in [0, 1) (0: drafts of the full length), got {value}")
+    return float(value)
 
 
 class HeadAdapter(CachedRowsAdapter):
@@ -48,6 +61,7 @@ class HeadAdapter(CachedRowsAdapter):
         event_encoder: PreTrainedModel | None = None,
         mode: HeadMode = "fused",
         name: str = "head",
+        stop_below: float = STOP_BELOW,
     ) -> None:
         if mode not in HEAD_MODES:
             raise ValueError(f"head mode must be one of {HEAD_MODES}, got {mode!r}")
@@ -59,6 +73,7 @@ class HeadAdapter(CachedRowsAdapter):
         self.name = name
         self.modality = "image"
         self.mode: HeadMode = mode
+        self.stop_below = check_stop_below(stop_below)
         self.net = head.eval()  # the stage's own network
         self.model = head  # type: ignore[assignment]  # CachedRowsAdapter's slot; this stage has no transformers model
         self.align = align.eval()

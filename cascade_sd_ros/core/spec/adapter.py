@@ -210,6 +210,13 @@ class CachedRowsAdapter(abc.ABC):
 
     Attributes set by the subclass: `name`, `modality`, `model`, `_vocab_size`, `_eos_token_id`,
     `_context`, `_rows`, `forwards`.
+
+    `stop_below` (default 0: off) bounds a greedy proposal by the stage's own confidence: it ends
+    after the first token whose probability is below it, so k is a cap and the draft is as long as
+    the stage is sure (EAGLE-2's dynamic draft length; transformers' assistant confidence
+    threshold). Verifying a longer draft costs little, drafting each token past a likely rejection
+    costs a forward: a draft that stops where the stage starts to guess spends its forwards where
+    they pay. The low-confidence token itself is kept (checking it is free in the same verify).
     """
 
     name: str
@@ -220,6 +227,7 @@ class CachedRowsAdapter(abc.ABC):
     _context: StageContext | None
     _rows: torch.Tensor  # [cap, V] float32
     forwards: int
+    stop_below: float = 0.0  # greedy proposals end after a token less likely than this (0: k tokens)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -307,7 +315,9 @@ class CachedRowsAdapter(abc.ABC):
 
         The first token comes from the cached row; each next one is a one-token forward whose input is
         the previous pick, chained on the device. One host sync at the end: ids and probabilities come
-        back in one transfer. The proposal stops after the first EOS.
+        back in one transfer. The proposal stops after the first EOS, and (greedy, with `stop_below`)
+        after the first token whose probability is below `stop_below`: then each pick is read back
+        as it is made (one sync per token, as the check needs).
         """
         self._require_context()
         if k < 0:
@@ -326,6 +336,7 @@ class CachedRowsAdapter(abc.ABC):
         base = len(prefix)
         self._reserve(base, k)
         picks = torch.empty(k, dtype=torch.long, device=self.device)  # [k]
+        floor = self.stop_below if temperature == 0 else 0.0
         for i in range(k):
             row = self._rows[base + i]  # [V] (read each time: a subclass may grow the buffer)
             if temperature > 0:
@@ -333,8 +344,12 @@ class CachedRowsAdapter(abc.ABC):
                 picks[i] = torch.multinomial(dist, 1, generator=generator)[0]
             else:
                 picks[i] = torch.argmax(row)
+            if floor > 0 and float(torch.softmax(row, dim=-1)[picks[i]]) < floor:
+                k = i + 1  # the stage starts guessing here: this token is checked, none is drafted past it
+                break
             if i < k - 1:
                 self._feed(picks[i : i + 1], base + i)
+        picks = picks[:k]
         rows = self._rows[base : base + k]  # [k, V]
         dist_all = torch.softmax(rows / (temperature if temperature > 0 else 1.0), dim=-1)  # [k, V]
         probs_t = dist_all.gather(1, picks.view(-1, 1)).view(-1)  # [k]

@@ -182,6 +182,15 @@ class CascadeDecoder:
         """Target-only decoding: greedy, or sampling at the mode's temperature."""
         return LevelRule("sample", temperature=self.temperature) if self.temperature > 0 else LevelRule("greedy")
 
+    def _draft_length(self) -> int:
+        """The drafter's gamma this round. A greedy drafter that stops on its own confidence
+        (`stop_below`) drafts up to gamma_max while its drafts pay: its confidence sets the length
+        (its errors cluster on a few hard tokens, so the i.i.d. acceptance model behind the
+        controller's gamma would cut its sure runs short); gamma 0 (drafts that do not pay) stays 0."""
+        controller = self.controllers[0]
+        sure = getattr(self.stages[0], "stop_below", 0.0) > 0 and not self.draft_sampling
+        return controller.gamma_max if sure and controller.gamma > 0 else controller.gamma
+
     def prefill(self, contexts: Sequence[StageContext]) -> None:
         if len(contexts) != len(self.stages):
             raise ValueError(f"need one context per stage ({len(self.stages)}), got {len(contexts)}")
@@ -230,7 +239,7 @@ class CascadeDecoder:
                 prop = draft_step(
                     self.stages[0],
                     prefix,
-                    self.controllers[0].gamma,
+                    self._draft_length(),
                     max_new_tokens=max_new_tokens,
                     temperature=self.temperature if self.draft_sampling else 0.0,
                     generator=generator,

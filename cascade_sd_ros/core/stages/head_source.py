@@ -252,7 +252,8 @@ class HeadSource:
             return early[1], list(early[1].token_ids[:budget])
         self._late_features()
         with self._lock:
-            k = min(self._gamma.value, budget)
+            # a head that stops on its own confidence drafts as far as it is sure, up to the ceiling
+            k = min(self._gamma.ceiling if self.head.stop_below > 0 else self._gamma.value, budget)
         f0, t0 = self.head.forwards, time.perf_counter()
         proposal = self.head.propose(list(committed), k)
         spent = time.perf_counter() - t0
