@@ -74,7 +74,13 @@ def test_params_parse_and_merge() -> None:
     assert parse_value("true") is True and parse_value("3") == 3 and parse_value("0.5") == 0.5
     assert parse_value("tiny:0") == "tiny:0"
     params = parse_params(["common:round_period=0.5", "video_verifier:max_wait=1", "video_verifier:mode=pyramid"])
-    assert params == {"common": {"round_period": 0.5}, "video_verifier": {"max_wait": 1, "mode": "pyramid"}}
+    assert params == {"common": {"round_period": 0.5}, "video_verifier": {"max_wait": 1.0, "mode": "pyramid"}}
+    # a whole number for a double parameter is that float (rclpy would refuse INTEGER for DOUBLE and
+    # the stage would exit); integer parameters stay integers
+    assert type(params["video_verifier"]["max_wait"]) is float
+    typed = parse_params(["video_verifier:head_stop_below=0", "common:draft_wait=0", "event_drafter:gamma=4"])
+    assert typed == {"video_verifier": {"head_stop_below": 0.0}, "common": {"draft_wait": 0.0}, "event_drafter": {"gamma": 4}}
+    assert [type(v) for d in typed.values() for v in d.values()] == [float, float, int]
     merged = replay_params("cascade", params)
     assert merged["frame_refiner"]["mode"] == "cascade" and merged["video_verifier"]["mode"] == "pyramid"
     assert merge_params({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": {"z": 4}}) == {

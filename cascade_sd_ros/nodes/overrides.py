@@ -42,6 +42,31 @@ def declared_by_node() -> dict[str, frozenset[str]]:
     return out
 
 
+def float_params_by_node() -> dict[str, frozenset[str]]:
+    """Each stage node's parameters of type double (their ``Param`` default is a float)."""
+    out = {}
+    for node in NODE_OF_STAGE.values():
+        module = importlib.import_module(f"cascade_sd_ros.nodes.{node}")
+        out[node] = frozenset(p.name for p in module.PARAMS if isinstance(p.default, float))
+    return out
+
+
+def as_declared_floats(params: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    """The overrides with a whole number given for a double parameter made a float: rclpy refuses
+    ``draft_wait=0`` as INTEGER for a DOUBLE parameter and the stage exits, while the user meant 0.0
+    (``common`` values: a double parameter of any stage)."""
+    floats = float_params_by_node()
+    every = frozenset().union(*floats.values())
+    out: dict[str, dict[str, object]] = {}
+    for section, values in params.items():
+        names = every if section == "common" else floats.get(section, frozenset())
+        out[section] = {
+            n: float(v) if n in names and isinstance(v, int) and not isinstance(v, bool) else v
+            for n, v in values.items()
+        }
+    return out
+
+
 def ignored_override(node: str, name: str, named: bool, declared: Mapping[str, Collection[str]]) -> str | None:
     """The one-line warning for override ``name`` that ``node`` does not declare, or None when it
     is another stage's parameter in a shared block. ``named``: written for this node."""

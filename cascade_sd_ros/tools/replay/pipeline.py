@@ -38,13 +38,13 @@ def parse_params(specs: list[str]) -> dict[str, dict[str, Any]]:
                 f"--param {spec!r}: expected NODE:NAME=VALUE with NODE one of {', '.join(PARAM_TARGETS)}"
             )
         out.setdefault(target, {})[name] = parse_value(value)
-    from cascade_sd_ros.nodes.overrides import check_pipeline_params
+    from cascade_sd_ros.nodes.overrides import as_declared_floats, check_pipeline_params
 
     try:
         check_pipeline_params(out)  # a parameter no node would take is refused here, not ignored there
     except ValueError as exc:
         raise ReplayInputError(f"--param: {exc}") from None
-    return out
+    return as_declared_floats(out)
 
 
 def replay_params(mode: str, params: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
