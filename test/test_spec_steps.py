@@ -154,8 +154,10 @@ def test_propose_stops_after_eos_and_handles_zero_k(tm: TinyModels, ref: list[in
     assert stop < MAX_NEW  # the EOS check is reached before k runs out
     same = HFAdapter(tm.target.model, name="target-eos", modality="video", eos_token_id=eos)
     same.prefill(tm.make_contexts(0).target)
+    f0 = same.forwards
     prop = same.propose([], MAX_NEW + 5)
     assert prop.token_ids == ref[:stop] and prop.token_ids[-1] == eos
+    assert same.forwards - f0 == stop - 1  # on a CPU the chain ends at the EOS, no forward past it
     assert len(prop.probs) == stop and all(0 < p <= 1 for p in prop.probs)
     # and after a prefix, from the middle of the caption
     assert same.propose(ref[:1], MAX_NEW).token_ids == ref[1:stop]

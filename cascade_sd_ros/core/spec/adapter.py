@@ -316,8 +316,9 @@ class CachedRowsAdapter(abc.ABC):
         The first token comes from the cached row; each next one is a one-token forward whose input is
         the previous pick, chained on the device. One host sync at the end: ids and probabilities come
         back in one transfer. The proposal stops after the first EOS, and (greedy, with `stop_below`)
-        after the first token whose probability is below `stop_below`: then each pick is read back
-        as it is made (one sync per token, as the check needs).
+        after the first token whose probability is below `stop_below`: then, and on a CPU, each pick
+        is read back as it is made (one sync per token, as the check needs) and no forward runs past
+        the EOS or the unsure token.
         """
         self._require_context()
         if k < 0:
@@ -337,6 +338,9 @@ class CachedRowsAdapter(abc.ABC):
         self._reserve(base, k)
         picks = torch.empty(k, dtype=torch.long, device=self.device)  # [k]
         floor = self.stop_below if temperature == 0 else 0.0
+        # reading each pick back costs a sync on an accelerator, nothing on a CPU: there (or when the
+        # floor reads it anyway) the chain ends at EOS instead of drafting past it to be cut
+        read_back = floor > 0 or self.device.type == "cpu"
         for i in range(k):
             row = self._rows[base + i]  # [V] (read each time: a subclass may grow the buffer)
             if temperature > 0:
@@ -344,8 +348,11 @@ class CachedRowsAdapter(abc.ABC):
                 picks[i] = torch.multinomial(dist, 1, generator=generator)[0]
             else:
                 picks[i] = torch.argmax(row)
-            if floor > 0 and float(torch.softmax(row, dim=-1)[picks[i]]) < floor:
-                k = i + 1  # the stage starts guessing here: this token is checked, none is drafted past it
+            if read_back and (
+                int(picks[i]) == self._eos_token_id
+                or (floor > 0 and float(torch.softmax(row, dim=-1)[picks[i]]) < floor)
+            ):
+                k = i + 1  # EOS, or the stage starts guessing here: this token is checked, none past it
                 break
             if i < k - 1:
                 self._feed(picks[i : i + 1], base + i)
