@@ -79,7 +79,11 @@ def test_params_parse_and_merge() -> None:
     # the stage would exit); integer parameters stay integers
     assert type(params["video_verifier"]["max_wait"]) is float
     typed = parse_params(["video_verifier:head_stop_below=0", "common:draft_wait=0", "event_drafter:gamma=4"])
-    assert typed == {"video_verifier": {"head_stop_below": 0.0}, "common": {"draft_wait": 0.0}, "event_drafter": {"gamma": 4}}
+    assert typed == {
+        "video_verifier": {"head_stop_below": 0.0},
+        "common": {"draft_wait": 0.0},
+        "event_drafter": {"gamma": 4},
+    }
     assert [type(v) for d in typed.values() for v in d.values()] == [float, float, int]
     merged = replay_params("cascade", params)
     assert merged["frame_refiner"]["mode"] == "cascade" and merged["video_verifier"]["mode"] == "pyramid"
