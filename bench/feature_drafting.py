@@ -6,6 +6,8 @@ token for token against target-only `generate()`):
 * `target-only generate()`: transformers greedy decoding of the target, the reference;
 * `engine, event drafter`: today's token-level cascade (the 1-layer event LLaVA drafts);
 * `head: target states` / `head: event features` / `head: fused`: the draft head's three inputs;
+* `head: fused, no confidence stop` (with `--stop-below` > 0): the fused head drafting the
+  controller's adapted length instead of stopping after its first unsure token;
 * `head: fused + prefill hiding`: the first draft made from event features before the clip's prefill
   and carried in the prefill forward (`HFAdapter.prefill(context, caption=draft)`): verified for free;
 * `head: fused + merging`: per position, the head's or the event drafter's token, whichever stage's
@@ -62,6 +64,7 @@ from cascade_sd_ros.core.zoo import Zoo, default_zoo_path, load_zoo  # noqa: E40
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, build_sample  # noqa: E402
 
 TARGET_ONLY = "target-only generate()"
+FIXED_LENGTH = "head: fused, no confidence stop"
 
 
 @dataclass
@@ -199,16 +202,22 @@ def run(
         return hiding_decoder.generate(None, max_new), 1  # (+1: the prefill ran outside generate)
 
     Method = tuple[Callable[[], None], Callable[[StageContext, StageContext], tuple[DecodeResult, int]], bool]
+    floor = head.stop_below
+
+    def use(mode: str, stop_below: float = floor) -> Callable[[], None]:
+        def setup() -> None:
+            head.mode, head.stop_below = mode, stop_below  # type: ignore[assignment]
+
+        return setup
+
     engines: dict[str, Method] = {}
     engines["engine, event drafter"] = (lambda: None, plain(CascadeDecoder([d, t], gamma=gamma)), False)
     for name, mode in modes.items():
-        engines[name] = (lambda m=mode: setattr(head, "mode", m), plain(CascadeDecoder([head, t], gamma=gamma)), False)
-    engines["head: fused + prefill hiding"] = (lambda: setattr(head, "mode", "fused"), hidden, False)
-    engines["head: fused + merging"] = (
-        lambda: setattr(head, "mode", "fused"),
-        plain(CascadeDecoder([merged, t], gamma=gamma)),
-        True,
-    )
+        engines[name] = (use(mode), plain(CascadeDecoder([head, t], gamma=gamma)), False)
+    if floor > 0:  # the same head with drafts of the controller's adapted length, for comparison
+        engines[FIXED_LENGTH] = (use("fused", 0.0), plain(CascadeDecoder([head, t], gamma=gamma)), False)
+    engines["head: fused + prefill hiding"] = (use("fused"), hidden, False)
+    engines["head: fused + merging"] = (use("fused"), plain(CascadeDecoder([merged, t], gamma=gamma)), True)
     runs = {name: Run() for name in (TARGET_ONLY, *engines)}
     warm_t, warm_d = scenes[0]
     hf_generate(t, warm_t, 4)

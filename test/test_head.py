@@ -316,11 +316,12 @@ def test_a_confidence_floor_outside_0_1_is_refused(zoo: Zoo, bad: float) -> None
 
 def test_a_head_that_stops_on_its_confidence_is_exact_and_spends_fewer_forwards(zoo: Zoo, scenes: list[tuple]) -> None:
     forwards = {}
-    for floor in (0.0, STOP_BELOW):
+    for floor in (0.0, 0.7):
         head = _head(zoo)
         head.stop_below = floor
         decoder = CascadeDecoder([head, zoo.target], gamma=6, gamma_max=16)
         for ctx_t, ctx_d in scenes:
             assert decoder.generate([ctx_d, ctx_t], 32).token_ids == target_only_greedy(zoo.target, ctx_t, 32)
         forwards[floor] = head.forwards
-    assert forwards[STOP_BELOW] < forwards[0.0]  # no chains past the tokens it is unsure of
+    assert forwards[0.7] < forwards[0.0]  # no chains past the tokens it is unsure of
+    assert _head(zoo).stop_below == STOP_BELOW == 0.0  # off unless asked for

@@ -145,7 +145,7 @@ def test_fused_head_keeps_captions_exact_and_drafts_them(make_run, scenes, alone
     run = make_run(config)
     verifier = run.pipeline.verifier
     assert verifier.head_status.startswith("on"), verifier.head_status
-    assert verifier._head_spec.adapter.stop_below == STOP_BELOW  # its drafts as long as it is sure
+    assert verifier._head_spec.adapter.stop_below == STOP_BELOW  # off by default: adapted lengths
     finals = _play_lossless(run, scenes, rounds, alone)
     assert _head_accepted(finals) > 0  # the head's drafts were checked and carried the captions
     drafter = run.pipeline.nodes[0]
@@ -166,9 +166,9 @@ def test_fused_head_keeps_captions_exact_and_drafts_them(make_run, scenes, alone
 
 
 def test_missing_features_degrade_to_target_states(make_run, scenes, alone) -> None:  # noqa: ANN001
-    config, rounds = _config(drafter={"publish_features": False}, head_stop_below=0.0)  # fixed-length drafts too
+    config, rounds = _config(drafter={"publish_features": False}, head_stop_below=0.7)  # drafts by confidence too
     run = make_run(config)
-    assert run.pipeline.verifier._head_spec.adapter.stop_below == 0.0
+    assert run.pipeline.verifier._head_spec.adapter.stop_below == 0.7
     finals = _play_lossless(run, scenes, rounds, alone)
     head = run.pipeline.verifier.stage.snapshot()
     assert head["head.rounds_fused"] == 0 and head["head.rounds_late"] == 0

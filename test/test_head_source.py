@@ -89,6 +89,7 @@ def test_head_rounds_fused_late_and_target_only(zoo: Zoo) -> None:
 
     start(0)  # no features yet: target states alone
     assert not spec.adapter.has_events
+    spec.adapter.stop_below = 0.7
     first = source.draft([], 8)
     assert first is not None and first[0].stage == STAGE_HEAD
     # it stops on its own confidence, so its length is its own up to the ceiling (gamma_max 8)...

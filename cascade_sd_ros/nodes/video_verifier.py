@@ -145,7 +145,8 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "head_gamma_max",
         16,
-        "[tokens] the draft head's longest draft (with head_stop_below its drafts run this far while it is sure)",
+        "[tokens] the draft head's longest draft (16: busy scenes' long captions accept long drafts; "
+        "with head_stop_below its drafts run this far while it is sure)",
         1,
         64,
         read_only=True,
@@ -154,7 +155,7 @@ PARAMS: tuple[Param, ...] = (
         "head_stop_below",
         STOP_BELOW,
         "the draft head's draft ends after its first token less likely than this, so its length is its "
-        "confidence's (up to head_gamma_max); 0 = drafts of the adapted length",
+        "confidence's (up to head_gamma_max); 0 (default) = drafts of the adapted length",
         0.0,
         0.99,
         read_only=True,

@@ -15,10 +15,12 @@ Modes (the ablation's three heads, one set of weights trained for all three):
 * "target": target states alone (no event features: what a missing EventFeatures message degrades to);
 * "events": aligned event features alone (zero target states).
 
-A head draft is as long as the head is sure (`stop_below`, see
-:class:`~cascade_sd_ros.core.spec.adapter.CachedRowsAdapter`): its errors cluster on a few hard
-tokens (a small shape's motion), where a fixed-length chain spends forwards on tokens that follow a
-likely rejection. `STOP_BELOW` is the default, measured on the zoo (bench/RESULTS.md).
+With `stop_below` > 0 a head draft is as long as the head is sure (see
+:class:`~cascade_sd_ros.core.spec.adapter.CachedRowsAdapter`) instead of the controller's adapted
+length. Off by default (`STOP_BELOW`): on the zoo a head step costs 0.03 of a target step, so a
+token past an unsure one is nearly free to draft, and stopping there cost the engine 3-4 % (the
+nodes: no difference); it pays where drafting is dearer relative to verifying (bench/RESULTS.md,
+"Seventh session").
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __all__ = ["HEAD_MODES", "STOP_BELOW", "HeadMode", "HeadAdapter", "PrefillHiding
 HeadMode = Literal["fused", "target", "events"]
 HEAD_MODES: tuple[str, ...] = ("fused", "target", "events")
 _TRUE, _PRED, _ZERO = "T", "P", "Z"  # where a head position's feature came from
-STOP_BELOW = 0.7  # a head draft ends after its first token less likely than this
+STOP_BELOW = 0.0  # default floor: off (a head draft ends after its first token less likely than this)
 
 
 def check_stop_below(value: float, what: str = "stop_below") -> float:
