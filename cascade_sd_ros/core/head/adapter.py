@@ -18,9 +18,9 @@ Modes (the ablation's three heads, one set of weights trained for all three):
 With `stop_below` > 0 a head draft is as long as the head is sure (see
 :class:`~cascade_sd_ros.core.spec.adapter.CachedRowsAdapter`) instead of the controller's adapted
 length. Off by default (`STOP_BELOW`): on the zoo a head step costs 0.03 of a target step, so a
-token past an unsure one is nearly free to draft, and stopping there cost the engine 3-4 % (the
-nodes: no difference); it pays where drafting is dearer relative to verifying (bench/RESULTS.md,
-"Seventh session").
+token past an unsure one is nearly free to draft, and stopping there was neutral (-4 % to +3 % in
+the engine, within noise in the nodes); it can pay where drafting is dearer relative to verifying
+(bench/RESULTS.md, "Seventh session").
 """
 
 from __future__ import annotations
