@@ -215,8 +215,9 @@ class CachedRowsAdapter(abc.ABC):
     after the first token whose probability is below it, so k is a cap and the draft is as long as
     the stage is sure (EAGLE-2's dynamic draft length; transformers' assistant confidence
     threshold). Verifying a longer draft costs little, drafting each token past a likely rejection
-    costs a forward: a draft that stops where the stage starts to guess spends its forwards where
-    they pay. The low-confidence token itself is kept (checking it is free in the same verify).
+    costs a forward: stopping where the stage starts to guess pays where a draft step is dear
+    relative to a verification (on the zoo it is not: bench/RESULTS.md, "Seventh session"). The
+    unsure token itself is kept (checking it is free in the same verify).
     """
 
     name: str
