@@ -20,7 +20,7 @@ The demo and replay refuse such parameters outright (:func:`check_pipeline_param
 from __future__ import annotations
 
 import importlib
-from typing import Collection, Mapping
+from typing import Any, Collection, Mapping
 
 from cascade_sd_ros.core.names import NODE_OF_STAGE
 
@@ -33,22 +33,24 @@ MOVED: dict[tuple[str, str], str] = {
 RCLPY_PARAMS = frozenset({"use_sim_time", "start_type_description_service"})
 
 
+def _params_by_node() -> dict[str, tuple[Any, ...]]:
+    """Each stage node's declared ``Param``s (its module's ``PARAMS``)."""
+    return {
+        node: tuple(importlib.import_module(f"cascade_sd_ros.nodes.{node}").PARAMS) for node in NODE_OF_STAGE.values()
+    }
+
+
 def declared_by_node() -> dict[str, frozenset[str]]:
-    """Each stage node's declared parameter names (its module's ``PARAMS``), rclpy's own included."""
-    out = {}
-    for node in NODE_OF_STAGE.values():
-        module = importlib.import_module(f"cascade_sd_ros.nodes.{node}")
-        out[node] = frozenset(p.name for p in module.PARAMS) | RCLPY_PARAMS
-    return out
+    """Each stage node's declared parameter names, rclpy's own included."""
+    return {node: frozenset(p.name for p in params) | RCLPY_PARAMS for node, params in _params_by_node().items()}
 
 
 def float_params_by_node() -> dict[str, frozenset[str]]:
     """Each stage node's parameters of type double (their ``Param`` default is a float)."""
-    out = {}
-    for node in NODE_OF_STAGE.values():
-        module = importlib.import_module(f"cascade_sd_ros.nodes.{node}")
-        out[node] = frozenset(p.name for p in module.PARAMS if isinstance(p.default, float))
-    return out
+    return {
+        node: frozenset(p.name for p in params if isinstance(p.default, float))
+        for node, params in _params_by_node().items()
+    }
 
 
 def as_declared_floats(params: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
