@@ -80,6 +80,17 @@ OUTPUT_QOS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 PROMPT_QOS = OUTPUT_QOS
+# Verified captions: one update per verifier step, then the final, and the next round's updates at
+# once behind it. A subscriber that fell behind by more than the depth lost the final caption under
+# the next round's burst (the demo's verifier alone, 32-token rounds, one loaded process), so the
+# depth holds a few rounds at the default max_new_tokens. KEEP_LAST, not KEEP_ALL: a stuck RViz must
+# never block the verifier's publish.
+CAPTION_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=128,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 # The applied clock offset: latched, so a stage (re)starting later hears the current value at once.
 LATCHED_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,

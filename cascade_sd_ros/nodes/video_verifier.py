@@ -68,6 +68,7 @@ from cascade_sd_ros.core.stages.head_source import HeadSource, HeadSpec, open_dr
 from cascade_sd_ros.core.zoo import default_zoo_path
 from cascade_sd_ros.nodes.clock_offset import ClockOffsetInput
 from cascade_sd_ros.nodes.common import (
+    CAPTION_QOS,
     COMMON_PARAMS,
     FEATURES_QOS,
     FOLLOW_CLOCK_OFFSET_PARAM,
@@ -298,7 +299,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.pub_commit = self.create_lifecycle_publisher(Commit, TOPIC_COMMIT, ROUND_QOS)
-        self.pub_caption = self.create_lifecycle_publisher(VerifiedCaption, TOPIC_CAPTION, OUTPUT_QOS)
+        self.pub_caption = self.create_lifecycle_publisher(VerifiedCaption, TOPIC_CAPTION, CAPTION_QOS)
         self.pub_marker = self.create_lifecycle_publisher(Marker, TOPIC_MARKER, OUTPUT_QOS)
         self.pub_overlay = self.create_lifecycle_publisher(Image, TOPIC_OVERLAY, OUTPUT_QOS)
         if self.cfg.follow_clock_offset:

@@ -39,7 +39,7 @@ from cascade_sd_ros.core.names import (
 )
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source, load_stage_model
 from cascade_sd_ros.core.stages import RoundSchedule
-from cascade_sd_ros.nodes.common import GIL_SWITCH_S, OUTPUT_QOS
+from cascade_sd_ros.nodes.common import CAPTION_QOS, GIL_SWITCH_S
 from cascade_sd_ros.nodes.overrides import check_pipeline_params, declared_by_node
 
 # The player publishes like a bag player: reliable and deep, so the stages (subscribed with
@@ -140,7 +140,7 @@ class CaptionCollector(Node):
         # counts' growth between successive updates, one per commit), for the consecutive-accept rate
         self.rejections: dict[int, int] = {}
         self._counted: dict[int, tuple[int, int]] = {}  # round -> (drafted, accepted) so far
-        self.create_subscription(VerifiedCaption, TOPIC_CAPTION, self._on_caption, OUTPUT_QOS)
+        self.create_subscription(VerifiedCaption, TOPIC_CAPTION, self._on_caption, CAPTION_QOS)
 
     def _on_caption(self, msg: Any) -> None:
         with self._cond:
