@@ -16,7 +16,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from transformers import (
@@ -29,6 +29,9 @@ from transformers import (
 
 from cascade_sd_ros.core.spec import cache_ops
 from cascade_sd_ros.core.spec.prompt import media_token_count, media_token_id
+
+if TYPE_CHECKING:
+    from cascade_sd_ros.core.spec.tree import DraftTree
 
 __all__ = [
     "Modality",
@@ -372,6 +375,20 @@ class CachedRowsAdapter(abc.ABC):
         q = dist_all[:n].clone() if (return_q or temperature > 0) else None
         return Proposal(token_ids[:n], probs[:n], q, temperature > 0)
 
+    @torch.inference_mode()
+    def propose_runner_ups(self, prefix: Sequence[int], k: int) -> tuple[list[int], list[int], list[float]]:
+        """A greedy proposal of (at most) k tokens, with, per position, the stage's second choice and
+        its probability of its first: what a draft tree branches on (`core/spec/tree.py`)."""
+        chain = self.propose(prefix, k).token_ids
+        rows = self._rows[len(prefix) : len(prefix) + len(chain)]  # [n, V]: the rows the picks came from
+        if not chain:
+            return [], [], []
+        top = torch.topk(rows, 2, dim=-1)
+        sure = torch.softmax(rows, dim=-1).gather(1, top.indices[:, :1]).view(-1)  # [n]
+        packed = torch.cat((top.indices[:, 1].double(), sure.double())).tolist()  # one host sync
+        n = len(chain)
+        return chain, [int(t) for t in packed[:n]], packed[n:]
+
 
 class HFAdapter(CachedRowsAdapter):
     """ModelAdapter over a transformers model: VideoLlava (video/image), Llava (image) or a causal LM.
@@ -419,6 +436,9 @@ class HFAdapter(CachedRowsAdapter):
         self.prefills = 0  # prefill calls since construction: a reader of the states can tell rounds apart
         self._hidden = torch.empty(0, 0, device=self.device)  # [cap, D]: row i's hidden state
         self._context_tail = torch.empty(0, 0, device=self.device)  # [2, D]: last two context positions
+        # a scored draft tree whose nodes sit in the cache after context + _tokens until keep_path:
+        # (its tokens, its logits [n, V], its hidden states [n, D] or None)
+        self._tree: tuple[tuple[int, ...], torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -483,6 +503,9 @@ class HFAdapter(CachedRowsAdapter):
 
     def _sync(self, tokens: Sequence[int]) -> None:
         """Make the cache hold exactly context + `tokens` (crop to the common prefix, feed the rest)."""
+        if self._tree is not None:  # a tree scored but no path kept: its nodes go
+            cache_ops.crop_to(self._cache, self._context_len + len(self._tokens))
+            self._tree = None
         lcp = _common_prefix_len(self._tokens, tokens)
         if lcp < len(self._tokens):
             cache_ops.crop_to(self._cache, self._context_len + lcp)
@@ -491,6 +514,71 @@ class HFAdapter(CachedRowsAdapter):
         if missing:
             self._feed(torch.tensor(missing, dtype=torch.long, device=self.device), lcp)
             self._tokens.extend(missing)
+
+    @property
+    def supports_tree(self) -> bool:
+        """Whether `score_tree` can run: the attention takes an arbitrary mask (SDPA or eager)."""
+        impl = self.model.config.get_text_config(decoder=True)._attn_implementation
+        return impl in ("sdpa", "eager")
+
+    @torch.inference_mode()
+    def score_tree(self, prefix: Sequence[int], tree: DraftTree) -> torch.Tensor:
+        """Logits `[len(tree)+1, V]` in ONE forward: row 0 follows `prefix`, row j+1 follows the
+        path to node j (each node attends to the cache and its own ancestors only).
+
+        The nodes stay in the cache until `keep_path` keeps one path of them (or the next call
+        that syncs drops them all).
+        """
+        self._require_context()
+        if not self.supports_tree:
+            raise ValueError(f"adapter {self.name!r}: draft trees need SDPA or eager attention")
+        self._check_ids([*prefix, *tree.tokens], "prefix/tree")
+        if not len(tree):
+            self._sync(prefix)
+            return self._rows[len(prefix) : len(prefix) + 1].clone()
+        # the prefix tokens the cache lacks (normally the last round's own token) lead the same forward
+        self._sync(prefix[: _common_prefix_len(self._tokens, prefix)])
+        lead = [int(t) for t in prefix[len(self._tokens) :]]
+        full = tree.after(lead)
+        cached = cache_ops.cached_length(self._cache)
+        ids = torch.tensor([full.tokens], dtype=torch.long, device=self.device)  # [1, m + n]
+        positions = torch.tensor([full.depths], dtype=torch.long, device=self.device) + (cached - 1)  # [1, m + n]
+        impl = self.model.config.get_text_config(decoder=True)._attn_implementation
+        mask = full.attention(cached, torch.bool if impl == "sdpa" else self.model.dtype, self.device)
+        hidden = self.model.get_decoder()(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self._cache, use_cache=True
+        ).last_hidden_state[0]  # [m + n, D]
+        logits = self._head(hidden).float()  # [m + n, V]
+        self.forwards += 1
+        m = len(lead)
+        if m:  # the lead is caption now: its rows and states as `_feed` would store them
+            self._store_rows(len(self._tokens) + 1, logits[:m])
+            if self.keep_hidden:
+                self._store_hidden(len(self._tokens) + 1, hidden[:m].float())
+            self._tokens.extend(lead)
+        self._tree = (tree.tokens, logits[m:], hidden[m:].float() if self.keep_hidden else None)
+        return torch.cat((self._rows[len(prefix) : len(prefix) + 1], logits[m:]))
+
+    @torch.inference_mode()
+    def keep_path(self, prefix: Sequence[int], nodes: Sequence[int]) -> None:
+        """After `score_tree(prefix, tree)`: keep the tree nodes `nodes` (a root path, in order) as
+        the caption after `prefix`, with their rows and states, and drop the other nodes."""
+        if self._tree is None and not nodes:
+            return  # nothing scored that could be kept
+        if self._tree is None or list(self._tokens) != list(prefix):
+            raise RuntimeError(f"adapter {self.name!r}: keep_path needs the tree just scored after this prefix")
+        tokens, logits, hidden = self._tree
+        self._tree = None
+        start = self._context_len + len(self._tokens)
+        if not nodes:
+            cache_ops.crop_to(self._cache, start)
+            return
+        index = torch.tensor(list(nodes), dtype=torch.long, device=self.device)
+        cache_ops.keep_positions(self._cache, start, index)
+        self._store_rows(len(prefix) + 1, logits.index_select(0, index))
+        if hidden is not None:
+            self._store_hidden(len(prefix) + 1, hidden.index_select(0, index))
+        self._tokens.extend(tokens[i] for i in nodes)
 
     # ----------------------------------------------------------------- public API
     @torch.inference_mode()
@@ -501,6 +589,19 @@ class HFAdapter(CachedRowsAdapter):
         so that scoring them afterwards costs nothing: on a CPU a prefill of L + 4 positions costs
         about what L alone does, while a separate verify forward costs a decode step.
         """
+        self._prefill(context, caption, None)
+
+    @torch.inference_mode()
+    def prefill_tree(self, context: StageContext, tree: DraftTree) -> torch.Tensor:
+        """`prefill` carrying a whole draft tree after the context, in the same forward: returns the
+        logits `[len(tree)+1, V]` as `score_tree([], tree)` would (row 0 follows the context, row
+        j+1 the path to node j); the nodes wait in the cache for `keep_path`."""
+        if len(tree) and not self.supports_tree:
+            raise ValueError(f"adapter {self.name!r}: draft trees need SDPA or eager attention")
+        self._check_ids(tree.tokens, "tree")
+        return self._prefill(context, (), tree)
+
+    def _prefill(self, context: StageContext, caption: Sequence[int], tree: DraftTree | None) -> torch.Tensor:
         if context.modality != self.modality:
             raise ValueError(f"adapter {self.name!r} takes {self.modality} contexts, got {context.modality}")
         self._check_ids(context.input_ids, "prompt")
@@ -519,35 +620,53 @@ class HFAdapter(CachedRowsAdapter):
             kwargs[key] = pixels
         self._cache = cache_ops.new_cache(cfg)
         self._tokens = []
+        self._tree = None
         self._context = None  # until this prefill completes, no earlier context is valid either
         tail = [int(t) for t in caption]
         late: list[int] = []
-        if context.modality != "text" and media_token_id(cfg, context.modality) in tail:
+        media = media_token_id(cfg, context.modality) if context.modality != "text" else None
+        nodes = tree if tree is not None and len(tree) and media not in tree.tokens else None
+        if media is not None and media in tail:
             tail, late = [], tail  # a placeholder id in a draft would be taken for media: fed after instead
-        ids = torch.tensor([[*context.input_ids, *tail]], dtype=torch.long, device=self.device)  # [1, L+n]
+        extra = list(nodes.tokens) if nodes is not None else tail
+        n_ctx = len(context.input_ids)
+        ids = torch.tensor([[*context.input_ids, *extra]], dtype=torch.long, device=self.device)  # [1, L+n]
+        if nodes is not None:  # each node sees the context and its own ancestors
+            impl = self.model.config.get_text_config(decoder=True)._attn_implementation
+            kwargs["attention_mask"] = nodes.prefill_attention(
+                n_ctx, torch.bool if impl == "sdpa" else self.model.dtype, self.device
+            )
+            kwargs["position_ids"] = nodes.prefill_positions(n_ctx, self.device)
         if self.keep_hidden:  # the base model then the LM head: what the full forward computes, with its states
             states = self.model.model(
                 input_ids=ids, past_key_values=self._cache, use_cache=True, **kwargs
             ).last_hidden_state  # [1, L+n, D]
-            logits = self._head(states[:, -(1 + len(tail)) :])  # [1, 1+n, V]
+            logits = self._head(states[:, -(1 + len(extra)) :])  # [1, 1+n, V]
         else:
             logits = self.model(
-                input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1 + len(tail), **kwargs
+                input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1 + len(extra), **kwargs
             ).logits
         self.forwards += 1
         self.prefills += 1
         self._context = context
-        self._context_len = len(context.input_ids)
-        self._tokens = tail
-        self._store_rows(0, logits[0].float())  # [1+n, V]: rows 0 .. n
+        self._context_len = n_ctx
+        rows: torch.Tensor = logits[0].float()  # [1+n, V]
+        self._tokens = [] if nodes is not None else tail
+        self._store_rows(0, rows if nodes is None else rows[:1])  # rows 0 .. len(tail)
         if self.keep_hidden:
             h = states[0].float()  # [L+n, D]
             last = self._context_len
             pair = h[max(last - 2, 0) : last]  # the context's last two positions (one: padded with zeros)
             self._context_tail = torch.cat([torch.zeros_like(h[: 2 - pair.shape[0]]), pair])  # [2, D]
-            self._store_hidden(0, h[last - 1 :])  # rows 0 .. n
+            self._store_hidden(0, h[last - 1 : last + len(self._tokens)])  # rows 0 .. len(tail)
+        if nodes is not None:
+            self._tree = (nodes.tokens, rows[1:], states[0, n_ctx:].float() if self.keep_hidden else None)
+            return rows
         if late:
             self._sync(late)
+        if tree is not None and len(tree):  # a tree holding a media placeholder id: scored after instead
+            return self.score_tree([], tree)
+        return rows[: 1 + len(tail)]
 
 
 def check_same_vocab(adapters: Sequence[ModelAdapter]) -> None:

@@ -8,10 +8,11 @@ In 5.17 `DynamicCache.crop(n)` with a NEGATIVE n removes n tokens (a positive n 
 
 from __future__ import annotations
 
+import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicCache
 
-__all__ = ["check_rollback_supported", "new_cache", "cached_length", "crop_to"]
+__all__ = ["check_rollback_supported", "new_cache", "cached_length", "crop_to", "keep_positions"]
 
 
 def check_rollback_supported(config: PretrainedConfig) -> None:
@@ -51,3 +52,24 @@ def crop_to(cache: Cache, length: int) -> None:
         raise ValueError(f"cannot crop a cache of {held} positions to {length}")
     if length < held:
         cache.crop(-(held - length))  # negative: number of tokens to remove (5.17 semantics)
+
+
+def keep_positions(cache: Cache, start: int, offsets: torch.Tensor) -> None:
+    """Keep the first `start` positions of `cache`, then only the positions `start + offsets`, in
+    that order (a draft tree's accepted path after a tree forward).
+
+    Raises:
+        ValueError: if the cache is not a dynamic one or an offset points past what it holds.
+    """
+    held = cached_length(cache)
+    if not isinstance(cache, DynamicCache):
+        raise ValueError(f"cannot select positions of a {type(cache).__name__}")
+    if offsets.numel() and (int(offsets.min()) < 0 or start + int(offsets.max()) >= held):
+        raise ValueError(f"positions {start} + {offsets.tolist()} lie outside a cache of {held}")
+    index = torch.cat((torch.arange(start, device=offsets.device), start + offsets))
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise ValueError(f"cannot select positions of a cache layer {type(layer).__name__}")
+        layer.keys = keys.index_select(-2, index.to(keys.device))  # type: ignore[union-attr]
+        layer.values = values.index_select(-2, index.to(values.device))  # type: ignore[union-attr]

@@ -28,12 +28,14 @@ from cascade_sd_ros.core.spec.adapter import ModelAdapter, StageContext, check_s
 from cascade_sd_ros.core.spec.controller import DraftLengthController
 from cascade_sd_ros.core.spec.steps import (
     LevelRule,
+    VerifyResult,
     draft_step,
     refine_step,
     verify_greedy,
     verify_sample,
     verify_step,
 )
+from cascade_sd_ros.core.spec.tree import draft_tree_step, supports_trees, verify_tree
 
 __all__ = [
     "MODES",
@@ -138,6 +140,7 @@ class CascadeDecoder:
         deferral: str = "chow",
         alpha: float = 0.3,
         cost_ratios: Sequence[float] | None = None,
+        tree_branches: int = 0,
     ) -> None:
         if not stages:
             raise ValueError("need at least the target stage")
@@ -173,6 +176,14 @@ class CascadeDecoder:
             for g, c in zip(gammas, costs)
         ]
         self.levels = _level_rules(mode, n_prop, self.temperature, taus, deferral, alpha)
+        if tree_branches < 0:
+            raise ValueError(f"tree_branches must be >= 0, got {tree_branches}")
+        # draft trees (core/spec/tree.py): greedy, one proposer, and stages that can draft and score them
+        self.tree_branches = (
+            int(tree_branches)
+            if mode == "lossless-greedy" and n_prop == 1 and supports_trees(self.stages[0], self.stages[-1])
+            else 0
+        )
 
     @property
     def lossless(self) -> bool:
@@ -197,6 +208,38 @@ class CascadeDecoder:
         for stage, ctx in zip(self.stages, contexts):
             stage.prefill(ctx)
 
+    def _close_round(
+        self,
+        stats: DecodeStats,
+        drafted: list[int],
+        accepted: list[int],
+        walls: list[float],
+        checker: list[int],
+        gammas: tuple[int, ...],
+        res: VerifyResult,
+        target_forwards0: int,
+    ) -> None:
+        """Book one round: per-stage counts, the controllers' acceptance and cost, the round's record."""
+        last = len(self.stages) - 1
+        for i in range(last):
+            stats.stages[i].drafted += drafted[i]
+            stats.stages[i].accepted += accepted[i]
+            self.controllers[i].update(drafted[i], accepted[i])
+            if drafted[i] and self.measure_costs:
+                self.controllers[i].observe_cost(walls[i] / drafted[i], walls[checker[i]])
+        for i, w in enumerate(walls):
+            stats.stages[i].wall_s += w
+        stats.rounds.append(
+            RoundStats(
+                tuple(drafted),
+                tuple(accepted),
+                len(res.token_ids),
+                gammas,
+                tuple(walls),
+                int(getattr(self.stages[last], "forwards", 0)) - target_forwards0,
+            )
+        )
+
     @torch.inference_mode()
     def generate(
         self,
@@ -204,8 +247,13 @@ class CascadeDecoder:
         max_new_tokens: int,
         *,
         generator: torch.Generator | None = None,
+        committed: Sequence[int] = (),
     ) -> DecodeResult:
-        """Decode up to `max_new_tokens` caption tokens (None contexts: stages already prefilled)."""
+        """Decode up to `max_new_tokens` caption tokens (None contexts: stages already prefilled).
+
+        committed: caption tokens the target has already verified (a draft that rode in its
+        prefill: `tree.prefill_with_tree`); decoding continues after them.
+        """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if self.temperature > 0 and generator is None:
@@ -221,8 +269,9 @@ class CascadeDecoder:
                 stage.prefill(ctx)
                 stats.stages[i].wall_s += time.perf_counter() - t0
         stats.prefill_s = time.perf_counter() - t_start
-        prefix: list[int] = []
-        finished = False
+        prefix: list[int] = [int(t) for t in committed]
+        eos = self.stages[-1].eos_token_id
+        finished = len(prefix) >= max_new_tokens or (eos is not None and eos in prefix)
         last = len(self.stages) - 1
         while not finished:
             walls = [0.0] * len(self.stages)
@@ -234,6 +283,24 @@ class CascadeDecoder:
             q: torch.Tensor | None = None
             src = -1  # stage whose draft is current (-1: none)
             checker = [0] * last  # which stage checked stage i's draft this round
+            if self.tree_branches and self.controllers[0].gamma > 0:
+                t0 = time.perf_counter()
+                tree = draft_tree_step(
+                    self.stages[0],  # type: ignore[arg-type]  # checked by supports_trees
+                    prefix,
+                    self._draft_length(),
+                    self.tree_branches,
+                    max_new_tokens=max_new_tokens,
+                )
+                walls[0] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                res = verify_tree(self.stages[last], prefix, tree, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
+                walls[last] = time.perf_counter() - t0
+                drafted[0], accepted[0], checker[0] = res.drafted, res.accepted, last
+                prefix.extend(res.token_ids)
+                finished = res.finished or not res.token_ids
+                self._close_round(stats, drafted, accepted, walls, checker, gammas, res, target_forwards0)
+                continue
             if last > 0:  # (gamma 0 drafts nothing, at no cost)
                 t0 = time.perf_counter()
                 prop = draft_step(
@@ -288,29 +355,11 @@ class CascadeDecoder:
             stats.lossy_tokens += res.lossy
             prefix.extend(res.token_ids)
             finished = res.finished or not res.token_ids
-            for i in range(last):
-                stats.stages[i].drafted += drafted[i]
-                stats.stages[i].accepted += accepted[i]
-                self.controllers[i].update(drafted[i], accepted[i])
-                if drafted[i] and self.measure_costs:
-                    self.controllers[i].observe_cost(walls[i] / drafted[i], walls[checker[i]])
-            for i, w in enumerate(walls):
-                stats.stages[i].wall_s += w
-            stats.rounds.append(
-                RoundStats(
-                    tuple(drafted),
-                    tuple(accepted),
-                    len(res.token_ids),
-                    gammas,
-                    tuple(walls),
-                    int(getattr(self.stages[last], "forwards", 0)) - target_forwards0,
-                )
-            )
+            self._close_round(stats, drafted, accepted, walls, checker, gammas, res, target_forwards0)
         stats.wall_s = time.perf_counter() - t_start
         for i, s in enumerate(self.stages):
             stats.stages[i].forwards = int(getattr(s, "forwards", 0)) - forwards0[i]
         stats.target_forwards = stats.stages[-1].forwards
-        eos = self.stages[-1].eos_token_id
         by = "eos" if (eos is not None and prefix and prefix[-1] == eos) else "budget"
         return DecodeResult(prefix, self.mode, stats, self.lossless, by)
 

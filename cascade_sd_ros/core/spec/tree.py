@@ -1,0 +1,315 @@
+"""Draft trees: several continuations of one prefix, verified by the target in ONE forward.
+
+A chain draft is lost from its first wrong token on. Where a drafter is unsure, its second choice
+is often the target's (on the zoo the fused head's rejected token was the target's second choice 30
+times in 39 and third in 7 more), so a draft that also carries the runner-up at its least sure
+positions, each followed by its own continuation, turns most rejections into accepted tokens. The
+target scores every node in one forward with tree attention (each node sees the cache and its own
+ancestors: SpecInfer, Medusa, EAGLE-2); greedy verification then walks from the root along the
+children equal to the target's argmax, so the output is still exactly the target's greedy decoding.
+
+* :class:`DraftTree`: nodes (token, parent) in topological order, cut to a budget and at EOS, and
+  the attention mask and positions of a tree forward;
+* :func:`draft_tree_step`: a proposer's greedy chain plus up to ``branches`` runner-up branches;
+* :func:`verify_tree`: score a tree in one target forward, commit the longest accepted path plus
+  the target's own next token, and keep only that path in the target's cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
+
+import torch
+
+from cascade_sd_ros.core.spec.adapter import Proposal, StageContext
+from cascade_sd_ros.core.spec.steps import VerifyResult
+
+__all__ = [
+    "DraftTree",
+    "TreeProposer",
+    "TreeScorer",
+    "commit_walk",
+    "draft_tree_step",
+    "grow_tree",
+    "prefill_with_tree",
+    "supports_trees",
+    "verify_tree",
+]
+
+ROOT = -1  # parent of a first-level node: the end of the committed prefix
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """Node i holds ``tokens[i]`` and follows node ``parents[i]`` (ROOT: the committed prefix).
+
+    Parents come before their children, so node order is a valid feeding order. The nodes
+    ``0 .. chain-1`` are the proposer's main (greedy) chain; the rest are branches off it.
+    """
+
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    chain: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.parents):
+            raise ValueError(f"a draft tree needs one parent per token, got {len(self.tokens)} and {len(self.parents)}")
+        for i, p in enumerate(self.parents):
+            if not ROOT <= p < i:
+                raise ValueError(f"node {i}'s parent must be an earlier node or {ROOT} (the prefix), got {p}")
+        if not 0 <= self.chain <= len(self.tokens):
+            raise ValueError(f"the main chain of {self.chain} nodes does not fit a tree of {len(self.tokens)}")
+
+    @classmethod
+    def from_chain(cls, tokens: Sequence[int]) -> DraftTree:
+        """A plain draft: node i follows node i-1."""
+        return cls(tuple(int(t) for t in tokens), tuple(range(-1, len(tokens) - 1)), len(tokens))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @cached_property
+    def depths(self) -> tuple[int, ...]:
+        """Per node, how many draft tokens lie on its path from the prefix, itself included (1 = first token)."""
+        out: list[int] = []
+        for p in self.parents:
+            out.append(1 if p == ROOT else out[p] + 1)
+        return tuple(out)
+
+    @cached_property
+    def children(self) -> dict[int, dict[int, int]]:
+        """parent -> {token: node}; the first node with a token wins (a duplicate sibling adds nothing)."""
+        out: dict[int, dict[int, int]] = {}
+        for i, (tok, p) in enumerate(zip(self.tokens, self.parents)):
+            out.setdefault(p, {}).setdefault(tok, i)
+        return out
+
+    def after(self, lead: Sequence[int]) -> DraftTree:
+        """This tree behind a chain of ``lead`` tokens (what the scorer must feed first, in the same forward)."""
+        m = len(lead)
+        parents = [*range(-1, m - 1), *((m - 1 if p == ROOT else p + m) for p in self.parents)]
+        return DraftTree((*(int(t) for t in lead), *self.tokens), tuple(parents), m + self.chain)
+
+    def path(self, node: int) -> list[int]:
+        """The nodes from the prefix down to ``node``, in order."""
+        out = []
+        while node != ROOT:
+            out.append(node)
+            node = self.parents[node]
+        return out[::-1]
+
+    def cut(self, budget: int, eos: int | None) -> DraftTree:
+        """The part worth scoring: nodes at most ``budget`` deep, none below an EOS."""
+        keep: list[int] = []
+        new_index: dict[int, int] = {ROOT: ROOT}
+        for i, p in enumerate(self.parents):
+            if self.depths[i] > budget or p not in new_index:
+                continue
+            if p != ROOT and eos is not None and self.tokens[p] == eos:
+                continue
+            new_index[i] = len(keep)
+            keep.append(i)
+        chain = sum(1 for i in keep if i < self.chain)
+        return DraftTree(tuple(self.tokens[i] for i in keep), tuple(new_index[self.parents[i]] for i in keep), chain)
+
+    def attention(self, cached: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The mask of a tree forward after ``cached`` positions: `[1, 1, n, cached + n]`.
+
+        Every node sees the whole cache, its ancestors and itself. ``dtype`` torch.bool gives
+        True where attention is allowed (SDPA); a float dtype gives 0 there and the dtype's lowest
+        value elsewhere (an additive mask, as the eager attention takes it).
+        """
+        n = len(self.tokens)
+        allowed = torch.zeros(n, cached + n, dtype=torch.bool)
+        allowed[:, :cached] = True
+        for i in range(n):
+            allowed[i, cached + i] = True
+            p = self.parents[i]
+            if p != ROOT:
+                allowed[i, cached : cached + n] |= allowed[p, cached : cached + n]
+        if dtype != torch.bool:
+            mask = torch.zeros(n, cached + n, dtype=dtype)
+            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+            return mask.view(1, 1, n, cached + n).to(device)
+        return allowed.view(1, 1, n, cached + n).to(device)
+
+    def prefill_attention(self, context: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The mask of a prefill forward carrying this tree after ``context`` positions:
+        `[1, 1, context + n, context + n]`, causal over the context, `attention` for the nodes."""
+        n = len(self.tokens)
+        causal = torch.ones(context, context, dtype=torch.bool).tril()
+        top = torch.cat((causal, torch.zeros(context, n, dtype=torch.bool)), dim=1)  # [L, L+n]
+        nodes = self.attention(context, torch.bool, torch.device("cpu"))[0, 0]  # [n, L+n]
+        allowed = torch.cat((top, nodes))
+        if dtype != torch.bool:
+            mask = torch.zeros(context + n, context + n, dtype=dtype)
+            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+            return mask.view(1, 1, context + n, context + n).to(device)
+        return allowed.view(1, 1, context + n, context + n).to(device)
+
+    def prefill_positions(self, context: int, device: torch.device) -> torch.Tensor:
+        """Position ids `[1, context + n]` of that forward: 0 .. context-1, then each node's depth after it."""
+        depths = torch.tensor(self.depths, dtype=torch.long) + (context - 1)
+        return torch.cat((torch.arange(context), depths)).view(1, -1).to(device)
+
+
+class TreeProposer(Protocol):
+    """A stage that can propose a greedy chain and read back its own logits rows (CachedRowsAdapter)."""
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    def propose_runner_ups(self, prefix: Sequence[int], k: int) -> tuple[list[int], list[int], list[float]]: ...
+
+    def propose(self, prefix: Sequence[int], k: int) -> Proposal: ...
+
+
+class TreeScorer(Protocol):
+    """A target that scores a tree in one forward and keeps one path of it (HFAdapter)."""
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    def score_tree(self, prefix: Sequence[int], tree: DraftTree) -> torch.Tensor: ...
+
+    def prefill_tree(self, context: StageContext, tree: DraftTree) -> torch.Tensor: ...
+
+    def keep_path(self, prefix: Sequence[int], nodes: Sequence[int]) -> None: ...
+
+
+def supports_trees(proposer: object, target: object) -> bool:
+    """Whether ``proposer`` can draft trees and ``target`` can verify them."""
+    return callable(getattr(proposer, "propose_runner_ups", None)) and bool(getattr(target, "supports_tree", False))
+
+
+def draft_tree_step(
+    proposer: TreeProposer, prefix: Sequence[int], gamma: int, branches: int, *, max_new_tokens: int
+) -> DraftTree:
+    """The proposer's greedy chain of (at most) gamma tokens, plus its runner-up at the ``branches``
+    least sure positions of that chain, each followed by the proposer's own greedy continuation to
+    the chain's depth. Branches cost the proposer forwards (cheap for a draft head), never the target."""
+    if gamma < 0 or branches < 0:
+        raise ValueError(f"gamma and branches must be >= 0, got {gamma} and {branches}")
+    eos = proposer.eos_token_id
+    budget = min(gamma, max_new_tokens - len(prefix))
+    if budget <= 0 or (eos is not None and prefix and prefix[-1] == eos):
+        return DraftTree((), ())
+    chain, runner_ups, sure = proposer.propose_runner_ups(prefix, budget)
+    tokens, parents = list(chain), list(range(-1, len(chain) - 1))
+    spots = sorted(range(len(chain)), key=lambda i: sure[i])[:branches]
+    for i in sorted(spots):
+        alt = runner_ups[i]
+        tokens.append(alt)
+        parents.append(i - 1)  # the runner-up replaces chain[i]: it follows chain[:i]
+        depth_left = len(chain) - i - 1
+        if depth_left <= 0 or alt == eos:
+            continue
+        follow = proposer.propose([*prefix, *chain[:i], alt], depth_left)
+        for tok in follow.token_ids:
+            parents.append(len(tokens) - 1)
+            tokens.append(int(tok))
+    return DraftTree(tuple(tokens), tuple(parents), len(chain))
+
+
+def verify_tree(target: TreeScorer, prefix: Sequence[int], tree: DraftTree, *, max_new_tokens: int) -> VerifyResult:
+    """Lossless greedy verification of a draft tree in one target forward.
+
+    Commits the longest root path whose every token is the target's argmax after what precedes
+    it, plus the target's own next token (cut at EOS and the budget). ``accepted`` is that path's
+    length, ``drafted`` the tree's depth; the target's cache keeps the accepted path only.
+    """
+    eos = target.eos_token_id
+    budget = max_new_tokens - len(prefix)
+    if budget <= 0 or (eos is not None and prefix and prefix[-1] == eos):
+        return VerifyResult(0, [], False, 0, 0, True)
+    tree = tree.cut(budget, eos)
+    rows = target.score_tree(prefix, tree)  # [n+1, V]: row 0 after the prefix, row j+1 after node j
+    return commit_walk(target, prefix, tree, rows, max_new_tokens)
+
+
+def prefill_with_tree(
+    target: TreeScorer, context: StageContext, tree: DraftTree, *, max_new_tokens: int
+) -> VerifyResult:
+    """Prefill ``target`` on ``context`` with a draft tree riding in the same forward (prefill
+    hiding: a draft made before the clip's prefill is verified at no forward of its own), then
+    commit what the target accepts of it, as :func:`verify_tree` does after an empty prefix."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tree = tree.cut(max_new_tokens, target.eos_token_id)
+    rows = target.prefill_tree(context, tree)
+    return commit_walk(target, [], tree, rows, max_new_tokens)
+
+
+def commit_walk(
+    target: TreeScorer, prefix: Sequence[int], tree: DraftTree, rows: torch.Tensor, max_new_tokens: int
+) -> VerifyResult:
+    """Walk a scored tree from the root along the target's argmax, keep that path in its cache, and
+    commit it plus the target's own next token (cut at EOS and the budget)."""
+    eos = target.eos_token_id
+    budget = max_new_tokens - len(prefix)
+    best = rows.argmax(dim=-1).tolist()  # the step's one host sync
+    path: list[int] = []
+    node = ROOT
+    while True:
+        token = int(best[node + 1])
+        child = tree.children.get(node, {}).get(token)  # (a cut tree has no node below an EOS)
+        if child is None:
+            break
+        path.append(child)
+        node = child
+    target.keep_path(prefix, path)
+    new = [*(tree.tokens[i] for i in path), token][:budget]
+    if eos is not None and eos in new:
+        new = new[: new.index(eos) + 1]
+    finished = len(prefix) + len(new) >= max_new_tokens or (eos is not None and new[-1] == eos)
+    depth = max(tree.depths, default=0)
+    return VerifyResult(len(path), new, node != ROOT and node not in tree.children, depth, 0, finished)
+
+
+def grow_tree(
+    proposer: TreeScorer,
+    prefix: Sequence[int],
+    depth: int,
+    *,
+    width: int = 5,
+    unsure_below: float = 0.5,
+    min_prob: float = 0.05,
+    max_nodes: int = 64,
+) -> DraftTree:
+    """A proposer's draft tree, grown a level per forward (its `score_tree` on the tree so far):
+    every leaf gets its greedy next token and, where the proposer is unsure (top probability below
+    ``unsure_below``), up to ``width`` of its likeliest tokens over ``min_prob``, within
+    ``max_nodes``. A stage blind to one attribute (an event drafter and colour) thus carries every
+    likely value of it, each with its own continuation, for the cost of ``depth`` forwards.
+    The proposer's cache is left as after ``prefix``."""
+    if depth < 0 or width < 1 or max_nodes < 1:
+        raise ValueError(f"depth >= 0, width >= 1 and max_nodes >= 1 needed, got {depth}, {width}, {max_nodes}")
+    eos = proposer.eos_token_id
+    tokens: list[int] = []
+    parents: list[int] = []
+    leaves = [ROOT]
+    for _ in range(depth):
+        tree = DraftTree(tuple(tokens), tuple(parents))
+        probs = torch.softmax(proposer.score_tree(prefix, tree), dim=-1)  # [n+1, V]
+        top = probs[[leaf + 1 for leaf in leaves]].topk(width, dim=-1)
+        vals, idx = top.values.tolist(), top.indices.tolist()  # one host sync per level
+        grown: list[int] = []
+        for k, (leaf, p, ids) in enumerate(zip(leaves, vals, idx)):
+            spare = max_nodes - len(tokens) - (len(leaves) - k)  # after every leaf left gets its greedy token
+            if spare < 0:
+                break
+            extra = sum(1 for q in p[1:] if q >= min_prob) if p[0] < unsure_below else 0
+            for j in range(1 + min(extra, spare)):
+                tokens.append(int(ids[j]))
+                parents.append(leaf)
+                if ids[j] != eos:
+                    grown.append(len(tokens) - 1)
+        leaves = grown
+        if not leaves:
+            break
+    if tokens:
+        proposer.keep_path(prefix, [])  # the last level's nodes leave the cache
+    return DraftTree(tuple(tokens), tuple(parents), 0)
