@@ -10,6 +10,12 @@ token for token against target-only `generate()`):
   controller's adapted length instead of stopping after its first unsure token;
 * `head: fused + prefill hiding`: the first draft made from event features before the clip's prefill
   and carried in the prefill forward (`HFAdapter.prefill(context, caption=draft)`): verified for free;
+* `head: fused + early tree`: before the clip's prefill the event drafter grows a draft tree
+  (`tree.grow_tree`, one drafter forward per level: where it is unsure, as about colour, which events
+  do not carry, it keeps every likely token, each with its own continuation); the tree rides in the
+  prefill forward (`HFAdapter.prefill_tree`, tree attention) and the head drafts the rest;
+* `head: fused + runner-up branches`: each round's head draft also carries the head's second choice
+  at its least sure position, with its continuation (`CascadeDecoder(tree_branches=1)`);
 * `head: fused + merging`: per position, the head's or the event drafter's token, whichever stage's
   measured acceptance for that token class (colour/shape/motion/other, measured on calibration
   scenes of another stream) is higher.
@@ -50,6 +56,7 @@ from spec import hf_generate  # noqa: E402
 
 from cascade_sd_ros.core.head import HeadAdapter, load_head  # noqa: E402
 from cascade_sd_ros.core.head.adapter import STOP_BELOW, PrefillHidingHead, check_stop_below  # noqa: E402
+from cascade_sd_ros.core.head.features import ProjectorTap  # noqa: E402
 from cascade_sd_ros.core.head.merge import (  # noqa: E402
     MergedProposer,
     accepted_sources,
@@ -58,7 +65,8 @@ from cascade_sd_ros.core.head.merge import (  # noqa: E402
 )
 from cascade_sd_ros.core.head.run import trained_max_objects  # noqa: E402
 from cascade_sd_ros.core.spec.adapter import StageContext  # noqa: E402
-from cascade_sd_ros.core.spec.engine import CascadeDecoder, DecodeResult  # noqa: E402
+from cascade_sd_ros.core.spec.engine import CascadeDecoder, DecodeResult, RoundStats  # noqa: E402
+from cascade_sd_ros.core.spec.tree import grow_tree, prefill_with_tree  # noqa: E402
 from cascade_sd_ros.core.synth.scene import MAX_OBJECTS, parse_caption  # noqa: E402
 from cascade_sd_ros.core.zoo import Zoo, default_zoo_path, load_zoo  # noqa: E402
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, build_sample  # noqa: E402
@@ -181,6 +189,8 @@ def run(
     calib: int,
     objects: int | None = None,
     mix: int = 2,
+    tree_depth: int = 6,
+    tree_nodes: int = 24,
 ) -> dict:
     scenes = _scenes(zoo, n_scenes, EVAL_STREAM, objects=objects, mix=mix)
     classes = token_classes(zoo.tokenizer.get_vocab())
@@ -201,6 +211,25 @@ def run(
         t.prefill(ctx_t, caption=hiding.early_draft)  # it rides in the prefill forward: verified for free
         return hiding_decoder.generate(None, max_new), 1  # (+1: the prefill ran outside generate)
 
+    after_tree = CascadeDecoder([head, t], gamma=gamma)
+    tap = ProjectorTap(d.model)  # the drafter's prefill computes the head's event tokens anyway
+
+    def early_tree(ctx_t: StageContext, ctx_d: StageContext) -> tuple[DecodeResult, int]:
+        d.prefill(ctx_d)
+        events = tap.take()
+        tree = grow_tree(d, [], tree_depth, max_nodes=tree_nodes)  # before the clip's prefill
+        first = prefill_with_tree(t, ctx_t, tree, max_new_tokens=max_new)  # verified in the prefill forward
+        if not first.finished:  # the head drafts the rest, reading this round's target states at once
+            head.prefill_events(events, ctx_d.input_ids[-1], target_current=True, context=ctx_d)
+        res = after_tree.generate(None, max_new, committed=first.token_ids)
+        res.stats.stages[0].drafted += first.drafted
+        res.stats.stages[0].accepted += first.accepted
+        # the prefill's verification is a round of its own (alpha counts its rejection)
+        res.stats.rounds.insert(
+            0, RoundStats((first.drafted,), (first.accepted,), len(first.token_ids), (tree_depth,), (0.0, 0.0), 1)
+        )
+        return res, 1  # (+1: the prefill ran outside generate)
+
     Method = tuple[Callable[[], None], Callable[[StageContext, StageContext], tuple[DecodeResult, int]], bool]
     floor = head.stop_below
 
@@ -217,6 +246,9 @@ def run(
     if floor > 0:  # the same head with drafts of the controller's adapted length, for comparison
         engines[FIXED_LENGTH] = (use("fused", 0.0), plain(CascadeDecoder([head, t], gamma=gamma)), False)
     engines["head: fused + prefill hiding"] = (use("fused"), hidden, False)
+    engines["head: fused + early tree"] = (use("fused"), early_tree, False)
+    branched = CascadeDecoder([head, t], gamma=gamma, tree_branches=1)
+    engines["head: fused + runner-up branches"] = (use("fused"), plain(branched), False)
     engines["head: fused + merging"] = (use("fused"), plain(CascadeDecoder([merged, t], gamma=gamma)), True)
     runs = {name: Run() for name in (TARGET_ONLY, *engines)}
     warm_t, warm_d = scenes[0]
@@ -297,13 +329,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=STOP_BELOW,
         help=f"the head's drafts end after a token less likely than this (0: full length; default {STOP_BELOW})",
     )
+    parser.add_argument("--tree-depth", type=int, default=6, help="levels of the event drafter's early tree")
+    parser.add_argument("--tree-nodes", type=int, default=24, help="nodes of the event drafter's early tree at most")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
         check_stop_below(args.stop_below, "--stop-below")
     except ValueError as exc:
         parser.error(str(exc))
-    for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads"):
+    for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads", "tree_depth", "tree_nodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(args.threads)
@@ -316,7 +350,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     head_net, align, meta = load_head(folder)
     head = HeadAdapter(head_net, align, zoo.target, event_encoder=zoo.drafter.model, stop_below=args.stop_below)
     with torch.inference_mode():
-        result = run(zoo, head, args.scenes, args.gamma, args.max_new_tokens, args.reps, args.calib, args.objects, mix)
+        result = run(
+            zoo,
+            head,
+            args.scenes,
+            args.gamma,
+            args.max_new_tokens,
+            args.reps,
+            args.calib,
+            args.objects,
+            mix,
+            args.tree_depth,
+            args.tree_nodes,
+        )
     result.update(
         zoo=str(args.zoo or "shipped"),
         scenes=args.scenes,
@@ -324,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scene_mix=f"1-{max(mix, args.objects or 1)} objects",
         reps=args.reps,
         gamma=args.gamma,
+        tree_depth=args.tree_depth,
+        tree_nodes=args.tree_nodes,
         stop_below=args.stop_below,
         max_new_tokens=args.max_new_tokens,
         threads=args.threads,
