@@ -88,6 +88,9 @@ class Draft:
     degraded: bool = False
     degraded_reason: str = ""
     received_wall_s: float = field(default_factory=time.monotonic)
+    # a draft tree's other nodes (token, parent): parents index token_ids then these (-1: before
+    # token_ids[0]); token_ids stay the proposer's greedy path, so a reader of chains loses nothing
+    branches: tuple[tuple[int, int], ...] = ()
 
 
 def _chained(first: tuple[Draft, list[int]], drafts: Sequence[Draft], prefix: list[int]) -> tuple[Draft, list[int]]:

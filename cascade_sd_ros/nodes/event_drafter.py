@@ -88,6 +88,17 @@ PARAMS: tuple[Param, ...] = (
     GAMMA_MAX_PARAM,
     *CONTROLLED_PARAMS,
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
+    Param(
+        "early_tree_nodes",
+        24,
+        "[nodes] a round's first draft is a tree of at most this many tokens: where the drafter is unsure "
+        "(colour, which events do not carry) it sends every likely token with its own continuation, and "
+        "the verifier checks them all in its prefill forward (0: a plain chain)",
+        0,
+        512,
+        read_only=True,
+    ),
+    Param("early_tree_depth", 6, "[tokens] levels of that tree (one drafter forward each)", 1, 64, read_only=True),
     Param("event_window", 0.25, "[s] events in [T - event_window, T] form the drafter's image", 0.001, 10.0),
     Param("event_buffer_packets", 4096, "[packets] bound of the event buffer (oldest dropped, counted)", 16, 1_000_000),
     Param(
@@ -161,6 +172,8 @@ class DrafterConfig(StageConfig):
     gamma: int
     gamma_max: int
     lookahead: int
+    early_tree_nodes: int
+    early_tree_depth: int
     window_ns: int
     buffer_packets: int
     activity_rounds: bool
@@ -183,6 +196,8 @@ class DrafterConfig(StageConfig):
             gamma=p["gamma"],
             gamma_max=p["gamma_max"],
             lookahead=p["lookahead"],
+            early_tree_nodes=p["early_tree_nodes"],
+            early_tree_depth=p["early_tree_depth"],
             window_ns=seconds_to_ns(p["event_window"], "event_window"),
             buffer_packets=p["event_buffer_packets"],
             activity_rounds=bool(p["activity_rounds"]),
@@ -292,6 +307,8 @@ class EventDrafter(StageNode[DrafterConfig]):
             max_new_tokens=self.cfg.max_new_tokens,
             question=self.cfg.prompt,
             round_loaded=None if self._features is None else self.worker_output(self._publish_features),
+            early_tree_nodes=self.cfg.early_tree_nodes,
+            early_tree_depth=self.cfg.early_tree_depth,
         )
         control_acceptance(self, self.stage, self.model.adapter.vocab_size)
 

@@ -583,6 +583,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
                     "rounds_dropped",
                     "rounds_pending",
                     "prefills_with_draft",
+                    "prefills_with_tree",
                     "acceptance_drafter",
                     "acceptance_refiner",
                     "acceptance_head",

@@ -48,6 +48,8 @@ def draft_msg(
     msg.start_position = int(draft.start_position if start_position is None else start_position)
     msg.token_ids = [int(t) for t in draft.token_ids]
     msg.confidence = [float(c) for c in draft.confidence]
+    msg.branch_token_ids = [int(t) for t, _ in draft.branches]
+    msg.branch_parents = [int(p) for _, p in draft.branches]
     msg.upstream_drafted = int(draft.upstream_drafted)
     msg.upstream_accepted = int(draft.upstream_accepted)
     msg.compute_ms = float(draft.compute_ms)
@@ -96,18 +98,40 @@ def draft_from_msg(msg: Any, expected_stage: int | None = None, vocab_size: int 
         raise DraftMessageError("DraftTokens confidences must lie in [0, 1]")
     if msg.stage not in (0, 1) or (expected_stage is not None and msg.stage != expected_stage):
         raise DraftMessageError(f"DraftTokens stage {msg.stage} not accepted here (want {expected_stage})")
+    branches = _branches_from_msg(msg, len(tokens), vocab_size)
     return Draft(
         stage=int(msg.stage),
         commit_seq=int(msg.commit_seq),
         start_position=int(msg.start_position),
         token_ids=tokens,
         confidence=conf,
+        branches=branches,
         upstream_drafted=int(msg.upstream_drafted),
         upstream_accepted=int(msg.upstream_accepted),
         compute_ms=float(msg.compute_ms),
         degraded=bool(msg.degraded),
         degraded_reason=str(msg.degraded_reason),
     )
+
+
+MAX_BRANCH_NODES = 512  # a draft tree's extra nodes at most (the verifier feeds them all in one forward)
+
+
+def _branches_from_msg(msg: Any, chain: int, vocab_size: int | None) -> tuple[tuple[int, int], ...]:
+    """A DraftTokens' tree nodes (token, parent), checked: equal lengths, ids in the vocabulary,
+    each parent an earlier node or -1."""
+    tokens = [int(t) for t in msg.branch_token_ids]
+    parents = [int(p) for p in msg.branch_parents]
+    if len(tokens) != len(parents):
+        raise DraftMessageError(f"DraftTokens has {len(tokens)} branch tokens but {len(parents)} branch parents")
+    if len(tokens) > MAX_BRANCH_NODES:
+        raise DraftMessageError(f"DraftTokens has {len(tokens)} branch nodes, more than {MAX_BRANCH_NODES}")
+    if any(t < 0 or (vocab_size is not None and t >= vocab_size) for t in tokens):
+        raise DraftMessageError("DraftTokens has a branch token id outside the vocabulary")
+    for i, p in enumerate(parents):
+        if not -1 <= p < chain + i:
+            raise DraftMessageError(f"DraftTokens branch node {i} follows node {p}, not an earlier node or -1")
+    return tuple(zip(tokens, parents))
 
 
 def commit_msg(u: CaptionUpdate, frame_id: str, vocab: Vocabulary, text: str = "") -> Any:

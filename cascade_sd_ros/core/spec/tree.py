@@ -53,10 +53,13 @@ class DraftTree:
     tokens: tuple[int, ...]
     parents: tuple[int, ...]
     chain: int = 0
+    probs: tuple[float, ...] = ()  # the proposer's probability of each node's token (empty: not known)
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.parents):
             raise ValueError(f"a draft tree needs one parent per token, got {len(self.tokens)} and {len(self.parents)}")
+        if len(self.probs) not in (0, len(self.tokens)):
+            raise ValueError(f"a draft tree of {len(self.tokens)} nodes with {len(self.probs)} probabilities")
         for i, p in enumerate(self.parents):
             if not ROOT <= p < i:
                 raise ValueError(f"node {i}'s parent must be an earlier node or {ROOT} (the prefix), got {p}")
@@ -92,6 +95,40 @@ class DraftTree:
         m = len(lead)
         parents = [*range(-1, m - 1), *((m - 1 if p == ROOT else p + m) for p in self.parents)]
         return DraftTree((*(int(t) for t in lead), *self.tokens), tuple(parents), m + self.chain)
+
+    @classmethod
+    def from_parts(cls, chain: Sequence[int], branches: Sequence[tuple[int, int]]) -> DraftTree:
+        """A main chain plus branch nodes (token, parent), parents indexing chain then branches
+        (ROOT: the prefix): how a tree travels in a DraftTokens message."""
+        m = len(chain)
+        return cls(
+            (*(int(t) for t in chain), *(int(t) for t, _ in branches)),
+            (*range(-1, m - 1), *(int(p) for _, p in branches)),
+            m,
+        )
+
+    @property
+    def branches(self) -> tuple[tuple[int, int], ...]:
+        """The nodes after the main chain as (token, parent): the inverse of `from_parts`."""
+        return tuple(zip(self.tokens[self.chain :], self.parents[self.chain :]))
+
+    def greedy_first(self) -> DraftTree:
+        """The same tree with its greedy path (each node's first child, from the prefix on) as the
+        main chain, nodes 0 .. chain-1, the other nodes after it in their order."""
+        path: list[int] = []
+        node = ROOT
+        while node in self.children:
+            node = min(self.children[node].values())
+            path.append(node)
+        on_path = set(path)
+        order = path + [i for i in range(len(self.tokens)) if i not in on_path]
+        new_index = {ROOT: ROOT, **{old: new for new, old in enumerate(order)}}
+        return DraftTree(
+            tuple(self.tokens[i] for i in order),
+            tuple(new_index[self.parents[i]] for i in order),
+            len(path),
+            tuple(self.probs[i] for i in order) if self.probs else (),
+        )
 
     def path(self, node: int) -> list[int]:
         """The nodes from the prefix down to ``node``, in order."""
@@ -284,12 +321,14 @@ def grow_tree(
     ``unsure_below``), up to ``width`` of its likeliest tokens over ``min_prob``, within
     ``max_nodes``. A stage blind to one attribute (an event drafter and colour) thus carries every
     likely value of it, each with its own continuation, for the cost of ``depth`` forwards.
-    The proposer's cache is left as after ``prefix``."""
+    The greedy path is the tree's main chain; each node carries its probability. The proposer's
+    cache is left as after ``prefix``."""
     if depth < 0 or width < 1 or max_nodes < 1:
         raise ValueError(f"depth >= 0, width >= 1 and max_nodes >= 1 needed, got {depth}, {width}, {max_nodes}")
     eos = proposer.eos_token_id
     tokens: list[int] = []
     parents: list[int] = []
+    probs_of: list[float] = []
     leaves = [ROOT]
     for _ in range(depth):
         tree = DraftTree(tuple(tokens), tuple(parents))
@@ -305,6 +344,7 @@ def grow_tree(
             for j in range(1 + min(extra, spare)):
                 tokens.append(int(ids[j]))
                 parents.append(leaf)
+                probs_of.append(float(p[j]))
                 if ids[j] != eos:
                     grown.append(len(tokens) - 1)
         leaves = grown
@@ -312,4 +352,4 @@ def grow_tree(
             break
     if tokens:
         proposer.keep_path(prefix, [])  # the last level's nodes leave the cache
-    return DraftTree(tuple(tokens), tuple(parents), 0)
+    return DraftTree(tuple(tokens), tuple(parents), 0, tuple(probs_of)).greedy_first()

@@ -1,7 +1,10 @@
 """The drafter and refiner stages: propose tokens continuing the verifier's commit (ROS-free).
 
 * :class:`DrafterStage` drafts ``gamma`` tokens continuing the commit, runs ahead up to
-  ``max_ahead`` tokens, rolls back when a commit disagrees. Both stages adapt ``gamma`` to what the
+  ``max_ahead`` tokens, rolls back when a commit disagrees. A round's first draft can be a tree
+  (``early_tree_nodes`` > 0): where the drafter is unsure (colour, which events do not carry) it
+  keeps every likely token with its own continuation, and the verifier checks the whole tree in the
+  forward that prefills its clip. Both stages adapt ``gamma`` to what the
   verifier accepts of their drafts, up to ``gamma_max`` (:class:`~.gamma.AdaptiveGamma`).
 * :class:`RefinerStage` checks the drafter's tokens with its own model (``refine_step``), keeps the
   agreeing prefix, adds its own tokens; drafts alone when no stage-0 draft comes within
@@ -21,6 +24,7 @@ from cascade_sd_ros.core.modes import ModeRules, two_point_q
 from cascade_sd_ros.core.names import NODE_OF_STAGE, STAGE_DRAFTER, STAGE_REFINER
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import draft_step, refine_step
+from cascade_sd_ros.core.spec.tree import grow_tree
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
 from cascade_sd_ros.core.stages.controlled import ControlledAcceptance
@@ -183,15 +187,18 @@ class UpstreamStage(Stage):
         confidence: Sequence[float],
         compute_ms: float,
         upstream: tuple[int, int] = (0, 0),
+        branches: tuple[tuple[int, int], ...] = (),
     ) -> None:
         """This stage's draft of ``tokens`` after ``prefix`` (commit ``seq``), speculated on and published;
-        ``upstream`` is (drafted, kept) of the stage-0 draft it refined. A round whose input was
-        degraded (no frame, a stale clip) makes a degraded draft."""
+        ``upstream`` is (drafted, kept) of the stage-0 draft it refined; ``branches`` the other nodes
+        of a draft tree whose greedy path ``tokens`` is. A round whose input was degraded (no frame,
+        a stale clip) makes a degraded draft."""
         with self._lock:
             controlled = self._controlled
         if controlled is not None:
             tokens = controlled(rec.t_ns, prefix, tokens)
             confidence = list(confidence)[: len(tokens)]
+            branches = ()  # controlled acceptance decides token by token on the chain alone
             if not tokens:
                 return
         draft = Draft(
@@ -205,6 +212,7 @@ class UpstreamStage(Stage):
             compute_ms=compute_ms,
             degraded=bool(inp.degraded_reason) or inp.pixels is None,
             degraded_reason=inp.degraded_reason,
+            branches=branches,
         )
         if not self._book.speculate(rec, prefix, draft.token_ids):
             return  # reset or evicted meanwhile
@@ -228,9 +236,17 @@ class DrafterStage(UpstreamStage):
         question: str = "",
         gamma_max: int | None = None,
         round_loaded: Callable[[int, int], None] | None = None,
+        early_tree_nodes: int = 0,
+        early_tree_depth: int = 6,
     ) -> None:
         """``round_loaded(round_id, t_ns)``: called on the worker once a round's event image is
-        prefilled, before its first draft (the node publishes the round's event features there)."""
+        prefilled, before its first draft (the node publishes the round's event features there).
+        ``early_tree_nodes`` > 0: a round's first draft is a tree of at most that many nodes and
+        ``early_tree_depth`` levels, where the model can score one (else a chain, as with 0)."""
+        if early_tree_nodes < 0 or early_tree_depth < 1:
+            raise ValueError(
+                f"need early_tree_nodes >= 0 and early_tree_depth >= 1, got {early_tree_nodes}, {early_tree_depth}"
+            )
         super().__init__(
             NODE_OF_STAGE["drafter"],
             model,
@@ -244,6 +260,8 @@ class DrafterStage(UpstreamStage):
             gamma_max=gamma_max,
         )
         self._round_loaded = round_loaded
+        self.early_tree_nodes = early_tree_nodes if getattr(model.adapter, "supports_tree", False) else 0
+        self.early_tree_depth = early_tree_depth
 
     def _context_loaded(self, rec: RoundRecord) -> None:
         if self._round_loaded is not None:
@@ -259,6 +277,14 @@ class DrafterStage(UpstreamStage):
             self._book.abandon(rec)
             return
         t0 = time.perf_counter()
+        if not prefix and self.early_tree_nodes:  # the round's first draft: ready before the verifier's prefill
+            depth = min(self.early_tree_depth, self.max_new_tokens)
+            tree = grow_tree(self.model.adapter, prefix, depth, max_nodes=self.early_tree_nodes)  # type: ignore[arg-type]
+            if tree.chain:
+                ms = (time.perf_counter() - t0) * 1e3
+                chain = tree.tokens[: tree.chain]
+                self._record(rec, prefix, seq, inp, chain, tree.probs[: tree.chain], ms, branches=tree.branches)
+                return
         proposal = draft_step(self.model.adapter, prefix, self.gamma, max_new_tokens=self.max_new_tokens)
         if not proposal.token_ids:
             self._idle()

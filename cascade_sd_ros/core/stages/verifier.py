@@ -31,7 +31,8 @@ from cascade_sd_ros.core.names import (
     STAGE_REFINER,
 )
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
-from cascade_sd_ros.core.spec.steps import cut_draft, verify_step
+from cascade_sd_ros.core.spec.steps import VerifyResult, cut_draft, verify_step
+from cascade_sd_ros.core.spec.tree import DraftTree, commit_walk
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
 from cascade_sd_ros.core.stages.draft_value import DraftValue
@@ -155,7 +156,9 @@ class VerifierStage(Stage):
         self.liveness_s = liveness_s
         self._draft_wait = DraftWait(draft_wait_s)
         self._value = DraftValue()  # whose drafts pay to check (the rest: decoded alone, probed now and then)
-        self._counts.update(rounds_done=0, rounds_dropped=0, rounds_degraded=0, prefills_with_draft=0)
+        self._counts.update(
+            rounds_done=0, rounds_dropped=0, rounds_degraded=0, prefills_with_draft=0, prefills_with_tree=0
+        )
         self._finals: OrderedDict[int, CaptionUpdate] = OrderedDict()
         self._last_final: CaptionUpdate | None = None  # of the present timeline (None after a reset)
         self._drafted = [0] * NUM_DRAFT_SOURCES  # over final captions, per draft source
@@ -314,6 +317,20 @@ class VerifierStage(Stage):
                     return None
                 book.changed.wait(min(left, POLL_S))
 
+    def _tree_in_hand(self, in_hand: tuple[Draft, list[int]] | None) -> DraftTree | None:
+        """The draft tree to carry in the prefill: an upstream round-start draft with branches, whole,
+        where verification is greedy and the target can score trees; else None (a chain rides)."""
+        if in_hand is None or not in_hand[0].branches or self.rules.verifier.kind != "greedy":
+            return None
+        draft, tail = in_hand
+        if draft.start_position != 0 or tuple(tail) != draft.token_ids:
+            return None  # merged with look-ahead drafts or partly committed: the chain alone
+        if not getattr(self.model.adapter, "supports_tree", False):
+            return None
+        return DraftTree.from_parts(draft.token_ids, draft.branches).cut(
+            self.max_new_tokens, self.model.adapter.eos_token_id
+        )
+
     def _own_or_in_hand(
         self, rec: RoundRecord, carried: tuple[Draft, list[int]] | None
     ) -> tuple[Draft, list[int]] | None:
@@ -419,9 +436,16 @@ class VerifierStage(Stage):
         context = self.model.context(inp.pixels, rec.question)
         if not ahead and self.head is not None:  # prefill hiding: the head's first draft rides instead
             ahead = self.head.early_draft(rec.round_id, context.input_ids[-1], self.max_new_tokens)
-        adapter.prefill(context, caption=ahead)
+        tree = self._tree_in_hand(in_hand)
+        pre: VerifyResult | None = None  # the tree's verification, done by the prefill forward
+        if tree is not None:
+            rows = adapter.prefill_tree(context, tree)  # type: ignore[attr-defined]  # checked by _tree_in_hand
+            pre = commit_walk(adapter, [], tree, rows, self.max_new_tokens)  # type: ignore[arg-type]
+            self._count("prefills_with_tree")
+        else:
+            adapter.prefill(context, caption=ahead)
         # what rode in the prefill is checked first: it costs no forward of its own
-        carried = (in_hand[0], ahead) if in_hand is not None and ahead else None
+        carried = (in_hand[0], ahead) if in_hand is not None and ahead and pre is None else None
         if self.head is not None:  # its round starts on the states this prefill computed
             self.head.begin(rec.round_id, context.input_ids[-1])
         book.spent(rec, prefill_ms=(time.perf_counter() - t0) * 1e3)
@@ -434,7 +458,9 @@ class VerifierStage(Stage):
         generator = torch.Generator(device=adapter.device).manual_seed((self.seed * 1_000_003 + rec.round_id) % (2**63))
         reasons = [inp.degraded_reason] if inp.degraded_reason else []
         while self._alive(rec):
-            if self.head is None:
+            if pre is not None:
+                choice = in_hand
+            elif self.head is None:
                 t_wait = time.perf_counter()
                 choice = self._next_draft(rec)
                 book.waited(rec, (time.perf_counter() - t_wait) * 1e3)
@@ -455,15 +481,20 @@ class VerifierStage(Stage):
             with self._lock:
                 committed = list(rec.committed)
             t0 = time.perf_counter()
-            res = verify_step(
-                adapter,
-                committed,
-                tail,
-                max_new_tokens=self.max_new_tokens,
-                level=self.rules.verifier,
-                q=q,
-                generator=generator,
+            res = (
+                pre
+                if pre is not None
+                else verify_step(
+                    adapter,
+                    committed,
+                    tail,
+                    max_new_tokens=self.max_new_tokens,
+                    level=self.rules.verifier,
+                    q=q,
+                    generator=generator,
+                )
             )
+            pre = None
             step_s = time.perf_counter() - t0
             book.spent(rec, verify_ms=step_s * 1e3)
             own = stage == STAGE_HEAD
