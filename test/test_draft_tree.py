@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cascade_sd_ros.core.head import HeadAdapter, load_head
+from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec import cache_ops
 from cascade_sd_ros.core.spec.engine import CascadeDecoder, target_only_greedy
 from cascade_sd_ros.core.spec.testing import tiny_models
@@ -207,3 +208,28 @@ def test_committed_tokens_that_end_the_caption_decode_nothing_more(zoo, head) ->
     before = t.forwards
     res = CascadeDecoder([head, t], gamma=6).generate(None, 32, committed=want)
     assert res.token_ids == want and res.finished_by == "eos" and t.forwards == before
+
+
+def test_another_stage_chain_joins_a_tree_where_it_departs() -> None:
+    tree = DraftTree.from_parts((5, 6, 7), ((8, 0),))  # 5 6 7 | 5 8
+    assert tree.with_path((5, 6)) is tree  # nothing new
+    joined = tree.with_path((5, 8, 9, 2))
+    assert joined.tokens == (5, 6, 7, 8, 9, 2) and joined.parents == (-1, 0, 1, 0, 3, 4) and joined.chain == 3
+    assert joined.match_depth((5, 8, 9)) == 3 and joined.match_depth((6,)) == 0
+    assert DraftTree.from_parts(joined.tokens[:3], joined.branches) == joined
+
+
+def test_look_ahead_drafts_merged_onto_a_tree_keep_its_branches() -> None:
+    from cascade_sd_ros.core.rounds import RoundBook  # noqa: PLC0415
+
+    book = RoundBook()
+    rec = book.open(7, 7)
+    tree = Draft(0, 0, 0, (5, 6), (0.9, 0.5), branches=((8, 0), (9, 2)))  # 5 6 | 5 8 9
+    ahead = Draft(0, 0, 2, (7, 4), (0.9, 0.9))  # drafted on its own speculation: 5 6 7 4
+    for d in (tree, ahead):
+        book.add_draft(rec.round_id, rec.t_ns, d)
+    found = book.best_draft(rec.round_id, [0])
+    assert found is not None
+    merged, tail = found
+    assert tail == [5, 6, 7, 4] and merged.branches == ((8, 0), (9, 4))
+    assert DraftTree.from_parts(merged.token_ids, merged.branches).match_depth((5, 8, 9)) == 3

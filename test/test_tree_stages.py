@@ -110,34 +110,36 @@ def test_the_round_start_tree_rides_in_the_prefill_and_the_caption_is_the_verifi
     assert forwards[24] < forwards[0], forwards
 
 
-def test_a_tree_is_not_used_where_verification_samples(models, scenes) -> None:  # type: ignore[no-untyped-def]
-    """Draft trees are verified greedily; under lossless-sample the tree's chain rides as before."""
-    target, drafter = models
-    clip, events = scenes[0]
-    verifier = VerifierStage(
-        target,
-        lambda r, g: StageInput(clip, skew_ns=0, span_ns=0),
-        lambda u: None,
-        rules=mode_rules("lossless-sample", temperature=1.0),
-        max_new_tokens=MAX_NEW,
-        draft_wait_s=0.1,
-        max_wait_s=0.1,
-        use_stages=(0,),
-        question=DEFAULT_QUESTION,
-    )
-    draft = Draft(0, 0, 0, (21, 26), (0.5, 0.5), branches=((27, 0),))  # a, red | green
-    assert verifier._tree_in_hand((draft, [21, 26])) is None
-    greedy = VerifierStage(
-        target,
-        lambda r, g: StageInput(clip, skew_ns=0, span_ns=0),
-        lambda u: None,
-        rules=mode_rules("lossless-greedy"),
-        max_new_tokens=MAX_NEW,
-        draft_wait_s=0.1,
-        max_wait_s=0.1,
-        use_stages=(0,),
-        question=DEFAULT_QUESTION,
-    )
-    tree = greedy._tree_in_hand((draft, [21, 26]))
-    assert tree is not None and tree.tokens == (21, 26, 27) and tree.parents == (-1, 0, 0)
-    assert greedy._tree_in_hand((draft, [26])) is None  # partly committed: the chain alone
+def test_the_prefill_tree_joins_the_stages_and_is_greedy_only(models, scenes) -> None:  # type: ignore[no-untyped-def]
+    """The refiner's round-start chain joins the drafter's tree (one prefill checks both); under
+    lossless-sample no tree rides (trees are verified greedily)."""
+    target, _ = models
+    clip, _ = scenes[0]
+
+    def verifier(mode: str) -> VerifierStage:
+        return VerifierStage(
+            target,
+            lambda r, g: StageInput(clip, skew_ns=0, span_ns=0),
+            lambda u: None,
+            rules=mode_rules(mode),
+            max_new_tokens=MAX_NEW,
+            draft_wait_s=0.1,
+            max_wait_s=0.1,
+            use_stages=(1, 0),
+            question=DEFAULT_QUESTION,
+        )
+
+    tree_draft = Draft(0, 0, 0, (21, 26), (0.5, 0.5), branches=((27, 0),))  # a red | a green
+    chain = Draft(1, 0, 0, (21, 27, 31), (0.9, 0.9, 0.9))  # the refiner: a green circle
+    greedy, sampling = verifier("lossless-greedy"), verifier("lossless-sample")
+    for v in (greedy, sampling):
+        v.open_round(T_NS)
+        v.hear_draft(T_NS, T_NS, tree_draft)
+        v.hear_draft(T_NS, T_NS, chain)
+    assert sampling._tree_in_hand(T_NS, (1, 0)) is None
+    joined = greedy._tree_in_hand(T_NS, (1, 0))
+    assert joined is not None
+    tree, whole = joined
+    assert tree.tokens == (21, 26, 27, 31) and tree.parents == (-1, 0, 0, 2)
+    assert {d.stage for d, _ in whole} == {0, 1}
+    assert greedy._tree_in_hand(T_NS, (1,)) is None  # the refiner's chain alone is no tree

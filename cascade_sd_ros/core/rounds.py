@@ -109,6 +109,11 @@ def _chained(first: tuple[Draft, list[int]], drafts: Sequence[Draft], prefix: li
     if len(parts) == 1:
         return first
     head = first[0]
+    branches: tuple[tuple[int, int], ...] = ()
+    if head.branches and head.start_position == len(prefix) and tuple(first[1]) == head.token_ids:
+        # the tree's branch nodes follow the longer chain now: their indices past the chain shift
+        n, shift = len(head.token_ids), len(tail) - len(head.token_ids)
+        branches = tuple((t, p + shift if p >= n else p) for t, p in head.branches)
     confidence: list[float] = []
     for d, t in parts:
         confidence += d.confidence[len(d.token_ids) - len(t) :] if d.confidence else [1.0] * len(t)
@@ -124,6 +129,7 @@ def _chained(first: tuple[Draft, list[int]], drafts: Sequence[Draft], prefix: li
         degraded=any(d.degraded for d, _ in parts),
         degraded_reason=next((d.degraded_reason for d, _ in parts if d.degraded_reason), ""),
         received_wall_s=max(d.received_wall_s for d, _ in parts),
+        branches=branches,
     )
     return merged, tail
 

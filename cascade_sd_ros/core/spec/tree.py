@@ -112,6 +112,33 @@ class DraftTree:
         """The nodes after the main chain as (token, parent): the inverse of `from_parts`."""
         return tuple(zip(self.tokens[self.chain :], self.parents[self.chain :]))
 
+    def with_path(self, tokens: Sequence[int]) -> DraftTree:
+        """This tree plus the chain ``tokens`` from the prefix: it follows existing nodes as far as
+        they agree and adds the rest as new nodes (another stage's draft joining the tree)."""
+        node, out_tokens, out_parents = ROOT, list(self.tokens), list(self.parents)
+        probs = list(self.probs)
+        for i, tok in enumerate(tokens):
+            child = self.children.get(node, {}).get(int(tok))
+            if child is None:
+                for t in tokens[i:]:
+                    out_parents.append(node)
+                    out_tokens.append(int(t))
+                    node = len(out_tokens) - 1
+                probs += [1.0] * (len(out_tokens) - len(probs)) if probs else []
+                return DraftTree(tuple(out_tokens), tuple(out_parents), self.chain, tuple(probs))
+            node = child
+        return self
+
+    def match_depth(self, tokens: Sequence[int]) -> int:
+        """How many of ``tokens`` one root path of this tree holds, from the first on."""
+        node, depth = ROOT, 0
+        for tok in tokens:
+            child = self.children.get(node, {}).get(int(tok))
+            if child is None:
+                break
+            node, depth = child, depth + 1
+        return depth
+
     def greedy_first(self) -> DraftTree:
         """The same tree with its greedy path (each node's first child, from the prefix on) as the
         main chain, nodes 0 .. chain-1, the other nodes after it in their order."""

@@ -317,19 +317,24 @@ class VerifierStage(Stage):
                     return None
                 book.changed.wait(min(left, POLL_S))
 
-    def _tree_in_hand(self, in_hand: tuple[Draft, list[int]] | None) -> DraftTree | None:
-        """The draft tree to carry in the prefill: an upstream round-start draft with branches, whole,
-        where verification is greedy and the target can score trees; else None (a chain rides)."""
-        if in_hand is None or not in_hand[0].branches or self.rules.verifier.kind != "greedy":
+    def _tree_in_hand(
+        self, round_id: int, stages: tuple[int, ...]
+    ) -> tuple[DraftTree, list[tuple[Draft, list[int]]]] | None:
+        """The draft tree to carry in the prefill, with the drafts it joins: an upstream round-start
+        tree (a draft with branches), joined by the other stages' round-start chains, where
+        verification is greedy and the target can score trees; else None (a chain rides)."""
+        if self.rules.verifier.kind != "greedy" or not getattr(self.model.adapter, "supports_tree", False):
             return None
-        draft, tail = in_hand
-        if draft.start_position != 0 or tuple(tail) != draft.token_ids:
-            return None  # merged with look-ahead drafts or partly committed: the chain alone
-        if not getattr(self.model.adapter, "supports_tree", False):
+        found = [self._book.best_draft(round_id, [s]) for s in stages]
+        # whole drafts from the caption's start only (one merged with look-ahead keeps its branches)
+        whole = [f for f in found if f is not None and f[0].start_position == 0 and tuple(f[1]) == f[0].token_ids]
+        whole.sort(key=lambda f: -len(f[0].branches))  # the tree first, the chains join it
+        if not whole or not whole[0][0].branches:
             return None
-        return DraftTree.from_parts(draft.token_ids, draft.branches).cut(
-            self.max_new_tokens, self.model.adapter.eos_token_id
-        )
+        tree = DraftTree.from_parts(whole[0][0].token_ids, whole[0][0].branches)
+        for _, tail in whole[1:]:
+            tree = tree.with_path(tail)
+        return tree.cut(self.max_new_tokens, self.model.adapter.eos_token_id), whole
 
     def _own_or_in_hand(
         self, rec: RoundRecord, carried: tuple[Draft, list[int]] | None
@@ -436,11 +441,15 @@ class VerifierStage(Stage):
         context = self.model.context(inp.pixels, rec.question)
         if not ahead and self.head is not None:  # prefill hiding: the head's first draft rides instead
             ahead = self.head.early_draft(rec.round_id, context.input_ids[-1], self.max_new_tokens)
-        tree = self._tree_in_hand(in_hand)
+        joined = self._tree_in_hand(rec.round_id, paying)
         pre: VerifyResult | None = None  # the tree's verification, done by the prefill forward
-        if tree is not None:
+        if joined is not None:
+            tree, whole = joined
             rows = adapter.prefill_tree(context, tree)  # type: ignore[attr-defined]  # checked by _tree_in_hand
             pre = commit_walk(adapter, [], tree, rows, self.max_new_tokens)  # type: ignore[arg-type]
+            accepted = pre.token_ids[: pre.accepted]
+            # credit the draft that held most of what was accepted
+            in_hand = max(whole, key=lambda f: DraftTree.from_parts(f[1], f[0].branches).match_depth(accepted))
             self._count("prefills_with_tree")
         else:
             adapter.prefill(context, caption=ahead)
