@@ -339,15 +339,16 @@ def grow_tree(
     depth: int,
     *,
     width: int = 5,
-    unsure_below: float = 0.5,
-    min_prob: float = 0.05,
+    min_prob: float = 0.02,
     max_nodes: int = 64,
 ) -> DraftTree:
-    """A proposer's draft tree, grown a level per forward (its `score_tree` on the tree so far):
-    every leaf gets its greedy next token and, where the proposer is unsure (top probability below
-    ``unsure_below``), up to ``width`` of its likeliest tokens over ``min_prob``, within
-    ``max_nodes``. A stage blind to one attribute (an event drafter and colour) thus carries every
-    likely value of it, each with its own continuation, for the cost of ``depth`` forwards.
+    """A proposer's draft tree, grown a level per forward (its `score_tree` on the tree so far).
+
+    Each level the candidates are every leaf's ``width`` likeliest next tokens (over ``min_prob``,
+    a leaf's first always), ranked by the probability of their whole path; the best take the
+    level's share of what is left of ``max_nodes`` (EAGLE-2's best-first growth). Where the proposer
+    is unsure (an event drafter and colour, which events do not carry) several values and their
+    continuations survive; where it is sure the chain goes on alone. ``depth`` forwards in all.
     The greedy path is the tree's main chain; each node carries its probability. The proposer's
     cache is left as after ``prefix``."""
     if depth < 0 or width < 1 or max_nodes < 1:
@@ -356,26 +357,31 @@ def grow_tree(
     tokens: list[int] = []
     parents: list[int] = []
     probs_of: list[float] = []
+    path_p: dict[int, float] = {ROOT: 1.0}
     leaves = [ROOT]
-    for _ in range(depth):
+    for level in range(depth):
         tree = DraftTree(tuple(tokens), tuple(parents))
         probs = torch.softmax(proposer.score_tree(prefix, tree), dim=-1)  # [n+1, V]
         top = probs[[leaf + 1 for leaf in leaves]].topk(width, dim=-1)
         vals, idx = top.values.tolist(), top.indices.tolist()  # one host sync per level
+        candidates = [
+            (path_p[leaf] * p[j], -j, k, j)
+            for k, (leaf, p) in enumerate(zip(leaves, vals))
+            for j in range(width)
+            if j == 0 or p[j] >= min_prob
+        ]
+        share = max(1, (max_nodes - len(tokens)) // (depth - level))
+        chosen = sorted(sorted(candidates, reverse=True)[:share], key=lambda c: (c[2], c[3]))
         grown: list[int] = []
-        for k, (leaf, p, ids) in enumerate(zip(leaves, vals, idx)):
-            spare = max_nodes - len(tokens) - (len(leaves) - k)  # after every leaf left gets its greedy token
-            if spare < 0:
-                break
-            extra = sum(1 for q in p[1:] if q >= min_prob) if p[0] < unsure_below else 0
-            for j in range(1 + min(extra, spare)):
-                tokens.append(int(ids[j]))
-                parents.append(leaf)
-                probs_of.append(float(p[j]))
-                if ids[j] != eos:
-                    grown.append(len(tokens) - 1)
+        for joint, _, k, j in chosen:
+            tokens.append(int(idx[k][j]))
+            parents.append(leaves[k])
+            probs_of.append(float(vals[k][j]))
+            path_p[len(tokens) - 1] = joint
+            if tokens[-1] != eos:
+                grown.append(len(tokens) - 1)
         leaves = grown
-        if not leaves:
+        if not leaves or len(tokens) >= max_nodes:
             break
     if tokens:
         proposer.keep_path(prefix, [])  # the last level's nodes leave the cache
