@@ -168,3 +168,22 @@ def test_diagnostics_message() -> None:
     st = arr.status[0]
     assert st.level == b"\x01" and st.name == "cascade_sd: x" and st.message == "degraded: no frames"
     assert {kv.key: kv.value for kv in st.values} == {"rate_hz": "2.500", "skew_ms": "nan", "stages": "1,2", "n": "3"}
+
+
+def test_a_draft_tree_travels_in_its_branches_and_a_malformed_one_is_refused() -> None:
+    d = Draft(0, 0, 0, (21, 26, 31), (0.9, 0.4, 0.8), branches=((27, 0), (31, 3), (28, 0)))
+    msg = draft_msg(5, 1_000, "cam", d, VOCAB)
+    assert list(msg.branch_token_ids) == [27, 31, 28] and list(msg.branch_parents) == [0, 3, 0]
+    assert draft_from_msg(msg, vocab_size=40).branches == d.branches
+    assert draft_from_msg(draft_msg(5, 1_000, "cam", Draft(0, 0, 0, (21,)), VOCAB)).branches == ()
+    for tokens, parents, match in (
+        ([27, 31], [0], "2 branch tokens but 1 branch parents"),
+        ([27], [3], "follows node 3"),  # node 3 is the branch itself: not an earlier node
+        ([27], [-2], "follows node -2"),
+        ([99], [0], "outside the vocabulary"),
+        ([27] * 513, [0] * 513, "more than 512"),
+    ):
+        bad = draft_msg(5, 1_000, "cam", d, VOCAB)
+        bad.branch_token_ids, bad.branch_parents = tokens, parents
+        with pytest.raises(DraftMessageError, match=match):
+            draft_from_msg(bad, vocab_size=40)

@@ -90,10 +90,11 @@ PARAMS: tuple[Param, ...] = (
     Param("lookahead", 2, "[drafts] proposals the drafter may run ahead of the last commit", 1, 16),
     Param(
         "early_tree_nodes",
-        24,
+        0,
         "[nodes] a round's first draft is a tree of at most this many tokens: where the drafter is unsure "
         "(colour, which events do not carry) it sends every likely token with its own continuation, and "
-        "the verifier checks them all in its prefill forward (0: a plain chain)",
+        "the verifier checks them all in its prefill forward (0: a plain chain, the default: on 2 CPU "
+        "cores the tree raised tokens per verifier step but not caption latency; bench/RESULTS.md)",
         0,
         512,
         read_only=True,
