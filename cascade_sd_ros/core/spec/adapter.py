@@ -543,8 +543,7 @@ class HFAdapter(CachedRowsAdapter):
         cached = cache_ops.cached_length(self._cache)
         ids = torch.tensor([full.tokens], dtype=torch.long, device=self.device)  # [1, m + n]
         positions = torch.tensor([full.depths], dtype=torch.long, device=self.device) + (cached - 1)  # [1, m + n]
-        impl = self.model.config.get_text_config(decoder=True)._attn_implementation
-        mask = full.attention(cached, torch.bool if impl == "sdpa" else self.model.dtype, self.device)
+        mask = full.attention(cached, self.model.dtype, self.device)  # additive: SDPA and eager take it as is
         hidden = self.model.get_decoder()(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self._cache, use_cache=True
         ).last_hidden_state[0]  # [m + n, D]
@@ -574,7 +573,10 @@ class HFAdapter(CachedRowsAdapter):
             cache_ops.crop_to(self._cache, start)
             return
         index = torch.tensor(list(nodes), dtype=torch.long, device=self.device)
-        cache_ops.keep_positions(self._cache, start, index)
+        if list(nodes) == list(range(len(nodes))):  # the main chain's first nodes: a crop does
+            cache_ops.crop_to(self._cache, start + len(nodes))
+        else:
+            cache_ops.keep_positions(self._cache, start, index)
         self._store_rows(len(prefix) + 1, logits.index_select(0, index))
         if hidden is not None:
             self._store_hidden(len(prefix) + 1, hidden.index_select(0, index))
@@ -632,10 +634,7 @@ class HFAdapter(CachedRowsAdapter):
         n_ctx = len(context.input_ids)
         ids = torch.tensor([[*context.input_ids, *extra]], dtype=torch.long, device=self.device)  # [1, L+n]
         if nodes is not None:  # each node sees the context and its own ancestors
-            impl = self.model.config.get_text_config(decoder=True)._attn_implementation
-            kwargs["attention_mask"] = nodes.prefill_attention(
-                n_ctx, torch.bool if impl == "sdpa" else self.model.dtype, self.device
-            )
+            kwargs["attention_mask"] = nodes.prefill_attention(n_ctx, self.model.dtype, self.device)  # additive
             kwargs["position_ids"] = nodes.prefill_positions(n_ctx, self.device)
         if self.keep_hidden:  # the base model then the LM head: what the full forward computes, with its states
             states = self.model.model(

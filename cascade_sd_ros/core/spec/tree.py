@@ -83,6 +83,18 @@ class DraftTree:
         return tuple(out)
 
     @cached_property
+    def _ancestry(self) -> list[bool]:
+        """Row-major `[n, n]`: node i sees node j (j is i or one of its ancestors), built in Python
+        (a tree is small; one tensor from it beats a tensor op per node)."""
+        n = len(self.tokens)
+        rows: list[list[bool]] = []
+        for i, p in enumerate(self.parents):
+            row = list(rows[p]) if p != ROOT else [False] * n
+            row[i] = True
+            rows.append(row)
+        return [x for row in rows for x in row]
+
+    @cached_property
     def children(self) -> dict[int, dict[int, int]]:
         """parent -> {token: node}; the first node with a token wins (a duplicate sibling adds nothing)."""
         out: dict[int, dict[int, int]] = {}
@@ -187,13 +199,8 @@ class DraftTree:
         value elsewhere (an additive mask, as the eager attention takes it).
         """
         n = len(self.tokens)
-        allowed = torch.zeros(n, cached + n, dtype=torch.bool)
-        allowed[:, :cached] = True
-        for i in range(n):
-            allowed[i, cached + i] = True
-            p = self.parents[i]
-            if p != ROOT:
-                allowed[i, cached : cached + n] |= allowed[p, cached : cached + n]
+        allowed = torch.ones(n, cached + n, dtype=torch.bool)
+        allowed[:, cached:] = torch.tensor(self._ancestry, dtype=torch.bool).view(n, n)  # one tensor op
         if dtype != torch.bool:
             mask = torch.zeros(n, cached + n, dtype=dtype)
             mask.masked_fill_(~allowed, torch.finfo(dtype).min)
