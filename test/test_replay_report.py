@@ -96,6 +96,8 @@ def draft(round_id: int, t_ns: int, stage: int) -> Any:
         start_position=0,
         token_ids=np.array([1, 2], np.int32),
         confidence=np.array([0.9, 0.8], np.float32),
+        branch_token_ids=np.array([], np.int32),
+        branch_parents=np.array([], np.int32),
         upstream_drafted=0,
         upstream_accepted=0,
         compute_ms=1.0,
