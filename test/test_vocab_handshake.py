@@ -358,6 +358,8 @@ def test_text_ports_carry_a_foreign_drafters_draft_into_the_verifiers_ids(tmp_pa
         start_position=start,
         token_ids=list(draft.token_ids),
         confidence=[0.9, 0.8],
+        branch_token_ids=[],
+        branch_parents=[],
         draft_text=text,
         upstream_drafted=0,
         upstream_accepted=0,

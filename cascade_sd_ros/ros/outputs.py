@@ -120,9 +120,8 @@ MAX_BRANCH_NODES = 512  # a draft tree's extra nodes at most (the verifier feeds
 def _branches_from_msg(msg: Any, chain: int, vocab_size: int | None) -> tuple[tuple[int, int], ...]:
     """A DraftTokens' tree nodes (token, parent), checked: equal lengths, ids in the vocabulary,
     each parent an earlier node or -1."""
-    # (read leniently: a message built field by field, as tests and tools do, may leave them out)
-    tokens = [int(t) for t in getattr(msg, "branch_token_ids", ())]
-    parents = [int(p) for p in getattr(msg, "branch_parents", ())]
+    tokens = [int(t) for t in msg.branch_token_ids]
+    parents = [int(p) for p in msg.branch_parents]
     if len(tokens) != len(parents):
         raise DraftMessageError(f"DraftTokens has {len(tokens)} branch tokens but {len(parents)} branch parents")
     if len(tokens) > MAX_BRANCH_NODES:

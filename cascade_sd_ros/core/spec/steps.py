@@ -28,6 +28,7 @@ __all__ = [
     "VerifyResult",
     "RefineResult",
     "align_draft",
+    "caption_ended",
     "cut_draft",
     "draft_step",
     "refine_step",
@@ -117,7 +118,8 @@ class RefineResult:
     lossy: int
 
 
-def _ends(prefix: Sequence[int], eos: int | None) -> bool:
+def caption_ended(prefix: Sequence[int], eos: int | None) -> bool:
+    """Whether the committed ``prefix`` already ends with the EOS."""
     return eos is not None and len(prefix) > 0 and prefix[-1] == eos
 
 
@@ -196,7 +198,7 @@ def draft_step(
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     budget = gamma if max_new_tokens is None else min(gamma, max_new_tokens - len(prefix))
-    if budget <= 0 or _ends(prefix, drafter.eos_token_id):
+    if budget <= 0 or caption_ended(prefix, drafter.eos_token_id):
         return Proposal([], [], None, temperature > 0)
     return drafter.propose(prefix, budget, temperature=temperature, generator=generator, return_q=return_q)
 
@@ -225,7 +227,7 @@ def refine_step(
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     eos = refiner.eos_token_id
     budget = max_new_tokens - len(prefix)
-    if budget <= 0 or _ends(prefix, eos):
+    if budget <= 0 or caption_ended(prefix, eos):
         return RefineResult(0, [], [], None, 0, 0)
     cut = cut_draft(draft, budget, eos)
     logits = refiner.score(prefix, cut)  # [n+1, V]
@@ -272,7 +274,7 @@ def verify_step(
     """Verify `draft` after the committed `prefix` in one target forward; commit accepted + one token."""
     eos = target.eos_token_id
     budget = max_new_tokens - len(prefix)
-    if budget <= 0 or _ends(prefix, eos):
+    if budget <= 0 or caption_ended(prefix, eos):
         return VerifyResult(0, [], False, 0, 0, True)
     cut = cut_draft(draft, budget, eos)
     logits = target.score(prefix, cut)  # [n+1, V] in one forward

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from cascade_sd_ros.core.spec.adapter import Proposal, StageContext
-from cascade_sd_ros.core.spec.steps import VerifyResult
+from cascade_sd_ros.core.spec.steps import VerifyResult, caption_ended, cut_draft
 
 __all__ = [
     "DraftTree",
@@ -124,32 +124,31 @@ class DraftTree:
         """The nodes after the main chain as (token, parent): the inverse of `from_parts`."""
         return tuple(zip(self.tokens[self.chain :], self.parents[self.chain :]))
 
-    def with_path(self, tokens: Sequence[int]) -> DraftTree:
-        """This tree plus the chain ``tokens`` from the prefix: it follows existing nodes as far as
-        they agree and adds the rest as new nodes (another stage's draft joining the tree)."""
-        node, out_tokens, out_parents = ROOT, list(self.tokens), list(self.parents)
-        probs = list(self.probs)
-        for i, tok in enumerate(tokens):
-            child = self.children.get(node, {}).get(int(tok))
-            if child is None:
-                for t in tokens[i:]:
-                    out_parents.append(node)
-                    out_tokens.append(int(t))
-                    node = len(out_tokens) - 1
-                probs += [1.0] * (len(out_tokens) - len(probs)) if probs else []
-                return DraftTree(tuple(out_tokens), tuple(out_parents), self.chain, tuple(probs))
-            node = child
-        return self
-
-    def match_depth(self, tokens: Sequence[int]) -> int:
-        """How many of ``tokens`` one root path of this tree holds, from the first on."""
+    def _follow(self, tokens: Sequence[int]) -> tuple[int, int]:
+        """(node, depth): how far one root path of this tree holds ``tokens``, from the first on."""
         node, depth = ROOT, 0
         for tok in tokens:
             child = self.children.get(node, {}).get(int(tok))
             if child is None:
                 break
             node, depth = child, depth + 1
-        return depth
+        return node, depth
+
+    def with_path(self, tokens: Sequence[int]) -> DraftTree:
+        """This tree plus the chain ``tokens`` from the prefix: it follows existing nodes as far as
+        they agree and adds the rest as new nodes (another stage's draft joining the tree)."""
+        node, depth = self._follow(tokens)
+        rest = [int(t) for t in tokens[depth:]]
+        if not rest:
+            return self
+        n = len(self.tokens)
+        parents = [node, *range(n, n + len(rest) - 1)]
+        probs = (*self.probs, *[1.0] * len(rest)) if self.probs else ()
+        return DraftTree((*self.tokens, *rest), (*self.parents, *parents), self.chain, probs)
+
+    def match_depth(self, tokens: Sequence[int]) -> int:
+        """How many of ``tokens`` one root path of this tree holds, from the first on."""
+        return self._follow(tokens)[1]
 
     def greedy_first(self) -> DraftTree:
         """The same tree with its greedy path (each node's first child, from the prefix on) as the
@@ -160,12 +159,15 @@ class DraftTree:
             node = min(self.children[node].values())
             path.append(node)
         on_path = set(path)
-        order = path + [i for i in range(len(self.tokens)) if i not in on_path]
+        return self._select(path + [i for i in range(len(self.tokens)) if i not in on_path], len(path))
+
+    def _select(self, order: Sequence[int], chain: int) -> DraftTree:
+        """The nodes ``order`` (each after its parent) as a tree of their own, main chain ``chain``."""
         new_index = {ROOT: ROOT, **{old: new for new, old in enumerate(order)}}
         return DraftTree(
             tuple(self.tokens[i] for i in order),
             tuple(new_index[self.parents[i]] for i in order),
-            len(path),
+            chain,
             tuple(self.probs[i] for i in order) if self.probs else (),
         )
 
@@ -180,32 +182,27 @@ class DraftTree:
     def cut(self, budget: int, eos: int | None) -> DraftTree:
         """The part worth scoring: nodes at most ``budget`` deep, none below an EOS."""
         keep: list[int] = []
-        new_index: dict[int, int] = {ROOT: ROOT}
+        kept = {ROOT}
         for i, p in enumerate(self.parents):
-            if self.depths[i] > budget or p not in new_index:
+            if self.depths[i] > budget or p not in kept:
                 continue
             if p != ROOT and eos is not None and self.tokens[p] == eos:
                 continue
-            new_index[i] = len(keep)
+            kept.add(i)
             keep.append(i)
-        chain = sum(1 for i in keep if i < self.chain)
-        return DraftTree(tuple(self.tokens[i] for i in keep), tuple(new_index[self.parents[i]] for i in keep), chain)
+        return self._select(keep, sum(1 for i in keep if i < self.chain))
 
     def attention(self, cached: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The mask of a tree forward after ``cached`` positions: `[1, 1, n, cached + n]`.
 
         Every node sees the whole cache, its ancestors and itself. ``dtype`` torch.bool gives
-        True where attention is allowed (SDPA); a float dtype gives 0 there and the dtype's lowest
-        value elsewhere (an additive mask, as the eager attention takes it).
+        True where attention is allowed; a float dtype gives 0 there and the dtype's lowest value
+        elsewhere (an additive mask: SDPA and the eager attention take it as it is).
         """
         n = len(self.tokens)
         allowed = torch.ones(n, cached + n, dtype=torch.bool)
         allowed[:, cached:] = torch.tensor(self._ancestry, dtype=torch.bool).view(n, n)  # one tensor op
-        if dtype != torch.bool:
-            mask = torch.zeros(n, cached + n, dtype=dtype)
-            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-            return mask.view(1, 1, n, cached + n).to(device)
-        return allowed.view(1, 1, n, cached + n).to(device)
+        return _as_mask(allowed, dtype, device)
 
     def prefill_attention(self, context: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The mask of a prefill forward carrying this tree after ``context`` positions:
@@ -214,17 +211,22 @@ class DraftTree:
         causal = torch.ones(context, context, dtype=torch.bool).tril()
         top = torch.cat((causal, torch.zeros(context, n, dtype=torch.bool)), dim=1)  # [L, L+n]
         nodes = self.attention(context, torch.bool, torch.device("cpu"))[0, 0]  # [n, L+n]
-        allowed = torch.cat((top, nodes))
-        if dtype != torch.bool:
-            mask = torch.zeros(context + n, context + n, dtype=dtype)
-            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-            return mask.view(1, 1, context + n, context + n).to(device)
-        return allowed.view(1, 1, context + n, context + n).to(device)
+        return _as_mask(torch.cat((top, nodes)), dtype, device)
 
     def prefill_positions(self, context: int, device: torch.device) -> torch.Tensor:
         """Position ids `[1, context + n]` of that forward: 0 .. context-1, then each node's depth after it."""
         depths = torch.tensor(self.depths, dtype=torch.long) + (context - 1)
         return torch.cat((torch.arange(context), depths)).view(1, -1).to(device)
+
+
+def _as_mask(allowed: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``allowed`` `[q, kv]` as a `[1, 1, q, kv]` mask of ``dtype``: itself for torch.bool, else
+    additive (0 where allowed, the dtype's lowest value elsewhere)."""
+    if dtype != torch.bool:
+        mask = torch.zeros(allowed.shape, dtype=dtype)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        allowed = mask
+    return allowed.view(1, 1, *allowed.shape).to(device)
 
 
 class TreeProposer(Protocol):
@@ -266,7 +268,7 @@ def draft_tree_step(
         raise ValueError(f"gamma and branches must be >= 0, got {gamma} and {branches}")
     eos = proposer.eos_token_id
     budget = min(gamma, max_new_tokens - len(prefix))
-    if budget <= 0 or (eos is not None and prefix and prefix[-1] == eos):
+    if budget <= 0 or caption_ended(prefix, eos):
         return DraftTree((), ())
     chain, runner_ups, sure = proposer.propose_runner_ups(prefix, budget)
     tokens, parents = list(chain), list(range(-1, len(chain) - 1))
@@ -294,7 +296,7 @@ def verify_tree(target: TreeScorer, prefix: Sequence[int], tree: DraftTree, *, m
     """
     eos = target.eos_token_id
     budget = max_new_tokens - len(prefix)
-    if budget <= 0 or (eos is not None and prefix and prefix[-1] == eos):
+    if budget <= 0 or caption_ended(prefix, eos):
         return VerifyResult(0, [], False, 0, 0, True)
     tree = tree.cut(budget, eos)
     rows = target.score_tree(prefix, tree)  # [n+1, V]: row 0 after the prefix, row j+1 after node j
@@ -332,9 +334,7 @@ def commit_walk(
         path.append(child)
         node = child
     target.keep_path(prefix, path)
-    new = [*(tree.tokens[i] for i in path), token][:budget]
-    if eos is not None and eos in new:
-        new = new[: new.index(eos) + 1]
+    new = cut_draft([*(tree.tokens[i] for i in path), token], budget, eos)
     finished = len(prefix) + len(new) >= max_new_tokens or (eos is not None and new[-1] == eos)
     depth = max(tree.depths, default=0)
     return VerifyResult(len(path), new, node != ROOT and node not in tree.children, depth, 0, finished)
