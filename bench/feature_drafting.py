@@ -14,8 +14,11 @@ token for token against target-only `generate()`):
   (`tree.grow_tree`, one drafter forward per level: where it is unsure, as about colour, which events
   do not carry, it keeps every likely token, each with its own continuation); the tree rides in the
   prefill forward (`HFAdapter.prefill_tree`, tree attention) and the head drafts the rest;
-* `head: fused + runner-up branches`: each round's head draft also carries the head's second choice
-  at its least sure position, with its continuation (`CascadeDecoder(tree_branches=1)`);
+* `head: fused + runner-up branches`: each round's head draft is a tree: at its first `--branches`
+  unsure positions (probability < `tree.UNSURE_BELOW`) the head's second choice, followed by a copy
+  of the chain's later tokens (`CascadeDecoder(tree_branches=N)`, `tree.deviation_tree`): no head
+  forward of its own, a few more rows in the target's verify forward;
+* `head: fused + early tree + branches`: both: the early tree in the prefill, branched head drafts after;
 * `head: fused + merging`: per position, the head's or the event drafter's token, whichever stage's
   measured acceptance for that token class (colour/shape/motion/other, measured on calibration
   scenes of another stream) is higher.
@@ -191,6 +194,7 @@ def run(
     mix: int = 2,
     tree_depth: int = 6,
     tree_nodes: int = 24,
+    branches: int = 4,
 ) -> dict:
     scenes = _scenes(zoo, n_scenes, EVAL_STREAM, objects=objects, mix=mix)
     classes = token_classes(zoo.tokenizer.get_vocab())
@@ -211,10 +215,14 @@ def run(
         t.prefill(ctx_t, caption=hiding.early_draft)  # it rides in the prefill forward: verified for free
         return hiding_decoder.generate(None, max_new), 1  # (+1: the prefill ran outside generate)
 
-    after_tree = CascadeDecoder([head, t], gamma=gamma)
     tap = ProjectorTap(d.model)  # the drafter's prefill computes the head's event tokens anyway
 
-    def early_tree(ctx_t: StageContext, ctx_d: StageContext) -> tuple[DecodeResult, int]:
+    def early_tree_then(after_tree: CascadeDecoder) -> Callable[[StageContext, StageContext], tuple[DecodeResult, int]]:
+        return lambda ctx_t, ctx_d: early_tree(after_tree, ctx_t, ctx_d)
+
+    def early_tree(
+        after_tree: CascadeDecoder, ctx_t: StageContext, ctx_d: StageContext
+    ) -> tuple[DecodeResult, int]:
         d.prefill(ctx_d)
         events = tap.take()
         tree = grow_tree(d, [], tree_depth, max_nodes=tree_nodes)  # before the clip's prefill
@@ -246,9 +254,10 @@ def run(
     if floor > 0:  # the same head with drafts of the controller's adapted length, for comparison
         engines[FIXED_LENGTH] = (use("fused", 0.0), plain(CascadeDecoder([head, t], gamma=gamma)), False)
     engines["head: fused + prefill hiding"] = (use("fused"), hidden, False)
-    engines["head: fused + early tree"] = (use("fused"), early_tree, False)
-    branched = CascadeDecoder([head, t], gamma=gamma, tree_branches=1)
+    engines["head: fused + early tree"] = (use("fused"), early_tree_then(CascadeDecoder([head, t], gamma=gamma)), False)
+    branched = CascadeDecoder([head, t], gamma=gamma, tree_branches=branches)
     engines["head: fused + runner-up branches"] = (use("fused"), plain(branched), False)
+    engines["head: fused + early tree + branches"] = (use("fused"), early_tree_then(branched), False)
     engines["head: fused + merging"] = (use("fused"), plain(CascadeDecoder([merged, t], gamma=gamma)), True)
     runs = {name: Run() for name in (TARGET_ONLY, *engines)}
     warm_t, warm_d = scenes[0]
@@ -331,13 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tree-depth", type=int, default=6, help="levels of the event drafter's early tree")
     parser.add_argument("--tree-nodes", type=int, default=24, help="nodes of the event drafter's early tree at most")
+    parser.add_argument("--branches", type=int, default=4, help="unsure positions of a head draft that branch")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
         check_stop_below(args.stop_below, "--stop-below")
     except ValueError as exc:
         parser.error(str(exc))
-    for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads", "tree_depth", "tree_nodes"):
+    for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads", "tree_depth", "tree_nodes", "branches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(args.threads)
@@ -362,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mix,
             args.tree_depth,
             args.tree_nodes,
+            args.branches,
         )
     result.update(
         zoo=str(args.zoo or "shipped"),
@@ -372,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gamma=args.gamma,
         tree_depth=args.tree_depth,
         tree_nodes=args.tree_nodes,
+        branches=args.branches,
         stop_below=args.stop_below,
         max_new_tokens=args.max_new_tokens,
         threads=args.threads,

@@ -64,7 +64,7 @@ from cascade_sd_ros.core.names import (
 from cascade_sd_ros.core.rounds import RoundRecord, round_id_for
 from cascade_sd_ros.core.stage_model import StageModel, default_stage_source
 from cascade_sd_ros.core.stages import CaptionUpdate, ScheduleCheck, ScheduleDisagreement, StageInput, VerifierStage
-from cascade_sd_ros.core.stages.head_source import HeadSource, HeadSpec, open_draft_head
+from cascade_sd_ros.core.stages.head_source import HEAD_BRANCHES, HeadSource, HeadSpec, open_draft_head
 from cascade_sd_ros.core.zoo import default_zoo_path
 from cascade_sd_ros.nodes.clock_offset import ClockOffsetInput
 from cascade_sd_ros.nodes.common import (
@@ -168,6 +168,16 @@ PARAMS: tuple[Param, ...] = (
         "draft (from them alone) rides in that prefill",
         read_only=True,
     ),
+    Param(
+        "head_branches",
+        HEAD_BRANCHES,
+        "greedy rules: at the draft head's first N unsure tokens (probability < 0.99) its second choice "
+        "also rides in the verify forward, followed by a copy of the draft's rest (a draft tree; exact "
+        "as ever); 0 = plain chains",
+        0,
+        16,
+        read_only=True,
+    ),
 )
 
 
@@ -195,6 +205,7 @@ class VerifierConfig(StageConfig):
     head_gamma_max: int
     head_stop_below: float
     head_prefill_draft: bool
+    head_branches: int
 
     @staticmethod
     def from_params(p: dict[str, Any]) -> "VerifierConfig":
@@ -220,6 +231,7 @@ class VerifierConfig(StageConfig):
             head_gamma_max=max(p["head_gamma"], p["head_gamma_max"]),
             head_stop_below=check_stop_below(float(p["head_stop_below"]), "head_stop_below"),
             head_prefill_draft=bool(p["head_prefill_draft"]),
+            head_branches=p["head_branches"],
         )
 
 
@@ -415,6 +427,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
             gamma=self.cfg.head_gamma,
             gamma_max=self.cfg.head_gamma_max,
             prefill_draft=self.cfg.head_prefill_draft,
+            branches=self.cfg.head_branches,
         )
 
     def _on_features(self, msg: Any) -> None:
@@ -584,6 +597,7 @@ class VideoVerifier(StageNode[VerifierConfig]):
                     "rounds_pending",
                     "prefills_with_draft",
                     "prefills_with_tree",
+                    "verifies_with_tree",
                     "acceptance_drafter",
                     "acceptance_refiner",
                     "acceptance_head",

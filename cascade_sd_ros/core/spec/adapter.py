@@ -376,18 +376,26 @@ class CachedRowsAdapter(abc.ABC):
         return Proposal(token_ids[:n], probs[:n], q, temperature > 0)
 
     @torch.inference_mode()
-    def propose_runner_ups(self, prefix: Sequence[int], k: int) -> tuple[list[int], list[int], list[float]]:
-        """A greedy proposal of (at most) k tokens, with, per position, the stage's second choice and
-        its probability of its first: what a draft tree branches on (`core/spec/tree.py`)."""
-        chain = self.propose(prefix, k).token_ids
-        rows = self._rows[len(prefix) : len(prefix) + len(chain)]  # [n, V]: the rows the picks came from
+    def propose_alternatives(
+        self, prefix: Sequence[int], k: int, width: int
+    ) -> tuple[list[int], list[list[int]], list[list[float]]]:
+        """A greedy proposal of (at most) k tokens, with, per position, the stage's ``width``
+        likeliest tokens and their probabilities, first choice first: what a draft tree branches on
+        (`core/spec/tree.py`). One host sync beyond the proposal's."""
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        proposal = self.propose(prefix, k)
+        chain = [int(t) for t in proposal.token_ids]
         if not chain:
             return [], [], []
-        top = torch.topk(rows, 2, dim=-1)
-        sure = torch.softmax(rows, dim=-1).gather(1, top.indices[:, :1]).view(-1)  # [n]
-        packed = torch.cat((top.indices[:, 1].double(), sure.double())).tolist()  # one host sync
+        rows = self._rows[len(prefix) : len(prefix) + len(chain)]  # [n, V]: the rows the picks came from
+        top = torch.topk(torch.softmax(rows, dim=-1), min(width, self.vocab_size), dim=-1)  # [n, width]
+        packed = torch.cat((top.indices.double(), top.values.double())).tolist()  # one host sync
         n = len(chain)
-        return chain, [int(t) for t in packed[:n]], packed[n:]
+        ids = [[int(t) for t in row] for row in packed[:n]]
+        for i, tok in enumerate(chain):
+            ids[i][0] = tok  # a tie is broken as the proposal broke it
+        return chain, ids, packed[n:]
 
 
 class HFAdapter(CachedRowsAdapter):

@@ -2,17 +2,20 @@
 
 A chain draft is lost from its first wrong token on. Where a drafter is unsure, its second choice
 is often the target's (on the zoo the fused head's rejected token was the target's second choice 30
-times in 39 and third in 7 more), so a draft that also carries the runner-up at its least sure
-positions, each followed by its own continuation, turns most rejections into accepted tokens. The
-target scores every node in one forward with tree attention (each node sees the cache and its own
-ancestors: SpecInfer, Medusa, EAGLE-2); greedy verification then walks from the root along the
-children equal to the target's argmax, so the output is still exactly the target's greedy decoding.
+times in 39 and third in 7 more), so a draft that also carries the runner-up at its unsure
+positions turns most rejections into accepted tokens. The target scores every node in one forward
+with tree attention (each node sees the cache and its own ancestors: SpecInfer, Medusa, EAGLE-2);
+greedy verification then walks from the root along the children equal to the target's argmax, so
+the output is still exactly the target's greedy decoding.
 
 * :class:`DraftTree`: nodes (token, parent) in topological order, cut to a budget and at EOS, and
   the attention mask and positions of a tree forward;
-* :func:`draft_tree_step`: a proposer's greedy chain plus up to ``branches`` runner-up branches;
+* :func:`draft_tree_step`: a proposer's greedy chain plus, at its first ``branches`` unsure
+  positions, its runner-up followed by a copy of the chain's later tokens (:func:`deviation_tree`);
 * :func:`verify_tree`: score a tree in one target forward, commit the longest accepted path plus
-  the target's own next token, and keep only that path in the target's cache.
+  the target's own next token, and keep only that path in the target's cache;
+* :func:`grow_tree`: a proposer's best-first tree, one proposer forward per level (a round's
+  first draft, made before the target has the clip).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ __all__ = [
     "DraftTree",
     "TreeProposer",
     "TreeScorer",
+    "UNSURE_BELOW",
     "commit_walk",
+    "deviation_tree",
     "draft_tree_step",
     "grow_tree",
     "prefill_with_tree",
@@ -40,6 +45,10 @@ __all__ = [
 ]
 
 ROOT = -1  # parent of a first-level node: the end of the committed prefix
+# A draft token the proposer gives less than this gets a branch: on the zoo the head's rejected
+# tokens were nearly all below it, and a sure token's runner-up is almost never the target's.
+UNSURE_BELOW = 0.99
+MIN_BRANCH_PROB = 0.01  # a runner-up less likely than this is not worth its nodes
 
 
 @dataclass(frozen=True)
@@ -235,9 +244,9 @@ class TreeProposer(Protocol):
     @property
     def eos_token_id(self) -> int | None: ...
 
-    def propose_runner_ups(self, prefix: Sequence[int], k: int) -> tuple[list[int], list[int], list[float]]: ...
-
-    def propose(self, prefix: Sequence[int], k: int) -> Proposal: ...
+    def propose_alternatives(
+        self, prefix: Sequence[int], k: int, width: int
+    ) -> tuple[list[int], list[list[int]], list[list[float]]]: ...
 
 
 class TreeScorer(Protocol):
@@ -255,36 +264,68 @@ class TreeScorer(Protocol):
 
 def supports_trees(proposer: object, target: object) -> bool:
     """Whether ``proposer`` can draft trees and ``target`` can verify them."""
-    return callable(getattr(proposer, "propose_runner_ups", None)) and bool(getattr(target, "supports_tree", False))
+    return callable(getattr(proposer, "propose_alternatives", None)) and bool(getattr(target, "supports_tree", False))
+
+
+def deviation_tree(
+    chain: Sequence[int],
+    top: Sequence[Sequence[int]],
+    probs: Sequence[Sequence[float]],
+    branches: int,
+    *,
+    eos: int | None,
+    unsure_below: float = UNSURE_BELOW,
+) -> DraftTree:
+    """A chain plus branches that each deviate from it once: at the first ``branches`` positions
+    whose token the proposer gave less than ``unsure_below``, each runner-up (``top[i][1:]``, at
+    least MIN_BRANCH_PROB likely) replaces ``chain[i]`` and is followed by a copy of ``chain[i+1:]``.
+
+    The copy costs the proposer nothing: in a caption a content token's successors hardly depend on
+    which value it took ("a red square moves" / "a red circle moves"), so the chain's own later
+    guesses are as good after the runner-up as after its first choice; the target judges them all.
+    ``top[i]`` / ``probs[i]``: the proposer's likeliest tokens at position i and their probabilities,
+    first choice first (``top[i][0] == chain[i]``). Earliest positions first: a later deviation only
+    counts when everything before it is accepted.
+    """
+    if branches < 0:
+        raise ValueError(f"branches must be >= 0, got {branches}")
+    tokens, parents = [int(t) for t in chain], list(range(-1, len(chain) - 1))
+    spots = [i for i in range(len(chain)) if probs[i][0] < unsure_below][:branches]
+    for i in spots:
+        for alt, p in zip(top[i][1:], probs[i][1:]):
+            if p < MIN_BRANCH_PROB:
+                break
+            tokens.append(int(alt))
+            parents.append(i - 1)  # it replaces chain[i]: it follows chain[:i]
+            if int(alt) == eos:
+                continue
+            for tok in chain[i + 1 :]:
+                parents.append(len(tokens) - 1)
+                tokens.append(int(tok))
+    return DraftTree(tuple(tokens), tuple(parents), len(chain))
 
 
 def draft_tree_step(
-    proposer: TreeProposer, prefix: Sequence[int], gamma: int, branches: int, *, max_new_tokens: int
+    proposer: TreeProposer,
+    prefix: Sequence[int],
+    gamma: int,
+    branches: int,
+    *,
+    max_new_tokens: int,
+    width: int = 2,
+    unsure_below: float = UNSURE_BELOW,
 ) -> DraftTree:
-    """The proposer's greedy chain of (at most) gamma tokens, plus its runner-up at the ``branches``
-    least sure positions of that chain, each followed by the proposer's own greedy continuation to
-    the chain's depth. Branches cost the proposer forwards (cheap for a draft head), never the target."""
-    if gamma < 0 or branches < 0:
-        raise ValueError(f"gamma and branches must be >= 0, got {gamma} and {branches}")
+    """The proposer's greedy chain of (at most) gamma tokens as a :func:`deviation_tree`: its
+    ``width - 1`` runner-ups at its first ``branches`` unsure positions, each followed by the
+    chain's later tokens. No proposer forward beyond the chain's; the target pays a few more rows."""
+    if gamma < 0 or branches < 0 or width < 1:
+        raise ValueError(f"gamma >= 0, branches >= 0 and width >= 1 needed, got {gamma}, {branches}, {width}")
     eos = proposer.eos_token_id
     budget = min(gamma, max_new_tokens - len(prefix))
     if budget <= 0 or caption_ended(prefix, eos):
         return DraftTree((), ())
-    chain, runner_ups, sure = proposer.propose_runner_ups(prefix, budget)
-    tokens, parents = list(chain), list(range(-1, len(chain) - 1))
-    spots = sorted(range(len(chain)), key=lambda i: sure[i])[:branches]
-    for i in sorted(spots):
-        alt = runner_ups[i]
-        tokens.append(alt)
-        parents.append(i - 1)  # the runner-up replaces chain[i]: it follows chain[:i]
-        depth_left = len(chain) - i - 1
-        if depth_left <= 0 or alt == eos:
-            continue
-        follow = proposer.propose([*prefix, *chain[:i], alt], depth_left)
-        for tok in follow.token_ids:
-            parents.append(len(tokens) - 1)
-            tokens.append(int(tok))
-    return DraftTree(tuple(tokens), tuple(parents), len(chain))
+    chain, top, probs = proposer.propose_alternatives(prefix, budget, width)
+    return deviation_tree(chain, top, probs, branches, eos=eos, unsure_below=unsure_below)
 
 
 def verify_tree(target: TreeScorer, prefix: Sequence[int], tree: DraftTree, *, max_new_tokens: int) -> VerifyResult:

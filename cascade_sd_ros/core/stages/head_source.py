@@ -35,12 +35,14 @@ from cascade_sd_ros.core.head.io import load_head, tensor_fingerprint
 from cascade_sd_ros.core.names import NUM_DRAFT_SOURCES, STAGE_HEAD
 from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec.adapter import HFAdapter
+from cascade_sd_ros.core.spec.tree import deviation_tree
 from cascade_sd_ros.core.stages.ema import ema
 from cascade_sd_ros.core.stages.gamma import AdaptiveGamma
 
-__all__ = ["HeadSource", "HeadSpec", "SourceWorth", "expected_accepted", "open_draft_head", "pick_draft"]
+__all__ = ["HEAD_BRANCHES", "HeadSource", "HeadSpec", "SourceWorth", "expected_accepted", "open_draft_head", "pick_draft"]
 
 KEEP_FEATURE_ROUNDS = 8  # event tokens kept for rounds the verifier has not reached yet
+HEAD_BRANCHES = 4  # default: unsure positions of a head draft that branch (bench/RESULTS.md, "Tenth session")
 
 
 def expected_accepted(confidence: Sequence[float]) -> float:
@@ -132,9 +134,16 @@ class HeadSource:
     the verifier's worker thread. Counters (``snapshot``) are read under the same small lock.
     """
 
-    def __init__(self, head: HeadAdapter, *, gamma: int, gamma_max: int, prefill_draft: bool = False) -> None:
+    def __init__(
+        self, head: HeadAdapter, *, gamma: int, gamma_max: int, prefill_draft: bool = False, branches: int = 0
+    ) -> None:
+        if branches < 0:
+            raise ValueError(f"branches must be >= 0, got {branches}")
         self.head = head
         self.prefill_draft = prefill_draft
+        # > 0: each draft is a deviation tree, the head's runner-up at its first `branches` unsure
+        # positions followed by a copy of the chain's rest (tree.deviation_tree): no head forward of its own
+        self.branches = branches
         self._early: tuple[int, Draft] | None = None  # (round, its draft that rode in its prefill), until checked
         self._gamma = AdaptiveGamma(gamma, gamma_max)
         self._lock = threading.Lock()
@@ -152,6 +161,7 @@ class HeadSource:
             drafts=0,
             forwards=0,
             prefill_drafts=0,  # first drafts made from event tokens alone, carried in the clip's prefill
+            branch_nodes=0,  # tree nodes off the drafts' main chains (branches > 0)
         )
         self._head_s = 0.0
 
@@ -255,22 +265,31 @@ class HeadSource:
             # a head that stops on its own confidence drafts as far as it is sure, up to the ceiling
             k = min(self._gamma.ceiling if self.head.stop_below > 0 else self._gamma.value, budget)
         f0, t0 = self.head.forwards, time.perf_counter()
-        proposal = self.head.propose(list(committed), k)
+        branches: tuple[tuple[int, int], ...] = ()
+        if self.branches and k > 0:
+            tail, top, probs = self.head.propose_alternatives(list(committed), k, 2)
+            confidence = [p[0] for p in probs]
+            eos = self.head.eos_token_id
+            branches = deviation_tree(tail, top, probs, self.branches, eos=eos).branches
+        else:
+            proposal = self.head.propose(list(committed), k)
+            tail, confidence = [int(t) for t in proposal.token_ids], list(proposal.probs)
         spent = time.perf_counter() - t0
         with self._lock:
             self._counts["drafts"] += 1
             self._counts["forwards"] += self.head.forwards - f0
+            self._counts["branch_nodes"] += len(branches)
             self._head_s += spent
-        if not proposal.token_ids:
+        if not tail:
             return None
-        tail = [int(t) for t in proposal.token_ids]
         draft = Draft(
             stage=STAGE_HEAD,
             commit_seq=0,
             start_position=len(committed),
             token_ids=tuple(tail),
-            confidence=tuple(float(p) for p in proposal.probs),
+            confidence=tuple(float(p) for p in confidence),
             compute_ms=spent * 1e3,
+            branches=branches,
         )
         return draft, tail
 

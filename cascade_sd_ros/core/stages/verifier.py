@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,7 +33,7 @@ from cascade_sd_ros.core.names import (
 )
 from cascade_sd_ros.core.rounds import Draft, RoundRecord
 from cascade_sd_ros.core.spec.steps import VerifyResult, cut_draft, verify_step
-from cascade_sd_ros.core.spec.tree import DraftTree, commit_walk
+from cascade_sd_ros.core.spec.tree import DraftTree, commit_walk, verify_tree
 from cascade_sd_ros.core.stage_model import StageModel
 from cascade_sd_ros.core.stages.base import MAX_ROUND_FAILURES, POLL_S, Resolver, Stage, StageInput
 from cascade_sd_ros.core.stages.draft_value import DraftValue
@@ -157,7 +158,12 @@ class VerifierStage(Stage):
         self._draft_wait = DraftWait(draft_wait_s)
         self._value = DraftValue()  # whose drafts pay to check (the rest: decoded alone, probed now and then)
         self._counts.update(
-            rounds_done=0, rounds_dropped=0, rounds_degraded=0, prefills_with_draft=0, prefills_with_tree=0
+            rounds_done=0,
+            rounds_dropped=0,
+            rounds_degraded=0,
+            prefills_with_draft=0,
+            prefills_with_tree=0,
+            verifies_with_tree=0,
         )
         self._finals: OrderedDict[int, CaptionUpdate] = OrderedDict()
         self._last_final: CaptionUpdate | None = None  # of the present timeline (None after a reset)
@@ -336,6 +342,18 @@ class VerifierStage(Stage):
             tree = tree.with_path(tail)
         return tree.cut(self.max_new_tokens, self.model.adapter.eos_token_id), whole
 
+    def _tree_of(self, choice: tuple[Draft, list[int]] | None, committed: Sequence[int]) -> DraftTree | None:
+        """The chosen draft as a tree, when it carries branches that start where the commit ends,
+        verification is greedy and the target scores trees; else None (its chain is checked)."""
+        if choice is None or not choice[0].branches:
+            return None
+        d, tail = choice
+        if d.start_position != len(committed) or len(tail) != len(d.token_ids):
+            return None  # partly committed already: the branches' parents no longer line up
+        if self.rules.verifier.kind != "greedy" or not getattr(self.model.adapter, "supports_tree", False):
+            return None
+        return DraftTree.from_parts(tail, d.branches)
+
     def _own_or_in_hand(
         self, rec: RoundRecord, carried: tuple[Draft, list[int]] | None
     ) -> tuple[Draft, list[int]] | None:
@@ -490,10 +508,14 @@ class VerifierStage(Stage):
             with self._lock:
                 committed = list(rec.committed)
             t0 = time.perf_counter()
-            res = (
-                pre
-                if pre is not None
-                else verify_step(
+            tree = self._tree_of(choice, committed) if pre is None else None
+            if pre is not None:
+                res = pre
+            elif tree is not None:  # a draft with branches: every path checked in the one forward
+                res = verify_tree(adapter, committed, tree, max_new_tokens=self.max_new_tokens)  # type: ignore[arg-type]
+                self._count("verifies_with_tree")
+            else:
+                res = verify_step(
                     adapter,
                     committed,
                     tail,
@@ -502,7 +524,6 @@ class VerifierStage(Stage):
                     q=q,
                     generator=generator,
                 )
-            )
             pre = None
             step_s = time.perf_counter() - t0
             book.spent(rec, verify_ms=step_s * 1e3)
