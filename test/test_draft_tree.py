@@ -12,7 +12,14 @@ from cascade_sd_ros.core.rounds import Draft
 from cascade_sd_ros.core.spec import cache_ops
 from cascade_sd_ros.core.spec.engine import CascadeDecoder, target_only_greedy
 from cascade_sd_ros.core.spec.testing import tiny_models
-from cascade_sd_ros.core.spec.tree import DraftTree, grow_tree, prefill_with_tree, verify_tree
+from cascade_sd_ros.core.spec.tree import (
+    MIN_BRANCH_PROB,
+    DraftTree,
+    deviation_tree,
+    grow_tree,
+    prefill_with_tree,
+    verify_tree,
+)
 from cascade_sd_ros.core.zoo import default_zoo_path, load_zoo
 from cascade_sd_ros.core.zoo.data import EVAL_STREAM, build_sample
 
@@ -64,6 +71,34 @@ def test_each_node_attends_to_the_cache_its_ancestors_and_itself() -> None:
     assert torch.equal(full[:3, :3], torch.ones(3, 3, dtype=torch.bool).tril()) and not full[:3, 3:].any()
     assert torch.equal(full[3:], tree.attention(3, torch.bool, torch.device("cpu"))[0, 0])
     assert tree.prefill_positions(3, torch.device("cpu")).tolist() == [[0, 1, 2, 3, 4, 3, 4]]
+
+
+def test_a_deviation_tree_branches_at_unsure_tokens_and_copies_the_chain_after() -> None:
+    chain = [5, 6, 7, 8]
+    top = [[5, 9], [6, 10], [7, 11], [8, 12]]
+    probs = [[0.999, 0.001], [0.6, 0.3], [0.7, 0.2], [0.5, MIN_BRANCH_PROB / 2]]
+    tree = deviation_tree(chain, top, probs, 4, eos=None)
+    # position 1 and 2 branch (position 0 is sure; position 3's runner-up is too unlikely)
+    assert tree.tokens == (5, 6, 7, 8, 10, 7, 8, 11, 8)
+    assert tree.parents == (-1, 0, 1, 2, 0, 4, 5, 1, 7)
+    assert tree.chain == 4 and [tree.tokens[i] for i in tree.path(6)] == [5, 10, 7, 8]
+    assert deviation_tree(chain, top, probs, 1, eos=None).tokens == (5, 6, 7, 8, 10, 7, 8)  # earliest first
+    assert deviation_tree(chain, top, probs, 0, eos=None) == DraftTree.from_chain(chain)
+    assert deviation_tree(chain, top, probs, 1, eos=10).tokens == (5, 6, 7, 8, 10)  # nothing follows an EOS
+    with pytest.raises(ValueError, match="branches"):
+        deviation_tree(chain, top, probs, -1, eos=None)
+
+
+def test_propose_alternatives_is_the_proposal_with_its_likeliest_tokens(tiny) -> None:  # type: ignore[no-untyped-def]
+    drafter, ctx = tiny.drafter, tiny.make_contexts(2).drafter
+    drafter.prefill(ctx)
+    want = drafter.propose([], 5)
+    chain, top, probs = drafter.propose_alternatives([], 5, 3)
+    assert chain == want.token_ids and [t[0] for t in top] == chain
+    torch.testing.assert_close(torch.tensor([p[0] for p in probs]), torch.tensor(want.probs), rtol=1e-5, atol=1e-6)
+    assert all(len(t) == 3 and len(set(t)) == 3 and p[0] >= p[1] >= p[2] for t, p in zip(top, probs))
+    with pytest.raises(ValueError, match="width"):
+        drafter.propose_alternatives([], 5, 0)
 
 
 # ----------------------------------------------------------------- one forward, every path
@@ -160,9 +195,9 @@ def _scenes(zoo, n: int):  # type: ignore[no-untyped-def]
 def test_the_zoo_decodes_exactly_with_trees_and_the_prefill_tree_saves_target_forwards(zoo, head) -> None:  # type: ignore[no-untyped-def]
     t, d = zoo.target, zoo.drafter
     chain = CascadeDecoder([head, t], gamma=6)
-    branched = CascadeDecoder([head, t], gamma=6, tree_branches=2)
-    assert branched.tree_branches == 2
-    forwards = {"chain": 0, "early tree": 0}
+    branched = CascadeDecoder([head, t], gamma=6, tree_branches=4)
+    assert branched.tree_branches == 4
+    forwards = {"chain": 0, "branched": 0, "early tree": 0}
     in_prefill = 0
     with torch.inference_mode():
         for ctx_t, ctx_d in _scenes(zoo, 6):
@@ -170,7 +205,9 @@ def test_the_zoo_decodes_exactly_with_trees_and_the_prefill_tree_saves_target_fo
             res = chain.generate([ctx_d, ctx_t], 32)
             assert res.token_ids == want
             forwards["chain"] += res.stats.target_forwards
-            assert branched.generate([ctx_d, ctx_t], 32).token_ids == want
+            res = branched.generate([ctx_d, ctx_t], 32)
+            assert res.token_ids == want
+            forwards["branched"] += res.stats.target_forwards
             d.prefill(ctx_d)
             tree = grow_tree(d, [], 6, max_nodes=24)
             assert len(tree) <= 24
@@ -183,6 +220,7 @@ def test_the_zoo_decodes_exactly_with_trees_and_the_prefill_tree_saves_target_fo
             forwards["early tree"] += 1 + rest.stats.target_forwards
     assert in_prefill >= 6, "the event drafter's tree had nothing accepted in the prefill"
     assert forwards["early tree"] < forwards["chain"], forwards
+    assert forwards["branched"] < forwards["chain"], forwards  # runner-ups turn rejections into tokens
 
 
 def test_the_event_drafter_branches_where_it_is_blind(zoo) -> None:  # type: ignore[no-untyped-def]

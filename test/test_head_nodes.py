@@ -141,7 +141,8 @@ def _head_accepted(finals: list[Any]) -> int:
 @pytest.mark.parametrize("prefill_draft", [False, True], ids=["plain", "prefill-hiding"])
 def test_fused_head_keeps_captions_exact_and_drafts_them(make_run, scenes, alone, prefill_draft: bool) -> None:  # noqa: ANN001
     # draft_head: auto, the shipped head on the shipped target
-    config, rounds = _config(head_prefill_draft=prefill_draft)
+    # plain: the default head_branches (draft trees); prefill hiding: chains, to show both verify paths
+    config, rounds = _config(head_prefill_draft=prefill_draft, **({"head_branches": 0} if prefill_draft else {}))
     run = make_run(config)
     verifier = run.pipeline.verifier
     assert verifier.head_status.startswith("on"), verifier.head_status
@@ -163,6 +164,11 @@ def test_fused_head_keeps_captions_exact_and_drafts_them(make_run, scenes, alone
     assert head["head.rounds"] >= N_SCENES and ran_on in (head["head.rounds"] - 1, head["head.rounds"]), head
     # rounds fused from their start, with no upstream draft in hand, carry the head's first draft
     assert head["head.prefill_drafts"] <= (head["head.rounds_fused"] if prefill_draft else 0), head
+    # the head's unsure tokens carried runner-ups, checked in the same verify forward (exact, above)
+    if prefill_draft:
+        assert head["head.branch_nodes"] == 0 and head["verifies_with_tree"] == 0, head
+    else:
+        assert head["head.branch_nodes"] > 0 and head["verifies_with_tree"] > 0, head
 
 
 def test_missing_features_degrade_to_target_states(make_run, scenes, alone) -> None:  # noqa: ANN001

@@ -12,6 +12,7 @@ from cascade_sd_ros.core.head.features import ProjectorTap, event_tokens
 from cascade_sd_ros.core.head.io import event_encoder_fingerprint, load_head
 from cascade_sd_ros.core.names import STAGE_DRAFTER, STAGE_HEAD, STAGE_REFINER
 from cascade_sd_ros.core.rounds import Draft
+from cascade_sd_ros.core.spec.tree import UNSURE_BELOW, DraftTree
 from cascade_sd_ros.core.stages.head_source import (
     HeadSource,
     SourceWorth,
@@ -141,3 +142,37 @@ def test_prefill_hiding_draft_rides_in_the_prefill_once(zoo: Zoo) -> None:
     source.begin(8, ctx.input_ids[-1])  # a later round never sees an earlier round's carried draft
     later = source.draft([], 8)
     assert later is not None and source.snapshot()["head.prefill_drafts"] == 1
+
+
+def test_branched_head_drafts_are_deviation_trees_of_their_chain(zoo: Zoo) -> None:
+    spec, why = open_draft_head(SHIPPED, zoo.target)
+    assert spec is not None, why
+    with pytest.raises(ValueError, match="branches"):
+        HeadSource(spec.adapter, gamma=4, gamma_max=8, branches=-1)
+    plain, branched = (HeadSource(spec.adapter, gamma=8, gamma_max=8, branches=n) for n in (0, 3))
+    trees = 0
+    for i in range(4):
+        clip, _, _ = build_sample(0, EVAL_STREAM, i, zoo.geometry, max_objects=4)
+        ctx = zoo.context("target", clip)
+        zoo.target.prefill(ctx)
+        got = []
+        for source in (plain, branched):
+            source.begin(200 + i, ctx.input_ids[-1])
+            drafted = source.draft([], 8)
+            assert drafted is not None
+            got.append(drafted[0])
+        chain, tree = got
+        assert tree.token_ids == chain.token_ids and not chain.branches  # the same main chain
+        assert tree.confidence == pytest.approx(chain.confidence)
+        if tree.branches:
+            trees += 1
+            full = DraftTree.from_parts(tree.token_ids, tree.branches)
+            # each branch leaves the chain once, at an unsure token, and then follows the chain's rest
+            for node, (tok, parent) in enumerate(tree.branches, start=len(tree.token_ids)):
+                if parent < len(tree.token_ids) - 1:
+                    at = parent + 1
+                    assert tok != tree.token_ids[at] and tree.confidence[at] < UNSURE_BELOW
+                path = [full.tokens[j] for j in full.path(node)]
+                assert len(path) <= len(tree.token_ids)
+    assert trees > 0, "the head was sure of every token of four busy scenes"
+    assert branched.snapshot()["head.branch_nodes"] > 0 and plain.snapshot()["head.branch_nodes"] == 0

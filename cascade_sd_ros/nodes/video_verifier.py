@@ -427,7 +427,8 @@ class VideoVerifier(StageNode[VerifierConfig]):
             gamma=self.cfg.head_gamma,
             gamma_max=self.cfg.head_gamma_max,
             prefill_draft=self.cfg.head_prefill_draft,
-            branches=self.cfg.head_branches,
+            # trees are verified greedily: under sampling rules the head drafts chains
+            branches=self.cfg.head_branches if self.cfg.rules.verifier.kind == "greedy" else 0,
         )
 
     def _on_features(self, msg: Any) -> None:
