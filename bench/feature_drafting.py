@@ -220,9 +220,7 @@ def run(
     def early_tree_then(after_tree: CascadeDecoder) -> Callable[[StageContext, StageContext], tuple[DecodeResult, int]]:
         return lambda ctx_t, ctx_d: early_tree(after_tree, ctx_t, ctx_d)
 
-    def early_tree(
-        after_tree: CascadeDecoder, ctx_t: StageContext, ctx_d: StageContext
-    ) -> tuple[DecodeResult, int]:
+    def early_tree(after_tree: CascadeDecoder, ctx_t: StageContext, ctx_d: StageContext) -> tuple[DecodeResult, int]:
         d.prefill(ctx_d)
         events = tap.take()
         tree = grow_tree(d, [], tree_depth, max_nodes=tree_nodes)  # before the clip's prefill
@@ -347,7 +345,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_stop_below(args.stop_below, "--stop-below")
     except ValueError as exc:
         parser.error(str(exc))
-    for name in ("scenes", "calib", "gamma", "max_new_tokens", "reps", "threads", "tree_depth", "tree_nodes", "branches"):
+    for name in (
+        "scenes",
+        "calib",
+        "gamma",
+        "max_new_tokens",
+        "reps",
+        "threads",
+        "tree_depth",
+        "tree_nodes",
+        "branches",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(args.threads)
@@ -403,11 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.max_new_tokens}, {args.threads} thread(s); load average {result['load_average']}"
     )
     print(
-        f"{'method':32s} {'x gen()':>8s} {'equal':>6s} {'alpha':>6s} {'accept':>7s} {'acc/verify':>10s} {'tok/fwd':>8s}"
+        f"{'method':36s} {'x gen()':>8s} {'equal':>6s} {'alpha':>6s} {'accept':>7s} {'acc/verify':>10s} {'tok/fwd':>8s}"
     )
     for name, m in result["methods"].items():
         print(
-            f"{name:32s} {m['x_target_only']:8.2f} {str(m['equal']):>6s} {m.get('alpha', ''):>6} {m.get('acceptance', ''):>7} "
+            f"{name:36s} {m['x_target_only']:8.2f} {str(m['equal']):>6s} {m.get('alpha', ''):>6} {m.get('acceptance', ''):>7} "
             f"{m.get('accepted_per_verify', ''):>10} {m.get('tokens_per_target_forward', ''):>8}"
             + (f"  accepted by source {m['accepted_by_source']}" if "accepted_by_source" in m else "")
         )
@@ -418,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for name, m in result["methods"].items():
         if name != TARGET_ONLY:
-            print(f"  {name:30s} " + "  ".join(f"{n}: {x:.2f}x" for n, x in m["x_target_only_by_length"].items()))
+            print(f"  {name:36s} " + "  ".join(f"{n}: {x:.2f}x" for n, x in m["x_target_only_by_length"].items()))
     print("head step / target step: " + ", ".join(f"{k} {v}" for k, v in result["head_step_over_target_step"].items()))
     print(f"alignment (held out): {result['alignment']}")
     return 0

@@ -124,6 +124,9 @@ class CascadeDecoder:
 
     One stage means target-only decoding through the same loop. Each proposing stage has its own
     `DraftLengthController` (adaptive gamma from the acceptance of its drafts by the stage above).
+    `tree_branches` N > 0 (greedy, one proposer that `tree.supports_trees`): each round's draft is a
+    deviation tree, the proposer's runner-up at its first N unsure tokens followed by a copy of the
+    chain's rest (`tree.draft_tree_step`), checked in the same one target forward.
     """
 
     def __init__(

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import torch
 
-from cascade_sd_ros.core.spec.adapter import Proposal, StageContext
+from cascade_sd_ros.core.spec.adapter import StageContext
 from cascade_sd_ros.core.spec.steps import VerifyResult, caption_ended, cut_draft
 
 __all__ = [

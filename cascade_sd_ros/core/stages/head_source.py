@@ -39,7 +39,15 @@ from cascade_sd_ros.core.spec.tree import deviation_tree
 from cascade_sd_ros.core.stages.ema import ema
 from cascade_sd_ros.core.stages.gamma import AdaptiveGamma
 
-__all__ = ["HEAD_BRANCHES", "HeadSource", "HeadSpec", "SourceWorth", "expected_accepted", "open_draft_head", "pick_draft"]
+__all__ = [
+    "HEAD_BRANCHES",
+    "HeadSource",
+    "HeadSpec",
+    "SourceWorth",
+    "expected_accepted",
+    "open_draft_head",
+    "pick_draft",
+]
 
 KEEP_FEATURE_ROUNDS = 8  # event tokens kept for rounds the verifier has not reached yet
 HEAD_BRANCHES = 4  # default: unsure positions of a head draft that branch (bench/RESULTS.md, "Tenth session")

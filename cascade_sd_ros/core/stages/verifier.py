@@ -508,11 +508,11 @@ class VerifierStage(Stage):
             with self._lock:
                 committed = list(rec.committed)
             t0 = time.perf_counter()
-            tree = self._tree_of(choice, committed) if pre is None else None
+            branched = self._tree_of(choice, committed) if pre is None else None
             if pre is not None:
                 res = pre
-            elif tree is not None:  # a draft with branches: every path checked in the one forward
-                res = verify_tree(adapter, committed, tree, max_new_tokens=self.max_new_tokens)  # type: ignore[arg-type]
+            elif branched is not None:  # a draft with branches: every path checked in the one forward
+                res = verify_tree(adapter, committed, branched, max_new_tokens=self.max_new_tokens)  # type: ignore[arg-type]
                 self._count("verifies_with_tree")
             else:
                 res = verify_step(
