@@ -529,6 +529,10 @@ class HFAdapter(CachedRowsAdapter):
         impl = self.model.config.get_text_config(decoder=True)._attn_implementation
         return impl in ("sdpa", "eager")
 
+    def _require_tree_attention(self) -> None:
+        if not self.supports_tree:
+            raise ValueError(f"adapter {self.name!r}: draft trees need SDPA or eager attention")
+
     @torch.inference_mode()
     def score_tree(self, prefix: Sequence[int], tree: DraftTree) -> torch.Tensor:
         """Logits `[len(tree)+1, V]` in ONE forward: row 0 follows `prefix`, row j+1 follows the
@@ -538,8 +542,7 @@ class HFAdapter(CachedRowsAdapter):
         that syncs drops them all).
         """
         self._require_context()
-        if not self.supports_tree:
-            raise ValueError(f"adapter {self.name!r}: draft trees need SDPA or eager attention")
+        self._require_tree_attention()
         self._check_ids([*prefix, *tree.tokens], "prefix/tree")
         if not len(tree):
             self._sync(prefix)
@@ -606,8 +609,8 @@ class HFAdapter(CachedRowsAdapter):
         """`prefill` carrying a whole draft tree after the context, in the same forward: returns the
         logits `[len(tree)+1, V]` as `score_tree([], tree)` would (row 0 follows the context, row
         j+1 the path to node j); the nodes wait in the cache for `keep_path`."""
-        if len(tree) and not self.supports_tree:
-            raise ValueError(f"adapter {self.name!r}: draft trees need SDPA or eager attention")
+        if len(tree):
+            self._require_tree_attention()
         self._check_ids(tree.tokens, "tree")
         return self._prefill(context, (), tree)
 

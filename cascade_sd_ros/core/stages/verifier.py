@@ -323,13 +323,17 @@ class VerifierStage(Stage):
                     return None
                 book.changed.wait(min(left, POLL_S))
 
+    def _checks_trees(self) -> bool:
+        """Whether a draft tree can be verified here: greedy rules and a target that scores trees."""
+        return self.rules.verifier.kind == "greedy" and bool(getattr(self.model.adapter, "supports_tree", False))
+
     def _tree_in_hand(
         self, round_id: int, stages: tuple[int, ...]
     ) -> tuple[DraftTree, list[tuple[Draft, list[int]]]] | None:
         """The draft tree to carry in the prefill, with the drafts it joins: an upstream round-start
         tree (a draft with branches), joined by the other stages' round-start chains, where
         verification is greedy and the target can score trees; else None (a chain rides)."""
-        if self.rules.verifier.kind != "greedy" or not getattr(self.model.adapter, "supports_tree", False):
+        if not self._checks_trees():
             return None
         found = [self._book.best_draft(round_id, [s]) for s in stages]
         # whole drafts from the caption's start only (one merged with look-ahead keeps its branches)
@@ -350,7 +354,7 @@ class VerifierStage(Stage):
         d, tail = choice
         if d.start_position != len(committed) or len(tail) != len(d.token_ids):
             return None  # partly committed already: the branches' parents no longer line up
-        if self.rules.verifier.kind != "greedy" or not getattr(self.model.adapter, "supports_tree", False):
+        if not self._checks_trees():
             return None
         return DraftTree.from_parts(tail, d.branches)
 
