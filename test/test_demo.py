@@ -297,7 +297,7 @@ def test_demo_text_output(capsys: pytest.CaptureFixture[str]) -> None:
         "caption latency",
         "bare",
     ):
-        assert needle in text
+        assert needle in text, f"{needle!r} is not in the demo's output:\n{text}"  # whole: which verdict
 
 
 def test_demo_defaults_to_the_shipped_zoo(capsys: pytest.CaptureFixture[str]) -> None:
