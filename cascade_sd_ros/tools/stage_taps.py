@@ -1,7 +1,13 @@
 """This process's side of runs whose stages live in other processes: per run (a namespace) a sensor
 player that feeds it, a caption collector that hears its final captions and, for a verifier with no
 drafter of its own, an offset relay (the clock offset another run's rounds used), on one rclpy
-context spun in the background."""
+context spun in the background.
+
+A run is ready when discovery has finished both ways: the player's publishers have matched the
+stages' subscriptions (seen here), and the verifier's caption publisher has matched the collector
+(seen only by the verifier: its diagnostics say so). A graph that merely lists the verifier's
+publisher is not enough: a volatile writer sends nothing to a reader it has not matched yet, so on a
+loaded machine a run's first caption could be lost and its scene counted as missing."""
 
 from __future__ import annotations
 
@@ -12,9 +18,18 @@ from typing import Any
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
 
 from cascade_sd_ros.core.names import TOPIC_CAPTION, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_DRAFTS_REFINER
-from cascade_sd_ros.tools.pipeline import CaptionCollector, OffsetRelay, PipelineConfig, SensorPlayer, new_context
+from cascade_sd_ros.tools.pipeline import (
+    NODE_OF_STAGE,
+    CaptionCollector,
+    OffsetRelay,
+    PipelineConfig,
+    SensorPlayer,
+    new_context,
+)
+from cascade_sd_ros.tools.replay.processes import DiagnosticsListener
 from cascade_sd_ros.tools.stage_processes import StageProcesses
 
 
@@ -34,6 +49,9 @@ class StageTaps:
         self.context = new_context()
         self.executor = SingleThreadedExecutor(context=self.context)
         self.taps: dict[str, Tap] = {}
+        self._diag_node = Node("stage_taps_diagnostics", context=self.context)
+        self.diagnostics = DiagnosticsListener(self._diag_node)
+        self.executor.add_node(self._diag_node)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name="stage-taps", daemon=True)
         self._thread.start()
@@ -76,7 +94,8 @@ class StageTaps:
             ok = ok and node.count_publishers(f"{ns}/{TOPIC_DRAFTS_REFINER}") >= 1
         if tap.relay is not None:
             ok = ok and tap.relay.matched()
-        return ok
+        verifier = self.diagnostics.values(f"{ns}/{NODE_OF_STAGE['verifier']}")
+        return ok and int(verifier.get(f"matched_subscribers.{TOPIC_CAPTION.lstrip('/')}", "0")) >= 1
 
     def wait_ready(self, procs: StageProcesses, timeout_s: float) -> None:
         """Until every run's stages have loaded their models (they subscribe after warm-up) and
@@ -121,6 +140,8 @@ class StageTaps:
             if tap.relay is not None:
                 tap.relay.destroy_node()
         self.taps = {}
+        self.executor.remove_node(self._diag_node)
+        self._diag_node.destroy_node()
         self.executor.shutdown(timeout_sec=2.0)
         if self.context.ok():
             rclpy.shutdown(context=self.context)
