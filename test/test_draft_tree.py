@@ -184,10 +184,10 @@ def head(zoo):  # type: ignore[no-untyped-def]
     return HeadAdapter(net, align, zoo.target, event_encoder=zoo.drafter.model)
 
 
-def _scenes(zoo, n: int):  # type: ignore[no-untyped-def]
+def _scenes(zoo, n: int, max_objects: int = 2):  # type: ignore[no-untyped-def]
     out = []
     for i in range(n):
-        clip, events, _ = build_sample(0, EVAL_STREAM, i, zoo.geometry, max_objects=2)
+        clip, events, _ = build_sample(0, EVAL_STREAM, i, zoo.geometry, max_objects=max_objects)
         out.append((zoo.context("target", clip), zoo.context("drafter", events)))
     return out
 
@@ -200,7 +200,9 @@ def test_the_zoo_decodes_exactly_with_trees_and_the_prefill_tree_saves_target_fo
     forwards = {"chain": 0, "branched": 0, "early tree": 0}
     in_prefill = 0
     with torch.inference_mode():
-        for ctx_t, ctx_d in _scenes(zoo, 6):
+        # busy scenes (up to four objects): where the head, reading the target's states and video
+        # tokens, still misses a token at all, and its runner-up can be right
+        for ctx_t, ctx_d in _scenes(zoo, 6, max_objects=4):
             want = target_only_greedy(t, ctx_t, 32)
             res = chain.generate([ctx_d, ctx_t], 32)
             assert res.token_ids == want

@@ -121,6 +121,72 @@ def test_head_cache_matches_whole_sequence_forward() -> None:
     torch.testing.assert_close(again, whole[6:], rtol=1e-5, atol=1e-5)
 
 
+def test_video_rows_cached_equal_whole_sequence_and_masked_equal_absent() -> None:
+    """A head with video rows: its cached steps equal its whole-sequence forward with the same video
+    memory, and a sample whose video rows are masked out (training's VIDEO_DROP) gets exactly what
+    the head computes with no video rows at all (what it drafts with when none were caught)."""
+    torch.manual_seed(4)
+    cfg = HeadConfig(hidden=32, heads=2, ffn=48, event_dim=16, event_rows=5, video_rows=6)
+    head = FusedDraftHead(cfg).eval()
+    with torch.no_grad():
+        head.video_pos.normal_()  # type: ignore[union-attr]  # trained positions are not zero
+    feats, emb = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+    memory, video = torch.randn(2, 5, 32), torch.randn(2, 6, 32)
+    with torch.no_grad():
+        whole = head(feats, emb, memory, None, video)
+        cache = head.new_cache(memory[:1], video[:1])
+        steps = torch.cat([head.step(cache, feats[0, :3], emb[0, :3]), head.step(cache, feats[0, 3:], emb[0, 3:])])
+        masked = head(feats, emb, memory, None, video, torch.tensor([False, True]))
+        absent = head(feats[:1], emb[:1], memory[:1])
+    torch.testing.assert_close(steps, whole[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked[0], absent[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked[1], whole[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(whole[0], absent[0], atol=1e-3)  # the video rows do reach the output
+    with pytest.raises(ValueError, match="4 video rows, it was made for 6"):
+        head.new_cache(memory[:1], video[:1, :4])
+    with pytest.raises(ValueError, match="video_rows must be >= 0"):
+        HeadConfig(hidden=32, video_rows=-1)
+
+
+def test_video_memory_joins_once_the_target_has_prefilled(zoo: Zoo, scenes: list[tuple]) -> None:
+    """The head's video rows are the target's own projected tokens of this round's clip, caught in
+    its prefill: absent while the target still holds the last clip (prefill hiding), in once it has
+    prefilled this one, never in the "events" mode, and gone after close(); the output stays exact."""
+    from cascade_sd_ros.core.head.features import target_video_tokens
+
+    (ctx_t0, _), (ctx_t1, ctx_d1) = scenes[0], scenes[1]
+    rows = int(target_video_tokens(zoo.target.model, ctx_t1.pixel_values).shape[1])
+    torch.manual_seed(5)
+    cfg = HeadConfig(hidden=64, video_rows=rows)
+    net, align = FusedDraftHead(cfg).eval(), AlignmentMLP(cfg).eval()
+    head = HeadAdapter(net, align, zoo.target, event_encoder=zoo.drafter.model)
+    slots = 1 + cfg.event_rows  # the null slot and the aligned event tokens
+    zoo.target.prefill(ctx_t0)
+    head.prefill(ctx_d1)  # the target still holds scene 0: its video tokens are not this round's
+    head.propose([], 3)
+    assert head._cache is not None and head._cache.mem_k.shape[1] == slots
+    zoo.target.prefill(ctx_t1)
+    head.propose([], 3)
+    assert head._cache.mem_k.shape[1] == slots + rows
+    with torch.no_grad():
+        want, _ = net.memory_kv(head._memory, target_video_tokens(zoo.target.model, ctx_t1.pixel_values))
+    torch.testing.assert_close(head._cache.mem_k, want[0], rtol=1e-4, atol=1e-4)
+    ref = target_only_greedy(zoo.target, ctx_t1, 32)
+    assert CascadeDecoder([head, zoo.target], gamma=5).generate([ctx_d1, ctx_t1], 32).token_ids == ref
+    head.mode = "events"
+    zoo.target.prefill(ctx_t1)
+    head.prefill_events(None, ctx_d1.input_ids[-1], target_current=True)
+    head.propose([], 2)
+    assert head._cache.mem_k.shape[1] == 1
+    head.mode = "fused"
+    head.close()
+    zoo.target.prefill(ctx_t1)
+    head.prefill(ctx_d1)
+    head.attach_target()
+    head.propose([], 2)
+    assert head._cache.mem_k.shape[1] == slots
+
+
 def test_kept_hidden_states_equal_a_plain_forward(zoo: Zoo, scenes: list[tuple]) -> None:
     ctx_t, _ = scenes[0]
     target = zoo.target

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,11 +102,23 @@ def params_file_body(namespace: str, node: str, params: dict[str, Any]) -> dict[
     return {f"{namespace.rstrip('/')}/{node}": {"ros__parameters": _plain(params)}}
 
 
+_MADE_WORKDIRS: set[Path] = set()  # the work folders StageProcesses made itself (theirs to remove)
+
+
+def _new_workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="cascade_sd_stages_"))
+    _MADE_WORKDIRS.add(path)
+    return path
+
+
 @dataclass
 class StageProcesses:
-    """A group of stage processes; a context manager that always stops what it started."""
+    """A group of stage processes; a context manager that always stops what it started.
 
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cascade_sd_stages_")))
+    Its work folder (parameters files, one log per stage) goes when the ``with`` block ends cleanly
+    and is kept when it ends in an error, whose message names it, or when the caller gave it."""
+
+    workdir: Path = field(default_factory=_new_workdir)
     procs: list[StageProcess] = field(default_factory=list)
     torch_threads: int = 1
     pin_cpus: bool = True
@@ -181,8 +194,11 @@ class StageProcesses:
     def __enter__(self) -> "StageProcesses":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is None and self.workdir in _MADE_WORKDIRS:
+            _MADE_WORKDIRS.discard(self.workdir)
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:

@@ -141,6 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="zoo whose target and event drafter the head serves (default: the shipped one)",
     )
     head.add_argument("--head-samples", type=_positive_int, default=1500, help="training scenes with events")
+    head.add_argument(
+        "--no-video-memory",
+        action="store_true",
+        help="a head that attends to aligned event tokens only, not to the target's own video tokens "
+        "(the ablation; heads made before video memory existed are so)",
+    )
 
 
 def _package_dir() -> Path:
@@ -191,6 +197,7 @@ def _run_head(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
         max_objects=args.max_objects,
+        video_memory=not args.no_video_memory,
     )
     start = time.monotonic()
     summary = run_head_training(settings)

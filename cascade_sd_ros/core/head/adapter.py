@@ -15,6 +15,12 @@ Modes (the ablation's three heads, one set of weights trained for all three):
 * "target": target states alone (no event features: what a missing EventFeatures message degrades to);
 * "events": aligned event features alone (zero target states).
 
+A head trained with video rows (`HeadConfig.video_rows`) also attends to the target's own video
+tokens wherever it reads the target's states: a forward hook on the target's projector catches them
+in the round's prefill (no encoding of its own), and the head's memory takes them in as soon as the
+target has prefilled this round (a draft made before that, prefill hiding, re-runs on them). Without
+them (another model, a prefill that made none) the head drafts as trained for that case.
+
 With `stop_below` > 0 a head draft is as long as the head is sure (see
 :class:`~cascade_sd_ros.core.spec.adapter.CachedRowsAdapter`) instead of the controller's adapted
 length. Off by default (`STOP_BELOW`): on the zoo a head step costs 0.03 of a target step, so a
@@ -25,13 +31,14 @@ the engine, within noise in the nodes); it can pay where drafting is dearer rela
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
 
-from cascade_sd_ros.core.head.features import event_tokens
+from cascade_sd_ros.core.head.features import event_tokens, video_memory
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadCache
 from cascade_sd_ros.core.spec.adapter import CachedRowsAdapter, HFAdapter, Proposal, StageContext
 
@@ -97,6 +104,32 @@ class HeadAdapter(CachedRowsAdapter):
         self._true_upto = 0  # rows 0.._true_upto-1 hold the target's own states
         self._zero = torch.zeros(1, head.cfg.hidden, device=self.device)
         self.forwards = 0
+        self._caught: tuple[torch.Tensor, int] | None = None  # the projector's last output, its prefill's count
+        self._video_in_memory = False  # whether this round's head cache attends to the target's video tokens
+        self._video_hook = self._hook_projector() if head.cfg.video_rows else None
+
+    def _hook_projector(self) -> torch.utils.hooks.RemovableHandle | None:
+        """Catch the target's projected video tokens whenever its prefill makes them (None: it has no
+        projector). The hook holds the adapter weakly: a dropped adapter leaves a no-op behind."""
+        projector = getattr(getattr(self.target.model, "model", None), "multi_modal_projector", None)
+        if not isinstance(projector, torch.nn.Module):
+            return None
+        me = weakref.ref(self)
+
+        def caught(module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+            del module, args
+            adapter = me()
+            if adapter is not None:  # the target counts the prefill once its forward is done
+                adapter._caught = (output.detach(), adapter.target.prefills + 1)
+
+        return projector.register_forward_hook(caught)
+
+    def close(self) -> None:
+        """Stop catching the target's video tokens (the adapter drafts without them from then on)."""
+        if self._video_hook is not None:
+            self._video_hook.remove()
+            self._video_hook = None
+        self._caught = None
 
     @property
     def device(self) -> torch.device:
@@ -150,13 +183,30 @@ class HeadAdapter(CachedRowsAdapter):
         self._memory = None
         if events is not None and self.mode != "target":
             self._memory = self.align(events.to(self.device).float())  # [1, R, D]
-        self._cache = self.net.new_cache(self._memory)
-        self._keys = []
-        self._true_upto = 0
         self._prompt_last = int(prompt_last)
         # the same context object may be prefilled again next round: count prefills, not contexts
         self._stale_prefill = None if target_current else self.target.prefills
         self._context = context if context is not None else StageContext((int(prompt_last),), None, "text")
+        self._restart(self._round_video())
+
+    def _restart(self, video: torch.Tensor | None) -> None:
+        """A fresh head cache over this round's memory (and video tokens, where given)."""
+        self._cache = self.net.new_cache(self._memory, video)
+        self._video_in_memory = video is not None
+        self._keys = []
+        self._true_upto = 0
+
+    def _target_current(self) -> bool:
+        """Whether the target holds this round's prefill (its states and video tokens are this clip's)."""
+        return self.target.context is not None and self.target.prefills != self._stale_prefill
+
+    def _round_video(self) -> torch.Tensor | None:
+        """The target's video tokens `[1, V, D]` of this round's prefill (None: not prefilled yet, none
+        caught, the "events" mode, or a head without video rows)."""
+        caught = self._caught
+        if caught is None or self.mode == "events" or not self._target_current() or caught[1] != self.target.prefills:
+            return None
+        return video_memory(caught[0], self.net.cfg.video_rows)
 
     def attach_target(self) -> None:
         """Read the target's states as current for this round (it was prefilled for it before the head)."""
@@ -166,7 +216,7 @@ class HeadAdapter(CachedRowsAdapter):
     def _true_states(self, tokens: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(f_{-1} or None, true rows f_0..f_{m-1} `[m, D]`) the target holds for `tokens`."""
         empty = self._states[:0]
-        if self.mode == "events" or self.target.context is None or self.target.prefills == self._stale_prefill:
+        if self.mode == "events" or not self._target_current():
             return None, empty
         tail, rows = self.target.hidden_rows(tokens)
         return tail[0], rows
@@ -200,6 +250,10 @@ class HeadAdapter(CachedRowsAdapter):
 
     def _sync(self, tokens: Sequence[int]) -> None:
         """Head positions 0..len(tokens) hold this prefix; the last row is the state/logits after it."""
+        if self._video_hook is not None and not self._video_in_memory:
+            video = self._round_video()
+            if video is not None:  # the target has prefilled since the round began: read its tokens too
+                self._restart(video)
         assert self._cache is not None
         tail, rows = self._true_states(tokens)
         n = len(tokens)

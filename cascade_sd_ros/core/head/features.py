@@ -3,9 +3,11 @@
 * `event_tokens`: the event drafter's vision tower + projector on its event image -> `[B, R, E]`
   (R patches, CLS dropped as LLaVA's "default" strategy does): what the drafter node publishes as
   EventFeatures;
-* `target_frame_tokens`: the target's video tower + projector on the clip, the frame at T's patch
-  tokens (CLS dropped) -> `[B, R, D]`: what the alignment MLP learns to predict from the events,
-  the same patches at the same moment, in the space the target's language model reads;
+* `target_video_tokens`: the target's video tower + projector on the clip, every frame's patch
+  tokens (CLS dropped) -> `[B, F * R, D]`: what the target's language model reads, and the draft
+  head's video memory; `video_memory` cuts the same rows from a projector output caught in a prefill;
+* `target_frame_tokens`: of those, the frame at T's -> `[B, R, D]`: what the alignment MLP learns to
+  predict from the events, the same patches at the same moment;
 * `ProjectorTap`: the same tokens as the drafter's own prefill computes them (a forward hook on its
   projector), so a drafter node publishes them without encoding its event image twice;
 * `features_payload` / `features_from_payload`: event tokens to and from an EventFeatures body
@@ -23,7 +25,9 @@ from transformers import PreTrainedModel
 __all__ = [
     "ProjectorTap",
     "event_tokens",
+    "target_video_tokens",
     "target_frame_tokens",
+    "video_memory",
     "cosine_per_token",
     "features_payload",
     "features_from_payload",
@@ -75,15 +79,36 @@ class ProjectorTap:
         self._last = None
 
 
-@torch.no_grad()
-def target_frame_tokens(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-    """`[B, F, 3, H, W]` clips -> `[B, R, D]` the target's projected patch tokens of the last frame."""
+def _projected_clip(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    """`[B, F, 3, H, W]` clips -> `[B, F, 1 + R, D]` the target's projected tokens, CLS first."""
     b, frames = pixel_values_videos.shape[:2]
     out = target.model.get_video_features(
         pixel_values_videos=pixel_values_videos.to(target.device, target.dtype),
         vision_feature_layer=target.config.vision_feature_layer,
     ).pooler_output  # [B * F, 1 + R, D]: video tokens keep CLS
-    return out.view(b, frames, *out.shape[1:])[:, -1, 1:].float()
+    return out.view(b, frames, *out.shape[1:])
+
+
+@torch.no_grad()
+def target_video_tokens(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    """`[B, F, 3, H, W]` clips -> `[B, F * R, D]` the target's projected patch tokens, frame by frame."""
+    clip = _projected_clip(target, pixel_values_videos)[:, :, 1:]
+    return clip.reshape(clip.shape[0], -1, clip.shape[-1]).float()
+
+
+@torch.no_grad()
+def target_frame_tokens(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    """`[B, F, 3, H, W]` clips -> `[B, R, D]` the target's projected patch tokens of the last frame."""
+    return _projected_clip(target, pixel_values_videos)[:, -1, 1:].float()
+
+
+def video_memory(projected: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """One clip's projector output `[F, 1 + R, D]` (as a prefill computes it) -> `[1, F * R, D]`, the
+    rows `target_video_tokens` gives; None when its shape does not make ``rows`` rows (another
+    model, an image instead of a clip)."""
+    if projected.dim() != 3 or projected.shape[0] * (projected.shape[1] - 1) != rows:
+        return None
+    return projected[:, 1:].reshape(1, rows, projected.shape[-1]).float()
 
 
 def cosine_per_token(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,16 @@ hidden state f_{i+1}, and the target's own LM head turns that into a token; chai
 back in drafts gamma tokens deep. Here the head also attends to *event features*: the event stage's
 visual tokens mapped into the target's visual-token space by `AlignmentMLP` (the research note's
 Gap 4: frozen encoders, a learned MLP), plus one learned null slot so that attention is defined when
-no event features came (the head on target states alone).
+no event features came (the head on target states alone). A head with `video_rows` also attends to
+the target's own projected video tokens (every frame's patches, each row with a learned position,
+which tells frames apart: motion), once the target has prefilled the clip: what the target itself
+reads shape and motion from, where the aligned event tokens are a blurred copy (cosine ~0.76).
 
 Head positions: position 0 reads (f_{-1}, last prompt token) and predicts f_0 (the state after the
 whole context); position p >= 1 reads (f_{p-1}, caption token p-1) and predicts f_p. A zero feature
 means "no target state" (the head on event features alone, e.g. while the target still prefills).
-Shapes: D = the target's hidden width, M = memory slots (1 + event rows), L = head positions.
+Shapes: D = the target's hidden width, M = memory slots (1 + event rows + video rows), L = head
+positions, V = video rows.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class HeadConfig:
     max_positions: head positions (context tail + caption tokens) it has position embeddings for.
     event_dim / event_rows: width and count of the event stage's visual tokens.
     align_hidden: the alignment MLP's inner width.
+    video_rows: the target's video tokens (frames x patches, CLS dropped) the head attends to once
+    the target has prefilled (0: none; heads saved before they existed load as 0).
     """
 
     hidden: int
@@ -45,11 +51,14 @@ class HeadConfig:
     event_dim: int = 64
     event_rows: int = 9
     align_hidden: int = 128
+    video_rows: int = 0
 
     def __post_init__(self) -> None:
         for name in ("hidden", "heads", "ffn", "max_positions", "event_dim", "event_rows", "align_hidden"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"HeadConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.video_rows) < 0:
+            raise ValueError(f"HeadConfig.video_rows must be >= 0, got {self.video_rows}")
         if self.hidden % self.heads:
             raise ValueError(f"HeadConfig.hidden {self.hidden} is not a multiple of heads {self.heads}")
 
@@ -116,6 +125,8 @@ class FusedDraftHead(nn.Module):
         self.fuse = nn.Linear(2 * d, d)
         self.pos = nn.Embedding(cfg.max_positions, d)
         self.null = nn.Parameter(torch.zeros(1, d))  # the memory slot that is always there
+        # which frame and patch each video row is (the vision tower encodes frames one by one)
+        self.video_pos = nn.Parameter(torch.zeros(cfg.video_rows, d)) if cfg.video_rows else None
         self.norm_in = _RMSNorm(d)
         self.norm_mem = _RMSNorm(d)
         self.qkv = nn.Linear(d, 3 * d, bias=False)
@@ -140,15 +151,24 @@ class FusedDraftHead(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-    def memory_kv(self, memory: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V `[B, H, M, dh]` of the null slot plus `memory` `[B, R, D]` (None: the null slot alone)."""
-        null = self.null.unsqueeze(0)  # [1, 1, D]
-        if memory is None:
-            mem = null
-        else:
-            mem = torch.cat([null.expand(memory.shape[0], -1, -1), memory], dim=1)  # [B, 1+R, D]
+    def memory_kv(
+        self, memory: torch.Tensor | None, video: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V `[B, H, M, dh]` of the null slot, then `memory` `[B, R, D]` and `video` `[B, V, D]`
+        where given (None: left out)."""
+        rows = [r for r in (memory, self._video_rows(video)) if r is not None]
+        b = rows[0].shape[0] if rows else 1
+        mem = torch.cat([self.null.unsqueeze(0).expand(b, -1, -1), *rows], dim=1)  # [B, M, D]
         k, v = self.mem_kv(self.norm_mem(mem)).chunk(2, dim=-1)
         return self._split(k), self._split(v)
+
+    def _video_rows(self, video: torch.Tensor | None) -> torch.Tensor | None:
+        """Video tokens `[B, V, D]` with their row positions (None stays None)."""
+        if video is None:
+            return None
+        if self.video_pos is None or video.shape[1] != self.video_pos.shape[0]:
+            raise ValueError(f"draft head: {video.shape[1]} video rows, it was made for {self.cfg.video_rows}")
+        return video + self.video_pos
 
     def _block(
         self, x: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, q: torch.Tensor, mask: torch.Tensor | None
@@ -167,29 +187,36 @@ class FusedDraftHead(nn.Module):
         tok_emb: torch.Tensor,
         memory: torch.Tensor | None,
         memory_mask: torch.Tensor | None = None,
+        video: torch.Tensor | None = None,
+        video_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted states `[B, L, D]` for positions 0..L-1 (causal), attending to memory.
 
-        memory_mask `[B, R]` bool: which event rows each sample has (False rows are hidden).
+        memory_mask `[B, R]` / video_mask `[B]` bool: which samples have their event rows / video
+        rows (False rows are hidden).
         """
         x = self._inputs(feats, tok_emb, 0)  # [B, L, D]
         b, n, _ = x.shape
         q, k, v = (self._split(t) for t in self.qkv(self.norm_in(x)).chunk(3, dim=-1))
-        mk, mv = self.memory_kv(memory)
+        mk, mv = self.memory_kv(memory, video)
         if mk.shape[0] != b:
             mk, mv = mk.expand(b, -1, -1, -1), mv.expand(b, -1, -1, -1)
         m = mk.shape[2]
+        r = 0 if memory is None else memory.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # [L, L]
         mem_ok = torch.ones(b, m, dtype=torch.bool, device=x.device)
         if memory_mask is not None:
-            mem_ok[:, 1:] = memory_mask
+            mem_ok[:, 1 : 1 + r] = memory_mask
+        if video_mask is not None:
+            mem_ok[:, 1 + r :] = video_mask.view(b, 1)
         mask = torch.cat([mem_ok[:, None, :].expand(b, n, m), causal.expand(b, n, n)], dim=-1)  # [B, L, M+L]
         return self._block(x, torch.cat([mk, k], dim=2), torch.cat([mv, v], dim=2), q, mask[:, None])
 
     # ------------------------------------------------------------------ drafting: one sequence, cached
-    def new_cache(self, memory: torch.Tensor | None) -> HeadCache:
-        """A cache for one sequence attending to memory `[1, R, D]` (None: the null slot alone)."""
-        mk, mv = self.memory_kv(memory)
+    def new_cache(self, memory: torch.Tensor | None, video: torch.Tensor | None = None) -> HeadCache:
+        """A cache for one sequence attending to memory `[1, R, D]` and video `[1, V, D]` (None: left
+        out; both None: the null slot alone)."""
+        mk, mv = self.memory_kv(memory, video)
         empty = mk[0, :, :0]  # [H, 0, dh]
         return HeadCache(mk[0], mv[0], empty, empty)
 

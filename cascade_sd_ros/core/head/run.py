@@ -44,6 +44,7 @@ class HeadRunSettings:
     workers: int = 1
     progress: bool = True
     max_objects: int | None = None  # scenes of 1 to this many objects (None: the target's own training mix)
+    video_memory: bool = True  # the head attends to the target's video tokens (False: aligned event tokens only)
 
 
 def trained_max_objects(zoo_root: Path | None) -> int:
@@ -79,7 +80,10 @@ def run_head_training(s: HeadRunSettings) -> dict[str, Any]:
     # the budget is for training: scenes and distillation sets are cached or one-off
     deadline = time.monotonic() + 60.0 * s.max_minutes
     cfg = HeadConfig(
-        hidden=int(train.states.shape[-1]), event_dim=int(train.events.shape[-1]), event_rows=int(train.events.shape[1])
+        hidden=int(train.states.shape[-1]),
+        event_dim=int(train.events.shape[-1]),
+        event_rows=int(train.events.shape[1]),
+        video_rows=int(train.video.shape[1]) if s.video_memory else 0,
     )
     head, align = FusedDraftHead(cfg), AlignmentMLP(cfg)
     sched = HeadSchedule(align_steps=max(1, int(1500 * s.steps_scale)), head_steps=max(1, int(3000 * s.steps_scale)))

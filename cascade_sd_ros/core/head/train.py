@@ -2,13 +2,16 @@
 
 1. Distillation set: per scene, the target's greedy caption and, from one teacher-forced forward, its
    final hidden states at the context's last two positions and at every caption token; the frozen
-   event encoder's tokens of the event image; the target's own visual tokens of the frame at T.
+   event encoder's tokens of the event image; the target's own visual tokens of the clip (all
+   frames: the head's video memory; the frame at T's: the alignment MLP's reference).
 2. Alignment MLP (the note's Gap 4): event tokens -> the target's frame tokens, encoders frozen;
    loss MSE + (1 - cosine). Metric: cosine per visual token and the share over 0.9, held out.
 3. Head: EAGLE's loss (smooth-L1 on the predicted state + cross-entropy of the target's LM head on it
    against the target's own token), unrolled `UNROLL` steps deep on its own predictions so a chained
    draft is in distribution. Each sample plays one of the three modes (fused / target states alone /
-   events alone), so one set of weights serves the ablation and the fallbacks.
+   events alone), so one set of weights serves the ablation and the fallbacks; the target's video
+   tokens are memory wherever its states are (the target has prefilled the clip), except in a share
+   `VIDEO_DROP` of samples, so a head whose video rows are missing still drafts well.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import VideoLlavaForConditionalGeneration
 
-from cascade_sd_ros.core.head.features import cosine_per_token, event_tokens, target_frame_tokens
+from cascade_sd_ros.core.head.features import cosine_per_token, event_tokens, target_video_tokens
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, init_from_target
 from cascade_sd_ros.core.zoo.batches import StageBatcher
 from cascade_sd_ros.core.zoo.data import ZooData
@@ -43,6 +46,7 @@ __all__ = [
 
 UNROLL = 3  # training-time chain depth: positions read the head's own predictions up to this deep
 MODE_SHARES = (0.5, 0.25, 0.25)  # fused, target states alone, events alone (per sample)
+VIDEO_DROP = 0.15  # of the samples with target states, the share trained without the video rows
 COS_THRESHOLD = 0.9
 
 
@@ -50,13 +54,15 @@ COS_THRESHOLD = 0.9
 class HeadData:
     """Distillation set. L head positions per scene (padded), D the target's width, R event rows.
 
-    events `[N, R, E]`, frames `[N, R, D]` (the target's tokens of the frame at T), states
+    events `[N, R, E]`, frames `[N, R, D]` (the target's tokens of the frame at T), video `[N, V, D]`
+    (the target's tokens of every frame of the clip, V = F x R), states
     `[N, L+1, D]` (f_{-1}, f_0 .. f_{L-1}), inputs `[N, L]` (last prompt token, c_0 .. c_{L-2}),
     labels `[N, L]` (c_0 .. c_{L-1}, the target's greedy caption and its EOS), mask `[N, L]`.
     """
 
     events: torch.Tensor
     frames: torch.Tensor
+    video: torch.Tensor
     states: torch.Tensor
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -67,7 +73,7 @@ class HeadData:
 
     def take(self, rows: torch.Tensor) -> "HeadData":
         return HeadData(
-            *(t[rows] for t in (self.events, self.frames, self.states, self.inputs, self.labels, self.mask))
+            *(t[rows] for t in (self.events, self.frames, self.video, self.states, self.inputs, self.labels, self.mask))
         )
 
 
@@ -148,14 +154,17 @@ def build_head_data(
         labels = torch.where(mask, labels, torch.full_like(labels, pad))
         inputs = torch.cat([prompt[-1:].expand(b, 1), labels[:, :-1]], dim=1)  # [B, W]
         ev = event_tokens(drafter, db.pixels(rows)["pixel_values"])
-        fr = target_frame_tokens(target, video)
-        parts.append((ev, fr, states, inputs, labels, mask))
+        clip = target_video_tokens(target, video)  # [B, F * R, D]
+        frames = clip.shape[1] // ev.shape[1]
+        parts.append((ev, clip[:, (frames - 1) * ev.shape[1] :], clip, states, inputs, labels, mask))
         if progress is not None:
             progress(lo + b)
-    cat = [torch.cat([p[i] for p in parts]) for i in range(6)]
+    cat = [torch.cat([p[i] for p in parts]) for i in range(7)]
     # trim shared padding: the longest caption sets L
-    length = int(cat[5].sum(1).max())
-    return HeadData(cat[0], cat[1], cat[2][:, : length + 1], cat[3][:, :length], cat[4][:, :length], cat[5][:, :length])
+    length = int(cat[6].sum(1).max())
+    return HeadData(
+        cat[0], cat[1], cat[2], cat[3][:, : length + 1], cat[4][:, :length], cat[5][:, :length], cat[6][:, :length]
+    )
 
 
 def _lr(step: int, steps: int, sched: HeadSchedule) -> float:
@@ -218,13 +227,15 @@ def train_alignment(
     return out
 
 
-def _modes(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample: (use target states, use events) as float/bool `[B]` masks drawn by MODE_SHARES."""
+def _modes(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample: (use target states, use events, use video) as bool `[B]` masks drawn by
+    MODE_SHARES and VIDEO_DROP."""
     u = torch.rand(b, generator=gen)
     fused, target_only = MODE_SHARES[0], MODE_SHARES[0] + MODE_SHARES[1]
     use_states = u < target_only  # fused or target-only
     use_events = (u < fused) | (u >= target_only)  # fused or events-only
-    return use_states, use_events
+    use_video = use_states & (torch.rand(b, generator=gen) >= VIDEO_DROP)
+    return use_states, use_events, use_video
 
 
 def head_losses(
@@ -235,9 +246,11 @@ def head_losses(
     data: HeadData,
     use_states: torch.Tensor,
     use_events: torch.Tensor,
+    use_video: torch.Tensor | None = None,
     unroll: int = UNROLL,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """EAGLE loss over `unroll` chained passes; also each pass's top-1 hits `[B, L]` (bool)."""
+    """EAGLE loss over `unroll` chained passes; also each pass's top-1 hits `[B, L]` (bool).
+    use_video (None: wherever the states are used) counts only for a head with video rows."""
     b, n = data.inputs.shape
     keep = use_states.float().view(b, 1, 1)
     true_in = data.states[:, :n] * keep  # [B, L, D]: row p-1's state for position p (zero: no states)
@@ -245,9 +258,11 @@ def head_losses(
     tok = embed(data.inputs)  # [B, L, D]
     mask = data.mask.float()
     mem_mask = use_events.view(b, 1).expand(b, memory.shape[1])
+    video = data.video if head.cfg.video_rows else None
+    video_mask = use_states if use_video is None else use_video
     feats, total, hits = true_in, torch.zeros(()), []
     for depth in range(unroll):
-        pred = head(feats, tok, memory, mem_mask)  # [B, L, D]
+        pred = head(feats, tok, memory, mem_mask, video, video_mask)  # [B, L, D]
         logits = lm_head(pred)  # [B, L, V]
         w = mask.clone()
         w[:, :depth] = 0  # pass d: position p reads a state predicted d steps back (p >= d)
@@ -283,8 +298,10 @@ def train_head(
     head.train()
 
     def loss_of(rows: torch.Tensor) -> torch.Tensor:
-        use_states, use_events = _modes(len(rows), gen)
-        loss, _ = head_losses(head, lm_head, embed, memory_all[rows], data.take(rows), use_states, use_events)
+        use_states, use_events, use_video = _modes(len(rows), gen)
+        loss, _ = head_losses(
+            head, lm_head, embed, memory_all[rows], data.take(rows), use_states, use_events, use_video
+        )
         return loss
 
     out = _fit(list(head.parameters()), loss_of, len(data), sched.head_steps, sched, seed, deadline, on_step)
@@ -305,15 +322,19 @@ def alignment_metrics(align: AlignmentMLP, data: HeadData) -> dict[str, float]:
 
 @torch.no_grad()
 def head_metrics(head: FusedDraftHead, align: AlignmentMLP, zoo: Zoo, data: HeadData) -> dict[str, dict[str, float]]:
-    """Teacher-forced top-1 agreement with the target, per mode, at chain depth 1 and `UNROLL`."""
+    """Teacher-forced top-1 agreement with the target, per mode, at chain depth 1 and `UNROLL` (a head
+    with video rows: also fused without them, what it drafts when no video tokens were caught)."""
     lm_head = zoo.target.model.get_output_embeddings()
     embed = zoo.target.model.get_input_embeddings()
     memory = align(data.events)
     b = len(data)
     out: dict[str, dict[str, float]] = {}
-    for mode, (s, e) in {"fused": (True, True), "target": (True, False), "events": (False, True)}.items():
-        use_s, use_e = torch.full((b,), s), torch.full((b,), e)
-        _, hits = head_losses(head, lm_head, embed, memory, data, use_s, use_e)
+    modes = {"fused": (True, True, True), "target": (True, False, True), "events": (False, True, False)}
+    if head.cfg.video_rows:
+        modes["fused_no_video"] = (True, True, False)
+    for mode, (s, e, v) in modes.items():
+        use_s, use_e, use_v = torch.full((b,), s), torch.full((b,), e), torch.full((b,), v)
+        _, hits = head_losses(head, lm_head, embed, memory, data, use_s, use_e, use_v)
         n = data.mask.sum().clamp_min(1)
         out[mode] = {f"top1_depth{d + 1}": round(float(h.sum() / n), 4) for d, h in enumerate(hits)}
     return out
