@@ -5,7 +5,10 @@ token for token against target-only `generate()`):
 
 * `target-only generate()`: transformers greedy decoding of the target, the reference;
 * `engine, event drafter`: today's token-level cascade (the 1-layer event LLaVA drafts);
-* `head: target states` / `head: event features` / `head: fused`: the draft head's three inputs;
+* `head: target states` / `head: event features` / `head: fused`: the draft head's three inputs
+  (with target states, a head trained with video rows also reads the target's own video tokens);
+* `head: fused, no video tokens`: the same head without them (`HeadAdapter.read_video` off): what
+  the target's video tokens add;
 * `head: fused, no confidence stop` (with `--stop-below` > 0): the fused head drafting the
   controller's adapted length instead of stopping after its first unsure token;
 * `head: fused + prefill hiding`: the first draft made from event features before the clip's prefill
@@ -76,6 +79,7 @@ from cascade_sd_ros.core.zoo.data import EVAL_STREAM, TRAIN_STREAM, build_sample
 
 TARGET_ONLY = "target-only generate()"
 FIXED_LENGTH = "head: fused, no confidence stop"
+NO_VIDEO = "head: fused, no video tokens"
 
 
 @dataclass
@@ -239,9 +243,9 @@ def run(
     Method = tuple[Callable[[], None], Callable[[StageContext, StageContext], tuple[DecodeResult, int]], bool]
     floor = head.stop_below
 
-    def use(mode: str, stop_below: float = floor) -> Callable[[], None]:
+    def use(mode: str, stop_below: float = floor, video: bool = True) -> Callable[[], None]:
         def setup() -> None:
-            head.mode, head.stop_below = mode, stop_below  # type: ignore[assignment]
+            head.mode, head.stop_below, head.read_video = mode, stop_below, video  # type: ignore[assignment]
 
         return setup
 
@@ -249,6 +253,8 @@ def run(
     engines["engine, event drafter"] = (lambda: None, plain(CascadeDecoder([d, t], gamma=gamma)), False)
     for name, mode in modes.items():
         engines[name] = (use(mode), plain(CascadeDecoder([head, t], gamma=gamma)), False)
+    if head.net.cfg.video_rows:  # the same weights without the target's video tokens in memory
+        engines[NO_VIDEO] = (use("fused", video=False), plain(CascadeDecoder([head, t], gamma=gamma)), False)
     if floor > 0:  # the same head with drafts of the controller's adapted length, for comparison
         engines[FIXED_LENGTH] = (use("fused", 0.0), plain(CascadeDecoder([head, t], gamma=gamma)), False)
     engines["head: fused + prefill hiding"] = (use("fused"), hidden, False)

@@ -106,6 +106,7 @@ class HeadAdapter(CachedRowsAdapter):
         self.forwards = 0
         self._caught: tuple[torch.Tensor, int] | None = None  # the projector's last output, its prefill's count
         self._video_in_memory = False  # whether this round's head cache attends to the target's video tokens
+        self.read_video = True  # False: draft as without video tokens (the ablation), from the next round on
         self._video_hook = self._hook_projector() if head.cfg.video_rows else None
 
     def _hook_projector(self) -> torch.utils.hooks.RemovableHandle | None:
@@ -202,9 +203,11 @@ class HeadAdapter(CachedRowsAdapter):
 
     def _round_video(self) -> torch.Tensor | None:
         """The target's video tokens `[1, V, D]` of this round's prefill (None: not prefilled yet, none
-        caught, the "events" mode, or a head without video rows)."""
+        caught, the "events" mode, ``read_video`` off, or a head without video rows)."""
         caught = self._caught
-        if caught is None or self.mode == "events" or not self._target_current() or caught[1] != self.target.prefills:
+        if caught is None or self.mode == "events" or not self.read_video or not self._target_current():
+            return None
+        if caught[1] != self.target.prefills:
             return None
         return video_memory(caught[0], self.net.cfg.video_rows)
 
