@@ -22,6 +22,21 @@ def test_the_verifier_gets_a_cpu_of_its_own() -> None:
     assert cpu_plan("verifier", {3}) is None  # one CPU: nothing to pin
 
 
+def test_the_work_folder_it_made_goes_after_a_clean_run_and_stays_after_an_error(tmp_path) -> None:  # noqa: ANN001
+    with StageProcesses() as procs:
+        clean = procs.workdir
+        (clean / "refiner.log").write_text("a log")
+    assert not clean.exists()
+    with pytest.raises(RuntimeError, match="stage failed"), StageProcesses() as procs:
+        failed = procs.workdir
+        raise RuntimeError("stage failed")  # its message may name the folder's logs: they stay
+    assert failed.is_dir()
+    failed.rmdir()
+    with StageProcesses(workdir=tmp_path) as procs:  # the caller's folder is the caller's
+        pass
+    assert tmp_path.is_dir()
+
+
 def test_a_stage_process_starts_serves_and_exits_0_on_sigint(tmp_path) -> None:  # noqa: ANN001
     from cascade_sd_ros.tools.pipeline import SensorPlayer, new_context
 

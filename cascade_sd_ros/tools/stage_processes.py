@@ -196,7 +196,12 @@ class StageProcesses:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
-        if exc_type is None and self.workdir in _MADE_WORKDIRS:
+        if exc_type is None:
+            self.remove_workdir()
+
+    def remove_workdir(self) -> None:
+        """Remove the work folder and its logs if this group made it (a given one stays)."""
+        if self.workdir in _MADE_WORKDIRS:
             _MADE_WORKDIRS.discard(self.workdir)
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -179,7 +179,7 @@ class ProcessPipeline:
             self.procs.start(config, "/", tag="replay")
             self._wait_ready(ready_timeout_s)
         except BaseException:
-            self.close()
+            self.close(keep_logs=True)  # the error names the work folder: its logs stay
             raise
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -218,9 +218,12 @@ class ProcessPipeline:
     def verifier(self) -> RemoteNode | None:
         return next((n for n in self.nodes if n.get_name() == NODE_OF_STAGE["verifier"]), None)
 
-    def close(self) -> None:
-        """Stop the stage processes (SIGINT, then harder) and this process's observer (idempotent)."""
+    def close(self, keep_logs: bool = False) -> None:
+        """Stop the stage processes (SIGINT, then harder) and this process's observer (idempotent);
+        their work folder goes unless ``keep_logs``."""
         self.procs.stop()
+        if not keep_logs:
+            self.procs.remove_workdir()
         self._unpin()
         try:
             self.executor.remove_node(self.observer)
