@@ -187,6 +187,44 @@ def test_video_memory_joins_once_the_target_has_prefilled(zoo: Zoo, scenes: list
     assert head._cache.mem_k.shape[1] == slots
 
 
+@pytest.mark.parametrize("video_memory", [True, False])
+def test_a_short_head_training_run_makes_a_head_that_drafts_exactly(
+    zoo: Zoo, scenes: list[tuple], tmp_path: Path, video_memory: bool
+) -> None:
+    """The distillation run end to end on a handful of scenes and steps (seconds): with video memory
+    the head gets a row per target video token and reports its fallback without them; either way it
+    is saved, loads, names the target it serves and drafts the target's own output."""
+    from cascade_sd_ros.core.head.run import HeadRunSettings, run_head_training
+
+    settings = HeadRunSettings(
+        zoo=None,
+        out=tmp_path / "head",
+        samples=12,
+        eval_samples=6,
+        steps_scale=0.004,
+        max_minutes=1.0,
+        data_dir=tmp_path / "data",
+        progress=False,
+        video_memory=video_memory,
+    )
+    summary = run_head_training(settings)
+    net, align, meta = load_head(tmp_path / "head")
+    ctx_t, ctx_d = scenes[0]
+    from cascade_sd_ros.core.head.features import target_frame_tokens, target_video_tokens
+
+    video = target_video_tokens(zoo.target.model, ctx_t.pixel_values)
+    assert net.cfg.video_rows == (video.shape[1] if video_memory else 0)
+    # the frame at T's tokens, the alignment MLP's reference, are the video tokens' last frame's
+    last = target_frame_tokens(zoo.target.model, ctx_t.pixel_values)
+    torch.testing.assert_close(video[:, -last.shape[1] :], last)
+    assert ("fused_no_video" in summary["held_out"]["head"]) == video_memory
+    assert meta["trained_on"]["scenes"] == 12 and meta["trained_on"]["held_out"] == 6
+    head = HeadAdapter(net, align, zoo.target, event_encoder=zoo.drafter.model)
+    res = CascadeDecoder([head, zoo.target], gamma=4).generate([ctx_d, ctx_t], 32)
+    assert res.token_ids == target_only_greedy(zoo.target, ctx_t, 32)
+    head.close()
+
+
 def test_kept_hidden_states_equal_a_plain_forward(zoo: Zoo, scenes: list[tuple]) -> None:
     ctx_t, _ = scenes[0]
     target = zoo.target

@@ -154,9 +154,9 @@ def build_head_data(
         labels = torch.where(mask, labels, torch.full_like(labels, pad))
         inputs = torch.cat([prompt[-1:].expand(b, 1), labels[:, :-1]], dim=1)  # [B, W]
         ev = event_tokens(drafter, db.pixels(rows)["pixel_values"])
-        clip = target_video_tokens(target, video)  # [B, F * R, D]
-        frames = clip.shape[1] // ev.shape[1]
-        parts.append((ev, clip[:, (frames - 1) * ev.shape[1] :], clip, states, inputs, labels, mask))
+        clip = target_video_tokens(target, video)  # [B, F * R, D], frame by frame
+        last = clip.view(b, video.shape[1], -1, clip.shape[-1])[:, -1]  # [B, R, D]: the frame at T's
+        parts.append((ev, last, clip, states, inputs, labels, mask))
         if progress is not None:
             progress(lo + b)
     cat = [torch.cat([p[i] for p in parts]) for i in range(7)]
