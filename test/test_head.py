@@ -210,12 +210,14 @@ def test_a_short_head_training_run_makes_a_head_that_drafts_exactly(
     summary = run_head_training(settings)
     net, align, meta = load_head(tmp_path / "head")
     ctx_t, ctx_d = scenes[0]
-    from cascade_sd_ros.core.head.features import target_frame_tokens, target_video_tokens
+    from cascade_sd_ros.core.head.features import target_video_tokens
 
     video = target_video_tokens(zoo.target.model, ctx_t.pixel_values)
     assert net.cfg.video_rows == (video.shape[1] if video_memory else 0)
-    # the frame at T's tokens, the alignment MLP's reference, are the video tokens' last frame's
-    last = target_frame_tokens(zoo.target.model, ctx_t.pixel_values)
+    # the frame at T's patch tokens, the alignment MLP's reference, are the video tokens' last rows
+    with torch.no_grad():
+        projected = zoo.target.model.model.get_video_features(pixel_values_videos=ctx_t.pixel_values).pooler_output
+    last = projected[-1:, 1:].float()  # [1, R, D]: the last frame, its CLS dropped
     torch.testing.assert_close(video[:, -last.shape[1] :], last)
     assert ("fused_no_video" in summary["held_out"]["head"]) == video_memory
     assert meta["trained_on"]["scenes"] == 12 and meta["trained_on"]["held_out"] == 6

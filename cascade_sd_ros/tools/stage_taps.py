@@ -21,6 +21,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from cascade_sd_ros.core.names import TOPIC_CAPTION, TOPIC_COMMIT, TOPIC_DRAFTS_DRAFTER, TOPIC_DRAFTS_REFINER
+from cascade_sd_ros.tools.diagnostics import DiagnosticsListener
 from cascade_sd_ros.tools.pipeline import (
     NODE_OF_STAGE,
     CaptionCollector,
@@ -29,7 +30,6 @@ from cascade_sd_ros.tools.pipeline import (
     SensorPlayer,
     new_context,
 )
-from cascade_sd_ros.tools.replay.processes import DiagnosticsListener
 from cascade_sd_ros.tools.stage_processes import StageProcesses
 
 
@@ -95,7 +95,7 @@ class StageTaps:
         if tap.relay is not None:
             ok = ok and tap.relay.matched()
         verifier = self.diagnostics.values(f"{ns}/{NODE_OF_STAGE['verifier']}")
-        return ok and int(verifier.get(f"matched_subscribers.{TOPIC_CAPTION.lstrip('/')}", "0")) >= 1
+        return ok and int(verifier.get(f"matched_subscribers.{TOPIC_CAPTION}", "0")) >= 1
 
     def wait_ready(self, procs: StageProcesses, timeout_s: float) -> None:
         """Until every run's stages have loaded their models (they subscribe after warm-up) and

@@ -2,7 +2,7 @@
 hidden states and the event stage's features through a learned alignment MLP.
 
 Public API: `model` (HeadConfig, FusedDraftHead, AlignmentMLP), `adapter` (HeadAdapter, HEAD_MODES),
-`features` (event_tokens, target_frame_tokens, cosine_per_token), `io` (save_head, load_head,
+`features` (event_tokens, target_video_tokens, cosine_per_token), `io` (save_head, load_head,
 encoder_fingerprint), `train` (train_head: `cascade-sd train --stage head`).
 """
 

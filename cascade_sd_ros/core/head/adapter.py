@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from cascade_sd_ros.core.head.features import event_tokens, video_memory
+from cascade_sd_ros.core.head.features import event_tokens, projector_of, video_memory
 from cascade_sd_ros.core.head.model import AlignmentMLP, FusedDraftHead, HeadCache
 from cascade_sd_ros.core.spec.adapter import CachedRowsAdapter, HFAdapter, Proposal, StageContext
 
@@ -112,8 +112,8 @@ class HeadAdapter(CachedRowsAdapter):
     def _hook_projector(self) -> torch.utils.hooks.RemovableHandle | None:
         """Catch the target's projected video tokens whenever its prefill makes them (None: it has no
         projector). The hook holds the adapter weakly: a dropped adapter leaves a no-op behind."""
-        projector = getattr(getattr(self.target.model, "model", None), "multi_modal_projector", None)
-        if not isinstance(projector, torch.nn.Module):
+        projector = projector_of(self.target.model)
+        if projector is None:
             return None
         me = weakref.ref(self)
 
@@ -205,11 +205,9 @@ class HeadAdapter(CachedRowsAdapter):
         """The target's video tokens `[1, V, D]` of this round's prefill (None: not prefilled yet, none
         caught, the "events" mode, ``read_video`` off, or a head without video rows)."""
         caught = self._caught
-        if caught is None or self.mode == "events" or not self.read_video or not self._target_current():
+        if caught is None or caught[1] != self.target.prefills or not self.read_video or self.mode == "events":
             return None
-        if caught[1] != self.target.prefills:
-            return None
-        return video_memory(caught[0], self.net.cfg.video_rows)
+        return video_memory(caught[0], self.net.cfg.video_rows) if self._target_current() else None
 
     def attach_target(self) -> None:
         """Read the target's states as current for this round (it was prefilled for it before the head)."""

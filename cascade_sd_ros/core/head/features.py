@@ -5,11 +5,12 @@
   EventFeatures;
 * `target_video_tokens`: the target's video tower + projector on the clip, every frame's patch
   tokens (CLS dropped) -> `[B, F * R, D]`: what the target's language model reads, and the draft
-  head's video memory; `video_memory` cuts the same rows from a projector output caught in a prefill;
-* `target_frame_tokens`: of those, the frame at T's -> `[B, R, D]`: what the alignment MLP learns to
-  predict from the events, the same patches at the same moment;
-* `ProjectorTap`: the same tokens as the drafter's own prefill computes them (a forward hook on its
-  projector), so a drafter node publishes them without encoding its event image twice;
+  head's video memory (the last frame's rows: what the alignment MLP learns to predict from the
+  events, the same patches at the same moment); `video_memory` cuts the same rows from a projector
+  output caught in a prefill;
+* `projector_of` / `ProjectorTap`: a LLaVA-style model's projector, and the drafter's event tokens as
+  its own prefill computes them (a forward hook on it), so a drafter node publishes them without
+  encoding its event image twice;
 * `features_payload` / `features_from_payload`: event tokens to and from an EventFeatures body
   (rows, dim, row-major data, encoder fingerprint), checked field by field on the way in.
 """
@@ -26,8 +27,8 @@ __all__ = [
     "ProjectorTap",
     "event_tokens",
     "target_video_tokens",
-    "target_frame_tokens",
     "video_memory",
+    "projector_of",
     "cosine_per_token",
     "features_payload",
     "features_from_payload",
@@ -57,8 +58,8 @@ class ProjectorTap:
     """
 
     def __init__(self, drafter: PreTrainedModel) -> None:
-        projector = getattr(getattr(drafter, "model", None), "multi_modal_projector", None)
-        if not isinstance(projector, torch.nn.Module):
+        projector = projector_of(drafter)
+        if projector is None:
             raise ValueError(f"{type(drafter).__name__} has no multi-modal projector: it makes no event tokens")
         self._last: torch.Tensor | None = None
         self._handle = projector.register_forward_hook(self._caught)
@@ -79,27 +80,26 @@ class ProjectorTap:
         self._last = None
 
 
-def _projected_clip(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-    """`[B, F, 3, H, W]` clips -> `[B, F, 1 + R, D]` the target's projected tokens, CLS first."""
-    b, frames = pixel_values_videos.shape[:2]
-    out = target.model.get_video_features(
-        pixel_values_videos=pixel_values_videos.to(target.device, target.dtype),
-        vision_feature_layer=target.config.vision_feature_layer,
-    ).pooler_output  # [B * F, 1 + R, D]: video tokens keep CLS
-    return out.view(b, frames, *out.shape[1:])
+def projector_of(model: PreTrainedModel) -> torch.nn.Module | None:
+    """The multi-modal projector of a (Video)LLaVA model (None: it has none)."""
+    projector = getattr(getattr(model, "model", None), "multi_modal_projector", None)
+    return projector if isinstance(projector, torch.nn.Module) else None
+
+
+def _patch_rows(projected: torch.Tensor) -> torch.Tensor:
+    """Projected video tokens `[B, F, 1 + R, D]` (each frame's CLS first) -> `[B, F * R, D]` float."""
+    return projected[:, :, 1:].reshape(projected.shape[0], -1, projected.shape[-1]).float()
 
 
 @torch.no_grad()
 def target_video_tokens(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
     """`[B, F, 3, H, W]` clips -> `[B, F * R, D]` the target's projected patch tokens, frame by frame."""
-    clip = _projected_clip(target, pixel_values_videos)[:, :, 1:]
-    return clip.reshape(clip.shape[0], -1, clip.shape[-1]).float()
-
-
-@torch.no_grad()
-def target_frame_tokens(target: PreTrainedModel, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-    """`[B, F, 3, H, W]` clips -> `[B, R, D]` the target's projected patch tokens of the last frame."""
-    return _projected_clip(target, pixel_values_videos)[:, -1, 1:].float()
+    b, frames = pixel_values_videos.shape[:2]
+    out = target.model.get_video_features(
+        pixel_values_videos=pixel_values_videos.to(target.device, target.dtype),
+        vision_feature_layer=target.config.vision_feature_layer,
+    ).pooler_output  # [B * F, 1 + R, D]: video tokens keep CLS
+    return _patch_rows(out.view(b, frames, *out.shape[1:]))
 
 
 def video_memory(projected: torch.Tensor, rows: int) -> torch.Tensor | None:
@@ -108,7 +108,7 @@ def video_memory(projected: torch.Tensor, rows: int) -> torch.Tensor | None:
     model, an image instead of a clip)."""
     if projected.dim() != 3 or projected.shape[0] * (projected.shape[1] - 1) != rows:
         return None
-    return projected[:, 1:].reshape(1, rows, projected.shape[-1]).float()
+    return _patch_rows(projected.unsqueeze(0))
 
 
 def cosine_per_token(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -246,11 +246,11 @@ def head_losses(
     data: HeadData,
     use_states: torch.Tensor,
     use_events: torch.Tensor,
-    use_video: torch.Tensor | None = None,
+    use_video: torch.Tensor,
     unroll: int = UNROLL,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """EAGLE loss over `unroll` chained passes; also each pass's top-1 hits `[B, L]` (bool).
-    use_video (None: wherever the states are used) counts only for a head with video rows."""
+    use_video counts only for a head with video rows."""
     b, n = data.inputs.shape
     keep = use_states.float().view(b, 1, 1)
     true_in = data.states[:, :n] * keep  # [B, L, D]: row p-1's state for position p (zero: no states)
@@ -259,10 +259,9 @@ def head_losses(
     mask = data.mask.float()
     mem_mask = use_events.view(b, 1).expand(b, memory.shape[1])
     video = data.video if head.cfg.video_rows else None
-    video_mask = use_states if use_video is None else use_video
     feats, total, hits = true_in, torch.zeros(()), []
     for depth in range(unroll):
-        pred = head(feats, tok, memory, mem_mask, video, video_mask)  # [B, L, D]
+        pred = head(feats, tok, memory, mem_mask, video, use_video)  # [B, L, D]
         logits = lm_head(pred)  # [B, L, V]
         w = mask.clone()
         w[:, :depth] = 0  # pass d: position p reads a state predicted d steps back (p >= d)

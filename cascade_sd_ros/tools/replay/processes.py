@@ -26,6 +26,7 @@ import numpy as np
 
 from cascade_sd_ros.core.align.buffer import TimeBuffer
 from cascade_sd_ros.core.align.clip import select_clip
+from cascade_sd_ros.tools.diagnostics import DiagnosticsListener
 from cascade_sd_ros.tools.pipeline import NODE_OF_STAGE, ROLE_OF_STAGE, PipelineConfig
 
 READY_TIMEOUT_S = 180.0  # [s] model loading and warm-up of every stage process
@@ -51,38 +52,6 @@ class Endpoint:
     def get_publisher_count(self) -> int:
         """Publishers of this (subscription's) topic: the replay's player among them once it joined."""
         return int(self.observer.count_publishers(self.topic_name))
-
-
-class DiagnosticsListener:
-    """The newest ``/diagnostics`` values of each node, by its fully qualified name."""
-
-    def __init__(self, node: Any) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-        self._lock = threading.Lock()
-        self._values: dict[str, dict[str, str]] = {}
-        self._updates: dict[str, int] = {}
-        node.create_subscription(
-            DiagnosticArray,
-            "/diagnostics",
-            self._on_diagnostics,
-            QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
-        )
-
-    def _on_diagnostics(self, msg: Any) -> None:
-        with self._lock:
-            for status in msg.status:
-                self._values[status.hardware_id] = {kv.key: kv.value for kv in status.values}
-                self._updates[status.hardware_id] = self._updates.get(status.hardware_id, 0) + 1
-
-    def values(self, fqn: str) -> dict[str, str]:
-        with self._lock:
-            return dict(self._values.get(fqn, {}))
-
-    def updates(self, fqn: str) -> int:
-        with self._lock:
-            return self._updates.get(fqn, 0)
 
 
 class RemoteNode:
